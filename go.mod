@@ -1,0 +1,3 @@
+module github.com/cachelun/cachelun
+
+go 1.26.8
