@@ -1,0 +1,253 @@
+package persist
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"sync"
+)
+
+// TearUnit is the granularity at which unpersisted writes survive or vanish
+// in a crash image: 8 bytes models DAX (8-byte atomic stores, cache lines
+// flushed independently), 4096 models page-granular writeback.
+type TearUnit int
+
+const (
+	TearDAX  TearUnit = 8
+	TearPage TearUnit = 4096
+)
+
+// CrashMedia is an in-memory Media that records every write and persist so
+// that a test can produce the image a crash would leave at any persist
+// point. It is safe for concurrent use.
+//
+// Persist makes durable every tear unit overlapping the range, rounded out
+// to 64 bytes (a cache line) for TearDAX and to the unit for larger units.
+type CrashMedia struct {
+	size int64
+	unit int64
+
+	mu struct {
+		sync.Mutex
+		cur     []byte         // what reads see
+		durable []byte         // what survives any crash now
+		dirty   map[int64]bool // tear units written since they were last persisted
+		log     []crashOp      // history, for images of earlier points
+		points  int
+		hook    func(point int)
+		failIn  int // calls left before failing; <0 = off
+		failErr error
+		closed  bool
+	}
+}
+
+type crashOp struct {
+	persist bool
+	off     int64
+	data    []byte // write payload
+	n       int64  // persist length
+}
+
+// NewCrashMedia returns a zeroed crash media of size bytes.
+func NewCrashMedia(size int64, unit TearUnit) *CrashMedia {
+	if unit <= 0 {
+		unit = TearDAX
+	}
+	m := &CrashMedia{size: size, unit: int64(unit)}
+	m.mu.cur = make([]byte, size)
+	m.mu.durable = make([]byte, size)
+	m.mu.dirty = make(map[int64]bool)
+	m.mu.failIn = -1
+	return m
+}
+
+func (m *CrashMedia) Size() int64     { return m.size }
+func (m *CrashMedia) Kind() MediaKind { return KindCrash }
+
+// failLocked counts one call against FailAfter and reports the injected error.
+func (m *CrashMedia) failLocked() error {
+	if m.mu.closed {
+		return ErrClosed
+	}
+	if m.mu.failIn < 0 {
+		return nil
+	}
+	if m.mu.failIn == 0 {
+		return fmt.Errorf("%w: injected: %w", ErrMediaFault, m.mu.failErr)
+	}
+	m.mu.failIn--
+	return nil
+}
+
+func (m *CrashMedia) ReadAt(p []byte, off int64) error {
+	if err := checkRange(m.size, off, int64(len(p))); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.failLocked(); err != nil {
+		return err
+	}
+	copy(p, m.mu.cur[off:])
+	return nil
+}
+
+func (m *CrashMedia) WriteAt(p []byte, off int64) error {
+	if err := checkRange(m.size, off, int64(len(p))); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.failLocked(); err != nil {
+		return err
+	}
+	copy(m.mu.cur[off:], p)
+	for u := off / m.unit; u*m.unit < off+int64(len(p)); u++ {
+		m.mu.dirty[u] = true
+	}
+	m.mu.log = append(m.mu.log, crashOp{off: off, data: append([]byte(nil), p...)})
+	return nil
+}
+
+// persistSpan rounds [off, off+n) out to the persist granularity.
+func (m *CrashMedia) persistSpan(off, n int64) (lo, hi int64) {
+	g := max(m.unit, 64)
+	lo = off / g * g
+	hi = min((off+n+g-1)/g*g, m.size)
+	return lo, hi
+}
+
+func (m *CrashMedia) Persist(off, n int64) error {
+	if err := checkRange(m.size, off, n); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	if err := m.failLocked(); err != nil {
+		m.mu.Unlock()
+		return err
+	}
+	lo, hi := m.persistSpan(off, n)
+	for u := lo / m.unit; u*m.unit < hi; u++ {
+		if m.mu.dirty[u] {
+			s, e := u*m.unit, min((u+1)*m.unit, m.size)
+			copy(m.mu.durable[s:e], m.mu.cur[s:e])
+			delete(m.mu.dirty, u)
+		}
+	}
+	m.mu.log = append(m.mu.log, crashOp{persist: true, off: off, n: n})
+	m.mu.points++
+	point, hook := m.mu.points, m.mu.hook
+	m.mu.Unlock()
+	if hook != nil {
+		hook(point)
+	}
+	return nil
+}
+
+func (m *CrashMedia) Close() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.mu.closed = true
+	return nil
+}
+
+// PersistPoints is the number of Persist calls completed so far.
+func (m *CrashMedia) PersistPoints() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.mu.points
+}
+
+// SetPersistHook installs fn, called (without locks held) after each Persist
+// completes, with the 1-based persist point.
+func (m *CrashMedia) SetPersistHook(fn func(point int)) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.mu.hook = fn
+}
+
+// FailAfter makes every ReadAt, WriteAt and Persist after n more calls fail
+// with an error wrapping ErrMediaFault and err. n < 0 turns injection off.
+func (m *CrashMedia) FailAfter(n int, err error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.mu.failIn, m.mu.failErr = n, err
+}
+
+// CrashImage returns a fresh CrashMedia holding what a crash right after
+// persist point `point` could leave: everything persisted by calls
+// 1..point; bytes written but not persisted by then are dropped (rng ==
+// nil) or each of their tear units independently survives with the newest
+// content written by then (rng != nil). point 0 is the state before any
+// persist; point must not exceed PersistPoints().
+func (m *CrashMedia) CrashImage(point int, rng *rand.Rand) *CrashMedia {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if point < 0 || point > m.mu.points {
+		panic(fmt.Sprintf("persist: CrashImage(%d) with %d persist points", point, m.mu.points))
+	}
+	img := NewCrashMedia(m.size, TearUnit(m.unit))
+	var cur []byte
+	var dirty map[int64]bool
+	if point == m.mu.points {
+		copy(img.mu.durable, m.mu.durable)
+		cur, dirty = m.mu.cur, m.mu.dirty
+	} else {
+		// Rebuild the state at the point from the history.
+		cur = make([]byte, m.size)
+		dirty = make(map[int64]bool)
+		seen := 0
+		for _, op := range m.mu.log {
+			if op.persist {
+				if seen == point {
+					break
+				}
+				seen++
+				lo, hi := m.persistSpan(op.off, op.n)
+				for u := lo / m.unit; u*m.unit < hi; u++ {
+					if dirty[u] {
+						s, e := u*m.unit, min((u+1)*m.unit, m.size)
+						copy(img.mu.durable[s:e], cur[s:e])
+						delete(dirty, u)
+					}
+				}
+				continue
+			}
+			copy(cur[op.off:], op.data)
+			for u := op.off / m.unit; u*m.unit < op.off+int64(len(op.data)); u++ {
+				dirty[u] = true
+			}
+		}
+	}
+	if rng != nil {
+		units := make([]int64, 0, len(dirty))
+		for u := range dirty {
+			units = append(units, u)
+		}
+		slices.Sort(units) // deterministic for a given rng seed
+		for _, u := range units {
+			if rng.IntN(2) == 0 {
+				s, e := u*m.unit, min((u+1)*m.unit, m.size)
+				copy(img.mu.durable[s:e], cur[s:e])
+			}
+		}
+	}
+	copy(img.mu.cur, img.mu.durable)
+	return img
+}
+
+// Bytes returns a copy of the current contents (what reads see).
+func (m *CrashMedia) Bytes() []byte {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return append([]byte(nil), m.mu.cur...)
+}
+
+// NewCrashMediaFrom returns a crash media whose current and durable
+// contents are b (copied), e.g. a golden image.
+func NewCrashMediaFrom(b []byte, unit TearUnit) *CrashMedia {
+	m := NewCrashMedia(int64(len(b)), unit)
+	copy(m.mu.cur, b)
+	copy(m.mu.durable, b)
+	return m
+}

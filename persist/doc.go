@@ -1,0 +1,188 @@
+// Package persist owns the cachelun cache file: the media it lives on, its
+// on-media format (superblock, dual-slot records, segment generations, kset
+// journal) and the replay iterator. It knows nothing about the index,
+// volumes' data or SCSI.
+//
+// # Guarantees
+//
+//   - Every mutable metadata record is dual-slot. An update writes the slot
+//     that does not hold the newest valid copy (also the first update after
+//     open), persists it, and only then treats it as the newest. A torn
+//     update therefore always leaves the previous value readable.
+//   - A segment whose generation record has no valid slot is quarantined:
+//     Gen and BumpGen fail with ErrQuarantined; it is never reset.
+//   - Journal.Commit returns only when the kset and every kset before it
+//     (and any LAST record on the way) are durable. Concurrent commits share
+//     persists.
+//   - Replay accepts a kset only if its magic, CRC32C, cache UUID, LSN
+//     (exactly the expected one) and session chain (below) hold, and every
+//     id, offset and length in it is within bounds. It stops at the first
+//     record that fails and says why (Replayer.StopReason).
+//   - Open never writes. A media it refuses gets a *FormatError naming the
+//     record, its offset, and what was expected and found.
+//   - Faults on a mapping (SIGBUS after an I/O error or truncation) become
+//     errors wrapping ErrMediaFault (runtime/debug.SetPanicOnFault + recover
+//     around every access); I/O errors from pwrite/msync/fdatasync too.
+//     A failed persist is sticky (fail-stop): nothing after it succeeds.
+//
+// # Concurrency
+//
+// Media, Store and Journal are safe for concurrent use; a Replayer is used
+// by one goroutine. Lock order: Journal.flushMu → Journal.mu; each dual-slot
+// record and each segment generation has its own mutex, held across its
+// write and persist; Store.vals is a leaf. No lock is held while calling the
+// allocator passed to OpenJournal except Journal.mu (the allocator must not
+// call the Journal).
+//
+// # Persist ordering
+//
+// The engine persists data (Media.Persist) before it commits the key that
+// points at it. Commit persists the kset, and any LAST record written for a
+// segment switch, before returning. No end-of-log marker is written: replay
+// stops at the first slot whose LSN is not the expected one, so a stale
+// kset (from an earlier pass over the segment, or from an earlier format
+// with another UUID) is never accepted. BumpGen, SetKeyTail, SetDirtyTail,
+// SetInfo and SetVolumes persist before returning.
+//
+// Session chain: the journal writes ksets in groups and persists each group
+// once, so after a crash a later kset of a group can be durable while an
+// earlier one is torn. Replay stops at the torn one; the next journal then
+// rewrites that LSN, possibly with a different size, which could make the
+// stale later kset line up at the expected position with the expected LSN.
+// To reject it, every record carries the random 64-bit nonce of the journal
+// session that wrote it and the nonce of the record before it; replay
+// requires each record's "previous nonce" to equal the nonce of the record it
+// follows (not checked for the first record at the tail). A new session's
+// first record names the previous session's nonce, which the stale record
+// cannot.
+//
+// # On-media format, version 1
+//
+// All integers are little-endian. Offsets are absolute byte offsets.
+//
+//	0x00000  4 KiB  reserved (left alone, e.g. for labels)
+//	0x01000  4 KiB  superblock slot 0
+//	0x02000  4 KiB  superblock slot 1
+//	0x03000  4 KiB  cache info slot 0       0x04000  slot 1
+//	0x05000  4 KiB  key tail slot 0         0x06000  slot 1
+//	0x07000  4 KiB  dirty tail slot 0       0x08000  slot 1
+//	0x09000  4 KiB  reserved
+//	0x0A000  8 KiB  volume table slot 0     0x0C000  slot 1
+//	0x0E000  8 KiB  reserved
+//	0x10000         segment 0, then segment i at 0x10000 + i*segment size
+//
+// Every record slot (superblock, cache info, tails, volume table, segment
+// generation) has a 24-byte header followed by its payload:
+//
+//	0   [8]  magic: "clunSUPR", "clunINFO", "clunKTAL", "clunDTAL",
+//	         "clunVOLS", "clunSGEN"
+//	8   u32  CRC32C (Castagnoli, standard init/xor) over the 16-byte cache
+//	         UUID followed by bytes [12, 24+payload length) of the record;
+//	         for the superblock the UUID used is 16 zero bytes
+//	12  u32  payload length
+//	16  u64  sequence number; the valid slot with the higher one is newest
+//	24  ...  payload
+//
+// Superblock payload (64 bytes; written to both slots at format, seq 1
+// and 2):
+//
+//	0  u32 format version (1; a larger value is refused with ErrNewerFormat
+//	       before the CRC is checked)
+//	4  u32 feature flags (bit 0: keys carry a data CRC32C); unknown bits are
+//	       refused with ErrNewerFormat
+//	8  [16] cache UUID (random, RFC 4122 v4)
+//	24 u32 block size (cache allocation unit, 512..4096, power of two)
+//	28 u32 segment size (power of two, 128 KiB .. 1 GiB)
+//	32 u32 segment count
+//	36 u32 reserved, 0
+//	40 u64 offset of segment 0 (0x10000)
+//	48 u64 media size at format
+//	56 u64 reserved, 0
+//
+// Cache info payload (8 bytes): u8 gc percent (0..100), [3] zero, u32
+// flags (engine-defined).
+//
+// Key tail / dirty tail payload (16 bytes): u32 segment, u32 offset in the
+// segment's data area (multiple of 8), u64 LSN of the kset that starts
+// there.
+//
+// Volume table payload: u32 count (<= 64), u32 reserved, then count
+// entries of 96 bytes: u32 volume id, u32 flags, u64 size in bytes, u8
+// name length (<= 63), [63] name, [16] zero.
+//
+// Segment layout:
+//
+//	+0      generation record slot 0 (40 bytes)
+//	+2048   generation record slot 1
+//	+4096   data area (segment size - 4096 bytes), used either for
+//	        volume data or for ksets
+//
+// Generation payload (16 bytes): u32 segment id (must match the segment),
+// u32 zero, u64 generation (1 after format).
+//
+// Kset record (72-byte header + 40 bytes per key), at any 8-byte aligned
+// offset of a kset segment's data area:
+//
+//	0   [8]  magic "clunKSET"
+//	8   u32  CRC32C over bytes [12, 72 + 40*key count)
+//	12  u32  flags: bit 0 LAST (no keys; the log continues at offset 0 of
+//	         the segment named at 68)
+//	16  [16] cache UUID
+//	32  u64  LSN: one more than the previous kset; a LAST record carries the
+//	         LSN of the kset that follows it (it does not consume one)
+//	40  u64  flush epoch
+//	48  u64  session nonce of the journal that wrote it
+//	56  u64  session nonce of the record before it
+//	64  u32  key count (1..128; 0 for LAST)
+//	68  u32  next segment (LAST only, else 0)
+//	72  keys
+//
+// Key (40 bytes):
+//
+//	0  u64 backing byte offset
+//	8  u32 volume id
+//	12 u32 length in bytes (> 0)
+//	16 u32 cache position: segment
+//	20 u32 cache position: offset in the data area (offset+length within it)
+//	24 u64 generation of that segment when the data was written
+//	32 u32 CRC32C of the data (only with the data-CRC feature, else 0)
+//	36 u8  flags: exactly one of 1 dirty, 2 clean, 4 tombstone (tombstones
+//	       have position, generation and CRC zero)
+//	37 [3] zero
+//
+// The journal keeps room for a 72-byte LAST record after every kset, so a
+// segment switch always fits.
+//
+// # Format procedure
+//
+// Zero both superblock slots and persist; write slot 0 of every record and
+// every segment's generation record (zeroing slot 1) and persist; then write
+// superblock slot 0, persist, slot 1, persist. A crash before the last step
+// leaves a file without a superblock ("not a cachelun file"), never a half-
+// formatted cache that opens. Format refuses a cache that holds dirty keys
+// after its dirty tail, or that looks like ours but cannot be read, unless
+// forced.
+//
+// # Media
+//
+// See media.go for the interface. OpenFile tries
+// mmap(MAP_SHARED_VALIDATE|MAP_SYNC); if the file system is DAX, persist is
+// CLWB (else CLFLUSHOPT, else CLFLUSH) of each cache line + SFENCE, in Go
+// assembly (amd64; other architectures never select DAX). Otherwise it uses
+// DefaultFileKind. Both non-DAX kinds read through a MADV_RANDOM shared
+// mapping; the choice between them is explained under "Media measurements".
+// Persist requests are coalesced: while one flush runs, later requests
+// queue and the next flush covers all of them.
+//
+// # Media measurements
+//
+// (filled in below by measurement)
+//
+// # API notes
+//
+// Additions to the agreed API: FileOptions.Kind and ReadOnly, Store.DataCRC,
+// Store.HasDirtyData, Journal.Stats, CrashMedia.Bytes, NewCrashMediaFrom,
+// Check and Inspect (check.go). Keys are validated by Commit (exactly one
+// flag, non-zero length, position within a segment's data area, tombstones
+// without position).
+package persist

@@ -1,0 +1,215 @@
+package persist
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+)
+
+func errorsIs(err, target error) bool { return errors.Is(err, target) }
+
+// Journal appends ksets at the log head. Commit is safe for concurrent use;
+// concurrent commits share persists (group commit).
+//
+// Locking: flushMu (held by the one goroutine persisting a group) is taken
+// before mu; mu guards the head and the pending ranges and is never held
+// across Persist. alloc is called with mu held and must not call back into
+// the Journal.
+type Journal struct {
+	s     *Store
+	alloc func() (uint32, error)
+	nonce uint64
+
+	mu struct {
+		sync.Mutex
+		head      Tail
+		prevNonce uint64
+		pending   []span // written, not yet persisted
+		written   uint64 // highest LSN written
+		err       error  // sticky: after a failed write/persist nothing is committed
+	}
+
+	flushMu sync.Mutex
+	durable atomic.Uint64 // highest LSN known durable
+
+	commits atomic.Uint64
+	flushes atomic.Uint64
+}
+
+type span struct{ off, n int64 }
+
+// JournalStats counts commits and the persists (flush groups) that made
+// them durable.
+type JournalStats struct {
+	Commits uint64
+	Flushes uint64
+}
+
+// OpenJournal returns the writer at the log head. head must be the Head of
+// a Replayer that walked the log to its end (or the key tail of a freshly
+// formatted store); the journal continues the session chain from the record
+// before it. alloc supplies a free segment when the current one is full (the
+// journal writes a LAST record pointing to it); an error from alloc makes
+// Commit fail with ErrJournalFull and nothing written.
+func (s *Store) OpenJournal(head Tail, alloc func() (uint32, error)) *Journal {
+	j := &Journal{s: s, alloc: alloc}
+	var nb [8]byte
+	for j.nonce == 0 {
+		_, _ = rand.Read(nb[:])
+		j.nonce = binary.LittleEndian.Uint64(nb[:])
+	}
+	prev, ok := s.headNonce(head)
+	if !ok {
+		// Not the end of a replay seen by this store: walk the log from
+		// the key tail to learn the chain value at its end.
+		r := s.Replay(s.KeyTail())
+		for {
+			if _, more := r.Next(); !more {
+				break
+			}
+		}
+		prev, _ = s.headNonce(head)
+	}
+	j.mu.head = head
+	j.mu.prevNonce = prev
+	j.mu.written = head.LSN - 1
+	j.durable.Store(head.LSN - 1)
+	if err := s.checkTail(head); err != nil {
+		j.mu.err = fmt.Errorf("%w: journal head: %v", ErrInvalidArgument, err)
+	}
+	return j
+}
+
+// Head is where the next kset will be written.
+func (j *Journal) Head() Tail {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.mu.head
+}
+
+// Stats returns commit and flush counts.
+func (j *Journal) Stats() JournalStats {
+	return JournalStats{Commits: j.commits.Load(), Flushes: j.flushes.Load()}
+}
+
+// Commit writes keys (1..MaxKSetKeys, each valid for this store) as one kset
+// of flush epoch epoch and returns when it and every kset before it are
+// durable. If the current segment cannot hold it, Commit first writes a LAST
+// record pointing to a segment from alloc.
+func (j *Journal) Commit(keys []Key, epoch uint64) (KSet, error) {
+	if len(keys) == 0 || len(keys) > MaxKSetKeys {
+		return KSet{}, fmt.Errorf("%w: %d keys in a kset, want 1..%d", ErrInvalidArgument, len(keys), MaxKSetKeys)
+	}
+	for i := range keys {
+		if err := validateKey(&keys[i], j.s.lim); err != nil {
+			return KSet{}, fmt.Errorf("%w: key %d: %v", ErrInvalidArgument, i, err)
+		}
+	}
+	ks, err := j.append(keys, epoch)
+	if err != nil {
+		return KSet{}, err
+	}
+	if err := j.waitDurable(ks.LSN); err != nil {
+		return KSet{}, err
+	}
+	j.commits.Add(1)
+	return ks, nil
+}
+
+func (j *Journal) append(keys []Key, epoch uint64) (KSet, error) {
+	s := j.s
+	size := ksetSize(len(keys))
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.mu.err != nil {
+		return KSet{}, j.mu.err
+	}
+	head := j.mu.head
+	// Keep room for a LAST record after every kset.
+	if uint64(head.Pos.Off)+uint64(size)+ksetHeaderSize > uint64(s.dataSize) {
+		seg, err := j.alloc()
+		if err != nil {
+			return KSet{}, fmt.Errorf("%w: %w", ErrJournalFull, err)
+		}
+		if seg >= s.sb.SegmentCount || seg == head.Pos.Seg || s.isQuarantined(seg) {
+			return KSet{}, fmt.Errorf("%w: allocator returned segment %d (count %d, current %d)", ErrInvalidArgument, seg, s.sb.SegmentCount, head.Pos.Seg)
+		}
+		last := make([]byte, ksetHeaderSize)
+		encodeKSet(last, &ksetHeader{flags: ksetFlagLast, uuid: s.sb.UUID, lsn: head.LSN, nonce: j.nonce, prevNonce: j.mu.prevNonce, nextSeg: seg}, nil)
+		off := s.DataOffset(head.Pos)
+		if err := s.m.WriteAt(last, off); err != nil {
+			j.mu.err = err
+			return KSet{}, err
+		}
+		j.mu.pending = append(j.mu.pending, span{off, ksetHeaderSize})
+		j.mu.prevNonce = j.nonce
+		head.Pos = Pos{Seg: seg}
+	}
+	img := make([]byte, size)
+	encodeKSet(img, &ksetHeader{uuid: s.sb.UUID, lsn: head.LSN, epoch: epoch, nonce: j.nonce, prevNonce: j.mu.prevNonce}, keys)
+	off := s.DataOffset(head.Pos)
+	if err := s.m.WriteAt(img, off); err != nil {
+		j.mu.err = err
+		return KSet{}, err
+	}
+	j.mu.pending = append(j.mu.pending, span{off, int64(size)})
+	j.mu.prevNonce = j.nonce
+	ks := KSet{LSN: head.LSN, Epoch: epoch, Pos: head.Pos, Keys: append([]Key(nil), keys...)}
+	head.Pos.Off += size
+	head.LSN++
+	ks.Next = head
+	j.mu.head = head
+	j.mu.written = ks.LSN
+	return ks, nil
+}
+
+// waitDurable returns once every kset up to lsn is durable. One goroutine
+// at a time persists everything written so far; the others wait on flushMu
+// and usually find their kset already covered.
+func (j *Journal) waitDurable(lsn uint64) error {
+	if j.durable.Load() >= lsn {
+		return nil
+	}
+	j.flushMu.Lock()
+	defer j.flushMu.Unlock()
+	if j.durable.Load() >= lsn {
+		return nil
+	}
+	j.mu.Lock()
+	if j.mu.err != nil {
+		err := j.mu.err
+		j.mu.Unlock()
+		return err
+	}
+	pending, target := j.mu.pending, j.mu.written
+	j.mu.pending = nil
+	j.mu.Unlock()
+	for _, sp := range mergeSpans(pending) {
+		if err := j.s.m.Persist(sp.off, sp.n); err != nil {
+			j.mu.Lock()
+			j.mu.err = fmt.Errorf("persist: journal persist: %w", err)
+			j.mu.Unlock()
+			return err
+		}
+	}
+	j.flushes.Add(1)
+	j.durable.Store(target)
+	return nil
+}
+
+// mergeSpans joins adjacent or overlapping spans (they arrive in log order,
+// which is ascending within a segment).
+func mergeSpans(in []span) []span {
+	var out []span
+	for _, sp := range in {
+		if n := len(out); n > 0 && sp.off >= out[n-1].off && sp.off <= out[n-1].off+out[n-1].n {
+			out[n-1].n = max(out[n-1].n, sp.off+sp.n-out[n-1].off)
+			continue
+		}
+		out = append(out, sp)
+	}
+	return out
+}

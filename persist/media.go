@@ -1,0 +1,76 @@
+package persist
+
+import (
+	"fmt"
+	"log/slog"
+)
+
+// MediaKind names the persistence mechanism a Media uses.
+type MediaKind string
+
+const (
+	// KindDAX: a MAP_SYNC mapping of a DAX file; persist is CLWB + SFENCE.
+	KindDAX MediaKind = "dax"
+	// KindMmapMsync: a shared mapping; persist is msync(MS_SYNC) on the
+	// page-aligned range.
+	KindMmapMsync MediaKind = "mmap-msync"
+	// KindPwriteFdatasync: writes with pwrite, reads through a read-only
+	// shared mapping, persist is fdatasync (one call covers every waiter).
+	KindPwriteFdatasync MediaKind = "pwrite-fdatasync"
+	// KindCrash: the crash-simulating in-memory media for tests.
+	KindCrash MediaKind = "crash"
+)
+
+// Media is the byte-addressed cache media. Implementations are safe for
+// concurrent use. Offsets and lengths are in bytes; an access outside
+// [0, Size()) fails with an error wrapping ErrInvalidArgument.
+type Media interface {
+	Size() int64
+	Kind() MediaKind
+	// ReadAt fills p from off. A SIGBUS or I/O error becomes an error
+	// wrapping ErrMediaFault.
+	ReadAt(p []byte, off int64) error
+	// WriteAt writes p at off. It is not durable until a Persist covering
+	// it returns nil.
+	WriteAt(p []byte, off int64) error
+	// Persist makes [off, off+n) durable before it returns. Concurrent
+	// callers share flushes (group commit).
+	Persist(off, n int64) error
+	Close() error
+}
+
+// FileOptions configure OpenFile.
+type FileOptions struct {
+	// Create creates the file if it does not exist and grows it to Size.
+	Create bool
+	// Size is the size of a created (or grown) file; 0 keeps the existing size.
+	Size int64
+	// Kind forces a persistence mechanism (KindMmapMsync or
+	// KindPwriteFdatasync); empty means: DAX if the file supports MAP_SYNC,
+	// otherwise DefaultFileKind.
+	Kind MediaKind
+	// ReadOnly opens the file without write access (inspect, check);
+	// WriteAt and Persist then fail.
+	ReadOnly bool
+	// Logger receives one line saying which mechanism was chosen; nil
+	// discards.
+	Logger *slog.Logger
+}
+
+// DefaultFileKind is the non-DAX mechanism OpenFile picks; doc.go gives the
+// measurements behind the choice.
+const DefaultFileKind = KindPwriteFdatasync
+
+func checkRange(size int64, off, n int64) error {
+	if off < 0 || n < 0 || off > size || n > size-off {
+		return fmt.Errorf("%w: media range [%d,+%d) outside [0,%d)", ErrInvalidArgument, off, n, size)
+	}
+	return nil
+}
+
+func discardLogger(l *slog.Logger) *slog.Logger {
+	if l == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return l
+}
