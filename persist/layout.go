@@ -198,8 +198,8 @@ func decodeSuperblock(b []byte, slotOff int64, slot int) (Superblock, uint64, *F
 
 // CacheInfo is the mutable cache-wide settings record.
 type CacheInfo struct {
-	GCPercent uint8
-	Flags     uint32
+	GCPercent uint8  `json:"gc_percent"`
+	Flags     uint32 `json:"flags"`
 }
 
 func encodeInfoPayload(ci CacheInfo) []byte {
@@ -219,13 +219,16 @@ func decodeInfoPayload(p []byte) (CacheInfo, error) {
 
 // Pos is a position in the cache: a segment and a byte offset relative to
 // that segment's data area.
-type Pos struct{ Seg, Off uint32 }
+type Pos struct {
+	Seg uint32 `json:"segment"`
+	Off uint32 `json:"offset"`
+}
 
 // Tail is a position in the kset log and the LSN of the kset that starts
 // there.
 type Tail struct {
-	Pos Pos
-	LSN uint64
+	Pos Pos    `json:"pos"`
+	LSN uint64 `json:"lsn"`
 }
 
 func encodeTailPayload(t Tail) []byte {
@@ -242,10 +245,10 @@ func decodeTailPayload(p []byte) Tail {
 
 // VolumeRecord is one entry of the volume table.
 type VolumeRecord struct {
-	ID    uint32
-	Name  string // at most MaxVolumeName bytes
-	Size  uint64 // bytes
-	Flags uint32
+	ID    uint32 `json:"id"`
+	Name  string `json:"name"` // at most MaxVolumeName bytes
+	Size  uint64 `json:"size"` // bytes
+	Flags uint32 `json:"flags"`
 }
 
 // volume table payload: u32 count, u32 reserved, then count entries of 96

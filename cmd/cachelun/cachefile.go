@@ -1,0 +1,291 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/cachelun/cachelun/persist"
+)
+
+// parseFlags parses fs from args allowing flags after positional arguments.
+func parseFlags(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return pos, nil
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+}
+
+// parseSize parses sizes like 256MiB, 16GiB, 4096, 1G (binary units; KB/MB/
+// GB/TB are decimal).
+func parseSize(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	units := []struct {
+		suffix string
+		mult   int64
+	}{
+		{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40},
+		{"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12},
+		{"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}, {"T", 1 << 40}, {"B", 1},
+	}
+	mult := int64(1)
+	for _, u := range units {
+		if strings.HasSuffix(t, u.suffix) {
+			t, mult = strings.TrimSuffix(t, u.suffix), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(t), 10, 64)
+	if err != nil || n <= 0 || n > (1<<62)/mult {
+		return 0, fmt.Errorf("invalid size %q (want e.g. 256MiB, 16GiB)", s)
+	}
+	return n * mult, nil
+}
+
+type sizeFlag struct{ v *int64 }
+
+func (f sizeFlag) String() string {
+	if f.v == nil {
+		return "0"
+	}
+	return strconv.FormatInt(*f.v, 10)
+}
+func (f sizeFlag) Set(s string) error {
+	n, err := parseSize(s)
+	if err != nil {
+		return err
+	}
+	*f.v = n
+	return nil
+}
+
+func runFormat(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("format", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var size, segSize int64
+	fs.Var(sizeFlag{&size}, "size", "cache file size (e.g. 256MiB, 16GiB); default: the existing file's size")
+	fs.Var(sizeFlag{&segSize}, "segment-size", "segment size, a power of two from 128KiB to 1GiB (default 16MiB)")
+	blockSize := fs.Uint("block-size", persist.DefaultBlockSize, "cache allocation unit in bytes (512..4096)")
+	dataCRC := fs.Bool("data-crc", false, "keys carry a CRC32C of their data")
+	force := fs.Bool("force", false, "overwrite a cachelun file even if it holds dirty data")
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return 2
+	}
+	if len(pos) != 1 {
+		fmt.Fprintln(stderr, "usage: cachelun format --size SIZE [--segment-size SIZE] [--block-size N] [--data-crc] [--force] FILE")
+		return 2
+	}
+	path := pos[0]
+	_, statErr := os.Stat(path)
+	exists := statErr == nil
+	if !exists && size == 0 {
+		fmt.Fprintf(stderr, "cachelun format: %s does not exist and --size is not given\n", path)
+		return 2
+	}
+	// Check an existing file before it is resized: shrinking it would
+	// destroy what the dirty-data check is there to protect.
+	if exists && !*force {
+		if code := refuseDirty(path, stderr); code != 0 {
+			return code
+		}
+	}
+	m, err := persist.OpenFile(path, persist.FileOptions{Create: true, Size: size, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		fmt.Fprintf(stderr, "cachelun format: %v\n", err)
+		return 2
+	}
+	defer m.Close()
+	s, err := persist.Format(m, persist.FormatOptions{SegmentSize: uint32(segSize), BlockSize: uint32(*blockSize), DataCRC: *dataCRC, Force: *force})
+	if segSize > 1<<30 {
+		err = fmt.Errorf("%w: segment size %d too large", persist.ErrInvalidArgument, segSize)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "cachelun format: %s: %v\n", path, err)
+		if errors.Is(err, persist.ErrHoldsDirtyData) {
+			return 1
+		}
+		return 2
+	}
+	sb := s.Superblock()
+	fmt.Fprintf(stdout, "formatted %s: %d bytes, %d segments of %d bytes, block size %d, data crc %v, media %s, uuid %s\n",
+		path, m.Size(), sb.SegmentCount, sb.SegmentSize, sb.BlockSize, s.DataCRC(), m.Kind(), uuidString(sb.UUID))
+	return 0
+}
+
+// refuseDirty returns 0 if path is not a cachelun file or holds no dirty
+// data, 1 (with the reason printed) if it does or may, 2 on I/O errors.
+func refuseDirty(path string, stderr io.Writer) int {
+	m, err := persist.OpenFile(path, persist.FileOptions{ReadOnly: true})
+	if err != nil {
+		if errors.Is(err, persist.ErrInvalidArgument) { // empty file
+			return 0
+		}
+		fmt.Fprintf(stderr, "cachelun format: %v\n", err)
+		return 2
+	}
+	defer m.Close()
+	s, err := persist.Open(m)
+	switch {
+	case errors.Is(err, persist.ErrNotCachelun):
+		return 0
+	case errors.Is(err, persist.ErrMediaFault):
+		fmt.Fprintf(stderr, "cachelun format: %s: %v\n", path, err)
+		return 2
+	case err != nil:
+		fmt.Fprintf(stderr, "cachelun format: %s: refusing: existing cachelun file cannot be read (%v) and may hold dirty data; use --force\n", path, err)
+		return 1
+	}
+	n, err := s.HasDirtyData()
+	if err != nil {
+		fmt.Fprintf(stderr, "cachelun format: %s: %v\n", path, err)
+		return 2
+	}
+	if n > 0 {
+		fmt.Fprintf(stderr, "cachelun format: %s: refusing: %v: %d dirty keys not written back; use --force\n", path, persist.ErrHoldsDirtyData, n)
+		return 1
+	}
+	return 0
+}
+
+func uuidString(u [16]byte) string {
+	return fmt.Sprintf("%x-%x-%x-%x-%x", u[0:4], u[4:6], u[6:8], u[8:10], u[10:16])
+}
+
+// openStore opens path read-only. It returns the exit code to use on error.
+func openStore(cmd, path string, stderr io.Writer) (persist.Media, *persist.Store, int) {
+	m, err := persist.OpenFile(path, persist.FileOptions{ReadOnly: true})
+	if err != nil {
+		fmt.Fprintf(stderr, "cachelun %s: %v\n", cmd, err)
+		return nil, nil, 2
+	}
+	s, err := persist.Open(m)
+	if err != nil {
+		m.Close()
+		fmt.Fprintf(stderr, "cachelun %s: %s: %v\n", cmd, path, err)
+		if errors.Is(err, persist.ErrMediaFault) {
+			return nil, nil, 2
+		}
+		return nil, nil, 1
+	}
+	return m, s, 0
+}
+
+func runInspect(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("inspect", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	asJSON := fs.Bool("json", false, "print JSON")
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return 2
+	}
+	if len(pos) != 1 {
+		fmt.Fprintln(stderr, "usage: cachelun inspect [--json] FILE")
+		return 2
+	}
+	m, s, code := openStore("inspect", pos[0], stderr)
+	if code != 0 {
+		return code
+	}
+	defer m.Close()
+	rep, err := persist.Inspect(s)
+	if err != nil {
+		fmt.Fprintf(stderr, "cachelun inspect: %v\n", err)
+		return 2
+	}
+	// The file was opened read-only, which always reports the non-DAX
+	// kind; say what a read-write open (the daemon) would choose.
+	rep.MediaKind = runtimeKind(pos[0], rep.MediaKind)
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(rep); err != nil {
+			fmt.Fprintf(stderr, "cachelun inspect: %v\n", err)
+			return 2
+		}
+		return 0
+	}
+	sb := rep.Superblock
+	w := stdout
+	fmt.Fprintf(w, "file:          %s\n", pos[0])
+	fmt.Fprintf(w, "media:         %s, %d bytes\n", rep.MediaKind, rep.MediaSize)
+	fmt.Fprintf(w, "format:        version %d, features 0x%x (data crc %v)\n", sb.Version, sb.Features, sb.DataCRC)
+	fmt.Fprintf(w, "uuid:          %s\n", sb.UUID)
+	fmt.Fprintf(w, "geometry:      %d segments of %d bytes (%d data bytes each), block size %d\n", sb.SegmentCount, sb.SegmentSize, rep.SegmentDataSz, sb.BlockSize)
+	fmt.Fprintf(w, "info:          gc percent %d, flags 0x%x\n", rep.Info.GCPercent, rep.Info.Flags)
+	fmt.Fprintf(w, "key tail:      segment %d offset %d LSN %d\n", rep.KeyTail.Pos.Seg, rep.KeyTail.Pos.Off, rep.KeyTail.LSN)
+	fmt.Fprintf(w, "dirty tail:    segment %d offset %d LSN %d\n", rep.DirtyTail.Pos.Seg, rep.DirtyTail.Pos.Off, rep.DirtyTail.LSN)
+	fmt.Fprintf(w, "volumes:       %d\n", len(rep.Volumes))
+	for _, v := range rep.Volumes {
+		fmt.Fprintf(w, "  id %d %q size %d flags 0x%x\n", v.ID, v.Name, v.Size, v.Flags)
+	}
+	su := rep.Segments
+	fmt.Fprintf(w, "segments:      %d total, %d journal %v, %d with live data, %d quarantined %v, max generation %d\n",
+		su.Total, len(su.Log), su.Log, su.Data, len(su.Quarantined), su.Quarantined, su.MaxGen)
+	j := rep.Journal
+	fmt.Fprintf(w, "journal:       %d ksets (LSN %d..%d, epochs %d..%d), %d keys: %d dirty, %d clean, %d tombstones, %d stale\n",
+		j.KSets, j.FirstLSN, j.LastLSN, j.FirstEpoch, j.LastEpoch, j.Keys, j.Dirty, j.Clean, j.Tombstones, j.Stale)
+	fmt.Fprintf(w, "journal head:  segment %d offset %d LSN %d\n", j.Head.Pos.Seg, j.Head.Pos.Off, j.Head.LSN)
+	fmt.Fprintf(w, "journal end:   %s\n", j.StopReason)
+	for _, s := range rep.SlotWarnings {
+		fmt.Fprintf(w, "note:          %s\n", s)
+	}
+	return 0
+}
+
+// runtimeKind reports the media kind a read-write open would use.
+func runtimeKind(path string, roKind persist.MediaKind) persist.MediaKind {
+	m, err := persist.OpenFile(path, persist.FileOptions{})
+	if err != nil {
+		return roKind
+	}
+	defer m.Close()
+	return m.Kind()
+}
+
+func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("check", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return 2
+	}
+	if len(pos) != 1 {
+		fmt.Fprintln(stderr, "usage: cachelun check FILE")
+		return 2
+	}
+	m, s, code := openStore("check", pos[0], stderr)
+	if code != 0 {
+		return code
+	}
+	defer m.Close()
+	problems, err := persist.Check(s)
+	if err != nil {
+		fmt.Fprintf(stderr, "cachelun check: %v\n", err)
+		return 2
+	}
+	if len(problems) > 0 {
+		fmt.Fprintf(stdout, "%s: %d problems\n", pos[0], len(problems))
+		for _, p := range problems {
+			fmt.Fprintf(stdout, "  %s\n", p)
+		}
+		return 1
+	}
+	fmt.Fprintf(stdout, "%s: clean\n", pos[0])
+	return 0
+}
