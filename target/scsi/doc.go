@@ -1,0 +1,57 @@
+// Package scsi is the SCSI device server shared by cachelun's front ends
+// (target/iscsi and target/tcmu). It decodes CDBs, emulates a direct-access
+// block device per SPC-4 and SBC-3 on top of a Volume, and produces status,
+// sense data and data-in.
+//
+// # What it serves
+//
+// A Target holds logical units (LU), each backed by a Volume. Target.Execute
+// runs one Command and returns its Response; the transport owns framing,
+// data transfer, task ordering and task management, and reports nexus loss
+// and resets through NexusLost, ResetLU and ResetTarget.
+//
+// Implemented commands: TEST UNIT READY, REQUEST SENSE, INQUIRY (standard
+// and VPD 00h, 80h, 83h, 86h, B0h, B1h, B2h), READ CAPACITY(10/16), MODE
+// SENSE/SELECT(6/10) (pages 01h, 08h, 0Ah, 1Ch; only WCE is changeable),
+// READ/WRITE(6/10/12/16), WRITE AND VERIFY(10/12/16), VERIFY(10/12/16),
+// SYNCHRONIZE CACHE(10/16), PRE-FETCH(10/16), UNMAP, WRITE SAME(10/16),
+// COMPARE AND WRITE, ORWRITE(16), GET LBA STATUS, REPORT LUNS, REPORT
+// SUPPORTED OPERATION CODES, PERSISTENT RESERVE IN/OUT, RESERVE/RELEASE
+// (6/10), START STOP UNIT and PREVENT ALLOW MEDIUM REMOVAL. Anything else
+// ends in ILLEGAL REQUEST / INVALID COMMAND OPERATION CODE.
+//
+// # Guarantees
+//
+//   - Durability: with WCE=0 every write reaches the Volume with fua=true;
+//     a FUA write, WRITE AND VERIFY and SYNCHRONIZE CACHE complete only when
+//     the Volume says the data is durable.
+//   - Writes never touch blocks outside the CDB's range: when the initiator
+//     sent less data than the CDB asks for, nothing is written and the
+//     command ends with INVALID FIELD IN COMMAND INFORMATION UNIT; extra
+//     data is ignored. Response.TransferLen always carries the CDB's length
+//     so the transport can report residuals.
+//   - COMPARE AND WRITE and ORWRITE are atomic (Volume.CompareAndWrite).
+//   - No CDB or parameter list can crash the process: decoders check every
+//     length (they are fuzzed), and Execute recovers from a panic, logs it
+//     and answers CHECK CONDITION / INTERNAL TARGET FAILURE.
+//   - READ reads straight into Command.DataIn when the transport provides a
+//     large enough buffer.
+//
+// # Concurrency
+//
+// Execute may be called from any number of goroutines. It takes no
+// target-wide lock: the LUN map and each LU's nexus map are copy-on-write
+// (atomic pointer loads); unit attentions are checked through an atomic
+// counter; reservations are only consulted (under LU.resMu) while one
+// exists. Volume calls run without any device-server lock held.
+//
+// Lock order: Target.mu → LU.resMu → LU.nexusMu → nexusState.mu, and
+// LU.stateMu last. No lock is held across Volume I/O.
+//
+// # State file
+//
+// LUConfig.StatePath, when set, holds a JSON document with the saved WCE
+// (MODE SELECT with SP=1) and, while APTPL is in effect, the persistent
+// reservations. It is replaced atomically (write, fsync, rename, fsync of
+// the directory).
+package scsi

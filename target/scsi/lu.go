@@ -1,0 +1,333 @@
+package scsi
+
+import (
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
+)
+
+// LUConfig configures a logical unit.
+type LUConfig struct {
+	// Volume is the block device the logical unit serves. Required.
+	Volume Volume
+	// SerialNumber is the unit serial number (VPD 80h). Printable ASCII.
+	SerialNumber string
+	// DeviceID is the 16-byte identifier the VPD 83h designators (NAA
+	// IEEE Registered Extended, T10 vendor ID) are derived from.
+	DeviceID [16]byte
+	// VendorID, ProductID and Revision are the INQUIRY identification;
+	// empty means "CACHELUN", "cached-lun" and "0001".
+	VendorID, ProductID, Revision string
+	// Thin advertises logical block provisioning: LBPME, UNMAP, WRITE
+	// SAME with UNMAP, and the VPD B2h page.
+	Thin bool
+	// StatePath is a file that persists the saved caching mode page (WCE)
+	// and persistent reservations with APTPL; "" keeps them in memory.
+	StatePath string
+	// WriteCache is the initial WCE when StatePath holds no saved
+	// caching page. The zero value is write-through (WCE=0: every write is
+	// FUA), the safe choice; the daemon sets it from its write_cache
+	// setting, which defaults to true.
+	WriteCache bool
+	// Logger receives state-file errors; nil uses the target's logger.
+	Logger *slog.Logger
+}
+
+// LU is one logical unit: a Volume plus its SCSI state (mode pages, unit
+// attentions, reservations). Methods are safe for concurrent use.
+//
+// Locking: nexusMu guards changes of the nexus map (readers load it
+// atomically); each nexusState has its own mutex for its UA queue; resMu
+// guards reservations and PREVENT state; stateMu serializes writes of the
+// state file. Order: resMu → nexusMu → nexusState.mu; stateMu is taken
+// last and never held during volume I/O.
+type LU struct {
+	t   *Target
+	lun uint64
+	vol Volume
+	log *slog.Logger
+
+	serial            string
+	deviceID          [16]byte
+	vendor, product   string
+	revision          string
+	thin              bool
+	statePath         string
+	blockSize         uint32
+	blockShift        uint
+	maxXferBlocks     uint32
+	maxWriteSameBlks  uint64
+	maxUnmapBlocks    uint32
+	maxUnmapDescs     uint32
+	maxCAWBlocks      uint32
+	optimalXferBlocks uint32
+
+	defaultWCE bool
+	wce      atomic.Bool // current WCE
+	savedWCE atomic.Bool // saved WCE (what the state file holds)
+
+	nexusMu sync.Mutex
+	nexuses atomic.Pointer[map[nexusKey]*nexusState]
+
+	// reservationActive is true while a RESERVE(6)/(10) or persistent
+	// reservation exists; while false no conflict check runs.
+	reservationActive atomic.Bool
+	resMu             sync.Mutex
+	resv6             *nexusKey // RESERVE(6)/(10) holder
+	pr                prState
+	prevent           map[nexusKey]bool
+
+	stateMu sync.Mutex
+}
+
+// nexusKey identifies an I_T nexus.
+type nexusKey struct {
+	initiatorPort string
+	targetPort    string
+}
+
+func keyOf(n *Nexus) nexusKey {
+	if n == nil {
+		return nexusKey{}
+	}
+	return nexusKey{initiatorPort: n.InitiatorPort, targetPort: n.TargetPort}
+}
+
+// nexusState is what a logical unit keeps per I_T nexus.
+type nexusState struct {
+	key    nexusKey
+	nexus  Nexus
+	stream string
+
+	pending atomic.Int32 // len(uas), readable without mu
+	mu      sync.Mutex
+	uas     []ASC
+}
+
+// maxQueuedUA bounds the unit attention queue per nexus; when full, the
+// oldest is dropped (SPC-4 allows reporting a single generic condition).
+const maxQueuedUA = 16
+
+func (ns *nexusState) raise(asc ASC) {
+	ns.mu.Lock()
+	defer ns.mu.Unlock()
+	for _, q := range ns.uas {
+		if q == asc {
+			return
+		}
+	}
+	if len(ns.uas) >= maxQueuedUA {
+		ns.uas = ns.uas[1:]
+	}
+	ns.uas = append(ns.uas, asc)
+	ns.pending.Store(int32(len(ns.uas)))
+}
+
+// takeUA pops the oldest pending unit attention.
+func (ns *nexusState) takeUA() (ASC, bool) {
+	if ns.pending.Load() == 0 {
+		return 0, false
+	}
+	ns.mu.Lock()
+	defer ns.mu.Unlock()
+	if len(ns.uas) == 0 {
+		return 0, false
+	}
+	asc := ns.uas[0]
+	ns.uas = ns.uas[1:]
+	ns.pending.Store(int32(len(ns.uas)))
+	return asc, true
+}
+
+// clearUA drops a pending unit attention of the given code.
+func (ns *nexusState) clearUA(asc ASC) {
+	if ns.pending.Load() == 0 {
+		return
+	}
+	ns.mu.Lock()
+	defer ns.mu.Unlock()
+	out := ns.uas[:0]
+	for _, q := range ns.uas {
+		if q != asc {
+			out = append(out, q)
+		}
+	}
+	ns.uas = out
+	ns.pending.Store(int32(len(ns.uas)))
+}
+
+func newLU(t *Target, lun uint64, cfg LUConfig) (*LU, error) {
+	if cfg.Volume == nil {
+		return nil, fmt.Errorf("scsi: LUN %d: no volume: %w", lun, ErrInvalidConfig)
+	}
+	bs := cfg.Volume.BlockSize()
+	if bs < 512 || bs > 65536 || bs&(bs-1) != 0 {
+		return nil, fmt.Errorf("scsi: LUN %d: block size %d: %w", lun, bs, ErrInvalidConfig)
+	}
+	if cfg.Volume.Size() < int64(bs) || cfg.Volume.Size()%int64(bs) != 0 {
+		return nil, fmt.Errorf("scsi: LUN %d: size %d not a positive multiple of %d: %w", lun, cfg.Volume.Size(), bs, ErrInvalidConfig)
+	}
+	lu := &LU{
+		t: t, lun: lun, vol: cfg.Volume, log: cfg.Logger,
+		serial: cfg.SerialNumber, deviceID: cfg.DeviceID,
+		vendor: orDefault(cfg.VendorID, "CACHELUN"), product: orDefault(cfg.ProductID, "cached-lun"),
+		revision: orDefault(cfg.Revision, "0001"), thin: cfg.Thin, statePath: cfg.StatePath,
+		blockSize: uint32(bs), prevent: map[nexusKey]bool{},
+	}
+	if lu.log == nil {
+		lu.log = t.log
+	}
+	for 1<<lu.blockShift != bs {
+		lu.blockShift++
+	}
+	if lu.serial == "" {
+		lu.serial = fmt.Sprintf("%x", cfg.DeviceID[:8])
+	}
+	lu.maxXferBlocks = uint32(maxTransferBytes >> lu.blockShift)
+	lu.optimalXferBlocks = uint32(optimalTransferBytes >> lu.blockShift)
+	lu.maxWriteSameBlks = uint64(maxWriteSameBytes >> lu.blockShift)
+	lu.maxUnmapBlocks = uint32(maxUnmapBytes >> lu.blockShift)
+	lu.maxUnmapDescs = maxUnmapDescriptors
+	lu.maxCAWBlocks = maxCompareAndWriteBlocks
+	empty := map[nexusKey]*nexusState{}
+	lu.nexuses.Store(&empty)
+
+	lu.defaultWCE = cfg.WriteCache
+	lu.wce.Store(cfg.WriteCache)
+	lu.savedWCE.Store(cfg.WriteCache)
+	if err := lu.loadState(); err != nil {
+		return nil, err
+	}
+	return lu, nil
+}
+
+// Limits advertised in VPD B0h. Transfers are bounded so a transport never
+// has to hold more than maxTransferBytes for one command.
+const (
+	maxTransferBytes         = 8 << 20
+	optimalTransferBytes     = 1 << 20
+	maxWriteSameBytes        = 1 << 30
+	maxUnmapBytes            = 1 << 30
+	maxUnmapDescriptors      = 256
+	maxCompareAndWriteBlocks = 1
+)
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+// LUN returns the logical unit number.
+func (lu *LU) LUN() uint64 { return lu.lun }
+
+// Volume returns the volume the logical unit serves.
+func (lu *LU) Volume() Volume { return lu.vol }
+
+// WriteCacheEnabled reports the current WCE bit.
+func (lu *LU) WriteCacheEnabled() bool { return lu.wce.Load() }
+
+// NotifyCapacityChanged raises CAPACITY DATA HAS CHANGED on every nexus;
+// call it after the volume's size changed.
+func (lu *LU) NotifyCapacityChanged() { lu.raiseAll(ASCCapacityDataChanged, nil) }
+
+// nexus returns the state for n, creating it (with a POWER ON, RESET OR
+// BUS DEVICE RESET OCCURRED unit attention) on first contact.
+func (lu *LU) nexus(n *Nexus) *nexusState {
+	k := keyOf(n)
+	if ns := (*lu.nexuses.Load())[k]; ns != nil {
+		return ns
+	}
+	lu.nexusMu.Lock()
+	defer lu.nexusMu.Unlock()
+	old := *lu.nexuses.Load()
+	if ns := old[k]; ns != nil {
+		return ns
+	}
+	ns := &nexusState{key: k, stream: k.initiatorPort + "/lun" + strconv.FormatUint(lu.lun, 10)}
+	if n != nil {
+		ns.nexus = *n
+	}
+	ns.uas = append(ns.uas, ASCPowerOnReset)
+	ns.pending.Store(1)
+	next := make(map[nexusKey]*nexusState, len(old)+1)
+	for kk, v := range old {
+		next[kk] = v
+	}
+	next[k] = ns
+	lu.nexuses.Store(&next)
+	return ns
+}
+
+// raiseAll queues a unit attention on every known nexus except skip.
+func (lu *LU) raiseAll(asc ASC, skip *nexusKey) {
+	for k, ns := range *lu.nexuses.Load() {
+		if skip != nil && k == *skip {
+			continue
+		}
+		ns.raise(asc)
+	}
+}
+
+// raiseFor queues a unit attention on the nexuses of initiator port ip.
+func (lu *LU) raiseForInitiator(asc ASC, ip string) {
+	for k, ns := range *lu.nexuses.Load() {
+		if k.initiatorPort == ip {
+			ns.raise(asc)
+		}
+	}
+}
+
+func (lu *LU) reset(n *Nexus) {
+	k := keyOf(n)
+	lu.resMu.Lock()
+	lu.resv6 = nil
+	clear(lu.prevent)
+	lu.updateReservationActiveLocked()
+	lu.resMu.Unlock()
+	lu.raiseAll(ASCBusDeviceResetOccurred, &k)
+}
+
+func (lu *LU) nexusLost(n *Nexus) {
+	k := keyOf(n)
+	lu.resMu.Lock()
+	if lu.resv6 != nil && *lu.resv6 == k {
+		lu.resv6 = nil
+	}
+	delete(lu.prevent, k)
+	lu.updateReservationActiveLocked()
+	lu.resMu.Unlock()
+
+	lu.nexusMu.Lock()
+	defer lu.nexusMu.Unlock()
+	old := *lu.nexuses.Load()
+	if _, ok := old[k]; !ok {
+		return
+	}
+	next := make(map[nexusKey]*nexusState, len(old))
+	for kk, v := range old {
+		if kk != k {
+			next[kk] = v
+		}
+	}
+	lu.nexuses.Store(&next)
+}
+
+func (lu *LU) updateReservationActiveLocked() {
+	lu.reservationActive.Store(lu.resv6 != nil || lu.pr.Reserved)
+}
+
+// blocks returns the capacity in logical blocks.
+func (lu *LU) blocks() uint64 { return uint64(lu.vol.Size()) >> lu.blockShift }
+
+// checkRange validates an LBA range against the capacity.
+func (lu *LU) checkRange(lba, n uint64) error {
+	nb := lu.blocks()
+	if lba > nb || n > nb-lba {
+		return errLBAOutOfRange()
+	}
+	return nil
+}
