@@ -65,8 +65,8 @@ type LU struct {
 	optimalXferBlocks uint32
 
 	defaultWCE bool
-	wce      atomic.Bool // current WCE
-	savedWCE atomic.Bool // saved WCE (what the state file holds)
+	wce        atomic.Bool // current WCE
+	savedWCE   atomic.Bool // saved WCE (what the state file holds)
 
 	nexusMu sync.Mutex
 	nexuses atomic.Pointer[map[nexusKey]*nexusState]
