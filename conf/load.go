@@ -1,0 +1,108 @@
+package conf
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/BurntSushi/toml"
+)
+
+var decoderLine = regexp.MustCompile(`^toml: line (\d+) \(last key "([^"]*)"\): (.*)$`)
+
+// ErrInvalid is wrapped by every error Load and Parse return for a
+// configuration that was read but is not acceptable.
+var ErrInvalid = errors.New("invalid configuration")
+
+// Problem is one thing wrong with a configuration file.
+type Problem struct {
+	File string // the file name given to Load or Parse
+	Line int    // 1-based; 0 when the key could not be located
+	Key  string // key path, e.g. "volume[1].mode"
+	Msg  string
+}
+
+func (p *Problem) Error() string {
+	loc := p.File
+	if p.Line > 0 {
+		loc = fmt.Sprintf("%s:%d", p.File, p.Line)
+	}
+	if p.Key == "" {
+		return loc + ": " + p.Msg
+	}
+	return loc + ": " + p.Key + ": " + p.Msg
+}
+
+// Error is returned for an unacceptable configuration: all problems found,
+// in file order.
+type Error struct {
+	Problems []*Problem
+}
+
+func (e *Error) Error() string {
+	parts := make([]string, len(e.Problems))
+	for i, p := range e.Problems {
+		parts[i] = p.Error()
+	}
+	return strings.Join(parts, "\n")
+}
+
+// Unwrap makes errors.Is(err, ErrInvalid) true.
+func (e *Error) Unwrap() error { return ErrInvalid }
+
+// Load reads and validates the configuration file at path.
+func Load(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("conf: %w", err)
+	}
+	return Parse(path, b)
+}
+
+// Parse validates a configuration held in memory; name is used in error
+// messages as the file name.
+func Parse(name string, data []byte) (cfg *Config, err error) {
+	defer func() {
+		// The decoder is third-party code fed untrusted bytes: a panic in
+		// it must become an error, never a dead daemon.
+		if r := recover(); r != nil {
+			cfg, err = nil, &Error{Problems: []*Problem{{File: name, Msg: fmt.Sprintf("cannot parse: %v", r)}}}
+		}
+	}()
+	var c Config
+	md, derr := toml.NewDecoder(strings.NewReader(string(data))).Decode(&c)
+	if derr != nil {
+		p := &Problem{File: name, Msg: derr.Error()}
+		var pe toml.ParseError
+		if errors.As(derr, &pe) {
+			p.Line = pe.Position.Line
+			p.Key = pe.LastKey
+			p.Msg = pe.Message
+		} else if m := decoderLine.FindStringSubmatch(derr.Error()); m != nil {
+			// type mismatches come as plain errors "toml: line N (last key "k"): msg"
+			p.Line, _ = strconv.Atoi(m[1])
+			p.Key = m[2]
+			p.Msg = m[3]
+		}
+		return nil, &Error{Problems: []*Problem{p}}
+	}
+	v := &validator{file: name, ix: indexLines(string(data))}
+	for _, k := range md.Undecoded() {
+		v.problemAt(v.ix.plainLine(k.String()), k.String(), "unknown key")
+	}
+	v.config(&c)
+	if len(v.problems) > 0 {
+		sortProblems(v.problems)
+		return nil, &Error{Problems: v.problems}
+	}
+	c.Source = name
+	return &c, nil
+}
+
+func sortProblems(ps []*Problem) {
+	sort.SliceStable(ps, func(i, j int) bool { return ps[i].Line < ps[j].Line })
+}

@@ -1,0 +1,263 @@
+package conf
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Config is a complete, validated configuration. After Load or Parse every
+// optional field holds its effective value (defaults filled in) and every
+// pointer field is non-nil.
+type Config struct {
+	Global    Global    `toml:"global"`
+	Caches    []Cache   `toml:"cache"`
+	Volumes   []Volume  `toml:"volume"`
+	Targets   []Target  `toml:"target"`
+	Discovery Discovery `toml:"discovery"`
+	ISCSI     ISCSI     `toml:"iscsi"`
+
+	// Source is the file the configuration was loaded from ("" when parsed
+	// from memory under another name, see Parse).
+	Source string `toml:"-"`
+}
+
+// Global holds daemon-wide settings.
+type Global struct {
+	// DataDir is where relative paths point. Default "./cachelun-data".
+	DataDir string `toml:"data_dir"`
+	// LogLevel is one of debug, info, warn, error. Default info.
+	LogLevel string `toml:"log_level"`
+	// AdminSocket is the admin API's unix socket; "off" disables it.
+	// Default /run/cachelun/admin.sock. Relative paths are under DataDir.
+	AdminSocket string `toml:"admin_socket"`
+	// MetricsListen is the HOST:PORT of the Prometheus /metrics endpoint;
+	// "off" disables it. Default 127.0.0.1:9420.
+	MetricsListen string `toml:"metrics_listen"`
+}
+
+// Off is the value that disables an optional listener (admin_socket,
+// metrics_listen).
+const Off = "off"
+
+// Cache describes one cache file.
+type Cache struct {
+	Name string `toml:"name"`
+	// Path of the cache file, relative to DataDir unless absolute.
+	Path string `toml:"path"`
+	// Size creates and formats the file with this size when it does not
+	// exist. Zero means the file must already exist and be formatted.
+	Size Size `toml:"size"`
+	// SegmentSize and BlockSize are format parameters (used only when
+	// formatting). Defaults 16 MiB and 4 KiB.
+	SegmentSize Size `toml:"segment_size"`
+	BlockSize   Size `toml:"block_size"`
+	// DataCRC makes keys carry a CRC32C of their data (format parameter).
+	DataCRC bool `toml:"data_crc"`
+	// GCPercent: GC runs when used segments exceed this share. 0..90,
+	// default 70.
+	GCPercent *int `toml:"gc_percent"`
+	// JournalFlushInterval bounds how long an acknowledged write's key
+	// waits in an open kset. Default 1s.
+	JournalFlushInterval Duration `toml:"journal_flush_interval"`
+	// OnCacheFailure: auto (default), fail or passthrough.
+	OnCacheFailure string    `toml:"on_cache_failure"`
+	Writeback      Writeback `toml:"writeback"`
+}
+
+// Writeback holds the writeback controller's tunables.
+type Writeback struct {
+	TargetDirtyPercent   *int     `toml:"target_dirty_percent"`   // default 10
+	HighWatermarkPercent *int     `toml:"high_watermark_percent"` // default 50
+	IdleAfter            Duration `toml:"idle_after"`             // default 1s
+	MaxBytesPerSec       Size     `toml:"max_bytes_per_sec"`      // 0 = unlimited
+}
+
+// Volume describes one cached volume.
+type Volume struct {
+	Name  string `toml:"name"`
+	Cache string `toml:"cache"`
+	// Backing is the backing device or file, relative to DataDir unless
+	// absolute.
+	Backing string `toml:"backing"`
+	// BackingSize creates a file of this size when Backing does not exist.
+	BackingSize Size `toml:"backing_size"`
+	// Direct opens the backing device with O_DIRECT.
+	Direct bool `toml:"direct"`
+	// Slow wraps the backing device in a throttle, e.g.
+	// "latency=5ms,iops=200" (tests and benchmarks).
+	Slow string `toml:"slow"`
+	// Mode: writeback (default), writethrough, writearound, writeonly,
+	// passthrough.
+	Mode string `toml:"mode"`
+	// BlockSize is the logical block size reported to hosts: 512
+	// (default) or 4096.
+	BlockSize int `toml:"block_size"`
+	// WriteCache is the initial WCE bit; false makes every write FUA.
+	// Default true.
+	WriteCache *bool `toml:"write_cache"`
+	// SequentialCutoff: sequential streams beyond this bypass the cache.
+	// "0" disables. Default 4 MiB.
+	SequentialCutoff Size `toml:"sequential_cutoff"`
+	// Congestion bypass thresholds; "0s" disables. Defaults 2ms and 20ms.
+	CongestedReadThreshold  Duration `toml:"congested_read_threshold"`
+	CongestedWriteThreshold Duration `toml:"congested_write_threshold"`
+}
+
+// Target describes one iSCSI target.
+type Target struct {
+	IQN     string   `toml:"iqn"`
+	Alias   string   `toml:"alias"`
+	Portals []string `toml:"portals"`
+	LUNs    []LUN    `toml:"lun"`
+	// Initiators is the ACL of initiator names; empty allows all.
+	Initiators []string `toml:"initiators"`
+	CHAP       *CHAP    `toml:"chap"`
+}
+
+// LUN maps a logical unit number of a target to a volume.
+type LUN struct {
+	LUN    uint64 `toml:"lun"`
+	Volume string `toml:"volume"`
+	// Thin advertises thin provisioning (UNMAP, LBPME).
+	Thin bool `toml:"thin"`
+}
+
+// CHAP holds one-way (User, Secret) and optional mutual (MutualUser,
+// MutualSecret) CHAP credentials.
+type CHAP struct {
+	User         string `toml:"user"`
+	Secret       string `toml:"secret"`
+	MutualUser   string `toml:"mutual_user"`
+	MutualSecret string `toml:"mutual_secret"`
+}
+
+// Discovery configures discovery sessions.
+type Discovery struct {
+	CHAP *CHAP `toml:"chap"`
+}
+
+// ISCSI holds the iSCSI limits offered to initiators.
+type ISCSI struct {
+	NOPInterval              Duration `toml:"nop_interval"`                 // default 5s
+	NOPTimeout               Duration `toml:"nop_timeout"`                  // default 15s
+	MaxSessions              int      `toml:"max_sessions"`                 // 0 = unlimited
+	MaxRecvDataSegmentLength int      `toml:"max_recv_data_segment_length"` // default 262144
+	MaxBurstLength           int      `toml:"max_burst_length"`             // default 1048576
+	FirstBurstLength         int      `toml:"first_burst_length"`           // default 65536
+	MaxOutstandingR2T        int      `toml:"max_outstanding_r2t"`          // default 1
+	QueueDepth               int      `toml:"queue_depth"`                  // CmdSN window, default 128
+}
+
+// Size is a byte count written as an integer or a string with a unit:
+// "4096", "4KiB", "16MiB", "1GiB", "2TiB" (also KB/MB/GB/TB = powers of
+// 1000, and K/M/G/T = powers of 1024). Set tells an explicit "0" apart from
+// an absent key.
+type Size struct {
+	Bytes    int64
+	Set      bool
+	text     string
+	fromFile bool
+}
+
+// UnmarshalText records the text; Parse converts it during validation so
+// that a bad value is reported with its file:line like every other problem.
+func (s *Size) UnmarshalText(b []byte) error {
+	s.text, s.Set, s.fromFile = string(b), true, true
+	return nil
+}
+
+// MarshalText renders the size in bytes.
+func (s Size) MarshalText() ([]byte, error) { return []byte(strconv.FormatInt(s.Bytes, 10)), nil }
+
+// String renders the size with the largest exact binary unit.
+func (s Size) String() string { return FormatSize(s.Bytes) }
+
+// Bytes returns a Size of n bytes (marked Set).
+func Bytes(n int64) Size { return Size{Bytes: n, Set: true} }
+
+// Duration is a Go duration string such as "500ms", "5s", "1m30s".
+type Duration struct {
+	D        time.Duration
+	Set      bool
+	text     string
+	fromFile bool
+}
+
+// UnmarshalText records the text for validation (see Size.UnmarshalText).
+func (d *Duration) UnmarshalText(b []byte) error {
+	d.text, d.Set, d.fromFile = string(b), true, true
+	return nil
+}
+
+// MarshalText renders the duration.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.D.String()), nil }
+
+// String renders the duration.
+func (d Duration) String() string { return d.D.String() }
+
+// Dur returns a Duration of d (marked Set).
+func Dur(d time.Duration) Duration { return Duration{D: d, Set: true} }
+
+var sizeUnits = []struct {
+	suffix string
+	mult   int64
+}{
+	{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40}, {"PiB", 1 << 50},
+	{"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12}, {"PB", 1e15},
+	{"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}, {"T", 1 << 40}, {"P", 1 << 50},
+	{"B", 1},
+}
+
+// ParseSize parses a byte count such as "4096", "64KiB" or "1.5GiB".
+func ParseSize(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	if t == "" {
+		return 0, fmt.Errorf("empty size")
+	}
+	mult := int64(1)
+	for _, u := range sizeUnits {
+		if strings.HasSuffix(t, u.suffix) {
+			t, mult = strings.TrimSpace(strings.TrimSuffix(t, u.suffix)), u.mult
+			break
+		}
+	}
+	if n, err := strconv.ParseInt(t, 10, 64); err == nil {
+		if n < 0 {
+			return 0, fmt.Errorf("negative size %q", s)
+		}
+		if n > 0 && n > (1<<62)/mult {
+			return 0, fmt.Errorf("size %q too large", s)
+		}
+		return n * mult, nil
+	}
+	f, err := strconv.ParseFloat(t, 64)
+	if err != nil || f != f {
+		return 0, fmt.Errorf("bad size %q (want e.g. 4096, 64KiB, 16MiB, 1GiB)", s)
+	}
+	if f < 0 {
+		return 0, fmt.Errorf("negative size %q", s)
+	}
+	v := f * float64(mult)
+	if v > float64(int64(1)<<62) {
+		return 0, fmt.Errorf("size %q too large", s)
+	}
+	if v != float64(int64(v)) {
+		return 0, fmt.Errorf("size %q is not a whole number of bytes", s)
+	}
+	return int64(v), nil
+}
+
+// FormatSize renders n with the largest binary unit that divides it.
+func FormatSize(n int64) string {
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"PiB", 1 << 50}, {"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if n != 0 && n%u.mult == 0 {
+			return strconv.FormatInt(n/u.mult, 10) + u.suffix
+		}
+	}
+	return strconv.FormatInt(n, 10)
+}

@@ -1,0 +1,509 @@
+package conf
+
+import (
+	"fmt"
+	"net"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Defaults applied to keys that are absent.
+const (
+	DefaultDataDir              = "./cachelun-data"
+	DefaultLogLevel             = "info"
+	DefaultAdminSocket          = "/run/cachelun/admin.sock"
+	DefaultMetricsListen        = "127.0.0.1:9420"
+	DefaultSegmentSize          = 16 << 20
+	DefaultCacheBlockSize       = 4096
+	DefaultGCPercent            = 70
+	DefaultJournalFlushInterval = time.Second
+	DefaultOnCacheFailure       = "auto"
+	DefaultTargetDirtyPercent   = 10
+	DefaultHighWatermarkPercent = 50
+	DefaultIdleAfter            = time.Second
+	DefaultMode                 = "writeback"
+	DefaultVolumeBlockSize      = 512
+	DefaultSequentialCutoff     = 4 << 20
+	DefaultCongestedRead        = 2 * time.Millisecond
+	DefaultCongestedWrite       = 20 * time.Millisecond
+	DefaultNOPInterval          = 5 * time.Second
+	DefaultNOPTimeout           = 15 * time.Second
+	DefaultMaxRecvDataSegLen    = 262144
+	DefaultMaxBurstLength       = 1 << 20
+	DefaultFirstBurstLength     = 65536
+	DefaultMaxOutstandingR2T    = 1
+	DefaultQueueDepth           = 128
+)
+
+// Accepted enumerations.
+var (
+	LogLevels       = []string{"debug", "info", "warn", "error"}
+	Modes           = []string{"writeback", "writethrough", "writearound", "writeonly", "passthrough"}
+	FailurePolicies = []string{"auto", "fail", "passthrough"}
+)
+
+const (
+	minSegmentSize = 128 << 10
+	maxSegmentSize = 1 << 30
+	// a cache needs room for its metadata area and a few segments; the
+	// engine refuses smaller files, catch it at load time
+	minCacheSegments = 8
+	maxLUN           = 16383 // SAM flat addressing
+	maxISCSINameLen  = 223   // RFC 3720 3.2.6.1
+	maxObjectNameLen = 63    // persist volume table entry
+	minCHAPSecretLen = 12    // RFC 7143 12.1.3: 96 bits
+	maxCHAPSecretLen = 255
+	maxDataSegLen    = 1<<24 - 1
+)
+
+var objectName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
+
+type validator struct {
+	file     string
+	ix       *lineIndex
+	problems []*Problem
+}
+
+func (v *validator) problemAt(line int, key, format string, args ...any) {
+	v.problems = append(v.problems, &Problem{File: v.file, Line: line, Key: key, Msg: fmt.Sprintf(format, args...)})
+}
+
+// bad reports a problem at the line where key (a path with indices) is.
+func (v *validator) bad(key, format string, args ...any) {
+	v.problemAt(v.ix.line(key), key, format, args...)
+}
+
+func (v *validator) config(c *Config) {
+	v.global(&c.Global)
+	caches := map[string]*Cache{}
+	paths := map[string]string{}
+	for i := range c.Caches {
+		ca := &c.Caches[i]
+		k := fmt.Sprintf("cache[%d]", i)
+		v.cache(k, ca)
+		if ca.Name != "" {
+			if _, dup := caches[ca.Name]; dup {
+				v.bad(k+".name", "duplicate cache name %q", ca.Name)
+			}
+			caches[ca.Name] = ca
+		}
+		if ca.Path != "" {
+			if other, dup := paths[ca.Path]; dup {
+				v.bad(k+".path", "path %q already used by %s", ca.Path, other)
+			}
+			paths[ca.Path] = "cache " + ca.Name
+		}
+	}
+	volumes := map[string]bool{}
+	for i := range c.Volumes {
+		vo := &c.Volumes[i]
+		k := fmt.Sprintf("volume[%d]", i)
+		v.volume(k, vo)
+		if vo.Name != "" {
+			if volumes[vo.Name] {
+				v.bad(k+".name", "duplicate volume name %q", vo.Name)
+			}
+			volumes[vo.Name] = true
+		}
+		if vo.Cache != "" {
+			if _, ok := caches[vo.Cache]; !ok {
+				v.bad(k+".cache", "no cache named %q", vo.Cache)
+			}
+		}
+		if vo.Backing != "" {
+			if other, dup := paths[vo.Backing]; dup {
+				v.bad(k+".backing", "path %q already used by %s", vo.Backing, other)
+			}
+			paths[vo.Backing] = "volume " + vo.Name
+		}
+	}
+	iqns := map[string]bool{}
+	for i := range c.Targets {
+		t := &c.Targets[i]
+		k := fmt.Sprintf("target[%d]", i)
+		v.target(k, t, volumes)
+		if t.IQN != "" {
+			if iqns[strings.ToLower(t.IQN)] {
+				v.bad(k+".iqn", "duplicate target %q", t.IQN)
+			}
+			iqns[strings.ToLower(t.IQN)] = true
+		}
+	}
+	if c.Discovery.CHAP != nil {
+		v.chap("discovery.chap", c.Discovery.CHAP)
+	}
+	v.iscsi("iscsi", &c.ISCSI)
+}
+
+func (v *validator) global(g *Global) {
+	if g.DataDir == "" {
+		g.DataDir = DefaultDataDir
+	}
+	if g.LogLevel == "" {
+		g.LogLevel = DefaultLogLevel
+	}
+	v.oneOf("global.log_level", g.LogLevel, LogLevels)
+	if g.AdminSocket == "" {
+		g.AdminSocket = DefaultAdminSocket
+	}
+	if g.MetricsListen == "" {
+		g.MetricsListen = DefaultMetricsListen
+	}
+	if g.MetricsListen != Off {
+		if err := checkHostPort(g.MetricsListen, false); err != nil {
+			v.bad("global.metrics_listen", "%v", err)
+		}
+	}
+}
+
+func (v *validator) cache(k string, c *Cache) {
+	v.name(k+".name", "cache", c.Name)
+	if c.Path == "" {
+		v.bad(k+".path", "missing (the cache file)")
+	}
+	v.size(k+".size", &c.Size, 0)
+	v.size(k+".segment_size", &c.SegmentSize, DefaultSegmentSize)
+	v.size(k+".block_size", &c.BlockSize, DefaultCacheBlockSize)
+	seg, blk := c.SegmentSize.Bytes, c.BlockSize.Bytes
+	if !isPow2(seg) || seg < minSegmentSize || seg > maxSegmentSize {
+		v.bad(k+".segment_size", "must be a power of two from %s to %s, not %s",
+			FormatSize(minSegmentSize), FormatSize(maxSegmentSize), FormatSize(seg))
+	}
+	if !isPow2(blk) || blk < 512 || blk > 1<<20 || blk > seg {
+		v.bad(k+".block_size", "must be a power of two from 512 bytes to 1MiB and at most segment_size, not %s", FormatSize(blk))
+	}
+	if c.Size.Set && c.Size.Bytes != 0 && isPow2(seg) && c.Size.Bytes < minCacheSegments*seg {
+		v.bad(k+".size", "%s is too small: at least %d segments (%s) are needed", FormatSize(c.Size.Bytes),
+			minCacheSegments, FormatSize(minCacheSegments*seg))
+	}
+	v.percent(k+".gc_percent", &c.GCPercent, DefaultGCPercent, 0, 90)
+	v.duration(k+".journal_flush_interval", &c.JournalFlushInterval, DefaultJournalFlushInterval)
+	if d := c.JournalFlushInterval.D; d <= 0 || d > time.Minute {
+		v.bad(k+".journal_flush_interval", "must be more than 0 and at most 1m, not %s", d)
+	}
+	if c.OnCacheFailure == "" {
+		c.OnCacheFailure = DefaultOnCacheFailure
+	}
+	v.oneOf(k+".on_cache_failure", c.OnCacheFailure, FailurePolicies)
+	w := &c.Writeback
+	v.percent(k+".writeback.target_dirty_percent", &w.TargetDirtyPercent, DefaultTargetDirtyPercent, 0, 100)
+	v.percent(k+".writeback.high_watermark_percent", &w.HighWatermarkPercent, DefaultHighWatermarkPercent, 1, 100)
+	if *w.TargetDirtyPercent > *w.HighWatermarkPercent {
+		v.bad(k+".writeback.target_dirty_percent", "%d is above high_watermark_percent %d",
+			*w.TargetDirtyPercent, *w.HighWatermarkPercent)
+	}
+	v.duration(k+".writeback.idle_after", &w.IdleAfter, DefaultIdleAfter)
+	if w.IdleAfter.D < 0 {
+		v.bad(k+".writeback.idle_after", "must not be negative")
+	}
+	v.size(k+".writeback.max_bytes_per_sec", &w.MaxBytesPerSec, 0)
+}
+
+func (v *validator) volume(k string, vo *Volume) {
+	v.name(k+".name", "volume", vo.Name)
+	if vo.Cache == "" {
+		v.bad(k+".cache", "missing (the name of a [[cache]])")
+	}
+	if vo.Backing == "" {
+		v.bad(k+".backing", "missing (the backing device or file)")
+	}
+	v.size(k+".backing_size", &vo.BackingSize, 0)
+	if vo.Slow != "" {
+		if err := CheckSlowSpec(vo.Slow); err != nil {
+			v.bad(k+".slow", "%v", err)
+		}
+	}
+	if vo.Mode == "" {
+		vo.Mode = DefaultMode
+	}
+	v.oneOf(k+".mode", vo.Mode, Modes)
+	if vo.BlockSize == 0 {
+		vo.BlockSize = DefaultVolumeBlockSize
+	}
+	if vo.BlockSize != 512 && vo.BlockSize != 4096 {
+		v.bad(k+".block_size", "must be 512 or 4096, not %d", vo.BlockSize)
+	} else if vo.BackingSize.Bytes%int64(vo.BlockSize) != 0 {
+		v.bad(k+".backing_size", "%d bytes is not a multiple of block_size %d", vo.BackingSize.Bytes, vo.BlockSize)
+	}
+	if vo.WriteCache == nil {
+		t := true
+		vo.WriteCache = &t
+	}
+	v.size(k+".sequential_cutoff", &vo.SequentialCutoff, DefaultSequentialCutoff)
+	v.duration(k+".congested_read_threshold", &vo.CongestedReadThreshold, DefaultCongestedRead)
+	v.duration(k+".congested_write_threshold", &vo.CongestedWriteThreshold, DefaultCongestedWrite)
+	if vo.CongestedReadThreshold.D < 0 {
+		v.bad(k+".congested_read_threshold", "must not be negative")
+	}
+	if vo.CongestedWriteThreshold.D < 0 {
+		v.bad(k+".congested_write_threshold", "must not be negative")
+	}
+}
+
+func (v *validator) target(k string, t *Target, volumes map[string]bool) {
+	if t.IQN == "" {
+		v.bad(k+".iqn", "missing (the target name, e.g. iqn.2026-11.com.example:disk1)")
+	} else if err := CheckISCSIName(t.IQN); err != nil {
+		v.bad(k+".iqn", "%v", err)
+	}
+	if len(t.Portals) == 0 {
+		v.bad(k+".portals", "at least one portal (HOST:PORT) is needed")
+	}
+	seen := map[string]bool{}
+	for _, p := range t.Portals {
+		if err := checkHostPort(p, true); err != nil {
+			v.bad(k+".portals", "%v", err)
+		} else if seen[p] {
+			v.bad(k+".portals", "portal %q listed twice", p)
+		}
+		seen[p] = true
+	}
+	luns := map[uint64]bool{}
+	for i := range t.LUNs {
+		l := &t.LUNs[i]
+		lk := fmt.Sprintf("%s.lun[%d]", k, i)
+		if l.LUN > maxLUN {
+			v.bad(lk+".lun", "LUN %d is above %d", l.LUN, maxLUN)
+		}
+		if luns[l.LUN] {
+			v.bad(lk+".lun", "LUN %d mapped twice", l.LUN)
+		}
+		luns[l.LUN] = true
+		if l.Volume == "" {
+			v.bad(lk+".volume", "missing (the name of a [[volume]])")
+		} else if !volumes[l.Volume] {
+			v.bad(lk+".volume", "no volume named %q", l.Volume)
+		}
+	}
+	inits := map[string]bool{}
+	for _, n := range t.Initiators {
+		if err := CheckISCSIName(n); err != nil {
+			v.bad(k+".initiators", "%v", err)
+		} else if inits[strings.ToLower(n)] {
+			v.bad(k+".initiators", "initiator %q listed twice", n)
+		}
+		inits[strings.ToLower(n)] = true
+	}
+	if t.CHAP != nil {
+		v.chap(k+".chap", t.CHAP)
+	}
+}
+
+func (v *validator) chap(k string, c *CHAP) {
+	if c.User == "" && c.Secret == "" && c.MutualUser == "" && c.MutualSecret == "" {
+		v.bad(k, "empty chap table (remove it to disable CHAP)")
+		return
+	}
+	if c.User == "" {
+		v.bad(k+".user", "missing")
+	}
+	v.secret(k+".secret", c.Secret)
+	if c.MutualUser != "" || c.MutualSecret != "" {
+		if c.MutualUser == "" {
+			v.bad(k+".mutual_user", "missing (mutual_secret is set)")
+		}
+		v.secret(k+".mutual_secret", c.MutualSecret)
+		if c.MutualSecret != "" && c.MutualSecret == c.Secret {
+			v.bad(k+".mutual_secret", "must differ from secret (RFC 7143)")
+		}
+	}
+}
+
+func (v *validator) secret(k, s string) {
+	if len(s) < minCHAPSecretLen || len(s) > maxCHAPSecretLen {
+		v.bad(k, "must be %d to %d bytes long (RFC 7143 requires at least 96 bits), not %d",
+			minCHAPSecretLen, maxCHAPSecretLen, len(s))
+	}
+}
+
+func (v *validator) iscsi(k string, c *ISCSI) {
+	v.duration(k+".nop_interval", &c.NOPInterval, DefaultNOPInterval)
+	v.duration(k+".nop_timeout", &c.NOPTimeout, DefaultNOPTimeout)
+	if c.NOPInterval.D <= 0 {
+		v.bad(k+".nop_interval", "must be more than 0")
+	}
+	if c.NOPTimeout.D < c.NOPInterval.D {
+		v.bad(k+".nop_timeout", "%s is shorter than nop_interval %s", c.NOPTimeout.D, c.NOPInterval.D)
+	}
+	if c.MaxSessions < 0 {
+		v.bad(k+".max_sessions", "must not be negative (0 = unlimited)")
+	}
+	v.intRange(k+".max_recv_data_segment_length", &c.MaxRecvDataSegmentLength, DefaultMaxRecvDataSegLen, 512, maxDataSegLen)
+	v.intRange(k+".max_burst_length", &c.MaxBurstLength, DefaultMaxBurstLength, 512, maxDataSegLen)
+	v.intRange(k+".first_burst_length", &c.FirstBurstLength, DefaultFirstBurstLength, 512, maxDataSegLen)
+	if c.FirstBurstLength > c.MaxBurstLength {
+		v.bad(k+".first_burst_length", "%d is above max_burst_length %d", c.FirstBurstLength, c.MaxBurstLength)
+	}
+	v.intRange(k+".max_outstanding_r2t", &c.MaxOutstandingR2T, DefaultMaxOutstandingR2T, 1, 65535)
+	v.intRange(k+".queue_depth", &c.QueueDepth, DefaultQueueDepth, 1, 65535)
+}
+
+// ---- helpers ----
+
+func (v *validator) name(k, what, s string) {
+	switch {
+	case s == "":
+		v.bad(k, "missing (every %s needs a name)", what)
+	case len(s) > maxObjectNameLen:
+		v.bad(k, "%q is longer than %d bytes", s, maxObjectNameLen)
+	case !objectName.MatchString(s):
+		v.bad(k, "%q: use letters, digits, '.', '_' and '-' (not first)", s)
+	}
+}
+
+func (v *validator) oneOf(k, s string, allowed []string) {
+	for _, a := range allowed {
+		if s == a {
+			return
+		}
+	}
+	v.bad(k, "%q is not one of %s", s, strings.Join(allowed, ", "))
+}
+
+func (v *validator) size(k string, s *Size, def int64) {
+	if !s.Set {
+		s.Bytes = def
+		return
+	}
+	if !s.fromFile {
+		return // set in code, not parsed
+	}
+	n, err := ParseSize(s.text)
+	if err != nil {
+		v.bad(k, "%v", err)
+		return
+	}
+	s.Bytes = n
+}
+
+func (v *validator) duration(k string, d *Duration, def time.Duration) {
+	if !d.Set {
+		d.D = def
+		return
+	}
+	if !d.fromFile {
+		return // set in code
+	}
+	x, err := time.ParseDuration(strings.TrimSpace(d.text))
+	if err != nil {
+		if _, nerr := strconv.ParseInt(d.text, 10, 64); nerr == nil && d.text != "0" {
+			v.bad(k, "%q needs a unit, e.g. \"%sms\" or \"%ss\"", d.text, d.text, d.text)
+			return
+		}
+		v.bad(k, "bad duration %q (want e.g. 500ms, 5s, 1m)", d.text)
+		return
+	}
+	d.D = x
+}
+
+func (v *validator) percent(k string, p **int, def, lo, hi int) {
+	if *p == nil {
+		x := def
+		*p = &x
+		return
+	}
+	if **p < lo || **p > hi {
+		v.bad(k, "must be from %d to %d, not %d", lo, hi, **p)
+	}
+}
+
+func (v *validator) intRange(k string, p *int, def, lo, hi int) {
+	if *p == 0 {
+		*p = def
+		return
+	}
+	if *p < lo || *p > hi {
+		v.bad(k, "must be from %d to %d, not %d", lo, hi, *p)
+	}
+}
+
+func isPow2(n int64) bool { return n > 0 && n&(n-1) == 0 }
+
+// checkHostPort accepts HOST:PORT with an IP literal host ([::1]:3260 for
+// IPv6). wantIP=false also accepts a host name ("localhost:9420").
+func checkHostPort(s string, wantIP bool) error {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Errorf("%q is not HOST:PORT (IPv6 as [::1]:3260)", s)
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || p < 1 || p > 65535 {
+		return fmt.Errorf("%q: port must be 1 to 65535", s)
+	}
+	if host == "" {
+		return fmt.Errorf("%q: host missing (use 0.0.0.0 or [::] for all addresses)", s)
+	}
+	if net.ParseIP(host) == nil && (wantIP || strings.ContainsAny(host, " /")) {
+		return fmt.Errorf("%q: host must be an IP address", s)
+	}
+	return nil
+}
+
+// CheckISCSIName reports whether s is a valid iSCSI name (RFC 3720 3.2.6):
+// iqn.YYYY-MM.reversed.domain[:anything], eui.<16 hex> or naa.<16|32 hex>,
+// lower case.
+func CheckISCSIName(s string) error {
+	if len(s) > maxISCSINameLen {
+		return fmt.Errorf("iSCSI name %q is longer than %d bytes", s, maxISCSINameLen)
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '.' || r == '-' || r == ':') {
+			return fmt.Errorf("iSCSI name %q: only lower-case letters, digits, '.', '-' and ':' are allowed", s)
+		}
+	}
+	switch {
+	case strings.HasPrefix(s, "iqn."):
+		if !iqnPattern.MatchString(s) {
+			return fmt.Errorf("iSCSI name %q: want iqn.YYYY-MM.reversed.domain[:name]", s)
+		}
+	case strings.HasPrefix(s, "eui."):
+		if !euiPattern.MatchString(s) {
+			return fmt.Errorf("iSCSI name %q: want eui. and 16 hex digits", s)
+		}
+	case strings.HasPrefix(s, "naa."):
+		if !naaPattern.MatchString(s) {
+			return fmt.Errorf("iSCSI name %q: want naa. and 16 or 32 hex digits", s)
+		}
+	default:
+		return fmt.Errorf("iSCSI name %q must start with iqn., eui. or naa.", s)
+	}
+	return nil
+}
+
+var (
+	iqnPattern = regexp.MustCompile(`^iqn\.[0-9]{4}-(0[1-9]|1[0-2])\.[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*(:.*)?$`)
+	euiPattern = regexp.MustCompile(`^eui\.[0-9a-f]{16}$`)
+	naaPattern = regexp.MustCompile(`^naa\.([0-9a-f]{16}|[0-9a-f]{32})$`)
+)
+
+// CheckSlowSpec checks the syntax of a slow-device spec: comma-separated
+// latency=DURATION, iops=N, bw=SIZE (per second).
+func CheckSlowSpec(s string) error {
+	for _, part := range strings.Split(s, ",") {
+		k, val, ok := strings.Cut(strings.TrimSpace(part), "=")
+		if !ok {
+			return fmt.Errorf("slow spec %q: %q is not key=value", s, part)
+		}
+		switch strings.TrimSpace(k) {
+		case "latency":
+			d, err := time.ParseDuration(strings.TrimSpace(val))
+			if err != nil || d < 0 {
+				return fmt.Errorf("slow spec %q: bad latency %q", s, val)
+			}
+		case "iops":
+			n, err := strconv.Atoi(strings.TrimSpace(val))
+			if err != nil || n < 0 {
+				return fmt.Errorf("slow spec %q: bad iops %q", s, val)
+			}
+		case "bw":
+			if _, err := ParseSize(strings.TrimSuffix(strings.TrimSpace(val), "/s")); err != nil {
+				return fmt.Errorf("slow spec %q: bad bw %q", s, val)
+			}
+		default:
+			return fmt.Errorf("slow spec %q: unknown key %q (latency, iops, bw)", s, k)
+		}
+	}
+	return nil
+}
