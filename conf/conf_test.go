@@ -137,7 +137,7 @@ func TestValidationRules(t *testing.T) {
 		{"volume backing shared", base + "\n[[volume]]\nname = \"v1\"\ncache = \"c0\"\nbacking = \"v0.img\" #!\n", "already used"},
 		{"volume backing = cache file", strings.Replace(base, `backing = "v0.img"`, `backing = "c0.img" #!`, 1), "already used"},
 		{"volume backing size", strings.Replace(base, `backing_size = "16MiB"`, `backing_size = 1000 #!`, 1), "not a multiple"},
-		{"volume slow spec", strings.Replace(base, `backing_size = "16MiB"`, "backing_size = \"16MiB\"\nslow = \"latency=fast\" #!", 1), "bad latency"},
+		{"volume slow spec", strings.Replace(base, `backing_size = "16MiB"`, "backing_size = \"16MiB\"\nslow = \"latency=fast\" #!", 1), "want a duration"},
 		{"volume slow key", strings.Replace(base, `backing_size = "16MiB"`, "backing_size = \"16MiB\"\nslow = \"jitter=1ms\" #!", 1), "unknown key"},
 		{"volume mode", strings.Replace(base, `backing_size = "16MiB"`, "backing_size = \"16MiB\"\nmode = \"wrback\" #!", 1), "not one of"},
 		{"volume block size", strings.Replace(base, `backing_size = "16MiB"`, "backing_size = \"16MiB\"\nblock_size = 1024 #!", 1), "512 or 4096"},

@@ -2,6 +2,7 @@ package conf
 
 import (
 	"fmt"
+	"github.com/cachelun/cachelun/backend"
 	"net"
 	"regexp"
 	"strconv"
@@ -478,32 +479,9 @@ var (
 	naaPattern = regexp.MustCompile(`^naa\.([0-9a-f]{16}|[0-9a-f]{32})$`)
 )
 
-// CheckSlowSpec checks the syntax of a slow-device spec: comma-separated
-// latency=DURATION, iops=N, bw=SIZE (per second).
+// CheckSlowSpec checks a slow-device spec ("latency=5ms,iops=200,bw=100MiB")
+// with the same parser the daemon uses to build the throttle.
 func CheckSlowSpec(s string) error {
-	for _, part := range strings.Split(s, ",") {
-		k, val, ok := strings.Cut(strings.TrimSpace(part), "=")
-		if !ok {
-			return fmt.Errorf("slow spec %q: %q is not key=value", s, part)
-		}
-		switch strings.TrimSpace(k) {
-		case "latency":
-			d, err := time.ParseDuration(strings.TrimSpace(val))
-			if err != nil || d < 0 {
-				return fmt.Errorf("slow spec %q: bad latency %q", s, val)
-			}
-		case "iops":
-			n, err := strconv.Atoi(strings.TrimSpace(val))
-			if err != nil || n < 0 {
-				return fmt.Errorf("slow spec %q: bad iops %q", s, val)
-			}
-		case "bw":
-			if _, err := ParseSize(strings.TrimSuffix(strings.TrimSpace(val), "/s")); err != nil {
-				return fmt.Errorf("slow spec %q: bad bw %q", s, val)
-			}
-		default:
-			return fmt.Errorf("slow spec %q: unknown key %q (latency, iops, bw)", s, k)
-		}
-	}
-	return nil
+	_, err := backend.ParseSlowSpec(s)
+	return err
 }
