@@ -2,12 +2,13 @@ package conf
 
 import (
 	"fmt"
-	"github.com/cachelun/cachelun/backend"
 	"net"
 	"regexp"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/cachelun/cachelun/backend"
 )
 
 // Defaults applied to keys that are absent.
