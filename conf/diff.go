@@ -291,6 +291,8 @@ func (d *differ) iscsi(o, n ISCSI) {
 	d.field(s, "", "first_burst_length", strconv.Itoa(o.FirstBurstLength), strconv.Itoa(n.FirstBurstLength), false)
 	d.field(s, "", "max_outstanding_r2t", strconv.Itoa(o.MaxOutstandingR2T), strconv.Itoa(n.MaxOutstandingR2T), false)
 	d.field(s, "", "queue_depth", strconv.Itoa(o.QueueDepth), strconv.Itoa(n.QueueDepth), false)
+	d.field(s, "", "max_transfer_length", o.MaxTransferLength.String(), n.MaxTransferLength.String(), false)
+	d.field(s, "", "initial_r2t", fmtBool(o.InitialR2T), fmtBool(n.InitialR2T), false)
 }
 
 func fmtBool(b bool) string { return strconv.FormatBool(b) }

@@ -142,12 +142,14 @@ type Discovery struct {
 type ISCSI struct {
 	NOPInterval              Duration `toml:"nop_interval"`                 // default 5s
 	NOPTimeout               Duration `toml:"nop_timeout"`                  // default 15s
-	MaxSessions              int      `toml:"max_sessions"`                 // 0 = unlimited
-	MaxRecvDataSegmentLength int      `toml:"max_recv_data_segment_length"` // default 262144
-	MaxBurstLength           int      `toml:"max_burst_length"`             // default 1048576
-	FirstBurstLength         int      `toml:"first_burst_length"`           // default 65536
-	MaxOutstandingR2T        int      `toml:"max_outstanding_r2t"`          // default 1
+	MaxSessions              int      `toml:"max_sessions"`                 // all targets together, default 1024
+	MaxRecvDataSegmentLength int      `toml:"max_recv_data_segment_length"` // default 262144, at least 8192
+	MaxBurstLength           int      `toml:"max_burst_length"`             // default 1048576, at least 262144
+	FirstBurstLength         int      `toml:"first_burst_length"`           // default 262144, at least 65536
+	MaxOutstandingR2T        int      `toml:"max_outstanding_r2t"`          // default 8
 	QueueDepth               int      `toml:"queue_depth"`                  // CmdSN window, default 128
+	MaxTransferLength        Size     `toml:"max_transfer_length"`          // one command's data, default 16MiB
+	InitialR2T               bool     `toml:"initial_r2t"`                  // refuse unsolicited Data-Out
 }
 
 // Size is a byte count written as an integer or a string with a unit:

@@ -34,8 +34,10 @@ const (
 	DefaultNOPTimeout           = 15 * time.Second
 	DefaultMaxRecvDataSegLen    = 262144
 	DefaultMaxBurstLength       = 1 << 20
-	DefaultFirstBurstLength     = 65536
-	DefaultMaxOutstandingR2T    = 1
+	DefaultFirstBurstLength     = 262144
+	DefaultMaxOutstandingR2T    = 8
+	DefaultMaxTransferLength    = 16 << 20
+	DefaultMaxSessions          = 1024
 	DefaultQueueDepth           = 128
 )
 
@@ -329,17 +331,19 @@ func (v *validator) iscsi(k string, c *ISCSI) {
 	if c.NOPTimeout.D < c.NOPInterval.D {
 		v.bad(k+".nop_timeout", "%s is shorter than nop_interval %s", c.NOPTimeout.D, c.NOPInterval.D)
 	}
-	if c.MaxSessions < 0 {
-		v.bad(k+".max_sessions", "must not be negative (0 = unlimited)")
-	}
-	v.intRange(k+".max_recv_data_segment_length", &c.MaxRecvDataSegmentLength, DefaultMaxRecvDataSegLen, 512, maxDataSegLen)
-	v.intRange(k+".max_burst_length", &c.MaxBurstLength, DefaultMaxBurstLength, 512, maxDataSegLen)
-	v.intRange(k+".first_burst_length", &c.FirstBurstLength, DefaultFirstBurstLength, 512, maxDataSegLen)
+	v.intRange(k+".max_sessions", &c.MaxSessions, DefaultMaxSessions, 1, 65535)
+	v.intRange(k+".max_recv_data_segment_length", &c.MaxRecvDataSegmentLength, DefaultMaxRecvDataSegLen, 8192, maxDataSegLen)
+	v.intRange(k+".max_burst_length", &c.MaxBurstLength, DefaultMaxBurstLength, 262144, maxDataSegLen)
+	v.intRange(k+".first_burst_length", &c.FirstBurstLength, DefaultFirstBurstLength, 65536, maxDataSegLen)
 	if c.FirstBurstLength > c.MaxBurstLength {
 		v.bad(k+".first_burst_length", "%d is above max_burst_length %d", c.FirstBurstLength, c.MaxBurstLength)
 	}
 	v.intRange(k+".max_outstanding_r2t", &c.MaxOutstandingR2T, DefaultMaxOutstandingR2T, 1, 65535)
 	v.intRange(k+".queue_depth", &c.QueueDepth, DefaultQueueDepth, 1, 65535)
+	v.size(k+".max_transfer_length", &c.MaxTransferLength, DefaultMaxTransferLength)
+	if n := c.MaxTransferLength.Bytes; n < 65536 || n > 1<<30 {
+		v.bad(k+".max_transfer_length", "must be from 64KiB to 1GiB, not %s", FormatSize(n))
+	}
 }
 
 // ---- helpers ----
