@@ -1,0 +1,144 @@
+package admin
+
+import (
+	"context"
+	"time"
+)
+
+// Clock is the time source; nil in Config means the real clock.
+type Clock interface{ Now() time.Time }
+
+type realClock struct{}
+
+func (realClock) Now() time.Time { return time.Now() }
+
+// Mode is a volume's cache mode as the engine names it ("writeback",
+// "writethrough", "writearound", "writeonly", "passthrough"). The admin
+// package passes it through verbatim; the engine validates it.
+type Mode string
+
+// Progress reports how much dirty data a drain (or a mode switch that drains
+// first) still has to write back.
+type Progress struct {
+	DirtyBytes      int64 `json:"dirty_bytes"`
+	StartDirtyBytes int64 `json:"start_dirty_bytes"`
+}
+
+// Fraction is the share of the starting dirty data already written back, in
+// [0, 1]. A drain that started clean is complete.
+func (p Progress) Fraction() float64 {
+	if p.StartDirtyBytes <= 0 {
+		return 1
+	}
+	done := float64(p.StartDirtyBytes-p.DirtyBytes) / float64(p.StartDirtyBytes)
+	return min(max(done, 0), 1)
+}
+
+// VolumeStats are a volume's counters since the engine opened it. Counters
+// only grow; DirtyBytes and WritebackLag are gauges.
+type VolumeStats struct {
+	ReadHits         uint64            `json:"read_hits"`
+	ReadPartialHits  uint64            `json:"read_partial_hits"`
+	ReadMisses       uint64            `json:"read_misses"`
+	WriteHits        uint64            `json:"write_hits"`
+	ReadHitBytes     uint64            `json:"read_hit_bytes"`
+	ReadMissBytes    uint64            `json:"read_miss_bytes"`
+	WriteBytes       uint64            `json:"write_bytes"`
+	BypassedRequests map[string]uint64 `json:"bypassed_requests,omitempty"` // by reason
+	BypassedBytes    map[string]uint64 `json:"bypassed_bytes,omitempty"`    // by reason
+	ReadBypassRaces  uint64            `json:"read_bypass_races"`
+	DirtyBytes       int64             `json:"dirty_bytes"`
+	WritebackBytes   uint64            `json:"writeback_bytes"`
+	WritebackLag     time.Duration     `json:"writeback_lag_ns"`
+	Errors           map[string]uint64 `json:"errors,omitempty"` // by kind
+}
+
+// JournalPos is a position in a cache file's kset journal.
+type JournalPos struct {
+	Segment uint32 `json:"segment"`
+	Offset  uint32 `json:"offset"`
+	LSN     uint64 `json:"lsn"`
+}
+
+// CacheStats describe one cache file.
+type CacheStats struct {
+	Segments            uint32     `json:"segments"`
+	SegmentsUsed        uint32     `json:"segments_used"`
+	SegmentsFree        uint32     `json:"segments_free"`
+	SegmentsQuarantined uint32     `json:"segments_quarantined"`
+	KeyHead             JournalPos `json:"key_head"`
+	DirtyTail           JournalPos `json:"dirty_tail"`
+	KeyTail             JournalPos `json:"key_tail"`
+	GCRuns              uint64     `json:"gc_runs"`
+	GCSegmentsFreed     uint64     `json:"gc_segments_freed"`
+	DeferredWrites      uint64     `json:"deferred_writes"`
+	DirtyBytes          int64      `json:"dirty_bytes"`
+	Failed              bool       `json:"failed"`
+	FailureReason       string     `json:"failure_reason,omitempty"`
+}
+
+// Explanation says why a read of one block would hit or miss and where the
+// block's data lives.
+type Explanation struct {
+	Offset int64  `json:"offset"`
+	State  string `json:"state"` // hit, miss, placeholder, tombstone, ... as the engine names it
+	Dirty  bool   `json:"dirty"`
+	// Segment and SegmentOffset locate the data in the cache file when the
+	// block is cached.
+	Segment       uint32 `json:"segment"`
+	SegmentOffset uint32 `json:"segment_offset"`
+	Gen           uint64 `json:"gen"`
+	LSN           uint64 `json:"lsn"`
+}
+
+// Session is one initiator session on a front end.
+type Session struct {
+	Transport string   `json:"transport"` // "iscsi" or "tcmu"
+	Initiator string   `json:"initiator"`
+	Target    string   `json:"target"`
+	Portal    string   `json:"portal,omitempty"` // local address the session came in on
+	Remote    string   `json:"remote,omitempty"` // initiator's address
+	ID        string   `json:"id,omitempty"`     // e.g. ISID/TSIH
+	LUNs      []uint64 `json:"luns"`
+	InFlight  int      `json:"in_flight"` // commands being executed
+}
+
+// VolumeAPI is what the admin server needs from one cached volume. The
+// read-only methods (Name, Mode, Stats, Explain, Size, BlockSize) must not
+// wait for data-path work; the server still calls them under a time budget
+// and falls back to its last snapshot. SetMode, Drain and Flush may block
+// for a long time; the server runs them as cancellable jobs.
+type VolumeAPI interface {
+	Name() string
+	Cache() string // name of the cache file the volume lives on
+	Mode() Mode
+	Size() int64
+	BlockSize() int
+	Stats() VolumeStats
+	Explain(off int64) Explanation
+	SetMode(ctx context.Context, m Mode, progress func(Progress)) error
+	Drain(ctx context.Context, progress func(Progress)) error
+	Flush(ctx context.Context) error
+}
+
+// CacheAPI is what the admin server needs from one cache file.
+type CacheAPI interface {
+	Name() string
+	Path() string
+	Stats() CacheStats
+	// Detach removes a failed cache from service; volumes continue on
+	// their backing devices as the failure policy allows. The server calls
+	// it only when Stats().Failed is true.
+	Detach(ctx context.Context) error
+}
+
+// Backend is the daemon as seen by the admin server.
+type Backend interface {
+	Volumes() []VolumeAPI
+	Caches() []CacheAPI
+	Sessions() []Session
+	// Reload re-reads the configuration and applies the difference (or,
+	// with dryRun, only describes it). plan is a human-readable description
+	// of the changes.
+	Reload(ctx context.Context, dryRun bool) (plan string, err error)
+}
