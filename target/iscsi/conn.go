@@ -1,0 +1,580 @@
+package iscsi
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cachelun/cachelun/target/scsi"
+)
+
+// conn is one TCP connection and, after login, its session's state. Its
+// goroutines: serve (the reader: login, then every inbound PDU), writer
+// (every outbound PDU after login), pinger (NOP-In keepalive), one per
+// running SCSI command and one per task-management or logout request.
+//
+// Lock order: Server.mu, then conn.tmu, then conn.wmu.
+type conn struct {
+	srv       *Server
+	log       *slog.Logger
+	nc        net.Conn
+	localAddr netip.AddrPort
+	br        *bufio.Reader
+	bw        *bufio.Writer
+	pr        pduReader
+	pw        pduWriter
+
+	ctx    context.Context // cancelled at teardown; parent of every task context
+	cancel context.CancelFunc
+	done   chan struct{} // closed when teardown is complete
+
+	// Set by login, read-only afterwards.
+	sess      *session
+	params    sessionParams
+	discovery bool
+	initiator string
+	cid       uint16
+	nexus     scsi.Nexus
+	target    atomic.Pointer[targetEntry] // replaced by UpdateTarget
+
+	// CmdSN window. expCmdSN is written by the reader goroutine only.
+	expCmdSN atomic.Uint32
+	inflight atomic.Int32 // non-immediate commands accepted and not yet answered
+	ahead    map[uint32]bool
+
+	tmu      sync.Mutex
+	tasks    map[uint32]*task // by ITT: every task not yet answered
+	held     []*task          // data complete, waiting for earlier CmdSNs
+	nextTTT  uint32
+	recent   [64]uint32 // ITTs of recently aborted tasks: their Data-Out is dropped silently
+	recentN  int
+	loggedIn atomic.Bool // full-feature phase reached
+	closing  atomic.Bool // logout in progress or connection dropped
+	taskWG   sync.WaitGroup
+	auxWG    sync.WaitGroup // TMF and logout goroutines
+
+	// Writer state: wmu guards queue and wclosed.
+	wmu        sync.Mutex
+	queue      []outItem
+	wake       chan struct{}
+	wclosed    bool
+	statSN     uint32 // writer goroutine only (login code before it starts)
+	writerDone chan struct{}
+
+	lastRecv  atomic.Int64 // unix nanoseconds of the last PDU received
+	pingTTT   uint32       // pinger goroutine only
+	abortOnce sync.Once
+
+	// Reader-goroutine scratch.
+	scratch []byte
+	textIn  []byte
+	textOut []byte // rest of a SendTargets answer longer than one PDU
+	textTTT uint32
+}
+
+type outKind uint8
+
+const (
+	outStatus  outKind = iota // a response that consumes a StatSN
+	outNoSN                   // R2T, target-initiated NOP-In: StatSN not advanced
+	outTask                   // SCSI command completion (Data-In and/or SCSI Response)
+	outClose                  // flush, then close the connection
+)
+
+type outItem struct {
+	kind outKind
+	h    bhs
+	data []byte
+	t    *task
+}
+
+func (s *Server) newConn(nc net.Conn) *conn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	if tc, ok := nc.(*net.TCPConn); ok {
+		tc.SetNoDelay(true)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	c := &conn{
+		srv:        s,
+		log:        s.log,
+		nc:         nc,
+		ctx:        ctx,
+		cancel:     cancel,
+		done:       make(chan struct{}),
+		ahead:      map[uint32]bool{},
+		tasks:      map[uint32]*task{},
+		wake:       make(chan struct{}, 1),
+		writerDone: make(chan struct{}),
+	}
+	if ap, err := netip.ParseAddrPort(nc.LocalAddr().String()); err == nil {
+		c.localAddr = ap
+	}
+	c.br = bufio.NewReaderSize(nc, 64<<10)
+	c.bw = bufio.NewWriterSize(nc, 64<<10)
+	c.pr.r = c.br
+	c.pw.w = c.bw
+	c.lastRecv.Store(time.Now().UnixNano())
+	s.conns[c] = struct{}{}
+	s.connWG.Add(1)
+	return c
+}
+
+// abort drops the connection: in-flight tasks are cancelled and their
+// responses discarded. Teardown happens on the serve goroutine.
+func (c *conn) abort() {
+	c.abortOnce.Do(func() {
+		c.closing.Store(true)
+		c.nc.Close()
+		c.cancel()
+	})
+}
+
+func (c *conn) serve() {
+	defer c.teardown()
+	defer func() {
+		if r := recover(); r != nil {
+			c.log.Error("iscsi: connection handler panicked", "panic", r, "stack", string(debug.Stack()))
+		}
+	}()
+	// A connection must log in within a bounded time.
+	c.nc.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if err := c.login(); err != nil {
+		if !errors.Is(err, io.EOF) {
+			c.log.Debug("iscsi: login ended", "remote", c.nc.RemoteAddr().String(), "err", err)
+		}
+		return
+	}
+	c.nc.SetReadDeadline(time.Time{})
+	c.loggedIn.Store(true)
+	c.log.Info("iscsi: session logged in", "initiator", c.initiator, "tsih", c.sess.tsih,
+		"target", c.targetName(), "header_digest", c.params.HeaderDigest, "data_digest", c.params.DataDigest)
+	go c.writer()
+	if c.srv.cfg.NOPInterval > 0 {
+		c.auxWG.Add(1)
+		go c.pinger()
+	}
+	err := c.fullFeature()
+	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !c.closing.Load() {
+		c.log.Info("iscsi: connection dropped", "initiator", c.initiator, "err", err)
+	}
+}
+
+func (c *conn) targetName() string {
+	if e := c.target.Load(); e != nil {
+		return e.cfg.Name
+	}
+	return ""
+}
+
+func (c *conn) teardown() {
+	c.abort()
+	c.abortAllTasks()
+	c.taskWG.Wait()
+	c.auxWG.Wait()
+	c.wmu.Lock()
+	c.wclosed = true
+	c.wmu.Unlock()
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+	if c.loggedIn.Load() {
+		<-c.writerDone
+	}
+	if c.sess != nil {
+		c.srv.unregisterSession(c.sess)
+		if e := c.target.Load(); e != nil {
+			e.cfg.SCSI.NexusLost(&c.nexus)
+		}
+		c.log.Info("iscsi: session ended", "initiator", c.initiator, "tsih", c.sess.tsih)
+	}
+	c.srv.mu.Lock()
+	delete(c.srv.conns, c)
+	c.srv.mu.Unlock()
+	close(c.done)
+	c.srv.connWG.Done()
+}
+
+func (c *conn) applyParams() {
+	p := c.params
+	c.pr.headerDigest, c.pr.dataDigest = p.HeaderDigest, p.DataDigest
+	c.pw.headerDigest, c.pw.dataDigest = p.HeaderDigest, p.DataDigest
+	c.pr.maxData = p.MaxRecvDataSegment
+	c.scratch = make([]byte, min(p.MaxRecvDataSegment, 64<<10))
+}
+
+func (c *conn) inFlight() int {
+	c.tmu.Lock()
+	defer c.tmu.Unlock()
+	return len(c.tasks)
+}
+
+// window returns ExpCmdSN and MaxCmdSN as the target advertises them.
+// MaxCmdSN = ExpCmdSN + depth - 1 - inflight never decreases, because a
+// command enters inflight exactly when it advances ExpCmdSN.
+func (c *conn) window() (exp, maxSN uint32) {
+	exp = c.expCmdSN.Load()
+	free := int32(c.srv.lim.QueueDepth) - c.inflight.Load()
+	return exp, exp + uint32(free) - 1
+}
+
+// serialLess is RFC 1982 serial-number comparison for 32-bit numbers.
+func serialLess(a, b uint32) bool { return a != b && int32(a-b) < 0 }
+
+// acceptCmdSN checks a non-immediate PDU's CmdSN against the window and
+// advances ExpCmdSN. It reports false for a CmdSN outside the window or
+// already received, which the caller then ignores (RFC 7143 §4.2.2.1).
+func (c *conn) acceptCmdSN(sn uint32, immediate bool) bool {
+	if immediate {
+		return true
+	}
+	exp, maxSN := c.window()
+	if serialLess(sn, exp) || serialLess(maxSN, sn) || c.ahead[sn] {
+		c.log.Debug("iscsi: CmdSN outside window, ignored", "cmdsn", sn, "exp", exp, "max", maxSN)
+		return false
+	}
+	if sn != exp {
+		c.ahead[sn] = true
+		return true
+	}
+	exp++
+	for c.ahead[exp] {
+		delete(c.ahead, exp)
+		exp++
+	}
+	c.expCmdSN.Store(exp)
+	if len(c.held) > 0 {
+		c.releaseHeld()
+	}
+	return true
+}
+
+// queue hands an item to the writer goroutine.
+func (c *conn) send(it outItem) {
+	c.wmu.Lock()
+	if c.wclosed {
+		c.wmu.Unlock()
+		if it.t != nil {
+			it.t.release()
+		}
+		return
+	}
+	c.queue = append(c.queue, it)
+	c.wmu.Unlock()
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// writer is the only goroutine that writes to the socket after login. It
+// stamps StatSN/ExpCmdSN/MaxCmdSN, encodes a batch of queued items and
+// flushes once the queue is empty, so one syscall carries many responses.
+func (c *conn) writer() {
+	defer close(c.writerDone)
+	defer func() {
+		if r := recover(); r != nil {
+			c.log.Error("iscsi: writer panicked", "panic", r, "stack", string(debug.Stack()))
+			c.abort()
+		}
+	}()
+	var batch []outItem
+	failed := false
+	for {
+		c.wmu.Lock()
+		for len(c.queue) == 0 && !c.wclosed {
+			c.wmu.Unlock()
+			<-c.wake
+			c.wmu.Lock()
+		}
+		if len(c.queue) == 0 && c.wclosed {
+			c.wmu.Unlock()
+			return
+		}
+		batch, c.queue = c.queue, batch[:0]
+		c.wmu.Unlock()
+		for i := range batch {
+			it := &batch[i]
+			if !failed {
+				if err := c.writeItem(it); err != nil {
+					failed = true
+					c.abort()
+				}
+			} else if it.t != nil {
+				it.t.release()
+			}
+			*it = outItem{}
+		}
+		if failed {
+			continue
+		}
+		c.wmu.Lock()
+		more := len(c.queue) > 0
+		c.wmu.Unlock()
+		if !more {
+			if err := c.bw.Flush(); err != nil {
+				failed = true
+				c.abort()
+			}
+		}
+	}
+}
+
+func (c *conn) stamp(h *bhs, advance bool) {
+	exp, maxSN := c.window()
+	h.putU32(offCmdSN, c.statSN)
+	if advance {
+		c.statSN++
+	}
+	h.putU32(offExpSN, exp)
+	h.putU32(offMaxCmdSN, maxSN)
+}
+
+func (c *conn) writeItem(it *outItem) error {
+	switch it.kind {
+	case outStatus, outNoSN:
+		c.stamp(&it.h, it.kind == outStatus)
+		return c.pw.write(&it.h, it.data)
+	case outTask:
+		return c.writeTaskResponse(it.t)
+	case outClose:
+		if err := c.bw.Flush(); err != nil {
+			return err
+		}
+		c.abort()
+		return errors.New("closed")
+	}
+	return fmt.Errorf("iscsi: unknown out item %d", it.kind)
+}
+
+// reject queues a Reject PDU carrying the offending header.
+func (c *conn) reject(h *pduHeader, reason byte) {
+	var r bhs
+	r[0] = opReject
+	r[1] = 0x80
+	r[2] = reason
+	r.putU32(16, reservedTag)
+	hdr := make([]byte, bhsLen)
+	copy(hdr, h.bhs[:])
+	c.send(outItem{kind: outStatus, h: r, data: hdr})
+}
+
+// requestLogout sends an Async Message asking the initiator to log out
+// within wait, and drops the connection if it has not by then.
+func (c *conn) requestLogout(wait time.Duration) {
+	if !c.loggedIn.Load() {
+		c.abort()
+		return
+	}
+	secs := max(int(wait/time.Second), 1)
+	var h bhs
+	h[0] = opAsync
+	h[1] = 0x80
+	h.putU64LUN(0)
+	h.putU32(16, reservedTag)
+	h[36] = 1 // SCSI async event 1: target requests logout
+	h.putU16(42, uint16(min(secs, 3600)))
+	c.send(outItem{kind: outStatus, h: h})
+	t := time.AfterFunc(wait+time.Second, c.abort)
+	go func() {
+		<-c.done
+		t.Stop()
+	}()
+}
+
+func (h *bhs) putU64LUN(lunField uint64) {
+	for i := range 8 {
+		h[8+i] = byte(lunField >> (56 - 8*i))
+	}
+}
+
+// pinger sends a NOP-In when the initiator has been silent for
+// NOPInterval and drops the connection when it stays silent for
+// NOPTimeout after that.
+func (c *conn) pinger() {
+	defer c.auxWG.Done()
+	iv, to := c.srv.cfg.NOPInterval, c.srv.cfg.NOPTimeout
+	tick := time.NewTicker(max(min(iv, to)/2, 10*time.Millisecond))
+	defer tick.Stop()
+	var pinged int64
+	for {
+		select {
+		case <-c.ctx.Done():
+			return
+		case now := <-tick.C:
+			last := c.lastRecv.Load()
+			idle := time.Duration(now.UnixNano() - last)
+			if pinged != 0 && last < pinged && now.UnixNano()-pinged >= int64(to) {
+				c.log.Info("iscsi: initiator not responding to NOP-In, dropping connection", "initiator", c.initiator)
+				c.abort()
+				return
+			}
+			if idle >= iv && (pinged == 0 || last >= pinged) {
+				pinged = now.UnixNano()
+				c.pingTTT++
+				if c.pingTTT == reservedTag {
+					c.pingTTT = 1
+				}
+				var h bhs
+				h[0] = opNOPIn
+				h[1] = 0x80
+				h.putU32(16, reservedTag)
+				h.putU32(offTTT, c.pingTTT)
+				c.send(outItem{kind: outNoSN, h: h})
+			}
+		}
+	}
+}
+
+// readPayload reads the current PDU's data segment into the scratch buffer
+// (grown up to the negotiated maximum).
+func (c *conn) readPayload(h *pduHeader) ([]byte, error) {
+	n := h.bhs.dataLen()
+	if n > len(c.scratch) {
+		c.scratch = make([]byte, n)
+	}
+	p := c.scratch[:n]
+	if err := c.pr.readData(h, p); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// fullFeature is the reader loop of a logged-in connection.
+func (c *conn) fullFeature() error {
+	var h pduHeader
+	for {
+		if err := c.pr.readHeader(&h); err != nil {
+			if errors.Is(err, ErrSegmentTooBig) {
+				c.reject(&h, rejectProtocolError)
+				c.closeAfterFlush()
+			}
+			return err
+		}
+		c.lastRecv.Store(time.Now().UnixNano())
+		var err error
+		switch h.bhs.opcode() {
+		case opSCSICmd:
+			err = c.handleSCSICommand(&h)
+		case opDataOut:
+			err = c.handleDataOut(&h)
+		case opNOPOut:
+			err = c.handleNOPOut(&h)
+		case opTaskMgmt:
+			err = c.handleTaskMgmt(&h)
+		case opTextReq:
+			err = c.handleText(&h)
+		case opLogoutReq:
+			err = c.handleLogout(&h)
+		case opSNACK:
+			// ErrorRecoveryLevel 0: SNACK is not supported.
+			if err = c.pr.readData(&h, nil); err == nil {
+				c.reject(&h, rejectSNACK)
+			}
+		default:
+			// A login PDU in full-feature phase or an unknown opcode:
+			// the stream cannot be trusted any more.
+			c.reject(&h, rejectProtocolError)
+			c.closeAfterFlush()
+			return fmt.Errorf("%w: opcode %#x in full-feature phase", ErrMalformedPDU, h.bhs.opcode())
+		}
+		if err != nil {
+			if errors.Is(err, ErrDataDigest) {
+				c.reject(&h, rejectDataDigest)
+				c.closeAfterFlush()
+			}
+			return err
+		}
+	}
+}
+
+// closeAfterFlush lets the writer send what is queued, then closes.
+func (c *conn) closeAfterFlush() {
+	c.closing.Store(true)
+	c.send(outItem{kind: outClose})
+	t := time.AfterFunc(2*time.Second, c.abort)
+	go func() {
+		<-c.done
+		t.Stop()
+	}()
+}
+
+func (c *conn) handleNOPOut(h *pduHeader) error {
+	data, err := c.readPayload(h)
+	if err != nil {
+		return err
+	}
+	itt := h.bhs.itt()
+	if itt == reservedTag {
+		return nil // answer to our NOP-In; lastRecv already noted
+	}
+	if !c.acceptCmdSN(h.bhs.u32(offCmdSN), h.bhs.immediate()) {
+		return nil
+	}
+	var r bhs
+	r[0] = opNOPIn
+	r[1] = 0x80
+	copy(r[8:16], h.bhs[8:16])
+	r.putU32(16, itt)
+	r.putU32(offTTT, reservedTag)
+	var echo []byte
+	if len(data) > 0 {
+		echo = append([]byte(nil), data[:min(len(data), c.params.MaxXmitDataSegment)]...)
+	}
+	c.send(outItem{kind: outStatus, h: r, data: echo})
+	return nil
+}
+
+func (c *conn) handleLogout(h *pduHeader) error {
+	if err := c.pr.readData(h, nil); err != nil {
+		return err
+	}
+	if !c.acceptCmdSN(h.bhs.u32(offCmdSN), h.bhs.immediate()) {
+		return nil
+	}
+	reason := h.bhs.flags() & 0x7f
+	var resp byte
+	switch {
+	case reason == 2:
+		resp = 2 // connection recovery is not supported
+	case reason == 1 && h.bhs.u16(20) != c.cid:
+		resp = 1 // CID not found
+	case reason > 2:
+		c.reject(h, rejectInvalidField)
+		return nil
+	}
+	itt := h.bhs.itt()
+	c.closing.Store(true)
+	c.auxWG.Add(1)
+	go func() {
+		defer c.auxWG.Done()
+		// Answered commands go out before the Logout Response.
+		c.abortCollecting()
+		c.taskWG.Wait()
+		var r bhs
+		r[0] = opLogoutResp
+		r[1] = 0x80
+		r[2] = resp
+		r.putU32(16, itt)
+		c.send(outItem{kind: outStatus, h: r})
+		if resp == 0 {
+			c.send(outItem{kind: outClose})
+		} else {
+			c.closing.Store(false)
+		}
+	}()
+	return nil
+}

@@ -1,0 +1,588 @@
+package iscsi
+
+import (
+	"context"
+	"encoding/binary"
+	"math/bits"
+	"runtime/debug"
+	"slices"
+	"sync"
+
+	"github.com/cachelun/cachelun/target/scsi"
+)
+
+// task is one SCSI command from arrival to response.
+//
+// Fields up to "shared" are owned by the reader goroutine while the task
+// collects Data-Out, then by the task goroutine while it runs, then by the
+// writer. started, finished and aborted are guarded by conn.tmu.
+type task struct {
+	c         *conn
+	itt       uint32
+	cmdSN     uint32
+	immediate bool
+	lunField  uint64
+	read      bool
+	write     bool
+	edtl      uint32
+	cmd       scsi.Command
+	cdb       [16]byte
+
+	buf     []byte // Data-Out, len == edtl for writes
+	dataIn  []byte // pooled Data-In buffer
+	pooled  bool
+	resp    scsi.Response
+	ctx     context.Context
+	cancel  context.CancelFunc
+	done    chan struct{} // closed when the task goroutine finishes
+	noExec  bool          // answered by the transport itself (resp preset)
+	discard bool          // Data-Out for it is read and dropped
+
+	// Data-Out collection (reader goroutine only).
+	unsolNext, unsolEnd uint32 // unsolicited window [imm, unsolEnd)
+	solNext             uint32 // next solicited offset expected
+	r2tNext             uint32 // end of the solicited data asked for so far
+	r2tEnds             []uint32
+	r2tSN               uint32
+	ttt                 uint32
+	dataSN              uint32 // next DataSN expected in the current solicited sequence
+	unsolDataSN         uint32 // next DataSN expected in the unsolicited sequence
+
+	// shared (conn.tmu)
+	started, finished, aborted bool
+}
+
+func (t *task) complete() bool {
+	return t.unsolNext == t.unsolEnd && t.solNext == t.edtl
+}
+
+// release returns pooled buffers once nothing refers to them any more.
+func (t *task) release() {
+	if t.pooled {
+		putBuf(t.buf)
+		putBuf(t.dataIn)
+	}
+	t.buf, t.dataIn, t.cmd.DataOut, t.cmd.DataIn, t.resp.Data = nil, nil, nil, nil, nil
+}
+
+// Buffer pool: power-of-two size classes from 4 KiB to 16 MiB.
+const (
+	minBufShift = 12
+	maxBufShift = 24
+)
+
+var bufPools [maxBufShift - minBufShift + 1]sync.Pool
+
+func bufClass(n int) int {
+	if n <= 1<<minBufShift {
+		return 0
+	}
+	return bits.Len(uint(n-1)) - minBufShift
+}
+
+func getBuf(n int) []byte {
+	if n == 0 {
+		return nil
+	}
+	c := bufClass(n)
+	if c >= len(bufPools) {
+		return make([]byte, n)
+	}
+	if p, ok := bufPools[c].Get().(*[]byte); ok {
+		return (*p)[:n]
+	}
+	return make([]byte, n, 1<<(c+minBufShift))
+}
+
+func putBuf(b []byte) {
+	if b == nil {
+		return
+	}
+	c := bufClass(cap(b))
+	if c >= len(bufPools) || cap(b) != 1<<(c+minBufShift) {
+		return
+	}
+	b = b[:cap(b)]
+	bufPools[c].Put(&b)
+}
+
+// Fixed-format sense data for errors the transport detects itself.
+func senseData(key, asc, ascq byte) []byte {
+	s := make([]byte, 18)
+	s[0] = 0x70
+	s[2] = key
+	s[7] = 10
+	s[12] = asc
+	s[13] = ascq
+	return s
+}
+
+// handleSCSICommand accepts a SCSI Command PDU: checks it, reads immediate
+// data, asks for the rest with R2Ts, and starts it when all data is in.
+func (c *conn) handleSCSICommand(h *pduHeader) error {
+	b := &h.bhs
+	e := c.target.Load()
+	if c.discovery || e == nil {
+		if err := c.pr.readData(h, nil); err != nil {
+			return err
+		}
+		c.reject(h, rejectProtocolError)
+		return nil
+	}
+	if c.closing.Load() {
+		if err := c.pr.readData(h, nil); err != nil {
+			return err
+		}
+		c.reject(h, rejectWaitingLogout)
+		return nil
+	}
+	itt := b.itt()
+	dsl := uint32(b.dataLen())
+	flags := b.flags()
+	read, write := flags&0x40 != 0, flags&0x20 != 0
+	edtl := b.u32(offTTT)
+	malformed := itt == reservedTag ||
+		(dsl > 0 && (!write || dsl > edtl || !c.params.ImmediateData || dsl > uint32(c.params.FirstBurstLength))) ||
+		(write && flags&0x80 == 0 && c.params.InitialR2T) ||
+		(!write && flags&0x80 == 0)
+	var cdbExt []byte
+	if !malformed && len(h.ahs) > 0 {
+		var ok bool
+		cdbExt, ok = parseAHS(h.ahs)
+		malformed = !ok
+	}
+	c.tmu.Lock()
+	dup := c.tasks[itt] != nil
+	c.tmu.Unlock()
+	if malformed || dup {
+		if err := c.pr.readData(h, nil); err != nil {
+			return err
+		}
+		if dup {
+			c.reject(h, rejectTaskInProgress)
+		} else {
+			c.reject(h, rejectInvalidField)
+		}
+		return nil
+	}
+	if !c.acceptCmdSN(b.u32(offCmdSN), b.immediate()) {
+		return c.pr.readData(h, nil)
+	}
+	t := &task{
+		c:         c,
+		itt:       itt,
+		cmdSN:     b.u32(offCmdSN),
+		immediate: b.immediate(),
+		lunField:  b.lunField(),
+		read:      read,
+		write:     write,
+		edtl:      edtl,
+		done:      make(chan struct{}),
+		ttt:       reservedTag,
+	}
+	if !t.immediate {
+		c.inflight.Add(1)
+	}
+	copy(t.cdb[:], b[32:48])
+	t.cmd.CDB = t.cdb[:]
+	if cdbExt != nil {
+		t.cmd.CDB = append(t.cdb[:16:16], cdbExt...)
+	}
+	t.cmd.Nexus = &c.nexus
+	t.cmd.LUN = decodeLUN(t.lunField)
+	t.cmd.Tag = uint64(itt)
+	t.cmd.Attr = scsi.TaskAttr(flags & 7)
+
+	if edtl > uint32(c.srv.cfg.MaxTransferLength) {
+		// Too large to buffer: answer without reading it, and drop any
+		// unsolicited data that follows.
+		if err := c.pr.readData(h, nil); err != nil {
+			return err
+		}
+		t.noExec = true
+		t.solNext, t.r2tNext = edtl, edtl
+		t.resp = scsi.Response{Status: scsi.StatusCheckCondition, Sense: senseData(0x05, 0x24, 0x00)}
+		if write && flags&0x80 == 0 {
+			c.tmu.Lock()
+			c.rememberAborted(itt)
+			c.tmu.Unlock()
+		}
+		c.register(t)
+		c.ready(t)
+		return nil
+	}
+	t.pooled = true
+	if write {
+		t.buf = getBuf(int(edtl))
+		if err := c.pr.readData(h, t.buf[:dsl]); err != nil {
+			putBuf(t.buf)
+			return err
+		}
+		t.unsolNext, t.unsolEnd = dsl, dsl
+		if flags&0x80 == 0 {
+			t.unsolEnd = max(dsl, min(uint32(c.params.FirstBurstLength), edtl))
+		}
+		t.solNext, t.r2tNext = t.unsolEnd, t.unsolEnd
+		t.cmd.DataOut = t.buf
+	} else {
+		if err := c.pr.readData(h, nil); err != nil {
+			return err
+		}
+		t.solNext, t.r2tNext = edtl, edtl
+	}
+	if read {
+		t.dataIn = getBuf(int(edtl))
+		t.cmd.DataIn = t.dataIn[:0]
+		t.cmd.DataInLen = edtl
+	}
+	c.register(t)
+	if t.complete() {
+		c.ready(t)
+		return nil
+	}
+	if t.r2tNext < t.edtl {
+		c.tmu.Lock()
+		c.nextTTT++
+		if c.nextTTT == reservedTag {
+			c.nextTTT = 0
+		}
+		t.ttt = c.nextTTT
+		c.tmu.Unlock()
+		c.issueR2Ts(t)
+	}
+	return nil
+}
+
+// parseAHS walks the additional header segments and returns the extended
+// CDB bytes, if any (RFC 7143 §11.2.2).
+func parseAHS(ahs []byte) (ext []byte, ok bool) {
+	for len(ahs) > 0 {
+		if len(ahs) < 4 {
+			return nil, false
+		}
+		n := int(binary.BigEndian.Uint16(ahs[0:2]))
+		typ := ahs[2]
+		total := (3 + n + 3) &^ 3 // length counts from byte 3
+		if n == 0 || total > len(ahs) {
+			return nil, false
+		}
+		switch typ {
+		case 1: // extended CDB
+			if n < 2 {
+				return nil, false
+			}
+			ext = ahs[4 : 3+n]
+		case 2: // bidirectional read length: not supported, ignored
+		default:
+			return nil, false
+		}
+		ahs = ahs[total:]
+	}
+	return ext, true
+}
+
+func (c *conn) register(t *task) {
+	c.tmu.Lock()
+	c.tasks[t.itt] = t
+	c.tmu.Unlock()
+}
+
+// rememberAborted and recentlyAborted need c.tmu.
+func (c *conn) rememberAborted(itt uint32) {
+	c.recent[c.recentN%len(c.recent)] = itt
+	c.recentN++
+}
+
+func (c *conn) recentlyAborted(itt uint32) bool {
+	return slices.Contains(c.recent[:min(c.recentN, len(c.recent))], itt)
+}
+
+// issueR2Ts asks for solicited data, up to MaxOutstandingR2T bursts at a time.
+func (c *conn) issueR2Ts(t *task) {
+	for len(t.r2tEnds) < c.params.MaxOutstandingR2T && t.r2tNext < t.edtl {
+		n := min(t.edtl-t.r2tNext, uint32(c.params.MaxBurstLength))
+		var h bhs
+		h[0] = opR2T
+		h[1] = 0x80
+		h.putU64LUN(t.lunField)
+		h.putU32(16, t.itt)
+		h.putU32(offTTT, t.ttt)
+		h.putU32(offDataSN, t.r2tSN)
+		h.putU32(offBufOff, t.r2tNext)
+		h.putU32(offResidual, n)
+		t.r2tSN++
+		t.r2tNext += n
+		t.r2tEnds = append(t.r2tEnds, t.r2tNext)
+		c.send(outItem{kind: outNoSN, h: h})
+	}
+}
+
+// handleDataOut places a Data-Out payload straight into its task's buffer,
+// after checking that it lies inside what the target asked for: data is
+// never accepted past the expected transfer length or out of order.
+func (c *conn) handleDataOut(h *pduHeader) error {
+	b := &h.bhs
+	itt := b.itt()
+	c.tmu.Lock()
+	t := c.tasks[itt]
+	if t != nil && (t.started || t.aborted || !t.write || t.noExec) {
+		t = nil
+	}
+	known := t == nil && c.recentlyAborted(itt)
+	c.tmu.Unlock()
+	if t == nil {
+		if err := c.pr.readData(h, nil); err != nil {
+			return err
+		}
+		if !known {
+			c.reject(h, rejectInvalidField)
+		}
+		return nil
+	}
+	off := b.u32(offBufOff)
+	n := uint32(b.dataLen())
+	ttt := b.u32(offTTT)
+	var next, sn *uint32
+	var limit uint32
+	if ttt == reservedTag {
+		next, sn, limit = &t.unsolNext, &t.unsolDataSN, t.unsolEnd
+	} else if ttt == t.ttt {
+		next, sn, limit = &t.solNext, &t.dataSN, t.r2tNext
+	}
+	if next == nil || off != *next || n == 0 || uint64(off)+uint64(n) > uint64(limit) || b.u32(offDataSN) != *sn {
+		// Out-of-order, overlapping or unrequested data, or a DataSN gap:
+		// ERL 0 cannot recover within the connection.
+		if err := c.pr.readData(h, nil); err != nil {
+			return err
+		}
+		c.log.Info("iscsi: unexpected Data-Out, dropping connection", "itt", itt, "offset", off, "len", n,
+			"datasn", b.u32(offDataSN))
+		c.reject(h, rejectProtocolError)
+		c.closeAfterFlush()
+		return ErrMalformedPDU
+	}
+	if err := c.pr.readData(h, t.buf[off:off+n]); err != nil {
+		return err
+	}
+	*next += n
+	*sn++
+	if ttt != reservedTag {
+		for len(t.r2tEnds) > 0 && t.solNext >= t.r2tEnds[0] {
+			t.r2tEnds = t.r2tEnds[1:]
+			t.dataSN = 0 // each R2T starts a new sequence
+		}
+		c.issueR2Ts(t)
+	}
+	if t.complete() {
+		c.ready(t)
+	}
+	return nil
+}
+
+// ready starts a task whose data is complete, unless an earlier CmdSN is
+// still missing, in which case it waits in held.
+func (c *conn) ready(t *task) {
+	if !t.immediate && !serialLess(t.cmdSN, c.expCmdSN.Load()) {
+		c.tmu.Lock()
+		c.held = append(c.held, t)
+		c.tmu.Unlock()
+		return
+	}
+	c.launch(t)
+}
+
+// releaseHeld starts held tasks whose CmdSN is now below ExpCmdSN.
+func (c *conn) releaseHeld() {
+	exp := c.expCmdSN.Load()
+	c.tmu.Lock()
+	var go_ []*task
+	c.held = slices.DeleteFunc(c.held, func(t *task) bool {
+		if serialLess(t.cmdSN, exp) {
+			go_ = append(go_, t)
+			return true
+		}
+		return false
+	})
+	c.tmu.Unlock()
+	for _, t := range go_ {
+		c.launch(t)
+	}
+}
+
+func (c *conn) launch(t *task) {
+	c.tmu.Lock()
+	if t.aborted || c.closing.Load() && !t.noExec {
+		c.tmu.Unlock()
+		return
+	}
+	t.started = true
+	c.taskWG.Add(1)
+	c.tmu.Unlock()
+	if t.noExec {
+		close(t.done)
+		c.finish(t)
+		return
+	}
+	e := c.target.Load()
+	t.ctx, t.cancel = context.WithCancel(c.ctx)
+	go t.run(e.cfg.SCSI)
+}
+
+func (t *task) run(st SCSITarget) {
+	defer func() {
+		if r := recover(); r != nil {
+			t.c.log.Error("iscsi: command panicked", "cdb", t.cmd.CDB, "panic", r, "stack", string(debug.Stack()))
+			t.resp = scsi.Response{Status: scsi.StatusCheckCondition, Sense: senseData(0x04, 0x44, 0x00)}
+		}
+		t.cancel()
+		close(t.done)
+		t.c.finish(t)
+	}()
+	t.resp = st.Execute(t.ctx, &t.cmd)
+}
+
+// finish queues the response of a task unless it was aborted.
+func (c *conn) finish(t *task) {
+	defer c.taskWG.Done()
+	c.tmu.Lock()
+	t.finished = true
+	aborted := t.aborted
+	if !aborted {
+		delete(c.tasks, t.itt)
+	}
+	c.tmu.Unlock()
+	if aborted {
+		return
+	}
+	c.send(outItem{kind: outTask, t: t})
+}
+
+// abortTasks aborts the unanswered tasks match selects: they are removed,
+// their contexts cancelled, and their responses will never be sent. It
+// waits for running ones to return.
+func (c *conn) abortTasks(match func(*task) bool) int {
+	c.tmu.Lock()
+	var victims []*task
+	for itt, t := range c.tasks {
+		if t.finished || !match(t) {
+			continue
+		}
+		t.aborted = true
+		delete(c.tasks, itt)
+		c.rememberAborted(itt)
+		victims = append(victims, t)
+	}
+	if len(victims) > 0 {
+		c.held = slices.DeleteFunc(c.held, func(t *task) bool { return t.aborted })
+	}
+	c.tmu.Unlock()
+	for _, t := range victims {
+		if t.cancel != nil {
+			t.cancel()
+		}
+	}
+	for _, t := range victims {
+		c.tmu.Lock()
+		started := t.started
+		c.tmu.Unlock()
+		if started {
+			<-t.done
+			t.release()
+		}
+		if !t.immediate {
+			c.inflight.Add(-1)
+		}
+	}
+	return len(victims)
+}
+
+// abortCollecting aborts tasks that have not started and stops new ones
+// from starting (logout).
+func (c *conn) abortCollecting() {
+	c.closing.Store(true)
+	c.abortTasks(func(t *task) bool { return !t.started })
+}
+
+func (c *conn) abortAllTasks() {
+	c.closing.Store(true)
+	c.abortTasks(func(*task) bool { return true })
+}
+
+// writeTaskResponse sends a finished command's Data-In PDUs and status:
+// the status rides in the last Data-In (phase collapse) when there is data
+// and no sense, else in a SCSI Response PDU.
+func (c *conn) writeTaskResponse(t *task) error {
+	defer t.release()
+	if !t.immediate {
+		c.inflight.Add(-1)
+	}
+	resp := &t.resp
+	var data []byte
+	if t.read {
+		data = resp.Data
+		if uint32(len(data)) > t.edtl {
+			data = data[:t.edtl]
+		}
+	}
+	var rflags byte
+	var residual uint32
+	switch {
+	case resp.TransferLen > t.edtl:
+		rflags, residual = 0x04, resp.TransferLen-t.edtl
+	case t.read && uint32(len(data)) < t.edtl:
+		rflags, residual = 0x02, t.edtl-uint32(len(data))
+	case !t.read && resp.TransferLen < t.edtl:
+		rflags, residual = 0x02, t.edtl-resp.TransferLen
+	}
+	collapse := len(data) > 0 && len(resp.Sense) == 0
+	maxSeg := c.params.MaxXmitDataSegment
+	burst := c.params.MaxBurstLength
+	var dataSN uint32
+	for off := 0; off < len(data); {
+		burstEnd := (off/burst + 1) * burst
+		n := min(maxSeg, len(data)-off, burstEnd-off)
+		last := off+n == len(data)
+		var h bhs
+		h[0] = opDataIn
+		if last || off+n == burstEnd {
+			h[1] = 0x80
+		}
+		h.putU64LUN(t.lunField)
+		h.putU32(16, t.itt)
+		h.putU32(offTTT, reservedTag)
+		if last && collapse {
+			h[1] |= 0x01 | rflags
+			h[3] = byte(resp.Status)
+			c.stamp(&h, true)
+			h.putU32(offResidual, residual)
+		} else {
+			c.stamp(&h, false)
+			h.putU32(offCmdSN, 0)
+		}
+		h.putU32(offDataSN, dataSN)
+		h.putU32(offBufOff, uint32(off))
+		dataSN++
+		if err := c.pw.write(&h, data[off:off+n]); err != nil {
+			return err
+		}
+		off += n
+	}
+	if collapse {
+		return nil
+	}
+	var h bhs
+	h[0] = opSCSIResp
+	h[1] = 0x80 | rflags
+	h[3] = byte(resp.Status)
+	h.putU32(16, t.itt)
+	c.stamp(&h, true)
+	h.putU32(offDataSN, dataSN)
+	h.putU32(offResidual, residual)
+	var seg []byte
+	if len(resp.Sense) > 0 {
+		seg = make([]byte, 2+len(resp.Sense))
+		binary.BigEndian.PutUint16(seg, uint16(len(resp.Sense)))
+		copy(seg[2:], resp.Sense)
+	}
+	return c.pw.write(&h, seg)
+}

@@ -1,0 +1,160 @@
+package iscsi
+
+import (
+	"slices"
+	"time"
+)
+
+// Task management functions (RFC 7143 §11.5.1).
+const (
+	tmfAbortTask      = 1
+	tmfAbortTaskSet   = 2
+	tmfClearACA       = 3
+	tmfClearTaskSet   = 4
+	tmfLUNReset       = 5
+	tmfTargetWarm     = 6
+	tmfTargetCold     = 7
+	tmfTaskReassign   = 8
+	tmfRespComplete   = 0
+	tmfRespNoTask     = 1
+	tmfRespNoLUN      = 2
+	tmfRespNoReassign = 4
+	tmfRespNotSupp    = 5
+	tmfRespRejected   = 255
+)
+
+// handleTaskMgmt decides what a TMF request affects on the reader
+// goroutine (CmdSN bookkeeping must happen in order) and performs the
+// aborts on a goroutine of its own, answering once every affected task
+// has returned.
+func (c *conn) handleTaskMgmt(h *pduHeader) error {
+	if err := c.pr.readData(h, nil); err != nil {
+		return err
+	}
+	b := &h.bhs
+	cmdSN := b.u32(offCmdSN)
+	if !c.acceptCmdSN(cmdSN, b.immediate()) {
+		return nil
+	}
+	fn := b.flags() & 0x7f
+	itt := b.itt()
+	lun := decodeLUN(b.lunField())
+	ref := b.u32(offTTT)
+	refCmdSN := b.u32(32)
+	e := c.target.Load()
+	if c.discovery || e == nil {
+		c.reject(h, rejectProtocolError)
+		return nil
+	}
+	respond := func(code byte) {
+		var r bhs
+		r[0] = opTaskMgmtRsp
+		r[1] = 0x80
+		r[2] = code
+		r.putU32(16, itt)
+		c.send(outItem{kind: outStatus, h: r})
+	}
+	lunExists := func() bool { return slices.Contains(e.cfg.SCSI.LUNs(), lun) }
+	async := func(f func() byte) {
+		c.auxWG.Add(1)
+		go func() {
+			defer c.auxWG.Done()
+			respond(f())
+		}()
+	}
+	switch fn {
+	case tmfAbortTask:
+		c.tmu.Lock()
+		t := c.tasks[ref]
+		if t != nil && (t.finished || t.cmd.LUN != lun) {
+			t = nil
+		}
+		c.tmu.Unlock()
+		if t == nil {
+			// Not here: if its CmdSN is in the window and precedes this
+			// request, it was lost or is still to come; consider it
+			// received so it is never executed (§11.5.1 b).
+			exp := c.expCmdSN.Load()
+			if !serialLess(refCmdSN, exp) && serialLess(refCmdSN, cmdSN) {
+				c.acceptCmdSN(refCmdSN, false)
+				c.tmu.Lock()
+				c.rememberAborted(ref)
+				c.tmu.Unlock()
+				respond(tmfRespComplete)
+			} else {
+				respond(tmfRespNoTask)
+			}
+			return nil
+		}
+		async(func() byte {
+			c.abortTasks(func(x *task) bool { return x == t })
+			return tmfRespComplete
+		})
+	case tmfAbortTaskSet:
+		if !lunExists() {
+			respond(tmfRespNoLUN)
+			return nil
+		}
+		async(func() byte {
+			c.abortTasks(func(x *task) bool { return x.cmd.LUN == lun })
+			return tmfRespComplete
+		})
+	case tmfClearTaskSet, tmfLUNReset:
+		if !lunExists() {
+			respond(tmfRespNoLUN)
+			return nil
+		}
+		async(func() byte {
+			for _, x := range c.srv.connsOfTarget(e.cfg.Name) {
+				x.abortTasks(func(t *task) bool { return t.cmd.LUN == lun })
+			}
+			if fn == tmfLUNReset {
+				if err := e.cfg.SCSI.ResetLU(&c.nexus, lun); err != nil {
+					c.log.Warn("iscsi: LUN reset failed", "lun", lun, "err", err)
+					return tmfRespRejected
+				}
+			}
+			return tmfRespComplete
+		})
+	case tmfTargetWarm, tmfTargetCold:
+		async(func() byte {
+			conns := c.srv.connsOfTarget(e.cfg.Name)
+			for _, x := range conns {
+				x.abortTasks(func(*task) bool { return true })
+			}
+			e.cfg.SCSI.ResetTarget(&c.nexus)
+			if fn == tmfTargetCold {
+				// Answer this initiator, then drop every connection
+				// of the target (RFC 7143 §11.5.1: cold reset).
+				for _, x := range conns {
+					if x != c {
+						x.abort()
+					}
+				}
+				time.AfterFunc(10*time.Millisecond, c.closeAfterFlush)
+			}
+			return tmfRespComplete
+		})
+	case tmfTaskReassign:
+		respond(tmfRespNoReassign)
+	case tmfClearACA:
+		respond(tmfRespNotSupp)
+	default:
+		respond(tmfRespRejected)
+	}
+	return nil
+}
+
+// connsOfTarget lists the connections of normal sessions logged in to the
+// named target.
+func (s *Server) connsOfTarget(name string) []*conn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []*conn
+	for _, ss := range s.sessions {
+		if ss.target != nil && ss.target.cfg.Name == name {
+			out = append(out, ss.conn)
+		}
+	}
+	return out
+}
