@@ -175,8 +175,8 @@ func (v *validator) cache(k string, c *Cache) {
 		v.bad(k+".segment_size", "must be a power of two from %s to %s, not %s",
 			FormatSize(minSegmentSize), FormatSize(maxSegmentSize), FormatSize(seg))
 	}
-	if !isPow2(blk) || blk < 512 || blk > 1<<20 || blk > seg {
-		v.bad(k+".block_size", "must be a power of two from 512 bytes to 1MiB and at most segment_size, not %s", FormatSize(blk))
+	if !isPow2(blk) || blk < 512 || blk > 4096 {
+		v.bad(k+".block_size", "must be a power of two from 512 to 4096 bytes, not %s", FormatSize(blk))
 	}
 	if c.Size.Set && c.Size.Bytes != 0 && isPow2(seg) && c.Size.Bytes < minCacheSegments*seg {
 		v.bad(k+".size", "%s is too small: at least %d segments (%s) are needed", FormatSize(c.Size.Bytes),

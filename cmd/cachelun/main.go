@@ -23,6 +23,7 @@ func commands() map[string]command {
 		"format":  {runFormat, "format --size SIZE [--segment-size SIZE] [--block-size N] [--data-crc] [--force] FILE"},
 		"inspect": {runInspect, "inspect [--json] FILE"},
 		"check":   {runCheck, "check FILE"},
+		"serve":   {runServe, serveUsage},
 	}
 }
 

@@ -1,0 +1,160 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/cachelun/cachelun/conf"
+)
+
+const serveUsage = "serve [--config FILE] [--data-dir DIR] [--listen HOST:PORT]"
+
+// shutdownTimeout bounds the graceful part of a shutdown: asking iSCSI
+// sessions to log out and draining their commands. Closing the caches
+// afterwards is not bounded (it only persists open ksets).
+const shutdownTimeout = 10 * time.Second
+
+// runServe runs the daemon until ctx ends (SIGTERM, SIGINT), then shuts
+// down gracefully and returns 0. SIGHUP is caught and logged (live reload
+// is applied by a later version) so it never kills the daemon.
+func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", "", "configuration file (default: the embedded demo configuration)")
+	dataDir := fs.String("data-dir", "", "data directory; overrides global.data_dir (default ./cachelun-data)")
+	listen := fs.String("listen", "", "HOST:PORT every target listens on instead of its portals (port 0 picks a free port)")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: cachelun %s\n", serveUsage)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fs.Usage()
+		return 2
+	}
+
+	cfg, err := loadServeConfig(*configPath, *dataDir, *listen)
+	if err != nil {
+		fmt.Fprintf(stderr, "cachelun serve: %v\n", err)
+		return 1
+	}
+	log := newLogger(stderr, cfg.Global.LogLevel)
+
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+
+	d, err := startDaemon(ctx, cfg, log)
+	if err != nil {
+		log.Error("start failed", "err", err)
+		return 1
+	}
+	for _, u := range d.lunURLs() {
+		log.Info("LUN ready", "url", u.url, "volume", u.volume, "mode", u.mode)
+	}
+	log.Info("cachelun ready", "config", cfg.Source, "data_dir", cfg.Global.DataDir, "pid", os.Getpid())
+
+	for {
+		select {
+		case <-hup:
+			log.Warn("SIGHUP received: live reload is not supported by this version; configuration unchanged")
+			continue
+		case err := <-d.failed():
+			log.Error("daemon failed", "err", err)
+			sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+			d.shutdown(sctx)
+			cancel()
+			return 1
+		case <-ctx.Done():
+		}
+		break
+	}
+	log.Info("shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	defer cancel()
+	if err := d.shutdown(sctx); err != nil {
+		log.Error("shutdown", "err", err)
+		return 1
+	}
+	log.Info("stopped")
+	return 0
+}
+
+// loadServeConfig loads the file (or the embedded default) and applies the
+// command-line overrides. The data directory becomes absolute.
+func loadServeConfig(path, dataDir, listen string) (*conf.Config, error) {
+	var cfg *conf.Config
+	if path == "" {
+		cfg = conf.Default()
+	} else {
+		c, err := conf.Load(path)
+		if err != nil {
+			return nil, err
+		}
+		cfg = c
+	}
+	if dataDir != "" {
+		cfg.Global.DataDir = dataDir
+	}
+	abs, err := filepath.Abs(cfg.Global.DataDir)
+	if err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	cfg.Global.DataDir = abs
+	if listen != "" {
+		if err := checkListen(listen); err != nil {
+			return nil, fmt.Errorf("--listen: %w", err)
+		}
+		for i := range cfg.Targets {
+			cfg.Targets[i].Portals = []string{listen}
+		}
+	}
+	return cfg, nil
+}
+
+// checkListen accepts HOST:PORT with an IP literal and a port 0..65535 (0
+// lets the kernel pick one; the ready lines show which).
+func checkListen(s string) error {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return err
+	}
+	if net.ParseIP(host) == nil {
+		return fmt.Errorf("%q: host must be an IP address", s)
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
+		return fmt.Errorf("%q: bad port", s)
+	}
+	return nil
+}
+
+func newLogger(w io.Writer, level string) *slog.Logger {
+	var l slog.Level
+	switch level {
+	case "debug":
+		l = slog.LevelDebug
+	case "warn":
+		l = slog.LevelWarn
+	case "error":
+		l = slog.LevelError
+	default:
+		l = slog.LevelInfo
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l}))
+}

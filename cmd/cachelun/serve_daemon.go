@@ -1,0 +1,277 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/cachelun/cachelun/backend"
+	"github.com/cachelun/cachelun/conf"
+	"github.com/cachelun/cachelun/target/iscsi"
+	"github.com/cachelun/cachelun/target/scsi"
+)
+
+// daemon is one running configuration: caches and volumes (through the
+// engine), SCSI targets, the iSCSI server and its portal listeners.
+//
+// Start order: data dir, caches, backing devices and volumes, SCSI
+// targets, iSCSI server, listeners. Shutdown runs it backwards: iSCSI
+// sessions are asked to log out and drained first, so no command is in
+// flight when the engine closes (which persists open ksets and leaves dirty
+// data for the next start).
+type daemon struct {
+	cfg *conf.Config
+	log *slog.Logger
+	eng *engine
+
+	iscsi     *iscsi.Server
+	listeners []net.Listener
+	// portalAddr maps a configured portal to the address its listener got
+	// (they differ when the port is 0).
+	portalAddr map[string]string
+
+	serveCancel context.CancelFunc
+	serveWG     sync.WaitGroup
+	failCh      chan error
+}
+
+type lunURL struct {
+	url, volume, mode string
+}
+
+func startDaemon(ctx context.Context, cfg *conf.Config, log *slog.Logger) (d *daemon, err error) {
+	d = &daemon{cfg: cfg, log: log, portalAddr: map[string]string{}, failCh: make(chan error, 1)}
+	defer func() {
+		if err != nil {
+			d.shutdown(context.Background())
+		}
+	}()
+	if err := os.MkdirAll(cfg.Global.DataDir, 0o750); err != nil {
+		return d, fmt.Errorf("data dir: %w", err)
+	}
+	d.eng = newEngine(log)
+	for _, c := range cfg.Caches {
+		if err := d.eng.openCache(ctx, c, d.path(c.Path)); err != nil {
+			return d, fmt.Errorf("cache %s: %w", c.Name, err)
+		}
+	}
+	for _, v := range cfg.Volumes {
+		dev, err := openBacking(v, d.path(v.Backing))
+		if err != nil {
+			return d, fmt.Errorf("volume %s: %w", v.Name, err)
+		}
+		if err := d.eng.addVolume(ctx, v, dev); err != nil {
+			dev.Close()
+			return d, fmt.Errorf("volume %s: %w", v.Name, err)
+		}
+	}
+
+	ic := cfg.ISCSI
+	d.iscsi = iscsi.NewServer(iscsi.Config{
+		Logger:                   log.With("component", "iscsi"),
+		NOPInterval:              ic.NOPInterval.D,
+		NOPTimeout:               ic.NOPTimeout.D,
+		MaxSessions:              ic.MaxSessions,
+		MaxRecvDataSegmentLength: ic.MaxRecvDataSegmentLength,
+		MaxBurstLength:           ic.MaxBurstLength,
+		FirstBurstLength:         ic.FirstBurstLength,
+		MaxOutstandingR2T:        ic.MaxOutstandingR2T,
+		QueueDepth:               ic.QueueDepth,
+		MaxTransferLength:        int(ic.MaxTransferLength.Bytes),
+		InitialR2T:               ic.InitialR2T,
+	})
+	if c := cfg.Discovery.CHAP; c != nil {
+		d.iscsi.SetDiscoveryCHAP(iscsiCHAP(c))
+	}
+
+	// Listen before adding targets: a portal with port 0 only gets its
+	// real address here, and the target must be configured with it.
+	for _, t := range cfg.Targets {
+		for _, p := range t.Portals {
+			if _, ok := d.portalAddr[p]; ok {
+				continue
+			}
+			l, err := net.Listen("tcp", p)
+			if err != nil {
+				return d, fmt.Errorf("target %s: portal %s: %w", t.IQN, p, err)
+			}
+			d.listeners = append(d.listeners, l)
+			d.portalAddr[p] = l.Addr().String()
+		}
+	}
+	for _, t := range cfg.Targets {
+		st := scsi.NewTarget(scsi.TargetConfig{Name: t.IQN, Logger: log.With("component", "scsi", "target", t.IQN)})
+		for _, l := range t.LUNs {
+			vol, ok := d.eng.volume(l.Volume)
+			if !ok {
+				return d, fmt.Errorf("target %s: LUN %d: volume %s not open", t.IQN, l.LUN, l.Volume)
+			}
+			vc := d.volumeConf(l.Volume)
+			id := deviceID(t.IQN, l.Volume)
+			if _, err := st.AddLU(l.LUN, scsi.LUConfig{
+				Volume:       vol,
+				SerialNumber: hex.EncodeToString(id[:8]),
+				DeviceID:     id,
+				Thin:         l.Thin,
+				StatePath:    d.lunStatePath(t.IQN, l.LUN),
+				WriteCache:   *vc.WriteCache,
+			}); err != nil {
+				return d, fmt.Errorf("target %s: LUN %d: %w", t.IQN, l.LUN, err)
+			}
+		}
+		portals := make([]string, len(t.Portals))
+		for i, p := range t.Portals {
+			portals[i] = d.portalAddr[p]
+		}
+		tc := iscsi.TargetConfig{Name: t.IQN, Alias: t.Alias, SCSI: st, Portals: portals, TPGT: 1,
+			Initiators: t.Initiators}
+		if t.CHAP != nil {
+			tc.CHAP = iscsiCHAP(t.CHAP)
+		}
+		if err := d.iscsi.AddTarget(tc); err != nil {
+			return d, fmt.Errorf("target %s: %w", t.IQN, err)
+		}
+	}
+
+	serveCtx, cancel := context.WithCancel(context.Background())
+	d.serveCancel = cancel
+	for _, l := range d.listeners {
+		d.serveWG.Add(1)
+		go func() {
+			defer d.serveWG.Done()
+			err := d.iscsi.Serve(serveCtx, l)
+			if err != nil && serveCtx.Err() == nil && !errors.Is(err, iscsi.ErrServerClosed) {
+				select {
+				case d.failCh <- fmt.Errorf("portal %s: %w", l.Addr(), err):
+				default:
+				}
+			}
+		}()
+	}
+	return d, nil
+}
+
+// failed delivers an error when a portal listener dies.
+func (d *daemon) failed() <-chan error { return d.failCh }
+
+// shutdown stops in reverse start order. It is safe on a partly started
+// daemon.
+func (d *daemon) shutdown(ctx context.Context) error {
+	var errs []error
+	if d.iscsi != nil {
+		if err := d.iscsi.Shutdown(ctx); err != nil {
+			d.log.Warn("iSCSI sessions did not all log out in time; dropped", "err", err)
+		}
+	}
+	if d.serveCancel != nil {
+		d.serveCancel()
+	}
+	for _, l := range d.listeners {
+		l.Close()
+	}
+	d.serveWG.Wait()
+	if d.eng != nil {
+		// not bounded by ctx: closing persists the open ksets, which must
+		// finish for a clean restart
+		if err := d.eng.close(context.Background()); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (d *daemon) lunURLs() []lunURL {
+	var out []lunURL
+	for _, t := range d.cfg.Targets {
+		for _, p := range t.Portals {
+			for _, l := range t.LUNs {
+				out = append(out, lunURL{
+					url:    fmt.Sprintf("iscsi://%s/%s/%d", d.portalAddr[p], t.IQN, l.LUN),
+					volume: l.Volume,
+					mode:   d.volumeConf(l.Volume).Mode,
+				})
+			}
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].url < out[j].url })
+	return out
+}
+
+func (d *daemon) volumeConf(name string) conf.Volume {
+	for _, v := range d.cfg.Volumes {
+		if v.Name == name {
+			return v
+		}
+	}
+	return conf.Volume{}
+}
+
+// path resolves a configured path against the data directory.
+func (d *daemon) path(p string) string {
+	if filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(d.cfg.Global.DataDir, p)
+}
+
+// lunStatePath is where the SCSI layer keeps a LUN's saved WCE and APTPL
+// reservations.
+func (d *daemon) lunStatePath(iqn string, lun uint64) string {
+	safe := strings.NewReplacer(":", "_", "/", "_").Replace(iqn)
+	return filepath.Join(d.cfg.Global.DataDir, "lun-state", fmt.Sprintf("%s.lun%d.json", safe, lun))
+}
+
+// deviceID is a LUN's stable identity (VPD 80h/83h): the same target and
+// volume names give the same ID on every start, which multipath and
+// initiators' device naming rely on.
+func deviceID(iqn, volume string) [16]byte {
+	sum := sha256.Sum256([]byte("cachelun-lun\x00" + iqn + "\x00" + volume))
+	var id [16]byte
+	copy(id[:], sum[:])
+	return id
+}
+
+func iscsiCHAP(c *conf.CHAP) *iscsi.CHAP {
+	return &iscsi.CHAP{User: c.User, Secret: c.Secret, MutualUser: c.MutualUser, MutualSecret: c.MutualSecret}
+}
+
+// openBacking opens (creating a file of backing_size if absent) the
+// backing device and wraps it in the slow throttle when configured.
+func openBacking(v conf.Volume, path string) (backend.Device, error) {
+	opts := backend.FileOptions{Direct: v.Direct, Size: v.BackingSize.Bytes}
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		if v.BackingSize.Bytes == 0 {
+			return nil, fmt.Errorf("backing %s does not exist and no backing_size is set to create it", path)
+		}
+		if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+			return nil, err
+		}
+		opts.Create = true
+	}
+	f, err := backend.OpenFile(path, opts)
+	if err != nil {
+		return nil, fmt.Errorf("backing %s: %w", path, err)
+	}
+	if f.Size()%int64(v.BlockSize) != 0 {
+		f.Close()
+		return nil, fmt.Errorf("backing %s: size %d is not a multiple of block_size %d", path, f.Size(), v.BlockSize)
+	}
+	if v.Slow == "" {
+		return f, nil
+	}
+	so, err := backend.ParseSlowSpec(v.Slow)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return backend.NewSlow(f, so), nil
+}
