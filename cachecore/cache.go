@@ -1,0 +1,579 @@
+package cachecore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cachelun/cachelun/backend"
+	"github.com/cachelun/cachelun/internal/blk"
+	"github.com/cachelun/cachelun/persist"
+)
+
+// Cache is the engine of one cache file (persist.Store) hosting volumes.
+type Cache struct {
+	store   *persist.Store
+	media   persist.Media
+	journal *persist.Journal
+	dataCRC bool
+
+	cfg atomic.Pointer[Config]
+	log *slog.Logger
+
+	segs   *segTable
+	heads  []dataHead
+	headRR atomic.Uint64
+
+	slots [ksetSlots]ksetSlot
+	epoch atomic.Uint64
+	token atomic.Uint64 // placeholder tokens
+	// durableHead is the LSN after the last kset known durable: writeback
+	// never moves dirty_tail past a kset whose commit has not returned.
+	durableHead atomic.Uint64
+
+	// logSegs are the kset segments of the live log in log order; GC frees
+	// the front ones once key_tail has left them.
+	logMu   sync.Mutex
+	logSegs []uint32
+
+	// vols is indexed by volume id (the slot of the volume table).
+	vols     [persist.MaxVolumes]atomic.Pointer[volState]
+	liveKeys [persist.MaxVolumes]atomic.Int64 // keys of the live log per id (id reuse guard)
+
+	mu      sync.Mutex // volume add/remove, SetConfig
+	volumes map[string]*Volume
+
+	failed     atomic.Bool
+	failMu     sync.Mutex
+	failReason string
+	failCause  error
+	failedCh   chan struct{}
+
+	stats  cacheCounters
+	lastIO atomic.Int64 // unix nanos of the last host I/O
+
+	drainers  atomic.Int32 // Drain calls in progress: writeback at full speed
+	spaceWait atomic.Int32 // writers waiting for a free segment
+
+	wbKick, gcKick chan struct{}
+	workersCtx     context.Context
+	stopWorkers    context.CancelFunc
+	workers        sync.WaitGroup
+	bg             sync.WaitGroup // kset commits
+	hardStop       chan struct{}
+	closed         atomic.Bool
+}
+
+type cacheCounters struct {
+	gcRuns, gcSegmentsFreed, deferredWrites, journalFullWaits atomic.Uint64
+	writebackBytes                                             atomic.Uint64
+	lastDirtyTailMove                                          atomic.Int64
+}
+
+// volState is what the cache knows about a volume id, attached or not: its
+// index and dirty accounting exist from replay on, before AddVolume.
+type volState struct {
+	id   uint32
+	name string
+	size int64
+	idx  *volIndex
+
+	// dirtyBytes/dirtyKeys count dirty keys appended and not yet written
+	// back (log accounting: an overwritten block counts once per write).
+	dirtyBytes atomic.Int64
+	dirtyKeys  atomic.Int64
+	vol        atomic.Pointer[Volume]
+}
+
+// ErrCacheFailed is wrapped by errors of a cache retired after a media
+// fault.
+var ErrCacheFailed = errors.New("cachecore: cache retired after a media failure")
+
+// Open replays the journal of an opened store, rebuilds the index and
+// segment references and starts the flusher, writeback and GC goroutines.
+// Keys of volumes in the store's volume table stay in the cache (dirty data
+// is kept) until a volume of that name is added.
+func Open(ctx context.Context, store *persist.Store, cfg Config) (*Cache, error) {
+	if store == nil {
+		return nil, errors.New("cachecore: nil store")
+	}
+	info := store.Info()
+	cfg, err := cfg.withDefaults(info.GCPercent)
+	if err != nil {
+		return nil, err
+	}
+	nSeg := store.SegmentCount()
+	dataSize := store.SegmentDataSize()
+	if nSeg < 3 || dataSize < 64<<10 {
+		return nil, fmt.Errorf("cachecore: cache too small: %d segments of %d bytes (need at least 3 of 64 KiB)", nSeg, dataSize)
+	}
+	c := &Cache{
+		store:    store,
+		media:    store.Media(),
+		dataCRC:  store.DataCRC(),
+		log:      cfg.Logger,
+		segs:     newSegTable(nSeg, dataSize),
+		volumes:  make(map[string]*Volume),
+		failedCh: make(chan struct{}),
+		wbKick:   make(chan struct{}, 1),
+		gcKick:   make(chan struct{}, 1),
+		hardStop: make(chan struct{}),
+	}
+	c.cfg.Store(&cfg)
+	nh := 8
+	if nSeg < 32 {
+		nh = 2
+	}
+	c.heads = make([]dataHead, nh)
+
+	for i := range c.segs.segs {
+		g, err := store.Gen(uint32(i))
+		if err != nil {
+			c.segs.segs[i].state.Store(uint32(segQuarantined))
+			continue
+		}
+		c.segs.segs[i].gen = g
+	}
+	for _, q := range store.Quarantined() {
+		if q < nSeg {
+			c.segs.segs[q].state.Store(uint32(segQuarantined))
+		}
+	}
+	for _, r := range store.Volumes() {
+		if r.ID >= persist.MaxVolumes {
+			continue
+		}
+		c.vols[r.ID].Store(&volState{id: r.ID, name: r.Name, size: int64(r.Size), idx: newVolIndex(int64(r.Size))})
+	}
+
+	head, logSegs, err := c.replay(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c.logSegs = logSegs
+	inLog := make(map[uint32]bool, len(logSegs))
+	for _, s := range logSegs {
+		if s < nSeg {
+			inLog[s] = true
+			c.segs.segs[s].state.Store(uint32(segKset))
+		}
+	}
+	for i := range c.segs.segs {
+		s := &c.segs.segs[i]
+		switch {
+		case segState(s.state.Load()) == segQuarantined || inLog[uint32(i)]:
+		case s.refs.Load() > 0:
+			s.state.Store(uint32(segData))
+		default:
+			s.state.Store(uint32(segFree))
+			c.segs.free = append(c.segs.free, uint32(i))
+		}
+	}
+	c.journal = store.OpenJournal(head, c.allocJournalSegment)
+	c.durableHead.Store(head.LSN)
+	if cfg.GCPercent != int(info.GCPercent) {
+		info.GCPercent = uint8(cfg.GCPercent)
+		if err := store.SetInfo(info); err != nil {
+			return nil, fmt.Errorf("cachecore: persist gc percent: %w", err)
+		}
+	}
+	c.stats.lastDirtyTailMove.Store(cfg.Clock.Now().UnixNano())
+	c.workersCtx, c.stopWorkers = context.WithCancel(context.Background())
+	c.workers.Add(3)
+	go c.flusher()
+	go c.writebackLoop()
+	go c.gcLoop()
+	return c, nil
+}
+
+// replay walks the log from key_tail and rebuilds index, references and
+// dirty accounting. Keys whose generation is older than their segment's are
+// dropped (their reference is still taken: GC puts it when it passes them).
+func (c *Cache) replay(ctx context.Context) (persist.Tail, []uint32, error) {
+	kt := c.store.KeyTail()
+	dirtyLSN := c.store.DirtyTail().LSN
+	r := c.store.Replay(kt)
+	n := 0
+	for {
+		ks, ok := r.Next()
+		if !ok {
+			break
+		}
+		if n++; n%1024 == 0 {
+			if err := ctx.Err(); err != nil {
+				return persist.Tail{}, nil, err
+			}
+		}
+		for i := range ks.Keys {
+			c.replayKey(&ks.Keys[i], ks.LSN >= dirtyLSN)
+		}
+	}
+	if err := r.StopReason(); err != nil && !errors.Is(err, persist.ErrEndOfLog) {
+		if errors.Is(err, persist.ErrMediaFault) {
+			return persist.Tail{}, nil, fmt.Errorf("cachecore: replay: %w", err)
+		}
+		c.log.Info("replay stopped", "reason", err)
+	}
+	segs := r.LogSegments()
+	if len(segs) == 0 {
+		segs = []uint32{kt.Pos.Seg}
+	}
+	return r.Head(), segs, nil
+}
+
+func (c *Cache) replayKey(k *persist.Key, afterDirtyTail bool) {
+	if k.Volume < persist.MaxVolumes {
+		c.liveKeys[k.Volume].Add(1)
+	}
+	stale := false
+	if k.Flags != persist.KeyTombstone {
+		if k.Pos.Seg >= uint32(len(c.segs.segs)) {
+			return
+		}
+		s := &c.segs.segs[k.Pos.Seg]
+		s.refs.Add(1)
+		stale = k.Gen != s.gen || segState(s.state.Load()) == segQuarantined
+	}
+	if k.Volume >= persist.MaxVolumes {
+		return
+	}
+	vs := c.vols[k.Volume].Load()
+	if vs == nil || int64(k.Offset) >= vs.size {
+		return
+	}
+	end := min(int64(k.Offset)+int64(k.Length), vs.size)
+	dirty := k.Flags == persist.KeyDirty && afterDirtyTail
+	if dirty {
+		vs.dirtyBytes.Add(int64(k.Length))
+		vs.dirtyKeys.Add(1)
+	}
+	for _, p := range splitPieces(int64(k.Offset), end-int64(k.Offset)) {
+		st := vs.idx.get(p.stripe)
+		if k.Flags == persist.KeyTombstone || stale {
+			// A stale key still overrides what came before it in the log.
+			st.list.replace(p.s, p.e, nil)
+			continue
+		}
+		kind := extClean
+		if dirty {
+			kind = extDirty
+		}
+		x := extent{gen: k.Gen, start: p.s, length: p.e - p.s, seg: k.Pos.Seg, segOff: k.Pos.Off + uint32(p.bufOff), kind: kind}
+		st.list.replace(p.s, p.e, &x)
+	}
+}
+
+// allocJournalSegment is the journal's segment supplier.
+func (c *Cache) allocJournalSegment() (uint32, error) {
+	id, ok := c.segs.take(true)
+	if !ok {
+		return 0, errNoSpace
+	}
+	c.logMu.Lock()
+	c.logSegs = append(c.logSegs, id)
+	c.logMu.Unlock()
+	return id, nil
+}
+
+func (c *Cache) config() *Config { return c.cfg.Load() }
+func (c *Cache) clock() Clock    { return c.cfg.Load().Clock }
+
+func (c *Cache) kickWriteback() {
+	select {
+	case c.wbKick <- struct{}{}:
+	default:
+	}
+}
+
+func (c *Cache) kickGC() {
+	select {
+	case c.gcKick <- struct{}{}:
+	default:
+	}
+}
+
+// fail retires the cache after a media error. Idempotent.
+func (c *Cache) fail(what string, err error) {
+	c.failMu.Lock()
+	defer c.failMu.Unlock()
+	if c.failed.Load() {
+		return
+	}
+	c.failReason = fmt.Sprintf("%s: %v", what, err)
+	c.failCause = err
+	c.failed.Store(true)
+	close(c.failedCh)
+	c.log.Error("cache media failure: cache retired", "op", what, "err", err, "policy", c.config().OnCacheFailure)
+}
+
+// failedErr returns nil while the cache is healthy.
+func (c *Cache) failedErr() error {
+	if !c.failed.Load() {
+		return nil
+	}
+	c.failMu.Lock()
+	defer c.failMu.Unlock()
+	return fmt.Errorf("%w (%s): %w", ErrCacheFailed, c.failReason, blk.ErrMedium)
+}
+
+// Err returns a non-nil error once the cache has been retired after a
+// media failure.
+func (c *Cache) Err() error { return c.failedErr() }
+
+// isMediaFault reports whether err comes from the cache media.
+func isMediaFault(err error) bool { return errors.Is(err, persist.ErrMediaFault) }
+
+// flusher closes ksets that have been open for JournalFlushInterval.
+func (c *Cache) flusher() {
+	defer c.workers.Done()
+	for {
+		iv := c.config().JournalFlushInterval
+		tick := max(iv/4, time.Millisecond)
+		t := time.NewTimer(tick)
+		select {
+		case <-c.workersCtx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		if c.failed.Load() {
+			continue
+		}
+		c.closeAged(c.clock().Now(), iv)
+		c.pruneSlots()
+	}
+}
+
+// SetConfig changes the live tunables: GCPercent, JournalFlushInterval,
+// Writeback, OnCacheFailure (Logger and Clock keep their values).
+func (c *Cache) SetConfig(cfg Config) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	old := c.config()
+	stored := uint8(old.GCPercent)
+	nc, err := cfg.withDefaults(stored)
+	if err != nil {
+		return err
+	}
+	nc.Logger, nc.Clock = old.Logger, old.Clock
+	if nc.GCPercent != old.GCPercent {
+		info := c.store.Info()
+		info.GCPercent = uint8(nc.GCPercent)
+		if err := c.store.SetInfo(info); err != nil {
+			if isMediaFault(err) {
+				c.fail("persist cache info", err)
+			}
+			return fmt.Errorf("cachecore: persist gc percent: %w", err)
+		}
+	}
+	c.cfg.Store(&nc)
+	c.kickGC()
+	c.kickWriteback()
+	return nil
+}
+
+// Progress reports drain progress.
+type Progress struct{ DirtyBytes, StartDirtyBytes int64 }
+
+// AddVolume attaches a backing device as volume name. A volume recorded in
+// the cache file keeps its id and cached data; its backing device must not
+// be smaller than the recorded size. The caller keeps ownership of dev.
+func (c *Cache) AddVolume(ctx context.Context, name string, dev backend.Device, vc VolumeConfig) (*Volume, error) {
+	if dev == nil {
+		return nil, errors.New("cachecore: nil backing device")
+	}
+	if name == "" || len(name) > persist.MaxVolumeName {
+		return nil, fmt.Errorf("cachecore: volume name %q must be 1..%d bytes", name, persist.MaxVolumeName)
+	}
+	vc, err := vc.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if c.closed.Load() {
+		return nil, fmt.Errorf("cachecore: cache closed: %w", blk.ErrNotReady)
+	}
+	if err := c.failedErr(); err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.volumes[name]; ok {
+		return nil, fmt.Errorf("cachecore: volume %q already attached", name)
+	}
+	size := dev.Size() &^ int64(vc.BlockSize-1)
+	recs := c.store.Volumes()
+	var vs *volState
+	for _, r := range recs {
+		if r.Name != name || r.ID >= persist.MaxVolumes {
+			continue
+		}
+		vs = c.vols[r.ID].Load()
+		if int64(r.Size) > dev.Size() {
+			return nil, fmt.Errorf("cachecore: volume %q: backing device has %d bytes but the cache recorded %d: refusing it (wrong or shrunk device): %w",
+				name, dev.Size(), r.Size, blk.ErrNotReady)
+		}
+		if int64(r.Size)%int64(vc.BlockSize) != 0 {
+			return nil, fmt.Errorf("cachecore: volume %q: recorded size %d is not a multiple of block size %d", name, r.Size, vc.BlockSize)
+		}
+		if size > int64(r.Size) {
+			// The device grew: record the new size.
+			for i := range recs {
+				if recs[i].ID == r.ID {
+					recs[i].Size = uint64(size)
+				}
+			}
+			if err := c.store.SetVolumes(recs); err != nil {
+				return nil, c.metaErr("persist volume table", err)
+			}
+			nvs := &volState{id: vs.id, name: vs.name, size: size, idx: vs.idx.grown(size)}
+			nvs.dirtyBytes.Store(vs.dirtyBytes.Load())
+			nvs.dirtyKeys.Store(vs.dirtyKeys.Load())
+			c.vols[r.ID].Store(nvs)
+			vs = nvs
+		}
+		break
+	}
+	if vs == nil {
+		if size <= 0 {
+			return nil, fmt.Errorf("cachecore: volume %q: backing device of %d bytes holds no block", name, dev.Size())
+		}
+		used := make(map[uint32]bool)
+		for _, r := range recs {
+			used[r.ID] = true
+		}
+		id := uint32(persist.MaxVolumes)
+		for i := uint32(0); i < persist.MaxVolumes; i++ {
+			// An id whose keys are still in the live log is not reused:
+			// replay would hand them to the new volume.
+			if !used[i] && c.liveKeys[i].Load() == 0 {
+				id = i
+				break
+			}
+		}
+		if id == persist.MaxVolumes {
+			return nil, fmt.Errorf("cachecore: volume table full (%d volumes, or ids still referenced by the log)", persist.MaxVolumes)
+		}
+		recs = append(recs, persist.VolumeRecord{ID: id, Name: name, Size: uint64(size)})
+		if err := c.store.SetVolumes(recs); err != nil {
+			return nil, c.metaErr("persist volume table", err)
+		}
+		vs = &volState{id: id, name: name, size: size, idx: newVolIndex(size)}
+		c.vols[id].Store(vs)
+	}
+	v := newVolume(c, vs, dev, vc)
+	vs.vol.Store(v)
+	c.volumes[name] = v
+	c.kickWriteback()
+	return v, nil
+}
+
+// metaErr retires the cache on a media fault and wraps err.
+func (c *Cache) metaErr(what string, err error) error {
+	if isMediaFault(err) {
+		c.fail(what, err)
+	}
+	return fmt.Errorf("cachecore: %s: %w", what, err)
+}
+
+// RemoveVolume stops I/O to the volume, writes back its dirty data
+// (reporting progress), then forgets it and its cached data.
+func (c *Cache) RemoveVolume(ctx context.Context, name string, progress func(Progress)) error {
+	c.mu.Lock()
+	v, ok := c.volumes[name]
+	c.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("cachecore: no volume %q", name)
+	}
+	if !v.state.CompareAndSwap(volOnline, volRemoving) {
+		return fmt.Errorf("cachecore: volume %q is being removed: %w", name, blk.ErrNotReady)
+	}
+	v.waitIdle()
+	if err := v.drain(ctx, progress); err != nil {
+		v.state.Store(volOnline)
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	recs := c.store.Volumes()
+	out := recs[:0]
+	for _, r := range recs {
+		if r.ID != v.st.id {
+			out = append(out, r)
+		}
+	}
+	if err := c.store.SetVolumes(out); err != nil {
+		v.state.Store(volOnline)
+		return c.metaErr("persist volume table", err)
+	}
+	c.vols[v.st.id].Store(nil)
+	delete(c.volumes, name)
+	v.state.Store(volClosed)
+	return nil
+}
+
+// Volume returns the attached volume called name.
+func (c *Cache) Volume(name string) (*Volume, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	v, ok := c.volumes[name]
+	return v, ok
+}
+
+// Volumes returns the attached volumes sorted by name.
+func (c *Cache) Volumes() []*Volume {
+	c.mu.Lock()
+	out := make([]*Volume, 0, len(c.volumes))
+	for _, v := range c.volumes {
+		out = append(out, v)
+	}
+	c.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].name < out[j].name })
+	return out
+}
+
+// Close stops I/O, makes every acknowledged key durable, stops the
+// goroutines and waits for them. Dirty data stays for the next Open. The
+// backing devices are not closed.
+func (c *Cache) Close(ctx context.Context) error {
+	if !c.closed.CompareAndSwap(false, true) {
+		return nil
+	}
+	c.mu.Lock()
+	vols := make([]*Volume, 0, len(c.volumes))
+	for _, v := range c.volumes {
+		vols = append(vols, v)
+	}
+	c.mu.Unlock()
+	for _, v := range vols {
+		v.state.Store(volClosed)
+	}
+	for _, v := range vols {
+		v.waitIdle()
+	}
+	var err error
+	if c.failedErr() == nil {
+		err = c.flushAll()
+	}
+	c.stopWorkers()
+	done := make(chan struct{})
+	go func() {
+		c.workers.Wait()
+		c.bg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		close(c.hardStop)
+		<-done
+		if err == nil {
+			err = ctx.Err()
+		}
+	}
+	return err
+}

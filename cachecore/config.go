@@ -1,0 +1,197 @@
+package cachecore
+
+import (
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+)
+
+// Mode is a volume's cache mode.
+type Mode string
+
+// Cache modes.
+const (
+	ModeWriteback    Mode = "writeback"    // writes are cached dirty and written back in log order
+	ModeWritethrough Mode = "writethrough" // writes go to the backing device and are cached clean
+	ModeWritearound  Mode = "writearound"  // writes bypass the cache (tombstone + backing write); reads fill
+	ModeWriteonly    Mode = "writeonly"    // writes cached (writeback), reads never fill
+	ModePassthrough  Mode = "passthrough"  // nothing new is cached; the cache only serves what it holds
+)
+
+// ParseMode parses a mode name (case-insensitive).
+func ParseMode(s string) (Mode, error) {
+	switch m := Mode(strings.ToLower(strings.TrimSpace(s))); m {
+	case ModeWriteback, ModeWritethrough, ModeWritearound, ModeWriteonly, ModePassthrough:
+		return m, nil
+	}
+	return "", fmt.Errorf("cachecore: unknown cache mode %q (want writeback, writethrough, writearound, writeonly or passthrough)", s)
+}
+
+func (m Mode) valid() bool { _, err := ParseMode(string(m)); return err == nil }
+
+// cachesWrites reports whether a healthy write in this mode lands in the
+// cache as dirty data.
+func (m Mode) cachesWrites() bool { return m == ModeWriteback || m == ModeWriteonly }
+
+// fillsReads reports whether read misses in this mode are installed in the
+// cache.
+func (m Mode) fillsReads() bool {
+	return m == ModeWriteback || m == ModeWritethrough || m == ModeWritearound
+}
+
+// FailurePolicy says what happens to volumes once the cache media failed.
+type FailurePolicy string
+
+// Failure policies.
+const (
+	// FailAuto: volumes without dirty data continue in passthrough on the
+	// backing device; volumes with dirty data fail I/O with blk.ErrMedium
+	// and keep the dirty data on the media.
+	FailAuto FailurePolicy = "auto"
+	// FailFail: every volume fails I/O with blk.ErrMedium.
+	FailFail FailurePolicy = "fail"
+	// FailPassthrough: every volume continues on its backing device, even
+	// one whose newest data is still dirty in the failed cache: reads may
+	// then return data older than acknowledged writes. Only for operators
+	// who prefer availability over consistency.
+	FailPassthrough FailurePolicy = "passthrough"
+)
+
+func (p FailurePolicy) valid() bool {
+	return p == FailAuto || p == FailFail || p == FailPassthrough
+}
+
+// Clock supplies the time; nil in Config means the real clock.
+type Clock interface{ Now() time.Time }
+
+type realClock struct{}
+
+func (realClock) Now() time.Time { return time.Now() }
+
+// WritebackConfig tunes the ordered writeback worker.
+type WritebackConfig struct {
+	TargetDirtyPercent   int           // controller target, default 10
+	HighWatermarkPercent int           // above it writeback runs flat out, default 50
+	IdleAfter            time.Duration // no host I/O for this long: write back at full speed, default 1s
+	MaxBytesPerSec       int64         // 0 = unlimited
+}
+
+// Config configures a Cache. Zero fields take their defaults.
+type Config struct {
+	Logger *slog.Logger // nil: discard
+	Clock  Clock        // nil: real clock
+	// GCPercent: GC reclaims clean log while more than this share of the
+	// segments is in use. 1..90; 0 means "keep the value stored in the
+	// cache file" (70 on a fresh cache).
+	GCPercent            int
+	JournalFlushInterval time.Duration // default 1s: an acked write's key waits at most this long in an open kset
+	OnCacheFailure       FailurePolicy // default "auto"
+	Writeback            WritebackConfig
+}
+
+// VolumeConfig configures one volume.
+type VolumeConfig struct {
+	Mode                    Mode          // default writeback
+	BlockSize               int           // 512 or 4096, default 512
+	SequentialCutoff        int64         // bytes, 0 disables (DefaultVolumeConfig: 4 MiB)
+	CongestedReadThreshold  time.Duration // 0 disables latency-based congestion bypass (default 2ms)
+	CongestedWriteThreshold time.Duration // 0 disables (default 20ms)
+}
+
+// DefaultVolumeConfig returns the recommended settings: writeback, 512-byte
+// blocks, 4 MiB sequential cutoff, 2ms/20ms congestion thresholds. The zero
+// VolumeConfig differs: it disables sequential and congestion bypass.
+func DefaultVolumeConfig() VolumeConfig {
+	return VolumeConfig{
+		Mode:                    ModeWriteback,
+		BlockSize:               defaultVolumeBlockSize,
+		SequentialCutoff:        defaultSeqCutoff,
+		CongestedReadThreshold:  defaultCongestedRead,
+		CongestedWriteThreshold: defaultCongestedWrite,
+	}
+}
+
+const (
+	defaultGCPercent       = 70
+	maxGCPercent           = 90
+	defaultFlushInterval   = time.Second
+	defaultSeqCutoff       = 4 << 20
+	defaultCongestedRead   = 2 * time.Millisecond
+	defaultCongestedWrite  = 20 * time.Millisecond
+	defaultTargetDirty     = 10
+	defaultHighWatermark   = 50
+	defaultIdleAfter       = time.Second
+	defaultVolumeBlockSize = 512
+)
+
+func (c Config) withDefaults(stored uint8) (Config, error) {
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Clock == nil {
+		c.Clock = realClock{}
+	}
+	if c.GCPercent < 0 || c.GCPercent > maxGCPercent {
+		return c, fmt.Errorf("cachecore: gc percent %d outside 0..%d", c.GCPercent, maxGCPercent)
+	}
+	if c.GCPercent == 0 {
+		c.GCPercent = int(stored)
+		if c.GCPercent == 0 || c.GCPercent > maxGCPercent {
+			c.GCPercent = defaultGCPercent
+		}
+	}
+	if c.JournalFlushInterval < 0 {
+		return c, fmt.Errorf("cachecore: negative journal flush interval %v", c.JournalFlushInterval)
+	}
+	if c.JournalFlushInterval == 0 {
+		c.JournalFlushInterval = defaultFlushInterval
+	}
+	if c.OnCacheFailure == "" {
+		c.OnCacheFailure = FailAuto
+	}
+	if !c.OnCacheFailure.valid() {
+		return c, fmt.Errorf("cachecore: unknown failure policy %q (want auto, fail or passthrough)", c.OnCacheFailure)
+	}
+	wb := &c.Writeback
+	if wb.TargetDirtyPercent == 0 {
+		wb.TargetDirtyPercent = defaultTargetDirty
+	}
+	if wb.HighWatermarkPercent == 0 {
+		wb.HighWatermarkPercent = defaultHighWatermark
+	}
+	if wb.TargetDirtyPercent < 0 || wb.TargetDirtyPercent > 100 || wb.HighWatermarkPercent < 0 || wb.HighWatermarkPercent > 100 {
+		return c, fmt.Errorf("cachecore: writeback percentages %d/%d outside 0..100", wb.TargetDirtyPercent, wb.HighWatermarkPercent)
+	}
+	if wb.HighWatermarkPercent < wb.TargetDirtyPercent {
+		wb.HighWatermarkPercent = wb.TargetDirtyPercent
+	}
+	if wb.IdleAfter == 0 {
+		wb.IdleAfter = defaultIdleAfter
+	}
+	if wb.MaxBytesPerSec < 0 {
+		return c, fmt.Errorf("cachecore: negative writeback rate %d", wb.MaxBytesPerSec)
+	}
+	return c, nil
+}
+
+func (vc VolumeConfig) withDefaults() (VolumeConfig, error) {
+	if vc.Mode == "" {
+		vc.Mode = ModeWriteback
+	}
+	m, err := ParseMode(string(vc.Mode))
+	if err != nil {
+		return vc, err
+	}
+	vc.Mode = m
+	if vc.BlockSize == 0 {
+		vc.BlockSize = defaultVolumeBlockSize
+	}
+	if vc.BlockSize != 512 && vc.BlockSize != 4096 {
+		return vc, fmt.Errorf("cachecore: block size %d, want 512 or 4096", vc.BlockSize)
+	}
+	if vc.SequentialCutoff < 0 || vc.CongestedReadThreshold < 0 || vc.CongestedWriteThreshold < 0 {
+		return vc, fmt.Errorf("cachecore: negative sequential cutoff or congestion threshold")
+	}
+	return vc, nil
+}

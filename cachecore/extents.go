@@ -1,0 +1,203 @@
+package cachecore
+
+import (
+	"slices"
+	"sort"
+)
+
+// extKind says what an index extent maps to.
+type extKind uint8
+
+const (
+	// extEmpty is a placeholder: a miss fill (or a writethrough fill) is in
+	// flight for the range. Reads treat it as a miss without creating a
+	// second placeholder. It may only be deleted or shortened at its end:
+	// the fill that owns it is tied to its start offset.
+	extEmpty extKind = iota + 1
+	extClean         // cache data equal to the backing device
+	extDirty         // cache data not yet written back
+)
+
+func (k extKind) String() string {
+	switch k {
+	case extEmpty:
+		return "placeholder"
+	case extClean:
+		return "clean"
+	case extDirty:
+		return "dirty"
+	}
+	return "?"
+}
+
+// extent maps [start, start+length) of a stripe (offsets relative to the
+// stripe start) to cache data at (seg, segOff). It is a value type of 32
+// bytes; a stripe keeps its extents in one sorted slice, so an index entry
+// costs 32 bytes plus slice slack instead of a tree node with pointers.
+type extent struct {
+	// gen is the segment generation the data was written under; for a
+	// placeholder it is the token of the fill that owns it.
+	gen    uint64
+	start  uint32
+	length uint32
+	seg    uint32
+	segOff uint32
+	kind   extKind
+}
+
+func (e *extent) end() uint32 { return e.start + e.length }
+
+// hasData reports whether the extent points at cache data.
+func (e *extent) hasData() bool { return e.kind == extClean || e.kind == extDirty }
+
+// cutFront drops the first n bytes; the data position moves with the start.
+func (e *extent) cutFront(n uint32) {
+	e.start += n
+	e.length -= n
+	if e.hasData() {
+		e.segOff += n
+	}
+}
+
+// sameLineage reports whether e holds (part of) the data of a key that
+// started at keyStart (stripe-relative) at cache position (seg, segOff)
+// under generation gen: splits and front cuts keep that relation.
+func (e *extent) sameLineage(keyStart, seg, segOff uint32, gen uint64) bool {
+	return e.hasData() && e.seg == seg && e.gen == gen &&
+		e.start >= keyStart && e.segOff-segOff == e.start-keyStart
+}
+
+// extentList is the ordered, non-overlapping extent set of one stripe.
+type extentList struct {
+	ext []extent
+}
+
+// span returns the index range [i, j) of the extents overlapping [s, e).
+func (l *extentList) span(s, e uint32) (int, int) {
+	ext := l.ext
+	i := sort.Search(len(ext), func(k int) bool { return ext[k].end() > s })
+	j := i
+	for j < len(ext) && ext[j].start < e {
+		j++
+	}
+	return i, j
+}
+
+// replace makes [s, e) hold exactly n (when n != nil, n must cover [s, e))
+// or nothing (n == nil: a tombstone), resolving the five overlap cases of an
+// existing extent T against the range K = [s, e):
+//
+//   - T before or after K: untouched;
+//   - T covers K's head (T.start < s < T.end <= e): T is cut back to s;
+//   - T inside K: deleted;
+//   - T covers K's tail (s <= T.start < e < T.end): data extents are cut at
+//     the front to e (their position advances); placeholders are deleted
+//     (they are never trimmed at the front);
+//   - K inside T (T.start < s, e < T.end): data extents are split around K;
+//     a placeholder keeps only [T.start, s).
+//
+// It reports whether any data extent was touched.
+func (l *extentList) replace(s, e uint32, n *extent) (touchedData bool) {
+	i, j := l.span(s, e)
+	var buf [3]extent
+	repl := buf[:0]
+	var right *extent
+	if i < j {
+		first := l.ext[i]
+		if first.start < s {
+			left := first
+			left.length = s - first.start
+			repl = append(repl, left)
+			if first.end() > e && first.hasData() {
+				r := first
+				r.cutFront(e - first.start)
+				right = &r
+			}
+		}
+		last := l.ext[j-1]
+		if last.start >= s && last.end() > e && last.hasData() {
+			r := last
+			r.cutFront(e - last.start)
+			right = &r
+		}
+		for k := i; k < j; k++ {
+			if l.ext[k].hasData() {
+				touchedData = true
+				break
+			}
+		}
+	}
+	if n != nil {
+		repl = append(repl, *n)
+	}
+	if right != nil {
+		repl = append(repl, *right)
+	}
+	if i == j && len(repl) == 1 {
+		l.ext = slices.Insert(l.ext, i, repl[0])
+		return touchedData
+	}
+	l.ext = slices.Replace(l.ext, i, j, repl...)
+	return touchedData
+}
+
+// find returns the index of the extent that starts exactly at s, or -1.
+func (l *extentList) find(s uint32) int {
+	ext := l.ext
+	i := sort.Search(len(ext), func(k int) bool { return ext[k].start >= s })
+	if i < len(ext) && ext[i].start == s {
+		return i
+	}
+	return -1
+}
+
+// removeAt deletes the extent at index i.
+func (l *extentList) removeAt(i int) { l.ext = slices.Delete(l.ext, i, i+1) }
+
+// anyDirty reports whether a dirty extent overlaps [s, e).
+func (l *extentList) anyDirty(s, e uint32) bool {
+	i, j := l.span(s, e)
+	for k := i; k < j; k++ {
+		if l.ext[k].kind == extDirty {
+			return true
+		}
+	}
+	return false
+}
+
+// dirtySpan returns the smallest range covering the parts of [s, e) that
+// overlap dirty extents, and ok=false when there are none.
+func (l *extentList) dirtySpan(s, e uint32) (ds, de uint32, ok bool) {
+	i, j := l.span(s, e)
+	for k := i; k < j; k++ {
+		x := &l.ext[k]
+		if x.kind != extDirty {
+			continue
+		}
+		a, b := max(x.start, s), min(x.end(), e)
+		if !ok {
+			ds, de, ok = a, b, true
+			continue
+		}
+		ds, de = min(ds, a), max(de, b)
+	}
+	return ds, de, ok
+}
+
+// checkInvariants returns a description of the first broken invariant
+// (sorted, non-overlapping, non-empty, inside the stripe), or "".
+func (l *extentList) checkInvariants(limit uint32) string {
+	for k := range l.ext {
+		x := &l.ext[k]
+		if x.length == 0 {
+			return "empty extent"
+		}
+		if x.end() > limit || x.end() < x.start {
+			return "extent beyond stripe"
+		}
+		if k > 0 && l.ext[k-1].end() > x.start {
+			return "overlapping or unsorted extents"
+		}
+	}
+	return ""
+}

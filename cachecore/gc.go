@@ -1,0 +1,147 @@
+package cachecore
+
+import (
+	"time"
+
+	"github.com/cachelun/cachelun/persist"
+)
+
+const gcMaxKsetsPerTail = 16
+
+// gcLoop reclaims clean log while the share of used segments is above
+// GCPercent or a writer waits for space.
+func (c *Cache) gcLoop() {
+	defer c.workers.Done()
+	ctx := c.workersCtx
+	for {
+		t := time.NewTimer(100 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-c.failedCh:
+			t.Stop()
+			return
+		case <-c.gcKick:
+		case <-t.C:
+		}
+		t.Stop()
+		for c.needGC() && ctx.Err() == nil && !c.failed.Load() {
+			if !c.gcStep() {
+				break
+			}
+		}
+	}
+}
+
+func (c *Cache) needGC() bool {
+	free, quar := c.segs.counts()
+	n := uint32(len(c.segs.segs))
+	used := n - free - quar
+	return c.spaceWait.Load() > 0 || int(used)*100 > int(n)*c.config().GCPercent
+}
+
+// gcStep advances key_tail over up to gcMaxKsetsPerTail clean ksets (never
+// past dirty_tail): it drops their keys from the index and their segment
+// references (a segment reaching zero has its generation bumped and
+// persisted, then is free), persists key_tail, and frees the kset segments
+// key_tail has left. It reports whether it made progress.
+func (c *Cache) gcStep() bool {
+	kt := c.store.KeyTail()
+	dt := c.store.DirtyTail()
+	if kt.LSN >= dt.LSN {
+		return false
+	}
+	c.stats.gcRuns.Add(1)
+	r := c.store.Replay(kt)
+	var next persist.Tail
+	n := 0
+	var puts []uint32
+	for n < gcMaxKsetsPerTail {
+		ks, ok := r.Next()
+		if !ok || ks.LSN >= dt.LSN {
+			break
+		}
+		for i := range ks.Keys {
+			k := &ks.Keys[i]
+			if k.Volume < uint32(len(c.liveKeys)) {
+				c.liveKeys[k.Volume].Add(-1)
+			}
+			if k.Flags == persist.KeyTombstone {
+				continue
+			}
+			c.evictKey(k)
+			puts = append(puts, k.Pos.Seg)
+		}
+		next = ks.Next
+		n++
+	}
+	if n == 0 {
+		if err := r.StopReason(); err != nil && isMediaFault(err) {
+			c.fail("gc read log", err)
+		}
+		return false
+	}
+	freeBefore, _ := c.segs.counts()
+	for _, s := range puts {
+		if int(s) < len(c.segs.segs) {
+			c.putRef(s)
+		}
+	}
+	if c.failed.Load() {
+		return false
+	}
+	if err := c.store.SetKeyTail(next); err != nil {
+		if isMediaFault(err) {
+			c.fail("persist key tail", err)
+		}
+		return false
+	}
+	c.logMu.Lock()
+	var release []uint32
+	for len(c.logSegs) > 1 && c.logSegs[0] != next.Pos.Seg {
+		release = append(release, c.logSegs[0])
+		c.logSegs = c.logSegs[1:]
+	}
+	c.logMu.Unlock()
+	for _, s := range release {
+		c.segs.release(s)
+	}
+	freeAfter, _ := c.segs.counts()
+	if freeAfter > freeBefore {
+		c.stats.gcSegmentsFreed.Add(uint64(freeAfter - freeBefore))
+	}
+	return true
+}
+
+// evictKey removes from the index the extents that still hold the data of
+// a key key_tail is passing (FIFO eviction): after a restart the key would
+// not be replayed either.
+func (c *Cache) evictKey(k *persist.Key) {
+	if k.Volume >= uint32(len(c.vols)) {
+		return
+	}
+	vs := c.vols[k.Volume].Load()
+	if vs == nil {
+		return
+	}
+	end := min(int64(k.Offset)+int64(k.Length), vs.size)
+	if int64(k.Offset) >= end {
+		return
+	}
+	for _, p := range splitPieces(int64(k.Offset), end-int64(k.Offset)) {
+		st := vs.idx.peek(p.stripe)
+		if st == nil {
+			continue
+		}
+		segOff := k.Pos.Off + uint32(p.bufOff)
+		st.mu.Lock()
+		i, j := st.list.span(p.s, p.e)
+		for n := j - 1; n >= i; n-- {
+			if st.list.ext[n].sameLineage(p.s, k.Pos.Seg, segOff, k.Gen) {
+				st.list.removeAt(n)
+			}
+		}
+		st.mu.Unlock()
+	}
+}

@@ -1,0 +1,130 @@
+package cachecore
+
+import (
+	"sync"
+	"sync/atomic"
+)
+
+const (
+	stripeShift = 22 // 4 MiB stripes of a volume's backing space
+	stripeSize  = 1 << stripeShift
+	stripePageN = 1024 // stripes per lazily allocated page (4 GiB of volume)
+)
+
+// stripe is one 4 MiB piece of a volume's index with its own lock. The
+// journal append of a key happens under the same lock as its index update,
+// so for every block the log order equals the index order.
+type stripe struct {
+	mu   sync.Mutex
+	list extentList
+}
+
+type stripePage [stripePageN]atomic.Pointer[stripe]
+
+// volIndex is the index of one volume: a paged array of lazily allocated
+// stripes, so a 10 TiB volume costs 2560 page pointers until it is used.
+type volIndex struct {
+	pages []atomic.Pointer[stripePage]
+}
+
+func newVolIndex(size int64) *volIndex {
+	n := (uint64(size) + stripeSize - 1) >> stripeShift
+	return &volIndex{pages: make([]atomic.Pointer[stripePage], (n+stripePageN-1)/stripePageN)}
+}
+
+// grown returns an index covering size bytes that shares the existing
+// stripes. Only used while no I/O runs on the volume.
+func (x *volIndex) grown(size int64) *volIndex {
+	g := newVolIndex(size)
+	if len(g.pages) <= len(x.pages) {
+		return x
+	}
+	for i := range x.pages {
+		g.pages[i].Store(x.pages[i].Load())
+	}
+	return g
+}
+
+// get returns stripe n, allocating it (and its page) on first use.
+func (x *volIndex) get(n uint64) *stripe {
+	pi := n / stripePageN
+	if pi >= uint64(len(x.pages)) {
+		return nil
+	}
+	p := x.pages[pi].Load()
+	if p == nil {
+		np := new(stripePage)
+		if x.pages[pi].CompareAndSwap(nil, np) {
+			p = np
+		} else {
+			p = x.pages[pi].Load()
+		}
+	}
+	s := p[n%stripePageN].Load()
+	if s == nil {
+		ns := new(stripe)
+		if p[n%stripePageN].CompareAndSwap(nil, ns) {
+			return ns
+		}
+		s = p[n%stripePageN].Load()
+	}
+	return s
+}
+
+// peek returns stripe n or nil when it was never allocated.
+func (x *volIndex) peek(n uint64) *stripe {
+	pi := n / stripePageN
+	if pi >= uint64(len(x.pages)) {
+		return nil
+	}
+	p := x.pages[pi].Load()
+	if p == nil {
+		return nil
+	}
+	return p[n%stripePageN].Load()
+}
+
+// each calls fn for every allocated stripe in order.
+func (x *volIndex) each(fn func(n uint64, s *stripe)) {
+	for pi := range x.pages {
+		p := x.pages[pi].Load()
+		if p == nil {
+			continue
+		}
+		for k := range p {
+			if s := p[k].Load(); s != nil {
+				fn(uint64(pi)*stripePageN+uint64(k), s)
+			}
+		}
+	}
+}
+
+// piece is the part of a request inside one stripe.
+type piece struct {
+	stripe uint64 // stripe number
+	s, e   uint32 // stripe-relative range
+	bufOff int64  // offset of the piece in the request buffer
+}
+
+func (p piece) len() int64 { return int64(p.e - p.s) }
+
+// abs returns the absolute backing offset of stripe-relative offset o.
+func (p piece) abs(o uint32) int64 { return int64(p.stripe<<stripeShift) + int64(o) }
+
+// splitPieces cuts [off, off+n) at stripe boundaries.
+func splitPieces(off, n int64) []piece {
+	var out []piece
+	if n <= 0 {
+		return nil
+	}
+	out = make([]piece, 0, (n>>stripeShift)+2)
+	for done := int64(0); done < n; {
+		o := off + done
+		st := uint64(o) >> stripeShift
+		s := uint32(o & (stripeSize - 1))
+		l := min(int64(stripeSize)-int64(s), n-done)
+		out = append(out, piece{stripe: st, s: s, e: s + uint32(l), bufOff: done})
+		done += l
+	}
+	return out
+}

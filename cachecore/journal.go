@@ -1,0 +1,289 @@
+package cachecore
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/cachelun/cachelun/persist"
+)
+
+const ksetSlots = 16
+
+// ksetSlot is one in-memory kset. A key goes to the slot chosen by its
+// (volume, stripe), and is appended under the stripe lock, so all keys of a
+// block pass through one slot in index order. Closed ksets of a slot are
+// committed strictly in the order they were closed (each waits for its
+// predecessor), which keeps the log order per block equal to the index
+// order while different slots commit concurrently (the journal coalesces
+// their persists).
+//
+// Lock order: stripe.mu, then ksetSlot.mu.
+type ksetSlot struct {
+	mu     sync.Mutex
+	open   []persist.Key
+	epoch  uint64
+	opened time.Time
+	last   *pendingKset // most recently closed kset of this slot
+}
+
+// pendingKset is a closed kset on its way to the log.
+type pendingKset struct {
+	keys  []persist.Key
+	epoch uint64
+	prev  *pendingKset
+	done  chan struct{}
+	err   error // valid once done is closed
+}
+
+func slotFor(vol uint32, stripe uint64) int {
+	return int((uint64(vol)*0x9E3779B1 + stripe) % ksetSlots)
+}
+
+// closeLocked turns the open keys into a pending kset. slot.mu is held.
+func (s *ksetSlot) closeLocked() *pendingKset {
+	if len(s.open) == 0 {
+		return nil
+	}
+	pk := &pendingKset{keys: s.open, epoch: s.epoch, prev: s.last, done: make(chan struct{})}
+	s.last = pk
+	s.open = nil
+	return pk
+}
+
+// spill holds ksets closed by an append that the caller commits after
+// releasing the stripe lock.
+type spill [2]*pendingKset
+
+// appendKey adds k to slot i; it must be called with the stripe lock of
+// the key's range held. A kset of an older flush epoch is closed first and
+// a full kset after the append; both are returned for committing.
+func (c *Cache) appendKey(i int, k persist.Key) (sp spill) {
+	s := &c.slots[i]
+	s.mu.Lock()
+	ep := c.epoch.Load()
+	if len(s.open) > 0 && s.epoch != ep {
+		sp[0] = s.closeLocked()
+	}
+	if len(s.open) == 0 {
+		s.open = make([]persist.Key, 0, 16)
+		s.epoch = ep
+		s.opened = c.clock().Now()
+	}
+	s.open = append(s.open, k)
+	if len(s.open) >= persist.MaxKSetKeys {
+		sp[1] = s.closeLocked()
+	}
+	s.mu.Unlock()
+	return sp
+}
+
+// commitSpill commits spilled ksets in the background.
+func (c *Cache) commitSpill(sp spill) {
+	for _, pk := range sp {
+		if pk != nil {
+			c.commitAsync(pk)
+		}
+	}
+}
+
+func (c *Cache) commitAsync(pk *pendingKset) {
+	c.bg.Add(1)
+	go func() {
+		defer c.bg.Done()
+		c.commit(pk)
+	}()
+}
+
+// commit persists the data of pk's keys, then the kset, after its
+// predecessor in the slot is durable. A full journal (no free segment) is
+// retried until GC or writeback frees one; only a media fault or a hard
+// stop ends it with an error.
+func (c *Cache) commit(pk *pendingKset) {
+	defer close(pk.done)
+	if pk.prev != nil {
+		<-pk.prev.done
+		pk.prev = nil
+	}
+	if err := c.failedErr(); err != nil {
+		pk.err = err
+		return
+	}
+	if err := c.persistKeyData(pk.keys); err != nil {
+		c.fail("persist data", err)
+		pk.err = c.failedErr()
+		return
+	}
+	backoff := time.Millisecond
+	for {
+		ks, err := c.journal.Commit(pk.keys, pk.epoch)
+		if err == nil {
+			for {
+				cur := c.durableHead.Load()
+				if ks.LSN+1 <= cur || c.durableHead.CompareAndSwap(cur, ks.LSN+1) {
+					break
+				}
+			}
+			c.kickWriteback()
+			return
+		}
+		if !errors.Is(err, persist.ErrJournalFull) {
+			c.fail("commit kset", err)
+			pk.err = c.failedErr()
+			return
+		}
+		c.stats.journalFullWaits.Add(1)
+		c.kickGC()
+		c.kickWriteback()
+		select {
+		case <-c.segs.waitCh():
+		case <-time.After(backoff):
+		case <-c.hardStop:
+			pk.err = fmt.Errorf("cachecore: cache closed while the journal was full: %w", err)
+			return
+		case <-c.failedCh:
+			pk.err = c.failedErr()
+			return
+		}
+		backoff = min(backoff*2, 100*time.Millisecond)
+	}
+}
+
+// persistKeyData makes the cache data of the keys durable, merging
+// adjacent ranges so one Persist covers a run of sequential allocations.
+func (c *Cache) persistKeyData(keys []persist.Key) error {
+	type rng struct{ off, end int64 }
+	var buf [persist.MaxKSetKeys]rng
+	rs := buf[:0]
+	for i := range keys {
+		k := &keys[i]
+		if k.Flags == persist.KeyTombstone {
+			continue
+		}
+		off := c.store.DataOffset(k.Pos)
+		rs = append(rs, rng{off, off + int64(k.Length)})
+	}
+	if len(rs) == 0 {
+		return nil
+	}
+	slices.SortFunc(rs, func(a, b rng) int {
+		if a.off < b.off {
+			return -1
+		} else if a.off > b.off {
+			return 1
+		}
+		return 0
+	})
+	m := c.store.Media()
+	cur := rs[0]
+	for _, r := range rs[1:] {
+		if r.off <= cur.end {
+			cur.end = max(cur.end, r.end)
+			continue
+		}
+		if err := m.Persist(cur.off, cur.end-cur.off); err != nil {
+			return err
+		}
+		cur = r
+	}
+	return m.Persist(cur.off, cur.end-cur.off)
+}
+
+// syncSlot makes every key appended to slot i so far durable: it closes
+// the open kset (committing it on the caller's goroutine) or waits for the
+// last closed one.
+func (c *Cache) syncSlot(i int) error {
+	s := &c.slots[i]
+	s.mu.Lock()
+	pk := s.closeLocked()
+	if pk == nil {
+		pk = s.last
+		s.mu.Unlock()
+		if pk == nil {
+			return c.failedErr()
+		}
+		<-pk.done
+		return pk.err
+	}
+	s.mu.Unlock()
+	c.commit(pk)
+	return pk.err
+}
+
+// syncSlots syncs several slots concurrently so their commits share
+// persists.
+func (c *Cache) syncSlots(slots []int) error {
+	switch len(slots) {
+	case 0:
+		return nil
+	case 1:
+		return c.syncSlot(slots[0])
+	}
+	errs := make([]error, len(slots))
+	var wg sync.WaitGroup
+	for k, i := range slots[1:] {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[k+1] = c.syncSlot(i)
+		}()
+	}
+	errs[0] = c.syncSlot(slots[0])
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// flushAll closes a flush epoch: keys appended from now on belong to the
+// next epoch, and every key appended before returns durable.
+func (c *Cache) flushAll() error {
+	c.epoch.Add(1)
+	all := make([]int, 0, ksetSlots)
+	for i := range c.slots {
+		s := &c.slots[i]
+		s.mu.Lock()
+		busy := len(s.open) > 0 || s.last != nil
+		s.mu.Unlock()
+		if busy {
+			all = append(all, i)
+		}
+	}
+	return c.syncSlots(all)
+}
+
+// closeAged closes ksets that have been open for longer than the journal
+// flush interval (run by the flusher goroutine).
+func (c *Cache) closeAged(now time.Time, interval time.Duration) {
+	for i := range c.slots {
+		s := &c.slots[i]
+		s.mu.Lock()
+		var pk *pendingKset
+		if len(s.open) > 0 && now.Sub(s.opened) >= interval {
+			pk = s.closeLocked()
+		}
+		s.mu.Unlock()
+		if pk != nil {
+			c.commitAsync(pk)
+		}
+	}
+}
+
+// pruneSlots drops references to finished pending ksets so their keys can
+// be collected.
+func (c *Cache) pruneSlots() {
+	for i := range c.slots {
+		s := &c.slots[i]
+		s.mu.Lock()
+		if s.last != nil {
+			select {
+			case <-s.last.done:
+				if s.last.err == nil {
+					s.last = nil
+				}
+			default:
+			}
+		}
+		s.mu.Unlock()
+	}
+}

@@ -1,0 +1,219 @@
+package cachecore
+
+import (
+	"errors"
+	"sync"
+	"sync/atomic"
+
+	"github.com/cachelun/cachelun/persist"
+)
+
+type segState uint32
+
+const (
+	segFree segState = iota
+	segData
+	segKset
+	segQuarantined
+)
+
+// segment is the in-memory state of one cache segment.
+//
+// refs counts the keys of the live log (key_tail..head) that point into the
+// segment plus one while it is a data head; GC drops key references as
+// key_tail passes them. When refs reaches zero the generation is bumped and
+// persisted (under mu held for writing, so no reader copies during the
+// bump) and the segment becomes free. Readers hold mu for reading while
+// they copy and check gen first.
+type segment struct {
+	mu    sync.RWMutex
+	gen   uint64 // guarded by mu
+	refs  atomic.Int64
+	state atomic.Uint32
+}
+
+func (s *segment) currentGen() uint64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.gen
+}
+
+// segTable owns the segments and the free list.
+type segTable struct {
+	segs     []segment
+	dataSize uint32
+	// journalReserve free segments are kept for the journal: data
+	// allocation never takes the last ones, so ksets (and GC progress)
+	// can always be written.
+	journalReserve int
+
+	mu      sync.Mutex
+	free    []uint32
+	freedCh chan struct{} // closed and replaced whenever a segment is freed
+}
+
+var errNoSpace = errors.New("cachecore: no free cache segment")
+
+func newSegTable(n uint32, dataSize uint32) *segTable {
+	t := &segTable{segs: make([]segment, n), dataSize: dataSize, freedCh: make(chan struct{})}
+	t.journalReserve = 2
+	if n < 8 {
+		t.journalReserve = 1
+	}
+	return t
+}
+
+// take removes a free segment for data (respecting the journal reserve) or
+// for the journal.
+func (t *segTable) take(forJournal bool) (uint32, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	need := 1
+	if !forJournal {
+		need += t.journalReserve
+	}
+	if len(t.free) < need {
+		return 0, false
+	}
+	id := t.free[0]
+	t.free = t.free[1:]
+	if forJournal {
+		t.segs[id].state.Store(uint32(segKset))
+	} else {
+		t.segs[id].state.Store(uint32(segData))
+	}
+	return id, true
+}
+
+// release returns a segment to the free list and wakes waiters.
+func (t *segTable) release(id uint32) {
+	t.mu.Lock()
+	t.segs[id].state.Store(uint32(segFree))
+	t.free = append(t.free, id)
+	close(t.freedCh)
+	t.freedCh = make(chan struct{})
+	t.mu.Unlock()
+}
+
+// waitCh returns a channel closed at the next release.
+func (t *segTable) waitCh() <-chan struct{} {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.freedCh
+}
+
+func (t *segTable) counts() (free, quarantined uint32) {
+	t.mu.Lock()
+	free = uint32(len(t.free))
+	t.mu.Unlock()
+	for i := range t.segs {
+		if segState(t.segs[i].state.Load()) == segQuarantined {
+			quarantined++
+		}
+	}
+	return free, quarantined
+}
+
+// dataFree reports whether data allocation could get a new segment now.
+func (t *segTable) dataFree() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.free) - t.journalReserve
+}
+
+// dataHead is one shard of the data allocator: it hands out space from its
+// current segment, on which it holds a reference.
+type dataHead struct {
+	mu    sync.Mutex
+	valid bool
+	seg   uint32
+	off   uint32
+	gen   uint64
+	_     [24]byte // keep heads on separate cache lines
+}
+
+const allocAlign = 512
+
+// allocation is one piece of cache space holding a reference on its
+// segment (for the key that will point at it).
+type allocation struct {
+	pos persist.Pos
+	gen uint64
+	n   uint32
+}
+
+// allocData returns space for up to n bytes (n is a multiple of 512) from
+// a data head; the piece may be shorter when the head's segment ends. It
+// returns errNoSpace when no segment is free.
+func (c *Cache) allocData(n uint32) (allocation, error) {
+	h := &c.heads[c.headRR.Add(1)%uint64(len(c.heads))]
+	var drop = noSeg
+	h.mu.Lock()
+	for {
+		if h.valid {
+			room := (c.segs.dataSize - h.off) &^ (allocAlign - 1)
+			if room >= allocAlign {
+				got := min(n, room)
+				a := allocation{pos: persist.Pos{Seg: h.seg, Off: h.off}, gen: h.gen, n: got}
+				c.segs.segs[h.seg].refs.Add(1)
+				h.off += (got + allocAlign - 1) &^ (allocAlign - 1)
+				h.mu.Unlock()
+				if drop != noSeg {
+					c.putRef(drop)
+				}
+				return a, nil
+			}
+			drop = h.seg
+			h.valid = false
+		}
+		id, ok := c.segs.take(false)
+		if !ok {
+			h.mu.Unlock()
+			if drop != noSeg {
+				c.putRef(drop)
+			}
+			return allocation{}, errNoSpace
+		}
+		s := &c.segs.segs[id]
+		s.refs.Add(1) // the head's reference
+		h.valid, h.seg, h.off, h.gen = true, id, 0, s.currentGen()
+	}
+}
+
+const noSeg = ^uint32(0)
+
+// putRef drops one reference; the last one bumps and persists the
+// segment's generation (making every key still pointing there stale) and
+// frees it. Never called with a stripe lock held.
+func (c *Cache) putRef(id uint32) {
+	s := &c.segs.segs[id]
+	if s.refs.Add(-1) != 0 {
+		return
+	}
+	s.mu.Lock()
+	g, err := c.store.BumpGen(id)
+	if err == nil {
+		s.gen = g
+	}
+	s.mu.Unlock()
+	if err != nil {
+		s.state.Store(uint32(segQuarantined))
+		c.fail("bump segment generation", err)
+		return
+	}
+	c.segs.release(id)
+}
+
+// releaseHeads drops the data heads' references (Close, failure).
+func (c *Cache) releaseHeads() {
+	for i := range c.heads {
+		h := &c.heads[i]
+		h.mu.Lock()
+		valid, seg := h.valid, h.seg
+		h.valid = false
+		h.mu.Unlock()
+		if valid {
+			c.putRef(seg)
+		}
+	}
+}

@@ -1,0 +1,134 @@
+package cachecore
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cachelun/cachelun/persist"
+)
+
+// VolumeStats are a volume's counters since it was added.
+type VolumeStats struct {
+	// Requests: a read is a hit when every byte came from the cache, a
+	// partial hit when some did, a miss when none did. WriteHits counts
+	// writes that landed in the cache (dirty or writethrough copies not
+	// included).
+	ReadHits, ReadPartialHits, ReadMisses, WriteHits uint64
+	ReadHitBytes, ReadMissBytes, WriteBytes          uint64
+	// Requests and bytes that skipped the cache, by reason: "sequential",
+	// "congestion", "full", "mode".
+	BypassedRequests, BypassedBytes map[string]uint64
+	// ReadBypassRaces counts read misses not cached because a bypass
+	// write was in flight on the same 32 MiB chunk.
+	ReadBypassRaces uint64
+	// DirtyBytes is the data of this volume in the log not yet written
+	// back (a block overwritten twice counts twice until written back).
+	DirtyBytes     int64
+	WritebackBytes uint64
+	// WritebackLag is how long the oldest unwritten data has waited
+	// (since dirty_tail last moved), 0 when clean.
+	WritebackLag time.Duration
+	Errors       map[string]uint64 // by kind: backing_read, backing_write, backing_flush, backing_discard, cache_media, writeback
+}
+
+// CacheStats are cache-wide counters and positions.
+type CacheStats struct {
+	Segments, SegmentsUsed, SegmentsFree, SegmentsQuarantined uint32
+	KeyHead, DirtyTail, KeyTail                               persist.Tail
+	GCRuns, GCSegmentsFreed                                   uint64
+	DeferredWrites                                            uint64 // writes that waited for free space
+	DirtyBytes                                                int64
+	Failed                                                    bool
+	FailureReason                                             string
+}
+
+type volCounters struct {
+	readHits, readPartialHits, readMisses, writeHits atomic.Uint64
+	readHitBytes, readMissBytes, writeBytes          atomic.Uint64
+	bypassReq, bypassBytes                           [numReasons]atomic.Uint64
+	readBypassRaces                                  atomic.Uint64
+	writebackBytes                                   atomic.Uint64
+
+	errMu  sync.Mutex
+	errors map[string]uint64
+}
+
+func (s *volCounters) bypass(reason int, n int64) {
+	s.bypassReq[reason].Add(1)
+	s.bypassBytes[reason].Add(uint64(n))
+}
+
+func (s *volCounters) addError(kind string) {
+	s.errMu.Lock()
+	s.errors[kind]++
+	s.errMu.Unlock()
+}
+
+func (s *volCounters) countRead(a *readAcct) {
+	switch {
+	case a.missBytes == 0:
+		s.readHits.Add(1)
+	case a.hitBytes == 0:
+		s.readMisses.Add(1)
+	default:
+		s.readPartialHits.Add(1)
+	}
+	s.readHitBytes.Add(a.hitBytes)
+	s.readMissBytes.Add(a.missBytes)
+}
+
+// Stats returns the volume's counters.
+func (v *Volume) Stats() VolumeStats {
+	s := &v.stats
+	out := VolumeStats{
+		ReadHits: s.readHits.Load(), ReadPartialHits: s.readPartialHits.Load(), ReadMisses: s.readMisses.Load(),
+		WriteHits: s.writeHits.Load(), ReadHitBytes: s.readHitBytes.Load(), ReadMissBytes: s.readMissBytes.Load(),
+		WriteBytes: s.writeBytes.Load(), ReadBypassRaces: s.readBypassRaces.Load(),
+		BypassedRequests: make(map[string]uint64), BypassedBytes: make(map[string]uint64),
+		DirtyBytes: max(v.st.dirtyBytes.Load(), 0), WritebackBytes: s.writebackBytes.Load(),
+		Errors: make(map[string]uint64),
+	}
+	for i := range numReasons {
+		out.BypassedRequests[reasonNames[i]] = s.bypassReq[i].Load()
+		out.BypassedBytes[reasonNames[i]] = s.bypassBytes[i].Load()
+	}
+	s.errMu.Lock()
+	for k, n := range s.errors {
+		out.Errors[k] = n
+	}
+	s.errMu.Unlock()
+	if v.st.dirtyKeys.Load() > 0 {
+		out.WritebackLag = v.c.clock().Now().Sub(time.Unix(0, v.c.stats.lastDirtyTailMove.Load()))
+	}
+	return out
+}
+
+// Stats returns the cache-wide counters.
+func (c *Cache) Stats() CacheStats {
+	free, quar := c.segs.counts()
+	n := uint32(len(c.segs.segs))
+	s := CacheStats{
+		Segments: n, SegmentsFree: free, SegmentsQuarantined: quar, SegmentsUsed: n - free - quar,
+		KeyHead: c.journal.Head(), DirtyTail: c.store.DirtyTail(), KeyTail: c.store.KeyTail(),
+		GCRuns: c.stats.gcRuns.Load(), GCSegmentsFreed: c.stats.gcSegmentsFreed.Load(),
+		DeferredWrites: c.stats.deferredWrites.Load(), DirtyBytes: c.dirtyBytes(),
+		Failed: c.failed.Load(),
+	}
+	if s.Failed {
+		c.failMu.Lock()
+		s.FailureReason = c.failReason
+		c.failMu.Unlock()
+	}
+	return s
+}
+
+func (c *Cache) dirtyBytes() int64 {
+	var t int64
+	for i := range c.vols {
+		if vs := c.vols[i].Load(); vs != nil {
+			t += max(vs.dirtyBytes.Load(), 0)
+		}
+	}
+	return t
+}

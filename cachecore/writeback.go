@@ -1,0 +1,312 @@
+package cachecore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/cachelun/cachelun/persist"
+)
+
+const (
+	wbMaxKsets    = 32      // ksets written back per backing flush at most
+	wbTrickleRate = 1 << 20 // bytes/s below the target dirty percentage
+	wbMinRate     = 4 << 20
+	wbMaxRate     = 512 << 20
+)
+
+// writebackLoop is the ordered writeback worker. It holds the cache (its
+// goroutine is counted in c.workers, which Close waits for) from start to
+// exit, and exits promptly when the cache fails or closes.
+func (c *Cache) writebackLoop() {
+	defer c.workers.Done()
+	ctx := c.workersCtx
+	backoff := 10 * time.Millisecond
+	for {
+		if ctx.Err() != nil || c.failed.Load() {
+			return
+		}
+		n, err := c.writebackPass(ctx)
+		var wait time.Duration
+		switch {
+		case err != nil:
+			if ctx.Err() != nil || c.failed.Load() {
+				return
+			}
+			c.log.Warn("writeback pass failed; retrying", "err", err, "backoff", backoff)
+			wait = backoff
+			backoff = min(backoff*2, 2*time.Second)
+		case n == 0:
+			backoff = 10 * time.Millisecond
+			if c.spaceWait.Load() > 0 || c.drainers.Load() > 0 {
+				// Writers wait for space or a drain waits: get their keys
+				// committed so they can be written back.
+				c.closeAged(c.clock().Now(), 0)
+				wait = 5 * time.Millisecond
+			} else {
+				wait = 100 * time.Millisecond
+			}
+		default:
+			backoff = 10 * time.Millisecond
+			wait = c.writebackPause(n)
+		}
+		if wait <= 0 {
+			continue
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-c.failedCh:
+			t.Stop()
+			return
+		case <-c.wbKick:
+			if err != nil || (n > 0 && !c.writebackFullSpeed()) {
+				// Keep the backoff or the rate: a kick does not cut the
+				// pause short.
+				select {
+				case <-t.C:
+				case <-ctx.Done():
+				case <-c.failedCh:
+				}
+			}
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+func (c *Cache) capacity() int64 {
+	return int64(len(c.segs.segs)) * int64(c.segs.dataSize)
+}
+
+func (c *Cache) writebackFullSpeed() bool {
+	cfg := c.config()
+	if c.drainers.Load() > 0 || c.spaceWait.Load() > 0 {
+		return true
+	}
+	if c.dirtyBytes()*100 >= c.capacity()*int64(cfg.Writeback.HighWatermarkPercent) {
+		return true
+	}
+	idle := time.Since(time.Unix(0, c.lastIO.Load()))
+	return idle >= cfg.Writeback.IdleAfter
+}
+
+// writebackPause returns how long to wait after writing n bytes to hold
+// the controller's rate: trickle below the target dirty percentage, a rate
+// growing linearly up to the high watermark, full speed above it, when the
+// volumes are idle, or when a drain or a writer waiting for space needs it.
+func (c *Cache) writebackPause(n int64) time.Duration {
+	cfg := c.config().Writeback
+	if c.drainers.Load() > 0 || c.spaceWait.Load() > 0 {
+		return 0
+	}
+	var rate int64
+	if !c.writebackFullSpeed() {
+		pct := float64(c.dirtyBytes()) * 100 / float64(c.capacity())
+		t, h := float64(cfg.TargetDirtyPercent), float64(cfg.HighWatermarkPercent)
+		switch {
+		case pct <= t:
+			rate = wbTrickleRate
+		case h <= t:
+			rate = 0
+		default:
+			rate = wbMinRate + int64((pct-t)/(h-t)*float64(wbMaxRate-wbMinRate))
+		}
+	}
+	if cfg.MaxBytesPerSec > 0 && (rate == 0 || rate > cfg.MaxBytesPerSec) {
+		rate = cfg.MaxBytesPerSec
+	}
+	if rate == 0 {
+		return 0
+	}
+	return time.Duration(float64(n) / float64(rate) * float64(time.Second))
+}
+
+// wbRange is one range to write back, collapsed within a flush epoch.
+type wbTarget struct {
+	vs   *volState
+	v    *Volume
+	list map[uint64]*extentList // stripe → collapsed keys
+}
+
+var errWritebackStalled = errors.New("cachecore: writeback waits for a volume that is not attached")
+
+// writebackPass writes back the next run of committed ksets of one flush
+// epoch from dirty_tail: collapse overwrites, write the backing devices
+// from the cache data, flush them, persist dirty_tail, then mark the keys
+// clean in the index. It returns the number of bytes written.
+func (c *Cache) writebackPass(ctx context.Context) (int64, error) {
+	dt := c.store.DirtyTail()
+	durable := c.durableHead.Load()
+	if dt.LSN >= durable {
+		return 0, nil
+	}
+	r := c.store.Replay(dt)
+	var batch []persist.KSet
+	for len(batch) < wbMaxKsets {
+		ks, ok := r.Next()
+		if !ok || ks.LSN >= durable {
+			break
+		}
+		if len(batch) > 0 && ks.Epoch != batch[0].Epoch {
+			break
+		}
+		batch = append(batch, ks)
+	}
+	if len(batch) == 0 {
+		if err := r.StopReason(); err != nil && errors.Is(err, persist.ErrMediaFault) {
+			c.fail("writeback read log", err)
+			return 0, err
+		}
+		return 0, nil
+	}
+	targets := make(map[uint32]*wbTarget)
+	for _, ks := range batch {
+		for i := range ks.Keys {
+			k := &ks.Keys[i]
+			if k.Volume >= uint32(len(c.vols)) {
+				continue
+			}
+			vs := c.vols[k.Volume].Load()
+			if vs == nil {
+				continue // volume removed: its keys were written back before
+			}
+			t := targets[k.Volume]
+			if t == nil {
+				v := vs.vol.Load()
+				if v == nil {
+					return 0, fmt.Errorf("%w: volume %q (id %d)", errWritebackStalled, vs.name, vs.id)
+				}
+				t = &wbTarget{vs: vs, v: v, list: make(map[uint64]*extentList)}
+				targets[k.Volume] = t
+			}
+			end := min(int64(k.Offset)+int64(k.Length), vs.size)
+			if int64(k.Offset) >= end {
+				continue
+			}
+			for _, p := range splitPieces(int64(k.Offset), end-int64(k.Offset)) {
+				l := t.list[p.stripe]
+				if l == nil {
+					l = &extentList{}
+					t.list[p.stripe] = l
+				}
+				switch k.Flags {
+				case persist.KeyDirty:
+					x := extent{gen: k.Gen, start: p.s, length: p.e - p.s, seg: k.Pos.Seg, segOff: k.Pos.Off + uint32(p.bufOff), kind: extDirty}
+					l.replace(p.s, p.e, &x)
+				case persist.KeyClean:
+					x := extent{gen: k.Gen, start: p.s, length: p.e - p.s, seg: k.Pos.Seg, segOff: k.Pos.Off + uint32(p.bufOff), kind: extClean}
+					l.replace(p.s, p.e, &x)
+				default:
+					l.replace(p.s, p.e, nil)
+				}
+			}
+		}
+	}
+	var written int64
+	buf := make([]byte, 0, 256<<10)
+	for _, t := range targets {
+		for sn, l := range t.list {
+			for _, x := range l.ext {
+				if x.kind != extDirty {
+					continue
+				}
+				if cap(buf) < int(x.length) {
+					buf = make([]byte, x.length)
+				}
+				b := buf[:x.length]
+				if err := c.readForWriteback(b, &x); err != nil {
+					return written, err
+				}
+				off := int64(sn<<stripeShift) + int64(x.start)
+				if err := t.v.dev.WriteAt(ctx, b, off); err != nil {
+					t.v.stats.addError("writeback")
+					return written, fmt.Errorf("cachecore: writeback of %s at %d: %w", t.vs.name, off, err)
+				}
+				written += int64(x.length)
+				t.v.stats.writebackBytes.Add(uint64(x.length))
+			}
+		}
+	}
+	for _, t := range targets {
+		if err := t.v.dev.Flush(ctx); err != nil {
+			t.v.stats.addError("writeback")
+			return written, fmt.Errorf("cachecore: writeback flush of %s: %w", t.vs.name, err)
+		}
+	}
+	last := batch[len(batch)-1]
+	if err := c.store.SetDirtyTail(last.Next); err != nil {
+		if isMediaFault(err) {
+			c.fail("persist dirty tail", err)
+		}
+		return written, err
+	}
+	c.stats.lastDirtyTailMove.Store(c.clock().Now().UnixNano())
+	c.stats.writebackBytes.Add(uint64(written))
+	for _, ks := range batch {
+		for i := range ks.Keys {
+			if ks.Keys[i].Flags == persist.KeyDirty {
+				c.markClean(&ks.Keys[i])
+			}
+		}
+	}
+	c.kickGC()
+	return max(written, 1), nil
+}
+
+// readForWriteback copies the cache data of a dirty extent under the
+// segment's generation check. Dirty data is never evicted (GC stops at
+// dirty_tail), so a mismatch is a bug or corruption and stops writeback.
+func (c *Cache) readForWriteback(b []byte, x *extent) error {
+	s := &c.segs.segs[x.seg]
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.gen != x.gen {
+		err := fmt.Errorf("cachecore: dirty data in segment %d has generation %d, segment is at %d", x.seg, x.gen, s.gen)
+		c.log.Error("writeback found evicted dirty data", "err", err)
+		return err
+	}
+	if err := c.media.ReadAt(b, c.store.DataOffset(persist.Pos{Seg: x.seg, Off: x.segOff})); err != nil {
+		c.fail("writeback read cache data", err)
+		return err
+	}
+	return nil
+}
+
+// markClean records that a dirty key has been written back: the index
+// extents that still hold its data become clean and the dirty accounting
+// drops it.
+func (c *Cache) markClean(k *persist.Key) {
+	if k.Volume >= uint32(len(c.vols)) {
+		return
+	}
+	vs := c.vols[k.Volume].Load()
+	if vs == nil {
+		return
+	}
+	vs.dirtyBytes.Add(-int64(k.Length))
+	vs.dirtyKeys.Add(-1)
+	end := min(int64(k.Offset)+int64(k.Length), vs.size)
+	if int64(k.Offset) >= end {
+		return
+	}
+	for _, p := range splitPieces(int64(k.Offset), end-int64(k.Offset)) {
+		st := vs.idx.peek(p.stripe)
+		if st == nil {
+			continue
+		}
+		segOff := k.Pos.Off + uint32(p.bufOff)
+		st.mu.Lock()
+		i, j := st.list.span(p.s, p.e)
+		for n := i; n < j; n++ {
+			x := &st.list.ext[n]
+			if x.kind == extDirty && x.sameLineage(p.s, k.Pos.Seg, segOff, k.Gen) {
+				x.kind = extClean
+			}
+		}
+		st.mu.Unlock()
+	}
+}
