@@ -84,10 +84,10 @@ type conn struct {
 type outKind uint8
 
 const (
-	outStatus  outKind = iota // a response that consumes a StatSN
-	outNoSN                   // R2T, target-initiated NOP-In: StatSN not advanced
-	outTask                   // SCSI command completion (Data-In and/or SCSI Response)
-	outClose                  // flush, then close the connection
+	outStatus outKind = iota // a response that consumes a StatSN
+	outNoSN                  // R2T, target-initiated NOP-In: StatSN not advanced
+	outTask                  // SCSI command completion (Data-In and/or SCSI Response)
+	outClose                 // flush, then close the connection
 )
 
 type outItem struct {

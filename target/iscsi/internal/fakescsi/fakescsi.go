@@ -159,16 +159,14 @@ func (t *Target) Execute(ctx context.Context, cmd *scsi.Command) scsi.Response {
 	}
 	off := lba * bs
 	if cdb[0] == 0x28 || cdb[0] == 0x88 {
-		n := min(tl, cmd.DataInLen) / uint32(bs) * uint32(bs)
-		buf := cmd.DataIn
-		if cap(buf) < int(n) {
-			buf = make([]byte, n)
-		}
-		buf = buf[:n]
+		// Read whole blocks, return only what the initiator accepts.
+		n := min(tl, cmd.DataInLen)
+		full := (n + uint32(bs) - 1) / uint32(bs) * uint32(bs)
+		buf := make([]byte, full)
 		if err := v.ReadAt(ctx, buf, off); err != nil {
 			return check(0x03, 0x11)
 		}
-		return scsi.Response{Data: buf, TransferLen: tl}
+		return scsi.Response{Data: buf[:n], TransferLen: tl}
 	}
 	n := min(tl, uint32(len(cmd.DataOut))) / uint32(bs) * uint32(bs)
 	if err := v.WriteAt(ctx, cmd.DataOut[:n], off, cdb[1]&0x08 != 0); err != nil {
