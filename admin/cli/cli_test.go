@@ -1,0 +1,304 @@
+package cli_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cachelun/cachelun/admin"
+	"github.com/cachelun/cachelun/admin/admintest"
+	"github.com/cachelun/cachelun/admin/cli"
+)
+
+type fixture struct {
+	backend *admintest.Backend
+	db1     *admintest.Volume
+	cache   *admintest.Cache
+	socket  string
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	f := &fixture{
+		db1:   admintest.NewVolume("db1", "nvme0", 100<<30, 512),
+		cache: admintest.NewCache("nvme0", "/var/lib/cachelun/nvme0.cache"),
+	}
+	f.db1.SetStats(admin.VolumeStats{
+		ReadHits: 931, ReadMisses: 69, ReadHitBytes: 880 << 20, ReadMissBytes: 120 << 20,
+		DirtyBytes: 8 << 20, WritebackLag: 3200 * time.Millisecond,
+		BypassedRequests: map[string]uint64{"sequential": 10},
+		BypassedBytes:    map[string]uint64{"sequential": 40 << 20},
+	})
+	f.cache.SetStats(admin.CacheStats{Segments: 4096, SegmentsUsed: 3012, SegmentsFree: 1084, DirtyBytes: 8 << 20, GCRuns: 7})
+	f.backend = admintest.NewBackend([]*admintest.Volume{f.db1}, []*admintest.Cache{f.cache})
+	f.backend.SetSessions([]admin.Session{{Transport: "iscsi", Initiator: "iqn.1993-08.org.debian:01:abc",
+		Target: "iqn.2026-11.io.cachelun:demo", Portal: "127.0.0.1:3260", Remote: "127.0.0.1:51000", LUNs: []uint64{0, 1}, InFlight: 2}})
+	f.socket = filepath.Join(t.TempDir(), "admin.sock")
+	srv, err := admin.NewServer(admin.Config{Backend: f.backend, SocketPath: f.socket, Version: "0.1.0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	select {
+	case <-srv.Ready():
+	case err := <-done:
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	return f
+}
+
+// run runs a verb against the fixture's socket.
+func (f *fixture) run(t *testing.T, cmd cli.Command, args ...string) (int, string, string) {
+	t.Helper()
+	return runCtx(context.Background(), cmd, append(args, "--socket", f.socket)...)
+}
+
+func runCtx(ctx context.Context, cmd cli.Command, args ...string) (int, string, string) {
+	var stdout, stderr bytes.Buffer
+	code := cmd(ctx, args, &stdout, &stderr)
+	return code, stdout.String(), stderr.String()
+}
+
+func TestStatusTableAndJSON(t *testing.T) {
+	f := newFixture(t)
+	code, out, errOut := f.run(t, cli.Status)
+	if code != cli.ExitOK {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	t.Logf("cachelun status:\n%s", out)
+	for _, want := range []string{
+		"cachelun 0.1.0, up",
+		"VOLUME", "db1", "nvme0", "writeback", "100.0 GiB", "93.1%", "88.0%", "40.0 MiB", "8.0 MiB", "3.2s",
+		"CACHE", "4096", "3012", "1084", "ok",
+		"sessions: 1 (iscsi 1)",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status output lacks %q", want)
+		}
+	}
+	code, out, _ = f.run(t, cli.Status, "--json")
+	var st admin.StatusResponse
+	if code != cli.ExitOK || json.Unmarshal([]byte(out), &st) != nil || len(st.Volumes) != 1 || st.Volumes[0].Stats.ReadHits != 931 {
+		t.Errorf("status --json: exit %d, %q", code, out)
+	}
+}
+
+func TestExitCodes(t *testing.T) {
+	f := newFixture(t)
+	missing := filepath.Join(t.TempDir(), "none.sock")
+	for _, tc := range []struct {
+		name string
+		cmd  cli.Command
+		args []string
+		want int
+		msg  string // expected in stderr
+	}{
+		{"unreachable", cli.Status, []string{"--socket", missing}, cli.ExitUnreachable, "cannot reach the daemon"},
+		{"unreachable drain", cli.Volume, []string{"drain", "db1", "--socket", missing}, cli.ExitUnreachable, "cannot reach"},
+		{"unknown volume", cli.Volume, []string{"show", "nope", "--socket", f.socket}, cli.ExitFailed, `no volume "nope"`},
+		{"unknown volume drain", cli.Volume, []string{"drain", "nope", "--socket", f.socket}, cli.ExitFailed, "no volume"},
+		{"explain out of range", cli.Explain, []string{"db1", "999999999999", "--socket", f.socket}, cli.ExitFailed, "out of range"},
+		{"detach healthy cache", cli.Cache, []string{"detach", "nvme0", "--socket", f.socket}, cli.ExitFailed, "has not failed"},
+		{"bad mode", cli.Volume, []string{"mode", "db1", "fast", "--socket", f.socket}, cli.ExitUsage, "unknown mode"},
+		{"mode missing arg", cli.Volume, []string{"mode", "db1", "--socket", f.socket}, cli.ExitUsage, "usage"},
+		{"no subcommand", cli.Volume, nil, cli.ExitUsage, "usage"},
+		{"unknown subcommand", cli.Volume, []string{"resize", "db1"}, cli.ExitUsage, "usage"},
+		{"bad flag", cli.Status, []string{"--frobnicate"}, cli.ExitUsage, "frobnicate"},
+		{"extra arg", cli.Status, []string{"now"}, cli.ExitUsage, "unexpected argument"},
+		{"explain bad lba", cli.Explain, []string{"db1", "ten"}, cli.ExitUsage, "bad LBA"},
+		{"explain negative lba", cli.Explain, []string{"db1", "-5"}, cli.ExitUsage, ""},
+		{"session bad sub", cli.Session, []string{"kill"}, cli.ExitUsage, "usage"},
+		{"job bad sub", cli.Job, []string{"frob"}, cli.ExitUsage, "usage"},
+		{"help", cli.Status, []string{"-h"}, cli.ExitOK, "usage: cachelun status"},
+		{"volume help", cli.Volume, []string{"help"}, cli.ExitOK, "usage"},
+	} {
+		code, _, errOut := runCtx(context.Background(), tc.cmd, tc.args...)
+		if code != tc.want {
+			t.Errorf("%s: exit %d, want %d (stderr %q)", tc.name, code, tc.want, errOut)
+		}
+		if !strings.Contains(errOut, tc.msg) {
+			t.Errorf("%s: stderr %q lacks %q", tc.name, errOut, tc.msg)
+		}
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe to read while a verb writes to it.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func TestDrainShowsProgressAndWaits(t *testing.T) {
+	f := newFixture(t)
+	gate := f.db1.HoldWork()
+	var stdout, stderr syncBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- cli.Volume(context.Background(), []string{"drain", "db1", "--socket", f.socket}, &stdout, &stderr)
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(stderr.String(), "50% written back, 4.0 MiB dirty of 8.0 MiB") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no half-way progress line; stderr %q", stderr.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	select {
+	case code := <-done:
+		t.Fatalf("drain returned %d while the engine was still draining", code)
+	default:
+	}
+	gate.Open()
+	select {
+	case code := <-done:
+		if code != cli.ExitOK {
+			t.Fatalf("exit %d: %s", code, stderr.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("drain did not return after the engine finished")
+	}
+	if !strings.Contains(stdout.String(), "drain db1: done in") {
+		t.Errorf("stdout %q", stdout.String())
+	}
+	if strings.Contains(stderr.String(), "\r") {
+		t.Errorf("terminal control characters on a non-terminal: %q", stderr.String())
+	}
+	if f.db1.Drains.Load() != 1 {
+		t.Errorf("drains %d", f.db1.Drains.Load())
+	}
+}
+
+func TestModeSwitchFlushFailureAndNoWait(t *testing.T) {
+	f := newFixture(t)
+	code, out, errOut := f.run(t, cli.Volume, "mode", "db1", "writethrough", "--json")
+	var jr admin.JobResponse
+	if code != cli.ExitOK || json.Unmarshal([]byte(out), &jr) != nil || jr.Job.State != admin.JobSucceeded || jr.Job.Kind != "mode" {
+		t.Fatalf("mode: exit %d out %q err %q", code, out, errOut)
+	}
+	if f.db1.Mode() != "writethrough" {
+		t.Errorf("mode %q", f.db1.Mode())
+	}
+
+	f.db1.FailWith(errors.New("backing device gone"))
+	code, _, errOut = f.run(t, cli.Volume, "flush", "db1")
+	if code != cli.ExitFailed || !strings.Contains(errOut, "failed") || !strings.Contains(errOut, "backing device gone") {
+		t.Errorf("failing flush: exit %d, stderr %q", code, errOut)
+	}
+	f.db1.FailWith(nil)
+
+	gate := f.db1.HoldWork()
+	code, out, _ = f.run(t, cli.Volume, "drain", "db1", "--no-wait")
+	if code != cli.ExitOK || !strings.Contains(out, "drain db1: started job") {
+		t.Errorf("--no-wait: exit %d, %q", code, out)
+	}
+	// A second drain conflicts and names the running job.
+	code, _, errOut = f.run(t, cli.Volume, "drain", "db1")
+	if code != cli.ExitFailed || !strings.Contains(errOut, "is running") {
+		t.Errorf("conflicting drain: exit %d, %q", code, errOut)
+	}
+	code, out, _ = f.run(t, cli.Job, "list")
+	if code != cli.ExitOK || !strings.Contains(out, "drain") || !strings.Contains(out, "running") {
+		t.Errorf("job list: exit %d, %q", code, out)
+	}
+	gate.Open()
+}
+
+func TestInterruptedWaitLeavesJobRunning(t *testing.T) {
+	f := newFixture(t)
+	gate := f.db1.HoldWork()
+	defer gate.Open()
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	code, _, errOut := runCtx(ctx, cli.Volume, "drain", "db1", "--socket", f.socket)
+	if code != cli.ExitFailed || !strings.Contains(errOut, "continues in the daemon") {
+		t.Fatalf("interrupted drain: exit %d, %q", code, errOut)
+	}
+	if f.db1.Running.Load() != 1 {
+		t.Errorf("the daemon's drain stopped with the client")
+	}
+	code, out, _ := f.run(t, cli.Job, "cancel", "1")
+	if code != cli.ExitOK || !strings.Contains(out, "drain") {
+		t.Errorf("job cancel: exit %d %q", code, out)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for f.db1.Running.Load() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("cancelled drain still running")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestReloadPrintsPlan(t *testing.T) {
+	f := newFixture(t)
+	f.backend.OnReload(func(ctx context.Context, dryRun bool) (string, error) {
+		if dryRun {
+			return "volume db1: mode writeback -> writethrough\n", nil
+		}
+		return "", errors.New("config: line 12: unknown key \"mdoe\"")
+	})
+	code, out, errOut := f.run(t, cli.Reload, "--dry-run")
+	if code != cli.ExitOK || !strings.Contains(out, "volume db1: mode writeback -> writethrough") {
+		t.Errorf("dry run: exit %d out %q err %q", code, out, errOut)
+	}
+	code, _, errOut = f.run(t, cli.Reload)
+	if code != cli.ExitFailed || !strings.Contains(errOut, "line 12") {
+		t.Errorf("failing reload: exit %d, %q", code, errOut)
+	}
+}
+
+func TestExplainAndSessions(t *testing.T) {
+	f := newFixture(t)
+	f.db1.SetExplanation(2048*512, admin.Explanation{Offset: 2048 * 512, State: "hit", Dirty: true, Segment: 12, SegmentOffset: 65536, Gen: 3, LSN: 991})
+	code, out, errOut := f.run(t, cli.Explain, "db1", "2048")
+	if code != cli.ExitOK {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	for _, want := range []string{"LBA 2048", "byte offset 1048576", ": hit", "dirty", "segment 12 offset 65536", "generation 3", "LSN 991"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("explain output %q lacks %q", out, want)
+		}
+	}
+	code, out, _ = f.run(t, cli.Explain, "db1", "0x10")
+	if code != cli.ExitOK || !strings.Contains(out, "LBA 16") || !strings.Contains(out, "not cached") {
+		t.Errorf("explain of a miss: exit %d, %q", code, out)
+	}
+	code, out, _ = f.run(t, cli.Session, "list")
+	if code != cli.ExitOK || !strings.Contains(out, "iqn.1993-08.org.debian:01:abc") || !strings.Contains(out, "0,1") {
+		t.Errorf("session list: exit %d, %q", code, out)
+	}
+	code, out, _ = f.run(t, cli.Volume, "show", "db1")
+	if code != cli.ExitOK || !strings.Contains(out, "sequential 10 (40.0 MiB)") || !strings.Contains(out, "hit ratio 93.1%") {
+		t.Errorf("volume show: exit %d, %q", code, out)
+	}
+	code, out, _ = f.run(t, cli.Cache, "list")
+	if code != cli.ExitOK || !strings.Contains(out, "KEY HEAD") {
+		t.Errorf("cache list: exit %d, %q", code, out)
+	}
+}

@@ -1,0 +1,197 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/cachelun/cachelun/admin"
+)
+
+// Exit codes.
+const (
+	ExitOK          = 0
+	ExitFailed      = 1
+	ExitUsage       = 2
+	ExitUnreachable = 3
+)
+
+// Environment variables the verbs read.
+const (
+	EnvSocket = "CACHELUN_ADMIN_SOCKET"
+	EnvToken  = "CACHELUN_ADMIN_TOKEN"
+)
+
+// Command is the signature of every verb.
+type Command func(ctx context.Context, args []string, stdout, stderr io.Writer) int
+
+// common holds the flags every verb accepts.
+type common struct {
+	socket string
+	addr   string
+	json   bool
+}
+
+func (c *common) register(fs *flag.FlagSet) {
+	def := os.Getenv(EnvSocket)
+	if def == "" {
+		def = admin.DefaultSocketPath
+	}
+	fs.StringVar(&c.socket, "socket", def, "admin socket `path`")
+	fs.StringVar(&c.addr, "addr", "", "use the TCP admin listener at `host:port` (token from $"+EnvToken+")")
+	fs.BoolVar(&c.json, "json", false, "print JSON")
+}
+
+func (c *common) client() *admin.Client {
+	if c.addr != "" {
+		return admin.NewTCPClient(c.addr, os.Getenv(EnvToken))
+	}
+	return admin.NewClient(c.socket)
+}
+
+func (c *common) where() string {
+	if c.addr != "" {
+		return c.addr
+	}
+	return c.socket
+}
+
+// newFlags returns a flag set that reports errors instead of exiting.
+func newFlags(name, usage string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: cachelun %s\n", usage)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// parseArgs parses flags interleaved with positional arguments and returns
+// the positional ones. The boolean result is false when the caller should
+// return code at once (help shown or usage error).
+func parseArgs(fs *flag.FlagSet, args []string) (pos []string, code int, ok bool) {
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, ExitOK, false
+			}
+			return nil, ExitUsage, false
+		}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			return pos, 0, true
+		}
+		// After "--" everything is positional.
+		if n := len(args) - len(rest); n > 0 && args[n-1] == "--" {
+			return append(pos, rest...), 0, true
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
+	}
+}
+
+// usageError prints msg and the usage and returns ExitUsage.
+func usageError(fs *flag.FlagSet, stderr io.Writer, format string, a ...any) int {
+	fmt.Fprintf(stderr, "cachelun %s: %s\n", fs.Name(), fmt.Sprintf(format, a...))
+	fs.Usage()
+	return ExitUsage
+}
+
+// failure reports err and maps it to an exit code.
+func failure(stderr io.Writer, c *common, verb string, err error) int {
+	var apiErr *admin.APIError
+	switch {
+	case errors.Is(err, admin.ErrUnreachable):
+		fmt.Fprintf(stderr, "cachelun %s: cannot reach the daemon at %s: %v\n", verb, c.where(), errors.Unwrap(err))
+		return ExitUnreachable
+	case errors.As(err, &apiErr):
+		fmt.Fprintf(stderr, "cachelun %s: %s\n", verb, apiErr.Message)
+		if apiErr.Job != nil {
+			fmt.Fprintf(stderr, "cachelun %s: job %s (%s on %s) is running\n", verb, apiErr.Job.ID, apiErr.Job.Kind, apiErr.Job.Target)
+		}
+		return ExitFailed
+	default:
+		fmt.Fprintf(stderr, "cachelun %s: %v\n", verb, err)
+		return ExitFailed
+	}
+}
+
+func printJSON(w io.Writer, v any) {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+// humanBytes formats n with binary units.
+func humanBytes[T int64 | uint64 | int](n T) string {
+	v := float64(n)
+	neg := v < 0
+	if neg {
+		v = -v
+	}
+	units := []string{"B", "KiB", "MiB", "GiB", "TiB", "PiB"}
+	i := 0
+	for v >= 1024 && i < len(units)-1 {
+		v /= 1024
+		i++
+	}
+	s := fmt.Sprintf("%.1f %s", v, units[i])
+	if i == 0 {
+		s = fmt.Sprintf("%d B", int64(v))
+	}
+	if neg {
+		s = "-" + s
+	}
+	return s
+}
+
+func percent(f float64) string { return fmt.Sprintf("%.1f%%", f*100) }
+
+// humanDuration rounds d for display.
+func humanDuration(d time.Duration) string {
+	switch {
+	case d <= 0:
+		return "0s"
+	case d < time.Millisecond:
+		return d.Round(time.Microsecond).String()
+	case d < time.Second:
+		return d.Round(time.Millisecond).String()
+	case d < time.Minute:
+		return d.Round(100 * time.Millisecond).String()
+	default:
+		return d.Round(time.Second).String()
+	}
+}
+
+func sumValues(m map[string]uint64) uint64 {
+	var s uint64
+	for _, v := range m {
+		s += v
+	}
+	return s
+}
+
+// isTerminal reports whether w is a character device (a terminal).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+// subcommand splits "verb sub args..." into sub and its arguments.
+func subcommand(args []string) (string, []string) {
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		return "", args
+	}
+	return args[0], args[1:]
+}
