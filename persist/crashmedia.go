@@ -26,11 +26,14 @@ const (
 type CrashMedia struct {
 	size int64
 	unit int64
+	// base is the content before the first recorded write (nil: zeroes);
+	// the history in mu.log applies on top of it.
+	base []byte
 
 	mu struct {
 		sync.Mutex
 		cur     []byte         // what reads see
-		durable []byte         // what survives any crash now
+		durable []byte         // what survives any crash now; nil: equal to cur (fresh image)
 		dirty   map[int64]bool // tear units written since they were last persisted
 		log     []crashOp      // history, for images of earlier points
 		points  int
@@ -100,6 +103,14 @@ func (m *CrashMedia) WriteAt(p []byte, off int64) error {
 	defer m.mu.Unlock()
 	if err := m.failLocked(); err != nil {
 		return err
+	}
+	if m.mu.durable == nil {
+		// A fresh image: its content so far is durable and is the base
+		// of its history.
+		m.mu.durable = append([]byte(nil), m.mu.cur...)
+		if len(m.mu.log) == 0 {
+			m.base = append([]byte(nil), m.mu.cur...)
+		}
 	}
 	copy(m.mu.cur[off:], p)
 	for u := off / m.unit; u*m.unit < off+int64(len(p)); u++ {
@@ -186,15 +197,22 @@ func (m *CrashMedia) CrashImage(point int, rng *rand.Rand) *CrashMedia {
 	if point < 0 || point > m.mu.points {
 		panic(fmt.Sprintf("persist: CrashImage(%d) with %d persist points", point, m.mu.points))
 	}
-	img := NewCrashMedia(m.size, TearUnit(m.unit))
+	img := &CrashMedia{size: m.size, unit: m.unit}
+	img.mu.dirty = make(map[int64]bool)
+	img.mu.failIn = -1
 	var cur []byte
 	var dirty map[int64]bool
 	if point == m.mu.points {
-		copy(img.mu.durable, m.mu.durable)
+		img.mu.cur = m.durableLocked()
 		cur, dirty = m.mu.cur, m.mu.dirty
 	} else {
+		img.mu.cur = make([]byte, m.size)
 		// Rebuild the state at the point from the history.
 		cur = make([]byte, m.size)
+		if m.base != nil {
+			copy(img.mu.cur, m.base)
+			copy(cur, m.base)
+		}
 		dirty = make(map[int64]bool)
 		seen := 0
 		for _, op := range m.mu.log {
@@ -207,7 +225,7 @@ func (m *CrashMedia) CrashImage(point int, rng *rand.Rand) *CrashMedia {
 				for u := lo / m.unit; u*m.unit < hi; u++ {
 					if dirty[u] {
 						s, e := u*m.unit, min((u+1)*m.unit, m.size)
-						copy(img.mu.durable[s:e], cur[s:e])
+						copy(img.mu.cur[s:e], cur[s:e])
 						delete(dirty, u)
 					}
 				}
@@ -228,12 +246,21 @@ func (m *CrashMedia) CrashImage(point int, rng *rand.Rand) *CrashMedia {
 		for _, u := range units {
 			if rng.IntN(2) == 0 {
 				s, e := u*m.unit, min((u+1)*m.unit, m.size)
-				copy(img.mu.durable[s:e], cur[s:e])
+				copy(img.mu.cur[s:e], cur[s:e])
 			}
 		}
 	}
-	copy(img.mu.cur, img.mu.durable)
+	// img.mu.durable stays nil: the image's durable content is its current
+	// content until it is written.
 	return img
+}
+
+// durableLocked returns a copy of the durable content.
+func (m *CrashMedia) durableLocked() []byte {
+	if m.mu.durable == nil {
+		return append([]byte(nil), m.mu.cur...)
+	}
+	return append([]byte(nil), m.mu.durable...)
 }
 
 // Bytes returns a copy of the current contents (what reads see).
@@ -246,8 +273,12 @@ func (m *CrashMedia) Bytes() []byte {
 // NewCrashMediaFrom returns a crash media whose current and durable
 // contents are b (copied), e.g. a golden image.
 func NewCrashMediaFrom(b []byte, unit TearUnit) *CrashMedia {
-	m := NewCrashMedia(int64(len(b)), unit)
-	copy(m.mu.cur, b)
-	copy(m.mu.durable, b)
+	m := &CrashMedia{size: int64(len(b)), unit: int64(unit)}
+	if unit <= 0 {
+		m.unit = int64(TearDAX)
+	}
+	m.mu.cur = append([]byte(nil), b...)
+	m.mu.dirty = make(map[int64]bool)
+	m.mu.failIn = -1
 	return m
 }

@@ -175,15 +175,18 @@ func decodeKSetHeader(b []byte) (ksetHeader, error) {
 	h.prevNonce = binary.LittleEndian.Uint64(b[56:])
 	h.keyCount = binary.LittleEndian.Uint32(b[64:])
 	h.nextSeg = binary.LittleEndian.Uint32(b[68:])
+	// These fields are checked before the CRC (which cannot be computed
+	// without a sane key count), so a failure here means a torn or foreign
+	// record and is reported as a checksum failure, not a bounds violation.
 	if h.flags&^knownKSetFlag != 0 {
-		return h, fmt.Errorf("%w: unknown kset flags 0x%x", ErrBounds, h.flags)
+		return h, fmt.Errorf("%w: unverifiable header: unknown kset flags 0x%x", ErrBadChecksum, h.flags)
 	}
 	if h.flags&ksetFlagLast != 0 {
 		if h.keyCount != 0 {
-			return h, fmt.Errorf("%w: LAST kset with %d keys", ErrBounds, h.keyCount)
+			return h, fmt.Errorf("%w: unverifiable header: LAST kset with %d keys", ErrBadChecksum, h.keyCount)
 		}
 	} else if h.keyCount == 0 || h.keyCount > MaxKSetKeys {
-		return h, fmt.Errorf("%w: key count %d not in 1..%d", ErrBounds, h.keyCount, MaxKSetKeys)
+		return h, fmt.Errorf("%w: unverifiable header: key count %d not in 1..%d", ErrBadChecksum, h.keyCount, MaxKSetKeys)
 	}
 	return h, nil
 }
