@@ -24,6 +24,13 @@ func commands() map[string]command {
 		"inspect": {runInspect, "inspect [--json] FILE"},
 		"check":   {runCheck, "check FILE"},
 		"serve":   {runServe, serveUsage},
+		"status":  {runStatus, statusUsage},
+		"volume":  {runVolume, volumeUsage},
+		"cache":   {runCache, cacheUsage},
+		"session": {runSession, sessionUsage},
+		"job":     {runJob, jobUsage},
+		"reload":  {runReload, reloadUsage},
+		"explain": {runExplain, explainUsage},
 	}
 }
 
