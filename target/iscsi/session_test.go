@@ -1,0 +1,564 @@
+package iscsi
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cachelun/cachelun/target/scsi"
+)
+
+func fill(n int, seed byte) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(i)*31 + seed
+	}
+	return b
+}
+
+// writeRead writes payload at lba with the given data path and reads it back.
+func writeRead(t *testing.T, ti *testInitiator, lba uint32, payload []byte, immediate int) {
+	t.Helper()
+	blocks := uint16(len(payload) / 512)
+	w := ti.scsiCmd(0, write10(lba, blocks), false, uint32(len(payload)), payload[:immediate], true)
+	res := map[uint32]*result{w: {}}
+	if err := ti.collect(res, map[uint32][]byte{w: payload}); err != nil {
+		t.Fatal(err)
+	}
+	if res[w].status != 0 || res[w].flags&0x06 != 0 {
+		t.Fatalf("write: status %#x flags %#x sense %x", res[w].status, res[w].flags, res[w].sense)
+	}
+	r := ti.scsiCmd(0, read10(lba, blocks), true, uint32(len(payload)), nil, true)
+	res = map[uint32]*result{r: {}}
+	if err := ti.collect(res, nil); err != nil {
+		t.Fatal(err)
+	}
+	if res[r].status != 0 || !bytes.Equal(res[r].data, payload) {
+		t.Fatalf("read back: status %#x, %d bytes, equal %v", res[r].status, len(res[r].data), bytes.Equal(res[r].data, payload))
+	}
+}
+
+func TestDigestsAndSolicitedData(t *testing.T) {
+	env := startServer(t, Config{}, nil)
+	ti := dialInitiator(t, env.addr)
+	ti.login(env.iqn, "HeaderDigest", "CRC32C,None", "DataDigest", "CRC32C", "MaxRecvDataSegmentLength", "4096",
+		"InitialR2T", "Yes", "ImmediateData", "No", "MaxBurstLength", "16384", "MaxOutstandingR2T", "2")
+	if ti.params["HeaderDigest"] != "CRC32C" || ti.params["DataDigest"] != "CRC32C" {
+		t.Fatalf("digests not negotiated: %v", ti.params)
+	}
+	if ti.params["InitialR2T"] != "Yes" || ti.params["ImmediateData"] != "No" || ti.params["MaxOutstandingR2T"] != "2" {
+		t.Fatalf("negotiation: %v", ti.params)
+	}
+	writeRead(t, ti, 100, fill(128<<10, 3), 0)
+}
+
+func TestImmediateAndUnsolicitedData(t *testing.T) {
+	env := startServer(t, Config{}, nil)
+	ti := dialInitiator(t, env.addr)
+	ti.login(env.iqn, "InitialR2T", "No", "ImmediateData", "Yes", "FirstBurstLength", "65536")
+	writeRead(t, ti, 7, fill(8192, 9), 8192) // all immediate
+	writeRead(t, ti, 40, fill(256<<10, 1), 4096)
+}
+
+// TestDataInHonoursMRDSL checks Data-In segmentation against the
+// initiator's MaxRecvDataSegmentLength and phase collapse.
+func TestDataInHonoursMRDSL(t *testing.T) {
+	env := startServer(t, Config{}, nil)
+	ti := dialInitiator(t, env.addr)
+	ti.login(env.iqn, "MaxRecvDataSegmentLength", "4096")
+	itt := ti.scsiCmd(0, read10(0, 64), true, 32768, nil, true)
+	var pdus, statusPDUs int
+	for {
+		h, data, err := ti.readPDU()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h.opcode() == opSCSIResp {
+			t.Fatal("separate SCSI Response although status could be collapsed into Data-In")
+		}
+		if h.opcode() != opDataIn || h.itt() != itt {
+			t.Fatalf("unexpected opcode %#x", h.opcode())
+		}
+		if len(data) > 4096 {
+			t.Fatalf("Data-In segment of %d bytes > MRDSL 4096", len(data))
+		}
+		if h.u32(offDataSN) != uint32(pdus) || h.u32(offBufOff) != uint32(pdus*4096) {
+			t.Fatalf("pdu %d: DataSN %d offset %d", pdus, h.u32(offDataSN), h.u32(offBufOff))
+		}
+		pdus++
+		if h[1]&0x01 != 0 {
+			statusPDUs++
+			break
+		}
+	}
+	if pdus != 8 || statusPDUs != 1 {
+		t.Fatalf("%d Data-In PDUs, %d with status; want 8 and 1", pdus, statusPDUs)
+	}
+}
+
+func TestResiduals(t *testing.T) {
+	env := startServer(t, Config{}, nil)
+	ti := dialInitiator(t, env.addr)
+	ti.login(env.iqn)
+	// READ of 2 blocks with EDTL of 1 block: overflow, 512 bytes residual.
+	r := ti.scsiCmd(0, read10(0, 2), true, 512, nil, true)
+	res := map[uint32]*result{r: {}}
+	if err := ti.collect(res, nil); err != nil {
+		t.Fatal(err)
+	}
+	if res[r].flags&0x04 == 0 || res[r].residual != 512 || len(res[r].data) != 512 {
+		t.Fatalf("read overflow: flags %#x residual %d data %d", res[r].flags, res[r].residual, len(res[r].data))
+	}
+	// READ of 1 block with EDTL of 3 blocks: underflow, 1024 residual.
+	r = ti.scsiCmd(0, read10(0, 1), true, 1536, nil, true)
+	res = map[uint32]*result{r: {}}
+	if err := ti.collect(res, nil); err != nil {
+		t.Fatal(err)
+	}
+	if res[r].flags&0x02 == 0 || res[r].residual != 1024 {
+		t.Fatalf("read underflow: flags %#x residual %d", res[r].flags, res[r].residual)
+	}
+	// WRITE of 1 block with 2 blocks of data: underflow, and the second
+	// block must not be written.
+	data := fill(1024, 0x5a)
+	w := ti.scsiCmd(0, write10(200, 1), false, 1024, data, true)
+	res = map[uint32]*result{w: {}}
+	if err := ti.collect(res, nil); err != nil {
+		t.Fatal(err)
+	}
+	if res[w].flags&0x02 == 0 || res[w].residual != 512 {
+		t.Fatalf("write underflow: flags %#x residual %d", res[w].flags, res[w].residual)
+	}
+	r = ti.scsiCmd(0, read10(201, 1), true, 512, nil, true)
+	res = map[uint32]*result{r: {}}
+	if err := ti.collect(res, nil); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(res[r].data, make([]byte, 512)) {
+		t.Fatal("write past the commanded range reached the next block")
+	}
+}
+
+// TestNonImmediateNOPOutConsumesCmdSN: a NOP-Out with I=0 takes a CmdSN;
+// commands after it must still run (the bug that hangs gotgt sessions).
+func TestNonImmediateNOPOutConsumesCmdSN(t *testing.T) {
+	env := startServer(t, Config{}, nil)
+	ti := dialInitiator(t, env.addr)
+	ti.login(env.iqn)
+	for i := range 3 {
+		var h bhs
+		h[0] = opNOPOut
+		h[1] = 0x80
+		itt := ti.nextITT()
+		h.putU32(16, itt)
+		h.putU32(offTTT, reservedTag)
+		h.putU32(offCmdSN, ti.cmdSN)
+		ti.cmdSN++
+		ping := []byte("ping-data")
+		if err := ti.writePDU(&h, ping); err != nil {
+			t.Fatal(err)
+		}
+		r, data, err := ti.readPDU()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.opcode() != opNOPIn || r.itt() != itt || string(data) != "ping-data" {
+			t.Fatalf("NOP-In %d: opcode %#x itt %d data %q", i, r.opcode(), r.itt(), data)
+		}
+		if r.u32(offExpSN) != ti.cmdSN {
+			t.Fatalf("ExpCmdSN %d after NOP-Out, want %d", r.u32(offExpSN), ti.cmdSN)
+		}
+		writeRead(t, ti, uint32(i*8), fill(4096, byte(i)), 4096)
+	}
+}
+
+func TestStatSNPerConnection(t *testing.T) {
+	env := startServer(t, Config{}, nil)
+	ti := dialInitiator(t, env.addr)
+	ti.login(env.iqn)
+	var last uint32
+	for i := range 5 {
+		r := ti.scsiCmd(0, read10(0, 1), true, 512, nil, true)
+		res := map[uint32]*result{r: {}}
+		if err := ti.collect(res, nil); err != nil {
+			t.Fatal(err)
+		}
+		if i > 0 && res[r].statSN != last+1 {
+			t.Fatalf("StatSN %d after %d", res[r].statSN, last)
+		}
+		last = res[r].statSN
+	}
+}
+
+// TestOutOfOrderCompletion holds one command inside the device server and
+// checks that later commands complete meanwhile (a slow miss never blocks
+// a hit).
+func TestOutOfOrderCompletion(t *testing.T) {
+	env := startServer(t, Config{}, nil)
+	release := make(chan struct{})
+	env.dev.Gate = func(ctx context.Context, cmd *scsi.Command) error {
+		if binary.BigEndian.Uint32(cmd.CDB[2:6]) == 1000 {
+			select {
+			case <-release:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		return nil
+	}
+	ti := dialInitiator(t, env.addr)
+	ti.login(env.iqn)
+	slow := ti.scsiCmd(0, read10(1000, 1), true, 512, nil, true)
+	want := map[uint32]*result{}
+	for i := range 16 {
+		want[ti.scsiCmd(0, read10(uint32(i), 1), true, 512, nil, true)] = &result{}
+	}
+	if err := ti.collect(want, nil); err != nil {
+		t.Fatal(err)
+	}
+	if env.dev.MaxRunning.Load() < 2 {
+		t.Fatalf("max concurrent commands %d: commands are serialized", env.dev.MaxRunning.Load())
+	}
+	close(release)
+	res := map[uint32]*result{slow: {}}
+	if err := ti.collect(res, nil); err != nil {
+		t.Fatal(err)
+	}
+	if res[slow].status != 0 {
+		t.Fatalf("slow command status %#x", res[slow].status)
+	}
+}
+
+func tmfRequest(ti *testInitiator, fn byte, lun uint64, ref, refCmdSN uint32, immediate bool) uint32 {
+	var h bhs
+	h[0] = opTaskMgmt
+	if immediate {
+		h[0] |= 0x40
+	}
+	h[1] = 0x80 | fn
+	h.putU64LUN(encodeLUN(lun))
+	itt := ti.nextITT()
+	h.putU32(16, itt)
+	h.putU32(offTTT, ref)
+	h.putU32(offCmdSN, ti.cmdSN)
+	if !immediate {
+		ti.cmdSN++
+	}
+	h.putU32(offExpSN, ti.statSN)
+	h.putU32(32, refCmdSN)
+	if err := ti.writePDU(&h, nil); err != nil {
+		ti.t.Fatal(err)
+	}
+	return itt
+}
+
+// TestAbortTask aborts a command held in the device server: its context
+// is cancelled, the TMF answers "function complete" and the aborted
+// command gets no response.
+func TestAbortTask(t *testing.T) {
+	env := startServer(t, Config{}, nil)
+	entered := make(chan struct{}, 1)
+	cancelled := make(chan struct{}, 1)
+	env.dev.Gate = func(ctx context.Context, cmd *scsi.Command) error {
+		if binary.BigEndian.Uint32(cmd.CDB[2:6]) != 77 {
+			return nil
+		}
+		entered <- struct{}{}
+		<-ctx.Done()
+		cancelled <- struct{}{}
+		return ctx.Err()
+	}
+	ti := dialInitiator(t, env.addr)
+	ti.login(env.iqn)
+	sn := ti.cmdSN
+	victim := ti.scsiCmd(0, read10(77, 1), true, 512, nil, true)
+	<-entered
+	tmf := tmfRequest(ti, tmfAbortTask, 0, victim, sn, true)
+	h, _, err := ti.readPDU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.opcode() != opTaskMgmtRsp || h.itt() != tmf || h[2] != tmfRespComplete {
+		t.Fatalf("got opcode %#x itt %d response %d", h.opcode(), h.itt(), h[2])
+	}
+	select {
+	case <-cancelled:
+	case <-time.After(5 * time.Second):
+		t.Fatal("aborted command's context not cancelled")
+	}
+	// Aborting it again: the task no longer exists.
+	tmf = tmfRequest(ti, tmfAbortTask, 0, victim, sn, true)
+	if h, _, err = ti.readPDU(); err != nil || h.itt() != tmf || h[2] != tmfRespNoTask {
+		t.Fatalf("second abort: err %v response %d", err, h[2])
+	}
+	// The session carries on, and the aborted command never answers.
+	r := ti.scsiCmd(0, read10(1, 1), true, 512, nil, true)
+	res := map[uint32]*result{r: {}}
+	if err := ti.collect(res, nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestLUNResetAbortsAndResets(t *testing.T) {
+	env := startServer(t, Config{}, nil)
+	var entered sync.WaitGroup
+	entered.Add(4)
+	env.dev.Gate = func(ctx context.Context, cmd *scsi.Command) error {
+		entered.Done()
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	ti := dialInitiator(t, env.addr)
+	ti.login(env.iqn)
+	for i := range 4 {
+		ti.scsiCmd(0, read10(uint32(i), 1), true, 512, nil, true)
+	}
+	entered.Wait()
+	for _, fn := range []byte{tmfAbortTaskSet, tmfLUNReset, tmfTargetWarm} {
+		tmf := tmfRequest(ti, fn, 0, reservedTag, 0, false)
+		h, _, err := ti.readPDU()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h.opcode() != opTaskMgmtRsp || h.itt() != tmf || h[2] != tmfRespComplete {
+			t.Fatalf("fn %d: opcode %#x response %d", fn, h.opcode(), h[2])
+		}
+		if fn == tmfAbortTaskSet && env.dev.Running.Load() != 0 {
+			t.Fatal("ABORT TASK SET returned while commands still run")
+		}
+	}
+	if env.dev.Resets.Load() != 2 {
+		t.Fatalf("device saw %d resets, want 2 (LU + target)", env.dev.Resets.Load())
+	}
+	// Unknown LUN.
+	tmf := tmfRequest(ti, tmfLUNReset, 9, reservedTag, 0, true)
+	if h, _, err := ti.readPDU(); err != nil || h.itt() != tmf || h[2] != tmfRespNoLUN {
+		t.Fatalf("reset of missing LUN: err %v response %d", err, h[2])
+	}
+	env.dev.Gate = nil
+	writeRead(t, ti, 3, fill(512, 1), 512)
+}
+
+// TestCmdSNWindow: commands outside [ExpCmdSN, MaxCmdSN] are ignored and
+// the session continues.
+func TestCmdSNWindow(t *testing.T) {
+	env := startServer(t, Config{QueueDepth: 8}, nil)
+	ti := dialInitiator(t, env.addr)
+	ti.login(env.iqn)
+	r := ti.scsiCmd(0, read10(0, 1), true, 512, nil, true)
+	res := map[uint32]*result{r: {}}
+	if err := ti.collect(res, nil); err != nil {
+		t.Fatal(err)
+	}
+	saved := ti.cmdSN
+	for _, sn := range []uint32{saved + 8, saved - 1, saved + 1000} {
+		ti.cmdSN = sn
+		ti.scsiCmd(0, read10(0, 1), true, 512, nil, true)
+	}
+	ti.cmdSN = saved
+	r = ti.scsiCmd(0, read10(2, 1), true, 512, nil, true)
+	h, _, err := ti.readPDU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.itt() != r {
+		t.Fatalf("answer for itt %d, want only the in-window command %d", h.itt(), r)
+	}
+	if exp, maxSN := h.u32(offExpSN), h.u32(offMaxCmdSN); exp != saved+1 || maxSN != exp+7 {
+		t.Fatalf("ExpCmdSN %d MaxCmdSN %d, want %d and %d", exp, maxSN, saved+1, saved+8)
+	}
+}
+
+// TestCmdSNGapHoldsLaterCommands: a command with CmdSN beyond a gap waits
+// until the gap is filled.
+func TestCmdSNGapHoldsLaterCommands(t *testing.T) {
+	env := startServer(t, Config{}, nil)
+	ti := dialInitiator(t, env.addr)
+	ti.login(env.iqn)
+	base := ti.cmdSN
+	ti.cmdSN = base + 1
+	later := ti.scsiCmd(0, read10(5, 1), true, 512, nil, true)
+	ti.nc.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	if _, _, err := ti.readPDU(); err == nil {
+		t.Fatal("command after a CmdSN gap ran before the gap was filled")
+	}
+	ti.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	ti.cmdSN = base
+	first := ti.scsiCmd(0, read10(6, 1), true, 512, nil, true)
+	ti.cmdSN = base + 2
+	res := map[uint32]*result{later: {}, first: {}}
+	if err := ti.collect(res, nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestSessionReinstatement(t *testing.T) {
+	env := startServer(t, Config{}, nil)
+	old := dialInitiator(t, env.addr)
+	old.login(env.iqn)
+	held := make(chan struct{})
+	env.dev.Gate = func(ctx context.Context, cmd *scsi.Command) error {
+		close(held)
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	old.scsiCmd(0, read10(0, 1), true, 512, nil, true)
+	<-held
+	env.dev.Gate = nil
+	nu := dialInitiator(t, env.addr)
+	nu.login(env.iqn) // same initiator name and ISID
+	if env.dev.Lost.Load() != 1 {
+		t.Fatalf("NexusLost called %d times, want 1 (old session closed)", env.dev.Lost.Load())
+	}
+	if env.dev.Running.Load() != 0 {
+		t.Fatal("old session's task still running after reinstatement")
+	}
+	old.nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, _, err := old.readPDU(); err == nil {
+		t.Fatal("old connection still delivers PDUs")
+	}
+	writeRead(t, nu, 0, fill(512, 4), 512)
+	if s := env.srv.Sessions(); len(s) != 1 || s[0].TSIH != nu.tsih || s[0].Target != env.iqn {
+		t.Fatalf("sessions: %+v", s)
+	}
+}
+
+func TestLogout(t *testing.T) {
+	env := startServer(t, Config{}, nil)
+	ti := dialInitiator(t, env.addr)
+	ti.login(env.iqn)
+	var h bhs
+	h[0] = 0x40 | opLogoutReq
+	h[1] = 0x80
+	itt := ti.nextITT()
+	h.putU32(16, itt)
+	h.putU32(offCmdSN, ti.cmdSN)
+	if err := ti.writePDU(&h, nil); err != nil {
+		t.Fatal(err)
+	}
+	r, _, err := ti.readPDU()
+	if err != nil || r.opcode() != opLogoutResp || r.itt() != itt || r[2] != 0 {
+		t.Fatalf("logout response: err %v opcode %#x response %d", err, r.opcode(), r[2])
+	}
+	if _, _, err := ti.readPDU(); !errors.Is(err, io.EOF) {
+		t.Fatalf("connection not closed after logout: %v", err)
+	}
+	waitFor(t, func() bool { return len(env.srv.Sessions()) == 0 })
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not reached")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestSendTargetsAndACL(t *testing.T) {
+	env := startServer(t, Config{}, func(tc *TargetConfig) { tc.Initiators = []string{"iqn.2026-11.test:initiator"} })
+	other := TargetConfig{Name: "iqn.2026-11.test.cachelun:private", SCSI: env.dev, TPGT: 2,
+		Initiators: []string{"iqn.2026-11.test:someone-else"}, Portals: []string{env.addr, "[::1]:3260"}}
+	if err := env.srv.AddTarget(other); err != nil {
+		t.Fatal(err)
+	}
+	pub := TargetConfig{Name: "iqn.2026-11.test.cachelun:multi", SCSI: env.dev, TPGT: 3,
+		Portals: []string{env.addr, "[::1]:3260"}}
+	if err := env.srv.AddTarget(pub); err != nil {
+		t.Fatal(err)
+	}
+	ti := dialInitiator(t, env.addr)
+	ti.login("")
+	var h bhs
+	h[0] = 0x40 | opTextReq
+	h[1] = 0x80
+	itt := ti.nextITT()
+	h.putU32(16, itt)
+	h.putU32(offTTT, reservedTag)
+	h.putU32(offCmdSN, ti.cmdSN)
+	if err := ti.writePDU(&h, kvText("SendTargets", "All")); err != nil {
+		t.Fatal(err)
+	}
+	r, data, err := ti.readPDU()
+	if err != nil || r.opcode() != opTextResp || r.itt() != itt {
+		t.Fatalf("text response: %v %#x", err, r.opcode())
+	}
+	got := strings.ReplaceAll(string(data), "\x00", "\n")
+	want := "TargetName=iqn.2026-11.test.cachelun:multi\nTargetAddress=" + env.addr + ",3\nTargetAddress=[::1]:3260,3\n" +
+		"TargetName=" + env.iqn + "\nTargetAddress=" + env.addr + ",1\n"
+	if got != want {
+		t.Fatalf("SendTargets:\n%s\nwant:\n%s", got, want)
+	}
+	// The hidden target refuses this initiator.
+	ti2 := dialInitiator(t, env.addr)
+	ti2.isid++
+	if err := ti2.tryLogin(other.Name); err == nil || !strings.Contains(err.Error(), "0x0202") {
+		t.Fatalf("login to target outside ACL: %v", err)
+	}
+	// Unknown target.
+	ti3 := dialInitiator(t, env.addr)
+	if err := ti3.tryLogin("iqn.2026-11.nothing:here"); err == nil || !strings.Contains(err.Error(), "0x0203") {
+		t.Fatalf("login to unknown target: %v", err)
+	}
+}
+
+// TestPortalGroups: a target is reachable only through its portals; IPv6
+// and IPv4 listeners serve the same server.
+func TestPortalGroups(t *testing.T) {
+	env := startServer(t, Config{}, func(tc *TargetConfig) { tc.Portals = []string{"127.0.0.1:1"} })
+	ti := dialInitiator(t, env.addr)
+	if err := ti.tryLogin(env.iqn); err == nil || !strings.Contains(err.Error(), "0x0203") {
+		t.Fatalf("login through a portal outside the target's group: %v", err)
+	}
+	l6, err := net.Listen("tcp", "[::1]:0")
+	if err != nil {
+		t.Skipf("no IPv6 loopback: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { env.srv.Serve(ctx, l6); close(done) }()
+	defer func() { cancel(); <-done }()
+	tc := TargetConfig{Name: "iqn.2026-11.test.cachelun:v6", SCSI: env.dev, Portals: []string{l6.Addr().String()}}
+	if err := env.srv.AddTarget(tc); err != nil {
+		t.Fatal(err)
+	}
+	ti6 := dialInitiator(t, l6.Addr().String())
+	ti6.login(tc.Name)
+	writeRead(t, ti6, 9, fill(1024, 6), 1024)
+}
+
+func TestUnknownTSIHRejected(t *testing.T) {
+	env := startServer(t, Config{}, nil)
+	ti := dialInitiator(t, env.addr)
+	ti.tsih = 7
+	r, _, err := ti.loginPDU(0, 1, true, kvText("InitiatorName", ti.name, "TargetName", env.iqn, "AuthMethod", "None"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := loginStatus(r); st != loginNoSession {
+		t.Fatalf("status %#04x, want session does not exist", st)
+	}
+	// The server is fine.
+	ok := dialInitiator(t, env.addr)
+	ok.login(env.iqn)
+}
+
+func TestMaxSessions(t *testing.T) {
+	env := startServer(t, Config{MaxSessions: 1}, nil)
+	a := dialInitiator(t, env.addr)
+	a.login(env.iqn)
+	b := dialInitiator(t, env.addr)
+	b.isid++
+	if err := b.tryLogin(env.iqn); err == nil || !strings.Contains(err.Error(), "0x0302") {
+		t.Fatalf("second session beyond MaxSessions: %v", err)
+	}
+}
