@@ -2,6 +2,7 @@ package admin
 
 import (
 	"context"
+	"errors"
 	"time"
 )
 
@@ -141,4 +142,49 @@ type Backend interface {
 	// with dryRun, only describes it). plan is a human-readable description
 	// of the changes.
 	Reload(ctx context.Context, dryRun bool) (plan string, err error)
+}
+
+// ErrReloadUnsupported is what BackendFuncs.Reload returns without a
+// ReloadFunc.
+var ErrReloadUnsupported = errors.New("admin: reload is not supported by this daemon")
+
+// BackendFuncs is a Backend built from functions; nil functions report
+// nothing (and Reload fails with ErrReloadUnsupported).
+type BackendFuncs struct {
+	VolumesFunc  func() []VolumeAPI
+	CachesFunc   func() []CacheAPI
+	SessionsFunc func() []Session
+	ReloadFunc   func(ctx context.Context, dryRun bool) (string, error)
+}
+
+// Volumes implements Backend.
+func (b BackendFuncs) Volumes() []VolumeAPI {
+	if b.VolumesFunc == nil {
+		return nil
+	}
+	return b.VolumesFunc()
+}
+
+// Caches implements Backend.
+func (b BackendFuncs) Caches() []CacheAPI {
+	if b.CachesFunc == nil {
+		return nil
+	}
+	return b.CachesFunc()
+}
+
+// Sessions implements Backend.
+func (b BackendFuncs) Sessions() []Session {
+	if b.SessionsFunc == nil {
+		return nil
+	}
+	return b.SessionsFunc()
+}
+
+// Reload implements Backend.
+func (b BackendFuncs) Reload(ctx context.Context, dryRun bool) (string, error) {
+	if b.ReloadFunc == nil {
+		return "", ErrReloadUnsupported
+	}
+	return b.ReloadFunc(ctx, dryRun)
 }

@@ -500,6 +500,8 @@ func describe(r admin.ExplainResponse) string {
 			"  unless the volume is in writeonly or passthrough mode or the read is bypassed\n")
 	case "placeholder":
 		b.WriteString("  a read miss is filling this block right now; a concurrent write or bypass cancels the fill\n")
+	case "offline":
+		b.WriteString("  the volume is offline (its cache failed or it is being removed): I/O is refused\n")
 	case "tombstone":
 		b.WriteString("  the cached copy was invalidated (a write went around the cache to the backing device);\n" +
 			"  a read goes to the backing device\n")
