@@ -49,6 +49,9 @@ type Config struct {
 	// SocketPath is the unix socket of the API (mode 0600). "" →
 	// DefaultSocketPath.
 	SocketPath string
+	// NoSocket disables the unix socket (configuration "admin_socket =
+	// off"); the server then serves only the TCP and metrics listeners.
+	NoSocket bool
 	// TCPListen, when set, also serves the API on TCP; every request there
 	// must carry "Authorization: Bearer <Token>".
 	TCPListen string
@@ -199,14 +202,16 @@ func (s *Server) Serve(ctx context.Context) error {
 			l.Close()
 		}
 	}
-	sock, err := listenUnixSecure(s.cfg.SocketPath)
-	if err != nil {
-		return err
+	if !s.cfg.NoSocket {
+		sock, err := listenUnixSecure(s.cfg.SocketPath)
+		if err != nil {
+			return err
+		}
+		defer os.Remove(s.cfg.SocketPath)
+		listeners = append(listeners, sock)
+		servers = append(servers, s.newHTTPServer(s.handler))
+		s.setAddr("socket", sock.Addr())
 	}
-	defer os.Remove(s.cfg.SocketPath)
-	listeners = append(listeners, sock)
-	servers = append(servers, s.newHTTPServer(s.handler))
-	s.setAddr("socket", sock.Addr())
 
 	if s.cfg.TCPListen != "" {
 		l, err := net.Listen("tcp", s.cfg.TCPListen)
@@ -231,7 +236,11 @@ func (s *Server) Serve(ctx context.Context) error {
 		s.setAddr("metrics", l.Addr())
 	}
 	close(s.ready)
-	s.logger.Info("admin: serving", "socket", s.cfg.SocketPath, "tcp", s.cfg.TCPListen, "metrics", s.cfg.MetricsListen)
+	socket := s.cfg.SocketPath
+	if s.cfg.NoSocket {
+		socket = "off"
+	}
+	s.logger.Info("admin: serving", "socket", socket, "tcp", s.cfg.TCPListen, "metrics", s.cfg.MetricsListen)
 
 	errc := make(chan error, len(servers))
 	var serveWG sync.WaitGroup

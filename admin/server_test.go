@@ -648,3 +648,36 @@ func TestFirstCallWithStuckBackend(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+func TestNoSocketServesMetricsOnly(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "admin.sock")
+	srv, err := admin.NewServer(admin.Config{Backend: fakeEmptyBackend(), SocketPath: sock, NoSocket: true, MetricsListen: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	<-srv.Ready()
+	if _, err := os.Stat(sock); !os.IsNotExist(err) {
+		t.Errorf("socket created although disabled: %v", err)
+	}
+	body, err := scrape(srv.Addr("metrics").String())
+	if err != nil || !strings.Contains(body, "cachelun_admin_snapshot_stale 0") {
+		t.Errorf("metrics: %v", err)
+	}
+	// The metrics listener serves nothing else.
+	resp, err := http.Get("http://" + srv.Addr("metrics").String() + "/v1/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Errorf("/v1/status on the metrics listener: %d", resp.StatusCode)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Error(err)
+	}
+}
