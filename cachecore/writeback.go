@@ -23,13 +23,23 @@ func (c *Cache) writebackLoop() {
 	defer c.workers.Done()
 	ctx := c.workersCtx
 	backoff := 10 * time.Millisecond
+	stalled := false
 	for {
 		if ctx.Err() != nil || c.failed.Load() {
 			return
 		}
 		n, err := c.writebackPass(ctx)
+		if err == nil {
+			stalled = false
+		}
 		var wait time.Duration
 		switch {
+		case errors.Is(err, errWritebackStalled):
+			if !stalled {
+				c.log.Info("writeback waits for a volume to be attached", "err", err)
+			}
+			stalled = true
+			wait = time.Second
 		case err != nil:
 			if ctx.Err() != nil || c.failed.Load() {
 				return
@@ -63,7 +73,7 @@ func (c *Cache) writebackLoop() {
 			t.Stop()
 			return
 		case <-c.wbKick:
-			if err != nil || (n > 0 && !c.writebackFullSpeed()) {
+			if (err != nil && !stalled) || (n > 0 && !c.writebackFullSpeed()) {
 				// Keep the backoff or the rate: a kick does not cut the
 				// pause short.
 				select {
@@ -176,12 +186,14 @@ func (c *Cache) writebackPass(ctx context.Context) (int64, error) {
 			}
 			t := targets[k.Volume]
 			if t == nil {
-				v := vs.vol.Load()
-				if v == nil {
+				t = &wbTarget{vs: vs, v: vs.vol.Load(), list: make(map[uint64]*extentList)}
+				targets[k.Volume] = t
+			}
+			if t.v == nil {
+				if k.Flags == persist.KeyDirty {
 					return 0, fmt.Errorf("%w: volume %q (id %d)", errWritebackStalled, vs.name, vs.id)
 				}
-				t = &wbTarget{vs: vs, v: v, list: make(map[uint64]*extentList)}
-				targets[k.Volume] = t
+				continue
 			}
 			end := min(int64(k.Offset)+int64(k.Length), vs.size)
 			if int64(k.Offset) >= end {
@@ -209,6 +221,9 @@ func (c *Cache) writebackPass(ctx context.Context) (int64, error) {
 	var written int64
 	buf := make([]byte, 0, 256<<10)
 	for _, t := range targets {
+		if t.v == nil {
+			continue
+		}
 		for sn, l := range t.list {
 			for _, x := range l.ext {
 				if x.kind != extDirty {
@@ -232,6 +247,9 @@ func (c *Cache) writebackPass(ctx context.Context) (int64, error) {
 		}
 	}
 	for _, t := range targets {
+		if t.v == nil {
+			continue
+		}
 		if err := t.v.dev.Flush(ctx); err != nil {
 			t.v.stats.addError("writeback")
 			return written, fmt.Errorf("cachecore: writeback flush of %s: %w", t.vs.name, err)

@@ -1,0 +1,82 @@
+// Package cachecore is the cache engine of cachelun: one Cache per cache
+// file (a persist.Store) hosting several Volumes, each a slow backing
+// device (backend.Device) fronted by the cache. It follows dm-pcache (kset
+// journal, striped index, ordered writeback, segment GC) and adds cache
+// modes, bcache-style bypass with per-chunk tracking of in-flight bypass
+// writes, persistent tombstones and a failure policy.
+//
+// # Guarantees (the LUN durability contract)
+//
+//   - A write is acknowledged once its data is in the cache media and its
+//     key is in an open kset; it is durable at the next Flush, at a FUA
+//     write, or when its kset closes (full, JournalFlushInterval, Close).
+//     Data is persisted before the kset that refers to it.
+//   - Flush makes every write acknowledged before it durable, and flushes
+//     the backing device when writes reached it directly since the last
+//     flush (bypass, writethrough, discard).
+//   - After a crash, replay from key_tail rebuilds exactly the index that
+//     was in memory for every key that was durable; keys whose segment
+//     generation moved on are dropped; tombstones are applied in log order.
+//   - Writeback walks the log in order from dirty_tail, collapses overwrites
+//     only within one flush epoch, flushes the backing device and only then
+//     persists dirty_tail: the backing device alone is always a crash image
+//     that respects the host's flushes.
+//   - In every mode a write overlapping dirty data not yet written back
+//     takes the cache path, so writeback never overwrites newer backing
+//     data with older cache data. A discard of dirty data writes zeroes
+//     through the cache for the same reason.
+//   - A read miss fills the cache only through an EMPTY placeholder that is
+//     still in place at fill time and only when no bypass write is in
+//     flight on the 32 MiB chunk; bypass writes count themselves in flight
+//     before dropping cached data (and placeholders) and persist their
+//     tombstone before writing the backing device.
+//
+// # Structure
+//
+// Each volume's backing space is cut into 4 MiB stripes, allocated lazily
+// (paged arrays of atomic pointers). A stripe holds a sorted slice of
+// non-overlapping 32-byte extents under its own mutex; insertion resolves
+// the overlap cases (head, tail, contain, contained with split;
+// placeholders are only deleted or cut at their end). Keys go to one of 16
+// in-memory ksets chosen by (volume, stripe) and are appended under the
+// stripe lock, so for every block the log order equals the index order.
+// Closed ksets of one slot commit in order; different slots commit
+// concurrently and share persists (group commit in persist.Journal).
+//
+// Cache space comes from sharded data heads; a segment's reference count
+// is one per live-log key pointing into it plus one while it is a head.
+// GC advances key_tail over clean log (never past dirty_tail), evicting
+// the keys it passes from the index and dropping their references; a
+// segment at zero gets its generation bumped and persisted before it is
+// reused. Readers copy cache data holding the segment's read lock after
+// checking the generation.
+//
+// # Concurrency and lock order
+//
+// stripe.mu (several only in CompareAndWrite, in ascending stripe order)
+// → ksetSlot.mu; stripe.mu → segment.mu (read). dataHead.mu and
+// segTable.mu are leaves and are never taken with a stripe lock held;
+// generation bumps (persist I/O) run without any stripe lock. Background
+// goroutines (kset flusher, writeback, GC, kset commits) are owned by the
+// Cache; Close stops and waits for all of them. The writeback goroutine
+// exits promptly when the cache fails or closes.
+//
+// # Failure policy
+//
+// A cache media error (persist.ErrMediaFault) retires the cache. "auto":
+// volumes with no dirty data continue on their backing device, volumes
+// with dirty data fail I/O with blk.ErrMedium and their dirty data stays on
+// the media for recovery; "fail": every volume fails I/O; "passthrough":
+// every volume continues on its backing device, accepting that reads of
+// blocks whose newest data is stuck in the failed cache return older data.
+// Backing read errors fail the one request (blk.ErrMedium); writeback
+// errors are retried with backoff and dirty_tail does not move.
+//
+// # Limits
+//
+// Writeback is ordered over one log shared by all volumes: dirty keys of a
+// volume recorded in the cache file but not attached stall writeback of
+// every volume until it is attached (or the cache is reformatted).
+// DirtyBytes counts log bytes (an overwritten block counts per write until
+// written back). Explanation.LSN is not tracked per block (always 0).
+package cachecore
