@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/cachelun/cachelun/internal/memvol"
-	"github.com/cachelun/cachelun/target/iscsi/internal/fakescsi"
+	"github.com/cachelun/cachelun/target/scsi"
 )
 
 // testInitiator is a minimal raw iSCSI initiator for tests: it builds PDUs
@@ -159,7 +159,16 @@ func (ti *testInitiator) tryLogin(target string, opKeys ...string) error {
 	if m["DataDigest"] == "CRC32C" {
 		ti.pr.dataDigest, ti.pw.dataDigest = true, true
 	}
+	if target != "" {
+		return ti.clearUA()
+	}
 	return nil
+}
+
+// clearUA consumes the power-on unit attention every new nexus gets.
+func (ti *testInitiator) clearUA() error {
+	tur := ti.scsiCmd(0, make([]byte, 6), false, 0, nil, true)
+	return ti.collect(map[uint32]*result{tur: {}}, nil)
 }
 
 // scsiCmd sends a SCSI command (immediate data in data) and returns its ITT.
@@ -312,7 +321,8 @@ func write10(lba uint32, blocks uint16) []byte {
 // testEnv is a server on 127.0.0.1:0 with one target over memvol.
 type testEnv struct {
 	srv  *Server
-	dev  *fakescsi.Target
+	dev  *countingTarget
+	vol  *gatedVolume
 	addr string
 	iqn  string
 	stop func()
@@ -322,12 +332,15 @@ const testIQN = "iqn.2026-11.test.cachelun:t1"
 
 func startServer(t testing.TB, cfg Config, tweak func(*TargetConfig)) *testEnv {
 	t.Helper()
-	dev := fakescsi.New()
-	v, err := memvol.New(16<<20, 512)
+	mv, err := memvol.New(16<<20, 512)
 	if err != nil {
 		t.Fatal(err)
 	}
-	dev.AddLU(0, v)
+	vol := &gatedVolume{Volume: mv}
+	dev := &countingTarget{Target: scsi.NewTarget(scsi.TargetConfig{Name: testIQN})}
+	if _, err := dev.AddLU(0, scsi.LUConfig{Volume: vol, WriteCache: true, SerialNumber: "t1"}); err != nil {
+		t.Fatal(err)
+	}
 	srv := NewServer(cfg)
 	tc := TargetConfig{Name: testIQN, SCSI: dev, TPGT: 1}
 	if tweak != nil {
@@ -347,7 +360,7 @@ func startServer(t testing.TB, cfg Config, tweak func(*TargetConfig)) *testEnv {
 		defer wg.Done()
 		srv.Serve(ctx, l)
 	}()
-	env := &testEnv{srv: srv, dev: dev, addr: l.Addr().String(), iqn: testIQN}
+	env := &testEnv{srv: srv, dev: dev, vol: vol, addr: l.Addr().String(), iqn: testIQN}
 	var once sync.Once
 	env.stop = func() {
 		once.Do(func() {
@@ -397,3 +410,5 @@ func TestLoginReadWrite(t *testing.T) {
 
 var _ = io.EOF
 var _ = strings.Contains
+
+func newBuf(nc net.Conn) (*bufio.Reader, *bufio.Writer) { return bufio.NewReader(nc), bufio.NewWriter(nc) }

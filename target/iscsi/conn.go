@@ -180,10 +180,13 @@ func (c *conn) targetName() string {
 }
 
 func (c *conn) teardown() {
-	c.abort()
+	c.closing.Store(true)
+	c.cancel()
 	c.abortAllTasks()
 	c.taskWG.Wait()
 	c.auxWG.Wait()
+	// Let the writer send what is queued (a Reject or Logout Response
+	// explains the close), but never wait long on a peer that does not read.
 	c.wmu.Lock()
 	c.wclosed = true
 	c.wmu.Unlock()
@@ -192,8 +195,11 @@ func (c *conn) teardown() {
 	default:
 	}
 	if c.loggedIn.Load() {
+		t := time.AfterFunc(2*time.Second, func() { c.nc.Close() })
 		<-c.writerDone
+		t.Stop()
 	}
+	c.abort()
 	if c.sess != nil {
 		c.srv.unregisterSession(c.sess)
 		if e := c.target.Load(); e != nil {
@@ -388,7 +394,7 @@ func (c *conn) requestLogout(wait time.Duration) {
 	h[36] = 1 // SCSI async event 1: target requests logout
 	h.putU16(42, uint16(min(secs, 3600)))
 	c.send(outItem{kind: outStatus, h: h})
-	t := time.AfterFunc(wait+time.Second, c.abort)
+	t := time.AfterFunc(wait, c.abort)
 	go func() {
 		<-c.done
 		t.Stop()

@@ -36,6 +36,9 @@ type Config struct {
 	NOPInterval, NOPTimeout time.Duration
 	// MaxSessions bounds the sessions of all targets together (default 1024).
 	MaxSessions int
+	// LogoutGrace is how long a session asked to log out (its access was
+	// revoked or its target removed) has before it is dropped (default 2s).
+	LogoutGrace time.Duration
 
 	// Limits the target offers in login.
 	MaxRecvDataSegmentLength int // default 262144, at least 8192
@@ -137,6 +140,9 @@ func NewServer(cfg Config) *Server {
 		cfg.NOPTimeout = 15 * time.Second
 	}
 	def(&cfg.MaxSessions, 1024, 1)
+	if cfg.LogoutGrace <= 0 {
+		cfg.LogoutGrace = 2 * time.Second
+	}
 	def(&cfg.MaxRecvDataSegmentLength, 262144, 8192)
 	cfg.MaxRecvDataSegmentLength = min(cfg.MaxRecvDataSegmentLength, 1<<24-1)
 	def(&cfg.MaxBurstLength, 1<<20, 262144)
@@ -255,7 +261,7 @@ func (s *Server) UpdateTarget(tc TargetConfig) error {
 	s.mu.Unlock()
 	for _, ss := range revoked {
 		s.log.Info("iscsi: access revoked, logging session out", "target", tc.Name, "initiator", ss.initiator)
-		ss.conn.requestLogout(2 * time.Second)
+		ss.conn.requestLogout(s.cfg.LogoutGrace)
 	}
 	return nil
 }
@@ -277,7 +283,7 @@ func (s *Server) RemoveTarget(name string) error {
 	}
 	s.mu.Unlock()
 	for _, c := range victims {
-		c.requestLogout(2 * time.Second)
+		c.requestLogout(s.cfg.LogoutGrace)
 	}
 	return nil
 }

@@ -3,7 +3,6 @@ package iscsi
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"io"
 	"net"
@@ -12,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cachelun/cachelun/target/scsi"
 )
 
 func fill(n int, seed byte) []byte {
@@ -203,8 +201,8 @@ func TestStatSNPerConnection(t *testing.T) {
 func TestOutOfOrderCompletion(t *testing.T) {
 	env := startServer(t, Config{}, nil)
 	release := make(chan struct{})
-	env.dev.Gate = func(ctx context.Context, cmd *scsi.Command) error {
-		if binary.BigEndian.Uint32(cmd.CDB[2:6]) == 1000 {
+	env.vol.SetGate(func(ctx context.Context, off int64) error {
+		if off == 1000*512 {
 			select {
 			case <-release:
 			case <-ctx.Done():
@@ -212,7 +210,7 @@ func TestOutOfOrderCompletion(t *testing.T) {
 			}
 		}
 		return nil
-	}
+	})
 	ti := dialInitiator(t, env.addr)
 	ti.login(env.iqn)
 	slow := ti.scsiCmd(0, read10(1000, 1), true, 512, nil, true)
@@ -223,8 +221,8 @@ func TestOutOfOrderCompletion(t *testing.T) {
 	if err := ti.collect(want, nil); err != nil {
 		t.Fatal(err)
 	}
-	if env.dev.MaxRunning.Load() < 2 {
-		t.Fatalf("max concurrent commands %d: commands are serialized", env.dev.MaxRunning.Load())
+	if env.vol.MaxRunning.Load() < 2 {
+		t.Fatalf("max concurrent commands %d: commands are serialized", env.vol.MaxRunning.Load())
 	}
 	close(release)
 	res := map[uint32]*result{slow: {}}
@@ -266,15 +264,15 @@ func TestAbortTask(t *testing.T) {
 	env := startServer(t, Config{}, nil)
 	entered := make(chan struct{}, 1)
 	cancelled := make(chan struct{}, 1)
-	env.dev.Gate = func(ctx context.Context, cmd *scsi.Command) error {
-		if binary.BigEndian.Uint32(cmd.CDB[2:6]) != 77 {
+	env.vol.SetGate(func(ctx context.Context, off int64) error {
+		if off != 77*512 {
 			return nil
 		}
 		entered <- struct{}{}
 		<-ctx.Done()
 		cancelled <- struct{}{}
 		return ctx.Err()
-	}
+	})
 	ti := dialInitiator(t, env.addr)
 	ti.login(env.iqn)
 	sn := ti.cmdSN
@@ -310,11 +308,11 @@ func TestLUNResetAbortsAndResets(t *testing.T) {
 	env := startServer(t, Config{}, nil)
 	var entered sync.WaitGroup
 	entered.Add(4)
-	env.dev.Gate = func(ctx context.Context, cmd *scsi.Command) error {
+	env.vol.SetGate(func(ctx context.Context, off int64) error {
 		entered.Done()
 		<-ctx.Done()
 		return ctx.Err()
-	}
+	})
 	ti := dialInitiator(t, env.addr)
 	ti.login(env.iqn)
 	for i := range 4 {
@@ -330,7 +328,7 @@ func TestLUNResetAbortsAndResets(t *testing.T) {
 		if h.opcode() != opTaskMgmtRsp || h.itt() != tmf || h[2] != tmfRespComplete {
 			t.Fatalf("fn %d: opcode %#x response %d", fn, h.opcode(), h[2])
 		}
-		if fn == tmfAbortTaskSet && env.dev.Running.Load() != 0 {
+		if fn == tmfAbortTaskSet && env.vol.Running.Load() != 0 {
 			t.Fatal("ABORT TASK SET returned while commands still run")
 		}
 	}
@@ -342,7 +340,7 @@ func TestLUNResetAbortsAndResets(t *testing.T) {
 	if h, _, err := ti.readPDU(); err != nil || h.itt() != tmf || h[2] != tmfRespNoLUN {
 		t.Fatalf("reset of missing LUN: err %v response %d", err, h[2])
 	}
-	env.dev.Gate = nil
+	env.vol.SetGate(nil)
 	writeRead(t, ti, 3, fill(512, 1), 512)
 }
 
@@ -404,20 +402,20 @@ func TestSessionReinstatement(t *testing.T) {
 	old := dialInitiator(t, env.addr)
 	old.login(env.iqn)
 	held := make(chan struct{})
-	env.dev.Gate = func(ctx context.Context, cmd *scsi.Command) error {
+	env.vol.SetGate(func(ctx context.Context, off int64) error {
 		close(held)
 		<-ctx.Done()
 		return ctx.Err()
-	}
+	})
 	old.scsiCmd(0, read10(0, 1), true, 512, nil, true)
 	<-held
-	env.dev.Gate = nil
+	env.vol.SetGate(nil)
 	nu := dialInitiator(t, env.addr)
 	nu.login(env.iqn) // same initiator name and ISID
 	if env.dev.Lost.Load() != 1 {
 		t.Fatalf("NexusLost called %d times, want 1 (old session closed)", env.dev.Lost.Load())
 	}
-	if env.dev.Running.Load() != 0 {
+	if env.vol.Running.Load() != 0 {
 		t.Fatal("old session's task still running after reinstatement")
 	}
 	old.nc.SetReadDeadline(time.Now().Add(5 * time.Second))

@@ -17,7 +17,7 @@ import (
 
 	"github.com/cachelun/cachelun/internal/memvol"
 	"github.com/cachelun/cachelun/target/iscsi"
-	"github.com/cachelun/cachelun/target/iscsi/internal/fakescsi"
+	"github.com/cachelun/cachelun/target/scsi"
 )
 
 func main() {
@@ -25,6 +25,10 @@ func main() {
 	iqn := flag.String("iqn", "iqn.2026-11.test.cachelun:disk", "target name")
 	size := flag.Int64("size", 256<<20, "LUN size in bytes")
 	luns := flag.Int("luns", 1, "number of LUNs")
+	thin := flag.Bool("thin", false, "advertise thin provisioning")
+	blockSize := flag.Int("bs", 512, "logical block size")
+	chapUser := flag.String("chap-user", "", "require CHAP with this user")
+	chapSecret := flag.String("chap-secret", "", "CHAP secret")
 	verbose := flag.Bool("v", false, "debug logging")
 	flag.Parse()
 	level := slog.LevelWarn
@@ -32,13 +36,17 @@ func main() {
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	dev, err := newDevice(*size, *luns, log)
+	dev, err := newDevice(*iqn, *size, *blockSize, *luns, *thin, log)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 	srv := iscsi.NewServer(iscsi.Config{Logger: log})
-	if err := srv.AddTarget(iscsi.TargetConfig{Name: *iqn, SCSI: dev, TPGT: 1}); err != nil {
+	tc := iscsi.TargetConfig{Name: *iqn, SCSI: dev, TPGT: 1}
+	if *chapUser != "" {
+		tc.CHAP = &iscsi.CHAP{User: *chapUser, Secret: *chapSecret}
+	}
+	if err := srv.AddTarget(tc); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
@@ -59,14 +67,18 @@ func main() {
 	<-done
 }
 
-func newDevice(size int64, luns int, _ *slog.Logger) (iscsi.SCSITarget, error) {
-	t := fakescsi.New()
+func newDevice(iqn string, size int64, blockSize, luns int, thin bool, log *slog.Logger) (iscsi.SCSITarget, error) {
+	t := scsi.NewTarget(scsi.TargetConfig{Name: iqn, Logger: log})
 	for i := range luns {
-		v, err := memvol.New(size, 512)
+		v, err := memvol.New(size, blockSize)
 		if err != nil {
 			return nil, err
 		}
-		t.AddLU(uint64(i), v)
+		cfg := scsi.LUConfig{Volume: v, Thin: thin, WriteCache: true, SerialNumber: fmt.Sprintf("testlun%d", i)}
+		cfg.DeviceID[15] = byte(i + 1)
+		if _, err := t.AddLU(uint64(i), cfg); err != nil {
+			return nil, err
+		}
 	}
 	return t, nil
 }
