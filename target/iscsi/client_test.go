@@ -411,4 +411,6 @@ func TestLoginReadWrite(t *testing.T) {
 var _ = io.EOF
 var _ = strings.Contains
 
-func newBuf(nc net.Conn) (*bufio.Reader, *bufio.Writer) { return bufio.NewReader(nc), bufio.NewWriter(nc) }
+func newBuf(nc net.Conn) (*bufio.Reader, *bufio.Writer) {
+	return bufio.NewReader(nc), bufio.NewWriter(nc)
+}
