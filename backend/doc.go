@@ -12,8 +12,9 @@
 //   - Faulty (NewFaulty): wraps a Device for tests. Scripted faults per kind
 //     of request and byte range (fail once, always or after N; torn writes;
 //     dropped writes; lost flushes; hangs until the context ends), gates that
-//     park matching requests until released (observable with Waiting and
-//     WaitArrived, for deterministic race tests), a hook after every request,
+//     park matching requests until released, before the device (Gate) or
+//     after it completed them (GateAfter), observable with Waiting and
+//     WaitArrived, for deterministic race tests, a hook after every request,
 //     and a volatile write cache: DurableImage returns what a power cut would
 //     leave (only flushed data, or a random subset of unflushed sectors) and
 //     PowerCut rolls the device back to it.

@@ -125,10 +125,14 @@ func (r *Rule) Hits() int {
 }
 
 // Gate parks matching requests until Release or until their context ends.
+// A gate made by Gate parks requests before they reach the wrapped device;
+// one made by GateAfter parks reads and writes after the device completed
+// them, before they return (a read then already holds its data).
 type Gate struct {
 	f     *Faulty
 	op    Op
 	rng   Range
+	after bool
 	open  chan struct{}
 	once  sync.Once
 	mu    sync.Mutex
@@ -265,13 +269,40 @@ func (f *Faulty) ClearFaults() {
 	f.rulesMu.Unlock()
 }
 
-// Gate installs a gate that parks requests of kind op overlapping r.
-func (f *Faulty) Gate(op Op, r Range) *Gate {
-	g := &Gate{f: f, op: op, rng: r, open: make(chan struct{}), cond: make(chan struct{})}
+// Gate installs a gate that parks requests of kind op overlapping r before
+// they reach the wrapped device.
+func (f *Faulty) Gate(op Op, r Range) *Gate { return f.addGate(op, r, false) }
+
+// GateAfter installs a gate that parks reads and writes of kind op
+// overlapping r after the wrapped device completed them, before they return
+// to the caller. Other kinds of request pass it.
+func (f *Faulty) GateAfter(op Op, r Range) *Gate { return f.addGate(op&(OpRead|OpWrite), r, true) }
+
+func (f *Faulty) addGate(op Op, r Range, after bool) *Gate {
+	g := &Gate{f: f, op: op, rng: r, after: after, open: make(chan struct{}), cond: make(chan struct{})}
 	f.rulesMu.Lock()
 	f.gates = append(f.gates, g)
 	f.rulesMu.Unlock()
 	return g
+}
+
+// passAfter runs the after-gates matching a completed request; err is the
+// request's result, returned unchanged unless the context ends first.
+func (f *Faulty) passAfter(ctx context.Context, op Op, off, n int64, err error) error {
+	f.rulesMu.Lock()
+	var gates []*Gate
+	for _, g := range f.gates {
+		if g.after && g.op&op != 0 && g.rng.overlaps(op, off, n) {
+			gates = append(gates, g)
+		}
+	}
+	f.rulesMu.Unlock()
+	for _, g := range gates {
+		if gerr := g.pass(ctx); gerr != nil {
+			return gerr
+		}
+	}
+	return err
 }
 
 // SetHook installs fn (nil removes it), called after every request completes
@@ -295,7 +326,7 @@ func (f *Faulty) admit(ctx context.Context, op Op, off, n int64) (*Fault, error)
 	f.rulesMu.Lock()
 	var gates []*Gate
 	for _, g := range f.gates {
-		if g.op&op != 0 && g.rng.overlaps(op, off, n) {
+		if !g.after && g.op&op != 0 && g.rng.overlaps(op, off, n) {
 			gates = append(gates, g)
 		}
 	}
@@ -365,7 +396,7 @@ func (f *Faulty) ReadAt(ctx context.Context, p []byte, off int64) error {
 			return fl.Err
 		}
 	}
-	return f.dev.ReadAt(ctx, p, off)
+	return f.passAfter(ctx, OpRead, off, int64(len(p)), f.dev.ReadAt(ctx, p, off))
 }
 
 // WriteAt writes p unless a gate or fault intervenes. The write is volatile
@@ -393,7 +424,7 @@ func (f *Faulty) WriteAt(ctx context.Context, p []byte, off int64) error {
 			return fl.Err
 		}
 	}
-	return f.volatileWrite(ctx, p, off)
+	return f.passAfter(ctx, OpWrite, off, int64(len(p)), f.volatileWrite(ctx, p, off))
 }
 
 func (f *Faulty) volatileWrite(ctx context.Context, p []byte, off int64) error {

@@ -398,3 +398,35 @@ func TestFaultyConcurrentPowerCutImages(t *testing.T) {
 	close(stop)
 	wg.Wait()
 }
+
+func TestFaultyGateAfter(t *testing.T) {
+	ctx := context.Background()
+	f := NewFaulty(NewMemory(1 << 20))
+	if err := f.WriteAt(ctx, fill(4096, 1), 0); err != nil {
+		t.Fatal(err)
+	}
+	g := f.GateAfter(OpRead, Range{Off: 0, Len: 4096})
+	p := make([]byte, 4096)
+	done := make(chan error, 1)
+	go func() { done <- f.ReadAt(ctx, p, 0) }()
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := g.WaitArrived(wctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	// The parked read already read the old data; a write now does not change
+	// what it returns.
+	if err := f.WriteAt(ctx, fill(4096, 2), 0); err != nil {
+		t.Fatal(err)
+	}
+	g.Release()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(p, fill(4096, 1)) {
+		t.Fatal("a read parked after the device returned data written later")
+	}
+	if f.Counts().Reads != 1 {
+		t.Fatalf("counts %+v", f.Counts())
+	}
+}
