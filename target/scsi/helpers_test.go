@@ -50,8 +50,8 @@ func newFixture(t *testing.T, mod func(*LUConfig)) *fixture {
 func (f *fixture) clearUA(n *Nexus) {
 	f.t.Helper()
 	for range 8 {
-		r := f.exec(n, []byte{0, 0, 0, 0, 0, 0}, nil, 0)
-		if r.Status == StatusGood {
+		r := f.exec(n, []byte{0x03, 0, 0, 0, 18, 0}, nil, 18)
+		if r.Status == StatusGood && r.Data[2]&0x0f == 0 {
 			return
 		}
 	}

@@ -188,7 +188,7 @@ func newLU(t *Target, lun uint64, cfg LUConfig) (*LU, error) {
 	lu.maxXferBlocks = uint32(maxTransferBytes >> lu.blockShift)
 	lu.optimalXferBlocks = uint32(optimalTransferBytes >> lu.blockShift)
 	lu.maxWriteSameBlks = uint64(maxWriteSameBytes >> lu.blockShift)
-	lu.maxUnmapBlocks = uint32(maxUnmapBytes >> lu.blockShift)
+	lu.maxUnmapBlocks = uint32(min(maxUnmapBytes>>lu.blockShift, maxUnmapBlocks))
 	lu.maxUnmapDescs = maxUnmapDescriptors
 	lu.maxCAWBlocks = maxCompareAndWriteBlocks
 	empty := map[nexusKey]*nexusState{}
@@ -210,6 +210,7 @@ const (
 	optimalTransferBytes     = 1 << 20
 	maxWriteSameBytes        = 1 << 30
 	maxUnmapBytes            = 1 << 30
+	maxUnmapBlocks           = 1 << 20 // libiscsi and sd treat more as insane
 	maxUnmapDescriptors      = 256
 	maxCompareAndWriteBlocks = 1
 )

@@ -113,7 +113,7 @@ func padCopy(dst []byte, s string) {
 }
 
 // supportedVPD lists the VPD pages in ascending order.
-var supportedVPD = [...]byte{0x00, 0x80, 0x83, 0x86, 0xb0, 0xb1, 0xb2}
+const supportedVPD = "\x00\x80\x83\x86\xb0\xb1\xb2"
 
 func (lu *LU) vpd(tk *task, page byte) ([]byte, error) {
 	hdr := func(body []byte) []byte {
@@ -125,7 +125,7 @@ func (lu *LU) vpd(tk *task, page byte) ([]byte, error) {
 	}
 	switch page {
 	case 0x00:
-		return hdr(supportedVPD[:]), nil
+		return hdr([]byte(supportedVPD)), nil
 	case 0x80:
 		return hdr([]byte(lu.serial)), nil
 	case 0x83:
