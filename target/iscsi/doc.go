@@ -1,0 +1,73 @@
+// Package iscsi is cachelun's iSCSI target (RFC 7143): listeners, login
+// and negotiation, discovery, and the full-feature phase that carries SCSI
+// commands to a device server (target/scsi) and their data and status
+// back.
+//
+// # What it implements
+//
+//   - Login with security negotiation: AuthMethod None or CHAP (SHA-256,
+//     SHA-1, MD5; strongest offered wins), one-way or mutual, per target and
+//     for discovery sessions. Reflected challenges are refused.
+//   - Operational negotiation of HeaderDigest/DataDigest (CRC32C, verified
+//     on every PDU), MaxRecvDataSegmentLength in both directions,
+//     MaxBurstLength, FirstBurstLength, InitialR2T, ImmediateData,
+//     MaxOutstandingR2T, MaxConnections=1 (no MC/S) and ErrorRecoveryLevel=0.
+//   - SendTargets discovery (discovery and normal sessions) listing only the
+//     targets the initiator's ACL allows, with every portal of the target's
+//     portal group; long answers continue over several Text Responses.
+//   - Initiator ACLs, portal groups (IPv4 and IPv6 listeners), session
+//     reinstatement (same initiator name and ISID: the old session's tasks
+//     are aborted and its nexus reported lost before the new one starts),
+//     and Login Reject "session does not exist" for an unknown TSIH.
+//   - Full-feature phase with a CmdSN window of Config.QueueDepth commands.
+//     Each command runs on its own goroutine and completes out of order, so
+//     a slow cache miss never holds up a hit. Non-immediate NOP-Out, Text,
+//     Logout and TMF requests consume a CmdSN; commands after a CmdSN gap
+//     wait for the gap; CmdSNs outside the window are ignored.
+//   - R2T and Data-Out with up to MaxOutstandingR2T bursts in flight; data
+//     is accepted only at the offsets the target expects (immediate,
+//     unsolicited up to FirstBurstLength, solicited), never past the
+//     expected transfer length, with DataSN checked. Anything else gets a
+//     Reject and, at ERL 0, the connection is dropped.
+//   - Data-In cut to the initiator's MaxRecvDataSegmentLength, sequences
+//     bounded by MaxBurstLength, status in the last Data-In when there is no
+//     sense (phase collapse), residual overflow/underflow from the device
+//     server's Response.TransferLen against the expected transfer length.
+//   - Task management: ABORT TASK, ABORT TASK SET, CLEAR TASK SET, LOGICAL
+//     UNIT RESET, TARGET WARM RESET and TARGET COLD RESET cancel the affected
+//     commands' contexts, wait for them to return, suppress their responses
+//     and only then answer. CLEAR ACA and TASK REASSIGN are answered "not
+//     supported".
+//   - NOP-Out/NOP-In both ways: the target pings a connection idle for
+//     Config.NOPInterval and drops it when nothing arrives for
+//     Config.NOPTimeout after the ping.
+//   - Logout, Async Message "request logout" on Shutdown and when
+//     UpdateTarget or RemoveTarget revokes a session's access.
+//
+// # Guarantees
+//
+// A malformed or hostile peer can cost at most its own connection: every
+// connection goroutine recovers from panics; data segments larger than the
+// negotiated limit are refused before they are read; the login phase is
+// bounded in time and size; transfers above Config.MaxTransferLength are
+// answered with CHECK CONDITION without buffering them.
+//
+// # Concurrency
+//
+// Each connection has a reader goroutine (login, then every inbound PDU:
+// CmdSN bookkeeping, Data-Out placement and R2T issue happen here, in
+// order), one writer goroutine (the only one that writes to the socket
+// after login: it stamps StatSN, ExpCmdSN and MaxCmdSN and flushes once its
+// queue is empty, so responses that become ready together share one write),
+// a keepalive goroutine, a goroutine per running command, and short-lived
+// goroutines for task management and logout. Sessions have one connection,
+// so StatSN is per connection and per session alike.
+//
+// Lock order: Server.mu, then conn.tmu (the task table), then conn.wmu (the
+// writer queue). No lock is held while the device server runs a command or
+// while the socket is written.
+//
+// Shutdown: Serve returns when its context ends, after the connections it
+// accepted are gone; Shutdown asks every session to log out and waits until
+// they have, or until its context ends and the rest are dropped.
+package iscsi
