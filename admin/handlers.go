@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"path"
 	"strconv"
 	"time"
 )
@@ -146,6 +147,13 @@ func (s *Server) routes() http.Handler {
 // errors, so every client sees one error format.
 func jsonFallback(mux *http.ServeMux) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// The mux would redirect non-canonical paths ("/v1/./status",
+		// "//v1/status", a trailing slash); API clients never send them,
+		// so they are refused plainly.
+		if p := r.URL.Path; p == "" || path.Clean(p) != p {
+			writeError(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("path %q is not canonical", p))
+			return
+		}
 		h, pattern := mux.Handler(r)
 		if pattern != "" {
 			mux.ServeHTTP(w, r)

@@ -681,3 +681,43 @@ func TestNoSocketServesMetricsOnly(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// BenchmarkStatusCall measures a status call over the unix socket, idle
+// and with a drain held in the engine.
+func BenchmarkStatusCall(b *testing.B) {
+	for _, held := range []bool{false, true} {
+		name := "idle"
+		if held {
+			name = "drain-held"
+		}
+		b.Run(name, func(b *testing.B) {
+			v := admintest.NewVolume("db1", "nvme0", 1<<30, 512)
+			be := admintest.NewBackend([]*admintest.Volume{v}, []*admintest.Cache{admintest.NewCache("nvme0", "")})
+			sock := filepath.Join(b.TempDir(), "admin.sock")
+			srv, err := admin.NewServer(admin.Config{Backend: be, SocketPath: sock})
+			if err != nil {
+				b.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- srv.Serve(ctx) }()
+			<-srv.Ready()
+			cl := admin.NewClient(sock)
+			if held {
+				gate := v.HoldWork()
+				defer gate.Open()
+				if _, err := cl.Drain(ctx, "db1"); err != nil {
+					b.Fatal(err)
+				}
+			}
+			for b.Loop() {
+				if _, err := cl.Status(ctx); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			cancel()
+			<-done
+		})
+	}
+}
