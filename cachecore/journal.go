@@ -73,6 +73,9 @@ func (c *Cache) appendKey(i int, k persist.Key) (sp spill) {
 		s.opened = c.clock().Now()
 	}
 	s.open = append(s.open, k)
+	if k.Volume < uint32(len(c.liveKeys)) {
+		c.liveKeys[k.Volume].Add(1)
+	}
 	if len(s.open) >= persist.MaxKSetKeys {
 		sp[1] = s.closeLocked()
 	}

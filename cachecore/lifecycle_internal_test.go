@@ -1,0 +1,197 @@
+package cachecore
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/cachelun/cachelun/backend"
+	"github.com/cachelun/cachelun/internal/blk"
+	"github.com/cachelun/cachelun/persist"
+)
+
+// TestMediaFailureAutoPolicy: after a cache media fault, a volume without
+// dirty data continues on its backing device, one with dirty data fails
+// with ErrMedium, the goroutines exit and Close returns (invariant 7).
+func TestMediaFailureAutoPolicy(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	ctx := context.Background()
+	r := newItRig(t, 16, 8<<20, Config{}, VolumeConfig{})
+	// Writeback to the writeback volume parks at a gate, so its data stays
+	// dirty.
+	faulty := backend.NewFaulty(r.dev)
+	faulty.Gate(backend.OpWrite, backend.Range{Off: 0, Len: 8 << 20})
+	r.vol.dev = faulty
+	clean, err := r.cache.AddVolume(ctx, "clean", backend.NewMemory(4<<20), VolumeConfig{Mode: ModeWritethrough})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := bytes.Repeat([]byte{7}, 8192)
+	if err := r.vol.WriteAt(ctx, data, 0, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := clean.WriteAt(ctx, data, 0, true); err != nil {
+		t.Fatal(err)
+	}
+	if r.vol.Stats().DirtyBytes == 0 {
+		t.Fatal("writeback volume has no dirty data")
+	}
+	r.media.FailAfter(0, errors.New("injected"))
+	// The next commit hits the fault and retires the cache.
+	err = r.vol.WriteAt(ctx, data, 8192, true)
+	if !errors.Is(err, blk.ErrMedium) {
+		t.Fatalf("write on failing media: %v, want ErrMedium", err)
+	}
+	if r.cache.Err() == nil || !r.cache.Stats().Failed {
+		t.Fatal("cache not retired after a media fault")
+	}
+	if err := r.vol.ReadAt(ctx, make([]byte, 4096), 0); !errors.Is(err, blk.ErrMedium) {
+		t.Fatalf("read of a volume with dirty data in a failed cache: %v, want ErrMedium", err)
+	}
+	got := make([]byte, 8192)
+	if err := clean.ReadAt(ctx, got, 0); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("clean volume read after failure: %v", err)
+	}
+	if err := clean.WriteAt(ctx, bytes.Repeat([]byte{9}, 4096), 0, false); err != nil {
+		t.Fatalf("clean volume write after failure: %v", err)
+	}
+	if err := clean.Flush(ctx); err != nil {
+		t.Fatalf("clean volume flush after failure: %v", err)
+	}
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	r.cache.Close(cctx)
+}
+
+func TestMediaFailureFailPolicy(t *testing.T) {
+	ctx := context.Background()
+	r := newItRig(t, 16, 8<<20, Config{OnCacheFailure: FailFail}, VolumeConfig{Mode: ModeWritearound})
+	r.media.FailAfter(0, errors.New("injected"))
+	r.cache.fail("test", persist.ErrMediaFault)
+	if err := r.vol.ReadAt(ctx, make([]byte, 4096), 0); !errors.Is(err, blk.ErrMedium) {
+		t.Fatalf("read with policy fail: %v", err)
+	}
+}
+
+// TestRemoveVolumeDrainsAndForgets: RemoveVolume writes back dirty data
+// (progress reaches zero) and a new volume never sees the old cache data.
+func TestRemoveVolumeDrainsAndForgets(t *testing.T) {
+	ctx := context.Background()
+	r := newItRig(t, 32, 8<<20, Config{Writeback: WritebackConfig{IdleAfter: time.Hour}}, VolumeConfig{})
+	data := bytes.Repeat([]byte{5}, 64<<10)
+	for i := int64(0); i < 16; i++ {
+		if err := r.vol.WriteAt(ctx, data, i*(64<<10), false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var last Progress
+	calls := 0
+	if err := r.cache.RemoveVolume(ctx, "v", func(p Progress) { last = p; calls++ }); err != nil {
+		t.Fatal(err)
+	}
+	if calls == 0 || last.DirtyBytes != 0 || last.StartDirtyBytes == 0 {
+		t.Fatalf("progress %d calls, last %+v", calls, last)
+	}
+	got := make([]byte, len(data))
+	r.dev.ReadAt(ctx, got, 15*(64<<10))
+	if !bytes.Equal(got, data) {
+		t.Fatal("dirty data not written back by RemoveVolume")
+	}
+	if err := r.vol.ReadAt(ctx, got, 0); !errors.Is(err, blk.ErrNotReady) {
+		t.Fatalf("I/O on a removed volume: %v", err)
+	}
+	dev2 := backend.NewMemory(8 << 20)
+	v2, err := r.cache.AddVolume(ctx, "w", dev2, VolumeConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v2.st.id == r.vol.st.id {
+		t.Fatal("volume id reused while its keys are still in the log")
+	}
+	if err := v2.ReadAt(ctx, got, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, make([]byte, len(got))) {
+		t.Fatal("new volume sees data of the removed one")
+	}
+}
+
+func TestAddVolumeRefusesSmallerDevice(t *testing.T) {
+	ctx := context.Background()
+	r := newItRig(t, 16, 8<<20, Config{}, VolumeConfig{})
+	if err := r.vol.WriteAt(ctx, make([]byte, 4096), 0, true); err != nil {
+		t.Fatal(err)
+	}
+	r.cache.Close(ctx)
+	st, err := persist.Open(r.media)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Open(ctx, st, Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.cache = c
+	if _, err := c.AddVolume(ctx, "v", backend.NewMemory(4<<20), VolumeConfig{}); err == nil {
+		t.Fatal("a backing device smaller than the recorded size was accepted")
+	}
+	if _, err := c.AddVolume(ctx, "v", backend.NewMemory(8<<20), VolumeConfig{}); err != nil {
+		t.Fatalf("the right device was refused: %v", err)
+	}
+}
+
+// TestFullCacheBackPressure: a tiny cache with slow writeback takes more
+// dirty data than it holds; writes wait for writeback and GC instead of
+// failing, and everything reads back.
+func TestFullCacheBackPressure(t *testing.T) {
+	ctx := context.Background()
+	r := newItRig(t, 8, 16<<20, Config{Writeback: WritebackConfig{IdleAfter: time.Hour}}, VolumeConfig{})
+	ref := backend.NewMemory(16 << 20)
+	data := make([]byte, 256<<10)
+	for i := int64(0); i < 32; i++ { // 8 MiB of dirty writes into a 1 MiB cache
+		fillPattern(data, uint64(i))
+		wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		if err := r.vol.WriteAt(wctx, data, i*int64(len(data)), false); err != nil {
+			cancel()
+			t.Fatalf("write %d: %v", i, err)
+		}
+		cancel()
+		ref.WriteAt(ctx, data, i*int64(len(data)))
+	}
+	got := make([]byte, 16<<20)
+	want := make([]byte, 16<<20)
+	if err := r.vol.ReadAt(ctx, got, 0); err != nil {
+		t.Fatal(err)
+	}
+	ref.ReadAt(ctx, want, 0)
+	if !bytes.Equal(got, want) {
+		t.Fatal("data differs after back-pressure")
+	}
+	vs := r.vol.Stats()
+	if r.cache.Stats().DeferredWrites == 0 && vs.BypassedRequests["full"] == 0 {
+		t.Fatal("the cache never reported being full")
+	}
+	// Overwrites of dirty data must take the cache path: with writeback
+	// slower than the writes, they wait for space.
+	for i := 0; i < 24; i++ {
+		fillPattern(data, uint64(100+i))
+		wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		if err := r.vol.WriteAt(wctx, data, 0, false); err != nil {
+			cancel()
+			t.Fatalf("overwrite %d: %v", i, err)
+		}
+		cancel()
+		ref.WriteAt(ctx, data, 0)
+	}
+	if err := r.vol.ReadAt(ctx, got, 0); err != nil {
+		t.Fatal(err)
+	}
+	ref.ReadAt(ctx, want, 0)
+	if !bytes.Equal(got, want) {
+		t.Fatal("data differs after overwrites in a full cache")
+	}
+}
