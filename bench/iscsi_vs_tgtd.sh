@@ -1,0 +1,211 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark of cachelun (a cached LUN whose working set is in
+# the cache) and tgtd (a file of the same size) on 127.0.0.1, in one run.
+# Prints every figure for both and the ratio cachelun/tgtd (for CPU per I/O,
+# lower is better; for everything else higher is better).
+#
+#   bash bench/iscsi_vs_tgtd.sh            # 10 s per measurement
+#   DUR=20 bash bench/iscsi_vs_tgtd.sh     # longer runs
+#
+# Needs (as root for tgtd): libiscsi-bin (iscsi-perf), qemu-utils +
+# qemu-block-extra (qemu-img, qemu-io), tgt (tgtd, tgtadm), bc.
+# Everything stays on loopback; every client call is bounded by a timeout.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DUR=${DUR:-10}                  # seconds per iscsi-perf measurement
+LUN_SIZE=${LUN_SIZE:-512MiB}    # cachelun LUN and tgtd file size
+LUN_BYTES=$((512 * 1024 * 1024))
+[ "$LUN_SIZE" = 512MiB ] || LUN_BYTES=$(numfmt --from=iec-i "${LUN_SIZE%B}")
+HOT_SIZE=${HOT_SIZE:-64MiB}     # hot set on the slow backing device
+WORK=$(mktemp -d /tmp/cachelun-bench.XXXXXX)
+OUT=$WORK/out; mkdir -p "$OUT"
+HZ=$(getconf CLK_TCK)
+
+for t in iscsi-perf qemu-img qemu-io tgtd tgtadm bc; do
+	command -v $t >/dev/null || { echo "missing $t (apt-get install -y libiscsi-bin qemu-utils qemu-block-extra tgt bc)" >&2; exit 1; }
+done
+
+PIDS=()
+TGT_CTL=$((1000 + $$ % 30000))
+cleanup() {
+	tgtadm -C $TGT_CTL --lld iscsi --op delete --mode target --tid 1 --force >/dev/null 2>&1 || true
+	tgtadm -C $TGT_CTL --op delete --mode system >/dev/null 2>&1 || true
+	for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+	sleep 1
+	for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+	rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+cpu_ticks() { awk '{print $14+$15}' /proc/$1/stat; }
+
+echo "building cachelun" >&2
+go build -o "$WORK/cachelun" ./cmd/cachelun
+
+# ---- cachelun: LUN 0 cached (working set in cache), LUNs 1/2 on a slow
+# backing device (latency=5ms): 1 cached, 2 passthrough
+cat > "$WORK/cachelun.toml" <<EOF
+[global]
+log_level = "warn"
+admin_socket = "off"
+metrics_listen = "off"
+
+[[cache]]
+name = "c0"
+path = "cache.img"
+size = "2GiB"
+segment_size = "16MiB"
+
+[[volume]]
+name = "fast"
+cache = "c0"
+backing = "fast.img"
+backing_size = "$LUN_SIZE"
+sequential_cutoff = 0          # keep the sequential warm-up in the cache
+congested_read_threshold = "0s"
+congested_write_threshold = "0s"
+
+[[volume]]
+name = "hot"
+cache = "c0"
+backing = "hot.img"
+backing_size = "$HOT_SIZE"
+slow = "latency=5ms"
+sequential_cutoff = 0
+congested_read_threshold = "0s"
+congested_write_threshold = "0s"
+
+[[volume]]
+name = "hot-passthrough"
+cache = "c0"
+backing = "hot-pt.img"
+backing_size = "$HOT_SIZE"
+slow = "latency=5ms"
+mode = "passthrough"
+
+[[target]]
+iqn = "iqn.2026-11.io.cachelun:bench"
+portals = ["127.0.0.1:3260"]
+[[target.lun]]
+lun = 0
+volume = "fast"
+[[target.lun]]
+lun = 1
+volume = "hot"
+[[target.lun]]
+lun = 2
+volume = "hot-passthrough"
+EOF
+CPORT=$(free_port)
+"$WORK/cachelun" serve --config "$WORK/cachelun.toml" --data-dir "$WORK/data" --listen 127.0.0.1:$CPORT > "$OUT/cachelun.log" 2>&1 &
+CPID=$!; PIDS+=($CPID)
+for _ in $(seq 100); do grep -q "cachelun ready" "$OUT/cachelun.log" 2>/dev/null && break; sleep 0.1; done
+grep -q "cachelun ready" "$OUT/cachelun.log" || { cat "$OUT/cachelun.log"; exit 1; }
+C_URL=iscsi://127.0.0.1:$CPORT/iqn.2026-11.io.cachelun:bench
+
+# ---- tgtd on a page-cache-resident file of the same size
+TPORT=$(free_port)
+dd if=/dev/zero of="$WORK/tgtd.img" bs=1M count=$((LUN_BYTES >> 20)) status=none
+tgtd -f -C $TGT_CTL --iscsi portal=127.0.0.1:$TPORT > "$OUT/tgtd.log" 2>&1 &
+TPID=$!; PIDS+=($TPID)
+for _ in $(seq 100); do tgtadm -C $TGT_CTL --lld iscsi --op show --mode target >/dev/null 2>&1 && break; sleep 0.1; done
+A="tgtadm -C $TGT_CTL --lld iscsi"
+$A --op new --mode target --tid 1 -T iqn.2024-01.test.tgtd:bench
+$A --op new --mode logicalunit --tid 1 --lun 1 -b "$WORK/tgtd.img"
+$A --op bind --mode target --tid 1 -I ALL
+T_URL=iscsi://127.0.0.1:$TPORT/iqn.2024-01.test.tgtd:bench/1
+
+# ---- warm-up: write the whole cachelun LUN (it lands in the cache), read it
+echo "warming up the cached LUN" >&2
+timeout 300 qemu-io -f raw -c "write -P 0x5a 0 $LUN_BYTES" "$C_URL/0" > "$OUT/warm.log"
+timeout 300 qemu-io -f raw -c "read 0 $LUN_BYTES" "$C_URL/0" >> "$OUT/warm.log"
+timeout 300 qemu-io -f raw -c "write -P 0x5a 0 $LUN_BYTES" "$T_URL" >> "$OUT/warm.log"
+
+# perf LABEL PID URL ARGS... -> "iops cpu_seconds"
+perf() {
+	local label=$1 pid=$2 url=$3; shift 3
+	local c0 c1
+	c0=$(cpu_ticks "$pid")
+	timeout -k 5 -s INT "$DUR" iscsi-perf "$@" "$url" > "$OUT/$label.log" 2>&1 || true
+	c1=$(cpu_ticks "$pid")
+	local iops
+	iops=$(tr '\r' '\n' < "$OUT/$label.log" | grep -o "iops average [0-9]*" | tail -1 | awk '{print $3}')
+	echo "${iops:-0} $(echo "scale=3; ($c1 - $c0) / $HZ" | bc)"
+}
+
+# qbench LABEL URL ARGS... -> "iops"
+qbench() {
+	local label=$1 url=$2; shift 2
+	timeout -k 5 120 qemu-img bench -f raw "$@" "$url" > "$OUT/$label.log" 2>&1 || true
+	python3 - "$OUT/$label.log" <<'PY'
+import re, sys
+t = open(sys.argv[1]).read()
+m = re.search(r"Sending (\d+) \w+ requests, (\d+) bytes each", t); r = re.search(r"Run completed in ([\d.]+) seconds", t)
+print(round(int(m.group(1)) / float(r.group(1))) if m and r else 0)
+PY
+}
+
+two_sessions() {
+	local label=$1 pid=$2 url=$3
+	local c0 c1 a b
+	c0=$(cpu_ticks "$pid")
+	timeout -k 5 -s INT "$DUR" iscsi-perf -m 32 -b 8 -r -i iqn.2010-11.libiscsi:s1 "$url" > "$OUT/$label-s1.log" 2>&1 &
+	timeout -k 5 -s INT "$DUR" iscsi-perf -m 32 -b 8 -r -i iqn.2010-11.libiscsi:s2 "$url" > "$OUT/$label-s2.log" 2>&1 &
+	wait %1 %2 2>/dev/null || true
+	c1=$(cpu_ticks "$pid")
+	a=$(tr '\r' '\n' < "$OUT/$label-s1.log" | grep -o "iops average [0-9]*" | tail -1 | awk '{print $3}')
+	b=$(tr '\r' '\n' < "$OUT/$label-s2.log" | grep -o "iops average [0-9]*" | tail -1 | awk '{print $3}')
+	echo "$(( ${a:-0} + ${b:-0} )) $(echo "scale=3; ($c1 - $c0) / $HZ" | bc)"
+}
+
+ratio() { if [ "${2%.*}" = 0 ] && [ "$2" = 0 ]; then echo "n/a"; else echo "scale=2; $1 / $2" | bc; fi; }
+ROWS=()
+row() { ROWS+=("$(printf '%-44s %14s %14s %8s' "$1" "$2" "$3" "$(ratio "$2" "$3")")"); }
+
+echo "measuring (${DUR}s per iscsi-perf run)" >&2
+for qd in 1 32 128; do
+	read -r ci cc < <(perf c-rr-qd$qd $CPID "$C_URL/0" -m $qd -b 8 -r)
+	read -r ti tc < <(perf t-rr-qd$qd $TPID "$T_URL" -m $qd -b 8 -r)
+	row "iscsi-perf 4KiB random read QD$qd (IOPS)" "$ci" "$ti"
+	if [ $qd = 32 ]; then
+		cu=$(echo "scale=1; 1000000 * $cc / ($ci * $DUR)" | bc 2>/dev/null || echo 0)
+		tu=$(echo "scale=1; 1000000 * $tc / ($ti * $DUR)" | bc 2>/dev/null || echo 0)
+		row "target CPU per 4KiB read at QD32 (us)" "$cu" "$tu"
+	fi
+done
+read -r ci _ < <(perf c-seq256k $CPID "$C_URL/0" -m 8 -b 512)
+read -r ti _ < <(perf t-seq256k $TPID "$T_URL" -m 8 -b 512)
+row "iscsi-perf 256KiB seq read QD8 (MB/s)" "$((ci / 4))" "$((ti / 4))"
+
+ci=$(qbench c-w4k-qd32 "$C_URL/0" -w -t none -c 200000 -d 32 -s 4k)
+ti=$(qbench t-w4k-qd32 "$T_URL" -w -t none -c 200000 -d 32 -s 4k)
+row "qemu-img bench 4KiB write QD32 (IOPS)" "$ci" "$ti"
+ci=$(qbench c-w4k-fua "$C_URL/0" -w -t writethrough -c 20000 -d 32 -s 4k)
+ti=$(qbench t-w4k-fua "$T_URL" -w -t writethrough -c 20000 -d 32 -s 4k)
+row "qemu-img bench 4KiB writethrough/FUA QD32 (IOPS)" "$ci" "$ti"
+
+read -r ci cc < <(two_sessions c-2s $CPID "$C_URL/0")
+read -r ti tc < <(two_sessions t-2s $TPID "$T_URL")
+row "2 sessions x QD32 4KiB random read (IOPS)" "$ci" "$ti"
+cu=$(echo "scale=1; 1000000 * $cc / ($ci * $DUR)" | bc 2>/dev/null || echo 0)
+tu=$(echo "scale=1; 1000000 * $tc / ($ti * $DUR)" | bc 2>/dev/null || echo 0)
+row "target CPU per I/O, 2 sessions (us)" "$cu" "$tu"
+
+# ---- hot set on a slow backing device: cached vs passthrough (same daemon)
+timeout 300 qemu-io -f raw -c "write -P 0x6b 0 $HOT_SIZE" "$C_URL/1" >> "$OUT/warm.log"
+timeout 300 qemu-io -f raw -c "read 0 $HOT_SIZE" "$C_URL/1" >> "$OUT/warm.log"
+read -r hi _ < <(perf c-hot-cached $CPID "$C_URL/1" -m 32 -b 8 -r)
+read -r pi _ < <(perf c-hot-pt $CPID "$C_URL/2" -m 32 -b 8 -r)
+HOTROW=$(printf '%-44s %14s %14s %8s' "hot set 4KiB rand read QD32, slow 5ms (IOPS)" "$hi" "$pi" "$(ratio "$hi" "$pi")")
+
+echo
+printf '%-44s %14s %14s %8s\n' "measurement" "cachelun" "tgtd" "ratio"
+printf '%s\n' "${ROWS[@]}"
+echo
+printf '%-44s %14s %14s %8s\n' "" "cached" "passthrough" "ratio"
+echo "$HOTROW"
+echo
+echo "(${DUR}s per iscsi-perf run; LUN $LUN_SIZE; hot set $HOT_SIZE; logs were in $OUT)"
+kill -0 $CPID 2>/dev/null || echo "WARNING: cachelun died during the run"

@@ -1,0 +1,209 @@
+package integration
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+)
+
+const (
+	toolTimeout = 60 * time.Second
+	gib         = int64(1) << 30
+	mib         = int64(1) << 20
+)
+
+// TestEmbeddedDefault starts the daemon exactly as the README's quick start
+// does (no --config) and checks the demo LUN with libiscsi's tools.
+func TestEmbeddedDefault(t *testing.T) {
+	needTools(t, "iscsi-ls", "iscsi-inq", "iscsi-readcapacity16", "qemu-io")
+	d := startDaemon(t, t.TempDir(), "")
+	url := d.url(0)
+	if want := "/iqn.2026-11.io.cachelun:demo/0"; !strings.HasSuffix(url, want) {
+		t.Fatalf("demo URL %q does not end in %q", url, want)
+	}
+
+	ls := mustRun(t, toolTimeout, "iscsi-ls", "-s", "iscsi://"+d.portal)
+	if !strings.Contains(ls, "iqn.2026-11.io.cachelun:demo") || !strings.Contains(ls, "Lun:0") {
+		t.Errorf("iscsi-ls does not show the demo target and LUN 0:\n%s", ls)
+	}
+	inq := mustRun(t, toolTimeout, "iscsi-inq", url)
+	if !strings.Contains(inq, "Vendor:CACHELUN") || !strings.Contains(inq, "DIRECT_ACCESS") {
+		t.Errorf("iscsi-inq:\n%s", inq)
+	}
+	rc := mustRun(t, toolTimeout, "iscsi-readcapacity16", url)
+	// the demo volume is 1 GiB of 512-byte blocks
+	if !strings.Contains(rc, "RETURNED LOGICAL BLOCK ADDRESS:2097151") || !strings.Contains(rc, "LOGICAL BLOCK LENGTH IN BYTES:512") {
+		t.Errorf("iscsi-readcapacity16:\n%s", rc)
+	}
+	qemuIO(t, url, "write -P 0x5a 0 1M", "read -P 0x5a 0 1M")
+	d.stop()
+}
+
+// qemuIO runs qemu-io commands against a URL; every command must succeed
+// (qemu-io exits 1 on a failed command or a pattern mismatch).
+func qemuIO(t *testing.T, url string, cmds ...string) string {
+	t.Helper()
+	args := []string{"-f", "raw"}
+	for _, c := range cmds {
+		args = append(args, "-c", c)
+	}
+	args = append(args, url)
+	out := mustRun(t, toolTimeout, "qemu-io", args...)
+	if strings.Contains(out, "failed") || strings.Contains(out, "Pattern verification") {
+		t.Fatalf("qemu-io %v:\n%s", cmds, out)
+	}
+	return out
+}
+
+// qemuIOFails runs one qemu-io command that must be refused.
+func qemuIOFails(t *testing.T, url, cmd string) string {
+	t.Helper()
+	r := runTool(t, toolTimeout, "qemu-io", "-f", "raw", "-c", cmd, url)
+	if r.timedOut {
+		t.Fatalf("qemu-io %q timed out:\n%s", cmd, r.out)
+	}
+	if r.exitCode == 0 && !strings.Contains(r.out, "failed") {
+		t.Fatalf("qemu-io %q succeeded, want it refused:\n%s", cmd, r.out)
+	}
+	return r.out
+}
+
+// The patterns written across a 1 GiB LUN and checked after restarts.
+type region struct {
+	off, n  int64
+	pattern byte
+}
+
+func (r region) write(fua bool) string {
+	f := ""
+	if fua {
+		f = "-f "
+	}
+	return fmt.Sprintf("write %s-P 0x%02x %d %d", f, r.pattern, r.off, r.n)
+}
+
+func (r region) read() string { return fmt.Sprintf("read -P 0x%02x %d %d", r.pattern, r.off, r.n) }
+
+var layout = struct {
+	start, middle, end, fua, zeroed, around region
+	unaligned, unalignedHead, unalignedTail region
+}{
+	start:  region{0, mib, 0xa1},
+	middle: region{gib/2 - 64*1024, 256 * 1024, 0xa2}, // crosses the 512 MiB mark
+	end:    region{gib - mib, mib, 0xa3},
+	fua:    region{8 * mib, 64 * 1024, 0xa4},
+	// write -z zeroes the first 16 KiB of the FUA region
+	zeroed: region{8 * mib, 16 * 1024, 0x00},
+	around: region{8*mib + 16*1024, 48 * 1024, 0xa4},
+	// byte-unaligned write inside a 4 KiB block: the initiator must
+	// read-modify-write; neighbouring bytes keep their data
+	unalignedHead: region{4 * mib, 100, 0xcd},
+	unaligned:     region{4*mib + 100, 1000, 0x11},
+	unalignedTail: region{4*mib + 1100, 4096 - 1100, 0xcd},
+}
+
+// writePatterns writes every region and checks each right away.
+func writePatterns(t *testing.T, url string) {
+	t.Helper()
+	l := layout
+	qemuIO(t, url,
+		l.start.write(false), l.middle.write(false), l.end.write(false),
+		l.start.read(), l.middle.read(), l.end.read(),
+		fmt.Sprintf("write -P 0xcd %d 4096", 4*mib), l.unaligned.write(false),
+		l.unalignedHead.read(), l.unaligned.read(), l.unalignedTail.read(),
+		l.fua.write(true), l.fua.read(),
+		"flush",
+		fmt.Sprintf("write -z %d %d", l.zeroed.off, l.zeroed.n),
+		l.zeroed.read(), l.around.read(),
+		"flush",
+	)
+	// requests past the end are refused and the target carries on
+	qemuIOFails(t, url, fmt.Sprintf("write -P 0x11 %d 4096", gib))
+	qemuIOFails(t, url, fmt.Sprintf("write -P 0x11 %d 1024", gib-512))
+	qemuIOFails(t, url, fmt.Sprintf("read %d 1024", gib-512))
+	qemuIO(t, url, l.end.read())
+}
+
+// checkPatterns reads every region written by writePatterns.
+func checkPatterns(t *testing.T, url string) {
+	t.Helper()
+	l := layout
+	qemuIO(t, url, l.start.read(), l.middle.read(), l.end.read(),
+		l.unalignedHead.read(), l.unaligned.read(), l.unalignedTail.read(),
+		l.zeroed.read(), l.around.read())
+}
+
+// TestDataAcrossModesAndRestarts writes data patterns across the LUN in
+// each cache mode, then checks them after a graceful restart (SIGTERM) and
+// after a crash (SIGKILL) of the daemon. Data acknowledged and flushed
+// before the SIGKILL must survive it.
+func TestDataAcrossModesAndRestarts(t *testing.T) {
+	needTools(t, "qemu-io", "iscsi-readcapacity16")
+	for _, mode := range []string{"writeback", "writethrough", "writearound"} {
+		t.Run(mode, func(t *testing.T) {
+			dir := t.TempDir()
+			d := startDaemon(t, dir, writeConfig(t, dir, configOptions{mode: mode}))
+			url := d.url(0)
+			if !strings.Contains(strings.Join(d.urls, " "), "iqn.2026-11.io.cachelun:test/0") {
+				t.Fatalf("urls %v", d.urls)
+			}
+			writePatterns(t, url)
+			d.alive()
+
+			d.stop()
+			d.restart()
+			checkPatterns(t, d.url(0))
+
+			// acknowledged and flushed, then the process dies
+			after := region{16 * mib, 2 * mib, 0xb1}
+			fuaOnly := region{32 * mib, 128 * 1024, 0xb2}
+			qemuIO(t, d.url(0), after.write(false), "flush", fuaOnly.write(true))
+			d.kill()
+			d.restart()
+			checkPatterns(t, d.url(0))
+			qemuIO(t, d.url(0), after.read(), fuaOnly.read())
+
+			// overwrite after the crash, then restart once more
+			over := region{16 * mib, 64 * 1024, 0xb3}
+			qemuIO(t, d.url(0), over.write(false), "flush")
+			d.stop()
+			d.restart()
+			qemuIO(t, d.url(0), over.read(),
+				region{16*mib + 64*1024, 2*mib - 64*1024, 0xb1}.read())
+			d.stop()
+		})
+	}
+}
+
+// TestSIGHUPDoesNotKill: reload is not implemented yet, but SIGHUP must not
+// take the daemon down.
+func TestSIGHUPDoesNotKill(t *testing.T) {
+	needTools(t, "qemu-io")
+	dir := t.TempDir()
+	d := startDaemon(t, dir, writeConfig(t, dir, configOptions{lunSize: "64MiB"}))
+	if err := d.cmd.Process.Signal(sighup); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	d.alive()
+	qemuIO(t, d.url(0), "write -P 0x33 0 64k", "read -P 0x33 0 64k")
+	d.stop()
+}
+
+// TestBadConfigRefused: a configuration error names file:line and the
+// daemon exits non-zero without creating anything.
+func TestBadConfigRefused(t *testing.T) {
+	dir := t.TempDir()
+	p := writeConfig(t, dir, configOptions{mode: "wrback"})
+	r := runTool(t, toolTimeout, binaryPath, "serve", "--config", p, "--data-dir", dir+"/data")
+	if r.exitCode == 0 || r.timedOut {
+		t.Fatalf("bad config accepted: %+v", r)
+	}
+	if !strings.Contains(r.out, p+":") || !strings.Contains(r.out, "volume[0].mode") {
+		t.Errorf("error does not name file:line and key:\n%s", r.out)
+	}
+	if entries, _ := readDirNames(dir + "/data"); len(entries) != 0 {
+		t.Errorf("data dir populated by a refused config: %v", entries)
+	}
+}

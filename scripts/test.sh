@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Runs every check CI runs: gofmt, go vet, the whole test suite with the race
+# detector (integration tests included), and every fuzz target for a few
+# seconds. Usage: bash scripts/test.sh   (FUZZTIME=10s to fuzz longer)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+FUZZTIME=${FUZZTIME:-5s}
+start=$(date +%s)
+step() { printf '\n==> %s (%ss)\n' "$*" $(( $(date +%s) - start )); }
+
+step "gofmt"
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './integration/tmp/*'))
+if [ -n "$unformatted" ]; then
+	echo "gofmt needed on:"; echo "$unformatted"; exit 1
+fi
+
+step "go vet"
+go vet ./...
+
+step "go test -race (integration included)"
+go test -race -timeout 45m ./...
+
+step "fuzz targets, ${FUZZTIME} each"
+# every `func FuzzX(f *testing.F)` in a _test.go file, by package directory
+grep -rl --include='*_test.go' '^func Fuzz[A-Za-z0-9_]*(f \*testing.F)' . | grep -v '/integration/tmp/' | sort | while read -r file; do
+	dir=$(dirname "$file")
+	for target in $(grep -o '^func Fuzz[A-Za-z0-9_]*' "$file" | sed 's/^func //'); do
+		echo "fuzz $dir $target"
+		go test "$dir" -run '^$' -fuzz "^${target}\$" -fuzztime "$FUZZTIME"
+	done
+done
+
+step "all checks passed"
