@@ -92,6 +92,10 @@ func runFormat(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		return 2
 	}
 	path := pos[0]
+	if segSize > 1<<30 || *blockSize > 1<<20 {
+		fmt.Fprintf(stderr, "cachelun format: segment size %d or block size %d too large\n", segSize, *blockSize)
+		return 2
+	}
 	_, statErr := os.Stat(path)
 	exists := statErr == nil
 	if !exists && size == 0 {
@@ -112,9 +116,6 @@ func runFormat(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	}
 	defer m.Close()
 	s, err := persist.Format(m, persist.FormatOptions{SegmentSize: uint32(segSize), BlockSize: uint32(*blockSize), DataCRC: *dataCRC, Force: *force})
-	if segSize > 1<<30 {
-		err = fmt.Errorf("%w: segment size %d too large", persist.ErrInvalidArgument, segSize)
-	}
 	if err != nil {
 		fmt.Fprintf(stderr, "cachelun format: %s: %v\n", path, err)
 		if errors.Is(err, persist.ErrHoldsDirtyData) {

@@ -1,0 +1,155 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/cachelun/cachelun/persist"
+)
+
+func run(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := dispatch(context.Background(), args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]int64{"256MiB": 256 << 20, "16GiB": 16 << 30, "4096": 4096, "1G": 1 << 30, "128KiB": 128 << 10, "2MB": 2e6, "1TiB": 1 << 40} {
+		if got, err := parseSize(in); err != nil || got != want {
+			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "0", "-5MiB", "12XB", "MiB", "99999999999TiB"} {
+		if _, err := parseSize(bad); err == nil {
+			t.Errorf("parseSize(%q) accepted", bad)
+		}
+	}
+}
+
+func TestFormatInspectCheck(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.cache")
+	code, out, errs := run(t, "format", "--size", "8MiB", "--segment-size", "256KiB", "--data-crc", path)
+	if code != 0 || !strings.Contains(out, "31 segments of 262144 bytes") {
+		t.Fatalf("format: %d %q %q", code, out, errs)
+	}
+	if st, _ := os.Stat(path); st.Size() != 8<<20 {
+		t.Fatalf("file size %d", st.Size())
+	}
+	code, out, errs = run(t, "inspect", path)
+	for _, want := range []string{"pwrite-fdatasync", "31 segments of 262144", "data crc true", "key tail:      segment 0 offset 0 LSN 1", "0 ksets"} {
+		if code != 0 || !strings.Contains(out, want) {
+			t.Fatalf("inspect (code %d) lacks %q:\n%s%s", code, want, out, errs)
+		}
+	}
+	code, out, _ = run(t, "inspect", "--json", path)
+	var rep persist.Report
+	if code != 0 || json.Unmarshal([]byte(out), &rep) != nil || rep.Superblock.SegmentCount != 31 || !rep.Superblock.DataCRC || rep.MediaKind != persist.DefaultFileKind {
+		t.Fatalf("inspect --json: %d %+v\n%s", code, rep, out)
+	}
+	if code, out, _ = run(t, "check", path); code != 0 || !strings.Contains(out, "clean") {
+		t.Fatalf("check: %d %q", code, out)
+	}
+	// Flags after the file name work too.
+	if code, _, _ = run(t, "inspect", path, "--json"); code != 0 {
+		t.Fatalf("inspect FILE --json: %d", code)
+	}
+}
+
+// writeDirty puts a few dirty keys into the cache file at path.
+func writeDirty(t *testing.T, path string, flags persist.KeyFlags) {
+	t.Helper()
+	m, err := persist.OpenFile(path, persist.FileOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	s, err := persist.Open(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := s.Replay(s.KeyTail())
+	for _, ok := r.Next(); ok; _, ok = r.Next() {
+	}
+	j := s.OpenJournal(r.Head(), func() (uint32, error) { return 2, nil })
+	if _, err := j.Commit([]persist.Key{{Volume: 1, Offset: 0, Length: 4096, Pos: persist.Pos{Seg: 1}, Gen: 1, Flags: flags}}, 0); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestFormatRefusesDirty(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "d.cache")
+	if code, _, errs := run(t, "format", "--size", "4MiB", "--segment-size", "128KiB", path); code != 0 {
+		t.Fatal(errs)
+	}
+	// Clean keys only: reformat allowed.
+	writeDirty(t, path, persist.KeyClean)
+	if code, _, errs := run(t, "format", "--segment-size", "128KiB", path); code != 0 {
+		t.Fatalf("reformat of a clean cache: %d %s", code, errs)
+	}
+	writeDirty(t, path, persist.KeyDirty)
+	before, _ := os.ReadFile(path)
+	code, _, errs := run(t, "format", "--size", "2MiB", path)
+	if code != 1 || !strings.Contains(errs, "dirty") {
+		t.Fatalf("format of a dirty cache: %d %q", code, errs)
+	}
+	after, _ := os.ReadFile(path)
+	if !bytes.Equal(before, after) {
+		t.Fatal("refused format changed the file")
+	}
+	code, out, _ := run(t, "inspect", path)
+	if code != 0 || !strings.Contains(out, "1 dirty") {
+		t.Fatalf("inspect: %d\n%s", code, out)
+	}
+	if code, _, errs = run(t, "format", "--force", "--size", "2MiB", "--segment-size", "128KiB", path); code != 0 {
+		t.Fatalf("forced format: %d %s", code, errs)
+	}
+}
+
+func TestCheckFindsProblems(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "p.cache")
+	if code, _, errs := run(t, "format", "--size", "4MiB", "--segment-size", "128KiB", "--data-crc", path); code != 0 {
+		t.Fatal(errs)
+	}
+	// A key whose data CRC does not match the data.
+	m, _ := persist.OpenFile(path, persist.FileOptions{})
+	s, err := persist.Open(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j := s.OpenJournal(s.KeyTail(), func() (uint32, error) { return 2, nil })
+	if _, err := j.Commit([]persist.Key{{Volume: 1, Length: 4096, Pos: persist.Pos{Seg: 1}, Gen: 1, Flags: persist.KeyDirty, DataCRC: 12345}}, 0); err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	code, out, _ := run(t, "check", path)
+	if code != 1 || !strings.Contains(out, "1 problems") || !strings.Contains(out, "key says 0x00003039") {
+		t.Fatalf("check: %d\n%s", code, out)
+	}
+	// Not a cachelun file: exit 1 with the reason; missing file: exit 2.
+	other := filepath.Join(dir, "other")
+	_ = os.WriteFile(other, bytes.Repeat([]byte{7}, 1<<20), 0o644)
+	if code, _, errs := run(t, "check", other); code != 1 || !strings.Contains(errs, "not a cachelun cache file") {
+		t.Fatalf("check of a foreign file: %d %q", code, errs)
+	}
+	if code, _, _ := run(t, "check", filepath.Join(dir, "missing")); code != 2 {
+		t.Fatalf("check of a missing file: %d", code)
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	for _, args := range [][]string{{}, {"nope"}, {"format"}, {"format", "--size", "12XB", "f"}, {"inspect"}, {"check", "a", "b"}, {"format", filepath.Join(t.TempDir(), "new")}} {
+		if code, _, _ := run(t, args...); code != 2 {
+			t.Errorf("%q: exit %d, want 2", args, code)
+		}
+	}
+	if code, _, errs := run(t, "format", "--size", "64KiB", filepath.Join(t.TempDir(), "small")); code != 2 || !strings.Contains(errs, "at least 2") {
+		t.Errorf("too small: %d %q", code, errs)
+	}
+}
