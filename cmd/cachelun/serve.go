@@ -60,7 +60,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 
-	d, err := startDaemon(ctx, cfg, log)
+	d, err := startDaemon(ctx, cfg, *listen, log)
 	if err != nil {
 		log.Error("start failed", "err", err)
 		return 1

@@ -42,14 +42,21 @@ type daemon struct {
 	serveCancel context.CancelFunc
 	serveWG     sync.WaitGroup
 	failCh      chan error
+
+	adminCancel context.CancelFunc
+	adminDone   chan struct{}
+	// listenOverride is the --listen address that replaced every target's
+	// portals ("" when none).
+	listenOverride string
 }
 
 type lunURL struct {
 	url, volume, mode string
 }
 
-func startDaemon(ctx context.Context, cfg *conf.Config, log *slog.Logger) (d *daemon, err error) {
-	d = &daemon{cfg: cfg, log: log, portalAddr: map[string]string{}, failCh: make(chan error, 1)}
+func startDaemon(ctx context.Context, cfg *conf.Config, listenOverride string, log *slog.Logger) (d *daemon, err error) {
+	d = &daemon{cfg: cfg, log: log, portalAddr: map[string]string{}, failCh: make(chan error, 1),
+		listenOverride: listenOverride}
 	defer func() {
 		if err != nil {
 			d.shutdown(context.Background())
@@ -142,6 +149,10 @@ func startDaemon(ctx context.Context, cfg *conf.Config, log *slog.Logger) (d *da
 		}
 	}
 
+	if err := d.startAdmin(); err != nil {
+		return d, err
+	}
+
 	serveCtx, cancel := context.WithCancel(context.Background())
 	d.serveCancel = cancel
 	for _, l := range d.listeners {
@@ -167,6 +178,7 @@ func (d *daemon) failed() <-chan error { return d.failCh }
 // daemon.
 func (d *daemon) shutdown(ctx context.Context) error {
 	var errs []error
+	d.stopAdmin()
 	if d.iscsi != nil {
 		if err := d.iscsi.Shutdown(ctx); err != nil {
 			d.log.Warn("iSCSI sessions did not all log out in time; dropped", "err", err)
