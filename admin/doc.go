@@ -44,6 +44,7 @@
 //	DELETE /v1/jobs/{id}                    cancel a job
 //	GET    /metrics                         Prometheus exposition (also on Config.MetricsListen)
 //	GET    /healthz                         {"ok": true}
+//	GET    /, /explain?volume=V&lba=N       read-only HTML status page (also on the metrics listener)
 //
 // # Security
 //
@@ -51,7 +52,8 @@
 // restricted, then renamed into place) in a directory created 0755 if
 // missing. A live socket at the path is never taken over (ErrSocketInUse);
 // a stale one is replaced. The TCP listener exists only with a token and
-// checks it in constant time. The metrics listener serves /metrics only.
+// checks it in constant time. The metrics listener serves only /metrics and
+// the read-only status page, which show the same figures.
 //
 // # CLI exit codes
 //

@@ -140,6 +140,8 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /v1/jobs/{id}", s.handleJob)
 	mux.HandleFunc("DELETE /v1/jobs/{id}", s.handleCancelJob)
 	mux.Handle("GET /metrics", s.metricsHandler())
+	mux.HandleFunc("GET /{$}", s.handlePage)
+	mux.HandleFunc("GET /explain", s.handlePage)
 	return jsonFallback(mux)
 }
 

@@ -5,6 +5,7 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
+	"html/template"
 	"io"
 	"log/slog"
 	"net"
@@ -80,6 +81,7 @@ type Server struct {
 	jobs    *jobManager
 	handler http.Handler
 	metrics *collector
+	page    *template.Template
 
 	explainSlots chan struct{} // bounds backend calls that may be outstanding past their budget
 
@@ -128,6 +130,7 @@ func NewServer(cfg Config) (*Server, error) {
 		ready:        make(chan struct{}),
 		baseCtx:      context.Background(),
 		addrs:        make(map[string]net.Addr),
+		page:         newPageTemplate(),
 	}
 	s.snaps = &snapshotter{
 		backend: cfg.Backend,
@@ -232,6 +235,8 @@ func (s *Server) Serve(ctx context.Context) error {
 		listeners = append(listeners, l)
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", s.metricsHandler())
+		mux.HandleFunc("GET /{$}", s.handlePage)
+		mux.HandleFunc("GET /explain", s.handlePage)
 		servers = append(servers, s.newHTTPServer(mux))
 		s.setAddr("metrics", l.Addr())
 	}

@@ -721,3 +721,37 @@ func BenchmarkStatusCall(b *testing.B) {
 		})
 	}
 }
+
+func TestStatusPage(t *testing.T) {
+	f := newFixture(t, func(c *admin.Config) { c.MetricsListen = "127.0.0.1:0" })
+	f.db1.SetExplanation(512*7, admin.Explanation{Offset: 512 * 7, State: "hit", Dirty: true, Segment: 4})
+	f.cache.SetStats(admin.CacheStats{Failed: true, FailureReason: "EIO <segment 4>"})
+	base := "http://" + f.srv.Addr("metrics").String()
+	get := func(path string) string {
+		t.Helper()
+		resp, err := http.Get(base + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 200 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/html") {
+			t.Fatalf("GET %s: %d %s", path, resp.StatusCode, resp.Header.Get("Content-Type"))
+		}
+		return string(body)
+	}
+	page := get("/")
+	for _, want := range []string{"<td class=\"l\">db1</td>", "writeback", "90.0%", "8.0 MiB", "FAILED EIO &lt;segment 4&gt;", "iqn.1993-08.org.debian:01:abc"} {
+		if !strings.Contains(page, want) {
+			t.Errorf("status page lacks %q", want)
+		}
+	}
+	page = get("/explain?volume=db1&lba=7")
+	if !strings.Contains(page, "LBA 7 (byte offset 3584): <b>hit</b>, dirty") {
+		t.Errorf("explain on the page: %s", page)
+	}
+	page = get("/explain?volume=db1&lba=-3")
+	if !strings.Contains(page, "bad LBA") {
+		t.Errorf("bad LBA not reported")
+	}
+}
