@@ -194,7 +194,10 @@ func (ti *testInitiator) scsiCmd(lun uint64, cdb []byte, read bool, edtl uint32,
 	ti.cmdSN++
 	h.putU32(offExpSN, ti.statSN)
 	copy(h[32:48], cdb)
-	if err := ti.writePDU(&h, data); err != nil {
+	if err := ti.pw.write(&h, data); err != nil {
+		ti.t.Fatal(err)
+	}
+	if err := ti.bw.Flush(); err != nil {
 		ti.t.Fatal(err)
 	}
 	return itt

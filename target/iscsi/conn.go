@@ -60,6 +60,8 @@ type conn struct {
 	loggedIn atomic.Bool // full-feature phase reached
 	closing  atomic.Bool // logout in progress or connection dropped
 	taskWG   sync.WaitGroup
+	workerWG sync.WaitGroup // task worker goroutines
+	work     chan *task     // hands a task to an idle worker
 	auxWG    sync.WaitGroup // TMF and logout goroutines
 
 	// Writer state: wmu guards queue and wclosed.
@@ -115,6 +117,7 @@ func (s *Server) newConn(nc net.Conn) *conn {
 		cancel:     cancel,
 		done:       make(chan struct{}),
 		ahead:      map[uint32]bool{},
+		work:       make(chan *task),
 		tasks:      map[uint32]*task{},
 		wake:       make(chan struct{}, 1),
 		writerDone: make(chan struct{}),
@@ -185,6 +188,7 @@ func (c *conn) teardown() {
 	c.abortAllTasks()
 	c.taskWG.Wait()
 	c.auxWG.Wait()
+	c.workerWG.Wait()
 	// Let the writer send what is queued (a Reject or Logout Response
 	// explains the close), but never wait long on a peer that does not read.
 	c.wmu.Lock()

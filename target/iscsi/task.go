@@ -7,6 +7,7 @@ import (
 	"runtime/debug"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/cachelun/cachelun/target/scsi"
 )
@@ -423,10 +424,36 @@ func (c *conn) launch(t *task) {
 		c.finish(t)
 		return
 	}
-	e := c.target.Load()
 	t.ctx, t.cancel = context.WithCancel(c.ctx)
-	go t.run(e.cfg.SCSI)
+	select {
+	case c.work <- t:
+	default:
+		c.workerWG.Add(1)
+		go c.worker(t)
+	}
 }
+
+// worker runs tasks until the connection ends or it has been idle for a
+// while. Reusing goroutines keeps their grown stacks, which a goroutine
+// per command would have to grow again each time.
+func (c *conn) worker(t *task) {
+	defer c.workerWG.Done()
+	idle := time.NewTimer(workerIdle)
+	defer idle.Stop()
+	for {
+		t.run(c.target.Load().cfg.SCSI)
+		idle.Reset(workerIdle)
+		select {
+		case t = <-c.work:
+		case <-idle.C:
+			return
+		case <-c.ctx.Done():
+			return
+		}
+	}
+}
+
+const workerIdle = 2 * time.Second
 
 func (t *task) run(st SCSITarget) {
 	defer func() {
