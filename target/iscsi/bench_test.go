@@ -42,6 +42,6 @@ func benchReads(b *testing.B, qd int, blocks uint16) {
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "IOPS")
 }
 
-func BenchmarkRead4KQD1(b *testing.B)    { benchReads(b, 1, 8) }
-func BenchmarkRead4KQD32(b *testing.B)   { benchReads(b, 32, 8) }
+func BenchmarkRead4KQD1(b *testing.B)   { benchReads(b, 1, 8) }
+func BenchmarkRead4KQD32(b *testing.B)  { benchReads(b, 32, 8) }
 func BenchmarkRead256KQD8(b *testing.B) { benchReads(b, 8, 512) }

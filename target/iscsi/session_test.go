@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -558,4 +559,120 @@ func TestMaxSessions(t *testing.T) {
 	if err := b.tryLogin(env.iqn); err == nil || !strings.Contains(err.Error(), "0x0302") {
 		t.Fatalf("second session beyond MaxSessions: %v", err)
 	}
+}
+
+// TestContinuedLoginText splits the security keys over two Login PDUs
+// with the C bit.
+func TestContinuedLoginText(t *testing.T) {
+	env := startServer(t, Config{}, nil)
+	ti := dialInitiator(t, env.addr)
+	var h bhs
+	h[0] = 0x40 | opLoginReq
+	h[1] = 0x40 // C, CSG=0
+	h.putU32(16, ti.nextITT())
+	h.putU64LUN(ti.isid << 16)
+	if err := ti.writePDU(&h, []byte("InitiatorName="+ti.name+"\x00Target")); err != nil {
+		t.Fatal(err)
+	}
+	r, data, err := ti.readPDU()
+	if err != nil || r.opcode() != opLoginResp || len(data) != 0 || loginStatus(r) != 0 {
+		t.Fatalf("continuation ack: %#x %q %v", r.opcode(), data, err)
+	}
+	rsp, m, err := ti.loginPDU(0, 1, true, []byte("Name="+env.iqn+"\x00AuthMethod=None\x00"))
+	if err != nil || loginStatus(rsp) != 0 || m["AuthMethod"] != "None" || m["TargetPortalGroupTag"] != "1" {
+		t.Fatalf("login: %v %#04x %v", err, loginStatus(rsp), m)
+	}
+	rsp, m, err = ti.loginPDU(1, 3, true, kvText("MaxConnections", "4"))
+	if err != nil || loginStatus(rsp) != 0 || m["MaxConnections"] != "1" || m["MaxRecvDataSegmentLength"] == "" {
+		t.Fatalf("operational: %v %v", err, m)
+	}
+}
+
+// TestSendTargetsInNormalSessionAndContinuation: SendTargets= (empty) in a
+// normal session names its own target; a long answer comes in pieces.
+func TestSendTargetsInNormalSessionAndContinuation(t *testing.T) {
+	env := startServer(t, Config{}, nil)
+	for i := range 300 {
+		name := fmt.Sprintf("iqn.2026-11.test.cachelun:many-%03d", i)
+		if err := env.srv.AddTarget(TargetConfig{Name: name, SCSI: env.dev}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ti := dialInitiator(t, env.addr)
+	ti.login(env.iqn, "MaxRecvDataSegmentLength", "512")
+	text := func(ttt uint32, body []byte) (bhs, []byte) {
+		var h bhs
+		h[0] = 0x40 | opTextReq
+		h[1] = 0x80
+		h.putU32(16, ti.nextITT())
+		h.putU32(offTTT, ttt)
+		h.putU32(offCmdSN, ti.cmdSN)
+		if err := ti.writePDU(&h, body); err != nil {
+			t.Fatal(err)
+		}
+		r, data, err := ti.readPDU()
+		if err != nil || r.opcode() != opTextResp {
+			t.Fatalf("text response %#x %v", r.opcode(), err)
+		}
+		return r, data
+	}
+	r, data := text(reservedTag, kvText("SendTargets", ""))
+	if r[1]&0x80 == 0 || string(data) != "TargetName="+env.iqn+"\x00TargetAddress="+env.addr+",1\x00" {
+		t.Fatalf("SendTargets=: flags %#x %q", r[1], data)
+	}
+	var all []byte
+	r, data = text(reservedTag, kvText("SendTargets", "All"))
+	all = append(all, data...)
+	pieces := 1
+	for r[1]&0x80 == 0 {
+		if len(data) > 512 || r[1]&0x40 == 0 {
+			t.Fatalf("piece of %d bytes, flags %#x", len(data), r[1])
+		}
+		r, data = text(r.u32(offTTT), nil)
+		all = append(all, data...)
+		pieces++
+	}
+	kvs, err := parseText(all)
+	if err == nil {
+		t.Fatal("duplicate TargetName keys parsed as unique")
+	}
+	if n := bytes.Count(all, []byte("TargetName=")); n != 301 || pieces < 10 {
+		t.Fatalf("%d targets in %d pieces (%d kvs)", n, pieces, len(kvs))
+	}
+}
+
+// TestClearTaskSetAndColdReset: task management reaches other sessions of
+// the target; a cold reset drops every connection after answering.
+func TestClearTaskSetAndColdReset(t *testing.T) {
+	env := startServer(t, Config{}, nil)
+	a := dialInitiator(t, env.addr)
+	a.login(env.iqn)
+	b := dialInitiator(t, env.addr)
+	b.name = "iqn.2026-11.test:other"
+	b.login(env.iqn)
+	entered := make(chan struct{}, 1)
+	env.vol.SetGate(func(ctx context.Context, off int64) error {
+		entered <- struct{}{}
+		<-ctx.Done()
+		return ctx.Err()
+	})
+	b.scsiCmd(0, read10(0, 1), true, 512, nil, true)
+	<-entered
+	itt := tmfRequest(a, tmfClearTaskSet, 0, reservedTag, 0, true)
+	h, _, err := a.readPDU()
+	if err != nil || h.itt() != itt || h[2] != tmfRespComplete {
+		t.Fatalf("CLEAR TASK SET: %v %d", err, h[2])
+	}
+	if env.vol.Running.Load() != 0 {
+		t.Fatal("other session's task survived CLEAR TASK SET")
+	}
+	env.vol.SetGate(nil)
+	itt = tmfRequest(a, tmfTargetCold, 0, reservedTag, 0, true)
+	h, _, err = a.readPDU()
+	if err != nil || h.itt() != itt || h[2] != tmfRespComplete {
+		t.Fatalf("TARGET COLD RESET: %v %d", err, h[2])
+	}
+	drain(t, a)
+	drain(t, b)
+	waitFor(t, func() bool { return len(env.srv.Sessions()) == 0 })
 }

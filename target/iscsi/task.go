@@ -159,6 +159,9 @@ func (c *conn) handleSCSICommand(h *pduHeader) error {
 		if err := c.pr.readData(h, nil); err != nil {
 			return err
 		}
+		// The rejected command still uses up its CmdSN, or every later
+		// command would wait for it forever.
+		c.acceptCmdSN(b.u32(offCmdSN), b.immediate())
 		if dup {
 			c.reject(h, rejectTaskInProgress)
 		} else {
