@@ -37,6 +37,7 @@ var (
 	ErrSocketInUse = errors.New("admin: socket is in use by a running process")
 	ErrNotSocket   = errors.New("admin: socket path exists and is not a socket")
 	ErrShutdown    = errors.New("admin: goroutines did not stop within the shutdown timeout")
+	ErrServed      = errors.New("admin: Serve called more than once")
 )
 
 // Config configures a Server.
@@ -88,6 +89,7 @@ type Server struct {
 	ready chan struct{}
 
 	mu      sync.Mutex
+	served  bool
 	closing bool
 	wg      sync.WaitGroup
 	baseCtx context.Context
@@ -189,10 +191,16 @@ func (s *Server) jobContext() context.Context {
 // accepting, cancels running jobs and waits (at most ShutdownTimeout) for
 // requests, jobs and backend reads to finish, removes the socket and
 // returns. A listener that cannot be bound is an error returned at once.
+// Serve may be called once.
 func (s *Server) Serve(ctx context.Context) error {
 	jobCtx, cancelJobs := context.WithCancel(ctx)
 	defer cancelJobs()
 	s.mu.Lock()
+	if s.served {
+		s.mu.Unlock()
+		return ErrServed
+	}
+	s.served = true
 	s.baseCtx = jobCtx
 	s.mu.Unlock()
 

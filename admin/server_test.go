@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -607,8 +608,13 @@ func TestShutdownCancelsJobs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_ = j
 	f.stop(t)
+	if got, ok := jobStateAfterShutdown(f, j.ID); !ok || got != admin.JobCancelled {
+		t.Errorf("drain job ended %q (found %v), want cancelled", got, ok)
+	}
+	if err := f.srv.Serve(context.Background()); !errors.Is(err, admin.ErrServed) {
+		t.Errorf("second Serve: %v, want ErrServed", err)
+	}
 	if n := f.db1.Running.Load(); n != 0 {
 		t.Errorf("%d engine calls still running after Serve returned", n)
 	}
@@ -754,4 +760,16 @@ func TestStatusPage(t *testing.T) {
 	if !strings.Contains(page, "bad LBA") {
 		t.Errorf("bad LBA not reported")
 	}
+}
+
+// jobStateAfterShutdown reads a job's state through the handler, which
+// keeps working after Serve has returned.
+func jobStateAfterShutdown(f *fixture, id string) (admin.JobState, bool) {
+	rec := httptest.NewRecorder()
+	f.srv.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/v1/jobs/"+id, nil))
+	var jr admin.JobResponse
+	if rec.Code != 200 || json.Unmarshal(rec.Body.Bytes(), &jr) != nil {
+		return "", false
+	}
+	return jr.Job.State, true
 }
