@@ -272,14 +272,15 @@ func (w *crashWorkload) verify() {
 }
 
 func TestCrashEveryPersistPoint(t *testing.T) {
-	ops := 500
-	if testing.Short() {
-		ops = 150
+	ops, variants := 500, 3
+	if testing.Short() || raceEnabled {
+		ops, variants = 250, 1
 	}
 	total := 0
 	for _, unit := range []TearUnit{TearDAX, TearPage} {
 		t.Run(fmt.Sprintf("unit%d", unit), func(t *testing.T) {
 			w := newCrashWorkload(t, unit, uint64(unit))
+			w.variants = variants
 			w.run(ops)
 			w.m.SetPersistHook(nil)
 			w.verify()

@@ -2,8 +2,8 @@ package persist
 
 import (
 	"fmt"
+	"math/bits"
 	"math/rand/v2"
-	"slices"
 	"sync"
 )
 
@@ -32,10 +32,10 @@ type CrashMedia struct {
 
 	mu struct {
 		sync.Mutex
-		cur     []byte         // what reads see
-		durable []byte         // what survives any crash now; nil: equal to cur (fresh image)
-		dirty   map[int64]bool // tear units written since they were last persisted
-		log     []crashOp      // history, for images of earlier points
+		cur     []byte    // what reads see
+		durable []byte    // what survives any crash now; nil: equal to cur (fresh image)
+		dirty   unitSet   // tear units written since they were last persisted
+		log     []crashOp // history, for images of earlier points
 		points  int
 		hook    func(point int)
 		failIn  int // calls left before failing; <0 = off
@@ -59,7 +59,7 @@ func NewCrashMedia(size int64, unit TearUnit) *CrashMedia {
 	m := &CrashMedia{size: size, unit: int64(unit)}
 	m.mu.cur = make([]byte, size)
 	m.mu.durable = make([]byte, size)
-	m.mu.dirty = make(map[int64]bool)
+	m.mu.dirty = newUnitSet(size, int64(unit))
 	m.mu.failIn = -1
 	return m
 }
@@ -113,9 +113,7 @@ func (m *CrashMedia) WriteAt(p []byte, off int64) error {
 		}
 	}
 	copy(m.mu.cur[off:], p)
-	for u := off / m.unit; u*m.unit < off+int64(len(p)); u++ {
-		m.mu.dirty[u] = true
-	}
+	m.mu.dirty.setRange(off/m.unit, (off+int64(len(p))+m.unit-1)/m.unit)
 	m.mu.log = append(m.mu.log, crashOp{off: off, data: append([]byte(nil), p...)})
 	return nil
 }
@@ -139,10 +137,10 @@ func (m *CrashMedia) Persist(off, n int64) error {
 	}
 	lo, hi := m.persistSpan(off, n)
 	for u := lo / m.unit; u*m.unit < hi; u++ {
-		if m.mu.dirty[u] {
+		if m.mu.dirty.has(u) {
 			s, e := u*m.unit, min((u+1)*m.unit, m.size)
 			copy(m.mu.durable[s:e], m.mu.cur[s:e])
-			delete(m.mu.dirty, u)
+			m.mu.dirty.clear(u)
 		}
 	}
 	m.mu.log = append(m.mu.log, crashOp{persist: true, off: off, n: n})
@@ -198,10 +196,10 @@ func (m *CrashMedia) CrashImage(point int, rng *rand.Rand) *CrashMedia {
 		panic(fmt.Sprintf("persist: CrashImage(%d) with %d persist points", point, m.mu.points))
 	}
 	img := &CrashMedia{size: m.size, unit: m.unit}
-	img.mu.dirty = make(map[int64]bool)
+	img.mu.dirty = newUnitSet(m.size, m.unit)
 	img.mu.failIn = -1
 	var cur []byte
-	var dirty map[int64]bool
+	var dirty unitSet
 	if point == m.mu.points {
 		img.mu.cur = m.durableLocked()
 		cur, dirty = m.mu.cur, m.mu.dirty
@@ -213,7 +211,7 @@ func (m *CrashMedia) CrashImage(point int, rng *rand.Rand) *CrashMedia {
 			copy(img.mu.cur, m.base)
 			copy(cur, m.base)
 		}
-		dirty = make(map[int64]bool)
+		dirty = newUnitSet(m.size, m.unit)
 		seen := 0
 		for _, op := range m.mu.log {
 			if op.persist {
@@ -223,27 +221,20 @@ func (m *CrashMedia) CrashImage(point int, rng *rand.Rand) *CrashMedia {
 				seen++
 				lo, hi := m.persistSpan(op.off, op.n)
 				for u := lo / m.unit; u*m.unit < hi; u++ {
-					if dirty[u] {
+					if dirty.has(u) {
 						s, e := u*m.unit, min((u+1)*m.unit, m.size)
 						copy(img.mu.cur[s:e], cur[s:e])
-						delete(dirty, u)
+						dirty.clear(u)
 					}
 				}
 				continue
 			}
 			copy(cur[op.off:], op.data)
-			for u := op.off / m.unit; u*m.unit < op.off+int64(len(op.data)); u++ {
-				dirty[u] = true
-			}
+			dirty.setRange(op.off/m.unit, (op.off+int64(len(op.data))+m.unit-1)/m.unit)
 		}
 	}
 	if rng != nil {
-		units := make([]int64, 0, len(dirty))
-		for u := range dirty {
-			units = append(units, u)
-		}
-		slices.Sort(units) // deterministic for a given rng seed
-		for _, u := range units {
+		for _, u := range dirty.members() { // ascending: deterministic for a given rng
 			if rng.IntN(2) == 0 {
 				s, e := u*m.unit, min((u+1)*m.unit, m.size)
 				copy(img.mu.cur[s:e], cur[s:e])
@@ -278,7 +269,33 @@ func NewCrashMediaFrom(b []byte, unit TearUnit) *CrashMedia {
 		m.unit = int64(TearDAX)
 	}
 	m.mu.cur = append([]byte(nil), b...)
-	m.mu.dirty = make(map[int64]bool)
+	m.mu.dirty = newUnitSet(m.size, m.unit)
 	m.mu.failIn = -1
 	return m
+}
+
+// unitSet is a bitmap of tear units.
+type unitSet []uint64
+
+func newUnitSet(size, unit int64) unitSet { return make(unitSet, ((size+unit-1)/unit+63)/64) }
+
+func (u unitSet) has(i int64) bool { return u[i>>6]&(1<<(i&63)) != 0 }
+func (u unitSet) clear(i int64)    { u[i>>6] &^= 1 << (i & 63) }
+
+func (u unitSet) setRange(lo, hi int64) {
+	for i := lo; i < hi; i++ {
+		u[i>>6] |= 1 << (i & 63)
+	}
+}
+
+func (u unitSet) members() []int64 {
+	var out []int64
+	for w, bitsw := range u {
+		for bitsw != 0 {
+			b := bits.TrailingZeros64(bitsw)
+			out = append(out, int64(w)*64+int64(b))
+			bitsw &^= 1 << b
+		}
+	}
+	return out
 }

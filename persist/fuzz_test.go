@@ -6,7 +6,9 @@ import (
 	"testing"
 )
 
-func fuzzLimits() keyLimits { return keyLimits{segCount: 8, dataSize: testSeg - segHeaderSize, dataCRC: true} }
+func fuzzLimits() keyLimits {
+	return keyLimits{segCount: 8, dataSize: testSeg - segHeaderSize, dataCRC: true}
+}
 
 func FuzzSuperblock(f *testing.F) {
 	sb := Superblock{Version: 1, UUID: [16]byte{1, 2, 3}, BlockSize: 4096, SegmentSize: testSeg, SegmentCount: 4, MediaSize: SegmentsOffset + 4*testSeg}

@@ -21,9 +21,13 @@ func recordCases() []recordCase {
 	return []recordCase{
 		{"cache info", func(s *Store, i int) error { return s.SetInfo(CacheInfo{GCPercent: uint8(10 + i), Flags: uint32(i)}) },
 			func(s *Store) (any, error) { return s.Info(), nil }, func(s *Store) [2]int64 { return s.info.offs }},
-		{"key tail", func(s *Store, i int) error { return s.SetKeyTail(Tail{Pos: Pos{Seg: 1, Off: uint32(8 * i)}, LSN: uint64(100 + i)}) },
+		{"key tail", func(s *Store, i int) error {
+			return s.SetKeyTail(Tail{Pos: Pos{Seg: 1, Off: uint32(8 * i)}, LSN: uint64(100 + i)})
+		},
 			func(s *Store) (any, error) { return s.KeyTail(), nil }, func(s *Store) [2]int64 { return s.keyTail.offs }},
-		{"dirty tail", func(s *Store, i int) error { return s.SetDirtyTail(Tail{Pos: Pos{Seg: 2, Off: uint32(16 * i)}, LSN: uint64(7 + i)}) },
+		{"dirty tail", func(s *Store, i int) error {
+			return s.SetDirtyTail(Tail{Pos: Pos{Seg: 2, Off: uint32(16 * i)}, LSN: uint64(7 + i)})
+		},
 			func(s *Store) (any, error) { return s.DirtyTail(), nil }, func(s *Store) [2]int64 { return s.dirtyTail.offs }},
 		{"volume table", func(s *Store, i int) error {
 			return s.SetVolumes([]VolumeRecord{{ID: 1, Name: fmt.Sprintf("vol-%d", i), Size: uint64(i) << 20}, {ID: 9, Name: strings.Repeat("x", i%64), Size: 4096}})
@@ -101,9 +105,14 @@ func TestTornRecordUpdates(t *testing.T) {
 				}
 				full := w.data
 				checked := 0
+				img := NewCrashMediaFrom(base, TearDAX)
+				orig := base[w.off : w.off+int64(len(full))]
 				for i := 0; i <= len(full); i++ {
 					for _, suffix := range []bool{false, true} {
-						img := NewCrashMediaFrom(base, TearDAX)
+						// Restore the slot, then tear the update into it.
+						if err := img.WriteAt(orig, w.off); err != nil {
+							t.Fatal(err)
+						}
 						part, at := full[:i], w.off
 						if suffix {
 							part, at = full[i:], w.off+int64(i)
