@@ -104,14 +104,24 @@ func TestResiduals(t *testing.T) {
 			t.Fatalf("TransferLen %d data %d", r.TransferLen, len(r.Data))
 		}
 	})
-	t.Run("write overflow writes nothing", func(t *testing.T) {
+	t.Run("write overflow in a block writes nothing", func(t *testing.T) {
 		before := f.readBack(0, 2)
-		r := f.exec(nexusA, cdb10(0x2a, 0, 0, 2), pattern(testBS, 0x55), 0)
+		r := f.exec(nexusA, cdb10(0x2a, 0, 0, 2), pattern(testBS+200, 0x55), 0)
 		f.sense(r, SenseIllegalRequest, ASCInvalidFieldInCmdIU)
 		if r.TransferLen != 2*testBS {
 			t.Fatalf("TransferLen %d", r.TransferLen)
 		}
 		f.mustEqual(f.readBack(0, 2), before)
+	})
+	t.Run("write overflow writes the whole blocks sent", func(t *testing.T) {
+		before := f.readBack(0, 2)
+		r := f.exec(nexusA, cdb10(0x2a, 0, 0, 2), pattern(testBS, 0x66), 0)
+		f.good(r)
+		if r.TransferLen != 2*testBS {
+			t.Fatalf("TransferLen %d", r.TransferLen)
+		}
+		f.mustEqual(f.readBack(0, 1), pattern(testBS, 0x66))
+		f.mustEqual(f.readBack(1, 1), before[testBS:])
 	})
 	t.Run("write underflow writes only the CDB range", func(t *testing.T) {
 		r := f.exec(nexusA, cdb10(0x2a, 0, 0, 1), pattern(2*testBS, 0x77), 0)

@@ -187,7 +187,7 @@ func newLU(t *Target, lun uint64, cfg LUConfig) (*LU, error) {
 	}
 	lu.maxXferBlocks = uint32(maxTransferBytes >> lu.blockShift)
 	lu.optimalXferBlocks = uint32(optimalTransferBytes >> lu.blockShift)
-	lu.maxWriteSameBlks = uint64(maxWriteSameBytes >> lu.blockShift)
+	lu.maxWriteSameBlks = min(uint64(maxWriteSameBytes>>lu.blockShift), maxWriteSameBlocks)
 	lu.maxUnmapBlocks = uint32(min(maxUnmapBytes>>lu.blockShift, maxUnmapBlocks))
 	lu.maxUnmapDescs = maxUnmapDescriptors
 	lu.maxCAWBlocks = maxCompareAndWriteBlocks
@@ -206,9 +206,13 @@ func newLU(t *Target, lun uint64, cfg LUConfig) (*LU, error) {
 // Limits advertised in VPD B0h. Transfers are bounded so a transport never
 // has to hold more than maxTransferBytes for one command.
 const (
-	maxTransferBytes         = 8 << 20
-	optimalTransferBytes     = 1 << 20
-	maxWriteSameBytes        = 1 << 30
+	maxTransferBytes     = 8 << 20
+	optimalTransferBytes = 1 << 20
+	// A WRITE SAME that writes data goes through the cache like any
+	// write; bounding it keeps one command well inside an initiator's
+	// command timeout even on a slow backing device.
+	maxWriteSameBytes        = 32 << 20
+	maxWriteSameBlocks       = 0xffff
 	maxUnmapBytes            = 1 << 30
 	maxUnmapBlocks           = 1 << 20 // libiscsi and sd treat more as insane
 	maxUnmapDescriptors      = 256

@@ -129,9 +129,19 @@ func cmdWrite(tk *task) error {
 	if total == 0 {
 		return nil
 	}
-	data, err := tk.dataOut(total)
-	if err != nil {
-		return err
+	data := tk.cmd.DataOut
+	if uint64(len(data)) >= total {
+		data = data[:total]
+	} else if uint64(len(data))%bs != 0 {
+		// Residual overflow ending inside a block: a partial block
+		// cannot be written, so nothing is (FCP-4 9.4.2 option b).
+		return newSense(SenseIllegalRequest, ASCInvalidFieldInCmdIU)
+	}
+	// Otherwise, with residual overflow, only the whole blocks the
+	// initiator sent are written (option a); the transport reports the
+	// overflow from TransferLen.
+	if len(data) == 0 {
+		return nil
 	}
 	fua := lu.writeFUA(r)
 	if isWriteAndVerify(tk.cdb[0]) {
@@ -368,6 +378,10 @@ func cmdWriteSame(tk *task) error {
 		return errCDBField(1, 2)
 	}
 	unmap := f&0x08 != 0
+	if unmap && !lu.thin {
+		// LBPWS/LBPWS10 are zero on a fully provisioned unit.
+		return errCDBField(1, 3)
+	}
 	ndob := tk.cdb[0] == 0x93 && f&0x01 != 0
 	if r.blocks == 0 { // WSNZ=1
 		if err := lu.checkRange(r.lba, 0); err != nil {
@@ -441,6 +455,11 @@ func cmdCompareAndWrite(tk *task) error {
 	n := uint64(r.blocks) * bs
 	tk.xfer = uint32(2 * n)
 	if n == 0 {
+		// Zero blocks is a no-op (SBC-3 5.2), but Data-Out attached to it
+		// means the initiator meant a count the 8-bit field cannot hold.
+		if len(tk.cmd.DataOut) != 0 {
+			return errCDBField(13, -1)
+		}
 		return nil
 	}
 	if uint64(len(tk.cmd.DataOut)) != 2*n {
