@@ -302,3 +302,35 @@ func TestExplainAndSessions(t *testing.T) {
 		t.Errorf("cache list: exit %d, %q", code, out)
 	}
 }
+
+func TestTCPWithTokenFromEnvironment(t *testing.T) {
+	b := admintest.NewBackend([]*admintest.Volume{admintest.NewVolume("db1", "c", 1<<20, 512)}, nil)
+	srv, err := admin.NewServer(admin.Config{Backend: b, SocketPath: filepath.Join(t.TempDir(), "s"),
+		TCPListen: "127.0.0.1:0", Token: "tok-123"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	defer func() { cancel(); <-done }()
+	<-srv.Ready()
+	addr := srv.Addr("tcp").String()
+
+	t.Setenv(cli.EnvToken, "tok-123")
+	code, out, errOut := runCtx(context.Background(), cli.Volume, "list", "--addr", addr)
+	if code != cli.ExitOK || !strings.Contains(out, "db1") {
+		t.Errorf("with token: exit %d, %q %q", code, out, errOut)
+	}
+	t.Setenv(cli.EnvToken, "wrong")
+	code, _, errOut = runCtx(context.Background(), cli.Volume, "list", "--addr", addr)
+	if code != cli.ExitFailed || !strings.Contains(errOut, "bearer token") {
+		t.Errorf("with a wrong token: exit %d, %q", code, errOut)
+	}
+	// The socket flag's default comes from the environment.
+	t.Setenv(cli.EnvSocket, filepath.Join(t.TempDir(), "nothing.sock"))
+	code, _, errOut = runCtx(context.Background(), cli.Status)
+	if code != cli.ExitUnreachable || !strings.Contains(errOut, "nothing.sock") {
+		t.Errorf("socket from environment: exit %d, %q", code, errOut)
+	}
+}
