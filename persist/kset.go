@@ -87,19 +87,30 @@ type keyLimits struct {
 
 // decodeKey decodes and bounds-checks one 40-byte key image.
 func decodeKey(b []byte, lim keyLimits) (Key, error) {
-	k := Key{
-		Offset:  binary.LittleEndian.Uint64(b[0:]),
-		Volume:  binary.LittleEndian.Uint32(b[8:]),
-		Length:  binary.LittleEndian.Uint32(b[12:]),
-		Pos:     Pos{Seg: binary.LittleEndian.Uint32(b[16:]), Off: binary.LittleEndian.Uint32(b[20:])},
-		Gen:     binary.LittleEndian.Uint64(b[24:]),
-		DataCRC: binary.LittleEndian.Uint32(b[32:]),
-		Flags:   KeyFlags(b[36]),
-	}
+	var k Key
+	err := decodeKeyInto(&k, b, lim)
+	return k, err
+}
+
+// decodeKeyInto is decodeKey writing into k (replay's hot loop).
+func decodeKeyInto(k *Key, b []byte, lim keyLimits) error {
+	b = b[:keySize]
+	k.Offset = binary.LittleEndian.Uint64(b[0:])
+	k.Volume = binary.LittleEndian.Uint32(b[8:])
+	k.Length = binary.LittleEndian.Uint32(b[12:])
+	k.Pos = Pos{Seg: binary.LittleEndian.Uint32(b[16:]), Off: binary.LittleEndian.Uint32(b[20:])}
+	k.Gen = binary.LittleEndian.Uint64(b[24:])
+	k.DataCRC = binary.LittleEndian.Uint32(b[32:])
+	k.Flags = KeyFlags(b[36])
 	if b[37]|b[38]|b[39] != 0 {
-		return k, fmt.Errorf("reserved bytes %x", b[37:40])
+		return fmt.Errorf("reserved bytes %x", b[37:40])
 	}
-	return k, validateKey(&k, lim)
+	// Fast path for the common valid data key; validateKey explains failures.
+	if (k.Flags == KeyDirty || k.Flags == KeyClean) && k.Length != 0 && k.Offset+uint64(k.Length) >= k.Offset &&
+		k.Pos.Seg < lim.segCount && k.Length <= lim.dataSize && k.Pos.Off <= lim.dataSize-k.Length && (lim.dataCRC || k.DataCRC == 0) {
+		return nil
+	}
+	return validateKey(k, lim)
 }
 
 // validateKey checks every field of k against the store's bounds; Commit

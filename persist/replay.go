@@ -91,11 +91,9 @@ func (r *Replayer) Next() (KSet, bool) {
 		}
 		keys := make([]Key, h.keyCount)
 		for i := range keys {
-			k, kerr := decodeKey(b[ksetHeaderSize+i*keySize:], s.lim)
-			if kerr != nil {
+			if kerr := decodeKeyInto(&keys[i], b[ksetHeaderSize+i*keySize:], s.lim); kerr != nil {
 				return r.fail(ErrBounds, "key %d: %v", i, kerr)
 			}
-			keys[i] = k
 		}
 		ks := KSet{LSN: h.lsn, Epoch: h.epoch, Pos: r.pos, Keys: keys}
 		r.pos.Off += size
