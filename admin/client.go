@@ -62,9 +62,17 @@ func NewTCPClient(addr, token string) *Client {
 		base: "http://" + addr, token: token, timeout: DefaultClientTimeout}
 }
 
+// WithTimeout returns a copy of the client whose calls each give up after
+// d (DefaultClientTimeout by default) with ErrUnreachable.
+func (c *Client) WithTimeout(d time.Duration) *Client {
+	cp := *c
+	cp.timeout = d
+	return &cp
+}
+
 // do sends a request and decodes a 2xx answer into out.
-func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+func (c *Client) do(parent context.Context, method, path string, body, out any) error {
+	ctx, cancel := context.WithTimeout(parent, c.timeout)
 	defer cancel()
 	var rd io.Reader
 	if body != nil {
@@ -86,8 +94,8 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		if parent := context.Cause(ctx); errors.Is(parent, context.Canceled) {
-			return parent
+		if parent.Err() != nil {
+			return parent.Err() // the caller gave up, not the daemon
 		}
 		return fmt.Errorf("%w: %w", ErrUnreachable, err)
 	}

@@ -62,7 +62,7 @@
 //	0  success
 //	1  the operation failed (the daemon refused it, or the job failed or was cancelled)
 //	2  usage error (unknown verb or flag, missing or malformed argument)
-//	3  the daemon is unreachable (no socket, connection refused, permission denied, timeout)
+//	3  the daemon is unreachable (no socket, connection refused, permission denied, no answer in --timeout)
 //
 // # Concurrency
 //

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -332,5 +333,42 @@ func TestTCPWithTokenFromEnvironment(t *testing.T) {
 	code, _, errOut = runCtx(context.Background(), cli.Status)
 	if code != cli.ExitUnreachable || !strings.Contains(errOut, "nothing.sock") {
 		t.Errorf("socket from environment: exit %d, %q", code, errOut)
+	}
+}
+
+// TestHungDaemonIsUnreachable: a daemon that accepts the connection but
+// never answers makes the CLI give up with exit code 3, not hang.
+func TestHungDaemonIsUnreachable(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "hung.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	var conns []net.Conn
+	var mu sync.Mutex
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c) // accepted, never answered
+			mu.Unlock()
+		}
+	}()
+	defer func() {
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+	}()
+	start := time.Now()
+	code, _, errOut := runCtx(context.Background(), cli.Status, "--socket", sock, "--timeout", "200ms")
+	t.Logf("gave up after %v", time.Since(start))
+	if code != cli.ExitUnreachable || !strings.Contains(errOut, "cannot reach the daemon") {
+		t.Errorf("hung daemon: exit %d, %q", code, errOut)
 	}
 }

@@ -33,9 +33,10 @@ type Command func(ctx context.Context, args []string, stdout, stderr io.Writer) 
 
 // common holds the flags every verb accepts.
 type common struct {
-	socket string
-	addr   string
-	json   bool
+	socket  string
+	addr    string
+	json    bool
+	timeout time.Duration
 }
 
 func (c *common) register(fs *flag.FlagSet) {
@@ -46,13 +47,14 @@ func (c *common) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.socket, "socket", def, "admin socket `path`")
 	fs.StringVar(&c.addr, "addr", "", "use the TCP admin listener at `host:port` (token from $"+EnvToken+")")
 	fs.BoolVar(&c.json, "json", false, "print JSON")
+	fs.DurationVar(&c.timeout, "timeout", admin.DefaultClientTimeout, "give up on a daemon that does not answer a call within `duration` (exit 3)")
 }
 
 func (c *common) client() *admin.Client {
 	if c.addr != "" {
-		return admin.NewTCPClient(c.addr, os.Getenv(EnvToken))
+		return admin.NewTCPClient(c.addr, os.Getenv(EnvToken)).WithTimeout(c.timeout)
 	}
-	return admin.NewClient(c.socket)
+	return admin.NewClient(c.socket).WithTimeout(c.timeout)
 }
 
 func (c *common) where() string {
