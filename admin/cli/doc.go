@@ -19,7 +19,8 @@
 // Common flags: --socket PATH (default $CACHELUN_ADMIN_SOCKET, else
 // /run/cachelun/admin.sock), --addr HOST:PORT to use the TCP listener
 // instead (the token is read from $CACHELUN_ADMIN_TOKEN, never from the
-// command line), --timeout (per call, default 10s), --json. Flags may come before or after the arguments.
+// command line), --timeout (per call, default 10s), --json. Flags may
+// come before or after the arguments.
 //
 // The package holds no state; each call builds its own client.
 package cli
