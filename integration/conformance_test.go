@@ -102,10 +102,14 @@ func parseCU(family, out string) map[string]testStatus {
 	return res
 }
 
-func runSuite(t *testing.T, suite, url string) suiteResult {
+func runSuite(t *testing.T, label, suite, url string) suiteResult {
 	t.Helper()
 	start := time.Now()
 	r := runTool(t, suiteTimeout, "iscsi-test-cu", "-d", "-V", "--test="+suite, url)
+	// keep the verbose log of every run for diagnosis
+	if dir := filepath.Join(outDir, "cu-"+label); os.MkdirAll(dir, 0o755) == nil {
+		os.WriteFile(filepath.Join(dir, suite+".log"), []byte(r.out), 0o644)
+	}
 	family := strings.SplitN(suite, ".", 2)[0]
 	res := suiteResult{tests: parseCU(family, r.out), timedOut: r.timedOut, exitCode: r.exitCode,
 		secs: time.Since(start).Seconds()}
@@ -209,7 +213,7 @@ func TestConformance(t *testing.T) {
 				// the daemon may have been restarted: refresh the URL
 				tgt.url = d.url(map[bool]int{true: 1, false: 0}[strings.HasSuffix(tgt.label, "thin")])
 			}
-			r := runSuite(t, s, tgt.url)
+			r := runSuite(t, tgt.label, s, tgt.url)
 			results[i][s] = r
 			if !tgt.alive() {
 				t.Errorf("%s died during %s", tgt.label, s)
