@@ -112,7 +112,6 @@ type chapState struct {
 	alg       int
 	id        byte
 	challenge []byte
-	done      bool
 }
 
 // newChallenge picks the identifier and a challenge as long as the hash
@@ -156,11 +155,8 @@ func (s *chapState) verify(kvs []kv) ([]kv, error) {
 	mi, okI := lookup(kvs, "CHAP_I")
 	mc, okC := lookup(kvs, "CHAP_C")
 	if !okI && !okC {
-		if s.creds.mutual() {
-			// The target insists on proving itself only when asked; an
-			// initiator that does not ask simply does not verify us.
-			return nil, nil
-		}
+		// One-way CHAP: the initiator does not ask the target to prove
+		// itself, even when mutual credentials are configured.
 		return nil, nil
 	}
 	if okI != okC {

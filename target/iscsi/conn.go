@@ -170,7 +170,7 @@ func (c *conn) serve() {
 		go c.pinger()
 	}
 	err := c.fullFeature()
-	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !c.closing.Load() {
+	if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !c.closing.Load() {
 		c.log.Info("iscsi: connection dropped", "initiator", c.initiator, "err", err)
 	}
 }

@@ -56,9 +56,8 @@ type limits struct {
 
 // negotiator answers operational keys of one login.
 type negotiator struct {
-	lim       limits
-	p         sessionParams
-	discovery bool
+	lim limits
+	p   sessionParams
 	// seen records keys already answered, so a key repeated in a later
 	// login PDU is answered again consistently (never renegotiated).
 	seen map[string]string

@@ -69,7 +69,6 @@ type bhs [bhsLen]byte
 func (h *bhs) opcode() byte             { return h[0] & 0x3f }
 func (h *bhs) immediate() bool          { return h[0]&0x40 != 0 }
 func (h *bhs) flags() byte              { return h[1] }
-func (h *bhs) final() bool              { return h[1]&0x80 != 0 }
 func (h *bhs) ahsLen() int              { return int(h[4]) * 4 }
 func (h *bhs) dataLen() int             { return int(h[5])<<16 | int(h[6])<<8 | int(h[7]) }
 func (h *bhs) lunField() uint64         { return binary.BigEndian.Uint64(h[8:16]) }

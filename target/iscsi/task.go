@@ -29,15 +29,14 @@ type task struct {
 	cmd       scsi.Command
 	cdb       [16]byte
 
-	buf     []byte // Data-Out, len == edtl for writes
-	dataIn  []byte // pooled Data-In buffer
-	pooled  bool
-	resp    scsi.Response
-	ctx     context.Context
-	cancel  context.CancelFunc
-	done    chan struct{} // closed when the task goroutine finishes
-	noExec  bool          // answered by the transport itself (resp preset)
-	discard bool          // Data-Out for it is read and dropped
+	buf    []byte // Data-Out, len == edtl for writes
+	dataIn []byte // pooled Data-In buffer
+	pooled bool
+	resp   scsi.Response
+	ctx    context.Context
+	cancel context.CancelFunc
+	done   chan struct{} // closed when the task goroutine finishes
+	noExec bool          // answered by the transport itself (resp preset)
 
 	// Data-Out collection (reader goroutine only).
 	unsolNext, unsolEnd uint32 // unsolicited window [imm, unsolEnd)
