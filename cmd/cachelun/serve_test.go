@@ -1,0 +1,211 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cachelun/cachelun/conf"
+)
+
+func testConfig(t *testing.T, dir, mode string) *conf.Config {
+	t.Helper()
+	src := fmt.Sprintf(`
+[global]
+data_dir = %q
+admin_socket = "admin.sock"
+metrics_listen = "off"
+
+[[cache]]
+name = "c0"
+path = "cache.img"
+size = "16MiB"
+segment_size = "1MiB"
+
+[[volume]]
+name = "v0"
+cache = "c0"
+backing = "v0.img"
+backing_size = "8MiB"
+mode = %q
+
+[[target]]
+iqn = "iqn.2026-11.io.cachelun:unit"
+portals = ["127.0.0.1:3260"]
+
+[[target.lun]]
+lun = 3
+volume = "v0"
+`, dir, mode)
+	p := filepath.Join(dir, "c.toml")
+	if err := os.WriteFile(p, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// port 0 is only allowed through --listen
+	cfg, err := loadServeConfig(p, "", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+// The daemon started in-process serves the configured LUN, reports its
+// URL with the real port, and keeps written data across a shutdown and a
+// new start on the same data directory.
+func TestDaemonStartStopKeepsData(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	d, err := startDaemon(ctx, testConfig(t, dir, "writeback"), "127.0.0.1:0", testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	urls := d.lunURLs()
+	if len(urls) != 1 || !strings.HasSuffix(urls[0].url, "/iqn.2026-11.io.cachelun:unit/3") ||
+		strings.Contains(urls[0].url, ":0/") || urls[0].mode != "writeback" {
+		t.Fatalf("lun URLs %+v", urls)
+	}
+	vol, ok := d.eng.volume("v0")
+	if !ok {
+		t.Fatal("volume v0 not open")
+	}
+	data := bytes.Repeat([]byte{0x5c}, 64<<10)
+	if err := vol.WriteAt(ctx, data, 1<<20, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := vol.WriteAt(ctx, data[:4096], 8<<20-4096, true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "admin.sock")); err != nil {
+		t.Errorf("admin socket not created under the data dir: %v", err)
+	}
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := d.shutdown(sctx); err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+
+	d2, err := startDaemon(ctx, testConfig(t, dir, "writeback"), "127.0.0.1:0", testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d2.shutdown(context.Background())
+	vol2, _ := d2.eng.volume("v0")
+	got := make([]byte, len(data))
+	if err := vol2.ReadAt(ctx, got, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatalf("data lost across restart")
+	}
+	if err := vol2.ReadAt(ctx, got[:4096], 8<<20-4096); err != nil || !bytes.Equal(got[:4096], data[:4096]) {
+		t.Fatalf("last block lost across restart: %v", err)
+	}
+	if vol2.Size() != 8<<20 || vol2.BlockSize() != 512 {
+		t.Errorf("size %d block %d", vol2.Size(), vol2.BlockSize())
+	}
+}
+
+// A start that fails half way (the portal is taken) releases everything
+// it opened, so a second start on the same directory works.
+func TestDaemonFailedStartCleansUp(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	first, err := startDaemon(ctx, testConfig(t, dir, "writethrough"), "127.0.0.1:0", testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	taken := first.listeners[0].Addr().String()
+	cfg := testConfig(t, t.TempDir(), "writethrough")
+	cfg.Targets[0].Portals = []string{taken}
+	if _, err := startDaemon(ctx, cfg, "", testLogger(t)); err == nil || !strings.Contains(err.Error(), "address already in use") {
+		t.Fatalf("start on a taken portal: %v", err)
+	}
+	if err := first.shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	again, err := startDaemon(ctx, cfg, "", testLogger(t))
+	if err != nil {
+		t.Fatalf("start after a failed start: %v", err)
+	}
+	if err := again.shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestLoadServeConfigOverrides(t *testing.T) {
+	cfg, err := loadServeConfig("", "rel-dir", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !filepath.IsAbs(cfg.Global.DataDir) || filepath.Base(cfg.Global.DataDir) != "rel-dir" {
+		t.Errorf("data dir %q", cfg.Global.DataDir)
+	}
+	if cfg.Targets[0].IQN != conf.DemoIQN || cfg.Targets[0].Portals[0] != "127.0.0.1:0" {
+		t.Errorf("demo target %+v", cfg.Targets[0])
+	}
+	for _, bad := range []string{"localhost:3260", "127.0.0.1", "127.0.0.1:99999"} {
+		if _, err := loadServeConfig("", "", bad); err == nil {
+			t.Errorf("--listen %q accepted", bad)
+		}
+	}
+	if _, err := loadServeConfig(filepath.Join(t.TempDir(), "missing.toml"), "", ""); err == nil {
+		t.Error("missing config file accepted")
+	}
+}
+
+func TestRunServeUsage(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := runServe(context.Background(), []string{"--bogus"}, &out, &errb); code != 2 {
+		t.Errorf("unknown flag: exit %d", code)
+	}
+	if code := runServe(context.Background(), []string{"extra"}, &out, &errb); code != 2 {
+		t.Errorf("extra argument: exit %d", code)
+	}
+	p := filepath.Join(t.TempDir(), "bad.toml")
+	os.WriteFile(p, []byte("[global]\nlog_level = \"loud\"\n"), 0o644)
+	errb.Reset()
+	if code := runServe(context.Background(), []string{"--config", p}, &out, &errb); code != 1 ||
+		!strings.Contains(errb.String(), p+":2: global.log_level") {
+		t.Errorf("bad config: exit %d, %q", code, errb.String())
+	}
+}
+
+// runServe with an already-cancelled context starts, prints the ready
+// lines and shuts down with status 0 (what SIGTERM does).
+func TestRunServeGracefulExit(t *testing.T) {
+	dir := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	var out, errb bytes.Buffer
+	code := runServe(ctx, []string{"--data-dir", dir, "--listen", "127.0.0.1:0"}, &out, &errb)
+	if code != 0 {
+		t.Fatalf("exit %d:\n%s", code, errb.String())
+	}
+	log := errb.String()
+	if !strings.Contains(log, "url=iscsi://127.0.0.1:") || !strings.Contains(log, "/"+conf.DemoIQN+"/0") ||
+		!strings.Contains(log, "msg=stopped") {
+		t.Errorf("log:\n%s", log)
+	}
+	for _, f := range []string{"demo-cache.img", "demo-backing.img"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			t.Errorf("demo file: %v", err)
+		}
+	}
+}
