@@ -97,6 +97,13 @@ func (c *Client) do(parent context.Context, method, path string, body, out any) 
 		if parent.Err() != nil {
 			return parent.Err() // the caller gave up, not the daemon
 		}
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return fmt.Errorf("%w: no answer within %v", ErrUnreachable, c.timeout)
+		}
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // the method and the socket's dummy URL say nothing
+		}
 		return fmt.Errorf("%w: %w", ErrUnreachable, err)
 	}
 	defer resp.Body.Close()

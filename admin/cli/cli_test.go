@@ -108,7 +108,7 @@ func TestExitCodes(t *testing.T) {
 		want int
 		msg  string // expected in stderr
 	}{
-		{"unreachable", cli.Status, []string{"--socket", missing}, cli.ExitUnreachable, "cannot reach the daemon"},
+		{"unreachable", cli.Status, []string{"--socket", missing}, cli.ExitUnreachable, "none.sock: connect: no such file or directory"},
 		{"unreachable drain", cli.Volume, []string{"drain", "db1", "--socket", missing}, cli.ExitUnreachable, "cannot reach"},
 		{"unknown volume", cli.Volume, []string{"show", "nope", "--socket", f.socket}, cli.ExitFailed, `no volume "nope"`},
 		{"unknown volume drain", cli.Volume, []string{"drain", "nope", "--socket", f.socket}, cli.ExitFailed, "no volume"},
@@ -368,7 +368,7 @@ func TestHungDaemonIsUnreachable(t *testing.T) {
 	start := time.Now()
 	code, _, errOut := runCtx(context.Background(), cli.Status, "--socket", sock, "--timeout", "200ms")
 	t.Logf("gave up after %v", time.Since(start))
-	if code != cli.ExitUnreachable || !strings.Contains(errOut, "cannot reach the daemon") {
+	if code != cli.ExitUnreachable || !strings.Contains(errOut, "no answer within 200ms") {
 		t.Errorf("hung daemon: exit %d, %q", code, errOut)
 	}
 }

@@ -111,7 +111,8 @@ func failure(stderr io.Writer, c *common, verb string, err error) int {
 	var apiErr *admin.APIError
 	switch {
 	case errors.Is(err, admin.ErrUnreachable):
-		fmt.Fprintf(stderr, "cachelun %s: cannot reach the daemon at %s: %v\n", verb, c.where(), errors.Unwrap(err))
+		cause := strings.TrimPrefix(err.Error(), admin.ErrUnreachable.Error()+": ")
+		fmt.Fprintf(stderr, "cachelun %s: cannot reach the daemon at %s: %s\n", verb, c.where(), cause)
 		return ExitUnreachable
 	case errors.As(err, &apiErr):
 		fmt.Fprintf(stderr, "cachelun %s: %s\n", verb, apiErr.Message)
