@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/cachelun/cachelun/admin"
+	"github.com/cachelun/cachelun/admin/cli"
 	"github.com/cachelun/cachelun/admin/coreadapter"
 	"github.com/cachelun/cachelun/backend"
 	"github.com/cachelun/cachelun/cachecore"
@@ -107,16 +108,21 @@ func TestAdminOverRealEngine(t *testing.T) {
 		t.Errorf("explain %+v, engine %+v (want a dirty hit)", ex.Explanation, want)
 	}
 
-	j, err := cl.Drain(ctx, "db1")
-	if err != nil {
-		t.Fatal(err)
+	// The CLI over the real engine: explain, then drain with progress.
+	var out, errOut bytes.Buffer
+	if code := cli.Explain(ctx, []string{"db1", "2048", "--socket", sock}, &out, &errOut); code != cli.ExitOK ||
+		!strings.Contains(out.String(), ": hit") || !strings.Contains(out.String(), "dirty:") {
+		t.Errorf("cachelun explain: exit %d, %q %q", code, out.String(), errOut.String())
 	}
+	out.Reset()
+	errOut.Reset()
+	if code := cli.Volume(ctx, []string{"drain", "db1", "--socket", sock}, &out, &errOut); code != cli.ExitOK ||
+		!strings.Contains(out.String(), "drain db1: done") || !strings.Contains(errOut.String(), "written back") {
+		t.Fatalf("cachelun volume drain: exit %d, %q %q", code, out.String(), errOut.String())
+	}
+	t.Logf("cachelun volume drain db1:\n%s%s", errOut.String(), out.String())
 	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	j, err = cl.WaitJob(wctx, j.ID, 10*time.Millisecond, nil)
-	if err != nil || j.State != admin.JobSucceeded {
-		t.Fatalf("drain: %+v %v", j, err)
-	}
 	if d := v.Stats().DirtyBytes; d != 0 {
 		t.Errorf("dirty bytes after drain %d", d)
 	}
@@ -124,7 +130,7 @@ func TestAdminOverRealEngine(t *testing.T) {
 		t.Errorf("backing device does not hold the drained data (%v)", err)
 	}
 
-	j, err = cl.SetMode(ctx, "db1", "writethrough")
+	j, err := cl.SetMode(ctx, "db1", "writethrough")
 	if err != nil {
 		t.Fatal(err)
 	}
