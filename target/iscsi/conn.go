@@ -83,6 +83,9 @@ type conn struct {
 	textTTT uint32
 }
 
+// maxWriterQueue bounds the PDUs waiting for the writer of one connection.
+const maxWriterQueue = 1 << 14
+
 type outKind uint8
 
 const (
@@ -280,6 +283,17 @@ func (c *conn) send(it outItem) {
 		if it.t != nil {
 			it.t.release()
 		}
+		return
+	}
+	if len(c.queue) >= maxWriterQueue {
+		// The peer sends but does not read (the queue only grows past the
+		// CmdSN window through immediate PDUs): drop it.
+		c.wmu.Unlock()
+		if it.t != nil {
+			it.t.release()
+		}
+		c.log.Warn("iscsi: initiator does not read its responses, dropping connection", "initiator", c.initiator)
+		c.abort()
 		return
 	}
 	c.queue = append(c.queue, it)

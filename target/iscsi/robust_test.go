@@ -457,3 +457,40 @@ func TestUpdateTargetRevokesAccess(t *testing.T) {
 		t.Fatal("removing a missing target succeeded")
 	}
 }
+
+// TestPeerThatNeverReads: a peer that floods immediate NOP-Outs and never
+// reads the answers is dropped instead of growing the server's memory.
+func TestPeerThatNeverReads(t *testing.T) {
+	env := startServer(t, Config{}, nil)
+	stop := background(t, env)
+	ti := dialInitiator(t, env.addr)
+	ti.login(env.iqn)
+	ti.nc.(*net.TCPConn).SetReadBuffer(4096)
+	var h bhs
+	h[0] = 0x40 | opNOPOut
+	h[1] = 0x80
+	ping := make([]byte, 4096)
+	dropped := false
+	for i := 0; i < 200000; i++ {
+		h.putU32(16, uint32(i))
+		ti.nc.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		err := ti.pw.write(&h, ping)
+		if err == nil && i%64 == 0 {
+			err = ti.bw.Flush()
+		}
+		if err != nil {
+			var ne net.Error
+			if asNetErr(err, &ne) && ne.Timeout() {
+				t.Fatal("server stopped reading instead of dropping the connection")
+			}
+			dropped = true
+			break
+		}
+	}
+	if !dropped {
+		t.Fatal("server kept reading from a peer that never reads")
+	}
+	if stop() == 0 {
+		t.Fatal("healthy session made no progress")
+	}
+}

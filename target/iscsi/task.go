@@ -153,7 +153,16 @@ func (c *conn) handleSCSICommand(h *pduHeader) error {
 	}
 	c.tmu.Lock()
 	dup := c.tasks[itt] != nil
+	// Immediate commands bypass the CmdSN window; bound them separately.
+	tooMany := b.immediate() && len(c.tasks) >= 2*c.srv.lim.QueueDepth
 	c.tmu.Unlock()
+	if tooMany {
+		if err := c.pr.readData(h, nil); err != nil {
+			return err
+		}
+		c.reject(h, rejectImmediate)
+		return nil
+	}
 	if malformed || dup {
 		if err := c.pr.readData(h, nil); err != nil {
 			return err
@@ -414,7 +423,7 @@ func (c *conn) releaseHeld() {
 
 func (c *conn) launch(t *task) {
 	c.tmu.Lock()
-	if t.aborted || c.closing.Load() && !t.noExec {
+	if t.aborted || c.closing.Load() {
 		c.tmu.Unlock()
 		return
 	}
