@@ -28,7 +28,7 @@
 // # Concurrency
 //
 // Media, Store and Journal are safe for concurrent use; a Replayer is used
-// by one goroutine. Lock order: Journal.flushMu → Journal.mu; each dual-slot
+// by one goroutine. Lock order: Journal.flush → Journal.mu; each dual-slot
 // record and each segment generation has its own mutex, held across its
 // write and persist; Store.vals is a leaf. No lock is held while calling the
 // allocator passed to OpenJournal except Journal.mu (the allocator must not

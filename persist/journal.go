@@ -14,10 +14,10 @@ func errorsIs(err, target error) bool { return errors.Is(err, target) }
 // Journal appends ksets at the log head. Commit is safe for concurrent use;
 // concurrent commits share persists (group commit).
 //
-// Locking: flushMu (held by the one goroutine persisting a group) is taken
-// before mu; mu guards the head and the pending ranges and is never held
-// across Persist. alloc is called with mu held and must not call back into
-// the Journal.
+// Locking: flush (guards the durable LSN and the leader flag; never held
+// across Persist) is taken before mu; mu guards the head and the pending
+// ranges and is never held across Persist. alloc is called with mu held and
+// must not call back into the Journal.
 type Journal struct {
 	s     *Store
 	alloc func() (uint32, error)
@@ -32,8 +32,13 @@ type Journal struct {
 		err       error  // sticky: after a failed write/persist nothing is committed
 	}
 
-	flushMu sync.Mutex
-	durable atomic.Uint64 // highest LSN known durable
+	flush struct {
+		sync.Mutex
+		cond    sync.Cond
+		running bool   // a leader is persisting
+		durable uint64 // highest LSN known durable
+		err     error  // sticky persist failure
+	}
 
 	commits atomic.Uint64
 	flushes atomic.Uint64
@@ -76,7 +81,8 @@ func (s *Store) OpenJournal(head Tail, alloc func() (uint32, error)) *Journal {
 	j.mu.head = head
 	j.mu.prevNonce = prev
 	j.mu.written = head.LSN - 1
-	j.durable.Store(head.LSN - 1)
+	j.flush.cond.L = &j.flush.Mutex
+	j.flush.durable = head.LSN - 1
 	if err := s.checkTail(head); err != nil {
 		j.mu.err = fmt.Errorf("%w: journal head: %v", ErrInvalidArgument, err)
 	}
@@ -167,36 +173,47 @@ func (j *Journal) append(keys []Key, epoch uint64) (KSet, error) {
 }
 
 // waitDurable returns once every kset up to lsn is durable. One goroutine
-// at a time persists everything written so far; the others wait on flushMu
-// and usually find their kset already covered.
+// at a time persists everything written so far (the leader); the others
+// wait on flushCond and return as soon as a flush covers their kset, without
+// queueing behind the next flush.
 func (j *Journal) waitDurable(lsn uint64) error {
-	if j.durable.Load() >= lsn {
-		return nil
-	}
-	j.flushMu.Lock()
-	defer j.flushMu.Unlock()
-	if j.durable.Load() >= lsn {
-		return nil
-	}
-	j.mu.Lock()
-	if j.mu.err != nil {
-		err := j.mu.err
-		j.mu.Unlock()
-		return err
-	}
-	pending, target := j.mu.pending, j.mu.written
-	j.mu.pending = nil
-	j.mu.Unlock()
-	for _, sp := range mergeSpans(pending) {
-		if err := j.s.m.Persist(sp.off, sp.n); err != nil {
-			j.mu.Lock()
-			j.mu.err = fmt.Errorf("persist: journal persist: %w", err)
-			j.mu.Unlock()
-			return err
+	j.flush.Lock()
+	defer j.flush.Unlock()
+	for j.flush.durable < lsn {
+		if j.flush.err != nil {
+			return j.flush.err
 		}
+		if j.flush.running {
+			j.flush.cond.Wait()
+			continue
+		}
+		j.flush.running = true
+		j.mu.Lock()
+		pending, target := j.mu.pending, j.mu.written
+		j.mu.pending = nil
+		j.mu.Unlock()
+		j.flush.Unlock()
+		var err error
+		for _, sp := range mergeSpans(pending) {
+			if err = j.s.m.Persist(sp.off, sp.n); err != nil {
+				err = fmt.Errorf("persist: journal persist: %w", err)
+				break
+			}
+		}
+		j.flush.Lock()
+		j.flush.running = false
+		if err != nil {
+			// Fail-stop: nothing written after this point is known durable.
+			j.flush.err = err
+			j.mu.Lock()
+			j.mu.err = err
+			j.mu.Unlock()
+		} else {
+			j.flush.durable = target
+			j.flushes.Add(1)
+		}
+		j.flush.cond.Broadcast()
 	}
-	j.flushes.Add(1)
-	j.durable.Store(target)
 	return nil
 }
 

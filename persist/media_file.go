@@ -293,6 +293,7 @@ type flusher struct {
 	started uint64
 	done    uint64
 	lo, hi  int64 // pending union, lo > hi when empty
+	pending int   // requests in the pending union
 	err     error
 }
 
@@ -305,6 +306,7 @@ func (f *flusher) persist(off, n int64, flush func(lo, hi int64) error) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.lo, f.hi = min(f.lo, off), max(f.hi, off+n)
+	f.pending++
 	need := f.started + 1
 	for f.done < need {
 		if f.err != nil {
@@ -317,7 +319,7 @@ func (f *flusher) persist(off, n int64, flush func(lo, hi int64) error) error {
 		f.running = true
 		f.started++
 		my, lo, hi := f.started, f.lo, f.hi
-		f.lo, f.hi = 1<<62, 0
+		f.lo, f.hi, f.pending = 1<<62, 0, 0
 		f.mu.Unlock()
 		err := flush(lo, hi)
 		f.mu.Lock()

@@ -199,7 +199,7 @@ func TestFlusherCoalesces(t *testing.T) {
 	}
 	for { // all ten are queued behind the running flush
 		f.mu.Lock()
-		queued := f.hi == 1010
+		queued := f.pending == 10
 		f.mu.Unlock()
 		if queued {
 			break
