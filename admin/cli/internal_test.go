@@ -34,7 +34,8 @@ func TestProgressBarOnTerminal(t *testing.T) {
 		t.Errorf("bar not redrawn in place: %q", out)
 	}
 	if !strings.Contains(out, "drain db1 [#######.......................]  25.0%  6.0 GiB dirty of 8.0 GiB") ||
-		!strings.Contains(out, "[######################........]  75.0%  2.0 GiB dirty of 8.0 GiB") {
+		!strings.Contains(out, "[######################........]  75.0%  2.0 GiB dirty of 8.0 GiB") ||
+		!strings.Contains(out, ", about 6") { // 25% took 2s: about 6s for the other 75%
 		t.Errorf("bar %q", out)
 	}
 	p.update(admin.Job{State: admin.JobSucceeded, Started: start, Finished: time.Now()})
@@ -53,5 +54,22 @@ func TestPlainProgressLinesPerStep(t *testing.T) {
 	// Steps 0, 1 (89 left), 5 (50 left), 10 (0 left): 95/91 and 49 repeat a step.
 	if len(lines) != 4 || !strings.Contains(lines[2], " 50% written back") || !strings.Contains(lines[3], "100% written back") {
 		t.Errorf("plain progress lines %q", lines)
+	}
+}
+
+func TestETA(t *testing.T) {
+	for _, tc := range []struct {
+		p       admin.Progress
+		elapsed time.Duration
+		want    string
+	}{
+		{admin.Progress{DirtyBytes: 100, StartDirtyBytes: 100}, time.Second, ""}, // no rate yet
+		{admin.Progress{DirtyBytes: 0, StartDirtyBytes: 100}, time.Second, ""},   // done
+		{admin.Progress{DirtyBytes: 75, StartDirtyBytes: 100}, 10 * time.Second, ", about 30s left"},
+		{admin.Progress{DirtyBytes: 50, StartDirtyBytes: 100}, 2 * time.Minute, ", about 2m0s left"},
+	} {
+		if got := eta(tc.p, tc.elapsed); got != tc.want {
+			t.Errorf("eta(%+v, %v) = %q, want %q", tc.p, tc.elapsed, got, tc.want)
+		}
 	}
 }

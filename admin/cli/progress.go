@@ -44,9 +44,9 @@ func (p *progressView) update(j admin.Job) {
 			f := pr.Fraction()
 			const width = 30
 			n := int(f * width)
-			line = fmt.Sprintf("%s [%s%s] %5.1f%%  %s dirty of %s  %s", p.label,
+			line = fmt.Sprintf("%s [%s%s] %5.1f%%  %s dirty of %s  %s%s", p.label,
 				strings.Repeat("#", n), strings.Repeat(".", width-n), f*100,
-				humanBytes(pr.DirtyBytes), humanBytes(pr.StartDirtyBytes), humanDuration(elapsed))
+				humanBytes(pr.DirtyBytes), humanBytes(pr.StartDirtyBytes), humanDuration(elapsed), eta(*pr, elapsed))
 		}
 		fmt.Fprintf(p.w, "\r\x1b[K%s", line)
 		p.drawn = true
@@ -59,13 +59,24 @@ func (p *progressView) update(j admin.Job) {
 		step := int(pr.Fraction() * 10)
 		if step != p.lastStep {
 			p.lastStep = step
-			fmt.Fprintf(p.w, "%s: %3.0f%% written back, %s dirty of %s\n", p.label, pr.Fraction()*100,
-				humanBytes(pr.DirtyBytes), humanBytes(pr.StartDirtyBytes))
+			fmt.Fprintf(p.w, "%s: %3.0f%% written back, %s dirty of %s%s\n", p.label, pr.Fraction()*100,
+				humanBytes(pr.DirtyBytes), humanBytes(pr.StartDirtyBytes), eta(*pr, elapsed))
 		}
 	} else if j.State != p.lastSt {
 		fmt.Fprintf(p.w, "%s: %s\n", p.label, j.State)
 	}
 	p.lastSt = j.State
+}
+
+// eta estimates the time left from the average rate so far; "" until
+// there is a rate to go by.
+func eta(p admin.Progress, elapsed time.Duration) string {
+	done := p.StartDirtyBytes - p.DirtyBytes
+	if done <= 0 || p.DirtyBytes <= 0 || elapsed <= 0 {
+		return ""
+	}
+	left := time.Duration(float64(elapsed) * float64(p.DirtyBytes) / float64(done))
+	return ", about " + humanDuration(left) + " left"
 }
 
 // finish ends the bar's line.
