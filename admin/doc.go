@@ -70,6 +70,7 @@
 // no goroutine and does not call the backend. Serve owns every goroutine
 // the server starts (HTTP servers, backend reads, jobs); when its context
 // ends it cancels the jobs and waits for all of them, at most
-// Config.ShutdownTimeout. Lock order: jobManager.mu and snapshotter.mu are
-// leaves, never held while calling the backend or each other.
+// Config.ShutdownTimeout. Lock order: snapshotter.mu → Server.mu (a
+// snapshot read is started under the snapshotter's lock); jobManager.mu is
+// a leaf. No lock is held while the backend is called.
 package admin
