@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/cachelun/cachelun/admin"
+	"github.com/cachelun/cachelun/admin/admintest"
 	"github.com/cachelun/cachelun/internal/memvol"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -251,5 +252,26 @@ func BenchmarkInstrumentedRead(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// BenchmarkGather measures one scrape's collection with 100 volumes.
+func BenchmarkGather(b *testing.B) {
+	var vols []*admintest.Volume
+	for i := range 100 {
+		v := admintest.NewVolume(fmt.Sprintf("vol%03d", i), "nvme0", 1<<30, 512)
+		v.SetStats(admin.VolumeStats{ReadHits: 1, BypassedBytes: map[string]uint64{"sequential": 1, "congestion": 2}})
+		vols = append(vols, v)
+	}
+	reg := prometheus.NewRegistry()
+	if _, err := admin.NewServer(admin.Config{Backend: admintest.NewBackend(vols, []*admintest.Cache{admintest.NewCache("nvme0", "")}), Registry: reg}); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		mfs, err := reg.Gather()
+		if err != nil || len(mfs) == 0 {
+			b.Fatal(err)
+		}
 	}
 }
