@@ -57,7 +57,11 @@ func runMain(m *testing.M) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	build := exec.CommandContext(ctx, "go", "build", "-o", binaryPath, "./cmd/cachelun")
+	args := []string{"build", "-o", binaryPath}
+	if raceEnabled {
+		args = append(args, "-race")
+	}
+	build := exec.CommandContext(ctx, "go", append(args, "./cmd/cachelun")...)
 	build.Dir = repoRoot
 	if out, err := build.CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "integration: building cachelun failed: %v\n%s", err, out)
@@ -275,6 +279,15 @@ func (d *daemon) stop() {
 	if d.waitErr != nil {
 		t.Fatalf("cachelun exited with %v after SIGTERM (want status 0):\n%s", d.waitErr, d.log)
 	}
+	d.noRaces()
+}
+
+// noRaces fails the test when the race detector reported in the daemon.
+func (d *daemon) noRaces() {
+	d.t.Helper()
+	if strings.Contains(d.log.String(), "WARNING: DATA RACE") {
+		d.t.Errorf("the race detector reported a data race in cachelun:\n%s", d.log)
+	}
 }
 
 // kill sends SIGKILL: the crash the durability contract must survive.
@@ -282,6 +295,7 @@ func (d *daemon) kill() {
 	d.t.Helper()
 	d.cmd.Process.Kill()
 	<-d.exited
+	d.noRaces()
 }
 
 // restart starts the daemon again on the same data directory.
