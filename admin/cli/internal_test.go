@@ -73,3 +73,16 @@ func TestETA(t *testing.T) {
 		}
 	}
 }
+
+func TestReasonsSkipZeroes(t *testing.T) {
+	got := reasons(map[string]uint64{"full": 0, "sequential": 3, "mode": 0}, map[string]uint64{"sequential": 4096, "full": 0})
+	if got != "sequential 3 (4.0 KiB)" {
+		t.Errorf("reasons = %q", got)
+	}
+	if got := reasons(map[string]uint64{"full": 0}, nil); got != "none" {
+		t.Errorf("all-zero reasons = %q", got)
+	}
+	if got := countsByKind(map[string]uint64{"backing_read": 0, "writeback": 2}); got != "writeback 2" {
+		t.Errorf("countsByKind = %q", got)
+	}
+}

@@ -204,15 +204,19 @@ func volumeShow(ctx context.Context, args []string, stdout, stderr io.Writer) in
 }
 
 func reasons(reqs, bytes map[string]uint64) string {
-	if len(reqs) == 0 && len(bytes) == 0 {
-		return "none"
-	}
 	keys := map[string]bool{}
-	for k := range reqs {
-		keys[k] = true
+	for k, n := range reqs {
+		if n != 0 {
+			keys[k] = true
+		}
 	}
-	for k := range bytes {
-		keys[k] = true
+	for k, n := range bytes {
+		if n != 0 {
+			keys[k] = true
+		}
+	}
+	if len(keys) == 0 {
+		return "none"
 	}
 	var parts []string
 	for k := range keys {
@@ -223,12 +227,14 @@ func reasons(reqs, bytes map[string]uint64) string {
 }
 
 func countsByKind(m map[string]uint64) string {
-	if len(m) == 0 {
-		return "none"
-	}
 	var parts []string
 	for k, v := range m {
-		parts = append(parts, fmt.Sprintf("%s %d", k, v))
+		if v != 0 {
+			parts = append(parts, fmt.Sprintf("%s %d", k, v))
+		}
+	}
+	if len(parts) == 0 {
+		return "none"
 	}
 	sort.Strings(parts)
 	return strings.Join(parts, ", ")
