@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/cachelun/cachelun/backend"
 	"github.com/cachelun/cachelun/cachecore"
@@ -117,6 +118,7 @@ func TestBlackboxCrashConsistency(t *testing.T) {
 
 func runCrashWorkload(t *testing.T, name string, unit persist.TearUnit, vc cachecore.VolumeConfig) {
 	ctx := context.Background()
+	began := time.Now()
 	seed := testSeed()
 	log := newOpLog(t, name, seed)
 	rng := rand.New(rand.NewPCG(seed, 0x63726173))
@@ -253,6 +255,7 @@ func runCrashWorkload(t *testing.T, name string, unit persist.TearUnit, vc cache
 			model.mu.Unlock()
 		}
 	}
+	t.Logf("workload done after %v", time.Since(began))
 	r.close()
 	r.media.SetPersistHook(nil)
 	points := r.media.PersistPoints()

@@ -84,19 +84,15 @@ func newRig(t testing.TB, o rigOptions, initial *backend.Memory) *rig {
 	t.Helper()
 	o.fill()
 	r := &rig{t: t, opts: o}
-	r.media = persist.NewCrashMedia(cacheMediaSize(o.Segments), o.Unit)
-	store, err := persist.Format(r.media, persist.FormatOptions{SegmentSize: testSegSize, BlockSize: o.CacheBlock, DataCRC: o.DataCRC})
-	if err != nil {
-		t.Fatalf("persist.Format: %v", err)
-	}
-	r.store = store
+	r.media, r.store = newStore(t, o)
+	var err error
 	if initial == nil {
 		initial = backend.NewMemory(o.BackingSize)
 	}
 	r.mem = initial
 	r.backing = backend.NewFaulty(r.mem)
 	ctx := context.Background()
-	r.cache, err = cachecore.Open(ctx, store, o.Cfg)
+	r.cache, err = cachecore.Open(ctx, r.store, o.Cfg)
 	if err != nil {
 		t.Fatalf("cachecore.Open: %v", err)
 	}
@@ -106,6 +102,17 @@ func newRig(t testing.TB, o rigOptions, initial *backend.Memory) *rig {
 		t.Fatalf("AddVolume: %v", err)
 	}
 	return r
+}
+
+// newStore formats a crash media for o (o must be filled).
+func newStore(t testing.TB, o rigOptions) (*persist.CrashMedia, *persist.Store) {
+	t.Helper()
+	media := persist.NewCrashMedia(cacheMediaSize(o.Segments), o.Unit)
+	store, err := persist.Format(media, persist.FormatOptions{SegmentSize: testSegSize, BlockSize: o.CacheBlock, DataCRC: o.DataCRC})
+	if err != nil {
+		t.Fatalf("persist.Format: %v", err)
+	}
+	return media, store
 }
 
 // close closes the cache (idempotent).
