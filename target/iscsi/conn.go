@@ -29,7 +29,7 @@ type conn struct {
 	nc        net.Conn
 	localAddr netip.AddrPort
 	br        *bufio.Reader
-	bw        *bufio.Writer
+	bw        *vecWriter
 	pr        pduReader
 	pw        pduWriter
 
@@ -83,6 +83,10 @@ type conn struct {
 	textTTT uint32
 }
 
+// maxBatchBytes is how much the writer gathers before it flushes even
+// though more responses are queued.
+const maxBatchBytes = 4 << 20
+
 // maxWriterQueue bounds the PDUs waiting for the writer of one connection.
 const maxWriterQueue = 1 << 14
 
@@ -129,7 +133,7 @@ func (s *Server) newConn(nc net.Conn) *conn {
 		c.localAddr = ap
 	}
 	c.br = bufio.NewReaderSize(nc, 64<<10)
-	c.bw = bufio.NewWriterSize(nc, 64<<10)
+	c.bw = newVecWriter(nc)
 	c.pr.r = c.br
 	c.pw.w = c.bw
 	c.lastRecv.Store(time.Now().UnixNano())
@@ -316,6 +320,15 @@ func (c *conn) writer() {
 		}
 	}()
 	var batch []outItem
+	var written []*task // tasks whose buffers the pending writev references
+	release := func() {
+		for i, t := range written {
+			t.release()
+			written[i] = nil
+		}
+		written = written[:0]
+	}
+	defer release()
 	failed := false
 	for {
 		c.wmu.Lock()
@@ -337,12 +350,21 @@ func (c *conn) writer() {
 					failed = true
 					c.abort()
 				}
-			} else if it.t != nil {
-				it.t.release()
+			}
+			if it.t != nil {
+				written = append(written, it.t)
 			}
 			*it = outItem{}
+			if !failed && c.bw.Buffered() >= maxBatchBytes {
+				if err := c.bw.Flush(); err != nil {
+					failed = true
+					c.abort()
+				}
+				release()
+			}
 		}
 		if failed {
+			release()
 			continue
 		}
 		c.wmu.Lock()
@@ -353,6 +375,7 @@ func (c *conn) writer() {
 				failed = true
 				c.abort()
 			}
+			release()
 		}
 	}
 }

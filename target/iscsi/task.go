@@ -550,7 +550,6 @@ func (c *conn) abortAllTasks() {
 // the status rides in the last Data-In (phase collapse) when there is data
 // and no sense, else in a SCSI Response PDU.
 func (c *conn) writeTaskResponse(t *task) error {
-	defer t.release()
 	if !t.immediate {
 		c.inflight.Add(-1)
 	}

@@ -87,7 +87,10 @@ func (c *conn) handleTaskMgmt(h *pduHeader) error {
 			return nil
 		}
 		async(func() byte {
-			c.abortTasks(func(x *task) bool { return x == t })
+			if c.abortTasks(func(x *task) bool { return x == t }) == 0 {
+				// It completed in the meantime; its response went out.
+				return tmfRespNoTask
+			}
 			return tmfRespComplete
 		})
 	case tmfAbortTaskSet:
