@@ -104,14 +104,16 @@ func TestResiduals(t *testing.T) {
 			t.Fatalf("TransferLen %d data %d", r.TransferLen, len(r.Data))
 		}
 	})
-	t.Run("write overflow in a block writes nothing", func(t *testing.T) {
+	t.Run("write overflow inside a block changes only the bytes sent", func(t *testing.T) {
 		before := f.readBack(0, 2)
-		r := f.exec(nexusA, cdb10(0x2a, 0, 0, 2), pattern(testBS+200, 0x55), 0)
-		f.sense(r, SenseIllegalRequest, ASCInvalidFieldInCmdIU)
+		sent := pattern(testBS+200, 0x55)
+		r := f.exec(nexusA, cdb10(0x2a, 0, 0, 2), sent, 0)
+		f.good(r)
 		if r.TransferLen != 2*testBS {
 			t.Fatalf("TransferLen %d", r.TransferLen)
 		}
-		f.mustEqual(f.readBack(0, 2), before)
+		want := append(bytes.Clone(sent), before[testBS+200:]...)
+		f.mustEqual(f.readBack(0, 2), want)
 	})
 	t.Run("write overflow writes the whole blocks sent", func(t *testing.T) {
 		before := f.readBack(0, 2)
@@ -124,13 +126,14 @@ func TestResiduals(t *testing.T) {
 		f.mustEqual(f.readBack(1, 1), before[testBS:])
 	})
 	t.Run("write underflow writes only the CDB range", func(t *testing.T) {
+		second := f.readBack(1, 1)
 		r := f.exec(nexusA, cdb10(0x2a, 0, 0, 1), pattern(2*testBS, 0x77), 0)
 		f.good(r)
 		if r.TransferLen != testBS {
 			t.Fatalf("TransferLen %d", r.TransferLen)
 		}
 		f.mustEqual(f.readBack(0, 1), pattern(testBS, 0x77))
-		f.mustEqual(f.readBack(1, 1), data[testBS:])
+		f.mustEqual(f.readBack(1, 1), second)
 	})
 	t.Run("inquiry allocation length", func(t *testing.T) {
 		r := f.exec(nexusA, []byte{0x12, 0, 0, 0, 255, 0}, nil, 255)

@@ -25,12 +25,12 @@
 //   - Durability: with WCE=0 every write reaches the Volume with fua=true;
 //     a FUA write, WRITE AND VERIFY and SYNCHRONIZE CACHE complete only when
 //     the Volume says the data is durable.
-//   - Writes never touch blocks outside the CDB's range, and never write
+//   - Writes never touch blocks outside the CDB's range, and never change
 //     bytes the initiator did not send: with residual overflow only the
-//     whole blocks received are written (or, if the data ends inside a
-//     block, nothing, with INVALID FIELD IN COMMAND INFORMATION UNIT); extra
-//     data (underflow) is ignored. Response.TransferLen always carries the
-//     CDB's length so the transport can report residuals.
+//     data received is written (a trailing partial block is merged into the
+//     block atomically); extra data (underflow) is ignored.
+//     Response.TransferLen always carries the CDB's length so the transport
+//     can report residuals.
 //   - COMPARE AND WRITE and ORWRITE are atomic (Volume.CompareAndWrite).
 //   - No CDB or parameter list can crash the process: decoders check every
 //     length (they are fuzzed), and Execute recovers from a panic, logs it

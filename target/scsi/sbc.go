@@ -2,6 +2,7 @@ package scsi
 
 import (
 	"bytes"
+	"context"
 	"errors"
 
 	"github.com/cachelun/cachelun/internal/blk"
@@ -130,29 +131,51 @@ func cmdWrite(tk *task) error {
 		return nil
 	}
 	data := tk.cmd.DataOut
-	if uint64(len(data)) >= total {
-		data = data[:total]
-	} else if uint64(len(data))%bs != 0 {
-		// Residual overflow ending inside a block: a partial block
-		// cannot be written, so nothing is (FCP-4 9.4.2 option b).
-		return newSense(SenseIllegalRequest, ASCInvalidFieldInCmdIU)
+	if uint64(len(data)) > total {
+		data = data[:total] // residual underflow: the rest is ignored
 	}
-	// Otherwise, with residual overflow, only the whole blocks the
-	// initiator sent are written (option a); the transport reports the
-	// overflow from TransferLen.
-	if len(data) == 0 {
-		return nil
-	}
+	// With residual overflow only the data the initiator sent is written
+	// (FCP-4 9.4.2 a); the transport reports the overflow from
+	// TransferLen. A trailing partial block is merged into the block's
+	// current contents, so no byte the initiator did not send changes.
+	whole := uint64(len(data)) / bs * bs
 	fua := lu.writeFUA(r)
 	if isWriteAndVerify(tk.cdb[0]) {
 		// The verification reads back from the medium: make the data
 		// durable first.
 		fua = true
 	}
-	if err := lu.vol.WriteAt(tk.volCtx(), data, int64(r.lba*bs), fua); err != nil {
-		return volumeError(err, ioWrite)
+	ctx := tk.volCtx()
+	off := int64(r.lba * bs)
+	if whole > 0 {
+		if err := lu.vol.WriteAt(ctx, data[:whole], off, fua); err != nil {
+			return volumeError(err, ioWrite)
+		}
+	}
+	if tail := data[whole:]; len(tail) > 0 {
+		return lu.mergeBlock(ctx, off+int64(whole), tail, fua)
 	}
 	return nil
+}
+
+// mergeBlock writes p (shorter than a block) over the start of the block
+// at off, keeping the rest of the block, atomically against other writers
+// (a compare-and-write of what was read, retried while others interfere).
+func (lu *LU) mergeBlock(ctx context.Context, off int64, p []byte, fua bool) error {
+	cur := make([]byte, lu.blockSize)
+	next := make([]byte, lu.blockSize)
+	for range orWriteRetries {
+		if err := lu.vol.ReadAt(ctx, cur, off); err != nil {
+			return volumeError(err, ioRead)
+		}
+		copy(next, cur)
+		copy(next, p)
+		err := lu.vol.CompareAndWrite(ctx, off, cur, next, fua)
+		if !errors.Is(err, blk.ErrMiscompare) {
+			return volumeError(err, ioWrite)
+		}
+	}
+	return newSense(SenseAbortedCommand, ASCNoAdditionalSense)
 }
 
 func isWriteAndVerify(op byte) bool { return op == 0x2e || op == 0xae || op == 0x8e }
