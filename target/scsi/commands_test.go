@@ -686,3 +686,67 @@ func TestStartStopAndPreventAllow(t *testing.T) {
 	f.good(f.exec(nexusA, []byte{0x1b, 0, 0, 0, 0x02, 0}, nil, 0))
 	f.sense(f.exec(nexusA, []byte{0x1e, 0, 0, 0, 2, 0}, nil, 0), SenseIllegalRequest, ASCInvalidFieldInCDB)
 }
+
+func TestModeSelect10WithBlockDescriptor(t *testing.T) {
+	f := newFixture(t, nil)
+	r := f.exec(nexusA, []byte{0x5a, 0, pageCaching, 0, 0, 0, 0, 0, 255, 0}, nil, 255)
+	f.good(r)
+	bdl := int(binary.BigEndian.Uint16(r.Data[6:8]))
+	if bdl != 8 {
+		t.Fatalf("block descriptor length %d", bdl)
+	}
+	sel := bytes.Clone(r.Data)
+	sel[0], sel[1] = 0, 0
+	page := sel[8+bdl:]
+	page[0] &^= 0x80
+	page[2] &^= 0x04
+	c := []byte{0x55, 0x10, 0, 0, 0, 0, 0, 0, byte(len(sel)), 0}
+	f.good(f.exec(nexusA, c, sel, 0))
+	if f.lu.WriteCacheEnabled() {
+		t.Fatal("MODE SELECT(10) did not clear WCE")
+	}
+	// A block descriptor with another block length is refused.
+	bad := bytes.Clone(sel)
+	binary.BigEndian.PutUint32(bad[12:16], 4096) // bytes 5-7 of the descriptor
+	f.sense(f.exec(nexusA, c, bad, 0), SenseIllegalRequest, ASCInvalidFieldInParameterList)
+	// Truncated page.
+	f.sense(f.exec(nexusA, []byte{0x55, 0x10, 0, 0, 0, 0, 0, 0, byte(len(sel) - 3), 0}, sel[:len(sel)-3], 0), SenseIllegalRequest, ASCParameterListLengthError)
+	// Unsupported page.
+	unk := append(bytes.Clone(sel[:16]), 0x07, 2, 0, 0)
+	f.sense(f.exec(nexusA, []byte{0x55, 0x10, 0, 0, 0, 0, 0, 0, byte(len(unk)), 0}, unk, 0), SenseIllegalRequest, ASCInvalidFieldInParameterList)
+	// Zero-length parameter list is a no-op.
+	f.good(f.exec(nexusA, []byte{0x55, 0x10, 0, 0, 0, 0, 0, 0, 0, 0}, nil, 0))
+}
+
+func TestThickWriteSameUnmapRefused(t *testing.T) {
+	f := newFixture(t, nil)
+	f.good(f.exec(nexusA, cdb10(0x2a, 0, 0, 1), pattern(testBS, 5), 0))
+	r := f.exec(nexusA, cdb10(0x41, 0x08, 0, 1), make([]byte, testBS), 0)
+	f.sense(r, SenseIllegalRequest, ASCInvalidFieldInCDB)
+	f.mustEqual(f.readBack(0, 1), pattern(testBS, 5))
+	r = f.exec(nexusA, []byte{0x12, 1, 0xb2, 0, 255, 0}, nil, 255)
+	f.good(r)
+	if r.Data[5] != 0 {
+		t.Fatalf("thick LU advertises provisioning bits %#x", r.Data[5])
+	}
+}
+
+func TestMaxTransferLength(t *testing.T) {
+	vol, err := memvolNew(64<<20, testBS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tgt := NewTarget(TargetConfig{})
+	lu, err := tgt.AddLU(0, LUConfig{Volume: vol})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tgt.Execute(context.Background(), &Command{CDB: []byte{0, 0, 0, 0, 0, 0}})
+	over := lu.maxXferBlocks + 1
+	r := tgt.Execute(context.Background(), &Command{CDB: cdb16(0x88, 0, 0, over), DataInLen: over * testBS})
+	checkSense(t, r, SenseIllegalRequest, ASCInvalidFieldInCDB)
+	r = tgt.Execute(context.Background(), &Command{CDB: cdb16(0x88, 0, 0, over-1), DataInLen: (over - 1) * testBS})
+	if r.Status != StatusGood {
+		t.Fatalf("maximum transfer refused: %#x", r.Status)
+	}
+}

@@ -145,3 +145,5 @@ func head(b []byte) []byte {
 	}
 	return b
 }
+
+func memvolNew(size int64, bs int) (*memvol.Volume, error) { return memvol.New(size, bs) }

@@ -280,3 +280,45 @@ func TestReserve6(t *testing.T) {
 	f.sense(f.exec(nexusB, []byte{0, 0, 0, 0, 0, 0}, nil, 0), SenseUnitAttention, ASCBusDeviceResetOccurred)
 	f.conflict(f.exec(nexusB, cdb10(0x2a, 0, 0, 1), pattern(testBS, 1), 0))
 }
+
+func TestPRAllRegistrantsAndUnregister(t *testing.T) {
+	f := newFixture(t, nil)
+	f.good(f.prout(nexusA, 0, 0, 0, 0xa, 0))
+	f.good(f.prout(nexusB, 0, 0, 0, 0xb, 0))
+	f.good(f.prout(nexusA, 1, prExclusiveAccessAllReg, 0xa, 0, 0))
+	// A leaves; B still holds the all-registrants reservation.
+	f.good(f.prout(nexusA, 0, 0, 0xa, 0, 0))
+	f.conflict(f.exec(nexusA, cdb10(0x28, 0, 0, 1), nil, testBS))
+	f.good(f.exec(nexusB, cdb10(0x28, 0, 0, 1), nil, testBS))
+	// B leaves: the reservation goes with the last registrant.
+	f.good(f.prout(nexusB, 0, 0, 0xb, 0, 0))
+	f.good(f.exec(nexusA, cdb10(0x28, 0, 0, 1), nil, testBS))
+	if f.lu.reservationActive.Load() {
+		t.Fatal("reservation survived its last registrant")
+	}
+	// PREEMPT with key 0 under all-registrants removes everybody else.
+	f.good(f.prout(nexusA, 0, 0, 0, 0xa, 0))
+	f.good(f.prout(nexusB, 0, 0, 0, 0xb, 0))
+	f.good(f.prout(nexusA, 1, prWriteExclusiveAllReg, 0xa, 0, 0))
+	f.good(f.prout(nexusA, 4, prExclusiveAccess, 0xa, 0, 0))
+	f.sense(f.exec(nexusB, []byte{0, 0, 0, 0, 0, 0}, nil, 0), SenseUnitAttention, ASCRegistrationsPreempted)
+	f.conflict(f.exec(nexusB, cdb10(0x28, 0, 0, 1), nil, testBS))
+	// Holder of a registrants-only reservation unregisters: released,
+	// and the other registrants are told.
+	f.good(f.prout(nexusA, 2, prExclusiveAccess, 0xa, 0, 0))
+	f.good(f.prout(nexusB, 0, 0, 0, 0xb, 0))
+	f.good(f.prout(nexusA, 1, prWriteExclusiveRegOnly, 0xa, 0, 0))
+	f.good(f.prout(nexusA, 0, 0, 0xa, 0, 0))
+	f.sense(f.exec(nexusB, []byte{0, 0, 0, 0, 0, 0}, nil, 0), SenseUnitAttention, ASCReservationsReleased)
+	// PREEMPT without a reservation just removes the registrations.
+	f.good(f.prout(nexusA, 0, 0, 0, 0xa, 0))
+	f.good(f.prout(nexusA, 4, prWriteExclusive, 0xa, 0xb, 0))
+	_, keys := readKeys(f, nexusA)
+	if len(keys) != 1 || keys[0] != 0xa {
+		t.Fatalf("keys %x", keys)
+	}
+	f.sense(f.prout(nexusA, 4, prWriteExclusive, 0xa, 0, 0), SenseIllegalRequest, ASCInvalidFieldInParameterList)
+	// Bad scope / type.
+	f.sense(f.prout(nexusA, 1, 0x12, 0xa, 0, 0), SenseIllegalRequest, ASCInvalidFieldInCDB)
+	f.sense(f.prout(nexusA, 1, 0x04, 0xa, 0, 0), SenseIllegalRequest, ASCInvalidFieldInCDB)
+}

@@ -261,7 +261,6 @@ func (tk *task) response(err error) Response {
 		var se *SenseError
 		switch {
 		case errors.As(err, &se):
-			tk.lastSense(se)
 			return Response{Status: StatusCheckCondition, Sense: se.Bytes(), TransferLen: tk.xfer}
 		case errors.Is(err, errTaskAborted), errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 			return Response{Status: StatusTaskAborted, TransferLen: tk.xfer}
@@ -277,10 +276,6 @@ func (tk *task) response(err error) Response {
 	}
 	return Response{Status: tk.status, Data: data, TransferLen: tk.xfer}
 }
-
-// lastSense is a hook for sense bookkeeping; autosense is always used, so
-// REQUEST SENSE after a failed command reports NO SENSE (SPC-4 4.5.1).
-func (tk *task) lastSense(*SenseError) {}
 
 // volumeError maps an error from a Volume call to sense data (see the
 // internal/blk sentinels).
