@@ -129,7 +129,7 @@ func New(cfg Config) (*Handler, error) {
 // openDevice is a device this handler serves.
 type openDevice struct {
 	dev    *device
-	uio    *uioFile
+	port   uioPort
 	vol    *sizedVolume
 	cfg    string
 	done   chan struct{} // closed when serve returned
@@ -371,16 +371,24 @@ func (h *Handler) open(name uioName, minor uint32, reopen bool) (err error) {
 		release()
 		return err
 	}
-	od := &openDevice{vol: sv, cfg: name.cfg, uio: u, done: make(chan struct{}), dir: dir}
+	if err := h.startDevice(name, minor, dir, sv, u, u.mm, release); err != nil {
+		u.close()
+		release()
+		return err
+	}
+	return nil
+}
+
+// startDevice registers a mapped device and starts serving its ring.
+func (h *Handler) startDevice(name uioName, minor uint32, dir string, sv *sizedVolume, port uioPort, mm []byte, release func()) error {
+	od := &openDevice{vol: sv, cfg: name.cfg, port: port, done: make(chan struct{}), dir: dir}
 	od.wce = h.cfg.WriteCache
 	if v, err := readUint(filepath.Join(dir, "attrib", "emulate_write_cache")); err == nil && v == 1 {
 		od.wce = true
 	}
 	od.target = scsi.NewTarget(scsi.TargetConfig{Name: "tcmu:" + name.configDir(), Logger: h.log})
-	dev, err := newDevice(name, minor, u, u.mm, od.executor, h.log)
+	dev, err := newDevice(name, minor, port, mm, od.executor, h.log)
 	if err != nil {
-		u.close()
-		release()
 		return err
 	}
 	dev.grace = h.cfg.ShutdownGrace
@@ -389,8 +397,6 @@ func (h *Handler) open(name uioName, minor uint32, reopen bool) (err error) {
 	h.mu.Lock()
 	if h.closing {
 		h.mu.Unlock()
-		u.close()
-		release()
 		return fmt.Errorf("tcmu: handler is shutting down: %w", unix.EAGAIN)
 	}
 	h.devices[minor] = od
@@ -406,7 +412,7 @@ func (h *Handler) open(name uioName, minor uint32, reopen bool) (err error) {
 			h.log.Warn("tcmu: flush on device close failed", "device", name.String(), "err", err)
 		}
 		cancel()
-		if err := u.close(); err != nil {
+		if err := port.close(); err != nil {
 			h.log.Warn("tcmu: unmap device", "device", name.String(), "err", err)
 		}
 		release()
@@ -483,7 +489,7 @@ func (h *Handler) remove(minor uint32) {
 	if od == nil {
 		return
 	}
-	od.uio.stop()
+	od.port.stop()
 	<-od.done
 }
 
@@ -553,7 +559,7 @@ func (h *Handler) closeAll() {
 	}
 	h.mu.Unlock()
 	for _, od := range devs {
-		od.uio.stop()
+		od.port.stop()
 	}
 	for _, od := range devs {
 		<-od.done

@@ -215,7 +215,10 @@ func (l ringLayout) decodeCommand(mm []byte, pos uint32, h entryHeader) (cmdRequ
 			off: binary.LittleEndian.Uint64(ent[at:]),
 			len: binary.LittleEndian.Uint64(ent[at+8:]),
 		}
-		if v.len > 0 && (v.off < l.dataOff || v.off > l.mapLen || v.len > l.mapLen-v.off) {
+		if v.len == 0 {
+			v.off = l.dataOff // an empty segment points nowhere in particular
+		}
+		if v.off < l.dataOff || v.off > l.mapLen || v.len > l.mapLen-v.off {
 			return cmdRequest{}, fmt.Errorf("%w: command %d iovec %d [%d,+%d) outside the data area [%d,%d)",
 				errRing, h.cmdID, i, v.off, v.len, l.dataOff, l.mapLen)
 		}

@@ -66,10 +66,16 @@ func (r *ring) consume(cmds []cmdRequest, tmrs []tmrNotice) ([]cmdRequest, []tmr
 		return cmds, tmrs, fmt.Errorf("%w: cmd_head %d", errRing, head)
 	}
 	var newCmds int
+	// The entries from next to head cover less than one lap of the ring;
+	// a walk that goes further never meets head (a corrupt length).
+	var walked uint64
 	for r.next != head {
 		h, err := r.layout.readHeader(r.mm, r.next)
 		if err != nil {
 			return cmds, tmrs, err
+		}
+		if walked += uint64(h.length); walked >= uint64(r.layout.cmdrSize) {
+			return cmds, tmrs, fmt.Errorf("%w: entries from %d never reach cmd_head %d", errRing, r.next, head)
 		}
 		switch h.op {
 		case opPad:
@@ -113,14 +119,16 @@ func (r *ring) complete(c completion) error {
 		return fmt.Errorf("%w: completion of command %d with no consumed entry to carry it", errRing, c.id)
 	}
 	tail := r.tail
+	var walked uint64
 	for {
-		if tail == r.consumedUpTo {
+		if tail == r.consumedUpTo || walked >= uint64(r.layout.cmdrSize) {
 			return fmt.Errorf("%w: no consumed command entry between cmd_tail and %d", errRing, r.consumedUpTo)
 		}
 		h, err := r.layout.readHeader(r.mm, tail)
 		if err != nil {
 			return err
 		}
+		walked += uint64(h.length)
 		if h.op == opCmd {
 			if h.length < minCmdEntry {
 				return fmt.Errorf("%w: command entry at %d shorter than a response", errRing, tail)
