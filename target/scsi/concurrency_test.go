@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/cachelun/cachelun/internal/memvol"
 )
@@ -99,5 +100,54 @@ func TestConcurrentStateChanges(t *testing.T) {
 	close(errs)
 	for err := range errs {
 		t.Error(err)
+	}
+}
+
+// gateVol blocks reads until released, to hold tasks in the task set.
+type gateVol struct {
+	Volume
+	started chan struct{}
+	release chan struct{}
+}
+
+func (v *gateVol) ReadAt(ctx context.Context, p []byte, off int64) error {
+	v.started <- struct{}{}
+	<-v.release
+	return v.Volume.ReadAt(ctx, p, off)
+}
+
+func TestOrderedTaskWaitsForEarlierTasks(t *testing.T) {
+	var gv *gateVol
+	f := newFixture(t, func(c *LUConfig) {
+		gv = &gateVol{Volume: c.Volume, started: make(chan struct{}, 4), release: make(chan struct{})}
+		c.Volume = gv
+	})
+	exec := func(attr TaskAttr, cdb []byte, inLen uint32) <-chan Response {
+		ch := make(chan Response, 1)
+		go func() {
+			ch <- f.tgt.Execute(context.Background(), &Command{Nexus: nexusA, CDB: cdb, Attr: attr, DataInLen: inLen})
+		}()
+		return ch
+	}
+	simple := exec(TaskSimple, cdb10(0x28, 0, 0, 1), testBS)
+	<-gv.started // the simple READ is inside the volume
+	ordered := exec(TaskOrdered, []byte{0, 0, 0, 0, 0, 0}, 0)
+	// HEAD OF QUEUE passes everything.
+	if r := <-exec(TaskHead, []byte{0, 0, 0, 0, 0, 0}, 0); r.Status != StatusGood {
+		t.Fatalf("head of queue status %#x", r.Status)
+	}
+	// Without the task set the TEST UNIT READY would finish in
+	// microseconds; give it ample time to (wrongly) do so.
+	select {
+	case <-ordered:
+		t.Fatal("ORDERED task completed before the earlier SIMPLE task")
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(gv.release)
+	if r := <-simple; r.Status != StatusGood {
+		t.Fatalf("simple status %#x", r.Status)
+	}
+	if r := <-ordered; r.Status != StatusGood {
+		t.Fatalf("ordered status %#x", r.Status)
 	}
 }

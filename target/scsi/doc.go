@@ -46,7 +46,12 @@
 // counter; reservations are only consulted (under LU.resMu) while one
 // exists. Volume calls run without any device-server lock held.
 //
-// Lock order: Target.mu → LU.resMu → LU.nexusMu → nexusState.mu, and
+// Task attributes are honoured per logical unit in the order Execute is
+// entered: an ORDERED task waits for the tasks before it and holds back
+// those after it, HEAD OF QUEUE tasks bypass the task set, everything else
+// is SIMPLE.
+//
+// Lock order: LU.taskSet (held for the whole command) → Target.mu → LU.resMu → LU.nexusMu → nexusState.mu, and
 // LU.stateMu last. No lock is held across Volume I/O.
 //
 // # State file

@@ -68,6 +68,10 @@ type LU struct {
 	wce        atomic.Bool // current WCE
 	savedWCE   atomic.Bool // saved WCE (what the state file holds)
 
+	// taskSet orders tasks by attribute: SIMPLE (and ACA, untagged) hold
+	// it shared, ORDERED exclusively, HEAD OF QUEUE not at all.
+	taskSet sync.RWMutex
+
 	nexusMu sync.Mutex
 	nexuses atomic.Pointer[map[nexusKey]*nexusState]
 

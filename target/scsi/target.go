@@ -216,6 +216,19 @@ func (t *Target) dispatch(tk *task) error {
 		}
 		return errCDBField(op.cdbLen-1, bit)
 	}
+	// Task attributes (SAM-5 8.6): an ORDERED task waits for the tasks
+	// that entered before it and holds back those that enter after it;
+	// HEAD OF QUEUE tasks bypass the task set. The order is the order in
+	// which the transport calls Execute.
+	switch tk.cmd.Attr {
+	case TaskHead:
+	case TaskOrdered:
+		lu.taskSet.Lock()
+		defer lu.taskSet.Unlock()
+	default:
+		lu.taskSet.RLock()
+		defer lu.taskSet.RUnlock()
+	}
 	if lu.reservationActive.Load() && op.flags&opNoConflictCheck == 0 {
 		if lu.conflicts(tk, op) {
 			tk.status = StatusReservationConflict
