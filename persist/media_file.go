@@ -77,6 +77,15 @@ func OpenFile(path string, opts FileOptions) (Media, error) {
 		if err := f.Truncate(opts.Size); err != nil {
 			return nil, fmt.Errorf("persist: size %s to %d: %w", path, opts.Size, err)
 		}
+		if opts.Size > size {
+			// Reserve the blocks now: a sparse cache file could run out of
+			// space under a live mapping (SIGBUS) or in the middle of a
+			// write, and allocating blocks on every first write makes each
+			// flush also write allocation metadata.
+			if err := fallocate(m0fd(f), size, opts.Size-size); err != nil {
+				log.Info("cache media: fallocate failed, file stays sparse", "path", path, "err", err)
+			}
+		}
 		size = opts.Size
 	}
 	if size <= 0 {
@@ -331,4 +340,17 @@ func (f *flusher) persist(off, n int64, flush func(lo, hi int64) error) error {
 		f.cond.Broadcast()
 	}
 	return f.err
+}
+
+func m0fd(f *os.File) int { return int(f.Fd()) }
+
+// fallocate allocates [off, off+n) of the file (mode 0: allocate, extend
+// size if needed), retrying on EINTR.
+func fallocate(fd int, off, n int64) error {
+	for {
+		err := syscall.Fallocate(fd, 0, off, n)
+		if !errors.Is(err, syscall.EINTR) {
+			return err
+		}
+	}
 }

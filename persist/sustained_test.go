@@ -12,7 +12,7 @@ import (
 
 // BenchmarkSustained (CACHELUN_LONG=1; run with -benchtime=1x): 60 s of
 // random 4 KiB data writes into a 4 GiB cache file on the disk, each batch
-// of 8 persisted and then committed as a kset, from 8 writers. Reports the
+// of 8 persisted and then committed as a kset, from 32 writers. Reports the
 // write rate of the first and the last 10 s and their ratio (goal >= 0.8).
 func BenchmarkSustained(b *testing.B) {
 	if os.Getenv("CACHELUN_LONG") != "1" {
@@ -22,7 +22,7 @@ func BenchmarkSustained(b *testing.B) {
 		fileSize = 4 << 30
 		segSize  = 16 << 20
 		logSegs  = 8
-		writers  = 8
+		writers  = 32
 		batch    = 8
 		duration = 60 * time.Second
 	)
