@@ -122,7 +122,10 @@ func runCrashWorkload(t *testing.T, name string, unit persist.TearUnit, vc cache
 	seed := testSeed()
 	log := newOpLog(t, name, seed)
 	rng := rand.New(rand.NewPCG(seed, 0x63726173))
-	ops, maxImages := 160, 120
+	ops, maxImages := 160, 60
+	if raceEnabled {
+		maxImages = 25
+	}
 	if longRun() {
 		ops, maxImages = 1000, math.MaxInt
 	}
