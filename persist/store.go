@@ -187,11 +187,15 @@ func Format(m Media, opts FormatOptions) (*Store, error) {
 	// 3. Segment headers: generation 1 in slot 0, slot 1 zeroed, and the
 	//    first kset header slot of every segment zeroed (cosmetic: stale
 	//    ksets of an earlier format are rejected by UUID anyway).
-	hdr := make([]byte, segHeaderSize+ksetHeaderSize)
+	genSlots := make([]byte, segGenSlot1Off+recordHeaderSize+genPayloadSize)
+	noKSet := make([]byte, ksetHeaderSize)
 	for seg := uint32(0); seg < uint32(count); seg++ {
-		clear(hdr)
-		copy(hdr, encodeRecord(magicSegGen, uuid, 1, encodeGenPayload(seg, 1)))
-		if err := m.WriteAt(hdr, s.segBase(seg)); err != nil {
+		clear(genSlots)
+		copy(genSlots, encodeRecord(magicSegGen, uuid, 1, encodeGenPayload(seg, 1)))
+		if err := m.WriteAt(genSlots, s.segBase(seg)); err != nil {
+			return nil, err
+		}
+		if err := m.WriteAt(noKSet, s.DataOffset(Pos{Seg: seg})); err != nil {
 			return nil, err
 		}
 	}
@@ -341,7 +345,9 @@ func Open(m Media) (*Store, error) {
 	if s.vals.volumes, err = decodeVolumesPayload(p); err != nil {
 		return nil, s.fieldError(&s.volumes, err)
 	}
-	hdr := make([]byte, segHeaderSize)
+	// Only the two generation slots are read (not the whole header page):
+	// a large cache has up to millions of segments.
+	hdr := make([]byte, segGenSlot1Off+recordHeaderSize+genPayloadSize)
 	for seg := range s.gens {
 		g := &s.gens[seg]
 		if err := m.ReadAt(hdr, s.segBase(uint32(seg))); err != nil {
