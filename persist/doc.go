@@ -156,7 +156,8 @@
 // # Format procedure
 //
 // Zero both superblock slots and persist; write slot 0 of every record and
-// every segment's generation record (zeroing slot 1) and persist; then write
+// every segment's generation record (zeroing slot 1 and the first kset
+// header slot of its data area) and persist; then write
 // superblock slot 0, persist, slot 1, persist. A crash before the last step
 // leaves a file without a superblock ("not a cachelun file"), never a half-
 // formatted cache that opens. Format refuses a cache that holds dirty keys
@@ -222,9 +223,30 @@
 //
 // # API notes
 //
-// Additions to the agreed API: FileOptions.Kind and ReadOnly, Store.DataCRC,
-// Store.HasDirtyData, Journal.Stats, CrashMedia.Bytes, NewCrashMediaFrom,
-// Check and Inspect (check.go). Keys are validated by Commit (exactly one
-// flag, non-zero length, position within a segment's data area, tombstones
-// without position).
+// Additions to the agreed API: the MediaKind constants and DefaultFileKind;
+// FileOptions.Kind (force a non-DAX mechanism) and FileOptions.ReadOnly;
+// TearDAX/TearPage; CrashMedia.Bytes and NewCrashMediaFrom (golden images);
+// Store.DataCRC and Store.HasDirtyData; Journal.Stats; Inspect, Check and
+// Report (what `cachelun inspect/check` print); DataCRC32C (the checksum keys
+// carry); ErrHoldsDirtyData, ErrInvalidArgument, ErrClosed and the replay
+// stop sentinels (ErrEndOfLog, ErrBadChecksum, ErrForeignUUID, ErrLSNGap,
+// ErrChainBreak, ErrBounds) carried by *StopError; FormatVersion,
+// SegmentsOffset, MaxVolumes, MaxVolumeName, MaxKSetSize.
+//
+// Behaviour the engine relies on:
+//   - Commit validates keys (exactly one flag; non-zero length; data within
+//     one segment's data area; tombstones with zero position, generation and
+//     CRC; DataCRC zero unless the store has data CRCs) and returns
+//     ErrInvalidArgument without writing anything otherwise.
+//   - OpenJournal's head must be the Head of a Replayer that walked the log
+//     to its end (or the key tail of a fresh store); otherwise OpenJournal
+//     walks the log from the key tail itself to continue the session chain.
+//   - alloc is called with the journal lock held; it must not call the
+//     Journal. ErrJournalFull wraps alloc's error; nothing is written then.
+//   - A failed persist or write is sticky for the Journal (every later
+//     Commit fails) and for file media (every later Persist fails).
+//   - Replayer.StopReason is never nil after Next returned false; a normal
+//     end of log is ErrEndOfLog, ErrBadChecksum, ErrLSNGap, ErrChainBreak or
+//     ErrForeignUUID (a torn or stale record); ErrBounds means a checksummed
+//     record is out of bounds (reported by Check); ErrMediaFault an I/O error.
 package persist
