@@ -172,8 +172,9 @@
 // assembly (amd64; other architectures never select DAX). Otherwise it uses
 // DefaultFileKind. Both non-DAX kinds read through a MADV_RANDOM shared
 // mapping; the choice between them is explained under "Media measurements".
-// Persist requests are coalesced: while one flush runs, later requests
-// queue and the next flush covers all of them.
+// Non-DAX persist requests are coalesced: while one flush runs, later
+// requests queue and the next flush covers all of them. DAX persists flush
+// exactly their own cache lines (no system call, nothing to share).
 //
 // # Media measurements
 //

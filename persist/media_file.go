@@ -223,14 +223,17 @@ func (m *fileMedia) Persist(off, n int64) error {
 	if n == 0 {
 		return nil
 	}
+	if m.kind == KindDAX {
+		// CPU cache write-back needs no coalescing (no system call), and a
+		// union of distant ranges would flush far more lines than asked.
+		return guardedFlush(m.flushCPU, m.mapping[off:off+n], off)
+	}
 	return m.fl.persist(off, n, m.flushRange)
 }
 
 // flushRange performs one flush covering [lo, hi).
 func (m *fileMedia) flushRange(lo, hi int64) error {
 	switch m.kind {
-	case KindDAX:
-		return guardedFlush(m.flushCPU, m.mapping[lo:hi], lo)
 	case KindMmapMsync:
 		lo = lo &^ (pageSize - 1)
 		hi = min((hi+pageSize-1)&^(pageSize-1), int64(len(m.mapping)))
