@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sync"
+	"syscall"
 	"testing"
 )
 
@@ -218,5 +219,66 @@ func TestFlusherCoalesces(t *testing.T) {
 	}
 	if err := f.persist(0, 1, func(lo, hi int64) error { return nil }); !errors.Is(err, boom) {
 		t.Fatalf("persist after a failed flush: %v", err)
+	}
+}
+
+// TestDAXPathOnSharedMapping runs the DAX code path (writes into the
+// mapping, persist by CPU cache write-back) over an ordinary shared
+// mapping: MAP_SYNC is unavailable here, so only the flag differs from a
+// real DAX open. Data written and persisted is in the file; a truncated
+// file gives ErrMediaFault, not a crash.
+func TestDAXPathOnSharedMapping(t *testing.T) {
+	if !daxSupported {
+		t.Skip("no CPU cache write-back primitive on this architecture")
+	}
+	path := filepath.Join(t.TempDir(), "dax.cache")
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const size = 1 << 20
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	b, err := syscall.Mmap(int(f.Fd()), 0, size, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &fileMedia{f: f, fd: int(f.Fd()), size: size, kind: KindDAX, mapping: b}
+	m.flushCPU, _ = cacheFlusher()
+	m.fl.init()
+	defer m.Close()
+	s, err := Format(m, FormatOptions{SegmentSize: 128 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	j := s.OpenJournal(s.KeyTail(), seqAlloc(s.SegmentCount()))
+	for i := 0; i < 50; i++ {
+		if _, err := j.Commit(testKeys(1+i%30, uint64(i), s), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Another view of the same file sees everything.
+	raw, _ := os.ReadFile(path)
+	s2, err := Open(NewCrashMediaFrom(raw, TearDAX))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := s2.Replay(s2.KeyTail())
+	n := 0
+	for _, ok := r.Next(); ok; _, ok = r.Next() {
+		n++
+	}
+	if n != 50 {
+		t.Fatalf("replayed %d of 50 ksets: %v", n, r.StopReason())
+	}
+	if err := os.Truncate(path, 4096); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.WriteAt([]byte{1}, 900<<10); !errors.Is(err, ErrMediaFault) {
+		t.Fatalf("write past the truncated end: %v", err)
+	}
+	if err := m.Persist(900<<10, 64); err != nil && !errors.Is(err, ErrMediaFault) {
+		t.Fatalf("persist past the truncated end: %v", err)
 	}
 }
