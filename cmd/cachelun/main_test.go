@@ -138,6 +138,26 @@ func TestCheckFindsProblems(t *testing.T) {
 	if code, _, errs := run(t, "check", other); code != 1 || !strings.Contains(errs, "not a cachelun cache file") {
 		t.Fatalf("check of a foreign file: %d %q", code, errs)
 	}
+	if code, _, errs := run(t, "inspect", other); code != 1 || !strings.Contains(errs, "superblock slot 0 at offset 4096") {
+		t.Fatalf("inspect of a foreign file: %d %q", code, errs)
+	}
+	if raw, _ := os.ReadFile(other); !bytes.Equal(raw, bytes.Repeat([]byte{7}, 1<<20)) {
+		t.Fatal("check/inspect wrote to a foreign file")
+	}
+	// A cachelun file from a newer format: refused with the reason, untouched.
+	newer := filepath.Join(dir, "newer.cache")
+	if code, _, errs := run(t, "format", "--size", "1MiB", "--segment-size", "128KiB", newer); code != 0 {
+		t.Fatal(errs)
+	}
+	raw, _ := os.ReadFile(newer)
+	raw[4096+24], raw[8192+24] = 2, 2 // superblock version field, both slots
+	_ = os.WriteFile(newer, raw, 0o644)
+	if code, _, errs := run(t, "check", newer); code != 1 || !strings.Contains(errs, "newer on-media format") || !strings.Contains(errs, "found version 2") {
+		t.Fatalf("check of a newer format: %d %q", code, errs)
+	}
+	if after, _ := os.ReadFile(newer); !bytes.Equal(after, raw) {
+		t.Fatal("check wrote to a newer-format file")
+	}
 	if code, _, _ := run(t, "check", filepath.Join(dir, "missing")); code != 2 {
 		t.Fatalf("check of a missing file: %d", code)
 	}
