@@ -46,13 +46,16 @@ type conn struct {
 	nexus     scsi.Nexus
 	target    atomic.Pointer[targetEntry] // replaced by UpdateTarget
 
-	// CmdSN window. expCmdSN is written by the reader goroutine only.
-	expCmdSN atomic.Uint32
-	inflight atomic.Int32 // non-immediate commands accepted and not yet answered
-	ahead    map[uint32]bool
+	// CmdSN window: ExpCmdSN in the high 32 bits, in the low 32 bits the
+	// non-immediate commands with a CmdSN below ExpCmdSN not yet answered.
+	// One word, so the writer never stamps a MaxCmdSN from a half-done
+	// update. Only the reader advances ExpCmdSN.
+	win   atomic.Uint64
+	ahead map[uint32]bool // CmdSNs received beyond ExpCmdSN (reader only)
 
 	tmu      sync.Mutex
 	tasks    map[uint32]*task // by ITT: every task not yet answered
+	aheadT   map[uint32]*task // by CmdSN: commands received beyond ExpCmdSN
 	held     []*task          // data complete, waiting for earlier CmdSNs
 	nextTTT  uint32
 	recent   [64]uint32 // ITTs of recently aborted tasks: their Data-Out is dropped silently
@@ -126,6 +129,7 @@ func (s *Server) newConn(nc net.Conn) *conn {
 		ahead:      map[uint32]bool{},
 		work:       make(chan *task),
 		tasks:      map[uint32]*task{},
+		aheadT:     map[uint32]*task{},
 		wake:       make(chan struct{}, 1),
 		writerDone: make(chan struct{}),
 	}
@@ -239,13 +243,31 @@ func (c *conn) inFlight() int {
 	return len(c.tasks)
 }
 
-// window returns ExpCmdSN and MaxCmdSN as the target advertises them.
-// MaxCmdSN = ExpCmdSN + depth - 1 - inflight never decreases, because a
-// command enters inflight exactly when it advances ExpCmdSN.
+// window returns ExpCmdSN and MaxCmdSN as the target advertises them:
+// MaxCmdSN = ExpCmdSN + depth - 1 - (commands below ExpCmdSN still
+// unanswered). A command counts from the moment ExpCmdSN passes it, in the
+// same atomic step, so the advertised MaxCmdSN never runs ahead of what
+// acceptCmdSN accepts.
 func (c *conn) window() (exp, maxSN uint32) {
-	exp = c.expCmdSN.Load()
-	free := int32(c.srv.lim.QueueDepth) - c.inflight.Load()
-	return exp, exp + uint32(free) - 1
+	w := c.win.Load()
+	exp = uint32(w >> 32)
+	return exp, exp + uint32(c.srv.lim.QueueDepth) - 1 - uint32(w)
+}
+
+func (c *conn) expCmdSN() uint32 { return uint32(c.win.Load() >> 32) }
+
+// releaseSlot frees the window slot of an answered (or aborted) command.
+func (c *conn) releaseSlot() {
+	for {
+		w := c.win.Load()
+		if uint32(w) == 0 {
+			c.log.Error("iscsi: CmdSN window accounting underflow")
+			return
+		}
+		if c.win.CompareAndSwap(w, w-1) {
+			return
+		}
+	}
 }
 
 // serialLess is RFC 1982 serial-number comparison for 32-bit numbers.
@@ -254,29 +276,46 @@ func serialLess(a, b uint32) bool { return a != b && int32(a-b) < 0 }
 // acceptCmdSN checks a non-immediate PDU's CmdSN against the window and
 // advances ExpCmdSN. It reports false for a CmdSN outside the window or
 // already received, which the caller then ignores (RFC 7143 §4.2.2.1).
-func (c *conn) acceptCmdSN(sn uint32, immediate bool) bool {
+// counted reports that the PDU, a SCSI command (scsiCmd), now occupies a
+// window slot; a SCSI command beyond a gap is counted once the gap closes
+// (see aheadT).
+func (c *conn) acceptCmdSN(sn uint32, immediate, scsiCmd bool) (ok, counted bool) {
 	if immediate {
-		return true
+		return true, false
 	}
 	exp, maxSN := c.window()
 	if serialLess(sn, exp) || serialLess(maxSN, sn) || c.ahead[sn] {
 		c.log.Debug("iscsi: CmdSN outside window, ignored", "cmdsn", sn, "exp", exp, "max", maxSN)
-		return false
+		return false, false
 	}
 	if sn != exp {
 		c.ahead[sn] = true
-		return true
+		return true, false
 	}
-	exp++
-	for c.ahead[exp] {
-		delete(c.ahead, exp)
-		exp++
+	var k, m uint64 = 1, 0
+	if scsiCmd {
+		m = 1
 	}
-	c.expCmdSN.Store(exp)
-	if len(c.held) > 0 {
+	next := exp + 1
+	passed := false
+	for c.ahead[next] {
+		delete(c.ahead, next)
+		passed = true
+		c.tmu.Lock()
+		if t := c.aheadT[next]; t != nil {
+			delete(c.aheadT, next)
+			t.counted = true
+			m++
+		}
+		c.tmu.Unlock()
+		next++
+		k++
+	}
+	c.win.Add(k<<32 + m)
+	if passed {
 		c.releaseHeld()
 	}
-	return true
+	return true, scsiCmd
 }
 
 // queue hands an item to the writer goroutine.
@@ -568,7 +607,7 @@ func (c *conn) handleNOPOut(h *pduHeader) error {
 	if itt == reservedTag {
 		return nil // answer to our NOP-In; lastRecv already noted
 	}
-	if !c.acceptCmdSN(h.bhs.u32(offCmdSN), h.bhs.immediate()) {
+	if ok, _ := c.acceptCmdSN(h.bhs.u32(offCmdSN), h.bhs.immediate(), false); !ok {
 		return nil
 	}
 	var r bhs
@@ -589,7 +628,7 @@ func (c *conn) handleLogout(h *pduHeader) error {
 	if err := c.pr.readData(h, nil); err != nil {
 		return err
 	}
-	if !c.acceptCmdSN(h.bhs.u32(offCmdSN), h.bhs.immediate()) {
+	if ok, _ := c.acceptCmdSN(h.bhs.u32(offCmdSN), h.bhs.immediate(), false); !ok {
 		return nil
 	}
 	reason := h.bhs.flags() & 0x7f

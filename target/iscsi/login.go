@@ -130,7 +130,7 @@ func (c *conn) login() error {
 			ls.stage = nsg
 			if nsg == stageFullFeature {
 				c.statSN = ls.statSN
-				c.expCmdSN.Store(ls.cmdSN)
+				c.win.Store(uint64(ls.cmdSN) << 32)
 				c.applyParams()
 				return nil
 			}

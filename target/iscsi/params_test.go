@@ -59,3 +59,56 @@ func TestNegotiationRules(t *testing.T) {
 		t.Errorf("InitialR2T with a strict target: %q", got)
 	}
 }
+
+// TestCmdSNWindowAccounting drives acceptCmdSN directly: slots are taken
+// when ExpCmdSN passes a command, in one step with ExpCmdSN, and freed
+// when it is answered, so MaxCmdSN never exceeds what the target accepts.
+func TestCmdSNWindowAccounting(t *testing.T) {
+	srv := NewServer(Config{QueueDepth: 4})
+	c := &conn{srv: srv, log: srv.log, ahead: map[uint32]bool{}, tasks: map[uint32]*task{}, aheadT: map[uint32]*task{}}
+	c.win.Store(uint64(10) << 32)
+	check := func(wantExp, wantMax uint32) {
+		t.Helper()
+		if exp, maxSN := c.window(); exp != wantExp || maxSN != wantMax {
+			t.Fatalf("window %d..%d, want %d..%d", exp, maxSN, wantExp, wantMax)
+		}
+	}
+	check(10, 13)
+	if ok, counted := c.acceptCmdSN(10, false, true); !ok || !counted {
+		t.Fatal("in-order command not accepted and counted")
+	}
+	check(11, 13) // one slot used: MaxCmdSN unchanged
+	if ok, _ := c.acceptCmdSN(14, false, true); ok {
+		t.Fatal("CmdSN beyond MaxCmdSN accepted")
+	}
+	if ok, _ := c.acceptCmdSN(10, false, true); ok {
+		t.Fatal("duplicate CmdSN accepted")
+	}
+	// 13 arrives before 11 and 12: accepted, not counted yet.
+	ok, counted := c.acceptCmdSN(13, false, true)
+	if !ok || counted {
+		t.Fatalf("ahead command: ok %v counted %v", ok, counted)
+	}
+	ahead := &task{cmdSN: 13, itt: 1}
+	c.register(ahead)
+	check(11, 13)
+	c.acceptCmdSN(11, false, false) // a NOP-Out: takes no slot
+	check(12, 14)
+	c.acceptCmdSN(12, false, true) // closes the gap: 12 and 13 counted
+	check(14, 14)
+	if !ahead.counted {
+		t.Fatal("command passed by ExpCmdSN not counted")
+	}
+	c.releaseSlot()
+	c.releaseSlot()
+	c.releaseSlot()
+	check(14, 17)
+	// An ahead command aborted before the gap closes never takes a slot.
+	c.acceptCmdSN(16, false, true)
+	lost := &task{cmdSN: 16, itt: 2}
+	c.register(lost)
+	c.abortTasks(func(x *task) bool { return x == lost })
+	c.acceptCmdSN(14, false, false)
+	c.acceptCmdSN(15, false, false)
+	check(17, 20)
+}

@@ -676,3 +676,32 @@ func TestClearTaskSetAndColdReset(t *testing.T) {
 	drain(t, b)
 	waitFor(t, func() bool { return len(env.srv.Sessions()) == 0 })
 }
+
+// TestWindowFilledToAdvertisedMax keeps the initiator's queue filled up to
+// every MaxCmdSN the target advertises: a MaxCmdSN stamped ahead of what
+// the target accepts would drop a command and stall the session.
+func TestWindowFilledToAdvertisedMax(t *testing.T) {
+	env := startServer(t, Config{QueueDepth: 4, NOPInterval: -1}, nil)
+	ti := dialInitiator(t, env.addr)
+	ti.login(env.iqn)
+	maxSN := ti.cmdSN + 3
+	const total = 3000
+	sent, done := 0, 0
+	ti.nc.SetReadDeadline(time.Now().Add(30 * time.Second))
+	for done < total {
+		for sent < total && !serialLess(maxSN, ti.cmdSN) {
+			ti.scsiCmd(0, read10(uint32(sent%64), 1), true, 512, nil, true)
+			sent++
+		}
+		h, _, err := ti.readPDU()
+		if err != nil {
+			t.Fatalf("after %d of %d answers (%d sent): %v", done, total, sent, err)
+		}
+		if m := h.u32(offMaxCmdSN); serialLess(maxSN, m) {
+			maxSN = m
+		}
+		if h.opcode() == opDataIn && h[1]&1 != 0 || h.opcode() == opSCSIResp {
+			done++
+		}
+	}
+}

@@ -50,6 +50,7 @@ type task struct {
 
 	// shared (conn.tmu)
 	started, finished, aborted bool
+	counted                    bool // occupies a CmdSN window slot
 }
 
 func (t *task) complete() bool {
@@ -169,7 +170,7 @@ func (c *conn) handleSCSICommand(h *pduHeader) error {
 		}
 		// The rejected command still uses up its CmdSN, or every later
 		// command would wait for it forever.
-		c.acceptCmdSN(b.u32(offCmdSN), b.immediate())
+		c.acceptCmdSN(b.u32(offCmdSN), b.immediate(), false)
 		if dup {
 			c.reject(h, rejectTaskInProgress)
 		} else {
@@ -177,7 +178,8 @@ func (c *conn) handleSCSICommand(h *pduHeader) error {
 		}
 		return nil
 	}
-	if !c.acceptCmdSN(b.u32(offCmdSN), b.immediate()) {
+	ok, counted := c.acceptCmdSN(b.u32(offCmdSN), b.immediate(), true)
+	if !ok {
 		return c.pr.readData(h, nil)
 	}
 	t := &task{
@@ -191,9 +193,7 @@ func (c *conn) handleSCSICommand(h *pduHeader) error {
 		edtl:      edtl,
 		done:      make(chan struct{}),
 		ttt:       reservedTag,
-	}
-	if !t.immediate {
-		c.inflight.Add(1)
+		counted:   counted,
 	}
 	copy(t.cdb[:], b[32:48])
 	t.cmd.CDB = t.cdb[:]
@@ -296,6 +296,9 @@ func parseAHS(ahs []byte) (ext []byte, ok bool) {
 func (c *conn) register(t *task) {
 	c.tmu.Lock()
 	c.tasks[t.itt] = t
+	if !t.immediate && !t.counted {
+		c.aheadT[t.cmdSN] = t
+	}
 	c.tmu.Unlock()
 }
 
@@ -394,7 +397,7 @@ func (c *conn) handleDataOut(h *pduHeader) error {
 // ready starts a task whose data is complete, unless an earlier CmdSN is
 // still missing, in which case it waits in held.
 func (c *conn) ready(t *task) {
-	if !t.immediate && !serialLess(t.cmdSN, c.expCmdSN.Load()) {
+	if !t.immediate && !serialLess(t.cmdSN, c.expCmdSN()) {
 		c.tmu.Lock()
 		c.held = append(c.held, t)
 		c.tmu.Unlock()
@@ -405,7 +408,7 @@ func (c *conn) ready(t *task) {
 
 // releaseHeld starts held tasks whose CmdSN is now below ExpCmdSN.
 func (c *conn) releaseHeld() {
-	exp := c.expCmdSN.Load()
+	exp := c.expCmdSN()
 	c.tmu.Lock()
 	var go_ []*task
 	c.held = slices.DeleteFunc(c.held, func(t *task) bool {
@@ -507,6 +510,9 @@ func (c *conn) abortTasks(match func(*task) bool) int {
 		}
 		t.aborted = true
 		delete(c.tasks, itt)
+		if !t.immediate && !t.counted {
+			delete(c.aheadT, t.cmdSN)
+		}
 		c.rememberAborted(itt)
 		victims = append(victims, t)
 	}
@@ -527,8 +533,8 @@ func (c *conn) abortTasks(match func(*task) bool) int {
 			<-t.done
 			t.release()
 		}
-		if !t.immediate {
-			c.inflight.Add(-1)
+		if t.counted {
+			c.releaseSlot()
 		}
 	}
 	return len(victims)
@@ -550,8 +556,8 @@ func (c *conn) abortAllTasks() {
 // the status rides in the last Data-In (phase collapse) when there is data
 // and no sense, else in a SCSI Response PDU.
 func (c *conn) writeTaskResponse(t *task) error {
-	if !t.immediate {
-		c.inflight.Add(-1)
+	if t.counted {
+		c.releaseSlot()
 	}
 	resp := &t.resp
 	var data []byte

@@ -13,7 +13,7 @@ func (c *conn) handleText(h *pduHeader) error {
 		return err
 	}
 	b := &h.bhs
-	if !c.acceptCmdSN(b.u32(offCmdSN), b.immediate()) {
+	if ok, _ := c.acceptCmdSN(b.u32(offCmdSN), b.immediate(), false); !ok {
 		return nil
 	}
 	itt := b.itt()

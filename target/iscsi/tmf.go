@@ -33,7 +33,7 @@ func (c *conn) handleTaskMgmt(h *pduHeader) error {
 	}
 	b := &h.bhs
 	cmdSN := b.u32(offCmdSN)
-	if !c.acceptCmdSN(cmdSN, b.immediate()) {
+	if ok, _ := c.acceptCmdSN(cmdSN, b.immediate(), false); !ok {
 		return nil
 	}
 	fn := b.flags() & 0x7f
@@ -74,9 +74,9 @@ func (c *conn) handleTaskMgmt(h *pduHeader) error {
 			// Not here: if its CmdSN is in the window and precedes this
 			// request, it was lost or is still to come; consider it
 			// received so it is never executed (§11.5.1 b).
-			exp := c.expCmdSN.Load()
+			exp := c.expCmdSN()
 			if !serialLess(refCmdSN, exp) && serialLess(refCmdSN, cmdSN) {
-				c.acceptCmdSN(refCmdSN, false)
+				c.acceptCmdSN(refCmdSN, false, false)
 				c.tmu.Lock()
 				c.rememberAborted(ref)
 				c.tmu.Unlock()
