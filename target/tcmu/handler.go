@@ -69,6 +69,9 @@ type Config struct {
 	// means the system bus (skipped with a warning when there is none),
 	// DisableDBus turns the service off.
 	DBusAddress string
+	// Ready, if set, is called once Run answers notifications: the
+	// kernel handshake is done and existing devices are re-adopted.
+	Ready func()
 	// ShutdownGrace bounds how long commands in flight may run after Run's
 	// context ends before they are aborted. Default 10s.
 	ShutdownGrace time.Duration
@@ -172,6 +175,9 @@ func (h *Handler) Run(ctx context.Context) error {
 
 	h.adoptExisting()
 	h.log.Info("tcmu: handler ready", "subtype", h.cfg.Subtype, "devices", h.deviceCount(), "dbus", bus != nil)
+	if h.cfg.Ready != nil {
+		h.cfg.Ready()
+	}
 
 	var events sync.WaitGroup
 	stop := nl.unblockOn(ctx)

@@ -1,0 +1,120 @@
+#!/bin/sh
+# /init of the tier-1 guest (busybox initramfs). Paths are inside the guest.
+# Drives LIO through raw configfs writes (the sequence rtslib/targetcli use),
+# exposes the TCMU device through tcm_loop as a local SCSI disk, and checks
+# data integrity across a daemon crash and restart.
+export PATH=/bin:/sbin
+mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev; mount -t tmpfs tmpfs /tmp
+t() { echo "@@T $(cut -d' ' -f1 /proc/uptime) $*"; }
+pass() { echo "@@PASS $*"; }
+fail() { echo "@@FAIL $*"; }
+now() { cut -d' ' -f1 /proc/uptime; }
+finish() { t finish; echo "---- daemon logs"; for f in /tmp/d*.log; do echo "== $f"; tail -n 30 $f; done; echo "---- dmesg"; dmesg | grep -iE "tcmu|target|uio|loop" | tail -n 20; echo "@@DONE"; sync; poweroff -f; sleep 30; }
+t init
+for m in configfs target_core_mod target_core_user tcm_loop sd_mod uio; do modprobe $m || fail modprobe-$m; done
+mountpoint -q /sys/kernel/config || mount -t configfs none /sys/kernel/config
+t modules-loaded
+C=/sys/kernel/config/target
+mkdir -p /tmp/vols
+dd if=/dev/zero of=/tmp/vols/vol1.img bs=1M count=32 2>/dev/null
+
+DPID=
+start_daemon() { # $1: log file
+  tcmuguest -dir /tmp/vols > $1 2>&1 &
+  DPID=$!
+  i=0; while [ $i -lt 100 ]; do grep -q READY $1 && return 0; sleep 0.1; i=$((i+1)); done
+  fail daemon-start "no READY in $1"; cat $1; finish
+}
+start_daemon /tmp/d1.log
+t daemon-ready
+
+# --- create the device: what targetcli /backstores/user:cachelun create does
+D=$C/core/user_0/vol1
+mkdir -p $D
+echo "dev_config=cachelun/vol1" > $D/control
+echo "dev_size=33554432" > $D/control
+s=$(now)
+if echo 1 > $D/enable; then pass enable "ADDED_DEVICE answered in $(awk "BEGIN{print $(now)-$s}")s"; else fail enable "enable write failed"; finish; fi
+echo "T10 VPD Unit Serial Number: 5eria1tcmu0001" > $D/wwn/vpd_unit_serial 2>/dev/null
+t device-enabled
+
+# --- tcm_loop: nexus first, then the LUN
+L=$C/loopback/naa.5001405000000001/tpgt_1
+mkdir -p $L
+echo naa.5001405000000002 > $L/nexus
+mkdir -p $L/lun/lun_0
+ln -s $D $L/lun/lun_0/vol1
+i=0; while [ $i -lt 200 ] && [ ! -b /dev/sda ]; do sleep 0.05; i=$((i+1)); done
+[ -b /dev/sda ] && pass disk "/dev/sda: $(cat /sys/block/sda/device/vendor) $(cat /sys/block/sda/device/model) $(cat /sys/block/sda/size) sectors" || { fail disk "no /dev/sda"; finish; }
+t disk-present
+[ "$(cat /sys/block/sda/size)" = 65536 ] && pass capacity || fail capacity "size $(cat /sys/block/sda/size) sectors, want 65536"
+
+# --- data written through the SCSI disk reads back, and lands in the volume file
+dd if=/dev/urandom of=/tmp/pat1 bs=1M count=8 2>/dev/null
+dd if=/tmp/pat1 of=/dev/sda bs=256k oflag=direct 2>/dev/null || fail write1 "dd to /dev/sda failed"
+dd if=/dev/sda of=/tmp/back1 bs=256k count=32 iflag=direct 2>/dev/null
+a=$(md5sum < /tmp/pat1); b=$(md5sum < /tmp/back1); c=$(dd if=/tmp/vols/vol1.img bs=1M count=8 2>/dev/null | md5sum)
+[ "$a" = "$b" ] && [ "$a" = "$c" ] && pass readback "$a" || fail readback "pattern $a device $b file $c"
+t io-done
+
+# --- daemon killed (idle) and restarted: re-adopts the device, data intact
+kill -9 $DPID; wait $DPID 2>/dev/null
+start_daemon /tmp/d2.log
+grep -q "re-adopted" /tmp/d2.log && pass readopt || fail readopt "no re-adoption in /tmp/d2.log"
+dd if=/dev/sda of=/tmp/back2 bs=256k count=32 iflag=direct 2>/dev/null
+[ "$(md5sum < /tmp/back2)" = "$a" ] && pass restart-readback || fail restart-readback "data differs after restart"
+t restart-idle-done
+
+# --- daemon killed in the middle of a write stream: the commands it left in the
+# ring fail with BUSY at re-adoption, the initiator retries, and the data is whole
+dd if=/dev/urandom of=/tmp/pat3 bs=1M count=16 2>/dev/null
+dd if=/tmp/pat3 of=/dev/sda bs=64k oflag=direct seek=128 2>/tmp/dd3.err &
+W=$!
+sleep 0.5
+kill -9 $DPID; wait $DPID 2>/dev/null
+t killed-under-io
+start_daemon /tmp/d3.log
+if wait $W; then pass restart-under-io-dd "writer finished"; else fail restart-under-io-dd "dd failed: $(cat /tmp/dd3.err)"; fi
+dd if=/dev/sda of=/tmp/back3 bs=64k skip=128 count=256 iflag=direct 2>/dev/null
+a3=$(md5sum < /tmp/pat3)
+[ "$(md5sum < /tmp/back3)" = "$a3" ] && pass restart-under-io "16 MiB intact" || fail restart-under-io "data differs"
+[ "$(dd if=/dev/sda bs=256k count=32 iflag=direct 2>/dev/null | md5sum)" = "$a" ] && pass restart-under-io-old || fail restart-under-io-old "earlier data damaged"
+t restart-io-done
+
+# --- a create for an unknown volume fails promptly, with the reason in the log
+B=$C/core/user_0/bad
+mkdir -p $B
+echo "dev_config=cachelun/nosuchvol" > $B/control
+echo "dev_size=1048576" > $B/control
+s=$(now)
+if timeout 20 sh -c "echo 1 > $B/enable" 2>/dev/null; then fail unknown-refused "enable succeeded"; else
+  d=$(awk "BEGIN{print $(now)-$s}")
+  awk "BEGIN{exit !($d < 5)}" && pass unknown-refused "refused in ${d}s" || fail unknown-refused "took ${d}s"
+fi
+grep "nosuchvol" /tmp/d3.log | grep -q "not configured" && pass unknown-reason "$(grep nosuchvol /tmp/d3.log | head -n 1)" || fail unknown-reason "reason not logged"
+rmdir $B
+
+# --- a device of another subtype is refused at once (nobody else would answer)
+F=$C/core/user_1/other
+mkdir -p $F
+echo "dev_config=file//tmp/x.img" > $F/control
+echo "dev_size=1048576" > $F/control
+if timeout 20 sh -c "echo 1 > $F/enable" 2>/dev/null; then fail foreign-refused "enable succeeded"; else pass foreign-refused; fi
+rmdir $F
+
+# --- too large for the volume
+G=$C/core/user_0/big
+mkdir -p $G
+dd if=/dev/zero of=/tmp/vols/small.img bs=1M count=1 2>/dev/null
+echo "dev_config=cachelun/small" > $G/control
+echo "dev_size=2097152" > $G/control
+if timeout 20 sh -c "echo 1 > $G/enable" 2>/dev/null; then fail too-large-refused "enable succeeded"; else pass too-large-refused; fi
+rmdir $G
+
+# --- teardown: REMOVED_DEVICE handshake
+rm $L/lun/lun_0/vol1; rmdir $L/lun/lun_0
+echo NULL > $L/nexus 2>/dev/null; rmdir $L; rmdir $C/loopback/naa.5001405000000001
+if timeout 20 rmdir $D; then pass remove; else fail remove "rmdir failed"; fi
+kill -TERM $DPID; wait $DPID
+grep -q "stopped" /tmp/d3.log && pass clean-stop || fail clean-stop "daemon did not stop cleanly"
+finish
