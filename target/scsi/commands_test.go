@@ -750,3 +750,25 @@ func TestMaxTransferLength(t *testing.T) {
 		t.Fatalf("maximum transfer refused: %#x", r.Status)
 	}
 }
+
+func TestDerivedIdentityDiffersPerLU(t *testing.T) {
+	tgt := NewTarget(TargetConfig{Name: "iqn.test:ids"})
+	var ids [2][]byte
+	for lun := range 2 {
+		vol, err := memvolNew(64*testBS, testBS)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tgt.AddLU(uint64(lun), LUConfig{Volume: vol}); err != nil {
+			t.Fatal(err)
+		}
+		r := tgt.Execute(context.Background(), &Command{LUN: uint64(lun), CDB: []byte{0x12, 1, 0x83, 0, 255, 0}, DataInLen: 255})
+		if r.Status != StatusGood {
+			t.Fatalf("status %#x", r.Status)
+		}
+		ids[lun] = r.Data[8:24] // first designator: NAA
+	}
+	if bytes.Equal(ids[0], ids[1]) {
+		t.Fatalf("two LUs share NAA %x", ids[0])
+	}
+}

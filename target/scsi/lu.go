@@ -1,6 +1,7 @@
 package scsi
 
 import (
+	"crypto/sha256"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -186,8 +187,15 @@ func newLU(t *Target, lun uint64, cfg LUConfig) (*LU, error) {
 	for 1<<lu.blockShift != bs {
 		lu.blockShift++
 	}
+	if lu.deviceID == ([16]byte{}) {
+		// Without a configured identifier, derive a stable one from the
+		// target name and LUN so that two logical units never share a
+		// VPD 83h identity (multipath would merge them).
+		sum := sha256.Sum256([]byte(t.name + "\x00" + strconv.FormatUint(lun, 10)))
+		copy(lu.deviceID[:], sum[:])
+	}
 	if lu.serial == "" {
-		lu.serial = fmt.Sprintf("%x", cfg.DeviceID[:8])
+		lu.serial = fmt.Sprintf("%x", lu.deviceID[:8])
 	}
 	lu.maxXferBlocks = uint32(maxTransferBytes >> lu.blockShift)
 	lu.optimalXferBlocks = uint32(optimalTransferBytes >> lu.blockShift)

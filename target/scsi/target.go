@@ -42,6 +42,9 @@ type Target struct {
 	log  *slog.Logger
 	ops  *opTable
 
+	// unmappedErrors counts volume errors that map to no sense code.
+	unmappedErrors atomic.Uint64
+
 	// mu serializes changes of the LUN map; readers load luns atomically.
 	mu   sync.Mutex
 	luns atomic.Pointer[map[uint64]*LU]
@@ -278,7 +281,12 @@ func (tk *task) response(err error) Response {
 		case errors.Is(err, errTaskAborted), errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 			return Response{Status: StatusTaskAborted, TransferLen: tk.xfer}
 		default:
-			tk.t.log.Error("scsi: unmapped error", "lun", tk.cmd.LUN, "cdb", fmt.Sprintf("% x", tk.cdb), "err", err)
+			// A failing volume fails every command: log the 1st, 2nd,
+			// 4th, 8th... occurrence so the log stays readable.
+			if n := tk.t.unmappedErrors.Add(1); n&(n-1) == 0 {
+				tk.t.log.Error("scsi: volume error without a SCSI mapping", "lun", tk.cmd.LUN,
+					"cdb", fmt.Sprintf("% x", tk.cdb), "err", err, "occurrences", n)
+			}
 			se = newSense(SenseHardwareError, ASCInternalTargetFailure)
 			return Response{Status: StatusCheckCondition, Sense: se.Bytes(), TransferLen: tk.xfer}
 		}
