@@ -103,20 +103,25 @@ type backingSnap struct {
 // yet issued.
 func TestBlackboxCrashConsistency(t *testing.T) {
 	for _, c := range []struct {
-		name string
-		unit persist.TearUnit
-		vc   cachecore.VolumeConfig
+		name     string
+		unit     persist.TearUnit
+		segments int
+		gc       int
+		vc       cachecore.VolumeConfig
 	}{
-		{"dax-writeback", persist.TearDAX, cachecore.VolumeConfig{Mode: cachecore.ModeWriteback}},
-		{"page-writeback-bypass", persist.TearUnit(4096), cachecore.VolumeConfig{Mode: cachecore.ModeWriteback, SequentialCutoff: 32 << 10}},
+		{"dax-writeback", persist.TearDAX, 24, 0, cachecore.VolumeConfig{Mode: cachecore.ModeWriteback}},
+		{"page-writeback-bypass", persist.TearUnit(4096), 24, 0, cachecore.VolumeConfig{Mode: cachecore.ModeWriteback, SequentialCutoff: 32 << 10}},
+		{"dax-gc-pressure", persist.TearDAX, 12, 20, cachecore.VolumeConfig{Mode: cachecore.ModeWriteback}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			runCrashWorkload(t, c.name, c.unit, c.vc)
+			o := rigOptions{Segments: c.segments, BackingSize: 1 << 20, Unit: c.unit, DataCRC: true, VC: c.vc,
+				Cfg: cachecore.Config{GCPercent: c.gc}}
+			runCrashWorkload(t, c.name, o)
 		})
 	}
 }
 
-func runCrashWorkload(t *testing.T, name string, unit persist.TearUnit, vc cachecore.VolumeConfig) {
+func runCrashWorkload(t *testing.T, name string, o rigOptions) {
 	ctx := context.Background()
 	began := time.Now()
 	seed := testSeed()
@@ -124,12 +129,12 @@ func runCrashWorkload(t *testing.T, name string, unit persist.TearUnit, vc cache
 	rng := rand.New(rand.NewPCG(seed, 0x63726173))
 	ops, maxImages := 160, 60
 	if raceEnabled {
-		maxImages = 25
+		maxImages = 18
 	}
 	if longRun() {
 		ops, maxImages = 1000, math.MaxInt
 	}
-	o := rigOptions{Segments: 24, BackingSize: 1 << 20, Unit: unit, DataCRC: true, VC: vc}
+	vc := o.VC
 	r := newRig(t, o, nil)
 	defer r.close()
 	model := &crashModel{bySector: map[int64][]int{}}
@@ -259,6 +264,7 @@ func runCrashWorkload(t *testing.T, name string, unit persist.TearUnit, vc cache
 		}
 	}
 	t.Logf("workload done after %v", time.Since(began))
+	cst := r.cache.Stats()
 	r.close()
 	r.media.SetPersistHook(nil)
 	points := r.media.PersistPoints()
@@ -310,7 +316,8 @@ func runCrashWorkload(t *testing.T, name string, unit persist.TearUnit, vc cache
 			torn++
 		}
 	}
-	t.Logf("%d persist points (%d exact), %d crash images checked (%d with a torn backing image)", points, len(exact), checked, torn)
+	t.Logf("%d persist points (%d exact), %d crash images checked (%d with a torn backing image); GC runs %d, segments freed %d",
+		points, len(exact), checked, torn, cst.GCRuns, cst.GCSegmentsFreed)
 }
 
 func keys(m map[uint64]bool) []uint64 {
