@@ -772,3 +772,20 @@ func TestDerivedIdentityDiffersPerLU(t *testing.T) {
 		t.Fatalf("two LUs share NAA %x", ids[0])
 	}
 }
+
+func TestWriteThroughDiscardIsFlushed(t *testing.T) {
+	f := newFixture(t, func(c *LUConfig) { c.Thin = true; c.WriteCache = false })
+	fl0, _, _, _ := f.vol.Counters()
+	p := unmapList([2]uint64{1, 2})
+	f.good(f.exec(nexusA, cdb10(0x42, 0, 0, uint16(len(p))), p, 0))
+	f.good(f.exec(nexusA, cdb16(0x93, 0x09, 8, 4), nil, 0))
+	if fl1, _, _, _ := f.vol.Counters(); fl1-fl0 != 2 {
+		t.Fatalf("WCE=0 discards flushed %d times, want 2", fl1-fl0)
+	}
+	// WRITE SAME writes FUA when WCE=0 and not otherwise.
+	_, fu0, _, _ := f.vol.Counters()
+	f.good(f.exec(nexusA, cdb10(0x41, 0, 0, 1), pattern(testBS, 1), 0))
+	if _, fu1, _, _ := f.vol.Counters(); fu1 != fu0+1 {
+		t.Fatal("WRITE SAME with WCE=0 not FUA")
+	}
+}

@@ -330,12 +330,26 @@ func cmdUnmap(tk *task) error {
 	if err != nil {
 		return err
 	}
+	return lu.discard(tk.volCtx(), descs)
+}
+
+// discard deallocates the ranges. With the write cache disabled the
+// initiator takes completion as stability, so the discards are flushed
+// before GOOD (otherwise a crash could bring the old data back).
+func (lu *LU) discard(ctx context.Context, descs []unmapDesc) error {
 	bs := int64(lu.blockSize)
+	done := false
 	for _, d := range descs {
 		if d.blocks == 0 {
 			continue
 		}
-		if err := lu.vol.Discard(tk.volCtx(), int64(d.lba)*bs, int64(d.blocks)*bs); err != nil {
+		if err := lu.vol.Discard(ctx, int64(d.lba)*bs, int64(d.blocks)*bs); err != nil {
+			return volumeError(err, ioWrite)
+		}
+		done = true
+	}
+	if done && !lu.wce.Load() {
+		if err := lu.vol.Flush(ctx); err != nil {
 			return volumeError(err, ioWrite)
 		}
 	}
@@ -431,12 +445,9 @@ func cmdWriteSame(tk *task) error {
 	off, n := int64(r.lba*bs), int64(uint64(r.blocks)*bs)
 	ctx := tk.volCtx()
 	if unmap && zero && lu.thin {
-		if err := lu.vol.Discard(ctx, off, n); err != nil {
-			return volumeError(err, ioWrite)
-		}
-		return nil
+		return lu.discard(ctx, []unmapDesc{{lba: r.lba, blocks: r.blocks}})
 	}
-	fua := !lu.wce.Load() || f&flagFUA != 0
+	fua := !lu.wce.Load() // WRITE SAME has no FUA bit
 	chunk := min(n, writeSameChunk)
 	buf := make([]byte, chunk)
 	if !zero {
