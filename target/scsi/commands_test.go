@@ -789,3 +789,9 @@ func TestWriteThroughDiscardIsFlushed(t *testing.T) {
 		t.Fatal("WRITE SAME with WCE=0 not FUA")
 	}
 }
+
+func TestNilCommandDoesNotCrash(t *testing.T) {
+	f := newFixture(t, nil)
+	r := f.tgt.Execute(context.Background(), nil)
+	checkSense(t, r, SenseHardwareError, ASCInternalTargetFailure)
+}

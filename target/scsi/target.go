@@ -168,8 +168,13 @@ func (t *Target) NexusLost(n *Nexus) {
 func (t *Target) Execute(ctx context.Context, cmd *Command) (resp Response) {
 	defer func() {
 		if r := recover(); r != nil {
+			var lun uint64
+			var cdb []byte
+			if cmd != nil {
+				lun, cdb = cmd.LUN, cmd.CDB
+			}
 			t.log.Error("scsi: internal error executing command",
-				"lun", cmd.LUN, "cdb", fmt.Sprintf("% x", cmd.CDB), "panic", r, "stack", string(debug.Stack()))
+				"lun", lun, "cdb", fmt.Sprintf("% x", cdb), "panic", r, "stack", string(debug.Stack()))
 			resp = Response{Status: StatusCheckCondition, Sense: newSense(SenseHardwareError, ASCInternalTargetFailure).Bytes()}
 		}
 	}()
