@@ -12,7 +12,7 @@ now() { cut -d' ' -f1 /proc/uptime; }
 finish() { t finish; echo "---- daemon logs"; for f in /tmp/d*.log; do echo "== $f"; tail -n 30 $f; done; echo "---- dmesg"; dmesg | grep -iE "tcmu|target|uio|loop" | tail -n 20; echo "@@DONE"; sync; poweroff -f; sleep 30; }
 t init
 for m in configfs target_core_mod target_core_user tcm_loop sd_mod uio; do modprobe $m || fail modprobe-$m; done
-mountpoint -q /sys/kernel/config || mount -t configfs none /sys/kernel/config
+grep -q " /sys/kernel/config " /proc/mounts || mount -t configfs none /sys/kernel/config
 t modules-loaded
 C=/sys/kernel/config/target
 mkdir -p /tmp/vols

@@ -1,0 +1,91 @@
+package vm
+
+import (
+	"context"
+	_ "embed"
+	"os"
+	"path/filepath"
+	"runtime"
+	"testing"
+	"time"
+)
+
+var (
+	//go:embed testdata/switchroot-init.sh
+	switchrootInit string
+	//go:embed testdata/tier2-guest.sh
+	tier2Guest string
+)
+
+// TestTier2TargetcliISCSI boots a Debian rootfs with targetcli-fb,
+// open-iscsi and the system bus: targetcli lists user:cachelun over D-Bus,
+// refuses an unknown cfgstring through CheckConfig, creates the backstore
+// and exports it through the kernel iSCSI target on 127.0.0.1; open-iscsi
+// logs in inside the guest, and an ext4 file system made on the LUN keeps
+// its checksums across unmount and remount.
+func TestTier2TargetcliISCSI(t *testing.T) {
+	cache := CacheDir()
+	start := time.Now()
+	a, err := Prepare(cache)
+	if err != nil {
+		t.Fatalf("VM test cannot run on this machine: %v", err)
+	}
+	rfs, err := PrepareRootfs(cache)
+	if err != nil {
+		t.Fatalf("VM test cannot run on this machine: %v", err)
+	}
+	t.Logf("assets ready in %v (kernel %v, rootfs build %v)", time.Since(start).Round(time.Millisecond),
+		a.PrepareTime.Round(time.Millisecond), rfs.BuildTime.Round(time.Millisecond))
+
+	work := t.TempDir()
+	start = time.Now()
+	bin := filepath.Join(work, "tcmuguest")
+	if err := BuildGo("github.com/cachelun/cachelun/integration/vm/cmd/tcmuguest", bin); err != nil {
+		t.Fatal(err)
+	}
+	guest := filepath.Join(work, "guest-test.sh")
+	if err := os.WriteFile(guest, []byte(tier2Guest), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	_, self, _, _ := runtime.Caller(0)
+	policy := filepath.Join(filepath.Dir(self), "..", "..", "contrib", "dbus", "org.kernel.TCMUService1.conf")
+	disk := filepath.Join(work, "root.ext4")
+	if err := a.BuildRootDisk(rfs, RootDisk{
+		Modules: []string{"configfs", "target_core_mod", "target_core_user", "target_core_file", "target_core_iblock",
+			"target_core_pscsi", "iscsi_target_mod", "iscsi_tcp", "sd_mod", "uio", "crc32c_generic"},
+		Files: map[string]string{
+			"/usr/local/bin/tcmuguest":                          bin,
+			"/root/guest-test.sh":                               guest,
+			"/etc/dbus-1/system.d/org.kernel.TCMUService1.conf": policy,
+		},
+	}, disk); err != nil {
+		t.Fatal(err)
+	}
+	initrd := filepath.Join(work, "initrd.gz")
+	if err := a.Build(Initramfs{Init: switchrootInit, Modules: []string{"virtio_pci", "virtio_blk", "crc32c_generic", "ext4"}}, initrd); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("root disk and initramfs built in %v", time.Since(start).Round(time.Millisecond))
+
+	b := Boot{Assets: a, Initrd: initrd, MemoryMB: 2048, Timeout: 6 * time.Minute,
+		ExtraArgs: []string{"-drive", "file=" + disk + ",format=raw,if=virtio,cache=unsafe"}}
+	if testing.Verbose() {
+		b.Console = os.Stdout
+	}
+	r, err := b.Run(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	logPath := filepath.Join(cache, "tier2-last.log")
+	if err := r.SaveLog(logPath); err != nil {
+		t.Log(err)
+	}
+	t.Logf("qemu wall %v; guest timeline: %v", r.Wall.Round(time.Millisecond), r.Marks)
+	for _, p := range r.Passed {
+		t.Logf("PASS %s", p)
+	}
+	if err := r.Err("daemon-dbus", "targetcli-lists", "checkconfig-refuses", "backstore-create", "iscsi-export",
+		"discovery", "login", "iscsi-disk", "mkfs", "mount", "umount", "remount-verify", "logout", "clearconfig"); err != nil {
+		t.Fatalf("guest: %v\nconsole log saved to %s:\n%s", err, logPath, tail(r.Log, 8000))
+	}
+}
