@@ -110,10 +110,8 @@ func (c *conn) sendTargets(tb *textBuilder, v string) {
 	var list []*targetEntry
 	switch {
 	case v == "All":
-		if c.discovery || true {
-			for _, e := range s.targets {
-				list = append(list, e)
-			}
+		for _, e := range s.targets {
+			list = append(list, e)
 		}
 	case v == "":
 		if e := c.target.Load(); e != nil {
