@@ -55,6 +55,7 @@ type Config struct {
 	Release func(cfgstring string, v scsi.Volume)
 	// Check, if set, validates a cfgstring for targetcli's CheckConfig
 	// before the device exists; nil accepts every well-formed cfgstring.
+	// It may be called from several goroutines at once.
 	Check func(cfgstring string) error
 	// Subtype is the handler name: targetcli shows user:<Subtype>. Default
 	// "cachelun".
@@ -186,6 +187,10 @@ func (h *Handler) Run(ctx context.Context) error {
 		if err != nil {
 			if ctx.Err() != nil {
 				break
+			}
+			if overrun(err) {
+				h.log.Error("tcmu: netlink socket overflowed; device notifications were lost and their configfs writers may hang (recover with block_netlink/reset_netlink)", "err", err)
+				continue
 			}
 			if ignorable(err) {
 				h.log.Debug("tcmu: kernel refused a reply (device without reply support, or answered already)", "err", err)

@@ -185,6 +185,9 @@ func dialNetlink() (*nlConn, bool, error) {
 		return nil, false, fmt.Errorf("tcmu: look up generic netlink family %s: %w", familyName, err)
 	}
 	n := &nlConn{c: c, family: fam.ID, version: fam.Version}
+	// Notifications are rare, but a burst (targetcli restoreconfig) must
+	// not overflow the socket: a lost ADDED_DEVICE leaves a writer hanging.
+	_ = c.SetReadBuffer(1 << 20)
 	replies := false
 	if fam.Version >= 2 {
 		m, err := setFeaturesMessage(fam.Version)
@@ -231,8 +234,12 @@ func ignorable(err error) bool {
 		return false
 	}
 	return errors.Is(oe.Err, unix.ENODEV) || errors.Is(oe.Err, unix.EINVAL) ||
-		errors.Is(oe.Err, unix.ENOENT) || errors.Is(oe.Err, unix.EBUSY) || errors.Is(oe.Err, unix.ENOBUFS)
+		errors.Is(oe.Err, unix.ENOENT) || errors.Is(oe.Err, unix.EBUSY)
 }
+
+// overrun reports a receive error that means notifications were dropped
+// because the socket buffer was full.
+func overrun(err error) bool { return errors.Is(err, unix.ENOBUFS) }
 
 func (n *nlConn) reply(e nlEvent, status int32) error {
 	m, err := replyMessage(e, status, n.version)
