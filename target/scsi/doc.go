@@ -20,6 +20,15 @@
 // (6/10), START STOP UNIT and PREVENT ALLOW MEDIUM REMOVAL. Anything else
 // ends in ILLEGAL REQUEST / INVALID COMMAND OPERATION CODE.
 //
+// Identity: standard INQUIRY reports a connected direct-access device,
+// vendor "CACHELUN", product "cached-lun", revision "0001" (all
+// configurable), VERSION 06h (SPC-4), HiSup=1, response data format 2,
+// CmdQue=1, TPGS=0 (no ALUA), PROTECT=0, 3PC=0, and the version
+// descriptors SAM-5, iSCSI, SPC-4 and SBC-3. VPD 83h carries an NAA-6
+// designator and a T10 vendor ID designator derived from
+// LUConfig.DeviceID, the relative target port and target port group of the
+// nexus, and the SCSI names of the target port and target device.
+//
 // # Guarantees
 //
 //   - Durability: with WCE=0 every write reaches the Volume with fua=true;
