@@ -68,6 +68,7 @@ type LU struct {
 	defaultWCE bool
 	wce        atomic.Bool // current WCE
 	savedWCE   atomic.Bool // saved WCE (what the state file holds)
+	wceSaved   atomic.Bool // the state file holds a WCE (MODE SELECT SP=1)
 
 	// taskSet orders tasks by attribute: SIMPLE (and ACA, untagged) hold
 	// it shared, ORDERED exclusively, HEAD OF QUEUE not at all.

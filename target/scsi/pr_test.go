@@ -322,3 +322,18 @@ func TestPRAllRegistrantsAndUnregister(t *testing.T) {
 	f.sense(f.prout(nexusA, 1, 0x12, 0xa, 0, 0), SenseIllegalRequest, ASCInvalidFieldInCDB)
 	f.sense(f.prout(nexusA, 1, 0x04, 0xa, 0, 0), SenseIllegalRequest, ASCInvalidFieldInCDB)
 }
+
+func TestAPTPLDoesNotPinWriteCacheSetting(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "lun.state")
+	f := newFixture(t, func(c *LUConfig) { c.StatePath = path; c.WriteCache = true })
+	f.good(f.prout(nexusA, 0, 0, 0, 0xa, 0x01))
+	// The configuration now asks for write-through: the state file,
+	// written for APTPL only, must not override it.
+	f2 := newFixture(t, func(c *LUConfig) { c.StatePath = path; c.WriteCache = false })
+	if f2.lu.WriteCacheEnabled() {
+		t.Fatal("APTPL state file pinned WCE=1 over the configuration")
+	}
+	if _, keys := readKeys(f2, nexusA); len(keys) != 1 {
+		t.Fatalf("APTPL registration lost: %x", keys)
+	}
+}

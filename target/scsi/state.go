@@ -44,6 +44,7 @@ func (lu *LU) loadState() error {
 	if st.WCE != nil {
 		lu.wce.Store(*st.WCE)
 		lu.savedWCE.Store(*st.WCE)
+		lu.wceSaved.Store(true)
 	}
 	if st.PR != nil && st.PR.APTPL {
 		for _, r := range st.PR.Regs {
@@ -63,6 +64,7 @@ func (lu *LU) loadState() error {
 // saveWCE records WCE as the saved caching page.
 func (lu *LU) saveWCE(wce bool) error {
 	lu.savedWCE.Store(wce)
+	lu.wceSaved.Store(true)
 	lu.resMu.Lock()
 	defer lu.resMu.Unlock()
 	return lu.writeStateLocked()
@@ -80,8 +82,13 @@ func (lu *LU) writeStateLocked() error {
 	}
 	lu.stateMu.Lock()
 	defer lu.stateMu.Unlock()
-	wce := lu.savedWCE.Load()
-	st := luState{Format: stateFormat, WCE: &wce}
+	st := luState{Format: stateFormat}
+	if lu.wceSaved.Load() {
+		// Only a MODE SELECT with SP=1 saves WCE; until then the
+		// configured write_cache setting stays in charge.
+		wce := lu.savedWCE.Load()
+		st.WCE = &wce
+	}
 	if lu.pr.APTPL {
 		pr := lu.prSnapshotLocked()
 		st.PR = &pr
