@@ -494,3 +494,34 @@ func TestPeerThatNeverReads(t *testing.T) {
 		t.Fatal("healthy session made no progress")
 	}
 }
+
+// TestDataSNChecked: Data-Out PDUs must carry DataSN 0, 1, ... within each
+// sequence; a repeated, skipped or reversed DataSN gets a Reject, the
+// connection is dropped (ERL 0) and nothing is written.
+func TestDataSNChecked(t *testing.T) {
+	env := startServer(t, Config{}, nil)
+	for name, sns := range map[string][2]uint32{"repeat-0": {0, 0}, "jump-27": {27, 1}, "minus-1": {0xffffffff, 0}, "reversed": {1, 0}} {
+		t.Run(name, func(t *testing.T) {
+			ti := dialInitiator(t, env.addr)
+			ti.isid = uint64(rand.Uint32())
+			ti.login(env.iqn, "InitialR2T", "Yes", "ImmediateData", "No", "MaxRecvDataSegmentLength", "512")
+			itt := ti.scsiCmd(0, write10(500, 2), false, 1024, nil, true)
+			h, _, err := ti.readPDU()
+			if err != nil || h.opcode() != opR2T {
+				t.Fatalf("want R2T, got %#x %v", h.opcode(), err)
+			}
+			ttt := h.u32(offTTT)
+			ti.dataOut(itt, ttt, sns[0], 0, bytes.Repeat([]byte{0xee}, 512), false)
+			ti.dataOut(itt, ttt, sns[1], 512, bytes.Repeat([]byte{0xee}, 512), true)
+			if r := drain(t, ti); len(r) != 1 || r[0] != rejectProtocolError {
+				t.Fatalf("rejects %v", r)
+			}
+			checkZero(t, env, 500)
+			checkZero(t, env, 501)
+		})
+	}
+	// The correct sequence works on the same target.
+	ti := dialInitiator(t, env.addr)
+	ti.login(env.iqn, "InitialR2T", "Yes", "ImmediateData", "No", "MaxRecvDataSegmentLength", "512")
+	writeRead(t, ti, 500, fill(1024, 8), 0)
+}
