@@ -5,7 +5,7 @@
 # lower is better; for everything else higher is better).
 #
 #   bash bench/iscsi_vs_tgtd.sh            # 10 s per measurement
-#   DUR=20 bash bench/iscsi_vs_tgtd.sh     # longer runs
+#   DUR=20 bash bench/iscsi_vs_tgtd.sh     # longer runs (LUN_MIB, HOT_MIB change the sizes)
 #
 # Needs (as root for tgtd): libiscsi-bin (iscsi-perf), qemu-utils +
 # qemu-block-extra (qemu-img, qemu-io), tgt (tgtd, tgtadm), bc.
@@ -14,10 +14,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DUR=${DUR:-10}                  # seconds per iscsi-perf measurement
-LUN_SIZE=${LUN_SIZE:-512MiB}    # cachelun LUN and tgtd file size
-LUN_BYTES=$((512 * 1024 * 1024))
-[ "$LUN_SIZE" = 512MiB ] || LUN_BYTES=$(numfmt --from=iec-i "${LUN_SIZE%B}")
-HOT_SIZE=${HOT_SIZE:-64MiB}     # hot set on the slow backing device
+LUN_MIB=${LUN_MIB:-512}         # cachelun LUN and tgtd file size, MiB
+HOT_MIB=${HOT_MIB:-64}          # hot set on the slow backing device, MiB
+LUN_SIZE=${LUN_MIB}MiB; LUN_BYTES=$((LUN_MIB << 20))
+HOT_SIZE=${HOT_MIB}MiB; HOT_BYTES=$((HOT_MIB << 20))
 WORK=$(mktemp -d /tmp/cachelun-bench.XXXXXX)
 OUT=$WORK/out; mkdir -p "$OUT"
 HZ=$(getconf CLK_TCK)
@@ -48,7 +48,7 @@ go build -o "$WORK/cachelun" ./cmd/cachelun
 # backing device (latency=5ms): 1 cached, 2 passthrough
 cat > "$WORK/cachelun.toml" <<EOF
 [global]
-log_level = "warn"
+log_level = "info"
 admin_socket = "off"
 metrics_listen = "off"
 
@@ -177,7 +177,7 @@ for qd in 1 32 128; do
 done
 read -r ci _ < <(perf c-seq256k $CPID "$C_URL/0" -m 8 -b 512)
 read -r ti _ < <(perf t-seq256k $TPID "$T_URL" -m 8 -b 512)
-row "iscsi-perf 256KiB seq read QD8 (MB/s)" "$((ci / 4))" "$((ti / 4))"
+row "iscsi-perf 256KiB seq read QD8 (MiB/s)" "$((ci / 4))" "$((ti / 4))"
 
 ci=$(qbench c-w4k-qd32 "$C_URL/0" -w -t none -c 200000 -d 32 -s 4k)
 ti=$(qbench t-w4k-qd32 "$T_URL" -w -t none -c 200000 -d 32 -s 4k)
@@ -194,8 +194,8 @@ tu=$(echo "scale=1; 1000000 * $tc / ($ti * $DUR)" | bc 2>/dev/null || echo 0)
 row "target CPU per I/O, 2 sessions (us)" "$cu" "$tu"
 
 # ---- hot set on a slow backing device: cached vs passthrough (same daemon)
-timeout 300 qemu-io -f raw -c "write -P 0x6b 0 $HOT_SIZE" "$C_URL/1" >> "$OUT/warm.log"
-timeout 300 qemu-io -f raw -c "read 0 $HOT_SIZE" "$C_URL/1" >> "$OUT/warm.log"
+timeout 300 qemu-io -f raw -c "write -P 0x6b 0 $HOT_BYTES" "$C_URL/1" >> "$OUT/warm.log"
+timeout 300 qemu-io -f raw -c "read 0 $HOT_BYTES" "$C_URL/1" >> "$OUT/warm.log"
 read -r hi _ < <(perf c-hot-cached $CPID "$C_URL/1" -m 32 -b 8 -r)
 read -r pi _ < <(perf c-hot-pt $CPID "$C_URL/2" -m 32 -b 8 -r)
 HOTROW=$(printf '%-44s %14s %14s %8s' "hot set 4KiB rand read QD32, slow 5ms (IOPS)" "$hi" "$pi" "$(ratio "$hi" "$pi")")
