@@ -120,6 +120,16 @@ func TestQEMUDataPatterns(t *testing.T) {
 	if strings.Contains(out, "Pattern verification failed") || strings.Count(out, "read ") < 5 {
 		t.Fatalf("qemu-io:\n%s", out)
 	}
+	// Again with CRC32C header digests, through QEMU's option syntax.
+	u := strings.TrimPrefix(url, "iscsi://")
+	portal, iqn, _ := strings.Cut(u, "/")
+	opts := "driver=raw,file.driver=iscsi,file.transport=tcp,file.portal=" + portal + ",file.target=" + iqn +
+		",file.lun=0,file.header-digest=crc32c"
+	out = run(t, 60*time.Second, "qemu-io", "--image-opts",
+		"-c", "write -P 0x3c 8M 768k", "-c", "read -P 0x3c 8M 768k", "-c", "read -P 0xab 0 64k", "-c", "read -P 0xab 128k 896k", opts)
+	if strings.Contains(out, "Pattern verification failed") || strings.Count(out, "read ") < 2 {
+		t.Fatalf("qemu-io with header digests:\n%s", out)
+	}
 }
 
 var (
