@@ -71,8 +71,8 @@ type Cache struct {
 
 type cacheCounters struct {
 	gcRuns, gcSegmentsFreed, deferredWrites, journalFullWaits atomic.Uint64
-	writebackBytes                                             atomic.Uint64
-	lastDirtyTailMove                                          atomic.Int64
+	writebackBytes                                            atomic.Uint64
+	lastDirtyTailMove                                         atomic.Int64
 }
 
 // volState is what the cache knows about a volume id, attached or not: its

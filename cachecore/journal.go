@@ -114,6 +114,7 @@ func (c *Cache) commit(pk *pendingKset) {
 		pk.err = err
 		return
 	}
+	c.flushBackingForClean(pk.keys)
 	if err := c.persistKeyData(pk.keys); err != nil {
 		c.fail("persist data", err)
 		pk.err = c.failedErr()
@@ -151,6 +152,34 @@ func (c *Cache) commit(pk *pendingKset) {
 			return
 		}
 		backoff = min(backoff*2, 100*time.Millisecond)
+	}
+}
+
+// flushBackingForClean flushes the backing device of every volume with
+// clean keys in the kset if it saw direct writes since its last flush: a
+// clean key that became durable before the backing data it mirrors could
+// outlive that data in a crash. A failing flush is logged and the commit
+// goes on (the keys are already in the index).
+func (c *Cache) flushBackingForClean(keys []persist.Key) {
+	var done [persist.MaxVolumes]bool
+	for i := range keys {
+		k := &keys[i]
+		if k.Flags != persist.KeyClean || k.Volume >= persist.MaxVolumes || done[k.Volume] {
+			continue
+		}
+		done[k.Volume] = true
+		vs := c.vols[k.Volume].Load()
+		if vs == nil {
+			continue
+		}
+		v := vs.vol.Load()
+		if v == nil {
+			continue
+		}
+		if err := v.flushBacking(c.workersCtx); err != nil {
+			v.stats.addError("backing_flush")
+			c.log.Warn("backing flush before committing clean keys failed", "volume", v.name, "err", err)
+		}
 	}
 }
 

@@ -40,10 +40,14 @@ type Volume struct {
 	readLat  latencyEWMA
 	writeLat latencyEWMA
 
-	// needBackingFlush is set before any write reaches the backing
-	// device directly (bypass, writethrough, discard): the next Flush must
-	// flush the backing device too (durability contract 3).
-	needBackingFlush atomic.Bool
+	// directSeq counts writes that reach the backing device directly
+	// (bypass, writethrough, discard), counted before they are issued;
+	// flushedSeq is the directSeq a completed backing flush covered. Flush
+	// flushes the backing device when they differ (durability contract 3),
+	// and so does a kset commit holding clean keys of the volume: a clean
+	// key may only become durable once the backing data it mirrors is.
+	directSeq, flushedSeq atomic.Uint64
+	backingFlushMu        sync.Mutex
 	// directMu serializes COMPARE AND WRITE on the backing device after a
 	// cache failure.
 	directMu sync.Mutex
@@ -552,7 +556,7 @@ func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64, fua bool) err
 }
 
 func (v *Volume) directWrite(ctx context.Context, p []byte, off int64, fua bool) error {
-	v.needBackingFlush.Store(true)
+	v.noteDirect()
 	if err := v.dev.WriteAt(ctx, p, off); err != nil {
 		return v.backingErr("write", off, err)
 	}
@@ -741,7 +745,7 @@ func (v *Volume) bypassWrite(ctx context.Context, p []byte, off int64, fua bool,
 		return fmt.Errorf("cachecore: %s: %w", v.name, err)
 	}
 	if len(direct) > 0 {
-		v.needBackingFlush.Store(true)
+		v.noteDirect()
 	}
 	for i := 0; i < len(direct); {
 		j := i + 1
@@ -808,12 +812,34 @@ func (v *Volume) Flush(ctx context.Context) error {
 			}
 		}
 	}
-	if v.needBackingFlush.Swap(false) || d {
-		if err := v.dev.Flush(ctx); err != nil {
-			v.needBackingFlush.Store(true)
-			return v.backingErr("flush", 0, err)
-		}
+	if d {
+		v.noteDirect()
 	}
+	if err := v.flushBacking(ctx); err != nil {
+		return v.backingErr("flush", 0, err)
+	}
+	return nil
+}
+
+func (v *Volume) noteDirect() { v.directSeq.Add(1) }
+
+// flushBacking flushes the backing device if direct writes happened since
+// the last backing flush.
+func (v *Volume) flushBacking(ctx context.Context) error {
+	seq := v.directSeq.Load()
+	if seq == v.flushedSeq.Load() {
+		return nil
+	}
+	v.backingFlushMu.Lock()
+	defer v.backingFlushMu.Unlock()
+	if seq <= v.flushedSeq.Load() {
+		return nil // a flush that started after seq was counted covered it
+	}
+	seq = v.directSeq.Load()
+	if err := v.dev.Flush(ctx); err != nil {
+		return err
+	}
+	v.flushedSeq.Store(seq)
 	return nil
 }
 
@@ -835,7 +861,7 @@ func (v *Volume) Discard(ctx context.Context, off, n int64) error {
 	if d, err := v.direct(); err != nil {
 		return err
 	} else if d {
-		v.needBackingFlush.Store(true)
+		v.noteDirect()
 		if err := v.dev.Discard(ctx, off, n); err != nil {
 			return v.backingErr("discard", off, err)
 		}
@@ -843,7 +869,7 @@ func (v *Volume) Discard(ctx context.Context, off, n int64) error {
 	}
 	err := v.discard(ctx, off, n)
 	if v.retryDirect(err) {
-		v.needBackingFlush.Store(true)
+		v.noteDirect()
 		if err := v.dev.Discard(ctx, off, n); err != nil {
 			return v.backingErr("discard", off, err)
 		}
@@ -913,7 +939,7 @@ func (v *Volume) discard(ctx context.Context, off, n int64) error {
 		return fmt.Errorf("cachecore: %s: %w", v.name, err)
 	}
 	if len(backing) > 0 {
-		v.needBackingFlush.Store(true)
+		v.noteDirect()
 	}
 	for _, r := range backing {
 		if err := v.dev.Discard(ctx, r.off, r.n); err != nil {
