@@ -203,10 +203,13 @@ func (n *negotiator) answer(k, v string) string {
 	case "IFMarkInt", "OFMarkInt":
 		return "Irrelevant"
 	case "iSCSIProtocolLevel":
-		if _, ok := numericKey(v, 0, 31); !ok {
+		// RFC 7144: the lower of the two levels; this target speaks
+		// RFC 7143 (level 1).
+		x, ok := numericKey(v, 0, 31)
+		if !ok {
 			return "Reject"
 		}
-		return "1"
+		return strconv.Itoa(min(x, 1))
 	case "InitiatorAlias", "SessionType", "InitiatorName", "TargetName":
 		return "" // declarative, handled by the login code
 	}

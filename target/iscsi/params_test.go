@@ -31,6 +31,8 @@ func TestNegotiationRules(t *testing.T) {
 		{"MaxRecvDataSegmentLength", "4096", ""},
 		{"MaxBurstLength", "12", "Reject"},
 		{"InitialR2T", "Maybe", "Reject"},
+		{"iSCSIProtocolLevel", "2", "1"},
+		{"iSCSIProtocolLevel", "0", "0"},
 	}
 	for _, c := range cases {
 		n := negotiator{lim: lim, p: defaultSessionParams(lim)}
