@@ -795,3 +795,17 @@ func TestNilCommandDoesNotCrash(t *testing.T) {
 	r := f.tgt.Execute(context.Background(), nil)
 	checkSense(t, r, SenseHardwareError, ASCInternalTargetFailure)
 }
+
+func TestReadNeverWritesPastDataInLen(t *testing.T) {
+	f := newFixture(t, nil)
+	f.good(f.exec(nexusA, cdb10(0x2a, 0, 0, 1), pattern(testBS, 1), 0))
+	ring := bytes.Repeat([]byte{0xee}, 2*testBS)
+	// 200 bytes expected: the buffer's capacity reaches into bytes that
+	// are not this command's.
+	r := f.tgt.Execute(context.Background(), &Command{Nexus: nexusA, CDB: cdb10(0x28, 0, 0, 1), DataInLen: 200, DataIn: ring[:0]})
+	f.good(r)
+	f.mustEqual(r.Data, pattern(testBS, 1)[:200])
+	if !bytes.Equal(ring[200:], bytes.Repeat([]byte{0xee}, 2*testBS-200)) {
+		t.Fatal("READ wrote past DataInLen into the caller's buffer")
+	}
+}

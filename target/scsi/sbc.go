@@ -84,8 +84,10 @@ func cmdRead(tk *task) error {
 	// Read only the blocks the initiator will receive (residual
 	// overflow), straight into the transport's buffer when it has one.
 	readLen := (want + bs - 1) / bs * bs
+	// Only the first DataInLen bytes of DataIn belong to this command (a
+	// TCMU ring segment's capacity runs into other commands' data).
 	var buf []byte
-	if uint64(cap(tk.cmd.DataIn)) >= readLen {
+	if readLen <= uint64(tk.cmd.DataInLen) && uint64(cap(tk.cmd.DataIn)) >= readLen {
 		buf = tk.cmd.DataIn[:readLen]
 	} else {
 		buf = make([]byte, readLen)
