@@ -133,8 +133,17 @@ func (s *Store) noteHead(head Tail, nonce uint64, has bool) {
 	}
 	s.heads.Lock()
 	defer s.heads.Unlock()
+	// Bounded: the engine walks the log repeatedly (writeback, GC) and
+	// every walk ends at the then-current head. Only a recent end matters
+	// (the one OpenJournal is called with after start-up replay); an
+	// evicted one is recomputed by OpenJournal.
+	if len(s.heads.nonce) >= maxNotedHeads {
+		clear(s.heads.nonce)
+	}
 	s.heads.nonce[head] = nonce
 }
+
+const maxNotedHeads = 16
 
 func (s *Store) headNonce(head Tail) (uint64, bool) {
 	s.heads.Lock()
