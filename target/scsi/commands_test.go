@@ -809,3 +809,30 @@ func TestReadNeverWritesPastDataInLen(t *testing.T) {
 		t.Fatal("READ wrote past DataInLen into the caller's buffer")
 	}
 }
+
+// streamVol records the stream name of each read.
+type streamVol struct {
+	Volume
+	streams chan string
+}
+
+func (v *streamVol) ReadAt(ctx context.Context, p []byte, off int64) error {
+	v.streams <- blk.Stream(ctx)
+	return v.Volume.ReadAt(ctx, p, off)
+}
+
+func TestVolumeSeesStreamAndCancellation(t *testing.T) {
+	var sv *streamVol
+	f := newFixture(t, func(c *LUConfig) { sv = &streamVol{Volume: c.Volume, streams: make(chan string, 4)}; c.Volume = sv })
+	f.good(f.exec(nexusA, cdb10(0x28, 0, 0, 1), nil, testBS))
+	if got, want := <-sv.streams, nexusA.InitiatorPort+"/lun0"; got != want {
+		t.Fatalf("stream %q, want %q", got, want)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	r := f.tgt.Execute(ctx, &Command{Nexus: nexusA, CDB: cdb10(0x28, 0, 0, 1), DataInLen: testBS})
+	<-sv.streams
+	if r.Status != StatusTaskAborted {
+		t.Fatalf("cancelled task status %#x", r.Status)
+	}
+}

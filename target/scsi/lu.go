@@ -1,12 +1,15 @@
 package scsi
 
 import (
+	"context"
 	"crypto/sha256"
 	"fmt"
 	"log/slog"
 	"strconv"
 	"sync"
 	"sync/atomic"
+
+	"github.com/cachelun/cachelun/internal/blk"
 )
 
 // LUConfig configures a logical unit.
@@ -103,9 +106,10 @@ func keyOf(n *Nexus) nexusKey {
 
 // nexusState is what a logical unit keeps per I_T nexus.
 type nexusState struct {
-	key    nexusKey
-	nexus  Nexus
-	stream string
+	key   nexusKey
+	nexus Nexus
+	// streamCtx carries the stream name (blk.WithStream) for volume I/O.
+	streamCtx context.Context
 
 	pending atomic.Int32 // len(uas), readable without mu
 	mu      sync.Mutex
@@ -265,7 +269,7 @@ func (lu *LU) nexus(n *Nexus) *nexusState {
 	if ns := old[k]; ns != nil {
 		return ns
 	}
-	ns := &nexusState{key: k, stream: k.initiatorPort + "/lun" + strconv.FormatUint(lu.lun, 10)}
+	ns := &nexusState{key: k, streamCtx: blk.WithStream(context.Background(), k.initiatorPort+"/lun"+strconv.FormatUint(lu.lun, 10))}
 	if n != nil {
 		ns.nexus = *n
 	}

@@ -263,7 +263,22 @@ type task struct {
 // volCtx is the context for volume calls: the task's context tagged with
 // the I/O stream (initiator port and LUN).
 func (tk *task) volCtx() context.Context {
-	return blk.WithStream(tk.ctx, tk.nx.stream)
+	return &streamCtx{Context: tk.ctx, stream: tk.nx.streamCtx}
+}
+
+// streamCtx adds the nexus' stream name (looked up in a context built once
+// per nexus with blk.WithStream) to a task's context: one allocation per
+// command instead of two.
+type streamCtx struct {
+	context.Context
+	stream context.Context
+}
+
+func (c *streamCtx) Value(key any) any {
+	if v := c.stream.Value(key); v != nil {
+		return v
+	}
+	return c.Context.Value(key)
 }
 
 // setDataIn returns data to the initiator, cut to the allocation length the
