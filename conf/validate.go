@@ -473,7 +473,7 @@ func CheckISCSIName(s string) error {
 			return fmt.Errorf("iSCSI name %q: want naa. and 16 or 32 hex digits", s)
 		}
 	default:
-		return fmt.Errorf("iSCSI name %q must start with iqn., eui. or naa.", s)
+		return fmt.Errorf("iSCSI name %q must start with \"iqn.\", \"eui.\" or \"naa.\"", s)
 	}
 	return nil
 }
