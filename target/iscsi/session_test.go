@@ -11,6 +11,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/cachelun/cachelun/internal/memvol"
+	"github.com/cachelun/cachelun/target/scsi"
 )
 
 func fill(n int, seed byte) []byte {
@@ -704,4 +707,57 @@ func TestWindowFilledToAdvertisedMax(t *testing.T) {
 			done++
 		}
 	}
+}
+
+// TestSessionsAndLiveLUNChange: Sessions reports what the daemon shows, and
+// a LUN added to the device server is visible to a live session.
+func TestSessionsAndLiveLUNChange(t *testing.T) {
+	env := startServer(t, Config{}, nil)
+	ti := dialInitiator(t, env.addr)
+	ti.login(env.iqn)
+	d := dialInitiator(t, env.addr)
+	d.isid = 0x2a
+	d.login("")
+	ss := env.srv.Sessions()
+	if len(ss) != 2 {
+		t.Fatalf("%d sessions", len(ss))
+	}
+	var normal, disc SessionInfo
+	for _, s := range ss {
+		if s.Discovery {
+			disc = s
+		} else {
+			normal = s
+		}
+	}
+	if normal.Initiator != ti.name || normal.ISID != fmt.Sprintf("%012x", ti.isid) || normal.TSIH != ti.tsih ||
+		normal.Target != env.iqn || normal.Portal != env.addr || len(normal.LUNs) != 1 || normal.InFlight != 0 {
+		t.Fatalf("normal session: %+v", normal)
+	}
+	if disc.Target != "" || disc.ISID != "00000000002a" || disc.LUNs != nil {
+		t.Fatalf("discovery session: %+v", disc)
+	}
+	v, err := memvol.New(1<<20, 512)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.dev.AddLU(5, scsi.LUConfig{Volume: v, WriteCache: true}); err != nil {
+		t.Fatal(err)
+	}
+	if got := env.srv.Sessions(); len(got[0].LUNs)+len(got[1].LUNs) != 2 {
+		t.Fatalf("LUNs after AddLU: %+v", got)
+	}
+	// The new LUN answers on the live session (after its REPORTED LUNS
+	// DATA HAS CHANGED unit attention, if any).
+	for range 2 {
+		r := ti.scsiCmd(5, read10(0, 1), true, 512, nil, true)
+		res := map[uint32]*result{r: {}}
+		if err := ti.collect(res, nil); err != nil {
+			t.Fatal(err)
+		}
+		if res[r].status == 0 {
+			return
+		}
+	}
+	t.Fatal("new LUN not readable from a live session")
 }
