@@ -52,6 +52,13 @@
 // bounded in time and size; transfers above Config.MaxTransferLength are
 // answered with CHECK CONDITION without buffering them.
 //
+// Memory: a command's data buffer (its expected transfer length, at most
+// Config.MaxTransferLength) is taken from a size-classed pool when the
+// command arrives, so a session holds at most QueueDepth of them (plus
+// immediate commands, bounded to twice that). Data-Out is read straight
+// into it; Data-In is sent from it by one writev per batch of responses,
+// without copying.
+//
 // # Concurrency
 //
 // Each connection has a reader goroutine (login, then every inbound PDU:
@@ -60,7 +67,8 @@
 // after login: it stamps StatSN, ExpCmdSN and MaxCmdSN and flushes once its
 // queue is empty, so responses that become ready together share one write),
 // a keepalive goroutine, a goroutine per running command, and short-lived
-// goroutines for task management and logout. Sessions have one connection,
+// goroutines for task management and logout. Commands run on per-connection
+// worker goroutines that are reused while busy. Sessions have one connection,
 // so StatSN is per connection and per session alike.
 //
 // Lock order: Server.mu, then conn.tmu (the task table), then conn.wmu (the
