@@ -19,8 +19,9 @@ import (
 
 // conn is one TCP connection and, after login, its session's state. Its
 // goroutines: serve (the reader: login, then every inbound PDU), writer
-// (every outbound PDU after login), pinger (NOP-In keepalive), one per
-// running SCSI command and one per task-management or logout request.
+// (every outbound PDU after login), pinger (NOP-In keepalive), a worker
+// per concurrently running SCSI command, and one per task-management or
+// logout request.
 //
 // Lock order: Server.mu, then conn.tmu, then conn.wmu.
 type conn struct {

@@ -66,9 +66,10 @@
 // order), one writer goroutine (the only one that writes to the socket
 // after login: it stamps StatSN, ExpCmdSN and MaxCmdSN and flushes once its
 // queue is empty, so responses that become ready together share one write),
-// a keepalive goroutine, a goroutine per running command, and short-lived
-// goroutines for task management and logout. Commands run on per-connection
-// worker goroutines that are reused while busy. Sessions have one connection,
+// a keepalive goroutine, one worker goroutine per concurrently running
+// command (workers are reused while the connection is busy and exit after
+// two idle seconds), and short-lived goroutines for task management and
+// logout. Sessions have one connection,
 // so StatSN is per connection and per session alike.
 //
 // Lock order: Server.mu, then conn.tmu (the task table), then conn.wmu (the
