@@ -836,3 +836,13 @@ func TestVolumeSeesStreamAndCancellation(t *testing.T) {
 		t.Fatalf("cancelled task status %#x", r.Status)
 	}
 }
+
+func TestModeSenseAllSubpagesOfOnePage(t *testing.T) {
+	f := newFixture(t, nil)
+	r := f.exec(nexusA, []byte{0x1a, 0x08, pageControl, 0xff, 255, 0}, nil, 255)
+	f.good(r)
+	if r.Data[4]&0x3f != pageControl || len(r.Data) != 4+12 {
+		t.Fatalf("control page with subpage FFh: % x", r.Data)
+	}
+	f.sense(f.exec(nexusA, []byte{0x1a, 0x08, pageControl, 0x01, 255, 0}, nil, 255), SenseIllegalRequest, ASCInvalidFieldInCDB)
+}

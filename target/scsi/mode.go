@@ -105,8 +105,10 @@ func cmdModeSense(tk *task) error {
 			pages = append(pages, lu.modePage(c, pc)...)
 		}
 	} else {
+		// Subpage FFh asks for the page and all its subpages; there are
+		// no subpages, so it is the page itself.
 		p := lu.modePage(code, pc)
-		if p == nil || sub == 0xff {
+		if p == nil {
 			return errCDBField(2, 5)
 		}
 		pages = p
