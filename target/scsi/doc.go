@@ -7,8 +7,9 @@
 //
 // A Target holds logical units (LU), each backed by a Volume. Target.Execute
 // runs one Command and returns its Response; the transport owns framing,
-// data transfer, task ordering and task management, and reports nexus loss
-// and resets through NexusLost, ResetLU and ResetTarget.
+// data transfer and task management (it aborts a task by cancelling its
+// context), and reports nexus loss and resets through NexusLost, ResetLU
+// and ResetTarget.
 //
 // Implemented commands: TEST UNIT READY, REQUEST SENSE, INQUIRY (standard
 // and VPD 00h, 80h, 83h, 86h, B0h, B1h, B2h), READ CAPACITY(10/16), MODE
@@ -31,9 +32,10 @@
 //
 // # Guarantees
 //
-//   - Durability: with WCE=0 every write reaches the Volume with fua=true;
-//     a FUA write, WRITE AND VERIFY and SYNCHRONIZE CACHE complete only when
-//     the Volume says the data is durable.
+//   - Durability: with WCE=0 every write reaches the Volume with fua=true
+//     and discards are followed by a flush; a FUA write, WRITE AND VERIFY
+//     and SYNCHRONIZE CACHE complete only when the Volume says the data is
+//     durable.
 //   - Writes never touch blocks outside the CDB's range, and never change
 //     bytes the initiator did not send: with residual overflow only the
 //     data received is written (a trailing partial block is merged into the
@@ -53,15 +55,18 @@
 // target-wide lock: the LUN map and each LU's nexus map are copy-on-write
 // (atomic pointer loads); unit attentions are checked through an atomic
 // counter; reservations are only consulted (under LU.resMu) while one
-// exists. Volume calls run without any device-server lock held.
+// exists. Volume calls run with only the logical unit's task-set lock held
+// shared (see below).
 //
 // Task attributes are honoured per logical unit in the order Execute is
 // entered: an ORDERED task waits for the tasks before it and holds back
 // those after it, HEAD OF QUEUE tasks bypass the task set, everything else
 // is SIMPLE.
 //
-// Lock order: LU.taskSet (held for the whole command) → Target.mu → LU.resMu → LU.nexusMu → nexusState.mu, and
-// LU.stateMu last. No lock is held across Volume I/O.
+// Lock order: LU.taskSet (held for the whole command) → LU.resMu →
+// LU.nexusMu → nexusState.mu, with LU.stateMu last; Target.mu (LUN map
+// changes) is never held while executing a command. No lock other than
+// LU.taskSet is held across Volume I/O.
 //
 // # State file
 //
