@@ -252,9 +252,13 @@ func TestModeSelectWCE(t *testing.T) {
 	sel := append([]byte{0, 0, 0, 0}, p...)
 	sel[4] &^= 0x80 // PS is reserved in MODE SELECT
 	sel[6] &^= 0x04
+	fl0, _, _, _ := f.vol.Counters()
 	f.good(f.exec(nexusA, []byte{0x15, 0x10, 0, 0, byte(len(sel)), 0}, sel, 0))
 	if f.lu.WriteCacheEnabled() {
 		t.Fatal("WCE still on")
+	}
+	if fl1, _, _, _ := f.vol.Counters(); fl1 != fl0+1 {
+		t.Fatal("turning the write cache off did not flush it")
 	}
 	// The other nexus is told.
 	f.sense(f.exec(nexusB, []byte{0, 0, 0, 0, 0, 0}, nil, 0), SenseUnitAttention, ASCModeParametersChanged)

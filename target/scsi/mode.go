@@ -182,9 +182,17 @@ func cmdModeSelect(tk *task) error {
 		return err
 	}
 	if ch.setWCE {
-		if lu.wce.Swap(ch.wce) != ch.wce {
+		if was := lu.wce.Swap(ch.wce); was != ch.wce {
 			k := tk.nx.key
 			lu.raiseAll(ASCModeParametersChanged, &k)
+			if was {
+				// Leaving write-back: what the cache acknowledged so far
+				// becomes durable before the initiator is told the cache
+				// is off.
+				if err := lu.vol.Flush(tk.volCtx()); err != nil {
+					return volumeError(err, ioWrite)
+				}
+			}
 		}
 		if sp {
 			if err := lu.saveWCE(ch.wce); err != nil {
