@@ -50,13 +50,19 @@ func FuzzExecute(f *testing.F) {
 		{0x1a, 0x08, 0x3f, 0xff, 255, 0},
 		{0x8b, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0},
 	}
-	for _, s := range seeds {
-		f.Add(s, make([]byte, 1024), uint16(4096))
+	for i, s := range seeds {
+		f.Add(s, make([]byte, 1024), uint16(4096), byte(i))
 	}
 	tgt := fuzzTarget(f)
-	n := &Nexus{InitiatorPort: "iqn.fuzz:i,i,0x1", TargetPort: "iqn.fuzz:t,t,0x1", RelativePortID: 1}
-	f.Fuzz(func(t *testing.T, cdb, out []byte, inLen uint16) {
-		r := tgt.Execute(context.Background(), &Command{Nexus: n, CDB: cdb, DataOut: out, DataInLen: uint32(inLen)})
+	nexuses := []*Nexus{
+		{InitiatorPort: "iqn.fuzz:i,i,0x1", TargetPort: "iqn.fuzz:t,t,0x1", RelativePortID: 1},
+		{InitiatorPort: "iqn.fuzz:j,i,0x2", TargetPort: "iqn.fuzz:t,t,0x1", RelativePortID: 1},
+		nil,
+	}
+	f.Fuzz(func(t *testing.T, cdb, out []byte, inLen uint16, who byte) {
+		n := nexuses[int(who)%len(nexuses)]
+		attr := TaskAttr(who>>4) & 7
+		r := tgt.Execute(context.Background(), &Command{Nexus: n, CDB: cdb, DataOut: out, DataInLen: uint32(inLen), Attr: attr})
 		checkNoInternalFailure(t, r)
 		if len(r.Data) > int(inLen) {
 			t.Fatalf("%d bytes of data-in for DataInLen %d", len(r.Data), inLen)
