@@ -83,7 +83,11 @@ func TestConformanceLibiscsi(t *testing.T) {
 			t.Run(fmt.Sprintf("lun%d/%s", lun, suite), func(t *testing.T) {
 				cctx, ccancel := context.WithTimeout(ctx, 120*time.Second)
 				defer ccancel()
-				log, _ := exec.CommandContext(cctx, "iscsi-test-cu", "-d", "--test="+suite, url).CombinedOutput()
+				args := []string{"-d", "--test=" + suite, url}
+				if suite == "SCSI.MultipathIO" {
+					args = append(args, url) // a second path to the same LU
+				}
+				log, _ := exec.CommandContext(cctx, "iscsi-test-cu", args...).CombinedOutput()
 				m := summaryLine.FindSubmatch(log)
 				if m == nil {
 					t.Fatalf("no result (timeout or crash); log tail:\n%s", tail(log, 2000))

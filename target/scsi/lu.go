@@ -303,14 +303,16 @@ func (lu *LU) raiseForInitiator(asc ASC, ip string) {
 	}
 }
 
-func (lu *LU) reset(n *Nexus) {
-	k := keyOf(n)
+// reset applies a logical unit reset. SAM-5 5.11.2 establishes the unit
+// attention for every I_T nexus, the one that asked for the reset
+// included (multipath initiators rely on seeing it on every path).
+func (lu *LU) reset() {
 	lu.resMu.Lock()
 	lu.resv6 = nil
 	clear(lu.prevent)
 	lu.updateReservationActiveLocked()
 	lu.resMu.Unlock()
-	lu.raiseAll(ASCBusDeviceResetOccurred, &k)
+	lu.raiseAll(ASCBusDeviceResetOccurred, nil)
 }
 
 func (lu *LU) nexusLost(n *Nexus) {
