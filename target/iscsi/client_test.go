@@ -369,6 +369,10 @@ func startServer(t testing.TB, cfg Config, tweak func(*TargetConfig)) *testEnv {
 		once.Do(func() {
 			cancel()
 			wg.Wait()
+			// Every path that ends a command gives its buffer budget back.
+			if n := srv.bufBytes.Load(); n != 0 {
+				t.Errorf("%d buffer bytes still reserved after every connection ended", n)
+			}
 		})
 	}
 	t.Cleanup(env.stop)

@@ -80,6 +80,13 @@ func background(t *testing.T, env *testEnv) (stop func() int) {
 		}
 	}()
 	return func() int {
+		// Let the bystander finish at least one more round trip after
+		// the abuse, however loaded the machine is.
+		base := n.Load()
+		deadline := time.Now().Add(10 * time.Second)
+		for n.Load() <= base && time.Now().Before(deadline) && len(errc) == 0 {
+			time.Sleep(time.Millisecond)
+		}
 		close(done)
 		if err := <-errc; err != nil {
 			t.Fatalf("healthy session disturbed: %v", err)
@@ -524,4 +531,50 @@ func TestDataSNChecked(t *testing.T) {
 	ti := dialInitiator(t, env.addr)
 	ti.login(env.iqn, "InitialR2T", "Yes", "ImmediateData", "No", "MaxRecvDataSegmentLength", "512")
 	writeRead(t, ti, 500, fill(1024, 8), 0)
+}
+
+// TestBufferBudget: commands whose buffers would exceed MaxBufferBytes are
+// answered TASK SET FULL at once; the budget comes back when commands end.
+func TestBufferBudget(t *testing.T) {
+	env := startServer(t, Config{MaxBufferBytes: 1 << 20}, nil)
+	ti := dialInitiator(t, env.addr)
+	ti.login(env.iqn)
+	release := make(chan struct{})
+	env.vol.SetGate(func(ctx context.Context, off int64) error {
+		if off == 0 {
+			<-release
+		}
+		return nil
+	})
+	held := ti.scsiCmd(0, read10(0, 1024), true, 512<<10, nil, true) // 512 KiB reserved
+	waitFor(t, func() bool { return env.vol.Running.Load() == 1 })
+	full := ti.scsiCmd(0, read10(2048, 1536), true, 768<<10, nil, true)
+	res := map[uint32]*result{full: {}}
+	if err := ti.collect(res, nil); err != nil {
+		t.Fatal(err)
+	}
+	if res[full].status != 0x28 {
+		t.Fatalf("status %#x, want TASK SET FULL", res[full].status)
+	}
+	// A write beyond the budget: its unsolicited data is dropped quietly.
+	w := ti.scsiCmd(0, write10(4096, 1536), false, 768<<10, make([]byte, 4096), true)
+	res = map[uint32]*result{w: {}}
+	if err := ti.collect(res, nil); err != nil {
+		t.Fatal(err)
+	}
+	if res[w].status != 0x28 {
+		t.Fatalf("write status %#x, want TASK SET FULL", res[w].status)
+	}
+	close(release)
+	res = map[uint32]*result{held: {}}
+	if err := ti.collect(res, nil); err != nil || res[held].status != 0 {
+		t.Fatalf("held read: %v status %#x", err, res[held].status)
+	}
+	waitFor(t, func() bool { return env.srv.bufBytes.Load() == 0 })
+	// With the budget back, a 768 KiB command fits again.
+	r := ti.scsiCmd(0, read10(2048, 1536), true, 768<<10, nil, true)
+	res = map[uint32]*result{r: {}}
+	if err := ti.collect(res, nil); err != nil || res[r].status != 0 || len(res[r].data) != 768<<10 {
+		t.Fatalf("read after the budget came back: %v status %#x", err, res[r].status)
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cachelun/cachelun/target/scsi"
@@ -54,6 +55,11 @@ type Config struct {
 	// InitialR2T makes the target refuse unsolicited Data-Out (default:
 	// accepted up to FirstBurstLength).
 	InitialR2T bool
+	// MaxBufferBytes bounds the data buffers of all commands in flight on
+	// all sessions together (default 1 GiB). A command that would exceed it
+	// is answered TASK SET FULL at once, so the initiator lowers its queue
+	// depth and retries, instead of the process running out of memory.
+	MaxBufferBytes int64
 }
 
 // TargetConfig describes one iSCSI target.
@@ -99,6 +105,8 @@ type Server struct {
 	log *slog.Logger
 	cfg Config
 	lim limits
+
+	bufBytes atomic.Int64 // data buffer bytes reserved by commands in flight
 
 	mu            sync.Mutex
 	targets       map[string]*targetEntry
@@ -152,6 +160,9 @@ func NewServer(cfg Config) *Server {
 	def(&cfg.MaxOutstandingR2T, 8, 1)
 	def(&cfg.QueueDepth, 128, 1)
 	def(&cfg.MaxTransferLength, 16<<20, 65536)
+	if cfg.MaxBufferBytes <= 0 {
+		cfg.MaxBufferBytes = 1 << 30
+	}
 	return &Server{
 		log: cfg.Logger,
 		cfg: cfg,

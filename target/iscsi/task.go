@@ -29,14 +29,15 @@ type task struct {
 	cmd       scsi.Command
 	cdb       [16]byte
 
-	buf    []byte // Data-Out, len == edtl for writes
-	dataIn []byte // pooled Data-In buffer
-	pooled bool
-	resp   scsi.Response
-	ctx    context.Context
-	cancel context.CancelFunc
-	done   chan struct{} // closed when the task goroutine finishes
-	noExec bool          // answered by the transport itself (resp preset)
+	buf      []byte // Data-Out, len == edtl for writes
+	dataIn   []byte // pooled Data-In buffer
+	pooled   bool
+	reserved int64 // bytes counted in Server.bufBytes
+	resp     scsi.Response
+	ctx      context.Context
+	cancel   context.CancelFunc
+	done     chan struct{} // closed when the task goroutine finishes
+	noExec   bool          // answered by the transport itself (resp preset)
 
 	// Data-Out collection (reader goroutine only).
 	unsolNext, unsolEnd uint32 // unsolicited window [imm, unsolEnd)
@@ -59,11 +60,20 @@ func (t *task) complete() bool {
 
 // release returns pooled buffers once nothing refers to them any more.
 func (t *task) release() {
+	t.unreserve()
 	if t.pooled {
 		putBuf(t.buf)
 		putBuf(t.dataIn)
 	}
 	t.buf, t.dataIn, t.cmd.DataOut, t.cmd.DataIn, t.resp.Data = nil, nil, nil, nil, nil
+}
+
+// unreserve returns the task's buffer bytes to the server's budget.
+func (t *task) unreserve() {
+	if t.reserved > 0 {
+		t.c.srv.bufBytes.Add(-t.reserved)
+		t.reserved = 0
+	}
 }
 
 // Buffer pool: power-of-two size classes from 4 KiB to 16 MiB.
@@ -223,11 +233,38 @@ func (c *conn) handleSCSICommand(h *pduHeader) error {
 		c.ready(t)
 		return nil
 	}
+	need := int64(0)
+	if write {
+		need += int64(edtl)
+	}
+	if read {
+		need += int64(edtl)
+	}
+	if need > 0 && c.srv.bufBytes.Add(need) > c.srv.cfg.MaxBufferBytes {
+		c.srv.bufBytes.Add(-need)
+		if err := c.pr.readData(h, nil); err != nil {
+			return err
+		}
+		c.log.Debug("iscsi: buffer budget exhausted, TASK SET FULL", "itt", itt, "bytes", need)
+		t.noExec = true
+		t.solNext, t.r2tNext = edtl, edtl
+		t.resp = scsi.Response{Status: scsi.StatusTaskSetFull}
+		if write && flags&0x80 == 0 {
+			c.tmu.Lock()
+			c.rememberAborted(itt)
+			c.tmu.Unlock()
+		}
+		c.register(t)
+		c.ready(t)
+		return nil
+	}
+	t.reserved = need
 	t.pooled = true
 	if write {
 		t.buf = getBuf(int(edtl))
 		if err := c.pr.readData(h, t.buf[:dsl]); err != nil {
 			putBuf(t.buf)
+			t.unreserve()
 			return err
 		}
 		t.unsolNext, t.unsolEnd = dsl, dsl
@@ -532,6 +569,10 @@ func (c *conn) abortTasks(match func(*task) bool) int {
 		if started {
 			<-t.done
 			t.release()
+		} else {
+			// The reader may still be filling its buffer: leave that to
+			// the garbage collector, but give back the budget.
+			t.unreserve()
 		}
 		if t.counted {
 			c.releaseSlot()
