@@ -55,7 +55,10 @@
 // Memory: a command's data buffer (its expected transfer length, at most
 // Config.MaxTransferLength) is taken from a size-classed pool when the
 // command arrives, so a session holds at most QueueDepth of them (plus
-// immediate commands, bounded to twice that). Data-Out is read straight
+// immediate commands, bounded to twice that), and all sessions together at
+// most Config.MaxBufferBytes: beyond it commands get TASK SET FULL. The
+// writer queue is bounded too; a peer that never reads is dropped.
+// Data-Out is read straight
 // into it; Data-In is sent from it by one writev per batch of responses,
 // without copying.
 //
