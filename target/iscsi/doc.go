@@ -58,9 +58,8 @@
 // immediate commands, bounded to twice that), and all sessions together at
 // most Config.MaxBufferBytes: beyond it commands get TASK SET FULL. The
 // writer queue is bounded too; a peer that never reads is dropped.
-// Data-Out is read straight
-// into it; Data-In is sent from it by one writev per batch of responses,
-// without copying.
+// Data-Out is read straight into the buffer; Data-In is sent from it by one
+// writev per batch of responses, without copying.
 //
 // # Concurrency
 //
