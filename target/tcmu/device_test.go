@@ -33,7 +33,7 @@ func (w testWriter) Write(p []byte) (int, error) {
 
 // rig is one device served over a simulated kernel.
 type rig struct {
-	t        *testing.T
+	t        testing.TB
 	h        *Handler
 	k        *fakeKernel
 	port     *fakePort
@@ -52,7 +52,7 @@ func writeFile(t testing.TB, path, content string) {
 	}
 }
 
-func newRig(t *testing.T, vol scsi.Volume, size int64, flags uint16) *rig {
+func newRig(t testing.TB, vol scsi.Volume, size int64, flags uint16) *rig {
 	t.Helper()
 	h, err := New(Config{Logger: testLogger(t), WriteCache: true, ShutdownGrace: 2 * time.Second,
 		Resolve: func(string, int64) (scsi.Volume, error) { return vol, nil }})

@@ -80,7 +80,6 @@ func (k *fakeKernel) ringUsed() uint32 {
 func (k *fakeKernel) queue(cdb []byte, out []byte, inLen int) (*fakeCmd, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	k.reapLocked()
 	n := len(out)
 	if out == nil {
 		n = inLen
