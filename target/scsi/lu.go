@@ -303,16 +303,17 @@ func (lu *LU) raiseForInitiator(asc ASC, ip string) {
 	}
 }
 
-// reset applies a logical unit reset. SAM-5 5.11.2 establishes the unit
-// attention for every I_T nexus, the one that asked for the reset
-// included (multipath initiators rely on seeing it on every path).
-func (lu *LU) reset() {
+// reset applies a logical unit reset issued on nexus n. The unit
+// attention goes to every other nexus; the issuer learns of the reset from
+// the task management response.
+func (lu *LU) reset(n *Nexus) {
+	k := keyOf(n)
 	lu.resMu.Lock()
 	lu.resv6 = nil
 	clear(lu.prevent)
 	lu.updateReservationActiveLocked()
 	lu.resMu.Unlock()
-	lu.raiseAll(ASCBusDeviceResetOccurred, nil)
+	lu.raiseAll(ASCBusDeviceResetOccurred, &k)
 }
 
 func (lu *LU) nexusLost(n *Nexus) {

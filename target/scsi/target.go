@@ -133,15 +133,14 @@ func (t *Target) RemoveLU(lun uint64) error {
 // ResetLU performs the side effects of LOGICAL UNIT RESET issued on nexus
 // n: it releases a RESERVE(6)/(10) reservation, clears PREVENT ALLOW MEDIUM
 // REMOVAL state and raises BUS DEVICE RESET FUNCTION OCCURRED on every
-// nexus, n included (SAM-5). Aborting the tasks is the transport's job
-// (cancel their contexts). Persistent reservations and mode parameters
-// survive.
+// other nexus. Aborting the tasks is the transport's job (cancel their
+// contexts). Persistent reservations and mode parameters survive.
 func (t *Target) ResetLU(n *Nexus, lun uint64) error {
 	lu := t.lu(lun)
 	if lu == nil {
 		return fmt.Errorf("scsi: LUN %d: %w", lun, ErrNoSuchLUN)
 	}
-	lu.reset()
+	lu.reset(n)
 	return nil
 }
 
@@ -149,7 +148,7 @@ func (t *Target) ResetLU(n *Nexus, lun uint64) error {
 // COLD RESET on every logical unit.
 func (t *Target) ResetTarget(n *Nexus) {
 	for _, lu := range *t.luns.Load() {
-		lu.reset()
+		lu.reset(n)
 	}
 }
 
