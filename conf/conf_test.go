@@ -263,6 +263,25 @@ func TestExplicitZeroIsNotDefault(t *testing.T) {
 	}
 }
 
+// Inputs that would make the TOML decoder spend quadratic time and memory
+// are refused before it sees them.
+func TestPathologicalInputsRefused(t *testing.T) {
+	long := "[global]\n" + strings.Repeat("a.", 30000) + "a = 1\n"
+	_, err := Parse("deep.toml", []byte(long))
+	var ce *Error
+	if !errors.As(err, &ce) || ce.Problems[0].Line != 2 || !strings.Contains(ce.Problems[0].Msg, "dotted key parts") {
+		t.Fatalf("deep dotted key: %v", err)
+	}
+	if _, err := Parse("big.toml", make([]byte, maxConfigSize+1)); err == nil || !strings.Contains(err.Error(), "at most") {
+		t.Fatalf("oversized input: %v", err)
+	}
+	// dots inside strings and comments do not count
+	ok := strings.Replace(base, `data_dir = "/tmp/x"`, `data_dir = "/tmp/`+strings.Repeat("x.", 40)+`" # `+strings.Repeat(".", 40), 1)
+	if _, err := Parse("ok.toml", []byte(ok)); err != nil {
+		t.Fatalf("dots in a string refused: %v", err)
+	}
+}
+
 func TestLoadMissingFile(t *testing.T) {
 	_, err := Load(t.TempDir() + "/nope.toml")
 	if err == nil || errors.Is(err, ErrInvalid) {

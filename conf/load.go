@@ -73,6 +73,9 @@ func Parse(name string, data []byte) (cfg *Config, err error) {
 			cfg, err = nil, &Error{Problems: []*Problem{{File: name, Msg: fmt.Sprintf("cannot parse: %v", r)}}}
 		}
 	}()
+	if p := checkShape(name, data); p != nil {
+		return nil, &Error{Problems: []*Problem{p}}
+	}
 	var c Config
 	md, derr := toml.NewDecoder(strings.NewReader(string(data))).Decode(&c)
 	if derr != nil {
@@ -105,4 +108,50 @@ func Parse(name string, data []byte) (cfg *Config, err error) {
 
 func sortProblems(ps []*Problem) {
 	sort.SliceStable(ps, func(i, j int) bool { return ps[i].Line < ps[j].Line })
+}
+
+// Limits checked before the TOML decoder sees the input. The decoder's
+// time and memory grow with the square of the number of parts of a dotted
+// key or table header (BurntSushi/toml issue 496, up to v1.6.0): a 60 KB
+// key can hold it for half a minute. cachelun's schema nests four levels
+// at most, and configuration files are small.
+const (
+	maxConfigSize  = 1 << 20
+	maxDotsPerLine = 32
+)
+
+// checkShape rejects inputs that are too large or have a line with more
+// dots outside quoted strings than any configuration needs. It is linear
+// in the input.
+func checkShape(name string, data []byte) *Problem {
+	if len(data) > maxConfigSize {
+		return &Problem{File: name, Msg: fmt.Sprintf("file is %d bytes; a configuration is at most %d", len(data), maxConfigSize)}
+	}
+	line, dots := 1, 0
+	var quote byte
+	for i := 0; i < len(data); i++ {
+		c := data[i]
+		switch {
+		case c == '\n':
+			line, dots, quote = line+1, 0, 0
+		case quote != 0:
+			if c == '\\' && quote == '"' {
+				i++
+			} else if c == quote {
+				quote = 0
+			}
+		case c == '"' || c == '\'':
+			quote = c
+		case c == '#':
+			for i+1 < len(data) && data[i+1] != '\n' {
+				i++
+			}
+		case c == '.':
+			dots++
+			if dots > maxDotsPerLine {
+				return &Problem{File: name, Line: line, Msg: fmt.Sprintf("more than %d dotted key parts on one line", maxDotsPerLine)}
+			}
+		}
+	}
+	return nil
 }
