@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -760,4 +761,33 @@ func TestSessionsAndLiveLUNChange(t *testing.T) {
 		}
 	}
 	t.Fatal("new LUN not readable from a live session")
+}
+
+// TestServeLeavesNoGoroutines: once Serve has returned, every goroutine the
+// server started (readers, writers, workers, keepalives, TMF and logout
+// helpers) is gone.
+func TestServeLeavesNoGoroutines(t *testing.T) {
+	before := runtime.NumGoroutine()
+	env := startServer(t, Config{NOPInterval: 20 * time.Millisecond}, nil)
+	for i := range 4 {
+		ti := dialInitiator(t, env.addr)
+		ti.isid = uint64(100 + i)
+		ti.login(env.iqn)
+		writeRead(t, ti, uint32(i*16), fill(8192, byte(i)), 4096)
+		tmfRequest(ti, tmfAbortTaskSet, 0, reservedTag, 0, true)
+		if i%2 == 0 {
+			ti.nc.Close()
+		}
+	}
+	half := dialInitiator(t, env.addr)
+	half.nc.Write(make([]byte, 20))
+	env.stop()
+	deadline := time.Now().Add(10 * time.Second)
+	for runtime.NumGoroutine() > before {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("%d goroutines before, %d after:\n%s", before, runtime.NumGoroutine(), buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
