@@ -73,7 +73,15 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	for {
 		select {
 		case <-hup:
-			log.Warn("SIGHUP received: live reload is not supported by this version; configuration unchanged")
+			// describe what a reload would change; applying it live is
+			// for a later version, so nothing changes
+			plan, err := (&adminBackend{d: d}).Reload(ctx, true)
+			if err != nil {
+				log.Warn("SIGHUP: configuration not reloaded", "err", err)
+			} else {
+				log.Warn("SIGHUP: live reload is not supported by this version; configuration unchanged; restart to apply",
+					"plan", plan)
+			}
 			continue
 		case err := <-d.failed():
 			log.Error("daemon failed", "err", err)
