@@ -499,6 +499,11 @@ func (s *Server) registerSession(ns *session, wantTSIH uint16) (old []*session, 
 		return old, loginOutOfResources
 	}
 	tsih := wantTSIH
+	if tsih != 0 && s.sessions[tsih] != nil {
+		// The TSIH names a session of this initiator port, but to another
+		// target: not one this login can continue.
+		return old, loginNoSession
+	}
 	if tsih == 0 {
 		for {
 			s.nextTSIH++
