@@ -791,3 +791,27 @@ func TestServeLeavesNoGoroutines(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestReloginWithTSIH: an initiator reconnecting with its session's TSIH
+// (as open-iscsi does after a connection failure) gets the session back
+// under the same TSIH; the old connection is closed.
+func TestReloginWithTSIH(t *testing.T) {
+	env := startServer(t, Config{}, nil)
+	old := dialInitiator(t, env.addr)
+	old.login(env.iqn)
+	nu := dialInitiator(t, env.addr)
+	nu.tsih = old.tsih
+	nu.login(env.iqn)
+	if nu.tsih != old.tsih {
+		t.Fatalf("TSIH %d after reinstating %d", nu.tsih, old.tsih)
+	}
+	drain(t, old)
+	writeRead(t, nu, 0, fill(512, 7), 512)
+	// Another initiator cannot take that session over.
+	thief := dialInitiator(t, env.addr)
+	thief.name = "iqn.2026-11.test:thief"
+	thief.tsih = nu.tsih
+	if err := thief.tryLogin(env.iqn); err == nil || !strings.Contains(err.Error(), "0x020a") {
+		t.Fatalf("foreign TSIH: %v", err)
+	}
+}
