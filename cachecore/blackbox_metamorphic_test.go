@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -26,6 +27,7 @@ var allModes = []cachecore.Mode{
 type opLog struct {
 	t     testing.TB
 	name  string
+	mu    sync.Mutex
 	lines []string
 }
 
@@ -36,6 +38,8 @@ func newOpLog(t *testing.T, name string, seed uint64) *opLog {
 		if !t.Failed() {
 			return
 		}
+		l.mu.Lock()
+		defer l.mu.Unlock()
 		path := filepath.Join(t.ArtifactDir(), name+".oplog")
 		if err := os.WriteFile(path, []byte(strings.Join(l.lines, "\n")+"\n"), 0o644); err != nil {
 			t.Logf("writing the operation log: %v", err)
@@ -49,7 +53,10 @@ func newOpLog(t *testing.T, name string, seed uint64) *opLog {
 }
 
 func (l *opLog) add(format string, args ...any) {
-	l.lines = append(l.lines, fmt.Sprintf("%5d ", len(l.lines))+fmt.Sprintf(format, args...))
+	line := fmt.Sprintf(format, args...)
+	l.mu.Lock()
+	l.lines = append(l.lines, fmt.Sprintf("%5d ", len(l.lines))+line)
+	l.mu.Unlock()
 }
 
 // testSeed returns CACHELUN_SEED if set, else a random seed.

@@ -26,6 +26,9 @@ func TestBlackboxVolumesIsolatedAndRemovable(t *testing.T) {
 	log := newOpLog(t, "two-volumes", seed)
 	rng := rand.New(rand.NewPCG(seed, 0x766f6c73))
 	ops := 400
+	if raceEnabled {
+		ops = 200
+	}
 	if longRun() {
 		ops = 5000
 	}
