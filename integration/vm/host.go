@@ -135,9 +135,9 @@ func lockDir(dir string) (unlock func(), err error) {
 // BuildGo builds a static binary of the main package pkg (an import path
 // of this module) into out.
 func BuildGo(pkg, out string) error {
-	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
-	if _, err := os.Stat(goBin); err != nil {
-		goBin = "go"
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		return fmt.Errorf("vm: the go command is needed to build guest binaries: %w", err)
 	}
 	_, file, _, _ := runtime.Caller(0)
 	env := append(os.Environ(), "CGO_ENABLED=0")

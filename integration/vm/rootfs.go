@@ -43,7 +43,9 @@ func PrepareRootfs(cacheDir string) (*Rootfs, error) {
 			return nil, err
 		}
 	}
-	unlock, err := lockDir(cacheDir)
+	// A lock of its own: the slow rootfs build must not hold up tier-1
+	// guests that only need the kernel.
+	unlock, err := lockDir(filepath.Join(cacheDir, "rootfs-lock"))
 	if err != nil {
 		return nil, err
 	}

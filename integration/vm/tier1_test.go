@@ -19,6 +19,7 @@ var tier1Init string
 // (idle and under I/O), refusals of unknown volumes and foreign subtypes,
 // and removal.
 func TestTier1TCMU(t *testing.T) {
+	t.Parallel()
 	cache := CacheDir()
 	start := time.Now()
 	a, err := Prepare(cache)

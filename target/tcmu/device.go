@@ -31,15 +31,14 @@ type executor interface {
 // device serves one TCMU device: it owns the ring and runs one goroutine per
 // command in flight (the kernel bounds them by hw_queue_depth).
 type device struct {
-	name   uioName
-	minor  uint32
-	log    *slog.Logger
-	port   uioPort
-	ring   *ring
-	exec   func() (executor, error) // the LU, created on first use
-	nexus  *scsi.Nexus
-	grace  time.Duration
-	onDone func() // called once when serve returns
+	name  uioName
+	minor uint32
+	log   *slog.Logger
+	port  uioPort
+	ring  *ring
+	exec  func() (executor, error) // the LU, created on first use
+	nexus *scsi.Nexus
+	grace time.Duration
 
 	cmdCtx    context.Context
 	cancelCmd context.CancelFunc

@@ -60,7 +60,7 @@ t iscsi-logged-in
 
 mkfs.ext4 -q -F $DEV && pass mkfs || fail mkfs
 mkdir -p /mnt/l && mount $DEV /mnt/l && pass mount || { fail mount; finish; }
-dd if=/dev/urandom of=/mnt/l/a bs=1M count=24 status=none
+dd if=/dev/urandom of=/mnt/l/a bs=1M count=12 status=none
 dd if=/dev/urandom of=/mnt/l/b bs=4k count=300 status=none
 mkdir -p /mnt/l/dir; for i in $(seq 1 50); do echo "file $i" > /mnt/l/dir/f$i; done
 (cd /mnt/l && find . -type f | sort | xargs md5sum) > /tmp/sums
