@@ -93,6 +93,9 @@ func TestBlackboxMetamorphic(t *testing.T) {
 			VC: cachecore.VolumeConfig{Mode: cachecore.ModeWriteback}}},
 	}
 	ops := 300
+	if raceEnabled {
+		ops = 150
+	}
 	if longRun() {
 		ops = 5000
 	}

@@ -88,6 +88,9 @@ func TestBlackboxWritebackFlushConsistency(t *testing.T) {
 	t.Logf("seed %d", seed)
 	rng := rand.New(rand.NewPCG(seed, 0x7762))
 	ops := 150
+	if raceEnabled {
+		ops = 80
+	}
 	if longRun() {
 		ops = 3000
 	}
