@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
+	"strings"
 	"time"
 
 	"github.com/mdlayher/genetlink"
@@ -177,6 +179,15 @@ func dialNetlink() (*nlConn, bool, error) {
 		return nil, false, fmt.Errorf("tcmu: open generic netlink socket: %w", err)
 	}
 	fam, err := c.GetFamily(familyName)
+	if errors.Is(err, os.ErrNotExist) {
+		// The family appears when target_core_user is loaded; load it as
+		// tcmu-runner does, then look again.
+		if out, merr := exec.Command("modprobe", "target_core_user").CombinedOutput(); merr == nil {
+			fam, err = c.GetFamily(familyName)
+		} else {
+			err = fmt.Errorf("%w (modprobe target_core_user: %v: %s)", err, merr, strings.TrimSpace(string(out)))
+		}
+	}
 	if err != nil {
 		c.Close()
 		if errors.Is(err, os.ErrNotExist) {
