@@ -32,6 +32,7 @@ type testInitiator struct {
 	tsih   uint16
 	name   string
 	params map[string]string
+	attr   byte // task attribute of the next commands; 0 means SIMPLE
 }
 
 func dialInitiator(t testing.TB, addr string) *testInitiator {
@@ -176,6 +177,9 @@ func (ti *testInitiator) scsiCmd(lun uint64, cdb []byte, read bool, edtl uint32,
 	var h bhs
 	h[0] = opSCSICmd
 	f := byte(1) // SIMPLE
+	if ti.attr != 0 {
+		f = ti.attr
+	}
 	if final {
 		f |= 0x80
 	}

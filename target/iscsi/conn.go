@@ -58,6 +58,9 @@ type conn struct {
 	tasks    map[uint32]*task // by ITT: every task not yet answered
 	aheadT   map[uint32]*task // by CmdSN: commands received beyond ExpCmdSN
 	held     []*task          // data complete, waiting for earlier CmdSNs
+	gated    []*task          // in CmdSN order, waiting behind an ORDERED task
+	ordered  *task            // the running ORDERED task
+	active   int              // tasks started and not finished
 	nextTTT  uint32
 	recent   [64]uint32 // ITTs of recently aborted tasks: their Data-Out is dropped silently
 	recentN  int

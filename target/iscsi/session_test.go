@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -813,5 +814,55 @@ func TestReloginWithTSIH(t *testing.T) {
 	thief.tsih = nu.tsih
 	if err := thief.tryLogin(env.iqn); err == nil || !strings.Contains(err.Error(), "0x020a") {
 		t.Fatalf("foreign TSIH: %v", err)
+	}
+}
+
+// TestOrderedTaskAttribute: an ORDERED command waits for the commands
+// before it, later SIMPLE commands wait for it, HEAD OF QUEUE passes all.
+func TestOrderedTaskAttribute(t *testing.T) {
+	env := startServer(t, Config{}, nil)
+	var mu sync.Mutex
+	var order []int64
+	release := make(chan struct{})
+	env.vol.SetGate(func(ctx context.Context, off int64) error {
+		mu.Lock()
+		order = append(order, off/512)
+		mu.Unlock()
+		if off == 0 {
+			<-release
+		}
+		return nil
+	})
+	ti := dialInitiator(t, env.addr)
+	ti.login(env.iqn)
+	first := ti.scsiCmd(0, read10(0, 1), true, 512, nil, true) // held in the volume
+	waitFor(t, func() bool { return env.vol.Running.Load() == 1 })
+	ti.attr = byte(scsi.TaskOrdered)
+	ord := ti.scsiCmd(0, read10(1, 1), true, 512, nil, true)
+	ti.attr = byte(scsi.TaskSimple)
+	after := ti.scsiCmd(0, read10(2, 1), true, 512, nil, true)
+	ti.attr = byte(scsi.TaskHead)
+	head := ti.scsiCmd(0, read10(3, 1), true, 512, nil, true)
+	ti.attr = 0
+	res := map[uint32]*result{head: {}}
+	if err := ti.collect(res, nil); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	mu.Lock()
+	early := slices.Clone(order)
+	mu.Unlock()
+	if !slices.Equal(early, []int64{0, 3}) {
+		t.Fatalf("before the first command finished, the volume saw %v; want [0 3]", early)
+	}
+	close(release)
+	res = map[uint32]*result{first: {}, ord: {}, after: {}}
+	if err := ti.collect(res, nil); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(order, []int64{0, 3, 1, 2}) {
+		t.Fatalf("volume saw %v; want [0 3 1 2]", order)
 	}
 }

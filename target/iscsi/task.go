@@ -467,15 +467,66 @@ func (c *conn) launch(t *task) {
 		c.tmu.Unlock()
 		return
 	}
-	t.started = true
-	c.taskWG.Add(1)
+	var start *task
+	if c.mayStartLocked(t) {
+		start = c.startLocked(t)
+	} else {
+		c.gated = append(c.gated, t)
+	}
 	c.tmu.Unlock()
+	if start != nil {
+		c.run(start)
+	}
+}
+
+// SAM task attributes, per connection: an ORDERED task starts only when
+// every task before it has finished, and tasks after it wait until it has
+// finished; HEAD OF QUEUE starts at once; SIMPLE (and ACA, untagged) tasks
+// run concurrently. Tasks held back wait in c.gated, in order.
+func (c *conn) mayStartLocked(t *task) bool {
+	switch {
+	case t.cmd.Attr == scsi.TaskHead:
+		return true
+	case len(c.gated) > 0 || c.ordered != nil:
+		return false
+	case t.cmd.Attr == scsi.TaskOrdered:
+		return c.active == 0
+	}
+	return true
+}
+
+func (c *conn) startLocked(t *task) *task {
+	t.started = true
+	c.active++
+	if t.cmd.Attr == scsi.TaskOrdered {
+		c.ordered = t
+	}
+	t.ctx, t.cancel = context.WithCancel(c.ctx)
+	c.taskWG.Add(1)
+	return t
+}
+
+// releaseGatedLocked starts the gated tasks the ordering rules now allow.
+func (c *conn) releaseGatedLocked() []*task {
+	var out []*task
+	for len(c.gated) > 0 && c.ordered == nil && !c.closing.Load() {
+		t := c.gated[0]
+		if t.cmd.Attr == scsi.TaskOrdered && c.active > 0 {
+			break
+		}
+		c.gated = c.gated[1:]
+		out = append(out, c.startLocked(t))
+	}
+	return out
+}
+
+// run hands a started task to a worker.
+func (c *conn) run(t *task) {
 	if t.noExec {
 		close(t.done)
 		c.finish(t)
 		return
 	}
-	t.ctx, t.cancel = context.WithCancel(c.ctx)
 	select {
 	case c.work <- t:
 	default:
@@ -524,15 +575,22 @@ func (c *conn) finish(t *task) {
 	defer c.taskWG.Done()
 	c.tmu.Lock()
 	t.finished = true
+	c.active--
+	if c.ordered == t {
+		c.ordered = nil
+	}
+	next := c.releaseGatedLocked()
 	aborted := t.aborted
 	if !aborted {
 		delete(c.tasks, t.itt)
 	}
 	c.tmu.Unlock()
-	if aborted {
-		return
+	if !aborted {
+		c.send(outItem{kind: outTask, t: t})
 	}
-	c.send(outItem{kind: outTask, t: t})
+	for _, x := range next {
+		c.run(x)
+	}
 }
 
 // abortTasks aborts the unanswered tasks match selects: they are removed,
@@ -553,10 +611,16 @@ func (c *conn) abortTasks(match func(*task) bool) int {
 		c.rememberAborted(itt)
 		victims = append(victims, t)
 	}
+	var next []*task
 	if len(victims) > 0 {
 		c.held = slices.DeleteFunc(c.held, func(t *task) bool { return t.aborted })
+		c.gated = slices.DeleteFunc(c.gated, func(t *task) bool { return t.aborted })
+		next = c.releaseGatedLocked()
 	}
 	c.tmu.Unlock()
+	for _, x := range next {
+		c.run(x)
+	}
 	for _, t := range victims {
 		if t.cancel != nil {
 			t.cancel()
