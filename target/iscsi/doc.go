@@ -23,7 +23,10 @@
 //     Each command runs on its own goroutine and completes out of order, so
 //     a slow cache miss never holds up a hit. Non-immediate NOP-Out, Text,
 //     Logout and TMF requests consume a CmdSN; commands after a CmdSN gap
-//     wait for the gap; CmdSNs outside the window are ignored.
+//     wait for the gap; CmdSNs outside the window are ignored. Task
+//     attributes are honoured per connection: an ORDERED command waits for
+//     every earlier one and holds back later ones; HEAD OF QUEUE starts at
+//     once.
 //   - R2T and Data-Out with up to MaxOutstandingR2T bursts in flight; data
 //     is accepted only at the offsets the target expects (immediate,
 //     unsolicited up to FirstBurstLength, solicited), never past the
