@@ -66,7 +66,8 @@ func TestTier1TCMU(t *testing.T) {
 	}
 	if err := r.Err("enable", "disk", "capacity", "readback", "readopt", "restart-readback",
 		"restart-under-io-dd", "restart-under-io", "restart-under-io-old",
-		"unknown-refused", "unknown-reason", "foreign-refused", "too-large-refused", "remove", "clean-stop"); err != nil {
+		"unknown-refused", "unknown-reason", "foreign-refused", "too-large-refused",
+		"grow-refused", "resize", "write-cache", "reconfig-data", "remove", "clean-stop"); err != nil {
 		t.Fatalf("guest: %v\nconsole log saved to %s:\n%s", err, logPath, tail(r.Log, 6000))
 	}
 }

@@ -111,6 +111,21 @@ echo "dev_size=2097152" > $G/control
 if timeout 20 sh -c "echo 1 > $G/enable" 2>/dev/null; then fail too-large-refused "enable succeeded"; else pass too-large-refused; fi
 rmdir $G
 
+# --- live reconfiguration (RECONFIG_DEVICE): size and write cache
+if echo 67108864 > $D/attrib/dev_size 2>/dev/null; then fail grow-refused "grew beyond the 32 MiB volume"; else pass grow-refused; fi
+if echo 16777216 > $D/attrib/dev_size; then
+  echo 1 > /sys/block/sda/device/rescan; sleep 0.5
+  [ "$(cat /sys/block/sda/size)" = 32768 ] && pass resize "32768 sectors after rescan" || fail resize "size $(cat /sys/block/sda/size) sectors after rescan"
+else fail resize "dev_size write refused"; fi
+wc0=$(cat /sys/block/sda/queue/write_cache)
+if echo 0 > $D/attrib/emulate_write_cache; then
+  echo 1 > /sys/block/sda/device/rescan; sleep 0.5
+  wc1=$(cat /sys/block/sda/queue/write_cache)
+  [ "$wc0" = "write back" ] && [ "$wc1" = "write through" ] && pass write-cache "$wc0 -> $wc1" || fail write-cache "$wc0 -> $wc1"
+else fail write-cache "emulate_write_cache write refused"; fi
+[ "$(dd if=/dev/sda bs=256k count=32 iflag=direct 2>/dev/null | md5sum)" = "$a" ] && pass reconfig-data || fail reconfig-data "data differs after reconfiguration"
+t reconfig-done
+
 # --- teardown: REMOVED_DEVICE handshake
 rm $L/lun/lun_0/vol1; rmdir $L/lun/lun_0
 echo NULL > $L/nexus 2>/dev/null; rmdir $L; rmdir $C/loopback/naa.5001405000000001
