@@ -484,3 +484,37 @@ func TestSizedVolume(t *testing.T) {
 		t.Fatalf("size %d err %v: want rounded down to whole blocks", sv.Size(), err)
 	}
 }
+
+// TestReadoptionBlocksResetsAndUnblocks checks the configfs actions of a
+// re-adoption when the UIO device cannot be opened: the device was blocked,
+// its ring reset, and it is unblocked again (never left blocked), and the
+// volume is released.
+func TestReadoptionBlocksResetsAndUnblocks(t *testing.T) {
+	var released atomic.Int32
+	vol, _ := memvol.New(1<<20, 512)
+	h, _ := New(Config{Logger: testLogger(t),
+		Resolve: func(string, int64) (scsi.Volume, error) { return vol, nil },
+		Release: func(string, scsi.Volume) { released.Add(1) }})
+	h.configfs, h.sysUIO, h.devDir = t.TempDir(), t.TempDir(), t.TempDir()
+	dir := filepath.Join(h.configfs, "user_2", "db")
+	writeFile(t, filepath.Join(dir, "attrib", "dev_size"), "1048576\n")
+	writeFile(t, filepath.Join(dir, "action", "block_dev"), "")
+	writeFile(t, filepath.Join(dir, "action", "reset_ring"), "")
+	writeFile(t, filepath.Join(h.sysUIO, "uio5", "name"), "tcm-user/2/db/cachelun/db\n")
+	writeFile(t, filepath.Join(h.sysUIO, "uio5", "maps", "map0", "size"), "0x40800000\n")
+	writeFile(t, filepath.Join(h.sysUIO, "uio6", "name"), "tcm-user/2/other/file//x\n")
+	h.adoptExisting() // /dev/uio5 does not exist in devDir
+	read := func(name string) string {
+		b, err := os.ReadFile(filepath.Join(dir, "action", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	if read("reset_ring") != "1" || read("block_dev") != "0" {
+		t.Fatalf("reset_ring=%q block_dev=%q; want the ring reset and the device unblocked", read("reset_ring"), read("block_dev"))
+	}
+	if released.Load() != 1 || len(h.devices) != 0 {
+		t.Fatalf("released %d, devices %d", released.Load(), len(h.devices))
+	}
+}

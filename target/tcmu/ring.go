@@ -38,8 +38,7 @@ const (
 	opCmd  = 1
 	opTMR  = 2
 
-	uflagUnknownOp = 0x1
-	uflagReadLen   = 0x2
+	uflagReadLen = 0x2
 
 	// Request part (the kernel's inner struct is not packed: cdb_off is
 	// 8-byte aligned).
@@ -286,7 +285,6 @@ type completion struct {
 	// kernel then reports the residual to the initiator.
 	readLen    uint32
 	hasReadLen bool
-	unknownOp  bool
 }
 
 // writeCompletion stores c into the CMD entry at ring position pos (which
@@ -299,9 +297,6 @@ func (l ringLayout) writeCompletion(mm []byte, pos uint32, c completion) {
 	binary.LittleEndian.PutUint16(ent[entCmdID:], c.id)
 	ent[entKFlags] = 0
 	var uf byte
-	if c.unknownOp {
-		uf |= uflagUnknownOp
-	}
 	if c.hasReadLen && l.flags&mbFlagReadLen != 0 {
 		uf |= uflagReadLen
 		binary.LittleEndian.PutUint32(ent[rspReadLen:], c.readLen)
