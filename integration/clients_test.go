@@ -140,10 +140,18 @@ func checkPatterns(t *testing.T, url string) {
 // before the SIGKILL must survive it.
 func TestDataAcrossModesAndRestarts(t *testing.T) {
 	needTools(t, "qemu-io", "iscsi-readcapacity16")
-	for _, mode := range []string{"writeback", "writethrough", "writearound"} {
-		t.Run(mode, func(t *testing.T) {
+	variants := []struct{ name, mode, slow string }{
+		{"writeback", "writeback", ""},
+		{"writethrough", "writethrough", ""},
+		{"writearound", "writearound", ""},
+		// a slow backing device keeps data dirty in the cache across the
+		// restarts, so they exercise journal replay rather than writeback
+		{"writeback-slow-backing", "writeback", "latency=2ms"},
+	}
+	for _, v := range variants {
+		t.Run(v.name, func(t *testing.T) {
 			dir := t.TempDir()
-			d := startDaemon(t, dir, writeConfig(t, dir, configOptions{mode: mode}))
+			d := startDaemon(t, dir, writeConfig(t, dir, configOptions{mode: v.mode, slow: v.slow}))
 			url := d.url(0)
 			if !strings.Contains(strings.Join(d.urls, " "), "iqn.2026-11.io.cachelun:test/0") {
 				t.Fatalf("urls %v", d.urls)
