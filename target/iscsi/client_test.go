@@ -33,6 +33,7 @@ type testInitiator struct {
 	name   string
 	params map[string]string
 	attr   byte // task attribute of the next commands; 0 means SIMPLE
+	cid    uint16
 }
 
 func dialInitiator(t testing.TB, addr string) *testInitiator {
@@ -93,6 +94,7 @@ func (ti *testInitiator) loginPDU(csg, nsg int, transit bool, text []byte) (bhs,
 	binary.BigEndian.PutUint64(h[8:16], ti.isid<<16)
 	h.putU16(14, ti.tsih)
 	h.putU32(16, ti.nextITT())
+	h.putU16(20, ti.cid)
 	h.putU32(offCmdSN, ti.cmdSN)
 	h.putU32(offExpSN, ti.statSN)
 	if err := ti.writePDU(&h, text); err != nil {

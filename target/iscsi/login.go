@@ -304,8 +304,8 @@ func (c *conn) enterFullFeature(ls *loginState) uint16 {
 		ls.target = e
 	}
 	c.params = ls.neg.finish()
-	ss := &session{isid: ls.isid, initiator: ls.initiator, target: ls.target, conn: c}
-	old, st := c.srv.registerSession(ss, ls.tsih)
+	ss := &session{isid: ls.isid, cid: ls.cid, initiator: ls.initiator, target: ls.target, conn: c}
+	old, st := c.srv.registerSession(ss, ls.tsih, ls.cid)
 	for _, o := range old {
 		c.log.Info("iscsi: reinstating session", "initiator", o.initiator, "tsih", o.tsih)
 		o.conn.abort()

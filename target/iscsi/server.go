@@ -473,6 +473,7 @@ func (s *Server) Sessions() []SessionInfo {
 // MaxConnections=1 a session has exactly one connection.
 type session struct {
 	tsih      uint16
+	cid       uint16 // of its one connection
 	isid      uint64 // 48 bits
 	initiator string
 	target    *targetEntry // at login; nil for discovery
@@ -482,11 +483,16 @@ type session struct {
 // registerSession assigns a TSIH and installs the session, reinstating
 // (closing) an existing session of the same initiator port and target.
 // It returns the sessions to close and an iSCSI login status on failure.
-func (s *Server) registerSession(ns *session, wantTSIH uint16) (old []*session, status uint16) {
+func (s *Server) registerSession(ns *session, wantTSIH, cid uint16) (old []*session, status uint16) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
 		return nil, loginServiceUnavailable
+	}
+	if x := s.sessions[wantTSIH]; wantTSIH != 0 && x != nil && x.initiator == ns.initiator && x.isid == ns.isid &&
+		x.cid != cid {
+		// A second connection for the session: MaxConnections is 1.
+		return nil, loginTooManyConns
 	}
 	for tsih, x := range s.sessions {
 		if x.initiator == ns.initiator && x.isid == ns.isid && x.target == nil == (ns.target == nil) &&

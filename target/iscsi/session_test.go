@@ -808,6 +808,15 @@ func TestReloginWithTSIH(t *testing.T) {
 	}
 	drain(t, old)
 	writeRead(t, nu, 0, fill(512, 7), 512)
+	// A second connection (another CID) for the session is refused:
+	// MaxConnections is 1.
+	second := dialInitiator(t, env.addr)
+	second.tsih = nu.tsih
+	second.cid = 1
+	if err := second.tryLogin(env.iqn); err == nil || !strings.Contains(err.Error(), "0x0206") {
+		t.Fatalf("second connection: %v", err)
+	}
+	writeRead(t, nu, 1, fill(512, 9), 512)
 	// Another initiator cannot take that session over.
 	thief := dialInitiator(t, env.addr)
 	thief.name = "iqn.2026-11.test:thief"
