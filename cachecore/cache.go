@@ -54,8 +54,14 @@ type Cache struct {
 	failCause  error
 	failedCh   chan struct{}
 
-	stats  cacheCounters
-	lastIO atomic.Int64 // unix nanos of the last host I/O
+	stats cacheCounters
+	// ioCount counts host requests; the writeback worker samples it to
+	// tell when the volumes have been idle (cheaper than a clock read per
+	// request).
+	ioCount   atomic.Uint64
+	idleMu    sync.Mutex
+	idleSeen  uint64
+	idleSince time.Time
 
 	drainers  atomic.Int32 // Drain calls in progress: writeback at full speed
 	spaceWait atomic.Int32 // writers waiting for a free segment

@@ -6,7 +6,7 @@ import (
 	"github.com/cachelun/cachelun/persist"
 )
 
-const gcMaxKsetsPerTail = 16
+const gcMaxKsetsPerTail = 64
 
 // gcLoop reclaims clean log while the share of used segments is above
 // GCPercent or a writer waits for space.

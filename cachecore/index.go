@@ -111,6 +111,16 @@ func (p piece) len() int64 { return int64(p.e - p.s) }
 // abs returns the absolute backing offset of stripe-relative offset o.
 func (p piece) abs(o uint32) int64 { return int64(p.stripe<<stripeShift) + int64(o) }
 
+// firstPiece returns the piece of [off, off+n) in the first stripe; for
+// the next one call it again with off and n advanced by its length. It
+// lets hot paths walk pieces without allocating.
+func firstPiece(off, n, bufOff int64) piece {
+	st := uint64(off) >> stripeShift
+	s := uint32(off & (stripeSize - 1))
+	l := min(int64(stripeSize)-int64(s), n)
+	return piece{stripe: st, s: s, e: s + uint32(l), bufOff: bufOff}
+}
+
 // splitPieces cuts [off, off+n) at stripe boundaries.
 func splitPieces(off, n int64) []piece {
 	var out []piece

@@ -96,7 +96,7 @@ func (v *Volume) enter() error {
 		v.inflight.Add(-1)
 		return fmt.Errorf("cachecore: volume %s is offline: %w", v.name, blk.ErrNotReady)
 	}
-	v.c.lastIO.Store(time.Now().UnixNano())
+	v.c.ioCount.Add(1)
 	return nil
 }
 
@@ -236,10 +236,12 @@ type readItem struct {
 }
 
 func (v *Volume) read(ctx context.Context, p []byte, off int64, fill bool, acct *readAcct) error {
-	for _, pc := range splitPieces(off, int64(len(p))) {
+	for done := int64(0); done < int64(len(p)); {
+		pc := firstPiece(off+done, int64(len(p))-done, done)
 		if err := v.readPiece(ctx, p[pc.bufOff:pc.bufOff+pc.len()], pc, fill, acct); err != nil {
 			return err
 		}
+		done += pc.len()
 	}
 	return nil
 }
@@ -299,7 +301,11 @@ func (v *Volume) readPiece(ctx context.Context, dst []byte, pc piece, fill bool,
 		}
 
 		stale := false
-		t0 := time.Now()
+		measure := v.vcfg.Load().CongestedReadThreshold > 0
+		var t0 time.Time
+		if measure {
+			t0 = time.Now()
+		}
 		hits := 0
 		for k := range items {
 			it := &items[k]
@@ -318,7 +324,7 @@ func (v *Volume) readPiece(ctx context.Context, dst []byte, pc piece, fill bool,
 			hits++
 			acct.hitBytes += uint64(it.e - it.s)
 		}
-		if hits > 0 {
+		if hits > 0 && measure {
 			v.readLat.add(time.Since(t0))
 		}
 		if stale {
@@ -511,10 +517,6 @@ func (v *Volume) route(ctx context.Context, off, n int64) writeRoute {
 		v.stats.bypass(reasonCongestion, n)
 		return routeBypass
 	}
-	if m.cachesWrites() && v.c.segs.dataFree() <= 0 {
-		v.stats.bypass(reasonFull, n)
-		return routeBypass
-	}
 	if m == ModeWritethrough {
 		return routeThrough
 	}
@@ -586,14 +588,22 @@ func (s *slotSet) add(i int) {
 // index and the open kset under the stripe lock, acknowledge.
 func (v *Volume) cacheWrite(ctx context.Context, p []byte, off int64, fua bool) error {
 	var slots slotSet
-	t0 := time.Now()
-	for _, pc := range splitPieces(off, int64(len(p))) {
+	measure := v.vcfg.Load().CongestedWriteThreshold > 0
+	var t0 time.Time
+	if measure {
+		t0 = time.Now()
+	}
+	for done := int64(0); done < int64(len(p)); {
+		pc := firstPiece(off+done, int64(len(p))-done, done)
 		if err := v.cacheWritePiece(ctx, p[pc.bufOff:pc.bufOff+pc.len()], pc); err != nil {
 			return err
 		}
 		slots.add(slotFor(v.st.id, pc.stripe))
+		done += pc.len()
 	}
-	v.writeLat.add(time.Since(t0))
+	if measure {
+		v.writeLat.add(time.Since(t0))
+	}
 	v.stats.writeHits.Add(1)
 	if fua {
 		return v.syncDurable(slots.list)

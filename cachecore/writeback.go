@@ -4,13 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/cachelun/cachelun/persist"
 )
 
 const (
-	wbMaxKsets    = 32      // ksets written back per backing flush at most
+	wbMaxKsets    = 256     // ksets written back per backing flush at most
+	wbMaxRun      = 1 << 20 // bytes per backing write at most
+	wbWorkers     = 4       // concurrent backing writes of one pass
 	wbTrickleRate = 1 << 20 // bytes/s below the target dirty percentage
 	wbMinRate     = 4 << 20
 	wbMaxRate     = 512 << 20
@@ -100,8 +104,7 @@ func (c *Cache) writebackFullSpeed() bool {
 	if c.dirtyBytes()*100 >= c.capacity()*int64(cfg.Writeback.HighWatermarkPercent) {
 		return true
 	}
-	idle := time.Since(time.Unix(0, c.lastIO.Load()))
-	return idle >= cfg.Writeback.IdleAfter
+	return c.idleFor() >= cfg.Writeback.IdleAfter
 }
 
 // writebackPause returns how long to wait after writing n bytes to hold
@@ -218,33 +221,9 @@ func (c *Cache) writebackPass(ctx context.Context) (int64, error) {
 			}
 		}
 	}
-	var written int64
-	buf := make([]byte, 0, 256<<10)
-	for _, t := range targets {
-		if t.v == nil {
-			continue
-		}
-		for sn, l := range t.list {
-			for _, x := range l.ext {
-				if x.kind != extDirty {
-					continue
-				}
-				if cap(buf) < int(x.length) {
-					buf = make([]byte, x.length)
-				}
-				b := buf[:x.length]
-				if err := c.readForWriteback(b, &x); err != nil {
-					return written, err
-				}
-				off := int64(sn<<stripeShift) + int64(x.start)
-				if err := t.v.dev.WriteAt(ctx, b, off); err != nil {
-					t.v.stats.addError("writeback")
-					return written, fmt.Errorf("cachecore: writeback of %s at %d: %w", t.vs.name, off, err)
-				}
-				written += int64(x.length)
-				t.v.stats.writebackBytes.Add(uint64(x.length))
-			}
-		}
+	written, err := c.writeRuns(ctx, targets)
+	if err != nil {
+		return written, err
 	}
 	for _, t := range targets {
 		if t.v == nil {
@@ -327,4 +306,115 @@ func (c *Cache) markClean(k *persist.Key) {
 		}
 		st.mu.Unlock()
 	}
+}
+
+// wbRun is a backing-contiguous run of collapsed dirty extents written
+// with one backing write.
+type wbRun struct {
+	t    *wbTarget
+	off  int64
+	n    int64
+	exts []extent
+}
+
+// writeRuns writes the collapsed dirty extents of a pass to the backing
+// devices: sorted by offset, merged into runs of up to wbMaxRun bytes and
+// written by a few goroutines (they belong to one flush epoch and do not
+// overlap, so their order does not matter).
+func (c *Cache) writeRuns(ctx context.Context, targets map[uint32]*wbTarget) (int64, error) {
+	var runs []wbRun
+	for _, t := range targets {
+		if t.v == nil {
+			continue
+		}
+		stripes := make([]uint64, 0, len(t.list))
+		for sn := range t.list {
+			stripes = append(stripes, sn)
+		}
+		slices.Sort(stripes)
+		for _, sn := range stripes {
+			for _, x := range t.list[sn].ext {
+				if x.kind != extDirty {
+					continue
+				}
+				off := int64(sn<<stripeShift) + int64(x.start)
+				if k := len(runs) - 1; k >= 0 && runs[k].t == t && runs[k].off+runs[k].n == off && runs[k].n+int64(x.length) <= wbMaxRun {
+					runs[k].n += int64(x.length)
+					runs[k].exts = append(runs[k].exts, x)
+					continue
+				}
+				runs = append(runs, wbRun{t: t, off: off, n: int64(x.length), exts: []extent{x}})
+			}
+		}
+	}
+	var (
+		mu      sync.Mutex
+		written int64
+		first   error
+		next    int
+		wg      sync.WaitGroup
+	)
+	worker := func() {
+		defer wg.Done()
+		var buf []byte
+		for {
+			mu.Lock()
+			if first != nil || next >= len(runs) {
+				mu.Unlock()
+				return
+			}
+			r := &runs[next]
+			next++
+			mu.Unlock()
+			if cap(buf) < int(r.n) {
+				buf = make([]byte, r.n)
+			}
+			b := buf[:r.n]
+			var err error
+			at := 0
+			for i := range r.exts {
+				x := &r.exts[i]
+				if err = c.readForWriteback(b[at:at+int(x.length)], x); err != nil {
+					break
+				}
+				at += int(x.length)
+			}
+			if err == nil {
+				if err = r.t.v.dev.WriteAt(ctx, b, r.off); err != nil {
+					r.t.v.stats.addError("writeback")
+					err = fmt.Errorf("cachecore: writeback of %s at %d: %w", r.t.vs.name, r.off, err)
+				}
+			}
+			mu.Lock()
+			if err != nil && first == nil {
+				first = err
+			}
+			if err == nil {
+				written += r.n
+				r.t.v.stats.writebackBytes.Add(uint64(r.n))
+			}
+			mu.Unlock()
+		}
+	}
+	nw := min(wbWorkers, len(runs))
+	wg.Add(nw)
+	for range nw {
+		go worker()
+	}
+	wg.Wait()
+	return written, first
+}
+
+// idleFor returns how long no host request has arrived, as observed by
+// sampling the request counter.
+func (c *Cache) idleFor() time.Duration {
+	n := c.ioCount.Load()
+	now := time.Now()
+	c.idleMu.Lock()
+	defer c.idleMu.Unlock()
+	if n != c.idleSeen || c.idleSince.IsZero() {
+		c.idleSeen, c.idleSince = n, now
+		return 0
+	}
+	return now.Sub(c.idleSince)
 }
