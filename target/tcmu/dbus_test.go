@@ -14,6 +14,8 @@ import (
 
 	"github.com/godbus/dbus/v5"
 	"github.com/godbus/dbus/v5/introspect"
+
+	"github.com/cachelun/cachelun/target/scsi"
 )
 
 func TestCheckConfig(t *testing.T) {
@@ -205,5 +207,29 @@ func TestDBusServiceLive(t *testing.T) {
 	defer other.Close()
 	if err := exportDBus(other, "cachelun", "x", nil); !errors.Is(err, ErrServiceTaken) {
 		t.Fatalf("second owner: %v", err)
+	}
+}
+
+// TestRunStopsBeforeNetlinkWhenNameTaken: with tcmu-runner (or anyone)
+// owning the service name, Run must fail before it tells the kernel to wait
+// for replies.
+func TestRunStopsBeforeNetlinkWhenNameTaken(t *testing.T) {
+	addr := startBus(t)
+	owner, err := dbus.Connect(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer owner.Close()
+	if reply, err := owner.RequestName(dbusName, dbus.NameFlagDoNotQueue); err != nil || reply != dbus.RequestNameReplyPrimaryOwner {
+		t.Fatalf("take name: %v %v", reply, err)
+	}
+	h, err := New(Config{Logger: testLogger(t), DBusAddress: addr,
+		Resolve: func(string, int64) (scsi.Volume, error) { return nil, ErrUnknownVolume }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.procDir = t.TempDir()
+	if err := h.Run(context.Background()); !errors.Is(err, ErrServiceTaken) {
+		t.Fatalf("Run with the name taken: %v, want ErrServiceTaken", err)
 	}
 }

@@ -158,20 +158,25 @@ func (h *Handler) Run(ctx context.Context) error {
 		return fmt.Errorf("%w (pid %d): it answers every TCMU device notification and refuses user:%s devices; stop it first (systemctl stop tcmu-runner)",
 			ErrRunnerActive, pid, h.cfg.Subtype)
 	}
+	// D-Bus first: SET_FEATURES makes the kernel wait for replies from
+	// then on (module-wide), so it is sent only once nothing else can
+	// stop the handler from answering.
+	var bus *dbus.Conn
+	if h.cfg.DBusAddress != DisableDBus {
+		var err error
+		if bus, err = h.startDBus(); err != nil {
+			return err
+		}
+	}
 	nl, replies, err := dialNetlink()
 	if err != nil {
+		if bus != nil {
+			bus.Close()
+		}
 		return err
 	}
 	if !replies {
 		h.log.Warn("tcmu: kernel did not accept SET_FEATURES (needs CAP_NET_ADMIN); it will not wait for our device verdicts")
-	}
-	var bus *dbus.Conn
-	if h.cfg.DBusAddress != DisableDBus {
-		bus, err = h.startDBus()
-		if err != nil {
-			nl.close()
-			return err
-		}
 	}
 
 	h.adoptExisting()
