@@ -72,6 +72,7 @@ type Cache struct {
 	workers        sync.WaitGroup
 	bg             sync.WaitGroup // kset commits
 	hardStop       chan struct{}
+	closing        chan struct{} // closed when Close starts: waiting writers give up
 	closed         atomic.Bool
 }
 
@@ -129,6 +130,7 @@ func Open(ctx context.Context, store *persist.Store, cfg Config) (*Cache, error)
 		wbKick:   make(chan struct{}, 1),
 		gcKick:   make(chan struct{}, 1),
 		hardStop: make(chan struct{}),
+		closing:  make(chan struct{}),
 	}
 	c.cfg.Store(&cfg)
 	nh := 8
@@ -339,7 +341,7 @@ func (c *Cache) flusher() {
 	defer c.workers.Done()
 	for {
 		iv := c.config().JournalFlushInterval
-		tick := max(iv/4, time.Millisecond)
+		tick := max(iv/10, time.Millisecond)
 		t := time.NewTimer(tick)
 		select {
 		case <-c.workersCtx.Done():
@@ -498,7 +500,10 @@ func (c *Cache) RemoveVolume(ctx context.Context, name string, progress func(Pro
 	if !v.state.CompareAndSwap(volOnline, volRemoving) {
 		return fmt.Errorf("cachecore: volume %q is being removed: %w", name, blk.ErrNotReady)
 	}
-	v.waitIdle()
+	if err := v.waitIdle(ctx); err != nil {
+		v.state.Store(volOnline)
+		return err
+	}
 	if err := v.drain(ctx, progress); err != nil {
 		v.state.Store(volOnline)
 		return err
@@ -558,12 +563,17 @@ func (c *Cache) Close(ctx context.Context) error {
 	for _, v := range vols {
 		v.state.Store(volClosed)
 	}
-	for _, v := range vols {
-		v.waitIdle()
-	}
+	close(c.closing)
 	var err error
+	for _, v := range vols {
+		if werr := v.waitIdle(ctx); werr != nil && err == nil {
+			err = fmt.Errorf("cachecore: close: requests of %s still running: %w", v.name, werr)
+		}
+	}
 	if c.failedErr() == nil {
-		err = c.flushAll()
+		if ferr := c.flushAll(); ferr != nil && err == nil {
+			err = ferr
+		}
 	}
 	c.stopWorkers()
 	done := make(chan struct{})

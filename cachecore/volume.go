@@ -102,10 +102,16 @@ func (v *Volume) enter() error {
 
 func (v *Volume) exit() { v.inflight.Add(-1) }
 
-func (v *Volume) waitIdle() {
+// waitIdle waits until no request of the volume is running.
+func (v *Volume) waitIdle(ctx context.Context) error {
 	for v.inflight.Load() != 0 {
-		time.Sleep(time.Millisecond)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Millisecond):
+		}
 	}
+	return nil
 }
 
 // direct reports whether I/O must go straight to the backing device
@@ -691,6 +697,9 @@ func (c *Cache) allocDataWait(ctx context.Context, n uint32) (allocation, error)
 		case <-ctx.Done():
 			t.Stop()
 			return allocation{}, ctx.Err()
+		case <-c.closing:
+			t.Stop()
+			return allocation{}, fmt.Errorf("cachecore: cache closing while waiting for space: %w", blk.ErrNotReady)
 		case <-c.failedCh:
 		}
 		t.Stop()
@@ -1071,6 +1080,9 @@ func (v *Volume) caw(ctx context.Context, off int64, compare, data []byte, fua b
 		case <-ctx.Done():
 			putAll()
 			return ctx.Err()
+		case <-v.c.closing:
+			putAll()
+			return fmt.Errorf("cachecore: cache closing: %w", blk.ErrNotReady)
 		case <-time.After(time.Millisecond):
 		}
 	}
@@ -1237,6 +1249,9 @@ func (v *Volume) drain(ctx context.Context, progress func(Progress)) error {
 		case <-ctx.Done():
 			t.Stop()
 			return ctx.Err()
+		case <-c.closing:
+			t.Stop()
+			return fmt.Errorf("cachecore: cache closing during drain: %w", blk.ErrNotReady)
 		case <-c.failedCh:
 		case <-t.C:
 		}
