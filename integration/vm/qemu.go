@@ -69,7 +69,9 @@ func (b Boot) Run(ctx context.Context) (*Result, error) {
 		"-nic", "none", // the guest gets no network device at all
 		"-serial", "stdio",
 		"-kernel", b.Assets.VMLinuz, "-initrd", b.Initrd,
-		"-append", strings.TrimSpace("console=ttyS0 panic=-1 loglevel=4 " + b.Append),
+		// no_timer_check: under emulation on a busy host the kernel's
+		// IO-APIC timer probe can miss its window and panic at boot.
+		"-append", strings.TrimSpace("console=ttyS0 panic=-1 loglevel=4 no_timer_check " + b.Append),
 	}
 	args = append(args, b.ExtraArgs...)
 	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", args...)
