@@ -158,6 +158,9 @@ func TestDeviceWriteReadBack(t *testing.T) {
 			t.Fatalf("READ(10): status %#x, data equal %v", rd.status, bytes.Equal(rd.data, pattern))
 		}
 		// One block: one iovec, served without a bounce buffer.
+		if d := r.h.Devices(); len(d) != 1 || d[0].ConfigDir != "user_0/vol" || d[0].Cfgstring != "db1" || d[0].SizeBytes != 16<<20 || d[0].Commands < 3 || d[0].InFlight != 0 {
+			t.Fatalf("Devices() = %+v", d)
+		}
 		one := r.do(cdb10(0x28, 101, 8), nil, 4096)
 		if one.status != 0 || len(one.iovs) != 1 || !bytes.Equal(one.data, pattern[512:512+4096]) {
 			t.Fatalf("READ(10) of one data block: status %#x iovecs %d", one.status, len(one.iovs))

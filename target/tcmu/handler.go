@@ -1,6 +1,7 @@
 package tcmu
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -46,7 +48,9 @@ type Config struct {
 	// Resolve maps a device's cfgstring to what it serves, or says exactly
 	// why not (unknown volume, size larger than the backing device, volume
 	// already exported). Wrap ErrUnknownVolume, ErrVolumeTooSmall or
-	// ErrVolumeInUse to choose the errno the configfs writer sees.
+	// ErrVolumeInUse to choose the errno the configfs writer sees. The
+	// kernel blocks the configfs writer until it returns, so it must be
+	// quick; it may be called concurrently for different devices.
 	// Required.
 	Resolve func(cfgstring string, sizeBytes int64) (scsi.Volume, error)
 	// Release, if set, is called once a device Resolve succeeded for has
@@ -561,6 +565,42 @@ func (od *openDevice) setWriteCache(on bool) error {
 	od.lu = nil
 	_, err := od.addLU()
 	return err
+}
+
+// DeviceInfo describes a device the handler serves.
+type DeviceInfo struct {
+	// ConfigDir is the device's configfs directory below
+	// target/core, e.g. "user_0/db1".
+	ConfigDir string
+	// Cfgstring is what the device serves (as given to Resolve).
+	Cfgstring string
+	// UIO is the minor of /dev/uio<N>.
+	UIO uint32
+	// SizeBytes is the capacity the device shows (dev_size).
+	SizeBytes int64
+	// Commands counts commands completed since the device was opened.
+	Commands uint64
+	// InFlight counts commands being executed now.
+	InFlight int
+}
+
+// Devices lists the devices being served, ordered by UIO minor.
+func (h *Handler) Devices() []DeviceInfo {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make([]DeviceInfo, 0, len(h.devices))
+	for minor, od := range h.devices {
+		out = append(out, DeviceInfo{
+			ConfigDir: od.dev.name.configDir(),
+			Cfgstring: od.cfg,
+			UIO:       minor,
+			SizeBytes: od.vol.Size(),
+			Commands:  od.dev.served.Load(),
+			InFlight:  od.dev.ring.inFlight(),
+		})
+	}
+	slices.SortFunc(out, func(a, b DeviceInfo) int { return cmp.Compare(a.UIO, b.UIO) })
+	return out
 }
 
 // closeAll stops every device at shutdown. The devices stay in the kernel;
