@@ -21,6 +21,11 @@ type Cache struct {
 	media   persist.Media
 	journal *persist.Journal
 	dataCRC bool
+	// distrustClean: the cache file was retired by a failure; replay
+	// keeps only dirty keys. The flag in the cache file is cleared once
+	// key_tail has passed distrustUntil (every key of the retired log).
+	distrustClean bool
+	distrustUntil uint64
 
 	cfg atomic.Pointer[Config]
 	log *slog.Logger
@@ -159,6 +164,10 @@ func Open(ctx context.Context, store *persist.Store, cfg Config) (*Cache, error)
 		c.vols[r.ID].Store(&volState{id: r.ID, name: r.Name, size: int64(r.Size), idx: newVolIndex(int64(r.Size))})
 	}
 
+	c.distrustClean = info.Flags&InfoFlagRetired != 0
+	if c.distrustClean {
+		c.log.Warn("cache was retired after a media failure: dropping clean cache contents, keeping dirty data")
+	}
 	head, logSegs, err := c.replay(ctx)
 	if err != nil {
 		return nil, err
@@ -184,6 +193,7 @@ func Open(ctx context.Context, store *persist.Store, cfg Config) (*Cache, error)
 	}
 	c.journal = store.OpenJournal(head, c.allocJournalSegment)
 	c.durableHead.Store(head.LSN)
+	c.distrustUntil = head.LSN
 	if cfg.GCPercent != int(info.GCPercent) {
 		info.GCPercent = uint8(cfg.GCPercent)
 		if err := store.SetInfo(info); err != nil {
@@ -267,6 +277,10 @@ func (c *Cache) replayKey(k *persist.Key, afterDirtyTail bool) {
 			st.list.replace(p.s, p.e, nil)
 			continue
 		}
+		if !dirty && c.distrustClean {
+			st.list.replace(p.s, p.e, nil)
+			continue
+		}
 		kind := extClean
 		if dirty {
 			kind = extDirty
@@ -305,18 +319,31 @@ func (c *Cache) kickGC() {
 	}
 }
 
+// InfoFlagRetired is set in the cache info record when the cache was
+// retired after a media failure: volumes may have continued on their
+// backing devices, so the next Open does not trust clean keys (only dirty
+// data is kept).
+const InfoFlagRetired uint32 = 1 << 0
+
 // fail retires the cache after a media error. Idempotent.
 func (c *Cache) fail(what string, err error) {
 	c.failMu.Lock()
-	defer c.failMu.Unlock()
 	if c.failed.Load() {
+		c.failMu.Unlock()
 		return
 	}
 	c.failReason = fmt.Sprintf("%s: %v", what, err)
 	c.failCause = err
 	c.failed.Store(true)
 	close(c.failedCh)
+	c.failMu.Unlock()
 	c.log.Error("cache media failure: cache retired", "op", what, "err", err, "policy", c.config().OnCacheFailure)
+	// Best effort: the media just failed, so this may fail too.
+	info := c.store.Info()
+	info.Flags |= InfoFlagRetired
+	if err := c.store.SetInfo(info); err != nil {
+		c.log.Warn("could not record the retirement in the cache file", "err", err)
+	}
 }
 
 // failedErr returns nil while the cache is healthy.

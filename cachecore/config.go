@@ -28,8 +28,6 @@ func ParseMode(s string) (Mode, error) {
 	return "", fmt.Errorf("cachecore: unknown cache mode %q (want writeback, writethrough, writearound, writeonly or passthrough)", s)
 }
 
-func (m Mode) valid() bool { _, err := ParseMode(string(m)); return err == nil }
-
 // cachesWrites reports whether a healthy write in this mode lands in the
 // cache as dirty data.
 func (m Mode) cachesWrites() bool { return m == ModeWriteback || m == ModeWriteonly }

@@ -97,6 +97,17 @@ func (c *Cache) gcStep() bool {
 		}
 		return false
 	}
+	if c.distrustClean && next.LSN >= c.distrustUntil {
+		info := c.store.Info()
+		info.Flags &^= InfoFlagRetired
+		if err := c.store.SetInfo(info); err != nil {
+			if isMediaFault(err) {
+				c.fail("persist cache info", err)
+			}
+			return false
+		}
+		c.distrustClean = false
+	}
 	c.logMu.Lock()
 	var release []uint32
 	for len(c.logSegs) > 1 && c.logSegs[0] != next.Pos.Seg {

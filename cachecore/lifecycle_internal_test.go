@@ -195,3 +195,34 @@ func TestFullCacheBackPressure(t *testing.T) {
 		t.Fatal("data differs after overwrites in a full cache")
 	}
 }
+
+// TestRetiredCacheDropsCleanOnReopen: a clean volume that continued on its
+// backing device after a media failure must not see the old clean cache
+// contents when the cache file is opened again.
+func TestRetiredCacheDropsCleanOnReopen(t *testing.T) {
+	ctx := context.Background()
+	r := newItRig(t, 16, 8<<20, Config{}, VolumeConfig{Mode: ModeWritethrough})
+	a := bytes.Repeat([]byte{0xA}, 4096)
+	b := bytes.Repeat([]byte{0xB}, 4096)
+	if err := r.vol.WriteAt(ctx, a, 0, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.vol.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if e := r.vol.Explain(0); e.State != "hit" || e.Dirty {
+		t.Fatalf("writethrough block not cached clean: %+v", e)
+	}
+	r.cache.fail("test", persist.ErrMediaFault) // records the retirement while the media still works
+	if err := r.vol.WriteAt(ctx, b, 0, true); err != nil {
+		t.Fatalf("clean volume write after failure: %v", err)
+	}
+	r.reopen(nil)
+	got := make([]byte, 4096)
+	if err := r.vol.ReadAt(ctx, got, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, b) {
+		t.Fatal("stale clean data from the retired cache returned after reopen")
+	}
+}

@@ -203,17 +203,3 @@ func (c *Cache) putRef(id uint32) {
 	}
 	c.segs.release(id)
 }
-
-// releaseHeads drops the data heads' references (Close, failure).
-func (c *Cache) releaseHeads() {
-	for i := range c.heads {
-		h := &c.heads[i]
-		h.mu.Lock()
-		valid, seg := h.valid, h.seg
-		h.valid = false
-		h.mu.Unlock()
-		if valid {
-			c.putRef(seg)
-		}
-	}
-}
