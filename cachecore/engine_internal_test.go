@@ -334,3 +334,5 @@ func TestLazyIndexLargeVolume(t *testing.T) {
 		t.Fatalf("%d stripes allocated", n)
 	}
 }
+
+func newTestRand(seed uint64) *rand.Rand { return rand.New(rand.NewPCG(seed, 1)) }

@@ -226,3 +226,98 @@ func TestRetiredCacheDropsCleanOnReopen(t *testing.T) {
 		t.Fatal("stale clean data from the retired cache returned after reopen")
 	}
 }
+
+// TestCloseStopsEverything: after a workload with writeback, GC and kset
+// commits in flight, Close leaves no goroutine behind.
+func TestCloseStopsEverything(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	r := newItRig(t, 16, 8<<20, Config{GCPercent: 20}, VolumeConfig{})
+	ref := backend.NewMemory(8 << 20)
+	randomWorkload(t, r, ref, newTestRand(7), 150)
+	cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := r.cache.Close(cctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.vol.WriteAt(context.Background(), make([]byte, 4096), 0, false); !errors.Is(err, blk.ErrNotReady) {
+		t.Fatalf("write after Close: %v, want ErrNotReady", err)
+	}
+}
+
+func TestPrefetchPromotes(t *testing.T) {
+	ctx := context.Background()
+	r := newItRig(t, 16, 8<<20, Config{}, VolumeConfig{})
+	data := bytes.Repeat([]byte{0x5a}, 64<<10)
+	r.dev.WriteAt(ctx, data, 1<<20)
+	if e := r.vol.Explain(1 << 20); e.State != "miss" {
+		t.Fatalf("before prefetch: %+v", e)
+	}
+	if err := r.vol.Prefetch(ctx, 1<<20, 64<<10); err != nil {
+		t.Fatal(err)
+	}
+	for off := int64(1 << 20); off < 1<<20+64<<10; off += 4096 {
+		if e := r.vol.Explain(off); e.State != "hit" || e.Dirty {
+			t.Fatalf("after prefetch at %d: %+v", off, e)
+		}
+	}
+	got := make([]byte, len(data))
+	if err := r.vol.ReadAt(ctx, got, 1<<20); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read after prefetch: %v", err)
+	}
+	if s := r.vol.Stats(); s.ReadHits != 1 {
+		t.Fatalf("read after prefetch not a full hit: %+v", s)
+	}
+	if err := r.vol.Prefetch(ctx, 1, 512); !errors.Is(err, blk.ErrMisaligned) {
+		t.Fatalf("misaligned prefetch: %v", err)
+	}
+}
+
+// TestBadInputs: out-of-range and misaligned requests return the right
+// sentinel errors and never panic.
+func TestBadInputs(t *testing.T) {
+	ctx := context.Background()
+	r := newItRig(t, 16, 8<<20, Config{}, VolumeConfig{BlockSize: 4096})
+	v := r.vol
+	size := v.Size()
+	type call struct {
+		name string
+		err  error
+		want error
+	}
+	huge := int64(1) << 62
+	calls := []call{
+		{"read negative", v.ReadAt(ctx, make([]byte, 4096), -4096), blk.ErrOutOfRange},
+		{"read past end", v.ReadAt(ctx, make([]byte, 4096), size), blk.ErrOutOfRange},
+		{"read misaligned", v.ReadAt(ctx, make([]byte, 512), 0), blk.ErrMisaligned},
+		{"write misaligned off", v.WriteAt(ctx, make([]byte, 4096), 512, false), blk.ErrMisaligned},
+		{"write huge off", v.WriteAt(ctx, make([]byte, 4096), huge, true), blk.ErrOutOfRange},
+		{"discard overflow", v.Discard(ctx, 4096, huge), blk.ErrOutOfRange},
+		{"discard negative", v.Discard(ctx, 0, -4096), blk.ErrOutOfRange},
+		{"prefetch past end", v.Prefetch(ctx, size-4096, 8192), blk.ErrOutOfRange},
+		{"caw lengths", v.CompareAndWrite(ctx, 0, make([]byte, 4096), make([]byte, 8192), false), blk.ErrMisaligned},
+		{"caw past end", v.CompareAndWrite(ctx, size, make([]byte, 4096), make([]byte, 4096), false), blk.ErrOutOfRange},
+	}
+	for _, c := range calls {
+		if !errors.Is(c.err, c.want) {
+			t.Errorf("%s: %v, want %v", c.name, c.err, c.want)
+		}
+	}
+	if err := v.ReadAt(ctx, nil, size); err != nil {
+		t.Errorf("empty read at the end: %v", err)
+	}
+	if err := v.SetConfig(VolumeConfig{BlockSize: 512}); err == nil {
+		t.Error("block size changed live")
+	}
+	if err := v.SetMode(ctx, "bogus", nil); err == nil {
+		t.Error("bogus mode accepted")
+	}
+	if _, err := r.cache.AddVolume(ctx, "v", backend.NewMemory(1<<20), VolumeConfig{}); err == nil {
+		t.Error("duplicate volume name accepted")
+	}
+	if _, err := r.cache.AddVolume(ctx, "tiny", backend.NewMemory(100), VolumeConfig{}); err == nil {
+		t.Error("device smaller than a block accepted")
+	}
+	if err := r.cache.SetConfig(Config{GCPercent: 95}); err == nil {
+		t.Error("gc percent 95 accepted")
+	}
+}
