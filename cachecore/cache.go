@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"log/slog"
 	"sort"
 	"sync"
@@ -266,6 +267,17 @@ func (c *Cache) replayKey(k *persist.Key, afterDirtyTail bool) {
 	}
 	end := min(int64(k.Offset)+int64(k.Length), vs.size)
 	dirty := k.Flags == persist.KeyDirty && afterDirtyTail
+	if !stale && k.Flags != persist.KeyTombstone && c.dataCRC && !c.dataCRCOK(k) {
+		// Generation first, then CRC: a mismatch on a current key is
+		// media corruption. Clean data is dropped (the backing device
+		// has it); dirty data is kept, as nothing better exists.
+		if !dirty {
+			c.log.Warn("replay: clean key fails its data CRC: dropped", "volume", k.Volume, "offset", k.Offset, "length", k.Length)
+			stale = true
+		} else {
+			c.log.Error("replay: dirty key fails its data CRC: kept (no other copy exists)", "volume", k.Volume, "offset", k.Offset, "length", k.Length)
+		}
+	}
 	if dirty {
 		vs.dirtyBytes.Add(int64(k.Length))
 		vs.dirtyKeys.Add(1)
@@ -288,6 +300,15 @@ func (c *Cache) replayKey(k *persist.Key, afterDirtyTail bool) {
 		x := extent{gen: k.Gen, start: p.s, length: p.e - p.s, seg: k.Pos.Seg, segOff: k.Pos.Off + uint32(p.bufOff), kind: kind}
 		st.list.replace(p.s, p.e, &x)
 	}
+}
+
+// dataCRCOK verifies the data of a replayed key against its CRC.
+func (c *Cache) dataCRCOK(k *persist.Key) bool {
+	b := make([]byte, k.Length)
+	if err := c.media.ReadAt(b, c.store.DataOffset(k.Pos)); err != nil {
+		return false
+	}
+	return crc32.Checksum(b, castagnoli) == k.DataCRC
 }
 
 // allocJournalSegment is the journal's segment supplier.
