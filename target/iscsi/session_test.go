@@ -346,6 +346,17 @@ func TestLUNResetAbortsAndResets(t *testing.T) {
 		t.Fatalf("reset of missing LUN: err %v response %d", err, h[2])
 	}
 	env.vol.SetGate(nil)
+	// The resets raised BUS DEVICE RESET FUNCTION OCCURRED on this nexus
+	// too (SAM-5): the next command reports it, then the LU is usable.
+	res := map[uint32]*result{ti.scsiCmd(0, make([]byte, 6), false, 0, nil, true): {}}
+	if err := ti.collect(res, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range res {
+		if r.status != 0x02 || len(r.sense) < 14 || r.sense[2]&0x0f != 0x06 || r.sense[12] != 0x29 {
+			t.Fatalf("first command after LU reset: status %#x sense % x, want UNIT ATTENTION 29h", r.status, r.sense)
+		}
+	}
 	writeRead(t, ti, 3, fill(512, 1), 512)
 }
 

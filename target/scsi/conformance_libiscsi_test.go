@@ -86,9 +86,8 @@ func TestConformanceLibiscsi(t *testing.T) {
 				defer ccancel()
 				args := []string{"-d", "--test=" + suite, url}
 				if suite == "SCSI.MultipathIO" && os.Getenv("CACHELUN_MULTIPATH") != "" {
-					// A second path to the same LU. MultipathIO.Reset
-					// expects the LU reset unit attention on the issuing
-					// path too, which this device server does not raise.
+					// A second path to the same LU (MultipathIO.Reset
+					// checks the reset unit attention on both paths).
 					args = append(args, url)
 				}
 				log, _ := exec.CommandContext(cctx, "iscsi-test-cu", args...).CombinedOutput()

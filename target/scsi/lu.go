@@ -303,17 +303,18 @@ func (lu *LU) raiseForInitiator(asc ASC, ip string) {
 	}
 }
 
-// reset applies a logical unit reset issued on nexus n. The unit
-// attention goes to every other nexus; the issuer learns of the reset from
-// the task management response.
-func (lu *LU) reset(n *Nexus) {
-	k := keyOf(n)
+// reset applies a logical unit reset issued on nexus n. SAM-5 (LOGICAL
+// UNIT RESET) establishes the BUS DEVICE RESET FUNCTION OCCURRED unit
+// attention for every I_T nexus, the issuing one included: other commands
+// of the issuer were aborted too, and multipath initiators rely on seeing it
+// on the path that sent the reset.
+func (lu *LU) reset(_ *Nexus) {
 	lu.resMu.Lock()
 	lu.resv6 = nil
 	clear(lu.prevent)
 	lu.updateReservationActiveLocked()
 	lu.resMu.Unlock()
-	lu.raiseAll(ASCBusDeviceResetOccurred, &k)
+	lu.raiseAll(ASCBusDeviceResetOccurred, nil)
 }
 
 func (lu *LU) nexusLost(n *Nexus) {
