@@ -29,6 +29,11 @@ const shutdownTimeout = 10 * time.Second
 // down gracefully and returns 0. SIGHUP is caught and logged (live reload
 // is applied by a later version) so it never kills the daemon.
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	// catch SIGHUP first: its default action would end the process
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	configPath := fs.String("config", "", "configuration file (default: the embedded demo configuration)")
@@ -55,10 +60,6 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return 1
 	}
 	log := newLogger(stderr, cfg.Global.LogLevel)
-
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 
 	d, err := startDaemon(ctx, cfg, *listen, log)
 	if err != nil {
