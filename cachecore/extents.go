@@ -165,6 +165,17 @@ func (l *extentList) anyDirty(s, e uint32) bool {
 	return false
 }
 
+// anyData reports whether a data extent (clean or dirty) overlaps [s, e).
+func (l *extentList) anyData(s, e uint32) bool {
+	i, j := l.span(s, e)
+	for k := i; k < j; k++ {
+		if l.ext[k].hasData() {
+			return true
+		}
+	}
+	return false
+}
+
 // dirtySpan returns the smallest range covering the parts of [s, e) that
 // overlap dirty extents, and ok=false when there are none.
 func (l *extentList) dirtySpan(s, e uint32) (ds, de uint32, ok bool) {

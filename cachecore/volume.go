@@ -496,6 +496,7 @@ const (
 	routeCache   writeRoute = iota // dirty data in the cache
 	routeThrough                   // backing write, then a clean copy in the cache
 	routeBypass                    // tombstone + backing write
+	routeFull                      // cache full: bypass only where nothing is cached
 )
 
 const (
@@ -522,6 +523,10 @@ func (v *Volume) route(ctx context.Context, off, n int64) writeRoute {
 	if v.writeLat.congested(vc.CongestedWriteThreshold) {
 		v.stats.bypass(reasonCongestion, n)
 		return routeBypass
+	}
+	if m.cachesWrites() && v.c.segs.dataFree() <= 0 {
+		// Counted when a piece actually bypasses.
+		return routeFull
 	}
 	if m == ModeWritethrough {
 		return routeThrough
@@ -552,7 +557,7 @@ func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64, fua bool) err
 	case routeCache:
 		err = v.cacheWrite(ctx, p, off, fua)
 	default:
-		err = v.bypassWrite(ctx, p, off, fua, r == routeThrough)
+		err = v.bypassWrite(ctx, p, off, fua, r)
 	}
 	if v.retryDirect(err) {
 		return v.directWrite(ctx, p, off, fua)
@@ -717,7 +722,12 @@ type bypassPiece struct {
 // backing device, then (writethrough) install a clean copy. A piece that
 // overlaps dirty data takes the cache path instead, or writeback would
 // later overwrite the new backing data with older cache data.
-func (v *Volume) bypassWrite(ctx context.Context, p []byte, off int64, fua bool, through bool) error {
+//
+// With routeFull (the cache has no free segment) only pieces with nothing
+// cached bypass (they need no tombstone); the others wait for space in the
+// cache path.
+func (v *Volume) bypassWrite(ctx context.Context, p []byte, off int64, fua bool, r writeRoute) error {
+	through := r == routeThrough
 	c := v.c
 	first, last := chunkRange(off, int64(len(p)))
 	v.tracker.inc(first, last)
@@ -728,7 +738,7 @@ func (v *Volume) bypassWrite(ctx context.Context, p []byte, off int64, fua bool,
 	for _, pc := range splitPieces(off, int64(len(p))) {
 		st := v.st.idx.get(pc.stripe)
 		st.mu.Lock()
-		if st.list.anyDirty(pc.s, pc.e) {
+		if st.list.anyDirty(pc.s, pc.e) || (r == routeFull && st.list.anyData(pc.s, pc.e)) {
 			st.mu.Unlock()
 			if err := v.cacheWritePiece(ctx, p[pc.bufOff:pc.bufOff+pc.len()], pc); err != nil {
 				v.cancelThrough(direct)
@@ -753,6 +763,9 @@ func (v *Volume) bypassWrite(ctx context.Context, p []byte, off int64, fua bool,
 			st.mu.Unlock()
 		}
 		direct = append(direct, bp)
+		if r == routeFull {
+			v.stats.bypass(reasonFull, pc.len())
+		}
 	}
 	if cacheSlots.list != nil {
 		v.stats.writeHits.Add(1)
