@@ -72,7 +72,22 @@
 // Backing read errors fail the one request (blk.ErrMedium); writeback
 // errors are retried with backoff and dirty_tail does not move.
 //
+// # Bypass
+//
+// Writes bypass the cache (tombstone if cached data is dropped, then a
+// backing write) in writearound and passthrough mode, beyond the
+// sequential cutoff of their stream (blk.Stream + volume, a table of 64
+// recent streams), when the cache's measured latency is above the
+// congestion threshold, and, when no segment is free, where nothing is
+// cached (cached ranges then wait for space: back-pressure). Reads skip the
+// fill for the same reasons. A write overlapping dirty data never bypasses.
+//
 // # Limits
+//
+// Contract 6 (the backing device alone is flush-consistent) holds for data
+// that goes through the cache. Bypassed writes reach the backing device at
+// once, ahead of older dirty data of other blocks still waiting for
+// writeback; bcache has the same property.
 //
 // Writeback is ordered over one log shared by all volumes: dirty keys of a
 // volume recorded in the cache file but not attached stall writeback of
