@@ -180,6 +180,8 @@ func TestValidationRules(t *testing.T) {
 		{"first burst", base + "\n[iscsi]\nfirst_burst_length = 2097152 #!\n", "above max_burst_length"},
 		{"r2t", base + "\n[iscsi]\nmax_outstanding_r2t = 70000 #!\n", "from 1 to 65535"},
 		{"queue depth", base + "\n[iscsi]\nqueue_depth = -3 #!\n", "from 1 to 65535"},
+		{"tcmu unknown volume", base + "\n[tcmu]\nenabled = true\nvolumes = [\"nope\"] #!\n", "no volume named"},
+		{"tcmu volume on iscsi", base + "\n[tcmu]\nvolumes = [\"v0\"] #!\n", "one front end"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -279,6 +281,41 @@ func TestPathologicalInputsRefused(t *testing.T) {
 	ok := strings.Replace(base, `data_dir = "/tmp/x"`, `data_dir = "/tmp/`+strings.Repeat("x.", 40)+`" # `+strings.Repeat(".", 40), 1)
 	if _, err := Parse("ok.toml", []byte(ok)); err != nil {
 		t.Fatalf("dots in a string refused: %v", err)
+	}
+}
+
+func TestTCMUVolumes(t *testing.T) {
+	src := base + `
+[[volume]]
+name = "v1"
+cache = "c0"
+backing = "v1.img"
+
+[[volume]]
+name = "v2"
+cache = "c0"
+backing = "v2.img"
+
+[tcmu]
+enabled = true
+`
+	c, err := Parse("t.toml", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(c.TCMUVolumes(), ","); got != "v1,v2" {
+		t.Errorf("default TCMU volumes = %q, want the two volumes no target maps", got)
+	}
+	c, err = Parse("t.toml", []byte(src+"volumes = [\"v2\"]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(c.TCMUVolumes(), ","); got != "v2" || !c.TCMU.Enabled {
+		t.Errorf("TCMU volumes = %q", got)
+	}
+	p := Diff(mustParse(t, src), c)
+	if ch := find(p, SectionTCMU, "", "volume", Removed); ch == nil || ch.Old != "v1" || ch.Live {
+		t.Errorf("diff of the TCMU volume list: %v", p)
 	}
 }
 

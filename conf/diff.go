@@ -28,6 +28,7 @@ const (
 	SectionTarget    Section = "target"
 	SectionDiscovery Section = "discovery"
 	SectionISCSI     Section = "iscsi"
+	SectionTCMU      Section = "tcmu"
 )
 
 // Change is one difference between two configurations.
@@ -70,7 +71,7 @@ func (c Change) String() string {
 }
 
 // Plan is the ordered list of changes from one configuration to another:
-// global first, then caches, volumes, targets, discovery and iscsi, in the
+// global first, then caches, volumes, targets, discovery, iscsi and tcmu, in the
 // order of the new file (removals first within each section).
 type Plan struct {
 	Changes []Change
@@ -132,6 +133,10 @@ func Diff(old, new *Config) Plan {
 	diffNamed(d, SectionTarget, old.Targets, new.Targets, func(t Target) string { return strings.ToLower(t.IQN) }, d.target)
 	d.chap(SectionDiscovery, "", "chap", old.Discovery.CHAP, new.Discovery.CHAP)
 	d.iscsi(old.ISCSI, new.ISCSI)
+	d.field(SectionTCMU, "", "enabled", fmtBool(old.TCMU.Enabled), fmtBool(new.TCMU.Enabled), false)
+	d.field(SectionTCMU, "", "dbus", old.TCMU.DBus, new.TCMU.DBus, false)
+	// the handler's volume set is fixed when it starts
+	d.set(SectionTCMU, "", "volume", old.TCMUVolumes(), new.TCMUVolumes(), false)
 	return Plan{Changes: d.changes}
 }
 
@@ -216,8 +221,8 @@ func (d *differ) volume(name string, o, n Volume) {
 func (d *differ) target(name string, o, n Target) {
 	s := SectionTarget
 	d.field(s, name, "alias", o.Alias, n.Alias, true)
-	d.set(s, name, "portal", o.Portals, n.Portals)
-	d.set(s, name, "initiator", o.Initiators, n.Initiators)
+	d.set(s, name, "portal", o.Portals, n.Portals, true)
+	d.set(s, name, "initiator", o.Initiators, n.Initiators, true)
 	oldLUN := map[uint64]LUN{}
 	for _, l := range o.LUNs {
 		oldLUN[l.LUN] = l
@@ -245,15 +250,15 @@ func (d *differ) target(name string, o, n Target) {
 }
 
 // set reports added and removed members of a string list.
-func (d *differ) set(s Section, name, what string, o, n []string) {
+func (d *differ) set(s Section, name, what string, o, n []string, live bool) {
 	for _, x := range o {
 		if !slices.Contains(n, x) {
-			d.add(Change{Kind: Removed, Section: s, Name: name, Field: what, Old: x, Live: true})
+			d.add(Change{Kind: Removed, Section: s, Name: name, Field: what, Old: x, Live: live})
 		}
 	}
 	for _, x := range n {
 		if !slices.Contains(o, x) {
-			d.add(Change{Kind: Added, Section: s, Name: name, Field: what, New: x, Live: true})
+			d.add(Change{Kind: Added, Section: s, Name: name, Field: what, New: x, Live: live})
 		}
 	}
 }

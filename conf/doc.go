@@ -1,6 +1,6 @@
 // Package conf loads, validates and compares cachelun's TOML configuration.
 //
-// A configuration file has six parts:
+// A configuration file has seven parts:
 //
 //	[global]        data_dir, log_level, admin_socket, metrics_listen
 //	[[cache]]       one per cache file: path, size, segment and block size, GC and writeback tunables
@@ -8,6 +8,7 @@
 //	[[target]]      one per iSCSI target: IQN, portals, [[target.lun]] mappings, initiator ACL, CHAP
 //	[discovery]     CHAP for SendTargets discovery sessions
 //	[iscsi]         iSCSI limits offered to initiators and NOP-In keepalive timing
+//	[tcmu]          the TCMU front end: enabled, which volumes, D-Bus address
 //
 // See Example (example.toml in this directory) for every key with its default.
 //

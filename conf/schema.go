@@ -17,6 +17,7 @@ type Config struct {
 	Targets   []Target  `toml:"target"`
 	Discovery Discovery `toml:"discovery"`
 	ISCSI     ISCSI     `toml:"iscsi"`
+	TCMU      TCMU      `toml:"tcmu"`
 
 	// Source is the file the configuration was loaded from ("" when parsed
 	// from memory under another name, see Parse).
@@ -136,6 +137,21 @@ type CHAP struct {
 // Discovery configures discovery sessions.
 type Discovery struct {
 	CHAP *CHAP `toml:"chap"`
+}
+
+// TCMU configures the TCMU front end: kernel LIO backstores
+// user:cachelun whose cfgstring names a volume
+// (`targetcli /backstores/user:cachelun create name=db1 size=100G cfgstring=db1`).
+type TCMU struct {
+	// Enabled starts the TCMU handler (needs the target_core_user module
+	// and root). Default false.
+	Enabled bool `toml:"enabled"`
+	// Volumes may be exported over TCMU; empty means every volume no
+	// iSCSI target maps. A volume is served by one front end only.
+	Volumes []string `toml:"volumes"`
+	// DBus is the D-Bus address for org.kernel.TCMUService1 (what
+	// targetcli queries): "" means the system bus, "none" disables it.
+	DBus string `toml:"dbus"`
 }
 
 // ISCSI holds the iSCSI limits offered to initiators.

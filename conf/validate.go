@@ -139,6 +139,54 @@ func (v *validator) config(c *Config) {
 		v.chap("discovery.chap", c.Discovery.CHAP)
 	}
 	v.iscsi("iscsi", &c.ISCSI)
+	v.tcmu(c, volumes)
+}
+
+// tcmu checks the TCMU volume list: known volumes, not also exported over
+// iSCSI (two logical units with their own WCE and reservation state must
+// not share one volume).
+func (v *validator) tcmu(c *Config, volumes map[string]bool) {
+	iscsiLUN := map[string]string{}
+	for i, t := range c.Targets {
+		for j, l := range t.LUNs {
+			if _, ok := iscsiLUN[l.Volume]; !ok {
+				iscsiLUN[l.Volume] = fmt.Sprintf("target[%d].lun[%d]", i, j)
+			}
+		}
+	}
+	seen := map[string]bool{}
+	for _, name := range c.TCMU.Volumes {
+		switch {
+		case !volumes[name]:
+			v.bad("tcmu.volumes", "no volume named %q", name)
+		case iscsiLUN[name] != "":
+			v.bad("tcmu.volumes", "volume %q is exported over iSCSI (%s); a volume is served by one front end", name, iscsiLUN[name])
+		case seen[name]:
+			v.bad("tcmu.volumes", "volume %q listed twice", name)
+		}
+		seen[name] = true
+	}
+}
+
+// TCMUVolumes returns the volumes the TCMU front end may export: the
+// configured list, or every volume no iSCSI target maps.
+func (c *Config) TCMUVolumes() []string {
+	if len(c.TCMU.Volumes) > 0 {
+		return append([]string(nil), c.TCMU.Volumes...)
+	}
+	mapped := map[string]bool{}
+	for _, t := range c.Targets {
+		for _, l := range t.LUNs {
+			mapped[l.Volume] = true
+		}
+	}
+	var out []string
+	for _, vo := range c.Volumes {
+		if !mapped[vo.Name] {
+			out = append(out, vo.Name)
+		}
+	}
+	return out
 }
 
 func (v *validator) global(g *Global) {

@@ -24,10 +24,11 @@ import (
 // engine), SCSI targets, the iSCSI server and its portal listeners.
 //
 // Start order: data dir, caches, backing devices and volumes, SCSI
-// targets, iSCSI server, listeners. Shutdown runs it backwards: iSCSI
-// sessions are asked to log out and drained first, so no command is in
-// flight when the engine closes (which persists open ksets and leaves dirty
-// data for the next start).
+// targets, iSCSI server and listeners, TCMU handler, admin API. Shutdown
+// runs it backwards: the admin API stops, iSCSI sessions are asked to log
+// out and drained, the TCMU handler finishes its commands, so no command is
+// in flight when the engine closes (which persists open ksets and leaves
+// dirty data for the next start).
 type daemon struct {
 	cfg *conf.Config
 	log *slog.Logger
@@ -45,6 +46,8 @@ type daemon struct {
 
 	adminCancel context.CancelFunc
 	adminDone   chan struct{}
+	tcmuCancel  context.CancelFunc
+	tcmuDone    chan struct{}
 	// listenOverride is the --listen address that replaced every target's
 	// portals ("" when none).
 	listenOverride string
@@ -149,6 +152,9 @@ func startDaemon(ctx context.Context, cfg *conf.Config, listenOverride string, l
 		}
 	}
 
+	if err := d.startTCMU(); err != nil {
+		return d, err
+	}
 	if err := d.startAdmin(); err != nil {
 		return d, err
 	}
@@ -191,6 +197,7 @@ func (d *daemon) shutdown(ctx context.Context) error {
 		l.Close()
 	}
 	d.serveWG.Wait()
+	d.stopTCMU()
 	if d.eng != nil {
 		// not bounded by ctx: closing persists the open ksets, which must
 		// finish for a clean restart

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/cachelun/cachelun/conf"
+	"github.com/cachelun/cachelun/target/tcmu"
 )
 
 func testConfig(t *testing.T, dir, mode string) *conf.Config {
@@ -207,5 +209,76 @@ func TestRunServeGracefulExit(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
 			t.Errorf("demo file: %v", err)
 		}
+	}
+}
+
+// The TCMU front end resolves a cfgstring to a volume it may export, once
+// at a time, and refuses unknown, iSCSI-exported and too-small requests
+// with the errors that pick the configfs writer's errno.
+func TestTCMUResolve(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig(t, dir, "writeback")
+	more, err := conf.Parse("more.toml", []byte(fmt.Sprintf(`
+[global]
+data_dir = %q
+admin_socket = "off"
+metrics_listen = "off"
+[[cache]]
+name = "c0"
+path = "cache.img"
+size = "16MiB"
+segment_size = "1MiB"
+[[volume]]
+name = "v0"
+cache = "c0"
+backing = "v0.img"
+backing_size = "8MiB"
+[[volume]]
+name = "lio"
+cache = "c0"
+backing = "lio.img"
+backing_size = "4MiB"
+[[target]]
+iqn = "iqn.2026-11.io.cachelun:unit"
+portals = ["127.0.0.1:3260"]
+[[target.lun]]
+lun = 0
+volume = "v0"
+`, dir)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	more.Targets[0].Portals = cfg.Targets[0].Portals
+	d, err := startDaemon(context.Background(), more, "127.0.0.1:0", testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.shutdown(context.Background())
+	x := &tcmuExports{d: d, allowed: map[string]bool{}, inUse: map[string]bool{}}
+	for _, n := range more.TCMUVolumes() {
+		x.allowed[n] = true
+	}
+	if _, err := x.resolve("v0", 0); !errors.Is(err, tcmu.ErrUnknownVolume) {
+		t.Errorf("iSCSI-exported volume: %v", err)
+	}
+	if _, err := x.resolve("nope", 0); !errors.Is(err, tcmu.ErrUnknownVolume) {
+		t.Errorf("unknown volume: %v", err)
+	}
+	if _, err := x.resolve("lio", 8<<20); !errors.Is(err, tcmu.ErrVolumeTooSmall) {
+		t.Errorf("device larger than the volume: %v", err)
+	}
+	v, err := x.resolve(" lio ", 4<<20)
+	if err != nil || v.Size() != 4<<20 {
+		t.Fatalf("resolve lio: %v", err)
+	}
+	if _, err := x.resolve("lio", 0); !errors.Is(err, tcmu.ErrVolumeInUse) {
+		t.Errorf("second device on one volume: %v", err)
+	}
+	x.release("lio", v)
+	if _, err := x.resolve("lio", 0); err != nil {
+		t.Errorf("after release: %v", err)
+	}
+	if x.check("lio") != nil || x.check("v0") == nil {
+		t.Errorf("check: lio=%v v0=%v", x.check("lio"), x.check("v0"))
 	}
 }
