@@ -18,14 +18,17 @@ func TestSIGTERMWithBusySessions(t *testing.T) {
 		t.Fatalf("iscsi-perf is missing (Debian package libiscsi-bin)")
 	}
 	dir := t.TempDir()
-	d := startDaemon(t, dir, writeConfig(t, dir, configOptions{lunSize: "64MiB"}))
+	d := startDaemon(t, dir, writeConfig(t, dir, configOptions{lunSize: "1GiB"}))
 	qemuIO(t, d.url(0), "write -P 0x7e 0 4M", "flush")
 
-	// two busy sessions: a reader at QD 32 and a writer
+	// two busy sessions: a reader at QD 32 and a sequential writer that
+	// starts at 8 MiB and, bounded by its count (200000 x 4 KiB), ends
+	// before the LUN does: qemu-img bench wraps around to offset 0 at the
+	// end of the image, which would overwrite the checked region
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	perf := exec.CommandContext(ctx, "iscsi-perf", "-m", "32", "-b", "8", "-r", d.url(0))
-	bench := exec.CommandContext(ctx, "qemu-img", "bench", "-f", "raw", "-w", "-t", "none", "-c", "10000000",
+	bench := exec.CommandContext(ctx, "qemu-img", "bench", "-f", "raw", "-w", "-t", "none", "-c", "200000",
 		"-d", "16", "-s", "4k", "-o", "8388608", d.url(0))
 	for _, c := range []*exec.Cmd{perf, bench} {
 		c.WaitDelay = 5 * time.Second
