@@ -42,10 +42,10 @@ func (c *Cache) needGC() bool {
 }
 
 // gcStep advances key_tail over up to gcMaxKsetsPerTail clean ksets (never
-// past dirty_tail): it drops their keys from the index and their segment
-// references (a segment reaching zero has its generation bumped and
-// persisted, then is free), persists key_tail, and frees the kset segments
-// key_tail has left. It reports whether it made progress.
+// past dirty_tail): it drops their segment references (a segment reaching
+// zero has its generation bumped and persisted, then is free), persists
+// key_tail, then drops their keys from the index and frees the kset
+// segments key_tail has left. It reports whether it made progress.
 func (c *Cache) gcStep() bool {
 	kt := c.store.KeyTail()
 	dt := c.store.DirtyTail()
@@ -56,22 +56,21 @@ func (c *Cache) gcStep() bool {
 	r := c.store.Replay(kt)
 	var next persist.Tail
 	n := 0
-	var puts []uint32
+	var passed []persist.Key
 	for n < gcMaxKsetsPerTail {
 		ks, ok := r.Next()
 		if !ok || ks.LSN >= dt.LSN {
 			break
 		}
 		for i := range ks.Keys {
-			k := &ks.Keys[i]
-			if k.Volume < uint32(len(c.liveKeys)) {
-				c.liveKeys[k.Volume].Add(-1)
+			if ks.Keys[i].Flags != persist.KeyTombstone {
+				passed = append(passed, ks.Keys[i])
 			}
-			if k.Flags == persist.KeyTombstone {
-				continue
+		}
+		for i := range ks.Keys {
+			if v := ks.Keys[i].Volume; v < uint32(len(c.liveKeys)) {
+				c.liveKeys[v].Add(-1)
 			}
-			c.evictKey(k)
-			puts = append(puts, k.Pos.Seg)
 		}
 		next = ks.Next
 		n++
@@ -82,9 +81,14 @@ func (c *Cache) gcStep() bool {
 		}
 		return false
 	}
+	// Order: generation bumps (in putRef), then key_tail, then the index.
+	// Until key_tail is durable a crash replays the passed keys, so they
+	// stay in the index and a bypass write over them still journals its
+	// tombstone. Extents whose segment was bumped and reused meanwhile fail
+	// the readers' generation check.
 	freeBefore, _ := c.segs.counts()
-	for _, s := range puts {
-		if int(s) < len(c.segs.segs) {
+	for i := range passed {
+		if s := passed[i].Pos.Seg; int(s) < len(c.segs.segs) {
 			c.putRef(s)
 		}
 	}
@@ -96,6 +100,9 @@ func (c *Cache) gcStep() bool {
 			c.fail("persist key tail", err)
 		}
 		return false
+	}
+	for i := range passed {
+		c.evictKey(&passed[i])
 	}
 	if c.distrustClean && next.LSN >= c.distrustUntil {
 		info := c.store.Info()
