@@ -26,8 +26,8 @@ const serveUsage = "serve [--config FILE] [--data-dir DIR] [--listen HOST:PORT]"
 const shutdownTimeout = 10 * time.Second
 
 // runServe runs the daemon until ctx ends (SIGTERM, SIGINT), then shuts
-// down gracefully and returns 0. SIGHUP is caught and logged (live reload
-// is applied by a later version) so it never kills the daemon.
+// down gracefully and returns 0. SIGHUP reloads the configuration file
+// (see daemon.reload); it never kills the daemon.
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	// catch SIGHUP first: its default action would end the process
 	hup := make(chan os.Signal, 1)
@@ -59,13 +59,16 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintf(stderr, "cachelun serve: %v\n", err)
 		return 1
 	}
-	log := newLogger(stderr, cfg.Global.LogLevel)
+	level := new(slog.LevelVar)
+	level.Set(parseLevel(cfg.Global.LogLevel))
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 
 	d, err := startDaemon(ctx, cfg, *listen, log)
 	if err != nil {
 		log.Error("start failed", "err", err)
 		return 1
 	}
+	d.level = level
 	for _, u := range d.lunURLs() {
 		log.Info("LUN ready", "url", u.url, "volume", u.volume, "mode", u.mode)
 	}
@@ -74,14 +77,13 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	for {
 		select {
 		case <-hup:
-			// describe what a reload would change; applying it live is
-			// for a later version, so nothing changes
-			plan, err := (&adminBackend{d: d}).Reload(ctx, true)
+			// reloads are serialized by the daemon; running it here keeps
+			// SIGHUPs in order and a shutdown waits for the reload
+			plan, err := d.reload(ctx, false)
 			if err != nil {
-				log.Warn("SIGHUP: configuration not reloaded", "err", err)
+				log.Error("SIGHUP: configuration not reloaded", "err", err, "plan", plan)
 			} else {
-				log.Warn("SIGHUP: live reload is not supported by this version; configuration unchanged; restart to apply",
-					"plan", plan)
+				log.Info("SIGHUP: configuration reloaded", "plan", plan)
 			}
 			continue
 		case err := <-d.failed():
@@ -153,17 +155,16 @@ func checkListen(s string) error {
 	return nil
 }
 
-func newLogger(w io.Writer, level string) *slog.Logger {
-	var l slog.Level
+// parseLevel maps a validated log_level to its slog level.
+func parseLevel(level string) slog.Level {
 	switch level {
 	case "debug":
-		l = slog.LevelDebug
+		return slog.LevelDebug
 	case "warn":
-		l = slog.LevelWarn
+		return slog.LevelWarn
 	case "error":
-		l = slog.LevelError
+		return slog.LevelError
 	default:
-		l = slog.LevelInfo
+		return slog.LevelInfo
 	}
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l}))
 }

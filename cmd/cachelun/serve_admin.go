@@ -2,12 +2,10 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
-	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -15,10 +13,6 @@ import (
 	"github.com/cachelun/cachelun/admin/coreadapter"
 	"github.com/cachelun/cachelun/conf"
 )
-
-// errReloadNotLive is returned by a non-dry-run reload: this version
-// computes the plan but applies configuration changes only at restart.
-var errReloadNotLive = errors.New("live reload is not supported by this version; restart to apply")
 
 // startAdmin starts the admin API (unix socket) and /metrics as
 // configured. It returns when they listen, or with the error that kept
@@ -79,8 +73,8 @@ type adminBackend struct{ d *daemon }
 
 func (b *adminBackend) Volumes() []admin.VolumeAPI {
 	var out []admin.VolumeAPI
-	for _, v := range b.d.cfg.Volumes {
-		if vol, ok := b.d.eng.volumes[v.Name]; ok {
+	for _, v := range b.d.config().Volumes {
+		if vol, ok := b.d.eng.cacheVolume(v.Name); ok {
 			out = append(out, coreadapter.Volume(vol, v.Cache))
 		}
 	}
@@ -89,8 +83,8 @@ func (b *adminBackend) Volumes() []admin.VolumeAPI {
 
 func (b *adminBackend) Caches() []admin.CacheAPI {
 	var out []admin.CacheAPI
-	for _, c := range b.d.cfg.Caches {
-		if oc, ok := b.d.eng.caches[c.Name]; ok {
+	for _, c := range b.d.config().Caches {
+		if oc, ok := b.d.eng.cache(c.Name); ok {
 			// the engine cannot detach a failed cache yet: the adapter
 			// answers ErrDetachUnsupported
 			out = append(out, coreadapter.Cache(c.Name, b.d.path(c.Path), oc.cache, nil))
@@ -105,30 +99,8 @@ func (b *adminBackend) Sessions() []admin.Session {
 	return out
 }
 
-// Reload loads the configuration file again and describes what changed.
-// Applying the changes live is not supported yet: a non-dry run with
-// changes fails and leaves everything as it is.
+// Reload re-reads the configuration file and applies the difference as
+// one transaction (see daemon.reload); a dry run only describes it.
 func (b *adminBackend) Reload(ctx context.Context, dryRun bool) (string, error) {
-	src := b.d.cfg.Source
-	if src == "" || strings.HasPrefix(src, "<") {
-		return "", errors.New("the daemon runs the embedded default configuration: nothing to reload")
-	}
-	next, err := conf.Load(src)
-	if err != nil {
-		return "", err
-	}
-	// the daemon's own overrides are not part of the file
-	next.Global.DataDir = b.d.cfg.Global.DataDir
-	for i := range next.Targets {
-		for j := range b.d.cfg.Targets {
-			if b.d.cfg.Targets[j].IQN == next.Targets[i].IQN && b.d.listenOverride != "" {
-				next.Targets[i].Portals = b.d.cfg.Targets[j].Portals
-			}
-		}
-	}
-	plan := conf.Diff(b.d.cfg, next)
-	if dryRun || plan.Empty() {
-		return plan.String(), nil
-	}
-	return plan.String(), errReloadNotLive
+	return b.d.reload(ctx, dryRun)
 }

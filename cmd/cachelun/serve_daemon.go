@@ -30,19 +30,32 @@ import (
 // in flight when the engine closes (which persists open ksets and leaves
 // dirty data for the next start).
 type daemon struct {
-	cfg *conf.Config
 	log *slog.Logger
-	eng *engine
+	// level is the logger's level, changed by a reload (nil: fixed).
+	level *slog.LevelVar
+	eng   *engine
 
-	iscsi     *iscsi.Server
-	listeners []net.Listener
+	// reloadMu serializes reloads (one transaction at a time).
+	reloadMu sync.Mutex
+
+	// mu guards cfg, portals, portalAddr and targets: a reload swaps them
+	// while the admin API and the TCMU handler read them.
+	mu  sync.RWMutex
+	cfg *conf.Config
+
+	iscsi *iscsi.Server
+	// portals holds the running listeners by configured portal.
+	portals map[string]*portalListener
 	// portalAddr maps a configured portal to the address its listener got
 	// (they differ when the port is 0).
 	portalAddr map[string]string
+	// targets holds the SCSI device server of each iSCSI target, by
+	// lower-case IQN (the key conf.Diff uses).
+	targets map[string]*scsi.Target
 
-	serveCancel context.CancelFunc
-	serveWG     sync.WaitGroup
-	failCh      chan error
+	serving bool // listeners serve as soon as they open (after start)
+	serveWG sync.WaitGroup
+	failCh  chan error
 
 	adminCancel context.CancelFunc
 	adminDone   chan struct{}
@@ -59,7 +72,7 @@ type lunURL struct {
 
 func startDaemon(ctx context.Context, cfg *conf.Config, listenOverride string, log *slog.Logger) (d *daemon, err error) {
 	d = &daemon{cfg: cfg, log: log, portalAddr: map[string]string{}, failCh: make(chan error, 1),
-		listenOverride: listenOverride}
+		listenOverride: listenOverride, portals: map[string]*portalListener{}, targets: map[string]*scsi.Target{}}
 	defer func() {
 		if err != nil {
 			d.shutdown(context.Background())
@@ -107,49 +120,22 @@ func startDaemon(ctx context.Context, cfg *conf.Config, listenOverride string, l
 	// real address here, and the target must be configured with it.
 	for _, t := range cfg.Targets {
 		for _, p := range t.Portals {
-			if _, ok := d.portalAddr[p]; ok {
-				continue
+			if err := d.openPortal(p); err != nil {
+				return d, fmt.Errorf("target %s: %w", t.IQN, err)
 			}
-			l, err := net.Listen("tcp", p)
-			if err != nil {
-				return d, fmt.Errorf("target %s: portal %s: %w", t.IQN, p, err)
-			}
-			d.listeners = append(d.listeners, l)
-			d.portalAddr[p] = l.Addr().String()
 		}
 	}
 	for _, t := range cfg.Targets {
 		st := scsi.NewTarget(scsi.TargetConfig{Name: t.IQN, Logger: log.With("component", "scsi", "target", t.IQN)})
 		for _, l := range t.LUNs {
-			vol, ok := d.eng.volume(l.Volume)
-			if !ok {
-				return d, fmt.Errorf("target %s: LUN %d: volume %s not open", t.IQN, l.LUN, l.Volume)
-			}
-			vc := d.volumeConf(l.Volume)
-			id := deviceID(t.IQN, l.Volume)
-			if _, err := st.AddLU(l.LUN, scsi.LUConfig{
-				Volume:       vol,
-				SerialNumber: hex.EncodeToString(id[:8]),
-				DeviceID:     id,
-				Thin:         l.Thin,
-				StatePath:    d.lunStatePath(t.IQN, l.LUN),
-				WriteCache:   *vc.WriteCache,
-			}); err != nil {
-				return d, fmt.Errorf("target %s: LUN %d: %w", t.IQN, l.LUN, err)
+			if err := d.addLU(st, cfg, t.IQN, l); err != nil {
+				return d, err
 			}
 		}
-		portals := make([]string, len(t.Portals))
-		for i, p := range t.Portals {
-			portals[i] = d.portalAddr[p]
-		}
-		tc := iscsi.TargetConfig{Name: t.IQN, Alias: t.Alias, SCSI: st, Portals: portals, TPGT: 1,
-			Initiators: t.Initiators}
-		if t.CHAP != nil {
-			tc.CHAP = iscsiCHAP(t.CHAP)
-		}
-		if err := d.iscsi.AddTarget(tc); err != nil {
+		if err := d.iscsi.AddTarget(d.iscsiTarget(t, st)); err != nil {
 			return d, fmt.Errorf("target %s: %w", t.IQN, err)
 		}
+		d.targets[strings.ToLower(t.IQN)] = st
 	}
 
 	if err := d.startTCMU(); err != nil {
@@ -159,22 +145,123 @@ func startDaemon(ctx context.Context, cfg *conf.Config, listenOverride string, l
 		return d, err
 	}
 
-	serveCtx, cancel := context.WithCancel(context.Background())
-	d.serveCancel = cancel
-	for _, l := range d.listeners {
-		d.serveWG.Add(1)
-		go func() {
-			defer d.serveWG.Done()
-			err := d.iscsi.Serve(serveCtx, l)
-			if err != nil && serveCtx.Err() == nil && !errors.Is(err, iscsi.ErrServerClosed) {
-				select {
-				case d.failCh <- fmt.Errorf("portal %s: %w", l.Addr(), err):
-				default:
-				}
-			}
-		}()
+	d.mu.Lock()
+	d.serving = true
+	for _, pl := range d.portals {
+		d.servePortal(pl)
 	}
+	d.mu.Unlock()
 	return d, nil
+}
+
+// portalListener is one portal's listener and the Serve loop running on it.
+type portalListener struct {
+	l      net.Listener
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// openPortal listens on a configured portal unless it already does. The
+// listener serves once the daemon is serving. Caller holds d.mu or runs
+// before the daemon is shared.
+func (d *daemon) openPortal(p string) error {
+	if _, ok := d.portals[p]; ok {
+		return nil
+	}
+	l, err := net.Listen("tcp", p)
+	if err != nil {
+		return fmt.Errorf("portal %s: %w", p, err)
+	}
+	pl := &portalListener{l: l}
+	d.portals[p] = pl
+	d.portalAddr[p] = l.Addr().String()
+	if d.serving {
+		d.servePortal(pl)
+	}
+	return nil
+}
+
+func (d *daemon) servePortal(pl *portalListener) {
+	ctx, cancel := context.WithCancel(context.Background())
+	pl.cancel, pl.done = cancel, make(chan struct{})
+	d.serveWG.Add(1)
+	go func() {
+		defer d.serveWG.Done()
+		defer close(pl.done)
+		err := d.iscsi.Serve(ctx, pl.l)
+		if err != nil && ctx.Err() == nil && !errors.Is(err, iscsi.ErrServerClosed) {
+			select {
+			case d.failCh <- fmt.Errorf("portal %s: %w", pl.l.Addr(), err):
+			default:
+			}
+		}
+	}()
+}
+
+// closePortal stops a portal's listener and drops the connections it
+// accepted, waiting for its Serve loop. Caller holds d.mu.
+func (d *daemon) closePortal(p string) {
+	pl, ok := d.portals[p]
+	if !ok {
+		return
+	}
+	delete(d.portals, p)
+	delete(d.portalAddr, p)
+	if pl.cancel != nil {
+		pl.cancel()
+		<-pl.done
+	} else {
+		pl.l.Close()
+	}
+}
+
+// addLU maps LUN l of target iqn to its volume.
+func (d *daemon) addLU(st *scsi.Target, cfg *conf.Config, iqn string, l conf.LUN) error {
+	vol, ok := d.eng.volume(l.Volume)
+	if !ok {
+		return fmt.Errorf("target %s: LUN %d: volume %s not open", iqn, l.LUN, l.Volume)
+	}
+	wce := true
+	for _, v := range cfg.Volumes {
+		if v.Name == l.Volume && v.WriteCache != nil {
+			wce = *v.WriteCache
+		}
+	}
+	id := deviceID(iqn, l.Volume)
+	if _, err := st.AddLU(l.LUN, scsi.LUConfig{
+		Volume:       vol,
+		SerialNumber: hex.EncodeToString(id[:8]),
+		DeviceID:     id,
+		Thin:         l.Thin,
+		StatePath:    d.lunStatePath(iqn, l.LUN),
+		WriteCache:   wce,
+	}); err != nil {
+		return fmt.Errorf("target %s: LUN %d: %w", iqn, l.LUN, err)
+	}
+	return nil
+}
+
+// iscsiTarget is the iSCSI server's view of a configured target. Caller
+// holds d.mu (portalAddr) or runs before the daemon is shared.
+func (d *daemon) iscsiTarget(t conf.Target, st *scsi.Target) iscsi.TargetConfig {
+	portals := make([]string, len(t.Portals))
+	for i, p := range t.Portals {
+		portals[i] = d.portalAddr[p]
+	}
+	tc := iscsi.TargetConfig{Name: t.IQN, Alias: t.Alias, SCSI: st, Portals: portals, TPGT: 1,
+		Initiators: t.Initiators}
+	if t.CHAP != nil {
+		tc.CHAP = iscsiCHAP(t.CHAP)
+	}
+	return tc
+}
+
+// config returns the running configuration (replaced, never modified, by
+// a reload).
+func (d *daemon) config() *conf.Config {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	return d.cfg
 }
 
 // failed delivers an error when a portal listener dies.
@@ -190,12 +277,11 @@ func (d *daemon) shutdown(ctx context.Context) error {
 			d.log.Warn("iSCSI sessions did not all log out in time; dropped", "err", err)
 		}
 	}
-	if d.serveCancel != nil {
-		d.serveCancel()
+	d.mu.Lock()
+	for p := range d.portals {
+		d.closePortal(p)
 	}
-	for _, l := range d.listeners {
-		l.Close()
-	}
+	d.mu.Unlock()
 	d.serveWG.Wait()
 	d.stopTCMU()
 	if d.eng != nil {
@@ -209,6 +295,8 @@ func (d *daemon) shutdown(ctx context.Context) error {
 }
 
 func (d *daemon) lunURLs() []lunURL {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
 	var out []lunURL
 	for _, t := range d.cfg.Targets {
 		for _, p := range t.Portals {

@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
+	"sync"
 
 	"github.com/cachelun/cachelun/backend"
 	"github.com/cachelun/cachelun/cachecore"
@@ -16,13 +18,16 @@ import (
 )
 
 // engine owns the open caches (persist media + cachecore.Cache) and the
-// backing devices of their volumes.
+// backing devices of their volumes. mu guards the maps (a reload changes
+// them while the admin API and the TCMU handler look volumes up); it is
+// never held during engine calls that wait for I/O.
 type engine struct {
 	log     *slog.Logger
+	mu      sync.RWMutex
 	caches  map[string]*openCache
 	order   []string // cache names in open order; closed in reverse
 	volumes map[string]*cachecore.Volume
-	devs    []backend.Device
+	devs    map[string]backend.Device // backing device by volume name
 }
 
 type openCache struct {
@@ -31,7 +36,8 @@ type openCache struct {
 }
 
 func newEngine(log *slog.Logger) *engine {
-	return &engine{log: log, caches: map[string]*openCache{}, volumes: map[string]*cachecore.Volume{}}
+	return &engine{log: log, caches: map[string]*openCache{}, volumes: map[string]*cachecore.Volume{},
+		devs: map[string]backend.Device{}}
 }
 
 // openCache opens the cache file, creating and formatting it when it does
@@ -78,8 +84,10 @@ func (e *engine) openCache(ctx context.Context, c conf.Cache, path string) error
 		m.Close()
 		return fmt.Errorf("%s: %w", path, err)
 	}
+	e.mu.Lock()
 	e.caches[c.Name] = &openCache{media: m, cache: cc}
 	e.order = append(e.order, c.Name)
+	e.mu.Unlock()
 	log.Info("cache open", "path", path, "media", m.Kind())
 	return nil
 }
@@ -115,7 +123,7 @@ func volumeConfig(v conf.Volume) (cachecore.VolumeConfig, error) {
 
 // addVolume adds a volume to its cache. On success the engine owns dev.
 func (e *engine) addVolume(ctx context.Context, v conf.Volume, dev backend.Device) error {
-	oc, ok := e.caches[v.Cache]
+	oc, ok := e.cache(v.Cache)
 	if !ok {
 		return fmt.Errorf("cache %s is not open", v.Cache)
 	}
@@ -127,19 +135,73 @@ func (e *engine) addVolume(ctx context.Context, v conf.Volume, dev backend.Devic
 	if err != nil {
 		return err
 	}
+	e.mu.Lock()
 	e.volumes[v.Name] = vol
-	e.devs = append(e.devs, dev)
+	e.devs[v.Name] = dev
+	e.mu.Unlock()
 	return nil
 }
 
+// removeVolume drains the volume's dirty data to its backing device
+// (reporting progress), detaches it from its cache and closes the device.
+func (e *engine) removeVolume(ctx context.Context, cacheName, name string, progress func(cachecore.Progress)) error {
+	oc, ok := e.cache(cacheName)
+	if !ok {
+		return fmt.Errorf("cache %s is not open", cacheName)
+	}
+	if err := oc.cache.RemoveVolume(ctx, name, progress); err != nil {
+		return err
+	}
+	e.mu.Lock()
+	dev := e.devs[name]
+	delete(e.volumes, name)
+	delete(e.devs, name)
+	e.mu.Unlock()
+	if dev == nil {
+		return nil
+	}
+	return errors.Join(dev.Flush(ctx), dev.Close())
+}
+
+// closeCache closes a cache that no volume uses any more, and its file.
+func (e *engine) closeCache(ctx context.Context, name string) error {
+	e.mu.Lock()
+	oc, ok := e.caches[name]
+	delete(e.caches, name)
+	if i := slices.Index(e.order, name); i >= 0 {
+		e.order = slices.Delete(e.order, i, i+1)
+	}
+	e.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	return errors.Join(oc.cache.Close(ctx), oc.media.Close())
+}
+
 func (e *engine) volume(name string) (scsi.Volume, bool) {
+	v, ok := e.cacheVolume(name)
+	return v, ok
+}
+
+func (e *engine) cacheVolume(name string) (*cachecore.Volume, bool) {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
 	v, ok := e.volumes[name]
 	return v, ok
+}
+
+func (e *engine) cache(name string) (*openCache, bool) {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	oc, ok := e.caches[name]
+	return oc, ok
 }
 
 // close closes every cache (open ksets are persisted, dirty data stays in
 // the cache for the next start), then the backing devices and media.
 func (e *engine) close(ctx context.Context) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
 	var errs []error
 	for i := len(e.order) - 1; i >= 0; i-- {
 		oc := e.caches[e.order[i]]

@@ -133,7 +133,7 @@ func TestDaemonFailedStartCleansUp(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	taken := first.listeners[0].Addr().String()
+	taken := first.portalAddr["127.0.0.1:0"]
 	cfg := testConfig(t, t.TempDir(), "writethrough")
 	cfg.Targets[0].Portals = []string{taken}
 	if _, err := startDaemon(ctx, cfg, "", testLogger(t)); err == nil || !strings.Contains(err.Error(), "address already in use") {

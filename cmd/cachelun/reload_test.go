@@ -1,0 +1,240 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/cachelun/cachelun/cachecore"
+)
+
+// reloadConfig renders a configuration with volume v0 (mode) on LUN 0 and,
+// when extra is set, a volume v1 mapped as LUN 1 of a second target.
+func reloadConfig(dir, logLevel, mode string, extra bool, tail string) string {
+	s := fmt.Sprintf(`[global]
+log_level = %q
+admin_socket = "off"
+metrics_listen = "off"
+
+[[cache]]
+name = "c0"
+path = "cache.img"
+size = "16MiB"
+segment_size = "1MiB"
+
+[[volume]]
+name = "v0"
+cache = "c0"
+backing = "v0.img"
+backing_size = "8MiB"
+mode = %q
+`, logLevel, mode)
+	if extra {
+		s += `
+[[volume]]
+name = "v1"
+cache = "c0"
+backing = "v1.img"
+backing_size = "4MiB"
+`
+	}
+	s += `
+[[target]]
+iqn = "iqn.2026-11.io.cachelun:unit"
+portals = ["127.0.0.1:3260"]
+
+[[target.lun]]
+lun = 0
+volume = "v0"
+`
+	if extra {
+		s += `
+[[target]]
+iqn = "iqn.2026-11.io.cachelun:second"
+portals = ["127.0.0.1:3260"]
+initiators = ["iqn.2026-11.test:host"]
+
+[[target.lun]]
+lun = 1
+volume = "v1"
+`
+	}
+	return s + tail
+}
+
+func startReloadDaemon(t *testing.T) (*daemon, string) {
+	t.Helper()
+	dir := t.TempDir()
+	p := filepath.Join(dir, "c.toml")
+	writeFile(t, p, reloadConfig(dir, "info", "writeback", false, ""))
+	cfg, err := loadServeConfig(p, dir, "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := startDaemon(context.Background(), cfg, "127.0.0.1:0", testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.level = new(slog.LevelVar)
+	t.Cleanup(func() { d.shutdown(context.Background()) })
+	return d, p
+}
+
+func writeFile(t *testing.T, p, s string) {
+	t.Helper()
+	if err := os.WriteFile(p, []byte(s), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (d *daemon) targetNames() []string {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	var out []string
+	for k := range d.targets {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// A reload adds a volume, a target and its LUN, switches a mode and the
+// log level; the next one takes them away again (draining the volume).
+func TestReloadAppliesAndReverts(t *testing.T) {
+	d, p := startReloadDaemon(t)
+	dir := filepath.Dir(p)
+	ctx := context.Background()
+
+	writeFile(t, p, reloadConfig(dir, "debug", "writethrough", true, ""))
+	plan, err := d.reload(ctx, true)
+	if err != nil {
+		t.Fatalf("dry run: %v", err)
+	}
+	for _, want := range []string{"volume v1 added", "mode modified writeback -> writethrough", "log_level modified"} {
+		if !strings.Contains(plan, want) {
+			t.Errorf("dry-run plan lacks %q:\n%s", want, plan)
+		}
+	}
+	if _, ok := d.eng.volume("v1"); ok || len(d.targetNames()) != 1 || d.config().Volumes[0].Mode != "writeback" {
+		t.Fatalf("dry run changed the daemon")
+	}
+
+	if _, err := d.reload(ctx, false); err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	v1, ok := d.eng.cacheVolume("v1")
+	if !ok {
+		t.Fatal("volume v1 not added")
+	}
+	v0, _ := d.eng.cacheVolume("v0")
+	if v0.Mode() != cachecore.ModeWritethrough {
+		t.Errorf("v0 mode %v", v0.Mode())
+	}
+	if d.level.Level() != slog.LevelDebug {
+		t.Errorf("log level %v", d.level.Level())
+	}
+	if got := d.targetNames(); !slices.Equal(got, []string{"iqn.2026-11.io.cachelun:second", "iqn.2026-11.io.cachelun:unit"}) {
+		t.Errorf("targets %v", got)
+	}
+	d.mu.RLock()
+	lu := d.targets["iqn.2026-11.io.cachelun:second"].LU(1)
+	d.mu.RUnlock()
+	if lu == nil || lu.Volume() != v1 {
+		t.Fatal("LUN 1 does not serve v1")
+	}
+	// dirty data on v1 must reach its backing file when it is removed
+	data := make([]byte, 4096)
+	for i := range data {
+		data[i] = 0xa5
+	}
+	if err := v1.WriteAt(ctx, data, 8192, false); err != nil {
+		t.Fatal(err)
+	}
+
+	writeFile(t, p, reloadConfig(dir, "info", "writeback", false, ""))
+	if _, err := d.reload(ctx, false); err != nil {
+		t.Fatalf("reload back: %v", err)
+	}
+	if _, ok := d.eng.volume("v1"); ok {
+		t.Error("v1 still open")
+	}
+	if got := d.targetNames(); len(got) != 1 {
+		t.Errorf("targets %v", got)
+	}
+	if v0.Mode() != cachecore.ModeWriteback || d.level.Level() != slog.LevelInfo {
+		t.Errorf("mode %v level %v", v0.Mode(), d.level.Level())
+	}
+	raw, err := os.ReadFile(filepath.Join(dir, "v1.img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(raw[8192:8192+4096], data) {
+		t.Error("removing v1 lost its dirty data")
+	}
+}
+
+// Changes that need a restart refuse the whole reload; a bad file names
+// its line; a step that fails rolls back the steps before it.
+func TestReloadRefusesAndRollsBack(t *testing.T) {
+	d, p := startReloadDaemon(t)
+	dir := filepath.Dir(p)
+	ctx := context.Background()
+	before := d.config()
+
+	notLive := strings.Replace(reloadConfig(dir, "debug", "writethrough", true, ""), `segment_size = "1MiB"`, `segment_size = "2MiB"`, 1)
+	writeFile(t, p, notLive)
+	_, err := d.reload(ctx, false)
+	if !errors.Is(err, errReloadNotLive) || !strings.Contains(err.Error(), "segment_size") {
+		t.Errorf("segment_size change: %v", err)
+	}
+	if _, dryErr := d.reload(ctx, true); !errors.Is(dryErr, errReloadNotLive) {
+		t.Errorf("dry run of a refused reload: %v", dryErr)
+	}
+
+	writeFile(t, p, reloadConfig(dir, "loud", "writethrough", true, ""))
+	_, err = d.reload(ctx, false)
+	if err == nil || !strings.Contains(err.Error(), p+":2") {
+		t.Errorf("bad log level: %v", err)
+	}
+
+	// v2's backing file is missing and has no size to create it: adding
+	// it fails after the log level, and v1, were applied
+	bad := reloadConfig(dir, "debug", "writethrough", true, `
+[[volume]]
+name = "v2"
+cache = "c0"
+backing = "missing/v2.img"
+`)
+	writeFile(t, p, bad)
+	_, err = d.reload(ctx, false)
+	if err == nil || !strings.Contains(err.Error(), "v2") || !strings.Contains(err.Error(), "rolled back") {
+		t.Fatalf("failing reload: %v", err)
+	}
+	if d.config() != before {
+		t.Error("configuration replaced by a failed reload")
+	}
+	if _, ok := d.eng.volume("v1"); ok {
+		t.Error("v1 left behind by the rollback")
+	}
+	if d.level.Level() != slog.LevelInfo {
+		t.Errorf("log level not rolled back: %v", d.level.Level())
+	}
+	if v0, _ := d.eng.cacheVolume("v0"); v0.Mode() != cachecore.ModeWriteback {
+		t.Errorf("v0 mode %v", v0.Mode())
+	}
+
+	// the daemon still reloads a good file afterwards
+	writeFile(t, p, reloadConfig(dir, "info", "writeback", true, ""))
+	if _, err := d.reload(ctx, false); err != nil {
+		t.Fatalf("good reload after failures: %v", err)
+	}
+	if _, ok := d.eng.volume("v1"); !ok {
+		t.Error("v1 not added")
+	}
+}
