@@ -1169,7 +1169,11 @@ func (v *Volume) readLocked(ctx context.Context, st *stripe, pc piece, dst []byt
 				return err
 			}
 			if !ok {
-				return fmt.Errorf("cachecore: %s: cache entry evicted under the stripe lock: %w", v.name, blk.ErrMedium)
+				// Evicted by GC (its key is behind the durable key_tail
+				// and was written back): the backing device has the data.
+				if err := readBacking(a, b); err != nil {
+					return err
+				}
 			}
 		} else if err := readBacking(a, b); err != nil {
 			return err
