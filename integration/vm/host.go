@@ -146,3 +146,16 @@ func BuildGo(pkg, out string) error {
 	}
 	return nil
 }
+
+// BuildDaemon builds the cachelun binary (static) to out, or copies the one
+// named by CACHELUN_VM_BINARY (a prebuilt static binary, e.g. from a CI
+// build step) when that is set.
+func BuildDaemon(out string) error {
+	if prebuilt := os.Getenv("CACHELUN_VM_BINARY"); prebuilt != "" {
+		if err := copyFile(prebuilt, out, 0o755); err != nil {
+			return fmt.Errorf("vm: CACHELUN_VM_BINARY: %w", err)
+		}
+		return nil
+	}
+	return BuildGo("github.com/cachelun/cachelun/cmd/cachelun", out)
+}

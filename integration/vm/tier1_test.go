@@ -9,15 +9,20 @@ import (
 	"time"
 )
 
-//go:embed testdata/tier1-init.sh
-var tier1Init string
+var (
+	//go:embed testdata/tier1-init.sh
+	tier1Init string
+	//go:embed testdata/tier1-cachelun.toml
+	tier1Config string
+)
 
 // TestTier1TCMU boots the Debian kernel with a busybox initramfs and runs
-// the TCMU daemon (target/tcmu + target/scsi over file volumes) against the
-// real LIO/TCMU/tcm_loop path: device creation through configfs and
-// netlink, data through a SCSI disk, re-adoption after the daemon is killed
-// (idle and under I/O), refusals of unknown volumes and foreign subtypes,
-// and removal.
+// the real daemon (cachelun serve with [tcmu] enabled, no D-Bus, cache and
+// backing files on tmpfs) against the real LIO/TCMU/tcm_loop path: device
+// creation through configfs and netlink with cfgstring naming a volume,
+// data through a SCSI disk, re-adoption after the daemon is killed (idle and
+// under I/O), refusals (unknown volume, volume in use, foreign subtype, too
+// large), live reconfiguration, removal and a clean stop.
 func TestTier1TCMU(t *testing.T) {
 	t.Parallel()
 	cache := CacheDir()
@@ -29,16 +34,20 @@ func TestTier1TCMU(t *testing.T) {
 	t.Logf("assets ready in %v (download+extract %v), kernel %s", time.Since(start).Round(time.Millisecond), a.PrepareTime.Round(time.Millisecond), a.KernelVersion)
 
 	work := t.TempDir()
-	bin := filepath.Join(work, "tcmuguest")
+	bin := filepath.Join(work, "cachelun")
 	start = time.Now()
-	if err := BuildGo("github.com/cachelun/cachelun/integration/vm/cmd/tcmuguest", bin); err != nil {
+	if err := BuildDaemon(bin); err != nil {
+		t.Fatal(err)
+	}
+	config := filepath.Join(work, "cachelun.toml")
+	if err := os.WriteFile(config, []byte(tier1Config), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	initrd := filepath.Join(work, "initrd.gz")
 	if err := a.Build(Initramfs{
 		Init:    tier1Init,
 		Modules: []string{"configfs", "target_core_mod", "target_core_user", "tcm_loop", "sd_mod", "uio"},
-		Files:   map[string]string{"/bin/tcmuguest": bin},
+		Files:   map[string]string{"/bin/cachelun": bin, "/etc/cachelun.toml": config},
 	}, initrd); err != nil {
 		t.Fatal(err)
 	}
@@ -64,9 +73,9 @@ func TestTier1TCMU(t *testing.T) {
 	for _, p := range r.Passed {
 		t.Logf("PASS %s", p)
 	}
-	if err := r.Err("enable", "disk", "capacity", "readback", "readopt", "restart-readback",
+	if err := r.Err("daemon-tcmu", "enable", "disk", "capacity", "readback", "in-cache", "readopt", "restart-readback",
 		"restart-under-io-dd", "restart-under-io", "restart-under-io-old",
-		"unknown-refused", "unknown-reason", "foreign-refused", "too-large-refused",
+		"unknown-refused", "unknown-reason", "in-use-refused", "foreign-refused", "too-large-refused",
 		"grow-refused", "resize", "write-cache", "reconfig-data", "remove", "clean-stop"); err != nil {
 		t.Fatalf("guest: %v\nconsole log saved to %s:\n%s", err, logPath, tail(r.Log, 6000))
 	}
