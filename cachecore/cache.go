@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"log/slog"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -174,6 +175,16 @@ func Open(ctx context.Context, store *persist.Store, cfg Config) (*Cache, error)
 		return nil, err
 	}
 	c.logSegs = logSegs
+	// Replay grew the stripes' slices by doubling: trim them to size.
+	for i := range c.vols {
+		if vs := c.vols[i].Load(); vs != nil {
+			vs.idx.each(func(_ uint64, st *stripe) {
+				if cap(st.list.ext) > len(st.list.ext)+len(st.list.ext)/8 {
+					st.list.ext = slices.Clone(st.list.ext)
+				}
+			})
+		}
+	}
 	inLog := make(map[uint32]bool, len(logSegs))
 	for _, s := range logSegs {
 		if s < nSeg {
