@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cachelun/cachelun/cachecore"
 )
@@ -236,5 +238,71 @@ backing = "missing/v2.img"
 	}
 	if _, ok := d.eng.volume("v1"); !ok {
 		t.Error("v1 not added")
+	}
+}
+
+func freeLoopbackPort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func listening(addr string) bool {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
+}
+
+// Portals open before a target names them and close when none does; a
+// removed target is gone from the iSCSI server.
+func TestReloadPortalsAndTargets(t *testing.T) {
+	dir := t.TempDir()
+	p1, p2 := freeLoopbackPort(t), freeLoopbackPort(t)
+	render := func(portals string, second bool) string {
+		s := reloadConfig(dir, "info", "writeback", second, "")
+		return strings.ReplaceAll(s, `portals = ["127.0.0.1:3260"]`, "portals = ["+portals+"]")
+	}
+	p := filepath.Join(dir, "c.toml")
+	writeFile(t, p, render(fmt.Sprintf("%q", p1), true))
+	cfg, err := loadServeConfig(p, dir, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := startDaemon(context.Background(), cfg, "", testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.shutdown(context.Background())
+	if !listening(p1) || listening(p2) {
+		t.Fatalf("start: %s listening=%v, %s listening=%v", p1, listening(p1), p2, listening(p2))
+	}
+
+	writeFile(t, p, render(fmt.Sprintf("%q, %q", p1, p2), true))
+	if _, err := d.reload(context.Background(), false); err != nil {
+		t.Fatal(err)
+	}
+	if !listening(p1) || !listening(p2) {
+		t.Fatalf("portal %s not added", p2)
+	}
+
+	writeFile(t, p, render(fmt.Sprintf("%q", p2), false))
+	if _, err := d.reload(context.Background(), false); err != nil {
+		t.Fatal(err)
+	}
+	if listening(p1) || !listening(p2) {
+		t.Errorf("portal %s still open or %s closed", p1, p2)
+	}
+	if got := d.targetNames(); !slices.Equal(got, []string{"iqn.2026-11.io.cachelun:unit"}) {
+		t.Errorf("targets %v", got)
+	}
+	if err := d.iscsi.RemoveTarget("iqn.2026-11.io.cachelun:second"); err == nil {
+		t.Error("the removed target is still known to the iSCSI server")
 	}
 }
