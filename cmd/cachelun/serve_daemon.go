@@ -272,6 +272,10 @@ func (d *daemon) failed() <-chan error { return d.failCh }
 func (d *daemon) shutdown(ctx context.Context) error {
 	var errs []error
 	d.stopAdmin()
+	// a reload still running (an admin job outlives its API) finishes or
+	// rolls back before anything it touches goes away
+	d.reloadMu.Lock()
+	defer d.reloadMu.Unlock()
 	if d.iscsi != nil {
 		if err := d.iscsi.Shutdown(ctx); err != nil {
 			d.log.Warn("iSCSI sessions did not all log out in time; dropped", "err", err)
