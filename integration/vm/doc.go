@@ -18,16 +18,25 @@
 //
 // Two tiers run by default in `go test ./integration/vm/` (in parallel):
 //
-//   - Tier 1 (TestTier1TCMU): busybox initramfs, the guest daemon
-//     cmd/tcmuguest (target/tcmu + target/scsi over file volumes), raw
-//     configfs and tcm_loop: create, I/O, daemon killed idle and under I/O
-//     and re-adopted, refusals, removal. About 40 s with a warm cache.
+//   - Tier 1 (TestTier1TCMU): busybox initramfs running the real daemon
+//     (cachelun serve, [tcmu] enabled, no D-Bus) over a cache file and
+//     backing files on tmpfs; raw configfs and tcm_loop: create with
+//     cfgstring naming a volume, I/O, daemon killed idle and under I/O and
+//     re-adopted, refusals with their reasons, live reconfiguration,
+//     removal, clean stop. About 20 s with a warm cache.
 //   - Tier 2 (TestTier2TargetcliISCSI): a Debian bookworm rootfs built once
 //     with mmdebstrap (targetcli-fb, open-iscsi, dbus), booted from a virtio
-//     ext4 disk: targetcli over D-Bus, LIO iSCSI on 127.0.0.1, iscsiadm
-//     login, ext4 checksums across remount. About 2 minutes with a warm
-//     cache; the first rootfs build adds 1-4 minutes (mirror speed).
-//     CACHELUN_VM_TIER2=0 switches it off explicitly (reported as a skip).
+//     ext4 disk, running the real daemon on the system bus with its own
+//     iSCSI target on 127.0.0.1:3261: targetcli over D-Bus, LIO iSCSI on
+//     127.0.0.1:3260, iscsiadm login, ext4 checksums across remount; then
+//     open-iscsi against cachelun's own target, the same round trip and a
+//     daemon restart while logged in with a writer running. About 1 minute
+//     with a warm cache; the first rootfs build adds 1-4 minutes (mirror
+//     speed). CACHELUN_VM_TIER2=0 switches it off explicitly (reported as a
+//     skip).
+//
+// Both tiers build the daemon from ./cmd/cachelun (static, CGO_ENABLED=0);
+// CACHELUN_VM_BINARY names a prebuilt static binary to use instead.
 //
 // The last console logs are kept in the cache as tier1-last.log and
 // tier2-last.log.

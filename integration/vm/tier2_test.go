@@ -15,14 +15,22 @@ var (
 	switchrootInit string
 	//go:embed testdata/tier2-guest.sh
 	tier2Guest string
+	//go:embed testdata/tier2-cachelun.toml
+	tier2Config string
 )
 
 // TestTier2TargetcliISCSI boots a Debian rootfs with targetcli-fb,
-// open-iscsi and the system bus: targetcli lists user:cachelun over D-Bus,
-// refuses an unknown cfgstring through CheckConfig, creates the backstore
-// and exports it through the kernel iSCSI target on 127.0.0.1; open-iscsi
-// logs in inside the guest, and an ext4 file system made on the LUN keeps
-// its checksums across unmount and remount.
+// open-iscsi and the system bus, and runs the real daemon (cachelun serve
+// with [tcmu] on the system bus and its own iSCSI target). Through LIO:
+// targetcli lists user:cachelun over D-Bus, refuses an unknown cfgstring
+// through CheckConfig, creates the backstore and exports it through the
+// kernel iSCSI target on 127.0.0.1:3260; open-iscsi logs in inside the
+// guest, and an ext4 file system made on the LUN keeps its checksums across
+// unmount and remount. Through cachelun's own target on 127.0.0.1:3261: the
+// same round trip, then the daemon is restarted (SIGTERM, start) while
+// open-iscsi is logged in, the file system mounted and a writer running;
+// the session reconnects, files verify, and no I/O error reaches the kernel
+// log.
 func TestTier2TargetcliISCSI(t *testing.T) {
 	t.Parallel()
 	if os.Getenv("CACHELUN_VM_TIER2") == "0" {
@@ -43,8 +51,12 @@ func TestTier2TargetcliISCSI(t *testing.T) {
 
 	work := t.TempDir()
 	start = time.Now()
-	bin := filepath.Join(work, "tcmuguest")
-	if err := BuildGo("github.com/cachelun/cachelun/integration/vm/cmd/tcmuguest", bin); err != nil {
+	bin := filepath.Join(work, "cachelun")
+	if err := BuildDaemon(bin); err != nil {
+		t.Fatal(err)
+	}
+	config := filepath.Join(work, "cachelun.toml")
+	if err := os.WriteFile(config, []byte(tier2Config), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	guest := filepath.Join(work, "guest-test.sh")
@@ -58,7 +70,8 @@ func TestTier2TargetcliISCSI(t *testing.T) {
 		Modules: []string{"configfs", "target_core_mod", "target_core_user", "target_core_file", "target_core_iblock",
 			"target_core_pscsi", "iscsi_target_mod", "iscsi_tcp", "sd_mod", "uio", "crc32c_generic"},
 		Files: map[string]string{
-			"/usr/local/bin/tcmuguest":                          bin,
+			"/usr/local/bin/cachelun":                           bin,
+			"/etc/cachelun.toml":                                config,
 			"/root/guest-test.sh":                               guest,
 			"/etc/dbus-1/system.d/org.kernel.TCMUService1.conf": policy,
 		},
@@ -89,7 +102,11 @@ func TestTier2TargetcliISCSI(t *testing.T) {
 		t.Logf("PASS %s", p)
 	}
 	if err := r.Err("daemon-dbus", "targetcli-lists", "checkconfig-refuses", "backstore-create", "iscsi-export",
-		"discovery", "login", "iscsi-disk", "mkfs", "mount", "umount", "remount-verify", "logout", "clearconfig"); err != nil {
+		"discovery", "login", "iscsi-disk", "lio-mkfs", "lio-mount", "lio-umount", "lio-remount-verify", "logout",
+		"clearconfig", "tcmu-removed",
+		"own-discovery", "own-login", "own-disk", "own-mkfs", "own-mount", "own-umount", "own-remount-verify",
+		"own-daemon-stopped", "own-relogin", "own-io-across-restart", "own-reconnected", "own-verify-after-restart",
+		"own-umount2", "own-remount-verify2", "own-no-io-errors", "own-logout", "own-clean-stop"); err != nil {
 		t.Fatalf("guest: %v\nconsole log saved to %s:\n%s", err, logPath, tail(r.Log, 8000))
 	}
 }

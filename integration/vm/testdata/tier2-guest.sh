@@ -1,7 +1,9 @@
 #!/bin/bash
 # PID 1 of the tier-2 Debian guest (after switch_root). Paths are inside the
-# guest. No systemd: start only the system bus, the TCMU daemon and iscsid,
-# then drive targetcli and iscsiadm as an administrator would.
+# guest. No systemd: start only the system bus, the real daemon (cachelun
+# serve with [tcmu] enabled on the system bus and its own iSCSI target on
+# 127.0.0.1:3261) and iscsid, then drive targetcli and iscsiadm as an
+# administrator would.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TERM=dumb
 mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev
 mkdir -p /dev/pts /dev/shm; mount -t devpts devpts /dev/pts; mount -t tmpfs tmpfs /run; mount -t tmpfs tmpfs /tmp
@@ -11,9 +13,47 @@ pass() { echo "@@PASS $*"; }
 fail() { echo "@@FAIL $*"; }
 finish() {
   t finish
-  echo "---- daemon log"; tail -n 30 /run/tcmud.log
-  echo "---- dmesg"; dmesg | grep -iE "tcmu|target|iscsi|uio|scsi" | tail -n 15
+  for f in /run/cachelun*.log; do echo "---- daemon log $f"; grep -v "MAP_SYNC\|non-DAX" $f | tail -n 25; done
+  echo "---- dmesg"; dmesg | grep -iE "tcmu|target|iscsi|uio|scsi|error|ext4" | tail -n 30
   echo "@@DONE"; sync; echo o > /proc/sysrq-trigger; sleep 30
+}
+DPID=
+start_daemon() { # $1: log file
+  cachelun serve --config /etc/cachelun.toml > $1 2>&1 &
+  DPID=$!
+  for i in $(seq 1 300); do
+    grep -q "cachelun ready" $1 && return 0
+    kill -0 $DPID 2>/dev/null || break
+    sleep 0.1
+  done
+  fail daemon-start "not ready: $(cat $1)"; finish
+}
+# fs_roundtrip DEV NAME: mkfs.ext4, mount, write files, sync, unmount,
+# remount, verify checksums (PASS lines prefixed with NAME)
+fs_roundtrip() {
+  local dev=$1 n=$2 m=/mnt/$2
+  mkfs.ext4 -q -F $dev && pass $n-mkfs || fail $n-mkfs
+  mkdir -p $m && mount $dev $m && pass $n-mount || { fail $n-mount; finish; }
+  dd if=/dev/urandom of=$m/a bs=1M count=12 status=none
+  dd if=/dev/urandom of=$m/b bs=4k count=300 status=none
+  mkdir -p $m/dir; for i in $(seq 1 50); do echo "file $i" > $m/dir/f$i; done
+  (cd $m && find . -type f | sort | xargs md5sum) > /tmp/$n.sums
+  sync
+  umount $m && pass $n-umount || fail $n-umount
+  echo 3 > /proc/sys/vm/drop_caches
+  mount $dev $m && (cd $m && md5sum -c --quiet /tmp/$n.sums) && pass $n-remount-verify "$(wc -l < /tmp/$n.sums) files" || fail $n-remount-verify "checksums differ after remount"
+}
+# wait_disk MODEL-OR-VENDOR TARGET-IQN: the sd device of the iSCSI session to IQN
+wait_disk() {
+  local iqn=$1 d s
+  for i in $(seq 1 100); do
+    for s in /sys/class/iscsi_session/session*; do
+      [ "$(cat $s/targetname 2>/dev/null)" = "$iqn" ] || continue
+      for d in $s/device/target*/*/block/*; do [ -e "$d" ] && echo /dev/${d##*/} && return 0; done
+    done
+    sleep 0.1
+  done
+  return 1
 }
 t rootfs-init
 for m in configfs target_core_mod target_core_user iscsi_target_mod iscsi_tcp sd_mod; do modprobe $m || fail "modprobe-$m"; done
@@ -22,19 +62,18 @@ ip link set lo up
 t modules-loaded
 
 dbus-daemon --system --fork || fail dbus "dbus-daemon did not start"
-truncate -s 256M /var/lib/cachelun/lun0.img
-tcmuguest -dir /var/lib/cachelun -dbus "" > /run/tcmud.log 2>&1 &
-for i in $(seq 1 100); do grep -q READY /run/tcmud.log && break; sleep 0.1; done
-grep -q "dbus=true" /run/tcmud.log && pass daemon-dbus || { fail daemon-dbus "$(cat /run/tcmud.log)"; finish; }
+start_daemon /run/cachelun1.log
+grep -q "dbus=true" /run/cachelun1.log && grep -q "TCMU front end ready" /run/cachelun1.log && pass daemon-dbus || { fail daemon-dbus "$(cat /run/cachelun1.log)"; finish; }
 iscsid || fail iscsid
 t daemons-started
 
+# ---- LIO: targetcli, backstore user:cachelun, LIO's iSCSI target on 127.0.0.1:3260
 IQN=iqn.2003-01.org.example.cachelun:tcmu
 targetcli ls /backstores > /tmp/ls.txt 2>&1
 grep -q "user:cachelun" /tmp/ls.txt && pass targetcli-lists "user:cachelun" || { fail targetcli-lists "$(cat /tmp/ls.txt)"; finish; }
 targetcli /backstores/user:cachelun create name=nosuch size=64M cfgstring=missingvol > /tmp/bad.txt 2>&1
 grep -qi "missingvol" /tmp/bad.txt && ! [ -d /sys/kernel/config/target/core/user_*/nosuch ] && pass checkconfig-refuses "$(tr '\n' ' ' < /tmp/bad.txt)" || fail checkconfig-refuses "$(cat /tmp/bad.txt)"
-targetcli /backstores/user:cachelun create name=lun0 size=256M cfgstring=lun0 wwn=0123456789abcdef > /tmp/c.txt 2>&1 && pass backstore-create || { fail backstore-create "$(cat /tmp/c.txt)"; finish; }
+targetcli /backstores/user:cachelun create name=lun0 size=128M cfgstring=lun0 wwn=0123456789abcdef > /tmp/c.txt 2>&1 && pass backstore-create || { fail backstore-create "$(cat /tmp/c.txt)"; finish; }
 # One targetcli session for the rest (Python start-up dominates under emulation).
 targetcli > /tmp/cfg.txt 2>&1 <<EOT
 /iscsi create $IQN
@@ -47,31 +86,71 @@ EOT
 grep -qi "error" /tmp/cfg.txt && fail iscsi-export "$(cat /tmp/cfg.txt)" || pass iscsi-export
 t target-configured
 
-iscsiadm -m discovery -t sendtargets -p 127.0.0.1 > /tmp/disc.txt 2>&1
+iscsiadm -m discovery -t sendtargets -p 127.0.0.1:3260 > /tmp/disc.txt 2>&1
 grep -q "$IQN" /tmp/disc.txt && pass discovery || { fail discovery "$(cat /tmp/disc.txt)"; finish; }
-iscsiadm -m node -T $IQN -p 127.0.0.1 --login > /tmp/login.txt 2>&1 && pass login || { fail login "$(cat /tmp/login.txt)"; finish; }
-DEV=
-for i in $(seq 1 100); do
-  for d in /sys/block/sd*; do [ -e "$d/device/model" ] && grep -q cached-lun $d/device/model && DEV=/dev/${d##*/}; done
-  [ -b "$DEV" ] && break; sleep 0.1
-done
-[ -b "$DEV" ] && pass iscsi-disk "$DEV $(cat /sys/block/${DEV#/dev/}/size) sectors" || { fail iscsi-disk "no disk"; finish; }
+iscsiadm -m node -T $IQN -p 127.0.0.1:3260 --login > /tmp/login.txt 2>&1 && pass login || { fail login "$(cat /tmp/login.txt)"; finish; }
+DEV=$(wait_disk $IQN)
+[ -b "$DEV" ] && pass iscsi-disk "$DEV $(cat /sys/block/${DEV#/dev/}/device/model) $(cat /sys/block/${DEV#/dev/}/size) sectors" || { fail iscsi-disk "no disk"; finish; }
 t iscsi-logged-in
-
-mkfs.ext4 -q -F $DEV && pass mkfs || fail mkfs
-mkdir -p /mnt/l && mount $DEV /mnt/l && pass mount || { fail mount; finish; }
-dd if=/dev/urandom of=/mnt/l/a bs=1M count=12 status=none
-dd if=/dev/urandom of=/mnt/l/b bs=4k count=300 status=none
-mkdir -p /mnt/l/dir; for i in $(seq 1 50); do echo "file $i" > /mnt/l/dir/f$i; done
-(cd /mnt/l && find . -type f | sort | xargs md5sum) > /tmp/sums
-sync
-umount /mnt/l && pass umount || fail umount
-echo 3 > /proc/sys/vm/drop_caches
-mount $DEV /mnt/l && (cd /mnt/l && md5sum -c --quiet /tmp/sums) && pass remount-verify "$(wc -l < /tmp/sums) files" || fail remount-verify "checksums differ after remount"
-umount /mnt/l
-t fs-done
-
-iscsiadm -m node -T $IQN -p 127.0.0.1 --logout > /dev/null 2>&1 && pass logout || fail logout
+fs_roundtrip $DEV lio
+umount /mnt/lio
+t lio-fs-done
+iscsiadm -m node -T $IQN -p 127.0.0.1:3260 --logout > /dev/null 2>&1 && pass logout || fail logout
+iscsiadm -m node -T $IQN -p 127.0.0.1:3260 -o delete > /dev/null 2>&1
 targetcli clearconfig confirm=True > /tmp/clear.txt 2>&1 && pass clearconfig || fail clearconfig "$(cat /tmp/clear.txt)"
+grep -q "tcmu: device removed" /run/cachelun1.log && pass tcmu-removed || fail tcmu-removed "no REMOVED_DEVICE in the daemon log"
+t lio-teardown-done
+
+# ---- cachelun's own iSCSI target on 127.0.0.1:3261 (open-iscsi against it)
+OWN=iqn.2026-11.io.cachelun:vm
+iscsiadm -m discovery -t sendtargets -p 127.0.0.1:3261 > /tmp/disc2.txt 2>&1
+grep -q "$OWN" /tmp/disc2.txt && pass own-discovery "$(tr '\n' ' ' < /tmp/disc2.txt)" || { fail own-discovery "$(cat /tmp/disc2.txt)"; finish; }
+iscsiadm -m node -T $OWN -p 127.0.0.1:3261 --login > /tmp/login2.txt 2>&1 && pass own-login || { fail own-login "$(cat /tmp/login2.txt)"; finish; }
+ODEV=$(wait_disk $OWN)
+[ -b "$ODEV" ] && pass own-disk "$ODEV $(cat /sys/block/${ODEV#/dev/}/device/model) $(cat /sys/block/${ODEV#/dev/}/size) sectors" || { fail own-disk "no disk"; finish; }
+t own-logged-in
+fs_roundtrip $ODEV own
+t own-fs-done
+
+# ---- daemon restart while logged in and mounted, with a writer running
+dmesg -c > /dev/null
+dd if=/dev/urandom of=/tmp/during bs=256k count=1 status=none
+mkdir -p /mnt/own/w
+# the writer: 256 KiB files, each fsync'd, before, during and after the restart
+( i=0; while [ ! -e /tmp/stopw ]; do
+    dd if=/tmp/during of=/mnt/own/w/$i bs=256k conv=fsync status=none || { echo "file $i" > /tmp/during.err; exit 1; }
+    echo $i > /tmp/wcount; i=$((i+1))
+  done ) &
+W=$!
+for i in $(seq 1 100); do [ -e /mnt/own/w/3 ] && break; sleep 0.05; done
+kill -TERM $DPID; wait $DPID; rc=$?
+before=$(cat /tmp/wcount)
+[ $rc = 0 ] && grep -q "msg=stopped" /run/cachelun1.log && pass own-daemon-stopped "SIGTERM, exit 0, $before files written" || fail own-daemon-stopped "exit status $rc"
+t daemon-stopped
+start_daemon /run/cachelun2.log
+t daemon-restarted
+for i in $(seq 1 300); do grep -q "session logged in.*target=$OWN" /run/cachelun2.log && break; sleep 0.1; done
+grep -q "session logged in.*target=$OWN" /run/cachelun2.log && pass own-relogin "$(grep 'session logged in' /run/cachelun2.log | head -n 1)" || fail own-relogin "open-iscsi did not log in to the restarted daemon"
+w0=$(cat /tmp/wcount); for i in $(seq 1 100); do [ $(cat /tmp/wcount) -ge $((w0+5)) ] && break; sleep 0.1; done
+touch /tmp/stopw
+if wait $W; then pass own-io-across-restart "files 0..$(cat /tmp/wcount) written with fsync, $before before the stop"; else fail own-io-across-restart "writer failed: $(cat /tmp/during.err)"; fi
+n=$(cat /tmp/wcount); badw=
+for i in $(seq 0 $n); do cmp -s /tmp/during /mnt/own/w/$i || badw="$badw $i"; done
+[ -z "$badw" ] || fail own-writer-files "files differ:$badw"
+for i in $(seq 1 20); do echo "after restart $i" > /mnt/own/dir/after$i; done
+sync
+state=$(iscsiadm -m session -P 3 2>/dev/null | grep -A30 "$OWN" | grep -m1 "iSCSI Session State" | sed 's/.*: //')
+[ "$state" = "LOGGED_IN" ] && pass own-reconnected "session $state" || fail own-reconnected "session state '$state'"
+(cd /mnt/own && md5sum -c --quiet /tmp/own.sums) && [ -z "$badw" ] && pass own-verify-after-restart || fail own-verify-after-restart "files differ after the restart"
+(cd /mnt/own && find . -type f | sort | xargs md5sum) > /tmp/own2.sums
+umount /mnt/own && pass own-umount2 || fail own-umount2
+echo 3 > /proc/sys/vm/drop_caches
+mount $ODEV /mnt/own && (cd /mnt/own && md5sum -c --quiet /tmp/own2.sums) && pass own-remount-verify2 "$(wc -l < /tmp/own2.sums) files" || fail own-remount-verify2 "checksums differ after remount"
+umount /mnt/own
+errs=$(dmesg | grep -iE "I/O error|EXT4-fs error|Buffer I/O|blk_update_request|critical medium" | head -n 5)
+[ -z "$errs" ] && pass own-no-io-errors "$(dmesg | grep -iE 'connection|session' | tr '\n' '|' | tail -c 600)" || fail own-no-io-errors "$errs"
+t own-restart-done
+iscsiadm -m node -T $OWN -p 127.0.0.1:3261 --logout > /dev/null 2>&1 && pass own-logout || fail own-logout
+kill -TERM $DPID; wait $DPID && pass own-clean-stop || fail own-clean-stop
 t teardown-done
 finish
