@@ -268,8 +268,9 @@ func TestReserve6(t *testing.T) {
 	}
 	f.sense(f.exec(nexusB, cdb10(0x28, 0, 0, 1), nil, testBS), SenseUnitAttention, ASCBusDeviceResetOccurred)
 	f.good(f.exec(nexusB, cdb10(0x28, 0, 0, 1), nil, testBS))
-	// The nexus that asked for the reset has its answer in the TMF
-	// response and gets no unit attention.
+	// SAM-5: the nexus that asked for the reset gets the unit attention
+	// too (its other commands were aborted as well).
+	f.sense(f.exec(nexusA, cdb10(0x28, 0, 0, 1), nil, testBS), SenseUnitAttention, ASCBusDeviceResetOccurred)
 	f.good(f.exec(nexusA, cdb10(0x28, 0, 0, 1), nil, testBS))
 	// A persistent reservation makes RESERVE(6) from others conflict.
 	f.good(f.prout(nexusA, 0, 0, 0, 0xa, 0))
