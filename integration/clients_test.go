@@ -184,8 +184,8 @@ func TestDataAcrossModesAndRestarts(t *testing.T) {
 	}
 }
 
-// TestSIGHUPDoesNotKill: reload is not implemented yet, but SIGHUP must not
-// take the daemon down.
+// TestSIGHUPDoesNotKill: SIGHUP with an unchanged configuration is a reload
+// that applies nothing; the daemon stays up and keeps serving.
 func TestSIGHUPDoesNotKill(t *testing.T) {
 	needTools(t, "qemu-io")
 	dir := t.TempDir()
