@@ -62,6 +62,9 @@ func (l *Latency) InstrumentVolume(name string, v BlockVolume) BlockVolume {
 	}
 }
 
+// Unwrap returns the volume the instrumentation forwards to.
+func (v *instrumentedVolume) Unwrap() BlockVolume { return v.BlockVolume }
+
 func (v *instrumentedVolume) ReadAt(ctx context.Context, p []byte, off int64) error {
 	start := time.Now()
 	return v.read.done(start, v.BlockVolume.ReadAt(ctx, p, off))

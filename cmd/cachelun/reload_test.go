@@ -13,7 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cachelun/cachelun/admin"
 	"github.com/cachelun/cachelun/cachecore"
+	"github.com/cachelun/cachelun/target/scsi"
 )
 
 // reloadConfig renders a configuration with volume v0 (mode) on LUN 0 and,
@@ -147,7 +149,7 @@ func TestReloadAppliesAndReverts(t *testing.T) {
 	d.mu.RLock()
 	lu := d.targets["iqn.2026-11.io.cachelun:second"].LU(1)
 	d.mu.RUnlock()
-	if lu == nil || lu.Volume() != v1 {
+	if lu == nil || unwrapVolume(lu.Volume()) != v1 {
 		t.Fatal("LUN 1 does not serve v1")
 	}
 	// dirty data on v1 must reach its backing file when it is removed
@@ -304,5 +306,17 @@ func TestReloadPortalsAndTargets(t *testing.T) {
 	}
 	if err := d.iscsi.RemoveTarget("iqn.2026-11.io.cachelun:second"); err == nil {
 		t.Error("the removed target is still known to the iSCSI server")
+	}
+}
+
+// unwrapVolume returns the engine volume behind a LUN's volume, which the
+// latency instrumentation wraps.
+func unwrapVolume(v scsi.Volume) scsi.Volume {
+	for {
+		u, ok := v.(interface{ Unwrap() admin.BlockVolume })
+		if !ok {
+			return v
+		}
+		v = u.Unwrap()
 	}
 }

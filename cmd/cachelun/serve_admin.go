@@ -7,8 +7,6 @@ import (
 	"path/filepath"
 	"sort"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/cachelun/cachelun/admin"
 	"github.com/cachelun/cachelun/admin/coreadapter"
 	"github.com/cachelun/cachelun/conf"
@@ -24,9 +22,9 @@ func (d *daemon) startAdmin() error {
 	}
 	cfg := admin.Config{
 		Backend:  &adminBackend{d: d},
-		Registry: prometheus.NewRegistry(),
+		Registry: d.registry,
 		Logger:   d.log.With("component", "admin"),
-		Version:  "cachelun",
+		Version:  buildVersion(),
 	}
 	if g.AdminSocket == conf.Off {
 		cfg.NoSocket = true

@@ -14,6 +14,9 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/cachelun/cachelun/admin"
 	"github.com/cachelun/cachelun/backend"
 	"github.com/cachelun/cachelun/conf"
 	"github.com/cachelun/cachelun/target/iscsi"
@@ -57,6 +60,11 @@ type daemon struct {
 	serveWG sync.WaitGroup
 	failCh  chan error
 
+	// registry holds every metric of the daemon; latency records the
+	// per-volume, per-operation latency histograms on it.
+	registry *prometheus.Registry
+	latency  *admin.Latency
+
 	adminCancel context.CancelFunc
 	adminDone   chan struct{}
 	tcmuCancel  context.CancelFunc
@@ -71,8 +79,14 @@ type lunURL struct {
 }
 
 func startDaemon(ctx context.Context, cfg *conf.Config, listenOverride string, log *slog.Logger) (d *daemon, err error) {
+	reg := prometheus.NewRegistry()
+	latency, err := admin.NewLatency(reg)
+	if err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
 	d = &daemon{cfg: cfg, log: log, portalAddr: map[string]string{}, failCh: make(chan error, 1),
-		listenOverride: listenOverride, portals: map[string]*portalListener{}, targets: map[string]*scsi.Target{}}
+		listenOverride: listenOverride, portals: map[string]*portalListener{}, targets: map[string]*scsi.Target{},
+		registry: reg, latency: latency}
 	defer func() {
 		if err != nil {
 			d.shutdown(context.Background())
@@ -229,7 +243,7 @@ func (d *daemon) addLU(st *scsi.Target, cfg *conf.Config, iqn string, l conf.LUN
 	}
 	id := deviceID(iqn, l.Volume)
 	if _, err := st.AddLU(l.LUN, scsi.LUConfig{
-		Volume:       vol,
+		Volume:       d.latency.InstrumentVolume(l.Volume, vol),
 		SerialNumber: hex.EncodeToString(id[:8]),
 		DeviceID:     id,
 		Thin:         l.Thin,
