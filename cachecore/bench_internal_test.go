@@ -2,7 +2,10 @@ package cachecore
 
 import (
 	"context"
+	"fmt"
 	"os"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -73,5 +76,57 @@ func BenchmarkInternalMediaCopy4K(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		m.WriteAt(p, persist.SegmentsOffset+int64(i%4096)*4096)
+	}
+}
+
+// BenchmarkFUAWrites measures 4 KiB FUA writes from 1, 8 and 32 goroutines
+// writing sequential blocks of one stripe (one kset slot), on a file
+// media: the case group commit exists for. It reports IOPS and the media
+// persists (fdatasync groups) per write.
+func BenchmarkFUAWrites(b *testing.B) {
+	for _, writers := range []int{1, 8, 32} {
+		b.Run(fmt.Sprintf("writers=%d", writers), func(b *testing.B) {
+			_, v, m := benchRig(b)
+			flushes, _ := m.(interface{ Flushes() uint64 })
+			ctx := context.Background()
+			const blocks = stripeSize / 4096
+			var next atomic.Int64
+			var wg sync.WaitGroup
+			var failed atomic.Pointer[error]
+			b.SetBytes(4096)
+			var before uint64
+			if flushes != nil {
+				before = flushes.Flushes()
+			}
+			b.ResetTimer()
+			start := time.Now()
+			for w := 0; w < writers; w++ {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					p := make([]byte, 4096)
+					for {
+						i := next.Add(1) - 1
+						if i >= int64(b.N) {
+							return
+						}
+						if err := v.WriteAt(ctx, p, (i%blocks)*4096, true); err != nil {
+							failed.CompareAndSwap(nil, &err)
+							return
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			elapsed := time.Since(start)
+			b.StopTimer()
+			if e := failed.Load(); e != nil {
+				b.Fatal(*e)
+			}
+			b.ReportMetric(float64(b.N)/elapsed.Seconds(), "IOPS")
+			if flushes != nil {
+				b.ReportMetric(float64(flushes.Flushes()-before)/float64(b.N), "persists/write")
+			}
+		})
 	}
 }

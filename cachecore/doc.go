@@ -41,7 +41,11 @@
 // in-memory ksets chosen by (volume, stripe) and are appended under the
 // stripe lock, so for every block the log order equals the index order.
 // Closed ksets of one slot commit in order; different slots commit
-// concurrently and share persists (group commit in persist.Journal).
+// concurrently and share persists (group commit in persist.Journal). Within
+// a slot, FUA writes and flushes that arrive while a commit is in flight
+// leave their keys in the open kset and are committed together when it
+// finishes (one data persist, one kset persist for the whole batch), and
+// they share one flush-epoch bump.
 //
 // Cache space comes from sharded data heads; a segment's reference count
 // is one per live-log key pointing into it plus one while it is a head.

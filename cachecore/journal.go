@@ -20,22 +20,41 @@ const ksetSlots = 16
 // order while different slots commit concurrently (the journal coalesces
 // their persists).
 //
+// Group commit: a sync (FUA write, Flush) that finds a commit of its slot
+// in flight does not close a kset of its own behind it; its keys stay in
+// the open kset, which gathers every key arriving meanwhile, and the first
+// waiter to see the commit finish closes and commits them all at once
+// (one data persist, one kset persist). appended and pendingKset.upto let
+// a waiter tell whether its keys are already in a closed kset.
+//
 // Lock order: stripe.mu, then ksetSlot.mu.
 type ksetSlot struct {
-	mu     sync.Mutex
-	open   []persist.Key
-	epoch  uint64
-	opened time.Time
-	last   *pendingKset // most recently closed kset of this slot
+	mu       sync.Mutex
+	open     []persist.Key
+	epoch    uint64
+	opened   time.Time
+	appended uint64       // keys appended to this slot so far
+	last     *pendingKset // most recently closed kset of this slot
 }
 
 // pendingKset is a closed kset on its way to the log.
 type pendingKset struct {
 	keys  []persist.Key
 	epoch uint64
+	upto  uint64 // the slot's appended count when it closed
 	prev  *pendingKset
 	done  chan struct{}
 	err   error // valid once done is closed
+}
+
+// finished reports whether pk's commit has ended (durable or failed).
+func (pk *pendingKset) finished() bool {
+	select {
+	case <-pk.done:
+		return true
+	default:
+		return false
+	}
 }
 
 func slotFor(vol uint32, stripe uint64) int {
@@ -47,7 +66,7 @@ func (s *ksetSlot) closeLocked() *pendingKset {
 	if len(s.open) == 0 {
 		return nil
 	}
-	pk := &pendingKset{keys: s.open, epoch: s.epoch, prev: s.last, done: make(chan struct{})}
+	pk := &pendingKset{keys: s.open, epoch: s.epoch, upto: s.appended, prev: s.last, done: make(chan struct{})}
 	s.last = pk
 	s.open = nil
 	return pk
@@ -73,6 +92,7 @@ func (c *Cache) appendKey(i int, k persist.Key) (sp spill) {
 		s.opened = c.clock().Now()
 	}
 	s.open = append(s.open, k)
+	s.appended++
 	if k.Volume < uint32(len(c.liveKeys)) {
 		c.liveKeys[k.Volume].Add(1)
 	}
@@ -223,25 +243,46 @@ func (c *Cache) persistKeyData(keys []persist.Key) error {
 	return m.Persist(cur.off, cur.end-cur.off)
 }
 
-// syncSlot makes every key appended to slot i so far durable: it closes
-// the open kset (committing it on the caller's goroutine) or waits for the
-// last closed one.
+// syncSlot makes every key appended to slot i so far durable. If those
+// keys are all in closed ksets it waits for the last of them. Otherwise,
+// while a commit of the slot is in flight, it waits for it and leaves its
+// keys in the open kset to be batched with keys arriving meanwhile; once
+// no commit is in flight it closes the open kset (everything accumulated)
+// and commits it on the caller's goroutine. Other syncs whose keys it
+// took wait for that commit instead of committing their own.
 func (c *Cache) syncSlot(i int) error {
 	s := &c.slots[i]
 	s.mu.Lock()
-	pk := s.closeLocked()
-	if pk == nil {
-		pk = s.last
-		s.mu.Unlock()
-		if pk == nil {
+	target := s.appended
+	for {
+		if s.last != nil && s.last.upto >= target {
+			// Every key up to target is in a closed kset; the last one
+			// is durable only after all before it.
+			pk := s.last
+			s.mu.Unlock()
+			<-pk.done
+			return pk.err
+		}
+		if len(s.open) == 0 {
+			// Nothing open and everything closed has been committed and
+			// pruned.
+			s.mu.Unlock()
 			return c.failedErr()
 		}
-		<-pk.done
+		if inflight := s.last; inflight != nil && !inflight.finished() {
+			s.mu.Unlock()
+			<-inflight.done
+			if err := c.failedErr(); err != nil {
+				return err
+			}
+			s.mu.Lock()
+			continue
+		}
+		pk := s.closeLocked()
+		s.mu.Unlock()
+		c.commit(pk)
 		return pk.err
 	}
-	s.mu.Unlock()
-	c.commit(pk)
-	return pk.err
 }
 
 // syncSlots syncs several slots concurrently so their commits share

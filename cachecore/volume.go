@@ -623,10 +623,20 @@ func (v *Volume) cacheWrite(ctx context.Context, p []byte, off int64, fua bool) 
 }
 
 // syncDurable makes the keys in the given slots durable and starts a new
-// flush epoch (a FUA write orders everything after it).
+// flush epoch (a FUA write orders everything after it): when it returns,
+// the epoch is past the one its keys were appended in, so writes issued
+// after it are never collapsed with them by writeback. Concurrent syncs
+// share one epoch bump, so writes arriving while a commit is in flight
+// still gather in one kset (group commit).
 func (v *Volume) syncDurable(slots []int) error {
+	appendedIn := v.c.epoch.Load() // ≥ the epoch of every key of the caller
 	err := v.c.syncSlots(slots)
-	v.c.epoch.Add(1)
+	for {
+		cur := v.c.epoch.Load()
+		if cur > appendedIn || v.c.epoch.CompareAndSwap(cur, cur+1) {
+			break
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("cachecore: %s: %w", v.name, err)
 	}
