@@ -113,6 +113,13 @@ var ErrCacheFailed = errors.New("cachecore: cache retired after a media failure"
 // Keys of volumes in the store's volume table stay in the cache (dirty data
 // is kept) until a volume of that name is added.
 func Open(ctx context.Context, store *persist.Store, cfg Config) (*Cache, error) {
+	return open(ctx, store, cfg, nil)
+}
+
+// open is Open; replayed (if not nil) sees the cache after replay, before
+// any background goroutine runs, so that tests can inspect the replayed
+// index exactly (GC may evict clean keys from it as soon as it starts).
+func open(ctx context.Context, store *persist.Store, cfg Config, replayed func(*Cache)) (*Cache, error) {
 	if store == nil {
 		return nil, errors.New("cachecore: nil store")
 	}
@@ -213,6 +220,9 @@ func Open(ctx context.Context, store *persist.Store, cfg Config) (*Cache, error)
 		}
 	}
 	c.stats.lastDirtyTailMove.Store(cfg.Clock.Now().UnixNano())
+	if replayed != nil {
+		replayed(c)
+	}
 	c.workersCtx, c.stopWorkers = context.WithCancel(context.Background())
 	c.workers.Add(3)
 	go c.flusher()

@@ -50,8 +50,9 @@ func newItRig(t *testing.T, segments int, devSize int64, cfg Config, vc VolumeCo
 }
 
 // reopen closes the cache and opens the same media again. inspect (if not
-// nil) sees the replayed state of the volume before it is attached, while
-// writeback still waits for it.
+// nil) sees the replayed state of the volume right after replay, before
+// the background goroutines start (GC could otherwise evict clean keys
+// first) and before the volume is attached.
 func (r *itRig) reopen(inspect func(vs *volState)) {
 	r.t.Helper()
 	if err := r.cache.Close(context.Background()); err != nil {
@@ -61,12 +62,13 @@ func (r *itRig) reopen(inspect func(vs *volState)) {
 	if err != nil {
 		r.t.Fatal(err)
 	}
-	c, err := Open(context.Background(), st, r.cfg)
+	var replayed func(*Cache)
+	if inspect != nil {
+		replayed = func(c *Cache) { inspect(c.vols[r.vol.st.id].Load()) }
+	}
+	c, err := open(context.Background(), st, r.cfg, replayed)
 	if err != nil {
 		r.t.Fatal(err)
-	}
-	if inspect != nil {
-		inspect(c.vols[r.vol.st.id].Load())
 	}
 	v, err := c.AddVolume(context.Background(), "v", r.dev, r.vc)
 	if err != nil {
