@@ -43,9 +43,10 @@
 // Closed ksets of one slot commit in order; different slots commit
 // concurrently and share persists (group commit in persist.Journal). Within
 // a slot, FUA writes and flushes that arrive while a commit is in flight
-// leave their keys in the open kset and are committed together when it
-// finishes (one data persist, one kset persist for the whole batch), and
-// they share one flush-epoch bump.
+// leave their keys in the open kset and are committed together once it
+// starts writing its kset (one data persist, one kset persist for the
+// whole batch; the batch's data persist overlaps the kset persist before
+// it), and they share one flush-epoch bump.
 //
 // Cache space comes from sharded data heads; a segment's reference count
 // is one per live-log key pointing into it plus one while it is a head.

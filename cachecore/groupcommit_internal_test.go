@@ -21,8 +21,9 @@ func TestFUAGroupCommit(t *testing.T) {
 	slot := slotFor(r.vol.st.id, 0)
 	s := &c.slots[slot]
 
-	// Stand-in for a commit in flight on the slot.
-	inflight := &pendingKset{done: make(chan struct{})}
+	// Stand-in for a commit in flight on the slot, not yet writing its
+	// kset.
+	inflight := &pendingKset{journaling: make(chan struct{}), done: make(chan struct{})}
 	s.mu.Lock()
 	inflight.upto = s.appended
 	s.last = inflight
@@ -61,6 +62,7 @@ func TestFUAGroupCommit(t *testing.T) {
 	if open != writers {
 		t.Fatalf("%d keys in the open kset while a commit is in flight, want %d", open, writers)
 	}
+	close(inflight.journaling)
 	close(inflight.done)
 	wg.Wait()
 	for w, err := range errs {

@@ -21,11 +21,13 @@ const ksetSlots = 16
 // their persists).
 //
 // Group commit: a sync (FUA write, Flush) that finds a commit of its slot
-// in flight does not close a kset of its own behind it; its keys stay in
-// the open kset, which gathers every key arriving meanwhile, and the first
-// waiter to see the commit finish closes and commits them all at once
-// (one data persist, one kset persist). appended and pendingKset.upto let
-// a waiter tell whether its keys are already in a closed kset.
+// in flight and not yet writing its kset (still persisting data or waiting
+// for its predecessor) does not close a kset of its own behind it; its
+// keys stay in the open kset, which gathers every key arriving meanwhile,
+// and the first waiter to see that commit reach its kset write closes and
+// commits them all at once (one data persist, overlapping the kset persist
+// in flight, then one kset persist). appended and pendingKset.upto let a
+// waiter tell whether its keys are already in a closed kset.
 //
 // Lock order: stripe.mu, then ksetSlot.mu.
 type ksetSlot struct {
@@ -43,8 +45,21 @@ type pendingKset struct {
 	epoch uint64
 	upto  uint64 // the slot's appended count when it closed
 	prev  *pendingKset
-	done  chan struct{}
-	err   error // valid once done is closed
+	// journaling is closed when the commit starts writing the kset (its
+	// data is durable and its predecessor committed) or ends.
+	journaling chan struct{}
+	done       chan struct{}
+	err        error // valid once done is closed
+}
+
+// isJournaling reports whether pk's commit is writing its kset (or ended).
+func (pk *pendingKset) isJournaling() bool {
+	select {
+	case <-pk.journaling:
+		return true
+	default:
+		return false
+	}
 }
 
 // finished reports whether pk's commit has ended (durable or failed).
@@ -66,7 +81,7 @@ func (s *ksetSlot) closeLocked() *pendingKset {
 	if len(s.open) == 0 {
 		return nil
 	}
-	pk := &pendingKset{keys: s.open, epoch: s.epoch, upto: s.appended, prev: s.last, done: make(chan struct{})}
+	pk := &pendingKset{keys: s.open, epoch: s.epoch, upto: s.appended, prev: s.last, journaling: make(chan struct{}), done: make(chan struct{})}
 	s.last = pk
 	s.open = nil
 	return pk
@@ -120,16 +135,22 @@ func (c *Cache) commitAsync(pk *pendingKset) {
 	}()
 }
 
-// commit persists the data of pk's keys, then the kset, after its
-// predecessor in the slot is durable. A full journal (no free segment) is
-// retried until GC or writeback frees one; only a media fault or a hard
-// stop ends it with an error.
+// commit persists the data of pk's keys, then, once its predecessor in
+// the slot is durable, the kset. The data persist does not wait for the
+// predecessor, so it overlaps (and shares flushes with) the predecessor's
+// kset persist. A full journal (no free segment) is retried until GC or
+// writeback frees one; only a media fault or a hard stop ends it with an
+// error.
 func (c *Cache) commit(pk *pendingKset) {
 	defer close(pk.done)
-	if pk.prev != nil {
-		<-pk.prev.done
-		pk.prev = nil
+	journaling := false
+	startJournaling := func() {
+		if !journaling {
+			journaling = true
+			close(pk.journaling)
+		}
 	}
+	defer startJournaling()
 	if err := c.failedErr(); err != nil {
 		pk.err = err
 		return
@@ -140,6 +161,15 @@ func (c *Cache) commit(pk *pendingKset) {
 		pk.err = c.failedErr()
 		return
 	}
+	if pk.prev != nil {
+		<-pk.prev.done
+		pk.prev = nil
+	}
+	if err := c.failedErr(); err != nil {
+		pk.err = err
+		return
+	}
+	startJournaling()
 	backoff := time.Millisecond
 	for {
 		ks, err := c.journal.Commit(pk.keys, pk.epoch)
@@ -245,10 +275,10 @@ func (c *Cache) persistKeyData(keys []persist.Key) error {
 
 // syncSlot makes every key appended to slot i so far durable. If those
 // keys are all in closed ksets it waits for the last of them. Otherwise,
-// while a commit of the slot is in flight, it waits for it and leaves its
-// keys in the open kset to be batched with keys arriving meanwhile; once
-// no commit is in flight it closes the open kset (everything accumulated)
-// and commits it on the caller's goroutine. Other syncs whose keys it
+// while the slot's last commit has not reached its kset write, it waits
+// and leaves its keys in the open kset to be batched with keys arriving
+// meanwhile; then it closes the open kset (everything accumulated) and
+// commits it on the caller's goroutine. Other syncs whose keys it
 // took wait for that commit instead of committing their own.
 func (c *Cache) syncSlot(i int) error {
 	s := &c.slots[i]
@@ -269,9 +299,11 @@ func (c *Cache) syncSlot(i int) error {
 			s.mu.Unlock()
 			return c.failedErr()
 		}
-		if inflight := s.last; inflight != nil && !inflight.finished() {
+		if inflight := s.last; inflight != nil && !inflight.finished() && !inflight.isJournaling() {
+			// Its data persist or its wait for its predecessor is still
+			// running: gather keys until it writes its kset.
 			s.mu.Unlock()
-			<-inflight.done
+			<-inflight.journaling
 			if err := c.failedErr(); err != nil {
 				return err
 			}
