@@ -65,13 +65,21 @@ func (lu *LU) checkXfer(r rwCDB) error {
 	return nil
 }
 
-func cmdRead(tk *task) error {
-	lu := tk.lu
+// decodeTransfer decodes the task's READ/WRITE-family CDB and checks its
+// protection field and that its range and transfer length fit the LU: the
+// prologue every data-transfer command shares.
+func (tk *task) decodeTransfer() (rwCDB, error) {
 	r := decodeRW(tk.cdb)
 	if err := checkProtect(r); err != nil {
-		return err
+		return r, err
 	}
-	if err := lu.checkXfer(r); err != nil {
+	return r, tk.lu.checkXfer(r)
+}
+
+func cmdRead(tk *task) error {
+	lu := tk.lu
+	r, err := tk.decodeTransfer()
+	if err != nil {
 		return err
 	}
 	bs := uint64(lu.blockSize)
@@ -119,11 +127,8 @@ func (tk *task) dataOut(n uint64) ([]byte, error) {
 // cmdWrite serves WRITE(6/10/12/16) and WRITE AND VERIFY(10/12/16).
 func cmdWrite(tk *task) error {
 	lu := tk.lu
-	r := decodeRW(tk.cdb)
-	if err := checkProtect(r); err != nil {
-		return err
-	}
-	if err := lu.checkXfer(r); err != nil {
+	r, err := tk.decodeTransfer()
+	if err != nil {
 		return err
 	}
 	bs := uint64(lu.blockSize)
@@ -187,11 +192,8 @@ func isWriteAndVerify(op byte) bool { return op == 0x2e || op == 0xae || op == 0
 // Data-Out with every block of the range.
 func cmdVerify(tk *task) error {
 	lu := tk.lu
-	r := decodeRW(tk.cdb)
-	if err := checkProtect(r); err != nil {
-		return err
-	}
-	if err := lu.checkXfer(r); err != nil {
+	r, err := tk.decodeTransfer()
+	if err != nil {
 		return err
 	}
 	bs := uint64(lu.blockSize)
@@ -518,11 +520,8 @@ const orWriteRetries = 64
 // medium) atomically, as a compare-and-write of what was read.
 func cmdOrWrite(tk *task) error {
 	lu := tk.lu
-	r := decodeRW(tk.cdb)
-	if err := checkProtect(r); err != nil {
-		return err
-	}
-	if err := lu.checkXfer(r); err != nil {
+	r, err := tk.decodeTransfer()
+	if err != nil {
 		return err
 	}
 	bs := uint64(lu.blockSize)
