@@ -48,7 +48,9 @@ func (d *daemon) reload(ctx context.Context, dryRun bool) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("configuration not reloaded, nothing applied: %w", err)
 	}
-	plan := reloadPlan(old, next)
+	live, liveNotes := d.liveConfig(old)
+	plan := reloadPlan(live, next)
+	annotateLive(&plan, liveNotes)
 	if restart := plan.NeedsRestart(); len(restart) > 0 {
 		reasons := make([]string, len(restart))
 		for i, c := range restart {
@@ -56,7 +58,16 @@ func (d *daemon) reload(ctx context.Context, dryRun bool) (string, error) {
 		}
 		return plan.String(), fmt.Errorf("%w: %s", errReloadNotLive, strings.Join(reasons, "; "))
 	}
-	if dryRun || plan.Empty() {
+	if dryRun {
+		return plan.String(), nil
+	}
+	if plan.Empty() {
+		// nothing runs differently, but the file may still differ from
+		// the last one loaded where the live state already matches it
+		d.mu.Lock()
+		d.cfg = next
+		d.mu.Unlock()
+		d.forgetAdminModes()
 		return plan.String(), nil
 	}
 	d.log.Info("reload: applying", "source", next.Source, "changes", len(plan.Changes))
@@ -70,8 +81,59 @@ func (d *daemon) reload(ctx context.Context, dryRun bool) (string, error) {
 		d.log.Error("reload failed", "err", err)
 		return plan.String(), err
 	}
+	d.forgetAdminModes()
 	d.log.Info("reload applied", "plan", plan.String())
 	return plan.String(), nil
+}
+
+// liveValue says where a live value that differs from the last loaded file
+// came from, for the plan.
+type liveValue struct {
+	section conf.Section
+	name    string
+	field   string
+	source  string // "live" or "live, set by admin"
+}
+
+// liveConfig is the running configuration with the values that can change
+// outside the file replaced by the live ones: the file is the desired
+// state, so a reload compares it with what runs, not with what was loaded
+// last. Today that is a volume's cache mode (the admin API's `volume mode`).
+// The notes name each replaced value.
+func (d *daemon) liveConfig(old *conf.Config) (*conf.Config, []liveValue) {
+	live := *old
+	live.Volumes = slices.Clone(old.Volumes)
+	var notes []liveValue
+	for i, v := range live.Volumes {
+		vol, ok := d.eng.cacheVolume(v.Name)
+		if !ok {
+			continue
+		}
+		running := vol.Mode()
+		if fileMode, err := cachecore.ParseMode(v.Mode); err == nil && fileMode == running {
+			continue
+		}
+		live.Volumes[i].Mode = string(running)
+		source := "live"
+		if d.adminMode(v.Name) == running {
+			source = "live, set by admin"
+		}
+		notes = append(notes, liveValue{section: conf.SectionVolume, name: v.Name, field: "mode", source: source})
+	}
+	return &live, notes
+}
+
+// annotateLive marks the changes whose old value is a live one, e.g.
+// "mode modified writethrough (live, set by admin) -> writeback (file)".
+func annotateLive(plan *conf.Plan, notes []liveValue) {
+	for i, c := range plan.Changes {
+		for _, n := range notes {
+			if c.Section == n.section && c.Name == n.name && c.Field == n.field && c.Kind == conf.Modified {
+				plan.Changes[i].Old = fmt.Sprintf("%s (%s)", c.Old, n.source)
+				plan.Changes[i].New = c.New + " (file)"
+			}
+		}
+	}
 }
 
 // loadForReload loads the file the daemon was started with and carries the

@@ -320,3 +320,88 @@ func unwrapVolume(v scsi.Volume) scsi.Volume {
 		v = u.Unwrap()
 	}
 }
+
+// adminVolume finds a volume as the admin API sees it.
+func adminVolumeNamed(t *testing.T, d *daemon, name string) admin.VolumeAPI {
+	t.Helper()
+	for _, v := range (&adminBackend{d: d}).Volumes() {
+		if v.Name() == name {
+			return v
+		}
+	}
+	t.Fatalf("admin API does not show volume %s", name)
+	return nil
+}
+
+// The file is the desired state: a mode set through the admin API is
+// shown by the dry run as a live value and converged to the file's by an
+// unrelated reload; once live and file agree, no mode change is planned.
+func TestReloadConvergesLiveMode(t *testing.T) {
+	d, p := startReloadDaemon(t)
+	dir := filepath.Dir(p)
+	ctx := context.Background()
+
+	if err := adminVolumeNamed(t, d, "v0").SetMode(ctx, "writethrough", nil); err != nil {
+		t.Fatal(err)
+	}
+	v0, _ := d.eng.cacheVolume("v0")
+	if v0.Mode() != cachecore.ModeWritethrough {
+		t.Fatalf("admin mode switch: v0 mode %v", v0.Mode())
+	}
+
+	// unrelated change: the log level only
+	writeFile(t, p, reloadConfig(dir, "debug", "writeback", false, ""))
+	plan, err := d.reload(ctx, true)
+	if err != nil {
+		t.Fatalf("dry run: %v", err)
+	}
+	const want = "volume v0: mode modified writethrough (live, set by admin) -> writeback (file)"
+	if !strings.Contains(plan, want) || !strings.Contains(plan, "log_level modified info -> debug") {
+		t.Errorf("dry-run plan lacks %q or the log level:\n%s", want, plan)
+	}
+	if v0.Mode() != cachecore.ModeWritethrough {
+		t.Fatalf("dry run switched the mode to %v", v0.Mode())
+	}
+
+	applied, err := d.reload(ctx, false)
+	if err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	if applied != plan {
+		t.Errorf("applied plan differs from the dry run:\n%s\nvs\n%s", applied, plan)
+	}
+	if v0.Mode() != cachecore.ModeWriteback {
+		t.Errorf("reload left v0 in mode %v, file says writeback", v0.Mode())
+	}
+	if d.level.Level() != slog.LevelDebug {
+		t.Errorf("log level %v", d.level.Level())
+	}
+
+	// live and file agree again: nothing to do
+	if plan, err := d.reload(ctx, true); err != nil || plan != "no changes" {
+		t.Errorf("converged daemon: plan %q, %v", plan, err)
+	}
+
+	// a live mode the file asks for anyway is no change; a mode switched
+	// by other means than the admin API is labelled live only
+	if err := adminVolumeNamed(t, d, "v0").SetMode(ctx, "writearound", nil); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, p, reloadConfig(dir, "debug", "writearound", false, ""))
+	if plan, err := d.reload(ctx, false); err != nil || strings.Contains(plan, "mode") {
+		t.Errorf("file agrees with the live mode: plan %q, %v", plan, err)
+	}
+	if m := d.config().Volumes[0].Mode; m != "writearound" {
+		t.Errorf("running configuration still says mode %s", m)
+	}
+	if err := v0.SetMode(ctx, cachecore.ModeWritethrough, nil); err != nil {
+		t.Fatal(err)
+	}
+	plan, err = d.reload(ctx, false)
+	if err != nil || !strings.Contains(plan, "mode modified writethrough (live) -> writearound (file)") {
+		t.Errorf("engine-side switch: plan %q, %v", plan, err)
+	}
+	if v0.Mode() != cachecore.ModeWritearound {
+		t.Errorf("v0 mode %v, file says writearound", v0.Mode())
+	}
+}

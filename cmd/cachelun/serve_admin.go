@@ -9,6 +9,7 @@ import (
 
 	"github.com/cachelun/cachelun/admin"
 	"github.com/cachelun/cachelun/admin/coreadapter"
+	"github.com/cachelun/cachelun/cachecore"
 	"github.com/cachelun/cachelun/conf"
 )
 
@@ -73,7 +74,7 @@ func (b *adminBackend) Volumes() []admin.VolumeAPI {
 	var out []admin.VolumeAPI
 	for _, v := range b.d.config().Volumes {
 		if vol, ok := b.d.eng.cacheVolume(v.Name); ok {
-			out = append(out, coreadapter.Volume(vol, v.Cache))
+			out = append(out, adminVolume{VolumeAPI: coreadapter.Volume(vol, v.Cache), d: b.d})
 		}
 	}
 	return out
@@ -101,4 +102,21 @@ func (b *adminBackend) Sessions() []admin.Session {
 // one transaction (see daemon.reload); a dry run only describes it.
 func (b *adminBackend) Reload(ctx context.Context, dryRun bool) (string, error) {
 	return b.d.reload(ctx, dryRun)
+}
+
+// adminVolume notes the mode switches made through the admin API, so that
+// a reload's plan can say that a live mode came from there.
+type adminVolume struct {
+	admin.VolumeAPI
+	d *daemon
+}
+
+func (v adminVolume) SetMode(ctx context.Context, m admin.Mode, progress func(admin.Progress)) error {
+	err := v.VolumeAPI.SetMode(ctx, m, progress)
+	// the engine switches before it drains: a cancelled drain still
+	// leaves the new mode running
+	if mode := cachecore.Mode(v.VolumeAPI.Mode()); mode == cachecore.Mode(m) {
+		v.d.noteAdminMode(v.Name(), mode)
+	}
+	return err
 }

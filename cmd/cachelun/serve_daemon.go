@@ -18,6 +18,7 @@ import (
 
 	"github.com/cachelun/cachelun/admin"
 	"github.com/cachelun/cachelun/backend"
+	"github.com/cachelun/cachelun/cachecore"
 	"github.com/cachelun/cachelun/conf"
 	"github.com/cachelun/cachelun/target/iscsi"
 	"github.com/cachelun/cachelun/target/scsi"
@@ -72,6 +73,38 @@ type daemon struct {
 	// listenOverride is the --listen address that replaced every target's
 	// portals ("" when none).
 	listenOverride string
+
+	// adminModesMu guards adminModes: the cache mode last set through the
+	// admin API, by volume, until a reload converges the volume to the
+	// file again. It only labels the reload plan.
+	adminModesMu sync.Mutex
+	adminModes   map[string]cachecore.Mode
+}
+
+// noteAdminMode records a mode switch made through the admin API.
+func (d *daemon) noteAdminMode(volume string, m cachecore.Mode) {
+	d.adminModesMu.Lock()
+	defer d.adminModesMu.Unlock()
+	if d.adminModes == nil {
+		d.adminModes = map[string]cachecore.Mode{}
+	}
+	d.adminModes[volume] = m
+}
+
+// adminMode is the mode last set through the admin API ("" if none since
+// the last reload).
+func (d *daemon) adminMode(volume string) cachecore.Mode {
+	d.adminModesMu.Lock()
+	defer d.adminModesMu.Unlock()
+	return d.adminModes[volume]
+}
+
+// forgetAdminModes clears the record after a reload made every volume's
+// mode the file's.
+func (d *daemon) forgetAdminModes() {
+	d.adminModesMu.Lock()
+	defer d.adminModesMu.Unlock()
+	clear(d.adminModes)
 }
 
 type lunURL struct {
