@@ -177,10 +177,13 @@ func open(ctx context.Context, store *persist.Store, cfg Config, replayed func(*
 	if c.distrustClean {
 		c.log.Warn("cache was retired after a media failure: dropping clean cache contents, keeping dirty data")
 	}
-	head, logSegs, err := c.replay(ctx)
+	head, logSegs, lastEpoch, err := c.replay(ctx)
 	if err != nil {
 		return nil, err
 	}
+	// Flush epochs keep increasing across restarts (a new session starts
+	// after the last replayed epoch), so epochs compare in log order.
+	c.epoch.Store(lastEpoch + 1)
 	c.logSegs = logSegs
 	// Replay grew the stripes' slices by doubling: trim them to size.
 	for i := range c.vols {
@@ -234,7 +237,7 @@ func open(ctx context.Context, store *persist.Store, cfg Config, replayed func(*
 // replay walks the log from key_tail and rebuilds index, references and
 // dirty accounting. Keys whose generation is older than their segment's are
 // dropped (their reference is still taken: GC puts it when it passes them).
-func (c *Cache) replay(ctx context.Context) (persist.Tail, []uint32, error) {
+func (c *Cache) replay(ctx context.Context) (head persist.Tail, logSegs []uint32, lastEpoch uint64, err error) {
 	kt := c.store.KeyTail()
 	dirtyLSN := c.store.DirtyTail().LSN
 	r := c.store.Replay(kt)
@@ -246,16 +249,17 @@ func (c *Cache) replay(ctx context.Context) (persist.Tail, []uint32, error) {
 		}
 		if n++; n%1024 == 0 {
 			if err := ctx.Err(); err != nil {
-				return persist.Tail{}, nil, err
+				return persist.Tail{}, nil, 0, err
 			}
 		}
+		lastEpoch = max(lastEpoch, ks.Epoch)
 		for i := range ks.Keys {
 			c.replayKey(&ks.Keys[i], ks.LSN >= dirtyLSN)
 		}
 	}
 	if err := r.StopReason(); err != nil && !errors.Is(err, persist.ErrEndOfLog) {
 		if errors.Is(err, persist.ErrMediaFault) {
-			return persist.Tail{}, nil, fmt.Errorf("cachecore: replay: %w", err)
+			return persist.Tail{}, nil, 0, fmt.Errorf("cachecore: replay: %w", err)
 		}
 		c.log.Info("replay stopped", "reason", err)
 	}
@@ -263,7 +267,7 @@ func (c *Cache) replay(ctx context.Context) (persist.Tail, []uint32, error) {
 	if len(segs) == 0 {
 		segs = []uint32{kt.Pos.Seg}
 	}
-	return r.Head(), segs, nil
+	return r.Head(), segs, lastEpoch, nil
 }
 
 func (c *Cache) replayKey(k *persist.Key, afterDirtyTail bool) {
