@@ -79,13 +79,17 @@ type Cache struct {
 	workers        sync.WaitGroup
 	bg             sync.WaitGroup // kset commits
 	hardStop       chan struct{}
-	closing        chan struct{} // closed when Close starts: waiting writers give up
-	closed         atomic.Bool
+	// intent, if not nil, records appended keys until they are journaled
+	// so that a process crash loses no acknowledged write.
+	intent  *IntentLog
+	closing chan struct{} // closed when Close starts: waiting writers give up
+	closed  atomic.Bool
 }
 
 type cacheCounters struct {
 	gcRuns, gcSegmentsFreed, deferredWrites, journalFullWaits atomic.Uint64
 	writebackBytes                                            atomic.Uint64
+	intentRecovered                                           atomic.Uint64
 	lastDirtyTailMove                                         atomic.Int64
 }
 
@@ -116,10 +120,27 @@ func Open(ctx context.Context, store *persist.Store, cfg Config) (*Cache, error)
 	return open(ctx, store, cfg, nil)
 }
 
+// OpenWithIntent is Open with an intent log (see IntentLog): keys the
+// previous process appended but did not journal before it died are
+// recovered from it, journaled durably and served, and this cache records
+// its own unjournaled keys in it. The cache owns intent from here on (it
+// closes it in Close, or at once if Open fails).
+func OpenWithIntent(ctx context.Context, store *persist.Store, cfg Config, intent *IntentLog) (*Cache, error) {
+	c, err := openWith(ctx, store, cfg, nil, intent)
+	if err != nil {
+		intent.Close()
+	}
+	return c, err
+}
+
 // open is Open; replayed (if not nil) sees the cache after replay, before
 // any background goroutine runs, so that tests can inspect the replayed
 // index exactly (GC may evict clean keys from it as soon as it starts).
 func open(ctx context.Context, store *persist.Store, cfg Config, replayed func(*Cache)) (*Cache, error) {
+	return openWith(ctx, store, cfg, replayed, nil)
+}
+
+func openWith(ctx context.Context, store *persist.Store, cfg Config, replayed func(*Cache), intent *IntentLog) (*Cache, error) {
 	if store == nil {
 		return nil, errors.New("cachecore: nil store")
 	}
@@ -147,6 +168,9 @@ func open(ctx context.Context, store *persist.Store, cfg Config, replayed func(*
 		closing:  make(chan struct{}),
 	}
 	c.cfg.Store(&cfg)
+	for i := range c.slots {
+		c.slots[i].idx = i
+	}
 	nh := 8
 	if nSeg < 32 {
 		nh = 2
@@ -180,6 +204,18 @@ func open(ctx context.Context, store *persist.Store, cfg Config, replayed func(*
 	head, logSegs, lastEpoch, err := c.replay(ctx)
 	if err != nil {
 		return nil, err
+	}
+	var recovered []intentKey
+	if intent != nil {
+		var why error
+		recovered, why = intent.recover(store, c.log)
+		if why != nil {
+			c.log.Info("intent log: nothing to recover", "path", intent.path, "reason", why)
+		}
+		for i := range recovered {
+			c.replayKey(&recovered[i].key, true)
+			lastEpoch = max(lastEpoch, recovered[i].epoch)
+		}
 	}
 	// Flush epochs keep increasing across restarts (a new session starts
 	// after the last replayed epoch), so epochs compare in log order.
@@ -216,6 +252,16 @@ func open(ctx context.Context, store *persist.Store, cfg Config, replayed func(*
 	c.journal = store.OpenJournal(head, c.allocJournalSegment)
 	c.durableHead.Store(head.LSN)
 	c.distrustUntil = head.LSN
+	if len(recovered) > 0 {
+		if err := c.journalRecovered(recovered); err != nil {
+			return nil, fmt.Errorf("cachecore: journal writes recovered from the intent log %s: %w", intent.path, err)
+		}
+		c.log.Warn("recovered acknowledged writes of a crashed process from the intent log", "path", intent.path, "keys", len(recovered))
+	}
+	if intent != nil {
+		intent.reset(store.Superblock().UUID)
+		c.intent = intent
+	}
 	if cfg.GCPercent != int(info.GCPercent) {
 		info.GCPercent = uint8(cfg.GCPercent)
 		if err := store.SetInfo(info); err != nil {
@@ -334,6 +380,33 @@ func (c *Cache) dataCRCOK(k *persist.Key) bool {
 		return false
 	}
 	return crc32.Checksum(b, castagnoli) == k.DataCRC
+}
+
+// journalRecovered makes keys recovered from the intent log durable in the
+// cache file, in their order (epoch, slot, sequence): their data first, then
+// ksets of one epoch each.
+func (c *Cache) journalRecovered(keys []intentKey) error {
+	for len(keys) > 0 {
+		n := 1
+		for n < len(keys) && n < persist.MaxKSetKeys && keys[n].epoch == keys[0].epoch {
+			n++
+		}
+		batch := make([]persist.Key, n)
+		for i := range batch {
+			batch[i] = keys[i].key
+		}
+		if err := c.persistKeyData(batch); err != nil {
+			return err
+		}
+		ks, err := c.journal.Commit(batch, keys[0].epoch)
+		if err != nil {
+			return err
+		}
+		c.durableHead.Store(ks.LSN + 1)
+		c.stats.intentRecovered.Add(uint64(n))
+		keys = keys[n:]
+	}
+	return nil
 }
 
 // allocJournalSegment is the journal's segment supplier.
@@ -662,6 +735,14 @@ func (c *Cache) Close(ctx context.Context) error {
 		<-done
 		if err == nil {
 			err = ctx.Err()
+		}
+	}
+	if err == nil && c.intent != nil {
+		// Only when every request has left: a straggler appending a key
+		// would otherwise write to an unmapped page. After an unclean
+		// Close the mapping stays until the process exits.
+		if cerr := c.intent.Close(); cerr != nil {
+			c.log.Warn("closing the intent log", "err", cerr)
 		}
 	}
 	return err

@@ -31,6 +31,7 @@ const ksetSlots = 16
 //
 // Lock order: stripe.mu, then ksetSlot.mu.
 type ksetSlot struct {
+	idx      int // position in Cache.slots
 	mu       sync.Mutex
 	open     []persist.Key
 	epoch    uint64
@@ -41,6 +42,7 @@ type ksetSlot struct {
 
 // pendingKset is a closed kset on its way to the log.
 type pendingKset struct {
+	slot  int
 	keys  []persist.Key
 	epoch uint64
 	upto  uint64 // the slot's appended count when it closed
@@ -81,7 +83,7 @@ func (s *ksetSlot) closeLocked() *pendingKset {
 	if len(s.open) == 0 {
 		return nil
 	}
-	pk := &pendingKset{keys: s.open, epoch: s.epoch, upto: s.appended, prev: s.last, journaling: make(chan struct{}), done: make(chan struct{})}
+	pk := &pendingKset{slot: s.idx, keys: s.open, epoch: s.epoch, upto: s.appended, prev: s.last, journaling: make(chan struct{}), done: make(chan struct{})}
 	s.last = pk
 	s.open = nil
 	return pk
@@ -108,6 +110,9 @@ func (c *Cache) appendKey(i int, k persist.Key) (sp spill) {
 	}
 	s.open = append(s.open, k)
 	s.appended++
+	if c.intent != nil {
+		c.intent.record(i, s.appended, s.epoch, &k)
+	}
 	if k.Volume < uint32(len(c.liveKeys)) {
 		c.liveKeys[k.Volume].Add(1)
 	}
@@ -174,6 +179,9 @@ func (c *Cache) commit(pk *pendingKset) {
 	for {
 		ks, err := c.journal.Commit(pk.keys, pk.epoch)
 		if err == nil {
+			if c.intent != nil {
+				c.intent.setJournaled(pk.slot, pk.upto)
+			}
 			for {
 				cur := c.durableHead.Load()
 				if ks.LSN+1 <= cur || c.durableHead.CompareAndSwap(cur, ks.LSN+1) {

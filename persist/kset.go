@@ -244,3 +244,19 @@ func decodeKSet(b []byte, lim keyLimits) (h ksetHeader, keys []Key, size uint32,
 	}
 	return h, keys, size, nil
 }
+
+// KeySize is the size of an encoded key.
+const KeySize = keySize
+
+// EncodeKey writes the KeySize-byte image of k (the layout of a key in a
+// kset) into b. The engine uses it for records kept outside the cache file.
+func EncodeKey(b []byte, k *Key) { encodeKey(b[:keySize], k) }
+
+// DecodeKey decodes a KeySize-byte key image and checks every field against
+// this store's bounds, as replay does.
+func (s *Store) DecodeKey(b []byte) (Key, error) {
+	if len(b) < keySize {
+		return Key{}, fmt.Errorf("%w: key image of %d bytes, want %d", ErrInvalidArgument, len(b), keySize)
+	}
+	return decodeKey(b, s.lim)
+}

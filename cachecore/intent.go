@@ -1,0 +1,326 @@
+package cachecore
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"log/slog"
+	"os"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cachelun/cachelun/persist"
+)
+
+// IntentLog keeps every key appended to an open kset, before the write it
+// belongs to is acknowledged, in memory that outlives the process but not
+// the machine: a file on tmpfs (or any file, see below) mapped shared.
+//
+// Why: a write is acknowledged once its data is in the cache file and its
+// key is in an open kset (contract 1). The data was written with pwrite (or
+// into a DAX mapping), so a killed process leaves it in the page cache, but
+// the open kset lived only in the process. Without the intent log a daemon
+// crash reverts acknowledged writes; the host, reconnected to the restarted
+// daemon, then gets GOOD for its next SYNCHRONIZE CACHE although writes it
+// sent before were lost, and a database believes its log is durable. With
+// it, Open after a process crash finds the keys that were acknowledged but
+// not yet journaled, verifies them, journals them durably and serves them:
+// a daemon crash loses no acknowledged write.
+//
+// Why it is safe: the record names the boot it was written in
+// (/proc/sys/kernel/random/boot_id). Within one boot the page cache is
+// coherent, so the data a recovered key points at is exactly what the dead
+// process wrote, even if none of it reached the disk yet. After a reboot
+// (power cut, kernel crash) the data may not be on the disk, so the records
+// are ignored and contract 5 applies (unjournaled writes may revert), as for
+// a disk that loses its volatile cache. The file may therefore live anywhere;
+// tmpfs (/run) avoids writing it back to a disk for nothing.
+//
+// Layout (little-endian), fixed size intentFileSize:
+//
+//	0      [8]  magic "clunINTL"
+//	8      u32  version (1)
+//	12     u32  slots (16)      16 u32 entries per slot   20 u32 entry size (80)
+//	24     [16] cache UUID      40 [16] boot id
+//	56     u64  session nonce (random per Open)
+//	64     u32  CRC32C of bytes [0, 64)
+//	4096   per slot, 64 bytes: u64 keys journaled (all keys with seq <= it
+//	       are durable in the cache file), u64 overflow flag
+//	8192   per slot, a ring of entries; entry seq s is at index s % entries:
+//	       0 u64 seq (1-based, per slot)   8 u64 session nonce
+//	       16 u64 flush epoch   24 [40] key (persist key image)
+//	       64 u32 CRC32C of bytes [0, 64)   68 [12] zero
+//
+// Concurrency: entries of a slot are written under that slot's mutex; the
+// journaled counter is an atomic maximum. Recovery runs in Open, alone.
+type IntentLog struct {
+	mem    []byte
+	unmap  func() error
+	bootID [16]byte
+	path   string
+
+	nonce     uint64
+	overflows atomic.Uint64
+}
+
+const (
+	intentMagic        = "clunINTL"
+	intentVersion      = 1
+	intentSlotEntries  = 8192
+	intentEntrySize    = 80
+	intentSlotHdrOff   = 4096
+	intentSlotHdrSize  = 64
+	intentEntriesOff   = 8192
+	intentFileSize     = intentEntriesOff + ksetSlots*intentSlotEntries*intentEntrySize
+	intentHeaderCRCEnd = 64
+)
+
+// ErrIntentLog is wrapped by errors opening an intent log.
+var ErrIntentLog = errors.New("cachecore: intent log")
+
+// OpenIntentFile maps the intent log at path, creating it (mode 0600) if
+// needed. Its contents are recovered by OpenWithIntent.
+func OpenIntentFile(path string) (*IntentLog, error) {
+	boot, err := currentBootID()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrIntentLog, err)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrIntentLog, err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrIntentLog, err)
+	}
+	if fi.Size() != intentFileSize {
+		// A file of another size is not ours (or a version with another
+		// geometry): start over.
+		if err := f.Truncate(0); err != nil {
+			return nil, fmt.Errorf("%w: %s: %v", ErrIntentLog, path, err)
+		}
+		if err := f.Truncate(intentFileSize); err != nil {
+			return nil, fmt.Errorf("%w: %s: %v", ErrIntentLog, path, err)
+		}
+	}
+	mem, err := unix.Mmap(int(f.Fd()), 0, intentFileSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return nil, fmt.Errorf("%w: mmap %s: %v", ErrIntentLog, path, err)
+	}
+	return &IntentLog{mem: mem, unmap: func() error { return unix.Munmap(mem) }, bootID: boot, path: path}, nil
+}
+
+// NewIntentLogMemory returns an intent log over mem (IntentLogSize bytes,
+// owned by the caller), as written in boot bootID. Tests use it to model a
+// process crash (copy mem) and a reboot (another boot id).
+func NewIntentLogMemory(mem []byte, bootID [16]byte) (*IntentLog, error) {
+	if len(mem) != intentFileSize {
+		return nil, fmt.Errorf("%w: %d bytes, want %d", ErrIntentLog, len(mem), intentFileSize)
+	}
+	return &IntentLog{mem: mem, bootID: bootID, path: "memory"}, nil
+}
+
+// IntentLogSize is the size of an intent log.
+const IntentLogSize = intentFileSize
+
+// Close unmaps the log. The Cache that owns it closes it.
+func (l *IntentLog) Close() error {
+	if l == nil || l.unmap == nil {
+		return nil
+	}
+	u := l.unmap
+	l.unmap = nil
+	return u()
+}
+
+func currentBootID() ([16]byte, error) {
+	var id [16]byte
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return id, fmt.Errorf("boot id: %v", err)
+	}
+	h, err := hex.DecodeString(strings.ReplaceAll(strings.TrimSpace(string(b)), "-", ""))
+	if err != nil || len(h) != 16 {
+		return id, fmt.Errorf("boot id %q: not a UUID", strings.TrimSpace(string(b)))
+	}
+	copy(id[:], h)
+	return id, nil
+}
+
+func (l *IntentLog) u64(off int) *uint64 {
+	return (*uint64)(unsafe.Pointer(&l.mem[off]))
+}
+
+func slotHdrOff(slot int) int { return intentSlotHdrOff + slot*intentSlotHdrSize }
+
+func entryOff(slot int, seq uint64) int {
+	return intentEntriesOff + (slot*intentSlotEntries+int(seq%intentSlotEntries))*intentEntrySize
+}
+
+// journaled returns how many keys of slot are durable in the cache file.
+func (l *IntentLog) journaled(slot int) uint64 {
+	return atomic.LoadUint64(l.u64(slotHdrOff(slot)))
+}
+
+// setJournaled records that keys up to seq of slot are durable.
+func (l *IntentLog) setJournaled(slot int, seq uint64) {
+	p := l.u64(slotHdrOff(slot))
+	for {
+		cur := atomic.LoadUint64(p)
+		if cur >= seq || atomic.CompareAndSwapUint64(p, cur, seq) {
+			return
+		}
+	}
+}
+
+// record writes key k (the seq-th key appended to slot, of flush epoch
+// epoch). The slot's mutex is held.
+func (l *IntentLog) record(slot int, seq, epoch uint64, k *persist.Key) {
+	if seq-l.journaled(slot) > intentSlotEntries {
+		// The ring wraps onto a key that is not journaled yet: recovery
+		// of this slot is incomplete from now on. The ring holds 8192
+		// keys per slot; only a journal stalled far longer than writes
+		// can continue gets here.
+		if atomic.LoadUint64(l.u64(slotHdrOff(slot)+8)) == 0 {
+			atomic.StoreUint64(l.u64(slotHdrOff(slot)+8), 1)
+		}
+		l.overflows.Add(1)
+	}
+	e := l.mem[entryOff(slot, seq):][:intentEntrySize]
+	binary.LittleEndian.PutUint64(e[0:], seq)
+	binary.LittleEndian.PutUint64(e[8:], l.nonce)
+	binary.LittleEndian.PutUint64(e[16:], epoch)
+	persist.EncodeKey(e[24:64], k)
+	binary.LittleEndian.PutUint32(e[64:], crc32.Checksum(e[:64], castagnoli))
+}
+
+// intentKey is a key recovered from the intent log.
+type intentKey struct {
+	slot  int
+	seq   uint64
+	epoch uint64
+	key   persist.Key
+}
+
+// recover returns the keys of the previous session that were appended but
+// not journaled, in the order they must be journaled again (flush epoch,
+// then slot, then sequence), or nil with the reason there is nothing to
+// recover. It never writes.
+func (l *IntentLog) recover(store *persist.Store, log *slog.Logger) ([]intentKey, error) {
+	h := l.mem[:intentSlotHdrOff]
+	if string(h[0:8]) != intentMagic {
+		return nil, errors.New("no intent log (fresh file)")
+	}
+	if got := binary.LittleEndian.Uint32(h[64:]); got != crc32.Checksum(h[:intentHeaderCRCEnd], castagnoli) {
+		return nil, errors.New("header CRC mismatch")
+	}
+	if v := binary.LittleEndian.Uint32(h[8:]); v != intentVersion {
+		return nil, fmt.Errorf("version %d, want %d", v, intentVersion)
+	}
+	if binary.LittleEndian.Uint32(h[12:]) != ksetSlots || binary.LittleEndian.Uint32(h[16:]) != intentSlotEntries ||
+		binary.LittleEndian.Uint32(h[20:]) != intentEntrySize {
+		return nil, errors.New("geometry differs")
+	}
+	uuid := store.Superblock().UUID
+	if !bytes.Equal(h[24:40], uuid[:]) {
+		return nil, errors.New("written for another cache file (UUID differs)")
+	}
+	if !bytes.Equal(h[40:56], l.bootID[:]) {
+		return nil, errors.New("written before a reboot: unjournaled writes may not have reached the disk, so they are not recovered")
+	}
+	nonce := binary.LittleEndian.Uint64(h[56:])
+	var out []intentKey
+	for slot := range ksetSlots {
+		done := l.journaled(slot)
+		if atomic.LoadUint64(l.u64(slotHdrOff(slot)+8)) != 0 {
+			log.Error("intent log ring of a kset slot overflowed: some writes acknowledged before the crash may be lost", "slot", slot)
+		}
+		var found []intentKey
+		for i := range intentSlotEntries {
+			e := l.mem[intentEntriesOff+(slot*intentSlotEntries+i)*intentEntrySize:][:intentEntrySize]
+			seq := binary.LittleEndian.Uint64(e[0:])
+			if seq <= done || binary.LittleEndian.Uint64(e[8:]) != nonce ||
+				binary.LittleEndian.Uint32(e[64:]) != crc32.Checksum(e[:64], castagnoli) {
+				continue
+			}
+			if int(seq%intentSlotEntries) != i {
+				return nil, fmt.Errorf("slot %d entry %d holds sequence %d (corrupt)", slot, i, seq)
+			}
+			k, err := store.DecodeKey(e[24:64])
+			if err != nil {
+				return nil, fmt.Errorf("slot %d sequence %d: %w", slot, seq, err)
+			}
+			found = append(found, intentKey{slot: slot, seq: seq, epoch: binary.LittleEndian.Uint64(e[16:]), key: k})
+		}
+		slices.SortFunc(found, func(a, b intentKey) int { return cmpU64(a.seq, b.seq) })
+		// Keys are appended with consecutive sequence numbers; a gap is a
+		// record torn by the crash (its write was not acknowledged), and
+		// nothing after it can be (its slot mutex was not released).
+		want := done + 1
+		for _, k := range found {
+			if k.seq != want {
+				log.Warn("intent log: gap in a slot's sequence: later records ignored", "slot", slot, "expected", want, "found", k.seq)
+				break
+			}
+			out = append(out, k)
+			want++
+		}
+	}
+	slices.SortStableFunc(out, func(a, b intentKey) int {
+		if c := cmpU64(a.epoch, b.epoch); c != 0 {
+			return c
+		}
+		if a.slot != b.slot {
+			return a.slot - b.slot
+		}
+		return cmpU64(a.seq, b.seq)
+	})
+	return out, nil
+}
+
+func cmpU64(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// reset starts a new session: everything recorded before is journaled or
+// given up. The counters are cleared before the header names the new
+// nonce, so a crash in between leaves either the old session (recovered
+// again, which is idempotent because nothing was written since) or the new
+// one.
+func (l *IntentLog) reset(uuid [16]byte) {
+	for slot := range ksetSlots {
+		atomic.StoreUint64(l.u64(slotHdrOff(slot)), 0)
+		atomic.StoreUint64(l.u64(slotHdrOff(slot)+8), 0)
+	}
+	var nb [8]byte
+	for l.nonce == 0 {
+		_, _ = rand.Read(nb[:])
+		l.nonce = binary.LittleEndian.Uint64(nb[:])
+	}
+	h := l.mem[:intentSlotHdrOff]
+	clear(h[:intentHeaderCRCEnd+4])
+	copy(h[0:8], intentMagic)
+	binary.LittleEndian.PutUint32(h[8:], intentVersion)
+	binary.LittleEndian.PutUint32(h[12:], ksetSlots)
+	binary.LittleEndian.PutUint32(h[16:], intentSlotEntries)
+	binary.LittleEndian.PutUint32(h[20:], intentEntrySize)
+	copy(h[24:40], uuid[:])
+	copy(h[40:56], l.bootID[:])
+	binary.LittleEndian.PutUint64(h[56:], l.nonce)
+	binary.LittleEndian.PutUint32(h[64:], crc32.Checksum(h[:intentHeaderCRCEnd], castagnoli))
+}
