@@ -68,10 +68,11 @@ type LU struct {
 	maxCAWBlocks      uint32
 	optimalXferBlocks uint32
 
-	defaultWCE bool
-	wce        atomic.Bool // current WCE
-	savedWCE   atomic.Bool // saved WCE (what the state file holds)
-	wceSaved   atomic.Bool // the state file holds a WCE (MODE SELECT SP=1)
+	defaultWCE    bool        // WCE of the default page: LUConfig.WriteCache
+	configuredWCE atomic.Bool // LUConfig.WriteCache or SetConfiguredWriteCache
+	wce           atomic.Bool // current WCE
+	savedWCE      atomic.Bool // saved WCE (what the state file holds)
+	wceSaved      atomic.Bool // the state file holds a WCE (MODE SELECT SP=1)
 
 	// taskSet orders tasks by attribute: SIMPLE (and ACA, untagged) hold
 	// it shared, ORDERED exclusively, HEAD OF QUEUE not at all.
@@ -212,6 +213,7 @@ func newLU(t *Target, lun uint64, cfg LUConfig) (*LU, error) {
 	lu.nexuses.Store(&empty)
 
 	lu.defaultWCE = cfg.WriteCache
+	lu.configuredWCE.Store(cfg.WriteCache)
 	lu.wce.Store(cfg.WriteCache)
 	lu.savedWCE.Store(cfg.WriteCache)
 	if err := lu.loadState(); err != nil {
@@ -251,6 +253,55 @@ func (lu *LU) Volume() Volume { return lu.vol }
 
 // WriteCacheEnabled reports the current WCE bit.
 func (lu *LU) WriteCacheEnabled() bool { return lu.wce.Load() }
+
+// SetConfiguredWriteCache changes the configured WCE (LUConfig.WriteCache)
+// of a running logical unit: the operator's setting, as opposed to the
+// host's MODE SELECT.
+//
+// Precedence: a caching page the host saved (MODE SELECT with SP=1, kept in
+// StatePath) wins; the new setting is then only recorded and the current
+// WCE stays the host's. Otherwise the current (and reported saved) WCE
+// becomes on, and when it changed every I_T nexus gets MODE PARAMETERS
+// CHANGED so hosts re-read the caching page. A host's unsaved MODE SELECT
+// (SP=0) does not survive this call. The default page (PC=10b) keeps the
+// value the unit was created with.
+//
+// Turning the write cache off waits for the commands in the task set to
+// finish (as an ORDERED task would) and flushes the volume before any later
+// write is treated as FUA-only: a host that sees WCE=0 stops sending
+// SYNCHRONIZE CACHE, so every write it got GOOD for under WCE=1 must be
+// durable first. If the flush fails, WCE stays on and the error is
+// returned. HEAD OF QUEUE commands bypass the task set and are not waited
+// for. The call reports whether the current WCE changed.
+func (lu *LU) SetConfiguredWriteCache(ctx context.Context, on bool) (changed bool, err error) {
+	lu.taskSet.Lock()
+	defer lu.taskSet.Unlock()
+	lu.configuredWCE.Store(on)
+	if lu.wceSaved.Load() {
+		return false, nil
+	}
+	if lu.wce.Load() == on {
+		lu.savedWCE.Store(on)
+		return false, nil
+	}
+	if !on {
+		if err := lu.vol.Flush(ctx); err != nil {
+			return false, fmt.Errorf("scsi: LUN %d: flush before turning the write cache off: %w", lu.lun, err)
+		}
+	}
+	lu.wce.Store(on)
+	lu.savedWCE.Store(on)
+	lu.raiseAll(ASCModeParametersChanged, nil)
+	return true, nil
+}
+
+// ConfiguredWriteCache reports the configured WCE: LUConfig.WriteCache or
+// the last SetConfiguredWriteCache.
+func (lu *LU) ConfiguredWriteCache() bool { return lu.configuredWCE.Load() }
+
+// WriteCacheSavedByHost reports whether a host saved the caching page
+// (MODE SELECT with SP=1), which takes precedence over the configured WCE.
+func (lu *LU) WriteCacheSavedByHost() bool { return lu.wceSaved.Load() }
 
 // NotifyCapacityChanged raises CAPACITY DATA HAS CHANGED on every nexus;
 // call it after the volume's size changed.
