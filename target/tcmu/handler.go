@@ -70,6 +70,10 @@ type Config struct {
 	// device's configfs emulate_write_cache=1 also enables it, and a
 	// live change of that attribute is applied.
 	WriteCache bool
+	// DeviceWriteCache, if set, gives the initial WCE of the device serving
+	// cfgstring instead of WriteCache (per-volume settings). It is called
+	// when a device starts and must be quick.
+	DeviceWriteCache func(cfgstring string) bool
 	// DBusAddress is the bus to publish org.kernel.TCMUService1 on: ""
 	// means the system bus (skipped with a warning when there is none),
 	// DisableDBus turns the service off.
@@ -403,6 +407,9 @@ func (h *Handler) open(name uioName, minor uint32, reopen bool) (err error) {
 func (h *Handler) startDevice(name uioName, minor uint32, dir string, sv *sizedVolume, port uioPort, mm []byte, release func()) error {
 	od := &openDevice{vol: sv, cfg: name.cfg, port: port, done: make(chan struct{}), dir: dir}
 	od.wce = h.cfg.WriteCache
+	if h.cfg.DeviceWriteCache != nil {
+		od.wce = h.cfg.DeviceWriteCache(name.cfg)
+	}
 	if v, err := readUint(filepath.Join(dir, "attrib", "emulate_write_cache")); err == nil && v == 1 {
 		od.wce = true
 	}
@@ -541,30 +548,48 @@ func (h *Handler) reconfigure(e nlEvent) error {
 		od.luMu.Unlock()
 		return nil
 	case e.hasWriteCache:
-		return od.setWriteCache(e.writeCache)
+		ctx, cancel := context.WithTimeout(context.Background(), h.cfg.ShutdownGrace)
+		defer cancel()
+		return od.setWriteCache(ctx, e.writeCache)
 	}
 	return nil
 }
 
-// setWriteCache changes the WCE bit: the logical unit is re-created with the
-// new setting (its unit attention and reservation state starts over; LIO
-// keeps persistent reservations of TCMU devices itself).
-func (od *openDevice) setWriteCache(on bool) error {
+// setWriteCache changes the configured WCE of the device's logical unit
+// live (scsi.LU.SetConfiguredWriteCache: turning it off flushes the volume
+// first, hosts get MODE PARAMETERS CHANGED). A unit not created yet starts
+// with it.
+func (od *openDevice) setWriteCache(ctx context.Context, on bool) error {
 	od.luMu.Lock()
 	defer od.luMu.Unlock()
 	od.wce = on
-	if od.lu == nil || od.lu.WriteCacheEnabled() == on {
+	if od.lu == nil {
 		return nil
 	}
-	if setter, ok := any(od.lu).(interface{ SetWriteCache(bool) error }); ok {
-		return setter.SetWriteCache(on)
-	}
-	if err := od.target.RemoveLU(0); err != nil {
-		return err
-	}
-	od.lu = nil
-	_, err := od.addLU()
+	_, err := od.lu.SetConfiguredWriteCache(ctx, on)
 	return err
+}
+
+// SetConfiguredWriteCache applies a new configured WCE to every device
+// serving cfgstring (see scsi.LU.SetConfiguredWriteCache); devices started
+// later get Config.DeviceWriteCache. It reports how many devices it
+// reached.
+func (h *Handler) SetConfiguredWriteCache(ctx context.Context, cfgstring string, on bool) (int, error) {
+	h.mu.Lock()
+	var devs []*openDevice
+	for _, od := range h.devices {
+		if od.cfg == cfgstring {
+			devs = append(devs, od)
+		}
+	}
+	h.mu.Unlock()
+	var errs []error
+	for _, od := range devs {
+		if err := od.setWriteCache(ctx, on); err != nil {
+			errs = append(errs, fmt.Errorf("tcmu: device %s: %w", od.dev.name.configDir(), err))
+		}
+	}
+	return len(devs), errors.Join(errs...)
 }
 
 // DeviceInfo describes a device the handler serves.
