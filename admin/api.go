@@ -88,15 +88,21 @@ type Explanation struct {
 	// block is cached.
 	Segment       uint32 `json:"segment"`
 	SegmentOffset uint32 `json:"segment_offset"`
-	Gen           uint64 `json:"gen"`
-	LSN           uint64 `json:"lsn"`
+	// Gen is the generation of that segment when the key was written.
+	// (The engine does not track which kset wrote a block, so there is no
+	// per-block LSN.)
+	Gen uint64 `json:"gen"`
 }
 
-// Session is one initiator session on a front end.
+// Session is one initiator session on a front end. A TCMU device (kernel
+// LIO backstore) is reported as one session: Transport "tcmu", Target the
+// device's configfs name (e.g. "user_0/db1"), Volume the volume it serves
+// and no initiator (LIO's fabrics own those).
 type Session struct {
 	Transport string   `json:"transport"` // "iscsi" or "tcmu"
 	Initiator string   `json:"initiator"`
 	Target    string   `json:"target"`
+	Volume    string   `json:"volume,omitempty"` // the volume a TCMU device serves
 	Portal    string   `json:"portal,omitempty"` // local address the session came in on
 	Remote    string   `json:"remote,omitempty"` // initiator's address
 	ID        string   `json:"id,omitempty"`     // e.g. ISID/TSIH
@@ -127,10 +133,12 @@ type CacheAPI interface {
 	Name() string
 	Path() string
 	Stats() CacheStats
-	// Detach removes a failed cache from service; volumes continue on
-	// their backing devices as the failure policy allows. The server calls
-	// it only when Stats().Failed is true.
-	Detach(ctx context.Context) error
+	// Detach removes a failed cache from service: its volumes keep
+	// serving I/O directly on their backing devices (passthrough). It
+	// refuses while a volume still has dirty data in the cache unless
+	// force is set, which abandons that data. The server calls it only
+	// when Stats().Failed is true.
+	Detach(ctx context.Context, force bool) error
 }
 
 // Backend is the daemon as seen by the admin server.

@@ -184,9 +184,10 @@ func (c *Client) Caches(ctx context.Context) (CachesResponse, error) {
 	return r, err
 }
 
-// Detach starts detaching a failed cache.
-func (c *Client) Detach(ctx context.Context, cache string) (Job, error) {
-	return c.startJob(ctx, "/v1/caches/"+url.PathEscape(cache)+"/detach", nil)
+// Detach starts detaching a failed cache; force abandons the dirty data
+// its volumes still have in it.
+func (c *Client) Detach(ctx context.Context, cache string, force bool) (Job, error) {
+	return c.startJob(ctx, "/v1/caches/"+url.PathEscape(cache)+"/detach", DetachRequest{Force: force})
 }
 
 // Sessions lists the initiator sessions.

@@ -112,6 +112,13 @@ type ModeRequest struct {
 	Mode Mode `json:"mode"`
 }
 
+// DetachRequest is the (optional) body of POST /v1/caches/{name}/detach.
+type DetachRequest struct {
+	// Force detaches even though volumes still have dirty data in the
+	// failed cache; that data is abandoned.
+	Force bool `json:"force"`
+}
+
 // ReloadRequest is the (optional) body of POST /v1/reload.
 type ReloadRequest struct {
 	DryRun bool `json:"dry_run"`
@@ -486,7 +493,11 @@ func (s *Server) handleCache(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleDetach(w http.ResponseWriter, r *http.Request) {
-	closeBody(r.Body)
+	var req DetachRequest
+	if err := decodeBody(r, &req, true); err != nil {
+		writeError(w, http.StatusBadRequest, "bad_request", err.Error())
+		return
+	}
 	_, c, info, ok := s.findCache(w, r)
 	if !ok {
 		return
@@ -496,8 +507,15 @@ func (s *Server) handleDetach(w http.ResponseWriter, r *http.Request) {
 			fmt.Sprintf("cache %q has not failed; only a failed cache can be detached", info.Name))
 		return
 	}
-	s.startJob(w, JobDetach, "cache/"+info.Name, "", false, func(ctx context.Context, _ func(Progress)) (string, error) {
-		return "", c.Detach(ctx)
+	args := ""
+	if req.Force {
+		args = "force"
+	}
+	s.startJob(w, JobDetach, "cache/"+info.Name, args, false, func(ctx context.Context, _ func(Progress)) (string, error) {
+		if err := c.Detach(ctx, req.Force); err != nil {
+			return "", err
+		}
+		return fmt.Sprintf("cache %s detached; its volumes run in passthrough on their backing devices", info.Name), nil
 	})
 }
 

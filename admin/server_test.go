@@ -495,18 +495,36 @@ func TestReloadAndDetach(t *testing.T) {
 	}
 
 	f.cache.SetStats(admin.CacheStats{Failed: true, FailureReason: "EIO reading segment 4"})
-	j, err = f.client.Detach(ctx, "nvme0")
+	f.cache.DetachErr = errors.New("volume db1 has 8 MiB of dirty data")
+	j, err = f.client.Detach(ctx, "nvme0", false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := waitJob(t, f.client, j.ID); got.State != admin.JobSucceeded || f.cache.Detached.Load() != 1 {
+	if got := waitJob(t, f.client, j.ID); got.State != admin.JobFailed || !strings.Contains(got.Error, "db1 has 8 MiB") ||
+		f.cache.Detached.Load() != 0 {
+		t.Errorf("detach refused by the engine: %+v, detached %d", got, f.cache.Detached.Load())
+	}
+	j, err = f.client.Detach(ctx, "nvme0", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := waitJob(t, f.client, j.ID); got.State != admin.JobSucceeded || got.Args != "force" ||
+		f.cache.Forced.Load() != 1 || !strings.Contains(got.Result, "detached") {
+		t.Errorf("forced detach %+v, forced %d", got, f.cache.Forced.Load())
+	}
+	f.cache.DetachErr = nil
+	j, err = f.client.Detach(ctx, "nvme0", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := waitJob(t, f.client, j.ID); got.State != admin.JobSucceeded || f.cache.Detached.Load() != 2 {
 		t.Errorf("detach %+v, detached %d", got, f.cache.Detached.Load())
 	}
 }
 
 func TestExplain(t *testing.T) {
 	f := newFixture(t)
-	want := admin.Explanation{Offset: 2048 * 512, State: "hit", Dirty: true, Segment: 12, SegmentOffset: 65536, Gen: 3, LSN: 991}
+	want := admin.Explanation{Offset: 2048 * 512, State: "hit", Dirty: true, Segment: 12, SegmentOffset: 65536, Gen: 3}
 	f.db1.SetExplanation(2048*512, want)
 	r, err := f.client.Explain(context.Background(), "db1", 2048)
 	if err != nil {

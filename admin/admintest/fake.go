@@ -247,8 +247,12 @@ func cloneStats(st admin.VolumeStats) admin.VolumeStats {
 // Cache is a fake admin.CacheAPI.
 type Cache struct {
 	name, path string
-	// Detached counts Detach calls.
+	// Detached counts Detach calls that succeeded.
 	Detached atomic.Int32
+	// Forced counts Detach calls with force.
+	Forced atomic.Int32
+	// DetachErr, if set, is what Detach without force returns.
+	DetachErr error
 
 	mu    sync.Mutex
 	stats admin.CacheStats
@@ -278,7 +282,12 @@ func (c *Cache) Stats() admin.CacheStats {
 }
 
 // Detach implements admin.CacheAPI.
-func (c *Cache) Detach(ctx context.Context) error {
+func (c *Cache) Detach(ctx context.Context, force bool) error {
+	if force {
+		c.Forced.Add(1)
+	} else if c.DetachErr != nil {
+		return c.DetachErr
+	}
 	c.Detached.Add(1)
 	return nil
 }

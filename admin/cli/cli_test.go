@@ -276,15 +276,22 @@ func TestReloadPrintsPlan(t *testing.T) {
 
 func TestExplainAndSessions(t *testing.T) {
 	f := newFixture(t)
-	f.db1.SetExplanation(2048*512, admin.Explanation{Offset: 2048 * 512, State: "hit", Dirty: true, Segment: 12, SegmentOffset: 65536, Gen: 3, LSN: 991})
+	f.db1.SetExplanation(2048*512, admin.Explanation{Offset: 2048 * 512, State: "hit", Dirty: true, Segment: 12, SegmentOffset: 65536, Gen: 3})
 	code, out, errOut := f.run(t, cli.Explain, "db1", "2048")
 	if code != cli.ExitOK {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
-	for _, want := range []string{"LBA 2048", "byte offset 1048576", ": hit", "dirty", "segment 12 offset 65536", "generation 3", "LSN 991"} {
+	for _, want := range []string{"LBA 2048", "byte offset 1048576", ": hit", "dirty", "segment 12 offset 65536", "generation 3"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("explain output %q lacks %q", out, want)
 		}
+	}
+	if strings.Contains(out, "LSN") {
+		t.Errorf("explain output %q shows an LSN the engine does not track", out)
+	}
+	code, out, _ = f.run(t, cli.Explain, "db1", "2048", "--json")
+	if code != cli.ExitOK || strings.Contains(out, "lsn") || !strings.Contains(out, `"gen": 3`) {
+		t.Errorf("explain --json: exit %d, %q (want gen and no lsn)", code, out)
 	}
 	code, out, _ = f.run(t, cli.Explain, "db1", "0x10")
 	if code != cli.ExitOK || !strings.Contains(out, "LBA 16") || !strings.Contains(out, "not cached") {
@@ -370,5 +377,21 @@ func TestHungDaemonIsUnreachable(t *testing.T) {
 	t.Logf("gave up after %v", time.Since(start))
 	if code != cli.ExitUnreachable || !strings.Contains(errOut, "no answer within 200ms") {
 		t.Errorf("hung daemon: exit %d, %q", code, errOut)
+	}
+}
+
+// cache detach: a failed cache whose volumes still hold dirty data is
+// refused (exit 1, the engine's reason on stderr) unless --force is given.
+func TestCacheDetachForce(t *testing.T) {
+	f := newFixture(t)
+	f.cache.SetStats(admin.CacheStats{Failed: true, FailureReason: "EIO"})
+	f.cache.DetachErr = errors.New("volumes with dirty data: db1 (8.0 MiB)")
+	code, _, errOut := f.run(t, cli.Cache, "detach", "nvme0")
+	if code != cli.ExitFailed || !strings.Contains(errOut, "db1 (8.0 MiB)") || f.cache.Detached.Load() != 0 {
+		t.Fatalf("detach with dirty data: exit %d, stderr %q, detached %d", code, errOut, f.cache.Detached.Load())
+	}
+	code, out, errOut := f.run(t, cli.Cache, "detach", "nvme0", "--force")
+	if code != cli.ExitOK || f.cache.Forced.Load() != 1 || f.cache.Detached.Load() != 1 {
+		t.Fatalf("detach --force: exit %d, %q %q, forced %d", code, out, errOut, f.cache.Forced.Load())
 	}
 }

@@ -319,10 +319,11 @@ func Cache(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		tw.Flush()
 		return ExitOK
 	case "detach":
-		var noWait bool
-		fs := newFlags("cache detach", "cache detach NAME [--no-wait] [--json]", stderr)
+		var noWait, force bool
+		fs := newFlags("cache detach", "cache detach NAME [--force] [--no-wait] [--json]", stderr)
 		c.register(fs)
 		fs.BoolVar(&noWait, "no-wait", false, "start the job and return")
+		fs.BoolVar(&force, "force", false, "detach even though volumes still have dirty data in the failed cache (that data is lost)")
 		pos, code, ok := parseArgs(fs, rest)
 		if !ok {
 			return code
@@ -331,7 +332,7 @@ func Cache(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return usageError(fs, stderr, "want exactly one cache name")
 		}
 		return runJob(ctx, &c, "cache detach", "detach "+pos[0], noWait, stdout, stderr,
-			func(ctx context.Context, cl *admin.Client) (admin.Job, error) { return cl.Detach(ctx, pos[0]) }, nil)
+			func(ctx context.Context, cl *admin.Client) (admin.Job, error) { return cl.Detach(ctx, pos[0], force) }, nil)
 	default:
 		fmt.Fprintln(stderr, "usage: cachelun cache list|detach NAME [flags]")
 		return ExitUsage
@@ -365,14 +366,14 @@ func Session(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	staleNote(stdout, r.SnapshotMeta)
 	tw := table(stdout)
-	fmt.Fprintln(tw, "TRANSPORT\tINITIATOR\tTARGET\tPORTAL\tREMOTE\tLUNS\tIN FLIGHT\tID")
+	fmt.Fprintln(tw, "TRANSPORT\tINITIATOR\tTARGET\tVOLUME\tPORTAL\tREMOTE\tLUNS\tIN FLIGHT\tID")
 	for _, s := range r.Sessions {
 		luns := make([]string, len(s.LUNs))
 		for i, l := range s.LUNs {
 			luns[i] = strconv.FormatUint(l, 10)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", s.Transport, s.Initiator, s.Target, s.Portal, s.Remote,
-			strings.Join(luns, ","), s.InFlight, s.ID)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", s.Transport, orDash(s.Initiator), s.Target,
+			orDash(s.Volume), orDash(s.Portal), orDash(s.Remote), orDash(strings.Join(luns, ",")), s.InFlight, orDash(s.ID))
 	}
 	tw.Flush()
 	return ExitOK
@@ -518,8 +519,15 @@ func describe(r admin.ExplainResponse) string {
 		} else {
 			b.WriteString("  clean: the backing device holds the same data\n")
 		}
-		fmt.Fprintf(&b, "  cached at segment %d offset %d (segment generation %d), key written in kset LSN %d\n",
-			e.Segment, e.SegmentOffset, e.Gen, e.LSN)
+		fmt.Fprintf(&b, "  cached at segment %d offset %d (segment generation %d)\n", e.Segment, e.SegmentOffset, e.Gen)
 	}
 	return b.String()
+}
+
+// orDash shows an empty table cell as "-".
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }

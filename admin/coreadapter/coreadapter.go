@@ -92,20 +92,19 @@ func Explanation(e cachecore.Explanation) admin.Explanation {
 		Segment:       e.Pos.Seg,
 		SegmentOffset: e.Pos.Off,
 		Gen:           e.Gen,
-		LSN:           e.LSN,
 	}
 }
 
 type cache struct {
 	name, path string
 	c          *cachecore.Cache
-	detach     func(context.Context) error
+	detach     func(ctx context.Context, force bool) error
 }
 
 // Cache adapts an engine cache. detach, if not nil, is what Detach does
 // (the daemon decides how a failed cache leaves service); nil makes Detach
 // fail with ErrDetachUnsupported.
-func Cache(name, path string, c *cachecore.Cache, detach func(context.Context) error) admin.CacheAPI {
+func Cache(name, path string, c *cachecore.Cache, detach func(ctx context.Context, force bool) error) admin.CacheAPI {
 	return &cache{name: name, path: path, c: c, detach: detach}
 }
 
@@ -114,11 +113,11 @@ func (a *cache) Path() string { return a.path }
 
 func (a *cache) Stats() admin.CacheStats { return CacheStats(a.c.Stats()) }
 
-func (a *cache) Detach(ctx context.Context) error {
+func (a *cache) Detach(ctx context.Context, force bool) error {
 	if a.detach == nil {
 		return fmt.Errorf("%w: %s", ErrDetachUnsupported, a.name)
 	}
-	return a.detach(ctx)
+	return a.detach(ctx, force)
 }
 
 // CacheStats converts engine cache statistics.

@@ -146,7 +146,7 @@ func TestAdminOverRealEngine(t *testing.T) {
 		t.Errorf("caches %+v (%v)", cr.Caches, err)
 	}
 	// Detach needs a failed cache and a detach function.
-	if _, err := cl.Detach(ctx, "nvme0"); err == nil || !strings.Contains(err.Error(), "has not failed") {
+	if _, err := cl.Detach(ctx, "nvme0", false); err == nil || !strings.Contains(err.Error(), "has not failed") {
 		t.Errorf("detach of a healthy cache: %v", err)
 	}
 	ss, err := cl.Sessions(ctx)
