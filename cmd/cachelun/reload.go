@@ -58,6 +58,9 @@ func (d *daemon) reload(ctx context.Context, dryRun bool) (string, error) {
 		}
 		return plan.String(), fmt.Errorf("%w: %s", errReloadNotLive, strings.Join(reasons, "; "))
 	}
+	if err := d.tcmuBound(old, next); err != nil {
+		return plan.String(), err
+	}
 	if dryRun {
 		return plan.String(), nil
 	}
@@ -156,18 +159,49 @@ func (d *daemon) loadForReload(old *conf.Config) (*conf.Config, error) {
 	return next, nil
 }
 
-// reloadPlan is conf.Diff without the TCMU volume set when the TCMU front
-// end stays off (that set then derives from LUN mappings and means
-// nothing).
+// reloadPlan is conf.Diff with the TCMU volume set handled as the daemon
+// can: without the set when the TCMU front end stays off (it then derives
+// from LUN mappings and means nothing), live when the front end stays on
+// (volumes join and leave the handler's exported set; whether a leaving
+// volume is still bound to a device is checked against the running
+// handler, see tcmuBound).
 func reloadPlan(old, next *conf.Config) conf.Plan {
 	plan := conf.Diff(old, next)
-	if old.TCMU.Enabled || next.TCMU.Enabled {
-		return plan
+	isTCMUVolume := func(c conf.Change) bool { return c.Section == conf.SectionTCMU && c.Field == "volume" }
+	switch {
+	case old.TCMU.Enabled && next.TCMU.Enabled:
+		for i, c := range plan.Changes {
+			if isTCMUVolume(c) {
+				plan.Changes[i].Live = true
+			}
+		}
+	case !old.TCMU.Enabled && !next.TCMU.Enabled:
+		plan.Changes = slices.DeleteFunc(plan.Changes, isTCMUVolume)
 	}
-	plan.Changes = slices.DeleteFunc(plan.Changes, func(c conf.Change) bool {
-		return c.Section == conf.SectionTCMU && c.Field == "volume"
-	})
 	return plan
+}
+
+// tcmuBound refuses a plan that takes a volume away from the TCMU device
+// serving it: the volumes leaving the exported set, or leaving the
+// configuration, that back a live device.
+func (d *daemon) tcmuBound(old, next *conf.Config) error {
+	if d.tcmuX == nil || !next.TCMU.Enabled {
+		return nil
+	}
+	stays := map[string]bool{}
+	for _, n := range next.TCMUVolumes() {
+		stays[n] = true
+	}
+	var leaving []string
+	for _, n := range old.TCMUVolumes() {
+		if !stays[n] {
+			leaving = append(leaving, n)
+		}
+	}
+	if busy := d.tcmuX.bound(leaving); len(busy) > 0 {
+		return fmt.Errorf("%w: %s; nothing applied", errTCMUVolumeBound, strings.Join(busy, ", "))
+	}
+	return nil
 }
 
 // reloadTxn applies a plan step by step and remembers how to undo each.
@@ -221,11 +255,13 @@ func (tx *reloadTxn) apply(ctx context.Context, old, next *conf.Config, plan con
 		tx.openPortals,
 		tx.addVolumes,
 		tx.tuneVolumes,
+		tx.tcmuWithdraw,
 		tx.removeTargets,
 		tx.unmapLUNs,
 		tx.updateTargets,
 		tx.mapLUNs,
 		tx.addTargets,
+		tx.tcmuExport,
 		tx.discovery,
 		tx.swapConfig,
 		tx.closePortals,
@@ -381,13 +417,118 @@ func (tx *reloadTxn) tuneVolumes(ctx context.Context, old, next *conf.Config, ch
 			})
 		}
 		if fmtWCE(o.WriteCache) != fmtWCE(v.WriteCache) {
-			// WCE is SCSI state hosts own (MODE SELECT, saved per LUN):
-			// the setting is the default of LUNs mapped from now on
-			tx.log.Info("write_cache changed: applies to LUNs mapped from now on; mapped LUNs keep their WCE",
-				"volume", v.Name, "write_cache", fmtWCE(v.WriteCache))
+			if err := tx.setWriteCache(ctx, old, v.Name, fmtWCE(v.WriteCache) == "true"); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
+}
+
+// setWriteCache applies a volume's write_cache to the LUNs that serve it:
+// iSCSI LUNs mapped to it and TCMU devices bound to it, as their
+// configured WCE (scsi.LU.SetConfiguredWriteCache: a host's saved MODE
+// SELECT wins; turning the cache off flushes first). LUNs mapped later
+// take it from the new configuration.
+func (tx *reloadTxn) setWriteCache(ctx context.Context, cfg *conf.Config, volume string, on bool) error {
+	d := tx.d
+	var lus []*scsi.LU
+	d.mu.RLock()
+	for _, t := range cfg.Targets {
+		st := d.targets[strings.ToLower(t.IQN)]
+		if st == nil {
+			continue
+		}
+		for _, l := range t.LUNs {
+			if l.Volume != volume {
+				continue
+			}
+			if lu := st.LU(l.LUN); lu != nil {
+				lus = append(lus, lu)
+			}
+		}
+	}
+	d.mu.RUnlock()
+	for _, lu := range lus {
+		prev := lu.ConfiguredWriteCache()
+		changed, err := lu.SetConfiguredWriteCache(ctx, on)
+		if err != nil {
+			return fmt.Errorf("volume %s: write_cache %v: %w", volume, on, err)
+		}
+		if !changed && lu.WriteCacheSavedByHost() {
+			tx.log.Info("write_cache: the host's saved caching page stays in force", "volume", volume,
+				"lun", lu.LUN(), "wce", lu.WriteCacheEnabled())
+		}
+		tx.done(fmt.Sprintf("volume %s LUN %d write_cache %v", volume, lu.LUN(), on), func(ctx context.Context) error {
+			_, err := lu.SetConfiguredWriteCache(ctx, prev)
+			return err
+		})
+	}
+	if d.tcmuX == nil {
+		return nil
+	}
+	prev := d.tcmuX.setWriteCache(volume, on)
+	n, err := d.tcmuFE.SetConfiguredWriteCache(ctx, volume, on)
+	tx.done(fmt.Sprintf("volume %s TCMU write_cache %v", volume, on), func(ctx context.Context) error {
+		d.tcmuX.setWriteCache(volume, prev)
+		_, err := d.tcmuFE.SetConfiguredWriteCache(ctx, volume, prev)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("volume %s: write_cache %v: %w", volume, on, err)
+	}
+	if n > 0 {
+		tx.log.Info("write_cache applied to TCMU devices", "volume", volume, "devices", n)
+	}
+	return nil
+}
+
+// tcmuWithdraw takes the volumes that leave the TCMU front end's exported
+// set out of it before their LUNs are mapped or they are removed; it fails
+// (and the reload rolls back) if one got bound to a device since the check.
+func (tx *reloadTxn) tcmuWithdraw(_ context.Context, old, next *conf.Config, _ changedFunc) error {
+	if tx.d.tcmuX == nil {
+		return nil
+	}
+	var keep []string
+	for _, n := range old.TCMUVolumes() {
+		if slices.Contains(next.TCMUVolumes(), n) {
+			keep = append(keep, n)
+		}
+	}
+	return tx.setTCMUVolumes(keep)
+}
+
+// tcmuExport offers the volumes that join the exported set once their
+// volumes exist and their iSCSI LUNs are unmapped: a later `targetcli
+// create` can bind them.
+func (tx *reloadTxn) tcmuExport(_ context.Context, _, next *conf.Config, _ changedFunc) error {
+	if tx.d.tcmuX == nil {
+		return nil
+	}
+	return tx.setTCMUVolumes(next.TCMUVolumes())
+}
+
+func (tx *reloadTxn) setTCMUVolumes(names []string) error {
+	x := tx.d.tcmuX
+	prev, err := x.update(names)
+	if err != nil {
+		return err
+	}
+	if slices.Equal(sortedCopy(prev), sortedCopy(names)) {
+		return nil
+	}
+	tx.done("TCMU volumes "+strings.Join(names, ","), func(context.Context) error {
+		_, err := x.update(prev)
+		return err
+	})
+	return nil
+}
+
+func sortedCopy(s []string) []string {
+	s = slices.Clone(s)
+	slices.Sort(s)
+	return s
 }
 
 func fmtWCE(b *bool) string {

@@ -6,11 +6,13 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 
 	"github.com/cachelun/cachelun/admin"
 	"github.com/cachelun/cachelun/admin/coreadapter"
 	"github.com/cachelun/cachelun/cachecore"
 	"github.com/cachelun/cachelun/conf"
+	"github.com/cachelun/cachelun/target/tcmu"
 )
 
 // startAdmin starts the admin API (unix socket) and /metrics as
@@ -92,9 +94,30 @@ func (b *adminBackend) Caches() []admin.CacheAPI {
 	return out
 }
 
+// Sessions lists the iSCSI sessions, then one row per TCMU device.
 func (b *adminBackend) Sessions() []admin.Session {
 	out := coreadapter.ISCSISessions(b.d.iscsi.Sessions())
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	if b.d.tcmuFE != nil {
+		out = append(out, tcmuSessions(b.d.tcmuFE.Devices())...)
+	}
+	return out
+}
+
+// tcmuSessions shows each TCMU device as a session: LIO's fabrics own the
+// initiators, so the row names the device, its volume and the commands in
+// its ring.
+func tcmuSessions(devs []tcmu.DeviceInfo) []admin.Session {
+	out := make([]admin.Session, 0, len(devs))
+	for _, dev := range devs {
+		out = append(out, admin.Session{
+			Transport: "tcmu",
+			Target:    dev.ConfigDir,
+			Volume:    strings.TrimSpace(dev.Cfgstring),
+			ID:        fmt.Sprintf("uio%d", dev.UIO),
+			InFlight:  dev.InFlight,
+		})
+	}
 	return out
 }
 

@@ -70,6 +70,10 @@ type daemon struct {
 	adminDone   chan struct{}
 	tcmuCancel  context.CancelFunc
 	tcmuDone    chan struct{}
+	// tcmuX and tcmuFE are the TCMU front end's exported volumes and
+	// handler (nil while TCMU is off); set once at start.
+	tcmuX  *tcmuExports
+	tcmuFE tcmuFrontEnd
 	// listenOverride is the --listen address that replaced every target's
 	// portals ("" when none).
 	listenOverride string

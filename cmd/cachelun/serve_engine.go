@@ -8,7 +8,10 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/cachelun/cachelun/backend"
 	"github.com/cachelun/cachelun/cachecore"
@@ -79,7 +82,17 @@ func (e *engine) openCache(ctx context.Context, c conf.Cache, path string) error
 		}
 		return fmt.Errorf("%s: %w", path, err)
 	}
-	cc, err := cachecore.Open(ctx, store, cacheConfig(c, log))
+	var cc *cachecore.Cache
+	if ipath, ierr := intentPath(path, store.Superblock().UUID); ierr != nil {
+		log.Warn("no intent log: a crash of this process can lose acknowledged writes not yet journaled", "err", ierr)
+		cc, err = cachecore.Open(ctx, store, cacheConfig(c, log))
+	} else if il, ierr := cachecore.OpenIntentFile(ipath); ierr != nil {
+		log.Warn("no intent log: a crash of this process can lose acknowledged writes not yet journaled", "err", ierr)
+		cc, err = cachecore.Open(ctx, store, cacheConfig(c, log))
+	} else {
+		log.Debug("intent log", "path", ipath)
+		cc, err = cachecore.OpenWithIntent(ctx, store, cacheConfig(c, log), il)
+	}
 	if err != nil {
 		m.Close()
 		return fmt.Errorf("%s: %w", path, err)
@@ -90,6 +103,34 @@ func (e *engine) openCache(ctx context.Context, c conf.Cache, path string) error
 	e.mu.Unlock()
 	log.Info("cache open", "path", path, "media", m.Kind())
 	return nil
+}
+
+// intentPath is where the intent log of the cache file at cachePath lives:
+// in the service's runtime directory ($RUNTIME_DIRECTORY, set by systemd's
+// RuntimeDirectory=, else /run/cachelun), which is tmpfs, so it costs no disk
+// writes and is gone after a reboot, as it must be; it is named by the cache
+// UUID, unique per cache file. Without a writable runtime directory (an
+// unprivileged demo) it sits next to the cache file; the boot id it records
+// keeps it from being trusted after a reboot there too.
+func intentPath(cachePath string, uuid [16]byte) (string, error) {
+	name := fmt.Sprintf("%x.intent", uuid)
+	runtimeDir, _, _ := strings.Cut(os.Getenv("RUNTIME_DIRECTORY"), ":")
+	for _, dir := range []string{runtimeDir, "/run/cachelun"} {
+		if dir == "" {
+			continue
+		}
+		if err := os.MkdirAll(dir, 0o750); err != nil {
+			continue
+		}
+		if unix.Access(dir, unix.W_OK) == nil {
+			return filepath.Join(dir, name), nil
+		}
+	}
+	abs, err := filepath.Abs(cachePath)
+	if err != nil {
+		return "", err
+	}
+	return abs + ".intent", nil
 }
 
 func cacheConfig(c conf.Cache, log *slog.Logger) cachecore.Config {

@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/cachelun/cachelun/conf"
 	"github.com/cachelun/cachelun/target/scsi"
 	"github.com/cachelun/cachelun/target/tcmu"
 )
@@ -17,20 +19,35 @@ import (
 const tcmuStartTimeout = 30 * time.Second
 
 // tcmuExports tracks which volumes the TCMU front end may serve and which
-// it serves now: one device per volume.
+// it serves now: one device per volume. A reload changes the exported set
+// and the volumes' write-cache settings live (update, setWriteCache).
 type tcmuExports struct {
-	d       *daemon
-	allowed map[string]bool
+	d *daemon
 
-	mu    sync.Mutex
-	inUse map[string]bool
+	mu      sync.Mutex
+	allowed map[string]bool
+	inUse   map[string]bool
+	wce     map[string]bool // configured WCE by volume
 }
 
-// resolve maps a backstore's cfgstring (the volume name) to its volume.
-// It is called while the kernel blocks the configfs writer: it only looks
-// things up.
+func newTCMUExports(d *daemon, cfg *conf.Config) *tcmuExports {
+	x := &tcmuExports{d: d, allowed: map[string]bool{}, inUse: map[string]bool{}, wce: map[string]bool{}}
+	for _, name := range cfg.TCMUVolumes() {
+		x.allowed[name] = true
+	}
+	for _, v := range cfg.Volumes {
+		x.wce[v.Name] = v.WriteCache == nil || *v.WriteCache
+	}
+	return x
+}
+
+// resolve maps a backstore's cfgstring (the volume name) to its volume,
+// instrumented like the volumes of iSCSI LUNs. It is called while the
+// kernel blocks the configfs writer: it only looks things up.
 func (x *tcmuExports) resolve(cfgstring string, size int64) (scsi.Volume, error) {
 	name := strings.TrimSpace(cfgstring)
+	x.mu.Lock()
+	defer x.mu.Unlock()
 	vol, ok := x.d.eng.volume(name)
 	if !ok || !x.allowed[name] {
 		return nil, fmt.Errorf("%w: %q is not a volume exported over TCMU (tcmu.volumes)", tcmu.ErrUnknownVolume, name)
@@ -38,13 +55,11 @@ func (x *tcmuExports) resolve(cfgstring string, size int64) (scsi.Volume, error)
 	if size > vol.Size() {
 		return nil, fmt.Errorf("%w: device of %d bytes, volume %s has %d", tcmu.ErrVolumeTooSmall, size, name, vol.Size())
 	}
-	x.mu.Lock()
-	defer x.mu.Unlock()
 	if x.inUse[name] {
 		return nil, fmt.Errorf("%w: volume %s already backs a TCMU device", tcmu.ErrVolumeInUse, name)
 	}
 	x.inUse[name] = true
-	return vol, nil
+	return x.d.latency.InstrumentVolume(name, vol), nil
 }
 
 func (x *tcmuExports) release(cfgstring string, _ scsi.Volume) {
@@ -55,10 +70,81 @@ func (x *tcmuExports) release(cfgstring string, _ scsi.Volume) {
 
 func (x *tcmuExports) check(cfgstring string) error {
 	name := strings.TrimSpace(cfgstring)
-	if _, ok := x.d.eng.volume(name); !ok || !x.allowed[name] {
+	x.mu.Lock()
+	allowed := x.allowed[name]
+	x.mu.Unlock()
+	if _, ok := x.d.eng.volume(name); !ok || !allowed {
 		return fmt.Errorf("%q is not a volume exported over TCMU", name)
 	}
 	return nil
+}
+
+// writeCache is the configured WCE of a device serving cfgstring.
+func (x *tcmuExports) writeCache(cfgstring string) bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	on, ok := x.wce[strings.TrimSpace(cfgstring)]
+	return !ok || on
+}
+
+// setWriteCache records a volume's configured WCE for devices started from
+// now on and returns the previous one.
+func (x *tcmuExports) setWriteCache(volume string, on bool) (prev bool) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	prev, ok := x.wce[volume]
+	x.wce[volume] = on
+	return !ok || prev
+}
+
+// bound returns the volumes of names that back a live TCMU device.
+func (x *tcmuExports) bound(names []string) []string {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	var out []string
+	for _, n := range names {
+		if x.inUse[n] {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// update makes names the exported set. It refuses, changing nothing, when
+// a volume leaving the set backs a live device (checked under the same
+// lock resolve takes, so no device can bind it in between). It returns the
+// previous set for the undo.
+func (x *tcmuExports) update(names []string) (prev []string, err error) {
+	next := map[string]bool{}
+	for _, n := range names {
+		next[n] = true
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	var busy []string
+	for n := range x.allowed {
+		prev = append(prev, n)
+		if !next[n] && x.inUse[n] {
+			busy = append(busy, n)
+		}
+	}
+	if len(busy) > 0 {
+		slices.Sort(busy)
+		return nil, fmt.Errorf("%w: %s", errTCMUVolumeBound, strings.Join(busy, ", "))
+	}
+	x.allowed = next
+	return prev, nil
+}
+
+// errTCMUVolumeBound refuses a reload that would take a volume away from
+// the TCMU device serving it.
+var errTCMUVolumeBound = errors.New("volume backs a live TCMU device (remove the device with targetcli first)")
+
+// tcmuFrontEnd is what the daemon uses of the running TCMU handler (an
+// interface so that tests can stand in for the kernel).
+type tcmuFrontEnd interface {
+	Devices() []tcmu.DeviceInfo
+	SetConfiguredWriteCache(ctx context.Context, cfgstring string, on bool) (int, error)
 }
 
 // startTCMU runs the TCMU handler when the configuration enables it and
@@ -68,27 +154,21 @@ func (d *daemon) startTCMU() error {
 	if !tc.Enabled {
 		return nil
 	}
-	x := &tcmuExports{d: d, allowed: map[string]bool{}, inUse: map[string]bool{}}
-	writeCache := true
-	for _, name := range d.cfg.TCMUVolumes() {
-		x.allowed[name] = true
-		// one WCE default for the handler: write-through if any exported
-		// volume asks for it
-		if !*d.volumeConf(name).WriteCache {
-			writeCache = false
-		}
-	}
+	x := newTCMUExports(d, d.cfg)
 	ready := make(chan struct{})
 	var once sync.Once
 	h, err := tcmu.New(tcmu.Config{
-		Logger:      d.log.With("component", "tcmu"),
-		Resolve:     x.resolve,
-		Release:     x.release,
-		Check:       x.check,
-		ConfigDesc:  "cfgstring is the name of a cachelun volume",
-		WriteCache:  writeCache,
-		DBusAddress: tc.DBus,
-		Ready:       func() { once.Do(func() { close(ready) }) },
+		Logger:     d.log.With("component", "tcmu"),
+		Resolve:    x.resolve,
+		Release:    x.release,
+		Check:      x.check,
+		ConfigDesc: "cfgstring is the name of a cachelun volume",
+		// each device takes its volume's write_cache; WriteCache is only
+		// the fallback, the safe one
+		WriteCache:       false,
+		DeviceWriteCache: x.writeCache,
+		DBusAddress:      tc.DBus,
+		Ready:            func() { once.Do(func() { close(ready) }) },
 	})
 	if err != nil {
 		return fmt.Errorf("TCMU front end: %w", err)
@@ -101,6 +181,7 @@ func (d *daemon) startTCMU() error {
 		defer close(d.tcmuDone)
 		errc <- h.Run(ctx)
 	}()
+	d.tcmuX, d.tcmuFE = x, h
 	select {
 	case <-ready:
 		d.log.Info("TCMU front end ready", "volumes", d.cfg.TCMUVolumes())
