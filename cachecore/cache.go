@@ -741,7 +741,12 @@ func (c *Cache) Close(ctx context.Context) error {
 		// Only when every request has left: a straggler appending a key
 		// would otherwise write to an unmapped page. After an unclean
 		// Close the mapping stays until the process exits.
-		if cerr := c.intent.Close(); cerr != nil {
+		closeIntent := c.intent.closeClean
+		if c.failedErr() != nil {
+			// Keys may not be journaled: keep them for the next Open.
+			closeIntent = c.intent.Close
+		}
+		if cerr := closeIntent(); cerr != nil {
 			c.log.Warn("closing the intent log", "err", cerr)
 		}
 	}

@@ -66,6 +66,7 @@ type IntentLog struct {
 	unmap  func() error
 	bootID [16]byte
 	path   string
+	file   bool // path names a file (removed after a clean Close)
 
 	nonce     uint64
 	overflows atomic.Uint64
@@ -116,7 +117,7 @@ func OpenIntentFile(path string) (*IntentLog, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: mmap %s: %v", ErrIntentLog, path, err)
 	}
-	return &IntentLog{mem: mem, unmap: func() error { return unix.Munmap(mem) }, bootID: boot, path: path}, nil
+	return &IntentLog{mem: mem, unmap: func() error { return unix.Munmap(mem) }, bootID: boot, path: path, file: true}, nil
 }
 
 // NewIntentLogMemory returns an intent log over mem (IntentLogSize bytes,
@@ -140,6 +141,18 @@ func (l *IntentLog) Close() error {
 	u := l.unmap
 	l.unmap = nil
 	return u()
+}
+
+// closeClean is Close after a clean shutdown of the cache: every key is
+// journaled, so the file is removed (on tmpfs it holds memory).
+func (l *IntentLog) closeClean() error {
+	err := l.Close()
+	if l.file {
+		if rerr := os.Remove(l.path); rerr != nil && !errors.Is(rerr, os.ErrNotExist) && err == nil {
+			err = rerr
+		}
+	}
+	return err
 }
 
 func currentBootID() ([16]byte, error) {
