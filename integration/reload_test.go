@@ -526,3 +526,65 @@ func qemuIOOpts(t *testing.T, opts string, cmds ...string) {
 		t.Fatalf("qemu-io %v:\n%s", cmds, out)
 	}
 }
+
+// The file is the desired state: a mode switched with `cachelun volume
+// mode` is shown by `reload --dry-run` as a live value that will change,
+// and an unrelated reload (the log level only) converges it to the file.
+func TestReloadConvergesAdminMode(t *testing.T) {
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "cachelun.toml")
+	socket := filepath.Join(dir, "admin.sock")
+	step := reloadSteps(1)[0] // main volume in writeback
+	write := func(s reloadStep) {
+		t.Helper()
+		text, _ := s.render()
+		if err := os.WriteFile(cfgPath, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(step)
+	startDaemon(t, dir, cfgPath)
+	cli := func(want int, args ...string) string {
+		t.Helper()
+		r := runTool(t, toolTimeout, binaryPath, append(args, "--socket", socket)...)
+		if r.timedOut || r.exitCode != want {
+			t.Fatalf("cachelun %s: exit %d, want %d:\n%s", strings.Join(args, " "), r.exitCode, want, r.out)
+		}
+		return r.out
+	}
+	mode := func() string {
+		t.Helper()
+		out := cli(0, "volume", "show", "main", "--json")
+		for _, m := range []string{"writeback", "writethrough", "writearound"} {
+			if strings.Contains(out, `"mode": "`+m+`"`) {
+				return m
+			}
+		}
+		t.Fatalf("no mode in %s", out)
+		return ""
+	}
+
+	cli(0, "volume", "mode", "main", "writethrough")
+	if m := mode(); m != "writethrough" {
+		t.Fatalf("after cachelun volume mode: %s", m)
+	}
+	step.logLevel = "debug"
+	write(step)
+	plan := cli(0, "reload", "--dry-run")
+	const want = "volume main: mode modified writethrough (live, set by admin) -> writeback (file)"
+	if !strings.Contains(plan, want) || !strings.Contains(plan, "log_level modified info -> debug") {
+		t.Fatalf("dry-run plan lacks %q or the log level:\n%s", want, plan)
+	}
+	if m := mode(); m != "writethrough" {
+		t.Fatalf("the dry run switched the mode to %s", m)
+	}
+	if out := cli(0, "reload"); !strings.Contains(out, want) {
+		t.Errorf("applied plan lacks %q:\n%s", want, out)
+	}
+	if m := mode(); m != "writeback" {
+		t.Errorf("after the reload: mode %s, the file says writeback", m)
+	}
+	if out := cli(0, "reload", "--dry-run"); !strings.Contains(out, "no changes") {
+		t.Errorf("converged daemon still plans changes:\n%s", out)
+	}
+}
