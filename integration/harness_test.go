@@ -342,6 +342,8 @@ type configOptions struct {
 	thinLUN bool
 	// slow, when set, throttles the backing devices.
 	slow string
+	// journalFlushInterval overrides the cache's 200ms.
+	journalFlushInterval string
 }
 
 // writeConfig writes a configuration under dir and returns its path. The
@@ -353,6 +355,9 @@ func writeConfig(t *testing.T, dir string, o configOptions) string {
 	}
 	if o.lunSize == "" {
 		o.lunSize = "1GiB"
+	}
+	if o.journalFlushInterval == "" {
+		o.journalFlushInterval = "200ms"
 	}
 	slow := ""
 	if o.slow != "" {
@@ -369,7 +374,7 @@ name = "c0"
 path = "cache.img"
 size = "256MiB"
 segment_size = "4MiB"
-journal_flush_interval = "200ms"
+journal_flush_interval = %q
 
 [[volume]]
 name = "thick"
@@ -377,7 +382,7 @@ cache = "c0"
 backing = "thick.img"
 backing_size = %q
 mode = %q
-%s`, o.lunSize, o.mode, slow)
+%s`, o.journalFlushInterval, o.lunSize, o.mode, slow)
 	if o.thinLUN {
 		fmt.Fprintf(&b, `
 [[volume]]
