@@ -31,6 +31,9 @@ type engine struct {
 	order   []string // cache names in open order; closed in reverse
 	volumes map[string]*cachecore.Volume
 	devs    map[string]backend.Device // backing device by volume name
+	// openMedia opens a cache file: persist.OpenFile; tests wrap the
+	// media to inject faults.
+	openMedia func(path string, opts persist.FileOptions) (persist.Media, error)
 }
 
 type openCache struct {
@@ -40,7 +43,7 @@ type openCache struct {
 
 func newEngine(log *slog.Logger) *engine {
 	return &engine{log: log, caches: map[string]*openCache{}, volumes: map[string]*cachecore.Volume{},
-		devs: map[string]backend.Device{}}
+		devs: map[string]backend.Device{}, openMedia: openFileMedia}
 }
 
 // openCache opens the cache file, creating and formatting it when it does
@@ -58,7 +61,7 @@ func (e *engine) openCache(ctx context.Context, c conf.Cache, path string) error
 			return err
 		}
 	}
-	m, err := persist.OpenFile(path, persist.FileOptions{Create: create, Size: c.Size.Bytes, Logger: log})
+	m, err := e.openMedia(path, persist.FileOptions{Create: create, Size: c.Size.Bytes, Logger: log})
 	if err != nil {
 		return err
 	}
@@ -131,6 +134,10 @@ func intentPath(cachePath string, uuid [16]byte) (string, error) {
 		return "", err
 	}
 	return abs + ".intent", nil
+}
+
+func openFileMedia(path string, opts persist.FileOptions) (persist.Media, error) {
+	return persist.OpenFile(path, opts)
 }
 
 func cacheConfig(c conf.Cache, log *slog.Logger) cachecore.Config {
