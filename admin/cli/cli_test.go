@@ -395,3 +395,29 @@ func TestCacheDetachForce(t *testing.T) {
 		t.Fatalf("detach --force: exit %d, %q %q, forced %d", code, out, errOut, f.cache.Forced.Load())
 	}
 }
+
+// A TCMU device is one row of session list: device, volume, commands in
+// flight, and dashes where LIO's fabrics own the information.
+func TestSessionListTCMURow(t *testing.T) {
+	f := newFixture(t)
+	f.backend.SetSessions([]admin.Session{
+		{Transport: "iscsi", Initiator: "iqn.1993-08.org.debian:01:abc", Target: "iqn.2026-11.io.cachelun:demo",
+			Portal: "127.0.0.1:3260", Remote: "127.0.0.1:51000", LUNs: []uint64{0}, InFlight: 1, ID: "isid=0x1,tsih=1"},
+		{Transport: "tcmu", Target: "user_0/logs", Volume: "logs", ID: "uio0", InFlight: 3},
+	})
+	code, out, errOut := f.run(t, cli.Session, "list")
+	if code != cli.ExitOK {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 3 || !strings.Contains(lines[0], "VOLUME") {
+		t.Fatalf("session list:\n%s", out)
+	}
+	if got := strings.Fields(lines[2]); strings.Join(got, " ") != "tcmu - user_0/logs logs - - - 3 uio0" {
+		t.Errorf("TCMU row %q", got)
+	}
+	code, out, _ = f.run(t, cli.Status)
+	if code != cli.ExitOK || !strings.Contains(out, "tcmu 1") {
+		t.Errorf("status does not count the TCMU device: %q", out)
+	}
+}
