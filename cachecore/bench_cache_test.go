@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -29,6 +30,12 @@ const benchSegSize = 16 << 20
 // benchCache formats a cache file of size bytes in a temporary directory
 // (the real media path, as the daemon uses it) and opens it.
 func benchCache(b *testing.B, size int64, blockSize uint32, cfg cachecore.Config) (persist.Media, *cachecore.Cache) {
+	return benchCacheIntent(b, size, blockSize, cfg, false)
+}
+
+// benchCacheIntent is benchCache, with an intent log (a file in /dev/shm,
+// tmpfs, as the daemon keeps it in /run) if intent is set.
+func benchCacheIntent(b *testing.B, size int64, blockSize uint32, cfg cachecore.Config, intent bool) (persist.Media, *cachecore.Cache) {
 	b.Helper()
 	m, err := persist.OpenFile(filepath.Join(b.TempDir(), "cache"), persist.FileOptions{Create: true, Size: size})
 	if err != nil {
@@ -38,7 +45,24 @@ func benchCache(b *testing.B, size int64, blockSize uint32, cfg cachecore.Config
 	if err != nil {
 		b.Fatal(err)
 	}
-	c, err := cachecore.Open(context.Background(), store, cfg)
+	if !intent {
+		c, err := cachecore.Open(context.Background(), store, cfg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return m, c
+	}
+	dir := "/dev/shm"
+	if _, err := os.Stat(dir); err != nil {
+		dir = b.TempDir()
+	}
+	path := filepath.Join(dir, fmt.Sprintf("cachelun-bench-%d.intent", os.Getpid()))
+	b.Cleanup(func() { os.Remove(path) })
+	il, err := cachecore.OpenIntentFile(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	c, err := cachecore.OpenWithIntent(context.Background(), store, cfg, il)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -104,27 +128,33 @@ func runParallelOps(b *testing.B, g, n int, op func(rng *rand.Rand, p []byte) er
 func Benchmark4KRandom(b *testing.B) {
 	const volSize = 256 << 20
 	for _, g := range []int{1, 2} {
-		b.Run(fmt.Sprintf("write/goroutines=%d", g), func(b *testing.B) {
-			ctx := context.Background()
-			media, c := benchCache(b, 1<<30, 4096, cachecore.Config{})
-			defer c.Close(ctx)
-			v, err := c.AddVolume(ctx, "bench", backend.NewMemory(volSize), cachecore.VolumeConfig{Mode: cachecore.ModeWriteback, BlockSize: 4096})
-			if err != nil {
-				b.Fatal(err)
+		for _, intent := range []bool{false, true} {
+			name := fmt.Sprintf("write/goroutines=%d", g)
+			if intent {
+				name += "/intent-log"
 			}
-			n := max(b.N, g)
-			b.ResetTimer()
-			lat, el := runParallelOps(b, g, n, func(rng *rand.Rand, p []byte) error {
-				return v.WriteAt(ctx, p, rng.Int64N(volSize/4096)*4096, false)
+			b.Run(name, func(b *testing.B) {
+				ctx := context.Background()
+				media, c := benchCacheIntent(b, 1<<30, 4096, cachecore.Config{}, intent)
+				defer c.Close(ctx)
+				v, err := c.AddVolume(ctx, "bench", backend.NewMemory(volSize), cachecore.VolumeConfig{Mode: cachecore.ModeWriteback, BlockSize: 4096})
+				if err != nil {
+					b.Fatal(err)
+				}
+				n := max(b.N, g)
+				b.ResetTimer()
+				lat, el := runParallelOps(b, g, n, func(rng *rand.Rand, p []byte) error {
+					return v.WriteAt(ctx, p, rng.Int64N(volSize/4096)*4096, false)
+				})
+				b.StopTimer()
+				lat.report(b, "", el)
+				base, bel := runParallelOps(b, g, n, func(rng *rand.Rand, p []byte) error {
+					return media.WriteAt(p, persist.SegmentsOffset+rng.Int64N((media.Size()-persist.SegmentsOffset)/4096)*4096)
+				})
+				base.report(b, "copy-", bel)
+				b.ReportMetric(el.Seconds()/bel.Seconds(), "ratio-x")
 			})
-			b.StopTimer()
-			lat.report(b, "", el)
-			base, bel := runParallelOps(b, g, n, func(rng *rand.Rand, p []byte) error {
-				return media.WriteAt(p, persist.SegmentsOffset+rng.Int64N((media.Size()-persist.SegmentsOffset)/4096)*4096)
-			})
-			base.report(b, "copy-", bel)
-			b.ReportMetric(el.Seconds()/bel.Seconds(), "ratio-x")
-		})
+		}
 		b.Run(fmt.Sprintf("read-hit/goroutines=%d", g), func(b *testing.B) {
 			ctx := context.Background()
 			const hot = 64 << 20
