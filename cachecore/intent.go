@@ -279,11 +279,20 @@ func (l *IntentLog) recover(store *persist.Store, log *slog.Logger) ([]intentKey
 		// record torn by the crash (its write was not acknowledged), and
 		// nothing after it can be (its slot mutex was not released).
 		want := done + 1
+		var epoch uint64
 		for _, k := range found {
 			if k.seq != want {
 				log.Warn("intent log: gap in a slot's sequence: later records ignored", "slot", slot, "expected", want, "found", k.seq)
 				break
 			}
+			if k.epoch < epoch {
+				// A slot's keys are appended in epoch order; anything else
+				// is corruption, and applying it could reorder a block's
+				// writes.
+				log.Error("intent log: flush epoch goes back within a slot: later records ignored", "slot", slot, "sequence", k.seq)
+				break
+			}
+			epoch = k.epoch
 			out = append(out, k)
 			want++
 		}
