@@ -145,3 +145,133 @@ func (l *latencyEWMA) add(d time.Duration) {
 func (l *latencyEWMA) congested(threshold time.Duration) bool {
 	return threshold > 0 && time.Duration(l.v.Load()) > threshold
 }
+
+// dirtyEpochs tells whether a volume still has dirty keys of a flush epoch
+// older than a given one that are not yet written back and flushed on the
+// backing device (contract 6: only then may a write reach the backing device
+// directly). It is maintained without locks on the data path: the append
+// path counts a key under its stripe lock before the write is acknowledged,
+// and writeback uncounts it after the backing flush that made it durable
+// there (markClean), using the epoch its kset carries in the log.
+//
+// newest packs the low 32 bits of the newest epoch counted so far with the
+// number of its keys still dirty; older counts the still dirty keys of all
+// epochs before it. A key of a newer epoch moves newest's count into older
+// (older first, then the CAS, so a reader never misses keys in transit: it
+// may see them twice, which only delays a bypass). A key whose exact epoch
+// is unknown (a flush moved the epoch while it was appended) is kept in
+// unsure by identity and counts as older until it is clean.
+type dirtyEpochs struct {
+	newest atomic.Uint64
+	older  atomic.Int64
+
+	unsureN  atomic.Int64
+	unsureMu sync.Mutex
+	unsure   map[dirtyKeyID]struct{}
+}
+
+// dirtyKeyID identifies a dirty key: its cache position and generation are
+// unique while it is dirty (dirty data is never evicted).
+type dirtyKeyID struct {
+	seg, off uint32
+	gen      uint64
+}
+
+func packEpochCount(epoch uint64, n uint32) uint64 { return epoch<<32 | uint64(n) }
+
+func unpackEpochCount(w uint64) (tag uint32, n uint32) { return uint32(w >> 32), uint32(w) }
+
+// epochAfter reports whether epoch is later than the 32-bit tag (epochs
+// outstanding at the same time are far less than 2^31 apart).
+func epochAfter(epoch uint64, tag uint32) bool { return int32(uint32(epoch)-tag) > 0 }
+
+// added counts a dirty key appended in epoch (exact=false: in epoch or
+// later, the exact value unknown).
+func (d *dirtyEpochs) added(epoch uint64, exact bool, id dirtyKeyID) {
+	if !exact {
+		d.unsureMu.Lock()
+		if d.unsure == nil {
+			d.unsure = make(map[dirtyKeyID]struct{})
+		}
+		d.unsure[id] = struct{}{}
+		d.unsureN.Add(1)
+		d.unsureMu.Unlock()
+		return
+	}
+	for {
+		w := d.newest.Load()
+		tag, n := unpackEpochCount(w)
+		switch {
+		case uint32(epoch) == tag:
+			if d.newest.CompareAndSwap(w, packEpochCount(epoch, n+1)) {
+				return
+			}
+		case epochAfter(epoch, tag):
+			d.older.Add(int64(n))
+			if d.newest.CompareAndSwap(w, packEpochCount(epoch, 1)) {
+				return
+			}
+			d.older.Add(-int64(n))
+		default:
+			d.older.Add(1)
+			return
+		}
+	}
+}
+
+// cleaned uncounts a dirty key of epoch (as recorded in the log) once it is
+// written back and the backing device flushed.
+func (d *dirtyEpochs) cleaned(epoch uint64, id dirtyKeyID) {
+	if d.unsureN.Load() > 0 {
+		d.unsureMu.Lock()
+		_, ok := d.unsure[id]
+		if ok {
+			delete(d.unsure, id)
+			d.unsureN.Add(-1)
+		}
+		d.unsureMu.Unlock()
+		if ok {
+			return
+		}
+	}
+	for {
+		w := d.newest.Load()
+		tag, n := unpackEpochCount(w)
+		if uint32(epoch) != tag || n == 0 {
+			// Counted in older, directly or moved there when a newer
+			// epoch's key arrived.
+			d.older.Add(-1)
+			return
+		}
+		if d.newest.CompareAndSwap(w, packEpochCount(uint64(tag), n-1)) {
+			return
+		}
+	}
+}
+
+// olderThan reports whether dirty keys of an epoch before epoch may still
+// be waiting for writeback.
+func (d *dirtyEpochs) olderThan(epoch uint64) bool {
+	if d.unsureN.Load() > 0 {
+		return true
+	}
+	for {
+		w := d.newest.Load()
+		o := d.older.Load()
+		if d.newest.Load() != w {
+			continue // a newer epoch's key moved counts meanwhile: look again
+		}
+		if o > 0 {
+			return true
+		}
+		tag, n := unpackEpochCount(w)
+		return n > 0 && epochAfter(epoch, tag)
+	}
+}
+
+// reset sets the state for a volume attached with dirty keys replayed from
+// the log: all of them belong to epochs before the current one.
+func (d *dirtyEpochs) reset(replayedDirtyKeys int64) {
+	d.newest.Store(0)
+	d.older.Store(max(replayedDirtyKeys, 0))
+}

@@ -87,12 +87,50 @@
 // cached (cached ranges then wait for space: back-pressure). Reads skip the
 // fill for the same reasons. A write overlapping dirty data never bypasses.
 //
-// # Limits
+// # Direct writes and contract 6
 //
-// Contract 6 (the backing device alone is flush-consistent) holds for data
-// that goes through the cache. Bypassed writes reach the backing device at
-// once, ahead of older dirty data of other blocks still waiting for
-// writeback; bcache has the same property.
+// The backing device alone must always be a crash image that respects the
+// host's flushes (contract 6), also for writes that reach it directly:
+// bypass, writethrough, writearound/passthrough and backing discards. The
+// rule: a write may reach the backing device directly only when its volume
+// has no dirty data of a flush epoch older than the write's own that is not
+// yet written back and flushed on the backing device. The argument:
+//
+//   - Every Flush and every FUA write advances the cache's epoch counter
+//     before it returns, and a key carries the epoch it was appended in. So a write acknowledged before a Flush F was issued
+//     has a key epoch below the epoch that any write issued after F
+//     returned reads. Writes concurrent with F may land on either side,
+//     as the host cannot tell them apart.
+//   - The volume counts each dirty key with its epoch under the stripe
+//     lock, before the write is acknowledged (dirtyEpochs, atomics only).
+//     Writeback walks the log one epoch at a time and uncounts a key only
+//     after its data was written and the backing device flushed (and
+//     dirty_tail persisted).
+//   - A direct write reads the epoch e once issued. If no key of an epoch
+//     below e is still counted, every write of an earlier host epoch is on
+//     the backing device and flushed: cached writes through writeback,
+//     direct ones by the Flush that ended their epoch (Flush flushes the
+//     backing device after direct writes). With the new write the image is
+//     all earlier epochs plus part of epoch e. Dirty data of epoch e itself
+//     may stay behind: the write is one more member of that epoch, and
+//     writeback of epoch e or later only adds to the image in order.
+//   - A key whose epoch is unknown (a flush moved the epoch during its
+//     append) counts as older until it is clean, which only delays direct
+//     writes. Epochs are per cache while contract 6 is per backing device:
+//     another volume's flush makes this volume's dirty data "older" too,
+//     again only more cautious; only this volume's dirty data is counted.
+//
+// A write that may not reach the backing device takes the cache path as
+// dirty data instead, in every mode (also while a switch away from
+// writeback is draining, or after SetConfig changed the mode without a
+// drain); in a full cache it waits for space like any cached write
+// (back-pressure, never a bypass or an error). A backing discard waits for
+// writeback instead of caching zeroes. Such writes count as
+// VolumeStats.HeldBack and make writeback run at full speed for a while,
+// so that bypass resumes once the volume caught up. A clean volume, or one
+// whose dirty data all belongs to the current epoch, bypasses as before.
+//
+// # Limits
 //
 // Writeback is ordered over one log shared by all volumes: dirty keys of a
 // volume recorded in the cache file but not attached stall writeback of

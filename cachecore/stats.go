@@ -22,6 +22,11 @@ type VolumeStats struct {
 	// ReadBypassRaces counts read misses not cached because a bypass
 	// write was in flight on the same 32 MiB chunk.
 	ReadBypassRaces uint64
+	// HeldBack counts writes that would have gone to the backing device
+	// directly (bypass, writethrough) but took the cache path because
+	// dirty data of an older flush epoch was not yet written back
+	// (contract 6: the backing device stays flush-consistent).
+	HeldBack uint64
 	// DirtyBytes is the data of this volume in the log not yet written
 	// back (a block overwritten twice counts twice until written back).
 	DirtyBytes     int64
@@ -49,6 +54,7 @@ type volCounters struct {
 	bypassReq, bypassBytes                           [numReasons]atomic.Uint64
 	readBypassRaces                                  atomic.Uint64
 	writebackBytes                                   atomic.Uint64
+	heldBack                                         atomic.Uint64
 
 	errMu  sync.Mutex
 	errors map[string]uint64
@@ -84,7 +90,7 @@ func (v *Volume) Stats() VolumeStats {
 	out := VolumeStats{
 		ReadHits: s.readHits.Load(), ReadPartialHits: s.readPartialHits.Load(), ReadMisses: s.readMisses.Load(),
 		WriteHits: s.writeHits.Load(), ReadHitBytes: s.readHitBytes.Load(), ReadMissBytes: s.readMissBytes.Load(),
-		WriteBytes: s.writeBytes.Load(), ReadBypassRaces: s.readBypassRaces.Load(),
+		WriteBytes: s.writeBytes.Load(), ReadBypassRaces: s.readBypassRaces.Load(), HeldBack: s.heldBack.Load(),
 		BypassedRequests: make(map[string]uint64), BypassedBytes: make(map[string]uint64),
 		DirtyBytes: max(v.st.dirtyBytes.Load(), 0), WritebackBytes: s.writebackBytes.Load(),
 		Errors: make(map[string]uint64),

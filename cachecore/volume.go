@@ -35,10 +35,18 @@ type Volume struct {
 	state    atomic.Int32
 	inflight atomic.Int64
 
-	tracker  *bypassTracker
-	seq      seqDetector
-	readLat  latencyEWMA
-	writeLat latencyEWMA
+	tracker *bypassTracker
+	// epochs knows whether dirty data of an older flush epoch is still
+	// waiting for writeback: no write may reach the backing device
+	// directly until it is written back (contract 6).
+	epochs dirtyEpochs
+	// heldBackAt is when (unix ns) a write last took the cache path only
+	// because of epochs; writeback runs at full speed for a while after,
+	// so that bypass can resume.
+	heldBackAt atomic.Int64
+	seq        seqDetector
+	readLat    latencyEWMA
+	writeLat   latencyEWMA
 
 	// directSeq counts writes that reach the backing device directly
 	// (bypass, writethrough, discard), counted before they are issued;
@@ -61,6 +69,10 @@ func newVolume(c *Cache, vs *volState, dev backend.Device, vc VolumeConfig) *Vol
 	v.mode.Store(&m)
 	v.vcfg.Store(&vc)
 	v.stats.errors = make(map[string]uint64)
+	// Replayed dirty keys all belong to epochs of an earlier session,
+	// before the cache's current epoch. Writeback does not touch a volume
+	// that is not attached, so nothing uncounts them meanwhile.
+	v.epochs.reset(vs.dirtyKeys.Load())
 	return v
 }
 
@@ -509,29 +521,74 @@ const (
 
 var reasonNames = [numReasons]string{"sequential", "congestion", "full", "mode"}
 
-func (v *Volume) route(ctx context.Context, off, n int64) writeRoute {
+// route chooses the path of a write and, for a bypass, its reason (the
+// bypass statistics are counted when pieces actually bypass).
+func (v *Volume) route(ctx context.Context, off, n int64) (writeRoute, int) {
 	m := v.Mode()
 	if m == ModePassthrough || m == ModeWritearound {
-		v.stats.bypass(reasonMode, n)
-		return routeBypass
+		return routeBypass, reasonMode
 	}
 	vc := v.vcfg.Load()
 	if vc.SequentialCutoff > 0 && v.seq.observe(blk.Stream(ctx), off, n, v.c.clock().Now()) >= vc.SequentialCutoff {
-		v.stats.bypass(reasonSequential, n)
-		return routeBypass
+		return routeBypass, reasonSequential
 	}
 	if v.writeLat.congested(vc.CongestedWriteThreshold) {
-		v.stats.bypass(reasonCongestion, n)
-		return routeBypass
+		return routeBypass, reasonCongestion
 	}
 	if m.cachesWrites() && v.c.segs.dataFree() <= 0 {
-		// Counted when a piece actually bypasses.
-		return routeFull
+		return routeFull, reasonFull
 	}
 	if m == ModeWritethrough {
-		return routeThrough
+		return routeThrough, -1
 	}
-	return routeCache
+	return routeCache, -1
+}
+
+// mustHoldBack reports whether a write issued now must not reach the
+// backing device directly: the volume still has dirty data of an older
+// flush epoch that is not yet written back and flushed there (contract 6;
+// see the package documentation for the argument).
+func (v *Volume) mustHoldBack() bool {
+	epoch := v.c.epoch.Load()
+	if !v.epochs.olderThan(epoch) {
+		return false
+	}
+	v.heldBackAt.Store(time.Now().UnixNano())
+	v.c.kickWriteback()
+	return true
+}
+
+// waitOrdered waits until the volume has no dirty data of a flush epoch
+// older than the current one left to write back, with writeback at full
+// speed meanwhile. Backing discards wait here (rather than writing zeroes
+// through the cache, which a whole-device discard would fill).
+func (v *Volume) waitOrdered(ctx context.Context) error {
+	c := v.c
+	epoch := c.epoch.Load()
+	if !v.epochs.olderThan(epoch) {
+		return nil
+	}
+	c.drainers.Add(1)
+	defer c.drainers.Add(-1)
+	for v.epochs.olderThan(epoch) {
+		if err := c.failedErr(); err != nil {
+			return err
+		}
+		c.kickWriteback()
+		t := time.NewTimer(2 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-c.closing:
+			t.Stop()
+			return fmt.Errorf("cachecore: cache closing while a discard waited for writeback: %w", blk.ErrNotReady)
+		case <-c.failedCh:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+	return nil
 }
 
 // WriteAt writes p at off; with fua it returns only when the data is
@@ -553,11 +610,18 @@ func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64, fua bool) err
 		return v.directWrite(ctx, p, off, fua)
 	}
 	var err error
-	switch r := v.route(ctx, off, int64(len(p))); r {
+	r, reason := v.route(ctx, off, int64(len(p)))
+	if r != routeCache && v.mustHoldBack() {
+		// Older dirty data first: this write joins it in the cache (a
+		// full cache makes it wait for space: back-pressure).
+		v.stats.heldBack.Add(1)
+		r = routeCache
+	}
+	switch r {
 	case routeCache:
 		err = v.cacheWrite(ctx, p, off, fua)
 	default:
-		err = v.bypassWrite(ctx, p, off, fua, r)
+		err = v.bypassWrite(ctx, p, off, fua, r, reason)
 	}
 	if v.retryDirect(err) {
 		return v.directWrite(ctx, p, off, fua)
@@ -671,13 +735,27 @@ func (v *Volume) cacheWritePiece(ctx context.Context, data []byte, pc piece) err
 		}
 		st.list.replace(x.start, x.end(), &x)
 		v.st.dirtyBytes.Add(int64(a.n))
-		v.st.dirtyKeys.Add(1)
-		sp := c.appendKey(slot, k)
+		sp := v.appendDirtyKey(slot, k)
 		st.mu.Unlock()
 		c.commitSpill(sp)
 		done += a.n
 	}
 	return nil
+}
+
+// appendDirtyKey appends the dirty key k to kset slot with the stripe lock
+// of its range held, and counts it dirty for the volume, with its flush
+// epoch, before the write can be acknowledged. The epoch is read before and
+// after the append: if a flush moved it in between, the key's exact epoch
+// is unknown and it counts as older until written back.
+func (v *Volume) appendDirtyKey(slot int, k persist.Key) spill {
+	c := v.c
+	v.st.dirtyKeys.Add(1)
+	before := c.epoch.Load()
+	sp := c.appendKey(slot, k)
+	after := c.epoch.Load()
+	v.epochs.added(before, before == after, dirtyKeyID{seg: k.Pos.Seg, off: k.Pos.Off, gen: k.Gen})
+	return sp
 }
 
 // allocDataWait allocates cache space, waiting (bounded by ctx) for GC or
@@ -736,7 +814,7 @@ type bypassPiece struct {
 // With routeFull (the cache has no free segment) only pieces with nothing
 // cached bypass (they need no tombstone); the others wait for space in the
 // cache path.
-func (v *Volume) bypassWrite(ctx context.Context, p []byte, off int64, fua bool, r writeRoute) error {
+func (v *Volume) bypassWrite(ctx context.Context, p []byte, off int64, fua bool, r writeRoute, reason int) error {
 	through := r == routeThrough
 	c := v.c
 	first, last := chunkRange(off, int64(len(p)))
@@ -773,9 +851,13 @@ func (v *Volume) bypassWrite(ctx context.Context, p []byte, off int64, fua bool,
 			st.mu.Unlock()
 		}
 		direct = append(direct, bp)
-		if r == routeFull {
-			v.stats.bypass(reasonFull, pc.len())
+	}
+	if reason >= 0 && len(direct) > 0 {
+		var n int64
+		for _, bp := range direct {
+			n += bp.pc.len()
 		}
+		v.stats.bypass(reason, n)
 	}
 	if cacheSlots.list != nil {
 		v.stats.writeHits.Add(1)
@@ -981,6 +1063,11 @@ func (v *Volume) discard(ctx context.Context, off, n int64) error {
 		return fmt.Errorf("cachecore: %s: %w", v.name, err)
 	}
 	if len(backing) > 0 {
+		// A backing discard is a write of zeroes: it may not overtake
+		// older dirty data either (contract 6).
+		if err := v.waitOrdered(ctx); err != nil {
+			return err
+		}
 		v.noteDirect()
 	}
 	for _, r := range backing {
@@ -1137,8 +1224,7 @@ func (v *Volume) caw(ctx context.Context, off int64, compare, data []byte, fua b
 				k.DataCRC = crc32.Checksum(data[b:b+int64(a.n)], castagnoli)
 			}
 			v.st.dirtyBytes.Add(int64(a.n))
-			v.st.dirtyKeys.Add(1)
-			spills = append(spills, c.appendKey(slot, k))
+			spills = append(spills, v.appendDirtyKey(slot, k))
 			s += a.n
 		}
 	}

@@ -53,7 +53,7 @@ func (c *Cache) writebackLoop() {
 			backoff = min(backoff*2, 2*time.Second)
 		case n == 0:
 			backoff = 10 * time.Millisecond
-			if c.spaceWait.Load() > 0 || c.drainers.Load() > 0 {
+			if c.spaceWait.Load() > 0 || c.drainers.Load() > 0 || c.writesHeldBack() {
 				// Writers wait for space or a drain waits: get their keys
 				// committed so they can be written back.
 				c.closeAged(c.clock().Now(), 0)
@@ -98,7 +98,7 @@ func (c *Cache) capacity() int64 {
 
 func (c *Cache) writebackFullSpeed() bool {
 	cfg := c.config()
-	if c.drainers.Load() > 0 || c.spaceWait.Load() > 0 {
+	if c.drainers.Load() > 0 || c.spaceWait.Load() > 0 || c.writesHeldBack() {
 		return true
 	}
 	if c.dirtyBytes()*100 >= c.capacity()*int64(cfg.Writeback.HighWatermarkPercent) {
@@ -107,13 +107,34 @@ func (c *Cache) writebackFullSpeed() bool {
 	return c.idleFor() >= cfg.Writeback.IdleAfter
 }
 
+// heldBackWindow is how long writeback runs at full speed after a write
+// of a volume took the cache path only because older dirty data was not
+// yet written back: bypass resumes once writeback has caught up.
+const heldBackWindow = 250 * time.Millisecond
+
+// writesHeldBack reports whether a volume recently held a write back from
+// its backing device (Volume.mustHoldBack).
+func (c *Cache) writesHeldBack() bool {
+	since := time.Now().Add(-heldBackWindow).UnixNano()
+	for i := range c.vols {
+		vs := c.vols[i].Load()
+		if vs == nil {
+			continue
+		}
+		if v := vs.vol.Load(); v != nil && v.heldBackAt.Load() > since {
+			return true
+		}
+	}
+	return false
+}
+
 // writebackPause returns how long to wait after writing n bytes to hold
 // the controller's rate: trickle below the target dirty percentage, a rate
 // growing linearly up to the high watermark, full speed above it, when the
 // volumes are idle, or when a drain or a writer waiting for space needs it.
 func (c *Cache) writebackPause(n int64) time.Duration {
 	cfg := c.config().Writeback
-	if c.drainers.Load() > 0 || c.spaceWait.Load() > 0 {
+	if c.drainers.Load() > 0 || c.spaceWait.Load() > 0 || c.writesHeldBack() {
 		return 0
 	}
 	var rate int64
@@ -246,7 +267,7 @@ func (c *Cache) writebackPass(ctx context.Context) (int64, error) {
 	for _, ks := range batch {
 		for i := range ks.Keys {
 			if ks.Keys[i].Flags == persist.KeyDirty {
-				c.markClean(&ks.Keys[i])
+				c.markClean(&ks.Keys[i], ks.Epoch)
 			}
 		}
 	}
@@ -273,10 +294,13 @@ func (c *Cache) readForWriteback(b []byte, x *extent) error {
 	return nil
 }
 
-// markClean records that a dirty key has been written back: the index
-// extents that still hold its data become clean and the dirty accounting
-// drops it.
-func (c *Cache) markClean(k *persist.Key) {
+// markClean records that a dirty key of flush epoch epoch has been written
+// back and flushed on the backing device: the index extents that still
+// hold its data become clean and the dirty accounting drops it. The
+// volume's epoch accounting drops it last, after the stripe locks of its
+// range were taken once, so it never runs before the append that counted
+// it (which holds the stripe lock) finished.
+func (c *Cache) markClean(k *persist.Key, epoch uint64) {
 	if k.Volume >= uint32(len(c.vols)) {
 		return
 	}
@@ -305,6 +329,9 @@ func (c *Cache) markClean(k *persist.Key) {
 			}
 		}
 		st.mu.Unlock()
+	}
+	if v := vs.vol.Load(); v != nil {
+		v.epochs.cleaned(epoch, dirtyKeyID{seg: k.Pos.Seg, off: k.Pos.Off, gen: k.Gen})
 	}
 }
 
