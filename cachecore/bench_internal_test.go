@@ -84,49 +84,66 @@ func BenchmarkInternalMediaCopy4K(b *testing.B) {
 // media: the case group commit exists for. It reports IOPS and the media
 // persists (fdatasync groups) per write.
 func BenchmarkFUAWrites(b *testing.B) {
-	for _, writers := range []int{1, 8, 32} {
-		b.Run(fmt.Sprintf("writers=%d", writers), func(b *testing.B) {
-			_, v, m := benchRig(b)
-			flushes, _ := m.(interface{ Flushes() uint64 })
-			ctx := context.Background()
-			const blocks = stripeSize / 4096
-			var next atomic.Int64
-			var wg sync.WaitGroup
-			var failed atomic.Pointer[error]
-			b.SetBytes(4096)
-			var before uint64
-			if flushes != nil {
-				before = flushes.Flushes()
+	for _, spread := range []bool{false, true} {
+		for _, writers := range []int{1, 8, 32} {
+			name := fmt.Sprintf("writers=%d", writers)
+			if spread {
+				// Random blocks over 64 MiB (16 stripes, most kset
+				// slots), as a host's FUA writes to a LUN land.
+				name += "/spread"
 			}
-			b.ResetTimer()
-			start := time.Now()
-			for w := 0; w < writers; w++ {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					p := make([]byte, 4096)
-					for {
-						i := next.Add(1) - 1
-						if i >= int64(b.N) {
-							return
-						}
-						if err := v.WriteAt(ctx, p, (i%blocks)*4096, true); err != nil {
-							failed.CompareAndSwap(nil, &err)
-							return
-						}
-					}
-				}()
+			b.Run(name, func(b *testing.B) { benchFUA(b, writers, spread) })
+		}
+	}
+}
+
+func benchFUA(b *testing.B, writers int, spread bool) {
+	_, v, m := benchRig(b)
+	flushes, _ := m.(interface{ Flushes() uint64 })
+	ctx := context.Background()
+	blocks := int64(stripeSize / 4096)
+	if spread {
+		blocks = v.Size() / 4096
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	var failed atomic.Pointer[error]
+	b.SetBytes(4096)
+	var before uint64
+	if flushes != nil {
+		before = flushes.Flushes()
+	}
+	b.ResetTimer()
+	start := time.Now()
+	for w := 0; w < writers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p := make([]byte, 4096)
+			for {
+				i := next.Add(1) - 1
+				if i >= int64(b.N) {
+					return
+				}
+				blk := i % blocks
+				if spread {
+					blk = (i * 7919) % blocks
+				}
+				if err := v.WriteAt(ctx, p, blk*4096, true); err != nil {
+					failed.CompareAndSwap(nil, &err)
+					return
+				}
 			}
-			wg.Wait()
-			elapsed := time.Since(start)
-			b.StopTimer()
-			if e := failed.Load(); e != nil {
-				b.Fatal(*e)
-			}
-			b.ReportMetric(float64(b.N)/elapsed.Seconds(), "IOPS")
-			if flushes != nil {
-				b.ReportMetric(float64(flushes.Flushes()-before)/float64(b.N), "persists/write")
-			}
-		})
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	b.StopTimer()
+	if e := failed.Load(); e != nil {
+		b.Fatal(*e)
+	}
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "IOPS")
+	if flushes != nil {
+		b.ReportMetric(float64(flushes.Flushes()-before)/float64(b.N), "persists/write")
 	}
 }

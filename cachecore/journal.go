@@ -242,43 +242,32 @@ func (c *Cache) flushBackingForClean(keys []persist.Key) {
 }
 
 // persistKeyData makes the cache data of the keys durable, merging
-// adjacent ranges so one Persist covers a run of sequential allocations.
+// adjacent ranges, with one media flush for all of them where the media
+// allows it (persist.PersistRanges).
 func (c *Cache) persistKeyData(keys []persist.Key) error {
-	type rng struct{ off, end int64 }
-	var buf [persist.MaxKSetKeys]rng
+	var buf [persist.MaxKSetKeys]persist.Span
 	rs := buf[:0]
 	for i := range keys {
 		k := &keys[i]
 		if k.Flags == persist.KeyTombstone {
 			continue
 		}
-		off := c.store.DataOffset(k.Pos)
-		rs = append(rs, rng{off, off + int64(k.Length)})
+		rs = append(rs, persist.Span{Off: c.store.DataOffset(k.Pos), N: int64(k.Length)})
 	}
 	if len(rs) == 0 {
 		return nil
 	}
-	slices.SortFunc(rs, func(a, b rng) int {
-		if a.off < b.off {
-			return -1
-		} else if a.off > b.off {
-			return 1
-		}
-		return 0
-	})
-	m := c.store.Media()
-	cur := rs[0]
+	slices.SortFunc(rs, func(a, b persist.Span) int { return cmpU64(uint64(a.Off), uint64(b.Off)) })
+	merged := rs[:1]
 	for _, r := range rs[1:] {
-		if r.off <= cur.end {
-			cur.end = max(cur.end, r.end)
+		cur := &merged[len(merged)-1]
+		if r.Off <= cur.Off+cur.N {
+			cur.N = max(cur.N, r.Off+r.N-cur.Off)
 			continue
 		}
-		if err := m.Persist(cur.off, cur.end-cur.off); err != nil {
-			return err
-		}
-		cur = r
+		merged = append(merged, r)
 	}
-	return m.Persist(cur.off, cur.end-cur.off)
+	return persist.PersistRanges(c.store.Media(), merged)
 }
 
 // syncSlot makes every key appended to slot i so far durable. If those

@@ -193,12 +193,14 @@ func (j *Journal) waitDurable(lsn uint64) error {
 		j.mu.pending = nil
 		j.mu.Unlock()
 		j.flush.Unlock()
-		var err error
-		for _, sp := range mergeSpans(pending) {
-			if err = j.s.m.Persist(sp.off, sp.n); err != nil {
-				err = fmt.Errorf("persist: journal persist: %w", err)
-				break
-			}
+		merged := mergeSpans(pending)
+		spans := make([]Span, len(merged))
+		for i, sp := range merged {
+			spans[i] = Span{sp.off, sp.n}
+		}
+		err := PersistRanges(j.s.m, spans)
+		if err != nil {
+			err = fmt.Errorf("persist: journal persist: %w", err)
 		}
 		j.flush.Lock()
 		j.flush.running = false

@@ -39,6 +39,32 @@ type Media interface {
 	Close() error
 }
 
+// Span is a byte range of a media.
+type Span struct{ Off, N int64 }
+
+// rangesPersister is implemented by media that can make several ranges
+// durable with fewer flushes than one Persist per range.
+type rangesPersister interface {
+	persistRanges(spans []Span) error
+}
+
+// PersistRanges makes every span durable before it returns, as a Persist
+// of each would, but with as few flushes as m allows: on a pwrite-fdatasync
+// file one fdatasync covers them all, where consecutive Persist calls would
+// each wait for a flush of their own (a Persist needs a flush that starts
+// after it is called).
+func PersistRanges(m Media, spans []Span) error {
+	if rp, ok := m.(rangesPersister); ok {
+		return rp.persistRanges(spans)
+	}
+	for _, sp := range spans {
+		if err := m.Persist(sp.Off, sp.N); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // FileOptions configure OpenFile.
 type FileOptions struct {
 	// Create creates the file if it does not exist and grows it to Size.

@@ -231,6 +231,27 @@ func (m *fileMedia) Persist(off, n int64) error {
 	return m.fl.persist(off, n, m.flushRange)
 }
 
+// persistRanges is Persist of each span; on the pwrite-fdatasync kind,
+// whose flush covers the whole file, with one flush for all of them.
+func (m *fileMedia) persistRanges(spans []Span) error {
+	if m.kind != KindPwriteFdatasync || len(spans) < 2 {
+		for _, sp := range spans {
+			if err := m.Persist(sp.Off, sp.N); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	lo, hi := int64(1<<62), int64(0)
+	for _, sp := range spans {
+		if err := checkRange(m.size, sp.Off, sp.N); err != nil {
+			return err
+		}
+		lo, hi = min(lo, sp.Off), max(hi, sp.Off+sp.N)
+	}
+	return m.Persist(lo, hi-lo)
+}
+
 // flushRange performs one flush covering [lo, hi).
 func (m *fileMedia) flushRange(lo, hi int64) error {
 	switch m.kind {

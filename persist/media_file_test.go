@@ -282,3 +282,44 @@ func TestDAXPathOnSharedMapping(t *testing.T) {
 		t.Fatalf("persist past the truncated end: %v", err)
 	}
 }
+
+// TestPersistRangesOneFlush: on a pwrite-fdatasync file, PersistRanges of
+// scattered spans costs one flush (Persist of each would cost one per span,
+// since each needs a flush that starts after it); on msync it flushes each
+// span; a span outside the media fails before anything is flushed.
+func TestPersistRangesOneFlush(t *testing.T) {
+	for _, kind := range []MediaKind{KindPwriteFdatasync, KindMmapMsync} {
+		t.Run(string(kind), func(t *testing.T) {
+			m, err := OpenFile(filepath.Join(t.TempDir(), "c"), FileOptions{Create: true, Size: 4 << 20, Kind: kind})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer m.Close()
+			fm := m.(*fileMedia)
+			spans := []Span{{0, 4096}, {1 << 20, 4096}, {3 << 20, 512}}
+			for _, sp := range spans {
+				if err := m.WriteAt(make([]byte, sp.N), sp.Off); err != nil {
+					t.Fatal(err)
+				}
+			}
+			before := fm.Flushes()
+			if err := PersistRanges(m, spans); err != nil {
+				t.Fatal(err)
+			}
+			want := uint64(1)
+			if kind == KindMmapMsync {
+				want = uint64(len(spans))
+			}
+			if got := fm.Flushes() - before; got != want {
+				t.Fatalf("%d flushes for %d spans, want %d", got, len(spans), want)
+			}
+			before = fm.Flushes()
+			if err := PersistRanges(m, []Span{{0, 4096}, {4 << 20, 4096}}); err == nil {
+				t.Fatal("a span past the end was accepted")
+			}
+			if kind == KindPwriteFdatasync && fm.Flushes() != before {
+				t.Fatal("flushed although a span was invalid")
+			}
+		})
+	}
+}
