@@ -81,9 +81,12 @@ type Cache struct {
 	hardStop       chan struct{}
 	// intent, if not nil, records appended keys until they are journaled
 	// so that a process crash loses no acknowledged write.
-	intent  *IntentLog
-	closing chan struct{} // closed when Close starts: waiting writers give up
-	closed  atomic.Bool
+	intent *IntentLog
+	// recoveredKsets are ksets of recovered keys closed during Open,
+	// committed once the workers run.
+	recoveredKsets []*pendingKset
+	closing        chan struct{} // closed when Close starts: waiting writers give up
+	closed         atomic.Bool
 }
 
 type cacheCounters struct {
@@ -122,8 +125,10 @@ func Open(ctx context.Context, store *persist.Store, cfg Config) (*Cache, error)
 
 // OpenWithIntent is Open with an intent log (see IntentLog): keys the
 // previous process appended but did not journal before it died are
-// recovered from it, journaled durably and served, and this cache records
-// its own unjournaled keys in it. The cache owns intent from here on (it
+// recovered from it and served, and journaled like keys of writes
+// acknowledged now (the next SYNCHRONIZE CACHE covers them; they are
+// committed as soon as the workers start); this cache records its own
+// unjournaled keys in it. The cache owns intent from here on (it
 // closes it in Close, or at once if Open fails).
 func OpenWithIntent(ctx context.Context, store *persist.Store, cfg Config, intent *IntentLog) (*Cache, error) {
 	c, err := openWith(ctx, store, cfg, nil, intent)
@@ -252,15 +257,19 @@ func openWith(ctx context.Context, store *persist.Store, cfg Config, replayed fu
 	c.journal = store.OpenJournal(head, c.allocJournalSegment)
 	c.durableHead.Store(head.LSN)
 	c.distrustUntil = head.LSN
-	if len(recovered) > 0 {
-		if err := c.journalRecovered(recovered); err != nil {
-			return nil, fmt.Errorf("cachecore: journal writes recovered from the intent log %s: %w", intent.path, err)
-		}
-		c.log.Warn("recovered acknowledged writes of a crashed process from the intent log", "path", intent.path, "keys", len(recovered))
-	}
 	if intent != nil {
 		intent.reset(store.Superblock().UUID)
 		c.intent = intent
+	}
+	if len(recovered) > 0 {
+		// The recovered keys join the open ksets of this session like
+		// keys of writes acknowledged just now: recorded in the new
+		// session's intent log, journaled by the next sync or right after
+		// the workers start (a full journal waits for writeback and GC
+		// like any commit, it does not fail the Open).
+		c.appendRecovered(recovered)
+		c.epoch.Store(lastEpoch + 1)
+		c.log.Warn("recovered acknowledged writes of a crashed process from the intent log", "path", intent.path, "keys", len(recovered))
 	}
 	if cfg.GCPercent != int(info.GCPercent) {
 		info.GCPercent = uint8(cfg.GCPercent)
@@ -277,6 +286,13 @@ func openWith(ctx context.Context, store *persist.Store, cfg Config, replayed fu
 	go c.flusher()
 	go c.writebackLoop()
 	go c.gcLoop()
+	if c.stats.intentRecovered.Load() > 0 {
+		for _, pk := range c.recoveredKsets {
+			c.commitAsync(pk)
+		}
+		c.recoveredKsets = nil
+		c.closeAged(c.clock().Now(), 0)
+	}
 	return c, nil
 }
 
@@ -382,31 +398,21 @@ func (c *Cache) dataCRCOK(k *persist.Key) bool {
 	return crc32.Checksum(b, castagnoli) == k.DataCRC
 }
 
-// journalRecovered makes keys recovered from the intent log durable in the
-// cache file, in their order (epoch, slot, sequence): their data first, then
-// ksets of one epoch each.
-func (c *Cache) journalRecovered(keys []intentKey) error {
-	for len(keys) > 0 {
-		n := 1
-		for n < len(keys) && n < persist.MaxKSetKeys && keys[n].epoch == keys[0].epoch {
-			n++
+// appendRecovered appends keys recovered from the intent log (already in
+// the index) to the ksets of the slots they were recorded in, in their
+// order, each in its own flush epoch. Nothing else runs yet, so no stripe
+// lock is needed.
+func (c *Cache) appendRecovered(keys []intentKey) {
+	for i := range keys {
+		c.epoch.Store(keys[i].epoch)
+		sp := c.appendKeyLive(keys[i].slot, keys[i].key, false)
+		for _, pk := range sp {
+			if pk != nil {
+				c.recoveredKsets = append(c.recoveredKsets, pk)
+			}
 		}
-		batch := make([]persist.Key, n)
-		for i := range batch {
-			batch[i] = keys[i].key
-		}
-		if err := c.persistKeyData(batch); err != nil {
-			return err
-		}
-		ks, err := c.journal.Commit(batch, keys[0].epoch)
-		if err != nil {
-			return err
-		}
-		c.durableHead.Store(ks.LSN + 1)
-		c.stats.intentRecovered.Add(uint64(n))
-		keys = keys[n:]
+		c.stats.intentRecovered.Add(1)
 	}
-	return nil
 }
 
 // allocJournalSegment is the journal's segment supplier.

@@ -32,7 +32,7 @@ import (
 // daemon, then gets GOOD for its next SYNCHRONIZE CACHE although writes it
 // sent before were lost, and a database believes its log is durable. With
 // it, Open after a process crash finds the keys that were acknowledged but
-// not yet journaled, verifies them, journals them durably and serves them:
+// not yet journaled, verifies them, serves them and journals them again:
 // a daemon crash loses no acknowledged write.
 //
 // Why it is safe: the record names the boot it was written in

@@ -294,9 +294,13 @@ func TestIntentLogProcessKill(t *testing.T) {
 			if recovered == 0 {
 				t.Fatalf("nothing was recovered from the intent log: the kill left no unjournaled write (adjust the workload)")
 			}
-			// The recovered keys are durable: a power cut now (only
-			// persisted bytes survive), restarted without an intent log,
-			// still reads them.
+			// The host's next SYNCHRONIZE CACHE makes the recovered keys
+			// durable: a power cut after it (only persisted bytes
+			// survive), restarted without an intent log, still reads
+			// them.
+			if err := r.vol.Flush(context.Background()); err != nil {
+				t.Fatal(err)
+			}
 			power := r.media.CrashImage(r.media.PersistPoints(), nil)
 			st, err := persist.Open(power)
 			if err != nil {

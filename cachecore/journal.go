@@ -97,6 +97,12 @@ type spill [2]*pendingKset
 // the key's range held. A kset of an older flush epoch is closed first and
 // a full kset after the append; both are returned for committing.
 func (c *Cache) appendKey(i int, k persist.Key) (sp spill) {
+	return c.appendKeyLive(i, k, true)
+}
+
+// appendKeyLive is appendKey; countLive=false for a key whose live-log
+// count was already taken (recovered from the intent log and replayed).
+func (c *Cache) appendKeyLive(i int, k persist.Key, countLive bool) (sp spill) {
 	s := &c.slots[i]
 	s.mu.Lock()
 	ep := c.epoch.Load()
@@ -113,7 +119,7 @@ func (c *Cache) appendKey(i int, k persist.Key) (sp spill) {
 	if c.intent != nil {
 		c.intent.record(i, s.appended, s.epoch, &k)
 	}
-	if k.Volume < uint32(len(c.liveKeys)) {
+	if countLive && k.Volume < uint32(len(c.liveKeys)) {
 		c.liveKeys[k.Volume].Add(1)
 	}
 	if len(s.open) >= persist.MaxKSetKeys {
