@@ -188,6 +188,13 @@ func (d *daemon) start() {
 		args = append(args, "--config", d.config)
 	}
 	cmd := exec.Command(binaryPath, args...)
+	// The daemon's runtime directory (its intent logs) belongs to the
+	// test, as systemd's RuntimeDirectory= belongs to the service.
+	runDir := filepath.Join(d.dataDir, "run")
+	if err := os.MkdirAll(runDir, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Env = append(os.Environ(), "RUNTIME_DIRECTORY="+runDir)
 	pr, pw := io.Pipe()
 	if d.log == nil {
 		d.log = &lockedBuffer{}
