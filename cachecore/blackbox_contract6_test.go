@@ -417,8 +417,30 @@ func runFlushConsistency(t *testing.T, v c6Variant) {
 	vc := v.o.VC
 	for i := range ops {
 		if v.switchTo != "" && i == ops/3 {
+			// Older dirty data whose writeback is held at a gate meets
+			// the new mode: the next writes must not reach the backing
+			// device before it.
+			gate := r.backing.Gate(backend.OpWrite, backend.Range{Off: 0, Len: 4096})
+			id := nextID
+			nextID++
+			record(id, 0, 4096)
+			mustOK(t, "write", r.vol.WriteAt(ctx, tagged(id, 0, 4096), 0, false))
+			mustOK(t, "flush", r.vol.Flush(ctx))
+			m.mu.Lock()
+			m.epoch++
+			m.mu.Unlock()
+			mustOK(t, "writeback reaches the gate", gate.WaitArrived(ctx, 1))
 			vc.Mode = v.switchTo
 			mustOK(t, "switch mode", r.vol.SetConfig(vc))
+			for range 5 {
+				off := rng.Int64N(size/4096) * 4096
+				n := min((1+rng.Int64N(v.maxBlocks))*4096, size-off)
+				id := nextID
+				nextID++
+				record(id, off, n)
+				mustOK(t, "write", r.vol.WriteAt(ctx, tagged(id, off, int(n)), off, false))
+			}
+			gate.Release()
 		}
 		if v.congestionEvery > 0 && i%v.congestionEvery == 0 {
 			if vc.CongestedWriteThreshold == 0 {

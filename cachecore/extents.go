@@ -98,6 +98,14 @@ func (l *extentList) span(s, e uint32) (int, int) {
 //
 // It reports whether any data extent was touched.
 func (l *extentList) replace(s, e uint32, n *extent) (touchedData bool) {
+	touchedData, _ = l.replaceDirty(s, e, n)
+	return touchedData
+}
+
+// replaceDirty is replace that also returns how many dirty bytes of [s, e)
+// it dropped, for the dirty accounting (an overwrite of dirty data must not
+// count twice).
+func (l *extentList) replaceDirty(s, e uint32, n *extent) (touchedData bool, droppedDirty int64) {
 	i, j := l.span(s, e)
 	var buf [3]extent
 	repl := buf[:0]
@@ -121,9 +129,12 @@ func (l *extentList) replace(s, e uint32, n *extent) (touchedData bool) {
 			right = &r
 		}
 		for k := i; k < j; k++ {
-			if l.ext[k].hasData() {
+			x := &l.ext[k]
+			if x.hasData() {
 				touchedData = true
-				break
+			}
+			if x.kind == extDirty {
+				droppedDirty += int64(min(x.end(), e) - max(x.start, s))
 			}
 		}
 	}
@@ -135,10 +146,21 @@ func (l *extentList) replace(s, e uint32, n *extent) (touchedData bool) {
 	}
 	if i == j && len(repl) == 1 {
 		l.ext = slices.Insert(l.ext, i, repl[0])
-		return touchedData
+		return touchedData, droppedDirty
 	}
 	l.ext = slices.Replace(l.ext, i, j, repl...)
-	return touchedData
+	return touchedData, droppedDirty
+}
+
+// dirtyBytes returns the bytes covered by dirty extents.
+func (l *extentList) dirtyBytes() int64 {
+	var n int64
+	for k := range l.ext {
+		if l.ext[k].kind == extDirty {
+			n += int64(l.ext[k].length)
+		}
+	}
+	return n
 }
 
 // find returns the index of the extent that starts exactly at s, or -1.

@@ -156,7 +156,12 @@ func (c *Cache) evictKey(k *persist.Key) {
 		st.mu.Lock()
 		i, j := st.list.span(p.s, p.e)
 		for n := j - 1; n >= i; n-- {
-			if st.list.ext[n].sameLineage(p.s, k.Pos.Seg, segOff, k.Gen) {
+			if x := &st.list.ext[n]; x.sameLineage(p.s, k.Pos.Seg, segOff, k.Gen) {
+				if x.kind == extDirty {
+					// GC stops at dirty_tail, so this is written-back
+					// data whose clean marking has not run yet.
+					vs.dirtyBytes.Add(-int64(x.length))
+				}
 				st.list.removeAt(n)
 			}
 		}

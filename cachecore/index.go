@@ -138,3 +138,16 @@ func splitPieces(off, n int64) []piece {
 	}
 	return out
 }
+
+// dirtyBytes returns the bytes of the volume dirty in the index, taking each
+// stripe lock in turn (a sum over a moving index is only exact while
+// nothing writes or cleans the volume, e.g. before it is attached).
+func (x *volIndex) dirtyBytes() int64 {
+	var n int64
+	x.each(func(_ uint64, st *stripe) {
+		st.mu.Lock()
+		n += st.list.dirtyBytes()
+		st.mu.Unlock()
+	})
+	return n
+}

@@ -27,8 +27,10 @@ type VolumeStats struct {
 	// dirty data of an older flush epoch was not yet written back
 	// (contract 6: the backing device stays flush-consistent).
 	HeldBack uint64
-	// DirtyBytes is the data of this volume in the log not yet written
-	// back (a block overwritten twice counts twice until written back).
+	// DirtyBytes is the data of this volume dirty in the index: bytes
+	// whose newest data is in the cache and not yet written back (an
+	// overwrite of dirty data counts once; writeback, discards and
+	// tombstones subtract).
 	DirtyBytes     int64
 	WritebackBytes uint64
 	// WritebackLag is how long the oldest unwritten data has waited
@@ -43,9 +45,12 @@ type CacheStats struct {
 	KeyHead, DirtyTail, KeyTail                               persist.Tail
 	GCRuns, GCSegmentsFreed                                   uint64
 	DeferredWrites                                            uint64 // writes that waited for free space
-	DirtyBytes                                                int64
-	Failed                                                    bool
-	FailureReason                                             string
+	// DirtyBytes sums the volumes' DirtyBytes; a volume recorded in the
+	// cache file but not attached counts the dirty log bytes replay found
+	// until it is attached.
+	DirtyBytes    int64
+	Failed        bool
+	FailureReason string
 }
 
 type volCounters struct {

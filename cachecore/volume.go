@@ -73,6 +73,10 @@ func newVolume(c *Cache, vs *volState, dev backend.Device, vc VolumeConfig) *Vol
 	// before the cache's current epoch. Writeback does not touch a volume
 	// that is not attached, so nothing uncounts them meanwhile.
 	v.epochs.reset(vs.dirtyKeys.Load())
+	// Replay counted log bytes (an overwritten block once per key); from
+	// here on the count is the bytes dirty in the index, kept up to date
+	// by every index change.
+	vs.dirtyBytes.Store(vs.idx.dirtyBytes())
 	return v
 }
 
@@ -419,6 +423,9 @@ func (v *Volume) dropStale(st *stripe, pc piece) {
 	for k := 0; k < len(st.list.ext); {
 		x := &st.list.ext[k]
 		if x.hasData() && x.end() > pc.s && x.start < pc.e && v.c.segs.segs[x.seg].currentGen() != x.gen {
+			if x.kind == extDirty {
+				v.st.dirtyBytes.Add(-int64(x.length))
+			}
 			st.list.removeAt(k)
 			continue
 		}
@@ -481,7 +488,11 @@ func (v *Volume) fill(st *stripe, pc piece, s uint32, token uint64, data []byte,
 		}
 		n := min(a.n, phLen-covered)
 		x := extent{gen: a.gen, start: s + covered, length: n, seg: a.pos.Seg, segOff: a.pos.Off, kind: extClean}
-		st.list.replace(x.start, x.end(), &x)
+		// The placeholder held the range, so no dirty data is dropped
+		// here; counted anyway to keep the accounting exact.
+		if _, dropped := st.list.replaceDirty(x.start, x.end(), &x); dropped > 0 {
+			v.st.dirtyBytes.Add(-dropped)
+		}
 		k := persist.Key{Volume: v.st.id, Offset: uint64(pc.abs(x.start)), Length: n, Pos: a.pos, Gen: a.gen, Flags: persist.KeyClean}
 		if c.dataCRC {
 			k.DataCRC = crc32.Checksum(data[covered:covered+n], castagnoli)
@@ -733,8 +744,8 @@ func (v *Volume) cacheWritePiece(ctx context.Context, data []byte, pc piece) err
 			c.putRef(a.pos.Seg)
 			return c.failedErr()
 		}
-		st.list.replace(x.start, x.end(), &x)
-		v.st.dirtyBytes.Add(int64(a.n))
+		_, dropped := st.list.replaceDirty(x.start, x.end(), &x)
+		v.st.dirtyBytes.Add(int64(a.n) - dropped)
 		sp := v.appendDirtyKey(slot, k)
 		st.mu.Unlock()
 		c.commitSpill(sp)
@@ -1217,7 +1228,8 @@ func (v *Volume) caw(ctx context.Context, off int64, compare, data []byte, fua b
 		s := pp.pc.s
 		for _, a := range pp.allocs {
 			x := extent{gen: a.gen, start: s, length: a.n, seg: a.pos.Seg, segOff: a.pos.Off, kind: extDirty}
-			pp.st.list.replace(x.start, x.end(), &x)
+			_, dropped := pp.st.list.replaceDirty(x.start, x.end(), &x)
+			v.st.dirtyBytes.Add(-dropped)
 			k := persist.Key{Volume: v.st.id, Offset: uint64(pp.pc.abs(s)), Length: a.n, Pos: a.pos, Gen: a.gen, Flags: persist.KeyDirty}
 			if c.dataCRC {
 				b := pp.pc.bufOff + int64(s-pp.pc.s)

@@ -308,7 +308,6 @@ func (c *Cache) markClean(k *persist.Key, epoch uint64) {
 	if vs == nil {
 		return
 	}
-	vs.dirtyBytes.Add(-int64(k.Length))
 	vs.dirtyKeys.Add(-1)
 	end := min(int64(k.Offset)+int64(k.Length), vs.size)
 	if int64(k.Offset) >= end {
@@ -326,6 +325,7 @@ func (c *Cache) markClean(k *persist.Key, epoch uint64) {
 			x := &st.list.ext[n]
 			if x.kind == extDirty && x.sameLineage(p.s, k.Pos.Seg, segOff, k.Gen) {
 				x.kind = extClean
+				vs.dirtyBytes.Add(-int64(x.length))
 			}
 		}
 		st.mu.Unlock()
