@@ -149,3 +149,30 @@ func TestBlackboxDirtyBytesMatchIndex(t *testing.T) {
 		t.Fatalf("after the drain the cache's DirtyBytes = %d", got)
 	}
 }
+
+// TestBlackboxGCPercentStoredAcrossRestart: an explicit gc percent is
+// persisted; the zero value (GCPercentStored) on the next Open keeps it,
+// and SetConfig with the zero value keeps the value in force.
+func TestBlackboxGCPercentStoredAcrossRestart(t *testing.T) {
+	ctx := context.Background()
+	o := rigOptions{Cfg: cachecore.Config{GCPercent: 35}}
+	r := newRig(t, o, nil)
+	if got := r.cache.GCPercent(); got != 35 {
+		t.Fatalf("GCPercent() = %d, want 35", got)
+	}
+	mustOK(t, "SetConfig", r.cache.SetConfig(cachecore.Config{GCPercent: cachecore.GCPercentStored}))
+	if got := r.cache.GCPercent(); got != 35 {
+		t.Fatalf("SetConfig with the zero value changed the gc percent to %d", got)
+	}
+	r.close()
+	o.Cfg.GCPercent = cachecore.GCPercentStored
+	c, _, err := openImage(ctx, r.media, r.backing, o)
+	mustOK(t, "reopen", err)
+	defer c.Close(ctx)
+	if got := c.GCPercent(); got != 35 {
+		t.Fatalf("after a restart with the zero value GCPercent() = %d, want the stored 35", got)
+	}
+	if err := c.SetConfig(cachecore.Config{GCPercent: 91}); err == nil {
+		t.Fatal("gc percent 91 accepted")
+	}
+}

@@ -80,8 +80,11 @@ type Config struct {
 	Logger *slog.Logger // nil: discard
 	Clock  Clock        // nil: real clock
 	// GCPercent: GC reclaims clean log while more than this share of the
-	// segments is in use. 1..90; 0 means "keep the value stored in the
-	// cache file" (70 on a fresh cache).
+	// segments is in use, 1..90. The zero value is GCPercentStored, not a
+	// percentage: Open keeps the value stored in the cache file (70 on a
+	// fresh cache) and SetConfig keeps the current one. There is no 0 %
+	// setting; a caller whose own configuration allows 0 must map it
+	// (Cache.GCPercent reports the value in force).
 	GCPercent            int
 	JournalFlushInterval time.Duration // default 1s: an acked write's key waits at most this long in an open kset
 	OnCacheFailure       FailurePolicy // default "auto"
@@ -110,6 +113,10 @@ func DefaultVolumeConfig() VolumeConfig {
 	}
 }
 
+// GCPercentStored is the zero value of Config.GCPercent: "unset", keep
+// the value stored in the cache file (Open) or in force (SetConfig).
+const GCPercentStored = 0
+
 const (
 	defaultGCPercent       = 70
 	maxGCPercent           = 90
@@ -131,9 +138,9 @@ func (c Config) withDefaults(stored uint8) (Config, error) {
 		c.Clock = realClock{}
 	}
 	if c.GCPercent < 0 || c.GCPercent > maxGCPercent {
-		return c, fmt.Errorf("cachecore: gc percent %d outside 0..%d", c.GCPercent, maxGCPercent)
+		return c, fmt.Errorf("cachecore: gc percent %d outside 1..%d (or %d: keep the stored value)", c.GCPercent, maxGCPercent, GCPercentStored)
 	}
-	if c.GCPercent == 0 {
+	if c.GCPercent == GCPercentStored {
 		c.GCPercent = int(stored)
 		if c.GCPercent == 0 || c.GCPercent > maxGCPercent {
 			c.GCPercent = defaultGCPercent
@@ -193,3 +200,7 @@ func (vc VolumeConfig) withDefaults() (VolumeConfig, error) {
 	}
 	return vc, nil
 }
+
+// GCPercent returns the gc percent in force (Config.GCPercent resolved
+// against the value stored in the cache file).
+func (c *Cache) GCPercent() int { return c.config().GCPercent }
