@@ -261,7 +261,9 @@ func (d *dirtyEpochs) olderThan(epoch uint64) bool {
 		if d.newest.Load() != w {
 			continue // a newer epoch's key moved counts meanwhile: look again
 		}
-		if o > 0 {
+		if o != 0 {
+			// Negative would be an accounting bug: stay on the safe
+			// side.
 			return true
 		}
 		tag, n := unpackEpochCount(w)
@@ -269,9 +271,11 @@ func (d *dirtyEpochs) olderThan(epoch uint64) bool {
 	}
 }
 
-// reset sets the state for a volume attached with dirty keys replayed from
-// the log: all of them belong to epochs before the current one.
-func (d *dirtyEpochs) reset(replayedDirtyKeys int64) {
-	d.newest.Store(0)
+// reset sets the state for a volume attached in epoch current with dirty
+// keys replayed from the log: all of them belong to earlier epochs. The
+// tag starts at current so that later epochs compare against a nearby
+// value (the 32-bit comparison holds for epochs less than 2^31 apart).
+func (d *dirtyEpochs) reset(replayedDirtyKeys int64, current uint64) {
+	d.newest.Store(packEpochCount(current, 0))
 	d.older.Store(max(replayedDirtyKeys, 0))
 }

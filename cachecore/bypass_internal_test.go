@@ -62,9 +62,23 @@ func TestDirtyEpochsSequential(t *testing.T) {
 		t.Fatalf("accounting not back to zero: newest %x older %d unsure %d", d.newest.Load(), d.older.Load(), d.unsureN.Load())
 	}
 
-	d.reset(3)
-	if !d.olderThan(1) {
+	// A volume attached late in a long-lived cache: epochs far from 0
+	// still compare correctly against the reset tag.
+	const late = 3<<31 + 12345
+	d.reset(3, late)
+	if !d.olderThan(late) {
 		t.Fatal("replayed keys are not older")
+	}
+	for i := range 3 {
+		d.cleaned(late-uint64(1+i), keyID(100+i))
+	}
+	d.added(late, true, keyID(200))
+	if d.olderThan(late) || !d.olderThan(late+1) {
+		t.Fatalf("epoch %d key misplaced: newest %x older %d", uint64(late), d.newest.Load(), d.older.Load())
+	}
+	d.added(late+5, true, keyID(201))
+	if !d.olderThan(late + 5) {
+		t.Fatal("epoch late key not older than late+5")
 	}
 }
 

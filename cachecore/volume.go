@@ -72,7 +72,7 @@ func newVolume(c *Cache, vs *volState, dev backend.Device, vc VolumeConfig) *Vol
 	// Replayed dirty keys all belong to epochs of an earlier session,
 	// before the cache's current epoch. Writeback does not touch a volume
 	// that is not attached, so nothing uncounts them meanwhile.
-	v.epochs.reset(vs.dirtyKeys.Load())
+	v.epochs.reset(vs.dirtyKeys.Load(), c.epoch.Load())
 	// Replay counted log bytes (an overwritten block once per key); from
 	// here on the count is the bytes dirty in the index, kept up to date
 	// by every index change.
