@@ -267,6 +267,9 @@ type c6Variant struct {
 	// congestionEvery > 0 toggles the write congestion threshold between
 	// 1ns (always congested) and off every that many operations.
 	congestionEvery int
+	// fuaEndsEpoch makes a completed FUA write end the model's flush
+	// epoch like a Flush (the strict reading of contract 6).
+	fuaEndsEpoch bool
 	// check verifies that the variant exercised what it is about.
 	check func(t *testing.T, vs cachecore.VolumeStats, cs cachecore.CacheStats)
 }
@@ -305,6 +308,9 @@ func TestBlackboxFlushConsistencyWithBypass(t *testing.T) {
 			check: wantHeldBack},
 		{name: "writearound", maxBlocks: 4, switchTo: cachecore.ModeWritearound,
 			o:     rigOptions{Segments: 32, Cfg: cachecore.Config{Writeback: wb}, VC: cachecore.VolumeConfig{Mode: cachecore.ModeWriteback}},
+			check: wantHeldBack},
+		{name: "sequential-fua-epochs", seqPercent: 60, maxBlocks: 8, fuaEndsEpoch: true,
+			o:     rigOptions{Segments: 32, Cfg: cachecore.Config{Writeback: wb}, VC: cachecore.VolumeConfig{Mode: cachecore.ModeWriteback, SequentialCutoff: 16 << 10}},
 			check: wantHeldBack},
 		{name: "mode-switches", maxBlocks: 8, seqPercent: 30,
 			o:     rigOptions{Segments: 32, Cfg: cachecore.Config{Writeback: wb}, VC: cachecore.VolumeConfig{Mode: cachecore.ModeWriteback, SequentialCutoff: 32 << 10}},
@@ -461,7 +467,13 @@ func runFlushConsistency(t *testing.T, v c6Variant) {
 			id := nextID
 			nextID++
 			record(id, off, n)
-			mustOK(t, "write", r.vol.WriteAt(ctx, tagged(id, off, int(n)), off, rng.IntN(8) == 0))
+			fua := rng.IntN(8) == 0
+			mustOK(t, "write", r.vol.WriteAt(ctx, tagged(id, off, int(n)), off, fua))
+			if fua && v.fuaEndsEpoch {
+				m.mu.Lock()
+				m.epoch++
+				m.mu.Unlock()
+			}
 		case k < 88:
 			mustOK(t, "flush", r.vol.Flush(ctx))
 			m.mu.Lock()
@@ -506,5 +518,27 @@ func runFlushConsistency(t *testing.T, v c6Variant) {
 	}
 	if v.check != nil {
 		v.check(t, vs, cs)
+	}
+}
+
+// TestBlackboxFlushCoversDirectWriteInFlight: a Flush that runs while a
+// direct write is on its way to the backing device does not cover it, so
+// the next Flush after the write completed must flush the backing device
+// again (contract 3 for writes that bypass the cache).
+func TestBlackboxFlushCoversDirectWriteInFlight(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	r := newC6Rig(t, rigOptions{BackingSize: 1 << 20, VC: cachecore.VolumeConfig{Mode: cachecore.ModeWritearound}}, backend.SlowOptions{})
+	gate := r.backing.Gate(backend.OpWrite, backend.Range{Off: 0, Len: 4096})
+	defer gate.Release()
+	done := make(chan error, 1)
+	go func() { done <- r.vol.WriteAt(ctx, tagged(1, 0, 4096), 0, false) }()
+	mustOK(t, "direct write reaches the gate", gate.WaitArrived(ctx, 1))
+	mustOK(t, "flush while the write is in flight", r.vol.Flush(ctx))
+	gate.Release()
+	mustOK(t, "direct write", <-done)
+	mustOK(t, "flush after the write completed", r.vol.Flush(ctx))
+	if id := r.durableSector(t, 0); id != 1 {
+		t.Fatalf("after a Flush that followed the write, the backing device holds write %d durably, want 1", id)
 	}
 }

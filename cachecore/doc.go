@@ -114,6 +114,13 @@
 //     all earlier epochs plus part of epoch e. Dirty data of epoch e itself
 //     may stay behind: the write is one more member of that epoch, and
 //     writeback of epoch e or later only adds to the image in order.
+//   - Direct writes count as such (Volume.directSeq) before they are
+//     issued and again once they completed, so the next Flush after one
+//     completed flushes the backing device even if a Flush ran while it
+//     was in flight. A FUA write that ends an epoch orders older direct
+//     writes too: a direct FUA write flushes the backing device, and a
+//     cached one is written back in a pass whose backing flush precedes
+//     every later epoch's data.
 //   - A key whose epoch is unknown (a flush moved the epoch during its
 //     append) counts as older until it is clean, which only delays direct
 //     writes. Epochs are per cache while contract 6 is per backing device:

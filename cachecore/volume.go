@@ -645,7 +645,9 @@ func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64, fua bool) err
 
 func (v *Volume) directWrite(ctx context.Context, p []byte, off int64, fua bool) error {
 	v.noteDirect()
-	if err := v.dev.WriteAt(ctx, p, off); err != nil {
+	err := v.dev.WriteAt(ctx, p, off)
+	v.noteDirect()
+	if err != nil {
 		return v.backingErr("write", off, err)
 	}
 	if fua {
@@ -881,6 +883,7 @@ func (v *Volume) bypassWrite(ctx context.Context, p []byte, off int64, fua bool,
 	}
 	if len(direct) > 0 {
 		v.noteDirect()
+		defer v.noteDirect() // after the writes too: see noteDirect
 	}
 	for i := 0; i < len(direct); {
 		j := i + 1
@@ -956,6 +959,10 @@ func (v *Volume) Flush(ctx context.Context) error {
 	return nil
 }
 
+// noteDirect counts a direct backing write (or discard) before it is
+// issued and again once it completed: a backing flush that started while
+// the write was in flight may not cover it, so the count taken after
+// completion makes the next Flush flush again (contract 3).
 func (v *Volume) noteDirect() { v.directSeq.Add(1) }
 
 // flushBacking flushes the backing device if direct writes happened since
@@ -996,21 +1003,23 @@ func (v *Volume) Discard(ctx context.Context, off, n int64) error {
 	if d, err := v.direct(); err != nil {
 		return err
 	} else if d {
-		v.noteDirect()
-		if err := v.dev.Discard(ctx, off, n); err != nil {
-			return v.backingErr("discard", off, err)
-		}
-		return nil
+		return v.directDiscard(ctx, off, n)
 	}
 	err := v.discard(ctx, off, n)
 	if v.retryDirect(err) {
-		v.noteDirect()
-		if err := v.dev.Discard(ctx, off, n); err != nil {
-			return v.backingErr("discard", off, err)
-		}
-		return nil
+		return v.directDiscard(ctx, off, n)
 	}
 	return err
+}
+
+func (v *Volume) directDiscard(ctx context.Context, off, n int64) error {
+	v.noteDirect()
+	err := v.dev.Discard(ctx, off, n)
+	v.noteDirect()
+	if err != nil {
+		return v.backingErr("discard", off, err)
+	}
+	return nil
 }
 
 func (v *Volume) discard(ctx context.Context, off, n int64) error {
@@ -1080,6 +1089,7 @@ func (v *Volume) discard(ctx context.Context, off, n int64) error {
 			return err
 		}
 		v.noteDirect()
+		defer v.noteDirect()
 	}
 	for _, r := range backing {
 		if err := v.dev.Discard(ctx, r.off, r.n); err != nil {
