@@ -91,6 +91,15 @@ func TestBlackboxMetamorphic(t *testing.T) {
 			CongestedReadThreshold: time.Nanosecond, CongestedWriteThreshold: time.Nanosecond}}},
 		{"tiny-cache-gc", rigOptions{Segments: 16, BackingSize: 8 << 20, Cfg: cachecore.Config{GCPercent: 40},
 			VC: cachecore.VolumeConfig{Mode: cachecore.ModeWriteback}}},
+		// Writeback lags, so bypass writes are often held back into the
+		// cache behind older dirty data (contract 6) and reads must still
+		// see them.
+		{"held-back-bypass", rigOptions{Cfg: cachecore.Config{Writeback: cachecore.WritebackConfig{
+			IdleAfter: time.Hour, TargetDirtyPercent: 50, HighWatermarkPercent: 90, MaxBytesPerSec: 64 << 10}},
+			VC: cachecore.VolumeConfig{Mode: cachecore.ModeWriteback, SequentialCutoff: 16 << 10}}},
+		{"held-back-full-cache", rigOptions{Segments: 6, BackingSize: 8 << 20, Cfg: cachecore.Config{GCPercent: 20, Writeback: cachecore.WritebackConfig{
+			IdleAfter: time.Hour, TargetDirtyPercent: 90, HighWatermarkPercent: 95, MaxBytesPerSec: 256 << 10}},
+			VC: cachecore.VolumeConfig{Mode: cachecore.ModeWriteback, SequentialCutoff: 32 << 10}}},
 	}
 	ops := 300
 	if raceEnabled {
