@@ -191,16 +191,19 @@ func TestBlackboxBypassWaitsForOlderEpoch(t *testing.T) {
 }
 
 // TestBlackboxDiscardWaitsForOlderEpoch: a backing discard is a write of
-// zeroes and may not overtake older dirty data of other blocks either.
+// zeroes and may not overtake older dirty data of other blocks either: a
+// large one waits for writeback, a small one is written as zeroes through
+// the cache at once.
 func TestBlackboxDiscardWaitsForOlderEpoch(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	r := newC6Rig(t, rigOptions{BackingSize: 4 << 20, VC: cachecore.VolumeConfig{Mode: cachecore.ModeWriteback}}, backend.SlowOptions{})
-	const aOff, dOff = 0, 1 << 20
-	// D has data on the backing device (written while the volume was clean
-	// and in writearound mode, so nothing is cached there).
+	const aOff, sOff, sLen, dOff, dLen = 0, 1 << 20, 64 << 10, 2 << 20, 2 << 20
+	// S and D have data on the backing device (written while the volume
+	// was clean and in writearound mode, so nothing is cached there).
 	mustOK(t, "mode", r.vol.SetMode(ctx, cachecore.ModeWritearound, nil))
-	mustOK(t, "write D", r.vol.WriteAt(ctx, tagged(7, dOff, 64<<10), dOff, true))
+	mustOK(t, "write S", r.vol.WriteAt(ctx, tagged(6, sOff, sLen), sOff, true))
+	mustOK(t, "write D", r.vol.WriteAt(ctx, tagged(7, dOff, dLen), dOff, true))
 	mustOK(t, "mode", r.vol.SetMode(ctx, cachecore.ModeWriteback, nil))
 
 	gate := r.backing.Gate(backend.OpWrite, backend.Range{Off: aOff, Len: 4096})
@@ -221,8 +224,30 @@ func TestBlackboxDiscardWaitsForOlderEpoch(t *testing.T) {
 		}
 	})
 	defer r.backing.SetHook(nil)
+	// Small: zeroes through the cache, no backing discard, no wait.
+	heldBefore := r.vol.Stats().HeldBack
+	mustOK(t, "small discard", r.vol.Discard(ctx, sOff, sLen))
+	if discards.Load() != 0 {
+		t.Fatal("small discard reached the backing device while older dirty data was held")
+	}
+	if r.vol.Stats().HeldBack != heldBefore+1 {
+		t.Fatal("small discard not counted as held back")
+	}
+	zeroes := func(off, n int64) {
+		t.Helper()
+		buf := make([]byte, n)
+		mustOK(t, "read", r.vol.ReadAt(ctx, buf, off))
+		for i, b := range buf {
+			if b != 0 {
+				t.Fatalf("byte %d of the discarded range at %d is %#x", i, off, b)
+			}
+		}
+	}
+	zeroes(sOff, sLen)
+
+	// Large: waits for writeback of A, then discards on the backing device.
 	done := make(chan error, 1)
-	go func() { done <- r.vol.Discard(ctx, dOff, 64<<10) }()
+	go func() { done <- r.vol.Discard(ctx, dOff, dLen) }()
 	select {
 	case err := <-done:
 		t.Fatalf("discard returned (%v) while older dirty data was held from the backing device", err)
@@ -239,11 +264,14 @@ func TestBlackboxDiscardWaitsForOlderEpoch(t *testing.T) {
 	if discards.Load() == 0 {
 		t.Fatal("the discard never reached the backing device")
 	}
-	buf := make([]byte, 64<<10)
-	mustOK(t, "read", r.vol.ReadAt(ctx, buf, dOff))
-	for i, b := range buf {
-		if b != 0 {
-			t.Fatalf("byte %d of the discarded range is %#x", i, b)
+	zeroes(dOff, dLen)
+	zeroes(sOff, sLen)
+	// The small discard's zeroes reach the backing device by writeback.
+	mustOK(t, "drain", r.vol.Drain(ctx, nil))
+	mustOK(t, "flush", r.vol.Flush(ctx))
+	for s := int64(sOff / sector); s < (sOff+sLen)/sector; s++ {
+		if id := r.durableSector(t, s); id != 0 {
+			t.Fatalf("after the drain backing sector %d holds write %d, want zeroes", s, id)
 		}
 	}
 }

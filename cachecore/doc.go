@@ -131,8 +131,9 @@
 // dirty data instead, in every mode (also while a switch away from
 // writeback is draining, or after SetConfig changed the mode without a
 // drain); in a full cache it waits for space like any cached write
-// (back-pressure, never a bypass or an error). A backing discard waits for
-// writeback instead of caching zeroes. Such writes count as
+// (back-pressure, never a bypass or an error). A discard of up to 1 MiB
+// writes zeroes through the cache the same way; a larger one waits for
+// that writeback (at full speed) rather than fill the cache with zeroes. Such writes count as
 // VolumeStats.HeldBack and make writeback run at full speed for a while,
 // so that bypass resumes once the volume caught up. A clean volume, or one
 // whose dirty data all belongs to the current epoch, bypasses as before.

@@ -1022,8 +1022,26 @@ func (v *Volume) directDiscard(ctx context.Context, off, n int64) error {
 	return nil
 }
 
+// discardZeroLimit is the largest discard that, while older dirty data
+// keeps it from the backing device, is written as zeroes through the cache
+// instead of waiting for writeback; larger ones wait rather than fill the
+// cache with zeroes.
+const discardZeroLimit = 1 << 20
+
 func (v *Volume) discard(ctx context.Context, off, n int64) error {
 	c := v.c
+	if n <= discardZeroLimit && v.mustHoldBack() {
+		// Contract 6: the zeroes join the older dirty data in the cache
+		// and reach the backing device in log order.
+		v.stats.heldBack.Add(1)
+		zbuf := make([]byte, min(n, stripeSize))
+		for _, pc := range splitPieces(off, n) {
+			if err := v.cacheWritePiece(ctx, zbuf[:pc.len()], pc); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	first, last := chunkRange(off, n)
 	v.tracker.inc(first, last)
 	defer v.tracker.dec(first, last)
