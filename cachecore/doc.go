@@ -123,7 +123,8 @@
 //     every later epoch's data.
 //   - A key whose epoch is unknown (a flush moved the epoch during its
 //     append) counts as older until it is clean, which only delays direct
-//     writes. Epochs are per cache while contract 6 is per backing device:
+//     writes (such keys are kept by identity in a map under a leaf mutex,
+//     taken with a stripe lock held or none). Epochs are per cache while contract 6 is per backing device:
 //     another volume's flush makes this volume's dirty data "older" too,
 //     again only more cautious; only this volume's dirty data is counted.
 //
