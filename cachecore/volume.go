@@ -571,8 +571,9 @@ func (v *Volume) mustHoldBack() bool {
 
 // waitOrdered waits until the volume has no dirty data of a flush epoch
 // older than the current one left to write back, with writeback at full
-// speed meanwhile. Backing discards wait here (rather than writing zeroes
-// through the cache, which a whole-device discard would fill).
+// speed meanwhile. Backing discards larger than discardZeroLimit wait here
+// (rather than writing zeroes through the cache, which a whole-device
+// discard would fill). It waits as long as writeback needs: ctx bounds it.
 func (v *Volume) waitOrdered(ctx context.Context) error {
 	c := v.c
 	epoch := c.epoch.Load()
