@@ -108,8 +108,12 @@ func TestBlackboxDirtyBytesMatchIndex(t *testing.T) {
 		}
 		checkDirtyBytes(t, ctx, r.cache, r.vol, r.backing, "round "+string(rune('0'+round)))
 	}
-	// Leave dirty data of several epochs for the restart (Close may let
-	// writeback finish one more pass).
+	// Leave dirty data of several epochs for the restart. A gate on every
+	// backing write keeps writeback from cleaning it, through Close
+	// (writeback's parked write ends when Close cancels it) and the
+	// reopen, until the comparison below is done.
+	gate := r.backing.Gate(backend.OpWrite, backend.Range{Off: 0, Len: size})
+	defer gate.Release()
 	for e := range 8 {
 		for i := range 4 {
 			off := int64(e*4+i) * 8192
@@ -120,10 +124,7 @@ func TestBlackboxDirtyBytesMatchIndex(t *testing.T) {
 	}
 	r.close()
 
-	// Restart: the replayed index must give the same count. The gate
-	// keeps writeback from cleaning anything before the comparison.
-	gate := r.backing.Gate(backend.OpWrite, backend.Range{Off: 0, Len: size})
-	defer gate.Release()
+	// Restart: the replayed index must give the same count.
 	c, v, err := openImage(ctx, r.media, r.backing, o)
 	mustOK(t, "reopen", err)
 	defer func() {

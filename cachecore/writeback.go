@@ -309,6 +309,9 @@ func (c *Cache) markClean(k *persist.Key, epoch uint64) {
 		return
 	}
 	vs.dirtyKeys.Add(-1)
+	if v := vs.vol.Load(); v != nil {
+		defer v.epochs.cleaned(epoch, dirtyKeyID{seg: k.Pos.Seg, off: k.Pos.Off, gen: k.Gen})
+	}
 	end := min(int64(k.Offset)+int64(k.Length), vs.size)
 	if int64(k.Offset) >= end {
 		return
@@ -329,9 +332,6 @@ func (c *Cache) markClean(k *persist.Key, epoch uint64) {
 			}
 		}
 		st.mu.Unlock()
-	}
-	if v := vs.vol.Load(); v != nil {
-		v.epochs.cleaned(epoch, dirtyKeyID{seg: k.Pos.Seg, off: k.Pos.Off, gen: k.Gen})
 	}
 }
 
