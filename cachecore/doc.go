@@ -11,6 +11,14 @@
 //     key is in an open kset; it is durable at the next Flush, at a FUA
 //     write, or when its kset closes (full, JournalFlushInterval, Close).
 //     Data is persisted before the kset that refers to it.
+//   - A crash of the process loses no acknowledged write when the cache is
+//     opened with an intent log (OpenWithIntent; the daemon always does):
+//     every appended key is also recorded in a shared mapping of a file
+//     (tmpfs) until its kset is journaled, and the next Open in the same
+//     boot recovers the unjournaled keys (their data is in the page cache
+//     or the DAX mapping), serves them and journals them again. A power cut
+//     or kernel crash (another boot id) may revert writes no flush made
+//     durable, as on a disk with a volatile cache. See IntentLog.
 //   - Flush makes every write acknowledged before it durable, and flushes
 //     the backing device when writes reached it directly since the last
 //     flush (bypass, writethrough, discard).
