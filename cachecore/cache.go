@@ -104,8 +104,10 @@ type volState struct {
 	size int64
 	idx  *volIndex
 
-	// dirtyBytes/dirtyKeys count dirty keys appended and not yet written
-	// back (log accounting: an overwritten block counts once per write).
+	// dirtyBytes counts the bytes dirty in the index (an overwrite of
+	// dirty data counts once); dirtyKeys counts dirty keys appended and not
+	// yet written back (log accounting, one per write), which is what the
+	// writeback and epoch accounting uncount key by key.
 	dirtyBytes atomic.Int64
 	dirtyKeys  atomic.Int64
 	vol        atomic.Pointer[Volume]
@@ -225,6 +227,13 @@ func openWith(ctx context.Context, store *persist.Store, cfg Config, replayed fu
 	// Flush epochs keep increasing across restarts (a new session starts
 	// after the last replayed epoch), so epochs compare in log order.
 	c.epoch.Store(lastEpoch + 1)
+	// Replay counted dirty bytes per key (log accounting); the statistic
+	// is the bytes dirty in the index, also for volumes not attached.
+	for i := range c.vols {
+		if vs := c.vols[i].Load(); vs != nil {
+			vs.dirtyBytes.Store(vs.idx.dirtyBytes())
+		}
+	}
 	c.logSegs = logSegs
 	// Replay grew the stripes' slices by doubling: trim them to size.
 	for i := range c.vols {

@@ -152,8 +152,7 @@
 // Writeback is ordered over one log shared by all volumes: dirty keys of a
 // volume recorded in the cache file but not attached stall writeback of
 // every volume until it is attached (or the cache is reformatted).
-// DirtyBytes counts the bytes dirty in the index; for a volume recorded
-// in the cache file but not yet attached it is the dirty log bytes replay
-// found (an overwritten block once per write) until AddVolume recounts it
-// from the index. Explanation.LSN is not tracked per block (always 0).
+// DirtyBytes counts the bytes dirty in the index, also for a volume
+// recorded in the cache file but not attached (Open counts them from the
+// replayed index). Explanation.LSN is not tracked per block (always 0).
 package cachecore

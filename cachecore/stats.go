@@ -45,9 +45,8 @@ type CacheStats struct {
 	KeyHead, DirtyTail, KeyTail                               persist.Tail
 	GCRuns, GCSegmentsFreed                                   uint64
 	DeferredWrites                                            uint64 // writes that waited for free space
-	// DirtyBytes sums the volumes' DirtyBytes; a volume recorded in the
-	// cache file but not attached counts the dirty log bytes replay found
-	// until it is attached.
+	// DirtyBytes sums the volumes' DirtyBytes (bytes dirty in the index),
+	// attached or not.
 	DirtyBytes    int64
 	Failed        bool
 	FailureReason string

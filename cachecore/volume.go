@@ -73,9 +73,9 @@ func newVolume(c *Cache, vs *volState, dev backend.Device, vc VolumeConfig) *Vol
 	// before the cache's current epoch. Writeback does not touch a volume
 	// that is not attached, so nothing uncounts them meanwhile.
 	v.epochs.reset(vs.dirtyKeys.Load(), c.epoch.Load())
-	// Replay counted log bytes (an overwritten block once per key); from
-	// here on the count is the bytes dirty in the index, kept up to date
-	// by every index change.
+	// Open counted the bytes dirty in the replayed index; recount (the
+	// volume may have been detached and attached again), then every index
+	// change keeps the count up to date.
 	vs.dirtyBytes.Store(vs.idx.dirtyBytes())
 	return v
 }
