@@ -120,7 +120,8 @@ func TestValidationRules(t *testing.T) {
 		{"segment not pow2", strings.Replace(base, `segment_size = "1MiB"`, `segment_size = "3MiB" #!`, 1), "power of two"},
 		{"segment too small", strings.Replace(base, `segment_size = "1MiB"`, `segment_size = "64KiB" #!`, 1), "power of two"},
 		{"cache block size", strings.Replace(base, `segment_size = "1MiB"`, "segment_size = \"1MiB\"\nblock_size = 3000 #!", 1), "power of two"},
-		{"gc percent", strings.Replace(base, `segment_size = "1MiB"`, "segment_size = \"1MiB\"\ngc_percent = 95 #!", 1), "from 0 to 90"},
+		{"gc percent", strings.Replace(base, `segment_size = "1MiB"`, "segment_size = \"1MiB\"\ngc_percent = 95 #!", 1), "from 1 to 90"},
+		{"gc percent zero", strings.Replace(base, `segment_size = "1MiB"`, "segment_size = \"1MiB\"\ngc_percent = 0 #!", 1), "from 1 to 90"},
 		{"journal flush interval zero", strings.Replace(base, `segment_size = "1MiB"`, "segment_size = \"1MiB\"\njournal_flush_interval = \"0s\" #!", 1), "more than 0"},
 		{"journal flush interval unitless", strings.Replace(base, `segment_size = "1MiB"`, "segment_size = \"1MiB\"\njournal_flush_interval = 5 #!", 1), "needs a unit"},
 		{"journal flush interval garbage", strings.Replace(base, `segment_size = "1MiB"`, "segment_size = \"1MiB\"\njournal_flush_interval = \"soon\" #!", 1), "bad duration"},
@@ -251,7 +252,6 @@ mode = "bogus"
 
 func TestExplicitZeroIsNotDefault(t *testing.T) {
 	src := strings.Replace(base, `backing_size = "16MiB"`, "backing_size = \"16MiB\"\nsequential_cutoff = 0\ncongested_read_threshold = \"0s\"\nwrite_cache = false", 1)
-	src = strings.Replace(src, `segment_size = "1MiB"`, "segment_size = \"1MiB\"\ngc_percent = 0", 1)
 	c, err := Parse("z.toml", []byte(src))
 	if err != nil {
 		t.Fatal(err)
@@ -259,9 +259,6 @@ func TestExplicitZeroIsNotDefault(t *testing.T) {
 	v := c.Volumes[0]
 	if v.SequentialCutoff.Bytes != 0 || v.CongestedReadThreshold.D != 0 || *v.WriteCache {
 		t.Errorf("explicit zero replaced by default: %+v", v)
-	}
-	if *c.Caches[0].GCPercent != 0 {
-		t.Errorf("gc_percent 0 replaced by default")
 	}
 }
 

@@ -56,7 +56,7 @@ type Cache struct {
 	BlockSize   Size `toml:"block_size"`
 	// DataCRC makes keys carry a CRC32C of their data (format parameter).
 	DataCRC bool `toml:"data_crc"`
-	// GCPercent: GC runs when used segments exceed this share. 0..90,
+	// GCPercent: GC runs when used segments exceed this share. 1..90,
 	// default 70.
 	GCPercent *int `toml:"gc_percent"`
 	// JournalFlushInterval bounds how long an acknowledged write's key

@@ -230,7 +230,9 @@ func (v *validator) cache(k string, c *Cache) {
 		v.bad(k+".size", "%s is too small: at least %d segments (%s) are needed", FormatSize(c.Size.Bytes),
 			minCacheSegments, FormatSize(minCacheSegments*seg))
 	}
-	v.percent(k+".gc_percent", &c.GCPercent, DefaultGCPercent, 0, 90)
+	// 0 is refused rather than passed on: the engine reads a zero
+	// GCPercent as "keep the value stored in the cache file".
+	v.percent(k+".gc_percent", &c.GCPercent, DefaultGCPercent, 1, 90)
 	v.duration(k+".journal_flush_interval", &c.JournalFlushInterval, DefaultJournalFlushInterval)
 	if d := c.JournalFlushInterval.D; d <= 0 || d > time.Minute {
 		v.bad(k+".journal_flush_interval", "must be more than 0 and at most 1m, not %s", d)
