@@ -93,6 +93,7 @@ type cacheCounters struct {
 	gcRuns, gcSegmentsFreed, deferredWrites, journalFullWaits atomic.Uint64
 	writebackBytes                                            atomic.Uint64
 	intentRecovered                                           atomic.Uint64
+	writebackCarried                                          atomic.Uint64
 	lastDirtyTailMove                                         atomic.Int64
 }
 

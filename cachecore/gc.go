@@ -158,9 +158,13 @@ func (c *Cache) evictKey(k *persist.Key) {
 		for n := j - 1; n >= i; n-- {
 			if x := &st.list.ext[n]; x.sameLineage(p.s, k.Pos.Seg, segOff, k.Gen) {
 				if x.kind == extDirty {
-					// GC stops at dirty_tail, so this is written-back
-					// data whose clean marking has not run yet.
-					vs.dirtyBytes.Add(-int64(x.length))
+					// Either written back with its clean marking still to
+					// run (markClean makes it clean; if its segment is
+					// reused meanwhile, readers drop it as stale), or
+					// carried forward by writeback for a volume that is not
+					// attached (a later key holds it). Dirty data is never
+					// evicted.
+					continue
 				}
 				st.list.removeAt(n)
 			}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -38,6 +39,10 @@ func (c *Cache) writebackLoop() {
 		}
 		var wait time.Duration
 		switch {
+		case errors.Is(err, errCarryAttached):
+			// The keys carried so far are harmless duplicates; write
+			// back at once now that the volume is there.
+			wait = 0
 		case errors.Is(err, errWritebackStalled):
 			if !stalled {
 				c.log.Info("writeback waits for a volume to be attached", "err", err)
@@ -77,13 +82,23 @@ func (c *Cache) writebackLoop() {
 			t.Stop()
 			return
 		case <-c.wbKick:
-			if (err != nil && !stalled) || (n > 0 && !c.writebackFullSpeed()) {
-				// Keep the backoff or the rate: a kick does not cut the
-				// pause short.
+			// Keep the backoff or the rate: a kick does not cut the pause
+			// short, unless full speed is wanted now (a drain, writers
+			// waiting for space). Later kicks are watched too: the one
+			// that matters may come after one that did not.
+			for (err != nil && !stalled) || (n > 0 && !c.writebackFullSpeed()) {
+				done := false
 				select {
 				case <-t.C:
+					done = true
 				case <-ctx.Done():
+					done = true
 				case <-c.failedCh:
+					done = true
+				case <-c.wbKick:
+				}
+				if done {
+					break
 				}
 			}
 		case <-t.C:
@@ -166,7 +181,111 @@ type wbTarget struct {
 	list map[uint64]*extentList // stripe → collapsed keys
 }
 
-var errWritebackStalled = errors.New("cachecore: writeback waits for a volume that is not attached")
+var errWritebackStalled = errors.New("cachecore: writeback waits: only dirty data of volumes not attached is left")
+
+// errCarryAttached ends a writeback pass that was carrying keys of a
+// volume attached meanwhile; the next pass writes them back.
+var errCarryAttached = errors.New("cachecore: volume attached while its dirty keys were carried forward")
+
+// needSpace reports whether writers or GC need the log to move on.
+func (c *Cache) needSpace() bool {
+	return c.spaceWait.Load() > 0 || c.drainers.Load() > 0 || c.needGC()
+}
+
+// carryNames names the volumes of carried keys, for the log.
+func (c *Cache) carryNames(keys []persist.Key) string {
+	seen := map[uint32]bool{}
+	var names []string
+	for i := range keys {
+		id := keys[i].Volume
+		if seen[id] {
+			continue
+		}
+		seen[id] = true
+		if vs := c.vols[id].Load(); vs != nil {
+			names = append(names, fmt.Sprintf("%q (id %d, %d dirty bytes)", vs.name, id, vs.dirtyBytes.Load()))
+		}
+	}
+	slices.Sort(names)
+	return strings.Join(names, ", ")
+}
+
+// carryForward journals again the dirty keys of volumes that are not
+// attached (their backing device is not there to write to), so that
+// dirty_tail can pass their old position and writeback of every other
+// volume goes on: one log shared by all volumes must not stall because of
+// one. The data stays where it is; each new key takes a reference on its
+// segment like any key in the log. Only keys whose data the index still
+// holds as dirty are carried (later keys of the same volume may have
+// replaced them). The keys keep their log order and get a flush epoch of
+// their own, after every key appended so far, so the volume's epochs stay
+// ordered (contract 6 holds for its backing device once it is attached).
+// GC never evicts dirty extents, so passing the old keys leaves the
+// carried ones in the index.
+func (c *Cache) carryForward(keys []persist.Key) error {
+	c.epoch.Add(1)
+	var slots slotSet
+	n := 0
+	for i := range keys {
+		k := keys[i]
+		vs := c.vols[k.Volume].Load()
+		if vs == nil || int64(k.Offset) >= vs.size || int(k.Pos.Seg) >= len(c.segs.segs) {
+			continue
+		}
+		end := min(int64(k.Offset)+int64(k.Length), vs.size)
+		pieces := splitPieces(int64(k.Offset), end-int64(k.Offset))
+		live := false
+		for _, p := range pieces {
+			st := vs.idx.peek(p.stripe)
+			if st == nil {
+				continue
+			}
+			segOff := k.Pos.Off + uint32(p.bufOff)
+			st.mu.Lock()
+			i0, j0 := st.list.span(p.s, p.e)
+			for x := i0; x < j0 && !live; x++ {
+				e := &st.list.ext[x]
+				live = e.kind == extDirty && e.sameLineage(p.s, k.Pos.Seg, segOff, k.Gen)
+			}
+			st.mu.Unlock()
+		}
+		if !live {
+			continue
+		}
+		// While the volume is not attached nothing but writeback and GC
+		// touch its index, and neither drops a dirty extent, so the key is
+		// still live under the stripe lock taken for the append. If it
+		// was attached meanwhile, a host write may already be in the log
+		// after the original: carrying the old data past it would reorder
+		// them, so the pass ends here and the next one writes back.
+		stripe := pieces[0].stripe
+		st := vs.idx.get(stripe)
+		st.mu.Lock()
+		if vs.vol.Load() != nil {
+			st.mu.Unlock()
+			return fmt.Errorf("%w: %q", errCarryAttached, vs.name)
+		}
+		c.segs.segs[k.Pos.Seg].refs.Add(1)
+		slot := slotFor(k.Volume, stripe)
+		sp := c.appendKey(slot, k)
+		st.mu.Unlock()
+		c.commitSpill(sp)
+		slots.add(slot)
+		n++
+	}
+	c.epoch.Add(1)
+	if n == 0 {
+		return nil
+	}
+	if err := c.syncSlots(slots.list); err != nil {
+		return err
+	}
+	if c.stats.writebackCarried.Add(uint64(n)) == uint64(n) {
+		c.log.Warn("writeback carries dirty data of volumes that are not attached forward in the log; attach them (or drain them while attached) to write it back",
+			"volumes", c.carryNames(keys))
+	}
+	return nil
+}
 
 // writebackPass writes back the next run of committed ksets of one flush
 // epoch from dirty_tail: collapse overwrites, write the backing devices
@@ -198,6 +317,8 @@ func (c *Cache) writebackPass(ctx context.Context) (int64, error) {
 		return 0, nil
 	}
 	targets := make(map[uint32]*wbTarget)
+	var carry []persist.Key // dirty keys of volumes not attached
+	attachedDirty := false
 	for _, ks := range batch {
 		for i := range ks.Keys {
 			k := &ks.Keys[i]
@@ -215,9 +336,12 @@ func (c *Cache) writebackPass(ctx context.Context) (int64, error) {
 			}
 			if t.v == nil {
 				if k.Flags == persist.KeyDirty {
-					return 0, fmt.Errorf("%w: volume %q (id %d)", errWritebackStalled, vs.name, vs.id)
+					carry = append(carry, *k)
 				}
 				continue
+			}
+			if k.Flags == persist.KeyDirty {
+				attachedDirty = true
 			}
 			end := min(int64(k.Offset)+int64(k.Length), vs.size)
 			if int64(k.Offset) >= end {
@@ -242,6 +366,12 @@ func (c *Cache) writebackPass(ctx context.Context) (int64, error) {
 			}
 		}
 	}
+	last := batch[len(batch)-1]
+	if len(carry) > 0 && !attachedDirty && last.Next.LSN >= durable && !c.needSpace() {
+		// Nothing but data of volumes not attached, and nothing after
+		// it: wait rather than carry the same keys forward again.
+		return 0, fmt.Errorf("%w: %s", errWritebackStalled, c.carryNames(carry))
+	}
 	written, err := c.writeRuns(ctx, targets)
 	if err != nil {
 		return written, err
@@ -255,7 +385,14 @@ func (c *Cache) writebackPass(ctx context.Context) (int64, error) {
 			return written, fmt.Errorf("cachecore: writeback flush of %s: %w", t.vs.name, err)
 		}
 	}
-	last := batch[len(batch)-1]
+	if len(carry) > 0 {
+		// Journaled again (durable) before dirty_tail passes the
+		// originals, or a crash in between would take them for written
+		// back.
+		if err := c.carryForward(carry); err != nil {
+			return written, err
+		}
+	}
 	if err := c.store.SetDirtyTail(last.Next); err != nil {
 		if isMediaFault(err) {
 			c.fail("persist dirty tail", err)
@@ -266,9 +403,14 @@ func (c *Cache) writebackPass(ctx context.Context) (int64, error) {
 	c.stats.writebackBytes.Add(uint64(written))
 	for _, ks := range batch {
 		for i := range ks.Keys {
-			if ks.Keys[i].Flags == persist.KeyDirty {
-				c.markClean(&ks.Keys[i], ks.Epoch)
+			k := &ks.Keys[i]
+			if k.Flags != persist.KeyDirty {
+				continue
 			}
+			if t := targets[k.Volume]; t != nil && t.v == nil {
+				continue // carried forward, still dirty
+			}
+			c.markClean(k, ks.Epoch)
 		}
 	}
 	c.kickGC()

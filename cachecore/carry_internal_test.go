@@ -1,0 +1,157 @@
+package cachecore
+
+import (
+	"bytes"
+	"context"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/cachelun/cachelun/backend"
+	"github.com/cachelun/cachelun/persist"
+)
+
+// TestWritebackCarriesVolumeNotAttached: dirty data of a volume recorded in
+// the cache file but not attached does not stall writeback of the other
+// volumes (one log serves them all): writeback journals its keys again and
+// moves on. Its data survives GC passing the old keys, a crash, and is
+// written back once the volume is attached again.
+func TestWritebackCarriesVolumeNotAttached(t *testing.T) {
+	ctx := context.Background()
+	const segs, devSize, blk = 64, 4 << 20, 4096
+	media := persist.NewCrashMedia(persist.SegmentsOffset+segs*itSegSize, persist.TearDAX)
+	st, err := persist.Format(media, persist.FormatOptions{SegmentSize: itSegSize})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Writeback only when a drain asks for it.
+	cfg := Config{JournalFlushInterval: 5 * time.Millisecond, GCPercent: 1,
+		Writeback: WritebackConfig{TargetDirtyPercent: 90, HighWatermarkPercent: 95, IdleAfter: time.Hour, MaxBytesPerSec: 1}}
+	vc := VolumeConfig{Mode: ModeWriteback, BlockSize: 512}
+	c, err := Open(ctx, st, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	devA, devB := backend.NewMemory(devSize), backend.NewMemory(devSize)
+	a, err := c.AddVolume(ctx, "a", devA, vc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := c.AddVolume(ctx, "b", devB, vc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(5, 6))
+	modelA, modelB := map[int64][]byte{}, map[int64][]byte{}
+	write := func(v *Volume, model map[int64][]byte, n int) {
+		t.Helper()
+		for range n {
+			off := rng.Int64N(devSize/blk) * blk
+			p := make([]byte, blk)
+			for i := range p {
+				p[i] = byte(rng.Uint32())
+			}
+			if err := v.WriteAt(ctx, p, off, false); err != nil {
+				t.Fatal(err)
+			}
+			model[off] = p
+			if rng.IntN(20) == 0 {
+				if err := v.Flush(ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	// B's data first in the log, then A's: A's writeback must pass B's.
+	write(b, modelB, 200)
+	write(a, modelA, 100)
+	if err := c.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// Restart with only A attached.
+	st, err = persist.Open(media)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err = Open(ctx, st, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { c.Close(ctx) }()
+	a, err = c.AddVolume(ctx, "a", devA, vc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(a, modelA, 100)
+	dctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	if err := a.Drain(dctx, nil); err != nil {
+		t.Fatalf("drain of the attached volume: %v (writeback stalled behind the volume not attached?)", err)
+	}
+	checkDev(t, "a (backing)", devA, modelA)
+	if got := c.stats.writebackCarried.Load(); got == 0 {
+		t.Fatal("no key was carried forward")
+	}
+	// GC (gc_percent 1) passes the old keys of B: the carried ones keep
+	// its data.
+	for deadline := time.Now().Add(10 * time.Second); c.store.KeyTail().LSN < c.store.DirtyTail().LSN; {
+		if time.Now().After(deadline) {
+			t.Fatalf("GC did not reach dirty_tail: key tail %+v, dirty tail %+v", c.store.KeyTail(), c.store.DirtyTail())
+		}
+		c.kickGC()
+		time.Sleep(5 * time.Millisecond)
+	}
+	cs := c.Stats()
+	if cs.DirtyBytes == 0 {
+		t.Fatal("B's dirty data vanished from the accounting")
+	}
+
+	// A power cut now (only persisted bytes survive), then B is attached
+	// again: its data is there and is written back.
+	img := media.CrashImage(media.PersistPoints(), nil)
+	c.Close(ctx)
+	st, err = persist.Open(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err = Open(ctx, st, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err = c.AddVolume(ctx, "b", devB, vc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkVolume(t, "b (after the crash)", b, modelB)
+	if err := b.Drain(dctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	checkDev(t, "b (backing)", devB, modelB)
+}
+
+func checkVolume(t *testing.T, name string, v *Volume, model map[int64][]byte) {
+	t.Helper()
+	got := make([]byte, 4096)
+	for off, want := range model {
+		if err := v.ReadAt(context.Background(), got, off); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("%s: block at %d differs", name, off)
+		}
+	}
+}
+
+func checkDev(t *testing.T, name string, d *backend.Memory, model map[int64][]byte) {
+	t.Helper()
+	got := make([]byte, 4096)
+	for off, want := range model {
+		if err := d.ReadAt(context.Background(), got, off); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("%s: block at %d differs", name, off)
+		}
+	}
+}
