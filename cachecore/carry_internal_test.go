@@ -3,7 +3,9 @@ package cachecore
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"math/rand/v2"
+	"os"
 	"testing"
 	"time"
 
@@ -154,4 +156,130 @@ func checkDev(t *testing.T, name string, d *backend.Memory, model map[int64][]by
 			t.Fatalf("%s: block at %d differs", name, off)
 		}
 	}
+}
+
+// TestCarryForwardCrashPoints crashes at every persist point of a drain of
+// volume A that carries the dirty keys of volume B (not attached) forward,
+// with torn and dropped unpersisted writes, and checks that every
+// acknowledged-and-flushed block of A and B reads back after the restart.
+func TestCarryForwardCrashPoints(t *testing.T) {
+	ctx := context.Background()
+	const segs, devSize, blk = 48, 2 << 20, 4096
+	media := persist.NewCrashMedia(persist.SegmentsOffset+segs*itSegSize, persist.TearDAX)
+	st, err := persist.Format(media, persist.FormatOptions{SegmentSize: itSegSize})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{JournalFlushInterval: 5 * time.Millisecond, GCPercent: 1,
+		Writeback: WritebackConfig{TargetDirtyPercent: 90, HighWatermarkPercent: 95, IdleAfter: time.Hour, MaxBytesPerSec: 1}}
+	vc := VolumeConfig{Mode: ModeWriteback, BlockSize: 512}
+	c, err := Open(ctx, st, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	devA, devB := backend.NewMemory(devSize), backend.NewMemory(devSize)
+	a, err := c.AddVolume(ctx, "a", devA, vc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := c.AddVolume(ctx, "b", devB, vc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(8, 9))
+	modelA, modelB := map[int64][]byte{}, map[int64][]byte{}
+	for i := range 240 {
+		v, model := a, modelA
+		if i%3 != 0 {
+			v, model = b, modelB
+		}
+		off := rng.Int64N(devSize/blk) * blk
+		p := make([]byte, blk)
+		for j := range p {
+			p[j] = byte(rng.Uint32())
+		}
+		if err := v.WriteAt(ctx, p, off, false); err != nil {
+			t.Fatal(err)
+		}
+		model[off] = p
+		if i%25 == 0 {
+			if err := v.Flush(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := c.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	from := media.PersistPoints()
+
+	st, err = persist.Open(media)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err = Open(ctx, st, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err = c.AddVolume(ctx, "a", devA, vc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := a.Drain(dctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); c.store.KeyTail().LSN < c.store.DirtyTail().LSN && time.Now().Before(deadline); {
+		c.kickGC()
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := c.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if c.stats.writebackCarried.Load() == 0 {
+		t.Fatal("nothing was carried forward")
+	}
+	to := media.PersistPoints()
+	// Every point with CACHELUN_LONG=1 (about 8,000 images, 50 s);
+	// otherwise a spread of them.
+	step := 1
+	switch {
+	case os.Getenv("CACHELUN_LONG") != "":
+	case testing.Short() || internalRace:
+		step = max(1, (to-from)/40)
+	default:
+		step = max(1, (to-from)/200)
+	}
+	images := 0
+	for point := from; point <= to; point += step {
+		for _, torn := range []bool{false, true} {
+			var trng *rand.Rand
+			if torn {
+				trng = rand.New(rand.NewPCG(uint64(point), 1))
+			}
+			img := media.CrashImage(point, trng)
+			st, err := persist.Open(img)
+			if err != nil {
+				t.Fatalf("point %d: %v", point, err)
+			}
+			c, err := Open(ctx, st, Config{GCPercent: 90, Writeback: cfg.Writeback})
+			if err != nil {
+				t.Fatalf("point %d: %v", point, err)
+			}
+			va, err := c.AddVolume(ctx, "a", devA, vc)
+			if err != nil {
+				t.Fatal(err)
+			}
+			vb, err := c.AddVolume(ctx, "b", devB.Clone(), vc)
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkVolume(t, fmt.Sprintf("a, crash at point %d (torn %v)", point, torn), va, modelA)
+			checkVolume(t, fmt.Sprintf("b, crash at point %d (torn %v)", point, torn), vb, modelB)
+			c.Close(ctx)
+			images++
+		}
+	}
+	t.Logf("%d crash images over persist points %d..%d", images, from, to)
 }

@@ -1,0 +1,5 @@
+//go:build !race
+
+package cachecore
+
+const internalRace = false
