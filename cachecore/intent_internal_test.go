@@ -294,6 +294,14 @@ func TestIntentLogProcessKill(t *testing.T) {
 			if recovered == 0 {
 				t.Fatalf("nothing was recovered from the intent log: the kill left no unjournaled write (adjust the workload)")
 			}
+			// Killed again right after the recovery, before anything
+			// flushed: the recovered keys were recorded again in the new
+			// session's intent log.
+			again := r.kill()
+			r.restart(again, &r.boot)
+			if lost := checkAfterKill(t, r.vol, h, t0, t1); lost != 0 {
+				t.Fatalf("%d blocks lost after a second kill right after recovery", lost)
+			}
 			// The host's next SYNCHRONIZE CACHE makes the recovered keys
 			// durable: a power cut after it (only persisted bytes
 			// survive), restarted without an intent log, still reads
