@@ -18,7 +18,10 @@ const (
 	wbWorkers     = 4       // concurrent backing writes of one pass
 	wbTrickleRate = 1 << 20 // bytes/s below the target dirty percentage
 	wbMinRate     = 4 << 20
-	wbMaxRate     = 512 << 20
+	// wbExcessSeconds: between the target and the high watermark,
+	// writeback runs at (dirty - target) / wbExcessSeconds bytes/s
+	// (bcache's writeback_rate_p_term_inverse is 40 as well).
+	wbExcessSeconds = 40
 )
 
 // writebackLoop is the ordered writeback worker. It holds the cache (its
@@ -145,8 +148,9 @@ func (c *Cache) writesHeldBack() bool {
 
 // writebackPause returns how long to wait after writing n bytes to hold
 // the controller's rate: trickle below the target dirty percentage, a rate
-// growing linearly up to the high watermark, full speed above it, when the
-// volumes are idle, or when a drain or a writer waiting for space needs it.
+// proportional to the excess up to the high watermark, full speed above
+// it, when the volumes are idle, or when a drain or a writer waiting for
+// space needs it.
 func (c *Cache) writebackPause(n int64) time.Duration {
 	cfg := c.config().Writeback
 	if c.drainers.Load() > 0 || c.spaceWait.Load() > 0 || c.writesHeldBack() {
@@ -154,15 +158,20 @@ func (c *Cache) writebackPause(n int64) time.Duration {
 	}
 	var rate int64
 	if !c.writebackFullSpeed() {
-		pct := float64(c.dirtyBytes()) * 100 / float64(c.capacity())
-		t, h := float64(cfg.TargetDirtyPercent), float64(cfg.HighWatermarkPercent)
+		dirty := c.dirtyBytes()
+		target := c.capacity() * int64(cfg.TargetDirtyPercent) / 100
 		switch {
-		case pct <= t:
+		case dirty <= target:
 			rate = wbTrickleRate
-		case h <= t:
+		case cfg.HighWatermarkPercent <= cfg.TargetDirtyPercent:
 			rate = 0
 		default:
-			rate = wbMinRate + int64((pct-t)/(h-t)*float64(wbMaxRate-wbMinRate))
+			// Proportional to the excess, as bcache's controller: the
+			// excess would be written back in about wbExcessSeconds.
+			// Between the target and the high watermark the cache
+			// absorbs the host's writes and writeback leaves the CPU and
+			// the devices to them; above the watermark it runs flat out.
+			rate = max(wbMinRate, (dirty-target)/wbExcessSeconds)
 		}
 	}
 	if cfg.MaxBytesPerSec > 0 && (rate == 0 || rate > cfg.MaxBytesPerSec) {
