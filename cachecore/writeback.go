@@ -152,6 +152,15 @@ func (c *Cache) writesHeldBack() bool {
 // it, when the volumes are idle, or when a drain or a writer waiting for
 // space needs it.
 func (c *Cache) writebackPause(n int64) time.Duration {
+	rate := c.writebackRate()
+	if rate == 0 {
+		return 0
+	}
+	return time.Duration(float64(n) / float64(rate) * float64(time.Second))
+}
+
+// writebackRate is the controller's rate in bytes/s; 0 means flat out.
+func (c *Cache) writebackRate() int64 {
 	cfg := c.config().Writeback
 	if c.drainers.Load() > 0 || c.spaceWait.Load() > 0 || c.writesHeldBack() {
 		return 0
@@ -177,10 +186,7 @@ func (c *Cache) writebackPause(n int64) time.Duration {
 	if cfg.MaxBytesPerSec > 0 && (rate == 0 || rate > cfg.MaxBytesPerSec) {
 		rate = cfg.MaxBytesPerSec
 	}
-	if rate == 0 {
-		return 0
-	}
-	return time.Duration(float64(n) / float64(rate) * float64(time.Second))
+	return rate
 }
 
 // wbRange is one range to write back, collapsed within a flush epoch.
@@ -307,8 +313,16 @@ func (c *Cache) writebackPass(ctx context.Context) (int64, error) {
 		return 0, nil
 	}
 	r := c.store.Replay(dt)
+	// A rate-limited pass takes about a tenth of a second's worth of data,
+	// so that writeback is spread out rather than written in bursts that
+	// compete with the host for the CPU between long pauses.
+	budget := int64(1) << 62
+	if rate := c.writebackRate(); rate > 0 {
+		budget = max(rate/10, wbMaxRun)
+	}
 	var batch []persist.KSet
-	for len(batch) < wbMaxKsets {
+	var batchBytes int64
+	for len(batch) < wbMaxKsets && batchBytes < budget {
 		ks, ok := r.Next()
 		if !ok || ks.LSN >= durable {
 			break
@@ -317,6 +331,11 @@ func (c *Cache) writebackPass(ctx context.Context) (int64, error) {
 			break
 		}
 		batch = append(batch, ks)
+		for i := range ks.Keys {
+			if ks.Keys[i].Flags == persist.KeyDirty {
+				batchBytes += int64(ks.Keys[i].Length)
+			}
+		}
 	}
 	if len(batch) == 0 {
 		if err := r.StopReason(); err != nil && errors.Is(err, persist.ErrMediaFault) {
