@@ -146,7 +146,32 @@ state=$(iscsiadm -m session -P 3 2>/dev/null | grep -A30 "$OWN" | grep -m1 "iSCS
 umount /mnt/own && pass own-umount2 || fail own-umount2
 echo 3 > /proc/sys/vm/drop_caches
 mount $ODEV /mnt/own && (cd /mnt/own && md5sum -c --quiet /tmp/own2.sums) && pass own-remount-verify2 "$(wc -l < /tmp/own2.sums) files" || fail own-remount-verify2 "checksums differ after remount"
+
+# ---- the daemon crashes (SIGKILL) while the mounted filesystem is being
+# written: every file whose fsync returned must be intact after the restart
+# (writes the killed daemon acknowledged come back from its intent log), and
+# the filesystem must be clean
+rm -f /tmp/stopw /tmp/during.err; mkdir -p /mnt/own/k
+( i=0; while [ ! -e /tmp/stopw ]; do
+    dd if=/tmp/during of=/mnt/own/k/$i bs=256k conv=fsync status=none || { echo "file $i" > /tmp/during.err; exit 1; }
+    echo $i > /tmp/kcount; i=$((i+1))
+  done ) &
+W=$!
+for i in $(seq 1 100); do [ -e /mnt/own/k/3 ] && break; sleep 0.05; done
+kill -KILL $DPID; wait $DPID 2>/dev/null
+t daemon-killed
+start_daemon /run/cachelun3.log
+for i in $(seq 1 300); do grep -q "session logged in.*target=$OWN" /run/cachelun3.log && break; sleep 0.1; done
+grep -q "session logged in.*target=$OWN" /run/cachelun3.log && pass own-relogin-after-kill || fail own-relogin-after-kill "open-iscsi did not log in to the restarted daemon"
+k0=$(cat /tmp/kcount); for i in $(seq 1 100); do [ $(cat /tmp/kcount) -ge $((k0+5)) ] && break; sleep 0.1; done
+touch /tmp/stopw
+if wait $W; then pass own-io-across-kill "files 0..$(cat /tmp/kcount) written with fsync, $k0 by the time of the kill"; else fail own-io-across-kill "writer failed: $(cat /tmp/during.err)"; fi
+n=$(cat /tmp/kcount); badk=
+for i in $(seq 0 $n); do cmp -s /tmp/during /mnt/own/k/$i || badk="$badk $i"; done
+[ -z "$badk" ] && pass own-files-after-kill "$((n+1)) files intact" || fail own-files-after-kill "files differ:$badk"
+rec=$(grep 'recovered acknowledged writes' /run/cachelun3.log | grep -o 'keys=[0-9]*')
 umount /mnt/own
+e2fsck -fn $ODEV > /tmp/fsck.txt 2>&1 && pass own-fsck-after-kill "clean; ${rec:-no} unjournaled keys recovered" || fail own-fsck-after-kill "$(tail -n 5 /tmp/fsck.txt)"
 errs=$(dmesg | grep -iE "I/O error|EXT4-fs error|Buffer I/O|blk_update_request|critical medium" | head -n 5)
 [ -z "$errs" ] && pass own-no-io-errors "$(dmesg | grep -iE 'connection|session' | tr '\n' '|' | tail -c 600)" || fail own-no-io-errors "$errs"
 t own-restart-done
