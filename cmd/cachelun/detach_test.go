@@ -3,13 +3,17 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
 
 	"github.com/cachelun/cachelun/admin"
+	"github.com/cachelun/cachelun/admin/cli"
+	"github.com/cachelun/cachelun/cachecore"
 	"github.com/cachelun/cachelun/persist"
 )
 
@@ -114,5 +118,105 @@ func TestCacheFailureShown(t *testing.T) {
 	}
 	if adminCache(t, d, "c0").Stats().Failed {
 		t.Error("the healthy cache c0 shows failed")
+	}
+}
+
+// serveAdmin serves the daemon's admin API on a socket in the test's
+// directory.
+func serveAdmin(t *testing.T, d *daemon) string {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "admin.sock")
+	srv, err := admin.NewServer(admin.Config{Backend: &adminBackend{d: d}, SocketPath: sock, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx) }()
+	select {
+	case <-srv.Ready():
+	case err := <-done:
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("admin Serve: %v", err)
+		}
+	})
+	return sock
+}
+
+func runCLI(cmd cli.Command, args ...string) (int, string, string) {
+	var out, errOut bytes.Buffer
+	code := cmd(context.Background(), args, &out, &errOut)
+	return code, out.String(), errOut.String()
+}
+
+// cachelun cache detach: refused for a healthy cache and, without --force,
+// for a failed cache whose volume still has dirty data (exit 1, the
+// volume named); with --force the volume goes on in passthrough on its
+// backing device, which serves and stores its I/O from then on.
+func TestDetachFailedCache(t *testing.T) {
+	d, _, dirty := startFailingCache(t)
+	ctx := context.Background()
+	sock := serveAdmin(t, d)
+	v9, _ := d.eng.cacheVolume("v9")
+
+	if err := adminCache(t, d, "c0").Detach(ctx, false); !errors.Is(err, cachecore.ErrNotFailed) {
+		t.Errorf("detaching the healthy cache c0: %v", err)
+	}
+	code, _, errOut := runCLI(cli.Cache, "detach", "c0", "--socket", sock)
+	if code != cli.ExitFailed || !strings.Contains(errOut, "has not failed") {
+		t.Errorf("cachelun cache detach c0: exit %d, %q", code, errOut)
+	}
+
+	code, _, errOut = runCLI(cli.Cache, "detach", "c1", "--socket", sock)
+	if code != cli.ExitFailed || !strings.Contains(errOut, "v9 (") || !strings.Contains(errOut, "dirty bytes") {
+		t.Fatalf("cachelun cache detach c1 with dirty data: exit %d, %q", code, errOut)
+	}
+	if err := adminCache(t, d, "c1").Detach(ctx, false); !errors.Is(err, cachecore.ErrDirtyData) {
+		t.Errorf("detach without force: %v", err)
+	}
+	// the failed cache still holds v9's newest data: I/O is refused
+	// (on_cache_failure = auto) rather than served stale
+	if err := v9.ReadAt(ctx, make([]byte, 512), 0); err == nil {
+		t.Error("v9 served a read from the failed cache before the detach")
+	}
+
+	code, out, errOut := runCLI(cli.Cache, "detach", "c1", "--force", "--socket", sock)
+	if code != cli.ExitOK {
+		t.Fatalf("cachelun cache detach c1 --force: exit %d, %q %q", code, out, errOut)
+	}
+	// v9 now runs on its backing device: the abandoned dirty data is not
+	// there, new writes are, and reads return them
+	buf := make([]byte, len(dirty))
+	if err := v9.ReadAt(ctx, buf, 0); err != nil {
+		t.Fatalf("read after the detach: %v", err)
+	}
+	if bytes.Equal(buf, dirty) {
+		t.Error("the abandoned dirty data is served although it never reached the backing device")
+	}
+	fresh := bytes.Repeat([]byte{0xe7}, 4096)
+	if err := v9.WriteAt(ctx, fresh, 1<<20, true); err != nil {
+		t.Fatalf("write after the detach: %v", err)
+	}
+	if err := v9.ReadAt(ctx, buf[:4096], 1<<20); err != nil || !bytes.Equal(buf[:4096], fresh) {
+		t.Fatalf("read back after the detach: %v", err)
+	}
+	raw, err := os.ReadFile(filepath.Join(filepath.Dir(d.path("x")), "v9.img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(raw[1<<20:1<<20+4096], fresh) {
+		t.Error("a write after the detach did not reach the backing device")
+	}
+	// the healthy cache's volume is untouched
+	v0, _ := d.eng.cacheVolume("v0")
+	if err := v0.WriteAt(ctx, fresh, 0, false); err != nil {
+		t.Errorf("v0 after c1's detach: %v", err)
+	}
+	if err := d.shutdown(ctx); err != nil {
+		t.Logf("shutdown after the detach: %v", err)
 	}
 }

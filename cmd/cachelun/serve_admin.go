@@ -86,9 +86,10 @@ func (b *adminBackend) Caches() []admin.CacheAPI {
 	var out []admin.CacheAPI
 	for _, c := range b.d.config().Caches {
 		if oc, ok := b.d.eng.cache(c.Name); ok {
-			// the engine cannot detach a failed cache yet: the adapter
-			// answers ErrDetachUnsupported
-			out = append(out, coreadapter.Cache(c.Name, b.d.path(c.Path), oc.cache, nil))
+			name := c.Name
+			out = append(out, coreadapter.Cache(c.Name, b.d.path(c.Path), oc.cache, func(ctx context.Context, force bool) error {
+				return b.d.detachCache(ctx, name, force)
+			}))
 		}
 	}
 	return out
