@@ -56,6 +56,7 @@ type Cache struct {
 	volumes map[string]*Volume
 
 	failed     atomic.Bool
+	detached   atomic.Bool // Detach: volumes use their backing devices only
 	failMu     sync.Mutex
 	failReason string
 	failCause  error
@@ -205,6 +206,9 @@ func openWith(ctx context.Context, store *persist.Store, cfg Config, replayed fu
 		c.vols[r.ID].Store(&volState{id: r.ID, name: r.Name, size: int64(r.Size), idx: newVolIndex(int64(r.Size))})
 	}
 
+	if info.Flags&InfoFlagDetached != 0 {
+		return nil, fmt.Errorf("%w: its contents are older than its volumes' backing devices; format it (cachelun format) to use it again", ErrDetachedCache)
+	}
 	c.distrustClean = info.Flags&InfoFlagRetired != 0
 	if c.distrustClean {
 		c.log.Warn("cache was retired after a media failure: dropping clean cache contents, keeping dirty data")
@@ -758,8 +762,9 @@ func (c *Cache) Close(ctx context.Context) error {
 		// would otherwise write to an unmapped page. After an unclean
 		// Close the mapping stays until the process exits.
 		closeIntent := c.intent.closeClean
-		if c.failedErr() != nil {
-			// Keys may not be journaled: keep them for the next Open.
+		if c.failedErr() != nil && !c.detached.Load() {
+			// Keys may not be journaled: keep them for the next Open (a
+			// detached cache is never opened again as it is).
 			closeIntent = c.intent.Close
 		}
 		if cerr := closeIntent(); cerr != nil {

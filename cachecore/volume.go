@@ -35,7 +35,10 @@ type Volume struct {
 	state    atomic.Int32
 	inflight atomic.Int64
 
-	tracker *bypassTracker
+	// abandoned: Detach with force gave up this volume's dirty data; it
+	// serves its backing device from then on.
+	abandoned atomic.Bool
+	tracker   *bypassTracker
 	// epochs knows whether dirty data of an older flush epoch is still
 	// waiting for writeback: no write may reach the backing device
 	// directly until it is written back (contract 6).
@@ -137,6 +140,9 @@ func (v *Volume) direct() (bool, error) {
 	c := v.c
 	if !c.failed.Load() {
 		return false, nil
+	}
+	if c.detached.Load() || v.abandoned.Load() {
+		return true, nil
 	}
 	switch c.config().OnCacheFailure {
 	case FailPassthrough:
