@@ -158,5 +158,7 @@
 // them; it waits instead when nothing else is left to write back.
 // DirtyBytes counts the bytes dirty in the index, also for a volume
 // recorded in the cache file but not attached (Open counts them from the
-// replayed index). Explanation.LSN is not tracked per block (always 0).
+// replayed index). Explain says where a block's data lives (segment,
+// offset, generation), not which kset recorded it: the index keeps no LSN
+// per extent (32 bytes per extent is the budget).
 package cachecore

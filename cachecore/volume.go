@@ -1449,8 +1449,7 @@ type Explanation struct {
 	State  string // "miss", "placeholder", "hit", or "offline"
 	Dirty  bool
 	Pos    persist.Pos
-	Gen    uint64
-	LSN    uint64 // not tracked per block: 0
+	Gen    uint64 // segment generation the data was written under
 }
 
 // Explain reports what the index holds for the block at off.
