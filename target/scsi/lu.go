@@ -68,7 +68,6 @@ type LU struct {
 	maxCAWBlocks      uint32
 	optimalXferBlocks uint32
 
-	defaultWCE    bool        // WCE of the default page: LUConfig.WriteCache
 	configuredWCE atomic.Bool // LUConfig.WriteCache or SetConfiguredWriteCache
 	wce           atomic.Bool // current WCE
 	savedWCE      atomic.Bool // saved WCE (what the state file holds)
@@ -212,7 +211,6 @@ func newLU(t *Target, lun uint64, cfg LUConfig) (*LU, error) {
 	empty := map[nexusKey]*nexusState{}
 	lu.nexuses.Store(&empty)
 
-	lu.defaultWCE = cfg.WriteCache
 	lu.configuredWCE.Store(cfg.WriteCache)
 	lu.wce.Store(cfg.WriteCache)
 	lu.savedWCE.Store(cfg.WriteCache)
@@ -263,8 +261,8 @@ func (lu *LU) WriteCacheEnabled() bool { return lu.wce.Load() }
 // WCE stays the host's. Otherwise the current (and reported saved) WCE
 // becomes on, and when it changed every I_T nexus gets MODE PARAMETERS
 // CHANGED so hosts re-read the caching page. A host's unsaved MODE SELECT
-// (SP=0) does not survive this call. The default page (PC=10b) keeps the
-// value the unit was created with.
+// (SP=0) does not survive this call. The default page (PC=10b) reports the
+// configured value.
 //
 // Turning the write cache off waits for the commands in the task set to
 // finish (as an ORDERED task would) and flushes the volume before any later

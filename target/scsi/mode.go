@@ -50,7 +50,7 @@ func (lu *LU) modePage(code byte, pc byte) []byte {
 		case pcChangeable:
 			wce = true // the WCE bit is changeable
 		case pcDefault:
-			wce = lu.defaultWCE
+			wce = lu.configuredWCE.Load() // the operator's write_cache, live
 		case pcSaved:
 			wce = lu.savedWCE.Load()
 		}
@@ -182,17 +182,18 @@ func cmdModeSelect(tk *task) error {
 		return err
 	}
 	if ch.setWCE {
+		if lu.wce.Load() && !ch.wce {
+			// Leaving write-back: what the cache acknowledged so far
+			// becomes durable before the cache is off, so that no write
+			// treated as FUA-only is acknowledged while earlier writes are
+			// still volatile. A failed flush leaves the cache on.
+			if err := lu.vol.Flush(tk.volCtx()); err != nil {
+				return volumeError(err, ioWrite)
+			}
+		}
 		if was := lu.wce.Swap(ch.wce); was != ch.wce {
 			k := tk.nx.key
 			lu.raiseAll(ASCModeParametersChanged, &k)
-			if was {
-				// Leaving write-back: what the cache acknowledged so far
-				// becomes durable before the initiator is told the cache
-				// is off.
-				if err := lu.vol.Flush(tk.volCtx()); err != nil {
-					return volumeError(err, ioWrite)
-				}
-			}
 		}
 		if sp {
 			if err := lu.saveWCE(ch.wce); err != nil {

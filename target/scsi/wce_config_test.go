@@ -127,8 +127,8 @@ func TestSetConfiguredWriteCache(t *testing.T) {
 	if currentWCE(t, f, nexusA, pcCurrent) {
 		t.Fatal("MODE SENSE current page still shows WCE=1")
 	}
-	if !currentWCE(t, f, nexusA, pcDefault) {
-		t.Fatal("default page changed; it keeps the value the unit was created with")
+	if currentWCE(t, f, nexusA, pcDefault) {
+		t.Fatal("default page still shows WCE=1; it reports the configured write_cache")
 	}
 	_, fua0, _, _ := f.vol.Counters()
 	f.good(f.exec(nexusA, cdb10(0x2a, 0, 11, 1), pattern(testBS, 2), 0))
@@ -260,5 +260,32 @@ func TestConfiguredWriteCacheHostPrecedence(t *testing.T) {
 	f2, _ := newDurabilityFixture(t, func(c *LUConfig) { c.StatePath = path; c.WriteCache = false })
 	if !f2.lu.WriteCacheEnabled() {
 		t.Fatal("saved WCE=1 lost against write_cache=false at the next start")
+	}
+}
+
+// MODE SELECT turning the write cache off flushes first: when the flush
+// fails the command fails and the cache stays on (no write is treated as
+// FUA-only while earlier acknowledged writes are volatile).
+func TestModeSelectWCEOffFlushesFirst(t *testing.T) {
+	f, dv := newDurabilityFixture(t, nil)
+	p := cachingPage(t, modeSense6(f, nexusA, pageCaching, pcCurrent))
+	sel := append([]byte{0, 0, 0, 0}, p...)
+	sel[4] &^= 0x80
+	sel[6] &^= 0x04
+	dv.flushErr = errors.New("backing device gone")
+	r := f.exec(nexusA, []byte{0x15, 0x10, 0, 0, byte(len(sel)), 0}, sel, 0)
+	if r.Status == StatusGood {
+		t.Fatal("MODE SELECT WCE=0 succeeded although the flush failed")
+	}
+	if !f.lu.WriteCacheEnabled() {
+		t.Fatal("WCE off although the flush failed")
+	}
+	dv.flushErr = nil
+	f.good(f.exec(nexusA, []byte{0x15, 0x10, 0, 0, byte(len(sel)), 0}, sel, 0))
+	if f.lu.WriteCacheEnabled() {
+		t.Fatal("WCE still on after a good MODE SELECT")
+	}
+	if v, _ := dv.state(); v != 0 {
+		t.Fatal("acknowledged WCE=1 writes still volatile after the switch")
 	}
 }
