@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"slices"
 	"strings"
 	"sync"
@@ -242,51 +243,70 @@ func (c *Cache) carryForward(keys []persist.Key) error {
 	var slots slotSet
 	n := 0
 	for i := range keys {
-		k := keys[i]
+		k := &keys[i]
 		vs := c.vols[k.Volume].Load()
 		if vs == nil || int64(k.Offset) >= vs.size || int(k.Pos.Seg) >= len(c.segs.segs) {
 			continue
 		}
 		end := min(int64(k.Offset)+int64(k.Length), vs.size)
-		pieces := splitPieces(int64(k.Offset), end-int64(k.Offset))
-		live := false
-		for _, p := range pieces {
+		for _, p := range splitPieces(int64(k.Offset), end-int64(k.Offset)) {
 			st := vs.idx.peek(p.stripe)
 			if st == nil {
 				continue
 			}
 			segOff := k.Pos.Off + uint32(p.bufOff)
+			// While the volume is not attached nothing but writeback and
+			// GC touch its index, and neither drops a dirty extent. If it
+			// was attached meanwhile, a host write may already be in the
+			// log after the original: carrying old data past it would
+			// reorder them, so the pass ends here and the next one writes
+			// back.
 			st.mu.Lock()
+			if vs.vol.Load() != nil {
+				st.mu.Unlock()
+				return fmt.Errorf("%w: %q", errCarryAttached, vs.name)
+			}
+			// Only the parts of the key the index still holds: a later
+			// key of the volume may have replaced some of it, and a
+			// carried copy of the whole key would bring the replaced
+			// bytes back over the newer ones at the next replay.
+			var live []persist.Key
 			i0, j0 := st.list.span(p.s, p.e)
-			for x := i0; x < j0 && !live; x++ {
+			for x := i0; x < j0; x++ {
 				e := &st.list.ext[x]
-				live = e.kind == extDirty && e.sameLineage(p.s, k.Pos.Seg, segOff, k.Gen)
+				if e.kind != extDirty || !e.sameLineage(p.s, k.Pos.Seg, segOff, k.Gen) {
+					continue
+				}
+				s, t := max(e.start, p.s), min(e.end(), p.e)
+				if s >= t {
+					continue
+				}
+				live = append(live, persist.Key{Volume: k.Volume, Offset: uint64(p.abs(s)), Length: t - s,
+					Pos: persist.Pos{Seg: e.seg, Off: e.segOff + (s - e.start)}, Gen: e.gen, Flags: persist.KeyDirty})
+			}
+			if len(live) == 0 {
+				st.mu.Unlock()
+				continue
+			}
+			slot := slotFor(k.Volume, p.stripe)
+			var spills []spill
+			for j := range live {
+				if c.dataCRC {
+					if err := c.setDataCRC(&live[j]); err != nil {
+						st.mu.Unlock()
+						return err
+					}
+				}
+				c.segs.segs[live[j].Pos.Seg].refs.Add(1)
+				spills = append(spills, c.appendKey(slot, live[j]))
 			}
 			st.mu.Unlock()
+			for _, sp := range spills {
+				c.commitSpill(sp)
+			}
+			slots.add(slot)
+			n += len(live)
 		}
-		if !live {
-			continue
-		}
-		// While the volume is not attached nothing but writeback and GC
-		// touch its index, and neither drops a dirty extent, so the key is
-		// still live under the stripe lock taken for the append. If it
-		// was attached meanwhile, a host write may already be in the log
-		// after the original: carrying the old data past it would reorder
-		// them, so the pass ends here and the next one writes back.
-		stripe := pieces[0].stripe
-		st := vs.idx.get(stripe)
-		st.mu.Lock()
-		if vs.vol.Load() != nil {
-			st.mu.Unlock()
-			return fmt.Errorf("%w: %q", errCarryAttached, vs.name)
-		}
-		c.segs.segs[k.Pos.Seg].refs.Add(1)
-		slot := slotFor(k.Volume, stripe)
-		sp := c.appendKey(slot, k)
-		st.mu.Unlock()
-		c.commitSpill(sp)
-		slots.add(slot)
-		n++
 	}
 	c.epoch.Add(1)
 	if n == 0 {
@@ -299,6 +319,18 @@ func (c *Cache) carryForward(keys []persist.Key) error {
 		c.log.Warn("writeback carries dirty data of volumes that are not attached forward in the log; attach them (or drain them while attached) to write it back",
 			"volumes", c.carryNames(keys))
 	}
+	return nil
+}
+
+// setDataCRC computes the data CRC of a carried key (a part of an older
+// key, so the older CRC does not apply).
+func (c *Cache) setDataCRC(k *persist.Key) error {
+	b := make([]byte, k.Length)
+	if err := c.media.ReadAt(b, c.store.DataOffset(k.Pos)); err != nil {
+		c.fail("writeback read cache data", err)
+		return err
+	}
+	k.DataCRC = crc32.Checksum(b, castagnoli)
 	return nil
 }
 
