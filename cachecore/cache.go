@@ -52,7 +52,11 @@ type Cache struct {
 	vols     [persist.MaxVolumes]atomic.Pointer[volState]
 	liveKeys [persist.MaxVolumes]atomic.Int64 // keys of the live log per id (id reuse guard)
 
-	mu      sync.Mutex // volume add/remove, SetConfig
+	mu sync.Mutex // volume add/remove, SetConfig
+	// carryMu: writeback carrying keys of volumes that are not attached
+	// (from the carry to the uncounting of the originals) excludes
+	// AddVolume. Lock order: mu, carryMu, stripe locks, slot locks.
+	carryMu sync.Mutex
 	volumes map[string]*Volume
 
 	failed     atomic.Bool
@@ -576,6 +580,8 @@ func (c *Cache) AddVolume(ctx context.Context, name string, dev backend.Device, 
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.carryMu.Lock()
+	defer c.carryMu.Unlock()
 	if _, ok := c.volumes[name]; ok {
 		return nil, fmt.Errorf("cachecore: volume %q already attached", name)
 	}

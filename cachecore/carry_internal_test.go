@@ -113,10 +113,29 @@ func TestWritebackCarriesVolumeNotAttached(t *testing.T) {
 	if cs.DirtyBytes == 0 {
 		t.Fatal("B's dirty data vanished from the accounting")
 	}
+	if k := c.vols[1].Load().dirtyKeys.Load(); k <= 0 {
+		t.Fatalf("B counts %d dirty keys after its keys were carried", k)
+	}
 
 	// A power cut now (only persisted bytes survive), then B is attached
 	// again: its data is there and is written back.
 	img := media.CrashImage(media.PersistPoints(), nil)
+	// In the same session, B attached: its carried keys are written back
+	// and the drain ends with nothing counted (the carry's accounting
+	// matches the keys it left in the log).
+	devB2 := devB.Clone()
+	b2, err := c.AddVolume(ctx, "b", devB2, vc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkVolume(t, "b (attached after the carry)", b2, modelB)
+	if err := b2.Drain(dctx, nil); err != nil {
+		t.Fatalf("drain of b after the carry: %v (dirty keys counted: %d)", err, c.vols[b2.st.id].Load().dirtyKeys.Load())
+	}
+	checkDev(t, "b (backing, same session)", devB2, modelB)
+	if k, bytes := c.vols[b2.st.id].Load().dirtyKeys.Load(), b2.Stats().DirtyBytes; k != 0 || bytes != 0 {
+		t.Fatalf("after the drain of b in the same session: %d dirty keys, %d dirty bytes counted", k, bytes)
+	}
 	c.Close(ctx)
 	st, err = persist.Open(img)
 	if err != nil {
@@ -135,6 +154,13 @@ func TestWritebackCarriesVolumeNotAttached(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkDev(t, "b (backing)", devB, modelB)
+	// Carried keys are counted as they are appended and the originals
+	// uncounted as dirty_tail passes them: after the drain nothing is
+	// left, neither missing (a drain ending early) nor over (one that
+	// never ends).
+	if k, bytes := c.vols[b.st.id].Load().dirtyKeys.Load(), b.Stats().DirtyBytes; k != 0 || bytes != 0 {
+		t.Fatalf("after the drain: %d dirty keys, %d dirty bytes counted", k, bytes)
+	}
 }
 
 func checkVolume(t *testing.T, name string, v *Volume, model map[int64][]byte) {

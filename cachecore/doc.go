@@ -66,8 +66,9 @@
 //
 // # Concurrency and lock order
 //
-// stripe.mu (several only in CompareAndWrite, in ascending stripe order)
-// → ksetSlot.mu; stripe.mu → segment.mu (read). dataHead.mu and
+// Cache.mu → Cache.carryMu (AddVolume; writeback while it carries keys of
+// volumes that are not attached) → stripe.mu (several only in
+// CompareAndWrite, in ascending stripe order) → ksetSlot.mu; stripe.mu → segment.mu (read). dataHead.mu and
 // segTable.mu are leaves and are never taken with a stripe lock held;
 // generation bumps (persist I/O) run without any stripe lock. Background
 // goroutines (kset flusher, writeback, GC, kset commits) are owned by the

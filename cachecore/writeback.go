@@ -239,6 +239,14 @@ func (c *Cache) carryNames(keys []persist.Key) string {
 // GC never evicts dirty extents, so passing the old keys leaves the
 // carried ones in the index.
 func (c *Cache) carryForward(keys []persist.Key) error {
+	// The caller holds carryMu: no volume is attached while this runs. One
+	// attached since the pass looked ends the pass before anything is
+	// carried; the next pass writes its keys back.
+	for i := range keys {
+		if vs := c.vols[keys[i].Volume].Load(); vs != nil && vs.vol.Load() != nil {
+			return fmt.Errorf("%w: %q", errCarryAttached, vs.name)
+		}
+	}
 	c.epoch.Add(1)
 	var slots slotSet
 	n := 0
@@ -255,17 +263,9 @@ func (c *Cache) carryForward(keys []persist.Key) error {
 				continue
 			}
 			segOff := k.Pos.Off + uint32(p.bufOff)
-			// While the volume is not attached nothing but writeback and
-			// GC touch its index, and neither drops a dirty extent. If it
-			// was attached meanwhile, a host write may already be in the
-			// log after the original: carrying old data past it would
-			// reorder them, so the pass ends here and the next one writes
-			// back.
+			// The volume is not attached: nothing but writeback and GC
+			// touch its index, and neither drops a dirty extent.
 			st.mu.Lock()
-			if vs.vol.Load() != nil {
-				st.mu.Unlock()
-				return fmt.Errorf("%w: %q", errCarryAttached, vs.name)
-			}
 			// Only the parts of the key the index still holds: a later
 			// key of the volume may have replaced some of it, and a
 			// carried copy of the whole key would bring the replaced
@@ -298,6 +298,7 @@ func (c *Cache) carryForward(keys []persist.Key) error {
 					}
 				}
 				c.segs.segs[live[j].Pos.Seg].refs.Add(1)
+				vs.dirtyKeys.Add(1)
 				spills = append(spills, c.appendKey(slot, live[j]))
 			}
 			st.mu.Unlock()
@@ -448,7 +449,11 @@ func (c *Cache) writebackPass(ctx context.Context) (int64, error) {
 	if len(carry) > 0 {
 		// Journaled again (durable) before dirty_tail passes the
 		// originals, or a crash in between would take them for written
-		// back.
+		// back. carryMu keeps AddVolume out until the originals are
+		// uncounted below, so an attached volume's accounting starts from
+		// a settled count.
+		c.carryMu.Lock()
+		defer c.carryMu.Unlock()
 		if err := c.carryForward(carry); err != nil {
 			return written, err
 		}
@@ -468,7 +473,10 @@ func (c *Cache) writebackPass(ctx context.Context) (int64, error) {
 				continue
 			}
 			if t := targets[k.Volume]; t != nil && t.v == nil {
-				continue // carried forward, still dirty
+				// Carried forward: the parts still live are counted as
+				// new dirty keys; the original is done.
+				t.vs.dirtyKeys.Add(-1)
+				continue
 			}
 			c.markClean(k, ks.Epoch)
 		}
