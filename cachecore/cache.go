@@ -87,6 +87,9 @@ type Cache struct {
 	// intent, if not nil, records appended keys until they are journaled
 	// so that a process crash loses no acknowledged write.
 	intent *IntentLog
+	// carryAfter: writeback carries keys of volumes that are not attached
+	// only from then on (Open + carryGrace).
+	carryAfter time.Time
 	// recoveredKsets are ksets of recovered keys closed during Open,
 	// committed once the workers run.
 	recoveredKsets []*pendingKset
@@ -298,6 +301,9 @@ func openWith(ctx context.Context, store *persist.Store, cfg Config, replayed fu
 	c.stats.lastDirtyTailMove.Store(cfg.Clock.Now().UnixNano())
 	if replayed != nil {
 		replayed(c)
+	}
+	if !cfg.noCarryGrace {
+		c.carryAfter = cfg.Clock.Now().Add(carryGrace)
 	}
 	c.workersCtx, c.stopWorkers = context.WithCancel(context.Background())
 	c.workers.Add(3)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -27,7 +28,7 @@ func TestWritebackCarriesVolumeNotAttached(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Writeback only when a drain asks for it.
-	cfg := Config{JournalFlushInterval: 5 * time.Millisecond, GCPercent: 1,
+	cfg := Config{JournalFlushInterval: 5 * time.Millisecond, GCPercent: 1, noCarryGrace: true,
 		Writeback: WritebackConfig{TargetDirtyPercent: 90, HighWatermarkPercent: 95, IdleAfter: time.Hour, MaxBytesPerSec: 1}}
 	vc := VolumeConfig{Mode: ModeWriteback, BlockSize: 512}
 	c, err := Open(ctx, st, cfg)
@@ -201,7 +202,7 @@ func TestCarryForwardCrashPoints(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := Config{JournalFlushInterval: 5 * time.Millisecond, GCPercent: 1,
+	cfg := Config{JournalFlushInterval: 5 * time.Millisecond, GCPercent: 1, noCarryGrace: true,
 		Writeback: WritebackConfig{TargetDirtyPercent: 90, HighWatermarkPercent: 95, IdleAfter: time.Hour, MaxBytesPerSec: 1}}
 	vc := VolumeConfig{Mode: ModeWriteback, BlockSize: 512}
 	c, err := Open(ctx, st, cfg)
@@ -313,4 +314,96 @@ func TestCarryForwardCrashPoints(t *testing.T) {
 		}
 	}
 	t.Logf("%d crash images over persist points %d..%d", images, from, to)
+}
+
+// stepClock is a Clock the test moves forward.
+type stepClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (s *stepClock) Now() time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.now
+}
+
+func (s *stepClock) add(d time.Duration) {
+	s.mu.Lock()
+	s.now = s.now.Add(d)
+	s.mu.Unlock()
+}
+
+// TestCarryWaitsForAttachAfterOpen: for carryGrace after Open, writeback
+// waits for a volume with dirty data to be attached (a daemon attaches its
+// volumes right after Open) instead of carrying its keys forward; then it
+// carries them and the other volumes' writeback goes on.
+func TestCarryWaitsForAttachAfterOpen(t *testing.T) {
+	ctx := context.Background()
+	const devSize = 1 << 20
+	media := persist.NewCrashMedia(persist.SegmentsOffset+32*itSegSize, persist.TearDAX)
+	st, err := persist.Format(media, persist.FormatOptions{SegmentSize: itSegSize})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk := &stepClock{now: time.Unix(1_000_000, 0)}
+	cfg := Config{Clock: clk, JournalFlushInterval: 5 * time.Millisecond,
+		Writeback: WritebackConfig{TargetDirtyPercent: 90, HighWatermarkPercent: 95, IdleAfter: time.Hour, MaxBytesPerSec: 1}}
+	vc := VolumeConfig{Mode: ModeWriteback, BlockSize: 512}
+	c, err := Open(ctx, st, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	devA, devB := backend.NewMemory(devSize), backend.NewMemory(devSize)
+	b, err := c.AddVolume(ctx, "b", devB, vc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := c.AddVolume(ctx, "a", devA, vc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pb, pa := bytes.Repeat([]byte{0xbb}, 64<<10), bytes.Repeat([]byte{0xaa}, 64<<10)
+	if err := b.WriteAt(ctx, pb, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.WriteAt(ctx, pa, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	st, err = persist.Open(media)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err = Open(ctx, st, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { c.Close(ctx) }()
+	a, err = c.AddVolume(ctx, "a", devA, vc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	err = a.Drain(short, nil)
+	cancel()
+	if err == nil || c.stats.writebackCarried.Load() != 0 {
+		t.Fatalf("within the grace period: drain %v, %d keys carried; want a wait and none carried", err, c.stats.writebackCarried.Load())
+	}
+	clk.add(carryGrace + time.Second)
+	long, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	if err := a.Drain(long, nil); err != nil {
+		t.Fatalf("after the grace period: %v", err)
+	}
+	if c.stats.writebackCarried.Load() == 0 {
+		t.Fatal("after the grace period nothing was carried")
+	}
+	got := make([]byte, len(pa))
+	if err := devA.ReadAt(ctx, got, 0); err != nil || !bytes.Equal(got, pa) {
+		t.Fatalf("a's data not written back: %v", err)
+	}
 }

@@ -89,6 +89,10 @@ type Config struct {
 	JournalFlushInterval time.Duration // default 1s: an acked write's key waits at most this long in an open kset
 	OnCacheFailure       FailurePolicy // default "auto"
 	Writeback            WritebackConfig
+
+	// noCarryGrace lets writeback carry keys of volumes that are not
+	// attached right after Open (tests); see carryGrace.
+	noCarryGrace bool
 }
 
 // VolumeConfig configures one volume.

@@ -203,6 +203,10 @@ var errWritebackStalled = errors.New("cachecore: writeback waits: only dirty dat
 // volume attached meanwhile; the next pass writes them back.
 var errCarryAttached = errors.New("cachecore: volume attached while its dirty keys were carried forward")
 
+// carryGrace is how long after Open writeback waits for a volume with
+// dirty data to be attached before it carries its keys forward.
+const carryGrace = 10 * time.Second
+
 // needSpace reports whether writers or GC need the log to move on.
 func (c *Cache) needSpace() bool {
 	return c.spaceWait.Load() > 0 || c.drainers.Load() > 0 || c.needGC()
@@ -428,6 +432,11 @@ func (c *Cache) writebackPass(ctx context.Context) (int64, error) {
 		}
 	}
 	last := batch[len(batch)-1]
+	if len(carry) > 0 && c.clock().Now().Before(c.carryAfter) {
+		// Right after Open the daemon is still attaching its volumes:
+		// wait for them rather than carry every dirty key forward.
+		return 0, fmt.Errorf("%w: %s", errWritebackStalled, c.carryNames(carry))
+	}
 	if len(carry) > 0 && !attachedDirty && last.Next.LSN >= durable && !c.needSpace() {
 		// Nothing but data of volumes not attached, and nothing after
 		// it: wait rather than carry the same keys forward again.
