@@ -48,10 +48,14 @@ type VolumeStats struct {
 	BypassedRequests map[string]uint64 `json:"bypassed_requests,omitempty"` // by reason
 	BypassedBytes    map[string]uint64 `json:"bypassed_bytes,omitempty"`    // by reason
 	ReadBypassRaces  uint64            `json:"read_bypass_races"`
-	DirtyBytes       int64             `json:"dirty_bytes"`
-	WritebackBytes   uint64            `json:"writeback_bytes"`
-	WritebackLag     time.Duration     `json:"writeback_lag_ns"`
-	Errors           map[string]uint64 `json:"errors,omitempty"` // by kind
+	// HeldBackWrites would have gone to the backing device (bypass,
+	// writethrough) but took the cache path because older dirty data was
+	// not yet written back (ordered writeback).
+	HeldBackWrites uint64            `json:"held_back_writes"`
+	DirtyBytes     int64             `json:"dirty_bytes"`
+	WritebackBytes uint64            `json:"writeback_bytes"`
+	WritebackLag   time.Duration     `json:"writeback_lag_ns"`
+	Errors         map[string]uint64 `json:"errors,omitempty"` // by kind
 }
 
 // JournalPos is a position in a cache file's kset journal.
@@ -73,9 +77,14 @@ type CacheStats struct {
 	GCRuns              uint64     `json:"gc_runs"`
 	GCSegmentsFreed     uint64     `json:"gc_segments_freed"`
 	DeferredWrites      uint64     `json:"deferred_writes"`
-	DirtyBytes          int64      `json:"dirty_bytes"`
-	Failed              bool       `json:"failed"`
-	FailureReason       string     `json:"failure_reason,omitempty"`
+	// WritebackCarriedKeys: keys of volumes not attached that writeback
+	// journaled again to move on; IntentRecoveredKeys: keys of writes a
+	// crashed process acknowledged, recovered at start.
+	WritebackCarriedKeys uint64 `json:"writeback_carried_keys"`
+	IntentRecoveredKeys  uint64 `json:"intent_recovered_keys"`
+	DirtyBytes           int64  `json:"dirty_bytes"`
+	Failed               bool   `json:"failed"`
+	FailureReason        string `json:"failure_reason,omitempty"`
 }
 
 // Explanation says why a read of one block would hit or miss and where the

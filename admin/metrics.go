@@ -17,6 +17,7 @@ type collector struct {
 	volReadHits, volReadPartialHits, volReadMisses, volWriteHits *prometheus.Desc
 	volReadHitBytes, volReadMissBytes, volWriteBytes             *prometheus.Desc
 	volBypassedRequests, volBypassedBytes, volBypassRaces        *prometheus.Desc
+	volHeldBack, cacheCarried, cacheIntentRecovered              *prometheus.Desc
 	volDirtyBytes, volWritebackBytes, volWritebackLag, volErrors *prometheus.Desc
 	volSize, volMode                                             *prometheus.Desc
 	cacheSegments, cacheDirtyBytes, cacheGCRuns, cacheGCFreed    *prometheus.Desc
@@ -30,34 +31,37 @@ func newCollector(snaps *snapshotter) *collector {
 		return prometheus.NewDesc(name, help, labels, nil)
 	}
 	return &collector{
-		snaps:               snaps,
-		volReadHits:         desc("cachelun_volume_read_hits_total", "Read requests served entirely from the cache.", vol...),
-		volReadPartialHits:  desc("cachelun_volume_read_partial_hits_total", "Read requests served partly from the cache.", vol...),
-		volReadMisses:       desc("cachelun_volume_read_misses_total", "Read requests that missed the cache.", vol...),
-		volWriteHits:        desc("cachelun_volume_write_hits_total", "Write requests that went through the cache.", vol...),
-		volReadHitBytes:     desc("cachelun_volume_read_hit_bytes_total", "Bytes read from the cache.", vol...),
-		volReadMissBytes:    desc("cachelun_volume_read_miss_bytes_total", "Bytes read from the backing device on misses.", vol...),
-		volWriteBytes:       desc("cachelun_volume_write_bytes_total", "Bytes written by initiators.", vol...),
-		volBypassedRequests: desc("cachelun_volume_bypassed_requests_total", "Requests that bypassed the cache, by reason.", "volume", "reason"),
-		volBypassedBytes:    desc("cachelun_volume_bypassed_bytes_total", "Bytes that bypassed the cache, by reason.", "volume", "reason"),
-		volBypassRaces:      desc("cachelun_volume_read_bypass_races_total", "Read misses not cached because a bypass write to the same chunk was in flight.", vol...),
-		volDirtyBytes:       desc("cachelun_volume_dirty_bytes", "Bytes in the cache not yet written back.", vol...),
-		volWritebackBytes:   desc("cachelun_volume_writeback_bytes_total", "Bytes written back to the backing device.", vol...),
-		volWritebackLag:     desc("cachelun_writeback_lag_seconds", "Age of the oldest dirty write not yet written back.", vol...),
-		volErrors:           desc("cachelun_volume_errors_total", "Errors by kind.", "volume", "kind"),
-		volSize:             desc("cachelun_volume_size_bytes", "Volume size.", vol...),
-		volMode:             desc("cachelun_volume_mode", "Current cache mode (1 for the active mode).", "volume", "mode"),
-		cacheSegments:       desc("cachelun_cache_segments", "Cache segments by state.", "cache", "state"),
-		cacheDirtyBytes:     desc("cachelun_cache_dirty_bytes", "Bytes in the cache file not yet written back.", "cache"),
-		cacheGCRuns:         desc("cachelun_cache_gc_runs_total", "Garbage collection passes.", "cache"),
-		cacheGCFreed:        desc("cachelun_cache_gc_segments_freed_total", "Segments freed by garbage collection.", "cache"),
-		cacheDeferred:       desc("cachelun_cache_deferred_writes_total", "Writes that waited for free space.", "cache"),
-		cacheFailed:         desc("cachelun_cache_failed", "1 when the cache has been retired after a media failure.", "cache"),
-		cacheJournalLSN:     desc("cachelun_cache_journal_lsn", "Journal log sequence number of the key head and the tails.", "cache", "pointer"),
-		sessions:            desc("cachelun_iscsi_sessions", "Open sessions by transport and target.", "transport", "target"),
-		inflight:            desc("cachelun_inflight_commands", "Commands being executed, by transport and target.", "transport", "target"),
-		snapshotAge:         desc("cachelun_admin_snapshot_age_seconds", "Age of the state snapshot this scrape reports.", nil...),
-		snapshotStale:       desc("cachelun_admin_snapshot_stale", "1 when the backend did not answer within the read budget and this scrape reports an older snapshot.", nil...),
+		snaps:                snaps,
+		volReadHits:          desc("cachelun_volume_read_hits_total", "Read requests served entirely from the cache.", vol...),
+		volReadPartialHits:   desc("cachelun_volume_read_partial_hits_total", "Read requests served partly from the cache.", vol...),
+		volReadMisses:        desc("cachelun_volume_read_misses_total", "Read requests that missed the cache.", vol...),
+		volWriteHits:         desc("cachelun_volume_write_hits_total", "Write requests that went through the cache.", vol...),
+		volReadHitBytes:      desc("cachelun_volume_read_hit_bytes_total", "Bytes read from the cache.", vol...),
+		volReadMissBytes:     desc("cachelun_volume_read_miss_bytes_total", "Bytes read from the backing device on misses.", vol...),
+		volWriteBytes:        desc("cachelun_volume_write_bytes_total", "Bytes written by initiators.", vol...),
+		volBypassedRequests:  desc("cachelun_volume_bypassed_requests_total", "Requests that bypassed the cache, by reason.", "volume", "reason"),
+		volBypassedBytes:     desc("cachelun_volume_bypassed_bytes_total", "Bytes that bypassed the cache, by reason.", "volume", "reason"),
+		volHeldBack:          desc("cachelun_volume_held_back_writes_total", "Writes that would have gone to the backing device but took the cache path because older dirty data was not yet written back.", vol...),
+		cacheCarried:         desc("cachelun_cache_writeback_carried_keys_total", "Keys of volumes that are not attached journaled again by writeback to move past them.", "cache"),
+		cacheIntentRecovered: desc("cachelun_cache_intent_recovered_keys_total", "Keys of writes acknowledged by a crashed process, recovered from the intent log at start.", "cache"),
+		volBypassRaces:       desc("cachelun_volume_read_bypass_races_total", "Read misses not cached because a bypass write to the same chunk was in flight.", vol...),
+		volDirtyBytes:        desc("cachelun_volume_dirty_bytes", "Bytes in the cache not yet written back.", vol...),
+		volWritebackBytes:    desc("cachelun_volume_writeback_bytes_total", "Bytes written back to the backing device.", vol...),
+		volWritebackLag:      desc("cachelun_writeback_lag_seconds", "Age of the oldest dirty write not yet written back.", vol...),
+		volErrors:            desc("cachelun_volume_errors_total", "Errors by kind.", "volume", "kind"),
+		volSize:              desc("cachelun_volume_size_bytes", "Volume size.", vol...),
+		volMode:              desc("cachelun_volume_mode", "Current cache mode (1 for the active mode).", "volume", "mode"),
+		cacheSegments:        desc("cachelun_cache_segments", "Cache segments by state.", "cache", "state"),
+		cacheDirtyBytes:      desc("cachelun_cache_dirty_bytes", "Bytes in the cache file not yet written back.", "cache"),
+		cacheGCRuns:          desc("cachelun_cache_gc_runs_total", "Garbage collection passes.", "cache"),
+		cacheGCFreed:         desc("cachelun_cache_gc_segments_freed_total", "Segments freed by garbage collection.", "cache"),
+		cacheDeferred:        desc("cachelun_cache_deferred_writes_total", "Writes that waited for free space.", "cache"),
+		cacheFailed:          desc("cachelun_cache_failed", "1 when the cache has been retired after a media failure.", "cache"),
+		cacheJournalLSN:      desc("cachelun_cache_journal_lsn", "Journal log sequence number of the key head and the tails.", "cache", "pointer"),
+		sessions:             desc("cachelun_iscsi_sessions", "Open sessions by transport and target.", "transport", "target"),
+		inflight:             desc("cachelun_inflight_commands", "Commands being executed, by transport and target.", "transport", "target"),
+		snapshotAge:          desc("cachelun_admin_snapshot_age_seconds", "Age of the state snapshot this scrape reports.", nil...),
+		snapshotStale:        desc("cachelun_admin_snapshot_stale", "1 when the backend did not answer within the read budget and this scrape reports an older snapshot.", nil...),
 	}
 }
 
@@ -68,6 +72,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		c.volReadHits, c.volReadPartialHits, c.volReadMisses, c.volWriteHits,
 		c.volReadHitBytes, c.volReadMissBytes, c.volWriteBytes,
 		c.volBypassedRequests, c.volBypassedBytes, c.volBypassRaces,
+		c.volHeldBack, c.cacheCarried, c.cacheIntentRecovered,
 		c.volDirtyBytes, c.volWritebackBytes, c.volWritebackLag, c.volErrors,
 		c.volSize, c.volMode,
 		c.cacheSegments, c.cacheDirtyBytes, c.cacheGCRuns, c.cacheGCFreed,
@@ -110,6 +115,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			counter(c.volBypassedBytes, float64(st.BypassedBytes[reason]), n, reason)
 		}
 		counter(c.volBypassRaces, float64(st.ReadBypassRaces), n)
+		counter(c.volHeldBack, float64(st.HeldBackWrites), n)
 		gauge(c.volDirtyBytes, float64(st.DirtyBytes), n)
 		counter(c.volWritebackBytes, float64(st.WritebackBytes), n)
 		gauge(c.volWritebackLag, st.WritebackLag.Seconds(), n)
@@ -128,6 +134,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.cacheGCRuns, float64(st.GCRuns), n)
 		counter(c.cacheGCFreed, float64(st.GCSegmentsFreed), n)
 		counter(c.cacheDeferred, float64(st.DeferredWrites), n)
+		counter(c.cacheCarried, float64(st.WritebackCarriedKeys), n)
+		counter(c.cacheIntentRecovered, float64(st.IntentRecoveredKeys), n)
 		gauge(c.cacheFailed, boolFloat(st.Failed), n)
 		gauge(c.cacheJournalLSN, float64(st.KeyHead.LSN), n, "key_head")
 		gauge(c.cacheJournalLSN, float64(st.DirtyTail.LSN), n, "dirty_tail")

@@ -45,6 +45,12 @@ type CacheStats struct {
 	KeyHead, DirtyTail, KeyTail                               persist.Tail
 	GCRuns, GCSegmentsFreed                                   uint64
 	DeferredWrites                                            uint64 // writes that waited for free space
+	// WritebackCarriedKeys counts keys of volumes that are not attached
+	// that writeback journaled again to move past them.
+	WritebackCarriedKeys uint64
+	// IntentRecoveredKeys counts keys recovered from the intent log at
+	// Open (writes acknowledged by a process that crashed).
+	IntentRecoveredKeys uint64
 	// DirtyBytes sums the volumes' DirtyBytes (bytes dirty in the index),
 	// attached or not.
 	DirtyBytes    int64
@@ -122,7 +128,8 @@ func (c *Cache) Stats() CacheStats {
 		Segments: n, SegmentsFree: free, SegmentsQuarantined: quar, SegmentsUsed: n - free - quar,
 		KeyHead: c.journal.Head(), DirtyTail: c.store.DirtyTail(), KeyTail: c.store.KeyTail(),
 		GCRuns: c.stats.gcRuns.Load(), GCSegmentsFreed: c.stats.gcSegmentsFreed.Load(),
-		DeferredWrites: c.stats.deferredWrites.Load(), DirtyBytes: c.dirtyBytes(),
+		DeferredWrites:       c.stats.deferredWrites.Load(),
+		WritebackCarriedKeys: c.stats.writebackCarried.Load(), IntentRecoveredKeys: c.stats.intentRecovered.Load(), DirtyBytes: c.dirtyBytes(),
 		Failed: c.failed.Load(),
 	}
 	if s.Failed {

@@ -76,6 +76,7 @@ func VolumeStats(st cachecore.VolumeStats) admin.VolumeStats {
 		BypassedRequests: maps.Clone(st.BypassedRequests),
 		BypassedBytes:    maps.Clone(st.BypassedBytes),
 		ReadBypassRaces:  st.ReadBypassRaces,
+		HeldBackWrites:   st.HeldBack,
 		DirtyBytes:       st.DirtyBytes,
 		WritebackBytes:   st.WritebackBytes,
 		WritebackLag:     st.WritebackLag,
@@ -123,19 +124,21 @@ func (a *cache) Detach(ctx context.Context, force bool) error {
 // CacheStats converts engine cache statistics.
 func CacheStats(st cachecore.CacheStats) admin.CacheStats {
 	return admin.CacheStats{
-		Segments:            st.Segments,
-		SegmentsUsed:        st.SegmentsUsed,
-		SegmentsFree:        st.SegmentsFree,
-		SegmentsQuarantined: st.SegmentsQuarantined,
-		KeyHead:             journalPos(st.KeyHead),
-		DirtyTail:           journalPos(st.DirtyTail),
-		KeyTail:             journalPos(st.KeyTail),
-		GCRuns:              st.GCRuns,
-		GCSegmentsFreed:     st.GCSegmentsFreed,
-		DeferredWrites:      st.DeferredWrites,
-		DirtyBytes:          st.DirtyBytes,
-		Failed:              st.Failed,
-		FailureReason:       st.FailureReason,
+		Segments:             st.Segments,
+		SegmentsUsed:         st.SegmentsUsed,
+		SegmentsFree:         st.SegmentsFree,
+		SegmentsQuarantined:  st.SegmentsQuarantined,
+		KeyHead:              journalPos(st.KeyHead),
+		DirtyTail:            journalPos(st.DirtyTail),
+		KeyTail:              journalPos(st.KeyTail),
+		GCRuns:               st.GCRuns,
+		WritebackCarriedKeys: st.WritebackCarriedKeys,
+		IntentRecoveredKeys:  st.IntentRecoveredKeys,
+		GCSegmentsFreed:      st.GCSegmentsFreed,
+		DeferredWrites:       st.DeferredWrites,
+		DirtyBytes:           st.DirtyBytes,
+		Failed:               st.Failed,
+		FailureReason:        st.FailureReason,
 	}
 }
 
