@@ -355,11 +355,17 @@ func TestCarryWaitsForAttachAfterOpen(t *testing.T) {
 		t.Fatal(err)
 	}
 	devA, devB := backend.NewMemory(devSize), backend.NewMemory(devSize)
-	b, err := c.AddVolume(ctx, "b", devB, vc)
+	// Writeback of the first session parks at these gates (Close ends the
+	// parked writes): the data stays dirty for the second session.
+	fa, fb := backend.NewFaulty(devA), backend.NewFaulty(devB)
+	ga, gb := fa.Gate(backend.OpWrite, backend.Range{Off: 0, Len: devSize}), fb.Gate(backend.OpWrite, backend.Range{Off: 0, Len: devSize})
+	defer ga.Release()
+	defer gb.Release()
+	b, err := c.AddVolume(ctx, "b", fb, vc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := c.AddVolume(ctx, "a", devA, vc)
+	a, err := c.AddVolume(ctx, "a", fa, vc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -386,6 +392,9 @@ func TestCarryWaitsForAttachAfterOpen(t *testing.T) {
 	a, err = c.AddVolume(ctx, "a", devA, vc)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if a.Stats().DirtyBytes == 0 {
+		t.Fatal("a has no dirty data after the restart; the test needs some")
 	}
 	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 	err = a.Drain(short, nil)
