@@ -184,7 +184,31 @@ func runCrashWorkload(t *testing.T, name string, o rigOptions, writers int) {
 	var lastFlushes = -1
 	var lastImg *backend.Memory
 	tornRng := rand.New(rand.NewPCG(seed, 99))
+	// endOf[p] is the backing device's durable state right before persist
+	// point p takes effect: the end of the interval (p-1, p). A torn image
+	// of point p-1 keeps writes made anywhere in that interval, so the
+	// crash it stands for happens at its end; writeback may have flushed
+	// the backing device and written dirty_tail (not yet persisted) during
+	// it, and the backing image must show that flush.
+	endOf := map[int]*backend.Memory{}
+	r.media.SetPrePersistHook(func(point int) {
+		snapMu.Lock()
+		defer snapMu.Unlock()
+		flushes := r.backing.Counts().Flushes
+		if flushes != lastFlushes || lastImg == nil {
+			img, err := r.backing.DurableImage(nil)
+			if err != nil {
+				t.Errorf("backing DurableImage: %v", err)
+				return
+			}
+			lastImg, lastFlushes = img, flushes
+		}
+		endOf[point] = lastImg
+	})
 	r.media.SetPersistHook(func(point int) {
+		// Before snapMu: the pre-hook takes snapMu with the media's lock
+		// held.
+		exact := r.media.PersistPoints() == point
 		snapMu.Lock()
 		defer snapMu.Unlock()
 		flushes := r.backing.Counts().Flushes
@@ -202,7 +226,7 @@ func runCrashWorkload(t *testing.T, name string, o rigOptions, writers int) {
 		if point%4 == 0 && r.backing.UnflushedSectors() > 0 {
 			torn, _ = r.backing.DurableImage(rand.New(rand.NewPCG(tornRng.Uint64(), 1)))
 		}
-		snaps[point] = backingSnap{exact: r.media.PersistPoints() == point, img: img, torn: torn}
+		snaps[point] = backingSnap{exact: exact, img: img, torn: torn}
 	})
 
 	bs := int64(vc.BlockSize)
@@ -344,6 +368,7 @@ func runCrashWorkload(t *testing.T, name string, o rigOptions, writers int) {
 	cst := r.cache.Stats()
 	r.close()
 	r.media.SetPersistHook(nil)
+	r.media.SetPrePersistHook(nil)
 	points := r.media.PersistPoints()
 
 	var exact []int
@@ -401,7 +426,12 @@ func runCrashWorkload(t *testing.T, name string, o rigOptions, writers int) {
 		s := snaps[p]
 		snapMu.Unlock()
 		verify(p, r.media.CrashImage(p, nil), s.img.Clone(), "clean")
-		verify(p, r.media.CrashImage(p, rand.New(rand.NewPCG(seed, uint64(p)))), s.img.Clone(), "torn cache")
+		snapMu.Lock()
+		end := endOf[p+1]
+		snapMu.Unlock()
+		if end != nil {
+			verify(p, r.media.CrashImage(p, rand.New(rand.NewPCG(seed, uint64(p)))), end.Clone(), "torn cache")
+		}
 		if s.torn != nil {
 			verify(p, r.media.CrashImage(p, nil), s.torn.Clone(), "torn backing")
 			torn++

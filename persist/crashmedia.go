@@ -38,6 +38,7 @@ type CrashMedia struct {
 		log     []crashOp // history, for images of earlier points
 		points  int
 		hook    func(point int)
+		preHook func(point int)
 		failIn  int // calls left before failing; <0 = off
 		failErr error
 		closed  bool
@@ -135,6 +136,9 @@ func (m *CrashMedia) Persist(off, n int64) error {
 		m.mu.Unlock()
 		return err
 	}
+	if m.mu.preHook != nil {
+		m.mu.preHook(m.mu.points + 1)
+	}
 	lo, hi := m.persistSpan(off, n)
 	for u := lo / m.unit; u*m.unit < hi; u++ {
 		if m.mu.dirty.has(u) {
@@ -173,6 +177,19 @@ func (m *CrashMedia) SetPersistHook(fn func(point int)) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.mu.hook = fn
+}
+
+// SetPrePersistHook installs fn, called with the media's lock held right
+// before a Persist takes effect, with the persist point it will become. A
+// crash image of point p with unpersisted writes that survive (CrashImage
+// with an rng) is a crash at the end of the interval between points p and
+// p+1: what else the test records for that crash (another device's durable
+// state) must be taken here, at point p+1's pre-hook. fn must not call the
+// media.
+func (m *CrashMedia) SetPrePersistHook(fn func(point int)) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.mu.preHook = fn
 }
 
 // FailAfter makes every ReadAt, WriteAt and Persist after n more calls fail
