@@ -592,19 +592,28 @@ func (v *Volume) waitOrdered(ctx context.Context) error {
 		if err := c.failedErr(); err != nil {
 			return err
 		}
-		c.kickWriteback()
-		t := time.NewTimer(2 * time.Millisecond)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-c.closing:
-			t.Stop()
-			return fmt.Errorf("cachecore: cache closing while a discard waited for writeback: %w", blk.ErrNotReady)
-		case <-c.failedCh:
-		case <-t.C:
+		if err := c.pauseForWriteback(ctx, 2*time.Millisecond, "a discard waited for writeback"); err != nil {
+			return err
 		}
-		t.Stop()
+	}
+	return nil
+}
+
+// pauseForWriteback kicks writeback and waits up to d for it to make
+// progress. It fails when ctx ends or the cache starts closing (what says
+// who was waiting); a cache failure ends the wait early and is left to the
+// caller's next check.
+func (c *Cache) pauseForWriteback(ctx context.Context, d time.Duration, what string) error {
+	c.kickWriteback()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-c.closing:
+		return fmt.Errorf("cachecore: cache closing while %s: %w", what, blk.ErrNotReady)
+	case <-c.failedCh:
+	case <-t.C:
 	}
 	return nil
 }
@@ -1403,19 +1412,9 @@ func (v *Volume) drain(ctx context.Context, progress func(Progress)) error {
 			}
 			lastFlush = time.Now()
 		}
-		c.kickWriteback()
-		t := time.NewTimer(10 * time.Millisecond)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-c.closing:
-			t.Stop()
-			return fmt.Errorf("cachecore: cache closing during drain: %w", blk.ErrNotReady)
-		case <-c.failedCh:
-		case <-t.C:
+		if err := c.pauseForWriteback(ctx, 10*time.Millisecond, "a drain waited"); err != nil {
+			return err
 		}
-		t.Stop()
 	}
 }
 
