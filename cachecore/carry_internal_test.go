@@ -21,29 +21,10 @@ import (
 // written back once the volume is attached again.
 func TestWritebackCarriesVolumeNotAttached(t *testing.T) {
 	ctx := context.Background()
-	const segs, devSize, blk = 64, 4 << 20, 4096
-	media := persist.NewCrashMedia(persist.SegmentsOffset+segs*itSegSize, persist.TearDAX)
-	st, err := persist.Format(media, persist.FormatOptions{SegmentSize: itSegSize})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Writeback only when a drain asks for it.
-	cfg := Config{JournalFlushInterval: 5 * time.Millisecond, GCPercent: 1, noCarryGrace: true,
-		Writeback: WritebackConfig{TargetDirtyPercent: 90, HighWatermarkPercent: 95, IdleAfter: time.Hour, MaxBytesPerSec: 1}}
-	vc := VolumeConfig{Mode: ModeWriteback, BlockSize: 512}
-	c, err := Open(ctx, st, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	devA, devB := backend.NewMemory(devSize), backend.NewMemory(devSize)
-	a, err := c.AddVolume(ctx, "a", devA, vc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := c.AddVolume(ctx, "b", devB, vc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	const devSize, blk = 4 << 20, 4096
+	media, c, a, b, devA, devB, cfg, vc := newCarryPair(t, 64, devSize)
+	var err error
+	var st *persist.Store
 	rng := rand.New(rand.NewPCG(5, 6))
 	modelA, modelB := map[int64][]byte{}, map[int64][]byte{}
 	// Writes of 1 to 8 blocks, so later ones replace parts of earlier
@@ -164,6 +145,34 @@ func TestWritebackCarriesVolumeNotAttached(t *testing.T) {
 	}
 }
 
+// newCarryPair opens a cache of segs segments on crash media with volumes
+// "a" and "b" (memory backing devices of devSize), GC eager (1 %),
+// writeback only when a drain asks for it, and no grace period for
+// carrying keys after Open.
+func newCarryPair(t *testing.T, segs int, devSize int64) (media *persist.CrashMedia, c *Cache, a, b *Volume, devA, devB *backend.Memory, cfg Config, vc VolumeConfig) {
+	t.Helper()
+	ctx := context.Background()
+	media = persist.NewCrashMedia(persist.SegmentsOffset+int64(segs)*itSegSize, persist.TearDAX)
+	st, err := persist.Format(media, persist.FormatOptions{SegmentSize: itSegSize})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg = Config{JournalFlushInterval: 5 * time.Millisecond, GCPercent: 1, noCarryGrace: true,
+		Writeback: WritebackConfig{TargetDirtyPercent: 90, HighWatermarkPercent: 95, IdleAfter: time.Hour, MaxBytesPerSec: 1}}
+	vc = VolumeConfig{Mode: ModeWriteback, BlockSize: 512}
+	if c, err = Open(ctx, st, cfg); err != nil {
+		t.Fatal(err)
+	}
+	devA, devB = backend.NewMemory(devSize), backend.NewMemory(devSize)
+	if a, err = c.AddVolume(ctx, "a", devA, vc); err != nil {
+		t.Fatal(err)
+	}
+	if b, err = c.AddVolume(ctx, "b", devB, vc); err != nil {
+		t.Fatal(err)
+	}
+	return
+}
+
 func checkVolume(t *testing.T, name string, v *Volume, model map[int64][]byte) {
 	t.Helper()
 	got := make([]byte, 4096)
@@ -196,28 +205,10 @@ func checkDev(t *testing.T, name string, d *backend.Memory, model map[int64][]by
 // acknowledged-and-flushed block of A and B reads back after the restart.
 func TestCarryForwardCrashPoints(t *testing.T) {
 	ctx := context.Background()
-	const segs, devSize, blk = 48, 2 << 20, 4096
-	media := persist.NewCrashMedia(persist.SegmentsOffset+segs*itSegSize, persist.TearDAX)
-	st, err := persist.Format(media, persist.FormatOptions{SegmentSize: itSegSize})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := Config{JournalFlushInterval: 5 * time.Millisecond, GCPercent: 1, noCarryGrace: true,
-		Writeback: WritebackConfig{TargetDirtyPercent: 90, HighWatermarkPercent: 95, IdleAfter: time.Hour, MaxBytesPerSec: 1}}
-	vc := VolumeConfig{Mode: ModeWriteback, BlockSize: 512}
-	c, err := Open(ctx, st, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	devA, devB := backend.NewMemory(devSize), backend.NewMemory(devSize)
-	a, err := c.AddVolume(ctx, "a", devA, vc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := c.AddVolume(ctx, "b", devB, vc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	const devSize, blk = 2 << 20, 4096
+	media, c, a, b, devA, devB, cfg, vc := newCarryPair(t, 48, devSize)
+	var err error
+	var st *persist.Store
 	rng := rand.New(rand.NewPCG(8, 9))
 	modelA, modelB := map[int64][]byte{}, map[int64][]byte{}
 	for i := range 240 {
