@@ -290,7 +290,10 @@ func TestCarryForwardCrashPoints(t *testing.T) {
 			if err != nil {
 				t.Fatalf("point %d: %v", point, err)
 			}
-			va, err := c.AddVolume(ctx, "a", devA, vc)
+			// Each image gets its own copy of A's backing device (all of
+			// A's data after the drain): the image's own writeback must
+			// not change what the next image reads.
+			va, err := c.AddVolume(ctx, "a", devA.Clone(), vc)
 			if err != nil {
 				t.Fatal(err)
 			}
