@@ -295,6 +295,16 @@ type c6Variant struct {
 	// congestionEvery > 0 toggles the write congestion threshold between
 	// 1ns (always congested) and off every that many operations.
 	congestionEvery int
+	// seqBurst drains the volume halfway through the workload and then
+	// writes a sequential run of twice the cutoff: with no older dirty
+	// data left, its tail must bypass the cache, whatever the random
+	// workload did before (which may have held back every earlier run).
+	seqBurst bool
+	// congestionBurst drains the volume halfway through the workload and
+	// then writes a few blocks with the congestion threshold at 1ns, so
+	// that some writes bypass for congestion with no older dirty data in
+	// the way.
+	congestionBurst bool
 	// fuaEndsEpoch makes a completed FUA write end the model's flush
 	// epoch like a Flush (the strict reading of contract 6).
 	fuaEndsEpoch bool
@@ -309,14 +319,14 @@ type c6Variant struct {
 func TestBlackboxFlushConsistencyWithBypass(t *testing.T) {
 	wb := cachecore.WritebackConfig{IdleAfter: time.Hour, TargetDirtyPercent: 50, HighWatermarkPercent: 90, MaxBytesPerSec: 64 << 10}
 	variants := []c6Variant{
-		{name: "sequential", seqPercent: 60, maxBlocks: 8,
+		{name: "sequential", seqPercent: 60, maxBlocks: 8, seqBurst: true,
 			o: rigOptions{Segments: 32, Cfg: cachecore.Config{Writeback: wb}, VC: cachecore.VolumeConfig{Mode: cachecore.ModeWriteback, SequentialCutoff: 16 << 10}},
 			check: func(t *testing.T, vs cachecore.VolumeStats, _ cachecore.CacheStats) {
 				if vs.HeldBack == 0 || vs.BypassedBytes["sequential"] == 0 {
 					t.Errorf("held back %d, sequential bypass %d bytes: want both", vs.HeldBack, vs.BypassedBytes["sequential"])
 				}
 			}},
-		{name: "congestion", maxBlocks: 4, slow: backend.SlowOptions{Latency: 50 * time.Microsecond}, congestionEvery: 12,
+		{name: "congestion", maxBlocks: 4, slow: backend.SlowOptions{Latency: 50 * time.Microsecond}, congestionEvery: 12, congestionBurst: true,
 			o: rigOptions{Segments: 32, Cfg: cachecore.Config{Writeback: wb}, VC: cachecore.VolumeConfig{Mode: cachecore.ModeWriteback}},
 			check: func(t *testing.T, vs cachecore.VolumeStats, _ cachecore.CacheStats) {
 				if vs.HeldBack == 0 || vs.BypassedBytes["congestion"] == 0 {
@@ -475,6 +485,32 @@ func runFlushConsistency(t *testing.T, v c6Variant) {
 				mustOK(t, "write", r.vol.WriteAt(ctx, tagged(id, off, int(n)), off, false))
 			}
 			gate.Release()
+		}
+		if v.seqBurst && i == ops/2 {
+			mustOK(t, "drain before the sequential burst", r.vol.Drain(ctx, nil))
+			run := 2 * v.o.VC.SequentialCutoff
+			off := rng.Int64N((size-run)/4096+1) * 4096
+			for end := off + run; off < end; off += 8192 {
+				id := nextID
+				nextID++
+				record(id, off, 8192)
+				mustOK(t, "sequential burst write", r.vol.WriteAt(ctx, tagged(id, off, 8192), off, false))
+			}
+			next = off
+		}
+		if v.congestionBurst && i == ops/2 {
+			mustOK(t, "drain before the congestion burst", r.vol.Drain(ctx, nil))
+			burst := vc
+			burst.CongestedWriteThreshold = time.Nanosecond
+			mustOK(t, "congest", r.vol.SetConfig(burst))
+			for range 4 {
+				off := rng.Int64N(size/4096) * 4096
+				id := nextID
+				nextID++
+				record(id, off, 4096)
+				mustOK(t, "congestion burst write", r.vol.WriteAt(ctx, tagged(id, off, 4096), off, false))
+			}
+			mustOK(t, "restore congestion threshold", r.vol.SetConfig(vc))
 		}
 		if v.congestionEvery > 0 && i%v.congestionEvery == 0 {
 			if vc.CongestedWriteThreshold == 0 {
