@@ -30,8 +30,12 @@
 //   - R2T and Data-Out with up to MaxOutstandingR2T bursts in flight; data
 //     is accepted only at the offsets the target expects (immediate,
 //     unsolicited up to FirstBurstLength, solicited), never past the
-//     expected transfer length, with DataSN checked. Anything else gets a
-//     Reject and, at ERL 0, the connection is dropped.
+//     expected transfer length, with DataSN checked. A Data-Out that breaks
+//     these rules, or fails its data digest, ends its command with CHECK
+//     CONDITION, ABORTED COMMAND (RFC 7143 §7.8: ERL 0 cannot ask for the
+//     data again); nothing of the command is written, the rest of its
+//     Data-Out is dropped quietly, and the connection carries on, since
+//     its header was sound. A Data-Out for no known task gets a Reject.
 //   - Data-In cut to the initiator's MaxRecvDataSegmentLength, sequences
 //     bounded by MaxBurstLength, status in the last Data-In when there is no
 //     sense (phase collapse), residual overflow/underflow from the device

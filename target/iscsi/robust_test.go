@@ -206,18 +206,16 @@ func TestRobustnessFullFeature(t *testing.T) {
 		ti.nc.Write(h[:])
 		ti.nc.Write(bytes.Repeat([]byte{0xee}, 512))
 		ti.nc.Write([]byte{0, 0, 0, 0}) // wrong CRC32C
-		if r := drain(t, ti); len(r) != 1 || r[0] != rejectDataDigest {
-			t.Fatalf("rejects %v", r)
-		}
+		// RFC 7143 §7.8: Reject, then the task ends with a protocol
+		// service CRC error; the connection stays.
+		expectDataOutFailure(t, env, ti, itt, rejectDataDigest, 0x47, 0x05)
 		checkZero(t, env, 300)
 	})
 	t.Run("data-out-past-edtl", func(t *testing.T) {
 		ti := login(t, "InitialR2T", "No", "ImmediateData", "No")
 		itt := ti.scsiCmd(0, write10(310, 1), false, 512, nil, false)
 		ti.dataOut(itt, reservedTag, 0, 0, bytes.Repeat([]byte{0xee}, 1024), true)
-		if r := drain(t, ti); len(r) != 1 || r[0] != rejectProtocolError {
-			t.Fatalf("rejects %v", r)
-		}
+		expectDataOutFailure(t, env, ti, itt, 0, 0x0c, 0x0c)
 		checkZero(t, env, 310)
 		checkZero(t, env, 311)
 	})
@@ -225,11 +223,24 @@ func TestRobustnessFullFeature(t *testing.T) {
 		ti := login(t, "InitialR2T", "Yes", "ImmediateData", "No")
 		itt := ti.scsiCmd(0, write10(320, 1), false, 512, nil, true)
 		// Skip the R2T and push unsolicited data.
-		ti.dataOut(itt, reservedTag, 0, 0, bytes.Repeat([]byte{0xee}, 512), true)
-		if r := drain(t, ti); len(r) != 1 || r[0] != rejectProtocolError {
-			t.Fatalf("rejects %v", r)
+		h, _, err := ti.readPDU()
+		if err != nil || h.opcode() != opR2T {
+			t.Fatalf("want R2T, got %#x %v", h.opcode(), err)
 		}
+		ti.dataOut(itt, reservedTag, 0, 0, bytes.Repeat([]byte{0xee}, 512), true)
+		expectDataOutFailure(t, env, ti, itt, 0, 0x0c, 0x0c)
 		checkZero(t, env, 320)
+	})
+	t.Run("data-out-with-unknown-ttt", func(t *testing.T) {
+		ti := login(t, "InitialR2T", "Yes", "ImmediateData", "No")
+		itt := ti.scsiCmd(0, write10(330, 1), false, 512, nil, true)
+		h, _, err := ti.readPDU()
+		if err != nil || h.opcode() != opR2T {
+			t.Fatalf("want R2T, got %#x %v", h.opcode(), err)
+		}
+		ti.dataOut(itt, h.u32(offTTT)+1, 0, 0, bytes.Repeat([]byte{0xee}, 512), true)
+		expectDataOutFailure(t, env, ti, itt, 0, 0x4b, 0x01)
+		checkZero(t, env, 330)
 	})
 	t.Run("data-out-for-unknown-task", func(t *testing.T) {
 		ti := login(t)
@@ -294,6 +305,31 @@ func TestRobustnessFullFeature(t *testing.T) {
 	if stop() == 0 {
 		t.Fatal("healthy session made no progress")
 	}
+}
+
+// expectDataOutFailure reads the answer to a write whose Data-Out went
+// wrong: an optional Reject with reason wantReject first, then CHECK
+// CONDITION, ABORTED COMMAND with the asc/ascq given. The connection stays
+// up: a write and read on it afterwards work.
+func expectDataOutFailure(t *testing.T, env *testEnv, ti *testInitiator, itt uint32, wantReject byte, asc, ascq byte) {
+	t.Helper()
+	ti.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if wantReject != 0 {
+		h, _, err := ti.readPDU()
+		if err != nil || h.opcode() != opReject || h[2] != wantReject {
+			t.Fatalf("want Reject(%#x), got opcode %#x reason %#x, %v", wantReject, h.opcode(), h[2], err)
+		}
+	}
+	res := map[uint32]*result{itt: {}}
+	if err := ti.collect(res, nil); err != nil {
+		t.Fatal(err)
+	}
+	r := res[itt]
+	if r.status != 0x02 || len(r.sense) < 14 || r.sense[2]&0x0f != 0x0b || r.sense[12] != asc || r.sense[13] != ascq {
+		t.Fatalf("status %#x sense %x, want CHECK CONDITION, ABORTED COMMAND %02x/%02x", r.status, r.sense, asc, ascq)
+	}
+	ti.nc.SetReadDeadline(time.Time{})
+	writeRead(t, ti, 900, fill(1024, 9), 0)
 }
 
 func checkZero(t *testing.T, env *testEnv, lba uint32) {
@@ -503,11 +539,26 @@ func TestPeerThatNeverReads(t *testing.T) {
 }
 
 // TestDataSNChecked: Data-Out PDUs must carry DataSN 0, 1, ... within each
-// sequence; a repeated, skipped or reversed DataSN gets a Reject, the
-// connection is dropped (ERL 0) and nothing is written.
+// sequence, at the offsets asked for. A repeated, skipped or reversed
+// DataSN or a wrong offset fails the command with CHECK CONDITION (ERL 0
+// cannot ask for the data again), nothing of it is written, the rest of
+// its Data-Out is dropped quietly, and the connection carries on.
 func TestDataSNChecked(t *testing.T) {
 	env := startServer(t, Config{}, nil)
-	for name, sns := range map[string][2]uint32{"repeat-0": {0, 0}, "jump-27": {27, 1}, "minus-1": {0xffffffff, 0}, "reversed": {1, 0}} {
+	type dataOut struct{ sn, off uint32 }
+	cases := map[string]struct {
+		pdus      [2]dataOut
+		asc, ascq byte
+	}{
+		"repeat-0":   {[2]dataOut{{0, 0}, {0, 512}}, 0x47, 0x05},
+		"jump-27":    {[2]dataOut{{27, 0}, {1, 512}}, 0x47, 0x05},
+		"minus-1":    {[2]dataOut{{0xffffffff, 0}, {0, 512}}, 0x47, 0x05},
+		"reversed":   {[2]dataOut{{1, 0}, {0, 512}}, 0x47, 0x05},
+		"offset":     {[2]dataOut{{0, 512}, {1, 0}}, 0x4b, 0x05},
+		"overlap":    {[2]dataOut{{0, 0}, {1, 256}}, 0x4b, 0x05},
+		"past-burst": {[2]dataOut{{0, 0}, {1, 1024}}, 0x4b, 0x05},
+	}
+	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
 			ti := dialInitiator(t, env.addr)
 			ti.isid = uint64(rand.Uint32())
@@ -518,11 +569,9 @@ func TestDataSNChecked(t *testing.T) {
 				t.Fatalf("want R2T, got %#x %v", h.opcode(), err)
 			}
 			ttt := h.u32(offTTT)
-			ti.dataOut(itt, ttt, sns[0], 0, bytes.Repeat([]byte{0xee}, 512), false)
-			ti.dataOut(itt, ttt, sns[1], 512, bytes.Repeat([]byte{0xee}, 512), true)
-			if r := drain(t, ti); len(r) != 1 || r[0] != rejectProtocolError {
-				t.Fatalf("rejects %v", r)
-			}
+			ti.dataOut(itt, ttt, tc.pdus[0].sn, tc.pdus[0].off, bytes.Repeat([]byte{0xee}, 512), false)
+			ti.dataOut(itt, ttt, tc.pdus[1].sn, tc.pdus[1].off, bytes.Repeat([]byte{0xee}, 512), true)
+			expectDataOutFailure(t, env, ti, itt, 0, tc.asc, tc.ascq)
 			checkZero(t, env, 500)
 			checkZero(t, env, 501)
 		})

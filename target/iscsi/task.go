@@ -3,6 +3,7 @@ package iscsi
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"math/bits"
 	"runtime/debug"
 	"slices"
@@ -401,19 +402,41 @@ func (c *conn) handleDataOut(h *pduHeader) error {
 	} else if ttt == t.ttt {
 		next, sn, limit = &t.solNext, &t.dataSN, t.r2tNext
 	}
-	if next == nil || off != *next || n == 0 || uint64(off)+uint64(n) > uint64(limit) || b.u32(offDataSN) != *sn {
-		// Out-of-order, overlapping or unrequested data, or a DataSN gap:
-		// ERL 0 cannot recover within the connection.
+	var asc, ascq byte
+	switch {
+	case next == nil:
+		asc, ascq = 0x4b, 0x01 // INVALID TARGET PORT TRANSFER TAG RECEIVED
+	case ttt == reservedTag && uint64(off)+uint64(n) > uint64(limit):
+		asc, ascq = 0x0c, 0x0c // UNEXPECTED UNSOLICITED DATA
+	case off != *next || n == 0 || uint64(off)+uint64(n) > uint64(limit):
+		asc, ascq = 0x4b, 0x05 // DATA OFFSET ERROR
+	case b.u32(offDataSN) != *sn:
+		// A DataSN gap means a lost PDU: an implied digest error
+		// (RFC 7143 §7.8).
+		asc, ascq = 0x47, 0x05 // PROTOCOL SERVICE CRC ERROR
+	}
+	if asc != 0 {
+		// The header is sound, so the stream is still in step: only this
+		// command is lost. ERL 0 cannot ask for the data again, so the
+		// command ends with CHECK CONDITION and nothing of it is written.
 		if err := c.pr.readData(h, nil); err != nil {
 			return err
 		}
-		c.log.Info("iscsi: unexpected Data-Out, dropping connection", "itt", itt, "offset", off, "len", n,
-			"datasn", b.u32(offDataSN))
-		c.reject(h, rejectProtocolError)
-		c.closeAfterFlush()
-		return ErrMalformedPDU
+		c.log.Info("iscsi: unexpected Data-Out, failing the command", "itt", itt, "offset", off, "len", n,
+			"datasn", b.u32(offDataSN), "ttt", ttt, "asc", asc, "ascq", ascq)
+		c.failCollecting(t, asc, ascq)
+		return nil
 	}
 	if err := c.pr.readData(h, t.buf[off:off+n]); err != nil {
+		if errors.Is(err, ErrDataDigest) {
+			// RFC 7143 §7.8: a Data-Out with a payload digest error is
+			// rejected and, at ERL 0, its task ends with CHECK
+			// CONDITION; the connection carries on.
+			c.log.Info("iscsi: data digest error in Data-Out, failing the command", "itt", itt, "offset", off, "len", n)
+			c.reject(h, rejectDataDigest)
+			c.failCollecting(t, 0x47, 0x05)
+			return nil
+		}
 		return err
 	}
 	*next += n
@@ -429,6 +452,19 @@ func (c *conn) handleDataOut(h *pduHeader) error {
 		c.ready(t)
 	}
 	return nil
+}
+
+// failCollecting ends a write whose Data-Out went wrong before it started:
+// it is answered CHECK CONDITION, ABORTED COMMAND with asc/ascq without
+// running, and the rest of its Data-Out is read and dropped quietly.
+func (c *conn) failCollecting(t *task, asc, ascq byte) {
+	c.tmu.Lock()
+	t.noExec = true
+	c.rememberAborted(t.itt)
+	c.tmu.Unlock()
+	t.unsolNext, t.solNext, t.r2tNext, t.r2tEnds = t.unsolEnd, t.edtl, t.edtl, nil
+	t.resp = scsi.Response{Status: scsi.StatusCheckCondition, Sense: senseData(0x0b, asc, ascq)}
+	c.ready(t)
 }
 
 // ready starts a task whose data is complete, unless an earlier CmdSN is

@@ -172,17 +172,10 @@ func runSuite(t *testing.T, url, suite string) (failed []string, tests int) {
 	return failed, tests
 }
 
-// iSCSI.iSCSIdatasn is not run: its first case makes the target drop the
-// connection (correctly), libiscsi then reconnects with ImmediateData=Yes,
-// so the later cases send their one block as immediate data and no Data-Out
-// with a bad DataSN is ever sent; the suite then fails (against tgtd and
-// gotgt too) or the tool aborts. TestDataSNChecked covers the behaviour
-// with exact PDUs instead.
-
 func TestLibiscsiConformanceISCSI(t *testing.T) {
 	needTool(t, "iscsi-test-cu")
 	url, _ := startToolServer(t)
-	for _, suite := range []string{"iSCSI.iSCSIResiduals", "iSCSI.iSCSITMF", "iSCSI.iSCSIcmdsn"} {
+	for _, suite := range []string{"iSCSI.iSCSIResiduals", "iSCSI.iSCSITMF", "iSCSI.iSCSIcmdsn", "iSCSI.iSCSIdatasn"} {
 		t.Run(suite, func(t *testing.T) {
 			failed, n := runSuite(t, url+"/0", suite)
 			t.Logf("%s: %d tests", suite, n)
