@@ -6,6 +6,7 @@
 #
 #   bash bench/iscsi_vs_tgtd.sh            # 10 s per measurement
 #   DUR=20 bash bench/iscsi_vs_tgtd.sh     # longer runs (LUN_MIB, HOT_MIB change the sizes)
+#   ONLY=writes bash bench/iscsi_vs_tgtd.sh # one group: reads, writes, sessions or hot
 #
 # Needs (as root for tgtd): libiscsi-bin (iscsi-perf), qemu-utils +
 # qemu-block-extra (qemu-img, qemu-io), tgt (tgtd, tgtadm), bc.
@@ -122,6 +123,10 @@ echo "warming up the cached LUN" >&2
 timeout 300 qemu-io -f raw -c "write -P 0x5a 0 $LUN_BYTES" "$C_URL/0" > "$OUT/warm.log"
 timeout 300 qemu-io -f raw -c "read 0 $LUN_BYTES" "$C_URL/0" >> "$OUT/warm.log"
 timeout 300 qemu-io -f raw -c "write -P 0x5a 0 $LUN_BYTES" "$T_URL" >> "$OUT/warm.log"
+# Both files are now dirty in the page cache: write them out, so that the
+# kernel's background writeback does not run during the first measurement
+# of either target.
+sync
 
 # perf LABEL PID URL ARGS... -> "iops cpu_seconds"
 perf() {
@@ -165,6 +170,9 @@ ROWS=()
 row() { ROWS+=("$(printf '%-44s %14s %14s %8s' "$1" "$2" "$3" "$(ratio "$2" "$3")")"); }
 
 echo "measuring (${DUR}s per iscsi-perf run)" >&2
+# ONLY=reads|writes|sessions|hot runs one group of rows (default: all).
+want() { [ -z "${ONLY:-}" ] || [ "$ONLY" = "$1" ]; }
+if want reads; then
 for qd in 1 32 128; do
 	read -r ci cc < <(perf c-rr-qd$qd $CPID "$C_URL/0" -m $qd -b 8 -r)
 	read -r ti tc < <(perf t-rr-qd$qd $TPID "$T_URL" -m $qd -b 8 -r)
@@ -178,32 +186,39 @@ done
 read -r ci _ < <(perf c-seq256k $CPID "$C_URL/0" -m 8 -b 512)
 read -r ti _ < <(perf t-seq256k $TPID "$T_URL" -m 8 -b 512)
 row "iscsi-perf 256KiB seq read QD8 (MiB/s)" "$((ci / 4))" "$((ti / 4))"
+fi
 
+if want writes; then
 ci=$(qbench c-w4k-qd32 "$C_URL/0" -w -t none -c 200000 -d 32 -s 4k)
 ti=$(qbench t-w4k-qd32 "$T_URL" -w -t none -c 200000 -d 32 -s 4k)
 row "qemu-img bench 4KiB write QD32 (IOPS)" "$ci" "$ti"
 ci=$(qbench c-w4k-fua "$C_URL/0" -w -t writethrough -c 20000 -d 32 -s 4k)
 ti=$(qbench t-w4k-fua "$T_URL" -w -t writethrough -c 20000 -d 32 -s 4k)
 row "qemu-img bench 4KiB writethrough/FUA QD32 (IOPS)" "$ci" "$ti"
+fi
 
+if want sessions; then
 read -r ci cc < <(two_sessions c-2s $CPID "$C_URL/0")
 read -r ti tc < <(two_sessions t-2s $TPID "$T_URL")
 row "2 sessions x QD32 4KiB random read (IOPS)" "$ci" "$ti"
 cu=$(echo "scale=1; 1000000 * $cc / ($ci * $DUR)" | bc 2>/dev/null || echo 0)
 tu=$(echo "scale=1; 1000000 * $tc / ($ti * $DUR)" | bc 2>/dev/null || echo 0)
 row "target CPU per I/O, 2 sessions (us)" "$cu" "$tu"
+fi
 
 # ---- hot set on a slow backing device: cached vs passthrough (same daemon)
+HOTROWS=()
+if want hot; then
 timeout 300 qemu-io -f raw -c "write -P 0x6b 0 $HOT_BYTES" "$C_URL/1" >> "$OUT/warm.log"
 timeout 300 qemu-io -f raw -c "read 0 $HOT_BYTES" "$C_URL/1" >> "$OUT/warm.log"
 # QD1 is the latency-bound case a cache exists for; at QD32 the passthrough
 # LUN gains from the slow device serving its 32 requests in parallel.
-HOTROWS=()
 for qd in 1 32; do
 	read -r hi _ < <(perf c-hot-cached-qd$qd $CPID "$C_URL/1" -m $qd -b 8 -r)
 	read -r pi _ < <(perf c-hot-pt-qd$qd $CPID "$C_URL/2" -m $qd -b 8 -r)
 	HOTROWS+=("$(printf '%-44s %14s %14s %8s' "hot set 4KiB rand read QD$qd, slow 5ms (IOPS)" "$hi" "$pi" "$(ratio "$hi" "$pi")")")
 done
+fi
 
 echo
 printf '%-44s %14s %14s %8s\n' "measurement" "cachelun" "tgtd" "ratio"
