@@ -13,7 +13,9 @@
 //     Gen and BumpGen fail with ErrQuarantined; it is never reset.
 //   - Journal.Commit returns only when the kset and every kset before it
 //     (and any LAST record on the way) are durable. Concurrent commits share
-//     persists.
+//     persists. Commit is Append (write the kset) then WaitDurable (its LSN):
+//     ksets are durable in log order, so a caller may append its next kset
+//     before the previous one is durable and wait once for both.
 //   - Replay accepts a kset only if its magic, CRC32C, cache UUID, LSN
 //     (exactly the expected one) and session chain (below) hold, and every
 //     id, offset and length in it is within bounds. It stops at the first

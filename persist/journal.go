@@ -106,6 +106,22 @@ func (j *Journal) Stats() JournalStats {
 // durable. If the current segment cannot hold it, Commit first writes a LAST
 // record pointing to a segment from alloc.
 func (j *Journal) Commit(keys []Key, epoch uint64) (KSet, error) {
+	ks, err := j.Append(keys, epoch)
+	if err != nil {
+		return KSet{}, err
+	}
+	if err := j.WaitDurable(ks.LSN); err != nil {
+		return KSet{}, err
+	}
+	return ks, nil
+}
+
+// Append is the first half of Commit: it writes the kset at the log head
+// (after a LAST record if needed) and returns without waiting for it to be
+// durable. Ksets appended later get higher LSNs and, being behind it in the
+// log, are never durable without it. WaitDurable(ks.LSN) completes the
+// commit.
+func (j *Journal) Append(keys []Key, epoch uint64) (KSet, error) {
 	if len(keys) == 0 || len(keys) > MaxKSetKeys {
 		return KSet{}, fmt.Errorf("%w: %d keys in a kset, want 1..%d", ErrInvalidArgument, len(keys), MaxKSetKeys)
 	}
@@ -114,15 +130,17 @@ func (j *Journal) Commit(keys []Key, epoch uint64) (KSet, error) {
 			return KSet{}, fmt.Errorf("%w: key %d: %v", ErrInvalidArgument, i, err)
 		}
 	}
-	ks, err := j.append(keys, epoch)
-	if err != nil {
-		return KSet{}, err
-	}
-	if err := j.waitDurable(ks.LSN); err != nil {
-		return KSet{}, err
+	return j.append(keys, epoch)
+}
+
+// WaitDurable returns once every kset up to lsn (one Append returned) is
+// durable, sharing persists with concurrent callers.
+func (j *Journal) WaitDurable(lsn uint64) error {
+	if err := j.waitDurable(lsn); err != nil {
+		return err
 	}
 	j.commits.Add(1)
-	return ks, nil
+	return nil
 }
 
 func (j *Journal) append(keys []Key, epoch uint64) (KSet, error) {

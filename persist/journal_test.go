@@ -194,3 +194,51 @@ func TestCommitErrors(t *testing.T) {
 		t.Fatalf("commit after a failed persist: %v, want the sticky fault", err)
 	}
 }
+
+// TestAppendThenWaitDurable: Append writes a kset without persisting it;
+// one WaitDurable for the last of several appended ksets makes all of them
+// durable with one flush, and a crash before it keeps none of them.
+func TestAppendThenWaitDurable(t *testing.T) {
+	m, s := newTestStore(t, 4, TearPage, FormatOptions{})
+	j := s.OpenJournal(s.KeyTail(), seqAlloc(4))
+	var lsns []uint64
+	for i := range 3 {
+		ks, err := j.Append(testKeys(2+i, uint64(10*i), s), 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lsns = append(lsns, ks.LSN)
+	}
+	before := m.PersistPoints()
+	if st := j.Stats(); st.Commits != 0 || st.Flushes != 0 {
+		t.Fatalf("Append persisted or counted a commit: %+v", st)
+	}
+	if err := j.WaitDurable(lsns[2]); err != nil {
+		t.Fatal(err)
+	}
+	if st := j.Stats(); st.Flushes != 1 {
+		t.Fatalf("%d flushes for three appended ksets, want 1", st.Flushes)
+	}
+	// The earlier ones are durable with it: waiting for them needs no flush.
+	if err := j.WaitDurable(lsns[0]); err != nil || j.Stats().Flushes != 1 {
+		t.Fatalf("WaitDurable of an earlier kset: %v, stats %+v", err, j.Stats())
+	}
+	replayed := func(img *CrashMedia) []uint64 {
+		s2, err := Open(img)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []uint64
+		r := s2.Replay(s2.KeyTail())
+		for ks, ok := r.Next(); ok; ks, ok = r.Next() {
+			got = append(got, ks.LSN)
+		}
+		return got
+	}
+	if got := replayed(m.CrashImage(before, nil)); len(got) != 0 {
+		t.Fatalf("crash before the persist replayed %v", got)
+	}
+	if got := replayed(m.CrashImage(m.PersistPoints(), nil)); !reflect.DeepEqual(got, lsns) {
+		t.Fatalf("crash after WaitDurable replayed %v, want %v", got, lsns)
+	}
+}
