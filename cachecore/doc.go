@@ -48,8 +48,11 @@
 // placeholders are only deleted or cut at their end). Keys go to one of 16
 // in-memory ksets chosen by (volume, stripe) and are appended under the
 // stripe lock, so for every block the log order equals the index order.
-// Closed ksets of one slot commit in order; different slots commit
-// concurrently and share persists (group commit in persist.Journal). Within
+// Closed ksets of one slot are written to the log in order, each once its
+// predecessor is written (not durable: the journal makes ksets durable in
+// log order, so consecutive ksets of a slot share a persist); different
+// slots commit concurrently and share persists too (group commit in
+// persist.Journal). Within
 // a slot, FUA writes and flushes that arrive while a commit is in flight
 // leave their keys in the open kset and are committed together once it
 // starts writing its kset (one data persist, one kset persist for the

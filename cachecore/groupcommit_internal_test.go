@@ -3,6 +3,7 @@ package cachecore
 import (
 	"bytes"
 	"context"
+	"errors"
 	"sync"
 	"testing"
 	"time"
@@ -23,7 +24,7 @@ func TestFUAGroupCommit(t *testing.T) {
 
 	// Stand-in for a commit in flight on the slot, not yet writing its
 	// kset.
-	inflight := &pendingKset{journaling: make(chan struct{}), done: make(chan struct{})}
+	inflight := &pendingKset{journaling: make(chan struct{}), appended: make(chan struct{}), inLog: true, done: make(chan struct{})}
 	s.mu.Lock()
 	inflight.upto = s.appended
 	s.last = inflight
@@ -63,6 +64,7 @@ func TestFUAGroupCommit(t *testing.T) {
 		t.Fatalf("%d keys in the open kset while a commit is in flight, want %d", open, writers)
 	}
 	close(inflight.journaling)
+	close(inflight.appended)
 	close(inflight.done)
 	wg.Wait()
 	for w, err := range errs {
@@ -102,5 +104,91 @@ func TestFUAGroupCommit(t *testing.T) {
 		if !bytes.Equal(got, want) {
 			t.Fatalf("block %d differs after reopen", w)
 		}
+	}
+}
+
+// TestSlotKsetWaitsOnlyForPredecessorWrite: a kset of a slot is written to
+// the log as soon as its predecessor is there, without waiting for the
+// predecessor to become durable (the journal makes ksets durable in log
+// order, so both can share one persist), and it never gets ahead of a
+// predecessor that did not reach the log.
+func TestSlotKsetWaitsOnlyForPredecessorWrite(t *testing.T) {
+	r := newItRig(t, 24, 8<<20, Config{JournalFlushInterval: time.Hour}, VolumeConfig{})
+	c := r.cache
+	s := &c.slots[slotFor(r.vol.st.id, 0)]
+	ctx := context.Background()
+	// standIn is a commit of the slot in flight that has reached its kset
+	// write (journaling) but not yet the log (appended).
+	standIn := func() *pendingKset {
+		pk := &pendingKset{journaling: make(chan struct{}), appended: make(chan struct{}), done: make(chan struct{})}
+		close(pk.journaling)
+		s.mu.Lock()
+		pk.upto = s.appended
+		s.last = pk
+		s.mu.Unlock()
+		// A failing check must not leave writers blocked on it, or the
+		// rig's Close would wait for them forever.
+		t.Cleanup(func() {
+			for _, ch := range []chan struct{}{pk.appended, pk.done} {
+				select {
+				case <-ch:
+				default:
+					close(ch)
+				}
+			}
+		})
+		return pk
+	}
+	write := func(blk int64) chan error {
+		ch := make(chan error, 1)
+		go func() {
+			p := make([]byte, 4096)
+			fillPattern(p, uint64(blk))
+			ch <- r.vol.WriteAt(ctx, p, blk*4096, true)
+		}()
+		return ch
+	}
+
+	// In the log, not durable: the FUA write behind it completes.
+	prev := standIn()
+	prev.inLog = true
+	close(prev.appended)
+	select {
+	case err := <-write(1):
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a FUA write waited for its slot's previous kset to become durable")
+	}
+	close(prev.done)
+
+	// Not in the log yet: the kset behind it waits, and when the
+	// predecessor ends without reaching the log, it is not written at all.
+	prev = standIn()
+	head := c.journal.Head().LSN
+	done := write(2)
+	select {
+	case err := <-done:
+		t.Fatalf("a FUA write completed before its slot's previous kset was in the log (err %v)", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	if got := c.journal.Head().LSN; got != head {
+		t.Fatalf("log head moved from %d to %d while the previous kset was not in the log", head, got)
+	}
+	errStandIn := errors.New("stand-in kset failed")
+	prev.err = errStandIn
+	close(prev.appended)
+	close(prev.done)
+	select {
+	case err := <-done:
+		if !errors.Is(err, errStandIn) {
+			t.Fatalf("write after a kset that never reached the log: %v, want %v", err, errStandIn)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the write behind a failed kset never returned")
+	}
+	if got := c.journal.Head().LSN; got != head {
+		t.Fatalf("a kset was written behind a predecessor that never reached the log (head %d -> %d)", head, got)
 	}
 }

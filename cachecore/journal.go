@@ -15,10 +15,11 @@ const ksetSlots = 16
 // ksetSlot is one in-memory kset. A key goes to the slot chosen by its
 // (volume, stripe), and is appended under the stripe lock, so all keys of a
 // block pass through one slot in index order. Closed ksets of a slot are
-// committed strictly in the order they were closed (each waits for its
-// predecessor), which keeps the log order per block equal to the index
-// order while different slots commit concurrently (the journal coalesces
-// their persists).
+// written to the log strictly in the order they were closed (each waits
+// until its predecessor is written), which keeps the log order per block
+// equal to the index order; a kset is acknowledged once it and everything
+// before it in the log is durable. Different slots commit concurrently, and
+// the journal coalesces all their persists.
 //
 // Group commit: a sync (FUA write, Flush) that finds a commit of its slot
 // in flight and not yet writing its kset (still persisting data or waiting
@@ -47,8 +48,13 @@ type pendingKset struct {
 	epoch uint64
 	upto  uint64 // the slot's appended count when it closed
 	prev  *pendingKset
+	// appended is closed when the commit has written the kset to the log
+	// (inLog) or has ended without doing so; the next kset of the slot
+	// waits for it before writing its own.
+	appended chan struct{}
+	inLog    bool // valid once appended is closed
 	// journaling is closed when the commit starts writing the kset (its
-	// data is durable and its predecessor committed) or ends.
+	// data is durable and its predecessor is in the log) or ends.
 	journaling chan struct{}
 	done       chan struct{}
 	err        error // valid once done is closed
@@ -83,7 +89,7 @@ func (s *ksetSlot) closeLocked() *pendingKset {
 	if len(s.open) == 0 {
 		return nil
 	}
-	pk := &pendingKset{slot: s.idx, keys: s.open, epoch: s.epoch, upto: s.appended, prev: s.last, journaling: make(chan struct{}), done: make(chan struct{})}
+	pk := &pendingKset{slot: s.idx, keys: s.open, epoch: s.epoch, upto: s.appended, prev: s.last, journaling: make(chan struct{}), appended: make(chan struct{}), done: make(chan struct{})}
 	s.last = pk
 	s.open = nil
 	return pk
@@ -147,21 +153,32 @@ func (c *Cache) commitAsync(pk *pendingKset) {
 }
 
 // commit persists the data of pk's keys, then, once its predecessor in
-// the slot is durable, the kset. The data persist does not wait for the
-// predecessor, so it overlaps (and shares flushes with) the predecessor's
-// kset persist. A full journal (no free segment) is retried until GC or
+// the slot has been written to the log, writes the kset and waits until it
+// is durable. The data persist does not wait for the predecessor, and the
+// kset write waits only for the predecessor's write, not for its persist:
+// the journal makes ksets durable in log order, so ksets of one slot
+// written back to back share a persist while the log order per block stays
+// the index order. A full journal (no free segment) is retried until GC or
 // writeback frees one; only a media fault or a hard stop ends it with an
 // error.
 func (c *Cache) commit(pk *pendingKset) {
 	defer close(pk.done)
-	journaling := false
+	journaling, appended := false, false
 	startJournaling := func() {
 		if !journaling {
 			journaling = true
 			close(pk.journaling)
 		}
 	}
+	markAppended := func(ok bool) {
+		if !appended {
+			appended = true
+			pk.inLog = ok
+			close(pk.appended)
+		}
+	}
 	defer startJournaling()
+	defer markAppended(false)
 	if err := c.failedErr(); err != nil {
 		pk.err = err
 		return
@@ -172,9 +189,22 @@ func (c *Cache) commit(pk *pendingKset) {
 		pk.err = c.failedErr()
 		return
 	}
-	if pk.prev != nil {
-		<-pk.prev.done
+	if prev := pk.prev; prev != nil {
+		<-prev.appended
 		pk.prev = nil
+		if !prev.inLog {
+			// Its keys never reached the log (a failure or a hard stop):
+			// ours must not get ahead of them.
+			<-prev.done
+			pk.err = prev.err
+			if pk.err == nil {
+				pk.err = c.failedErr()
+			}
+			if pk.err == nil {
+				pk.err = errors.New("cachecore: the previous kset of the slot was not committed")
+			}
+			return
+		}
 	}
 	if err := c.failedErr(); err != nil {
 		pk.err = err
@@ -182,20 +212,12 @@ func (c *Cache) commit(pk *pendingKset) {
 	}
 	startJournaling()
 	backoff := time.Millisecond
+	var ks persist.KSet
 	for {
-		ks, err := c.journal.Commit(pk.keys, pk.epoch)
+		var err error
+		ks, err = c.journal.Append(pk.keys, pk.epoch)
 		if err == nil {
-			if c.intent != nil {
-				c.intent.setJournaled(pk.slot, pk.upto)
-			}
-			for {
-				cur := c.durableHead.Load()
-				if ks.LSN+1 <= cur || c.durableHead.CompareAndSwap(cur, ks.LSN+1) {
-					break
-				}
-			}
-			c.kickWriteback()
-			return
+			break
 		}
 		if !errors.Is(err, persist.ErrJournalFull) {
 			c.fail("commit kset", err)
@@ -217,6 +239,22 @@ func (c *Cache) commit(pk *pendingKset) {
 		}
 		backoff = min(backoff*2, 100*time.Millisecond)
 	}
+	markAppended(true)
+	if err := c.journal.WaitDurable(ks.LSN); err != nil {
+		c.fail("commit kset", err)
+		pk.err = c.failedErr()
+		return
+	}
+	if c.intent != nil {
+		c.intent.setJournaled(pk.slot, pk.upto)
+	}
+	for {
+		cur := c.durableHead.Load()
+		if ks.LSN+1 <= cur || c.durableHead.CompareAndSwap(cur, ks.LSN+1) {
+			break
+		}
+	}
+	c.kickWriteback()
 }
 
 // flushBackingForClean flushes the backing device of every volume with
