@@ -32,7 +32,7 @@ TGT_CTL=$((1000 + $$ % 30000))
 cleanup() {
 	tgtadm -C $TGT_CTL --lld iscsi --op delete --mode target --tid 1 --force >/dev/null 2>&1 || true
 	tgtadm -C $TGT_CTL --op delete --mode system >/dev/null 2>&1 || true
-	for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+	for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; kill -CONT "$p" 2>/dev/null || true; done
 	sleep 1
 	for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
 	rm -rf "$WORK"
@@ -169,13 +169,27 @@ ratio() { if [ "${2%.*}" = 0 ] && [ "$2" = 0 ]; then echo "n/a"; else echo "scal
 ROWS=()
 row() { ROWS+=("$(printf '%-44s %14s %14s %8s' "$1" "$2" "$3" "$(ratio "$2" "$3")")"); }
 
+# Each target is measured alone: cachelun is stopped (SIGSTOP) while tgtd
+# runs, so that its background writeback of dirty cache data, which runs at
+# full speed once the LUN is idle, does not take CPU and disk from tgtd.
+# tgtd has no background work of its own; the kernel's writeback of its file
+# is done (sync) before cachelun runs again.
+t_run() {
+	kill -STOP "$CPID"
+	local rc=0
+	"$@" || rc=$?
+	sync
+	kill -CONT "$CPID"
+	return $rc
+}
+
 echo "measuring (${DUR}s per iscsi-perf run)" >&2
 # ONLY=reads|writes|sessions|hot runs one group of rows (default: all).
 want() { [ -z "${ONLY:-}" ] || [ "$ONLY" = "$1" ]; }
 if want reads; then
 for qd in 1 32 128; do
 	read -r ci cc < <(perf c-rr-qd$qd $CPID "$C_URL/0" -m $qd -b 8 -r)
-	read -r ti tc < <(perf t-rr-qd$qd $TPID "$T_URL" -m $qd -b 8 -r)
+	read -r ti tc < <(t_run perf t-rr-qd$qd $TPID "$T_URL" -m $qd -b 8 -r)
 	row "iscsi-perf 4KiB random read QD$qd (IOPS)" "$ci" "$ti"
 	if [ $qd = 32 ]; then
 		cu=$(echo "scale=1; 1000000 * $cc / ($ci * $DUR)" | bc 2>/dev/null || echo 0)
@@ -184,22 +198,22 @@ for qd in 1 32 128; do
 	fi
 done
 read -r ci _ < <(perf c-seq256k $CPID "$C_URL/0" -m 8 -b 512)
-read -r ti _ < <(perf t-seq256k $TPID "$T_URL" -m 8 -b 512)
+read -r ti _ < <(t_run perf t-seq256k $TPID "$T_URL" -m 8 -b 512)
 row "iscsi-perf 256KiB seq read QD8 (MiB/s)" "$((ci / 4))" "$((ti / 4))"
 fi
 
 if want writes; then
 ci=$(qbench c-w4k-qd32 "$C_URL/0" -w -t none -c 200000 -d 32 -s 4k)
-ti=$(qbench t-w4k-qd32 "$T_URL" -w -t none -c 200000 -d 32 -s 4k)
+ti=$(t_run qbench t-w4k-qd32 "$T_URL" -w -t none -c 200000 -d 32 -s 4k)
 row "qemu-img bench 4KiB write QD32 (IOPS)" "$ci" "$ti"
 ci=$(qbench c-w4k-fua "$C_URL/0" -w -t writethrough -c 20000 -d 32 -s 4k)
-ti=$(qbench t-w4k-fua "$T_URL" -w -t writethrough -c 20000 -d 32 -s 4k)
+ti=$(t_run qbench t-w4k-fua "$T_URL" -w -t writethrough -c 20000 -d 32 -s 4k)
 row "qemu-img bench 4KiB writethrough/FUA QD32 (IOPS)" "$ci" "$ti"
 fi
 
 if want sessions; then
 read -r ci cc < <(two_sessions c-2s $CPID "$C_URL/0")
-read -r ti tc < <(two_sessions t-2s $TPID "$T_URL")
+read -r ti tc < <(t_run two_sessions t-2s $TPID "$T_URL")
 row "2 sessions x QD32 4KiB random read (IOPS)" "$ci" "$ti"
 cu=$(echo "scale=1; 1000000 * $cc / ($ci * $DUR)" | bc 2>/dev/null || echo 0)
 tu=$(echo "scale=1; 1000000 * $tc / ($ti * $DUR)" | bc 2>/dev/null || echo 0)
