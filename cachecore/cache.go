@@ -725,6 +725,19 @@ func (c *Cache) Volumes() []*Volume {
 	return out
 }
 
+// stopWorkersDone stops the workers and returns a channel closed once they
+// and every background commit have returned.
+func (c *Cache) stopWorkersDone() <-chan struct{} {
+	c.stopWorkers()
+	done := make(chan struct{})
+	go func() {
+		c.workers.Wait()
+		c.bg.Wait()
+		close(done)
+	}()
+	return done
+}
+
 // Close stops I/O, makes every acknowledged key durable, stops the
 // goroutines and waits for them. Dirty data stays for the next Open. The
 // backing devices are not closed.
@@ -753,13 +766,7 @@ func (c *Cache) Close(ctx context.Context) error {
 			err = ferr
 		}
 	}
-	c.stopWorkers()
-	done := make(chan struct{})
-	go func() {
-		c.workers.Wait()
-		c.bg.Wait()
-		close(done)
-	}()
+	done := c.stopWorkersDone()
 	select {
 	case <-done:
 	case <-ctx.Done():

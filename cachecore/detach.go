@@ -59,13 +59,7 @@ func (c *Cache) Detach(ctx context.Context, force bool) error {
 		}
 	}
 	c.detached.Store(true)
-	c.stopWorkers()
-	done := make(chan struct{})
-	go func() {
-		c.workers.Wait()
-		c.bg.Wait()
-		close(done)
-	}()
+	done := c.stopWorkersDone()
 	select {
 	case <-done:
 	case <-ctx.Done():
