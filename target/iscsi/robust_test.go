@@ -242,6 +242,19 @@ func TestRobustnessFullFeature(t *testing.T) {
 		expectDataOutFailure(t, env, ti, itt, 0, 0x4b, 0x01)
 		checkZero(t, env, 330)
 	})
+	t.Run("data-out-for-held-complete-task", func(t *testing.T) {
+		// A write with all its data, held behind a CmdSN gap, gets more
+		// Data-Out: it is already queued to run, so the connection is
+		// dropped (it must not be queued a second time).
+		ti := login(t, "InitialR2T", "No", "ImmediateData", "Yes")
+		ti.cmdSN++ // leave a gap: the write waits for the missing CmdSN
+		itt := ti.scsiCmd(0, write10(340, 1), false, 512, bytes.Repeat([]byte{0xee}, 512), true)
+		ti.dataOut(itt, reservedTag, 0, 512, bytes.Repeat([]byte{0xee}, 512), true)
+		if r := drain(t, ti); len(r) != 1 || r[0] != rejectProtocolError {
+			t.Fatalf("rejects %v", r)
+		}
+		checkZero(t, env, 340)
+	})
 	t.Run("data-out-for-unknown-task", func(t *testing.T) {
 		ti := login(t)
 		ti.dataOut(12345, 77, 0, 0, make([]byte, 512), true)

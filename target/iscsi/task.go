@@ -395,6 +395,19 @@ func (c *conn) handleDataOut(h *pduHeader) error {
 	off := b.u32(offBufOff)
 	n := uint32(b.dataLen())
 	ttt := b.u32(offTTT)
+	if t.complete() {
+		// All its data is in and it waits for an earlier CmdSN or for
+		// an ORDERED task: it is already on its way to run, so it
+		// cannot be failed any more. Data for it is a protocol error
+		// the connection cannot recover from at ERL 0.
+		if err := c.pr.readData(h, nil); err != nil {
+			return err
+		}
+		c.log.Info("iscsi: Data-Out for a command that has all its data, dropping connection", "itt", itt, "offset", off, "len", n)
+		c.reject(h, rejectProtocolError)
+		c.closeAfterFlush()
+		return ErrMalformedPDU
+	}
 	var next, sn *uint32
 	var limit uint32
 	if ttt == reservedTag {
