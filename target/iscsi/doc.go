@@ -35,7 +35,9 @@
 //     CONDITION, ABORTED COMMAND (RFC 7143 §7.8: ERL 0 cannot ask for the
 //     data again); nothing of the command is written, the rest of its
 //     Data-Out is dropped quietly, and the connection carries on, since
-//     its header was sound. A Data-Out for no known task gets a Reject.
+//     its header was sound. A Data-Out for no known task gets a Reject;
+//     one for a command that already has all its data (queued behind a
+//     CmdSN gap) also drops the connection.
 //   - Data-In cut to the initiator's MaxRecvDataSegmentLength, sequences
 //     bounded by MaxBurstLength, status in the last Data-In when there is no
 //     sense (phase collapse), residual overflow/underflow from the device
