@@ -18,6 +18,7 @@ import (
 )
 
 const (
+	killWriters = 4 // runWriters' goroutines
 	killBlock   = 4096
 	killDevSize = 64 << 20
 	killSegs    = 96
@@ -161,6 +162,31 @@ type writeHistory struct {
 	clock atomic.Int64
 	mu    sync.Mutex
 	ops   map[int][]histOp
+	// quiet makes runWriters' writers stop flushing and issuing FUA
+	// writes; quietWrites counts, per writer, the writes acknowledged
+	// since it saw quiet set.
+	quiet       atomic.Bool
+	quietWrites [killWriters]atomic.Int64
+}
+
+// waitQuiet sets quiet and waits until every writer has had n writes
+// acknowledged since: those are in open ksets only (nothing flushes them),
+// so a kill now leaves acknowledged writes that only the intent log holds.
+func (h *writeHistory) waitQuiet(t *testing.T, n int64) {
+	t.Helper()
+	h.quiet.Store(true)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Microsecond) {
+		done := true
+		for w := range h.quietWrites {
+			done = done && h.quietWrites[w].Load() >= n
+		}
+		if done {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("writers made no progress after going quiet")
+		}
+	}
 }
 
 type histOp struct {
@@ -196,7 +222,7 @@ func (h *writeHistory) allowed(block int, t0, t1 int64) (last int, ok map[int]bo
 // goroutine b%4), some with FUA, and flushes now and then, until stop.
 func runWriters(t testing.TB, v *Volume, h *writeHistory, seed uint64, stop <-chan struct{}, maxOps int) *sync.WaitGroup {
 	var wg sync.WaitGroup
-	const writers = 4
+	const writers = killWriters
 	nBlocks := killDevSize / killBlock
 	for w := range writers {
 		wg.Add(1)
@@ -210,7 +236,8 @@ func runWriters(t testing.TB, v *Volume, h *writeHistory, seed uint64, stop <-ch
 					return
 				default:
 				}
-				if rng.IntN(100) == 0 {
+				quiet := h.quiet.Load()
+				if rng.IntN(100) == 0 && !quiet {
 					if err := v.Flush(context.Background()); err != nil {
 						t.Error(err)
 						return
@@ -221,12 +248,15 @@ func runWriters(t testing.TB, v *Volume, h *writeHistory, seed uint64, stop <-ch
 				version[block]++
 				ver := version[block]
 				op := histOp{version: ver, start: h.clock.Add(1)}
-				if err := v.WriteAt(context.Background(), blockData(block, ver), int64(block)*killBlock, rng.IntN(30) == 0); err != nil {
+				if err := v.WriteAt(context.Background(), blockData(block, ver), int64(block)*killBlock, rng.IntN(30) == 0 && !quiet); err != nil {
 					t.Error(err)
 					return
 				}
 				op.end = h.clock.Add(1)
 				h.add(block, op)
+				if quiet {
+					h.quietWrites[w].Add(1)
+				}
 			}
 		}()
 	}
@@ -275,8 +305,14 @@ func TestIntentLogProcessKill(t *testing.T) {
 			r := newKillRig(t)
 			h := &writeHistory{ops: map[int][]histOp{}}
 			stop := make(chan struct{})
-			wg := runWriters(t, r.vol, h, seed, stop, 400)
+			// The writers run until the kill (stop), bounded by count.
+			wg := runWriters(t, r.vol, h, seed, stop, 1<<20)
 			time.Sleep(time.Duration(5+seed*10) * time.Millisecond)
+			// The writers keep running through the kill, but without
+			// FUA or flushes for their last writes, so that the control
+			// below can tell: some acknowledged writes are only in open
+			// ksets, recorded in the intent log alone.
+			h.waitQuiet(t, 2)
 			t0 := h.clock.Add(1)
 			img := r.kill()
 			t1 := h.clock.Add(1)
