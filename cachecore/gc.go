@@ -143,20 +143,11 @@ func (c *Cache) evictKey(k *persist.Key) {
 	if vs == nil {
 		return
 	}
-	end := min(int64(k.Offset)+int64(k.Length), vs.size)
-	if int64(k.Offset) >= end {
-		return
-	}
-	for _, p := range splitPieces(int64(k.Offset), end-int64(k.Offset)) {
-		st := vs.idx.peek(p.stripe)
-		if st == nil {
-			continue
-		}
-		segOff := k.Pos.Off + uint32(p.bufOff)
+	for st, p := range vs.indexedPieces(k) {
 		st.mu.Lock()
 		i, j := st.list.span(p.s, p.e)
 		for n := j - 1; n >= i; n-- {
-			if x := &st.list.ext[n]; x.sameLineage(p.s, k.Pos.Seg, segOff, k.Gen) {
+			if x := &st.list.ext[n]; x.sameLineage(p.s, k.Pos.Seg, p.segOff, k.Gen) {
 				if x.kind == extDirty {
 					// Either written back with its clean marking still to
 					// run (markClean makes it clean; if its segment is

@@ -1,8 +1,11 @@
 package cachecore
 
 import (
+	"iter"
 	"sync"
 	"sync/atomic"
+
+	"github.com/cachelun/cachelun/persist"
 )
 
 const (
@@ -119,6 +122,32 @@ func firstPiece(off, n, bufOff int64) piece {
 	s := uint32(off & (stripeSize - 1))
 	l := min(int64(stripeSize)-int64(s), n)
 	return piece{stripe: st, s: s, e: s + uint32(l), bufOff: bufOff}
+}
+
+// keyPiece is the part of a logged key inside one stripe, with the cache
+// segment offset of its first byte.
+type keyPiece struct {
+	piece
+	segOff uint32
+}
+
+// indexedPieces yields, for each piece of key k inside the volume (clipped
+// to its size) whose stripe the index holds, that stripe and the piece.
+// The stripe's mutex is not taken. It is how the passes that follow the log
+// (clean marking, GC eviction, carry-forward) find a key's extents.
+func (vs *volState) indexedPieces(k *persist.Key) iter.Seq2[*stripe, keyPiece] {
+	return func(yield func(*stripe, keyPiece) bool) {
+		end := min(int64(k.Offset)+int64(k.Length), vs.size)
+		for _, p := range splitPieces(int64(k.Offset), end-int64(k.Offset)) {
+			st := vs.idx.peek(p.stripe)
+			if st == nil {
+				continue
+			}
+			if !yield(st, keyPiece{piece: p, segOff: k.Pos.Off + uint32(p.bufOff)}) {
+				return
+			}
+		}
+	}
 }
 
 // splitPieces cuts [off, off+n) at stripe boundaries.

@@ -257,16 +257,10 @@ func (c *Cache) carryForward(keys []persist.Key) error {
 	for i := range keys {
 		k := &keys[i]
 		vs := c.vols[k.Volume].Load()
-		if vs == nil || int64(k.Offset) >= vs.size || int(k.Pos.Seg) >= len(c.segs.segs) {
+		if vs == nil || int(k.Pos.Seg) >= len(c.segs.segs) {
 			continue
 		}
-		end := min(int64(k.Offset)+int64(k.Length), vs.size)
-		for _, p := range splitPieces(int64(k.Offset), end-int64(k.Offset)) {
-			st := vs.idx.peek(p.stripe)
-			if st == nil {
-				continue
-			}
-			segOff := k.Pos.Off + uint32(p.bufOff)
+		for st, p := range vs.indexedPieces(k) {
 			// The volume is not attached: nothing but writeback and GC
 			// touch its index, and neither drops a dirty extent.
 			st.mu.Lock()
@@ -278,7 +272,7 @@ func (c *Cache) carryForward(keys []persist.Key) error {
 			i0, j0 := st.list.span(p.s, p.e)
 			for x := i0; x < j0; x++ {
 				e := &st.list.ext[x]
-				if e.kind != extDirty || !e.sameLineage(p.s, k.Pos.Seg, segOff, k.Gen) {
+				if e.kind != extDirty || !e.sameLineage(p.s, k.Pos.Seg, p.segOff, k.Gen) {
 					continue
 				}
 				s, t := max(e.start, p.s), min(e.end(), p.e)
@@ -531,21 +525,12 @@ func (c *Cache) markClean(k *persist.Key, epoch uint64) {
 	if v := vs.vol.Load(); v != nil {
 		defer v.epochs.cleaned(epoch, dirtyKeyID{seg: k.Pos.Seg, off: k.Pos.Off, gen: k.Gen})
 	}
-	end := min(int64(k.Offset)+int64(k.Length), vs.size)
-	if int64(k.Offset) >= end {
-		return
-	}
-	for _, p := range splitPieces(int64(k.Offset), end-int64(k.Offset)) {
-		st := vs.idx.peek(p.stripe)
-		if st == nil {
-			continue
-		}
-		segOff := k.Pos.Off + uint32(p.bufOff)
+	for st, p := range vs.indexedPieces(k) {
 		st.mu.Lock()
 		i, j := st.list.span(p.s, p.e)
 		for n := i; n < j; n++ {
 			x := &st.list.ext[n]
-			if x.kind == extDirty && x.sameLineage(p.s, k.Pos.Seg, segOff, k.Gen) {
+			if x.kind == extDirty && x.sameLineage(p.s, k.Pos.Seg, p.segOff, k.Gen) {
 				x.kind = extClean
 				vs.dirtyBytes.Add(-int64(x.length))
 			}
