@@ -189,6 +189,7 @@ func (d *differ) cache(name string, o, n Cache) {
 	d.field(s, name, "segment_size", o.SegmentSize.String(), n.SegmentSize.String(), false)
 	d.field(s, name, "block_size", o.BlockSize.String(), n.BlockSize.String(), false)
 	d.field(s, name, "data_crc", fmtBool(o.DataCRC), fmtBool(n.DataCRC), false)
+	d.field(s, name, "zero_fill", fmtBoolPtr(o.ZeroFill), fmtBoolPtr(n.ZeroFill), false)
 	// engine tunables: Cache.SetConfig
 	d.field(s, name, "gc_percent", fmtIntPtr(o.GCPercent), fmtIntPtr(n.GCPercent), true)
 	d.field(s, name, "journal_flush_interval", o.JournalFlushInterval.String(), n.JournalFlushInterval.String(), true)

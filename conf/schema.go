@@ -56,6 +56,11 @@ type Cache struct {
 	BlockSize   Size `toml:"block_size"`
 	// DataCRC makes keys carry a CRC32C of their data (format parameter).
 	DataCRC bool `toml:"data_crc"`
+	// ZeroFill writes zeros over a cache file when it is created, so that
+	// no flush of the first pass through the cache also writes the file
+	// system's block map. Default true; false only reserves the blocks,
+	// which creates a large file at once (used only when creating).
+	ZeroFill *bool `toml:"zero_fill"`
 	// GCPercent: GC runs when used segments exceed this share. 1..90,
 	// default 70.
 	GCPercent *int `toml:"gc_percent"`

@@ -230,6 +230,10 @@ func (v *validator) cache(k string, c *Cache) {
 		v.bad(k+".size", "%s is too small: at least %d segments (%s) are needed", FormatSize(c.Size.Bytes),
 			minCacheSegments, FormatSize(minCacheSegments*seg))
 	}
+	if c.ZeroFill == nil {
+		zeroFill := true
+		c.ZeroFill = &zeroFill
+	}
 	// 0 is refused rather than passed on: the engine reads a zero
 	// GCPercent as "keep the value stored in the cache file".
 	v.percent(k+".gc_percent", &c.GCPercent, DefaultGCPercent, 1, 90)

@@ -75,6 +75,14 @@ type FileOptions struct {
 	// KindPwriteFdatasync); empty means: DAX if the file supports MAP_SYNC,
 	// otherwise DefaultFileKind.
 	Kind MediaKind
+	// ZeroFill writes zeros over the part of the file that Create adds,
+	// after reserving it, so every block of the cache file is allocated
+	// and written before it is used. Without it the file system marks the
+	// blocks unwritten (fallocate) and the first write to each converts
+	// it, so every fdatasync of the first pass through the cache also
+	// writes the file's block map, synchronously (doc.go, "Media
+	// measurements").
+	ZeroFill bool
 	// ReadOnly opens the file without write access (inspect, check);
 	// WriteAt and Persist then fail.
 	ReadOnly bool

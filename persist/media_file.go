@@ -10,6 +10,7 @@ import (
 	"runtime/debug"
 	"sync"
 	"syscall"
+	"time"
 	"unsafe"
 )
 
@@ -84,6 +85,13 @@ func OpenFile(path string, opts FileOptions) (Media, error) {
 			// flush also write allocation metadata.
 			if err := fallocate(m0fd(f), size, opts.Size-size); err != nil {
 				log.Info("cache media: fallocate failed, file stays sparse", "path", path, "err", err)
+			}
+			if opts.ZeroFill {
+				start := time.Now()
+				if err := zeroFill(path, f, size, opts.Size-size); err != nil {
+					return nil, fmt.Errorf("persist: zero-fill %s: %w", path, err)
+				}
+				log.Info("cache media: zero-filled", "path", path, "bytes", opts.Size-size, "took", time.Since(start).Round(time.Millisecond))
 			}
 		}
 		size = opts.Size
@@ -377,4 +385,49 @@ func fallocate(fd int, off, n int64) error {
 			return err
 		}
 	}
+}
+
+// zeroFillChunk is the size of one zero-fill write.
+const zeroFillChunk = 4 << 20
+
+// zeroFill writes zeros over [off, off+n) of f and makes them durable.
+// It writes through a second descriptor opened with O_DIRECT where the file
+// system allows it and the range is page aligned, so that filling a large
+// cache file neither costs a copy per page nor floods the page cache;
+// otherwise it writes through f.
+func zeroFill(path string, f *os.File, off, n int64) error {
+	w := f
+	if off%pageSize == 0 && n%pageSize == 0 {
+		if d, err := os.OpenFile(path, os.O_WRONLY|syscall.O_DIRECT, 0); err == nil {
+			defer d.Close()
+			w = d
+		}
+	}
+	// An anonymous mapping is page aligned, as O_DIRECT requires, and
+	// reads as zeros.
+	buf, err := syscall.Mmap(-1, 0, zeroFillChunk, syscall.PROT_READ, syscall.MAP_PRIVATE|syscall.MAP_ANON)
+	if err != nil {
+		return err
+	}
+	defer syscall.Munmap(buf)
+	for done := int64(0); done < n; {
+		k := min(int64(len(buf)), n-done)
+		m, err := w.WriteAt(buf[:k], off+done)
+		if err != nil && w != f && errors.Is(err, syscall.EINVAL) && done == 0 {
+			// O_DIRECT opened but refused (alignment rules of the
+			// device): write through the page cache instead.
+			w = f
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		done += int64(m)
+	}
+	if w != f {
+		if err := w.Sync(); err != nil {
+			return err
+		}
+	}
+	return f.Sync()
 }

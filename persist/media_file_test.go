@@ -323,3 +323,74 @@ func TestPersistRangesOneFlush(t *testing.T) {
 		})
 	}
 }
+
+// firstHole is where the first hole of the file at path starts: its size
+// when every block is allocated and written. ext4 reports fallocated
+// (unwritten) blocks as a hole.
+func firstHole(t *testing.T, path string) int64 {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	const seekHole = 4
+	off, err := f.Seek(0, seekHole)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return off
+}
+
+func TestOpenFileZeroFill(t *testing.T) {
+	dir := t.TempDir()
+	const size = 9<<20 + 4096 // more than two fill chunks, not a multiple of one
+	control := filepath.Join(dir, "reserved.cache")
+	m, err := OpenFile(control, FileOptions{Create: true, Size: size})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	if h := firstHole(t, control); h == size {
+		t.Skipf("%s: this file system reports reserved blocks as written, so zero-filled and reserved files look alike", dir)
+	}
+
+	for _, tc := range []struct {
+		name    string
+		initial int64 // existing size before the file is grown
+	}{
+		{"new file", 0},
+		{"grown from an aligned size", 1 << 20},
+		{"grown from an unaligned size", 1<<20 + 100},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(dir, fmt.Sprintf("z%d.cache", tc.initial))
+			if tc.initial > 0 {
+				if err := os.WriteFile(path, bytes.Repeat([]byte{0xa5}, int(tc.initial)), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			m, err := OpenFile(path, FileOptions{Create: true, Size: size, ZeroFill: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer m.Close()
+			if h := firstHole(t, path); h != size {
+				t.Fatalf("first hole at %d of %d: the zero-filled file still has unwritten blocks", h, size)
+			}
+			got := make([]byte, size)
+			if err := m.ReadAt(got, 0); err != nil {
+				t.Fatal(err)
+			}
+			for i := range got {
+				want := byte(0)
+				if int64(i) < tc.initial {
+					want = 0xa5
+				}
+				if got[i] != want {
+					t.Fatalf("byte %d is %#x, want %#x (the fill must start where the old file ended)", i, got[i], want)
+				}
+			}
+		})
+	}
+}

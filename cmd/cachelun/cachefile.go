@@ -83,12 +83,13 @@ func runFormat(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	blockSize := fs.Uint("block-size", persist.DefaultBlockSize, "cache allocation unit in bytes (512..4096)")
 	dataCRC := fs.Bool("data-crc", false, "keys carry a CRC32C of their data")
 	force := fs.Bool("force", false, "overwrite a cachelun file even if it holds dirty data")
+	zeroFill := fs.Bool("zero-fill", true, "write zeros over the part of the file that is created, so the first pass through the cache does not also write the file system's block map (false: only reserve it)")
 	pos, err := parseFlags(fs, args)
 	if err != nil {
 		return 2
 	}
 	if len(pos) != 1 {
-		fmt.Fprintln(stderr, "usage: cachelun format --size SIZE [--segment-size SIZE] [--block-size N] [--data-crc] [--force] FILE")
+		fmt.Fprintln(stderr, "usage: cachelun format --size SIZE [--segment-size SIZE] [--block-size N] [--data-crc] [--zero-fill=false] [--force] FILE")
 		return 2
 	}
 	path := pos[0]
@@ -109,7 +110,7 @@ func runFormat(ctx context.Context, args []string, stdout, stderr io.Writer) int
 			return code
 		}
 	}
-	m, err := persist.OpenFile(path, persist.FileOptions{Create: true, Size: size, Logger: slog.New(slog.DiscardHandler)})
+	m, err := persist.OpenFile(path, persist.FileOptions{Create: true, Size: size, ZeroFill: *zeroFill, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		fmt.Fprintf(stderr, "cachelun format: %v\n", err)
 		return 2

@@ -67,7 +67,7 @@ func startFailingCache(t *testing.T) (*daemon, *faultyMedia, []byte) {
 	var media *faultyMedia
 	d.eng.openMedia = func(path string, opts persist.FileOptions) (persist.Media, error) {
 		m, err := openFileMedia(path, opts)
-		if err != nil || filepath.Base(path) != "c1.img" {
+		if err != nil || strings.TrimSuffix(filepath.Base(path), creatingSuffix) != "c1.img" {
 			return m, err
 		}
 		media = &faultyMedia{Media: m}

@@ -49,6 +49,11 @@ func newEngine(log *slog.Logger) *engine {
 // openCache opens the cache file, creating and formatting it when it does
 // not exist and a size is configured. An existing file is never formatted
 // here (that is `cachelun format`): it may hold dirty data.
+//
+// A new file is sized, zero-filled and formatted under a temporary name
+// and renamed into place only once it is formatted, so a crash while it is
+// created leaves no file under the configured name that the next start
+// would refuse as "not a cachelun cache file".
 func (e *engine) openCache(ctx context.Context, c conf.Cache, path string) error {
 	log := e.log.With("cache", c.Name)
 	_, statErr := os.Stat(path)
@@ -56,13 +61,23 @@ func (e *engine) openCache(ctx context.Context, c conf.Cache, path string) error
 	if create && c.Size.Bytes == 0 {
 		return fmt.Errorf("cache file %s does not exist and no size is set to create it", path)
 	}
+	openPath := path
 	if create {
 		if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 			return err
 		}
+		openPath = path + creatingSuffix
+		// Left by a crash during an earlier creation: never formatted.
+		if err := os.Remove(openPath); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
 	}
-	m, err := e.openMedia(path, persist.FileOptions{Create: create, Size: c.Size.Bytes, Logger: log})
+	zeroFill := c.ZeroFill == nil || *c.ZeroFill
+	m, err := e.openMedia(openPath, persist.FileOptions{Create: create, Size: c.Size.Bytes, ZeroFill: create && zeroFill, Logger: log})
 	if err != nil {
+		if create {
+			os.Remove(openPath)
+		}
 		return err
 	}
 	var store *persist.Store
@@ -73,7 +88,10 @@ func (e *engine) openCache(ctx context.Context, c conf.Cache, path string) error
 			DataCRC:     c.DataCRC,
 		})
 		if err == nil {
-			log.Info("cache file created and formatted", "path", path, "size", conf.FormatSize(c.Size.Bytes))
+			err = renameDurably(openPath, path)
+		}
+		if err == nil {
+			log.Info("cache file created and formatted", "path", path, "size", conf.FormatSize(c.Size.Bytes), "zero_filled", zeroFill)
 		}
 	} else {
 		store, err = persist.Open(m)
@@ -81,7 +99,7 @@ func (e *engine) openCache(ctx context.Context, c conf.Cache, path string) error
 	if err != nil {
 		m.Close()
 		if create {
-			os.Remove(path)
+			os.Remove(openPath)
 		}
 		return fmt.Errorf("%s: %w", path, err)
 	}
@@ -292,4 +310,20 @@ func (e *engine) close(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// creatingSuffix names a cache file while it is being created.
+const creatingSuffix = ".creating"
+
+// renameDurably renames from to to and makes the rename durable.
+func renameDurably(from, to string) error {
+	if err := os.Rename(from, to); err != nil {
+		return err
+	}
+	d, err := os.Open(filepath.Dir(to))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
