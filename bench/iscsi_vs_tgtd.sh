@@ -240,6 +240,12 @@ printf '%s\n' "${ROWS[@]}"
 echo
 printf '%-44s %14s %14s %8s\n' "" "cached" "passthrough" "ratio"
 printf '%s\n' "${HOTROWS[@]}"
+if [ ${#HOTROWS[@]} -gt 0 ]; then
+	# The passthrough LUN serves QD requests in parallel, each taking the
+	# device latency: QD / 5 ms is its limit. The cached LUN is limited by
+	# the target itself (the QD32 random read row of LUN 0, when measured).
+	echo "bound on the QD32 ratio: cached LUN <= the target's own QD32 read rate; passthrough <= 32 / 5 ms = 6400 IOPS"
+fi
 echo
 echo "(${DUR}s per iscsi-perf run; LUN $LUN_SIZE; hot set $HOT_SIZE; logs were in $OUT)"
 kill -0 $CPID 2>/dev/null || echo "WARNING: cachelun died during the run"
