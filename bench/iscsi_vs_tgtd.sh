@@ -58,6 +58,7 @@ name = "c0"
 path = "cache.img"
 size = "2GiB"
 segment_size = "16MiB"
+data_crc = true                # keys carry data CRCs: a commit persists once, not twice
 
 [[volume]]
 name = "fast"

@@ -112,13 +112,16 @@ func TestBlackboxCrashConsistency(t *testing.T) {
 		gc       int
 		writers  int
 		vc       cachecore.VolumeConfig
+		whole    bool // whole-media flushes: unfenced commits
 	}{
-		{"dax-writeback", persist.TearDAX, 24, 0, 1, cachecore.VolumeConfig{Mode: cachecore.ModeWriteback}},
-		{"page-writeback-bypass", persist.TearUnit(4096), 24, 0, 1, cachecore.VolumeConfig{Mode: cachecore.ModeWriteback, SequentialCutoff: 32 << 10}},
-		{"dax-3-writers", persist.TearDAX, 16, 30, 3, cachecore.VolumeConfig{Mode: cachecore.ModeWriteback}},
+		{"dax-writeback", persist.TearDAX, 24, 0, 1, cachecore.VolumeConfig{Mode: cachecore.ModeWriteback}, false},
+		{"page-writeback-bypass", persist.TearUnit(4096), 24, 0, 1, cachecore.VolumeConfig{Mode: cachecore.ModeWriteback, SequentialCutoff: 32 << 10}, false},
+		{"dax-3-writers", persist.TearDAX, 16, 30, 3, cachecore.VolumeConfig{Mode: cachecore.ModeWriteback}, false},
+		{"file-unfenced-bypass", persist.TearPage, 24, 0, 1, cachecore.VolumeConfig{Mode: cachecore.ModeWriteback, SequentialCutoff: 32 << 10}, true},
+		{"file-unfenced-3-writers", persist.TearPage, 16, 30, 3, cachecore.VolumeConfig{Mode: cachecore.ModeWriteback}, true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			o := rigOptions{Segments: c.segments, BackingSize: 1 << 20, Unit: c.unit, DataCRC: true, VC: c.vc,
+			o := rigOptions{Segments: c.segments, BackingSize: 1 << 20, Unit: c.unit, DataCRC: true, WholeFlush: c.whole, VC: c.vc,
 				Cfg: cachecore.Config{GCPercent: c.gc}}
 			runCrashWorkload(t, c.name, o, c.writers)
 		})
@@ -127,7 +130,8 @@ func TestBlackboxCrashConsistency(t *testing.T) {
 
 // TestBlackboxCrashGCEvictionBypass runs the crash workload on a cache so
 // small that GC runs all the time (12 segments, gc_percent 20), a few times
-// with different seeds.
+// with different seeds, every other one on a whole-flush media (a
+// pwrite-fdatasync file: unfenced commits).
 //
 // It fails (in about 40 % of the workloads, so nearly always over the
 // attempts) on an engine bug: gcStep evicts the keys it passes from the
@@ -154,6 +158,10 @@ func TestBlackboxCrashGCEvictionBypass(t *testing.T) {
 		ok := t.Run(fmt.Sprintf("attempt-%d", i), func(t *testing.T) {
 			o := rigOptions{Segments: 12, BackingSize: 1 << 20, Unit: persist.TearDAX, DataCRC: true,
 				VC: cachecore.VolumeConfig{Mode: cachecore.ModeWriteback}, Cfg: cachecore.Config{GCPercent: 20}}
+			if i%2 == 1 {
+				// A pwrite-fdatasync file: unfenced commits.
+				o.Unit, o.WholeFlush = persist.TearPage, true
+			}
 			runCrashWorkload(t, "gc-pressure", o, 1)
 		})
 		if !ok {
@@ -177,6 +185,9 @@ func runCrashWorkload(t *testing.T, name string, o rigOptions, writers int) {
 	vc := o.VC
 	r := newRig(t, o, nil)
 	defer r.close()
+	if want := o.WholeFlush && o.DataCRC; r.store.UnfencedCommits() != want {
+		t.Fatalf("unfenced commits %v, want %v", r.store.UnfencedCommits(), want)
+	}
 	model := &crashModel{bySector: map[int64][]int{}}
 
 	var snapMu sync.Mutex

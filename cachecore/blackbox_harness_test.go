@@ -33,9 +33,13 @@ type rigOptions struct {
 	BackingSize int64 // bytes (default 4 MiB)
 	Unit        persist.TearUnit
 	DataCRC     bool
-	CacheBlock  uint32 // persist block size (default 4096)
-	Cfg         cachecore.Config
-	VC          cachecore.VolumeConfig
+	// WholeFlush: a persist of the cache media persists every write before
+	// it (a pwrite-fdatasync file); with DataCRC the engine then commits
+	// unfenced.
+	WholeFlush bool
+	CacheBlock uint32 // persist block size (default 4096)
+	Cfg        cachecore.Config
+	VC         cachecore.VolumeConfig
 }
 
 func (o *rigOptions) fill() {
@@ -108,6 +112,7 @@ func newRig(t testing.TB, o rigOptions, initial *backend.Memory) *rig {
 func newStore(t testing.TB, o rigOptions) (*persist.CrashMedia, *persist.Store) {
 	t.Helper()
 	media := persist.NewCrashMedia(cacheMediaSize(o.Segments), o.Unit)
+	media.SetWholeFlush(o.WholeFlush)
 	store, err := persist.Format(media, persist.FormatOptions{SegmentSize: testSegSize, BlockSize: o.CacheBlock, DataCRC: o.DataCRC})
 	if err != nil {
 		t.Fatalf("persist.Format: %v", err)

@@ -23,6 +23,9 @@ type Cache struct {
 	media   persist.Media
 	journal *persist.Journal
 	dataCRC bool
+	// unfenced: commits write their kset without persisting its data
+	// first (persist.Store.UnfencedCommits).
+	unfenced bool
 	// distrustClean: the cache file was retired by a failure; replay
 	// keeps only dirty keys. The flag in the cache file is cleared once
 	// key_tail has passed distrustUntil (every key of the retired log).
@@ -174,6 +177,7 @@ func openWith(ctx context.Context, store *persist.Store, cfg Config, replayed fu
 		store:    store,
 		media:    store.Media(),
 		dataCRC:  store.DataCRC(),
+		unfenced: store.UnfencedCommits(),
 		log:      cfg.Logger,
 		segs:     newSegTable(nSeg, dataSize),
 		volumes:  make(map[string]*Volume),
@@ -326,7 +330,7 @@ func openWith(ctx context.Context, store *persist.Store, cfg Config, replayed fu
 func (c *Cache) replay(ctx context.Context) (head persist.Tail, logSegs []uint32, lastEpoch uint64, err error) {
 	kt := c.store.KeyTail()
 	dirtyLSN := c.store.DirtyTail().LSN
-	r := c.store.Replay(kt)
+	r := c.store.ReplayVerified(kt)
 	n := 0
 	for {
 		ks, ok := r.Next()
@@ -347,7 +351,11 @@ func (c *Cache) replay(ctx context.Context) (head persist.Tail, logSegs []uint32
 		if errors.Is(err, persist.ErrMediaFault) {
 			return persist.Tail{}, nil, 0, fmt.Errorf("cachecore: replay: %w", err)
 		}
-		c.log.Info("replay stopped", "reason", err)
+		if errors.Is(err, persist.ErrTornData) {
+			c.log.Warn("replay: the log ends at a kset whose data did not reach the media before the crash; it and the ksets after it were never acknowledged and are dropped", "reason", err)
+		} else {
+			c.log.Info("replay stopped", "reason", err)
+		}
 	}
 	segs := r.LogSegments()
 	if len(segs) == 0 {

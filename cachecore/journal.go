@@ -154,7 +154,11 @@ func (c *Cache) commitAsync(pk *pendingKset) {
 
 // commit persists the data of pk's keys, then, once its predecessor in
 // the slot has been written to the log, writes the kset and waits until it
-// is durable. The data persist does not wait for the predecessor, and the
+// is durable. With unfenced commits (persist.Store.UnfencedCommits: data
+// CRCs, and a media whose flush covers every earlier write) it skips the
+// data persist: the kset's persist makes the data durable as well, so a
+// FUA write waits for one flush instead of two, and replay ends the log at
+// a kset whose data did not make it (persist.Store.ReplayVerified). The data persist does not wait for the predecessor, and the
 // kset write waits only for the predecessor's write, not for its persist:
 // the journal makes ksets durable in log order, so ksets of one slot
 // written back to back share a persist while the log order per block stays
@@ -184,10 +188,12 @@ func (c *Cache) commit(pk *pendingKset) {
 		return
 	}
 	c.flushBackingForClean(pk.keys)
-	if err := c.persistKeyData(pk.keys); err != nil {
-		c.fail("persist data", err)
-		pk.err = c.failedErr()
-		return
+	if !c.unfenced {
+		if err := c.persistKeyData(pk.keys); err != nil {
+			c.fail("persist data", err)
+			pk.err = c.failedErr()
+			return
+		}
 	}
 	if prev := pk.prev; prev != nil {
 		<-prev.appended
@@ -215,7 +221,13 @@ func (c *Cache) commit(pk *pendingKset) {
 	var ks persist.KSet
 	for {
 		var err error
-		ks, err = c.journal.Append(pk.keys, pk.epoch)
+		if c.unfenced {
+			// The data was written before the keys were appended; the
+			// persist that makes this kset durable makes it durable too.
+			ks, err = c.journal.AppendUnfenced(pk.keys, pk.epoch)
+		} else {
+			ks, err = c.journal.Append(pk.keys, pk.epoch)
+		}
 		if err == nil {
 			break
 		}

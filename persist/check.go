@@ -130,7 +130,7 @@ func walk(s *Store, verifyData bool) (Report, []string, error) {
 	dt := rep.DirtyTail
 	js := &rep.Journal
 	js.DirtyTailReached = dt == rep.KeyTail
-	r := s.Replay(rep.KeyTail)
+	r := s.ReplayVerified(rep.KeyTail)
 	dataSegs := map[uint32]bool{}
 	type keyRef struct {
 		lsn uint64

@@ -22,10 +22,13 @@ const (
 // point. It is safe for concurrent use.
 //
 // Persist makes durable every tear unit overlapping the range, rounded out
-// to 64 bytes (a cache line) for TearDAX and to the unit for larger units.
+// to 64 bytes (a cache line) for TearDAX and to the unit for larger units;
+// with SetWholeFlush, every tear unit written so far (a pwrite-fdatasync
+// file).
 type CrashMedia struct {
-	size int64
-	unit int64
+	size  int64
+	unit  int64
+	whole bool // a Persist persists the whole media (set before use)
 	// base is the content before the first recorded write (nil: zeroes);
 	// the history in mu.log applies on top of it.
 	base []byte
@@ -119,6 +122,35 @@ func (m *CrashMedia) WriteAt(p []byte, off int64) error {
 	return nil
 }
 
+// SetWholeFlush makes every Persist persist every write made before it, as
+// an fdatasync of a file does (FlushCoversMedia then reports true). Call it
+// before the media is used; crash images inherit it.
+func (m *CrashMedia) SetWholeFlush(on bool) { m.whole = on }
+
+func (m *CrashMedia) flushCoversMedia() bool { return m.whole }
+
+// persistUnits copies the dirty tear units a Persist(off, n) makes durable
+// from src to dst and clears them in dirty.
+func (m *CrashMedia) persistUnits(dirty unitSet, dst, src []byte, off, n int64) {
+	copyUnit := func(u int64) {
+		s, e := u*m.unit, min((u+1)*m.unit, m.size)
+		copy(dst[s:e], src[s:e])
+		dirty.clear(u)
+	}
+	if m.whole {
+		for _, u := range dirty.members() {
+			copyUnit(u)
+		}
+		return
+	}
+	lo, hi := m.persistSpan(off, n)
+	for u := lo / m.unit; u*m.unit < hi; u++ {
+		if dirty.has(u) {
+			copyUnit(u)
+		}
+	}
+}
+
 // persistSpan rounds [off, off+n) out to the persist granularity.
 func (m *CrashMedia) persistSpan(off, n int64) (lo, hi int64) {
 	g := max(m.unit, 64)
@@ -139,14 +171,7 @@ func (m *CrashMedia) Persist(off, n int64) error {
 	if m.mu.preHook != nil {
 		m.mu.preHook(m.mu.points + 1)
 	}
-	lo, hi := m.persistSpan(off, n)
-	for u := lo / m.unit; u*m.unit < hi; u++ {
-		if m.mu.dirty.has(u) {
-			s, e := u*m.unit, min((u+1)*m.unit, m.size)
-			copy(m.mu.durable[s:e], m.mu.cur[s:e])
-			m.mu.dirty.clear(u)
-		}
-	}
+	m.persistUnits(m.mu.dirty, m.mu.durable, m.mu.cur, off, n)
 	m.mu.log = append(m.mu.log, crashOp{persist: true, off: off, n: n})
 	m.mu.points++
 	point, hook := m.mu.points, m.mu.hook
@@ -212,7 +237,7 @@ func (m *CrashMedia) CrashImage(point int, rng *rand.Rand) *CrashMedia {
 	if point < 0 || point > m.mu.points {
 		panic(fmt.Sprintf("persist: CrashImage(%d) with %d persist points", point, m.mu.points))
 	}
-	img := &CrashMedia{size: m.size, unit: m.unit}
+	img := &CrashMedia{size: m.size, unit: m.unit, whole: m.whole}
 	img.mu.dirty = newUnitSet(m.size, m.unit)
 	img.mu.failIn = -1
 	var cur []byte
@@ -236,14 +261,7 @@ func (m *CrashMedia) CrashImage(point int, rng *rand.Rand) *CrashMedia {
 					break
 				}
 				seen++
-				lo, hi := m.persistSpan(op.off, op.n)
-				for u := lo / m.unit; u*m.unit < hi; u++ {
-					if dirty.has(u) {
-						s, e := u*m.unit, min((u+1)*m.unit, m.size)
-						copy(img.mu.cur[s:e], cur[s:e])
-						dirty.clear(u)
-					}
-				}
+				m.persistUnits(dirty, img.mu.cur, cur, op.off, op.n)
 				continue
 			}
 			copy(cur[op.off:], op.data)

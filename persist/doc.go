@@ -39,7 +39,9 @@
 // # Persist ordering
 //
 // The engine persists data (Media.Persist) before it commits the key that
-// points at it. Commit persists the kset, and any LAST record written for a
+// points at it, or, on a store with unfenced ksets, writes the data before
+// it commits the key and lets the kset's persist cover both (below).
+// Commit persists the kset, and any LAST record written for a
 // segment switch, before returning. No end-of-log marker is written: replay
 // stops at the first slot whose LSN is not the expected one, so a stale
 // kset (from an earlier pass over the segment, or from an earlier format
@@ -57,6 +59,39 @@
 // follows (not checked for the first record at the tail). A new session's
 // first record names the previous session's nonce, which the stale record
 // cannot.
+//
+// # Unfenced ksets
+//
+// On a pwrite-fdatasync file one fdatasync makes every write that returned
+// before it began durable, data and ksets alike (FlushCoversMedia). There a
+// commit need not persist its data before writing its kset: the persist
+// that makes the kset durable makes the data durable too, so a FUA write
+// waits for one flush instead of two. What this gives up is the order on
+// the media: a crash can leave such a kset durable and its data not. A
+// store formatted with data CRCs (FeatureDataCRC | FeatureUnfencedKSets)
+// allows it (Store.UnfencedCommits, Journal.AppendUnfenced); DAX and msync
+// media persist ranges, not the file, and stay fenced.
+//
+// Replay must then tell a kset whose data did not make it from one whose
+// data was corrupted later. Every kset records how many ksets before it
+// were not yet known durable when it was written (its unconfirmed count),
+// so the ksets below LSN-unconfirmed of any kset on the log are known
+// durable with their data: a CRC failure there is corruption, reported by
+// check and left to the engine's policy. Only the unconfirmed tail (the
+// ksets above the highest such mark) can hold data that never reached the
+// media. Store.ReplayVerified walks the log to its end first, checks the
+// data CRC of every current key of the unfenced ksets of that tail, and
+// ends the log (ErrTornData) at the first one that fails. That is safe:
+// the kset was never acknowledged (its persist did not complete), and
+// neither was any kset after it, since a persist that made a later kset
+// durable would have made this data durable too. The journal opened at that
+// end rewrites its LSN and the session chain rejects the stale ksets after
+// it, as for a torn kset.
+//
+// A new journal confirms only what the replayed log proved durable, not
+// the replayed tail itself: after a process crash that tail may have been
+// read from the page cache and not be on the disk yet. Its first persist
+// covers it.
 //
 // # On-media format, version 1
 //
@@ -90,8 +125,9 @@
 //
 //	0  u32 format version (1; a larger value is refused with ErrNewerFormat
 //	       before the CRC is checked)
-//	4  u32 feature flags (bit 0: keys carry a data CRC32C); unknown bits are
-//	       refused with ErrNewerFormat
+//	4  u32 feature flags (bit 0: keys carry a data CRC32C; bit 1: ksets may
+//	       be unfenced, set with bit 0); unknown bits are refused with
+//	       ErrNewerFormat
 //	8  [16] cache UUID (random, RFC 4122 v4)
 //	24 u32 block size (cache allocation unit, 512..4096, power of two)
 //	28 u32 segment size (power of two, 128 KiB .. 1 GiB)
@@ -128,7 +164,8 @@
 //	0   [8]  magic "clunKSET"
 //	8   u32  CRC32C over bytes [12, 72 + 40*key count)
 //	12  u32  flags: bit 0 LAST (no keys; the log continues at offset 0 of
-//	         the segment named at 68)
+//	         the segment named at 68); bit 1 UNFENCED (the keys' data was
+//	         not persisted before the kset; only with FeatureUnfencedKSets)
 //	16  [16] cache UUID
 //	32  u64  LSN: one more than the previous kset; a LAST record carries the
 //	         LSN of the kset that follows it (it does not consume one)
@@ -136,7 +173,10 @@
 //	48  u64  session nonce of the journal that wrote it
 //	56  u64  session nonce of the record before it
 //	64  u32  key count (1..128; 0 for LAST)
-//	68  u32  next segment (LAST only, else 0)
+//	68  u32  LAST: next segment; others: unconfirmed count (how many ksets
+//	         just before this one were not known durable when it was
+//	         written; 0 in ksets of binaries that predate it, which never
+//	         follow an unfenced kset)
 //	72  keys
 //
 // Key (40 bytes):

@@ -53,6 +53,10 @@ var (
 	ErrLSNGap      = errors.New("persist: LSN discontinuity")
 	ErrChainBreak  = errors.New("persist: journal session chain broken")
 	ErrBounds      = errors.New("persist: field out of bounds")
+	// ErrTornData: an unfenced kset of the unconfirmed tail points at data
+	// that did not reach the media (Store.ReplayVerified): the log ends
+	// before it.
+	ErrTornData = errors.New("persist: kset data did not reach the media")
 )
 
 // FormatError explains why a media was refused: which record, at which

@@ -40,6 +40,10 @@ type Journal struct {
 		err     error  // sticky persist failure
 	}
 
+	// durableLSN mirrors flush.durable for append, which holds mu and so
+	// may not take flush. A stale value only overstates Unconfirmed.
+	durableLSN atomic.Uint64
+
 	commits atomic.Uint64
 	flushes atomic.Uint64
 }
@@ -66,23 +70,30 @@ func (s *Store) OpenJournal(head Tail, alloc func() (uint32, error)) *Journal {
 		_, _ = rand.Read(nb[:])
 		j.nonce = binary.LittleEndian.Uint64(nb[:])
 	}
-	prev, ok := s.headNonce(head)
+	hi, ok := s.headInfo(head)
 	if !ok {
 		// Not the end of a replay seen by this store: walk the log from
 		// the key tail to learn the chain value at its end.
-		r := s.Replay(s.KeyTail())
+		r := s.ReplayVerified(s.KeyTail())
 		for {
 			if _, more := r.Next(); !more {
 				break
 			}
 		}
-		prev, _ = s.headNonce(head)
+		if hi, ok = s.headInfo(head); !ok {
+			hi = headInfo{confirmed: head.LSN}
+		}
 	}
 	j.mu.head = head
-	j.mu.prevNonce = prev
+	j.mu.prevNonce = hi.nonce
 	j.mu.written = head.LSN - 1
 	j.flush.cond.L = &j.flush.Mutex
 	j.flush.durable = head.LSN - 1
+	// What the replayed log proved durable, not head.LSN-1: after a
+	// process crash its tail may be in the page cache only, so the ksets
+	// of this session must not confirm it until this session's first
+	// persist (which covers it).
+	j.durableLSN.Store(min(hi.confirmed, head.LSN) - 1)
 	if err := s.checkTail(head); err != nil {
 		j.mu.err = fmt.Errorf("%w: journal head: %v", ErrInvalidArgument, err)
 	}
@@ -122,6 +133,23 @@ func (j *Journal) Commit(keys []Key, epoch uint64) (KSet, error) {
 // log, are never durable without it. WaitDurable(ks.LSN) completes the
 // commit.
 func (j *Journal) Append(keys []Key, epoch uint64) (KSet, error) {
+	return j.appendChecked(keys, epoch, false)
+}
+
+// AppendUnfenced is Append for keys whose data has been written but not
+// persisted. It needs Store.UnfencedCommits: the persist that makes the
+// kset durable (WaitDurable) then makes the data durable too, and replay
+// ends the log at the first kset of the unconfirmed tail whose data did
+// not reach the media (doc.go, "Unfenced ksets"). The data must have been
+// written (WriteAt returned) before AppendUnfenced is called.
+func (j *Journal) AppendUnfenced(keys []Key, epoch uint64) (KSet, error) {
+	if !j.s.UnfencedCommits() {
+		return KSet{}, fmt.Errorf("%w: unfenced kset on a store or media that does not allow them", ErrInvalidArgument)
+	}
+	return j.appendChecked(keys, epoch, true)
+}
+
+func (j *Journal) appendChecked(keys []Key, epoch uint64, unfenced bool) (KSet, error) {
 	if len(keys) == 0 || len(keys) > MaxKSetKeys {
 		return KSet{}, fmt.Errorf("%w: %d keys in a kset, want 1..%d", ErrInvalidArgument, len(keys), MaxKSetKeys)
 	}
@@ -130,7 +158,7 @@ func (j *Journal) Append(keys []Key, epoch uint64) (KSet, error) {
 			return KSet{}, fmt.Errorf("%w: key %d: %v", ErrInvalidArgument, i, err)
 		}
 	}
-	return j.append(keys, epoch)
+	return j.append(keys, epoch, unfenced)
 }
 
 // WaitDurable returns once every kset up to lsn (one Append returned) is
@@ -143,7 +171,7 @@ func (j *Journal) WaitDurable(lsn uint64) error {
 	return nil
 }
 
-func (j *Journal) append(keys []Key, epoch uint64) (KSet, error) {
+func (j *Journal) append(keys []Key, epoch uint64, unfenced bool) (KSet, error) {
 	s := j.s
 	size := ksetSize(len(keys))
 	j.mu.Lock()
@@ -173,7 +201,17 @@ func (j *Journal) append(keys []Key, epoch uint64) (KSet, error) {
 		head.Pos = Pos{Seg: seg}
 	}
 	img := make([]byte, size)
-	encodeKSet(img, &ksetHeader{uuid: s.sb.UUID, lsn: head.LSN, epoch: epoch, nonce: j.nonce, prevNonce: j.mu.prevNonce}, keys)
+	h := ksetHeader{uuid: s.sb.UUID, lsn: head.LSN, epoch: epoch, nonce: j.nonce, prevNonce: j.mu.prevNonce}
+	// Every kset says how far durability had got when it was written, so
+	// that replay can tell the unconfirmed tail (where an unfenced kset's
+	// data may be missing) from the confirmed log before it.
+	if durable := j.durableLSN.Load(); durable < head.LSN {
+		h.unconfirmed = uint32(min(head.LSN-1-durable, 1<<32-1))
+	}
+	if unfenced {
+		h.flags |= ksetFlagUnfenced
+	}
+	encodeKSet(img, &h, keys)
 	off := s.DataOffset(head.Pos)
 	if err := s.m.WriteAt(img, off); err != nil {
 		j.mu.err = err
@@ -181,7 +219,7 @@ func (j *Journal) append(keys []Key, epoch uint64) (KSet, error) {
 	}
 	j.mu.pending = append(j.mu.pending, span{off, int64(size)})
 	j.mu.prevNonce = j.nonce
-	ks := KSet{LSN: head.LSN, Epoch: epoch, Pos: head.Pos, Keys: append([]Key(nil), keys...)}
+	ks := KSet{LSN: head.LSN, Epoch: epoch, Pos: head.Pos, Keys: append([]Key(nil), keys...), Unfenced: unfenced, Unconfirmed: h.unconfirmed}
 	head.Pos.Off += size
 	head.LSN++
 	ks.Next = head
@@ -230,6 +268,7 @@ func (j *Journal) waitDurable(lsn uint64) error {
 			j.mu.Unlock()
 		} else {
 			j.flush.durable = target
+			j.durableLSN.Store(target)
 			j.flushes.Add(1)
 		}
 		j.flush.cond.Broadcast()

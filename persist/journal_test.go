@@ -20,11 +20,11 @@ func TestStaleKSetAfterTornGroupRejected(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	k2, err := j.append(testKeys(5, 2, s), 1)
+	k2, err := j.append(testKeys(5, 2, s), 1, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	k3, err := j.append(testKeys(2, 3, s), 1)
+	k3, err := j.append(testKeys(2, 3, s), 1, false)
 	if err != nil {
 		t.Fatal(err)
 	}

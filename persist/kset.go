@@ -34,8 +34,12 @@ const (
 	// MaxKSetSize is the encoded size of a full kset.
 	MaxKSetSize = ksetHeaderSize + MaxKSetKeys*keySize
 
-	ksetFlagLast  uint32 = 1 << 0
-	knownKSetFlag        = ksetFlagLast
+	ksetFlagLast uint32 = 1 << 0
+	// ksetFlagUnfenced: the kset was written without a persist of its
+	// keys' data before it; the persist that makes the kset durable makes
+	// that data durable too (doc.go, "Unfenced ksets").
+	ksetFlagUnfenced uint32 = 1 << 1
+	knownKSetFlag           = ksetFlagLast | ksetFlagUnfenced
 )
 
 // KSet is one committed (or replayed) key set.
@@ -45,6 +49,13 @@ type KSet struct {
 	Pos   Pos    // where it starts
 	Next  Tail   // where the next kset starts (after this one)
 	Keys  []Key
+	// Unfenced: the keys' data was not persisted before the kset was
+	// written (only on stores with FeatureUnfencedKSets).
+	Unfenced bool
+	// Unconfirmed is how many ksets just before this one were not known
+	// durable (with their data) when it was written: every kset with an
+	// LSN below LSN-Unconfirmed was.
+	Unconfirmed uint32
 }
 
 // ksetSize is the encoded size of a kset with n keys.
@@ -59,7 +70,11 @@ type ksetHeader struct {
 	nonce     uint64
 	prevNonce uint64
 	keyCount  uint32
-	nextSeg   uint32
+	nextSeg   uint32 // LAST only
+	// unconfirmed (non-LAST only, in the bytes LAST uses for nextSeg): how
+	// many ksets before this one were not known durable when it was
+	// written.
+	unconfirmed uint32
 }
 
 // encodeKey writes the 40-byte key image into b:
@@ -150,7 +165,8 @@ func validateKey(k *Key, lim keyLimits) error {
 //
 //	0 [8] magic  8 u32 crc32c(bytes [12, end))  12 u32 flags (bit 0 LAST)
 //	16 [16] cache uuid  32 u64 lsn  40 u64 flush epoch  48 u64 session nonce
-//	56 u64 previous kset's session nonce  64 u32 key count  68 u32 next segment (LAST)
+//	56 u64 previous kset's session nonce  64 u32 key count
+//	68 u32 next segment (LAST) or unconfirmed count (others)
 func encodeKSet(b []byte, h *ksetHeader, keys []Key) {
 	copy(b[0:8], magicKSet[:])
 	binary.LittleEndian.PutUint32(b[12:], h.flags)
@@ -160,7 +176,11 @@ func encodeKSet(b []byte, h *ksetHeader, keys []Key) {
 	binary.LittleEndian.PutUint64(b[48:], h.nonce)
 	binary.LittleEndian.PutUint64(b[56:], h.prevNonce)
 	binary.LittleEndian.PutUint32(b[64:], uint32(len(keys)))
-	binary.LittleEndian.PutUint32(b[68:], h.nextSeg)
+	if h.flags&ksetFlagLast != 0 {
+		binary.LittleEndian.PutUint32(b[68:], h.nextSeg)
+	} else {
+		binary.LittleEndian.PutUint32(b[68:], h.unconfirmed)
+	}
 	for i := range keys {
 		encodeKey(b[ksetHeaderSize+i*keySize:], &keys[i])
 	}
@@ -185,7 +205,11 @@ func decodeKSetHeader(b []byte) (ksetHeader, error) {
 	h.nonce = binary.LittleEndian.Uint64(b[48:])
 	h.prevNonce = binary.LittleEndian.Uint64(b[56:])
 	h.keyCount = binary.LittleEndian.Uint32(b[64:])
-	h.nextSeg = binary.LittleEndian.Uint32(b[68:])
+	if h.flags&ksetFlagLast != 0 {
+		h.nextSeg = binary.LittleEndian.Uint32(b[68:])
+	} else {
+		h.unconfirmed = binary.LittleEndian.Uint32(b[68:])
+	}
 	// These fields are checked before the CRC (which cannot be computed
 	// without a sane key count), so a failure here means a torn or foreign
 	// record and is reported as a checksum failure, not a bounds violation.
@@ -195,6 +219,9 @@ func decodeKSetHeader(b []byte) (ksetHeader, error) {
 	if h.flags&ksetFlagLast != 0 {
 		if h.keyCount != 0 {
 			return h, fmt.Errorf("%w: unverifiable header: LAST kset with %d keys", ErrBadChecksum, h.keyCount)
+		}
+		if h.flags&ksetFlagUnfenced != 0 {
+			return h, fmt.Errorf("%w: unverifiable header: LAST kset marked unfenced", ErrBadChecksum)
 		}
 	} else if h.keyCount == 0 || h.keyCount > MaxKSetKeys {
 		return h, fmt.Errorf("%w: unverifiable header: key count %d not in 1..%d", ErrBadChecksum, h.keyCount, MaxKSetKeys)

@@ -47,13 +47,19 @@ var (
 // Feature flags in the superblock. Unknown bits make Open refuse the media
 // with ErrNewerFormat.
 const (
-	FeatureDataCRC  uint32 = 1 << 0
-	knownFeatures          = FeatureDataCRC
-	superblockSize         = recordHeaderSize + 64
-	infoPayloadSize        = 8
-	tailPayloadSize        = 16
-	genPayloadSize         = 16
-	volumeEntrySize        = 96
+	FeatureDataCRC uint32 = 1 << 0
+	// FeatureUnfencedKSets: ksets may be written without a persist of their
+	// keys' data first (kset flag UNFENCED); replay verifies the data CRCs
+	// of the unconfirmed tail (doc.go, "Unfenced ksets"). Set together with
+	// FeatureDataCRC, which it needs. A binary that does not know it would
+	// take a torn tail's keys for committed ones, so it must refuse the file.
+	FeatureUnfencedKSets uint32 = 1 << 1
+	knownFeatures               = FeatureDataCRC | FeatureUnfencedKSets
+	superblockSize              = recordHeaderSize + 64
+	infoPayloadSize             = 8
+	tailPayloadSize             = 16
+	genPayloadSize              = 16
+	volumeEntrySize             = 96
 	// MaxVolumes is the capacity of the volume table.
 	MaxVolumes = 64
 	// MaxVolumeName is the longest volume name in bytes.

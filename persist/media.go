@@ -48,6 +48,21 @@ type rangesPersister interface {
 	persistRanges(spans []Span) error
 }
 
+// wholeFlusher is implemented by media whose Persist may make more than
+// its range durable.
+type wholeFlusher interface {
+	flushCoversMedia() bool
+}
+
+// FlushCoversMedia reports whether every Persist on m makes every write to
+// m that returned before the Persist began durable, not only its range: an
+// fdatasync of a pwrite-fdatasync file does, a cache-line flush (DAX) or an
+// msync of a range does not.
+func FlushCoversMedia(m Media) bool {
+	wf, ok := m.(wholeFlusher)
+	return ok && wf.flushCoversMedia()
+}
+
 // PersistRanges makes every span durable before it returns, as a Persist
 // of each would, but with as few flushes as m allows: on a pwrite-fdatasync
 // file one fdatasync covers them all, where consecutive Persist calls would

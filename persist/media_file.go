@@ -239,6 +239,11 @@ func (m *fileMedia) Persist(off, n int64) error {
 	return m.fl.persist(off, n, m.flushRange)
 }
 
+// flushCoversMedia: an fdatasync writes back every dirty page of the file
+// and flushes the device's cache, so it covers every write that returned
+// before it began. An msync covers its range only.
+func (m *fileMedia) flushCoversMedia() bool { return m.kind == KindPwriteFdatasync }
+
 // persistRanges is Persist of each span; on the pwrite-fdatasync kind,
 // whose flush covers the whole file, with one flush for all of them.
 func (m *fileMedia) persistRanges(spans []Span) error {

@@ -15,12 +15,21 @@ type Replayer struct {
 	stop      error
 	segs      []uint32
 	buf       []byte
+	// confirmed: every kset with a lower LSN is known durable with its
+	// data (the largest LSN-Unconfirmed of the ksets walked, at least the
+	// start's LSN).
+	confirmed uint64
+	// torn, when hasTorn: the LSN of the first kset of the unconfirmed
+	// tail whose data failed its CRC (ReplayVerified); the log ends there.
+	torn       uint64
+	hasTorn    bool
+	tornDetail string
 }
 
 // Replay returns an iterator over the ksets starting at from. Nothing is
 // read until Next is called.
 func (s *Store) Replay(from Tail) *Replayer {
-	r := &Replayer{s: s, pos: from.Pos, lsn: from.LSN, buf: make([]byte, MaxKSetSize)}
+	r := &Replayer{s: s, pos: from.Pos, lsn: from.LSN, buf: make([]byte, MaxKSetSize), confirmed: from.LSN}
 	if err := s.checkTail(from); err != nil {
 		r.stop = &StopError{Pos: from.Pos, LSN: from.LSN, Detail: "start " + err.Error(), Err: ErrBounds}
 		return r
@@ -32,7 +41,7 @@ func (s *Store) Replay(from Tail) *Replayer {
 func (r *Replayer) fail(err error, format string, args ...any) (KSet, bool) {
 	r.stop = &StopError{Pos: r.pos, LSN: r.lsn, Detail: fmt.Sprintf(format, args...), Err: err}
 	if r.s != nil {
-		r.s.noteHead(r.Head(), r.prevNonce, r.hasPrev)
+		r.s.noteHead(r.Head(), headInfo{nonce: r.prevNonce, hasNonce: r.hasPrev, confirmed: r.confirmed})
 	}
 	return KSet{}, false
 }
@@ -89,13 +98,20 @@ func (r *Replayer) Next() (KSet, bool) {
 			r.segs = append(r.segs, h.nextSeg)
 			continue
 		}
+		if h.flags&ksetFlagUnfenced != 0 && !s.unfenced {
+			return r.fail(ErrBounds, "unfenced kset on a store without the unfenced-ksets feature")
+		}
+		if r.hasTorn && h.lsn == r.torn {
+			return r.fail(ErrTornData, "%s", r.tornDetail)
+		}
 		keys := make([]Key, h.keyCount)
 		for i := range keys {
 			if kerr := decodeKeyInto(&keys[i], b[ksetHeaderSize+i*keySize:], s.lim); kerr != nil {
 				return r.fail(ErrBounds, "key %d: %v", i, kerr)
 			}
 		}
-		ks := KSet{LSN: h.lsn, Epoch: h.epoch, Pos: r.pos, Keys: keys}
+		ks := KSet{LSN: h.lsn, Epoch: h.epoch, Pos: r.pos, Keys: keys, Unfenced: h.flags&ksetFlagUnfenced != 0, Unconfirmed: h.unconfirmed}
+		r.confirmed = max(r.confirmed, h.lsn-min(uint64(h.unconfirmed), h.lsn))
 		r.pos.Off += size
 		r.lsn++
 		r.prevNonce, r.hasPrev = h.nonce, true
@@ -125,12 +141,17 @@ func (r *Replayer) Head() Tail { return Tail{Pos: r.pos, LSN: r.lsn} }
 // LogSegments lists the segments the walked log occupies, in log order.
 func (r *Replayer) LogSegments() []uint32 { return append([]uint32(nil), r.segs...) }
 
-// noteHead remembers the session nonce of the record before a replay's end,
-// so that a journal opened there continues the chain.
-func (s *Store) noteHead(head Tail, nonce uint64, has bool) {
-	if !has {
-		return
-	}
+// headInfo is what a journal opened at a replay's end needs to know.
+type headInfo struct {
+	nonce     uint64 // session nonce of the record before the end
+	hasNonce  bool   // there is such a record
+	confirmed uint64 // Replayer.confirmed at the end
+}
+
+// noteHead remembers what a journal opened at a replay's end needs: the
+// session nonce of the record before it, so that the journal continues the
+// chain, and how far durability is confirmed.
+func (s *Store) noteHead(head Tail, hi headInfo) {
 	s.heads.Lock()
 	defer s.heads.Unlock()
 	// Bounded: the engine walks the log repeatedly (writeback, GC) and
@@ -140,14 +161,89 @@ func (s *Store) noteHead(head Tail, nonce uint64, has bool) {
 	if len(s.heads.nonce) >= maxNotedHeads {
 		clear(s.heads.nonce)
 	}
-	s.heads.nonce[head] = nonce
+	s.heads.nonce[head] = hi
 }
 
 const maxNotedHeads = 16
 
-func (s *Store) headNonce(head Tail) (uint64, bool) {
+func (s *Store) headInfo(head Tail) (headInfo, bool) {
 	s.heads.Lock()
 	defer s.heads.Unlock()
-	n, ok := s.heads.nonce[head]
-	return n, ok
+	hi, ok := s.heads.nonce[head]
+	return hi, ok
+}
+
+// ReplayVerified is Replay for the walk that rebuilds the engine's state
+// (and for check): on a store with unfenced ksets it first walks the log to
+// its end, and then ends the log at the first unfenced kset of the
+// unconfirmed tail one of whose current keys fails its data CRC (StopReason
+// wraps ErrTornData). Such a kset was written, but the crash came before
+// the persist that would have made its data durable, so it was never
+// acknowledged, and nothing after it was either: a persist that made a
+// later kset durable would have made this data durable too. Replaying it
+// would put data that never reached the media in place of older data. A
+// CRC failure before the unconfirmed tail is media corruption, left to the
+// caller.
+func (s *Store) ReplayVerified(from Tail) *Replayer {
+	r := s.Replay(from)
+	if r.stop != nil || !s.unfenced {
+		return r
+	}
+	lsn, detail, err := s.findTornKSet(from)
+	if err != nil {
+		r.stop = &StopError{Pos: from.Pos, LSN: from.LSN, Detail: "verifying the unconfirmed tail: " + err.Error(), Err: ErrMediaFault}
+		return r
+	}
+	if detail != "" {
+		r.torn, r.hasTorn, r.tornDetail = lsn, true, detail
+	}
+	return r
+}
+
+// findTornKSet walks the log from from to its end and returns the LSN of
+// the first unfenced kset of its unconfirmed tail with a key whose data
+// fails its CRC, and why; detail is empty if there is none.
+func (s *Store) findTornKSet(from Tail) (lsn uint64, detail string, err error) {
+	r := s.Replay(from)
+	var tail []KSet // unfenced ksets at or after r.confirmed, in log order
+	for {
+		ks, ok := r.Next()
+		if !ok {
+			break
+		}
+		if ks.Unfenced {
+			tail = append(tail, ks)
+		}
+		drop := 0
+		for drop < len(tail) && tail[drop].LSN < r.confirmed {
+			drop++
+		}
+		tail = tail[drop:]
+	}
+	if stop := r.StopReason(); errorsIs(stop, ErrMediaFault) {
+		return 0, "", stop
+	}
+	var buf []byte
+	for _, ks := range tail {
+		for i, k := range ks.Keys {
+			if k.Flags == KeyTombstone {
+				continue
+			}
+			gen, gerr := s.Gen(k.Pos.Seg)
+			if gerr != nil || gen != k.Gen {
+				// Quarantined, or the segment was reused after the
+				// kset was written: its data is not this key's to check.
+				continue
+			}
+			buf = append(buf[:0], make([]byte, k.Length)...)
+			if err := s.m.ReadAt(buf, s.DataOffset(k.Pos)); err != nil {
+				return 0, "", err
+			}
+			if got := crc32c(0, buf); got != k.DataCRC {
+				return ks.LSN, fmt.Sprintf("kset LSN %d (unfenced, unconfirmed: the log's last %d ksets were not known durable) key %d: data at segment %d offset %d length %d has crc32c 0x%08x, key says 0x%08x: its data did not reach the media before the crash, the log ends before it",
+					ks.LSN, r.lsn-r.confirmed, i, k.Pos.Seg, k.Pos.Off, k.Length, got, k.DataCRC), nil
+			}
+		}
+	}
+	return 0, "", nil
 }

@@ -66,9 +66,13 @@ type Store struct {
 
 	gens []segGen
 
+	// unfenced: the format allows unfenced ksets (FeatureUnfencedKSets
+	// with FeatureDataCRC).
+	unfenced bool
+
 	heads struct {
 		sync.Mutex
-		nonce map[Tail]uint64 // replay end -> nonce of the last kset before it
+		nonce map[Tail]headInfo // replay end -> what a journal opened there needs
 	}
 }
 
@@ -76,12 +80,13 @@ func newStore(m Media, sb Superblock) *Store {
 	s := &Store{m: m, sb: sb}
 	s.dataSize = sb.SegmentSize - segHeaderSize
 	s.lim = keyLimits{segCount: sb.SegmentCount, dataSize: s.dataSize, dataCRC: sb.Features&FeatureDataCRC != 0}
+	s.unfenced = s.lim.dataCRC && sb.Features&FeatureUnfencedKSets != 0
 	s.info = dualRecord{name: "cache info", magic: magicInfo, offs: [2]int64{offInfo0, offInfo1}, newest: -1}
 	s.keyTail = dualRecord{name: "key tail", magic: magicKeyTail, offs: [2]int64{offKeyTail0, offKeyTail1}, newest: -1}
 	s.dirtyTail = dualRecord{name: "dirty tail", magic: magicDirtyTail, offs: [2]int64{offDirtyTail0, offDirtyTail1}, newest: -1}
 	s.volumes = dualRecord{name: "volume table", magic: magicVolumes, offs: [2]int64{offVolumes0, offVolumes1}, newest: -1}
 	s.gens = make([]segGen, sb.SegmentCount)
-	s.heads.nonce = make(map[Tail]uint64)
+	s.heads.nonce = make(map[Tail]headInfo)
 	return s
 }
 
@@ -100,6 +105,12 @@ func (s *Store) SegmentDataSize() uint32 { return s.dataSize }
 
 // DataCRC reports whether keys carry a CRC32C of their data.
 func (s *Store) DataCRC() bool { return s.lim.dataCRC }
+
+// UnfencedCommits reports whether a commit may write its kset without
+// persisting its keys' data first (Journal.AppendUnfenced): the format
+// allows it and one persist of the media makes every write before it
+// durable (FlushCoversMedia), so the kset's persist also persists its data.
+func (s *Store) UnfencedCommits() bool { return s.unfenced && FlushCoversMedia(s.m) }
 
 // segBase is the absolute offset of segment seg.
 func (s *Store) segBase(seg uint32) int64 {
@@ -159,7 +170,7 @@ func Format(m Media, opts FormatOptions) (*Store, error) {
 	uuid[8] = uuid[8]&0x3f | 0x80
 	sb := Superblock{Version: FormatVersion, UUID: uuid, BlockSize: bs, SegmentSize: ss, SegmentCount: uint32(count), MediaSize: uint64(size)}
 	if opts.DataCRC {
-		sb.Features |= FeatureDataCRC
+		sb.Features |= FeatureDataCRC | FeatureUnfencedKSets
 	}
 	s := newStore(m, sb)
 
