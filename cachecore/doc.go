@@ -57,7 +57,12 @@
 // leave their keys in the open kset and are committed together once it
 // starts writing its kset (one data persist, one kset persist for the
 // whole batch; the batch's data persist overlaps the kset persist before
-// it), and they share one flush-epoch bump.
+// it), and they share one flush-epoch bump. On a store with unfenced ksets
+// (persist.Store.UnfencedCommits: data CRCs on a pwrite-fdatasync file)
+// there is no data persist: the kset's persist, an fdatasync, covers the
+// data written before it, and replay drops a tail kset whose data did not
+// make it (persist.Store.ReplayVerified), so a FUA write waits for one
+// flush instead of two.
 //
 // Cache space comes from sharded data heads; a segment's reference count
 // is one per live-log key pointing into it plus one while it is a head.
