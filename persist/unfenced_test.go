@@ -2,6 +2,7 @@ package persist
 
 import (
 	"errors"
+	"slices"
 	"testing"
 )
 
@@ -106,7 +107,7 @@ func TestReplayVerifiedEndsAtTornUnfencedKSet(t *testing.T) {
 			_, s := r.image(t, c.lose...)
 			rp := s.ReplayVerified(s.KeyTail())
 			got := replayLSNs(t, rp)
-			if !equalU64(got, c.want) {
+			if !slices.Equal(got, c.want) {
 				t.Fatalf("replayed LSNs %v, want %v (stop: %v)", got, c.want, rp.StopReason())
 			}
 			if torn := errors.Is(rp.StopReason(), ErrTornData); torn != c.torn {
@@ -144,7 +145,7 @@ func TestReplayVerifiedEndsAtTornUnfencedKSet(t *testing.T) {
 				t.Fatalf("new kset's unconfirmed count %d, want %d", nk.Unconfirmed, want)
 			}
 			again := replayLSNs(t, s.ReplayVerified(s.KeyTail()))
-			if want := append(append([]uint64(nil), c.want...), head.LSN); !equalU64(again, want) {
+			if want := append(append([]uint64(nil), c.want...), head.LSN); !slices.Equal(again, want) {
 				t.Fatalf("after the new session's kset, replay %v, want %v", again, want)
 			}
 		})
@@ -213,16 +214,4 @@ func TestUnfencedNeedsFeatureAndWholeFlush(t *testing.T) {
 	if got := replayLSNs(t, rp); len(got) != 0 || !errors.Is(rp.StopReason(), ErrBounds) {
 		t.Fatalf("replayed %v, stop %v; want nothing and ErrBounds", got, rp.StopReason())
 	}
-}
-
-func equalU64(a, b []uint64) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
