@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"log/slog"
 	"slices"
 	"sort"
@@ -423,11 +422,8 @@ func (c *Cache) replayKey(k *persist.Key, afterDirtyTail bool) {
 
 // dataCRCOK verifies the data of a replayed key against its CRC.
 func (c *Cache) dataCRCOK(k *persist.Key) bool {
-	b := make([]byte, k.Length)
-	if err := c.media.ReadAt(b, c.store.DataOffset(k.Pos)); err != nil {
-		return false
-	}
-	return crc32.Checksum(b, castagnoli) == k.DataCRC
+	got, err := c.store.KeyDataCRC(k)
+	return err == nil && got == k.DataCRC
 }
 
 // appendRecovered appends keys recovered from the intent log (already in

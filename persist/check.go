@@ -201,11 +201,11 @@ func walk(s *Store, verifyData bool) (Report, []string, error) {
 			continue
 		}
 		if verifyData && s.lim.dataCRC {
-			buf := make([]byte, kr.k.Length)
-			if err := s.m.ReadAt(buf, s.DataOffset(kr.k.Pos)); err != nil {
+			got, err := s.KeyDataCRC(&kr.k)
+			if err != nil {
 				return rep, problems, err
 			}
-			if got := crc32c(0, buf); got != kr.k.DataCRC {
+			if got != kr.k.DataCRC {
 				problems = append(problems, fmt.Sprintf("kset LSN %d key %d: data at segment %d offset %d length %d has crc32c 0x%08x, key says 0x%08x", kr.lsn, kr.i, kr.k.Pos.Seg, kr.k.Pos.Off, kr.k.Length, got, kr.k.DataCRC))
 			}
 		}
@@ -215,6 +215,16 @@ func walk(s *Store, verifyData bool) (Report, []string, error) {
 
 func formatUUID(u [16]byte) string {
 	return fmt.Sprintf("%x-%x-%x-%x-%x", u[0:4], u[4:6], u[6:8], u[8:10], u[10:16])
+}
+
+// KeyDataCRC reads the cache data k points at and returns its CRC32C, to
+// compare with k.DataCRC.
+func (s *Store) KeyDataCRC(k *Key) (uint32, error) {
+	buf := make([]byte, k.Length)
+	if err := s.m.ReadAt(buf, s.DataOffset(k.Pos)); err != nil {
+		return 0, err
+	}
+	return crc32c(0, buf), nil
 }
 
 // DataCRC32C is the checksum keys carry for their data (CRC32C, Castagnoli).

@@ -19,10 +19,10 @@ type Replayer struct {
 	// data (the largest LSN-Unconfirmed of the ksets walked, at least the
 	// start's LSN).
 	confirmed uint64
-	// torn, when hasTorn: the LSN of the first kset of the unconfirmed
-	// tail whose data failed its CRC (ReplayVerified); the log ends there.
+	// tornDetail, when set, says why the log ends at LSN torn: the first
+	// kset of the unconfirmed tail whose data failed its CRC
+	// (ReplayVerified).
 	torn       uint64
-	hasTorn    bool
 	tornDetail string
 }
 
@@ -41,7 +41,7 @@ func (s *Store) Replay(from Tail) *Replayer {
 func (r *Replayer) fail(err error, format string, args ...any) (KSet, bool) {
 	r.stop = &StopError{Pos: r.pos, LSN: r.lsn, Detail: fmt.Sprintf(format, args...), Err: err}
 	if r.s != nil {
-		r.s.noteHead(r.Head(), headInfo{nonce: r.prevNonce, hasNonce: r.hasPrev, confirmed: r.confirmed})
+		r.s.noteHead(r.Head(), headInfo{nonce: r.prevNonce, confirmed: r.confirmed})
 	}
 	return KSet{}, false
 }
@@ -101,7 +101,7 @@ func (r *Replayer) Next() (KSet, bool) {
 		if h.flags&ksetFlagUnfenced != 0 && !s.unfenced {
 			return r.fail(ErrBounds, "unfenced kset on a store without the unfenced-ksets feature")
 		}
-		if r.hasTorn && h.lsn == r.torn {
+		if r.tornDetail != "" && h.lsn == r.torn {
 			return r.fail(ErrTornData, "%s", r.tornDetail)
 		}
 		keys := make([]Key, h.keyCount)
@@ -143,8 +143,7 @@ func (r *Replayer) LogSegments() []uint32 { return append([]uint32(nil), r.segs.
 
 // headInfo is what a journal opened at a replay's end needs to know.
 type headInfo struct {
-	nonce     uint64 // session nonce of the record before the end
-	hasNonce  bool   // there is such a record
+	nonce     uint64 // session nonce of the record before the end (0: none)
 	confirmed uint64 // Replayer.confirmed at the end
 }
 
@@ -194,9 +193,7 @@ func (s *Store) ReplayVerified(from Tail) *Replayer {
 		r.stop = &StopError{Pos: from.Pos, LSN: from.LSN, Detail: "verifying the unconfirmed tail: " + err.Error(), Err: ErrMediaFault}
 		return r
 	}
-	if detail != "" {
-		r.torn, r.hasTorn, r.tornDetail = lsn, true, detail
-	}
+	r.torn, r.tornDetail = lsn, detail
 	return r
 }
 
@@ -223,7 +220,6 @@ func (s *Store) findTornKSet(from Tail) (lsn uint64, detail string, err error) {
 	if stop := r.StopReason(); errorsIs(stop, ErrMediaFault) {
 		return 0, "", stop
 	}
-	var buf []byte
 	for _, ks := range tail {
 		for i, k := range ks.Keys {
 			if k.Flags == KeyTombstone {
@@ -235,11 +231,11 @@ func (s *Store) findTornKSet(from Tail) (lsn uint64, detail string, err error) {
 				// kset was written: its data is not this key's to check.
 				continue
 			}
-			buf = append(buf[:0], make([]byte, k.Length)...)
-			if err := s.m.ReadAt(buf, s.DataOffset(k.Pos)); err != nil {
+			got, err := s.KeyDataCRC(&k)
+			if err != nil {
 				return 0, "", err
 			}
-			if got := crc32c(0, buf); got != k.DataCRC {
+			if got != k.DataCRC {
 				return ks.LSN, fmt.Sprintf("kset LSN %d (unfenced, unconfirmed: the log's last %d ksets were not known durable) key %d: data at segment %d offset %d length %d has crc32c 0x%08x, key says 0x%08x: its data did not reach the media before the crash, the log ends before it",
 					ks.LSN, r.lsn-r.confirmed, i, k.Pos.Seg, k.Pos.Off, k.Length, got, k.DataCRC), nil
 			}
