@@ -27,7 +27,7 @@ const ksetSlots = 16
 // keys stay in the open kset, which gathers every key arriving meanwhile,
 // and the first waiter to see that commit reach its kset write closes and
 // commits them all at once (one data persist, overlapping the kset persist
-// in flight, then one kset persist). appended and pendingKset.upto let a
+// in flight, unless commits are unfenced; then one kset persist). appended and pendingKset.upto let a
 // waiter tell whether its keys are already in a closed kset.
 //
 // Lock order: stripe.mu, then ksetSlot.mu.
@@ -54,7 +54,8 @@ type pendingKset struct {
 	appended chan struct{}
 	inLog    bool // valid once appended is closed
 	// journaling is closed when the commit starts writing the kset (its
-	// data is durable and its predecessor is in the log) or ends.
+	// data is durable, or written if commits are unfenced, and its
+	// predecessor is in the log) or ends.
 	journaling chan struct{}
 	done       chan struct{}
 	err        error // valid once done is closed
@@ -154,17 +155,20 @@ func (c *Cache) commitAsync(pk *pendingKset) {
 
 // commit persists the data of pk's keys, then, once its predecessor in
 // the slot has been written to the log, writes the kset and waits until it
-// is durable. With unfenced commits (persist.Store.UnfencedCommits: data
-// CRCs, and a media whose flush covers every earlier write) it skips the
-// data persist: the kset's persist makes the data durable as well, so a
-// FUA write waits for one flush instead of two, and replay ends the log at
-// a kset whose data did not make it (persist.Store.ReplayVerified). The data persist does not wait for the predecessor, and the
+// is durable. The data persist does not wait for the predecessor, and the
 // kset write waits only for the predecessor's write, not for its persist:
 // the journal makes ksets durable in log order, so ksets of one slot
 // written back to back share a persist while the log order per block stays
-// the index order. A full journal (no free segment) is retried until GC or
-// writeback frees one; only a media fault or a hard stop ends it with an
-// error.
+// the index order.
+//
+// With unfenced commits (persist.Store.UnfencedCommits: data CRCs, and a
+// media whose flush covers every earlier write) there is no data persist:
+// the kset's persist makes the data durable as well, so a FUA write waits
+// for one flush instead of two, and replay ends the log at a kset whose
+// data did not make it (persist.Store.ReplayVerified).
+//
+// A full journal (no free segment) is retried until GC or writeback frees
+// one; only a media fault or a hard stop ends it with an error.
 func (c *Cache) commit(pk *pendingKset) {
 	defer close(pk.done)
 	journaling, appended := false, false
