@@ -22,6 +22,12 @@ type Journal struct {
 	s     *Store
 	alloc func() (uint32, error)
 	nonce uint64
+	// padToPage: write each kset up to the next page boundary (zeros after
+	// it), so that no log page is ever first written in part. On
+	// pwrite-fdatasync media a write that covers part of a page the page
+	// cache does not hold reads that page from the device first; packed
+	// ksets would do that read, synchronously, for nearly every kset.
+	padToPage bool
 
 	mu struct {
 		sync.Mutex
@@ -64,7 +70,7 @@ type JournalStats struct {
 // journal writes a LAST record pointing to it); an error from alloc makes
 // Commit fail with ErrJournalFull and nothing written.
 func (s *Store) OpenJournal(head Tail, alloc func() (uint32, error)) *Journal {
-	j := &Journal{s: s, alloc: alloc}
+	j := &Journal{s: s, alloc: alloc, padToPage: FlushCoversMedia(s.m)}
 	var nb [8]byte
 	for j.nonce == 0 {
 		_, _ = rand.Read(nb[:])
@@ -200,7 +206,7 @@ func (j *Journal) append(keys []Key, epoch uint64, unfenced bool) (KSet, error) 
 		j.mu.prevNonce = j.nonce
 		head.Pos = Pos{Seg: seg}
 	}
-	img := make([]byte, size)
+	img := make([]byte, j.writeSize(head.Pos, size))
 	h := ksetHeader{uuid: s.sb.UUID, lsn: head.LSN, epoch: epoch, nonce: j.nonce, prevNonce: j.mu.prevNonce}
 	// Every kset says how far durability had got when it was written, so
 	// that replay can tell the unconfirmed tail (where an unfenced kset's
@@ -211,7 +217,7 @@ func (j *Journal) append(keys []Key, epoch uint64, unfenced bool) (KSet, error) 
 	if unfenced {
 		h.flags |= ksetFlagUnfenced
 	}
-	encodeKSet(img, &h, keys)
+	encodeKSet(img[:size], &h, keys)
 	off := s.DataOffset(head.Pos)
 	if err := s.m.WriteAt(img, off); err != nil {
 		j.mu.err = err
@@ -226,6 +232,22 @@ func (j *Journal) append(keys []Key, epoch uint64, unfenced bool) (KSet, error) 
 	j.mu.head = head
 	j.mu.written = ks.LSN
 	return ks, nil
+}
+
+// writeSize is how many bytes a kset of size bytes at pos is written
+// with: size, or with padToPage up to the next page
+// boundary of the media (within the segment). The padding lies past the
+// log's head, where nothing valid is (the next kset overwrites it), and
+// replay reads its zeros as the end of the log. Only the kset's own bytes
+// need to be durable.
+func (j *Journal) writeSize(pos Pos, size uint32) int {
+	if !j.padToPage {
+		return int(size)
+	}
+	end := j.s.DataOffset(pos) + int64(size)
+	padded := (end + pageSize - 1) &^ (pageSize - 1)
+	limit := j.s.DataOffset(Pos{Seg: pos.Seg, Off: j.s.dataSize})
+	return int(size) + int(min(padded, limit)-end)
 }
 
 // waitDurable returns once every kset up to lsn is durable. One goroutine
