@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"runtime"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -413,6 +414,17 @@ func (c *conn) writer() {
 		c.wmu.Lock()
 		more := len(c.queue) > 0
 		c.wmu.Unlock()
+		if !more {
+			// Yield once before the flush: workers that are about to
+			// queue a response run first, and their responses share this
+			// writev. Without it a loaded connection sent nearly one
+			// writev per response (0.83 per 4 KiB write at QD32 against
+			// 0.14 with it), each a trip through the TCP stack.
+			runtime.Gosched()
+			c.wmu.Lock()
+			more = len(c.queue) > 0
+			c.wmu.Unlock()
+		}
 		if !more {
 			if err := c.bw.Flush(); err != nil {
 				failed = true
