@@ -7,6 +7,8 @@
 #   bash bench/iscsi_vs_tgtd.sh            # 10 s per measurement
 #   DUR=20 bash bench/iscsi_vs_tgtd.sh     # longer runs (LUN_MIB, HOT_MIB change the sizes)
 #   ONLY=writes bash bench/iscsi_vs_tgtd.sh # one group: reads, writes, sessions or hot
+#   WRUNS=5 bash bench/iscsi_vs_tgtd.sh    # qemu-img bench runs per target (median; default 3)
+#                                           # (the cache file, CACHE_MIB, grows to hold them)
 #
 # Needs (as root for tgtd): libiscsi-bin (iscsi-perf), qemu-utils +
 # qemu-block-extra (qemu-img, qemu-io), tgt (tgtd, tgtadm), bc.
@@ -19,6 +21,10 @@ LUN_MIB=${LUN_MIB:-512}         # cachelun LUN and tgtd file size, MiB
 HOT_MIB=${HOT_MIB:-64}          # hot set on the slow backing device, MiB
 LUN_SIZE=${LUN_MIB}MiB; LUN_BYTES=$((LUN_MIB << 20))
 HOT_SIZE=${HOT_MIB}MiB; HOT_BYTES=$((HOT_MIB << 20))
+WRUNS=${WRUNS:-3}               # qemu-img bench runs per target and row (median)
+# The cache holds the warm-up, every write run (about 900 MB each) and the
+# hot set below the GC threshold (70 %).
+CACHE_MIB=${CACHE_MIB:-$(( (LUN_MIB + HOT_MIB * 2 + WRUNS * 900) * 10 / 7 + 256 ))}
 WORK=$(mktemp -d /tmp/cachelun-bench.XXXXXX)
 OUT=$WORK/out; mkdir -p "$OUT"
 HZ=$(getconf CLK_TCK)
@@ -56,7 +62,7 @@ metrics_listen = "off"
 [[cache]]
 name = "c0"
 path = "cache.img"
-size = "2GiB"
+size = "${CACHE_MIB}MiB"       # the log holds every write of the run below its GC threshold
 segment_size = "16MiB"
 data_crc = true                # keys carry data CRCs: a commit persists once, not twice
 
@@ -101,6 +107,16 @@ lun = 2
 volume = "hot-passthrough"
 EOF
 CPORT=$(free_port)
+# Both data files are written with dd before their target starts, so both
+# are in the page cache alike. (A cache file that the daemon creates is
+# zero-filled around the page cache; its first pass then allocates page
+# cache as it goes, which on a VM that returns free memory to its host,
+# as this one does with virtio-balloon free page reporting, costs a host
+# page fault per new page: up to a third of the write rate, varying from
+# run to run.)
+mkdir -p "$WORK/data"
+dd if=/dev/zero of="$WORK/data/cache.img" bs=1M count="$CACHE_MIB" status=none
+"$WORK/cachelun" format --data-crc --segment-size 16MiB "$WORK/data/cache.img" > "$OUT/format.log" 2>&1
 "$WORK/cachelun" serve --config "$WORK/cachelun.toml" --data-dir "$WORK/data" --listen 127.0.0.1:$CPORT > "$OUT/cachelun.log" 2>&1 &
 CPID=$!; PIDS+=($CPID)
 for _ in $(seq 100); do grep -q "cachelun ready" "$OUT/cachelun.log" 2>/dev/null && break; sleep 0.1; done
@@ -203,12 +219,31 @@ read -r ti _ < <(t_run perf t-seq256k $TPID "$T_URL" -m 8 -b 512)
 row "iscsi-perf 256KiB seq read QD8 (MiB/s)" "$((ci / 4))" "$((ti / 4))"
 fi
 
+median() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+
+# qbench_pair LABEL ARGS... -> "cachelun_iops tgtd_iops": a qemu-img bench
+# run takes seconds, and one run of either target varies by up to 15 %
+# between runs on a small shared machine, so each target runs WRUNS times,
+# alternating with the other, and each side's median is reported. The
+# cache is sized so that all these writes fit in its log below the GC
+# threshold: this measures the cache absorbing writes. Once the log is full,
+# every write also costs its writeback to the backing file (on the same
+# disk here) and GC; that steady state is slower and not measured here.
+qbench_pair() {
+	local label=$1; shift
+	local cs=() ts=() i
+	for i in $(seq "$WRUNS"); do
+		cs+=("$(qbench c-$label-$i "$C_URL/0" "$@")")
+		ts+=("$(t_run qbench t-$label-$i "$T_URL" "$@")")
+	done
+	echo "runs: cachelun ${cs[*]}; tgtd ${ts[*]}" > "$OUT/$label.runs"
+	echo "$(median "${cs[@]}") $(median "${ts[@]}")"
+}
+
 if want writes; then
-ci=$(qbench c-w4k-qd32 "$C_URL/0" -w -t none -c 200000 -d 32 -s 4k)
-ti=$(t_run qbench t-w4k-qd32 "$T_URL" -w -t none -c 200000 -d 32 -s 4k)
+read -r ci ti < <(qbench_pair w4k-qd32 -w -t none -c 200000 -d 32 -s 4k)
 row "qemu-img bench 4KiB write QD32 (IOPS)" "$ci" "$ti"
-ci=$(qbench c-w4k-fua "$C_URL/0" -w -t writethrough -c 20000 -d 32 -s 4k)
-ti=$(t_run qbench t-w4k-fua "$T_URL" -w -t writethrough -c 20000 -d 32 -s 4k)
+read -r ci ti < <(qbench_pair w4k-fua -w -t writethrough -c 20000 -d 32 -s 4k)
 row "qemu-img bench 4KiB writethrough/FUA QD32 (IOPS)" "$ci" "$ti"
 fi
 
@@ -248,5 +283,9 @@ if [ ${#HOTROWS[@]} -gt 0 ]; then
 	echo "bound on the QD32 ratio: cached LUN <= the target's own QD32 read rate; passthrough <= 32 / 5 ms = 6400 IOPS"
 fi
 echo
+if want writes; then
+	echo "qemu-img bench rows: median of $WRUNS alternating runs per target:"
+	cat "$OUT/w4k-qd32.runs" "$OUT/w4k-fua.runs"
+fi
 echo "(${DUR}s per iscsi-perf run; LUN $LUN_SIZE; hot set $HOT_SIZE; logs were in $OUT)"
 kill -0 $CPID 2>/dev/null || echo "WARNING: cachelun died during the run"
