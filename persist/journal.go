@@ -235,12 +235,11 @@ func (j *Journal) append(keys []Key, epoch uint64, unfenced bool) (KSet, error) 
 	return ks, nil
 }
 
-// writeSize is how many bytes a kset of size bytes at pos is written
-// with: size, or with padToPage up to the next page
-// boundary of the media (within the segment). The padding lies past the
-// log's head, where nothing valid is (the next kset overwrites it), and
-// replay reads its zeros as the end of the log. Only the kset's own bytes
-// need to be durable.
+// writeSize is how many bytes a kset of size bytes at pos is written with:
+// size, or with padToPage up to the next page boundary of the media
+// (within the segment). The padding lies past the log's head, where nothing
+// valid is (the next kset overwrites it), and replay reads its zeros as the
+// end of the log. Only the kset's own bytes need to be durable.
 func (j *Journal) writeSize(pos Pos, size uint32) int {
 	if !j.padToPage {
 		return int(size)
