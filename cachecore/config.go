@@ -93,6 +93,9 @@ type Config struct {
 	// noCarryGrace lets writeback carry keys of volumes that are not
 	// attached right after Open (tests); see carryGrace.
 	noCarryGrace bool
+	// wbPassKsets, when set, replaces wbMaxKsets (tests: small writeback
+	// passes).
+	wbPassKsets int
 }
 
 // VolumeConfig configures one volume.

@@ -28,7 +28,10 @@
 //   - Writeback walks the log in order from dirty_tail, collapses overwrites
 //     only within one flush epoch, flushes the backing device and only then
 //     persists dirty_tail: the backing device alone is always a crash image
-//     that respects the host's flushes.
+//     that respects the host's flushes. A pass that ends inside an epoch
+//     reads on over the durable ksets of that epoch and skips the data they
+//     overwrite (collapseAhead): the newer keys are durable, and written
+//     back before anything of a later epoch.
 //   - In every mode a write overlapping dirty data not yet written back
 //     takes the cache path, so writeback never overwrites newer backing
 //     data with older cache data. A discard of dirty data writes zeroes

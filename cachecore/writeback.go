@@ -14,11 +14,16 @@ import (
 )
 
 const (
-	wbMaxKsets    = 256     // ksets written back per backing flush at most
-	wbMaxRun      = 1 << 20 // bytes per backing write at most
-	wbWorkers     = 4       // concurrent backing writes of one pass
-	wbTrickleRate = 1 << 20 // bytes/s below the target dirty percentage
-	wbMinRate     = 4 << 20
+	wbMaxKsets = 256 // ksets written back per backing flush at most
+	// wbLookaheadKsets bounds how far past a full pass writeback reads
+	// the log for later keys of the same flush epoch that overwrite the
+	// pass's data (see collapseAhead): 2048 ksets are at most 256 Ki keys,
+	// about 10 MiB of log read again per pass.
+	wbLookaheadKsets = 2048
+	wbMaxRun         = 1 << 20 // bytes per backing write at most
+	wbWorkers        = 4       // concurrent backing writes of one pass
+	wbTrickleRate    = 1 << 20 // bytes/s below the target dirty percentage
+	wbMinRate        = 4 << 20
 	// wbExcessSeconds: between the target and the high watermark,
 	// writeback runs at (dirty - target) / wbExcessSeconds bytes/s
 	// (bcache's writeback_rate_p_term_inverse is 40 as well).
@@ -351,9 +356,18 @@ func (c *Cache) writebackPass(ctx context.Context) (int64, error) {
 	if rate := c.writebackRate(); rate > 0 {
 		budget = max(rate/10, wbMaxRun)
 	}
+	maxKsets := wbMaxKsets
+	if n := c.config().wbPassKsets; n > 0 {
+		maxKsets = n
+	}
 	var batch []persist.KSet
 	var batchBytes int64
-	for len(batch) < wbMaxKsets && batchBytes < budget {
+	atLimit := false // the pass stopped at its size limits, inside its epoch
+	for {
+		if len(batch) >= maxKsets || batchBytes >= budget {
+			atLimit = true
+			break
+		}
 		ks, ok := r.Next()
 		if !ok || ks.LSN >= durable {
 			break
@@ -425,6 +439,9 @@ func (c *Cache) writebackPass(ctx context.Context) (int64, error) {
 			}
 		}
 	}
+	if atLimit {
+		collapseAhead(r, batch[0].Epoch, durable, targets)
+	}
 	last := batch[len(batch)-1]
 	if len(carry) > 0 && c.clock().Now().Before(c.carryAfter) {
 		// Right after Open the daemon is still attaching its volumes:
@@ -486,6 +503,51 @@ func (c *Cache) writebackPass(ctx context.Context) (int64, error) {
 	}
 	c.kickGC()
 	return max(written, 1), nil
+}
+
+// collapseAhead extends the pass's collapsing past its end: it reads on
+// (r is positioned after the pass's last kset) over ksets of the same flush
+// epoch that are durable, and drops from the pass's ranges every part that
+// a dirty key there overwrites. The pass then does not write back data the
+// backing device would get a newer version of in the same epoch anyway.
+//
+// This keeps the backing device a crash image that respects the host's
+// flushes: after the pass it holds every epoch before this one and a
+// subset of this epoch's writes, and the overwriting keys are durable in
+// the log (a crash replays them from dirty_tail) and are written back
+// before any key of a later epoch, as the walk stops at the first kset of
+// another epoch. Only dirty keys of volumes in the pass collapse; clean
+// keys and tombstones never drop a range (conservative).
+//
+// In a full log under random overwrites (the steady state of a cache
+// whose log wraps) writeback would otherwise write back nearly every
+// version of every block.
+func collapseAhead(r *persist.Replayer, epoch, durable uint64, targets map[uint32]*wbTarget) {
+	for range wbLookaheadKsets {
+		ks, ok := r.Next()
+		if !ok || ks.LSN >= durable || ks.Epoch != epoch {
+			return
+		}
+		for i := range ks.Keys {
+			k := &ks.Keys[i]
+			if k.Flags != persist.KeyDirty {
+				continue
+			}
+			t := targets[k.Volume]
+			if t == nil || t.v == nil {
+				continue
+			}
+			end := min(int64(k.Offset)+int64(k.Length), t.vs.size)
+			if int64(k.Offset) >= end {
+				continue
+			}
+			for _, p := range splitPieces(int64(k.Offset), end-int64(k.Offset)) {
+				if l := t.list[p.stripe]; l != nil {
+					l.replace(p.s, p.e, nil)
+				}
+			}
+		}
+	}
 }
 
 // readForWriteback copies the cache data of a dirty extent under the

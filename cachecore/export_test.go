@@ -1,0 +1,9 @@
+package cachecore
+
+// WithWritebackPassKsets returns cfg with writeback passes of at most n
+// ksets, so that tests see many passes (and their collapsing across
+// passes) in a small workload.
+func WithWritebackPassKsets(cfg Config, n int) Config {
+	cfg.wbPassKsets = n
+	return cfg
+}
