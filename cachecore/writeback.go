@@ -511,9 +511,10 @@ func (c *Cache) writebackPass(ctx context.Context) (int64, error) {
 
 // collapseAhead extends the pass's collapsing past its end: it reads on
 // (r is positioned after the pass's last kset) over up to maxKsets ksets
-// of the same flush epoch that are durable, and drops from the pass's ranges every part that
-// a dirty key there overwrites. The pass then does not write back data the
-// backing device would get a newer version of in the same epoch anyway.
+// of the same flush epoch that are durable, and drops from the pass's
+// ranges every part that a dirty key there overwrites. The pass then does
+// not write back data the backing device would get a newer version of in
+// the same epoch anyway.
 //
 // This keeps the backing device a crash image that respects the host's
 // flushes: after the pass it holds every epoch before this one and a
