@@ -1,7 +1,6 @@
 package iscsi
 
 import (
-	"context"
 	"encoding/binary"
 	"errors"
 	"math/bits"
@@ -35,8 +34,7 @@ type task struct {
 	pooled   bool
 	reserved int64 // bytes counted in Server.bufBytes
 	resp     scsi.Response
-	ctx      context.Context
-	cancel   context.CancelFunc
+	ctx      taskCtx
 	done     chan struct{} // closed when the task goroutine finishes
 	noExec   bool          // answered by the transport itself (resp preset)
 
@@ -550,7 +548,6 @@ func (c *conn) startLocked(t *task) *task {
 	if t.cmd.Attr == scsi.TaskOrdered {
 		c.ordered = t
 	}
-	t.ctx, t.cancel = context.WithCancel(c.ctx)
 	c.taskWG.Add(1)
 	return t
 }
@@ -612,11 +609,11 @@ func (t *task) run(st SCSITarget) {
 			t.c.log.Error("iscsi: command panicked", "cdb", t.cmd.CDB, "panic", r, "stack", string(debug.Stack()))
 			t.resp = scsi.Response{Status: scsi.StatusCheckCondition, Sense: senseData(0x04, 0x44, 0x00)}
 		}
-		t.cancel()
+		t.ctx.cancel()
 		close(t.done)
 		t.c.finish(t)
 	}()
-	t.resp = st.Execute(t.ctx, &t.cmd)
+	t.resp = st.Execute(&t.ctx, &t.cmd)
 }
 
 // finish queues the response of a task unless it was aborted.
@@ -671,9 +668,7 @@ func (c *conn) abortTasks(match func(*task) bool) int {
 		c.run(x)
 	}
 	for _, t := range victims {
-		if t.cancel != nil {
-			t.cancel()
-		}
+		t.ctx.cancel()
 	}
 	for _, t := range victims {
 		c.tmu.Lock()
