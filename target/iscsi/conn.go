@@ -69,6 +69,7 @@ type conn struct {
 	closing  atomic.Bool // logout in progress or connection dropped
 	taskWG   sync.WaitGroup
 	workerWG sync.WaitGroup // task worker goroutines
+	workers  atomic.Int32   // task worker goroutines running
 	work     chan *task     // hands a task to an idle worker
 	auxWG    sync.WaitGroup // TMF and logout goroutines
 

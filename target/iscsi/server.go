@@ -108,6 +108,10 @@ type Server struct {
 
 	bufBytes atomic.Int64 // data buffer bytes reserved by commands in flight
 
+	// workerIdle is how long a connection's idle task worker waits for
+	// work before it ends (at least once, at most twice that).
+	workerIdle time.Duration
+
 	mu            sync.Mutex
 	targets       map[string]*targetEntry
 	discoveryCHAP *CHAP
@@ -178,6 +182,8 @@ func NewServer(cfg Config) *Server {
 		targets:  map[string]*targetEntry{},
 		sessions: map[uint16]*session{},
 		conns:    map[*conn]struct{}{},
+
+		workerIdle: defaultWorkerIdle,
 	}
 }
 

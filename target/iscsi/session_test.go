@@ -886,3 +886,70 @@ func TestOrderedTaskAttribute(t *testing.T) {
 		t.Fatalf("volume saw %v; want [0 3 1 2]", order)
 	}
 }
+
+// TestIdleWorkersEnd runs commands concurrently, so that the connection
+// starts several task workers, and checks that they end once idle and that
+// the connection serves commands again afterwards.
+func TestIdleWorkersEnd(t *testing.T) {
+	env := startServer(t, Config{}, nil)
+	env.srv.workerIdle = 50 * time.Millisecond
+	release := make(chan struct{})
+	var held sync.WaitGroup
+	held.Add(4)
+	env.vol.SetGate(func(ctx context.Context, off int64) error {
+		if off >= 100*512 && off < 104*512 {
+			held.Done()
+			select {
+			case <-release:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		return nil
+	})
+	ti := dialInitiator(t, env.addr)
+	ti.login(env.iqn)
+	want := map[uint32]*result{}
+	for i := range 4 {
+		want[ti.scsiCmd(0, read10(uint32(100+i), 1), true, 512, nil, true)] = &result{}
+	}
+	held.Wait()
+	c := onlyConn(t, env.srv)
+	if n := c.workers.Load(); n < 4 {
+		t.Fatalf("%d workers run 4 held commands", n)
+	}
+	close(release)
+	if err := ti.collect(want, nil); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for c.workers.Load() > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d workers still running after 5 s idle (idle period 50 ms)", c.workers.Load())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	again := map[uint32]*result{ti.scsiCmd(0, read10(1, 1), true, 512, nil, true): {}}
+	if err := ti.collect(again, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range again {
+		if r.status != 0 {
+			t.Fatalf("status %#x after the workers ended", r.status)
+		}
+	}
+}
+
+// onlyConn returns the server's one connection.
+func onlyConn(t *testing.T, srv *Server) *conn {
+	t.Helper()
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	if len(srv.conns) != 1 {
+		t.Fatalf("%d connections, want 1", len(srv.conns))
+	}
+	for c := range srv.conns {
+		return c
+	}
+	return nil
+}
