@@ -255,6 +255,8 @@ type task struct {
 	nx  *nexusState
 	cdb []byte
 
+	vctx streamCtx // volCtx's
+
 	status Status
 	data   []byte
 	xfer   uint32
@@ -263,12 +265,16 @@ type task struct {
 // volCtx is the context for volume calls: the task's context tagged with
 // the I/O stream (initiator port and LUN).
 func (tk *task) volCtx() context.Context {
-	return &streamCtx{Context: tk.ctx, stream: tk.nx.streamCtx}
+	if tk.vctx.Context == nil {
+		// Set once: a volume call may still use it when the next is made.
+		tk.vctx = streamCtx{Context: tk.ctx, stream: tk.nx.streamCtx}
+	}
+	return &tk.vctx
 }
 
 // streamCtx adds the nexus' stream name (looked up in a context built once
-// per nexus with blk.WithStream) to a task's context: one allocation per
-// command instead of two.
+// per nexus with blk.WithStream) to a task's context. It lives in the task,
+// so a command allocates no context of its own.
 type streamCtx struct {
 	context.Context
 	stream context.Context
