@@ -56,6 +56,7 @@ type conn struct {
 	ahead map[uint32]bool // CmdSNs received beyond ExpCmdSN (reader only)
 
 	tmu      sync.Mutex
+	finished sync.Cond        // on tmu: an aborted task's goroutine has finished
 	tasks    map[uint32]*task // by ITT: every task not yet answered
 	aheadT   map[uint32]*task // by CmdSN: commands received beyond ExpCmdSN
 	held     []*task          // data complete, waiting for earlier CmdSNs
@@ -142,6 +143,7 @@ func (s *Server) newConn(nc net.Conn) *conn {
 	if ap, err := netip.ParseAddrPort(nc.LocalAddr().String()); err == nil {
 		c.localAddr = ap
 	}
+	c.finished.L = &c.tmu
 	c.br = bufio.NewReaderSize(nc, 64<<10)
 	c.bw = newVecWriter(nc)
 	c.pr.r = c.br

@@ -233,7 +233,7 @@ func (pw *pduWriter) write(h *bhs, data []byte) error {
 	copy(pw.scratch[:], h[:])
 	n := bhsLen
 	if pw.headerDigest {
-		binary.LittleEndian.PutUint32(pw.scratch[bhsLen:], crc32.Checksum(h[:], castagnoli))
+		binary.LittleEndian.PutUint32(pw.scratch[bhsLen:], crc32.Checksum(pw.scratch[:bhsLen], castagnoli))
 		n += 4
 	}
 	if _, err := pw.w.Write(pw.scratch[:n]); err != nil {

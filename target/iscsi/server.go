@@ -107,6 +107,7 @@ type Server struct {
 	lim limits
 
 	bufBytes atomic.Int64 // data buffer bytes reserved by commands in flight
+	bufs     bufPool
 
 	// workerIdle is how long a connection's idle task worker waits for
 	// work before it ends (at least once, at most twice that).

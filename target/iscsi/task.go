@@ -29,14 +29,15 @@ type task struct {
 	cmd       scsi.Command
 	cdb       [16]byte
 
-	buf      []byte // Data-Out, len == edtl for writes
-	dataIn   []byte // pooled Data-In buffer
+	buf      []byte  // Data-Out, len == edtl for writes
+	dataIn   []byte  // pooled Data-In buffer
+	bufP     *[]byte // pooled buffers (Server.bufs) behind buf and dataIn
+	dataInP  *[]byte
 	pooled   bool
 	reserved int64 // bytes counted in Server.bufBytes
 	resp     scsi.Response
 	ctx      taskCtx
-	done     chan struct{} // closed when the task goroutine finishes
-	noExec   bool          // answered by the transport itself (resp preset)
+	noExec   bool // answered by the transport itself (resp preset)
 
 	// Data-Out collection (reader goroutine only).
 	unsolNext, unsolEnd uint32 // unsolicited window [imm, unsolEnd)
@@ -61,9 +62,10 @@ func (t *task) complete() bool {
 func (t *task) release() {
 	t.unreserve()
 	if t.pooled {
-		putBuf(t.buf)
-		putBuf(t.dataIn)
+		t.c.srv.bufs.put(t.bufP)
+		t.c.srv.bufs.put(t.dataInP)
 	}
+	t.bufP, t.dataInP = nil, nil
 	t.buf, t.dataIn, t.cmd.DataOut, t.cmd.DataIn, t.resp.Data = nil, nil, nil, nil, nil
 }
 
@@ -81,7 +83,13 @@ const (
 	maxBufShift = 24
 )
 
-var bufPools [maxBufShift - minBufShift + 1]sync.Pool
+// bufPool recycles data buffers by size class. It holds pointers to
+// slices, so that putting a buffer back does not allocate a slice header
+// (two allocations a command, one for its buffer and one for the pointer
+// to it, otherwise).
+type bufPool struct {
+	classes [maxBufShift - minBufShift + 1]sync.Pool
+}
 
 func bufClass(n int) int {
 	if n <= 1<<minBufShift {
@@ -90,30 +98,42 @@ func bufClass(n int) int {
 	return bits.Len(uint(n-1)) - minBufShift
 }
 
-func getBuf(n int) []byte {
+// get returns a buffer of length n, or nil for n == 0.
+func (p *bufPool) get(n int) *[]byte {
 	if n == 0 {
 		return nil
 	}
 	c := bufClass(n)
-	if c >= len(bufPools) {
-		return make([]byte, n)
+	if c >= len(p.classes) {
+		b := make([]byte, n)
+		return &b
 	}
-	if p, ok := bufPools[c].Get().(*[]byte); ok {
-		return (*p)[:n]
+	if b, ok := p.classes[c].Get().(*[]byte); ok {
+		*b = (*b)[:n]
+		return b
 	}
-	return make([]byte, n, 1<<(c+minBufShift))
+	b := make([]byte, n, 1<<(c+minBufShift))
+	return &b
 }
 
-func putBuf(b []byte) {
+// bytesOf is the buffer b points to; nil for nil.
+func bytesOf(b *[]byte) []byte {
+	if b == nil {
+		return nil
+	}
+	return *b
+}
+
+// put returns a buffer from get; nil is ignored.
+func (p *bufPool) put(b *[]byte) {
 	if b == nil {
 		return
 	}
-	c := bufClass(cap(b))
-	if c >= len(bufPools) || cap(b) != 1<<(c+minBufShift) {
+	c := bufClass(cap(*b))
+	if c >= len(p.classes) || cap(*b) != 1<<(c+minBufShift) {
 		return
 	}
-	b = b[:cap(b)]
-	bufPools[c].Put(&b)
+	p.classes[c].Put(b)
 }
 
 // Fixed-format sense data for errors the transport detects itself.
@@ -200,7 +220,6 @@ func (c *conn) handleSCSICommand(h *pduHeader) error {
 		read:      read,
 		write:     write,
 		edtl:      edtl,
-		done:      make(chan struct{}),
 		ttt:       reservedTag,
 		counted:   counted,
 	}
@@ -260,9 +279,10 @@ func (c *conn) handleSCSICommand(h *pduHeader) error {
 	t.reserved = need
 	t.pooled = true
 	if write {
-		t.buf = getBuf(int(edtl))
+		t.bufP = c.srv.bufs.get(int(edtl))
+		t.buf = bytesOf(t.bufP)
 		if err := c.pr.readData(h, t.buf[:dsl]); err != nil {
-			putBuf(t.buf)
+			c.srv.bufs.put(t.bufP)
 			t.unreserve()
 			return err
 		}
@@ -279,7 +299,8 @@ func (c *conn) handleSCSICommand(h *pduHeader) error {
 		t.solNext, t.r2tNext = edtl, edtl
 	}
 	if read {
-		t.dataIn = getBuf(int(edtl))
+		t.dataInP = c.srv.bufs.get(int(edtl))
+		t.dataIn = bytesOf(t.dataInP)
 		t.cmd.DataIn = t.dataIn[:0]
 		t.cmd.DataInLen = edtl
 	}
@@ -569,7 +590,6 @@ func (c *conn) releaseGatedLocked() []*task {
 // run hands a started task to a worker.
 func (c *conn) run(t *task) {
 	if t.noExec {
-		close(t.done)
 		c.finish(t)
 		return
 	}
@@ -622,7 +642,6 @@ func (t *task) run(st SCSITarget) {
 			t.resp = scsi.Response{Status: scsi.StatusCheckCondition, Sense: senseData(0x04, 0x44, 0x00)}
 		}
 		t.ctx.cancel()
-		close(t.done)
 		t.c.finish(t)
 	}()
 	t.resp = st.Execute(&t.ctx, &t.cmd)
@@ -633,6 +652,9 @@ func (c *conn) finish(t *task) {
 	defer c.taskWG.Done()
 	c.tmu.Lock()
 	t.finished = true
+	if t.aborted {
+		c.finished.Broadcast() // abortTasks waits for it
+	}
 	c.active--
 	if c.ordered == t {
 		c.ordered = nil
@@ -685,9 +707,11 @@ func (c *conn) abortTasks(match func(*task) bool) int {
 	for _, t := range victims {
 		c.tmu.Lock()
 		started := t.started
+		for started && !t.finished {
+			c.finished.Wait()
+		}
 		c.tmu.Unlock()
 		if started {
-			<-t.done
 			t.release()
 		} else {
 			// The reader may still be filling its buffer: leave that to
