@@ -79,8 +79,10 @@
 // queue is empty, so responses that become ready together share one write),
 // a keepalive goroutine, one worker goroutine per concurrently running
 // command (workers are reused while the connection is busy and exit after
-// two idle seconds), and short-lived goroutines for task management and
-// logout. Sessions have one connection,
+// two to four idle seconds), and short-lived goroutines for task management
+// and logout. A command's context is its own, not a child of the
+// connection's: task management cancels it, and teardown aborts every task
+// of a connection that ends. Sessions have one connection,
 // so StatSN is per connection and per session alike.
 //
 // Lock order: Server.mu, then conn.tmu (the task table), then conn.wmu (the
