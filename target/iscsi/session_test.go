@@ -953,3 +953,33 @@ func onlyConn(t *testing.T, srv *Server) *conn {
 	}
 	return nil
 }
+
+// TestDroppedConnectionCancelsTasks closes the socket while a command is
+// held in the device server: the command's context is cancelled.
+func TestDroppedConnectionCancelsTasks(t *testing.T) {
+	env := startServer(t, Config{}, nil)
+	entered := make(chan struct{})
+	cancelled := make(chan struct{})
+	giveUp := make(chan struct{})
+	t.Cleanup(func() { close(giveUp) }) // before the server's shutdown
+	env.vol.SetGate(func(ctx context.Context, off int64) error {
+		close(entered)
+		select {
+		case <-ctx.Done():
+			close(cancelled)
+			return ctx.Err()
+		case <-giveUp:
+			return errors.New("not cancelled")
+		}
+	})
+	ti := dialInitiator(t, env.addr)
+	ti.login(env.iqn)
+	ti.scsiCmd(0, read10(5, 1), true, 512, nil, true)
+	<-entered
+	ti.nc.Close()
+	select {
+	case <-cancelled:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the command of a dropped connection was not cancelled")
+	}
+}
