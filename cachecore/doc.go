@@ -67,7 +67,9 @@
 // make it (persist.Store.ReplayVerified), so a FUA write waits for one
 // flush instead of two.
 //
-// Cache space comes from sharded data heads; a segment's reference count
+// Cache space comes from data heads (one where a flush covers the whole
+// file, so that the data of writes sharing a flush is contiguous; sharded
+// elsewhere, against lock contention); a segment's reference count
 // is one per live-log key pointing into it plus one while it is a head.
 // GC advances key_tail over clean log (never past dirty_tail), evicting
 // the keys it passes from the index and dropping their references; a
