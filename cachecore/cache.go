@@ -124,6 +124,11 @@ type volState struct {
 	vol        atomic.Pointer[Volume]
 }
 
+// ErrJournalDamaged is wrapped by Open's error when the journal is damaged
+// before its known-durable point (persist.ErrJournalDamaged is wrapped
+// too, with the record and the evidence): the cache is refused.
+var ErrJournalDamaged = errors.New("cachecore: journal damaged")
+
 // ErrCacheFailed is wrapped by errors of a cache retired after a media
 // fault.
 var ErrCacheFailed = errors.New("cachecore: cache retired after a media failure")
@@ -358,6 +363,13 @@ func (c *Cache) replay(ctx context.Context) (head persist.Tail, logSegs []uint32
 		if errors.Is(err, persist.ErrMediaFault) {
 			return persist.Tail{}, nil, 0, fmt.Errorf("cachecore: replay: %w", err)
 		}
+		if errors.Is(err, persist.ErrJournalDamaged) {
+			// Contract 9: damage to a durable kset is not the end of the
+			// log. Replaying only what precedes it would serve older data
+			// for every block it (or a kset after it) wrote, so the cache
+			// is refused, with the record, offset and evidence.
+			return persist.Tail{}, nil, 0, fmt.Errorf("cachecore: replay: %w: %w; the cache is refused (run `cachelun check` on the file to see what is lost, `cachelun check --repair` to salvage)", ErrJournalDamaged, err)
+		}
 		if errors.Is(err, persist.ErrTornData) {
 			c.log.Warn("replay: the log ends at a kset whose data did not reach the media before the crash; it and the ksets after it were never acknowledged and are dropped", "reason", err)
 		} else {
@@ -527,6 +539,7 @@ func isMediaFault(err error) bool { return errors.Is(err, persist.ErrMediaFault)
 // flusher closes ksets that have been open for JournalFlushInterval.
 func (c *Cache) flusher() {
 	defer c.workers.Done()
+	var lastMark time.Time
 	for {
 		iv := c.config().JournalFlushInterval
 		tick := max(iv/10, time.Millisecond)
@@ -540,9 +553,34 @@ func (c *Cache) flusher() {
 		if c.failed.Load() {
 			continue
 		}
-		c.closeAged(c.clock().Now(), iv)
+		now := c.clock().Now()
+		c.closeAged(now, iv)
 		c.pruneSlots()
+		if now.Sub(lastMark) >= durableMarkInterval {
+			lastMark = now
+			if err := c.markDurable(); err != nil {
+				c.fail("durable mark", err)
+			}
+		}
 	}
+}
+
+// durableMarkInterval is how often, at most, the flusher records the
+// durable mark (persist.Store.SetDurableMark) while the journal advances:
+// a kset that became durable more than about this long before a crash, or
+// before a clean close, is then known durable to replay even when no later
+// kset says so, so damage to it is reported rather than taken for the end
+// of the log. Each update is one record persist.
+const durableMarkInterval = time.Second
+
+// markDurable records the journal's durable point in the cache file if it
+// moved.
+func (c *Cache) markDurable() error {
+	d := c.journal.Durable()
+	if d == 0 || d <= c.store.DurableMark() {
+		return nil
+	}
+	return c.store.SetDurableMark(d)
 }
 
 // SetConfig changes the live tunables: GCPercent, JournalFlushInterval,
@@ -775,6 +813,9 @@ func (c *Cache) Close(ctx context.Context) error {
 	}
 	if c.failedErr() == nil {
 		if ferr := c.flushAll(); ferr != nil && err == nil {
+			err = ferr
+		}
+		if ferr := c.markDurable(); ferr != nil && err == nil {
 			err = ferr
 		}
 	}

@@ -56,6 +56,12 @@ type JournalSummary struct {
 	Head             Tail   `json:"head"`
 	StopReason       string `json:"stop_reason"`
 	DirtyTailReached bool   `json:"dirty_tail_reached"`
+	// Damage, when the walk stopped at a record that had been durable
+	// (ErrJournalDamaged): the damage and the ranges that may read older
+	// data (Store.DamageReport).
+	Damage []string `json:"damage,omitempty"`
+	// DurableMark: every kset up to this LSN was durable when it was set.
+	DurableMark uint64 `json:"durable_mark"`
 }
 
 // Inspect walks the cache read-only and summarises it.
@@ -99,7 +105,7 @@ func walk(s *Store, verifyData bool) (Report, []string, error) {
 			problems = append(problems, ferr.Error())
 		}
 	}
-	for _, r := range []*dualRecord{&s.info, &s.keyTail, &s.dirtyTail, &s.volumes} {
+	for _, r := range []*dualRecord{&s.info, &s.keyTail, &s.dirtyTail, &s.volumes, &s.durable} {
 		slotLen := 4096
 		if r.magic == magicVolumes {
 			slotLen = volumeSlotSize
@@ -183,6 +189,15 @@ func walk(s *Store, verifyData bool) (Report, []string, error) {
 	rep.Segments.Data = len(dataSegs)
 	if errors.Is(stop, ErrMediaFault) {
 		return rep, problems, stop
+	}
+	js.DurableMark = s.DurableMark()
+	var damage *DamageError
+	if errors.As(stop, &damage) {
+		js.Damage = s.DamageReport(damage)
+		problems = append(problems, js.Damage...)
+		// The dirty tail may lie beyond the damage: that is part of it,
+		// not a problem of its own.
+		js.DirtyTailReached = true
 	}
 	if errors.Is(stop, ErrBounds) {
 		problems = append(problems, "journal: a checksummed record is out of bounds: "+stop.Error())

@@ -33,6 +33,7 @@ type crashWorkload struct {
 	results  []crashResult
 	variants int
 	images   int
+	damaged  int // damaged images checked (checkDamage)
 }
 
 type crashResult struct {
@@ -101,13 +102,15 @@ func (w *crashWorkload) check(point int) {
 		if !w.tails[kt] || !w.dtails[dt] {
 			w.t.Fatalf("point %d variant %d: tails %+v / %+v never set", point, v, kt, dt)
 		}
-		r := s.Replay(kt)
+		r := s.ReplayVerified(kt)
 		last := kt.LSN - 1
+		var replayed []KSet
 		for {
 			ks, ok := r.Next()
 			if !ok {
 				break
 			}
+			replayed = append(replayed, ks)
 			want, known := w.expected[ks.LSN]
 			if ks.LSN != last+1 || !known {
 				w.t.Fatalf("point %d variant %d: replayed LSN %d after %d (known %v)", point, v, ks.LSN, last, known)
@@ -117,10 +120,70 @@ func (w *crashWorkload) check(point int) {
 			}
 			last = ks.LSN
 		}
-		if errors.Is(r.StopReason(), ErrBounds) || errors.Is(r.StopReason(), ErrMediaFault) {
+		if errors.Is(r.StopReason(), ErrBounds) || errors.Is(r.StopReason(), ErrMediaFault) || errors.Is(r.StopReason(), ErrJournalDamaged) {
 			w.t.Fatalf("point %d variant %d: replay stopped: %v", point, v, r.StopReason())
 		}
 		w.results = append(w.results, crashResult{point: point, exact: rng == nil, lastLSN: last})
+		if rng == nil {
+			w.checkDamage(point, img, replayed)
+		}
+	}
+}
+
+// checkDamage damages, in copies of a crash image, ksets of its log that
+// were durable at the point and that a later durable kset (or the durable
+// mark) proves durable, and expects replay to report ErrJournalDamaged at
+// exactly that kset, never to end the log there silently. Every kset
+// whose Commit had returned is covered except the newest one, which only
+// the durable mark covers (the workload sets it now and then).
+func (w *crashWorkload) checkDamage(point int, img *CrashMedia, replayed []KSet) {
+	var proven []KSet
+	mark := uint64(0)
+	if s, err := Open(img); err == nil {
+		mark = s.DurableMark()
+	}
+	for i, ks := range replayed {
+		if _, durable := w.durableAt[ks.LSN]; !durable {
+			break
+		}
+		laterDurable := i+1 < len(replayed) && w.durableAt[replayed[i+1].LSN] > 0
+		if laterDurable || ks.LSN <= mark {
+			proven = append(proven, ks)
+		}
+	}
+	if len(proven) == 0 {
+		return
+	}
+	// Bounded work per point: the first, the last and one random proven
+	// kset; over all points every kset is damaged many times.
+	picks := []KSet{proven[0], proven[len(proven)-1], proven[w.rng.IntN(len(proven))]}
+	for _, ks := range picks {
+		b := img.Bytes()
+		n := int(ksetSize(len(ks.Keys)))
+		at := w.s.DataOffset(ks.Pos) + int64(w.rng.IntN(n-4))
+		for i := range int64(4) {
+			b[at+i] ^= 0x5a
+		}
+		s, err := Open(NewCrashMediaFrom(b, TearUnit(img.unit)))
+		if err != nil {
+			w.t.Fatalf("point %d: damaged image: open: %v", point, err)
+		}
+		r := s.ReplayVerified(s.KeyTail())
+		for {
+			got, ok := r.Next()
+			if !ok {
+				break
+			}
+			if got.LSN >= ks.LSN {
+				w.t.Fatalf("point %d: damage in kset LSN %d (bytes %d..%d): replay returned LSN %d", point, ks.LSN, at, at+4, got.LSN)
+			}
+		}
+		var de *DamageError
+		if !errors.As(r.StopReason(), &de) || de.Stop.LSN != ks.LSN || de.Evidence == "" {
+			w.t.Fatalf("point %d: damage in durable kset LSN %d at %+v (bytes %d..%d, mark %d): replay stopped with %v, want ErrJournalDamaged there",
+				point, ks.LSN, ks.Pos, at, at+4, mark, r.StopReason())
+		}
+		w.damaged++
 	}
 }
 
@@ -156,6 +219,13 @@ func (w *crashWorkload) commit() {
 	}
 	w.durableAt[ks.LSN] = w.m.PersistPoints()
 	w.committed = append(w.committed, ks)
+	// The engine sets the durable mark now and then (when the log is
+	// idle, and at close); so does the workload.
+	if w.rng.IntN(8) == 0 {
+		if err := w.s.SetDurableMark(ks.LSN); err != nil {
+			w.t.Fatal(err)
+		}
+	}
 }
 
 // predictPos is where the journal will put a kset of n keys at head.
@@ -294,8 +364,11 @@ func TestCrashEveryPersistPoint(t *testing.T) {
 			if switches < ops/80 || len(w.committed) < ops/2 {
 				t.Fatalf("workload too small: %d commits, %d segment switches", len(w.committed), switches)
 			}
-			t.Logf("tear unit %d: %d ksets committed, %d segment switches, %d persist points, %d crash images checked",
-				unit, len(w.committed), switches, w.m.PersistPoints(), w.images)
+			if w.damaged < ops {
+				t.Fatalf("only %d damaged images checked", w.damaged)
+			}
+			t.Logf("tear unit %d: %d ksets committed, %d segment switches, %d persist points, %d crash images checked, %d of them damaged",
+				unit, len(w.committed), switches, w.m.PersistPoints(), w.images, w.damaged)
 			total += w.images
 		})
 	}
@@ -344,11 +417,16 @@ func TestCrashConcurrentCommits(t *testing.T) {
 						t.Errorf("point %d: %v", point, err)
 						return
 					}
-					r := s2.Replay(s2.KeyTail())
+					r := s2.ReplayVerified(s2.KeyTail())
 					sn := seen{point: point, returned: returned}
 					for ks, ok := r.Next(); ok; ks, ok = r.Next() {
 						sn.lsns = append(sn.lsns, ks.LSN)
 						sn.idents = append(sn.idents, ks.Keys[0].Offset)
+					}
+					// A torn group commit (later ksets of the group durable,
+					// an earlier one not) is the end of the log, not damage.
+					if errors.Is(r.StopReason(), ErrJournalDamaged) {
+						t.Errorf("point %d variant %d: torn tail reported as damage: %v", point, v, r.StopReason())
 					}
 					images = append(images, sn) // hooks run one at a time: persists are serialized by the leader
 				}

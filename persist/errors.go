@@ -57,6 +57,10 @@ var (
 	// that did not reach the media (Store.ReplayVerified): the log ends
 	// before it.
 	ErrTornData = errors.New("persist: kset data did not reach the media")
+	// ErrJournalDamaged: replay stopped at a record that had been durable
+	// (a later durable kset or the durable mark proves it): damage to the
+	// media, not a torn tail. The error is a *DamageError.
+	ErrJournalDamaged = errors.New("persist: journal damaged before its known-durable point")
 )
 
 // FormatError explains why a media was refused: which record, at which

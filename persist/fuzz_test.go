@@ -3,6 +3,7 @@ package persist
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"testing"
 )
 
@@ -192,6 +193,81 @@ func FuzzOpen(f *testing.F) {
 			if fe, ok := err.(*FormatError); !ok || fe.Err == nil {
 				t.Fatalf("Open error %T %v", err, err)
 			}
+		}
+	})
+}
+
+// FuzzDamageDecision: four bytes of a log whose every kset is durable (the
+// durable mark covers all of them) are damaged anywhere in its segments.
+// Replay either returns every kset unchanged (the damage missed the log)
+// or stops with ErrJournalDamaged at the first kset it did not return:
+// never a shorter log that looks like a torn tail. Where the log continues
+// right after the damage, Repair makes it replay to its end again.
+func FuzzDamageDecision(f *testing.F) {
+	m, s := newTestStore(f, 4, TearDAX, FormatOptions{})
+	j := s.OpenJournal(s.KeyTail(), seqAlloc(4))
+	var committed []KSet
+	for i := 0; i < 40; i++ {
+		ks, err := j.Commit(testKeys(1+i%30, uint64(i), s), uint64(i/3))
+		if err != nil {
+			f.Fatal(err)
+		}
+		committed = append(committed, ks)
+	}
+	if err := s.SetDurableMark(committed[len(committed)-1].LSN); err != nil {
+		f.Fatal(err)
+	}
+	pristine := m.Bytes()
+	f.Add(uint32(0), uint32(1))
+	f.Add(uint32(72+8), uint32(0xffffffff))
+	f.Add(uint32(committed[20].Pos.Off+40), uint32(0x01000000))
+	f.Add(uint32(s.SegmentDataSize()-8), uint32(7))
+	f.Fuzz(func(t *testing.T, at, flip uint32) {
+		if flip == 0 {
+			return
+		}
+		img := NewCrashMediaFrom(pristine, TearDAX)
+		off := SegmentsOffset + int64(at%uint32(3*testSeg))
+		b := make([]byte, 4)
+		_ = img.ReadAt(b, off)
+		binary.LittleEndian.PutUint32(b, binary.LittleEndian.Uint32(b)^flip)
+		_ = img.WriteAt(b, off)
+		s2, err := Open(img)
+		if err != nil {
+			return
+		}
+		replay := func() ([]KSet, error) {
+			r := s2.ReplayVerified(s2.KeyTail())
+			var got []KSet
+			for ks, ok := r.Next(); ok && len(got) <= len(committed); ks, ok = r.Next() {
+				got = append(got, ks)
+			}
+			return got, r.StopReason()
+		}
+		got, stop := replay()
+		var d *DamageError
+		if len(got) == len(committed) {
+			return
+		}
+		if !errors.As(stop, &d) || d.Stop.LSN != committed[len(got)].LSN {
+			t.Fatalf("damage at %d: replayed %d of %d ksets, stop %v: want ErrJournalDamaged at LSN %d", off, len(got), len(committed), stop, committed[len(got)].LSN)
+		}
+		for i := range got {
+			if got[i].LSN != committed[i].LSN || got[i].Pos != committed[i].Pos {
+				t.Fatalf("kset %d replayed as %+v, committed %+v", i, got[i], committed[i])
+			}
+		}
+		if d.Resume.LSN == 0 {
+			return
+		}
+		if truncated, err := s2.Repair(d); err != nil {
+			t.Fatalf("repair: %v", err)
+		} else if truncated {
+			return
+		}
+		got, stop = replay()
+		if len(got) != len(committed) && !errors.Is(stop, ErrJournalDamaged) {
+			t.Fatalf("after repair: %d of %d ksets, stop %v", len(got), len(committed), stop)
 		}
 	})
 }

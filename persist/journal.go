@@ -114,6 +114,12 @@ func (j *Journal) Head() Tail {
 	return j.mu.head
 }
 
+// Durable returns an LSN up to which every kset is known durable: a
+// persist that covered it has returned in this session (or the replay
+// that opened the journal proved it). It may lag the truth, never lead it,
+// so it is what Store.SetDurableMark may be given.
+func (j *Journal) Durable() uint64 { return j.durableLSN.Load() }
+
 // Stats returns commit and flush counts.
 func (j *Journal) Stats() JournalStats {
 	return JournalStats{Commits: j.commits.Load(), Flushes: j.flushes.Load()}

@@ -19,6 +19,8 @@ const (
 	offKeyTail1    = 0x6000
 	offDirtyTail0  = 0x7000
 	offDirtyTail1  = 0x8000
+	offDurable0    = 0x9000
+	offDurable1    = 0xE000
 	offVolumes0    = 0xA000
 	offVolumes1    = 0xC000
 	volumeSlotSize = 0x2000
@@ -40,6 +42,7 @@ var (
 	magicKeyTail    = [8]byte{'c', 'l', 'u', 'n', 'K', 'T', 'A', 'L'}
 	magicDirtyTail  = [8]byte{'c', 'l', 'u', 'n', 'D', 'T', 'A', 'L'}
 	magicVolumes    = [8]byte{'c', 'l', 'u', 'n', 'V', 'O', 'L', 'S'}
+	magicDurable    = [8]byte{'c', 'l', 'u', 'n', 'D', 'U', 'R', 'A'}
 	magicSegGen     = [8]byte{'c', 'l', 'u', 'n', 'S', 'G', 'E', 'N'}
 	magicKSet       = [8]byte{'c', 'l', 'u', 'n', 'K', 'S', 'E', 'T'}
 )
@@ -58,6 +61,7 @@ const (
 	superblockSize              = recordHeaderSize + 64
 	infoPayloadSize             = 8
 	tailPayloadSize             = 16
+	durablePayloadSize          = 16
 	genPayloadSize              = 16
 	volumeEntrySize             = 96
 	// MaxVolumes is the capacity of the volume table.

@@ -24,6 +24,9 @@ type Replayer struct {
 	// (ReplayVerified).
 	torn       uint64
 	tornDetail string
+	// classify: where the walk stops, decide whether the record there is
+	// the end of the log or damage to a durable one (classifyStop).
+	classify bool
 }
 
 // Replay returns an iterator over the ksets starting at from. Nothing is
@@ -39,7 +42,13 @@ func (s *Store) Replay(from Tail) *Replayer {
 }
 
 func (r *Replayer) fail(err error, format string, args ...any) (KSet, bool) {
-	r.stop = &StopError{Pos: r.pos, LSN: r.lsn, Detail: fmt.Sprintf(format, args...), Err: err}
+	st := &StopError{Pos: r.pos, LSN: r.lsn, Detail: fmt.Sprintf(format, args...), Err: err}
+	r.stop = st
+	if r.classify && r.s != nil {
+		if r.stop = r.s.classifyStop(r, st); errorsIs(r.stop, ErrJournalDamaged) {
+			return KSet{}, false
+		}
+	}
 	if r.s != nil {
 		r.s.noteHead(r.Head(), headInfo{nonce: r.prevNonce, confirmed: r.confirmed})
 	}
@@ -185,6 +194,7 @@ func (s *Store) headInfo(head Tail) (headInfo, bool) {
 // caller.
 func (s *Store) ReplayVerified(from Tail) *Replayer {
 	r := s.Replay(from)
+	r.classify = true
 	if r.stop != nil || !s.unfenced {
 		return r
 	}

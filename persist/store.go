@@ -2,6 +2,7 @@ package persist
 
 import (
 	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"sync"
@@ -55,13 +56,17 @@ type Store struct {
 	lim      keyLimits
 
 	info, keyTail, dirtyTail, volumes dualRecord
+	// durable is the durable mark (see SetDurableMark): optional, absent
+	// (both slots zero) on a fresh format.
+	durable dualRecord
 
 	vals struct {
 		sync.Mutex
-		info      CacheInfo
-		keyTail   Tail
-		dirtyTail Tail
-		volumes   []VolumeRecord
+		info        CacheInfo
+		keyTail     Tail
+		dirtyTail   Tail
+		volumes     []VolumeRecord
+		durableMark uint64
 	}
 
 	gens []segGen
@@ -85,6 +90,7 @@ func newStore(m Media, sb Superblock) *Store {
 	s.keyTail = dualRecord{name: "key tail", magic: magicKeyTail, offs: [2]int64{offKeyTail0, offKeyTail1}, newest: -1}
 	s.dirtyTail = dualRecord{name: "dirty tail", magic: magicDirtyTail, offs: [2]int64{offDirtyTail0, offDirtyTail1}, newest: -1}
 	s.volumes = dualRecord{name: "volume table", magic: magicVolumes, offs: [2]int64{offVolumes0, offVolumes1}, newest: -1}
+	s.durable = dualRecord{name: "durable mark", magic: magicDurable, offs: [2]int64{offDurable0, offDurable1}, newest: -1}
 	s.gens = make([]segGen, sb.SegmentCount)
 	s.heads.nonce = make(map[Tail]headInfo)
 	return s
@@ -250,8 +256,11 @@ func refuseIfDirty(m Media) error {
 // HasDirtyData walks the log from the dirty tail and returns the number of
 // dirty keys found (keys not yet written back, including ones superseded
 // by later keys).
+//
+// A log damaged before its known-durable point (ErrJournalDamaged) may hide
+// dirty keys after the damage: that is returned as an error.
 func (s *Store) HasDirtyData() (int, error) {
-	r := s.Replay(s.DirtyTail())
+	r := s.ReplayVerified(s.DirtyTail())
 	n := 0
 	for {
 		ks, ok := r.Next()
@@ -264,8 +273,8 @@ func (s *Store) HasDirtyData() (int, error) {
 			}
 		}
 	}
-	if errors.Is(r.StopReason(), ErrMediaFault) {
-		return n, r.StopReason()
+	if stop := r.StopReason(); errors.Is(stop, ErrMediaFault) || errors.Is(stop, ErrJournalDamaged) {
+		return n, stop
 	}
 	return n, nil
 }
@@ -355,6 +364,9 @@ func Open(m Media) (*Store, error) {
 	}
 	if s.vals.volumes, err = decodeVolumesPayload(p); err != nil {
 		return nil, s.fieldError(&s.volumes, err)
+	}
+	if s.vals.durableMark, err = s.loadDurableMark(); err != nil {
+		return nil, err
 	}
 	// Only the two generation slots are read (not the whole header page):
 	// a large cache has up to millions of segments.
@@ -535,6 +547,73 @@ func (s *Store) SetVolumes(v []VolumeRecord) error {
 	}
 	s.vals.Lock()
 	s.vals.volumes = append([]VolumeRecord(nil), v...)
+	s.vals.Unlock()
+	return nil
+}
+
+// ---- durable mark ----
+
+// loadDurableMark reads the durable mark. Both slots zero (a format that
+// never wrote it) or both unreadable give 0: the mark only adds evidence
+// to replay's damage detection, it is never needed to open a cache, so a
+// rotten mark costs that evidence, not the cache (check reports the slot).
+func (s *Store) loadDurableMark() (uint64, error) {
+	r := &s.durable
+	var mark uint64
+	for slot, off := range r.offs {
+		b := make([]byte, recordHeaderSize+durablePayloadSize)
+		if err := s.m.ReadAt(b, off); err != nil {
+			return 0, &FormatError{Record: fmt.Sprintf("%s slot %d", r.name, slot), Offset: off, Expected: "readable media", Found: err.Error(), Err: ErrMediaFault}
+		}
+		seq, p, prob := decodeRecord(r.magic, s.sb.UUID, b, durablePayloadSize)
+		if prob != nil {
+			continue
+		}
+		if r.newest < 0 || seq > r.seq {
+			r.newest, r.seq = slot, seq
+			mark = binary.LittleEndian.Uint64(p[0:])
+		}
+	}
+	return mark, nil
+}
+
+// DurableMark returns the durable mark: every kset with an LSN up to it
+// was durable when it was written (0: no mark).
+func (s *Store) DurableMark() uint64 {
+	s.vals.Lock()
+	defer s.vals.Unlock()
+	return s.vals.durableMark
+}
+
+// SetDurableMark records, persisted before it returns, that every kset up
+// to lsn is durable. The caller must know it (a journal persist covering
+// lsn has returned). A mark at or below the current one is not written:
+// the mark only moves forward, except through ResetDurableMark.
+func (s *Store) SetDurableMark(lsn uint64) error {
+	s.durable.mu.Lock()
+	defer s.durable.mu.Unlock()
+	if lsn <= s.DurableMark() {
+		return nil
+	}
+	return s.writeDurableMarkLocked(lsn)
+}
+
+// resetDurableMark sets the mark to lsn even below the current one (a
+// repair that ends the log earlier).
+func (s *Store) resetDurableMark(lsn uint64) error {
+	s.durable.mu.Lock()
+	defer s.durable.mu.Unlock()
+	return s.writeDurableMarkLocked(lsn)
+}
+
+func (s *Store) writeDurableMarkLocked(lsn uint64) error {
+	p := make([]byte, durablePayloadSize)
+	binary.LittleEndian.PutUint64(p[0:], lsn)
+	if err := s.writeDualLocked(&s.durable, p); err != nil {
+		return err
+	}
+	s.vals.Lock()
+	s.vals.durableMark = lsn
 	s.vals.Unlock()
 	return nil
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -263,13 +264,18 @@ func runtimeKind(path string, roKind persist.MediaKind) persist.MediaKind {
 func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("check", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	repair := fs.Bool("repair", false, "repair a damaged journal (asks first; see --yes)")
+	yes := fs.Bool("yes", false, "with --repair: repair without asking")
 	pos, err := parseFlags(fs, args)
 	if err != nil {
 		return 2
 	}
 	if len(pos) != 1 {
-		fmt.Fprintln(stderr, "usage: cachelun check FILE")
+		fmt.Fprintln(stderr, "usage: cachelun check [--repair [--yes]] FILE")
 		return 2
+	}
+	if *repair {
+		return runRepair(pos[0], *yes, os.Stdin, stdout, stderr)
 	}
 	m, s, code := openStore("check", pos[0], stderr)
 	if code != 0 {
@@ -289,5 +295,79 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return 1
 	}
 	fmt.Fprintf(stdout, "%s: clean\n", pos[0])
+	return 0
+}
+
+// runRepair is `cachelun check --repair`: it finds each damaged record of
+// the journal, prints what its loss means per volume, and with the
+// operator's consent (--yes, or "yes" typed at the prompt) replaces it
+// (persist.Store.Repair). Nothing is changed without consent.
+func runRepair(path string, yes bool, stdin io.Reader, stdout, stderr io.Writer) int {
+	m, err := persist.OpenFile(path, persist.FileOptions{})
+	if err != nil {
+		fmt.Fprintf(stderr, "cachelun check --repair: %v\n", err)
+		return 2
+	}
+	defer m.Close()
+	s, err := persist.Open(m)
+	if err != nil {
+		fmt.Fprintf(stderr, "cachelun check --repair: %s: %v\n", path, err)
+		return 1
+	}
+	in := bufio.NewReader(stdin)
+	const maxRepairs = 64
+	repaired := 0
+	for ; repaired < maxRepairs; repaired++ {
+		r := s.ReplayVerified(s.KeyTail())
+		for _, ok := r.Next(); ok; _, ok = r.Next() {
+		}
+		var d *persist.DamageError
+		if !errors.As(r.StopReason(), &d) {
+			if errors.Is(r.StopReason(), persist.ErrMediaFault) {
+				fmt.Fprintf(stderr, "cachelun check --repair: %v\n", r.StopReason())
+				return 2
+			}
+			break
+		}
+		fmt.Fprintf(stdout, "%s: journal damaged\n", path)
+		for _, line := range s.DamageReport(d) {
+			fmt.Fprintf(stdout, "  %s\n", line)
+		}
+		if !yes {
+			fmt.Fprint(stdout, "repair it? the ranges listed above may then read older data (type yes): ")
+			answer, _ := in.ReadString('\n')
+			if strings.TrimSpace(answer) != "yes" {
+				fmt.Fprintln(stdout, "not repaired; nothing was changed")
+				return 1
+			}
+		}
+		truncated, err := s.Repair(d)
+		if err != nil {
+			fmt.Fprintf(stderr, "cachelun check --repair: %v\n", err)
+			return 2
+		}
+		if truncated {
+			fmt.Fprintf(stdout, "repaired: the log now ends before LSN %d\n", d.Stop.LSN)
+		} else {
+			fmt.Fprintf(stdout, "repaired: the damaged record at segment %d offset %d was replaced; the log continues at LSN %d\n", d.Stop.Pos.Seg, d.Stop.Pos.Off, d.Resume.LSN)
+		}
+	}
+	problems, err := persist.Check(s)
+	if err != nil {
+		fmt.Fprintf(stderr, "cachelun check --repair: %v\n", err)
+		return 2
+	}
+	if len(problems) > 0 {
+		fmt.Fprintf(stdout, "%s: %d problem(s) remain that --repair does not change\n", path, len(problems))
+		for _, p := range problems {
+			fmt.Fprintf(stdout, "  %s\n", p)
+		}
+		return 1
+	}
+	if repaired == 0 {
+		fmt.Fprintf(stdout, "%s: clean, nothing to repair\n", path)
+	} else {
+		fmt.Fprintf(stdout, "%s: clean after %d repair(s)\n", path, repaired)
+	}
 	return 0
 }
