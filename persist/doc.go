@@ -20,6 +20,8 @@
 //     (exactly the expected one) and session chain (below) hold, and every
 //     id, offset and length in it is within bounds. It stops at the first
 //     record that fails and says why (Replayer.StopReason).
+//   - ReplayVerified never takes damage to a kset that had been durable
+//     for the end of the log: it reports ErrJournalDamaged (see Damage).
 //   - Open never writes. A media it refuses gets a *FormatError naming the
 //     record, its offset, and what was expected and found.
 //   - Faults on a mapping (SIGBUS after an I/O error or truncation) become
@@ -93,6 +95,52 @@
 // read from the page cache and not be on the disk yet. Its first persist
 // covers it.
 //
+// # Damage
+//
+// The end of the log and damage to it look alike to a record-by-record
+// walk: both are a record that fails its checks. The last group commit
+// before a crash may be torn by design (none of it was acknowledged), so
+// stopping there is right; stopping at a record that had been durable
+// would silently drop every write recorded from it on and serve older
+// data in their place. ReplayVerified (the walk that rebuilds the engine's
+// state, and check's) therefore decides, where it stops at LSN L, whether
+// L had been durable, from two kinds of evidence:
+//
+//   - The durable mark, a dual-slot record (below) that the engine sets,
+//     at most once a second while the journal advances and at a clean
+//     close, to an LSN up to which every kset is known durable (a
+//     journal persist covering it returned). L <= mark is damage.
+//   - Later ksets. Every kset records how many ksets before it were not
+//     known durable when it was written (its unconfirmed count), so a kset
+//     at LSN M with count u proves every kset below M-u durable. The
+//     walk scans the rest of L's segment (8-byte steps) and the first slot
+//     of every segment it did not reach for a valid record (magic, CRC,
+//     cache UUID) with an LSN above L (at least L at a segment start,
+//     after a damaged LAST record), walks the log from there, and takes
+//     any kset that proves an LSN above L durable as proof. A stale kset
+//     of a session cut at a torn tail cannot give that proof: it was
+//     written before the cut point became durable, so what it proves
+//     stops below the cut point, and the cut point is at most L.
+//
+// With evidence, the stop is a *DamageError (ErrJournalDamaged): the
+// record, its offset, what was expected and found, the evidence, the keys
+// the record probably held (decoded without its checksum), and where the
+// valid log continues, if it was found right after the damage. Without,
+// it is the end of the log, as before. The ksets of a torn group commit are
+// never taken for damage (crash-tested at every persist point, with
+// damage injected into every proven kset of each crash image). What the
+// evidence cannot cover is the newest kset when nothing after it was
+// durable and the mark had not caught up (at most about a second of a
+// log that then stopped): its damage still ends the log there.
+//
+// The engine refuses a damaged cache. Store.Repair, with the operator's
+// consent (cachelun check --repair), replaces the damaged record by one
+// that continues the session chain where the log goes on right after it:
+// a LAST record naming the next segment, or a kset of the same size whose
+// keys are tombstones of the ranges the damaged kset probably wrote (they
+// then read the backing device, never data the kset had replaced);
+// otherwise it ends the log before the damage and lowers the mark.
+//
 // # On-media format, version 1
 //
 // All integers are little-endian. Offsets are absolute byte offsets.
@@ -103,16 +151,17 @@
 //	0x03000  4 KiB  cache info slot 0       0x04000  slot 1
 //	0x05000  4 KiB  key tail slot 0         0x06000  slot 1
 //	0x07000  4 KiB  dirty tail slot 0       0x08000  slot 1
-//	0x09000  4 KiB  reserved
+//	0x09000  4 KiB  durable mark slot 0
 //	0x0A000  8 KiB  volume table slot 0     0x0C000  slot 1
-//	0x0E000  8 KiB  reserved
+//	0x0E000  4 KiB  durable mark slot 1
+//	0x0F000  4 KiB  reserved
 //	0x10000         segment 0, then segment i at 0x10000 + i*segment size
 //
 // Every record slot (superblock, cache info, tails, volume table, segment
 // generation) has a 24-byte header followed by its payload:
 //
 //	0   [8]  magic: "clunSUPR", "clunINFO", "clunKTAL", "clunDTAL",
-//	         "clunVOLS", "clunSGEN"
+//	         "clunVOLS", "clunDURA", "clunSGEN"
 //	8   u32  CRC32C (Castagnoli, standard init/xor) over the 16-byte cache
 //	         UUID followed by bytes [12, 24+payload length) of the record;
 //	         for the superblock the UUID used is 16 zero bytes
@@ -143,6 +192,11 @@
 // Key tail / dirty tail payload (16 bytes): u32 segment, u32 offset in the
 // segment's data area (multiple of 8), u64 LSN of the kset that starts
 // there.
+//
+// Durable mark payload (16 bytes): u64 LSN (every kset up to it was
+// durable when the mark was set), u64 zero. Magic "clunDURA". Optional:
+// format leaves both slots zero (no mark); binaries that predate it leave
+// them alone.
 //
 // Volume table payload: u32 count (<= 64), u32 reserved, then count
 // entries of 96 bytes: u32 volume id, u32 flags, u64 size in bytes, u8
