@@ -101,6 +101,9 @@ type Explanation struct {
 	// (The engine does not track which kset wrote a block, so there is no
 	// per-block LSN.)
 	Gen uint64 `json:"gen"`
+	// Checksum, on a cache with data CRCs and a cached block: "ok", or why
+	// the data of its key fails its CRC32C (checked when asked).
+	Checksum string `json:"checksum,omitempty"`
 }
 
 // Session is one initiator session on a front end. A TCMU device (kernel

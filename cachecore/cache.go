@@ -69,6 +69,8 @@ type Cache struct {
 	failedCh   chan struct{}
 
 	stats cacheCounters
+	badMu sync.Mutex
+	bad   []BadData // newest checksum failures (noteBadData)
 	// ioCount counts host requests; the writeback worker samples it to
 	// tell when the volumes have been idle (cheaper than a clock read per
 	// request).
@@ -102,6 +104,7 @@ type Cache struct {
 type cacheCounters struct {
 	gcRuns, gcSegmentsFreed, deferredWrites, journalFullWaits atomic.Uint64
 	writebackBytes                                            atomic.Uint64
+	dataCRCErrors                                             atomic.Uint64
 	intentRecovered                                           atomic.Uint64
 	writebackCarried                                          atomic.Uint64
 	lastDirtyTailMove                                         atomic.Int64
@@ -122,6 +125,38 @@ type volState struct {
 	dirtyBytes atomic.Int64
 	dirtyKeys  atomic.Int64
 	vol        atomic.Pointer[Volume]
+}
+
+// BadData is one checksum failure of cache data (caches with data CRCs).
+type BadData struct {
+	Volume string // "" when found by writeback (the key's volume may be detached)
+	Offset int64  // byte offset in the volume; -1 when unknown
+	Op     string // "read" or "writeback"
+	Detail string // where in the cache file, expected and found CRC
+}
+
+// maxBadData bounds the checksum failures a cache remembers.
+const maxBadData = 16
+
+// noteBadData logs a checksum failure with its location, counts it and
+// remembers it (the newest maxBadData) for status and explain.
+func (c *Cache) noteBadData(volume string, off int64, bad *dataCRCError, op string) {
+	c.stats.dataCRCErrors.Add(1)
+	c.log.Error("cache data fails its checksum", "op", op, "volume", volume, "offset", off, "segment", bad.seg, "segment_offset", bad.off, "length", bad.length,
+		"crc", fmt.Sprintf("0x%08x", bad.got), "key_crc", fmt.Sprintf("0x%08x", bad.want))
+	c.badMu.Lock()
+	defer c.badMu.Unlock()
+	if len(c.bad) == maxBadData {
+		c.bad = c.bad[1:]
+	}
+	c.bad = append(c.bad, BadData{Volume: volume, Offset: off, Op: op, Detail: bad.Error()})
+}
+
+// BadData returns the newest checksum failures found (oldest first).
+func (c *Cache) BadData() []BadData {
+	c.badMu.Lock()
+	defer c.badMu.Unlock()
+	return append([]BadData(nil), c.bad...)
 }
 
 // ErrJournalDamaged is wrapped by Open's error when the journal is damaged
@@ -413,7 +448,7 @@ func (c *Cache) replayKey(k *persist.Key, afterDirtyTail bool) {
 			c.log.Warn("replay: clean key fails its data CRC: dropped", "volume", k.Volume, "offset", k.Offset, "length", k.Length)
 			stale = true
 		} else {
-			c.log.Error("replay: dirty key fails its data CRC: kept (no other copy exists)", "volume", k.Volume, "offset", k.Offset, "length", k.Length)
+			c.log.Error("replay: dirty key fails its data CRC: kept (no other copy exists); reads of it fail with MEDIUM ERROR and writeback refuses it", "volume", k.Volume, "offset", k.Offset, "length", k.Length)
 		}
 	}
 	if dirty {
@@ -435,7 +470,7 @@ func (c *Cache) replayKey(k *persist.Key, afterDirtyTail bool) {
 		if dirty {
 			kind = extDirty
 		}
-		x := extent{gen: k.Gen, start: p.s, length: p.e - p.s, seg: k.Pos.Seg, segOff: k.Pos.Off + uint32(p.bufOff), kind: kind}
+		x := withSum(extent{gen: k.Gen, start: p.s, length: p.e - p.s, seg: k.Pos.Seg, segOff: k.Pos.Off + uint32(p.bufOff), kind: kind}, k, c.dataCRC)
 		st.list.replace(p.s, p.e, &x)
 	}
 }

@@ -3,6 +3,8 @@ package cachecore
 import (
 	"slices"
 	"sort"
+
+	"github.com/cachelun/cachelun/persist"
 )
 
 // extKind says what an index extent maps to.
@@ -43,6 +45,20 @@ type extent struct {
 	seg    uint32
 	segOff uint32
 	kind   extKind
+	// sumOff, sumLen and sum are, on a cache with data CRCs, the segment
+	// offset and length of the data of the whole key the extent comes
+	// from and its CRC32C (persist.Key.DataCRC): what a read hit and
+	// writeback verify before they use any part of it. sumLen 0: none.
+	sumOff, sumLen, sum uint32
+}
+
+// withSum returns x carrying the checksum of key k's data (on a cache with
+// data CRCs; x unchanged otherwise).
+func withSum(x extent, k *persist.Key, dataCRC bool) extent {
+	if dataCRC && k.Flags != persist.KeyTombstone {
+		x.sumOff, x.sumLen, x.sum = k.Pos.Off, k.Length, k.DataCRC
+	}
+	return x
 }
 
 func (e *extent) end() uint32 { return e.start + e.length }

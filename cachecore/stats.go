@@ -56,6 +56,9 @@ type CacheStats struct {
 	DirtyBytes    int64
 	Failed        bool
 	FailureReason string
+	// DataCRCErrors counts cache data found failing its checksum (read
+	// hits and writeback, caches with data CRCs).
+	DataCRCErrors uint64
 }
 
 type volCounters struct {
@@ -130,7 +133,7 @@ func (c *Cache) Stats() CacheStats {
 		GCRuns: c.stats.gcRuns.Load(), GCSegmentsFreed: c.stats.gcSegmentsFreed.Load(),
 		DeferredWrites:       c.stats.deferredWrites.Load(),
 		WritebackCarriedKeys: c.stats.writebackCarried.Load(), IntentRecoveredKeys: c.stats.intentRecovered.Load(), DirtyBytes: c.dirtyBytes(),
-		Failed: c.failed.Load(),
+		Failed: c.failed.Load(), DataCRCErrors: c.stats.dataCRCErrors.Load(),
 	}
 	if s.Failed {
 		c.failMu.Lock()

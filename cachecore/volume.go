@@ -261,6 +261,9 @@ type readItem struct {
 	seg    uint32
 	segOff uint32
 	gen    uint64 // hit: generation; fill: placeholder token
+	// hit: the extent's kind and its key's checksum (extent.sum*)
+	dirty               bool
+	sumOff, sumLen, sum uint32
 }
 
 func (v *Volume) read(ctx context.Context, p []byte, off int64, fill bool, acct *readAcct) error {
@@ -297,7 +300,8 @@ func (v *Volume) readPiece(ctx context.Context, dst []byte, pc piece, fill bool,
 				}
 				a, b := max(x.start, cur), min(x.end(), pc.e)
 				if x.hasData() {
-					items = append(items, readItem{kind: itemHit, s: a, e: b, seg: x.seg, segOff: x.segOff + (a - x.start), gen: x.gen})
+					items = append(items, readItem{kind: itemHit, s: a, e: b, seg: x.seg, segOff: x.segOff + (a - x.start), gen: x.gen,
+						dirty: x.kind == extDirty, sumOff: x.sumOff, sumLen: x.sumLen, sum: x.sum})
 				} else {
 					items = append(items, readItem{kind: itemBacking, s: a, e: b})
 				}
@@ -341,6 +345,19 @@ func (v *Volume) readPiece(ctx context.Context, dst []byte, pc piece, fill bool,
 				continue
 			}
 			ok, err := v.copyHit(dst[it.s-pc.s:it.e-pc.s], it)
+			var bad *dataCRCError
+			if errors.As(err, &bad) {
+				v.dataCRCFailed(pc.abs(it.s), bad, "read")
+				if !it.dirty {
+					// Clean data is the backing device's data: drop the
+					// rotten copy and read the backing device instead.
+					v.dropExtent(st, pc, it)
+					stale = true
+					break
+				}
+				v.cancelFills(st, items)
+				return fmt.Errorf("cachecore: %s: read at %d: %w: %w", v.name, pc.abs(it.s), bad, blk.ErrMedium)
+			}
 			if err != nil {
 				v.cancelFills(st, items)
 				return err
@@ -392,10 +409,81 @@ func (v *Volume) copyHit(dst []byte, it *readItem) (ok bool, err error) {
 	if s.gen != it.gen {
 		return false, nil
 	}
-	if err := c.media.ReadAt(dst, c.store.DataOffset(persist.Pos{Seg: it.seg, Off: it.segOff})); err != nil {
+	if err := c.readVerified(dst, it.seg, it.segOff, it.sumOff, it.sumLen, it.sum); err != nil {
+		var bad *dataCRCError
+		if errors.As(err, &bad) {
+			return false, err
+		}
 		return false, v.mediaErr("read cache data", err)
 	}
 	return true, nil
+}
+
+// dataCRCError: cache data failed the CRC of its key (rotten media).
+type dataCRCError struct {
+	seg, off, length uint32 // the key's data in the cache file
+	want, got        uint32
+}
+
+func (e *dataCRCError) Error() string {
+	return fmt.Sprintf("cache data at segment %d offset %d length %d fails its checksum (crc32c 0x%08x, key says 0x%08x)", e.seg, e.off, e.length, e.got, e.want)
+}
+
+func (e *dataCRCError) Unwrap() error { return ErrDataCRC }
+
+// ErrDataCRC is wrapped by errors of reads (and of the writeback) that
+// found cache data whose CRC32C does not match its key's (caches formatted
+// with data CRCs): the data rotted on the media after it was written.
+var ErrDataCRC = errors.New("cachecore: cache data fails its checksum")
+
+// readVerified reads len(dst) bytes of cache data at (seg, off) and, when
+// sumLen is not 0, first verifies the CRC32C of the whole key's data
+// [sumOff, sumOff+sumLen) that they are part of: a key is checksummed
+// as a whole, so a read of part of it reads all of it.
+func (c *Cache) readVerified(dst []byte, seg, off, sumOff, sumLen, sum uint32) error {
+	at := func(o uint32) int64 { return c.store.DataOffset(persist.Pos{Seg: seg, Off: o}) }
+	if sumLen == 0 {
+		return c.media.ReadAt(dst, at(off))
+	}
+	whole := dst
+	if off != sumOff || uint32(len(dst)) != sumLen {
+		whole = make([]byte, sumLen)
+	}
+	if err := c.media.ReadAt(whole, at(sumOff)); err != nil {
+		return err
+	}
+	if got := crc32.Checksum(whole, castagnoli); got != sum {
+		return &dataCRCError{seg: seg, off: sumOff, length: sumLen, want: sum, got: got}
+	}
+	if &whole[0] != &dst[0] {
+		copy(dst, whole[off-sumOff:])
+	}
+	return nil
+}
+
+// dataCRCFailed counts and logs a checksum failure found at volume offset
+// volOff by op, and remembers it for explain.
+func (v *Volume) dataCRCFailed(volOff int64, bad *dataCRCError, op string) {
+	v.stats.addError("data_crc")
+	v.c.noteBadData(v.name, volOff, bad, op)
+}
+
+// dropExtent removes from the index the extent a clean read hit came from,
+// if it is still there, so the next attempt reads the backing device.
+func (v *Volume) dropExtent(st *stripe, pc piece, it *readItem) {
+	if st == nil {
+		return
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	i, j := st.list.span(it.s, it.e)
+	for k := i; k < j; k++ {
+		x := st.list.ext[k]
+		if x.kind == extClean && x.seg == it.seg && x.gen == it.gen && x.sumOff == it.sumOff && x.sumLen == it.sumLen {
+			st.list.replace(x.start, x.end(), nil)
+			return
+		}
+	}
 }
 
 // cancelFills removes the placeholders of items that will not be filled.
@@ -493,15 +581,15 @@ func (v *Volume) fill(st *stripe, pc piece, s uint32, token uint64, data []byte,
 			continue
 		}
 		n := min(a.n, phLen-covered)
-		x := extent{gen: a.gen, start: s + covered, length: n, seg: a.pos.Seg, segOff: a.pos.Off, kind: extClean}
+		k := persist.Key{Volume: v.st.id, Offset: uint64(pc.abs(s + covered)), Length: n, Pos: a.pos, Gen: a.gen, Flags: persist.KeyClean}
+		if c.dataCRC {
+			k.DataCRC = crc32.Checksum(data[covered:covered+n], castagnoli)
+		}
+		x := withSum(extent{gen: a.gen, start: s + covered, length: n, seg: a.pos.Seg, segOff: a.pos.Off, kind: extClean}, &k, c.dataCRC)
 		// The placeholder held the range, so no dirty data is dropped
 		// here; counted anyway to keep the accounting exact.
 		if _, dropped := st.list.replaceDirty(x.start, x.end(), &x); dropped > 0 {
 			v.st.dirtyBytes.Add(-dropped)
-		}
-		k := persist.Key{Volume: v.st.id, Offset: uint64(pc.abs(x.start)), Length: n, Pos: a.pos, Gen: a.gen, Flags: persist.KeyClean}
-		if c.dataCRC {
-			k.DataCRC = crc32.Checksum(data[covered:covered+n], castagnoli)
 		}
 		spills = append(spills, c.appendKey(slot, k))
 		covered += n
@@ -751,11 +839,11 @@ func (v *Volume) cacheWritePiece(ctx context.Context, data []byte, pc piece) err
 			return v.mediaErr("write cache data", err)
 		}
 		s := pc.s + done
-		x := extent{gen: a.gen, start: s, length: a.n, seg: a.pos.Seg, segOff: a.pos.Off, kind: extDirty}
 		k := persist.Key{Volume: v.st.id, Offset: uint64(pc.abs(s)), Length: a.n, Pos: a.pos, Gen: a.gen, Flags: persist.KeyDirty}
 		if c.dataCRC {
 			k.DataCRC = crc32.Checksum(chunk, castagnoli)
 		}
+		x := withSum(extent{gen: a.gen, start: s, length: a.n, seg: a.pos.Seg, segOff: a.pos.Off, kind: extDirty}, &k, c.dataCRC)
 		st.mu.Lock()
 		if c.failed.Load() {
 			st.mu.Unlock()
@@ -1271,14 +1359,14 @@ func (v *Volume) caw(ctx context.Context, off int64, compare, data []byte, fua b
 		slots.add(slot)
 		s := pp.pc.s
 		for _, a := range pp.allocs {
-			x := extent{gen: a.gen, start: s, length: a.n, seg: a.pos.Seg, segOff: a.pos.Off, kind: extDirty}
-			_, dropped := pp.st.list.replaceDirty(x.start, x.end(), &x)
-			v.st.dirtyBytes.Add(-dropped)
 			k := persist.Key{Volume: v.st.id, Offset: uint64(pp.pc.abs(s)), Length: a.n, Pos: a.pos, Gen: a.gen, Flags: persist.KeyDirty}
 			if c.dataCRC {
 				b := pp.pc.bufOff + int64(s-pp.pc.s)
 				k.DataCRC = crc32.Checksum(data[b:b+int64(a.n)], castagnoli)
 			}
+			x := withSum(extent{gen: a.gen, start: s, length: a.n, seg: a.pos.Seg, segOff: a.pos.Off, kind: extDirty}, &k, c.dataCRC)
+			_, dropped := pp.st.list.replaceDirty(x.start, x.end(), &x)
+			v.st.dirtyBytes.Add(-dropped)
 			v.st.dirtyBytes.Add(int64(a.n))
 			spills = append(spills, v.appendDirtyKey(slot, k))
 			s += a.n
@@ -1449,6 +1537,9 @@ type Explanation struct {
 	Dirty  bool
 	Pos    persist.Pos
 	Gen    uint64 // segment generation the data was written under
+	// Checksum, on a cache with data CRCs and a hit: "ok", or why the
+	// data of the block's key fails its CRC32C (verified now).
+	Checksum string
 }
 
 // Explain reports what the index holds for the block at off.
@@ -1478,5 +1569,17 @@ func (v *Volume) Explain(off int64) Explanation {
 	e.Dirty = x.kind == extDirty
 	e.Pos = persist.Pos{Seg: x.seg, Off: x.segOff + (o - x.start)}
 	e.Gen = x.gen
+	if x.sumLen > 0 {
+		b := make([]byte, 1)
+		var bad *dataCRCError
+		switch err := v.c.readVerified(b, x.seg, x.segOff+(o-x.start), x.sumOff, x.sumLen, x.sum); {
+		case err == nil:
+			e.Checksum = "ok"
+		case errors.As(err, &bad):
+			e.Checksum = "bad: " + bad.Error()
+		default:
+			e.Checksum = "unreadable: " + err.Error()
+		}
+	}
 	return e
 }

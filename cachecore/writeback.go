@@ -432,10 +432,10 @@ func (c *Cache) writebackPass(ctx context.Context) (int64, error) {
 				}
 				switch k.Flags {
 				case persist.KeyDirty:
-					x := extent{gen: k.Gen, start: p.s, length: p.e - p.s, seg: k.Pos.Seg, segOff: k.Pos.Off + uint32(p.bufOff), kind: extDirty}
+					x := withSum(extent{gen: k.Gen, start: p.s, length: p.e - p.s, seg: k.Pos.Seg, segOff: k.Pos.Off + uint32(p.bufOff), kind: extDirty}, k, c.dataCRC)
 					l.replace(p.s, p.e, &x)
 				case persist.KeyClean:
-					x := extent{gen: k.Gen, start: p.s, length: p.e - p.s, seg: k.Pos.Seg, segOff: k.Pos.Off + uint32(p.bufOff), kind: extClean}
+					x := withSum(extent{gen: k.Gen, start: p.s, length: p.e - p.s, seg: k.Pos.Seg, segOff: k.Pos.Off + uint32(p.bufOff), kind: extClean}, k, c.dataCRC)
 					l.replace(p.s, p.e, &x)
 				default:
 					l.replace(p.s, p.e, nil)
@@ -567,7 +567,16 @@ func (c *Cache) readForWriteback(b []byte, x *extent) error {
 		c.log.Error("writeback found evicted dirty data", "err", err)
 		return err
 	}
-	if err := c.media.ReadAt(b, c.store.DataOffset(persist.Pos{Seg: x.seg, Off: x.segOff})); err != nil {
+	if err := c.readVerified(b, x.seg, x.segOff, x.sumOff, x.sumLen, x.sum); err != nil {
+		var bad *dataCRCError
+		if errors.As(err, &bad) {
+			// Never written back: the backing device keeps its older data
+			// and the dirty data stays in the cache file for recovery. The
+			// cache is retired (its failure policy then fails the I/O of
+			// volumes with dirty data): its media is rotting.
+			c.noteBadData("", -1, bad, "writeback")
+			err = fmt.Errorf("cachecore: writeback: dirty %w", bad)
+		}
 		c.fail("writeback read cache data", err)
 		return err
 	}

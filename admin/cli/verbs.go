@@ -520,6 +520,9 @@ func describe(r admin.ExplainResponse) string {
 			b.WriteString("  clean: the backing device holds the same data\n")
 		}
 		fmt.Fprintf(&b, "  cached at segment %d offset %d (segment generation %d)\n", e.Segment, e.SegmentOffset, e.Gen)
+		if e.Checksum != "" {
+			fmt.Fprintf(&b, "  data checksum: %s\n", e.Checksum)
+		}
 	}
 	return b.String()
 }

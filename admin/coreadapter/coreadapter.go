@@ -93,6 +93,7 @@ func Explanation(e cachecore.Explanation) admin.Explanation {
 		Segment:       e.Pos.Seg,
 		SegmentOffset: e.Pos.Off,
 		Gen:           e.Gen,
+		Checksum:      e.Checksum,
 	}
 }
 
