@@ -271,10 +271,6 @@ func openWith(ctx context.Context, store *persist.Store, cfg Config, replayed fu
 	if c.distrustClean {
 		c.log.Warn("cache was retired after a media failure: dropping clean cache contents, keeping dirty data")
 	}
-	head, logSegs, lastEpoch, err := c.replay(ctx)
-	if err != nil {
-		return nil, err
-	}
 	var recovered []intentKey
 	if intent != nil {
 		var why error
@@ -282,6 +278,14 @@ func openWith(ctx context.Context, store *persist.Store, cfg Config, replayed fu
 		if why != nil {
 			c.log.Info("intent log: nothing to recover", "path", intent.path, "reason", why)
 		}
+	}
+	journaled := newJournaledFinder(recovered)
+	head, logSegs, lastEpoch, err := c.replay(ctx, journaled.see)
+	if err != nil {
+		return nil, err
+	}
+	if intent != nil {
+		recovered = journaled.drop(recovered)
 		for i := range recovered {
 			c.replayKey(&recovered[i].key, true)
 			lastEpoch = max(lastEpoch, recovered[i].epoch)
@@ -374,7 +378,7 @@ func openWith(ctx context.Context, store *persist.Store, cfg Config, replayed fu
 // replay walks the log from key_tail and rebuilds index, references and
 // dirty accounting. Keys whose generation is older than their segment's are
 // dropped (their reference is still taken: GC puts it when it passes them).
-func (c *Cache) replay(ctx context.Context) (head persist.Tail, logSegs []uint32, lastEpoch uint64, err error) {
+func (c *Cache) replay(ctx context.Context, seen func(*persist.Key)) (head persist.Tail, logSegs []uint32, lastEpoch uint64, err error) {
 	kt := c.store.KeyTail()
 	dirtyLSN := c.store.DirtyTail().LSN
 	r := c.store.ReplayVerified(kt)
@@ -392,6 +396,7 @@ func (c *Cache) replay(ctx context.Context) (head persist.Tail, logSegs []uint32
 		lastEpoch = max(lastEpoch, ks.Epoch)
 		for i := range ks.Keys {
 			c.replayKey(&ks.Keys[i], ks.LSN >= dirtyLSN)
+			seen(&ks.Keys[i])
 		}
 	}
 	if err := r.StopReason(); err != nil && !errors.Is(err, persist.ErrEndOfLog) {

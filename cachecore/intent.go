@@ -346,3 +346,63 @@ func (l *IntentLog) reset(uuid [16]byte) {
 	binary.LittleEndian.PutUint64(h[56:], l.nonce)
 	binary.LittleEndian.PutUint32(h[64:], crc32.Checksum(h[:intentHeaderCRCEnd], castagnoli))
 }
+
+// journaledFinder tells which keys recovered from the intent log are in
+// the replayed log already. A slot's journaled counter is raised after
+// its kset became durable, so a process killed in between leaves keys
+// that are both in the log and, by the counter, not journaled. Appending
+// them again would put a second key with the same data (segment, offset,
+// generation) in the log: when GC passes the first one it evicts the
+// index extent they share, and writeback, which wrote the first one's
+// range as part of a collapsed pass, may not yet have written the data,
+// so a read would return the backing device's older data. A slot journals
+// its keys in sequence order, so every recovered key of a slot up to the
+// highest sequence found in the log is journaled.
+type journaledFinder struct {
+	byData map[journaledID]int // data key identity -> index in recovered
+	found  [ksetSlots]uint64   // per slot: highest sequence seen in the log
+	seen   []int               // indexes of recovered keys seen in the log
+}
+
+// journaledID identifies a data key: a cache position and generation hold
+// the data of exactly one write.
+type journaledID struct {
+	seg, off uint32
+	gen      uint64
+}
+
+func newJournaledFinder(recovered []intentKey) *journaledFinder {
+	f := &journaledFinder{byData: make(map[journaledID]int, len(recovered))}
+	for i := range recovered {
+		k := &recovered[i].key
+		if k.Flags != persist.KeyTombstone {
+			f.byData[journaledID{k.Pos.Seg, k.Pos.Off, k.Gen}] = i
+		}
+	}
+	return f
+}
+
+// see is called for every key of the replayed log.
+func (f *journaledFinder) see(k *persist.Key) {
+	if len(f.byData) == 0 || k.Flags == persist.KeyTombstone {
+		return
+	}
+	if i, ok := f.byData[journaledID{k.Pos.Seg, k.Pos.Off, k.Gen}]; ok {
+		f.seen = append(f.seen, i)
+	}
+}
+
+// drop returns recovered without the keys the log already holds.
+func (f *journaledFinder) drop(recovered []intentKey) []intentKey {
+	for _, i := range f.seen {
+		k := &recovered[i]
+		f.found[k.slot] = max(f.found[k.slot], k.seq)
+	}
+	out := recovered[:0]
+	for _, k := range recovered {
+		if k.seq > f.found[k.slot] {
+			out = append(out, k)
+		}
+	}
+	return out
+}
