@@ -76,6 +76,9 @@ type rig struct {
 	mem     *backend.Memory
 	backing *backend.Faulty
 	vol     *cachecore.Volume
+	// rotted: the test damaged cache data on purpose (persist.Check would
+	// report it).
+	rotted bool
 }
 
 func cacheMediaSize(segments int) int64 {
@@ -129,6 +132,21 @@ func (r *rig) close() {
 	defer cancel()
 	if err := r.cache.Close(ctx); err != nil {
 		r.t.Errorf("Cache.Close: %v", err)
+	}
+	// Every test ends with a check of the whole structure: the engine's
+	// in-memory state against itself and the log, and the cache file.
+	if err := r.cache.CheckInvariants(); err != nil {
+		r.t.Errorf("after Close: %v", err)
+	}
+	if r.cache.Err() == nil && !r.rotted {
+		// A fresh store: r.store is the one formatted first, and a test
+		// may have reopened the media since.
+		s, err := persist.Open(r.media)
+		if err != nil {
+			r.t.Errorf("after Close: persist.Open: %v", err)
+		} else if problems, err := persist.Check(s); err != nil || len(problems) != 0 {
+			r.t.Errorf("after Close: persist.Check: %v %q", err, problems)
+		}
 	}
 	r.cache = nil
 }
