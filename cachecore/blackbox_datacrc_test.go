@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cachelun/cachelun/backend"
 	"github.com/cachelun/cachelun/cachecore"
 	"github.com/cachelun/cachelun/internal/blk"
 )
@@ -15,6 +16,7 @@ import (
 // rot flips four bytes of the cached data of the block at volume offset off.
 func (r *rig) rot(off int64) {
 	r.t.Helper()
+	r.rotted = true
 	e := r.vol.Explain(off)
 	if e.State != "hit" {
 		r.t.Fatalf("block at %d is not cached: %+v", off, e)
@@ -35,12 +37,18 @@ func (r *rig) rot(off int64) {
 func TestDataCRCOnReadHit(t *testing.T) {
 	ctx := context.Background()
 	t.Run("dirty", func(t *testing.T) {
-		o := rigOptions{DataCRC: true}
-		o.Cfg.Writeback.MaxBytesPerSec = 1 // the data stays dirty
-		r := newRig(t, o, nil)
+		r := newRig(t, rigOptions{DataCRC: true}, nil)
 		defer r.close()
+		// The data stays dirty: writeback cannot write it back.
+		gate := r.backing.Gate(backend.OpWrite, backend.Range{Off: 0, Len: 16384})
+		defer gate.Release()
 		data := tagged(1, 0, 16384)
 		mustOK(t, "write", r.vol.WriteAt(ctx, data, 0, true))
+		// Writeback has read the (good) data and waits at the gate: it
+		// does not read the range again while the test runs.
+		wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		defer cancel()
+		mustOK(t, "writeback at the gate", gate.WaitArrived(wctx, 1))
 		r.rot(4096)
 		buf := make([]byte, 16384)
 		err := r.vol.ReadAt(ctx, buf, 0)
@@ -90,23 +98,39 @@ func TestDataCRCOnReadHit(t *testing.T) {
 // TestDataCRCInWriteback: rotten dirty data is never written back: the
 // backing device keeps its older data and the cache is retired (the
 // failure policy then fails the volume's I/O, the dirty data stays in the
-// cache file).
+// cache file). The data rots while the cache is closed, so the replay's
+// own check has seen it too (it keeps dirty data, which has no other copy).
 func TestDataCRCInWriteback(t *testing.T) {
 	ctx := context.Background()
-	o := rigOptions{DataCRC: true}
-	o.Cfg.Writeback.MaxBytesPerSec = 1
-	r := newRig(t, o, nil)
-	defer r.close()
+	r := newRig(t, rigOptions{DataCRC: true}, nil)
+	gate := r.backing.Gate(backend.OpWrite, backend.Range{Off: 0, Len: 16384})
 	mustOK(t, "write", r.vol.WriteAt(ctx, tagged(4, 0, 16384), 0, true))
-	r.rot(0)
-	cfg := r.opts.Cfg
-	cfg.Writeback.MaxBytesPerSec = 0
-	mustOK(t, "set config", r.cache.SetConfig(cfg))
+	e := r.vol.Explain(0)
+	if e.State != "hit" || !e.Dirty {
+		t.Fatalf("block 0 not dirty in the cache: %+v", e)
+	}
+	// Closed with writeback held at the gate: the data stays dirty.
+	r.cache.Close(ctx)
+	r.cache = nil
+	gate.Release()
+	at := r.store.DataOffset(e.Pos) + 100
+	b := make([]byte, 4)
+	mustOK(t, "read media", r.media.ReadAt(b, at))
+	for i := range b {
+		b[i] ^= 0xa5
+	}
+	mustOK(t, "write media", r.media.WriteAt(b, at))
+
+	c, _, err := openImage(ctx, r.media, backend.NewFaulty(r.mem), r.opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(ctx)
 	deadline := time.Now().Add(20 * time.Second)
-	for r.cache.Err() == nil && time.Now().Before(deadline) {
+	for c.Err() == nil && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)
 	}
-	if err := r.cache.Err(); err == nil || !strings.Contains(err.Error(), "checksum") {
+	if err := c.Err(); err == nil || !strings.Contains(err.Error(), "checksum") {
 		t.Fatalf("cache error after writeback met rotten data: %v", err)
 	}
 	got := make([]byte, 16384)
@@ -114,7 +138,7 @@ func TestDataCRCInWriteback(t *testing.T) {
 	if !bytes.Equal(got, make([]byte, 16384)) {
 		t.Fatal("rotten dirty data reached the backing device")
 	}
-	if bad := r.cache.BadData(); len(bad) == 0 || bad[len(bad)-1].Op != "writeback" {
+	if bad := c.BadData(); len(bad) == 0 || bad[len(bad)-1].Op != "writeback" {
 		t.Fatalf("BadData = %+v", bad)
 	}
 }
