@@ -7,11 +7,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/cachelun/cachelun/admin"
+	"github.com/cachelun/cachelun/conf"
 )
 
 // Exit codes.
@@ -31,20 +34,26 @@ const (
 // Command is the signature of every verb.
 type Command func(ctx context.Context, args []string, stdout, stderr io.Writer) int
 
+// DataDirSocket is the admin socket's name under the data directory, where
+// the embedded default configuration (the quick start) puts it.
+const DataDirSocket = "admin.sock"
+
 // common holds the flags every verb accepts.
 type common struct {
 	socket  string
+	dataDir string
 	addr    string
 	json    bool
 	timeout time.Duration
+	// tried lists the sockets looked at, each with why it did not answer,
+	// when no flag or environment variable named one and none answered.
+	tried []string
 }
 
 func (c *common) register(fs *flag.FlagSet) {
-	def := os.Getenv(EnvSocket)
-	if def == "" {
-		def = admin.DefaultSocketPath
-	}
-	fs.StringVar(&c.socket, "socket", def, "admin socket `path`")
+	fs.StringVar(&c.socket, "socket", "", "admin socket `path` (default: $"+EnvSocket+" if set, else the first that answers of ./"+
+		filepath.Join(conf.DefaultDataDir, DataDirSocket)+" and "+admin.DefaultSocketPath+")")
+	fs.StringVar(&c.dataDir, "data-dir", "", "talk to the daemon serving data directory `dir` (its socket DIR/"+DataDirSocket+")")
 	fs.StringVar(&c.addr, "addr", "", "use the TCP admin listener at `host:port` (token from $"+EnvToken+")")
 	fs.BoolVar(&c.json, "json", false, "print JSON")
 	fs.DurationVar(&c.timeout, "timeout", admin.DefaultClientTimeout, "give up on a daemon that does not answer a call within `duration` (exit 3)")
@@ -54,7 +63,49 @@ func (c *common) client() *admin.Client {
 	if c.addr != "" {
 		return admin.NewTCPClient(c.addr, os.Getenv(EnvToken)).WithTimeout(c.timeout)
 	}
-	return admin.NewClient(c.socket).WithTimeout(c.timeout)
+	return admin.NewClient(c.resolveSocket()).WithTimeout(c.timeout)
+}
+
+// resolveSocket picks the admin socket. A socket the operator named
+// (--socket, --data-dir, $CACHELUN_ADMIN_SOCKET, in that order) is the
+// only one used: falling back from it could reach another daemon than the
+// one meant. Otherwise the verbs look where the daemon puts its socket
+// without a configuration: ./cachelun-data/admin.sock (the quick start run
+// from the current directory), then /run/cachelun/admin.sock (a packaged
+// daemon), and take the first that accepts a connection. When none does,
+// c.tried says what each answered, for the error.
+func (c *common) resolveSocket() string {
+	switch {
+	case c.socket != "":
+		return c.socket
+	case c.dataDir != "":
+		c.socket = filepath.Join(c.dataDir, DataDirSocket)
+		return c.socket
+	case os.Getenv(EnvSocket) != "":
+		c.socket = os.Getenv(EnvSocket)
+		return c.socket
+	}
+	candidates := []string{filepath.Join(conf.DefaultDataDir, DataDirSocket), admin.DefaultSocketPath}
+	c.tried = c.tried[:0]
+	for _, p := range candidates {
+		if abs, err := filepath.Abs(p); err == nil {
+			p = abs
+		}
+		d := net.Dialer{Timeout: min(c.timeout, time.Second)}
+		conn, err := d.Dial("unix", p)
+		if err == nil {
+			conn.Close()
+			c.socket, c.tried = p, nil
+			return p
+		}
+		reason := err.Error()
+		if se := (*os.SyscallError)(nil); errors.As(err, &se) {
+			reason = se.Err.Error()
+		}
+		c.tried = append(c.tried, p+": "+reason)
+		c.socket = p
+	}
+	return c.socket
 }
 
 func (c *common) where() string {
@@ -110,6 +161,13 @@ func usageError(fs *flag.FlagSet, stderr io.Writer, format string, a ...any) int
 func failure(stderr io.Writer, c *common, verb string, err error) int {
 	var apiErr *admin.APIError
 	switch {
+	case errors.Is(err, admin.ErrUnreachable) && len(c.tried) > 0:
+		fmt.Fprintf(stderr, "cachelun %s: cannot reach a daemon; looked at:\n", verb)
+		for _, t := range c.tried {
+			fmt.Fprintf(stderr, "  %s\n", t)
+		}
+		fmt.Fprintf(stderr, "cachelun %s: run it in the directory where `cachelun serve` was started, or name the daemon with --socket PATH, --data-dir DIR or $%s\n", verb, EnvSocket)
+		return ExitUnreachable
 	case errors.Is(err, admin.ErrUnreachable):
 		cause := strings.TrimPrefix(err.Error(), admin.ErrUnreachable.Error()+": ")
 		fmt.Fprintf(stderr, "cachelun %s: cannot reach the daemon at %s: %s\n", verb, c.where(), cause)
