@@ -183,7 +183,9 @@ func startDaemon(t *testing.T, dataDir, config string) *daemon {
 func (d *daemon) start() {
 	t := d.t
 	t.Helper()
-	args := []string{"serve", "--data-dir", d.dataDir, "--listen", "127.0.0.1:0"}
+	// tests run daemons side by side: none may take the default metrics
+	// port 9420 of the embedded default
+	args := []string{"serve", "--data-dir", d.dataDir, "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"}
 	if d.config != "" {
 		args = append(args, "--config", d.config)
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -54,9 +55,20 @@ func (d *daemon) startAdmin() error {
 	}()
 	select {
 	case <-srv.Ready():
-		d.log.Info("admin API ready", "socket", cfg.SocketPath, "metrics", cfg.MetricsListen)
+		socket, metrics := cfg.SocketPath, conf.Off
+		if cfg.NoSocket {
+			socket = conf.Off
+		}
+		if a := srv.Addr("metrics"); a != nil {
+			// the bound address: with port 0 the configured one says nothing
+			metrics = "http://" + a.String() + "/metrics"
+		}
+		d.log.Info("admin API ready", "socket", socket, "metrics", metrics)
 		return nil
 	case err := <-errc:
+		if errors.Is(err, admin.ErrMetricsListen) {
+			return fmt.Errorf("%w (global.metrics_listen: serve --metrics HOST:PORT moves it, --metrics off disables it)", err)
+		}
 		return fmt.Errorf("admin: %w", err)
 	}
 }

@@ -77,6 +77,9 @@ type daemon struct {
 	// listenOverride is the --listen address that replaced every target's
 	// portals ("" when none).
 	listenOverride string
+	// metricsOverride is the --metrics value that replaced
+	// global.metrics_listen ("" when none); a reload keeps it.
+	metricsOverride string
 
 	// adminModesMu guards adminModes: the cache mode last set through the
 	// admin API, by volume, until a reload converges the volume to the
