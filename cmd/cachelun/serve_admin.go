@@ -107,6 +107,16 @@ func (b *adminBackend) Caches() []admin.CacheAPI {
 	return out
 }
 
+// Targets lists the configured iSCSI targets, so the session gauges show
+// each one at zero before the first login.
+func (b *adminBackend) Targets() []admin.Target {
+	var out []admin.Target
+	for _, t := range b.d.config().Targets {
+		out = append(out, admin.Target{Transport: "iscsi", Name: t.IQN})
+	}
+	return out
+}
+
 // Sessions lists the iSCSI sessions, then one row per TCMU device.
 func (b *adminBackend) Sessions() []admin.Session {
 	out := coreadapter.ISCSISessions(b.d.iscsi.Sessions())
