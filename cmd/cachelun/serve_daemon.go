@@ -141,6 +141,7 @@ func startDaemon(ctx context.Context, cfg *conf.Config, listenOverride string, l
 			return d, fmt.Errorf("cache %s: %w", c.Name, err)
 		}
 	}
+	d.logRecovered(cfg.Caches)
 	for _, v := range cfg.Volumes {
 		dev, err := openBacking(v, d.path(v.Backing))
 		if err != nil {
@@ -342,6 +343,7 @@ func (d *daemon) shutdown(ctx context.Context) error {
 	d.mu.Unlock()
 	d.serveWG.Wait()
 	d.stopTCMU()
+	d.logDirtyLeft()
 	if d.eng != nil {
 		// not bounded by ctx: closing persists the open ksets, which must
 		// finish for a clean restart
