@@ -88,6 +88,7 @@ type Server struct {
 	page    *template.Template
 
 	explainSlots chan struct{} // bounds backend calls that may be outstanding past their budget
+	base         baseline      // the counters at the last `stats reset`
 
 	ready chan struct{}
 

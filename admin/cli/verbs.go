@@ -20,6 +20,9 @@ func staleNote(w io.Writer, meta admin.SnapshotMeta) {
 		fmt.Fprintf(w, "note: the engine did not answer in time; figures are from %s ago\n",
 			humanDuration(time.Since(meta.Taken)))
 	}
+	if meta.CountersSince != nil {
+		fmt.Fprintf(w, "counters since %s (cachelun stats reset)\n", meta.CountersSince.Local().Format(time.DateTime))
+	}
 }
 
 // Status prints the daemon's overview: `cachelun status [--json]`.

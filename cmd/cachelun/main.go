@@ -32,6 +32,8 @@ func commands() map[string]command {
 		"reload":  {runReload, reloadUsage},
 		"explain": {runExplain, explainUsage},
 		"version": {runVersion, "version (also --version)"},
+		"config":  {runConfig, configUsage},
+		"stats":   {runStats, statsUsage},
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -62,6 +63,7 @@ func (d *daemon) startAdmin() error {
 		if a := srv.Addr("metrics"); a != nil {
 			// the bound address: with port 0 the configured one says nothing
 			metrics = "http://" + a.String() + "/metrics"
+			d.metricsAddr = a.String()
 		}
 		d.log.Info("admin API ready", "socket", socket, "metrics", metrics)
 		return nil
@@ -105,6 +107,31 @@ func (b *adminBackend) Caches() []admin.CacheAPI {
 		}
 	}
 	return out
+}
+
+// RunningConfig prints the running configuration (command-line overrides
+// applied, defaults filled in) for `cachelun config show`. A listener
+// given port 0 shows the port it got: that is what runs, and a file
+// refuses port 0.
+func (b *adminBackend) RunningConfig(secrets bool) ([]byte, error) {
+	d := b.d
+	d.mu.RLock()
+	cfg := *d.cfg
+	cfg.Targets = slices.Clone(cfg.Targets)
+	for i := range cfg.Targets {
+		t := &cfg.Targets[i]
+		t.Portals = slices.Clone(t.Portals)
+		for j, p := range t.Portals {
+			if a, ok := d.portalAddr[p]; ok {
+				t.Portals[j] = a
+			}
+		}
+	}
+	d.mu.RUnlock()
+	if d.metricsAddr != "" {
+		cfg.Global.MetricsListen = d.metricsAddr
+	}
+	return cfg.TOML(secrets)
 }
 
 // Targets lists the configured iSCSI targets, so the session gauges show
