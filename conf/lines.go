@@ -19,10 +19,23 @@ type lineIndex struct {
 	lines    map[string]int
 	plain    map[string]int
 	arrCount map[string]int // resolved array-of-tables path -> number of elements seen
+	// keyLines holds the line each key (not table header) was set on, to
+	// find a key set twice; dups lists those repeats in file order.
+	keyLines map[string]int
+	dups     []repeatedKey
+}
+
+// repeatedKey is a key set a second time in its table: a TOML error the
+// decoder would stop at. Its bytes [start, end) are blanked before
+// decoding, so every other problem of the file is still reported.
+type repeatedKey struct {
+	path        string
+	line, first int
+	start, end  int
 }
 
 func indexLines(src string) *lineIndex {
-	ix := &lineIndex{lines: map[string]int{}, plain: map[string]int{}, arrCount: map[string]int{}}
+	ix := &lineIndex{lines: map[string]int{}, plain: map[string]int{}, arrCount: map[string]int{}, keyLines: map[string]int{}}
 	s := scanner{src: src, line: 1}
 	current := "" // resolved path of the current table
 	for !s.eof() {
@@ -56,6 +69,7 @@ func indexLines(src string) *lineIndex {
 			ix.record(current, line)
 			continue
 		}
+		start := s.pos
 		keys := s.key()
 		if len(keys) == 0 {
 			s.skipToLineEnd()
@@ -71,8 +85,42 @@ func indexLines(src string) *lineIndex {
 			s.pos++
 		}
 		s.skipValue()
+		if first, ok := ix.keyLines[p]; ok {
+			ix.dups = append(ix.dups, repeatedKey{path: p, line: line, first: first, start: start, end: s.pos})
+		} else {
+			ix.keyLines[p] = line
+		}
 	}
 	return ix
+}
+
+// pathAt returns the indexed path of the key plain (given without
+// indices, as the decoder names it) recorded on line, or "".
+func (ix *lineIndex) pathAt(plain string, line int) string {
+	best := ""
+	for p, l := range ix.lines {
+		if l == line && stripIndices(p) == plain && (best == "" || p < best) {
+			best = p
+		}
+	}
+	return best
+}
+
+// withoutRepeats returns src with the repeated keys blanked (spaces, the
+// newlines kept so that line numbers stay).
+func (ix *lineIndex) withoutRepeats(src []byte) []byte {
+	if len(ix.dups) == 0 {
+		return src
+	}
+	out := []byte(string(src))
+	for _, d := range ix.dups {
+		for i := d.start; i < d.end && i < len(out); i++ {
+			if out[i] != '\n' {
+				out[i] = ' '
+			}
+		}
+	}
+	return out
 }
 
 // resolve turns header components into a resolved path, picking the last
