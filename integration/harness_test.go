@@ -140,6 +140,10 @@ type daemon struct {
 	log     *lockedBuffer
 	exited  chan struct{}
 	waitErr error
+	// quickStart runs `cachelun serve --listen 127.0.0.1:0` and nothing
+	// else, in the parent of dataDir (which is named cachelun-data), as
+	// the README's quick start does.
+	quickStart bool
 }
 
 type lockedBuffer struct {
@@ -189,7 +193,13 @@ func (d *daemon) start() {
 	if d.config != "" {
 		args = append(args, "--config", d.config)
 	}
+	if d.quickStart {
+		args = []string{"serve", "--listen", "127.0.0.1:0"}
+	}
 	cmd := exec.Command(binaryPath, args...)
+	if d.quickStart {
+		cmd.Dir = filepath.Dir(d.dataDir)
+	}
 	// The daemon's runtime directory (its intent logs) belongs to the
 	// test, as systemd's RuntimeDirectory= belongs to the service.
 	runDir := filepath.Join(d.dataDir, "run")

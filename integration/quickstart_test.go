@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,17 +11,37 @@ import (
 	"testing"
 )
 
-var metricsURLPattern = regexp.MustCompile(`metrics=(http://127\.0\.0\.1:[0-9]+/metrics)`)
+var metricsURLPattern = regexp.MustCompile(`metrics=(http://127\.0\.0\.1:9420/metrics)`)
 
-// TestQuickStartOperable runs the quick start as a new user would: the
-// embedded default in ./cachelun-data of a fresh directory, then, from
+// TestQuickStartOperable runs the quick start as a new user would: `cachelun
+// serve --listen 127.0.0.1:0` (the embedded default, in ./cachelun-data),
+// after a first start and stop through the harness's flags, then, from
 // that directory, `cachelun status` without flags and a scrape of the
-// metrics URL the start log names (port 0 here instead of 9420: tests run
-// daemons side by side). Every documented error kind is there, at zero.
+// metrics URL the start log names, http://127.0.0.1:9420/metrics. Every
+// documented error kind is there, at zero.
 func TestQuickStartOperable(t *testing.T) {
 	needTools(t, "curl")
 	wd := t.TempDir()
 	d := startDaemon(t, filepath.Join(wd, "cachelun-data"), "")
+	d.stop()
+	// and once more exactly as a new user runs it: no flag but --listen,
+	// so /metrics is on the default 127.0.0.1:9420 (no other test uses it)
+	if l, err := net.Listen("tcp", "127.0.0.1:9420"); err != nil {
+		t.Skipf("127.0.0.1:9420 is in use on this machine: %v", err)
+	} else {
+		l.Close()
+	}
+	d = &daemon{t: t, dataDir: filepath.Join(wd, "cachelun-data"), quickStart: true}
+	d.start()
+	t.Cleanup(func() {
+		if d.running() {
+			d.cmd.Process.Kill()
+			<-d.exited
+		}
+		if t.Failed() {
+			d.saveLog()
+		}
+	})
 
 	ctx, cancel := context.WithTimeout(context.Background(), toolTimeout)
 	defer cancel()
