@@ -132,8 +132,9 @@ func TestExitCodes(t *testing.T) {
 		{"explain negative lba", cli.Explain, []string{"db1", "-5"}, cli.ExitUsage, ""},
 		{"session bad sub", cli.Session, []string{"kill"}, cli.ExitUsage, "usage"},
 		{"job bad sub", cli.Job, []string{"frob"}, cli.ExitUsage, "usage"},
-		{"help", cli.Status, []string{"-h"}, cli.ExitOK, "usage: cachelun status"},
-		{"volume help", cli.Volume, []string{"help"}, cli.ExitOK, "usage"},
+		{"cache bad sub", cli.Cache, []string{"frob"}, cli.ExitUsage, "usage: cachelun cache"},
+		{"stats bad sub", cli.Stats, []string{"clear"}, cli.ExitUsage, "usage: cachelun stats reset"},
+		{"config bad sub", cli.Config, nil, cli.ExitUsage, "usage: cachelun config show"},
 	} {
 		code, _, errOut := runCtx(context.Background(), tc.cmd, tc.args...)
 		if code != tc.want {
@@ -478,5 +479,33 @@ func TestSocketDiscovery(t *testing.T) {
 	}
 	if code, _, errOut := runCtx(context.Background(), cli.Status, "--data-dir", "nowhere"); code != cli.ExitUnreachable || !strings.Contains(errOut, "nowhere/admin.sock") {
 		t.Errorf("status --data-dir nowhere: exit %d, %q", code, errOut)
+	}
+}
+
+// Help asked for is an answer: the usage on stdout, nothing on stderr,
+// exit 0, for every verb and subcommand.
+func TestHelpOnStdout(t *testing.T) {
+	for _, tc := range []struct {
+		cmd  cli.Command
+		args []string
+		want string
+	}{
+		{cli.Status, []string{"-h"}, "usage: cachelun status"},
+		{cli.Status, []string{"--help"}, "usage: cachelun status"},
+		{cli.Volume, []string{"help"}, "usage: cachelun volume list|show"},
+		{cli.Volume, []string{"--help"}, "usage: cachelun volume list|show"},
+		{cli.Volume, []string{"drain", "--help"}, "usage: cachelun volume drain"},
+		{cli.Cache, []string{"-h"}, "usage: cachelun cache list|detach"},
+		{cli.Session, []string{"--help"}, "usage: cachelun session list"},
+		{cli.Job, []string{"list", "-h"}, "usage: cachelun job list|show"},
+		{cli.Reload, []string{"--help"}, "usage: cachelun reload"},
+		{cli.Explain, []string{"-help"}, "usage: cachelun explain"},
+		{cli.Config, []string{"show", "--help"}, "usage: cachelun config show"},
+		{cli.Stats, []string{"help"}, "usage: cachelun stats reset"},
+	} {
+		code, out, errOut := runCtx(context.Background(), tc.cmd, tc.args...)
+		if code != cli.ExitOK || !strings.HasPrefix(out, tc.want) || errOut != "" {
+			t.Errorf("%q: exit %d\nstdout %q\nstderr %q", tc.args, code, out, errOut)
+		}
 	}
 }

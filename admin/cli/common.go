@@ -115,21 +115,53 @@ func (c *common) where() string {
 	return c.socket
 }
 
-// newFlags returns a flag set that reports errors instead of exiting.
-func newFlags(name, usage string, stderr io.Writer) *flag.FlagSet {
+// newFlags returns a flag set that reports errors instead of exiting. A
+// usage error prints the usage to stderr; -h/--help prints it to stdout
+// (see parseArgs): help asked for is the answer, not an error.
+func newFlags(name, usage string, stdout, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: cachelun %s\n", usage)
+		fmt.Fprintf(fs.Output(), "usage: cachelun %s\n", usage)
 		fs.PrintDefaults()
 	}
+	h := &helpFlag{out: stdout}
+	fs.Var(h, "h", "show this help")
+	fs.Var(h, "help", "show this help")
 	return fs
+}
+
+// helpFlag is -h/--help: a flag of its own, so that parseArgs can print
+// the usage to stdout (the flag package's built-in help goes where its
+// errors go).
+type helpFlag struct {
+	set bool
+	out io.Writer
+}
+
+func (h *helpFlag) String() string   { return "false" }
+func (h *helpFlag) IsBoolFlag() bool { return true }
+func (h *helpFlag) Set(s string) error {
+	h.set = s == "true"
+	return nil
 }
 
 // parseArgs parses flags interleaved with positional arguments and returns
 // the positional ones. The boolean result is false when the caller should
 // return code at once (help shown or usage error).
 func parseArgs(fs *flag.FlagSet, args []string) (pos []string, code int, ok bool) {
+	pos, code, ok = parseInterleaved(fs, args)
+	if f := fs.Lookup("help"); f != nil {
+		if h, isHelp := f.Value.(*helpFlag); isHelp && h.set {
+			fs.SetOutput(h.out)
+			fs.Usage()
+			return nil, ExitOK, false
+		}
+	}
+	return pos, code, ok
+}
+
+func parseInterleaved(fs *flag.FlagSet, args []string) (pos []string, code int, ok bool) {
 	for {
 		if err := fs.Parse(args); err != nil {
 			if errors.Is(err, flag.ErrHelp) {
@@ -247,6 +279,22 @@ func isTerminal(w io.Writer) bool {
 	}
 	fi, err := f.Stat()
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+// groupUsage answers a verb group (volume, cache, ...) called without a
+// subcommand it knows: help asked for ("help", -h, --help) prints the
+// usage to stdout and exits 0; anything else prints it to stderr and is a
+// usage error.
+func groupUsage(sub string, rest []string, usage string, stdout, stderr io.Writer) int {
+	if sub == "help" || (sub == "" && len(rest) > 0 && (rest[0] == "-h" || rest[0] == "-help" || rest[0] == "--help")) {
+		fmt.Fprintf(stdout, "usage: cachelun %s\n", usage)
+		return ExitOK
+	}
+	if sub != "" {
+		fmt.Fprintf(stderr, "cachelun: unknown subcommand %q\n", sub)
+	}
+	fmt.Fprintf(stderr, "usage: cachelun %s\n", usage)
+	return ExitUsage
 }
 
 // subcommand splits "verb sub args..." into sub and its arguments.

@@ -13,15 +13,11 @@ import (
 func Config(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	sub, rest := subcommand(args)
 	if sub != "show" {
-		fmt.Fprintln(stderr, "usage: cachelun config show [--secrets] [--json]")
-		if sub == "help" || (len(rest) > 0 && (rest[0] == "-h" || rest[0] == "--help")) {
-			return ExitOK
-		}
-		return ExitUsage
+		return groupUsage(sub, rest, "config show [--secrets] [--json]", stdout, stderr)
 	}
 	var c common
 	var secrets bool
-	fs := newFlags("config show", "config show [--secrets] [--json]", stderr)
+	fs := newFlags("config show", "config show [--secrets] [--json]", stdout, stderr)
 	c.register(fs)
 	fs.BoolVar(&secrets, "secrets", false, "print the CHAP secrets instead of a placeholder")
 	pos, code, ok := parseArgs(fs, rest)
@@ -50,14 +46,10 @@ func Config(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 func Stats(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	sub, rest := subcommand(args)
 	if sub != "reset" {
-		fmt.Fprintln(stderr, "usage: cachelun stats reset [--json]")
-		if sub == "help" || (len(rest) > 0 && (rest[0] == "-h" || rest[0] == "--help")) {
-			return ExitOK
-		}
-		return ExitUsage
+		return groupUsage(sub, rest, "stats reset [--json]", stdout, stderr)
 	}
 	var c common
-	fs := newFlags("stats reset", "stats reset [--json]", stderr)
+	fs := newFlags("stats reset", "stats reset [--json]", stdout, stderr)
 	c.register(fs)
 	pos, code, ok := parseArgs(fs, rest)
 	if !ok {

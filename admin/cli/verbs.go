@@ -28,7 +28,7 @@ func staleNote(w io.Writer, meta admin.SnapshotMeta) {
 // Status prints the daemon's overview: `cachelun status [--json]`.
 func Status(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var c common
-	fs := newFlags("status", "status [--socket PATH] [--json]", stderr)
+	fs := newFlags("status", "status [--socket PATH] [--json]", stdout, stderr)
 	c.register(fs)
 	pos, code, ok := parseArgs(fs, args)
 	if !ok {
@@ -132,17 +132,13 @@ func Volume(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case "flush", "drain":
 		return volumeFlushDrain(ctx, sub, rest, stdout, stderr)
 	default:
-		fmt.Fprintln(stderr, "usage: cachelun volume list|show NAME|mode NAME MODE|flush NAME|drain NAME [flags]")
-		if sub == "help" || (len(rest) > 0 && (rest[0] == "-h" || rest[0] == "--help")) {
-			return ExitOK
-		}
-		return ExitUsage
+		return groupUsage(sub, rest, "volume list|show NAME|mode NAME MODE|flush NAME|drain NAME [flags]", stdout, stderr)
 	}
 }
 
 func volumeList(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var c common
-	fs := newFlags("volume list", "volume list [--json]", stderr)
+	fs := newFlags("volume list", "volume list [--json]", stdout, stderr)
 	c.register(fs)
 	pos, code, ok := parseArgs(fs, args)
 	if !ok {
@@ -166,7 +162,7 @@ func volumeList(ctx context.Context, args []string, stdout, stderr io.Writer) in
 
 func volumeShow(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var c common
-	fs := newFlags("volume show", "volume show NAME [--json]", stderr)
+	fs := newFlags("volume show", "volume show NAME [--json]", stdout, stderr)
 	c.register(fs)
 	pos, code, ok := parseArgs(fs, args)
 	if !ok {
@@ -246,7 +242,7 @@ func countsByKind(m map[string]uint64) string {
 func volumeMode(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var c common
 	var noWait bool
-	fs := newFlags("volume mode", "volume mode NAME MODE [--no-wait] [--json]", stderr)
+	fs := newFlags("volume mode", "volume mode NAME MODE [--no-wait] [--json]", stdout, stderr)
 	c.register(fs)
 	fs.BoolVar(&noWait, "no-wait", false, "start the switch and return")
 	pos, code, ok := parseArgs(fs, args)
@@ -268,7 +264,7 @@ func volumeMode(ctx context.Context, args []string, stdout, stderr io.Writer) in
 func volumeFlushDrain(ctx context.Context, sub string, args []string, stdout, stderr io.Writer) int {
 	var c common
 	var noWait bool
-	fs := newFlags("volume "+sub, "volume "+sub+" NAME [--no-wait] [--json]", stderr)
+	fs := newFlags("volume "+sub, "volume "+sub+" NAME [--no-wait] [--json]", stdout, stderr)
 	c.register(fs)
 	fs.BoolVar(&noWait, "no-wait", false, "start the job and return")
 	pos, code, ok := parseArgs(fs, args)
@@ -294,7 +290,7 @@ func Cache(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var c common
 	switch sub {
 	case "list", "ls":
-		fs := newFlags("cache list", "cache list [--json]", stderr)
+		fs := newFlags("cache list", "cache list [--json]", stdout, stderr)
 		c.register(fs)
 		pos, code, ok := parseArgs(fs, rest)
 		if !ok {
@@ -323,7 +319,7 @@ func Cache(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return ExitOK
 	case "detach":
 		var noWait, force bool
-		fs := newFlags("cache detach", "cache detach NAME [--force] [--no-wait] [--json]", stderr)
+		fs := newFlags("cache detach", "cache detach NAME [--force] [--no-wait] [--json]", stdout, stderr)
 		c.register(fs)
 		fs.BoolVar(&noWait, "no-wait", false, "start the job and return")
 		fs.BoolVar(&force, "force", false, "detach even though volumes still have dirty data in the failed cache (that data is lost)")
@@ -337,8 +333,7 @@ func Cache(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return runJob(ctx, &c, "cache detach", "detach "+pos[0], noWait, stdout, stderr,
 			func(ctx context.Context, cl *admin.Client) (admin.Job, error) { return cl.Detach(ctx, pos[0], force) }, nil)
 	default:
-		fmt.Fprintln(stderr, "usage: cachelun cache list|detach NAME [flags]")
-		return ExitUsage
+		return groupUsage(sub, rest, "cache list|detach NAME [flags]", stdout, stderr)
 	}
 }
 
@@ -346,11 +341,10 @@ func Cache(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 func Session(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	sub, rest := subcommand(args)
 	if sub != "list" && sub != "ls" {
-		fmt.Fprintln(stderr, "usage: cachelun session list [--json]")
-		return ExitUsage
+		return groupUsage(sub, rest, "session list [--json]", stdout, stderr)
 	}
 	var c common
-	fs := newFlags("session list", "session list [--json]", stderr)
+	fs := newFlags("session list", "session list [--json]", stdout, stderr)
 	c.register(fs)
 	pos, code, ok := parseArgs(fs, rest)
 	if !ok {
@@ -386,7 +380,7 @@ func Session(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 func Job(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	sub, rest := subcommand(args)
 	var c common
-	fs := newFlags("job "+sub, "job list|show ID|cancel ID [--json]", stderr)
+	fs := newFlags("job "+sub, "job list|show ID|cancel ID [--json]", stdout, stderr)
 	c.register(fs)
 	pos, code, ok := parseArgs(fs, rest)
 	if !ok {
@@ -443,7 +437,7 @@ func Job(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 func Reload(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var c common
 	var dryRun, noWait bool
-	fs := newFlags("reload", "reload [--dry-run] [--no-wait] [--json]", stderr)
+	fs := newFlags("reload", "reload [--dry-run] [--no-wait] [--json]", stdout, stderr)
 	c.register(fs)
 	fs.BoolVar(&dryRun, "dry-run", false, "only print what would change")
 	fs.BoolVar(&noWait, "no-wait", false, "start the reload and return")
@@ -472,7 +466,7 @@ func Reload(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 // Explain runs `cachelun explain VOLUME LBA`.
 func Explain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var c common
-	fs := newFlags("explain", "explain VOLUME LBA [--json]", stderr)
+	fs := newFlags("explain", "explain VOLUME LBA [--json]", stdout, stderr)
 	c.register(fs)
 	pos, code, ok := parseArgs(fs, args)
 	if !ok {

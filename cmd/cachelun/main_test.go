@@ -203,6 +203,15 @@ func TestHelpExitsZero(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "cachelun version") || errs != "" {
 		t.Errorf("--help: exit %d\nstdout %q\nstderr %q", code, out, errs)
 	}
+	code, out, errs = run(t, "serve", "--help")
+	if code != 0 || !strings.HasPrefix(out, "usage: cachelun serve [--config FILE]") || !strings.Contains(out, "-metrics") || errs != "" {
+		t.Errorf("serve --help: exit %d\nstdout %q\nstderr %q", code, out, errs)
+	}
+	for _, args := range [][]string{{"status", "--help"}, {"volume", "help"}, {"config", "show", "-h"}, {"stats", "--help"}} {
+		if code, out, errs := run(t, args...); code != 0 || !strings.HasPrefix(out, "usage: cachelun "+args[0]) || errs != "" {
+			t.Errorf("%q: exit %d\nstdout %q\nstderr %q", args, code, out, errs)
+		}
+	}
 }
 
 func TestVersion(t *testing.T) {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -35,30 +34,23 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	defer signal.Stop(hup)
 
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	configPath := fs.String("config", "", "configuration file (default: the embedded demo configuration)")
 	dataDir := fs.String("data-dir", "", "data directory; overrides global.data_dir (default ./cachelun-data)")
 	listen := fs.String("listen", "", "HOST:PORT every target listens on instead of its portals (port 0 picks a free port)")
 	metrics := fs.String("metrics", "", "HOST:PORT of /metrics and the status page instead of global.metrics_listen (port 0 picks a free port), or off")
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: cachelun %s\n", serveUsage)
-		fs.PrintDefaults()
+	pos, code, ok := parseCommand(fs, args, stdout, stderr)
+	if !ok {
+		return code
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
+	if len(pos) > 0 {
+		fmt.Fprintf(stderr, "cachelun serve: unexpected argument %q\n", pos[0])
+		printUsage(fs, stderr)
 		return 2
 	}
-	if fs.NArg() > 0 {
-		fs.Usage()
-		return 2
-	}
-
 	if *metrics != "" {
 		if err := checkMetricsListen(*metrics); err != nil {
 			fmt.Fprintf(stderr, "cachelun serve: --metrics: %v\n", err)
-			fs.Usage()
+			printUsage(fs, stderr)
 			return 2
 		}
 	}

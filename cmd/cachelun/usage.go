@@ -24,11 +24,17 @@ func parseCommand(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) (po
 	if errors.Is(err, flag.ErrHelp) {
 		w, code = stdout, 0
 	}
+	printUsage(fs, w)
+	return nil, code, false
+}
+
+// printUsage prints the command's usage line and its flags to w.
+func printUsage(fs *flag.FlagSet, w io.Writer) {
 	fmt.Fprintf(w, "usage: cachelun %s\n", commands()[fs.Name()].summary)
+	out := fs.Output()
 	fs.SetOutput(w)
 	fs.PrintDefaults()
-	fs.SetOutput(stderr)
-	return nil, code, false
+	fs.SetOutput(out)
 }
 
 // plural returns "1 problem", "2 problems".
