@@ -444,6 +444,9 @@ func TestSocketDiscovery(t *testing.T) {
 	}
 	// the verbs' copy of where the quick start puts its socket
 	def := conf.Default()
+	if admin.DefaultSocketPath != conf.DefaultAdminSocket {
+		t.Errorf("the CLI looks for %s, the daemon's default socket is %s", admin.DefaultSocketPath, conf.DefaultAdminSocket)
+	}
 	if def.Global.DataDir != conf.DefaultDataDir || def.Global.AdminSocket != cli.DataDirSocket {
 		t.Fatalf("embedded default: data dir %q, socket %q; the CLI looks for %s/%s", def.Global.DataDir,
 			def.Global.AdminSocket, conf.DefaultDataDir, cli.DataDirSocket)
