@@ -46,6 +46,7 @@ func (d *daemon) startAdmin() error {
 	if err != nil {
 		return fmt.Errorf("admin: %w", err)
 	}
+	d.adminSrv = srv // before Serve: handlers read it
 	ctx, cancel := context.WithCancel(context.Background())
 	d.adminCancel = cancel
 	errc := make(chan error, 1)
@@ -63,7 +64,6 @@ func (d *daemon) startAdmin() error {
 		if a := srv.Addr("metrics"); a != nil {
 			// the bound address: with port 0 the configured one says nothing
 			metrics = "http://" + a.String() + "/metrics"
-			d.metricsAddr = a.String()
 		}
 		d.log.Info("admin API ready", "socket", socket, "metrics", metrics)
 		return nil
@@ -128,8 +128,8 @@ func (b *adminBackend) RunningConfig(secrets bool) ([]byte, error) {
 		}
 	}
 	d.mu.RUnlock()
-	if d.metricsAddr != "" {
-		cfg.Global.MetricsListen = d.metricsAddr
+	if a := d.adminSrv.Addr("metrics"); a != nil {
+		cfg.Global.MetricsListen = a.String()
 	}
 	return cfg.TOML(secrets)
 }

@@ -80,9 +80,9 @@ type daemon struct {
 	// metricsOverride is the --metrics value that replaced
 	// global.metrics_listen ("" when none); a reload keeps it.
 	metricsOverride string
-	// metricsAddr is the address the metrics listener got ("" when off);
-	// set once at start, before the admin API serves.
-	metricsAddr string
+	// adminSrv is the admin server (nil when both its listeners are
+	// off); set once at start, before it serves.
+	adminSrv *admin.Server
 
 	// adminModesMu guards adminModes: the cache mode last set through the
 	// admin API, by volume, until a reload converges the volume to the
