@@ -98,3 +98,29 @@ c.toml:7: volume[1].mode: expected value but found "writeback" instead`
 		t.Errorf("got:\n%v\n\nwant:\n%s", err, want)
 	}
 }
+
+// A table given twice is reported in the same form and its second section
+// is left out; a dotted key under a key already set redefines it. Neither
+// hides the other problems.
+func TestRepeatedTables(t *testing.T) {
+	src := `[global]
+log_level = "info"
+log_level.x = 1
+
+[iscsi]
+queue_depth = 4
+
+[iscsi]
+queue_depth = "x"
+
+[tcmu]
+enabled = "yes"
+`
+	want := `c.toml:3: global.log_level: set again (first set on line 2); a key is set once per table
+c.toml:8: iscsi: table defined again (first on line 5); its keys belong in one section, and these were not read
+c.toml:12: tcmu.enabled: expected true or false, not the string "yes"`
+	_, err := Parse("c.toml", []byte(src))
+	if err == nil || err.Error() != want {
+		t.Errorf("got:\n%v\n\nwant:\n%s", err, want)
+	}
+}

@@ -86,7 +86,11 @@ func Parse(name string, data []byte) (cfg *Config, err error) {
 	// Only a syntax error, after which nothing can be read, stops early.
 	v := &validator{file: name, ix: indexLines(string(data))}
 	for _, d := range v.ix.dups {
-		v.problemAt(d.line, d.path, "set again (first set on line %d); a key is set once per table", d.first)
+		if d.table {
+			v.problemAt(d.line, d.path, "table defined again (first on line %d); its keys belong in one section, and these were not read", d.first)
+		} else {
+			v.problemAt(d.line, d.path, "set again (first set on line %d); a key is set once per table", d.first)
+		}
 	}
 	var raw map[string]any
 	if _, derr := toml.NewDecoder(bytes.NewReader(v.ix.withoutRepeats(data))).Decode(&raw); derr != nil {
