@@ -21,10 +21,9 @@
 //     volume[1].mode: "wrback" is not one of writeback, ...". A value of the wrong type ("expected a
 //     string, not the integer 5"), an unknown key (with the closest known key: `did you mean
 //     "sequential_cutoff"?`), a key set twice in a table and a table given twice are problems like
-//     the others and hide
-//     none of them: the file's generic decoding is checked against the schema, and what fails is
-//     reported and left out before the rest is decoded and validated. Only a TOML syntax error stops
-//     the reading; it is reported in the same form, with the decoder's message.
+//     the others and hide none of them: the file's generic decoding is checked against the schema,
+//     and what fails is reported and left out before the rest is decoded and validated. Only a TOML
+//     syntax error stops the reading; it is reported in the same form, with the decoder's message.
 //   - Config.TOML prints a configuration that Parse reads back to an equivalent one (`cachelun config
 //     show`); CHAP secrets are redacted to RedactedSecret, which validation refuses, unless asked for.
 //   - Parse never panics, whatever the input (fuzzed).
