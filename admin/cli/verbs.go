@@ -20,6 +20,12 @@ func staleNote(w io.Writer, meta admin.SnapshotMeta) {
 		fmt.Fprintf(w, "note: the engine did not answer in time; figures are from %s ago\n",
 			humanDuration(time.Since(meta.Taken)))
 	}
+}
+
+// countersNote says since when the counters shown count, after a
+// `cachelun stats reset` (staleNote's companion where counters are shown).
+func countersNote(w io.Writer, meta admin.SnapshotMeta) {
+	staleNote(w, meta)
 	if meta.CountersSince != nil {
 		fmt.Fprintf(w, "counters since %s (cachelun stats reset)\n", meta.CountersSince.Local().Format(time.DateTime))
 	}
@@ -50,7 +56,7 @@ func Status(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		version = "(unknown version)"
 	}
 	fmt.Fprintf(stdout, "cachelun %s, up %s\n", version, humanDuration(time.Duration(st.UptimeSeconds*float64(time.Second))))
-	staleNote(stdout, st.SnapshotMeta)
+	countersNote(stdout, st.SnapshotMeta)
 	fmt.Fprintln(stdout)
 	writeVolumeTable(stdout, st.Volumes)
 	fmt.Fprintln(stdout)
@@ -155,7 +161,7 @@ func volumeList(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		printJSON(stdout, r)
 		return ExitOK
 	}
-	staleNote(stdout, r.SnapshotMeta)
+	countersNote(stdout, r.SnapshotMeta)
 	writeVolumeTable(stdout, r.Volumes)
 	return ExitOK
 }
@@ -180,7 +186,7 @@ func volumeShow(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		return ExitOK
 	}
 	v, st := r.Volume, r.Volume.Stats
-	staleNote(stdout, r.SnapshotMeta)
+	countersNote(stdout, r.SnapshotMeta)
 	tw := table(stdout)
 	row := func(k string, format string, a ...any) { fmt.Fprintf(tw, "%s:\t%s\n", k, fmt.Sprintf(format, a...)) }
 	row("volume", "%s", v.Name)
@@ -307,7 +313,7 @@ func Cache(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			printJSON(stdout, r)
 			return ExitOK
 		}
-		staleNote(stdout, r.SnapshotMeta)
+		countersNote(stdout, r.SnapshotMeta)
 		writeCacheTable(stdout, r.Caches)
 		tw := table(stdout)
 		fmt.Fprintln(tw, "\nCACHE\tKEY HEAD\tDIRTY TAIL\tKEY TAIL")
