@@ -122,6 +122,20 @@ type Session struct {
 	InFlight  int      `json:"in_flight"` // commands being executed
 }
 
+// Target is a front-end target that exists, whether or not a session is
+// logged in to it.
+type Target struct {
+	Transport string // "iscsi"
+	Name      string // the target's IQN
+}
+
+// TargetLister is an optional method of a Backend: the targets it serves.
+// The session metrics then have a series (zero) for every target from the
+// start, not only once a host logged in.
+type TargetLister interface {
+	Targets() []Target
+}
+
 // VolumeAPI is what the admin server needs from one cached volume. The
 // read-only methods (Name, Mode, Stats, Explain, Size, BlockSize) must not
 // wait for data-path work; the server still calls them under a time budget

@@ -22,6 +22,12 @@
 // method_not_allowed, conflict, not_failed, unauthorized) and 503
 // backend_busy when the engine does not answer.
 //
+// POST /v1/stats/reset (cachelun stats reset) never touches the engine or
+// /metrics, whose counters stay monotonic for Prometheus: the server keeps
+// the counters at the reset and every later answer of the API and the
+// status page subtracts them ("counters_since" in the answer says from
+// when). Gauges (dirty bytes, lag, segments) are never adjusted.
+//
 // The admin package never mutates engine state except through the
 // VolumeAPI, CacheAPI and Backend interfaces it defines; it does not import
 // the engine. The daemon adapts its objects to these interfaces.
@@ -40,6 +46,8 @@
 //	POST   /v1/caches/{name}/detach         job: detach a failed cache (409 not_failed otherwise)
 //	GET    /v1/sessions                     initiator sessions: initiator, portal, LUNs, in-flight commands
 //	POST   /v1/reload                       job: {"dry_run": true} to only describe the plan
+//	GET    /v1/config[?secrets=1]           the running configuration as TOML (CHAP secrets redacted unless secrets=1)
+//	POST   /v1/stats/reset                  the counters the API shows count from now (not /metrics)
 //	GET    /v1/jobs, /v1/jobs/{id}          running and the last 64 finished jobs
 //	DELETE /v1/jobs/{id}                    cancel a job
 //	GET    /metrics                         Prometheus exposition (also on Config.MetricsListen)

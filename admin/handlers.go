@@ -42,6 +42,9 @@ type SnapshotMeta struct {
 	// Stale is true when the backend did not answer within the read budget
 	// and the answer comes from an earlier snapshot.
 	Stale bool `json:"stale"`
+	// CountersSince is when `cachelun stats reset` last reset the
+	// counters this answer shows (absent: they count from the start).
+	CountersSince *time.Time `json:"counters_since,omitempty"`
 }
 
 // StatusResponse is GET /v1/status.
@@ -143,6 +146,8 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("POST /v1/caches/{name}/detach", s.handleDetach)
 	mux.HandleFunc("GET /v1/sessions", s.handleSessions)
 	mux.HandleFunc("POST /v1/reload", s.handleReload)
+	mux.HandleFunc("GET /v1/config", s.handleConfig)
+	mux.HandleFunc("POST /v1/stats/reset", s.handleStatsReset)
 	mux.HandleFunc("GET /v1/jobs", s.handleJobs)
 	mux.HandleFunc("GET /v1/jobs/{id}", s.handleJob)
 	mux.HandleFunc("DELETE /v1/jobs/{id}", s.handleCancelJob)
@@ -239,7 +244,12 @@ func (s *Server) snapshot(w http.ResponseWriter, r *http.Request) (*snapshot, Sn
 		writeError(w, http.StatusServiceUnavailable, "backend_busy", err.Error())
 		return nil, SnapshotMeta{}, false
 	}
-	return snap, SnapshotMeta{Taken: snap.taken, Stale: stale}, true
+	meta := SnapshotMeta{Taken: snap.taken, Stale: stale}
+	snap, since := s.base.apply(snap)
+	if !since.IsZero() {
+		meta.CountersSince = &since
+	}
+	return snap, meta, true
 }
 
 func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {

@@ -143,6 +143,11 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	type tt struct{ transport, target string }
 	sessions, inflight := map[tt]int{}, map[tt]int{}
+	for _, t := range snap.targets {
+		k := tt{t.Transport, t.Name}
+		sessions[k] += 0
+		inflight[k] += 0
+	}
 	for _, s := range snap.sessions {
 		k := tt{s.Transport, s.Target}
 		sessions[k]++

@@ -117,6 +117,7 @@ func (s *Server) handlePage(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "cachelun: "+err.Error(), http.StatusServiceUnavailable)
 		return
 	}
+	snap, _ = s.base.apply(snap) // the page shows what `cachelun status` shows
 	data := pageData{
 		Version:  s.cfg.Version,
 		Uptime:   s.clock.Now().Sub(s.started).Round(time.Second).String(),

@@ -38,6 +38,9 @@ var (
 	ErrNotSocket   = errors.New("admin: socket path exists and is not a socket")
 	ErrShutdown    = errors.New("admin: goroutines did not stop within the shutdown timeout")
 	ErrServed      = errors.New("admin: Serve called more than once")
+	// ErrMetricsListen wraps the error of binding MetricsListen, so the
+	// daemon can say which setting to change.
+	ErrMetricsListen = errors.New("admin: cannot listen for /metrics")
 )
 
 // Config configures a Server.
@@ -85,6 +88,7 @@ type Server struct {
 	page    *template.Template
 
 	explainSlots chan struct{} // bounds backend calls that may be outstanding past their budget
+	base         baseline      // the counters at the last `stats reset`
 
 	ready chan struct{}
 
@@ -238,7 +242,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		l, err := net.Listen("tcp", s.cfg.MetricsListen)
 		if err != nil {
 			closeAll()
-			return fmt.Errorf("admin: listen %s: %w", s.cfg.MetricsListen, err)
+			return fmt.Errorf("%w on %s: %w", ErrMetricsListen, s.cfg.MetricsListen, err)
 		}
 		listeners = append(listeners, l)
 		mux := http.NewServeMux()

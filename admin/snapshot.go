@@ -43,6 +43,7 @@ type snapshot struct {
 	volumes  []VolumeInfo
 	caches   []CacheInfo
 	sessions []Session
+	targets  []Target // nil when the backend is no TargetLister
 	// handles maps names to the live objects, for jobs and explain.
 	volumeHandles map[string]VolumeAPI
 	cacheHandles  map[string]CacheAPI
@@ -82,6 +83,9 @@ func readBackend(b Backend, now time.Time) *snapshot {
 		snap.cacheHandles[info.Name] = c
 	}
 	snap.sessions = b.Sessions()
+	if tl, ok := b.(TargetLister); ok {
+		snap.targets = tl.Targets()
+	}
 	return snap
 }
 

@@ -103,7 +103,7 @@ func TestValidationRules(t *testing.T) {
 		want string // substring of the problem message
 	}{
 		{"syntax error", base + "\nfoo = = 1 #!\n", "expected value"},
-		{"type error", "[global]\nlog_level = 3 #!\n", "incompatible types"},
+		{"type error", "[global]\nlog_level = 3 #!\n", "expected a string, not the integer 3"},
 		{"unknown key", base + "\n[iscsi]\nqueue_dpeth = 4 #!\n", "unknown key"},
 		{"unknown section", "[globl] #!\nx = 1\n" + base, "unknown key"},
 		{"log level", strings.Replace(base, `metrics_listen = "off"`, "metrics_listen = \"off\"\nlog_level = \"loud\" #!", 1), "not one of"},

@@ -16,9 +16,16 @@
 //
 //   - Load and Parse either return a fully validated *Config with every default filled in, or an error
 //     and no Config. Nothing is half applied: callers act on a configuration only after it loaded.
-//   - Every validation problem is reported (not just the first) as a *Problem naming file:line and the
-//     key path, e.g. "/etc/cachelun.toml:17: volume[1].mode: unknown cache mode "wrback"". Syntax and
-//     type errors from the TOML decoder carry the decoder's line.
+//   - Every problem is reported at once (not just the first), in one form, as a *Problem naming
+//     file:line and the key path with the index of its table, e.g. "/etc/cachelun.toml:17:
+//     volume[1].mode: "wrback" is not one of writeback, ...". A value of the wrong type ("expected a
+//     string, not the integer 5"), an unknown key (with the closest known key: `did you mean
+//     "sequential_cutoff"?`), a key set twice in a table and a table given twice are problems like
+//     the others and hide none of them: the file's generic decoding is checked against the schema,
+//     and what fails is reported and left out before the rest is decoded and validated. Only a TOML
+//     syntax error stops the reading; it is reported in the same form, with the decoder's message.
+//   - Config.TOML prints a configuration that Parse reads back to an equivalent one (`cachelun config
+//     show`); CHAP secrets are redacted to RedactedSecret, which validation refuses, unless asked for.
 //   - Parse never panics, whatever the input (fuzzed).
 //   - Relative paths (cache path, backing path, admin socket) are resolved against data_dir; a relative
 //     data_dir is resolved against the process's working directory by the daemon, not by this package.

@@ -19,10 +19,30 @@ type lineIndex struct {
 	lines    map[string]int
 	plain    map[string]int
 	arrCount map[string]int // resolved array-of-tables path -> number of elements seen
+	// keyLines holds the line each key (not table header) was set on and
+	// headers the line of each table header, to find a key or a table
+	// defined twice; dups lists those repeats in file order.
+	keyLines map[string]int
+	headers  map[string]int
+	dups     []repeatedKey
+}
+
+// repeatedKey is a key set a second time in its table, or a table header
+// ([name]) given a second time: TOML errors the decoder would stop at.
+// Its bytes [start, end) (for a table, the header and its keys) are
+// blanked before decoding, so every other problem of the file is still
+// reported.
+type repeatedKey struct {
+	path        string
+	table       bool
+	line, first int
+	start, end  int
 }
 
 func indexLines(src string) *lineIndex {
-	ix := &lineIndex{lines: map[string]int{}, plain: map[string]int{}, arrCount: map[string]int{}}
+	ix := &lineIndex{lines: map[string]int{}, plain: map[string]int{}, arrCount: map[string]int{},
+		keyLines: map[string]int{}, headers: map[string]int{}}
+	repeatedTable := -1 // index in dups of the repeated table being skipped
 	s := scanner{src: src, line: 1}
 	current := "" // resolved path of the current table
 	for !s.eof() {
@@ -32,6 +52,11 @@ func indexLines(src string) *lineIndex {
 		}
 		line := s.line
 		if s.peek() == '[' {
+			if repeatedTable >= 0 {
+				ix.dups[repeatedTable].end = s.pos
+				repeatedTable = -1
+			}
+			headerStart := s.pos
 			s.pos++
 			array := false
 			if s.peek() == '[' {
@@ -53,9 +78,16 @@ func indexLines(src string) *lineIndex {
 				last += "[" + strconv.Itoa(n-1) + "]"
 			}
 			current = last
+			if first, ok := ix.headers[current]; ok && !array {
+				repeatedTable = len(ix.dups)
+				ix.dups = append(ix.dups, repeatedKey{path: current, table: true, line: line, first: first, start: headerStart, end: len(src)})
+				continue
+			}
+			ix.headers[current] = line
 			ix.record(current, line)
 			continue
 		}
+		start := s.pos
 		keys := s.key()
 		if len(keys) == 0 {
 			s.skipToLineEnd()
@@ -71,8 +103,51 @@ func indexLines(src string) *lineIndex {
 			s.pos++
 		}
 		s.skipValue()
+		if repeatedTable >= 0 {
+			continue // blanked with its table
+		}
+		// a key set before, or a dotted key under a key set before
+		// (log_level.x after log_level), redefines it
+		for q := p; q != current && q != ""; q = parent(q) {
+			if first, ok := ix.keyLines[q]; ok {
+				ix.dups = append(ix.dups, repeatedKey{path: q, line: line, first: first, start: start, end: s.pos})
+				break
+			}
+		}
+		if _, ok := ix.keyLines[p]; !ok {
+			ix.keyLines[p] = line
+		}
 	}
 	return ix
+}
+
+// pathAt returns the indexed path of the key plain (given without
+// indices, as the decoder names it) recorded on line, or "".
+func (ix *lineIndex) pathAt(plain string, line int) string {
+	best := ""
+	for p, l := range ix.lines {
+		if l == line && stripIndices(p) == plain && (best == "" || p < best) {
+			best = p
+		}
+	}
+	return best
+}
+
+// withoutRepeats returns src with the repeated keys blanked (spaces, the
+// newlines kept so that line numbers stay).
+func (ix *lineIndex) withoutRepeats(src []byte) []byte {
+	if len(ix.dups) == 0 {
+		return src
+	}
+	out := []byte(string(src))
+	for _, d := range ix.dups {
+		for i := d.start; i < d.end && i < len(out); i++ {
+			if out[i] != '\n' {
+				out[i] = ' '
+			}
+		}
+	}
+	return out
 }
 
 // resolve turns header components into a resolved path, picking the last

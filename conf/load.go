@@ -1,9 +1,11 @@
 package conf
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
+	"reflect"
 	"regexp"
 	"sort"
 	"strconv"
@@ -76,34 +78,77 @@ func Parse(name string, data []byte) (cfg *Config, err error) {
 	if p := checkShape(name, data); p != nil {
 		return nil, &Error{Problems: []*Problem{p}}
 	}
-	var c Config
-	md, derr := toml.NewDecoder(strings.NewReader(string(data))).Decode(&c)
-	if derr != nil {
-		p := &Problem{File: name, Msg: derr.Error()}
-		var pe toml.ParseError
-		if errors.As(derr, &pe) {
-			p.Line = pe.Position.Line
-			p.Key = pe.LastKey
-			p.Msg = pe.Message
-		} else if m := decoderLine.FindStringSubmatch(derr.Error()); m != nil {
-			// type mismatches come as plain errors "toml: line N (last key "k"): msg"
-			p.Line, _ = strconv.Atoi(m[1])
-			p.Key = m[2]
-			p.Msg = m[3]
-		}
-		return nil, &Error{Problems: []*Problem{p}}
-	}
+	// Every problem of the file is reported at once, in one form
+	// (FILE:LINE: table[index].key: message): a key set twice is reported
+	// and blanked out, the generic decoding is checked against the schema
+	// (values of the wrong type and unknown keys are reported and
+	// removed), and only the rest is decoded into a Config and validated.
+	// Only a syntax error, after which nothing can be read, stops early.
 	v := &validator{file: name, ix: indexLines(string(data))}
+	for _, d := range v.ix.dups {
+		if d.table {
+			v.problemAt(d.line, d.path, "table defined again (first on line %d); its keys belong in one section, and these were not read", d.first)
+		} else {
+			v.problemAt(d.line, d.path, "set again (first set on line %d); a key is set once per table", d.first)
+		}
+	}
+	var raw map[string]any
+	if _, derr := toml.NewDecoder(bytes.NewReader(v.ix.withoutRepeats(data))).Decode(&raw); derr != nil {
+		v.problems = append(v.problems, v.decodeProblem(derr))
+		sortProblems(v.problems)
+		return nil, &Error{Problems: v.problems}
+	}
+	tc := &typeChecker{v: v, dropped: map[string]bool{}}
+	tc.table("", raw, reflect.TypeFor[Config]())
+	var clean bytes.Buffer
+	if err := toml.NewEncoder(&clean).Encode(raw); err != nil {
+		return nil, &Error{Problems: []*Problem{{File: name, Msg: fmt.Sprintf("cannot re-encode: %v", err)}}}
+	}
+	var c Config
+	md, derr := toml.NewDecoder(&clean).Decode(&c)
+	if derr != nil {
+		// the schema check should have caught it; say what the decoder said
+		v.problems = append(v.problems, v.decodeProblem(derr))
+		sortProblems(v.problems)
+		return nil, &Error{Problems: v.problems}
+	}
 	for _, k := range md.Undecoded() {
 		v.problemAt(v.ix.plainLine(k.String()), k.String(), "unknown key")
 	}
+	typeProblems := len(v.problems)
 	v.config(&c)
+	// a key dropped above is not reported again (as missing, say)
+	kept := v.problems[:typeProblems]
+	for _, p := range v.problems[typeProblems:] {
+		if !tc.dropped[p.Key] {
+			kept = append(kept, p)
+		}
+	}
+	v.problems = kept
 	if len(v.problems) > 0 {
 		sortProblems(v.problems)
 		return nil, &Error{Problems: v.problems}
 	}
 	c.Source = name
 	return &c, nil
+}
+
+// decodeProblem turns a decoder error into a Problem at its line, naming
+// the key with its table index when the line index knows it.
+func (v *validator) decodeProblem(derr error) *Problem {
+	p := &Problem{File: v.file, Msg: derr.Error()}
+	var pe toml.ParseError
+	if errors.As(derr, &pe) {
+		p.Line, p.Key, p.Msg = pe.Position.Line, pe.LastKey, pe.Message
+	} else if m := decoderLine.FindStringSubmatch(derr.Error()); m != nil {
+		// type mismatches come as plain errors "toml: line N (last key "k"): msg"
+		p.Line, _ = strconv.Atoi(m[1])
+		p.Key, p.Msg = m[2], m[3]
+	}
+	if full := v.ix.pathAt(p.Key, p.Line); full != "" {
+		p.Key = full
+	}
+	return p
 }
 
 func sortProblems(ps []*Problem) {

@@ -191,8 +191,9 @@ func (s *Size) UnmarshalText(b []byte) error {
 	return nil
 }
 
-// MarshalText renders the size in bytes.
-func (s Size) MarshalText() ([]byte, error) { return []byte(strconv.FormatInt(s.Bytes, 10)), nil }
+// MarshalText renders the size with the largest exact binary unit
+// ("256MiB"), as an operator writes it; ParseSize reads it back.
+func (s Size) MarshalText() ([]byte, error) { return []byte(FormatSize(s.Bytes)), nil }
 
 // String renders the size with the largest exact binary unit.
 func (s Size) String() string { return FormatSize(s.Bytes) }

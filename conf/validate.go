@@ -370,6 +370,10 @@ func (v *validator) chap(k string, c *CHAP) {
 }
 
 func (v *validator) secret(k, s string) {
+	if s == RedactedSecret {
+		v.bad(k, "is the placeholder of a redacted secret (from cachelun config show): write the secret")
+		return
+	}
 	if len(s) < minCHAPSecretLen || len(s) > maxCHAPSecretLen {
 		v.bad(k, "must be %d to %d bytes long (RFC 7143 requires at least 96 bits), not %d",
 			minCHAPSecretLen, maxCHAPSecretLen, len(s))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os/exec"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -234,6 +235,10 @@ func TestCrashKeepsAcknowledgedWrites(t *testing.T) {
 	d.restart()
 	if !strings.Contains(d.log.String(), "recovered acknowledged writes") {
 		t.Errorf("the restarted daemon did not report recovering writes from its intent log")
+	}
+	// one line per cache says what the restart recovered, as a warning
+	if m := regexp.MustCompile(`level=WARN msg="cache recovered after a crash" cache=\S+ keys_replayed=[0-9]+ dirty_bytes=([0-9]+) dirty=\S+ intent_recovered_keys=([0-9]+)`).FindStringSubmatch(d.log.String()); m == nil || m[1] == "0" || m[2] == "0" {
+		t.Errorf("the restart's recovery line is missing or shows nothing recovered: %q", m)
 	}
 	cmds := []string{"flush"}
 	for _, r := range acked {

@@ -140,6 +140,10 @@ type daemon struct {
 	log     *lockedBuffer
 	exited  chan struct{}
 	waitErr error
+	// quickStart runs `cachelun serve --listen 127.0.0.1:0` and nothing
+	// else, in the parent of dataDir (which is named cachelun-data), as
+	// the README's quick start does.
+	quickStart bool
 }
 
 type lockedBuffer struct {
@@ -183,11 +187,19 @@ func startDaemon(t *testing.T, dataDir, config string) *daemon {
 func (d *daemon) start() {
 	t := d.t
 	t.Helper()
-	args := []string{"serve", "--data-dir", d.dataDir, "--listen", "127.0.0.1:0"}
+	// tests run daemons side by side: none may take the default metrics
+	// port 9420 of the embedded default
+	args := []string{"serve", "--data-dir", d.dataDir, "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"}
 	if d.config != "" {
 		args = append(args, "--config", d.config)
 	}
+	if d.quickStart {
+		args = []string{"serve", "--listen", "127.0.0.1:0"}
+	}
 	cmd := exec.Command(binaryPath, args...)
+	if d.quickStart {
+		cmd.Dir = filepath.Dir(d.dataDir)
+	}
 	// The daemon's runtime directory (its intent logs) belongs to the
 	// test, as systemd's RuntimeDirectory= belongs to the service.
 	runDir := filepath.Join(d.dataDir, "run")

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -15,6 +16,7 @@ import (
 	"github.com/cachelun/cachelun/admin"
 	"github.com/cachelun/cachelun/admin/admintest"
 	"github.com/cachelun/cachelun/admin/cli"
+	"github.com/cachelun/cachelun/conf"
 )
 
 type fixture struct {
@@ -25,6 +27,12 @@ type fixture struct {
 }
 
 func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	return newFixtureAt(t, filepath.Join(t.TempDir(), "admin.sock"))
+}
+
+// newFixtureAt serves the fixture's admin API on the unix socket at path.
+func newFixtureAt(t *testing.T, path string) *fixture {
 	t.Helper()
 	f := &fixture{
 		db1:   admintest.NewVolume("db1", "nvme0", 100<<30, 512),
@@ -40,7 +48,7 @@ func newFixture(t *testing.T) *fixture {
 	f.backend = admintest.NewBackend([]*admintest.Volume{f.db1}, []*admintest.Cache{f.cache})
 	f.backend.SetSessions([]admin.Session{{Transport: "iscsi", Initiator: "iqn.1993-08.org.debian:01:abc",
 		Target: "iqn.2026-11.io.cachelun:demo", Portal: "127.0.0.1:3260", Remote: "127.0.0.1:51000", LUNs: []uint64{0, 1}, InFlight: 2}})
-	f.socket = filepath.Join(t.TempDir(), "admin.sock")
+	f.socket = path
 	srv, err := admin.NewServer(admin.Config{Backend: f.backend, SocketPath: f.socket, Version: "0.1.0"})
 	if err != nil {
 		t.Fatal(err)
@@ -124,8 +132,9 @@ func TestExitCodes(t *testing.T) {
 		{"explain negative lba", cli.Explain, []string{"db1", "-5"}, cli.ExitUsage, ""},
 		{"session bad sub", cli.Session, []string{"kill"}, cli.ExitUsage, "usage"},
 		{"job bad sub", cli.Job, []string{"frob"}, cli.ExitUsage, "usage"},
-		{"help", cli.Status, []string{"-h"}, cli.ExitOK, "usage: cachelun status"},
-		{"volume help", cli.Volume, []string{"help"}, cli.ExitOK, "usage"},
+		{"cache bad sub", cli.Cache, []string{"frob"}, cli.ExitUsage, "usage: cachelun cache"},
+		{"stats bad sub", cli.Stats, []string{"clear"}, cli.ExitUsage, "usage: cachelun stats reset"},
+		{"config bad sub", cli.Config, nil, cli.ExitUsage, "usage: cachelun config show"},
 	} {
 		code, _, errOut := runCtx(context.Background(), tc.cmd, tc.args...)
 		if code != tc.want {
@@ -419,5 +428,87 @@ func TestSessionListTCMURow(t *testing.T) {
 	code, out, _ = f.run(t, cli.Status)
 	if code != cli.ExitOK || !strings.Contains(out, "tcmu 1") {
 		t.Errorf("status does not count the TCMU device: %q", out)
+	}
+}
+
+// Without --socket the verbs find the daemon of the quick start: run in
+// the directory where `cachelun serve` was started, its socket is
+// ./cachelun-data/admin.sock (the embedded default's data dir and socket
+// name). --data-dir DIR names DIR/admin.sock.
+func TestSocketDiscovery(t *testing.T) {
+	t.Setenv(cli.EnvSocket, "")
+	wd := t.TempDir()
+	t.Chdir(wd)
+	if err := os.Mkdir(filepath.Join(wd, "cachelun-data"), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	// the verbs' copy of where the quick start puts its socket
+	def := conf.Default()
+	if admin.DefaultSocketPath != conf.DefaultAdminSocket {
+		t.Errorf("the CLI looks for %s, the daemon's default socket is %s", admin.DefaultSocketPath, conf.DefaultAdminSocket)
+	}
+	if def.Global.DataDir != conf.DefaultDataDir || def.Global.AdminSocket != cli.DataDirSocket {
+		t.Fatalf("embedded default: data dir %q, socket %q; the CLI looks for %s/%s", def.Global.DataDir,
+			def.Global.AdminSocket, conf.DefaultDataDir, cli.DataDirSocket)
+	}
+	newFixtureAt(t, filepath.Join(wd, "cachelun-data", "admin.sock"))
+	for _, args := range [][]string{nil, {"--data-dir", filepath.Join(wd, "cachelun-data")}, {"--data-dir", "cachelun-data"}} {
+		code, out, errOut := runCtx(context.Background(), cli.Status, args...)
+		if code != cli.ExitOK || !strings.Contains(out, "cachelun 0.1.0, up") {
+			t.Errorf("status %q in the quick start's directory: exit %d, %q %q", args, code, out, errOut)
+		}
+	}
+	if code, out, errOut := runCtx(context.Background(), cli.Volume, "show", "db1"); code != cli.ExitOK || !strings.Contains(out, "db1") {
+		t.Errorf("volume show without --socket: exit %d, %q %q", code, out, errOut)
+	}
+	// a socket named in the environment is the only one tried
+	t.Setenv(cli.EnvSocket, filepath.Join(wd, "other.sock"))
+	if code, _, errOut := runCtx(context.Background(), cli.Status); code != cli.ExitUnreachable || !strings.Contains(errOut, "other.sock") {
+		t.Errorf("status with $%s naming a dead socket: exit %d, %q", cli.EnvSocket, code, errOut)
+	}
+	t.Setenv(cli.EnvSocket, "")
+
+	// elsewhere, nothing answers: the error lists every place looked at
+	t.Chdir(t.TempDir())
+	if c, err := net.Dial("unix", admin.DefaultSocketPath); err == nil {
+		c.Close()
+		t.Skipf("a daemon answers on %s on this machine", admin.DefaultSocketPath)
+	}
+	cwd, _ := os.Getwd()
+	code, _, errOut := runCtx(context.Background(), cli.Status)
+	if code != cli.ExitUnreachable || !strings.Contains(errOut, "looked at:\n  "+filepath.Join(cwd, "cachelun-data", "admin.sock")+": no such file or directory\n  "+admin.DefaultSocketPath+": ") ||
+		!strings.Contains(errOut, "--socket PATH, --data-dir DIR or $"+cli.EnvSocket) {
+		t.Errorf("status with no daemon: exit %d\n%s", code, errOut)
+	}
+	if code, _, errOut := runCtx(context.Background(), cli.Status, "--data-dir", "nowhere"); code != cli.ExitUnreachable || !strings.Contains(errOut, "nowhere/admin.sock") {
+		t.Errorf("status --data-dir nowhere: exit %d, %q", code, errOut)
+	}
+}
+
+// Help asked for is an answer: the usage on stdout, nothing on stderr,
+// exit 0, for every verb and subcommand.
+func TestHelpOnStdout(t *testing.T) {
+	for _, tc := range []struct {
+		cmd  cli.Command
+		args []string
+		want string
+	}{
+		{cli.Status, []string{"-h"}, "usage: cachelun status"},
+		{cli.Status, []string{"--help"}, "usage: cachelun status"},
+		{cli.Volume, []string{"help"}, "usage: cachelun volume list|show"},
+		{cli.Volume, []string{"--help"}, "usage: cachelun volume list|show"},
+		{cli.Volume, []string{"drain", "--help"}, "usage: cachelun volume drain"},
+		{cli.Cache, []string{"-h"}, "usage: cachelun cache list|detach"},
+		{cli.Session, []string{"--help"}, "usage: cachelun session list"},
+		{cli.Job, []string{"list", "-h"}, "usage: cachelun job list|show"},
+		{cli.Reload, []string{"--help"}, "usage: cachelun reload"},
+		{cli.Explain, []string{"-help"}, "usage: cachelun explain"},
+		{cli.Config, []string{"show", "--help"}, "usage: cachelun config show"},
+		{cli.Stats, []string{"help"}, "usage: cachelun stats reset"},
+	} {
+		code, out, errOut := runCtx(context.Background(), tc.cmd, tc.args...)
+		if code != cli.ExitOK || !strings.HasPrefix(out, tc.want) || errOut != "" {
+			t.Errorf("%q: exit %d\nstdout %q\nstderr %q", tc.args, code, out, errOut)
+		}
 	}
 }

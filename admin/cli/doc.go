@@ -1,7 +1,7 @@
 // Package cli implements the cachelun CLI verbs that talk to a running
 // daemon through its admin API: status, volume list|show|mode|flush|drain,
-// cache list|detach, session list, job list|show|cancel, reload and
-// explain.
+// cache list|detach, session list, job list|show|cancel, reload, explain,
+// config show and stats reset.
 //
 // Every verb has the signature
 //
@@ -15,9 +15,13 @@
 // operations (flush, drain, mode switch, detach, reload) wait for their job
 // and show its progress on stderr: a bar redrawn in place on a terminal,
 // plain lines otherwise; --no-wait prints the started job and returns.
+// -h/--help prints the usage to stdout and exits 0.
 //
-// Common flags: --socket PATH (default $CACHELUN_ADMIN_SOCKET, else
-// /run/cachelun/admin.sock), --addr HOST:PORT to use the TCP listener
+// Common flags: --socket PATH (default $CACHELUN_ADMIN_SOCKET if set, else
+// the first that answers of ./cachelun-data/admin.sock, where the quick
+// start's daemon has it, and /run/cachelun/admin.sock; when none answers
+// the error lists each with its reason), --data-dir DIR (the daemon
+// serving DIR: DIR/admin.sock), --addr HOST:PORT to use the TCP listener
 // instead (the token is read from $CACHELUN_ADMIN_TOKEN, never from the
 // command line), --timeout (per call, default 10s), --json. Flags may
 // come before or after the arguments.

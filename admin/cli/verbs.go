@@ -22,10 +22,19 @@ func staleNote(w io.Writer, meta admin.SnapshotMeta) {
 	}
 }
 
+// countersNote says since when the counters shown count, after a
+// `cachelun stats reset` (staleNote's companion where counters are shown).
+func countersNote(w io.Writer, meta admin.SnapshotMeta) {
+	staleNote(w, meta)
+	if meta.CountersSince != nil {
+		fmt.Fprintf(w, "counters since %s (cachelun stats reset)\n", meta.CountersSince.Local().Format(time.DateTime))
+	}
+}
+
 // Status prints the daemon's overview: `cachelun status [--json]`.
 func Status(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var c common
-	fs := newFlags("status", "status [--socket PATH] [--json]", stderr)
+	fs := newFlags("status", "status [--socket PATH] [--json]", stdout, stderr)
 	c.register(fs)
 	pos, code, ok := parseArgs(fs, args)
 	if !ok {
@@ -47,7 +56,7 @@ func Status(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		version = "(unknown version)"
 	}
 	fmt.Fprintf(stdout, "cachelun %s, up %s\n", version, humanDuration(time.Duration(st.UptimeSeconds*float64(time.Second))))
-	staleNote(stdout, st.SnapshotMeta)
+	countersNote(stdout, st.SnapshotMeta)
 	fmt.Fprintln(stdout)
 	writeVolumeTable(stdout, st.Volumes)
 	fmt.Fprintln(stdout)
@@ -129,17 +138,13 @@ func Volume(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case "flush", "drain":
 		return volumeFlushDrain(ctx, sub, rest, stdout, stderr)
 	default:
-		fmt.Fprintln(stderr, "usage: cachelun volume list|show NAME|mode NAME MODE|flush NAME|drain NAME [flags]")
-		if sub == "help" || (len(rest) > 0 && (rest[0] == "-h" || rest[0] == "--help")) {
-			return ExitOK
-		}
-		return ExitUsage
+		return groupUsage(sub, rest, "volume list|show NAME|mode NAME MODE|flush NAME|drain NAME [flags]", stdout, stderr)
 	}
 }
 
 func volumeList(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var c common
-	fs := newFlags("volume list", "volume list [--json]", stderr)
+	fs := newFlags("volume list", "volume list [--json]", stdout, stderr)
 	c.register(fs)
 	pos, code, ok := parseArgs(fs, args)
 	if !ok {
@@ -156,14 +161,14 @@ func volumeList(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		printJSON(stdout, r)
 		return ExitOK
 	}
-	staleNote(stdout, r.SnapshotMeta)
+	countersNote(stdout, r.SnapshotMeta)
 	writeVolumeTable(stdout, r.Volumes)
 	return ExitOK
 }
 
 func volumeShow(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var c common
-	fs := newFlags("volume show", "volume show NAME [--json]", stderr)
+	fs := newFlags("volume show", "volume show NAME [--json]", stdout, stderr)
 	c.register(fs)
 	pos, code, ok := parseArgs(fs, args)
 	if !ok {
@@ -181,7 +186,7 @@ func volumeShow(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		return ExitOK
 	}
 	v, st := r.Volume, r.Volume.Stats
-	staleNote(stdout, r.SnapshotMeta)
+	countersNote(stdout, r.SnapshotMeta)
 	tw := table(stdout)
 	row := func(k string, format string, a ...any) { fmt.Fprintf(tw, "%s:\t%s\n", k, fmt.Sprintf(format, a...)) }
 	row("volume", "%s", v.Name)
@@ -243,7 +248,7 @@ func countsByKind(m map[string]uint64) string {
 func volumeMode(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var c common
 	var noWait bool
-	fs := newFlags("volume mode", "volume mode NAME MODE [--no-wait] [--json]", stderr)
+	fs := newFlags("volume mode", "volume mode NAME MODE [--no-wait] [--json]", stdout, stderr)
 	c.register(fs)
 	fs.BoolVar(&noWait, "no-wait", false, "start the switch and return")
 	pos, code, ok := parseArgs(fs, args)
@@ -265,7 +270,7 @@ func volumeMode(ctx context.Context, args []string, stdout, stderr io.Writer) in
 func volumeFlushDrain(ctx context.Context, sub string, args []string, stdout, stderr io.Writer) int {
 	var c common
 	var noWait bool
-	fs := newFlags("volume "+sub, "volume "+sub+" NAME [--no-wait] [--json]", stderr)
+	fs := newFlags("volume "+sub, "volume "+sub+" NAME [--no-wait] [--json]", stdout, stderr)
 	c.register(fs)
 	fs.BoolVar(&noWait, "no-wait", false, "start the job and return")
 	pos, code, ok := parseArgs(fs, args)
@@ -291,7 +296,7 @@ func Cache(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var c common
 	switch sub {
 	case "list", "ls":
-		fs := newFlags("cache list", "cache list [--json]", stderr)
+		fs := newFlags("cache list", "cache list [--json]", stdout, stderr)
 		c.register(fs)
 		pos, code, ok := parseArgs(fs, rest)
 		if !ok {
@@ -308,7 +313,7 @@ func Cache(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			printJSON(stdout, r)
 			return ExitOK
 		}
-		staleNote(stdout, r.SnapshotMeta)
+		countersNote(stdout, r.SnapshotMeta)
 		writeCacheTable(stdout, r.Caches)
 		tw := table(stdout)
 		fmt.Fprintln(tw, "\nCACHE\tKEY HEAD\tDIRTY TAIL\tKEY TAIL")
@@ -320,7 +325,7 @@ func Cache(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return ExitOK
 	case "detach":
 		var noWait, force bool
-		fs := newFlags("cache detach", "cache detach NAME [--force] [--no-wait] [--json]", stderr)
+		fs := newFlags("cache detach", "cache detach NAME [--force] [--no-wait] [--json]", stdout, stderr)
 		c.register(fs)
 		fs.BoolVar(&noWait, "no-wait", false, "start the job and return")
 		fs.BoolVar(&force, "force", false, "detach even though volumes still have dirty data in the failed cache (that data is lost)")
@@ -334,8 +339,7 @@ func Cache(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return runJob(ctx, &c, "cache detach", "detach "+pos[0], noWait, stdout, stderr,
 			func(ctx context.Context, cl *admin.Client) (admin.Job, error) { return cl.Detach(ctx, pos[0], force) }, nil)
 	default:
-		fmt.Fprintln(stderr, "usage: cachelun cache list|detach NAME [flags]")
-		return ExitUsage
+		return groupUsage(sub, rest, "cache list|detach NAME [flags]", stdout, stderr)
 	}
 }
 
@@ -343,11 +347,10 @@ func Cache(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 func Session(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	sub, rest := subcommand(args)
 	if sub != "list" && sub != "ls" {
-		fmt.Fprintln(stderr, "usage: cachelun session list [--json]")
-		return ExitUsage
+		return groupUsage(sub, rest, "session list [--json]", stdout, stderr)
 	}
 	var c common
-	fs := newFlags("session list", "session list [--json]", stderr)
+	fs := newFlags("session list", "session list [--json]", stdout, stderr)
 	c.register(fs)
 	pos, code, ok := parseArgs(fs, rest)
 	if !ok {
@@ -383,7 +386,7 @@ func Session(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 func Job(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	sub, rest := subcommand(args)
 	var c common
-	fs := newFlags("job "+sub, "job list|show ID|cancel ID [--json]", stderr)
+	fs := newFlags("job "+sub, "job list|show ID|cancel ID [--json]", stdout, stderr)
 	c.register(fs)
 	pos, code, ok := parseArgs(fs, rest)
 	if !ok {
@@ -440,7 +443,7 @@ func Job(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 func Reload(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var c common
 	var dryRun, noWait bool
-	fs := newFlags("reload", "reload [--dry-run] [--no-wait] [--json]", stderr)
+	fs := newFlags("reload", "reload [--dry-run] [--no-wait] [--json]", stdout, stderr)
 	c.register(fs)
 	fs.BoolVar(&dryRun, "dry-run", false, "only print what would change")
 	fs.BoolVar(&noWait, "no-wait", false, "start the reload and return")
@@ -469,7 +472,7 @@ func Reload(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 // Explain runs `cachelun explain VOLUME LBA`.
 func Explain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var c common
-	fs := newFlags("explain", "explain VOLUME LBA [--json]", stderr)
+	fs := newFlags("explain", "explain VOLUME LBA [--json]", stdout, stderr)
 	c.register(fs)
 	pos, code, ok := parseArgs(fs, args)
 	if !ok {

@@ -63,8 +63,16 @@ func progressFunc(f func(admin.Progress)) func(cachecore.Progress) {
 	}
 }
 
-// VolumeStats converts engine volume statistics.
+// VolumeStats converts engine volume statistics. Every error kind the
+// engine counts is present, at zero until its first error.
 func VolumeStats(st cachecore.VolumeStats) admin.VolumeStats {
+	errs := maps.Clone(st.Errors)
+	if errs == nil {
+		errs = make(map[string]uint64)
+	}
+	for _, k := range cachecore.ErrorKinds() {
+		errs[k] += 0
+	}
 	return admin.VolumeStats{
 		ReadHits:         st.ReadHits,
 		ReadPartialHits:  st.ReadPartialHits,
@@ -80,7 +88,7 @@ func VolumeStats(st cachecore.VolumeStats) admin.VolumeStats {
 		DirtyBytes:       st.DirtyBytes,
 		WritebackBytes:   st.WritebackBytes,
 		WritebackLag:     st.WritebackLag,
-		Errors:           maps.Clone(st.Errors),
+		Errors:           errs,
 	}
 }
 

@@ -85,9 +85,9 @@ func runFormat(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	dataCRC := fs.Bool("data-crc", false, "keys carry a CRC32C of their data")
 	force := fs.Bool("force", false, "overwrite a cachelun file even if it holds dirty data")
 	zeroFill := fs.Bool("zero-fill", true, "write zeros over the part of the file that is created, so the first pass through the cache does not also write the file system's block map (false: only reserve it)")
-	pos, err := parseFlags(fs, args)
-	if err != nil {
-		return 2
+	pos, code, ok := parseCommand(fs, args, stdout, stderr)
+	if !ok {
+		return code
 	}
 	if len(pos) != 1 {
 		fmt.Fprintln(stderr, "usage: cachelun format --size SIZE [--segment-size SIZE] [--block-size N] [--data-crc] [--zero-fill=false] [--force] FILE")
@@ -189,13 +189,13 @@ func openStore(cmd, path string, stderr io.Writer) (persist.Media, *persist.Stor
 	return m, s, 0
 }
 
-func runInspect(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+func runInspect(ctx context.Context, args []string, stdout, stderr io.Writer) (code int) {
 	fs := flag.NewFlagSet("inspect", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	asJSON := fs.Bool("json", false, "print JSON")
-	pos, err := parseFlags(fs, args)
-	if err != nil {
-		return 2
+	pos, code, ok := parseCommand(fs, args, stdout, stderr)
+	if !ok {
+		return code
 	}
 	if len(pos) != 1 {
 		fmt.Fprintln(stderr, "usage: cachelun inspect [--json] FILE")
@@ -214,6 +214,19 @@ func runInspect(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	// The file was opened read-only, which always reports the non-DAX
 	// kind; say what a read-write open (the daemon) would choose.
 	rep.MediaKind = runtimeKind(pos[0], rep.MediaKind)
+	// A file check rejects must not look fine to a script that only
+	// inspects it: the report is printed, the exit status is 1.
+	problems, err := persist.Check(s)
+	if err != nil {
+		fmt.Fprintf(stderr, "cachelun inspect: %v\n", err)
+		return 2
+	}
+	defer func() {
+		if len(problems) > 0 && code == 0 {
+			fmt.Fprintf(stderr, "cachelun inspect: %s: %s (cachelun check %s lists them)\n", pos[0], plural(len(problems), "problem"), pos[0])
+			code = 1
+		}
+	}()
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
@@ -266,9 +279,9 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	fs.SetOutput(stderr)
 	repair := fs.Bool("repair", false, "repair a damaged journal (asks first; see --yes)")
 	yes := fs.Bool("yes", false, "with --repair: repair without asking")
-	pos, err := parseFlags(fs, args)
-	if err != nil {
-		return 2
+	pos, code, ok := parseCommand(fs, args, stdout, stderr)
+	if !ok {
+		return code
 	}
 	if len(pos) != 1 {
 		fmt.Fprintln(stderr, "usage: cachelun check [--repair [--yes]] FILE")
@@ -288,7 +301,7 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return 2
 	}
 	if len(problems) > 0 {
-		fmt.Fprintf(stdout, "%s: %d problems\n", pos[0], len(problems))
+		fmt.Fprintf(stdout, "%s: %s\n", pos[0], plural(len(problems), "problem"))
 		for _, p := range problems {
 			fmt.Fprintf(stdout, "  %s\n", p)
 		}

@@ -19,7 +19,17 @@ const (
 	jobUsage     = "job list|show ID|cancel ID [--json]"
 	reloadUsage  = "reload [--dry-run] [--no-wait] [--json]"
 	explainUsage = "explain VOLUME LBA [--json]"
+	configUsage  = "config show [--secrets] [--json]"
+	statsUsage   = "stats reset [--json]"
 )
+
+func runConfig(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	return cli.Config(ctx, args, stdout, stderr)
+}
+
+func runStats(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	return cli.Stats(ctx, args, stdout, stderr)
+}
 
 func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return cli.Status(ctx, args, stdout, stderr)

@@ -22,7 +22,7 @@ func commands() map[string]command {
 	return map[string]command{
 		"format":  {runFormat, "format --size SIZE [--segment-size SIZE] [--block-size N] [--data-crc] [--force] FILE"},
 		"inspect": {runInspect, "inspect [--json] FILE"},
-		"check":   {runCheck, "check FILE"},
+		"check":   {runCheck, "check [--repair [--yes]] FILE"},
 		"serve":   {runServe, serveUsage},
 		"status":  {runStatus, statusUsage},
 		"volume":  {runVolume, volumeUsage},
@@ -31,6 +31,9 @@ func commands() map[string]command {
 		"job":     {runJob, jobUsage},
 		"reload":  {runReload, reloadUsage},
 		"explain": {runExplain, explainUsage},
+		"version": {runVersion, "version (also --version)"},
+		"config":  {runConfig, configUsage},
+		"stats":   {runStats, statsUsage},
 	}
 }
 
@@ -43,12 +46,17 @@ func main() {
 
 func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	cmds := commands()
-	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
+	if len(args) == 0 {
 		usage(stderr, cmds)
-		if len(args) == 0 {
-			return 2
-		}
+		return 2
+	}
+	switch args[0] {
+	case "help", "-h", "--help":
+		// asked for: the usage is the answer, on stdout
+		usage(stdout, cmds)
 		return 0
+	case "--version", "-version":
+		return runVersion(ctx, args[1:], stdout, stderr)
 	}
 	c, ok := cmds[args[0]]
 	if !ok {

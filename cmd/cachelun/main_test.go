@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"runtime"
+	"runtime/debug"
 	"strings"
 	"testing"
 
@@ -129,8 +131,16 @@ func TestCheckFindsProblems(t *testing.T) {
 	}
 	m.Close()
 	code, out, _ := run(t, "check", path)
-	if code != 1 || !strings.Contains(out, "1 problems") || !strings.Contains(out, "key says 0x00003039") {
+	if code != 1 || !strings.Contains(out, path+": 1 problem\n") || !strings.Contains(out, "key says 0x00003039") {
 		t.Fatalf("check: %d\n%s", code, out)
+	}
+	// inspect prints its report of the file check rejects, and exits 1
+	code, out, errs := run(t, "inspect", path)
+	if code != 1 || !strings.Contains(out, "1 ksets") || !strings.Contains(errs, path+": 1 problem (cachelun check") {
+		t.Fatalf("inspect of a file check rejects: %d\n%s%s", code, out, errs)
+	}
+	if code, _, _ := run(t, "inspect", "--json", path); code != 1 {
+		t.Fatalf("inspect --json of a file check rejects: %d", code)
 	}
 	// Not a cachelun file: exit 1 with the reason; missing file: exit 2.
 	other := filepath.Join(dir, "other")
@@ -171,5 +181,57 @@ func TestUsageErrors(t *testing.T) {
 	}
 	if code, _, errs := run(t, "format", "--size", "64KiB", filepath.Join(t.TempDir(), "small")); code != 2 || !strings.Contains(errs, "at least 2") {
 		t.Errorf("too small: %d %q", code, errs)
+	}
+}
+
+// Help is an answer, not a usage error: exit 0, usage on stdout. A usage
+// error exits 2 with the usage on stderr.
+func TestHelpExitsZero(t *testing.T) {
+	for _, cmd := range []string{"format", "inspect", "check"} {
+		for _, h := range []string{"-h", "--help"} {
+			code, out, errs := run(t, cmd, h)
+			if code != 0 || !strings.HasPrefix(out, "usage: cachelun "+cmd+" ") || !strings.Contains(out, "\n  -") && cmd != "check" || errs != "" {
+				t.Errorf("%s %s: exit %d\nstdout %q\nstderr %q", cmd, h, code, out, errs)
+			}
+		}
+		code, out, errs := run(t, cmd, "--bogus")
+		if code != 2 || out != "" || !strings.Contains(errs, "flag provided but not defined: -bogus") || !strings.Contains(errs, "usage: cachelun "+cmd) {
+			t.Errorf("%s --bogus: exit %d\nstdout %q\nstderr %q", cmd, code, out, errs)
+		}
+	}
+	code, out, errs := run(t, "--help")
+	if code != 0 || !strings.Contains(out, "cachelun version") || errs != "" {
+		t.Errorf("--help: exit %d\nstdout %q\nstderr %q", code, out, errs)
+	}
+	code, out, errs = run(t, "serve", "--help")
+	if code != 0 || !strings.HasPrefix(out, "usage: cachelun serve [--config FILE]") || !strings.Contains(out, "-metrics") || errs != "" {
+		t.Errorf("serve --help: exit %d\nstdout %q\nstderr %q", code, out, errs)
+	}
+	for _, args := range [][]string{{"status", "--help"}, {"volume", "help"}, {"config", "show", "-h"}, {"stats", "--help"}} {
+		if code, out, errs := run(t, args...); code != 0 || !strings.HasPrefix(out, "usage: cachelun "+args[0]) || errs != "" {
+			t.Errorf("%q: exit %d\nstdout %q\nstderr %q", args, code, out, errs)
+		}
+	}
+}
+
+func TestVersion(t *testing.T) {
+	for _, args := range [][]string{{"version"}, {"--version"}} {
+		code, out, errs := run(t, args...)
+		if code != 0 || !strings.HasPrefix(out, "cachelun ") || !strings.Contains(out, ", commit ") ||
+			!strings.Contains(out, runtime.Version()) || errs != "" {
+			t.Errorf("%q: exit %d %q %q", args, code, out, errs)
+		}
+	}
+	if code, _, _ := run(t, "version", "extra"); code != 2 {
+		t.Errorf("version extra: exit %d", code)
+	}
+	bi := &debug.BuildInfo{Main: debug.Module{Version: "v0.2.0"}, Settings: []debug.BuildSetting{
+		{Key: "vcs.revision", Value: "4a99b0f1c2d3e4f5"}, {Key: "vcs.modified", Value: "true"}}}
+	want := "cachelun v0.2.0, commit 4a99b0f1c2d3e4f5+modified, " + runtime.Version() + " " + runtime.GOOS + "/" + runtime.GOARCH
+	if got := versionLine(bi, true); got != want {
+		t.Errorf("versionLine = %q, want %q", got, want)
+	}
+	if got := versionLine(nil, false); !strings.HasPrefix(got, "cachelun unknown, commit unknown, go") {
+		t.Errorf("versionLine without build info = %q", got)
 	}
 }

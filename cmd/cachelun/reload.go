@@ -140,7 +140,7 @@ func annotateLive(plan *conf.Plan, notes []liveValue) {
 }
 
 // loadForReload loads the file the daemon was started with and carries the
-// command-line overrides (data dir, --listen) over to it.
+// command-line overrides (data dir, --listen, --metrics) over to it.
 func (d *daemon) loadForReload(old *conf.Config) (*conf.Config, error) {
 	src := old.Source
 	if src == "" || strings.HasPrefix(src, "<") {
@@ -151,6 +151,9 @@ func (d *daemon) loadForReload(old *conf.Config) (*conf.Config, error) {
 		return nil, err
 	}
 	next.Global.DataDir = old.Global.DataDir
+	if d.metricsOverride != "" {
+		next.Global.MetricsListen = d.metricsOverride
+	}
 	if d.listenOverride != "" {
 		for i := range next.Targets {
 			next.Targets[i].Portals = []string{d.listenOverride}

@@ -405,3 +405,19 @@ func TestReloadConvergesLiveMode(t *testing.T) {
 		t.Errorf("v0 mode %v, file says writearound", v0.Mode())
 	}
 }
+
+// A reload keeps serve --metrics: the file's metrics_listen does not
+// count as a change that needs a restart.
+func TestReloadKeepsMetricsOverride(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig(t, dir, "writeback") // the file says metrics_listen = "off"
+	cfg.Global.MetricsListen = "127.0.0.1:0"
+	d := &daemon{cfg: cfg, listenOverride: "127.0.0.1:0", metricsOverride: "127.0.0.1:0"}
+	next, err := d.loadForReload(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if plan := reloadPlan(cfg, next); !plan.Empty() {
+		t.Errorf("reload plan with --metrics: %v", plan.Changes)
+	}
+}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -18,7 +17,7 @@ import (
 	"github.com/cachelun/cachelun/conf"
 )
 
-const serveUsage = "serve [--config FILE] [--data-dir DIR] [--listen HOST:PORT]"
+const serveUsage = "serve [--config FILE] [--data-dir DIR] [--listen HOST:PORT] [--metrics HOST:PORT|off]"
 
 // shutdownTimeout bounds the graceful part of a shutdown: asking iSCSI
 // sessions to log out and draining their commands. Closing the caches
@@ -35,29 +34,33 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	defer signal.Stop(hup)
 
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	configPath := fs.String("config", "", "configuration file (default: the embedded demo configuration)")
 	dataDir := fs.String("data-dir", "", "data directory; overrides global.data_dir (default ./cachelun-data)")
 	listen := fs.String("listen", "", "HOST:PORT every target listens on instead of its portals (port 0 picks a free port)")
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: cachelun %s\n", serveUsage)
-		fs.PrintDefaults()
+	metrics := fs.String("metrics", "", "HOST:PORT of /metrics and the status page instead of global.metrics_listen (port 0 picks a free port), or off")
+	pos, code, ok := parseCommand(fs, args, stdout, stderr)
+	if !ok {
+		return code
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
+	if len(pos) > 0 {
+		fmt.Fprintf(stderr, "cachelun serve: unexpected argument %q\n", pos[0])
+		printUsage(fs, stderr)
+		return 2
+	}
+	if *metrics != "" {
+		if err := checkMetricsListen(*metrics); err != nil {
+			fmt.Fprintf(stderr, "cachelun serve: --metrics: %v\n", err)
+			printUsage(fs, stderr)
+			return 2
 		}
-		return 2
 	}
-	if fs.NArg() > 0 {
-		fs.Usage()
-		return 2
-	}
-
 	cfg, err := loadServeConfig(*configPath, *dataDir, *listen)
 	if err != nil {
 		fmt.Fprintf(stderr, "cachelun serve: %v\n", err)
 		return 1
+	}
+	if *metrics != "" {
+		cfg.Global.MetricsListen = *metrics
 	}
 	level := new(slog.LevelVar)
 	level.Set(parseLevel(cfg.Global.LogLevel))
@@ -69,6 +72,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return 1
 	}
 	d.level = level
+	d.metricsOverride = *metrics
 	for _, u := range d.lunURLs() {
 		log.Info("LUN ready", "url", u.url, "volume", u.volume, "mode", u.mode)
 	}
@@ -148,6 +152,25 @@ func checkListen(s string) error {
 	}
 	if net.ParseIP(host) == nil {
 		return fmt.Errorf("%q: host must be an IP address", s)
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
+		return fmt.Errorf("%q: bad port", s)
+	}
+	return nil
+}
+
+// checkMetricsListen accepts the --metrics value: "off", or HOST:PORT with
+// a port 0..65535 (0 lets the kernel pick one; the start log shows which).
+func checkMetricsListen(s string) error {
+	if s == conf.Off {
+		return nil
+	}
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Errorf("%q is not HOST:PORT or off", s)
+	}
+	if host == "" {
+		return fmt.Errorf("%q: host missing (127.0.0.1 keeps it on this machine)", s)
 	}
 	if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
 		return fmt.Errorf("%q: bad port", s)

@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -44,6 +46,7 @@ func (d *daemon) startAdmin() error {
 	if err != nil {
 		return fmt.Errorf("admin: %w", err)
 	}
+	d.adminSrv = srv // before Serve: handlers read it
 	ctx, cancel := context.WithCancel(context.Background())
 	d.adminCancel = cancel
 	errc := make(chan error, 1)
@@ -54,9 +57,20 @@ func (d *daemon) startAdmin() error {
 	}()
 	select {
 	case <-srv.Ready():
-		d.log.Info("admin API ready", "socket", cfg.SocketPath, "metrics", cfg.MetricsListen)
+		socket, metrics := cfg.SocketPath, conf.Off
+		if cfg.NoSocket {
+			socket = conf.Off
+		}
+		if a := srv.Addr("metrics"); a != nil {
+			// the bound address: with port 0 the configured one says nothing
+			metrics = "http://" + a.String() + "/metrics"
+		}
+		d.log.Info("admin API ready", "socket", socket, "metrics", metrics)
 		return nil
 	case err := <-errc:
+		if errors.Is(err, admin.ErrMetricsListen) {
+			return fmt.Errorf("%w (global.metrics_listen: serve --metrics HOST:PORT moves it, --metrics off disables it)", err)
+		}
 		return fmt.Errorf("admin: %w", err)
 	}
 }
@@ -91,6 +105,41 @@ func (b *adminBackend) Caches() []admin.CacheAPI {
 				return b.d.detachCache(ctx, name, force)
 			}))
 		}
+	}
+	return out
+}
+
+// RunningConfig prints the running configuration (command-line overrides
+// applied, defaults filled in) for `cachelun config show`. A listener
+// given port 0 shows the port it got: that is what runs, and a file
+// refuses port 0.
+func (b *adminBackend) RunningConfig(secrets bool) ([]byte, error) {
+	d := b.d
+	d.mu.RLock()
+	cfg := *d.cfg
+	cfg.Targets = slices.Clone(cfg.Targets)
+	for i := range cfg.Targets {
+		t := &cfg.Targets[i]
+		t.Portals = slices.Clone(t.Portals)
+		for j, p := range t.Portals {
+			if a, ok := d.portalAddr[p]; ok {
+				t.Portals[j] = a
+			}
+		}
+	}
+	d.mu.RUnlock()
+	if a := d.adminSrv.Addr("metrics"); a != nil {
+		cfg.Global.MetricsListen = a.String()
+	}
+	return cfg.TOML(secrets)
+}
+
+// Targets lists the configured iSCSI targets, so the session gauges show
+// each one at zero before the first login.
+func (b *adminBackend) Targets() []admin.Target {
+	var out []admin.Target
+	for _, t := range b.d.config().Targets {
+		out = append(out, admin.Target{Transport: "iscsi", Name: t.IQN})
 	}
 	return out
 }

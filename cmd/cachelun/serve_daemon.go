@@ -77,6 +77,12 @@ type daemon struct {
 	// listenOverride is the --listen address that replaced every target's
 	// portals ("" when none).
 	listenOverride string
+	// metricsOverride is the --metrics value that replaced
+	// global.metrics_listen ("" when none); a reload keeps it.
+	metricsOverride string
+	// adminSrv is the admin server (nil when both its listeners are
+	// off); set once at start, before it serves.
+	adminSrv *admin.Server
 
 	// adminModesMu guards adminModes: the cache mode last set through the
 	// admin API, by volume, until a reload converges the volume to the
@@ -138,6 +144,7 @@ func startDaemon(ctx context.Context, cfg *conf.Config, listenOverride string, l
 			return d, fmt.Errorf("cache %s: %w", c.Name, err)
 		}
 	}
+	d.logRecovered(cfg.Caches)
 	for _, v := range cfg.Volumes {
 		dev, err := openBacking(v, d.path(v.Backing))
 		if err != nil {
@@ -339,6 +346,7 @@ func (d *daemon) shutdown(ctx context.Context) error {
 	d.mu.Unlock()
 	d.serveWG.Wait()
 	d.stopTCMU()
+	d.logDirtyLeft()
 	if d.eng != nil {
 		// not bounded by ctx: closing persists the open ksets, which must
 		// finish for a clean restart

@@ -196,7 +196,7 @@ func TestRunServeGracefulExit(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	var out, errb bytes.Buffer
-	code := runServe(ctx, []string{"--data-dir", dir, "--listen", "127.0.0.1:0"}, &out, &errb)
+	code := runServe(ctx, []string{"--data-dir", dir, "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"}, &out, &errb)
 	if code != 0 {
 		t.Fatalf("exit %d:\n%s", code, errb.String())
 	}
