@@ -104,7 +104,6 @@ type cacheCounters struct {
 	writebackBytes                                            atomic.Uint64
 	intentRecovered                                           atomic.Uint64
 	writebackCarried                                          atomic.Uint64
-	lastDirtyTailMove                                         atomic.Int64
 }
 
 // volState is what the cache knows about a volume id, attached or not: its
@@ -122,6 +121,10 @@ type volState struct {
 	dirtyBytes atomic.Int64
 	dirtyKeys  atomic.Int64
 	vol        atomic.Pointer[Volume]
+	// ages: when the volume's dirty ksets in the log were first written
+	// to (writeback lag); shared with the volState that replaces this one
+	// when the device grew.
+	ages *dirtyAges
 }
 
 // ErrCacheFailed is wrapped by errors of a cache retired after a media
@@ -221,7 +224,7 @@ func openWith(ctx context.Context, store *persist.Store, cfg Config, replayed fu
 		if r.ID >= persist.MaxVolumes {
 			continue
 		}
-		c.vols[r.ID].Store(&volState{id: r.ID, name: r.Name, size: int64(r.Size), idx: newVolIndex(int64(r.Size))})
+		c.vols[r.ID].Store(&volState{id: r.ID, name: r.Name, size: int64(r.Size), idx: newVolIndex(int64(r.Size)), ages: &dirtyAges{}})
 	}
 
 	if info.Flags&InfoFlagDetached != 0 {
@@ -309,7 +312,16 @@ func openWith(ctx context.Context, store *persist.Store, cfg Config, replayed fu
 			return nil, fmt.Errorf("cachecore: persist gc percent: %w", err)
 		}
 	}
-	c.stats.lastDirtyTailMove.Store(cfg.Clock.Now().UnixNano())
+	if head.LSN > 0 {
+		// The log keeps no append times: dirty keys replayed from it count
+		// as acknowledged now, a lower bound of their age (see dirtyAges).
+		now := cfg.Clock.Now().UnixNano()
+		for i := range c.vols {
+			if vs := c.vols[i].Load(); vs != nil && vs.dirtyKeys.Load() > 0 {
+				vs.ages.add(head.LSN-1, now)
+			}
+		}
+	}
 	if replayed != nil {
 		replayed(c)
 	}
@@ -628,7 +640,7 @@ func (c *Cache) AddVolume(ctx context.Context, name string, dev backend.Device, 
 			if err := c.store.SetVolumes(recs); err != nil {
 				return nil, c.metaErr("persist volume table", err)
 			}
-			nvs := &volState{id: vs.id, name: vs.name, size: size, idx: vs.idx.grown(size)}
+			nvs := &volState{id: vs.id, name: vs.name, size: size, idx: vs.idx.grown(size), ages: vs.ages}
 			nvs.dirtyBytes.Store(vs.dirtyBytes.Load())
 			nvs.dirtyKeys.Store(vs.dirtyKeys.Load())
 			c.vols[r.ID].Store(nvs)
@@ -660,7 +672,7 @@ func (c *Cache) AddVolume(ctx context.Context, name string, dev backend.Device, 
 		if err := c.store.SetVolumes(recs); err != nil {
 			return nil, c.metaErr("persist volume table", err)
 		}
-		vs = &volState{id: id, name: name, size: size, idx: newVolIndex(size)}
+		vs = &volState{id: id, name: name, size: size, idx: newVolIndex(size), ages: &dirtyAges{}}
 		c.vols[id].Store(vs)
 	}
 	v := newVolume(c, vs, dev, vc)

@@ -170,6 +170,12 @@
 // their data keeps its place in the cache until the volume is attached.
 // This costs 40 bytes of log per dirty key each time writeback passes
 // them; it waits instead when nothing else is left to write back.
+// VolumeStats.WritebackLag is the age of the oldest acknowledged write not
+// yet on the backing device, 0 when clean. It is kept per kset (a kset
+// counts from its first dirty write until dirty_tail passes it), so it may
+// exceed the true age by the time writeback takes for one kset. The log
+// keeps no times: dirty data replayed at Open counts from Open, a lower
+// bound, until it is written back (see dirtyAges).
 // DirtyBytes counts the bytes dirty in the index, also for a volume
 // recorded in the cache file but not attached (Open counts them from the
 // replayed index). Explain says where a block's data lives (segment,

@@ -33,8 +33,12 @@ type VolumeStats struct {
 	// tombstones subtract).
 	DirtyBytes     int64
 	WritebackBytes uint64
-	// WritebackLag is how long the oldest unwritten data has waited
-	// (since dirty_tail last moved), 0 when clean.
+	// WritebackLag is the age of the oldest acknowledged write of the
+	// volume whose data is not yet on the backing device, 0 when clean.
+	// Kept per kset: it may exceed the oldest write's age by the time
+	// writeback takes for one kset. Dirty data replayed at Open counts as
+	// written at Open (the log keeps no times): after a restart the lag
+	// is at most the time since Open, a lower bound (see dirtyAges).
 	WritebackLag time.Duration
 	Errors       map[string]uint64 // by kind: backing_read, backing_write, backing_flush, backing_discard, cache_media, writeback
 }
@@ -114,9 +118,7 @@ func (v *Volume) Stats() VolumeStats {
 		out.Errors[k] = n
 	}
 	s.errMu.Unlock()
-	if v.st.dirtyKeys.Load() > 0 {
-		out.WritebackLag = v.c.clock().Now().Sub(time.Unix(0, v.c.stats.lastDirtyTailMove.Load()))
-	}
+	out.WritebackLag = v.c.writebackLag(v.st)
 	return out
 }
 

@@ -251,7 +251,11 @@ func (c *Cache) carryNames(keys []persist.Key) string {
 // ordered (contract 6 holds for its backing device once it is attached).
 // GC never evicts dirty extents, so passing the old keys leaves the
 // carried ones in the index.
-func (c *Cache) carryForward(keys []persist.Key) error {
+//
+// upto is the LSN after the carried keys: the carried copies keep the
+// append time of the originals (the oldest kset of their volume before
+// upto), so the writeback lag does not restart.
+func (c *Cache) carryForward(keys []persist.Key, upto uint64) error {
 	// The caller holds carryMu: no volume is attached while this runs. One
 	// attached since the pass looked ends the pass before anything is
 	// carried; the next pass writes its keys back.
@@ -296,6 +300,7 @@ func (c *Cache) carryForward(keys []persist.Key) error {
 				continue
 			}
 			slot := slotFor(k.Volume, p.stripe)
+			at := vs.ages.oldest(upto)
 			var spills []spill
 			for j := range live {
 				if c.dataCRC {
@@ -306,7 +311,7 @@ func (c *Cache) carryForward(keys []persist.Key) error {
 				}
 				c.segs.segs[live[j].Pos.Seg].refs.Add(1)
 				vs.dirtyKeys.Add(1)
-				spills = append(spills, c.appendKey(slot, live[j]))
+				spills = append(spills, c.appendKeyAt(slot, live[j], true, at))
 			}
 			st.mu.Unlock()
 			for _, sp := range spills {
@@ -478,7 +483,7 @@ func (c *Cache) writebackPass(ctx context.Context) (int64, error) {
 		// a settled count.
 		c.carryMu.Lock()
 		defer c.carryMu.Unlock()
-		if err := c.carryForward(carry); err != nil {
+		if err := c.carryForward(carry, last.Next.LSN); err != nil {
 			return written, err
 		}
 	}
@@ -488,7 +493,6 @@ func (c *Cache) writebackPass(ctx context.Context) (int64, error) {
 		}
 		return written, err
 	}
-	c.stats.lastDirtyTailMove.Store(c.clock().Now().UnixNano())
 	c.stats.writebackBytes.Add(uint64(written))
 	for _, ks := range batch {
 		for i := range ks.Keys {
@@ -504,6 +508,10 @@ func (c *Cache) writebackPass(ctx context.Context) (int64, error) {
 			}
 			c.markClean(k, ks.Epoch)
 		}
+	}
+	// After markClean: until a key is clean its kset's age still counts.
+	for _, t := range targets {
+		t.vs.ages.passed(last.Next.LSN)
 	}
 	c.kickGC()
 	return max(written, 1), nil
