@@ -18,16 +18,33 @@ func (realClock) Now() time.Time { return time.Now() }
 // package passes it through verbatim; the engine validates it.
 type Mode string
 
-// Progress reports how much dirty data a drain (or a mode switch that drains
-// first) still has to write back.
+// Progress reports how far a drain (or a mode switch that drains first, or
+// a detach) has come in writing back dirty data.
 type Progress struct {
+	// WrittenBytes reached the backing device since the job started.
+	WrittenBytes int64 `json:"written_bytes"`
+	// DirtyBytes are still to be written back.
 	DirtyBytes      int64 `json:"dirty_bytes"`
 	StartDirtyBytes int64 `json:"start_dirty_bytes"`
+	// RateBytesPerSec is the writeback rate over the last few seconds (0:
+	// not measured yet); Remaining is DirtyBytes at that rate (0: unknown).
+	RateBytesPerSec int64         `json:"rate_bytes_per_sec"`
+	Remaining       time.Duration `json:"remaining_ns"`
+	// Done: the work is complete (the job may still be finishing).
+	Done bool `json:"done,omitempty"`
 }
 
-// Fraction is the share of the starting dirty data already written back, in
-// [0, 1]. A drain that started clean is complete.
+// Fraction is the share written back, in [0, 1]: WrittenBytes over
+// WrittenBytes + DirtyBytes, 1 only once Done. A report without
+// WrittenBytes (nothing written yet, or an older daemon) counts the drop
+// of DirtyBytes since the start; a drain that started clean is complete.
 func (p Progress) Fraction() float64 {
+	if p.Done {
+		return 1
+	}
+	if p.WrittenBytes > 0 {
+		return min(float64(p.WrittenBytes)/float64(p.WrittenBytes+max(p.DirtyBytes, 0)), 0.999)
+	}
 	if p.StartDirtyBytes <= 0 {
 		return 1
 	}

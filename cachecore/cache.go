@@ -585,9 +585,6 @@ func (c *Cache) SetConfig(cfg Config) error {
 	return nil
 }
 
-// Progress reports drain progress.
-type Progress struct{ DirtyBytes, StartDirtyBytes int64 }
-
 // AddVolume attaches a backing device as volume name. A volume recorded in
 // the cache file keeps its id and cached data; its backing device must not
 // be smaller than the recorded size. The caller keeps ownership of dev.

@@ -69,6 +69,12 @@ type volCounters struct {
 	readBypassRaces                                  atomic.Uint64
 	writebackBytes                                   atomic.Uint64
 	heldBack                                         atomic.Uint64
+	// wbUnmarked: bytes the writeback pass in flight has written but not
+	// yet marked clean (they still count in dirtyBytes), for Progress.
+	wbUnmarked atomic.Int64
+	// progMu: a pass marks its keys clean and uncounts wbUnmarked under
+	// the write lock, so Progress never sees one without the other.
+	progMu sync.RWMutex
 
 	errMu  sync.Mutex
 	errors map[string]uint64

@@ -1393,12 +1393,12 @@ func (v *Volume) drain(ctx context.Context, progress func(Progress)) error {
 	c := v.c
 	c.drainers.Add(1)
 	defer c.drainers.Add(-1)
-	start := v.st.dirtyBytes.Load()
+	meter := newProgressMeter(v)
 	lastFlush := time.Time{}
 	for {
 		keys := v.st.dirtyKeys.Load()
 		if progress != nil {
-			progress(Progress{DirtyBytes: max(v.st.dirtyBytes.Load(), 0), StartDirtyBytes: start})
+			progress(meter.report(keys <= 0))
 		}
 		if keys <= 0 {
 			return nil

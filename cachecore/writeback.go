@@ -204,6 +204,9 @@ type wbTarget struct {
 	vs   *volState
 	v    *Volume
 	list map[uint64]*extentList // stripe → collapsed keys
+	// written: bytes of this pass on the backing device (under writeRuns'
+	// mutex), counted in the volume's wbUnmarked until the pass ends.
+	written int64
 }
 
 var errWritebackStalled = errors.New("cachecore: writeback waits: only dirty data of volumes not attached is left")
@@ -463,6 +466,14 @@ func (c *Cache) writebackPass(ctx context.Context) (int64, error) {
 		return 0, fmt.Errorf("%w: %s", errWritebackStalled, c.carryNames(carry))
 	}
 	written, err := c.writeRuns(ctx, targets)
+	defer func() {
+		// Marked clean below, or to be written again by the next pass.
+		for _, t := range targets {
+			if t.written != 0 {
+				t.v.stats.wbUnmarked.Add(-t.written)
+			}
+		}
+	}()
 	if err != nil {
 		return written, err
 	}
@@ -494,6 +505,11 @@ func (c *Cache) writebackPass(ctx context.Context) (int64, error) {
 		return written, err
 	}
 	c.stats.writebackBytes.Add(uint64(written))
+	for _, t := range targets {
+		if t.v != nil && t.written != 0 {
+			t.v.stats.progMu.Lock()
+		}
+	}
 	for _, ks := range batch {
 		for i := range ks.Keys {
 			k := &ks.Keys[i]
@@ -507,6 +523,13 @@ func (c *Cache) writebackPass(ctx context.Context) (int64, error) {
 				continue
 			}
 			c.markClean(k, ks.Epoch)
+		}
+	}
+	for _, t := range targets {
+		if t.v != nil && t.written != 0 {
+			t.v.stats.wbUnmarked.Add(-t.written)
+			t.written = 0
+			t.v.stats.progMu.Unlock()
 		}
 	}
 	// After markClean: until a key is clean its kset's age still counts.
@@ -697,6 +720,8 @@ func (c *Cache) writeRuns(ctx context.Context, targets map[uint32]*wbTarget) (in
 			}
 			if err == nil {
 				written += r.n
+				r.t.written += r.n
+				r.t.v.stats.wbUnmarked.Add(r.n)
 				r.t.v.stats.writebackBytes.Add(uint64(r.n))
 			}
 			mu.Unlock()

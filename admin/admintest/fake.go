@@ -168,7 +168,7 @@ func (v *Volume) drain(ctx context.Context, progress func(admin.Progress)) error
 	v.mu.Unlock()
 	report := func(dirty int64) {
 		if progress != nil {
-			progress(admin.Progress{DirtyBytes: dirty, StartDirtyBytes: start})
+			progress(admin.Progress{WrittenBytes: start - dirty, DirtyBytes: dirty, StartDirtyBytes: start, Done: dirty == 0})
 		}
 	}
 	report(start)

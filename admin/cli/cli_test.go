@@ -164,7 +164,7 @@ func TestDrainShowsProgressAndWaits(t *testing.T) {
 		done <- cli.Volume(context.Background(), []string{"drain", "db1", "--socket", f.socket}, &stdout, &stderr)
 	}()
 	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(stderr.String(), "50% written back, 4.0 MiB dirty of 8.0 MiB") {
+	for !strings.Contains(stderr.String(), "50% written back, 4.0 MiB written, 4.0 MiB left") {
 		if time.Now().After(deadline) {
 			t.Fatalf("no half-way progress line; stderr %q", stderr.String())
 		}

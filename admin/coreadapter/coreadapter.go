@@ -59,7 +59,8 @@ func progressFunc(f func(admin.Progress)) func(cachecore.Progress) {
 		return nil
 	}
 	return func(p cachecore.Progress) {
-		f(admin.Progress{DirtyBytes: p.DirtyBytes, StartDirtyBytes: p.StartDirtyBytes})
+		f(admin.Progress{WrittenBytes: p.WrittenBytes, DirtyBytes: p.DirtyBytes, StartDirtyBytes: p.StartDirtyBytes,
+			RateBytesPerSec: p.Rate, Remaining: p.Remaining, Done: p.Done})
 	}
 }
 
