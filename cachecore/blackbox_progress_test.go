@@ -7,6 +7,7 @@ import (
 
 	"github.com/cachelun/cachelun/backend"
 	"github.com/cachelun/cachelun/cachecore"
+	"github.com/cachelun/cachelun/persist"
 )
 
 // slowDirtyVolume opens a cache whose volume's backing device writes 2 MiB/s
@@ -14,6 +15,21 @@ import (
 // (so writeback writes them one by one), held back from writeback until
 // the test drains them.
 func slowDirtyVolume(t *testing.T) (*cachecore.Cache, *cachecore.Volume, *backend.Memory) {
+	s := newSlowDirty(t)
+	return s.c, s.v, s.mem
+}
+
+// slowDirty is the cache of slowDirtyVolume with its parts.
+type slowDirty struct {
+	c      *cachecore.Cache
+	v      *cachecore.Volume
+	mem    *backend.Memory
+	faulty *backend.Faulty
+	media  *persist.CrashMedia
+	opts   rigOptions
+}
+
+func newSlowDirty(t *testing.T) *slowDirty {
 	t.Helper()
 	ctx := context.Background()
 	o := rigOptions{Segments: 128, BackingSize: 8 << 20}
@@ -21,7 +37,7 @@ func slowDirtyVolume(t *testing.T) (*cachecore.Cache, *cachecore.Volume, *backen
 	o.Cfg.Writeback.IdleAfter = time.Hour
 	o.Cfg.Writeback.TargetDirtyPercent = 90
 	o.Cfg.Writeback.HighWatermarkPercent = 95
-	_, store := newStore(t, o)
+	media, store := newStore(t, o)
 	c, err := cachecore.Open(ctx, store, o.Cfg)
 	mustOK(t, "open", err)
 	t.Cleanup(func() { c.Close(context.Background()) })
@@ -38,7 +54,7 @@ func slowDirtyVolume(t *testing.T) (*cachecore.Cache, *cachecore.Volume, *backen
 	}
 	mustOK(t, "flush", v.Flush(ctx))
 	gate.Release()
-	return c, v, mem
+	return &slowDirty{c: c, v: v, mem: mem, faulty: faulty, media: media, opts: o}
 }
 
 // TestBlackboxDrainProgress: a drain reports the bytes written back as

@@ -80,6 +80,16 @@ type Cache struct {
 	drainers  atomic.Int32 // Drain calls in progress: writeback at full speed
 	spaceWait atomic.Int32 // writers waiting for a free segment
 
+	// wbFailures counts failed writeback passes, wbErr is the last
+	// failure: a healthy Detach gives up when writeback keeps failing.
+	wbFailures atomic.Uint64
+	wbErrMu    sync.Mutex
+	wbErr      error
+	// detaching: a healthy Detach runs or has run (one at a time).
+	// resumed is closed when it lets the requests it held go on.
+	detaching atomic.Bool
+	resumed   atomic.Pointer[chan struct{}]
+
 	wbKick, gcKick chan struct{}
 	workersCtx     context.Context
 	stopWorkers    context.CancelFunc
@@ -604,6 +614,9 @@ func (c *Cache) AddVolume(ctx context.Context, name string, dev backend.Device, 
 	}
 	if err := c.failedErr(); err != nil {
 		return nil, err
+	}
+	if c.detaching.Load() {
+		return nil, fmt.Errorf("cachecore: cache detached (or detaching): %w", blk.ErrNotReady)
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -52,25 +52,35 @@ type progressSample struct {
 	written int64
 }
 
-// progressMeter turns a volume's writeback counters into Progress.
+// progressMeter turns the writeback counters of some volumes (one for a
+// drain, all of a cache for Detach) into Progress.
 type progressMeter struct {
-	v          *Volume
-	start      int64 // the volume's writeback bytes at the start
+	c          *Cache
+	vols       []*Volume
+	start      int64 // the volumes' writeback bytes at the start
 	startDirty int64
 	samples    []progressSample
 }
 
-func newProgressMeter(v *Volume) *progressMeter {
-	return &progressMeter{v: v, start: int64(v.stats.writebackBytes.Load()), startDirty: max(v.st.dirtyBytes.Load(), 0)}
+func newProgressMeter(c *Cache, vols ...*Volume) *progressMeter {
+	m := &progressMeter{c: c, vols: vols}
+	for _, v := range vols {
+		m.start += int64(v.stats.writebackBytes.Load())
+		m.startDirty += max(v.st.dirtyBytes.Load(), 0)
+	}
+	return m
 }
 
 // report returns the progress now.
 func (m *progressMeter) report(done bool) Progress {
-	now := m.v.c.clock().Now()
-	m.v.stats.progMu.RLock()
-	written := int64(m.v.stats.writebackBytes.Load()) - m.start
-	left := max(m.v.st.dirtyBytes.Load()-m.v.stats.wbUnmarked.Load(), 0)
-	m.v.stats.progMu.RUnlock()
+	now := m.c.clock().Now()
+	written, left := -m.start, int64(0)
+	for _, v := range m.vols {
+		v.stats.progMu.RLock()
+		written += int64(v.stats.writebackBytes.Load())
+		left += max(v.st.dirtyBytes.Load()-v.stats.wbUnmarked.Load(), 0)
+		v.stats.progMu.RUnlock()
+	}
 	p := Progress{WrittenBytes: written, DirtyBytes: left, StartDirtyBytes: m.startDirty, Done: done}
 	if done {
 		p.DirtyBytes = 0

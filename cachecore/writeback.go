@@ -66,6 +66,10 @@ func (c *Cache) writebackLoop() {
 			if ctx.Err() != nil || c.failed.Load() {
 				return
 			}
+			c.wbErrMu.Lock()
+			c.wbErr = err
+			c.wbErrMu.Unlock()
+			c.wbFailures.Add(1)
 			c.log.Warn("writeback pass failed; retrying", "err", err, "backoff", backoff)
 			wait = backoff
 			backoff = min(backoff*2, 2*time.Second)
