@@ -159,12 +159,12 @@ type CacheAPI interface {
 	Name() string
 	Path() string
 	Stats() CacheStats
-	// Detach removes a failed cache from service: its volumes keep
-	// serving I/O directly on their backing devices (passthrough). It
-	// refuses while a volume still has dirty data in the cache unless
-	// force is set, which abandons that data. The server calls it only
-	// when Stats().Failed is true.
-	Detach(ctx context.Context, force bool) error
+	// Detach removes the cache from service: its volumes keep serving
+	// I/O directly on their backing devices (passthrough). A healthy
+	// cache first writes back all dirty data (reporting progress) and
+	// refuses if it cannot; a failed one refuses while a volume still has
+	// dirty data in it. force detaches anyway, abandoning that data.
+	Detach(ctx context.Context, force bool, progress func(Progress)) error
 }
 
 // Backend is the daemon as seen by the admin server.
