@@ -65,8 +65,13 @@ type progressMeter struct {
 func newProgressMeter(c *Cache, vols ...*Volume) *progressMeter {
 	m := &progressMeter{c: c, vols: vols}
 	for _, v := range vols {
+		// As report counts what is left: a pass in flight has written
+		// part of the dirty data already, and that part is not counted
+		// as written by this operation.
+		v.stats.progMu.RLock()
 		m.start += int64(v.stats.writebackBytes.Load())
-		m.startDirty += max(v.st.dirtyBytes.Load(), 0)
+		m.startDirty += max(v.st.dirtyBytes.Load()-v.stats.wbUnmarked.Load(), 0)
+		v.stats.progMu.RUnlock()
 	}
 	return m
 }
