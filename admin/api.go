@@ -102,6 +102,9 @@ type CacheStats struct {
 	DirtyBytes           int64  `json:"dirty_bytes"`
 	Failed               bool   `json:"failed"`
 	FailureReason        string `json:"failure_reason,omitempty"`
+	// Detached: taken out of service (cache detach); its volumes run on
+	// their backing devices.
+	Detached bool `json:"detached,omitempty"`
 }
 
 // Explanation says why a read of one block would hit or miss and where the

@@ -60,6 +60,9 @@ type CacheStats struct {
 	DirtyBytes    int64
 	Failed        bool
 	FailureReason string
+	// Detached: Detach took the cache out of service; its volumes use
+	// their backing devices alone.
+	Detached bool
 }
 
 type volCounters struct {
@@ -138,7 +141,7 @@ func (c *Cache) Stats() CacheStats {
 		GCRuns: c.stats.gcRuns.Load(), GCSegmentsFreed: c.stats.gcSegmentsFreed.Load(),
 		DeferredWrites:       c.stats.deferredWrites.Load(),
 		WritebackCarriedKeys: c.stats.writebackCarried.Load(), IntentRecoveredKeys: c.stats.intentRecovered.Load(), DirtyBytes: c.dirtyBytes(),
-		Failed: c.failed.Load(),
+		Failed: c.failed.Load(), Detached: c.detached.Load(),
 	}
 	if s.Failed {
 		c.failMu.Lock()

@@ -82,6 +82,9 @@ func writeVolumeTable(w io.Writer, vols []admin.VolumeInfo) {
 }
 
 func cacheState(st admin.CacheStats) string {
+	if st.Detached {
+		return "detached"
+	}
 	if st.Failed {
 		if st.FailureReason != "" {
 			return "FAILED: " + st.FailureReason

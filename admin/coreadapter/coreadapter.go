@@ -139,6 +139,7 @@ func CacheStats(st cachecore.CacheStats) admin.CacheStats {
 		DeferredWrites:       st.DeferredWrites,
 		DirtyBytes:           st.DirtyBytes,
 		Failed:               st.Failed,
+		Detached:             st.Detached,
 		FailureReason:        st.FailureReason,
 	}
 }

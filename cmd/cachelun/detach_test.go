@@ -260,6 +260,9 @@ func TestDetachHealthyCache(t *testing.T) {
 	if v9.Mode() != cachecore.ModePassthrough || v9.Stats().DirtyBytes != 0 {
 		t.Errorf("v9 after the detach: mode %s, %d dirty bytes", v9.Mode(), v9.Stats().DirtyBytes)
 	}
+	if code, out, _ := runCLI(cli.Cache, "list", "--socket", sock); code != cli.ExitOK || !strings.Contains(out, "detached") {
+		t.Errorf("cachelun cache list after the detach: exit %d, %q", code, out)
+	}
 	buf := make([]byte, len(dirty))
 	if err := v9.ReadAt(ctx, buf, 0); err != nil || !bytes.Equal(buf, dirty) {
 		t.Fatalf("read after the detach: %v", err)
