@@ -18,16 +18,33 @@ func (realClock) Now() time.Time { return time.Now() }
 // package passes it through verbatim; the engine validates it.
 type Mode string
 
-// Progress reports how much dirty data a drain (or a mode switch that drains
-// first) still has to write back.
+// Progress reports how far a drain (or a mode switch that drains first, or
+// a detach) has come in writing back dirty data.
 type Progress struct {
+	// WrittenBytes reached the backing device since the job started.
+	WrittenBytes int64 `json:"written_bytes"`
+	// DirtyBytes are still to be written back.
 	DirtyBytes      int64 `json:"dirty_bytes"`
 	StartDirtyBytes int64 `json:"start_dirty_bytes"`
+	// RateBytesPerSec is the writeback rate over the last few seconds (0:
+	// not measured yet); Remaining is DirtyBytes at that rate (0: unknown).
+	RateBytesPerSec int64         `json:"rate_bytes_per_sec"`
+	Remaining       time.Duration `json:"remaining_ns"`
+	// Done: the work is complete (the job may still be finishing).
+	Done bool `json:"done,omitempty"`
 }
 
-// Fraction is the share of the starting dirty data already written back, in
-// [0, 1]. A drain that started clean is complete.
+// Fraction is the share written back, in [0, 1]: WrittenBytes over
+// WrittenBytes + DirtyBytes, 1 only once Done. A report without
+// WrittenBytes (nothing written yet, or an older daemon) counts the drop
+// of DirtyBytes since the start; a drain that started clean is complete.
 func (p Progress) Fraction() float64 {
+	if p.Done {
+		return 1
+	}
+	if p.WrittenBytes > 0 {
+		return min(float64(p.WrittenBytes)/float64(p.WrittenBytes+max(p.DirtyBytes, 0)), 0.999)
+	}
 	if p.StartDirtyBytes <= 0 {
 		return 1
 	}
@@ -85,6 +102,9 @@ type CacheStats struct {
 	DirtyBytes           int64  `json:"dirty_bytes"`
 	Failed               bool   `json:"failed"`
 	FailureReason        string `json:"failure_reason,omitempty"`
+	// Detached: taken out of service (cache detach); its volumes run on
+	// their backing devices.
+	Detached bool `json:"detached,omitempty"`
 }
 
 // Explanation says why a read of one block would hit or miss and where the
@@ -159,12 +179,12 @@ type CacheAPI interface {
 	Name() string
 	Path() string
 	Stats() CacheStats
-	// Detach removes a failed cache from service: its volumes keep
-	// serving I/O directly on their backing devices (passthrough). It
-	// refuses while a volume still has dirty data in the cache unless
-	// force is set, which abandons that data. The server calls it only
-	// when Stats().Failed is true.
-	Detach(ctx context.Context, force bool) error
+	// Detach removes the cache from service: its volumes keep serving
+	// I/O directly on their backing devices (passthrough). A healthy
+	// cache first writes back all dirty data (reporting progress) and
+	// refuses if it cannot; a failed one refuses while a volume still has
+	// dirty data in it. force detaches anyway, abandoning that data.
+	Detach(ctx context.Context, force bool, progress func(Progress)) error
 }
 
 // Backend is the daemon as seen by the admin server.

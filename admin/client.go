@@ -184,8 +184,8 @@ func (c *Client) Caches(ctx context.Context) (CachesResponse, error) {
 	return r, err
 }
 
-// Detach starts detaching a failed cache; force abandons the dirty data
-// its volumes still have in it.
+// Detach starts detaching a cache (a healthy one writes back its dirty
+// data first); force abandons the dirty data that cannot be written back.
 func (c *Client) Detach(ctx context.Context, cache string, force bool) (Job, error) {
 	return c.startJob(ctx, "/v1/caches/"+url.PathEscape(cache)+"/detach", DetachRequest{Force: force})
 }

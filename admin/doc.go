@@ -19,7 +19,7 @@
 //
 // Errors are JSON, always: {"error": {"code": "...", "message": "..."}}
 // with a 4xx status for bad requests (bad_request, not_found,
-// method_not_allowed, conflict, not_failed, unauthorized) and 503
+// method_not_allowed, conflict, unauthorized) and 503
 // backend_busy when the engine does not answer.
 //
 // POST /v1/stats/reset (cachelun stats reset) never touches the engine or
@@ -43,7 +43,7 @@
 //	GET    /v1/volumes/{name}/explain?lba=N why block N hits or misses, dirty or clean, where it lives
 //	                                        (or ?offset=BYTES)
 //	GET    /v1/caches, /v1/caches/{name}    cache files: segments, journal pointers, failure state
-//	POST   /v1/caches/{name}/detach         job: detach a failed cache (409 not_failed otherwise)
+//	POST   /v1/caches/{name}/detach         job: detach a cache (a healthy one writes back its dirty data first, with progress)
 //	GET    /v1/sessions                     initiator sessions: initiator, portal, LUNs, in-flight commands
 //	POST   /v1/reload                       job: {"dry_run": true} to only describe the plan
 //	GET    /v1/config[?secrets=1]           the running configuration as TOML (CHAP secrets redacted unless secrets=1)

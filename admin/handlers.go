@@ -117,8 +117,9 @@ type ModeRequest struct {
 
 // DetachRequest is the (optional) body of POST /v1/caches/{name}/detach.
 type DetachRequest struct {
-	// Force detaches even though volumes still have dirty data in the
-	// failed cache; that data is abandoned.
+	// Force detaches even though volumes still have dirty data that
+	// cannot be written back (a failed cache, a failing backing device);
+	// that data is abandoned.
 	Force bool `json:"force"`
 }
 
@@ -512,17 +513,14 @@ func (s *Server) handleDetach(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if !info.Stats.Failed {
-		writeError(w, http.StatusConflict, "not_failed",
-			fmt.Sprintf("cache %q has not failed; only a failed cache can be detached", info.Name))
-		return
-	}
 	args := ""
 	if req.Force {
 		args = "force"
 	}
-	s.startJob(w, JobDetach, "cache/"+info.Name, args, false, func(ctx context.Context, _ func(Progress)) (string, error) {
-		if err := c.Detach(ctx, req.Force); err != nil {
+	// A healthy cache writes back its dirty data first: the job shows
+	// that progress.
+	s.startJob(w, JobDetach, "cache/"+info.Name, args, !info.Stats.Failed, func(ctx context.Context, report func(Progress)) (string, error) {
+		if err := c.Detach(ctx, req.Force, report); err != nil {
 			return "", err
 		}
 		return fmt.Sprintf("cache %s detached; its volumes run in passthrough on their backing devices", info.Name), nil

@@ -47,7 +47,7 @@ func newCollector(snaps *snapshotter) *collector {
 		volBypassRaces:       desc("cachelun_volume_read_bypass_races_total", "Read misses not cached because a bypass write to the same chunk was in flight.", vol...),
 		volDirtyBytes:        desc("cachelun_volume_dirty_bytes", "Bytes in the cache not yet written back.", vol...),
 		volWritebackBytes:    desc("cachelun_volume_writeback_bytes_total", "Bytes written back to the backing device.", vol...),
-		volWritebackLag:      desc("cachelun_writeback_lag_seconds", "Age of the oldest dirty write not yet written back.", vol...),
+		volWritebackLag:      desc("cachelun_writeback_lag_seconds", "Age of the oldest acknowledged write not yet on the backing device, 0 when clean (dirty data replayed at start counts from the start).", vol...),
 		volErrors:            desc("cachelun_volume_errors_total", "Errors by kind.", "volume", "kind"),
 		volSize:              desc("cachelun_volume_size_bytes", "Volume size.", vol...),
 		volMode:              desc("cachelun_volume_mode", "Current cache mode (1 for the active mode).", "volume", "mode"),

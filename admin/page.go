@@ -45,7 +45,7 @@ th{background:#f0f0f0} td.l,th.l{text-align:left}
 {{end}}</table>
 <h2>Caches</h2>
 <table><tr><th class="l">cache</th><th>segments</th><th>used</th><th>free</th><th>quarantined</th><th>dirty</th><th>key head</th><th>dirty tail</th><th>key tail</th><th class="l">state</th></tr>
-{{range .Caches}}<tr><td class="l">{{.Name}}</td><td>{{.Stats.Segments}}</td><td>{{.Stats.SegmentsUsed}}</td><td>{{.Stats.SegmentsFree}}</td><td>{{.Stats.SegmentsQuarantined}}</td><td>{{bytes .Stats.DirtyBytes}}</td><td>{{.Stats.KeyHead.LSN}}</td><td>{{.Stats.DirtyTail.LSN}}</td><td>{{.Stats.KeyTail.LSN}}</td><td class="l">{{if .Stats.Failed}}<span class="bad">FAILED {{.Stats.FailureReason}}</span>{{else}}ok{{end}}</td></tr>
+{{range .Caches}}<tr><td class="l">{{.Name}}</td><td>{{.Stats.Segments}}</td><td>{{.Stats.SegmentsUsed}}</td><td>{{.Stats.SegmentsFree}}</td><td>{{.Stats.SegmentsQuarantined}}</td><td>{{bytes .Stats.DirtyBytes}}</td><td>{{.Stats.KeyHead.LSN}}</td><td>{{.Stats.DirtyTail.LSN}}</td><td>{{.Stats.KeyTail.LSN}}</td><td class="l">{{if .Stats.Detached}}detached{{else if .Stats.Failed}}<span class="bad">FAILED {{.Stats.FailureReason}}</span>{{else}}ok{{end}}</td></tr>
 {{end}}</table>
 <h2>Sessions</h2>
 <table><tr><th class="l">transport</th><th class="l">initiator</th><th class="l">target</th><th class="l">portal</th><th class="l">remote</th><th class="l">LUNs</th><th>in flight</th></tr>

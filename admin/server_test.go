@@ -326,7 +326,6 @@ func TestBadRequestsGetJSONErrors(t *testing.T) {
 		{"GET", "/v1/volumes/db1/explain?lba=-1", "", 400, "bad_request"},
 		{"GET", "/v1/volumes/db1/explain?lba=2097152", "", 400, "bad_request"},
 		{"GET", "/v1/volumes/db1/explain?offset=1073741824", "", 400, "bad_request"},
-		{"POST", "/v1/caches/nvme0/detach", "", 409, "not_failed"},
 		{"POST", "/v1/reload", `{"dry_run":"yes"}`, 400, "bad_request"},
 	} {
 		status, hdr, body := f.rawRequest(t, tc.method, tc.path, tc.body)
@@ -348,6 +347,23 @@ func TestBadRequestsGetJSONErrors(t *testing.T) {
 	}
 	if f.cache.Detached.Load() != 0 {
 		t.Errorf("healthy cache was detached")
+	}
+}
+
+// A healthy cache is detached by a job that reports the progress of
+// writing back its dirty data.
+func TestDetachHealthyCacheJob(t *testing.T) {
+	f := newFixture(t)
+	j, err := f.client.Detach(context.Background(), "nvme0", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := waitJob(t, f.client, j.ID)
+	if got.State != admin.JobSucceeded || f.cache.Detached.Load() != 1 || !strings.Contains(got.Result, "detached") {
+		t.Fatalf("detach of a healthy cache: %+v, detached %d", got, f.cache.Detached.Load())
+	}
+	if p := got.Progress; p == nil || !p.Done || p.WrittenBytes != 8<<20 || p.Fraction() != 1 {
+		t.Errorf("detach job progress %+v, want 8 MiB written back, done", got.Progress)
 	}
 }
 

@@ -82,6 +82,16 @@ type Cache struct {
 	drainers  atomic.Int32 // Drain calls in progress: writeback at full speed
 	spaceWait atomic.Int32 // writers waiting for a free segment
 
+	// wbFailures counts failed writeback passes, wbErr is the last
+	// failure: a healthy Detach gives up when writeback keeps failing.
+	wbFailures atomic.Uint64
+	wbErrMu    sync.Mutex
+	wbErr      error
+	// detaching: a healthy Detach runs or has run (one at a time).
+	// resumed is closed when it lets the requests it held go on.
+	detaching atomic.Bool
+	resumed   atomic.Pointer[chan struct{}]
+
 	wbKick, gcKick chan struct{}
 	workersCtx     context.Context
 	stopWorkers    context.CancelFunc
@@ -107,7 +117,6 @@ type cacheCounters struct {
 	dataCRCErrors                                             atomic.Uint64
 	intentRecovered                                           atomic.Uint64
 	writebackCarried                                          atomic.Uint64
-	lastDirtyTailMove                                         atomic.Int64
 }
 
 // volState is what the cache knows about a volume id, attached or not: its
@@ -125,6 +134,10 @@ type volState struct {
 	dirtyBytes atomic.Int64
 	dirtyKeys  atomic.Int64
 	vol        atomic.Pointer[Volume]
+	// ages: when the volume's dirty ksets in the log were first written
+	// to (writeback lag); shared with the volState that replaces this one
+	// when the device grew.
+	ages *dirtyAges
 }
 
 // BadData is one checksum failure of cache data (caches with data CRCs).
@@ -261,7 +274,7 @@ func openWith(ctx context.Context, store *persist.Store, cfg Config, replayed fu
 		if r.ID >= persist.MaxVolumes {
 			continue
 		}
-		c.vols[r.ID].Store(&volState{id: r.ID, name: r.Name, size: int64(r.Size), idx: newVolIndex(int64(r.Size))})
+		c.vols[r.ID].Store(&volState{id: r.ID, name: r.Name, size: int64(r.Size), idx: newVolIndex(int64(r.Size)), ages: &dirtyAges{}})
 	}
 
 	if info.Flags&InfoFlagDetached != 0 {
@@ -353,7 +366,16 @@ func openWith(ctx context.Context, store *persist.Store, cfg Config, replayed fu
 			return nil, fmt.Errorf("cachecore: persist gc percent: %w", err)
 		}
 	}
-	c.stats.lastDirtyTailMove.Store(cfg.Clock.Now().UnixNano())
+	if head.LSN > 0 {
+		// The log keeps no append times: dirty keys replayed from it count
+		// as acknowledged now, a lower bound of their age (see dirtyAges).
+		now := cfg.Clock.Now().UnixNano()
+		for i := range c.vols {
+			if vs := c.vols[i].Load(); vs != nil && vs.dirtyKeys.Load() > 0 {
+				vs.ages.add(head.LSN-1, now)
+			}
+		}
+	}
 	if replayed != nil {
 		replayed(c)
 	}
@@ -651,9 +673,6 @@ func (c *Cache) SetConfig(cfg Config) error {
 	return nil
 }
 
-// Progress reports drain progress.
-type Progress struct{ DirtyBytes, StartDirtyBytes int64 }
-
 // AddVolume attaches a backing device as volume name. A volume recorded in
 // the cache file keeps its id and cached data; its backing device must not
 // be smaller than the recorded size. The caller keeps ownership of dev.
@@ -673,6 +692,9 @@ func (c *Cache) AddVolume(ctx context.Context, name string, dev backend.Device, 
 	}
 	if err := c.failedErr(); err != nil {
 		return nil, err
+	}
+	if c.detaching.Load() {
+		return nil, fmt.Errorf("cachecore: cache detached (or detaching): %w", blk.ErrNotReady)
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -706,7 +728,7 @@ func (c *Cache) AddVolume(ctx context.Context, name string, dev backend.Device, 
 			if err := c.store.SetVolumes(recs); err != nil {
 				return nil, c.metaErr("persist volume table", err)
 			}
-			nvs := &volState{id: vs.id, name: vs.name, size: size, idx: vs.idx.grown(size)}
+			nvs := &volState{id: vs.id, name: vs.name, size: size, idx: vs.idx.grown(size), ages: vs.ages}
 			nvs.dirtyBytes.Store(vs.dirtyBytes.Load())
 			nvs.dirtyKeys.Store(vs.dirtyKeys.Load())
 			c.vols[r.ID].Store(nvs)
@@ -738,7 +760,7 @@ func (c *Cache) AddVolume(ctx context.Context, name string, dev backend.Device, 
 		if err := c.store.SetVolumes(recs); err != nil {
 			return nil, c.metaErr("persist volume table", err)
 		}
-		vs = &volState{id: id, name: name, size: size, idx: newVolIndex(size)}
+		vs = &volState{id: id, name: name, size: size, idx: newVolIndex(size), ages: &dirtyAges{}}
 		c.vols[id].Store(vs)
 	}
 	v := newVolume(c, vs, dev, vc)

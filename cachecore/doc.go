@@ -83,6 +83,8 @@
 // volumes that are not attached) → stripe.mu (several only in
 // CompareAndWrite, in ascending stripe order) → ksetSlot.mu; stripe.mu → segment.mu (read). dataHead.mu and
 // segTable.mu are leaves and are never taken with a stripe lock held;
+// writeback marks a pass clean holding its volumes' volCounters.progMu
+// (progMu → stripe.mu; progress readers take it alone);
 // generation bumps (persist I/O) run without any stripe lock. Background
 // goroutines (kset flusher, writeback, GC, kset commits) are owned by the
 // Cache; Close stops and waits for all of them. The writeback goroutine
@@ -98,6 +100,14 @@
 // blocks whose newest data is stuck in the failed cache return older data.
 // Backing read errors fail the one request (blk.ErrMedium); writeback
 // errors are retried with backoff and dirty_tail does not move.
+//
+// Detach takes a cache out of service. A failed one at once (dirty data
+// only with force, abandoned). A healthy one only once the backing devices
+// hold everything: its volumes switch to passthrough, writeback writes
+// back all dirty data, new requests are held (not failed) while those that
+// took the cache path finish and their data is written back, the backing
+// devices are flushed, and only then do volumes use them alone; writeback
+// that keeps failing ends the detach with the volumes back in their modes.
 //
 // # Bypass
 //
@@ -170,6 +180,12 @@
 // their data keeps its place in the cache until the volume is attached.
 // This costs 40 bytes of log per dirty key each time writeback passes
 // them; it waits instead when nothing else is left to write back.
+// VolumeStats.WritebackLag is the age of the oldest acknowledged write not
+// yet on the backing device, 0 when clean. It is kept per kset (a kset
+// counts from its first dirty write until dirty_tail passes it), so it may
+// exceed the true age by the time writeback takes for one kset. The log
+// keeps no times: dirty data replayed at Open counts from Open, a lower
+// bound, until it is written back (see dirtyAges).
 // DirtyBytes counts the bytes dirty in the index, also for a volume
 // recorded in the cache file but not attached (Open counts them from the
 // replayed index). Explain says where a block's data lives (segment,

@@ -5,5 +5,5 @@ package cachecore
 // appears only with its first error (an alert on a rate of it would not
 // fire on the first one).
 func ErrorKinds() []string {
-	return []string{"backing_read", "backing_write", "backing_flush", "backing_discard", "cache_media", "writeback"}
+	return []string{"backing_read", "backing_write", "backing_flush", "backing_discard", "cache_media", "data_crc", "writeback"}
 }

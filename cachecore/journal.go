@@ -39,6 +39,11 @@ type ksetSlot struct {
 	opened   time.Time
 	appended uint64       // keys appended to this slot so far
 	last     *pendingKset // most recently closed kset of this slot
+	// dirtyAt: per volume, when the open kset got its first dirty key;
+	// unlogged: closed ksets with dirty keys not yet in the log (for the
+	// writeback lag, see dirtyAges).
+	dirtyAt  []volAge
+	unlogged []*pendingKset
 }
 
 // pendingKset is a closed kset on its way to the log.
@@ -48,6 +53,8 @@ type pendingKset struct {
 	epoch uint64
 	upto  uint64 // the slot's appended count when it closed
 	prev  *pendingKset
+	// dirtyAt is the slot's dirtyAt when it closed.
+	dirtyAt []volAge
 	// appended is closed when the commit has written the kset to the log
 	// (inLog) or has ended without doing so; the next kset of the slot
 	// waits for it before writing its own.
@@ -93,6 +100,11 @@ func (s *ksetSlot) closeLocked() *pendingKset {
 	pk := &pendingKset{slot: s.idx, keys: s.open, epoch: s.epoch, upto: s.appended, prev: s.last, journaling: make(chan struct{}), appended: make(chan struct{}), done: make(chan struct{})}
 	s.last = pk
 	s.open = nil
+	if len(s.dirtyAt) > 0 {
+		pk.dirtyAt = s.dirtyAt
+		s.dirtyAt = nil
+		s.unlogged = append(s.unlogged, pk)
+	}
 	return pk
 }
 
@@ -110,6 +122,12 @@ func (c *Cache) appendKey(i int, k persist.Key) (sp spill) {
 // appendKeyLive is appendKey; countLive=false for a key whose live-log
 // count was already taken (recovered from the intent log and replayed).
 func (c *Cache) appendKeyLive(i int, k persist.Key, countLive bool) (sp spill) {
+	return c.appendKeyAt(i, k, countLive, 0)
+}
+
+// appendKeyAt is appendKeyLive for a dirty key acknowledged at dirtyAt
+// (unix nanoseconds; 0: now), for the writeback lag.
+func (c *Cache) appendKeyAt(i int, k persist.Key, countLive bool, dirtyAt int64) (sp spill) {
 	s := &c.slots[i]
 	s.mu.Lock()
 	ep := c.epoch.Load()
@@ -123,6 +141,14 @@ func (c *Cache) appendKeyLive(i int, k persist.Key, countLive bool) (sp spill) {
 	}
 	s.open = append(s.open, k)
 	s.appended++
+	if k.Flags == persist.KeyDirty && (dirtyAt != 0 || !s.hasDirtyLocked(k.Volume)) {
+		// One clock read per volume and kset: the first dirty key is the
+		// oldest of the kset.
+		if dirtyAt == 0 {
+			dirtyAt = c.clock().Now().UnixNano()
+		}
+		s.noteDirtyLocked(k.Volume, dirtyAt)
+	}
 	if c.intent != nil {
 		c.intent.record(i, s.appended, s.epoch, &k)
 	}
@@ -256,6 +282,7 @@ func (c *Cache) commit(pk *pendingKset) {
 		backoff = min(backoff*2, 100*time.Millisecond)
 	}
 	markAppended(true)
+	c.logDirtyAges(pk, ks.LSN)
 	if err := c.journal.WaitDurable(ks.LSN); err != nil {
 		c.fail("commit kset", err)
 		pk.err = c.failedErr()

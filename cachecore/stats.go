@@ -33,8 +33,12 @@ type VolumeStats struct {
 	// tombstones subtract).
 	DirtyBytes     int64
 	WritebackBytes uint64
-	// WritebackLag is how long the oldest unwritten data has waited
-	// (since dirty_tail last moved), 0 when clean.
+	// WritebackLag is the age of the oldest acknowledged write of the
+	// volume whose data is not yet on the backing device, 0 when clean.
+	// Kept per kset: it may exceed the oldest write's age by the time
+	// writeback takes for one kset. Dirty data replayed at Open counts as
+	// written at Open (the log keeps no times): after a restart the lag
+	// is at most the time since Open, a lower bound (see dirtyAges).
 	WritebackLag time.Duration
 	Errors       map[string]uint64 // by kind: backing_read, backing_write, backing_flush, backing_discard, cache_media, writeback
 }
@@ -59,6 +63,9 @@ type CacheStats struct {
 	// DataCRCErrors counts cache data found failing its checksum (read
 	// hits and writeback, caches with data CRCs).
 	DataCRCErrors uint64
+	// Detached: Detach took the cache out of service; its volumes use
+	// their backing devices alone.
+	Detached bool
 }
 
 type volCounters struct {
@@ -68,6 +75,12 @@ type volCounters struct {
 	readBypassRaces                                  atomic.Uint64
 	writebackBytes                                   atomic.Uint64
 	heldBack                                         atomic.Uint64
+	// wbUnmarked: bytes the writeback pass in flight has written but not
+	// yet marked clean (they still count in dirtyBytes), for Progress.
+	wbUnmarked atomic.Int64
+	// progMu: a pass marks its keys clean and uncounts wbUnmarked under
+	// the write lock, so Progress never sees one without the other.
+	progMu sync.RWMutex
 
 	errMu  sync.Mutex
 	errors map[string]uint64
@@ -117,9 +130,7 @@ func (v *Volume) Stats() VolumeStats {
 		out.Errors[k] = n
 	}
 	s.errMu.Unlock()
-	if v.st.dirtyKeys.Load() > 0 {
-		out.WritebackLag = v.c.clock().Now().Sub(time.Unix(0, v.c.stats.lastDirtyTailMove.Load()))
-	}
+	out.WritebackLag = v.c.writebackLag(v.st)
 	return out
 }
 
@@ -133,7 +144,7 @@ func (c *Cache) Stats() CacheStats {
 		GCRuns: c.stats.gcRuns.Load(), GCSegmentsFreed: c.stats.gcSegmentsFreed.Load(),
 		DeferredWrites:       c.stats.deferredWrites.Load(),
 		WritebackCarriedKeys: c.stats.writebackCarried.Load(), IntentRecoveredKeys: c.stats.intentRecovered.Load(), DirtyBytes: c.dirtyBytes(),
-		Failed: c.failed.Load(), DataCRCErrors: c.stats.dataCRCErrors.Load(),
+		Failed: c.failed.Load(), DataCRCErrors: c.stats.dataCRCErrors.Load(), Detached: c.detached.Load(),
 	}
 	if s.Failed {
 		c.failMu.Lock()

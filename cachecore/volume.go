@@ -18,6 +18,9 @@ const (
 	volOnline int32 = iota
 	volRemoving
 	volClosed
+	// volPaused: a healthy Detach holds new requests for a moment (they
+	// wait in enter, they do not fail).
+	volPaused
 )
 
 // Volume is a cached volume; it implements target/scsi.Volume.
@@ -110,13 +113,21 @@ func (v *Volume) check(off int64, n int64) error {
 }
 
 func (v *Volume) enter() error {
-	v.inflight.Add(1)
-	if v.state.Load() != volOnline {
+	for {
+		v.inflight.Add(1)
+		s := v.state.Load()
+		if s == volOnline {
+			v.c.ioCount.Add(1)
+			return nil
+		}
 		v.inflight.Add(-1)
-		return fmt.Errorf("cachecore: volume %s is offline: %w", v.name, blk.ErrNotReady)
+		if s != volPaused {
+			return fmt.Errorf("cachecore: volume %s is offline: %w", v.name, blk.ErrNotReady)
+		}
+		if ch := v.c.resumed.Load(); ch != nil {
+			<-*ch
+		}
 	}
-	v.c.ioCount.Add(1)
-	return nil
 }
 
 func (v *Volume) exit() { v.inflight.Add(-1) }
@@ -139,7 +150,9 @@ func (v *Volume) waitIdle(ctx context.Context) error {
 func (v *Volume) direct() (bool, error) {
 	c := v.c
 	if !c.failed.Load() {
-		return false, nil
+		// A healthy cache detached after writing back all of its dirty
+		// data: the backing device holds everything.
+		return c.detached.Load(), nil
 	}
 	if c.detached.Load() || v.abandoned.Load() {
 		return true, nil
@@ -1481,12 +1494,12 @@ func (v *Volume) drain(ctx context.Context, progress func(Progress)) error {
 	c := v.c
 	c.drainers.Add(1)
 	defer c.drainers.Add(-1)
-	start := v.st.dirtyBytes.Load()
+	meter := newProgressMeter(c, v)
 	lastFlush := time.Time{}
 	for {
 		keys := v.st.dirtyKeys.Load()
 		if progress != nil {
-			progress(Progress{DirtyBytes: max(v.st.dirtyBytes.Load(), 0), StartDirtyBytes: start})
+			progress(meter.report(keys <= 0))
 		}
 		if keys <= 0 {
 			return nil

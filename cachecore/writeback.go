@@ -66,6 +66,10 @@ func (c *Cache) writebackLoop() {
 			if ctx.Err() != nil || c.failed.Load() {
 				return
 			}
+			c.wbErrMu.Lock()
+			c.wbErr = err
+			c.wbErrMu.Unlock()
+			c.wbFailures.Add(1)
 			c.log.Warn("writeback pass failed; retrying", "err", err, "backoff", backoff)
 			wait = backoff
 			backoff = min(backoff*2, 2*time.Second)
@@ -204,6 +208,9 @@ type wbTarget struct {
 	vs   *volState
 	v    *Volume
 	list map[uint64]*extentList // stripe → collapsed keys
+	// written: bytes of this pass on the backing device (under writeRuns'
+	// mutex), counted in the volume's wbUnmarked until the pass ends.
+	written int64
 }
 
 var errWritebackStalled = errors.New("cachecore: writeback waits: only dirty data of volumes not attached is left")
@@ -251,7 +258,11 @@ func (c *Cache) carryNames(keys []persist.Key) string {
 // ordered (contract 6 holds for its backing device once it is attached).
 // GC never evicts dirty extents, so passing the old keys leaves the
 // carried ones in the index.
-func (c *Cache) carryForward(keys []persist.Key) error {
+//
+// upto is the LSN after the carried keys: the carried copies keep the
+// append time of the originals (the oldest kset of their volume before
+// upto), so the writeback lag does not restart.
+func (c *Cache) carryForward(keys []persist.Key, upto uint64) error {
 	// The caller holds carryMu: no volume is attached while this runs. One
 	// attached since the pass looked ends the pass before anything is
 	// carried; the next pass writes its keys back.
@@ -296,6 +307,7 @@ func (c *Cache) carryForward(keys []persist.Key) error {
 				continue
 			}
 			slot := slotFor(k.Volume, p.stripe)
+			at := vs.ages.oldest(upto)
 			var spills []spill
 			for j := range live {
 				if c.dataCRC {
@@ -306,7 +318,7 @@ func (c *Cache) carryForward(keys []persist.Key) error {
 				}
 				c.segs.segs[live[j].Pos.Seg].refs.Add(1)
 				vs.dirtyKeys.Add(1)
-				spills = append(spills, c.appendKey(slot, live[j]))
+				spills = append(spills, c.appendKeyAt(slot, live[j], true, at))
 			}
 			st.mu.Unlock()
 			for _, sp := range spills {
@@ -458,6 +470,14 @@ func (c *Cache) writebackPass(ctx context.Context) (int64, error) {
 		return 0, fmt.Errorf("%w: %s", errWritebackStalled, c.carryNames(carry))
 	}
 	written, err := c.writeRuns(ctx, targets)
+	defer func() {
+		// Marked clean below, or to be written again by the next pass.
+		for _, t := range targets {
+			if t.written != 0 {
+				t.v.stats.wbUnmarked.Add(-t.written)
+			}
+		}
+	}()
 	if err != nil {
 		return written, err
 	}
@@ -478,7 +498,7 @@ func (c *Cache) writebackPass(ctx context.Context) (int64, error) {
 		// a settled count.
 		c.carryMu.Lock()
 		defer c.carryMu.Unlock()
-		if err := c.carryForward(carry); err != nil {
+		if err := c.carryForward(carry, last.Next.LSN); err != nil {
 			return written, err
 		}
 	}
@@ -488,8 +508,12 @@ func (c *Cache) writebackPass(ctx context.Context) (int64, error) {
 		}
 		return written, err
 	}
-	c.stats.lastDirtyTailMove.Store(c.clock().Now().UnixNano())
 	c.stats.writebackBytes.Add(uint64(written))
+	for _, t := range targets {
+		if t.v != nil && t.written != 0 {
+			t.v.stats.progMu.Lock()
+		}
+	}
 	for _, ks := range batch {
 		for i := range ks.Keys {
 			k := &ks.Keys[i]
@@ -504,6 +528,17 @@ func (c *Cache) writebackPass(ctx context.Context) (int64, error) {
 			}
 			c.markClean(k, ks.Epoch)
 		}
+	}
+	for _, t := range targets {
+		if t.v != nil && t.written != 0 {
+			t.v.stats.wbUnmarked.Add(-t.written)
+			t.written = 0
+			t.v.stats.progMu.Unlock()
+		}
+	}
+	// After markClean: until a key is clean its kset's age still counts.
+	for _, t := range targets {
+		t.vs.ages.passed(last.Next.LSN)
 	}
 	c.kickGC()
 	return max(written, 1), nil
@@ -698,6 +733,8 @@ func (c *Cache) writeRuns(ctx context.Context, targets map[uint32]*wbTarget) (in
 			}
 			if err == nil {
 				written += r.n
+				r.t.written += r.n
+				r.t.v.stats.wbUnmarked.Add(r.n)
 				r.t.v.stats.writebackBytes.Add(uint64(r.n))
 			}
 			mu.Unlock()

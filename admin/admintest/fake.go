@@ -168,7 +168,7 @@ func (v *Volume) drain(ctx context.Context, progress func(admin.Progress)) error
 	v.mu.Unlock()
 	report := func(dirty int64) {
 		if progress != nil {
-			progress(admin.Progress{DirtyBytes: dirty, StartDirtyBytes: start})
+			progress(admin.Progress{WrittenBytes: start - dirty, DirtyBytes: dirty, StartDirtyBytes: start, Done: dirty == 0})
 		}
 	}
 	report(start)
@@ -281,8 +281,16 @@ func (c *Cache) Stats() admin.CacheStats {
 	return c.stats
 }
 
-// Detach implements admin.CacheAPI.
-func (c *Cache) Detach(ctx context.Context, force bool) error {
+// Detach implements admin.CacheAPI; a healthy cache reports its dirty
+// bytes written back at once.
+func (c *Cache) Detach(ctx context.Context, force bool, progress func(admin.Progress)) error {
+	c.mu.Lock()
+	dirty, failed := c.stats.DirtyBytes, c.stats.Failed
+	c.mu.Unlock()
+	if progress != nil && !failed {
+		progress(admin.Progress{DirtyBytes: dirty, StartDirtyBytes: dirty})
+		progress(admin.Progress{WrittenBytes: dirty, StartDirtyBytes: dirty, Done: true})
+	}
 	if force {
 		c.Forced.Add(1)
 	} else if c.DetachErr != nil {

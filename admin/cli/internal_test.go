@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bytes"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -27,15 +28,17 @@ func TestProgressBarOnTerminal(t *testing.T) {
 	var buf bytes.Buffer
 	p := &progressView{w: &buf, tty: true, label: "drain db1", lastStep: -1}
 	start := time.Now().Add(-2 * time.Second)
-	p.update(admin.Job{State: admin.JobRunning, Started: start, Progress: &admin.Progress{DirtyBytes: 6 << 30, StartDirtyBytes: 8 << 30}})
-	p.update(admin.Job{State: admin.JobRunning, Started: start, Progress: &admin.Progress{DirtyBytes: 2 << 30, StartDirtyBytes: 8 << 30}})
+	p.update(admin.Job{State: admin.JobRunning, Started: start, Progress: &admin.Progress{WrittenBytes: 2 << 30, DirtyBytes: 6 << 30, StartDirtyBytes: 8 << 30,
+		RateBytesPerSec: 1 << 30, Remaining: 6 * time.Second}})
+	p.update(admin.Job{State: admin.JobRunning, Started: start, Progress: &admin.Progress{WrittenBytes: 6 << 30, DirtyBytes: 2 << 30, StartDirtyBytes: 8 << 30,
+		RateBytesPerSec: 2 << 30, Remaining: time.Second}})
 	out := buf.String()
 	if strings.Count(out, "\r\x1b[K") != 2 || strings.Contains(out, "\n") {
 		t.Errorf("bar not redrawn in place: %q", out)
 	}
-	if !strings.Contains(out, "drain db1 [#######.......................]  25.0%  6.0 GiB dirty of 8.0 GiB") ||
-		!strings.Contains(out, "[######################........]  75.0%  2.0 GiB dirty of 8.0 GiB") ||
-		!strings.Contains(out, ", about 6") { // 25% took 2s: about 6s for the other 75%
+	if !strings.Contains(out, "drain db1 [#######.......................]  25.0%  2.0 GiB written, 6.0 GiB left, 1.0 GiB/s") ||
+		!strings.Contains(out, "[######################........]  75.0%  6.0 GiB written, 2.0 GiB left, 2.0 GiB/s") ||
+		!strings.Contains(out, ", about 6s left") || !strings.Contains(out, ", about 1s left") {
 		t.Errorf("bar %q", out)
 	}
 	p.update(admin.Job{State: admin.JobSucceeded, Started: start, Finished: time.Now()})
@@ -48,7 +51,7 @@ func TestPlainProgressLinesPerStep(t *testing.T) {
 	var buf bytes.Buffer
 	p := newProgressView(&buf, "drain db1") // a buffer is not a terminal
 	for _, dirty := range []int64{100, 95, 91, 89, 50, 49, 0} {
-		p.update(admin.Job{State: admin.JobRunning, Started: time.Now(), Progress: &admin.Progress{DirtyBytes: dirty, StartDirtyBytes: 100}})
+		p.update(admin.Job{State: admin.JobRunning, Started: time.Now(), Progress: &admin.Progress{WrittenBytes: 100 - dirty, DirtyBytes: dirty, StartDirtyBytes: 100, Done: dirty == 0}})
 	}
 	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
 	// Steps 0, 1 (89 left), 5 (50 left), 10 (0 left): 95/91 and 49 repeat a step.
@@ -59,18 +62,49 @@ func TestPlainProgressLinesPerStep(t *testing.T) {
 
 func TestETA(t *testing.T) {
 	for _, tc := range []struct {
-		p       admin.Progress
-		elapsed time.Duration
-		want    string
+		p    admin.Progress
+		want string
 	}{
-		{admin.Progress{DirtyBytes: 100, StartDirtyBytes: 100}, time.Second, ""}, // no rate yet
-		{admin.Progress{DirtyBytes: 0, StartDirtyBytes: 100}, time.Second, ""},   // done
-		{admin.Progress{DirtyBytes: 75, StartDirtyBytes: 100}, 10 * time.Second, ", about 30s left"},
-		{admin.Progress{DirtyBytes: 50, StartDirtyBytes: 100}, 2 * time.Minute, ", about 2m0s left"},
+		{admin.Progress{DirtyBytes: 100, StartDirtyBytes: 100}, ""},               // no rate yet
+		{admin.Progress{WrittenBytes: 100, StartDirtyBytes: 100, Done: true}, ""}, // done
+		{admin.Progress{WrittenBytes: 25, DirtyBytes: 75, StartDirtyBytes: 100, Remaining: 30 * time.Second}, ", about 30s left"},
+		// The daemon's estimate from the recent rate, not the average
+		// since the start: 4.3 % after 10 s is not "about 3m40s left".
+		{admin.Progress{WrittenBytes: 43, DirtyBytes: 957, StartDirtyBytes: 1000, RateBytesPerSec: 100, Remaining: 9570 * time.Millisecond}, ", about 9.6s left"},
 	} {
-		if got := eta(tc.p, tc.elapsed); got != tc.want {
-			t.Errorf("eta(%+v, %v) = %q, want %q", tc.p, tc.elapsed, got, tc.want)
+		if got := eta(tc.p); got != tc.want {
+			t.Errorf("eta(%+v) = %q, want %q", tc.p, got, tc.want)
 		}
+	}
+}
+
+// TestPlainProgressSmoothDrain: through a pipe, a drain whose written bytes
+// grow smoothly prints one line per 10 % step, the last one only with the
+// report that says the work is done; a job that ends between two polls
+// still gets its 100 % line.
+func TestPlainProgressSmoothDrain(t *testing.T) {
+	var buf bytes.Buffer
+	p := newProgressView(&buf, "mode db1")
+	const total = 1000
+	for w := int64(0); w < total; w += 5 {
+		p.update(admin.Job{State: admin.JobRunning, Started: time.Now(), Progress: &admin.Progress{WrittenBytes: w, DirtyBytes: total - w, StartDirtyBytes: total,
+			RateBytesPerSec: 100, Remaining: time.Duration(total-w) * 10 * time.Millisecond}})
+	}
+	if strings.Contains(buf.String(), "100%") {
+		t.Fatalf("100 %% before the drain was done: %q", buf.String())
+	}
+	p.update(admin.Job{State: admin.JobSucceeded, Started: time.Now(), Finished: time.Now(), Progress: &admin.Progress{WrittenBytes: total, StartDirtyBytes: total, Done: true}})
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	if len(lines) != 11 {
+		t.Fatalf("%d lines, want 11 (0 %% to 100 %% in steps of 10): %q", len(lines), lines)
+	}
+	for i, l := range lines {
+		if want := fmt.Sprintf("mode db1: %3d%% written back", i*10); !strings.HasPrefix(l, want) {
+			t.Errorf("line %d = %q, want it to start with %q", i, l, want)
+		}
+	}
+	if !strings.Contains(lines[5], "500 B written, 500 B left, 100 B/s, about 5s left") {
+		t.Errorf("50 %% line %q", lines[5])
 	}
 }
 

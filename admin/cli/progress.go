@@ -44,39 +44,52 @@ func (p *progressView) update(j admin.Job) {
 			f := pr.Fraction()
 			const width = 30
 			n := int(f * width)
-			line = fmt.Sprintf("%s [%s%s] %5.1f%%  %s dirty of %s  %s%s", p.label,
+			line = fmt.Sprintf("%s [%s%s] %5.1f%%  %s  %s%s", p.label,
 				strings.Repeat("#", n), strings.Repeat(".", width-n), f*100,
-				humanBytes(pr.DirtyBytes), humanBytes(pr.StartDirtyBytes), humanDuration(elapsed), eta(*pr, elapsed))
+				amounts(*pr), humanDuration(elapsed), eta(*pr))
 		}
 		fmt.Fprintf(p.w, "\r\x1b[K%s", line)
 		p.drawn = true
 		return
 	}
-	if j.Done() {
-		return
-	}
 	if pr := j.Progress; pr != nil {
+		// A line each time the progress enters another 10 % step, also
+		// for the last report of a job that ended between two polls.
 		step := int(pr.Fraction() * 10)
-		if step != p.lastStep {
+		if step > p.lastStep && (!j.Done() || pr.Done) {
 			p.lastStep = step
-			fmt.Fprintf(p.w, "%s: %3.0f%% written back, %s dirty of %s%s\n", p.label, pr.Fraction()*100,
-				humanBytes(pr.DirtyBytes), humanBytes(pr.StartDirtyBytes), eta(*pr, elapsed))
+			fmt.Fprintf(p.w, "%s: %3.0f%% written back, %s%s\n", p.label, pr.Fraction()*100, amounts(*pr), eta(*pr))
 		}
+	} else if j.Done() {
+		return
 	} else if j.State != p.lastSt {
 		fmt.Fprintf(p.w, "%s: %s\n", p.label, j.State)
 	}
 	p.lastSt = j.State
 }
 
-// eta estimates the time left from the average rate so far; "" until
-// there is a rate to go by.
-func eta(p admin.Progress, elapsed time.Duration) string {
-	done := p.StartDirtyBytes - p.DirtyBytes
-	if done <= 0 || p.DirtyBytes <= 0 || elapsed <= 0 {
+// amounts says how much was written back and how much is left, and at
+// what rate lately.
+func amounts(p admin.Progress) string {
+	s := humanBytes(p.WrittenBytes) + " written, " + humanBytes(p.DirtyBytes) + " left"
+	if p.WrittenBytes == 0 && p.StartDirtyBytes > p.DirtyBytes {
+		// An older daemon reports no written bytes.
+		s = humanBytes(p.DirtyBytes) + " dirty of " + humanBytes(p.StartDirtyBytes)
+	}
+	if p.RateBytesPerSec > 0 && !p.Done {
+		s += ", " + humanBytes(p.RateBytesPerSec) + "/s"
+	}
+	return s
+}
+
+// eta is the daemon's estimate of the time left, from the writeback rate
+// of the last few seconds (an average since the start misleads after a
+// slow start); "" until it has one.
+func eta(p admin.Progress) string {
+	if p.Done || p.DirtyBytes <= 0 || p.Remaining <= 0 {
 		return ""
 	}
-	left := time.Duration(float64(elapsed) * float64(p.DirtyBytes) / float64(done))
-	return ", about " + humanDuration(left) + " left"
+	return ", about " + humanDuration(p.Remaining) + " left"
 }
 
 // finish ends the bar's line.

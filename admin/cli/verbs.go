@@ -91,6 +91,9 @@ func writeVolumeTable(w io.Writer, vols []admin.VolumeInfo) {
 }
 
 func cacheState(st admin.CacheStats) string {
+	if st.Detached {
+		return "detached"
+	}
 	if st.Failed {
 		if st.FailureReason != "" {
 			return "FAILED: " + st.FailureReason
@@ -328,7 +331,7 @@ func Cache(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fs := newFlags("cache detach", "cache detach NAME [--force] [--no-wait] [--json]", stdout, stderr)
 		c.register(fs)
 		fs.BoolVar(&noWait, "no-wait", false, "start the job and return")
-		fs.BoolVar(&force, "force", false, "detach even though volumes still have dirty data in the failed cache (that data is lost)")
+		fs.BoolVar(&force, "force", false, "detach even though volumes still have dirty data that cannot be written back (that data is lost)")
 		pos, code, ok := parseArgs(fs, rest)
 		if !ok {
 			return code

@@ -59,7 +59,8 @@ func progressFunc(f func(admin.Progress)) func(cachecore.Progress) {
 		return nil
 	}
 	return func(p cachecore.Progress) {
-		f(admin.Progress{DirtyBytes: p.DirtyBytes, StartDirtyBytes: p.StartDirtyBytes})
+		f(admin.Progress{WrittenBytes: p.WrittenBytes, DirtyBytes: p.DirtyBytes, StartDirtyBytes: p.StartDirtyBytes,
+			RateBytesPerSec: p.Rate, Remaining: p.Remaining, Done: p.Done})
 	}
 }
 
@@ -108,13 +109,13 @@ func Explanation(e cachecore.Explanation) admin.Explanation {
 type cache struct {
 	name, path string
 	c          *cachecore.Cache
-	detach     func(ctx context.Context, force bool) error
+	detach     func(ctx context.Context, force bool, progress func(cachecore.Progress)) error
 }
 
 // Cache adapts an engine cache. detach, if not nil, is what Detach does
 // (the daemon decides how a failed cache leaves service); nil makes Detach
 // fail with ErrDetachUnsupported.
-func Cache(name, path string, c *cachecore.Cache, detach func(ctx context.Context, force bool) error) admin.CacheAPI {
+func Cache(name, path string, c *cachecore.Cache, detach func(ctx context.Context, force bool, progress func(cachecore.Progress)) error) admin.CacheAPI {
 	return &cache{name: name, path: path, c: c, detach: detach}
 }
 
@@ -123,11 +124,11 @@ func (a *cache) Path() string { return a.path }
 
 func (a *cache) Stats() admin.CacheStats { return CacheStats(a.c.Stats()) }
 
-func (a *cache) Detach(ctx context.Context, force bool) error {
+func (a *cache) Detach(ctx context.Context, force bool, progress func(admin.Progress)) error {
 	if a.detach == nil {
 		return fmt.Errorf("%w: %s", ErrDetachUnsupported, a.name)
 	}
-	return a.detach(ctx, force)
+	return a.detach(ctx, force, progressFunc(progress))
 }
 
 // CacheStats converts engine cache statistics.
@@ -147,6 +148,7 @@ func CacheStats(st cachecore.CacheStats) admin.CacheStats {
 		DeferredWrites:       st.DeferredWrites,
 		DirtyBytes:           st.DirtyBytes,
 		Failed:               st.Failed,
+		Detached:             st.Detached,
 		FailureReason:        st.FailureReason,
 	}
 }

@@ -822,12 +822,12 @@ func (tx *reloadTxn) removeCaches(ctx context.Context, old, next *conf.Config, _
 func (tx *reloadTxn) drainProgress(volume string) func(cachecore.Progress) {
 	var last time.Time
 	return func(p cachecore.Progress) {
-		if p.DirtyBytes != 0 && time.Since(last) < drainLogInterval {
+		if !p.Done && time.Since(last) < drainLogInterval {
 			return
 		}
 		last = time.Now()
-		tx.log.Info("writeback progress", "volume", volume,
-			"dirty", conf.FormatSize(p.DirtyBytes), "start_dirty", conf.FormatSize(p.StartDirtyBytes))
+		tx.log.Info("writeback progress", "volume", volume, "written", conf.FormatSize(p.WrittenBytes),
+			"left", conf.FormatSize(p.DirtyBytes), "start_dirty", conf.FormatSize(p.StartDirtyBytes), "time_left", p.Remaining)
 	}
 }
 

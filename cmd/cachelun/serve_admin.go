@@ -101,8 +101,8 @@ func (b *adminBackend) Caches() []admin.CacheAPI {
 	for _, c := range b.d.config().Caches {
 		if oc, ok := b.d.eng.cache(c.Name); ok {
 			name := c.Name
-			out = append(out, coreadapter.Cache(c.Name, b.d.path(c.Path), oc.cache, func(ctx context.Context, force bool) error {
-				return b.d.detachCache(ctx, name, force)
+			out = append(out, coreadapter.Cache(c.Name, b.d.path(c.Path), oc.cache, func(ctx context.Context, force bool, progress func(cachecore.Progress)) error {
+				return b.d.detachCache(ctx, name, force, progress)
 			}))
 		}
 	}

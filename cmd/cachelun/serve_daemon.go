@@ -346,7 +346,6 @@ func (d *daemon) shutdown(ctx context.Context) error {
 	d.mu.Unlock()
 	d.serveWG.Wait()
 	d.stopTCMU()
-	d.logDirtyLeft()
 	if d.eng != nil {
 		// not bounded by ctx: closing persists the open ksets, which must
 		// finish for a clean restart
@@ -354,6 +353,7 @@ func (d *daemon) shutdown(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
+	d.logDirtyLeft()
 	return errors.Join(errs...)
 }
 

@@ -229,20 +229,21 @@ func (e *engine) removeVolume(ctx context.Context, cacheName, name string, progr
 	return errors.Join(dev.Flush(ctx), dev.Close())
 }
 
-// detachCache takes a failed cache out of service (cachecore.Cache.Detach):
-// its volumes go on serving I/O on their backing devices, in passthrough.
+// detachCache takes a cache out of service (cachecore.Cache.Detach; a
+// healthy one after writing back its dirty data, reported to progress): its
+// volumes go on serving I/O on their backing devices, in passthrough.
 // It waits for a running reload (which may be tuning that cache) and keeps
 // the next one out until it is done. The cache stays in the engine (Close
 // still runs at shutdown); the file is marked detached and is not opened
 // again until it is formatted.
-func (d *daemon) detachCache(ctx context.Context, name string, force bool) error {
+func (d *daemon) detachCache(ctx context.Context, name string, force bool, progress func(cachecore.Progress)) error {
 	d.reloadMu.Lock()
 	defer d.reloadMu.Unlock()
 	oc, ok := d.eng.cache(name)
 	if !ok {
 		return fmt.Errorf("cache %s is not open", name)
 	}
-	if err := oc.cache.Detach(ctx, force); err != nil {
+	if err := oc.cache.DetachWithProgress(ctx, force, progress); err != nil {
 		return fmt.Errorf("cache %s: %w", name, err)
 	}
 	d.log.Warn("cache detached: its volumes serve I/O on their backing devices; format the file before using it again",

@@ -36,8 +36,9 @@ func (d *daemon) logRecovered(caches []conf.Cache) {
 // logDirtyLeft says, per volume, how much dirty data a graceful shutdown
 // leaves in its cache for the next start (writeback only goes on then),
 // and per cache the total, which includes volumes no longer configured.
-// It runs once no front end can write any more, just before the caches
-// close (a writeback pass that finishes meanwhile only lowers the figure).
+// It runs once the caches are closed (a writeback pass running at the
+// shutdown may still have written some back), so the figures are what the
+// next start finds.
 func (d *daemon) logDirtyLeft() {
 	if d.eng == nil {
 		return
