@@ -27,7 +27,9 @@ func (c *Cache) gcLoop() {
 		}
 		t.Stop()
 		for c.needGC() && ctx.Err() == nil && !c.failed.Load() {
-			if !c.gcStep() {
+			ok := c.gcStep()
+			c.checkLiveInvariants("GC step")
+			if !ok {
 				break
 			}
 		}

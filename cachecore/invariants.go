@@ -65,9 +65,37 @@ func (c *Cache) CheckInvariants() error {
 	return errors.Join(errs...)
 }
 
-// checkIndex checks the stripes and the dirty accounting (safe while the
-// cache runs: each stripe is checked under its lock).
-func (c *Cache) checkIndex(bad func(string, ...any)) {
+// checkLiveInvariants runs, in binaries built with the invariants tag,
+// the checks that hold while requests run (every stripe under its lock,
+// extents against segments, tail order) after each writeback pass and GC
+// step, and panics on a violation: a test run under the tag stops at the
+// first pass that broke a structure, not at the symptom much later.
+func (c *Cache) checkLiveInvariants(after string) {
+	if !invariantsBuild || c.failed.Load() {
+		return
+	}
+	var errs []error
+	bad := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%w after a %s: "+format, append([]any{ErrInvariant, after}, args...)...))
+	}
+	c.checkIndexLive(bad, false)
+	kt, dt, head := c.store.KeyTail(), c.store.DirtyTail(), c.journal.Head()
+	if !(kt.LSN <= dt.LSN && dt.LSN <= head.LSN) {
+		bad("tail order: key_tail LSN %d, dirty_tail LSN %d, head LSN %d", kt.LSN, dt.LSN, head.LSN)
+	}
+	if err := errors.Join(errs...); err != nil {
+		panic(err)
+	}
+}
+
+// checkIndex checks the stripes and the dirty accounting of a quiescent
+// cache.
+func (c *Cache) checkIndex(bad func(string, ...any)) { c.checkIndexLive(bad, true) }
+
+// checkIndexLive checks every stripe under its lock (safe while requests
+// run); quiescent adds the dirty-byte totals, which writers update outside
+// the stripe locks.
+func (c *Cache) checkIndexLive(bad func(string, ...any), quiescent bool) {
 	dataSize := c.store.SegmentDataSize()
 	for id := range c.vols {
 		vs := c.vols[id].Load()
@@ -112,7 +140,7 @@ func (c *Cache) checkIndex(bad func(string, ...any)) {
 				}
 			}
 		})
-		if got := vs.dirtyBytes.Load(); got != dirty {
+		if got := vs.dirtyBytes.Load(); quiescent && got != dirty {
 			bad("volume %s: %d dirty bytes counted, %d dirty in the index", vs.name, got, dirty)
 		}
 	}

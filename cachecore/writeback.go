@@ -50,6 +50,7 @@ func (c *Cache) writebackLoop() {
 		if err == nil {
 			stalled = false
 		}
+		c.checkLiveInvariants("writeback pass")
 		var wait time.Duration
 		switch {
 		case errors.Is(err, errCarryAttached):

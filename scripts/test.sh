@@ -23,6 +23,11 @@ go vet ./...
 step "go test -race (integration included)"
 go test -race -timeout 45m ./...
 
+step "engine tests with live invariant checks (-tags invariants)"
+# every writeback pass and GC step checks the engine's structures and
+# panics on the first violation (cachecore/invariants.go)
+go test -tags invariants -timeout 20m ./cachecore/ ./persist/
+
 step "fuzz targets, ${FUZZTIME} each"
 # fuzz_one runs one target. A failure that wrote a failing input is a real
 # finding and fails at once. go test -fuzz also fails, on a loaded machine,
