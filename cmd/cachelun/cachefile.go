@@ -97,7 +97,7 @@ func runFormat(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		fmt.Fprintf(stderr, "cachelun format: segment size %d or block size %d too large\n", segSize, *blockSize)
 		return 2
 	}
-	_, statErr := os.Stat(path)
+	st, statErr := os.Stat(path)
 	exists := statErr == nil
 	if !exists && size == 0 {
 		fmt.Fprintf(stderr, "cachelun format: %s does not exist and --size is not given\n", path)
@@ -110,13 +110,44 @@ func runFormat(ctx context.Context, args []string, stdout, stderr io.Writer) int
 			return code
 		}
 	}
-	m, err := persist.OpenFile(path, persist.FileOptions{Create: true, Size: size, ZeroFill: *zeroFill, Logger: slog.New(slog.DiscardHandler)})
+	// Refused before anything is created or resized: a file too small for
+	// a journal would be left as a file that is not a cache file.
+	want := size
+	if want == 0 {
+		want = st.Size()
+	}
+	if minSize := persist.MinMediaSize(uint32(segSize)); want < minSize {
+		seg := segSize
+		if seg == 0 {
+			seg = persist.DefaultSegmentSize
+		}
+		fmt.Fprintf(stderr, "cachelun format: %s: %d bytes is too small for a cache: it needs at least 3 segments of %d bytes and the superblock area, %d bytes\n",
+			path, want, seg, minSize)
+		return 2
+	}
+	// A new file is built under a temporary name and renamed into place
+	// once formatted; a failure (no space, SIGTERM during the zero fill, a
+	// format error) leaves no file. An existing file is claimed first and a
+	// failed growth is cut back.
+	opts := persist.FileOptions{Create: true, Size: size, ZeroFill: *zeroFill, Logger: slog.New(slog.DiscardHandler)}
+	var (
+		m      persist.Media
+		commit func() error
+	)
+	if exists {
+		m, err = persist.OpenFileContext(ctx, path, opts)
+	} else {
+		m, commit, err = persist.CreateFile(ctx, path, opts)
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "cachelun format: %v\n", err)
 		return 2
 	}
 	defer m.Close()
 	s, err := persist.Format(m, persist.FormatOptions{SegmentSize: uint32(segSize), BlockSize: uint32(*blockSize), DataCRC: *dataCRC, Force: *force})
+	if err == nil && commit != nil {
+		err = commit()
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "cachelun format: %s: %v\n", path, err)
 		if errors.Is(err, persist.ErrHoldsDirtyData) {
@@ -211,7 +242,9 @@ func runInspect(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		return 2
 	}
 	// The file was opened read-only, which always reports the non-DAX
-	// kind; say what a read-write open (the daemon) would choose.
+	// kind; say what a read-write open (the daemon) would choose. That
+	// open claims the file exclusively, so the shared claim ends first.
+	m.Close()
 	rep.MediaKind = runtimeKind(pos[0], rep.MediaKind)
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
