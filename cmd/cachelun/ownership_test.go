@@ -208,3 +208,29 @@ func TestFormatRefusedWithoutSpace(t *testing.T) {
 		t.Fatalf("refused start left %v", ents)
 	}
 }
+
+// A reload that adds a cache and a volume whose backing file is missing is
+// refused before the new cache file is created.
+func TestReloadMissingBackingCreatesNoCache(t *testing.T) {
+	d, p := startReloadDaemon(t)
+	dir := filepath.Dir(p)
+	writeFile(t, p, reloadConfig(dir, "info", "writeback", false, `
+[[cache]]
+name = "c9"
+path = "c9.img"
+size = "16MiB"
+segment_size = "1MiB"
+
+[[volume]]
+name = "v9"
+cache = "c9"
+backing = "v9.img"
+`))
+	_, err := d.reload(context.Background(), false)
+	if err == nil || !strings.Contains(err.Error(), "v9.img does not exist") {
+		t.Fatalf("reload with a missing backing file: %v", err)
+	}
+	if names, _ := filepath.Glob(filepath.Join(dir, "c9.img*")); len(names) != 0 {
+		t.Fatalf("refused reload created %v", names)
+	}
+}

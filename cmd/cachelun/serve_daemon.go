@@ -448,8 +448,8 @@ func iscsiCHAP(c *conf.CHAP) *iscsi.CHAP {
 func openBacking(v conf.Volume, path string) (backend.Device, error) {
 	opts := backend.FileOptions{Direct: v.Direct, Size: v.BackingSize.Bytes}
 	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
-		if v.BackingSize.Bytes == 0 {
-			return nil, fmt.Errorf("backing %s does not exist and no backing_size is set to create it", path)
+		if err := checkBackingExists(v, path); err != nil {
+			return nil, err
 		}
 		if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 			return nil, err
@@ -512,6 +512,15 @@ func checkCacheSpace(caches []conf.Cache, resolve func(string) string) error {
 			return fmt.Errorf("cache %s: creating %s%s needs %s, the file system of %s has %s free: %w",
 				c.Name, path, also, conf.FormatSize(n), dir, conf.FormatSize(free), persist.ErrNoSpace)
 		}
+	}
+	return nil
+}
+
+// checkBackingExists refuses a backing device that does not exist and that
+// no backing_size lets openBacking create.
+func checkBackingExists(v conf.Volume, path string) error {
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) && v.BackingSize.Bytes == 0 {
+		return fmt.Errorf("backing %s does not exist and no backing_size is set to create it", path)
 	}
 	return nil
 }
