@@ -127,6 +127,11 @@ func CreateFile(ctx context.Context, path string, opts FileOptions) (m Media, co
 	if _, err := os.Lstat(path); err == nil {
 		return nil, nil, fmt.Errorf("%w: create %s: the file exists", ErrInvalidArgument, path)
 	}
+	// Refused before the temporary file exists. (openClaimed checks again
+	// once it is claimed: space may have gone meanwhile.)
+	if err := checkFreeSpace(filepath.Dir(path), path, opts.Size); err != nil {
+		return nil, nil, err
+	}
 	tmp := path + CreatingSuffix
 	f, err := flock.OpenLocked(tmp, os.O_RDWR|os.O_CREATE, 0o600, flock.Exclusive, "cache file being created")
 	if err != nil {
@@ -189,16 +194,17 @@ func MinMediaSize(segmentSize uint32) int64 {
 	return SegmentsOffset + 3*int64(segmentSize)
 }
 
-// checkFreeSpace refuses to add n bytes to the file f when its file
-// system has less free space (for unprivileged writers).
-func checkFreeSpace(f *os.File, path string, n int64) error {
+// checkFreeSpace refuses to add n bytes to the file path when the file
+// system of dir (its directory) has less free space for unprivileged
+// writers.
+func checkFreeSpace(dir, path string, n int64) error {
 	var st unix.Statfs_t
-	if err := unix.Fstatfs(int(f.Fd()), &st); err != nil {
-		return fmt.Errorf("persist: statfs %s: %w", path, err)
+	if err := unix.Statfs(dir, &st); err != nil {
+		return fmt.Errorf("persist: statfs %s: %w", dir, err)
 	}
 	free := int64(st.Bavail) * int64(st.Bsize)
 	if n > free {
-		return fmt.Errorf("%w: %s needs %s, the file system of %s has %s free", ErrNoSpace, path, humanBytes(n), filepath.Dir(path), humanBytes(free))
+		return fmt.Errorf("%w: %s needs %s, the file system of %s has %s free", ErrNoSpace, path, humanBytes(n), dir, humanBytes(free))
 	}
 	return nil
 }
@@ -243,7 +249,7 @@ func openClaimed(ctx context.Context, f *os.File, path string, opts FileOptions,
 			return nil, fmt.Errorf("%w: %s is %d bytes, larger than the requested %d", ErrInvalidArgument, path, size, opts.Size)
 		}
 		if opts.Size > size {
-			if err := checkFreeSpace(f, path, opts.Size-size); err != nil {
+			if err := checkFreeSpace(filepath.Dir(path), path, opts.Size-size); err != nil {
 				return nil, err
 			}
 			if undo == nil {
