@@ -234,3 +234,19 @@ backing = "v9.img"
 		t.Fatalf("refused reload created %v", names)
 	}
 }
+
+// format cancelled (SIGTERM) during its zero fill leaves no file.
+func TestFormatCancelledLeavesNothing(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "cache.img")
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	var out, errb lockedBuffer
+	code := runFormat(ctx, []string{"--size", "64MiB", "--segment-size", "1MiB", path}, &out, &errb)
+	if code == 0 || !strings.Contains(errb.String(), "context canceled") {
+		t.Fatalf("cancelled format: exit %d, %q", code, errb.String())
+	}
+	if names, _ := filepath.Glob(filepath.Join(dir, "*")); len(names) != 0 {
+		t.Fatalf("cancelled format left %v", names)
+	}
+}
