@@ -250,3 +250,35 @@ func TestFormatCancelledLeavesNothing(t *testing.T) {
 		t.Fatalf("cancelled format left %v", names)
 	}
 }
+
+// A copy of a running daemon's cache file (same UUID, so the same intent
+// log name) is refused at its intent log, which stays the first daemon's.
+func TestCopiedCacheRefusedAtIntentLog(t *testing.T) {
+	runtimeDir := t.TempDir()
+	t.Setenv("RUNTIME_DIRECTORY", runtimeDir)
+	dir := t.TempDir()
+	ctx := context.Background()
+	a, err := startDaemon(ctx, testConfig(t, dir, "writeback"), "127.0.0.1:0", testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.shutdown(ctx)
+	intents, _ := filepath.Glob(filepath.Join(runtimeDir, "*.intent"))
+	if len(intents) != 1 {
+		t.Fatalf("intent logs: %v", intents)
+	}
+	before := snapshotDir(t, runtimeDir)
+	dir2 := t.TempDir()
+	img, err := os.ReadFile(filepath.Join(dir, "cache.img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir2, "cache.img"), img, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = startDaemon(ctx, testConfig(t, dir2, "writeback"), "127.0.0.1:0", testLogger(t))
+	if !errors.Is(err, flock.ErrLocked) || !strings.Contains(err.Error(), "intent log "+intents[0]) {
+		t.Fatalf("daemon on a copy of a running cache: %v", err)
+	}
+	sameSnapshot(t, "runtime dir", before, snapshotDir(t, runtimeDir))
+}
