@@ -282,3 +282,38 @@ func TestCopiedCacheRefusedAtIntentLog(t *testing.T) {
 	}
 	sameSnapshot(t, "runtime dir", before, snapshotDir(t, runtimeDir))
 }
+
+// Two daemons of different data dirs configured with one admin socket
+// path: the second is refused before it opens anything, and the first's
+// socket stays in place.
+func TestSharedAdminSocketRefused(t *testing.T) {
+	t.Setenv("RUNTIME_DIRECTORY", t.TempDir())
+	sockDir := t.TempDir()
+	sock := filepath.Join(sockDir, "admin.sock")
+	ctx := context.Background()
+	cfgA := testConfig(t, t.TempDir(), "writeback")
+	cfgA.Global.AdminSocket = sock
+	a, err := startDaemon(ctx, cfgA, "127.0.0.1:0", testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.shutdown(ctx)
+	var before unix.Stat_t
+	if err := unix.Stat(sock, &before); err != nil {
+		t.Fatal(err)
+	}
+	dirB := t.TempDir()
+	cfgB := testConfig(t, dirB, "writeback")
+	cfgB.Global.AdminSocket = sock
+	_, err = startDaemon(ctx, cfgB, "127.0.0.1:0", testLogger(t))
+	if !errors.Is(err, flock.ErrLocked) || !strings.Contains(err.Error(), sock) || !strings.Contains(err.Error(), "pid "+strconv.Itoa(os.Getpid())) {
+		t.Fatalf("second daemon on the same admin socket: %v", err)
+	}
+	if names, _ := filepath.Glob(filepath.Join(dirB, "*.img")); len(names) != 0 {
+		t.Errorf("refused daemon created %v", names)
+	}
+	var after unix.Stat_t
+	if err := unix.Stat(sock, &after); err != nil || after.Ino != before.Ino {
+		t.Fatalf("the first daemon's admin socket was replaced or removed (%v)", err)
+	}
+}

@@ -73,6 +73,9 @@ type daemon struct {
 	// dirLock claims the data dir for this daemon from the start of
 	// startDaemon to the end of shutdown.
 	dirLock *flock.LockFile
+	// socketLock claims an admin socket outside the data dir (nil when
+	// the socket is in it, which dirLock covers).
+	socketLock *flock.LockFile
 
 	adminCancel context.CancelFunc
 	adminDone   chan struct{}
@@ -146,6 +149,19 @@ func startDaemon(ctx context.Context, cfg *conf.Config, listenOverride string, l
 	d.dirLock, err = flock.CreateLockFile(filepath.Join(cfg.Global.DataDir, dataDirLockName), "data directory lock")
 	if err != nil {
 		return d, fmt.Errorf("data dir %s: %w", cfg.Global.DataDir, err)
+	}
+	// An admin socket outside the data dir (/run/cachelun/admin.sock) may
+	// be named by daemons of different data dirs: the first one's is
+	// claimed, so a second is refused here rather than after it opened its
+	// caches, and never replaces or removes the first one's socket.
+	if sock := cfg.Global.AdminSocket; sock != conf.Off && filepath.Dir(d.path(sock)) != cfg.Global.DataDir {
+		if err := os.MkdirAll(filepath.Dir(d.path(sock)), 0o750); err != nil {
+			return d, fmt.Errorf("admin socket: %w", err)
+		}
+		d.socketLock, err = flock.CreateLockFile(d.path(sock)+".lock", "admin socket lock")
+		if err != nil {
+			return d, fmt.Errorf("admin socket %s: %w", d.path(sock), err)
+		}
 	}
 	d.eng = newEngine(log)
 	// Backing devices are opened (claimed, checked, created when
@@ -380,6 +396,10 @@ func (d *daemon) shutdown(ctx context.Context) error {
 		}
 	}
 	// last: the data dir is free only once every file in it is closed
+	// (the admin socket was removed by stopAdmin)
+	if err := d.socketLock.Close(); err != nil {
+		errs = append(errs, err)
+	}
 	if err := d.dirLock.Close(); err != nil {
 		errs = append(errs, err)
 	}
