@@ -149,6 +149,13 @@ func runFormat(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		err = commit()
 	}
 	if err != nil {
+		if exists && size > st.Size() {
+			// Grown for nothing: give the space back while the file is
+			// still claimed. (A new file is removed by m.Close.)
+			if terr := os.Truncate(path, st.Size()); terr != nil {
+				fmt.Fprintf(stderr, "cachelun format: %s: %v\n", path, terr)
+			}
+		}
 		fmt.Fprintf(stderr, "cachelun format: %s: %v\n", path, err)
 		if errors.Is(err, persist.ErrHoldsDirtyData) {
 			return 1

@@ -317,3 +317,19 @@ func TestSharedAdminSocketRefused(t *testing.T) {
 		t.Fatalf("the first daemon's admin socket was replaced or removed (%v)", err)
 	}
 }
+
+// A format that grows an existing file and then fails gives the space
+// back: the file keeps its old size.
+func TestFailedFormatShrinksBack(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "old.img")
+	if err := os.WriteFile(path, make([]byte, 4<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, _, errs := run(t, "format", "--size", "64MiB", "--segment-size", "1MiB", "--block-size", "1000", path)
+	if code != 2 || !strings.Contains(errs, "block size 1000") {
+		t.Fatalf("format with a bad block size: exit %d, %q", code, errs)
+	}
+	if st, err := os.Stat(path); err != nil || st.Size() != 4<<20 {
+		t.Fatalf("after the failed format: %v %v", st.Size(), err)
+	}
+}
