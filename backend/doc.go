@@ -7,7 +7,12 @@
 //     fdatasync. Discard punches a hole (fallocate PUNCH_HOLE|KEEP_SIZE,
 //     which block devices turn into a zero-out) and falls back to writing
 //     zeroes, so a discarded range always reads as zeroes. Block device sizes
-//     come from ioctl BLKGETSIZE64.
+//     come from ioctl BLKGETSIZE64. OpenFile claims the device before it
+//     sizes or reads it: a flock (internal/flock; shared when ReadOnly) on
+//     the file or device node, and O_EXCL for a block device, which the
+//     kernel also enforces against mounts; a device another process (or
+//     another open) holds is refused with flock.ErrLocked and, where the
+//     kernel tells, the holder's pid.
 //   - Memory (NewMemory): sparse, zero-filled, in memory. Clone copies it.
 //   - Faulty (NewFaulty): wraps a Device for tests. Scripted faults per kind
 //     of request and byte range (fail once, always or after N; torn writes;

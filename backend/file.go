@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cachelun/cachelun/internal/blk"
+	"github.com/cachelun/cachelun/internal/flock"
 )
 
 // FileOptions configures OpenFile.
@@ -75,9 +76,35 @@ func OpenFile(path string, opts FileOptions) (*File, error) {
 	if opts.Direct {
 		flags |= unix.O_DIRECT
 	}
+	// A block device is claimed with O_EXCL, as bcache claims its devices:
+	// the kernel then refuses it to mounts and to every other exclusive
+	// opener, cachelun or not.
+	var pre unix.Stat_t
+	isBlock := unix.Stat(path, &pre) == nil && pre.Mode&unix.S_IFMT == unix.S_IFBLK
+	if isBlock {
+		flags |= unix.O_EXCL
+	}
 	fd, err := unix.Open(path, flags, 0o600)
 	if err != nil {
+		if isBlock && errors.Is(err, unix.EBUSY) {
+			return nil, busyDevice(path)
+		}
 		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	// Claimed before anything is read or written (the size check of init
+	// may extend a file): a second daemon naming the same backing device
+	// is refused with the holder's pid. Read-only opens share the claim.
+	mode := flock.Exclusive
+	if opts.ReadOnly {
+		mode = flock.Shared
+	}
+	what := "backing file"
+	if isBlock {
+		what = "backing block device"
+	}
+	if err := flock.Lock(fd, mode, what, path); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("backend: %w", err)
 	}
 	f := &File{path: path, fd: fd, direct: opts.Direct, readOnly: opts.ReadOnly, align: 1, memAlign: 1, punch: true}
 	if err := f.init(opts); err != nil {
@@ -90,6 +117,19 @@ func OpenFile(path string, opts FileOptions) (*File, error) {
 		return &b
 	}
 	return f, nil
+}
+
+// busyDevice is the refusal of a block device another exclusive opener
+// holds: a cachelun process (whose flock claim names it) or a mount, a
+// device mapper or md array, which the kernel does not name here.
+func busyDevice(path string) error {
+	if fd, err := unix.Open(path, unix.O_PATH|unix.O_CLOEXEC, 0); err == nil {
+		defer unix.Close(fd)
+		if pid, ok := flock.Holder(fd); ok {
+			return fmt.Errorf("backend: %w: backing block device %s is in use by another process (pid %d); a second process must not open it", flock.ErrLocked, path, pid)
+		}
+	}
+	return fmt.Errorf("backend: %w: backing block device %s is in use (mounted, or opened exclusively by another process); a second process must not open it", flock.ErrLocked, path)
 }
 
 func (f *File) init(opts FileOptions) error {

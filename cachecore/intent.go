@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/cachelun/cachelun/internal/flock"
 	"github.com/cachelun/cachelun/persist"
 )
 
@@ -44,6 +45,12 @@ import (
 // a disk that loses its volatile cache. The file may therefore live anywhere;
 // tmpfs (/run) avoids writing it back to a disk for nothing.
 //
+// Ownership: OpenIntentFile claims the file (internal/flock, exclusive)
+// before it reads, resizes or maps it, and holds the claim until Close. A
+// file another process holds (the owner of the cache file, or of a copy of
+// it with the same UUID) is refused with its pid and left untouched; only
+// the holder removes it, after a clean Close and before the claim ends.
+//
 // Layout (little-endian), fixed size intentFileSize:
 //
 //	0      [8]  magic "clunINTL"
@@ -67,6 +74,9 @@ type IntentLog struct {
 	bootID [16]byte
 	path   string
 	file   bool // path names a file (removed after a clean Close)
+	// claim is the open, claimed file (nil for memory logs); closing it
+	// ends the claim.
+	claim *os.File
 
 	nonce     uint64
 	overflows atomic.Uint64
@@ -94,11 +104,16 @@ func OpenIntentFile(path string) (*IntentLog, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrIntentLog, err)
 	}
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	f, err := flock.OpenLocked(path, os.O_RDWR|os.O_CREATE, 0o600, flock.Exclusive, "intent log")
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrIntentLog, err)
+		return nil, fmt.Errorf("%w: %w", ErrIntentLog, err)
 	}
-	defer f.Close()
+	ok := false
+	defer func() {
+		if !ok {
+			f.Close()
+		}
+	}()
 	fi, err := f.Stat()
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrIntentLog, err)
@@ -117,7 +132,8 @@ func OpenIntentFile(path string) (*IntentLog, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: mmap %s: %v", ErrIntentLog, path, err)
 	}
-	return &IntentLog{mem: mem, unmap: func() error { return unix.Munmap(mem) }, bootID: boot, path: path, file: true}, nil
+	ok = true
+	return &IntentLog{mem: mem, unmap: func() error { return unix.Munmap(mem) }, bootID: boot, path: path, file: true, claim: f}, nil
 }
 
 // NewIntentLogMemory returns an intent log over mem (IntentLogSize bytes,
@@ -133,25 +149,41 @@ func NewIntentLogMemory(mem []byte, bootID [16]byte) (*IntentLog, error) {
 // IntentLogSize is the size of an intent log.
 const IntentLogSize = intentFileSize
 
-// Close unmaps the log. The Cache that owns it closes it.
+// Close unmaps the log and ends the claim on its file. The Cache that owns
+// it closes it.
 func (l *IntentLog) Close() error {
-	if l == nil || l.unmap == nil {
-		return nil
-	}
-	u := l.unmap
-	l.unmap = nil
-	return u()
+	return l.close(false)
 }
 
 // closeClean is Close after a clean shutdown of the cache: every key is
-// journaled, so the file is removed (on tmpfs it holds memory).
+// journaled, so the file is removed (on tmpfs it holds memory), while the
+// claim still holds: a file this log does not hold is never removed.
 func (l *IntentLog) closeClean() error {
-	err := l.Close()
-	if l.file {
+	return l.close(true)
+}
+
+func (l *IntentLog) close(remove bool) error {
+	if l == nil {
+		return nil
+	}
+	var err error
+	if l.unmap != nil {
+		u := l.unmap
+		l.unmap = nil
+		err = u()
+	}
+	if l.claim == nil {
+		return err
+	}
+	if remove && l.file {
 		if rerr := os.Remove(l.path); rerr != nil && !errors.Is(rerr, os.ErrNotExist) && err == nil {
 			err = rerr
 		}
 	}
+	if cerr := l.claim.Close(); cerr != nil && err == nil {
+		err = cerr
+	}
+	l.claim = nil
 	return err
 }
 

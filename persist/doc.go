@@ -272,6 +272,15 @@
 // requests queue and the next flush covers all of them. DAX persists flush
 // exactly their own cache lines (no system call, nothing to share).
 //
+// Ownership: OpenFile claims the file with flock (internal/flock) before it
+// reads, sizes or maps it, exclusively for a writer and shared for
+// ReadOnly, and holds the claim until Close; a file another open holds is
+// refused (flock.ErrLocked, with the holder's pid). Creating or growing a
+// file checks the free space first (ErrNoSpace), reserves it with
+// fallocate, zero-fills cancellably, and undoes itself on failure;
+// CreateFile builds a new file under a claimed temporary name and renames
+// it only once the caller has formatted it.
+//
 // # Media measurements
 //
 // Measured on the 2-vCPU build machine (ext4 without journal on virtio,

@@ -37,6 +37,11 @@ var (
 	// holds (or may hold) dirty data; FormatOptions.Force overrides.
 	ErrHoldsDirtyData = errors.New("persist: cache file holds dirty data")
 
+	// ErrNoSpace: creating or growing a cache file was refused because its
+	// file system has too little free space (checked before anything is
+	// written), or the space could not be reserved.
+	ErrNoSpace = errors.New("persist: not enough free space")
+
 	// ErrInvalidArgument: a caller passed an out-of-range value (segment
 	// id, position, key field, option).
 	ErrInvalidArgument = errors.New("persist: invalid argument")

@@ -3,15 +3,21 @@
 package persist
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"sync"
 	"syscall"
 	"time"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cachelun/cachelun/internal/flock"
 )
 
 const (
@@ -37,29 +43,196 @@ type fileMedia struct {
 
 	closeMu sync.RWMutex
 	closed  bool
+	// removeOnClose is the temporary name of a file CreateFile made and
+	// nobody committed: Close removes it while the claim still holds.
+	removeOnClose string
 
 	fl flusher
 }
 
-// OpenFile opens (or creates) a cache file. Unless opts.Kind forces one, it
-// tries a MAP_SYNC mapping (DAX) and falls back to DefaultFileKind; the
-// choice is logged and reported by Kind.
+// OpenFile is OpenFileContext without cancellation.
 func OpenFile(path string, opts FileOptions) (Media, error) {
-	log := discardLogger(opts.Logger)
+	return OpenFileContext(context.Background(), path, opts)
+}
+
+// OpenFileContext opens (or creates) a cache file. Unless opts.Kind forces
+// one, it tries a MAP_SYNC mapping (DAX) and falls back to DefaultFileKind;
+// the choice is logged and reported by Kind.
+//
+// Before it reads or writes anything it claims the file (internal/flock):
+// exclusively, or shared when opts.ReadOnly, so read-only commands may run
+// side by side but never while a daemon or format holds the file. A file
+// held by another process, or by another open in this one, is refused with
+// an error wrapping flock.ErrLocked that names the holder's pid. The claim
+// lasts until Close.
+//
+// When it creates or grows the file it first checks the file system's free
+// space (ErrNoSpace, with the figures), reserves the new blocks with
+// fallocate (a failure is a refusal, except on a file system without
+// fallocate), then zero-fills them if asked, checking ctx between chunks.
+// If any of that fails or ctx ends, the file is put back: a file this call
+// created is removed (before the claim is released, so no other process
+// can have opened it meanwhile), a grown one is cut back to its old size.
+func OpenFileContext(ctx context.Context, path string, opts FileOptions) (Media, error) {
 	flag := os.O_RDWR
 	if opts.ReadOnly {
 		flag = os.O_RDONLY
 	}
-	if opts.Create && !opts.ReadOnly {
-		flag |= os.O_CREATE
-	}
+	created := false
 	f, err := os.OpenFile(path, flag, 0o600)
+	if errors.Is(err, os.ErrNotExist) && opts.Create && !opts.ReadOnly {
+		f, err = os.OpenFile(path, flag|os.O_CREATE|os.O_EXCL, 0o600)
+		created = err == nil
+	}
 	if err != nil {
 		return nil, fmt.Errorf("persist: open cache file: %w", err)
 	}
+	mode := flock.Exclusive
+	if opts.ReadOnly {
+		mode = flock.Shared
+	}
+	if err := flock.Lock(int(f.Fd()), mode, "cache file", path); err != nil {
+		// A file this call created and another process claimed at once
+		// is that process's now: leave it.
+		f.Close()
+		return nil, fmt.Errorf("persist: %w", err)
+	}
+	var undo func()
+	if created {
+		undo = func() { os.Remove(path) }
+	}
+	m, err := openClaimed(ctx, f, path, opts, undo)
+	if err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// CreatingSuffix names a cache file while CreateFile builds it.
+const CreatingSuffix = ".creating"
+
+// CreateFile creates a cache file of opts.Size bytes that does not exist
+// yet at path. It builds it under path+CreatingSuffix, which it claims
+// first (a file another process is creating is refused with its pid; one a
+// crash left behind is emptied and reused), then checks the free space,
+// reserves and zero-fills it as OpenFileContext does. The caller formats
+// the returned media and calls commit, which renames the file to path
+// (durably, and never over a file that appeared there meanwhile). Until
+// commit succeeds, closing the media removes the file: a failed or
+// cancelled creation leaves nothing under either name.
+func CreateFile(ctx context.Context, path string, opts FileOptions) (m Media, commit func() error, err error) {
+	if opts.ReadOnly || opts.Size <= 0 {
+		return nil, nil, fmt.Errorf("%w: create %s: needs a size and write access", ErrInvalidArgument, path)
+	}
+	if _, err := os.Lstat(path); err == nil {
+		return nil, nil, fmt.Errorf("%w: create %s: the file exists", ErrInvalidArgument, path)
+	}
+	// Refused before the temporary file exists. (openClaimed checks again
+	// once it is claimed: space may have gone meanwhile.)
+	if err := checkFreeSpace(filepath.Dir(path), path, opts.Size); err != nil {
+		return nil, nil, err
+	}
+	tmp := path + CreatingSuffix
+	f, err := flock.OpenLocked(tmp, os.O_RDWR|os.O_CREATE, 0o600, flock.Exclusive, "cache file being created")
+	if err != nil {
+		return nil, nil, fmt.Errorf("persist: %w", err)
+	}
+	// What a crash during an earlier creation left was never formatted.
+	if err := f.Truncate(0); err != nil {
+		os.Remove(tmp)
+		f.Close()
+		return nil, nil, fmt.Errorf("persist: create %s: %w", tmp, err)
+	}
+	opts.Create = true
+	fm, err := openClaimed(ctx, f, tmp, opts, func() { os.Remove(tmp) })
+	if err != nil {
+		return nil, nil, err
+	}
+	fm.removeOnClose = tmp
+	commit = func() error {
+		if err := renameNoReplace(tmp, path); err != nil {
+			return fmt.Errorf("persist: create %s: %w", path, err)
+		}
+		fm.removeOnClose = ""
+		d, err := os.Open(filepath.Dir(path))
+		if err != nil {
+			return fmt.Errorf("persist: create %s: %w", path, err)
+		}
+		defer d.Close()
+		if err := d.Sync(); err != nil {
+			return fmt.Errorf("persist: create %s: sync directory: %w", path, err)
+		}
+		return nil
+	}
+	return fm, commit, nil
+}
+
+// renameNoReplace renames from to to unless to exists; a file system
+// without RENAME_NOREPLACE gets a plain rename after a check.
+func renameNoReplace(from, to string) error {
+	err := unix.Renameat2(unix.AT_FDCWD, from, unix.AT_FDCWD, to, unix.RENAME_NOREPLACE)
+	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.ENOTSUP) {
+		if _, serr := os.Lstat(to); serr == nil {
+			return &os.LinkError{Op: "rename", Old: from, New: to, Err: os.ErrExist}
+		}
+		return os.Rename(from, to)
+	}
+	if err != nil {
+		return &os.LinkError{Op: "rename", Old: from, New: to, Err: err}
+	}
+	return nil
+}
+
+// MinMediaSize is the smallest cache file Format accepts with segments of
+// segmentSize bytes (0: the default) that a cache can run on: the
+// superblock area and three segments, the engine's minimum (one for the
+// open kset, one being filled, one for GC to free).
+func MinMediaSize(segmentSize uint32) int64 {
+	if segmentSize == 0 {
+		segmentSize = DefaultSegmentSize
+	}
+	return SegmentsOffset + 3*int64(segmentSize)
+}
+
+// checkFreeSpace refuses to add n bytes to the file path when the file
+// system of dir (its directory) has less free space for unprivileged
+// writers.
+func checkFreeSpace(dir, path string, n int64) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return fmt.Errorf("persist: statfs %s: %w", dir, err)
+	}
+	free := int64(st.Bavail) * int64(st.Bsize)
+	if n > free {
+		return fmt.Errorf("%w: %s needs %s, the file system of %s has %s free", ErrNoSpace, path, humanBytes(n), dir, humanBytes(free))
+	}
+	return nil
+}
+
+// humanBytes prints n in binary units with one decimal ("72.0 GiB").
+func humanBytes(n int64) string {
+	units := []string{"KiB", "MiB", "GiB", "TiB", "PiB", "EiB"}
+	if n < 1024 {
+		return fmt.Sprintf("%d bytes", n)
+	}
+	v, u := float64(n)/1024, 0
+	for v >= 1024 && u < len(units)-1 {
+		v, u = v/1024, u+1
+	}
+	return fmt.Sprintf("%.1f %s", v, units[u])
+}
+
+// openClaimed is OpenFileContext on a file already opened and claimed.
+// undo, if not nil, puts back what the caller did before (removes a file
+// it created); it runs, before f is closed, when the open fails.
+func openClaimed(ctx context.Context, f *os.File, path string, opts FileOptions, undo func()) (_ *fileMedia, err error) {
+	log := discardLogger(opts.Logger)
 	ok := false
 	defer func() {
 		if !ok {
+			if undo != nil {
+				undo()
+			}
 			f.Close()
 		}
 	}()
@@ -75,24 +248,40 @@ func OpenFile(path string, opts FileOptions) (Media, error) {
 		if size > opts.Size && !opts.Create {
 			return nil, fmt.Errorf("%w: %s is %d bytes, larger than the requested %d", ErrInvalidArgument, path, size, opts.Size)
 		}
-		if err := f.Truncate(opts.Size); err != nil {
-			return nil, fmt.Errorf("persist: size %s to %d: %w", path, opts.Size, err)
-		}
 		if opts.Size > size {
-			// Reserve the blocks now: a sparse cache file could run out of
-			// space under a live mapping (SIGBUS) or in the middle of a
-			// write, and allocating blocks on every first write makes each
-			// flush also write allocation metadata.
-			if err := fallocate(m0fd(f), size, opts.Size-size); err != nil {
-				log.Info("cache media: fallocate failed, file stays sparse", "path", path, "err", err)
+			if err := checkFreeSpace(filepath.Dir(path), path, opts.Size-size); err != nil {
+				return nil, err
+			}
+			if undo == nil {
+				old := size
+				undo = func() { f.Truncate(old) }
+			}
+			// Reserve the blocks first: a sparse cache file could run out
+			// of space under a live mapping (SIGBUS) or in the middle of a
+			// write, and allocating blocks on every first write makes
+			// each flush also write allocation metadata.
+			err := fallocate(m0fd(f), size, opts.Size-size)
+			switch {
+			case err == nil:
+			case errors.Is(err, syscall.EOPNOTSUPP):
+				log.Info("cache media: the file system has no fallocate; the file stays sparse until written", "path", path)
+				if err := f.Truncate(opts.Size); err != nil {
+					return nil, fmt.Errorf("persist: size %s to %d: %w", path, opts.Size, err)
+				}
+			case errors.Is(err, syscall.ENOSPC):
+				return nil, fmt.Errorf("%w: reserving %s for %s: %w", ErrNoSpace, humanBytes(opts.Size-size), path, err)
+			default:
+				return nil, fmt.Errorf("persist: reserving %d bytes for %s: %w", opts.Size-size, path, err)
 			}
 			if opts.ZeroFill {
 				start := time.Now()
-				if err := zeroFill(path, f, size, opts.Size-size); err != nil {
+				if err := zeroFill(ctx, path, f, size, opts.Size-size); err != nil {
 					return nil, fmt.Errorf("persist: zero-fill %s: %w", path, err)
 				}
 				log.Info("cache media: zero-filled", "path", path, "bytes", opts.Size-size, "took", time.Since(start).Round(time.Millisecond))
 			}
+		} else if err := f.Truncate(opts.Size); err != nil {
+			return nil, fmt.Errorf("persist: size %s to %d: %w", path, opts.Size, err)
 		}
 		size = opts.Size
 	}
@@ -322,6 +511,11 @@ func (m *fileMedia) Close() error {
 		err = syscall.Munmap(m.mapping)
 		m.mapping = nil
 	}
+	if m.removeOnClose != "" {
+		if rerr := os.Remove(m.removeOnClose); rerr != nil && err == nil {
+			err = rerr
+		}
+	}
 	if cerr := m.f.Close(); err == nil {
 		err = cerr
 	}
@@ -395,12 +589,14 @@ func fallocate(fd int, off, n int64) error {
 // zeroFillChunk is the size of one zero-fill write.
 const zeroFillChunk = 4 << 20
 
-// zeroFill writes zeros over [off, off+n) of f and makes them durable.
+// zeroFill writes zeros over [off, off+n) of f and makes them durable. It
+// stops when ctx ends, between chunks (a chunk takes milliseconds), and
+// returns ctx's error.
 // It writes through a second descriptor opened with O_DIRECT where the file
 // system allows it and the range is page aligned, so that filling a large
 // cache file neither costs a copy per page nor floods the page cache;
 // otherwise it writes through f.
-func zeroFill(path string, f *os.File, off, n int64) error {
+func zeroFill(ctx context.Context, path string, f *os.File, off, n int64) error {
 	w := f
 	if off%pageSize == 0 && n%pageSize == 0 {
 		if d, err := os.OpenFile(path, os.O_WRONLY|syscall.O_DIRECT, 0); err == nil {
@@ -416,6 +612,9 @@ func zeroFill(path string, f *os.File, off, n int64) error {
 	}
 	defer syscall.Munmap(buf)
 	for done := int64(0); done < n; {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("cancelled after %d of %d bytes: %w", done, n, err)
+		}
 		k := min(int64(len(buf)), n-done)
 		m, err := w.WriteAt(buf[:k], off+done)
 		if err != nil && w != f && errors.Is(err, syscall.EINVAL) && done == 0 {

@@ -98,7 +98,7 @@ func runFormat(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		fmt.Fprintf(stderr, "cachelun format: segment size %d or block size %d too large\n", segSize, *blockSize)
 		return 2
 	}
-	_, statErr := os.Stat(path)
+	st, statErr := os.Stat(path)
 	exists := statErr == nil
 	if !exists && size == 0 {
 		fmt.Fprintf(stderr, "cachelun format: %s does not exist and --size is not given\n", path)
@@ -111,14 +111,53 @@ func runFormat(ctx context.Context, args []string, stdout, stderr io.Writer) int
 			return code
 		}
 	}
-	m, err := persist.OpenFile(path, persist.FileOptions{Create: true, Size: size, ZeroFill: *zeroFill, Logger: slog.New(slog.DiscardHandler)})
+	// Refused before anything is created or resized: a file too small for
+	// a journal would be left as a file that is not a cache file.
+	want := size
+	if want == 0 {
+		want = st.Size()
+	}
+	if minSize := persist.MinMediaSize(uint32(segSize)); want < minSize {
+		seg := segSize
+		if seg == 0 {
+			seg = persist.DefaultSegmentSize
+		}
+		fmt.Fprintf(stderr, "cachelun format: %s: %d bytes is too small for a cache: it needs at least 3 segments of %d bytes and the superblock area, %d bytes\n",
+			path, want, seg, minSize)
+		return 2
+	}
+	// A new file is built under a temporary name and renamed into place
+	// once formatted; a failure (no space, SIGTERM during the zero fill, a
+	// format error) leaves no file. An existing file is claimed first and a
+	// failed growth is cut back.
+	opts := persist.FileOptions{Create: true, Size: size, ZeroFill: *zeroFill, Logger: slog.New(slog.DiscardHandler)}
+	var (
+		m      persist.Media
+		commit func() error
+		err    error
+	)
+	if exists {
+		m, err = persist.OpenFileContext(ctx, path, opts)
+	} else {
+		m, commit, err = persist.CreateFile(ctx, path, opts)
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "cachelun format: %v\n", err)
 		return 2
 	}
 	defer m.Close()
 	s, err := persist.Format(m, persist.FormatOptions{SegmentSize: uint32(segSize), BlockSize: uint32(*blockSize), DataCRC: *dataCRC, Force: *force})
+	if err == nil && commit != nil {
+		err = commit()
+	}
 	if err != nil {
+		if exists && size > st.Size() {
+			// Grown for nothing: give the space back while the file is
+			// still claimed. (A new file is removed by m.Close.)
+			if terr := os.Truncate(path, st.Size()); terr != nil {
+				fmt.Fprintf(stderr, "cachelun format: %s: %v\n", path, terr)
+			}
+		}
 		fmt.Fprintf(stderr, "cachelun format: %s: %v\n", path, err)
 		if errors.Is(err, persist.ErrHoldsDirtyData) {
 			return 1
@@ -211,9 +250,6 @@ func runInspect(ctx context.Context, args []string, stdout, stderr io.Writer) (c
 		fmt.Fprintf(stderr, "cachelun inspect: %v\n", err)
 		return 2
 	}
-	// The file was opened read-only, which always reports the non-DAX
-	// kind; say what a read-write open (the daemon) would choose.
-	rep.MediaKind = runtimeKind(pos[0], rep.MediaKind)
 	// A file check rejects must not look fine to a script that only
 	// inspects it: the report is printed, the exit status is 1.
 	problems, err := persist.Check(s)
@@ -221,6 +257,11 @@ func runInspect(ctx context.Context, args []string, stdout, stderr io.Writer) (c
 		fmt.Fprintf(stderr, "cachelun inspect: %v\n", err)
 		return 2
 	}
+	// The file was opened read-only, which always reports the non-DAX
+	// kind; say what a read-write open (the daemon) would choose. That
+	// open claims the file exclusively, so the shared claim ends first.
+	m.Close()
+	rep.MediaKind = runtimeKind(pos[0], rep.MediaKind)
 	defer func() {
 		if len(problems) > 0 && code == 0 {
 			fmt.Fprintf(stderr, "cachelun inspect: %s: %s (cachelun check %s lists them)\n", pos[0], plural(len(problems), "problem"), pos[0])

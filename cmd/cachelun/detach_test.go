@@ -79,13 +79,13 @@ func startDirtyCache(t *testing.T) (*daemon, *faultyMedia, []byte) {
 	t.Helper()
 	d, p := startReloadDaemon(t)
 	var media *faultyMedia
-	d.eng.openMedia = func(path string, opts persist.FileOptions) (persist.Media, error) {
-		m, err := openFileMedia(path, opts)
-		if err != nil || strings.TrimSuffix(filepath.Base(path), creatingSuffix) != "c1.img" {
-			return m, err
+	d.eng.openMedia = func(ctx context.Context, path string, opts persist.FileOptions) (persist.Media, func() error, error) {
+		m, commit, err := openFileMedia(ctx, path, opts)
+		if err != nil || filepath.Base(path) != "c1.img" {
+			return m, commit, err
 		}
 		media = &faultyMedia{Media: m}
-		return media, nil
+		return media, commit, nil
 	}
 	writeFile(t, p, reloadConfig(filepath.Dir(p), "info", "writeback", false, failingCacheConfig))
 	if _, err := d.reload(context.Background(), false); err != nil {

@@ -179,8 +179,13 @@ func TestUsageErrors(t *testing.T) {
 			t.Errorf("%q: exit %d, want 2", args, code)
 		}
 	}
-	if code, _, errs := run(t, "format", "--size", "64KiB", filepath.Join(t.TempDir(), "small")); code != 2 || !strings.Contains(errs, "at least 2") {
+	// the engine's minimum is 3 segments
+	small := filepath.Join(t.TempDir(), "small")
+	if code, _, errs := run(t, "format", "--size", "64KiB", small); code != 2 || !strings.Contains(errs, "at least 3 segments") {
 		t.Errorf("too small: %d %q", code, errs)
+	}
+	if names, _ := filepath.Glob(small + "*"); len(names) != 0 {
+		t.Errorf("too small a format left %v", names)
 	}
 }
 

@@ -295,6 +295,25 @@ func (tx *reloadTxn) logLevel(_ context.Context, old, next *conf.Config, _ chang
 }
 
 func (tx *reloadTxn) addCaches(ctx context.Context, old, next *conf.Config, _ changedFunc) error {
+	// Checked before a new cache file is created: a reload that fails on
+	// a later step rolls back but would leave the file it created.
+	var fresh []conf.Cache
+	for _, c := range next.Caches {
+		if findCache(old, c.Name) == nil {
+			fresh = append(fresh, c)
+		}
+	}
+	for _, v := range next.Volumes {
+		if findVolume(old, v.Name) != nil {
+			continue
+		}
+		if err := checkBackingExists(v, tx.d.path(v.Backing)); err != nil {
+			return fmt.Errorf("volume %s: %w", v.Name, err)
+		}
+	}
+	if err := checkCacheSpace(fresh, tx.d.path); err != nil {
+		return err
+	}
 	for _, c := range next.Caches {
 		if findCache(old, c.Name) != nil {
 			continue

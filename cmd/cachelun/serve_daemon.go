@@ -15,11 +15,14 @@ import (
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
 
 	"github.com/cachelun/cachelun/admin"
 	"github.com/cachelun/cachelun/backend"
 	"github.com/cachelun/cachelun/cachecore"
 	"github.com/cachelun/cachelun/conf"
+	"github.com/cachelun/cachelun/internal/flock"
+	"github.com/cachelun/cachelun/persist"
 	"github.com/cachelun/cachelun/target/iscsi"
 	"github.com/cachelun/cachelun/target/scsi"
 )
@@ -27,7 +30,8 @@ import (
 // daemon is one running configuration: caches and volumes (through the
 // engine), SCSI targets, the iSCSI server and its portal listeners.
 //
-// Start order: data dir, caches, backing devices and volumes, SCSI
+// Start order: data dir (claimed through its lock file), backing devices,
+// caches, volumes, SCSI
 // targets, iSCSI server and listeners, TCMU handler, admin API. Shutdown
 // runs it backwards: the admin API stops, iSCSI sessions are asked to log
 // out and drained, the TCMU handler finishes its commands, so no command is
@@ -65,6 +69,13 @@ type daemon struct {
 	// per-volume, per-operation latency histograms on it.
 	registry *prometheus.Registry
 	latency  *admin.Latency
+
+	// dirLock claims the data dir for this daemon from the start of
+	// startDaemon to the end of shutdown.
+	dirLock *flock.LockFile
+	// socketLock claims an admin socket outside the data dir (nil when
+	// the socket is in it, which dirLock covers).
+	socketLock *flock.LockFile
 
 	adminCancel context.CancelFunc
 	adminDone   chan struct{}
@@ -138,22 +149,60 @@ func startDaemon(ctx context.Context, cfg *conf.Config, listenOverride string, l
 	if err := os.MkdirAll(cfg.Global.DataDir, 0o750); err != nil {
 		return d, fmt.Errorf("data dir: %w", err)
 	}
+	// The data dir's state (LUN state, admin socket, relative cache and
+	// backing files) belongs to one daemon: a second one is refused here,
+	// before it opens, creates or removes anything.
+	d.dirLock, err = flock.CreateLockFile(filepath.Join(cfg.Global.DataDir, dataDirLockName), "data directory lock")
+	if err != nil {
+		return d, fmt.Errorf("data dir %s: %w", cfg.Global.DataDir, err)
+	}
+	// An admin socket outside the data dir (/run/cachelun/admin.sock) may
+	// be named by daemons of different data dirs: the first one's is
+	// claimed, so a second is refused here rather than after it opened its
+	// caches, and never replaces or removes the first one's socket.
+	if sock := cfg.Global.AdminSocket; sock != conf.Off && filepath.Dir(d.path(sock)) != cfg.Global.DataDir {
+		if err := os.MkdirAll(filepath.Dir(d.path(sock)), 0o750); err != nil {
+			return d, fmt.Errorf("admin socket: %w", err)
+		}
+		d.socketLock, err = flock.CreateLockFile(d.path(sock)+".lock", "admin socket lock")
+		if err != nil {
+			return d, fmt.Errorf("admin socket %s: %w", d.path(sock), err)
+		}
+	}
 	d.eng = newEngine(log)
+	// Backing devices are opened (claimed, checked, created when
+	// backing_size says so) before any cache file: a missing or foreign
+	// backing must refuse the start before a large cache file is created
+	// and zero-filled for nothing.
+	devs := make([]backend.Device, len(cfg.Volumes))
+	defer func() {
+		for _, dev := range devs {
+			if dev != nil {
+				dev.Close()
+			}
+		}
+	}()
+	for i, v := range cfg.Volumes {
+		dev, err := openBacking(v, d.path(v.Backing))
+		if err != nil {
+			return d, fmt.Errorf("volume %s: %w", v.Name, err)
+		}
+		devs[i] = dev
+	}
+	if err := checkCacheSpace(cfg.Caches, d.path); err != nil {
+		return d, err
+	}
 	for _, c := range cfg.Caches {
 		if err := d.eng.openCache(ctx, c, d.path(c.Path)); err != nil {
 			return d, fmt.Errorf("cache %s: %w", c.Name, err)
 		}
 	}
 	d.logRecovered(cfg.Caches)
-	for _, v := range cfg.Volumes {
-		dev, err := openBacking(v, d.path(v.Backing))
-		if err != nil {
+	for i, v := range cfg.Volumes {
+		if err := d.eng.addVolume(ctx, v, devs[i]); err != nil {
 			return d, fmt.Errorf("volume %s: %w", v.Name, err)
 		}
-		if err := d.eng.addVolume(ctx, v, dev); err != nil {
-			dev.Close()
-			return d, fmt.Errorf("volume %s: %w", v.Name, err)
-		}
+		devs[i] = nil // the engine owns it
 	}
 
 	ic := cfg.ISCSI
@@ -354,6 +403,14 @@ func (d *daemon) shutdown(ctx context.Context) error {
 		}
 	}
 	d.logDirtyLeft()
+	// last: the data dir is free only once every file in it is closed
+	// (the admin socket was removed by stopAdmin)
+	if err := d.socketLock.Close(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := d.dirLock.Close(); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 
@@ -419,8 +476,8 @@ func iscsiCHAP(c *conf.CHAP) *iscsi.CHAP {
 func openBacking(v conf.Volume, path string) (backend.Device, error) {
 	opts := backend.FileOptions{Direct: v.Direct, Size: v.BackingSize.Bytes}
 	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
-		if v.BackingSize.Bytes == 0 {
-			return nil, fmt.Errorf("backing %s does not exist and no backing_size is set to create it", path)
+		if err := checkBackingExists(v, path); err != nil {
+			return nil, err
 		}
 		if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 			return nil, err
@@ -444,4 +501,54 @@ func openBacking(v conf.Volume, path string) (backend.Device, error) {
 		return nil, err
 	}
 	return backend.NewSlow(f, so), nil
+}
+
+// dataDirLockName is the lock file in the data dir: the running daemon
+// holds a flock claim on it and its pid is written in it. It is never
+// removed (see flock.LockFile).
+const dataDirLockName = "cachelun.lock"
+
+// checkCacheSpace refuses a start whose cache files to create do not fit
+// in the free space of their file systems (added up per file system), before
+// any of them is created: otherwise the first could be created and zero-filled
+// and the start still fail on the next.
+func checkCacheSpace(caches []conf.Cache, resolve func(string) string) error {
+	need := map[[2]int32]int64{}
+	for _, c := range caches {
+		path := resolve(c.Path)
+		if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) || c.Size.Bytes == 0 {
+			continue
+		}
+		dir := filepath.Dir(path)
+		for {
+			if _, err := os.Stat(dir); err == nil || filepath.Dir(dir) == dir {
+				break
+			}
+			dir = filepath.Dir(dir) // created by openCache
+		}
+		var st unix.Statfs_t
+		if err := unix.Statfs(dir, &st); err != nil {
+			return fmt.Errorf("cache %s: %s: %w", c.Name, dir, err)
+		}
+		need[st.Fsid.Val] += c.Size.Bytes
+		free := int64(st.Bavail) * int64(st.Bsize)
+		if n := need[st.Fsid.Val]; n > free {
+			also := ""
+			if n > c.Size.Bytes {
+				also = " with the cache files before it on the same file system"
+			}
+			return fmt.Errorf("cache %s: creating %s%s needs %s, the file system of %s has %s free: %w",
+				c.Name, path, also, conf.FormatSize(n), dir, conf.FormatSize(free), persist.ErrNoSpace)
+		}
+	}
+	return nil
+}
+
+// checkBackingExists refuses a backing device that does not exist and that
+// no backing_size lets openBacking create.
+func checkBackingExists(v conf.Volume, path string) error {
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) && v.BackingSize.Bytes == 0 {
+		return fmt.Errorf("backing %s does not exist and no backing_size is set to create it", path)
+	}
+	return nil
 }

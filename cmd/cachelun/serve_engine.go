@@ -16,6 +16,7 @@ import (
 	"github.com/cachelun/cachelun/backend"
 	"github.com/cachelun/cachelun/cachecore"
 	"github.com/cachelun/cachelun/conf"
+	"github.com/cachelun/cachelun/internal/flock"
 	"github.com/cachelun/cachelun/persist"
 	"github.com/cachelun/cachelun/target/scsi"
 )
@@ -31,9 +32,9 @@ type engine struct {
 	order   []string // cache names in open order; closed in reverse
 	volumes map[string]*cachecore.Volume
 	devs    map[string]backend.Device // backing device by volume name
-	// openMedia opens a cache file: persist.OpenFile; tests wrap the
-	// media to inject faults.
-	openMedia func(path string, opts persist.FileOptions) (persist.Media, error)
+	// openMedia opens a cache file (openFileMedia); tests wrap the media
+	// to inject faults.
+	openMedia func(ctx context.Context, path string, opts persist.FileOptions) (persist.Media, func() error, error)
 }
 
 type openCache struct {
@@ -50,10 +51,16 @@ func newEngine(log *slog.Logger) *engine {
 // not exist and a size is configured. An existing file is never formatted
 // here (that is `cachelun format`): it may hold dirty data.
 //
-// A new file is sized, zero-filled and formatted under a temporary name
-// and renamed into place only once it is formatted, so a crash while it is
-// created leaves no file under the configured name that the next start
-// would refuse as "not a cachelun cache file".
+// The file is claimed (persist.OpenFileContext) before anything is read or
+// written, and so is its intent log; a file another process holds is
+// refused with its pid, and nothing of that process's is touched.
+//
+// A new file is built by persist.CreateFile: under a claimed temporary
+// name, after a free-space check, reserved, zero-filled (cancelled with
+// ctx) and formatted, then renamed into place; a failed or cancelled
+// creation leaves nothing under either name, and a crash during one
+// leaves no file under the configured name that the next start would
+// refuse as "not a cachelun cache file".
 func (e *engine) openCache(ctx context.Context, c conf.Cache, path string) error {
 	log := e.log.With("cache", c.Name)
 	_, statErr := os.Stat(path)
@@ -61,23 +68,14 @@ func (e *engine) openCache(ctx context.Context, c conf.Cache, path string) error
 	if create && c.Size.Bytes == 0 {
 		return fmt.Errorf("cache file %s does not exist and no size is set to create it", path)
 	}
-	openPath := path
 	if create {
 		if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 			return err
 		}
-		openPath = path + creatingSuffix
-		// Left by a crash during an earlier creation: never formatted.
-		if err := os.Remove(openPath); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return err
-		}
 	}
 	zeroFill := c.ZeroFill == nil || *c.ZeroFill
-	m, err := e.openMedia(openPath, persist.FileOptions{Create: create, Size: c.Size.Bytes, ZeroFill: create && zeroFill, Logger: log})
+	m, commit, err := e.openMedia(ctx, path, persist.FileOptions{Create: create, Size: c.Size.Bytes, ZeroFill: create && zeroFill, Logger: log})
 	if err != nil {
-		if create {
-			os.Remove(openPath)
-		}
 		return err
 	}
 	var store *persist.Store
@@ -88,7 +86,7 @@ func (e *engine) openCache(ctx context.Context, c conf.Cache, path string) error
 			DataCRC:     c.DataCRC,
 		})
 		if err == nil {
-			err = renameDurably(openPath, path)
+			err = commit()
 		}
 		if err == nil {
 			log.Info("cache file created and formatted", "path", path, "size", conf.FormatSize(c.Size.Bytes), "zero_filled", zeroFill)
@@ -97,17 +95,22 @@ func (e *engine) openCache(ctx context.Context, c conf.Cache, path string) error
 		store, err = persist.Open(m)
 	}
 	if err != nil {
+		// an uncommitted new file is removed by Close
 		m.Close()
-		if create {
-			os.Remove(openPath)
-		}
 		return fmt.Errorf("%s: %w", path, err)
 	}
 	var cc *cachecore.Cache
 	if ipath, ierr := intentPath(path, store.Superblock().UUID); ierr != nil {
 		log.Warn("no intent log: a crash of this process can lose acknowledged writes not yet journaled", "err", ierr)
 		cc, err = cachecore.Open(ctx, store, cacheConfig(c, log))
-	} else if il, ierr := cachecore.OpenIntentFile(ipath); ierr != nil {
+	} else if il, ierr := cachecore.OpenIntentFile(ipath); errors.Is(ierr, flock.ErrLocked) {
+		// Another process holds an intent log of this cache's UUID: it
+		// serves a copy of this file. Running without the log would do
+		// no harm to it, but two copies of one cache are never both
+		// current: refuse.
+		m.Close()
+		return fmt.Errorf("%s: %w", path, ierr)
+	} else if ierr != nil {
 		log.Warn("no intent log: a crash of this process can lose acknowledged writes not yet journaled", "err", ierr)
 		cc, err = cachecore.Open(ctx, store, cacheConfig(c, log))
 	} else {
@@ -154,8 +157,14 @@ func intentPath(cachePath string, uuid [16]byte) (string, error) {
 	return abs + ".intent", nil
 }
 
-func openFileMedia(path string, opts persist.FileOptions) (persist.Media, error) {
-	return persist.OpenFile(path, opts)
+// openFileMedia opens an existing cache file, or with opts.Create builds a
+// new one and returns the commit that renames it into place.
+func openFileMedia(ctx context.Context, path string, opts persist.FileOptions) (persist.Media, func() error, error) {
+	if opts.Create {
+		return persist.CreateFile(ctx, path, opts)
+	}
+	m, err := persist.OpenFileContext(ctx, path, opts)
+	return m, nil, err
 }
 
 func cacheConfig(c conf.Cache, log *slog.Logger) cachecore.Config {
@@ -311,20 +320,4 @@ func (e *engine) close(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// creatingSuffix names a cache file while it is being created.
-const creatingSuffix = ".creating"
-
-// renameDurably renames from to to and makes the rename durable.
-func renameDurably(from, to string) error {
-	if err := os.Rename(from, to); err != nil {
-		return err
-	}
-	d, err := os.Open(filepath.Dir(to))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }

@@ -9,10 +9,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/cachelun/cachelun/conf"
+	"github.com/cachelun/cachelun/persist"
 	"github.com/cachelun/cachelun/target/tcmu"
 )
 
@@ -189,14 +191,48 @@ func TestRunServeUsage(t *testing.T) {
 	}
 }
 
-// runServe with an already-cancelled context starts, prints the ready
-// lines and shuts down with status 0 (what SIGTERM does).
+// lockedBuffer is a bytes.Buffer a daemon writes while the test reads it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// runServe cancelled once it is ready (what SIGTERM does) prints the ready
+// lines and shuts down with status 0.
 func TestRunServeGracefulExit(t *testing.T) {
 	dir := t.TempDir()
 	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	var out, errb bytes.Buffer
-	code := runServe(ctx, []string{"--data-dir", dir, "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"}, &out, &errb)
+	defer cancel()
+	var out, errb lockedBuffer
+	done := make(chan int, 1)
+	go func() { done <- runServe(ctx, []string{"--data-dir", dir, "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"}, &out, &errb) }()
+	var code int
+	deadline := time.After(60 * time.Second)
+wait:
+	for {
+		select {
+		case code = <-done:
+			break wait
+		case <-deadline:
+			t.Fatalf("not ready after 60 s:\n%s", errb.String())
+		case <-time.After(10 * time.Millisecond):
+			if strings.Contains(errb.String(), "msg=\"cachelun ready\"") {
+				cancel()
+			}
+		}
+	}
 	if code != 0 {
 		t.Fatalf("exit %d:\n%s", code, errb.String())
 	}
@@ -294,7 +330,7 @@ func TestDaemonCreatesCacheFile(t *testing.T) {
 			ctx := context.Background()
 			path := filepath.Join(dir, "cache.img")
 			// An unformatted file a crash left half created.
-			if err := os.WriteFile(path+creatingSuffix, []byte("half created"), 0o600); err != nil {
+			if err := os.WriteFile(path+persist.CreatingSuffix, []byte("half created"), 0o600); err != nil {
 				t.Fatal(err)
 			}
 			cfg := testConfig(t, dir, "writeback")
@@ -304,7 +340,7 @@ func TestDaemonCreatesCacheFile(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer d.shutdown(ctx)
-			if _, err := os.Stat(path + creatingSuffix); !errors.Is(err, os.ErrNotExist) {
+			if _, err := os.Stat(path + persist.CreatingSuffix); !errors.Is(err, os.ErrNotExist) {
 				t.Fatalf("temporary file left after the creation: %v", err)
 			}
 			f, err := os.Open(path)
