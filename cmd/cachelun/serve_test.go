@@ -217,7 +217,9 @@ func TestRunServeGracefulExit(t *testing.T) {
 	defer cancel()
 	var out, errb lockedBuffer
 	done := make(chan int, 1)
-	go func() { done <- runServe(ctx, []string{"--data-dir", dir, "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"}, &out, &errb) }()
+	go func() {
+		done <- runServe(ctx, []string{"--data-dir", dir, "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"}, &out, &errb)
+	}()
 	var code int
 	deadline := time.After(60 * time.Second)
 wait:
