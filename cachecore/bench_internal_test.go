@@ -13,7 +13,10 @@ import (
 	"github.com/cachelun/cachelun/persist"
 )
 
-func benchRig(b *testing.B) (*Cache, *Volume, persist.Media) {
+func benchRig(b *testing.B) (*Cache, *Volume, persist.Media) { return benchRigCRC(b, false) }
+
+// benchRigCRC is benchRig on a cache formatted with data CRCs or not.
+func benchRigCRC(b *testing.B, dataCRC bool) (*Cache, *Volume, persist.Media) {
 	path := b.TempDir() + "/cache"
 	if dir := os.Getenv("CACHELUN_BENCH_DIR"); dir != "" {
 		path = dir + "/cachecore-bench-cache"
@@ -24,7 +27,7 @@ func benchRig(b *testing.B) (*Cache, *Volume, persist.Media) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { m.Close() })
-	st, err := persist.Format(m, persist.FormatOptions{SegmentSize: 1 << 20})
+	st, err := persist.Format(m, persist.FormatOptions{SegmentSize: 1 << 20, DataCRC: dataCRC})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -53,19 +56,25 @@ func BenchmarkInternalWrite4K(b *testing.B) {
 	}
 }
 
+// BenchmarkInternalReadHit4K: 4 KiB read hits of 4 KiB keys, on a cache
+// without and with data CRCs (a hit then verifies its key's CRC32C).
 func BenchmarkInternalReadHit4K(b *testing.B) {
-	_, v, _ := benchRig(b)
-	p := make([]byte, 4096)
-	ctx := context.Background()
-	for i := 0; i < 1024; i++ {
-		v.WriteAt(ctx, p, int64(i)*4096, false)
-	}
-	b.SetBytes(4096)
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		if err := v.ReadAt(ctx, p, int64(i%1024)*4096); err != nil {
-			b.Fatal(err)
-		}
+	for _, crc := range []bool{false, true} {
+		b.Run(fmt.Sprintf("datacrc=%v", crc), func(b *testing.B) {
+			_, v, _ := benchRigCRC(b, crc)
+			p := make([]byte, 4096)
+			ctx := context.Background()
+			for i := 0; i < 1024; i++ {
+				v.WriteAt(ctx, p, int64(i)*4096, false)
+			}
+			b.SetBytes(4096)
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if err := v.ReadAt(ctx, p, int64(i%1024)*4096); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
 
