@@ -14,7 +14,7 @@ import (
 // the sequential cutoff on a volume over a backing device with 200µs
 // latency. "clean": the volume holds no dirty data, so the stream bypasses
 // the cache. "older-dirty": 8 MiB of random dirty writes and a flush come
-// first, so the stream is held back into the cache (contract 6) until
+// first, so the stream is held back into the cache (C6) until
 // writeback (at full speed meanwhile) has caught up. Metrics: MB/s of the
 // stream and the share of its bytes that bypassed.
 func BenchmarkSequentialStream(b *testing.B) {

@@ -13,7 +13,7 @@ import (
 	"github.com/cachelun/cachelun/cachecore"
 )
 
-// Contract 6 with writes that reach the backing device directly (bypass,
+// C6 with writes that reach the backing device directly (bypass,
 // writethrough, writearound, backing discards): such a write may not land
 // while dirty data of an older flush epoch is still waiting for writeback,
 // or a lost cache file would leave a backing image that no flush epoch
@@ -306,13 +306,13 @@ type c6Variant struct {
 	// the way.
 	congestionBurst bool
 	// fuaEndsEpoch makes a completed FUA write end the model's flush
-	// epoch like a Flush (the strict reading of contract 6).
+	// epoch like a Flush (the strict reading of C6).
 	fuaEndsEpoch bool
 	// check verifies that the variant exercised what it is about.
 	check func(t *testing.T, vs cachecore.VolumeStats, cs cachecore.CacheStats)
 }
 
-// TestBlackboxFlushConsistencyWithBypass runs the contract 6 check of
+// TestBlackboxFlushConsistencyWithBypass runs the C6 check of
 // TestBlackboxWritebackFlushConsistency (the backing image at every backing
 // write, flush and discard, flushed only and torn, must be explained by a
 // flush epoch) with every way a write reaches the backing device directly.
@@ -588,7 +588,7 @@ func runFlushConsistency(t *testing.T, v c6Variant) {
 // TestBlackboxFlushCoversDirectWriteInFlight: a Flush that runs while a
 // direct write is on its way to the backing device does not cover it, so
 // the next Flush after the write completed must flush the backing device
-// again (contract 3 for writes that bypass the cache).
+// again (C3 for writes that bypass the cache).
 func TestBlackboxFlushCoversDirectWriteInFlight(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -143,7 +143,7 @@ func TestBlackboxCrashConsistency(t *testing.T) {
 // workload sees no persist point at all for the write and the flush). A
 // crash before SetKeyTail is durable replays the evicted clean key, and the
 // restarted volume serves the old cached data instead of the newer, flushed
-// data on the backing device (contract 5: stale data after a durable
+// data on the backing device (C5: stale data after a durable
 // write). Typical report: "sector 584 holds write 53; allowed [119]; the
 // backing image holds write 119; the cache: {State:hit Dirty:false ...}".
 func TestBlackboxCrashGCEvictionBypass(t *testing.T) {

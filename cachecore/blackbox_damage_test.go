@@ -14,7 +14,7 @@ import (
 
 // TestDamagedJournalRefusedThenRepaired: four flipped bytes inside one kset
 // in the middle of a journal of flushed writes. Open refuses the cache
-// (contract 9: never the end of the log, never older data served); check
+// (C9: never the end of the log, never older data served); check
 // names the damage and the range whose newest data is lost; Repair keeps
 // every other write, and the one lost range reads the backing device's
 // (older) data, as the report said.

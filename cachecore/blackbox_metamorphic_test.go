@@ -92,7 +92,7 @@ func TestBlackboxMetamorphic(t *testing.T) {
 		{"tiny-cache-gc", rigOptions{Segments: 16, BackingSize: 8 << 20, Cfg: cachecore.Config{GCPercent: 40},
 			VC: cachecore.VolumeConfig{Mode: cachecore.ModeWriteback}}},
 		// Writeback lags, so bypass writes are often held back into the
-		// cache behind older dirty data (contract 6) and reads must still
+		// cache behind older dirty data (C6) and reads must still
 		// see them.
 		{"held-back-bypass", rigOptions{Cfg: cachecore.Config{Writeback: cachecore.WritebackConfig{
 			IdleAfter: time.Hour, TargetDirtyPercent: 50, HighWatermarkPercent: 90, MaxBytesPerSec: 64 << 10}},

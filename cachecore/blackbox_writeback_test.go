@@ -17,7 +17,7 @@ import (
 // epoch they belong to. Epochs are separated by host Flush calls (a FUA write
 // guarantees its own durability, not an ordering of earlier writes, so it is
 // not treated as a boundary here: that is the more lenient reading of
-// contract 6).
+// C6).
 type epochModel struct {
 	mu    sync.Mutex
 	epoch int
@@ -78,7 +78,7 @@ func (m *epochModel) prefixEpoch(img []byte) (int, bool, string) {
 }
 
 // TestBlackboxWritebackFlushConsistency interrupts writeback at every
-// backing write and flush (contract 6): at each of those instants the image
+// backing write and flush (C6): at each of those instants the image
 // a power cut would leave on the backing device (only flushed data, and a
 // variant where a random subset of unflushed sectors survives) must equal
 // the state after some flush epoch E-1 plus a subset of epoch E's writes, as

@@ -148,7 +148,7 @@ func (l *latencyEWMA) congested(threshold time.Duration) bool {
 
 // dirtyEpochs tells whether a volume still has dirty keys of a flush epoch
 // older than a given one that are not yet written back and flushed on the
-// backing device (contract 6: only then may a write reach the backing device
+// backing device (C6: only then may a write reach the backing device
 // directly). It is maintained without locks on the data path: the append
 // path counts a key under its stripe lock before the write is acknowledged,
 // and writeback uncounts it after the backing flush that made it durable

@@ -426,7 +426,7 @@ func (c *Cache) replay(ctx context.Context, seen func(*persist.Key)) (head persi
 			return persist.Tail{}, nil, 0, fmt.Errorf("cachecore: replay: %w", err)
 		}
 		if errors.Is(err, persist.ErrJournalDamaged) {
-			// Contract 9: damage to a durable kset is not the end of the
+			// C9: damage to a durable kset is not the end of the
 			// log. Replaying only what precedes it would serve older data
 			// for every block it (or a kset after it) wrote, so the cache
 			// is refused, with the record, offset and evidence.

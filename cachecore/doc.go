@@ -7,40 +7,80 @@
 //
 // # Guarantees (the LUN durability contract)
 //
-//   - A write is acknowledged once its data is in the cache media and its
-//     key is in an open kset; it is durable at the next Flush, at a FUA
-//     write, or when its kset closes (full, JournalFlushInterval, Close).
-//     Data is persisted before the kset that refers to it.
-//   - A crash of the process loses no acknowledged write when the cache is
-//     opened with an intent log (OpenWithIntent; the daemon always does):
-//     every appended key is also recorded in a shared mapping of a file
-//     (tmpfs) until its kset is journaled, and the next Open in the same
-//     boot recovers the unjournaled keys (their data is in the page cache
-//     or the DAX mapping), serves them and journals them again. A power cut
-//     or kernel crash (another boot id) may revert writes no flush made
-//     durable, as on a disk with a volatile cache. See IntentLog.
-//   - Flush makes every write acknowledged before it durable, and flushes
-//     the backing device when writes reached it directly since the last
-//     flush (bypass, writethrough, discard).
-//   - After a crash, replay from key_tail rebuilds exactly the index that
-//     was in memory for every key that was durable; keys whose segment
-//     generation moved on are dropped; tombstones are applied in log order.
-//   - Writeback walks the log in order from dirty_tail, collapses overwrites
-//     only within one flush epoch, flushes the backing device and only then
-//     persists dirty_tail: the backing device alone is always a crash image
-//     that respects the host's flushes. A pass that ends inside an epoch
-//     reads on over the durable ksets of that epoch and skips the data they
-//     overwrite (collapseAhead): the newer keys are durable, and written
-//     back before anything of a later epoch.
-//   - In every mode a write overlapping dirty data not yet written back
-//     takes the cache path, so writeback never overwrites newer backing
-//     data with older cache data. A discard of dirty data writes zeroes
-//     through the cache for the same reason.
-//   - A read miss fills the cache only through an EMPTY placeholder that is
-//     still in place at fill time and only when no bypass write is in
-//     flight on the 32 MiB chunk; bypass writes count themselves in flight
-//     before dropping cached data (and placeholders) and persist their
-//     tombstone before writing the backing device.
+// Numbered as in the design's contract; code and tests cite them as C1..C9.
+// Each names the tests that hold it to account.
+//
+//   - C1 (acknowledgement). A write is acknowledged once its data is in the
+//     cache media and its key is in an open kset; it is durable at the next
+//     Flush, at a FUA write, or when its kset closes (full,
+//     JournalFlushInterval, Close). Data is persisted before the kset that
+//     refers to it (or, on a store with unfenced ksets, by the same
+//     persist). A crash of the process loses no acknowledged write when the
+//     cache is opened with an intent log (OpenWithIntent; the daemon always
+//     does): every appended key is also recorded in a shared mapping of a
+//     file (tmpfs) until its kset is journaled, and the next Open in the
+//     same boot recovers the unjournaled keys not already in the log (their
+//     data is in the page cache or the DAX mapping), serves them and
+//     journals them again. A power cut or kernel crash (another boot id) may
+//     revert writes no flush made durable, as on a disk with a volatile
+//     cache. See IntentLog. Tests: TestBlackboxCrashConsistency,
+//     TestIntentLogProcessKill, TestIntentKeysAlreadyJournaledAreNotAppendedAgain.
+//   - C2 (FUA). A FUA write returns only when its data and key are durable.
+//     Tests: TestFUAWritePersistsOnce, TestFUAGroupCommit,
+//     TestBlackboxCrashConsistency.
+//   - C3 (Flush). Flush makes every write acknowledged before it durable,
+//     and flushes the backing device when writes reached it directly since
+//     the last flush (bypass, writethrough, discard). Tests:
+//     TestBlackboxFlushCoversDirectWriteInFlight,
+//     TestWriteThroughDiscardIsFlushed (target/scsi).
+//   - C4 (WCE=0). With the volume's write cache off every write is FUA
+//     (target/scsi decides; the engine sees fua=true). Tests:
+//     TestModeSelectWCEOffFlushesFirst, TestSetConfiguredWriteCache (target/scsi).
+//   - C5 (crash image). After a crash, replay from key_tail rebuilds
+//     exactly the index that was in memory for every key that was durable;
+//     keys whose segment generation moved on are dropped; tombstones are
+//     applied in log order. No block returns data never written to it, or
+//     older than its last durable write. Tests: TestReplayRebuildsIndex,
+//     TestBlackboxCrashConsistency, TestBlackboxCrashGCEvictionBypass,
+//     TestBlackboxLinearizable, persist's TestCrashEveryPersistPoint.
+//   - C6 (ordered writeback). Writeback walks the log in order from
+//     dirty_tail, collapses overwrites only within one flush epoch, flushes
+//     the backing device and only then persists dirty_tail: the backing
+//     device alone is always a crash image that respects the host's
+//     flushes. A pass that ends inside an epoch reads on over the durable
+//     ksets of that epoch and skips the data they overwrite
+//     (collapseAhead): the newer keys are durable, and written back before
+//     anything of a later epoch. In every mode a write overlapping dirty
+//     data not yet written back takes the cache path, so writeback never
+//     overwrites newer backing data with older cache data; a discard of
+//     dirty data writes zeroes through the cache for the same reason.
+//     Tests: TestBlackboxWritebackFlushConsistency,
+//     TestBlackboxFlushConsistencyWithBypass, TestCollapseAheadStopsAtDurableAndEpoch,
+//     TestBlackboxBypassWaitsForOlderEpoch, TestBlackboxDiscardWaitsForOlderEpoch.
+//   - C7 (fills). A read miss fills the cache only through an EMPTY
+//     placeholder that is still in place at fill time and only when no
+//     bypass write is in flight on the 32 MiB chunk; bypass writes count
+//     themselves in flight before dropping cached data (and placeholders)
+//     and persist their tombstone before writing the backing device.
+//     Tests: TestBlackboxBypassMissRaceTracker,
+//     TestBlackboxBypassMissRacePlaceholder, TestBlackboxBypassMissRaceStress,
+//     TestReadMissBypassRace.
+//   - C8 (ownership). The cache file, its intent log and the backing
+//     devices are claimed (flock, O_EXCL) before anything is read or
+//     written (the daemon and persist claim them; the intent log here).
+//     Tests: TestIntentFileClaimed, persist's TestOpenFileRefusesHeldFile.
+//   - C9 (corruption is reported, never absorbed). Damage to a kset that
+//     was durable refuses the cache at Open (ErrJournalDamaged), never
+//     ends the log silently; with data CRCs a read hit and writeback
+//     verify the data: rotten dirty data fails the read (MEDIUM ERROR) and
+//     is never written back, rotten clean data is read from the backing
+//     device. Tests: TestDamagedJournalRefusedThenRepaired,
+//     TestDataCRCOnReadHit, TestDataCRCInWriteback, persist's
+//     TestCrashEveryPersistPoint (damage at every proven kset).
+//
+// CheckInvariants verifies the structures these rest on; every black-box
+// test ends with it, and with -tags invariants writeback and GC check the
+// live ones after every pass.
 //
 // # Structure
 //
@@ -119,10 +159,10 @@
 // cached (cached ranges then wait for space: back-pressure). Reads skip the
 // fill for the same reasons. A write overlapping dirty data never bypasses.
 //
-// # Direct writes and contract 6
+// # Direct writes and C6
 //
 // The backing device alone must always be a crash image that respects the
-// host's flushes (contract 6), also for writes that reach it directly:
+// host's flushes (C6), also for writes that reach it directly:
 // bypass, writethrough, writearound/passthrough and backing discards. The
 // rule: a write may reach the backing device directly only when its volume
 // has no dirty data of a flush epoch older than the write's own that is not
@@ -156,7 +196,7 @@
 //   - A key whose epoch is unknown (a flush moved the epoch during its
 //     append) counts as older until it is clean, which only delays direct
 //     writes (such keys are kept by identity in a map under a leaf mutex,
-//     taken with a stripe lock held or none). Epochs are per cache while contract 6 is per backing device:
+//     taken with a stripe lock held or none). Epochs are per cache while C6 is per backing device:
 //     another volume's flush makes this volume's dirty data "older" too,
 //     again only more cautious; only this volume's dirty data is counted.
 //

@@ -26,7 +26,7 @@ import (
 // the machine: a file on tmpfs (or any file, see below) mapped shared.
 //
 // Why: a write is acknowledged once its data is in the cache file and its
-// key is in an open kset (contract 1). The data was written with pwrite (or
+// key is in an open kset (C1). The data was written with pwrite (or
 // into a DAX mapping), so a killed process leaves it in the page cache, but
 // the open kset lived only in the process. Without the intent log a daemon
 // crash reverts acknowledged writes; the host, reconnected to the restarted
@@ -41,7 +41,7 @@ import (
 // coherent, so the data a recovered key points at is exactly what the dead
 // process wrote, even if none of it reached the disk yet. After a reboot
 // (power cut, kernel crash) the data may not be on the disk, so the records
-// are ignored and contract 5 applies (unjournaled writes may revert), as for
+// are ignored and C5 applies (unjournaled writes may revert), as for
 // a disk that loses its volatile cache. The file may therefore live anywhere;
 // tmpfs (/run) avoids writing it back to a disk for nothing.
 //

@@ -25,7 +25,7 @@ type VolumeStats struct {
 	// HeldBack counts writes that would have gone to the backing device
 	// directly (bypass, writethrough) but took the cache path because
 	// dirty data of an older flush epoch was not yet written back
-	// (contract 6: the backing device stays flush-consistent).
+	// (C6: the backing device stays flush-consistent).
 	HeldBack uint64
 	// DirtyBytes is the data of this volume dirty in the index: bytes
 	// whose newest data is in the cache and not yet written back (an

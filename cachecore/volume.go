@@ -44,7 +44,7 @@ type Volume struct {
 	tracker   *bypassTracker
 	// epochs knows whether dirty data of an older flush epoch is still
 	// waiting for writeback: no write may reach the backing device
-	// directly until it is written back (contract 6).
+	// directly until it is written back (C6).
 	epochs dirtyEpochs
 	// heldBackAt is when (unix ns) a write last took the cache path only
 	// because of epochs; writeback runs at full speed for a while after,
@@ -57,7 +57,7 @@ type Volume struct {
 	// directSeq counts writes that reach the backing device directly
 	// (bypass, writethrough, discard), counted before they are issued;
 	// flushedSeq is the directSeq a completed backing flush covered. Flush
-	// flushes the backing device when they differ (durability contract 3),
+	// flushes the backing device when they differ (C3),
 	// and so does a kset commit holding clean keys of the volume: a clean
 	// key may only become durable once the backing data it mirrors is.
 	directSeq, flushedSeq atomic.Uint64
@@ -664,7 +664,7 @@ func (v *Volume) route(ctx context.Context, off, n int64) (writeRoute, int) {
 
 // mustHoldBack reports whether a write issued now must not reach the
 // backing device directly: the volume still has dirty data of an older
-// flush epoch that is not yet written back and flushed there (contract 6;
+// flush epoch that is not yet written back and flushed there (C6;
 // see the package documentation for the argument).
 func (v *Volume) mustHoldBack() bool {
 	epoch := v.c.epoch.Load()
@@ -1079,7 +1079,7 @@ func (v *Volume) Flush(ctx context.Context) error {
 // noteDirect counts a direct backing write (or discard) before it is
 // issued and again once it completed: a backing flush that started while
 // the write was in flight may not cover it, so the count taken after
-// completion makes the next Flush flush again (contract 3).
+// completion makes the next Flush flush again (C3).
 func (v *Volume) noteDirect() { v.directSeq.Add(1) }
 
 // flushBacking flushes the backing device if direct writes happened since
@@ -1148,7 +1148,7 @@ const discardZeroLimit = 1 << 20
 func (v *Volume) discard(ctx context.Context, off, n int64) error {
 	c := v.c
 	if n <= discardZeroLimit && v.mustHoldBack() {
-		// Contract 6: the zeroes join the older dirty data in the cache
+		// C6: the zeroes join the older dirty data in the cache
 		// and reach the backing device in log order.
 		v.stats.heldBack.Add(1)
 		zbuf := make([]byte, min(n, stripeSize))
@@ -1219,7 +1219,7 @@ func (v *Volume) discard(ctx context.Context, off, n int64) error {
 	}
 	if len(backing) > 0 {
 		// A backing discard is a write of zeroes: it may not overtake
-		// older dirty data either (contract 6).
+		// older dirty data either (C6).
 		if err := v.waitOrdered(ctx); err != nil {
 			return err
 		}

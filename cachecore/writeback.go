@@ -256,7 +256,7 @@ func (c *Cache) carryNames(keys []persist.Key) string {
 // holds as dirty are carried (later keys of the same volume may have
 // replaced them). The keys keep their log order and get a flush epoch of
 // their own, after every key appended so far, so the volume's epochs stay
-// ordered (contract 6 holds for its backing device once it is attached).
+// ordered (C6 holds for its backing device once it is attached).
 // GC never evicts dirty extents, so passing the old keys leaves the
 // carried ones in the index.
 //

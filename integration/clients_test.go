@@ -191,7 +191,7 @@ func TestDataAcrossModesAndRestarts(t *testing.T) {
 // that no flush has made durable yet survive a crash (SIGKILL) of the
 // daemon: their keys are recovered from the intent log at the restart. The
 // ksets stay open for a minute, so nothing but the intent log holds those
-// keys at the kill. (Contract 3 across a crash: the host's next SYNCHRONIZE
+// keys at the kill. (C3 across a crash: the host's next SYNCHRONIZE
 // CACHE, sent to the restarted daemon, must not answer GOOD over lost
 // writes.)
 func TestCrashKeepsAcknowledgedWrites(t *testing.T) {
