@@ -2,7 +2,10 @@ package iscsi
 
 import (
 	"context"
+	"fmt"
+	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -257,5 +260,125 @@ func TestRestartAnswersEveryRequest(t *testing.T) {
 		if err := ti.collect(res, nil); err != nil || res[r].status != 0 {
 			t.Fatalf("retried read %d: err %v status %#x", i, err, res[r].status)
 		}
+	}
+}
+
+// syncBuffer is a log sink tests read while the server writes to it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  []byte
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.b = append(s.b, p...)
+	return len(p), nil
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return string(s.b)
+}
+
+// stuckServer is a server whose device server holds the read of block 5
+// until release is closed, whatever its context says: a command that does
+// not return when it is aborted.
+func stuckServer(t *testing.T) (env *testEnv, logs *syncBuffer, entered chan struct{}, release func()) {
+	logs = &syncBuffer{}
+	env = startServer(t, Config{Logger: slog.New(slog.NewTextHandler(logs, nil))}, nil)
+	env.srv.reinstateWait = 300 * time.Millisecond
+	env.srv.stuckWarn = 100 * time.Millisecond
+	entered = make(chan struct{}, 1)
+	gate := make(chan struct{})
+	var once sync.Once
+	release = func() { once.Do(func() { close(gate) }) }
+	t.Cleanup(release) // before the server's shutdown
+	env.vol.SetGate(func(ctx context.Context, off int64) error {
+		if off != 5*512 {
+			return nil
+		}
+		entered <- struct{}{}
+		<-gate
+		return nil
+	})
+	return env, logs, entered, release
+}
+
+// TestReinstatementAnswersLoginWhileOldCommandsRun: open-iscsi reconnects
+// (same ISID) while a command of the old session is still in the device
+// server and does not return when aborted. The new session must not start
+// before that command has returned (an old write could land after a new
+// one), but the login is answered within a bounded time, "service
+// unavailable", which open-iscsi retries, instead of being left unanswered
+// until the initiator's login timeout; the daemon log names the command.
+// Once the command returns, the retry logs in.
+func TestReinstatementAnswersLoginWhileOldCommandsRun(t *testing.T) {
+	env, logs, entered, release := stuckServer(t)
+	old := dialInitiator(t, env.addr)
+	old.login(env.iqn)
+	old.scsiCmd(0, read10(5, 1), true, 512, nil, true)
+	<-entered
+	for try := range 2 {
+		nu := dialInitiator(t, env.addr)
+		nu.nc.SetDeadline(time.Now().Add(5 * time.Second))
+		start := time.Now()
+		err := nu.tryLogin(env.iqn)
+		if err == nil || !strings.Contains(err.Error(), "0x0301") {
+			t.Fatalf("login %d while the old session's command runs: %v after %v, want status 0x0301 (service unavailable)", try, err, time.Since(start))
+		}
+		if d := time.Since(start); d > 3*time.Second {
+			t.Fatalf("login %d answered after %v", try, d)
+		}
+	}
+	for _, want := range []string{"session reinstatement: the old session's commands have not returned", "cdb=[28 00 00 00 00 05"} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("log lacks %q:\n%s", want, logs.String())
+		}
+	}
+	release()
+	var err error
+	for range 50 {
+		nu := dialInitiator(t, env.addr)
+		if err = nu.tryLogin(env.iqn); err == nil {
+			writeRead(t, nu, 0, fill(512, 4), 512)
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("no login after the old command returned: %v", err)
+	}
+	if env.vol.Running.Load() != 0 {
+		t.Fatal("old session's command still running after the new session started")
+	}
+}
+
+// TestAbortWaitingForDeviceServerIsLogged: an ABORT TASK for a command the
+// device server does not return is answered only once it has returned (no
+// response may go out while the command can still change the medium), and
+// meanwhile the daemon log names the command, period after period.
+func TestAbortWaitingForDeviceServerIsLogged(t *testing.T) {
+	env, logs, entered, release := stuckServer(t)
+	ti := dialInitiator(t, env.addr)
+	ti.login(env.iqn)
+	sn := ti.cmdSN
+	victim := ti.scsiCmd(0, read10(5, 1), true, 512, nil, true)
+	<-entered
+	tmf := tmfRequest(ti, tmfAbortTask, 0, victim, sn, true)
+	ti.nc.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	if h, _, err := ti.readPDU(); err == nil {
+		t.Fatalf("answer (opcode %#x) while the aborted command still runs", h.opcode())
+	}
+	if n := strings.Count(logs.String(), "aborted commands have not returned from the device server"); n < 2 {
+		t.Fatalf("%d warnings about the running aborted command, want one a period:\n%s", n, logs.String())
+	}
+	if !strings.Contains(logs.String(), fmt.Sprintf("itt=%#x lun=0 cdb=[28 00 00 00 00 05", victim)) {
+		t.Errorf("warning does not name the command:\n%s", logs.String())
+	}
+	release()
+	if h := expect(t, ti, opTaskMgmtRsp, tmf); h[2] != tmfRespComplete {
+		t.Fatalf("ABORT TASK response %d", h[2])
 	}
 }
