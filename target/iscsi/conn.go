@@ -662,6 +662,20 @@ func (c *conn) handleLogout(h *pduHeader) error {
 		return nil
 	}
 	itt := h.bhs.itt()
+	var r bhs
+	r[0] = opLogoutResp
+	r[1] = 0x80
+	r[2] = resp
+	r.putU32(16, itt)
+	if resp != 0 {
+		// Refused: the session carries on as if the request had not
+		// come. Aborting the commands still collecting data here, as a
+		// logout does, would leave them unanswered, and commands
+		// rejected meanwhile would leave a CmdSN gap that holds back
+		// every later one.
+		c.send(outItem{kind: outStatus, h: r})
+		return nil
+	}
 	c.closing.Store(true)
 	c.auxWG.Add(1)
 	go func() {
@@ -669,17 +683,8 @@ func (c *conn) handleLogout(h *pduHeader) error {
 		// Answered commands go out before the Logout Response.
 		c.abortCollecting()
 		c.taskWG.Wait()
-		var r bhs
-		r[0] = opLogoutResp
-		r[1] = 0x80
-		r[2] = resp
-		r.putU32(16, itt)
 		c.send(outItem{kind: outStatus, h: r})
-		if resp == 0 {
-			c.send(outItem{kind: outClose})
-		} else {
-			c.closing.Store(false)
-		}
+		c.send(outItem{kind: outClose})
 	}()
 	return nil
 }

@@ -63,7 +63,11 @@
 //   - NOP-Out/NOP-In both ways: the target pings a connection idle for
 //     Config.NOPInterval and drops it when nothing arrives for
 //     Config.NOPTimeout after the ping.
-//   - Logout, Async Message "request logout" on Shutdown and when
+//   - Logout (closing the session or its connection: commands still
+//     collecting data are aborted, answered ones go out first; a logout
+//     to remove the connection for recovery, or for another CID, is
+//     refused and changes nothing), Async Message "request logout" on
+//     Shutdown and when
 //     UpdateTarget or RemoveTarget revokes a session's access.
 //
 // # Guarantees

@@ -382,3 +382,39 @@ func TestAbortWaitingForDeviceServerIsLogged(t *testing.T) {
 		t.Fatalf("ABORT TASK response %d", h[2])
 	}
 }
+
+// TestRefusedLogoutLeavesCommandsAlone: a Logout the target refuses
+// (removing the connection for recovery needs ErrorRecoveryLevel 2) leaves
+// the session as it was. A write still collecting its Data-Out then, and
+// the commands after it, are all answered.
+func TestRefusedLogoutLeavesCommandsAlone(t *testing.T) {
+	env := startServer(t, Config{}, nil)
+	ti := dialInitiator(t, env.addr)
+	ti.login(env.iqn, "InitialR2T", "No", "ImmediateData", "Yes", "FirstBurstLength", "65536")
+	payload := fill(16384, 3)
+	w := ti.scsiCmd(0, write10(30, 32), false, uint32(len(payload)), payload[:4096], false)
+	var h bhs
+	h[0] = 0x40 | opLogoutReq
+	h[1] = 0x80 | 2 // remove the connection for recovery
+	itt := ti.nextITT()
+	h.putU32(16, itt)
+	h.putU32(offCmdSN, ti.cmdSN)
+	if err := ti.writePDU(&h, nil); err != nil {
+		t.Fatal(err)
+	}
+	if r := expect(t, ti, opLogoutResp, itt); r[2] != 2 {
+		t.Fatalf("logout for recovery: response %d, want 2 (not supported)", r[2])
+	}
+	if err := ti.dataOut(w, reservedTag, 0, 4096, payload[4096:], true); err != nil {
+		t.Fatal(err)
+	}
+	res := map[uint32]*result{w: {}}
+	ti.nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if err := ti.collect(res, nil); err != nil {
+		t.Fatalf("write collecting data at the refused logout: %v", err)
+	}
+	if res[w].status != 0 {
+		t.Fatalf("write status %#x sense % x", res[w].status, res[w].sense)
+	}
+	writeRead(t, ti, 60, fill(512, 5), 512)
+}
