@@ -67,8 +67,8 @@
 //     collecting data are aborted, answered ones go out first; a logout
 //     to remove the connection for recovery, or for another CID, is
 //     refused and changes nothing), Async Message "request logout" on
-//     Shutdown and when
-//     UpdateTarget or RemoveTarget revokes a session's access.
+//     Shutdown and when UpdateTarget or RemoveTarget revokes a session's
+//     access.
 //
 // # Guarantees
 //
