@@ -27,7 +27,10 @@
 // that never returns (an umount waiting on I/O) is reported too: it sends
 // the daemon SIGQUIT (the Go runtime writes every goroutine's stack to the
 // daemon log, which the diagnostics print compactly), prints the
-// diagnostics and powers the guest off. Result.Diag holds these sections;
+// diagnostics and powers the guest off. Tier 2 also bounds the umount and
+// e2fsck after the daemon's SIGKILL (90 s each): a step still running then
+// fails by name and the diagnostics follow at once, with iscsiadm's view of
+// the session (VM_DIAG_CMD). Result.Diag holds these sections;
 // Result.Report, which the tiers print on failure, puts them after the
 // problems, the guest timeline and the console before them. The daemons
 // run inside the guests, so their logs reach the test only this way.

@@ -2,8 +2,9 @@
 # /etc/vm-diag.sh in every initramfs and root disk; guest scripts source it
 # (busybox sh and bash alike) after /proc, /sys and /tmp are mounted.
 #
-# A guest script sets VM_LOGS to a glob of its daemon log files and writes
-# the running daemon's pid to /tmp/vm-daemon.pid. It calls vm_diag WHY when
+# A guest script sets VM_LOGS to a glob of its daemon log files (and may set
+# VM_DIAG_CMD to commands that print more state) and writes the running
+# daemon's pid to /tmp/vm-daemon.pid. It calls vm_diag WHY when
 # it fails and vm_watchdog_start once: the watchdog fires at the guest
 # uptime Boot.Run put on the kernel command line (cachelun.watchdog=SECONDS,
 # some seconds before qemu's hard timeout), so a guest stuck in a step that
@@ -34,6 +35,8 @@ vm_diag() {
   for s in /sys/class/iscsi_session/session*; do
     [ -e "$s" ] && echo "${s##*/} target=$(cat $s/targetname 2>/dev/null) state=$(cat $s/state 2>/dev/null)"
   done
+  # A script's own state worth printing (e.g. the initiator's sessions).
+  [ -n "$VM_DIAG_CMD" ] && eval "$VM_DIAG_CMD"
   for f in $VM_LOGS; do
     [ -f "$f" ] || continue
     echo "---- daemon log $f (last 60 lines)"
