@@ -29,7 +29,9 @@
 //     Each command runs on its own goroutine and completes out of order, so
 //     a slow cache miss never holds up a hit. Non-immediate NOP-Out, Text,
 //     Logout and TMF requests consume a CmdSN; commands after a CmdSN gap
-//     wait for the gap; CmdSNs outside the window are ignored. Task
+//     wait for the gap; CmdSNs outside the window are ignored (never
+//     answered, as the RFC says; the first of a connection is logged at
+//     WARN, since the initiator will wait for it until its timeout). Task
 //     attributes are honoured per connection: an ORDERED command waits for
 //     every earlier one and holds back later ones; HEAD OF QUEUE starts at
 //     once.

@@ -418,3 +418,27 @@ func TestRefusedLogoutLeavesCommandsAlone(t *testing.T) {
 	}
 	writeRead(t, ti, 60, fill(512, 5), 512)
 }
+
+// TestOutOfWindowCommandLogged: a command outside the CmdSN window is
+// ignored, as RFC 7143 says, so it is never answered; the first one of a
+// connection is logged at WARN so that an initiator waiting for it can be
+// understood, the rest at DEBUG only.
+func TestOutOfWindowCommandLogged(t *testing.T) {
+	logs := &syncBuffer{}
+	env := startServer(t, Config{Logger: slog.New(slog.NewTextHandler(logs, nil)), QueueDepth: 8}, nil)
+	ti := dialInitiator(t, env.addr)
+	ti.login(env.iqn)
+	saved := ti.cmdSN
+	for _, sn := range []uint32{saved - 1, saved + 8, saved + 100} {
+		ti.cmdSN = sn
+		ti.scsiCmd(0, read10(0, 1), true, 512, nil, true)
+	}
+	ti.cmdSN = saved
+	writeRead(t, ti, 2, fill(512, 6), 512)
+	if n := strings.Count(logs.String(), "level=WARN msg=\"iscsi: CmdSN outside the window"); n != 1 {
+		t.Fatalf("%d warnings for 3 commands outside the window, want 1:\n%s", n, logs.String())
+	}
+	if !strings.Contains(logs.String(), fmt.Sprintf("cmdsn=%d exp=%d max=%d", saved-1, saved, saved+7)) {
+		t.Errorf("warning lacks the CmdSN and the window:\n%s", logs.String())
+	}
+}
