@@ -693,7 +693,14 @@ func (c *conn) handleLogout(h *pduHeader) error {
 		defer c.auxWG.Done()
 		// Answered commands go out before the Logout Response.
 		c.abortCollecting()
+		stop := c.warnWhile("iscsi: logout waits for commands still running in the device server; its response stays unanswered until they return",
+			func(yield func(*task)) {
+				for _, t := range c.tasks {
+					yield(t)
+				}
+			})
 		c.taskWG.Wait()
+		stop()
 		c.send(outItem{kind: outStatus, h: r})
 		c.send(outItem{kind: outClose})
 	}()

@@ -66,7 +66,8 @@
 //     Config.NOPInterval and drops it when nothing arrives for
 //     Config.NOPTimeout after the ping.
 //   - Logout (closing the session or its connection: commands still
-//     collecting data are aborted, answered ones go out first; a logout
+//     collecting data are aborted, running ones answered first, with a
+//     warning every 10 seconds naming any that does not return; a logout
 //     to remove the connection for recovery, or for another CID, is
 //     refused and changes nothing), Async Message "request logout" on
 //     Shutdown and when UpdateTarget or RemoveTarget revokes a session's

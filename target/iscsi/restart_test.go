@@ -442,3 +442,37 @@ func TestOutOfWindowCommandLogged(t *testing.T) {
 		t.Errorf("warning lacks the CmdSN and the window:\n%s", logs.String())
 	}
 }
+
+// TestLogoutWaitingForDeviceServerIsLogged: a Logout waits for the
+// session's running commands, so that their responses go out first; while
+// one does not return, the daemon log names it, period after period, and
+// the Logout Response follows once it has returned.
+func TestLogoutWaitingForDeviceServerIsLogged(t *testing.T) {
+	env, logs, entered, release := stuckServer(t)
+	ti := dialInitiator(t, env.addr)
+	ti.login(env.iqn)
+	r := ti.scsiCmd(0, read10(5, 1), true, 512, nil, true)
+	<-entered
+	var h bhs
+	h[0] = 0x40 | opLogoutReq
+	h[1] = 0x80
+	itt := ti.nextITT()
+	h.putU32(16, itt)
+	h.putU32(offCmdSN, ti.cmdSN)
+	if err := ti.writePDU(&h, nil); err != nil {
+		t.Fatal(err)
+	}
+	ti.nc.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	if h, _, err := ti.readPDU(); err == nil {
+		t.Fatalf("answer (opcode %#x) while a command still runs", h.opcode())
+	}
+	want := fmt.Sprintf("itt=%#x lun=0 cdb=[28 00 00 00 00 05", r)
+	if n := strings.Count(logs.String(), "logout waits for commands still running"); n < 2 || !strings.Contains(logs.String(), want) {
+		t.Fatalf("%d warnings naming %q, want one a period:\n%s", n, want, logs.String())
+	}
+	release()
+	expect(t, ti, opDataIn, r)
+	if h := expect(t, ti, opLogoutResp, itt); h[2] != 0 {
+		t.Fatalf("logout response %d", h[2])
+	}
+}

@@ -744,6 +744,18 @@ func (c *conn) abortTasks(match func(*task) bool) int {
 // unanswered; the log names the commands so that such a hang can be traced
 // to the device server.
 func (c *conn) warnUnfinished(victims []*task) (stop func()) {
+	return c.warnWhile("iscsi: aborted commands have not returned from the device server; what waits for them stays unanswered",
+		func(yield func(*task)) {
+			for _, t := range victims {
+				yield(t)
+			}
+		})
+}
+
+// warnWhile logs msg every Server.stuckWarn, until stop is called, with
+// the commands tasks lists (under c.tmu) that are still running in the
+// device server.
+func (c *conn) warnWhile(msg string, tasks func(yield func(*task))) (stop func()) {
 	start := time.Now()
 	var mu sync.Mutex
 	stopped := false
@@ -753,17 +765,15 @@ func (c *conn) warnUnfinished(victims []*task) (stop func()) {
 	tm = time.AfterFunc(c.srv.stuckWarn, func() {
 		var stuck []string
 		c.tmu.Lock()
-		for _, t := range victims {
+		tasks(func(t *task) {
 			if t.started && !t.finished {
 				stuck = append(stuck, fmt.Sprintf("itt=%#x lun=%d cdb=[% x]", t.itt, t.cmd.LUN, t.cmd.CDB))
 			}
-		}
+		})
 		c.tmu.Unlock()
-		if len(stuck) == 0 {
-			return
+		if len(stuck) > 0 {
+			c.log.Warn(msg, "initiator", c.initiator, "waited", time.Since(start).Round(time.Millisecond), "commands", stuck)
 		}
-		c.log.Warn("iscsi: aborted commands have not returned from the device server; what waits for them stays unanswered",
-			"initiator", c.initiator, "waited", time.Since(start).Round(time.Millisecond), "commands", stuck)
 		mu.Lock()
 		if !stopped {
 			tm.Reset(c.srv.stuckWarn)
