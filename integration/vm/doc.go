@@ -16,6 +16,25 @@
 // "@@PASS <name>", "@@FAIL <name> <why>" and finally "@@DONE"; Result
 // collects them.
 //
+// Failures explain themselves. Every initramfs and root disk carries
+// /etc/vm-diag.sh (guestdiag.sh), which guest scripts source: when a step
+// has failed, the script's end prints the guest's diagnostics (tasks in D
+// state and their kernel stacks through sysrq-w, SCSI disk and iSCSI
+// session states, the last lines of every daemon log, the last 250 lines
+// of dmesg) between "@@DIAG begin" and "@@DIAG end". A watchdog in the
+// guest fires WatchdogMargin before qemu's hard timeout (Boot passes the
+// deadline as cachelun.watchdog= on the kernel command line), so a step
+// that never returns (an umount waiting on I/O) is reported too: it sends
+// the daemon SIGQUIT (the Go runtime writes every goroutine's stack to the
+// daemon log, which the diagnostics print compactly), prints the
+// diagnostics and powers the guest off. Tier 2 also bounds the umount and
+// e2fsck after the daemon's SIGKILL (90 s each): a step still running then
+// fails by name and the diagnostics follow at once, with iscsiadm's view of
+// the session (VM_DIAG_CMD). Result.Diag holds these sections;
+// Result.Report, which the tiers print on failure, puts them after the
+// problems, the guest timeline and the console before them. The daemons
+// run inside the guests, so their logs reach the test only this way.
+//
 // Two tiers run by default in `go test ./integration/vm/` (in parallel):
 //
 //   - Tier 1 (TestTier1TCMU): busybox initramfs running the real daemon

@@ -3,6 +3,7 @@ package vm
 import (
 	"bufio"
 	"compress/gzip"
+	_ "embed"
 	"fmt"
 	"io"
 	"io/fs"
@@ -10,6 +11,25 @@ import (
 	"path/filepath"
 	"strings"
 )
+
+// guestDiag is installed as GuestDiagPath in every initramfs and root disk:
+// shell functions that print the guest's diagnostics when it fails or hangs.
+//
+//go:embed guestdiag.sh
+var guestDiag string
+
+// GuestDiagPath is where guests find the diagnostics functions (t, pass,
+// fail, vm_diag, vm_watchdog_start; see guestdiag.sh).
+const GuestDiagPath = "/etc/vm-diag.sh"
+
+// installGuestDiag writes the diagnostics functions into a staged root.
+func installGuestDiag(stage string) error {
+	dst := filepath.Join(stage, GuestDiagPath)
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(dst, []byte(guestDiag), 0o644)
+}
 
 // Initramfs describes a guest root filesystem held in RAM.
 type Initramfs struct {
@@ -58,6 +78,9 @@ func (a *Assets) Build(spec Initramfs, out string) error {
 		return err
 	}
 	if err := os.WriteFile(filepath.Join(stage, "init"), []byte(spec.Init), 0o755); err != nil {
+		return err
+	}
+	if err := installGuestDiag(stage); err != nil {
 		return err
 	}
 	for guest, host := range spec.Files {

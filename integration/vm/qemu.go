@@ -23,7 +23,9 @@ type Boot struct {
 	// MemoryMB and CPUs default to 1024 and 2.
 	MemoryMB, CPUs int
 	// Timeout is the hard limit for the whole boot; qemu is killed after
-	// it. Default 5 minutes.
+	// it. Default 5 minutes. The guest's watchdog (vm_watchdog_start in
+	// guestdiag.sh) fires WatchdogMargin(Timeout) earlier, so a guest that
+	// hangs still prints its diagnostics.
 	Timeout time.Duration
 	// ExtraArgs are passed to qemu (e.g. -drive for a root disk).
 	ExtraArgs []string
@@ -45,6 +47,16 @@ type Result struct {
 	TimedOut bool
 	// Marks are "@@T <uptime> <event>" lines: guest timeline.
 	Marks []string
+	// Diag holds the guest's diagnostics sections ("@@DIAG begin" to
+	// "@@DIAG end", or to the end of the log when qemu was killed while
+	// one was printed): daemon logs, blocked tasks and dmesg.
+	Diag string
+}
+
+// WatchdogMargin is how long before qemu's hard timeout the guest's
+// watchdog fires: time enough to print its diagnostics.
+func WatchdogMargin(timeout time.Duration) time.Duration {
+	return min(45*time.Second, timeout/4)
 }
 
 // Run boots the guest and waits until qemu exits or the timeout kills it.
@@ -71,7 +83,11 @@ func (b Boot) Run(ctx context.Context) (*Result, error) {
 		"-kernel", b.Assets.VMLinuz, "-initrd", b.Initrd,
 		// no_timer_check: under emulation on a busy host the kernel's
 		// IO-APIC timer probe can miss its window and panic at boot.
-		"-append", strings.TrimSpace("console=ttyS0 panic=-1 loglevel=4 no_timer_check " + b.Append),
+		// cachelun.watchdog is the guest uptime (seconds) at which the
+		// guest's watchdog dumps its diagnostics and powers off; the
+		// dot keeps the kernel from handing it to init.
+		"-append", strings.TrimSpace(fmt.Sprintf("console=ttyS0 panic=-1 loglevel=4 no_timer_check cachelun.watchdog=%d %s",
+			int((b.Timeout-WatchdogMargin(b.Timeout))/time.Second), b.Append)),
 	}
 	args = append(args, b.ExtraArgs...)
 	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", args...)
@@ -99,8 +115,18 @@ func (b Boot) Run(ctx context.Context) (*Result, error) {
 func (r *Result) parse() {
 	sc := bufio.NewScanner(strings.NewReader(r.Log))
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	var diag strings.Builder
+	inDiag := false
 	for sc.Scan() {
 		line := strings.TrimRight(sc.Text(), "\r")
+		if strings.Contains(line, "@@DIAG begin") {
+			inDiag = true
+		}
+		if inDiag {
+			diag.WriteString(line)
+			diag.WriteByte('\n')
+			inDiag = !strings.Contains(line, "@@DIAG end")
+		}
 		i := strings.Index(line, "@@")
 		if i < 0 {
 			continue
@@ -117,6 +143,42 @@ func (r *Result) parse() {
 			r.Marks = append(r.Marks, strings.TrimPrefix(line, "@@T "))
 		}
 	}
+	r.Diag = diag.String()
+}
+
+// maxReportDiag bounds the diagnostics a failure report carries; the whole
+// console log is saved to a file anyway.
+const maxReportDiag = 64 << 10
+
+// Report is what a failed tier prints: the problems, the guest timeline,
+// the guest's diagnostics (daemon logs, blocked tasks, dmesg) and the end of
+// the console before them.
+func (r *Result) Report(err error, logPath string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "guest: %v\nqemu wall %v; guest timeline: %v\nconsole log saved to %s\n",
+		err, r.Wall.Round(time.Second), r.Marks, logPath)
+	steps := r.Log
+	if i := strings.Index(steps, "@@DIAG begin"); i >= 0 {
+		steps = steps[:i]
+	}
+	fmt.Fprintf(&b, "---- console before the diagnostics (tail):\n%s\n", tail(steps, 6000))
+	if r.Diag == "" {
+		b.WriteString("---- no guest diagnostics: the guest printed no @@DIAG section (it died before its watchdog fired, or its script does not source " + GuestDiagPath + ")\n")
+	} else {
+		d := r.Diag
+		if len(d) > maxReportDiag {
+			d = d[:maxReportDiag/2] + "\n... (cut; the whole log is in the file above) ...\n" + d[len(d)-maxReportDiag/2:]
+		}
+		fmt.Fprintf(&b, "---- guest diagnostics:\n%s", d)
+	}
+	return b.String()
+}
+
+func tail(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return "..." + s[len(s)-n:]
 }
 
 // Err summarises a failed run: timeout, missing @@DONE, any @@FAIL, or a

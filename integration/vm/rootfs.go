@@ -110,6 +110,9 @@ func (a *Assets) BuildRootDisk(r *Rootfs, spec RootDisk, out string) error {
 			return err
 		}
 	}
+	if err := installGuestDiag(stage); err != nil {
+		return err
+	}
 	// minbase has no machine id; dbus-daemon refuses to start without one.
 	if err := os.WriteFile(filepath.Join(stage, "etc", "machine-id"), []byte("0123456789abcdef0123456789abcdef\n"), 0o444); err != nil {
 		return err

@@ -77,13 +77,6 @@ func TestTier1TCMU(t *testing.T) {
 		"restart-under-io-dd", "restart-under-io", "restart-under-io-old",
 		"unknown-refused", "unknown-reason", "in-use-refused", "foreign-refused", "too-large-refused",
 		"grow-refused", "resize", "write-cache", "reconfig-data", "remove", "clean-stop"); err != nil {
-		t.Fatalf("guest: %v\nconsole log saved to %s:\n%s", err, logPath, tail(r.Log, 6000))
+		t.Fatal(r.Report(err, logPath))
 	}
-}
-
-func tail(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return "..." + s[len(s)-n:]
 }

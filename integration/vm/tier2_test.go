@@ -108,6 +108,6 @@ func TestTier2TargetcliISCSI(t *testing.T) {
 		"own-daemon-stopped", "own-relogin", "own-io-across-restart", "own-reconnected", "own-verify-after-restart",
 		"own-umount2", "own-remount-verify2", "own-relogin-after-kill", "own-io-across-kill", "own-files-after-kill",
 		"own-fsck-after-kill", "own-no-io-errors", "own-logout", "own-clean-stop"); err != nil {
-		t.Fatalf("guest: %v\nconsole log saved to %s:\n%s", err, logPath, tail(r.Log, 8000))
+		t.Fatal(r.Report(err, logPath))
 	}
 }

@@ -54,6 +54,9 @@ type conn struct {
 	// update. Only the reader advances ExpCmdSN.
 	win   atomic.Uint64
 	ahead map[uint32]bool // CmdSNs received beyond ExpCmdSN (reader only)
+	// outsideLogged: a PDU outside the CmdSN window was logged at WARN
+	// (reader only); later ones go to DEBUG, so a peer cannot flood the log.
+	outsideLogged bool
 
 	tmu      sync.Mutex
 	finished sync.Cond        // on tmu: an aborted task's goroutine has finished
@@ -293,7 +296,15 @@ func (c *conn) acceptCmdSN(sn uint32, immediate, scsiCmd bool) (ok, counted bool
 	}
 	exp, maxSN := c.window()
 	if serialLess(sn, exp) || serialLess(maxSN, sn) || c.ahead[sn] {
-		c.log.Debug("iscsi: CmdSN outside window, ignored", "cmdsn", sn, "exp", exp, "max", maxSN)
+		// RFC 7143 says to ignore it, so it is never answered: when an
+		// initiator's idea of the window differs from ours, its command
+		// times out with nothing else to explain why.
+		level := slog.LevelDebug
+		if !c.outsideLogged {
+			c.outsideLogged, level = true, slog.LevelWarn
+		}
+		c.log.Log(context.Background(), level, "iscsi: CmdSN outside the window or already received, PDU ignored (later ones are logged at debug level)",
+			"initiator", c.initiator, "cmdsn", sn, "exp", exp, "max", maxSN)
 		return false, false
 	}
 	if sn != exp {
@@ -662,24 +673,36 @@ func (c *conn) handleLogout(h *pduHeader) error {
 		return nil
 	}
 	itt := h.bhs.itt()
+	var r bhs
+	r[0] = opLogoutResp
+	r[1] = 0x80
+	r[2] = resp
+	r.putU32(16, itt)
+	if resp != 0 {
+		// Refused: the session carries on as if the request had not
+		// come. Aborting the commands still collecting data here, as a
+		// logout does, would leave them unanswered, and commands
+		// rejected meanwhile would leave a CmdSN gap that holds back
+		// every later one.
+		c.send(outItem{kind: outStatus, h: r})
+		return nil
+	}
 	c.closing.Store(true)
 	c.auxWG.Add(1)
 	go func() {
 		defer c.auxWG.Done()
 		// Answered commands go out before the Logout Response.
 		c.abortCollecting()
+		stop := c.warnWhile("iscsi: logout waits for commands still running in the device server; its response stays unanswered until they return",
+			func(yield func(*task)) {
+				for _, t := range c.tasks {
+					yield(t)
+				}
+			})
 		c.taskWG.Wait()
-		var r bhs
-		r[0] = opLogoutResp
-		r[1] = 0x80
-		r[2] = resp
-		r.putU32(16, itt)
+		stop()
 		c.send(outItem{kind: outStatus, h: r})
-		if resp == 0 {
-			c.send(outItem{kind: outClose})
-		} else {
-			c.closing.Store(false)
-		}
+		c.send(outItem{kind: outClose})
 	}()
 	return nil
 }

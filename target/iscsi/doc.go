@@ -18,12 +18,20 @@
 //   - Initiator ACLs, portal groups (IPv4 and IPv6 listeners), session
 //     reinstatement (same initiator name and ISID: the old session's tasks
 //     are aborted and its nexus reported lost before the new one starts),
-//     and Login Reject "session does not exist" for an unknown TSIH.
+//     and Login Reject "session does not exist" for an unknown TSIH. A
+//     reinstating login whose old session's commands have not returned
+//     from the device server within 5 seconds is answered "service
+//     unavailable" (a target error, which open-iscsi retries) rather than
+//     left unanswered; the retry waits for the same old session, so no
+//     new session starts while an old command can still change the
+//     medium.
 //   - Full-feature phase with a CmdSN window of Config.QueueDepth commands.
 //     Each command runs on its own goroutine and completes out of order, so
 //     a slow cache miss never holds up a hit. Non-immediate NOP-Out, Text,
 //     Logout and TMF requests consume a CmdSN; commands after a CmdSN gap
-//     wait for the gap; CmdSNs outside the window are ignored. Task
+//     wait for the gap; CmdSNs outside the window are ignored (never
+//     answered, as the RFC says; the first of a connection is logged at
+//     WARN, since the initiator will wait for it until its timeout). Task
 //     attributes are honoured per connection: an ORDERED command waits for
 //     every earlier one and holds back later ones; HEAD OF QUEUE starts at
 //     once.
@@ -45,13 +53,25 @@
 //   - Task management: ABORT TASK, ABORT TASK SET, CLEAR TASK SET, LOGICAL
 //     UNIT RESET, TARGET WARM RESET and TARGET COLD RESET cancel the affected
 //     commands' contexts, wait for them to return, suppress their responses
-//     and only then answer. CLEAR ACA and TASK REASSIGN are answered "not
-//     supported".
+//     and only then answer. While an aborted command has not returned, a
+//     warning every 10 seconds names it (ITT, LUN, CDB): whatever waits for
+//     it (the TMF response, a logout, a reinstating login) would otherwise
+//     hang without a trace. ABORT TASK for a task the target does not know
+//     answers "function complete" when its RefCmdSN is in the window before
+//     the request's CmdSN (the CmdSN then counts as received, so later
+//     commands are not held behind it) and "task does not exist" otherwise,
+//     as for the commands of a killed daemon after a restart. CLEAR ACA and
+//     TASK REASSIGN are answered "not supported".
 //   - NOP-Out/NOP-In both ways: the target pings a connection idle for
 //     Config.NOPInterval and drops it when nothing arrives for
 //     Config.NOPTimeout after the ping.
-//   - Logout, Async Message "request logout" on Shutdown and when
-//     UpdateTarget or RemoveTarget revokes a session's access.
+//   - Logout (closing the session or its connection: commands still
+//     collecting data are aborted, running ones answered first, with a
+//     warning every 10 seconds naming any that does not return; a logout
+//     to remove the connection for recovery, or for another CID, is
+//     refused and changes nothing), Async Message "request logout" on
+//     Shutdown and when UpdateTarget or RemoveTarget revokes a session's
+//     access.
 //
 // # Guarantees
 //

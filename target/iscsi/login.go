@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"time"
 )
 
 // Login status (class<<8 | detail), RFC 7143 §11.13.5.
@@ -309,7 +310,12 @@ func (c *conn) enterFullFeature(ls *loginState) uint16 {
 	for _, o := range old {
 		c.log.Info("iscsi: reinstating session", "initiator", o.initiator, "tsih", o.tsih)
 		o.conn.abort()
-		<-o.conn.done
+	}
+	if !c.awaitEnded(old) {
+		if st == loginSuccess {
+			c.srv.unregisterSession(ss)
+		}
+		return loginServiceUnavailable
 	}
 	if st != loginSuccess {
 		return st
@@ -328,6 +334,35 @@ func (c *conn) enterFullFeature(ls *loginState) uint16 {
 		c.nexus.RelativePortID = max(tpgt, 1)
 	}
 	return loginSuccess
+}
+
+// awaitEnded waits until the connections of the sessions a login
+// reinstates have ended: their commands must have returned from the device
+// server before the new session starts, or an old write could land after
+// a new one. A device server that does not return within
+// Server.reinstateWait gets the login answered "service unavailable"
+// instead of a login left unanswered; the initiator retries (open-iscsi
+// retries target errors), and the retry waits for the same sessions, which
+// stay in Server.ending until their teardown ends.
+func (c *conn) awaitEnded(old []*session) bool {
+	if len(old) == 0 {
+		return true
+	}
+	t := time.NewTimer(c.srv.reinstateWait)
+	defer t.Stop()
+	for _, o := range old {
+		select {
+		case <-o.conn.done:
+		case <-t.C:
+			o.conn.tmu.Lock()
+			running := o.conn.active
+			o.conn.tmu.Unlock()
+			c.log.Warn("iscsi: session reinstatement: the old session's commands have not returned from the device server; login answered 'service unavailable', the initiator retries",
+				"initiator", o.initiator, "tsih", o.tsih, "running", running, "waited", c.srv.reinstateWait)
+			return false
+		}
+	}
+	return true
 }
 
 func (c *conn) sendLoginResponse(ls *loginState, req *pduHeader, status uint16, transit bool, nsg int, reply []kv) error {

@@ -112,15 +112,26 @@ type Server struct {
 	// workerIdle is how long a connection's idle task worker waits for
 	// work before it ends (at least once, at most twice that).
 	workerIdle time.Duration
+	// reinstateWait bounds how long a login that reinstates a session
+	// waits for the old session's commands to return from the device
+	// server before it is answered "service unavailable" (the initiator
+	// retries); stuckWarn is how often a wait for aborted commands is
+	// logged with the commands still running.
+	reinstateWait, stuckWarn time.Duration
 
 	mu            sync.Mutex
 	targets       map[string]*targetEntry
 	discoveryCHAP *CHAP
 	sessions      map[uint16]*session
-	nextTSIH      uint16
-	conns         map[*conn]struct{}
-	closed        bool
-	connWG        sync.WaitGroup
+	// ending holds sessions taken out of sessions by a reinstatement whose
+	// connection has not finished its teardown (its commands are still in
+	// the device server): a later login of the same initiator port waits
+	// for them too.
+	ending   map[*session]struct{}
+	nextTSIH uint16
+	conns    map[*conn]struct{}
+	closed   bool
+	connWG   sync.WaitGroup
 }
 
 // targetEntry is the live configuration of one target. It is replaced, not
@@ -182,9 +193,12 @@ func NewServer(cfg Config) *Server {
 		},
 		targets:  map[string]*targetEntry{},
 		sessions: map[uint16]*session{},
+		ending:   map[*session]struct{}{},
 		conns:    map[*conn]struct{}{},
 
-		workerIdle: defaultWorkerIdle,
+		workerIdle:    defaultWorkerIdle,
+		reinstateWait: defaultReinstateWait,
+		stuckWarn:     defaultStuckWarn,
 	}
 }
 
@@ -501,11 +515,20 @@ func (s *Server) registerSession(ns *session, wantTSIH, cid uint16) (old []*sess
 		// A second connection for the session: MaxConnections is 1.
 		return nil, loginTooManyConns
 	}
+	samePort := func(x *session) bool {
+		return x.initiator == ns.initiator && x.isid == ns.isid && x.target == nil == (ns.target == nil) &&
+			(x.target == nil || x.target.cfg.Name == ns.target.cfg.Name)
+	}
 	for tsih, x := range s.sessions {
-		if x.initiator == ns.initiator && x.isid == ns.isid && x.target == nil == (ns.target == nil) &&
-			(x.target == nil || x.target.cfg.Name == ns.target.cfg.Name) {
+		if samePort(x) {
 			old = append(old, x)
 			delete(s.sessions, tsih)
+			s.ending[x] = struct{}{}
+		}
+	}
+	for x := range s.ending {
+		if samePort(x) && !slices.Contains(old, x) {
+			old = append(old, x)
 		}
 	}
 	if len(s.sessions) >= s.cfg.MaxSessions {
@@ -546,4 +569,5 @@ func (s *Server) unregisterSession(ss *session) {
 	if s.sessions[ss.tsih] == ss {
 		delete(s.sessions, ss.tsih)
 	}
+	delete(s.ending, ss)
 }

@@ -3,6 +3,7 @@ package iscsi
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"math/bits"
 	"runtime/debug"
 	"slices"
@@ -635,6 +636,14 @@ func (c *conn) worker(t *task) {
 
 const defaultWorkerIdle = 2 * time.Second
 
+// defaultReinstateWait is below open-iscsi's 15 s login timeout, so a
+// reinstating login is answered before the initiator gives up on it.
+const defaultReinstateWait = 5 * time.Second
+
+// defaultStuckWarn: a device server that takes this long to return an
+// aborted command is worth a line in the log, and one more each period.
+const defaultStuckWarn = 10 * time.Second
+
 func (t *task) run(st SCSITarget) {
 	defer func() {
 		if r := recover(); r != nil {
@@ -704,6 +713,9 @@ func (c *conn) abortTasks(match func(*task) bool) int {
 	for _, t := range victims {
 		t.ctx.cancel()
 	}
+	if len(victims) > 0 {
+		defer c.warnUnfinished(victims)()
+	}
 	for _, t := range victims {
 		c.tmu.Lock()
 		started := t.started
@@ -723,6 +735,57 @@ func (c *conn) abortTasks(match func(*task) bool) int {
 		}
 	}
 	return len(victims)
+}
+
+// warnUnfinished logs, every Server.stuckWarn until the returned stop is
+// called, the aborted commands still running in the device server. Until
+// they return, whatever waits for them (a task management response, a
+// logout, a connection's teardown and so a reinstating login) stays
+// unanswered; the log names the commands so that such a hang can be traced
+// to the device server.
+func (c *conn) warnUnfinished(victims []*task) (stop func()) {
+	return c.warnWhile("iscsi: aborted commands have not returned from the device server; what waits for them stays unanswered",
+		func(yield func(*task)) {
+			for _, t := range victims {
+				yield(t)
+			}
+		})
+}
+
+// warnWhile logs msg every Server.stuckWarn, until stop is called, with
+// the commands tasks lists (under c.tmu) that are still running in the
+// device server.
+func (c *conn) warnWhile(msg string, tasks func(yield func(*task))) (stop func()) {
+	start := time.Now()
+	var mu sync.Mutex
+	stopped := false
+	var tm *time.Timer
+	mu.Lock()
+	defer mu.Unlock()
+	tm = time.AfterFunc(c.srv.stuckWarn, func() {
+		var stuck []string
+		c.tmu.Lock()
+		tasks(func(t *task) {
+			if t.started && !t.finished {
+				stuck = append(stuck, fmt.Sprintf("itt=%#x lun=%d cdb=[% x]", t.itt, t.cmd.LUN, t.cmd.CDB))
+			}
+		})
+		c.tmu.Unlock()
+		if len(stuck) > 0 {
+			c.log.Warn(msg, "initiator", c.initiator, "waited", time.Since(start).Round(time.Millisecond), "commands", stuck)
+		}
+		mu.Lock()
+		if !stopped {
+			tm.Reset(c.srv.stuckWarn)
+		}
+		mu.Unlock()
+	})
+	return func() {
+		mu.Lock()
+		stopped = true
+		tm.Stop()
+		mu.Unlock()
+	}
 }
 
 // abortCollecting aborts tasks that have not started and stops new ones

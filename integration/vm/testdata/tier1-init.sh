@@ -6,11 +6,20 @@
 # tcm_loop as a local SCSI disk, and checks data across daemon crashes.
 export PATH=/bin:/sbin
 mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev; mount -t tmpfs tmpfs /tmp
-t() { echo "@@T $(cut -d' ' -f1 /proc/uptime) $*"; }
-pass() { echo "@@PASS $*"; }
-fail() { echo "@@FAIL $*"; }
+# t, pass, fail, vm_diag and the watchdog (dumps daemon logs, blocked tasks
+# and dmesg before qemu's hard timeout) come from the harness.
+. /etc/vm-diag.sh
+VM_LOGS="/tmp/d*.log"
+vm_watchdog_start
 now() { cut -d' ' -f1 /proc/uptime; }
-finish() { t finish; echo "---- daemon logs"; for f in /tmp/d*.log; do echo "== $f"; grep -v "MAP_SYNC\|non-DAX" $f | tail -n 30; done; echo "---- dmesg"; dmesg | grep -iE "tcmu|target|uio|loop|error" | tail -n 20; echo "@@DONE"; sync; poweroff -f; sleep 30; }
+finish() {
+  t finish
+  if vm_failed; then vm_diag "failed steps"; else
+    echo "---- daemon logs"; for f in /tmp/d*.log; do echo "== $f"; grep -v "MAP_SYNC\|non-DAX" $f | tail -n 30; done
+    echo "---- dmesg"; dmesg | grep -iE "tcmu|target|uio|loop|error" | tail -n 20
+  fi
+  echo "@@DONE"; sync; poweroff -f; sleep 30
+}
 t init
 for m in configfs target_core_mod target_core_user tcm_loop sd_mod uio; do modprobe $m || fail modprobe-$m; done
 grep -q " /sys/kernel/config " /proc/mounts || mount -t configfs none /sys/kernel/config
@@ -20,7 +29,7 @@ C=/sys/kernel/config/target
 DPID=
 start_daemon() { # $1: log file
   cachelun serve --config /etc/cachelun.toml > $1 2>&1 &
-  DPID=$!
+  DPID=$!; echo $DPID > /tmp/vm-daemon.pid
   i=0; while [ $i -lt 300 ]; do
     grep -q "cachelun ready" $1 && return 0
     kill -0 $DPID 2>/dev/null || break

@@ -8,25 +8,47 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/r
 mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev
 mkdir -p /dev/pts /dev/shm; mount -t devpts devpts /dev/pts; mount -t tmpfs tmpfs /run; mount -t tmpfs tmpfs /tmp
 mkdir -p /run/lock /run/dbus /var/lib/cachelun /etc/target
-t() { echo "@@T $(cut -d' ' -f1 /proc/uptime) $*"; }
-pass() { echo "@@PASS $*"; }
-fail() { echo "@@FAIL $*"; }
+# t, pass, fail, vm_diag and the watchdog (dumps daemon logs, blocked tasks,
+# iSCSI session states and dmesg before qemu's hard timeout) come from the
+# harness.
+. /etc/vm-diag.sh
+VM_LOGS="/run/cachelun*.log"
+VM_DIAG_CMD='echo "---- iscsiadm -m session -P 3"; timeout 10 iscsiadm -m session -P 3 2>&1 | head -n 80'
+vm_watchdog_start
 finish() {
   t finish
-  for f in /run/cachelun*.log; do echo "---- daemon log $f"; grep -v "MAP_SYNC\|non-DAX" $f | tail -n 25; done
-  echo "---- dmesg"; dmesg | grep -iE "tcmu|target|iscsi|uio|scsi|error|ext4" | tail -n 30
+  if vm_failed; then vm_diag "failed steps"; else
+    for f in /run/cachelun*.log; do echo "---- daemon log $f"; grep -v "MAP_SYNC\|non-DAX" $f | tail -n 25; done
+    echo "---- dmesg"; dmesg | grep -iE "tcmu|target|iscsi|uio|scsi|error|ext4" | tail -n 30
+  fi
   echo "@@DONE"; sync; echo o > /proc/sysrq-trigger; sleep 30
 }
 DPID=
 start_daemon() { # $1: log file
   cachelun serve --config /etc/cachelun.toml > $1 2>&1 &
-  DPID=$!
+  DPID=$!; echo $DPID > /tmp/vm-daemon.pid
   for i in $(seq 1 300); do
     grep -q "cachelun ready" $1 && return 0
     kill -0 $DPID 2>/dev/null || break
     sleep 0.1
   done
   fail daemon-start "not ready: $(cat $1)"; finish
+}
+# bounded SECS NAME CMD...: runs CMD; if it has not ended after SECS seconds
+# (an umount waiting on I/O that never completes), the step fails, the
+# daemon dumps its goroutines and the guest prints its diagnostics while CMD
+# is still stuck.
+bounded() {
+  local secs=$1 name=$2; shift 2
+  "$@" & local p=$!
+  for i in $(seq 1 $((secs*10))); do
+    kill -0 $p 2>/dev/null || { wait $p; return; }
+    sleep 0.1
+  done
+  fail $name "still running after ${secs}s: $*"
+  # The daemon's goroutines show what it waits for (it ends with them).
+  kill -QUIT $DPID 2>/dev/null && sleep 2
+  finish
 }
 # fs_roundtrip DEV NAME: mkfs.ext4, mount, write files, sync, unmount,
 # remount, verify checksums (PASS lines prefixed with NAME)
@@ -170,8 +192,10 @@ n=$(cat /tmp/kcount); badk=
 for i in $(seq 0 $n); do cmp -s /tmp/during /mnt/own/k/$i || badk="$badk $i"; done
 [ -z "$badk" ] && pass own-files-after-kill "$((n+1)) files intact" || fail own-files-after-kill "files differ:$badk"
 rec=$(grep 'recovered acknowledged writes' /run/cachelun3.log | grep -o 'keys=[0-9]*')
-umount /mnt/own
-e2fsck -fn $ODEV > /tmp/fsck.txt 2>&1 && pass own-fsck-after-kill "clean; ${rec:-no} unjournaled keys recovered" || fail own-fsck-after-kill "$(tail -n 5 /tmp/fsck.txt)"
+t umount-after-kill
+bounded 90 own-umount-after-kill umount /mnt/own
+t fsck-after-kill
+bounded 90 own-fsck-after-kill sh -c "e2fsck -fn $ODEV > /tmp/fsck.txt 2>&1" && pass own-fsck-after-kill "clean; ${rec:-no} unjournaled keys recovered" || fail own-fsck-after-kill "$(tail -n 5 /tmp/fsck.txt)"
 errs=$(dmesg | grep -iE "I/O error|EXT4-fs error|Buffer I/O|blk_update_request|critical medium" | head -n 5)
 [ -z "$errs" ] && pass own-no-io-errors "$(dmesg | grep -iE 'connection|session' | tr '\n' '|' | tail -c 600)" || fail own-no-io-errors "$errs"
 t own-restart-done

@@ -1,0 +1,118 @@
+package vm
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestResultDiag(t *testing.T) {
+	r := &Result{Log: "@@PASS a\n@@FAIL b broke\n@@DIAG begin failed steps\n---- daemon log /tmp/d1.log\nlevel=ERROR msg=x\n@@DIAG end\n" +
+		"@@PASS c\n[ 9.1] @@DIAG begin watchdog\n---- dmesg\nINFO: task umount:42 blocked\n", TimedOut: true}
+	r.parse()
+	if len(r.Passed) != 2 || len(r.Failed) != 1 {
+		t.Fatalf("parsed %+v", r)
+	}
+	want := "@@DIAG begin failed steps\n---- daemon log /tmp/d1.log\nlevel=ERROR msg=x\n@@DIAG end\n" +
+		"[ 9.1] @@DIAG begin watchdog\n---- dmesg\nINFO: task umount:42 blocked\n"
+	if r.Diag != want {
+		t.Fatalf("Diag = %q, want %q", r.Diag, want)
+	}
+	rep := r.Report(errors.New("guest did not finish"), "/x/tier2-last.log")
+	for _, s := range []string{"guest did not finish", "/x/tier2-last.log", "@@FAIL b broke", "level=ERROR msg=x", "task umount:42 blocked"} {
+		if !strings.Contains(rep, s) {
+			t.Errorf("report lacks %q:\n%s", s, rep)
+		}
+	}
+	none := &Result{Log: "@@PASS a\n", TimedOut: true}
+	none.parse()
+	if rep := none.Report(errors.New("killed"), "l"); !strings.Contains(rep, "no guest diagnostics") {
+		t.Errorf("report without a diagnostics section does not say so:\n%s", rep)
+	}
+}
+
+// diagInit fails a step with a "daemon" running (the failure path), then
+// hangs in a step that never returns (the watchdog path). The "daemon" is a
+// Go program started in the background, as the tiers start the real one.
+const diagInit = `#!/bin/sh
+export PATH=/bin:/sbin
+mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev; mount -t tmpfs tmpfs /tmp
+. /etc/vm-diag.sh
+VM_LOGS="/tmp/d*.log"
+vm_watchdog_start
+/bin/fakedaemon > /tmp/d1.log 2>&1 &
+echo $! > /tmp/vm-daemon.pid
+echo "vmdiag-kernel-marker" > /dev/kmsg
+pass booted
+fail deliberate "a step that fails on purpose"
+vm_diag "failed steps"
+t hang
+sleep 100000
+`
+
+// TestGuestDiagnostics boots a guest whose step fails and which then hangs,
+// and checks that the failure report carries the daemon log, the daemon's
+// stack dump (watchdog), blocked-task information and the kernel log, both
+// for the failed step and for the hang that qemu's timeout would otherwise
+// end in silence.
+func TestGuestDiagnostics(t *testing.T) {
+	t.Parallel()
+	a, err := Prepare(CacheDir())
+	if err != nil {
+		t.Fatalf("VM test cannot run on this machine: %v", err)
+	}
+	work := t.TempDir()
+	daemon := filepath.Join(work, "fakedaemon")
+	if err := BuildGo("./testdata/fakedaemon", daemon); err != nil {
+		t.Fatal(err)
+	}
+	initrd := filepath.Join(work, "initrd.gz")
+	if err := a.Build(Initramfs{Init: diagInit, Files: map[string]string{"/bin/fakedaemon": daemon}}, initrd); err != nil {
+		t.Fatal(err)
+	}
+	// The watchdog fires at 60 s guest uptime, WatchdogMargin (20 s)
+	// before the kill less the guest's boot: 45 s left too little time
+	// on a loaded machine (the guest's clock starts late and lags).
+	b := Boot{Assets: a, Initrd: initrd, MemoryMB: 256, CPUs: 1, Timeout: 80 * time.Second}
+	if testing.Verbose() {
+		b.Console = os.Stdout
+	}
+	r, err := b.Run(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rerr := r.Err("booted")
+	if rerr == nil {
+		t.Fatal("a guest with a failed step and a hang passed")
+	}
+	rep := r.Report(rerr, "console.log")
+	for _, s := range []string{
+		"FAIL deliberate",             // the failed step
+		"FAIL watchdog",               // the hang, reported before qemu's kill
+		"@@DIAG begin failed steps",   // diagnostics of the failure
+		"@@DIAG begin watchdog",       // and of the hang
+		"msg=fake-daemon-ready",       // the daemon log
+		"main.waitForever",            // the daemon's stacks, asked for by the watchdog
+		"vmdiag-kernel-marker",        // the kernel log
+		"---- tasks in D state",       // blocked tasks
+		"sysrq: Show Blocked State",   // their stacks, in the kernel log
+		"---- daemon goroutines",      // the stack dump section
+		"---- dmesg (last 250 lines)", // the kernel log section
+		"qemu wall", "guest timeline", // the timeline
+		"console before the diagnostics", // what the guest did before
+	} {
+		if !strings.Contains(rep, s) {
+			t.Errorf("failure report lacks %q", s)
+		}
+	}
+	if r.TimedOut {
+		t.Errorf("qemu was killed at its timeout: the watchdog should have powered the guest off first (wall %v)", r.Wall)
+	}
+	if t.Failed() {
+		t.Logf("report:\n%s", rep)
+	}
+}
