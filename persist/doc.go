@@ -267,7 +267,7 @@
 // CLWB (else CLFLUSHOPT, else CLFLUSH) of each cache line + SFENCE, in Go
 // assembly (amd64; other architectures never select DAX). Otherwise it uses
 // DefaultFileKind. Both non-DAX kinds read through a MADV_RANDOM shared
-// mapping; the choice between them is explained under "Media measurements".
+// mapping; the choice between them is explained under "Choice of media".
 // Non-DAX persist requests are coalesced: while one flush runs, later
 // requests queue and the next flush covers all of them. DAX persists flush
 // exactly their own cache lines (no system call, nothing to share).
@@ -281,73 +281,36 @@
 // CreateFile builds a new file under a claimed temporary name and renames
 // it only once the caller has formatted it.
 //
-// # Media measurements
+// # Choice of media
 //
-// Measured on the 2-vCPU build machine (ext4 without journal on virtio,
-// no DAX: MAP_SYNC returns EOPNOTSUPP), while other workloads shared it
-// (load average 8-14), so rates vary by up to 2x between runs.
+// pwrite-fdatasync is DefaultFileKind: on disk it sustains several times
+// the msync rate (docs/perf.md has the figures). msync (MS_SYNC) on ext4
+// is an fsync of the range that also writes the inode, a dirty 4 KiB page
+// of a large folio writes back the whole folio, and a dirty shared mapping
+// larger than the dirty-background threshold collapses into writeback
+// storms; with pwrite + fdatasync dirty data never accumulates beyond one
+// group. fdatasync has no range, so one call serves every concurrent
+// waiter: the flusher coalesces them. Reads still go through the mapping
+// (MADV_RANDOM: no readahead-built large folios), cheaper than pread; a
+// SIGBUS there becomes ErrMediaFault.
 //
-// BenchmarkMediaWritePersist, 1 GiB file, random 4 KiB WriteAt + Persist of
-// it from P goroutines (writes/s, writes per flush):
-//
-//	                     disk P1   disk P8          disk P32          tmpfs P1..P32
-//	mmap-msync           470       1 148 (3.7/fl)    4 439 (15.8/fl)  248 K..374 K
-//	pwrite-fdatasync     1 813     14 035 (4.1/fl)  32 721 (15.9/fl)  595 K..640 K
-//
-// pwrite-fdatasync is DefaultFileKind: 4-12x the msync rate on disk and
-// about 2x on tmpfs. The reasons, consistent with the machine notes: msync
-// (MS_SYNC) on ext4 is an fsync of the range that also writes the inode
-// (mtime), and a dirty 4 KiB page of a large folio writes back the whole
-// folio (up to 1 MiB); a dirty shared mapping larger than the
-// dirty-background threshold (~2.4 GB here) collapses into writeback storms
-// (1.3 M -> 16 K writes/s), while with pwrite + fdatasync dirty data never
-// accumulates beyond one group. fdatasync (100-250 µs) has no range, so one
-// call serves every concurrent waiter: the flusher coalesces them (15.9
-// writes per flush at P32). pwrite creates page-cache folios of the write
-// size (4 KiB writes, 4 KiB folios). Reads still go through the mapping
-// (MADV_RANDOM: no readahead-built large folios), ~0.5 µs per 4 KiB instead
-// of ~1.1 µs for pread; a SIGBUS there becomes ErrMediaFault. New or grown
-// files are fallocated so that writes do not allocate blocks (no ENOSPC
-// under a mapping). Fallocated blocks are still unwritten extents: the first
-// write to each converts it, and the fdatasync after it then also writes
-// the block map and the inode, synchronously (ext4 without a journal:
-// fsync_buffers_list, __sync_dirty_buffer). FileOptions.ZeroFill writes
-// zeros over the new part once (O_DIRECT: 2 GiB in 1.1 s here) so the first pass
-// through the cache costs what later passes cost: qemu-img bench 4 KiB FUA
-// writes at QD32 through the daemon, 20.4-21.4 K/s on a fallocated cache
-// file, 24.3-25.4 K/s on a zero-filled one (same binary, alternating runs).
-// Zero-filling goes around the page cache, so the first write to each page
-// finds it absent; a write that covers part of an absent page makes the
-// kernel read it from the device first, synchronously. Data is written in
-// whole pages; ksets are packed, so on pwrite-fdatasync media the journal
-// writes each kset with zeros up to the next page boundary (the next kset
-// overwrites them), and every log page is first written in full. Device
-// reads during qemu-img bench 4 KiB writes through the daemon fell from
-// about 2.1 MB/s to 0.13 MB/s.
-//
-// BenchmarkJournalCommit (8-key ksets, 256 MiB file, C concurrent
-// committers; the raw flush rate of the same file, one write+flush at a
-// time, is measured in the same run):
-//
-//	disk   C1  5 382 commits/s, 186 µs, 1.0 commits/flush (raw 4 259 flushes/s)
-//	disk   C8  8 264 commits/s, 932 µs, 3.9 commits/flush
-//	disk   C32 31 146 commits/s, 1.0 ms, 15.5 commits/flush (raw 5 760 flushes/s)
-//	tmpfs  C1  605 K commits/s, 1.6 µs; C8 525 K; C32 339 K (flush ~free)
+// New or grown files are fallocated so that writes do not allocate blocks
+// (no ENOSPC under a mapping). Fallocated blocks are still unwritten
+// extents: the first write to each converts it, and the fdatasync after it
+// then also writes the block map, synchronously. FileOptions.ZeroFill
+// writes zeros over the new part once (O_DIRECT) so the first pass through
+// the cache costs what later passes cost. Zero-filling goes around the page
+// cache, so a write that covers part of a page the page cache does not hold
+// makes the kernel read it from the device first: data is written in whole
+// pages, and on pwrite-fdatasync media the journal writes each kset with
+// zeros up to the next page boundary (the next kset overwrites them), so
+// every log page is first written in full.
 //
 // A flush covers the ksets written before it started; ksets written during
-// it wait for the next one, so about half of the committers share each
-// flush. BenchmarkReplayDecode: 10-20 M keys/s on one core (128-key
-// ksets, in-memory media).
+// it wait for the next one.
 //
-// BenchmarkSustained (CACHELUN_LONG=1, -benchtime=1x): 60 s, 4 GiB file on
-// disk, 32 writers each writing 8 random 4 KiB blocks (each persisted) and
-// committing them as one kset: first 10 s 9 586 writes/s, last 10 s 8 593
-// (ratio 0.90), mean 7 081; per-second rates ranged 520..15 112 with the
-// machine's other load. An earlier run before new files were fallocated
-// (sparse file, 8 writers) gave a ratio of 0.64.
-//
-// Fuzz targets (persist/fuzz_smoke.sh runs each for a few seconds):
-// FuzzSuperblock, FuzzRecord, FuzzKey, FuzzKSet, FuzzReplay, FuzzOpen.
+// Fuzz targets: FuzzSuperblock, FuzzRecord, FuzzKey, FuzzKSet, FuzzReplay,
+// FuzzOpen, FuzzDamageDecision.
 //
 // # API notes
 //
