@@ -75,7 +75,8 @@ func TestBlackboxWritebackLag(t *testing.T) {
 	gate = r.backing.Gate(backend.OpWrite, backend.Range{})
 	mustOK(t, "write", r.vol.WriteAt(ctx, tagged(9, 0, 4096), 0, true))
 	r.close()
-	gate.Release()
+	// The gate stays closed until the drain below: the reopened cache's
+	// writeback must not clean the data before the lag is read.
 	clk.add(time.Hour)
 	c, v, err := openImage(ctx, r.media, r.backing, o)
 	mustOK(t, "reopen", err)
@@ -87,6 +88,7 @@ func TestBlackboxWritebackLag(t *testing.T) {
 	if got := lag(v); got != 3*time.Second {
 		t.Fatalf("3s after reopening with dirty data: lag %v, want 3s (since Open)", got)
 	}
+	gate.Release()
 	mustOK(t, "drain after reopening", v.Drain(ctx, nil))
 	if got := lag(v); got != 0 {
 		t.Fatalf("drained after reopening: lag %v, want 0", got)
