@@ -137,17 +137,6 @@ func (p *bufPool) put(b *[]byte) {
 	p.classes[c].Put(b)
 }
 
-// Fixed-format sense data for errors the transport detects itself.
-func senseData(key, asc, ascq byte) []byte {
-	s := make([]byte, 18)
-	s[0] = 0x70
-	s[2] = key
-	s[7] = 10
-	s[12] = asc
-	s[13] = ascq
-	return s
-}
-
 // handleSCSICommand accepts a SCSI Command PDU: checks it, reads immediate
 // data, asks for the rest with R2Ts, and starts it when all data is in.
 func (c *conn) handleSCSICommand(h *pduHeader) error {
@@ -242,7 +231,7 @@ func (c *conn) handleSCSICommand(h *pduHeader) error {
 		}
 		t.noExec = true
 		t.solNext, t.r2tNext = edtl, edtl
-		t.resp = scsi.Response{Status: scsi.StatusCheckCondition, Sense: senseData(0x05, 0x24, 0x00)}
+		t.resp = scsi.Response{Status: scsi.StatusCheckCondition, Sense: scsi.Sense(scsi.SenseIllegalRequest, scsi.ASCInvalidFieldInCDB)}
 		if write && flags&0x80 == 0 {
 			c.tmu.Lock()
 			c.rememberAborted(itt)
@@ -496,7 +485,7 @@ func (c *conn) failCollecting(t *task, asc, ascq byte) {
 	c.rememberAborted(t.itt)
 	c.tmu.Unlock()
 	t.unsolNext, t.solNext, t.r2tNext, t.r2tEnds = t.unsolEnd, t.edtl, t.edtl, nil
-	t.resp = scsi.Response{Status: scsi.StatusCheckCondition, Sense: senseData(0x0b, asc, ascq)}
+	t.resp = scsi.Response{Status: scsi.StatusCheckCondition, Sense: scsi.Sense(scsi.SenseAbortedCommand, scsi.ASC(asc)<<8|scsi.ASC(ascq))}
 	c.ready(t)
 }
 
@@ -648,7 +637,7 @@ func (t *task) run(st SCSITarget) {
 	defer func() {
 		if r := recover(); r != nil {
 			t.c.log.Error("iscsi: command panicked", "cdb", t.cmd.CDB, "panic", r, "stack", string(debug.Stack()))
-			t.resp = scsi.Response{Status: scsi.StatusCheckCondition, Sense: senseData(0x04, 0x44, 0x00)}
+			t.resp = scsi.Response{Status: scsi.StatusCheckCondition, Sense: scsi.Sense(scsi.SenseHardwareError, scsi.ASCInternalTargetFailure)}
 		}
 		t.ctx.cancel()
 		t.c.finish(t)

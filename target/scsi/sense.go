@@ -114,6 +114,12 @@ func (e *SenseError) Bytes() []byte {
 	return b
 }
 
+// Sense returns fixed-format sense data with a key and an additional
+// sense code and nothing else: for the front ends' own CHECK CONDITIONs
+// (a transport error, a device that is not ready), so that every sense
+// byte the target sends is encoded here.
+func Sense(key SenseKey, asc ASC) []byte { return newSense(key, asc).Bytes() }
+
 // newSense returns a SenseError without INFORMATION or field pointer.
 func newSense(key SenseKey, asc ASC) *SenseError {
 	return &SenseError{Key: key, ASC: asc}

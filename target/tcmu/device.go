@@ -186,7 +186,7 @@ func (d *device) run(ctx context.Context, req *cmdRequest) completion {
 	if err != nil {
 		d.log.Error("tcmu: logical unit unavailable", "device", d.name.String(), "err", err)
 		c.status = byte(scsi.StatusCheckCondition)
-		c.sense = notReadySense
+		c.sense = scsi.Sense(scsi.SenseNotReady, scsi.ASCNotReady)
 		return c
 	}
 	segs := d.ring.dataSlices(req, false)
@@ -237,7 +237,7 @@ func (d *device) execute(ctx context.Context, ex executor, cmd *scsi.Command) (r
 	defer func() {
 		if p := recover(); p != nil {
 			d.log.Error("tcmu: command panicked", "device", d.name.String(), "cdb", fmt.Sprintf("% x", cmd.CDB), "panic", p)
-			resp = scsi.Response{Status: scsi.StatusCheckCondition, Sense: hardwareErrorSense}
+			resp = scsi.Response{Status: scsi.StatusCheckCondition, Sense: scsi.Sense(scsi.SenseHardwareError, scsi.ASCInternalTargetFailure)}
 		}
 	}()
 	return ex.Execute(ctx, cmd)
@@ -281,19 +281,6 @@ func zeroFrom(segs [][]byte, n int) {
 		clear(s[n:])
 		n = 0
 	}
-}
-
-// Fixed-format sense for failures that happen before the device server
-// runs.
-var (
-	notReadySense      = fixedSense(0x02, 0x04, 0x00) // NOT READY, LOGICAL UNIT NOT READY
-	hardwareErrorSense = fixedSense(0x04, 0x44, 0x00) // HARDWARE ERROR, INTERNAL TARGET FAILURE
-)
-
-func fixedSense(key, asc, ascq byte) []byte {
-	s := make([]byte, 18)
-	s[0], s[2], s[7], s[12], s[13] = 0x70, key, 10, asc, ascq
-	return s
 }
 
 // dataOut reports whether the command with this CDB carries data from the
