@@ -12,6 +12,7 @@ import (
 
 	"github.com/cachelun/cachelun/admin"
 	"github.com/cachelun/cachelun/admin/admintest"
+	"github.com/cachelun/cachelun/internal/blk"
 	"github.com/cachelun/cachelun/internal/memvol"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -242,7 +243,7 @@ func BenchmarkInstrumentedRead(b *testing.B) {
 	ctx := context.Background()
 	for _, tc := range []struct {
 		name string
-		v    admin.BlockVolume
+		v    blk.Volume
 	}{{"plain", mv}, {"instrumented", lat.InstrumentVolume("db1", mv)}} {
 		b.Run(tc.name, func(b *testing.B) {
 			b.ReportAllocs()

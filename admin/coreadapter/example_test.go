@@ -12,13 +12,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// admin.BlockVolume and scsi.Volume are the same method set, so an
-// instrumented volume goes straight into scsi.LUConfig.
-var (
-	_ scsi.Volume       = admin.BlockVolume(nil)
-	_ admin.BlockVolume = scsi.Volume(nil)
-)
-
 // Example shows how the daemon wires the admin server: the engine's
 // objects adapted to admin's interfaces, the latency histograms wrapped
 // around each volume handed to the SCSI server, and one registry for both.

@@ -15,6 +15,7 @@ import (
 
 	"github.com/cachelun/cachelun/admin"
 	"github.com/cachelun/cachelun/cachecore"
+	"github.com/cachelun/cachelun/internal/blk"
 	"github.com/cachelun/cachelun/target/scsi"
 )
 
@@ -313,7 +314,7 @@ func TestReloadPortalsAndTargets(t *testing.T) {
 // latency instrumentation wraps.
 func unwrapVolume(v scsi.Volume) scsi.Volume {
 	for {
-		u, ok := v.(interface{ Unwrap() admin.BlockVolume })
+		u, ok := v.(interface{ Unwrap() blk.Volume })
 		if !ok {
 			return v
 		}

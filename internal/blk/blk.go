@@ -61,3 +61,25 @@ func Stream(ctx context.Context) string {
 	s, _ := ctx.Value(streamKey{}).(string)
 	return s
 }
+
+// Volume is a block volume as the SCSI device server sees it: the one
+// interface the engine's volumes implement and every layer above wraps
+// (target/scsi.Volume is this type; admin instruments it).
+type Volume interface {
+	Size() int64
+	BlockSize() int
+	ReadAt(ctx context.Context, p []byte, off int64) error
+	// WriteAt with fua=true returns only when the data is durable.
+	WriteAt(ctx context.Context, p []byte, off int64, fua bool) error
+	// Flush returns when every write acknowledged before it is durable.
+	Flush(ctx context.Context) error
+	// Discard invalidates [off, off+n); the range then reads as zeroes.
+	Discard(ctx context.Context, off, n int64) error
+	// CompareAndWrite atomically compares [off, off+len(compare)) with
+	// compare and, only if equal, writes data (same length) there. No other
+	// write to the range interleaves. A mismatch returns a
+	// *MiscompareError and writes nothing.
+	CompareAndWrite(ctx context.Context, off int64, compare, data []byte, fua bool) error
+	// Prefetch promotes [off, off+n) into the cache (PRE-FETCH).
+	Prefetch(ctx context.Context, off, n int64) error
+}

@@ -1,4 +1,5 @@
 // Package blk holds the vocabulary every block layer of cachelun shares: the
+// Volume interface, the
 // sentinel errors a volume returns (which target/scsi maps to sense data), the
 // miscompare error of COMPARE AND WRITE, and the context key that carries the
 // identity of the I/O stream (initiator port + LUN) down to the cache engine,

@@ -1,6 +1,6 @@
 package scsi
 
-import "context"
+import "github.com/cachelun/cachelun/internal/blk"
 
 // Volume is what a logical unit serves: a block device addressed in bytes.
 // cachecore.Volume implements it; tests use an in-memory implementation.
@@ -8,24 +8,7 @@ import "context"
 // ErrMedium, ErrNotReady, ErrMiscompare), which the device server maps to
 // sense data. The context carries the I/O stream name (blk.WithStream) and
 // is cancelled when the task is aborted.
-type Volume interface {
-	Size() int64
-	BlockSize() int
-	ReadAt(ctx context.Context, p []byte, off int64) error
-	// WriteAt with fua=true returns only when the data is durable.
-	WriteAt(ctx context.Context, p []byte, off int64, fua bool) error
-	// Flush returns when every write acknowledged before it is durable.
-	Flush(ctx context.Context) error
-	// Discard invalidates [off, off+n); the range then reads as zeroes.
-	Discard(ctx context.Context, off, n int64) error
-	// CompareAndWrite atomically compares [off, off+len(compare)) with
-	// compare and, only if equal, writes data (same length) there. No other
-	// write to the range interleaves. A mismatch returns a
-	// *blk.MiscompareError and writes nothing.
-	CompareAndWrite(ctx context.Context, off int64, compare, data []byte, fua bool) error
-	// Prefetch promotes [off, off+n) into the cache (PRE-FETCH).
-	Prefetch(ctx context.Context, off, n int64) error
-}
+type Volume = blk.Volume
 
 // Status is a SAM status code.
 type Status byte
