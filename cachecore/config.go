@@ -3,6 +3,7 @@ package cachecore
 import (
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 )
@@ -19,14 +20,25 @@ const (
 	ModePassthrough  Mode = "passthrough"  // nothing new is cached; the cache only serves what it holds
 )
 
+// Modes lists every cache mode: the one owner of their names. conf (which
+// must not import the engine) and admin restate them; a test in
+// admin/coreadapter ties the copies to this list.
+func Modes() []Mode {
+	return []Mode{ModeWriteback, ModeWritethrough, ModeWritearound, ModeWriteonly, ModePassthrough}
+}
+
 // ParseMode parses a mode name (case-insensitive).
 func ParseMode(s string) (Mode, error) {
-	switch m := Mode(strings.ToLower(strings.TrimSpace(s))); m {
-	case ModeWriteback, ModeWritethrough, ModeWritearound, ModeWriteonly, ModePassthrough:
+	m := Mode(strings.ToLower(strings.TrimSpace(s)))
+	if slices.Contains(Modes(), m) {
 		return m, nil
 	}
 	return "", fmt.Errorf("cachecore: unknown cache mode %q (want writeback, writethrough, writearound, writeonly or passthrough)", s)
 }
+
+// FailurePolicies lists every failure policy (restated by conf; tied by a
+// test in admin/coreadapter).
+func FailurePolicies() []FailurePolicy { return []FailurePolicy{FailAuto, FailFail, FailPassthrough} }
 
 // cachesWrites reports whether a healthy write in this mode lands in the
 // cache as dirty data.

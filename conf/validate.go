@@ -44,6 +44,9 @@ const (
 // Accepted enumerations.
 var (
 	LogLevels       = []string{"debug", "info", "warn", "error"}
+	// Modes and FailurePolicies restate cachecore.Modes() and
+	// cachecore.FailurePolicies() (conf may not import the engine); a test in
+	// admin/coreadapter ties them.
 	Modes           = []string{"writeback", "writethrough", "writearound", "writeonly", "passthrough"}
 	FailurePolicies = []string{"auto", "fail", "passthrough"}
 )
