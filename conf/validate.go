@@ -43,7 +43,7 @@ const (
 
 // Accepted enumerations.
 var (
-	LogLevels       = []string{"debug", "info", "warn", "error"}
+	LogLevels = []string{"debug", "info", "warn", "error"}
 	// Modes and FailurePolicies restate cachecore.Modes() and
 	// cachecore.FailurePolicies() (conf may not import the engine); a test in
 	// admin/coreadapter ties them.
