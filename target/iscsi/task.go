@@ -53,6 +53,7 @@ type task struct {
 	// shared (conn.tmu)
 	started, finished, aborted bool
 	counted                    bool // occupies a CmdSN window slot
+	final                      bool // F bit: no unsolicited Data-Out follows the command
 }
 
 func (t *task) complete() bool {
@@ -140,52 +141,87 @@ func (p *bufPool) put(b *[]byte) {
 // handleSCSICommand accepts a SCSI Command PDU: checks it, reads immediate
 // data, asks for the rest with R2Ts, and starts it when all data is in.
 func (c *conn) handleSCSICommand(h *pduHeader) error {
+	if refused, err := c.refuseOutsideFullFeature(h); refused || err != nil {
+		return err
+	}
+	cmd, ok, err := c.admitCommand(h)
+	if !ok || err != nil {
+		return err
+	}
+	t := c.newTask(h, cmd)
+	if resp, refuse := c.refuseBeforeData(t); refuse {
+		return c.answerWithoutData(h, t, resp)
+	}
+	if err := c.takeImmediateData(h, t); err != nil {
+		return err
+	}
+	c.startTask(t)
+	return nil
+}
+
+// scsiCmd is what admitCommand reads from a SCSI Command PDU.
+type scsiCmd struct {
+	itt         uint32
+	dsl, edtl   uint32
+	read, write bool
+	final       bool
+	attr        byte
+	cdbExt      []byte
+	counted     bool
+}
+
+// refuseOutsideFullFeature rejects a command on a discovery session, on a
+// connection without a target, or on a connection waiting for its logout.
+func (c *conn) refuseOutsideFullFeature(h *pduHeader) (refused bool, err error) {
+	reason := byte(0)
+	switch {
+	case c.discovery || c.target.Load() == nil:
+		reason = rejectProtocolError
+	case c.closing.Load():
+		reason = rejectWaitingLogout
+	default:
+		return false, nil
+	}
+	if err := c.pr.readData(h, nil); err != nil {
+		return true, err
+	}
+	c.reject(h, reason)
+	return true, nil
+}
+
+// admitCommand checks the PDU (flags against the negotiated parameters,
+// the AHS, a task tag already in use, the bound on immediate commands) and
+// the CmdSN window. A refused command is rejected, its data read and
+// dropped; ok is false then.
+func (c *conn) admitCommand(h *pduHeader) (cmd scsiCmd, ok bool, err error) {
 	b := &h.bhs
-	e := c.target.Load()
-	if c.discovery || e == nil {
-		if err := c.pr.readData(h, nil); err != nil {
-			return err
-		}
-		c.reject(h, rejectProtocolError)
-		return nil
-	}
-	if c.closing.Load() {
-		if err := c.pr.readData(h, nil); err != nil {
-			return err
-		}
-		c.reject(h, rejectWaitingLogout)
-		return nil
-	}
-	itt := b.itt()
-	dsl := uint32(b.dataLen())
 	flags := b.flags()
-	read, write := flags&0x40 != 0, flags&0x20 != 0
-	edtl := b.u32(offTTT)
-	malformed := itt == reservedTag ||
-		(dsl > 0 && (!write || dsl > edtl || !c.params.ImmediateData || dsl > uint32(c.params.FirstBurstLength))) ||
-		(write && flags&0x80 == 0 && c.params.InitialR2T) ||
-		(!write && flags&0x80 == 0)
-	var cdbExt []byte
+	cmd = scsiCmd{itt: b.itt(), dsl: uint32(b.dataLen()), edtl: b.u32(offTTT),
+		read: flags&0x40 != 0, write: flags&0x20 != 0, final: flags&0x80 != 0, attr: flags & 7}
+	malformed := cmd.itt == reservedTag ||
+		(cmd.dsl > 0 && (!cmd.write || cmd.dsl > cmd.edtl || !c.params.ImmediateData || cmd.dsl > uint32(c.params.FirstBurstLength))) ||
+		(cmd.write && !cmd.final && c.params.InitialR2T) ||
+		(!cmd.write && !cmd.final)
 	if !malformed && len(h.ahs) > 0 {
 		var ok bool
-		cdbExt, ok = parseAHS(h.ahs)
+		cmd.cdbExt, ok = parseAHS(h.ahs)
 		malformed = !ok
 	}
 	c.tmu.Lock()
-	dup := c.tasks[itt] != nil
+	dup := c.tasks[cmd.itt] != nil
 	// Immediate commands bypass the CmdSN window; bound them separately.
 	tooMany := b.immediate() && len(c.tasks) >= 2*c.srv.lim.QueueDepth
 	c.tmu.Unlock()
 	if tooMany {
 		if err := c.pr.readData(h, nil); err != nil {
-			return err
+			return cmd, false, err
 		}
 		c.reject(h, rejectImmediate)
-		return nil
+		return cmd, false, nil
 	}
 	if malformed || dup {
 		if err := c.pr.readData(h, nil); err != nil {
-			return err
+			return cmd, false, err
 		}
 		// The rejected command still uses up its CmdSN, or every later
 		// command would wait for it forever.
@@ -195,81 +231,94 @@ func (c *conn) handleSCSICommand(h *pduHeader) error {
 		} else {
 			c.reject(h, rejectInvalidField)
 		}
-		return nil
+		return cmd, false, nil
 	}
-	ok, counted := c.acceptCmdSN(b.u32(offCmdSN), b.immediate(), true)
-	if !ok {
-		return c.pr.readData(h, nil)
+	accepted, counted := c.acceptCmdSN(b.u32(offCmdSN), b.immediate(), true)
+	if !accepted {
+		return cmd, false, c.pr.readData(h, nil)
 	}
+	cmd.counted = counted
+	return cmd, true, nil
+}
+
+// newTask builds the task of an admitted command.
+func (c *conn) newTask(h *pduHeader, cmd scsiCmd) *task {
+	b := &h.bhs
 	t := &task{
 		c:         c,
-		itt:       itt,
+		itt:       cmd.itt,
 		cmdSN:     b.u32(offCmdSN),
 		immediate: b.immediate(),
 		lunField:  b.lunField(),
-		read:      read,
-		write:     write,
-		edtl:      edtl,
+		read:      cmd.read,
+		write:     cmd.write,
+		edtl:      cmd.edtl,
 		ttt:       reservedTag,
-		counted:   counted,
+		counted:   cmd.counted,
+		final:     cmd.final,
 	}
 	copy(t.cdb[:], b[32:48])
 	t.cmd.CDB = t.cdb[:]
-	if cdbExt != nil {
-		t.cmd.CDB = append(t.cdb[:16:16], cdbExt...)
+	if cmd.cdbExt != nil {
+		t.cmd.CDB = append(t.cdb[:16:16], cmd.cdbExt...)
 	}
 	t.cmd.Nexus = &c.nexus
 	t.cmd.LUN = decodeLUN(t.lunField)
-	t.cmd.Tag = uint64(itt)
-	t.cmd.Attr = scsi.TaskAttr(flags & 7)
+	t.cmd.Tag = uint64(cmd.itt)
+	t.cmd.Attr = scsi.TaskAttr(cmd.attr)
+	return t
+}
 
-	if edtl > uint32(c.srv.cfg.MaxTransferLength) {
-		// Too large to buffer: answer without reading it, and drop any
-		// unsolicited data that follows.
-		if err := c.pr.readData(h, nil); err != nil {
-			return err
-		}
-		t.noExec = true
-		t.solNext, t.r2tNext = edtl, edtl
-		t.resp = scsi.Response{Status: scsi.StatusCheckCondition, Sense: scsi.Sense(scsi.SenseIllegalRequest, scsi.ASCInvalidFieldInCDB)}
-		if write && flags&0x80 == 0 {
-			c.tmu.Lock()
-			c.rememberAborted(itt)
-			c.tmu.Unlock()
-		}
-		c.register(t)
-		c.ready(t)
-		return nil
+// refuseBeforeData decides whether the command is answered without taking
+// its data: too large to buffer (CHECK CONDITION), or over the server's
+// buffer budget (TASK SET FULL). Otherwise it reserves the budget.
+func (c *conn) refuseBeforeData(t *task) (scsi.Response, bool) {
+	if t.edtl > uint32(c.srv.cfg.MaxTransferLength) {
+		return scsi.Response{Status: scsi.StatusCheckCondition, Sense: scsi.Sense(scsi.SenseIllegalRequest, scsi.ASCInvalidFieldInCDB)}, true
 	}
 	need := int64(0)
-	if write {
-		need += int64(edtl)
+	if t.write {
+		need += int64(t.edtl)
 	}
-	if read {
-		need += int64(edtl)
+	if t.read {
+		need += int64(t.edtl)
 	}
 	if need > 0 && c.srv.bufBytes.Add(need) > c.srv.cfg.MaxBufferBytes {
 		c.srv.bufBytes.Add(-need)
-		if err := c.pr.readData(h, nil); err != nil {
-			return err
-		}
-		c.log.Debug("iscsi: buffer budget exhausted, TASK SET FULL", "itt", itt, "bytes", need)
-		t.noExec = true
-		t.solNext, t.r2tNext = edtl, edtl
-		t.resp = scsi.Response{Status: scsi.StatusTaskSetFull}
-		if write && flags&0x80 == 0 {
-			c.tmu.Lock()
-			c.rememberAborted(itt)
-			c.tmu.Unlock()
-		}
-		c.register(t)
-		c.ready(t)
-		return nil
+		c.log.Debug("iscsi: buffer budget exhausted, TASK SET FULL", "itt", t.itt, "bytes", need)
+		return scsi.Response{Status: scsi.StatusTaskSetFull}, true
 	}
 	t.reserved = need
+	return scsi.Response{}, false
+}
+
+// answerWithoutData answers a command refused before its data with resp,
+// without reading the data; unsolicited data that follows is dropped.
+func (c *conn) answerWithoutData(h *pduHeader, t *task, resp scsi.Response) error {
+	if err := c.pr.readData(h, nil); err != nil {
+		return err
+	}
+	t.noExec = true
+	t.solNext, t.r2tNext = t.edtl, t.edtl
+	t.resp = resp
+	if t.write && !t.final {
+		c.tmu.Lock()
+		c.rememberAborted(t.itt)
+		c.tmu.Unlock()
+	}
+	c.register(t)
+	c.ready(t)
+	return nil
+}
+
+// takeImmediateData takes the buffers of the command and reads its
+// immediate data; what remains to come (unsolicited Data-Out up to the
+// first burst, then R2Ts) is set up in the task.
+func (c *conn) takeImmediateData(h *pduHeader, t *task) error {
 	t.pooled = true
-	if write {
-		t.bufP = c.srv.bufs.get(int(edtl))
+	dsl := uint32(h.bhs.dataLen())
+	if t.write {
+		t.bufP = c.srv.bufs.get(int(t.edtl))
 		t.buf = bytesOf(t.bufP)
 		if err := c.pr.readData(h, t.buf[:dsl]); err != nil {
 			c.srv.bufs.put(t.bufP)
@@ -277,27 +326,34 @@ func (c *conn) handleSCSICommand(h *pduHeader) error {
 			return err
 		}
 		t.unsolNext, t.unsolEnd = dsl, dsl
-		if flags&0x80 == 0 {
-			t.unsolEnd = max(dsl, min(uint32(c.params.FirstBurstLength), edtl))
+		if !t.final {
+			t.unsolEnd = max(dsl, min(uint32(c.params.FirstBurstLength), t.edtl))
 		}
 		t.solNext, t.r2tNext = t.unsolEnd, t.unsolEnd
 		t.cmd.DataOut = t.buf
 	} else {
 		if err := c.pr.readData(h, nil); err != nil {
+			t.unreserve()
 			return err
 		}
-		t.solNext, t.r2tNext = edtl, edtl
+		t.solNext, t.r2tNext = t.edtl, t.edtl
 	}
-	if read {
-		t.dataInP = c.srv.bufs.get(int(edtl))
+	if t.read {
+		t.dataInP = c.srv.bufs.get(int(t.edtl))
 		t.dataIn = bytesOf(t.dataInP)
 		t.cmd.DataIn = t.dataIn[:0]
-		t.cmd.DataInLen = edtl
+		t.cmd.DataInLen = t.edtl
 	}
+	return nil
+}
+
+// startTask registers the task and hands it to the device server once it
+// has all its data, or solicits the rest with R2Ts.
+func (c *conn) startTask(t *task) {
 	c.register(t)
 	if t.complete() {
 		c.ready(t)
-		return nil
+		return
 	}
 	if t.r2tNext < t.edtl {
 		c.tmu.Lock()
@@ -309,7 +365,6 @@ func (c *conn) handleSCSICommand(h *pduHeader) error {
 		c.tmu.Unlock()
 		c.issueR2Ts(t)
 	}
-	return nil
 }
 
 // parseAHS walks the additional header segments and returns the extended
