@@ -101,15 +101,11 @@ func (s *Store) findDurableSuccessor(pos Pos, L uint64, walked []uint32, d *Dama
 			if !ok || h.lsn <= L {
 				continue
 			}
-			ev, err := s.walkEvidence(Tail{Pos: at, LSN: h.lsn}, L)
-			if err != nil {
-				return false, err
-			}
-			if ev == "" {
+			if proved, err := s.proveFrom(Tail{Pos: at, LSN: h.lsn}, L, d); err != nil || !proved {
+				if err != nil {
+					return false, err
+				}
 				continue
-			}
-			if d.Evidence == "" {
-				d.Evidence = ev
 			}
 			if h.lsn == L+1 {
 				d.Resume, d.ResumeSize, d.ResumePrevNonce = Tail{Pos: at, LSN: h.lsn}, at.Off-pos.Off, h.prevNonce
@@ -138,15 +134,11 @@ func (s *Store) findDurableSuccessor(pos Pos, L uint64, walked []uint32, d *Dama
 		if !ok || h.lsn < L || h.flags&ksetFlagLast != 0 {
 			continue
 		}
-		ev, err := s.walkEvidence(Tail{Pos: Pos{Seg: seg}, LSN: h.lsn}, L)
-		if err != nil {
-			return false, err
-		}
-		if ev == "" {
+		if proved, err := s.proveFrom(Tail{Pos: Pos{Seg: seg}, LSN: h.lsn}, L, d); err != nil || !proved {
+			if err != nil {
+				return false, err
+			}
 			continue
-		}
-		if d.Evidence == "" {
-			d.Evidence = ev
 		}
 		if h.lsn == L {
 			d.Resume, d.ResumePrevNonce, d.LastRecord = Tail{Pos: Pos{Seg: seg}, LSN: h.lsn}, h.prevNonce, true
@@ -154,6 +146,20 @@ func (s *Store) findDurableSuccessor(pos Pos, L uint64, walked []uint32, d *Dama
 		return true, nil
 	}
 	return false, nil
+}
+
+// proveFrom walks the log from the candidate record at t; when a kset on
+// it proves L durable it keeps the first evidence found in d and reports
+// true.
+func (s *Store) proveFrom(t Tail, L uint64, d *DamageError) (bool, error) {
+	ev, err := s.walkEvidence(t, L)
+	if err != nil || ev == "" {
+		return false, err
+	}
+	if d.Evidence == "" {
+		d.Evidence = ev
+	}
+	return true, nil
 }
 
 // validRecordAt decodes a kset or LAST header at b[0:] and checks its
