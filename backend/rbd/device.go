@@ -342,7 +342,8 @@ func (d *Device) PollSize() (size int64, changed bool, err error) {
 }
 
 // HoldsLock reports whether this client owns the image's exclusive lock now.
-// It is false after another client broke the lock (this client is fenced).
+// It is false, without error, after another client broke the lock and
+// blocklisted this one (this client is fenced).
 func (d *Device) HoldsLock() (bool, error) {
 	if err := d.enter(); err != nil {
 		return false, err
@@ -350,6 +351,11 @@ func (d *Device) HoldsLock() (bool, error) {
 	defer d.inflight.Done()
 	var owner C.int
 	if rc := C.rbd_is_exclusive_lock_owner(d.image, &owner); rc < 0 {
+		if e := syscall.Errno(-rc); e == syscall.ESHUTDOWN || e == syscall.EROFS {
+			// Blocklisted by the client that broke the lock: certainly
+			// not the owner.
+			return false, nil
+		}
 		return false, d.ioErr("lock owner", 0, 0, syscall.Errno(-rc))
 	}
 	return owner != 0, nil
@@ -536,9 +542,13 @@ func (d *Device) zero(ctx context.Context, op C.int, what string, off, n int64) 
 	return d.do(ctx, op, what, nil, off, n)
 }
 
-// Close waits for every request in flight, abandoned ones included (each
-// ends within OpTimeout), then closes the image, which releases its lock,
-// and the cluster connection.
+// Close waits for every request in flight, abandoned ones included, then
+// closes the image, which releases its lock, and the cluster connection.
+// During an outage each of librbd's teardown steps waits up to OpTimeout,
+// so Close returns after OpTimeout with an error wrapping ErrTimeout and
+// lets the teardown finish in the background; until then the image's lock
+// stays with this client (when the process exits first, the next client
+// breaks the lock of the dead one).
 func (d *Device) Close() error {
 	d.mu.Lock()
 	if d.closed {
@@ -547,6 +557,20 @@ func (d *Device) Close() error {
 	}
 	d.closed = true
 	d.mu.Unlock()
+	done := make(chan error, 1)
+	go func() { done <- d.teardown() }()
+	timer := time.NewTimer(d.opts.OpTimeout)
+	defer timer.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-timer.C:
+		d.log.Warn("rbd image close still waiting for the cluster; finishing in the background", "spec", d.spec.String())
+		return fmt.Errorf("rbd: close %s: %w (still closing in the background)", d.spec, ErrTimeout)
+	}
+}
+
+func (d *Device) teardown() error {
 	d.inflight.Wait()
 	var err error
 	if rc := C.rbd_close(d.image); rc < 0 {

@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -85,16 +86,26 @@ func (w testWriter) Write(p []byte) (int, error) {
 // it when the test ends.
 func newImage(t testing.TB, size int64) Spec {
 	t.Helper()
-	name := strings.NewReplacer("/", "-", " ", "_").Replace(t.Name()) + "-" + strconv.Itoa(rand.IntN(1e6))
+	spec := newImageKept(t, size)
+	name := spec.Image
 	ctx := context.Background()
-	if _, err := cluster.Run(ctx, "rbd", "create", "--size", strconv.FormatInt(size>>10, 10)+"K", pool+"/"+name); err != nil {
-		t.Fatal(err)
-	}
 	t.Cleanup(func() {
 		if _, err := cluster.Run(ctx, "rbd", "rm", "--no-progress", pool+"/"+name); err != nil {
 			t.Log(err)
 		}
 	})
+	return spec
+}
+
+// newImageKept creates an image that stays in the (throwaway) cluster: rbd
+// rm would wait 30 s for the watch of a client closed during an outage to
+// expire.
+func newImageKept(t testing.TB, size int64) Spec {
+	t.Helper()
+	name := strings.NewReplacer("/", "-", " ", "_").Replace(t.Name()) + "-" + strconv.Itoa(rand.IntN(1e6))
+	if _, err := cluster.Run(context.Background(), "rbd", "create", "--size", strconv.FormatInt(size>>10, 10)+"K", pool+"/"+name); err != nil {
+		t.Fatal(err)
+	}
 	return Spec{Pool: pool, Image: name}
 }
 
@@ -476,7 +487,17 @@ func TestOutage(t *testing.T) {
 	spec := newImage(t, size)
 	opts := testOptions(t)
 	d := openT(t, spec, opts)
+	// d2 is closed during the outage, with an abandoned read in flight.
+	opts2 := opts
+	opts2.Logger = nil // its teardown may log after the test ended
+	d2, err := Open(context.Background(), newImageKept(t, 4<<20), opts2)
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx := context.Background()
+	if err := d2.WriteAt(ctx, make([]byte, 4096), 0); err != nil {
+		t.Fatal(err)
+	}
 	ref := make([]byte, size)
 	for i := range ref {
 		ref[i] = byte(i * 7 / 4096)
@@ -555,10 +576,24 @@ func TestOutage(t *testing.T) {
 	abandoned := bytes.Repeat([]byte{0xCC}, 4096)
 	actx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 	start := time.Now()
-	err := d.ReadAt(actx, abandoned, 0)
+	err = d.ReadAt(actx, abandoned, 0)
 	cancel()
 	if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 2*time.Second {
 		t.Errorf("ReadAt with a 300 ms deadline during the outage: %v after %v", err, time.Since(start))
+	}
+	// Close during the outage returns within the op timeout, while its
+	// abandoned request and librbd's lock release still wait.
+	actx, cancel = context.WithTimeout(ctx, 100*time.Millisecond)
+	err = d2.ReadAt(actx, make([]byte, 4096), 0)
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("d2 ReadAt with a 100 ms deadline during the outage: %v", err)
+	}
+	start = time.Now()
+	err = d2.Close()
+	t.Logf("Close during the outage took %v: %v", time.Since(start).Round(time.Millisecond), err)
+	if took := time.Since(start); took > opts.OpTimeout+time.Second || (err != nil && !errors.Is(err, ErrTimeout)) {
+		t.Errorf("Close during the outage: %v after %v, want nil or ErrTimeout within the op timeout", err, took)
 	}
 
 	time.Sleep(2*opts.OpTimeout + time.Second)
@@ -601,6 +636,7 @@ func TestOutage(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+	t.Logf("writes work again %v after the restart", time.Since(deadline.Add(-90*time.Second)).Round(time.Millisecond))
 	copy(ref[size-4096:], p)
 	got := make([]byte, size)
 	if err := d.ReadAt(ctx, got, 0); err != nil {
@@ -614,5 +650,40 @@ func TestOutage(t *testing.T) {
 	}
 	if ok, err := d.HoldsLock(); err != nil || !ok {
 		t.Errorf("after the outage HoldsLock = %v, %v", ok, err)
+	}
+}
+
+// TestLockBroken: another client breaks the lock (rbd lock rm, which
+// blocklists this client): this Device's writes then fail with ErrFenced and
+// HoldsLock turns false; it never writes the image again.
+func TestLockBroken(t *testing.T) {
+	spec := newImage(t, 4<<20)
+	d := openT(t, spec, testOptions(t))
+	ctx := context.Background()
+	if err := d.WriteAt(ctx, bytes.Repeat([]byte{1}, 4096), 0); err != nil {
+		t.Fatal(err)
+	}
+	out, err := cluster.Run(ctx, "rbd", "lock", "ls", "--format", "json", spec.Pool+"/"+spec.Image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var locks []struct{ ID, Locker string }
+	if err := json.Unmarshal([]byte(out), &locks); err != nil || len(locks) != 1 {
+		t.Fatalf("rbd lock ls: %q, %v; want one lock", out, err)
+	}
+	if _, err := cluster.Run(ctx, "rbd", "lock", "rm", spec.Pool+"/"+spec.Image, locks[0].ID, locks[0].Locker); err != nil {
+		t.Fatal(err)
+	}
+	before := export(t, spec)
+	err = d.WriteAt(ctx, bytes.Repeat([]byte{2}, 4096), 0)
+	t.Logf("write after the lock was broken: %v", err)
+	if !errors.Is(err, ErrFenced) || !errors.Is(err, blk.ErrNotReady) {
+		t.Errorf("write after the lock was broken: %v, want ErrFenced", err)
+	}
+	if ok, err := d.HoldsLock(); err != nil || ok {
+		t.Errorf("HoldsLock after the lock was broken: %v, %v", ok, err)
+	}
+	if !bytes.Equal(export(t, spec), before) {
+		t.Error("the fenced client changed the image")
 	}
 }

@@ -83,7 +83,9 @@
 //
 // A Device is safe for concurrent use. mu guards closed (read-locked only
 // to register a request); inflight counts submitted requests until their
-// completion, abandoned ones included, so Close waits for all of them
-// (each ends within a few OpTimeouts) before rbd_close, which releases the
-// lock. Requests after Close fail with backend.ErrClosed.
+// completion, abandoned ones included, so the teardown waits for all of
+// them (each ends within a few OpTimeouts) before rbd_close, which releases
+// the lock. Close itself returns within OpTimeout: during an outage it
+// reports ErrTimeout and the teardown finishes in the background. Requests
+// after Close fail with backend.ErrClosed.
 package rbd
