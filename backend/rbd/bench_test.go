@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -16,28 +17,39 @@ import (
 var opsPerSec = regexp.MustCompile(`ops/sec:\s*([0-9.]+)`)
 
 // rbdBench runs `rbd bench` with the same pattern (4 KiB random, 32 in
-// flight, librbd cache off like the Device) and returns its ops/s.
-func rbdBench(b *testing.B, spec Spec, mode string, ops int) float64 {
-	out, err := cluster.Run(context.Background(), "rbd", "bench", "--rbd-cache=false", "--io-type", mode,
+// flight, librbd cache off like the Device) and returns its ops/s and the
+// CPU time it used per op.
+func rbdBench(b *testing.B, spec Spec, mode string, ops int) (iops float64, cpuPerOp time.Duration) {
+	cmd := cluster.Command(context.Background(), "rbd", "bench", "--rbd-cache=false", "--io-type", mode,
 		"--io-size", "4K", "--io-threads", "32", "--io-pattern", "rand",
 		"--io-total", strconv.Itoa(ops*4096), spec.Pool+"/"+spec.Image)
+	out, err := cmd.Output()
 	if err != nil {
-		b.Fatal(err)
+		b.Fatalf("rbd bench: %v", err)
 	}
-	m := opsPerSec.FindAllStringSubmatch(out, -1)
+	m := opsPerSec.FindAllStringSubmatch(string(out), -1)
 	if m == nil {
 		b.Fatalf("no ops/sec in rbd bench output: %s", out)
 	}
-	v, _ := strconv.ParseFloat(m[len(m)-1][1], 64)
-	return v
+	iops, _ = strconv.ParseFloat(m[len(m)-1][1], 64)
+	cpu := cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+	return iops, cpu / time.Duration(ops)
+}
+
+// cpuTime is the CPU time this process used so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // BenchmarkRandom4KQD32 measures 4 KiB random reads and writes with 32
 // requests in flight through the Device over a 256 MiB image written in
 // full first (reads of unwritten objects cost the OSD nothing), and the
 // same pattern with rbd bench on the same image, reported as rbd-bench-iops
-// and the ratio device/rbd-bench. Run with a fixed count, e.g.
-// -bench Random4K -benchtime 20000x.
+// and the ratio device/rbd-bench, and the CPU time per op of each (of the
+// whole test process, librados' threads included). Run with a fixed count,
+// e.g. -bench Random4K -benchtime 20000x.
 func BenchmarkRandom4KQD32(b *testing.B) {
 	const size = 256 << 20
 	spec := newImage(b, size)
@@ -49,7 +61,8 @@ func BenchmarkRandom4KQD32(b *testing.B) {
 	for _, mode := range []string{"read", "write"} {
 		b.Run(mode, func(b *testing.B) {
 			// rbd bench first, while no Device holds the image's lock.
-			rbdIOPS := rbdBench(b, spec, mode, max(b.N, 2000))
+			ops := max(b.N, 2000)
+			rbdIOPS, rbdCPU := rbdBench(b, spec, mode, ops)
 			opts := testOptions(b)
 			opts.Logger = nil
 			d := openT(b, spec, opts)
@@ -57,7 +70,7 @@ func BenchmarkRandom4KQD32(b *testing.B) {
 			var wg sync.WaitGroup
 			ctx := context.Background()
 			b.ResetTimer()
-			start := time.Now()
+			start, cpu0 := time.Now(), cpuTime()
 			for w := range 32 {
 				wg.Add(1)
 				go func() {
@@ -81,11 +94,14 @@ func BenchmarkRandom4KQD32(b *testing.B) {
 			}
 			wg.Wait()
 			iops := float64(b.N) / time.Since(start).Seconds()
+			cpu := (cpuTime() - cpu0) / time.Duration(b.N)
 			b.StopTimer()
 			d.Close()
 			b.ReportMetric(iops, "iops")
 			b.ReportMetric(rbdIOPS, "rbd-bench-iops")
 			b.ReportMetric(iops/rbdIOPS, "ratio")
+			b.ReportMetric(float64(cpu.Microseconds()), "cpu-us/op")
+			b.ReportMetric(float64(rbdCPU.Microseconds()), "rbd-bench-cpu-us/op")
 		})
 	}
 }
