@@ -687,3 +687,94 @@ func TestLockBroken(t *testing.T) {
 		t.Error("the fenced client changed the image")
 	}
 }
+
+// TestCancelStorm: requests whose contexts end at random moments, before,
+// during and after librbd's work. A caller reuses its buffer as soon as a
+// request returns: abandoned writes still write what they were given (never
+// the caller's later bytes), abandoned reads never write into the caller's
+// buffer, and Close waits for every abandoned request.
+func TestCancelStorm(t *testing.T) {
+	const size, workers, blocks = 16 << 20, 16, 16 << 20 / 4096
+	spec := newImage(t, size)
+	opts := testOptions(t)
+	d, err := Open(context.Background(), spec, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var abandonedReads, abandonedWrites, completed atomic.Int64
+	written := make([]map[int64]map[byte]bool, workers) // per worker: block -> values written
+	staleReads := make([][][]byte, workers)             // buffers of abandoned reads, must stay 0xEE
+	var wg sync.WaitGroup
+	for w := range workers {
+		written[w] = map[int64]map[byte]bool{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := rand.New(rand.NewPCG(uint64(w), 11))
+			for i := range 150 {
+				b := r.Int64N(blocks/workers)*workers + int64(w)
+				ctx, cancel := context.WithTimeout(context.Background(), time.Duration(r.IntN(4000))*time.Microsecond)
+				if r.IntN(2) == 0 {
+					v := byte(i%200) + 1
+					p := bytes.Repeat([]byte{v}, 4096)
+					if written[w][b] == nil {
+						written[w][b] = map[byte]bool{}
+					}
+					written[w][b][v] = true
+					err := d.WriteAt(ctx, p, b*4096)
+					for j := range p { // the caller reuses its buffer at once
+						p[j] = 0xFF
+					}
+					switch {
+					case err == nil:
+						completed.Add(1)
+					case errors.Is(err, context.DeadlineExceeded):
+						abandonedWrites.Add(1)
+					default:
+						t.Error(err)
+					}
+				} else {
+					p := bytes.Repeat([]byte{0xEE}, 4096)
+					err := d.ReadAt(ctx, p, b*4096)
+					switch {
+					case err == nil:
+						completed.Add(1)
+					case errors.Is(err, context.DeadlineExceeded):
+						abandonedReads.Add(1)
+						staleReads[w] = append(staleReads[w], p)
+					default:
+						t.Error(err)
+					}
+				}
+				cancel()
+			}
+		}()
+	}
+	wg.Wait()
+	start := time.Now()
+	if err := d.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	t.Logf("%d completed, %d writes and %d reads abandoned; Close waited %v", completed.Load(),
+		abandonedWrites.Load(), abandonedReads.Load(), time.Since(start).Round(time.Millisecond))
+	if abandonedReads.Load() == 0 || abandonedWrites.Load() == 0 || completed.Load() == 0 {
+		t.Error("the storm did not mix completed and abandoned requests; adjust the deadlines")
+	}
+	for w := range workers {
+		for _, p := range staleReads[w] {
+			if !bytes.Equal(p, bytes.Repeat([]byte{0xEE}, 4096)) {
+				t.Fatal("an abandoned read wrote into its caller's buffer")
+			}
+		}
+	}
+	img := export(t, spec)
+	for w := range workers {
+		for b, vals := range written[w] {
+			blk := img[b*4096 : (b+1)*4096]
+			v := blk[0]
+			if !bytes.Equal(blk, bytes.Repeat([]byte{v}, 4096)) || (v != 0 && !vals[v]) {
+				t.Fatalf("block %d holds bytes nobody wrote there (first %#x)", b, v)
+			}
+		}
+	}
+}
