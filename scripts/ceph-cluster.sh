@@ -17,6 +17,9 @@
 #   OBJECTSTORE=bluestore   bluestore on a sparse file, or memstore
 #   BLOCK_SIZE=8G       size of the sparse BlueStore file (memstore: bytes of RAM)
 #   READY_TIMEOUT=180   seconds a start may wait for the cluster to be usable
+#   WATCH_PID=PID       start: also stop the cluster (and, with REMOVE_DIR=1,
+#                       remove DIR) when process PID ends, so a test process
+#                       killed before its cleanup leaves no daemons behind
 set -euo pipefail
 
 usage() { echo "usage: $0 start|stop|stop-osd|start-osd DIR" >&2; exit 2; }
@@ -250,12 +253,31 @@ EOF
 	log "rados round trip ok"
 	trap - ERR
 
+	if [ -n "${WATCH_PID:-}" ]; then
+		# detached from our caller's process group and output
+		setsid bash "$0" watch "$DIR" </dev/null >>"$DIR/log/watch.log" 2>&1 &
+	fi
 	echo "CEPH_CONF=$DIR/ceph.conf"
 	echo "CEPH_KEYRING=$DIR/keyring"
 }
 
+# watch: wait until WATCH_PID ends, then stop the cluster; return at once
+# when the cluster was stopped otherwise (its mon pid file is gone).
+watch() {
+	local pid=${WATCH_PID:?WATCH_PID not set}
+	while [ -d "/proc/$pid" ] && [ -f "$DIR/run/mon.a.pid" ]; do sleep 2; done
+	[ -f "$DIR/run/mon.a.pid" ] || exit 0
+	log "process $pid ended without stopping the cluster; stopping it"
+	stop_daemons osd.0 mgr.x mon.a
+	if [ "${REMOVE_DIR:-}" = 1 ]; then rm -rf "${DIR:?}"; fi
+}
+
 case $cmd in
 start) start ;;
+watch)
+	DIR=$(cd "$DIR" && pwd)
+	watch
+	;;
 stop)
 	[ -d "$DIR" ] || exit 0
 	DIR=$(cd "$DIR" && pwd)

@@ -7,8 +7,8 @@
 //
 // A test package starts one cluster in TestMain and stops it after m.Run;
 // daemons are stopped by the pids the script recorded, never by name. If
-// the test process dies first, `scripts/ceph-cluster.sh stop DIR` stops
-// them (DIR is logged at start).
+// the test process dies first (a test timeout), the script's watcher stops
+// the cluster and removes its directory.
 package cephtest
 
 import (
@@ -81,7 +81,10 @@ func Start(ctx context.Context, timeout time.Duration) (*Cluster, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "bash", c.script, "start", dir)
-	cmd.Env = append(os.Environ(), "PORT_BASE="+strconv.Itoa(base), fmt.Sprintf("READY_TIMEOUT=%d", int(timeout.Seconds())))
+	cmd.Env = append(os.Environ(), "PORT_BASE="+strconv.Itoa(base), fmt.Sprintf("READY_TIMEOUT=%d", int(timeout.Seconds())),
+		// if this process dies before Stop (a test timeout), the
+		// script's watcher stops the cluster and removes dir
+		"WATCH_PID="+strconv.Itoa(os.Getpid()), "REMOVE_DIR=1")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	cmd.WaitDelay = 5 * time.Second
