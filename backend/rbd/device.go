@@ -7,6 +7,7 @@ package rbd
 #include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #include <rbd/librbd.h>
 
 extern void cachelunRBDComplete(uintptr_t tag, ssize_t ret);
@@ -72,6 +73,22 @@ static int cl_lock_owners(rbd_image_t img, char *owner, size_t n) {
 	}
 	rbd_lock_get_owners_cleanup(owners, count);
 	return (int)count;
+}
+
+// cl_is_watcher returns 1 if addr has a watch on the image's header (a live
+// client), 0 if not, or -errno.
+static int cl_is_watcher(rbd_image_t img, const char *addr) {
+	rbd_image_watcher_t w[64];
+	size_t n = 64, i;
+	int found = 0;
+	int r = rbd_watchers_list(img, w, &n);
+	if (r < 0)
+		return r;
+	for (i = 0; i < n; i++)
+		if (strcmp(w[i].addr, addr) == 0)
+			found = 1;
+	rbd_watchers_list_cleanup(w, n);
+	return found;
 }
 */
 import "C"
@@ -263,7 +280,21 @@ func open(spec Spec, opts Options) (_ *Device, err error) {
 			return nil, fmt.Errorf("%s: lock owners: %w", where, openErr(syscall.Errno(-n), ErrNoImage, "image "+spec.Image))
 		}
 		if n > 0 {
-			return nil, fmt.Errorf("%s: %w: held by %s", where, ErrLocked, C.GoString(&owner[0]))
+			// A client that died holding the lock (a gateway killed
+			// with SIGKILL) stays its owner until someone breaks the
+			// lock; its watch on the image expires within
+			// osd_client_watch_timeout (30 s). An owner without a
+			// watch is dead, and rbd_lock_acquire breaks its lock
+			// (blocklisting it, so it can never write again).
+			alive := C.cl_is_watcher(d.image, &owner[0])
+			if alive < 0 {
+				return nil, fmt.Errorf("%s: watchers: %w", where, openErr(syscall.Errno(-alive), ErrNoImage, "image "+spec.Image))
+			}
+			if alive == 1 {
+				return nil, fmt.Errorf("%s: %w: held by %s, which is alive (it watches the image; a client that died lets go within 30 s, osd_client_watch_timeout)",
+					where, ErrLocked, C.GoString(&owner[0]))
+			}
+			d.log.Warn("rbd image locked by a dead client; breaking its lock", "spec", spec.String(), "owner", C.GoString(&owner[0]))
 		}
 		// An explicit lock, unlike librbd's implicit one, is not handed
 		// over when another client writes: that client's writes fail

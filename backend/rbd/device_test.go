@@ -778,3 +778,67 @@ func TestCancelStorm(t *testing.T) {
 		}
 	}
 }
+
+// TestDeadOwner: a client that holds the lock and is alive makes Open
+// refuse; once it was SIGKILLed and its watch expired, Open breaks its lock
+// (blocklisting it) and takes the image, the restart after a crash.
+func TestDeadOwner(t *testing.T) {
+	spec := newImage(t, 64<<20)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	// rbd bench writing holds the lock for as long as it runs.
+	bench := cluster.Command(ctx, "rbd", "bench", "--io-type", "write", "--io-size", "4K", "--io-threads", "1",
+		"--io-total", "10G", spec.Pool+"/"+spec.Image)
+	if err := bench.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer bench.Wait()
+	defer bench.Process.Kill()
+	var owner string
+	for deadline := time.Now().Add(30 * time.Second); owner == ""; time.Sleep(200 * time.Millisecond) {
+		out, err := cluster.Run(ctx, "rbd", "lock", "ls", "--format", "json", spec.Pool+"/"+spec.Image)
+		var locks []struct{ Address string }
+		if err == nil && json.Unmarshal([]byte(out), &locks) == nil && len(locks) == 1 {
+			owner = locks[0].Address
+		}
+		if owner == "" && time.Now().After(deadline) {
+			t.Fatalf("rbd bench holds no lock after 30 s: %q %v", out, err)
+		}
+	}
+	opts := testOptions(t)
+	if _, err := Open(ctx, spec, opts); !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), "alive") {
+		t.Fatalf("Open while a live client holds the lock: %v, want ErrLocked naming it alive", err)
+	}
+	// SIGKILL by the pid of the process this test started.
+	if err := bench.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	var d *Device
+	for {
+		var err error
+		d, err = Open(ctx, spec, opts)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, ErrLocked) || time.Since(killed) > 90*time.Second {
+			t.Fatalf("Open %v after the owner was killed: %v", time.Since(killed), err)
+		}
+		time.Sleep(2 * time.Second)
+	}
+	defer d.Close()
+	t.Logf("image taken over %v after its owner was killed", time.Since(killed).Round(time.Second))
+	if ok, err := d.HoldsLock(); err != nil || !ok {
+		t.Errorf("HoldsLock after the takeover: %v, %v", ok, err)
+	}
+	if err := d.WriteAt(ctx, make([]byte, 4096), 0); err != nil {
+		t.Errorf("write after the takeover: %v", err)
+	}
+	out, err := cluster.Run(ctx, "ceph", "osd", "blocklist", "ls")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, owner) {
+		t.Errorf("the dead owner %s is not blocklisted: %s", owner, out)
+	}
+}

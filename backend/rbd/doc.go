@@ -18,8 +18,12 @@
 // unreadable), ErrUnreachable (no monitor answered within ConnectTimeout),
 // ErrPermission (unknown user, wrong key, no capability on the pool or
 // image), ErrNoPool, ErrNoNamespace, ErrNoImage, ErrTooSmall (smaller than
-// MinSize), ErrLocked (another client holds the image's exclusive lock,
-// named in the message). All of them come before anything is written. Then
+// MinSize), ErrLocked (another live client holds the image's exclusive
+// lock, named in the message). All of them come before anything is
+// written. A lock owner without a watch on the image is dead (a gateway
+// killed with SIGKILL keeps its lock, and its watch for
+// osd_client_watch_timeout, 30 s): its lock is broken and the dead client
+// blocklisted, so a restart after a crash takes the image over. Then
 // Open takes the exclusive lock explicitly (unless NoLock): unlike librbd's
 // implicit lock, which moves to whichever client writes, an explicit lock
 // makes another client's writes fail with EROFS, so two gateways never
