@@ -16,12 +16,12 @@ import (
 
 var opsPerSec = regexp.MustCompile(`ops/sec:\s*([0-9.]+)`)
 
-// rbdBench runs `rbd bench` with the same pattern (4 KiB random, 32 in
+// rbdBench runs `rbd bench` with the same pattern (4 KiB random, qd in
 // flight, librbd cache off like the Device) and returns its ops/s and the
 // CPU time it used per op.
-func rbdBench(b *testing.B, spec Spec, mode string, ops int) (iops float64, cpuPerOp time.Duration) {
+func rbdBench(b *testing.B, spec Spec, mode string, qd, ops int) (iops float64, cpuPerOp time.Duration) {
 	cmd := cluster.Command(context.Background(), "rbd", "bench", "--rbd-cache=false", "--io-type", mode,
-		"--io-size", "4K", "--io-threads", "32", "--io-pattern", "rand",
+		"--io-size", "4K", "--io-threads", strconv.Itoa(qd), "--io-pattern", "rand",
 		"--io-total", strconv.Itoa(ops*4096), spec.Pool+"/"+spec.Image)
 	out, err := cmd.Output()
 	if err != nil {
@@ -49,8 +49,14 @@ func cpuTime() time.Duration {
 // same pattern with rbd bench on the same image, reported as rbd-bench-iops
 // and the ratio device/rbd-bench, and the CPU time per op of each (of the
 // whole test process, librados' threads included). Run with a fixed count,
-// e.g. -bench Random4K -benchtime 20000x.
-func BenchmarkRandom4KQD32(b *testing.B) {
+// e.g. -bench Random4KQD32 -benchtime 20000x.
+func BenchmarkRandom4KQD32(b *testing.B) { benchRandom4K(b, 32) }
+
+// BenchmarkRandom4KQD1 is the same one request at a time: the latency the
+// Device adds to librbd's.
+func BenchmarkRandom4KQD1(b *testing.B) { benchRandom4K(b, 1) }
+
+func benchRandom4K(b *testing.B, qd int) {
 	const size = 256 << 20
 	spec := newImage(b, size)
 	if _, err := cluster.Run(context.Background(), "rbd", "bench", "--rbd-cache=false", "--io-type", "write",
@@ -61,8 +67,8 @@ func BenchmarkRandom4KQD32(b *testing.B) {
 	for _, mode := range []string{"read", "write"} {
 		b.Run(mode, func(b *testing.B) {
 			// rbd bench first, while no Device holds the image's lock.
-			ops := max(b.N, 2000)
-			rbdIOPS, rbdCPU := rbdBench(b, spec, mode, ops)
+			ops := max(b.N, 200)
+			rbdIOPS, rbdCPU := rbdBench(b, spec, mode, qd, ops)
 			opts := testOptions(b)
 			opts.Logger = nil
 			d := openT(b, spec, opts)
@@ -71,7 +77,7 @@ func BenchmarkRandom4KQD32(b *testing.B) {
 			ctx := context.Background()
 			b.ResetTimer()
 			start, cpu0 := time.Now(), cpuTime()
-			for w := range 32 {
+			for w := range qd {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
