@@ -842,3 +842,45 @@ func TestDeadOwner(t *testing.T) {
 		t.Errorf("the dead owner %s is not blocklisted: %s", owner, out)
 	}
 }
+
+// TestNamespace: an image in an RBD namespace is opened by
+// rbd:POOL/NAMESPACE/IMAGE, and its data lands in that image, not in the
+// image of the same name in the default namespace.
+func TestNamespace(t *testing.T) {
+	ctx := context.Background()
+	if _, err := cluster.Run(ctx, "rbd", "namespace", "create", pool+"/ns2"); err != nil && !strings.Contains(err.Error(), "exist") {
+		t.Fatal(err)
+	}
+	plain := newImage(t, 4<<20)
+	spec := Spec{Pool: pool, Namespace: "ns2", Image: plain.Image}
+	if _, err := cluster.Run(ctx, "rbd", "create", "--size", "4M", spec.Pool+"/"+spec.Namespace+"/"+spec.Image); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cluster.Run(ctx, "rbd", "rm", "--no-progress", spec.Pool+"/"+spec.Namespace+"/"+spec.Image) })
+	parsed, err := ParseSpec(spec.String())
+	if err != nil || parsed != spec {
+		t.Fatalf("ParseSpec(%q) = %+v, %v", spec.String(), parsed, err)
+	}
+	d := openT(t, parsed, testOptions(t))
+	p := bytes.Repeat([]byte("namespace"), 1000)
+	if err := d.WriteAt(ctx, p, 4096); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "ns.img")
+	if _, err := cluster.Run(ctx, "rbd", "export", "--no-progress", spec.Pool+"/"+spec.Namespace+"/"+spec.Image, path); err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got[4096:4096+len(p)], p) {
+		t.Error("the data is not in the namespace's image")
+	}
+	if !bytes.Equal(export(t, plain), make([]byte, 4<<20)) {
+		t.Error("the image of the same name in the default namespace changed")
+	}
+}
