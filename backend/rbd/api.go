@@ -16,5 +16,6 @@ var (
 		PollSize() (size int64, changed bool, err error)
 		HoldsLock() (bool, error)
 		Spec() Spec
+		Stats() Stats
 	} = (*Device)(nil)
 )

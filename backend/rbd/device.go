@@ -131,6 +131,16 @@ type Device struct {
 	mu       sync.RWMutex // guards closed; RLock to start a request, Lock to close
 	closed   bool
 	inflight sync.WaitGroup // requests submitted and not yet completed, abandoned ones included
+
+	nInflight              atomic.Int64
+	timeouts, fenced, errs atomic.Uint64
+	lastOK                 atomic.Int64 // unix nanoseconds of the last request that succeeded
+	lastErr                atomic.Pointer[failure]
+}
+
+type failure struct {
+	err error
+	at  time.Time
 }
 
 // Open connects to the cluster, opens the image and checks that it can be
@@ -363,7 +373,7 @@ func (d *Device) PollSize() (size int64, changed bool, err error) {
 	if err := d.enter(); err != nil {
 		return 0, false, err
 	}
-	defer d.inflight.Done()
+	defer d.leave()
 	var sz C.uint64_t
 	if rc := C.rbd_get_size(d.image, &sz); rc < 0 {
 		return 0, false, d.ioErr("size", 0, 0, syscall.Errno(-rc))
@@ -379,7 +389,7 @@ func (d *Device) HoldsLock() (bool, error) {
 	if err := d.enter(); err != nil {
 		return false, err
 	}
-	defer d.inflight.Done()
+	defer d.leave()
 	var owner C.int
 	if rc := C.rbd_is_exclusive_lock_owner(d.image, &owner); rc < 0 {
 		if e := syscall.Errno(-rc); e == syscall.ESHUTDOWN || e == syscall.EROFS {
@@ -392,6 +402,12 @@ func (d *Device) HoldsLock() (bool, error) {
 	return owner != 0, nil
 }
 
+// leave ends a request registered by enter.
+func (d *Device) leave() {
+	d.nInflight.Add(-1)
+	d.inflight.Done()
+}
+
 // enter registers a request, or fails with ErrClosed.
 func (d *Device) enter() error {
 	d.mu.RLock()
@@ -400,6 +416,7 @@ func (d *Device) enter() error {
 		return backend.ErrClosed
 	}
 	d.inflight.Add(1)
+	d.nInflight.Add(1)
 	return nil
 }
 
@@ -434,7 +451,7 @@ func (r *request) finish() {
 		C.free(r.buf)
 		r.buf = nil
 	}
-	r.d.inflight.Done()
+	r.d.leave()
 }
 
 func (d *Device) checkRange(what string, off, n int64) error {
@@ -458,7 +475,34 @@ func (d *Device) ioErr(what string, off, n int64, e syscall.Errno) error {
 	default:
 		kind = ErrIO
 	}
-	return fmt.Errorf("rbd: %s %s [%d,+%d): %w: %w", what, d.spec, off, n, kind, e)
+	err := fmt.Errorf("rbd: %s %s [%d,+%d): %w: %w", what, d.spec, off, n, kind, e)
+	switch kind {
+	case ErrTimeout:
+		d.timeouts.Add(1)
+	case ErrFenced:
+		d.fenced.Add(1)
+	default:
+		d.errs.Add(1)
+	}
+	d.lastErr.Store(&failure{err: err, at: time.Now()})
+	return err
+}
+
+// Stats returns the request counters.
+func (d *Device) Stats() Stats {
+	st := Stats{
+		InFlight: d.nInflight.Load(),
+		Timeouts: d.timeouts.Load(),
+		Fenced:   d.fenced.Load(),
+		Errors:   d.errs.Load(),
+	}
+	if ns := d.lastOK.Load(); ns != 0 {
+		st.LastOK = time.Unix(0, ns)
+	}
+	if f := d.lastErr.Load(); f != nil {
+		st.LastError, st.LastErrorAt = f.err, f.at
+	}
+	return st
 }
 
 // do runs one request: op on [off, off+n), with p the caller's data for
@@ -509,10 +553,14 @@ func (d *Device) do(ctx context.Context, op C.int, what string, p []byte, off, n
 	}
 	if op == C.CL_READ {
 		if ret != n {
-			return fmt.Errorf("rbd: read %s [%d,+%d): %w: short read of %d bytes", d.spec, off, n, ErrIO, ret)
+			d.errs.Add(1)
+			err := fmt.Errorf("rbd: read %s [%d,+%d): %w: short read of %d bytes", d.spec, off, n, ErrIO, ret)
+			d.lastErr.Store(&failure{err: err, at: time.Now()})
+			return err
 		}
 		copy(p, unsafe.Slice((*byte)(r.buf), n))
 	}
+	d.lastOK.Store(time.Now().UnixNano())
 	return nil
 }
 

@@ -617,6 +617,13 @@ func TestOutage(t *testing.T) {
 		t.Errorf("a request took %v, more than the op timeout %v plus slack", longest, opts.OpTimeout)
 	}
 
+	// The outage shows in Stats: the last failure, newer than the last
+	// success, says why.
+	st := d.Stats()
+	t.Logf("stats during the outage: %+v", st)
+	if st.Timeouts < uint64(timeouts) || !errors.Is(st.LastError, ErrTimeout) || !st.LastErrorAt.After(st.LastOK) {
+		t.Errorf("Stats during the outage: %+v", st)
+	}
 	if err := cluster.StartOSD(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -650,6 +657,9 @@ func TestOutage(t *testing.T) {
 	}
 	if ok, err := d.HoldsLock(); err != nil || !ok {
 		t.Errorf("after the outage HoldsLock = %v, %v", ok, err)
+	}
+	if st := d.Stats(); !st.LastOK.After(st.LastErrorAt) || st.InFlight != 0 {
+		t.Errorf("Stats after the outage: %+v; want a success after the last failure, nothing in flight", st)
 	}
 }
 
