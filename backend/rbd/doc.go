@@ -81,7 +81,9 @@
 // resize) and reports a change, growth to be announced to hosts as a
 // capacity change, or a shrink after which requests past the new end fail
 // with blk.ErrOutOfRange. HoldsLock says whether this client still owns
-// the exclusive lock.
+// the exclusive lock. Stats counts timeouts, fenced and failed requests and
+// keeps the last failure and the time of the last success: a backing whose
+// last failure is newer than its last success is degraded, for that reason.
 //
 // # Concurrency
 //
