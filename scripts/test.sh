@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check CI runs: gofmt, go vet, the whole test suite with the race
-# detector (integration tests included), and every fuzz target for a few
-# seconds. Usage: bash scripts/test.sh   (FUZZTIME=10s to fuzz longer)
+# detector (integration tests included), the ceph-tagged RBD backing tests
+# when Ceph is installed, and every fuzz target for a few seconds. Usage: bash scripts/test.sh   (FUZZTIME=10s to fuzz longer)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +27,16 @@ step "engine tests with live invariant checks (-tags invariants)"
 # every writeback pass and GC step checks the engine's structures and
 # panics on the first violation (cachecore/invariants.go)
 go test -tags invariants -timeout 20m ./cachecore/ ./persist/
+
+step "ceph build tag: vet, and backend/rbd against a throwaway Ceph cluster"
+# needs cgo, librbd-dev/librados-dev and the ceph daemons (.ci/run installs
+# them); the tests start their own cluster with scripts/ceph-cluster.sh
+if command -v ceph-mon >/dev/null 2>&1 && [ -e /usr/include/rbd/librbd.h ]; then
+	go vet -tags ceph ./backend/rbd/ ./internal/cephtest/
+	go test -race -tags ceph -timeout 15m ./backend/rbd/
+else
+	echo "skipped: Ceph packages not installed (.ci/run installs them)"
+fi
 
 step "fuzz targets, ${FUZZTIME} each"
 # fuzz_one runs one target. A failure that wrote a failing input is a real
