@@ -410,6 +410,15 @@ func runCrashWorkload(t *testing.T, name string, o rigOptions, writers int) {
 			go func() {
 				defer closers.Done()
 				c.Close(ctx)
+				// The replayed engine and its file end checked whole.
+				if err := c.CheckInvariants(); err != nil {
+					t.Errorf("crash image after persist point %d (%s): %v", p, label, err)
+				}
+				if s, err := persist.Open(img); err != nil {
+					t.Errorf("crash image after persist point %d (%s): reopen the file: %v", p, label, err)
+				} else if problems, err := persist.Check(s); err != nil || len(problems) != 0 {
+					t.Errorf("crash image after persist point %d (%s): persist.Check: %v %q", p, label, err, problems)
+				}
 			}()
 		}()
 		all := make([]byte, size)
