@@ -87,16 +87,8 @@ func (c *Cache) DetachWithProgress(ctx context.Context, force bool, progress fun
 		}
 	}
 	c.detached.Store(true)
-	done := c.stopWorkersDone()
-	select {
-	case <-done:
-	case <-ctx.Done():
-		return fmt.Errorf("cachecore: detach: waiting for the cache's goroutines: %w", ctx.Err())
-	}
-	info := c.store.Info()
-	info.Flags |= InfoFlagDetached
-	if err := c.store.SetInfo(info); err != nil {
-		c.log.Warn("could not mark the detached cache file (format it before any reuse)", "err", err)
+	if err := c.finishDetach(ctx); err != nil {
+		return err
 	}
 	c.log.Warn("cache detached: volumes serve I/O from their backing devices", "volumes", len(vols))
 	return nil
@@ -214,16 +206,8 @@ func (c *Cache) detachHealthy(ctx context.Context, force bool, progress func(Pro
 	c.detached.Store(true)
 	detached = true
 	resume()
-	done := c.stopWorkersDone()
-	select {
-	case <-done:
-	case <-ctx.Done():
-		return fmt.Errorf("cachecore: detach: waiting for the cache's goroutines: %w", ctx.Err())
-	}
-	info := c.store.Info()
-	info.Flags |= InfoFlagDetached
-	if err := c.store.SetInfo(info); err != nil {
-		c.log.Error("could not mark the detached cache file: format it before any reuse (its clean data is older than the backing devices now)", "err", err)
+	if err := c.finishDetach(ctx); err != nil {
+		return err
 	}
 	if progress != nil {
 		p := meter.report(true)
@@ -275,4 +259,22 @@ func (c *Cache) writeBackAll(ctx context.Context, vols []*Volume, meter *progres
 			return err
 		}
 	}
+}
+
+// finishDetach stops the cache's goroutines and marks the file detached, so
+// no later Open serves its contents (they are older than the backing
+// devices from now on).
+func (c *Cache) finishDetach(ctx context.Context) error {
+	done := c.stopWorkersDone()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return fmt.Errorf("cachecore: detach: waiting for the cache's goroutines: %w", ctx.Err())
+	}
+	info := c.store.Info()
+	info.Flags |= InfoFlagDetached
+	if err := c.store.SetInfo(info); err != nil {
+		c.log.Error("could not mark the detached cache file: format it before any reuse (its clean data is older than the backing devices now)", "err", err)
+	}
+	return nil
 }
