@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -334,11 +332,11 @@ func (d *daemon) addLU(st *scsi.Target, cfg *conf.Config, iqn string, l conf.LUN
 			wce = *v.WriteCache
 		}
 	}
-	id := deviceID(iqn, l.Volume)
+	id := scsi.LUNIdentity(iqn, l.Volume)
 	if _, err := st.AddLU(l.LUN, scsi.LUConfig{
 		Volume:       d.latency.InstrumentVolume(l.Volume, vol),
-		SerialNumber: hex.EncodeToString(id[:8]),
-		DeviceID:     id,
+		SerialNumber: id.Serial,
+		DeviceID:     id.DeviceID,
 		Thin:         l.Thin,
 		StatePath:    d.lunStatePath(iqn, l.LUN),
 		WriteCache:   wce,
@@ -455,16 +453,6 @@ func (d *daemon) path(p string) string {
 func (d *daemon) lunStatePath(iqn string, lun uint64) string {
 	safe := strings.NewReplacer(":", "_", "/", "_").Replace(iqn)
 	return filepath.Join(d.cfg.Global.DataDir, "lun-state", fmt.Sprintf("%s.lun%d.json", safe, lun))
-}
-
-// deviceID is a LUN's stable identity (VPD 80h/83h): the same target and
-// volume names give the same ID on every start, which multipath and
-// initiators' device naming rely on.
-func deviceID(iqn, volume string) [16]byte {
-	sum := sha256.Sum256([]byte("cachelun-lun\x00" + iqn + "\x00" + volume))
-	var id [16]byte
-	copy(id[:], sum[:])
-	return id
 }
 
 func iscsiCHAP(c *conf.CHAP) *iscsi.CHAP {
