@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/cachelun/cachelun/conf"
 	"github.com/cachelun/cachelun/persist"
 )
 
@@ -32,32 +33,9 @@ func parseFlags(fs *flag.FlagSet, args []string) ([]string, error) {
 	}
 }
 
-// parseSize parses sizes like 256MiB, 16GiB, 4096, 1G (binary units; KB/MB/
-// GB/TB are decimal).
-func parseSize(s string) (int64, error) {
-	t := strings.TrimSpace(s)
-	units := []struct {
-		suffix string
-		mult   int64
-	}{
-		{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40},
-		{"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12},
-		{"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}, {"T", 1 << 40}, {"B", 1},
-	}
-	mult := int64(1)
-	for _, u := range units {
-		if strings.HasSuffix(t, u.suffix) {
-			t, mult = strings.TrimSuffix(t, u.suffix), u.mult
-			break
-		}
-	}
-	n, err := strconv.ParseInt(strings.TrimSpace(t), 10, 64)
-	if err != nil || n <= 0 || n > (1<<62)/mult {
-		return 0, fmt.Errorf("invalid size %q (want e.g. 256MiB, 16GiB)", s)
-	}
-	return n * mult, nil
-}
-
+// sizeFlag is a --size style flag: conf's size grammar (conf.ParseSize,
+// the same as in the configuration file), and positive, since 0 stands for
+// "not given" (the existing file's size, the default segment size).
 type sizeFlag struct{ v *int64 }
 
 func (f sizeFlag) String() string {
@@ -67,9 +45,12 @@ func (f sizeFlag) String() string {
 	return strconv.FormatInt(*f.v, 10)
 }
 func (f sizeFlag) Set(s string) error {
-	n, err := parseSize(s)
+	n, err := conf.ParseSize(s)
 	if err != nil {
 		return err
+	}
+	if n == 0 {
+		return fmt.Errorf("size %q must be positive", s)
 	}
 	*f.v = n
 	return nil

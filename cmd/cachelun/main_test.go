@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cachelun/cachelun/conf"
 	"github.com/cachelun/cachelun/persist"
 )
 
@@ -21,15 +22,24 @@ func run(t *testing.T, args ...string) (int, string, string) {
 	return code, out.String(), errb.String()
 }
 
-func TestParseSize(t *testing.T) {
-	for in, want := range map[string]int64{"256MiB": 256 << 20, "16GiB": 16 << 30, "4096": 4096, "1G": 1 << 30, "128KiB": 128 << 10, "2MB": 2e6, "1TiB": 1 << 40} {
-		if got, err := parseSize(in); err != nil || got != want {
-			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
+// TestSizeFlagIsConfGrammar: the --size flags read sizes as the
+// configuration file does (conf.ParseSize), fractions and PiB included,
+// and refuse 0, which stands for "not given".
+func TestSizeFlagIsConfGrammar(t *testing.T) {
+	for in, want := range map[string]int64{"256MiB": 256 << 20, "16GiB": 16 << 30, "4096": 4096, "1G": 1 << 30,
+		"128KiB": 128 << 10, "2MB": 2e6, "1TiB": 1 << 40, "1.5GiB": 3 << 29, "1PiB": 1 << 50, " 8 MiB ": 8 << 20} {
+		var got int64
+		if err := (sizeFlag{&got}).Set(in); err != nil || got != want {
+			t.Errorf("--size %q = %d, %v; want %d", in, got, err, want)
+		}
+		if c, err := conf.ParseSize(in); err != nil || c != got {
+			t.Errorf("--size %q = %d, conf.ParseSize = %d, %v", in, got, c, err)
 		}
 	}
-	for _, bad := range []string{"", "0", "-5MiB", "12XB", "MiB", "99999999999TiB"} {
-		if _, err := parseSize(bad); err == nil {
-			t.Errorf("parseSize(%q) accepted", bad)
+	for _, bad := range []string{"", "0", "0MiB", "-5MiB", "12XB", "MiB", "99999999999TiB", "0.3B"} {
+		var got int64
+		if err := (sizeFlag{&got}).Set(bad); err == nil {
+			t.Errorf("--size %q accepted as %d", bad, got)
 		}
 	}
 }
