@@ -15,6 +15,7 @@ import (
 
 	"github.com/cachelun/cachelun/admin"
 	"github.com/cachelun/cachelun/cachecore"
+	"github.com/cachelun/cachelun/reconcile"
 	"github.com/cachelun/cachelun/target/scsi"
 )
 
@@ -194,10 +195,10 @@ func TestReloadRefusesAndRollsBack(t *testing.T) {
 	notLive := strings.Replace(reloadConfig(dir, "debug", "writethrough", true, ""), `segment_size = "1MiB"`, `segment_size = "2MiB"`, 1)
 	writeFile(t, p, notLive)
 	_, err := d.reload(ctx, false)
-	if !errors.Is(err, errReloadNotLive) || !strings.Contains(err.Error(), "segment_size") {
+	if !errors.Is(err, reconcile.ErrNotLive) || !strings.Contains(err.Error(), "segment_size") {
 		t.Errorf("segment_size change: %v", err)
 	}
-	if _, dryErr := d.reload(ctx, true); !errors.Is(dryErr, errReloadNotLive) {
+	if _, dryErr := d.reload(ctx, true); !errors.Is(dryErr, reconcile.ErrNotLive) {
 		t.Errorf("dry run of a refused reload: %v", dryErr)
 	}
 
@@ -417,7 +418,7 @@ func TestReloadKeepsMetricsOverride(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if plan := reloadPlan(cfg, next); !plan.Empty() {
+	if plan, err := reconcile.MakePlan(cfg, next, nil); err != nil || !plan.Changes.Empty() {
 		t.Errorf("reload plan with --metrics: %v", plan.Changes)
 	}
 }

@@ -233,7 +233,7 @@ func startDaemon(ctx context.Context, cfg *conf.Config, listenOverride string, l
 	for _, t := range cfg.Targets {
 		st := scsi.NewTarget(scsi.TargetConfig{Name: t.IQN, Logger: log.With("component", "scsi", "target", t.IQN)})
 		for _, l := range t.LUNs {
-			if err := d.addLU(st, cfg, t.IQN, l); err != nil {
+			if err := d.addLU(st, t.IQN, l, cfg.VolumeWriteCache(l.Volume)); err != nil {
 				return d, err
 			}
 		}
@@ -320,17 +320,12 @@ func (d *daemon) closePortal(p string) {
 	}
 }
 
-// addLU maps LUN l of target iqn to its volume.
-func (d *daemon) addLU(st *scsi.Target, cfg *conf.Config, iqn string, l conf.LUN) error {
+// addLU maps LUN l of target iqn to its volume, with wce its configured
+// write cache.
+func (d *daemon) addLU(st *scsi.Target, iqn string, l conf.LUN, wce bool) error {
 	vol, ok := d.eng.volume(l.Volume)
 	if !ok {
 		return fmt.Errorf("target %s: LUN %d: volume %s not open", iqn, l.LUN, l.Volume)
-	}
-	wce := true
-	for _, v := range cfg.Volumes {
-		if v.Name == l.Volume && v.WriteCache != nil {
-			wce = *v.WriteCache
-		}
 	}
 	id := scsi.LUNIdentity(iqn, l.Volume)
 	if _, err := st.AddLU(l.LUN, scsi.LUConfig{
