@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -73,12 +73,12 @@ volume = "v1"
 	return s + tail
 }
 
-func startReloadDaemon(t *testing.T) (*daemon, string) {
+func startReloadDaemon(t *testing.T) (*Daemon, string) {
 	t.Helper()
 	dir := t.TempDir()
 	p := filepath.Join(dir, "c.toml")
 	writeFile(t, p, reloadConfig(dir, "info", "writeback", false, ""))
-	cfg, err := loadServeConfig(p, dir, "127.0.0.1:0")
+	cfg, err := LoadConfig(p, dir, "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,7 +98,7 @@ func writeFile(t *testing.T, p, s string) {
 	}
 }
 
-func (d *daemon) targetNames() []string {
+func (d *Daemon) targetNames() []string {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
 	var out []string
@@ -274,7 +274,7 @@ func TestReloadPortalsAndTargets(t *testing.T) {
 	}
 	p := filepath.Join(dir, "c.toml")
 	writeFile(t, p, render(fmt.Sprintf("%q", p1), true))
-	cfg, err := loadServeConfig(p, dir, "")
+	cfg, err := LoadConfig(p, dir, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -323,7 +323,7 @@ func unwrapVolume(v scsi.Volume) scsi.Volume {
 }
 
 // adminVolume finds a volume as the admin API sees it.
-func adminVolumeNamed(t *testing.T, d *daemon, name string) admin.VolumeAPI {
+func adminVolumeNamed(t *testing.T, d *Daemon, name string) admin.VolumeAPI {
 	t.Helper()
 	for _, v := range (&adminBackend{d: d}).Volumes() {
 		if v.Name() == name {
@@ -413,7 +413,7 @@ func TestReloadKeepsMetricsOverride(t *testing.T) {
 	dir := t.TempDir()
 	cfg := testConfig(t, dir, "writeback") // the file says metrics_listen = "off"
 	cfg.Global.MetricsListen = "127.0.0.1:0"
-	d := &daemon{cfg: cfg, listenOverride: "127.0.0.1:0", metricsOverride: "127.0.0.1:0"}
+	d := &Daemon{cfg: cfg, listenOverride: "127.0.0.1:0", metricsOverride: "127.0.0.1:0"}
 	next, err := d.loadForReload(cfg)
 	if err != nil {
 		t.Fatal(err)

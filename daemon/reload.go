@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -33,7 +33,7 @@ const drainLogInterval = time.Second
 // reload re-reads the configuration file and applies the difference. A dry
 // run returns the plan and changes nothing. The returned text is the plan
 // (one change a line) in both cases.
-func (d *daemon) reload(ctx context.Context, dryRun bool) (string, error) {
+func (d *Daemon) reload(ctx context.Context, dryRun bool) (string, error) {
 	d.reloadMu.Lock()
 	defer d.reloadMu.Unlock()
 
@@ -74,7 +74,7 @@ func (d *daemon) reload(ctx context.Context, dryRun bool) (string, error) {
 
 // liveValues are the running values that can change outside the file:
 // today a volume's cache mode (the admin API's `volume mode`).
-func (d *daemon) liveValues(old *conf.Config) []reconcile.LiveValue {
+func (d *Daemon) liveValues(old *conf.Config) []reconcile.LiveValue {
 	var out []reconcile.LiveValue
 	for _, v := range old.Volumes {
 		vol, ok := d.eng.cacheVolume(v.Name)
@@ -97,7 +97,7 @@ func (d *daemon) liveValues(old *conf.Config) []reconcile.LiveValue {
 
 // loadForReload loads the file the daemon was started with and carries the
 // command-line overrides (data dir, --listen, --metrics) over to it.
-func (d *daemon) loadForReload(old *conf.Config) (*conf.Config, error) {
+func (d *Daemon) loadForReload(old *conf.Config) (*conf.Config, error) {
 	src := old.Source
 	if src == "" || strings.HasPrefix(src, "<") {
 		return nil, errReloadDefault
@@ -121,7 +121,7 @@ func (d *daemon) loadForReload(old *conf.Config) (*conf.Config, error) {
 // tcmuBound refuses a plan that takes a volume away from the TCMU device
 // serving it: the volumes leaving the exported set, or leaving the
 // configuration, that back a live device.
-func (d *daemon) tcmuBound(old, next *conf.Config) error {
+func (d *Daemon) tcmuBound(old, next *conf.Config) error {
 	if d.tcmuX == nil || !next.TCMU.Enabled {
 		return nil
 	}
@@ -142,7 +142,7 @@ func (d *daemon) tcmuBound(old, next *conf.Config) error {
 }
 
 // reloadEffects is the daemon as one reload transaction changes it.
-func (d *daemon) reloadEffects(log *slog.Logger) reconcile.Effects {
+func (d *Daemon) reloadEffects(log *slog.Logger) reconcile.Effects {
 	fx := &reloadFx{d: d, log: log, removed: map[string]*scsi.Target{}}
 	e := reconcile.Effects{Engine: fx, Targets: fx, Daemon: fx}
 	if d.tcmuX != nil {
@@ -155,7 +155,7 @@ func (d *daemon) reloadEffects(log *slog.Logger) reconcile.Effects {
 // the SCSI targets a step took away, so that an undo puts the same ones
 // (with their LUNs' reservations and unit attentions) back.
 type reloadFx struct {
-	d       *daemon
+	d       *Daemon
 	log     *slog.Logger
 	removed map[string]*scsi.Target
 }
@@ -426,7 +426,7 @@ func (fx *reloadFx) SetVolumes(names []string) error {
 
 func (fx *reloadFx) SetLogLevel(level string) {
 	if fx.d.level != nil {
-		fx.d.level.Set(parseLevel(level))
+		fx.d.level.Set(ParseLevel(level))
 	}
 }
 
