@@ -8,7 +8,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"strconv"
 	"strings"
@@ -79,110 +78,29 @@ func runFormat(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		fmt.Fprintf(stderr, "cachelun format: segment size %d or block size %d too large\n", segSize, *blockSize)
 		return 2
 	}
-	st, statErr := os.Stat(path)
-	exists := statErr == nil
-	if !exists && size == 0 {
+	res, err := persist.FormatFile(ctx, path, persist.FileFormatOptions{
+		Size:     size,
+		Format:   persist.FormatOptions{SegmentSize: uint32(segSize), BlockSize: uint32(*blockSize), DataCRC: *dataCRC, Force: *force},
+		ZeroFill: *zeroFill,
+	})
+	var refusal *persist.DirtyRefusal
+	switch {
+	case errors.Is(err, persist.ErrNoSize):
 		fmt.Fprintf(stderr, "cachelun format: %s does not exist and --size is not given\n", path)
 		return 2
-	}
-	// Check an existing file before it is resized: shrinking it would
-	// destroy what the dirty-data check is there to protect.
-	if exists && !*force {
-		if code := refuseDirty(path, stderr); code != 0 {
-			return code
-		}
-	}
-	// Refused before anything is created or resized: a file too small for
-	// a journal would be left as a file that is not a cache file.
-	want := size
-	if want == 0 {
-		want = st.Size()
-	}
-	if minSize := persist.MinMediaSize(uint32(segSize)); want < minSize {
-		seg := segSize
-		if seg == 0 {
-			seg = persist.DefaultSegmentSize
-		}
-		fmt.Fprintf(stderr, "cachelun format: %s: %d bytes is too small for a cache: it needs at least 3 segments of %d bytes and the superblock area, %d bytes\n",
-			path, want, seg, minSize)
-		return 2
-	}
-	// A new file is built under a temporary name and renamed into place
-	// once formatted; a failure (no space, SIGTERM during the zero fill, a
-	// format error) leaves no file. An existing file is claimed first and a
-	// failed growth is cut back.
-	opts := persist.FileOptions{Create: true, Size: size, ZeroFill: *zeroFill, Logger: slog.New(slog.DiscardHandler)}
-	var (
-		m      persist.Media
-		commit func() error
-		err    error
-	)
-	if exists {
-		m, err = persist.OpenFileContext(ctx, path, opts)
-	} else {
-		m, commit, err = persist.CreateFile(ctx, path, opts)
-	}
-	if err != nil {
+	case errors.As(err, &refusal):
+		fmt.Fprintf(stderr, "cachelun format: %v; use --force\n", err)
+		return 1
+	case err != nil:
 		fmt.Fprintf(stderr, "cachelun format: %v\n", err)
-		return 2
-	}
-	defer m.Close()
-	s, err := persist.Format(m, persist.FormatOptions{SegmentSize: uint32(segSize), BlockSize: uint32(*blockSize), DataCRC: *dataCRC, Force: *force})
-	if err == nil && commit != nil {
-		err = commit()
-	}
-	if err != nil {
-		if exists && size > st.Size() {
-			// Grown for nothing: give the space back while the file is
-			// still claimed. (A new file is removed by m.Close.)
-			if terr := os.Truncate(path, st.Size()); terr != nil {
-				fmt.Fprintf(stderr, "cachelun format: %s: %v\n", path, terr)
-			}
-		}
-		fmt.Fprintf(stderr, "cachelun format: %s: %v\n", path, err)
 		if errors.Is(err, persist.ErrHoldsDirtyData) {
 			return 1
 		}
 		return 2
 	}
-	sb := s.Superblock()
+	sb := res.Superblock
 	fmt.Fprintf(stdout, "formatted %s: %d bytes, %d segments of %d bytes, block size %d, data crc %v, media %s, uuid %s\n",
-		path, m.Size(), sb.SegmentCount, sb.SegmentSize, sb.BlockSize, s.DataCRC(), m.Kind(), uuidString(sb.UUID))
-	return 0
-}
-
-// refuseDirty returns 0 if path is not a cachelun file or holds no dirty
-// data, 1 (with the reason printed) if it does or may, 2 on I/O errors.
-func refuseDirty(path string, stderr io.Writer) int {
-	m, err := persist.OpenFile(path, persist.FileOptions{ReadOnly: true})
-	if err != nil {
-		if errors.Is(err, persist.ErrInvalidArgument) { // empty file
-			return 0
-		}
-		fmt.Fprintf(stderr, "cachelun format: %v\n", err)
-		return 2
-	}
-	defer m.Close()
-	s, err := persist.Open(m)
-	switch {
-	case errors.Is(err, persist.ErrNotCachelun):
-		return 0
-	case errors.Is(err, persist.ErrMediaFault):
-		fmt.Fprintf(stderr, "cachelun format: %s: %v\n", path, err)
-		return 2
-	case err != nil:
-		fmt.Fprintf(stderr, "cachelun format: %s: refusing: existing cachelun file cannot be read (%v) and may hold dirty data; use --force\n", path, err)
-		return 1
-	}
-	n, err := s.HasDirtyData()
-	if err != nil {
-		fmt.Fprintf(stderr, "cachelun format: %s: %v\n", path, err)
-		return 2
-	}
-	if n > 0 {
-		fmt.Fprintf(stderr, "cachelun format: %s: refusing: %v: %d dirty keys not written back; use --force\n", path, persist.ErrHoldsDirtyData, n)
-		return 1
-	}
+		path, res.Size, sb.SegmentCount, sb.SegmentSize, sb.BlockSize, res.DataCRC, res.Kind, uuidString(sb.UUID))
 	return 0
 }
 
