@@ -251,10 +251,10 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	return 0
 }
 
-// runRepair is `cachelun check --repair`: it finds each damaged record of
-// the journal, prints what its loss means per volume, and with the
-// operator's consent (--yes, or "yes" typed at the prompt) replaces it
-// (persist.Store.Repair). Nothing is changed without consent.
+// runRepair is `cachelun check --repair` (persist.Store.RepairJournal):
+// for each damaged record of the journal it prints what its loss means per
+// volume and, with the operator's consent (--yes, or "yes" typed at the
+// prompt), replaces it. Nothing is changed without consent.
 func runRepair(path string, yes bool, stdin io.Reader, stdout, stderr io.Writer) int {
 	m, err := persist.OpenFile(path, persist.FileOptions{})
 	if err != nil {
@@ -269,41 +269,31 @@ func runRepair(path string, yes bool, stdin io.Reader, stdout, stderr io.Writer)
 	}
 	in := bufio.NewReader(stdin)
 	const maxRepairs = 64
-	repaired := 0
-	for ; repaired < maxRepairs; repaired++ {
-		r := s.ReplayVerified(s.KeyTail())
-		for _, ok := r.Next(); ok; _, ok = r.Next() {
-		}
-		var d *persist.DamageError
-		if !errors.As(r.StopReason(), &d) {
-			if errors.Is(r.StopReason(), persist.ErrMediaFault) {
-				fmt.Fprintf(stderr, "cachelun check --repair: %v\n", r.StopReason())
-				return 2
-			}
-			break
-		}
+	repaired, err := s.RepairJournal(maxRepairs, func(d *persist.DamageError) bool {
 		fmt.Fprintf(stdout, "%s: journal damaged\n", path)
 		for _, line := range s.DamageReport(d) {
 			fmt.Fprintf(stdout, "  %s\n", line)
 		}
-		if !yes {
-			fmt.Fprint(stdout, "repair it? the ranges listed above may then read older data (type yes): ")
-			answer, _ := in.ReadString('\n')
-			if strings.TrimSpace(answer) != "yes" {
-				fmt.Fprintln(stdout, "not repaired; nothing was changed")
-				return 1
-			}
+		if yes {
+			return true
 		}
-		truncated, err := s.Repair(d)
-		if err != nil {
-			fmt.Fprintf(stderr, "cachelun check --repair: %v\n", err)
-			return 2
-		}
+		fmt.Fprint(stdout, "repair it? the ranges listed above may then read older data (type yes): ")
+		answer, _ := in.ReadString('\n')
+		return strings.TrimSpace(answer) == "yes"
+	}, func(d *persist.DamageError, truncated bool) {
 		if truncated {
 			fmt.Fprintf(stdout, "repaired: the log now ends before LSN %d\n", d.Stop.LSN)
 		} else {
 			fmt.Fprintf(stdout, "repaired: the damaged record at segment %d offset %d was replaced; the log continues at LSN %d\n", d.Stop.Pos.Seg, d.Stop.Pos.Off, d.Resume.LSN)
 		}
+	})
+	switch {
+	case errors.Is(err, persist.ErrRepairDeclined):
+		fmt.Fprintln(stdout, "not repaired; nothing was changed")
+		return 1
+	case err != nil:
+		fmt.Fprintf(stderr, "cachelun check --repair: %v\n", err)
+		return 2
 	}
 	problems, err := persist.Check(s)
 	if err != nil {
