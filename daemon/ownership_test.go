@@ -14,6 +14,7 @@ import (
 
 	"github.com/cachelun/cachelun/internal/flock"
 	"github.com/cachelun/cachelun/persist"
+	"github.com/cachelun/cachelun/persist/persisttest"
 )
 
 // snapshotDir records the names, sizes and modification times of the
@@ -231,28 +232,10 @@ func TestSharedAdminSocketRefused(t *testing.T) {
 	}
 }
 
-// mountSmall mounts a tmpfs of size for the test (root only).
-func mountSmall(t *testing.T, size string) string {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("mounting a small tmpfs needs root")
-	}
-	dir := t.TempDir()
-	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size="+size); err != nil {
-		t.Skipf("cannot mount a tmpfs: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := unix.Unmount(dir, 0); err != nil {
-			t.Errorf("unmount %s: %v", dir, err)
-		}
-	})
-	return dir
-}
-
 // A start whose cache files do not fit in the free space is refused with
 // the figures and leaves nothing.
 func TestStartRefusedWithoutSpace(t *testing.T) {
-	dir := mountSmall(t, "8m")
+	dir := persisttest.MountSmall(t, "8m")
 	cfg := testConfig(t, t.TempDir(), "writeback")
 	cfg.Caches[0].Path = filepath.Join(dir, "cache.img")
 	_, err := startDaemon(context.Background(), cfg, "127.0.0.1:0", testLogger(t))

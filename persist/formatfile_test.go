@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/cachelun/cachelun/persist"
+	"github.com/cachelun/cachelun/persist/persisttest"
 )
 
 // FormatFile: a new file is created and formatted; an existing one with
@@ -30,23 +31,7 @@ func TestFormatFile(t *testing.T) {
 		t.Fatalf("formatted %+v", res)
 	}
 
-	// one dirty key
-	m, err := persist.OpenFile(path, persist.FileOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := persist.Open(m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := s.Replay(s.KeyTail())
-	for _, ok := r.Next(); ok; _, ok = r.Next() {
-	}
-	j := s.OpenJournal(r.Head(), func() (uint32, error) { return 2, nil })
-	if _, err := j.Commit([]persist.Key{{Volume: 1, Offset: 0, Length: 4096, Pos: persist.Pos{Seg: 1}, Gen: 1, Flags: persist.KeyDirty}}, 0); err != nil {
-		t.Fatal(err)
-	}
-	m.Close()
+	persisttest.AppendKey(t, path, persist.KeyDirty)
 	uuid := res.Superblock.UUID
 
 	var refusal *persist.DirtyRefusal

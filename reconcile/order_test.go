@@ -24,14 +24,7 @@ func TestPlanOrderingRules(t *testing.T) {
 			t.Fatal(err)
 		}
 		_, sec := parseScript(t, string(data))
-		running, err := conf.Parse("running.toml", []byte(sec["running"]))
-		if err != nil {
-			t.Fatal(err)
-		}
-		desired, err := conf.Parse("desired.toml", []byte(sec["desired"]))
-		if err != nil {
-			t.Fatal(err)
-		}
+		running, desired := configs(t, sec)
 		plan, err := MakePlan(running, desired, nil)
 		if err != nil {
 			continue

@@ -326,10 +326,13 @@ func (p *planner) build() {
 		}
 	}
 
+	// the TCMU exported set (while the front end runs, before and after
+	// the reload): the volumes that leave it go before LUNs change, the
+	// ones that join it come after
 	tcmu := old.TCMU.Enabled && next.TCMU.Enabled
+	var was, keep, will []string
 	if tcmu {
-		was, will := old.TCMUVolumes(), next.TCMUVolumes()
-		var keep []string
+		was, will = old.TCMUVolumes(), next.TCMUVolumes()
 		for _, n := range was {
 			if slices.Contains(will, n) {
 				keep = append(keep, n)
@@ -389,17 +392,8 @@ func (p *planner) build() {
 		p.add(Action{Op: OpAddTarget, Target: t, WriteCache: wce}, &Action{Op: OpRemoveTarget, Target: t})
 	}
 
-	if tcmu {
-		was, will := old.TCMUVolumes(), next.TCMUVolumes()
-		var keep []string
-		for _, n := range was {
-			if slices.Contains(will, n) {
-				keep = append(keep, n)
-			}
-		}
-		if !sameSet(keep, will) {
-			p.add(Action{Op: OpTCMUVolumes, Names: will}, &Action{Op: OpTCMUVolumes, Names: keep})
-		}
+	if tcmu && !sameSet(keep, will) {
+		p.add(Action{Op: OpTCMUVolumes, Names: will}, &Action{Op: OpTCMUVolumes, Names: keep})
 	}
 	if !chapEqual(old.Discovery.CHAP, next.Discovery.CHAP) {
 		p.add(Action{Op: OpDiscoveryCHAP, CHAP: next.Discovery.CHAP}, &Action{Op: OpDiscoveryCHAP, CHAP: old.Discovery.CHAP})

@@ -89,15 +89,22 @@ func parseScript(t *testing.T, s string) (comment string, sections map[string]st
 	return comment, sections
 }
 
-func runScript(t *testing.T, sec map[string]string) string {
+// configs parses a script's running and desired configurations.
+func configs(t *testing.T, sec map[string]string) (running, desired *conf.Config) {
+	t.Helper()
 	running, err := conf.Parse("running.toml", []byte(sec["running"]))
 	if err != nil {
 		t.Fatal(err)
 	}
-	desired, err := conf.Parse("desired.toml", []byte(sec["desired"]))
+	desired, err = conf.Parse("desired.toml", []byte(sec["desired"]))
 	if err != nil {
 		t.Fatal(err)
 	}
+	return running, desired
+}
+
+func runScript(t *testing.T, sec map[string]string) string {
+	running, desired := configs(t, sec)
 	var live []LiveValue
 	for _, line := range strings.Split(strings.TrimSpace(sec["live"]), "\n") {
 		f := strings.Fields(line)

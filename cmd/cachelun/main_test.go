@@ -13,6 +13,7 @@ import (
 
 	"github.com/cachelun/cachelun/conf"
 	"github.com/cachelun/cachelun/persist"
+	"github.com/cachelun/cachelun/persist/persisttest"
 )
 
 func run(t *testing.T, args ...string) (int, string, string) {
@@ -73,38 +74,17 @@ func TestFormatInspectCheck(t *testing.T) {
 	}
 }
 
-// writeDirty puts a few dirty keys into the cache file at path.
-func writeDirty(t *testing.T, path string, flags persist.KeyFlags) {
-	t.Helper()
-	m, err := persist.OpenFile(path, persist.FileOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	s, err := persist.Open(m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := s.Replay(s.KeyTail())
-	for _, ok := r.Next(); ok; _, ok = r.Next() {
-	}
-	j := s.OpenJournal(r.Head(), func() (uint32, error) { return 2, nil })
-	if _, err := j.Commit([]persist.Key{{Volume: 1, Offset: 0, Length: 4096, Pos: persist.Pos{Seg: 1}, Gen: 1, Flags: flags}}, 0); err != nil {
-		t.Fatal(err)
-	}
-}
-
 func TestFormatRefusesDirty(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "d.cache")
 	if code, _, errs := run(t, "format", "--size", "4MiB", "--segment-size", "128KiB", path); code != 0 {
 		t.Fatal(errs)
 	}
 	// Clean keys only: reformat allowed.
-	writeDirty(t, path, persist.KeyClean)
+	persisttest.AppendKey(t, path, persist.KeyClean)
 	if code, _, errs := run(t, "format", "--segment-size", "128KiB", path); code != 0 {
 		t.Fatalf("reformat of a clean cache: %d %s", code, errs)
 	}
-	writeDirty(t, path, persist.KeyDirty)
+	persisttest.AppendKey(t, path, persist.KeyDirty)
 	before, _ := os.ReadFile(path)
 	code, _, errs := run(t, "format", "--size", "2MiB", path)
 	if code != 1 || !strings.Contains(errs, "dirty") {

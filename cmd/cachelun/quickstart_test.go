@@ -16,32 +16,14 @@ import (
 	"github.com/cachelun/cachelun/conf"
 )
 
-// syncBuffer is a bytes.Buffer the daemon's logger and the test share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 var metricsURL = regexp.MustCompile(`metrics=(http://127\.0\.0\.1:[0-9]+/metrics)`)
 
 // serveInBackground runs `cachelun serve args...` until the returned stop
 // is called; stop returns the exit code. It waits (bounded) for the ready
 // line and fails the test if the daemon exits first.
-func serveInBackground(t *testing.T, args ...string) (log *syncBuffer, stop func() int) {
+func serveInBackground(t *testing.T, args ...string) (log *lockedBuffer, stop func() int) {
 	t.Helper()
-	log = &syncBuffer{}
+	log = &lockedBuffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan int, 1)
 	go func() { done <- runServe(ctx, args, io.Discard, log) }()

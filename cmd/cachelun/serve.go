@@ -4,7 +4,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"github.com/cachelun/cachelun/daemon"
 	"io"
 	"log/slog"
 	"net"
@@ -15,6 +14,7 @@ import (
 	"time"
 
 	"github.com/cachelun/cachelun/conf"
+	"github.com/cachelun/cachelun/daemon"
 )
 
 const serveUsage = "serve [--config FILE] [--data-dir DIR] [--listen HOST:PORT] [--metrics HOST:PORT|off]"
