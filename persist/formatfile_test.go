@@ -30,6 +30,9 @@ func TestFormatFile(t *testing.T) {
 	if res.Size != 8<<20 || res.Superblock.SegmentSize != 1<<20 {
 		t.Fatalf("formatted %+v", res)
 	}
+	if k := persist.WritableKind(path, "none"); k != res.Kind {
+		t.Fatalf("WritableKind %q, the format opened it as %q", k, res.Kind)
+	}
 
 	persisttest.AppendKey(t, path, persist.KeyDirty)
 	uuid := res.Superblock.UUID

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -247,3 +248,55 @@ func (r *recorder) SetVolumes(names []string) error {
 }
 func (r *recorder) SetLogLevel(level string)    { r.note("log level " + level) }
 func (r *recorder) SwapConfig(cfg *conf.Config) { r.note("running configuration: " + cfg.Source) }
+
+// TestApplyRollsBackEveryPrefix fails each script's plan at every step in
+// turn and checks the executor's rollback against the plan: the undos of
+// exactly the steps applied before the failure run, newest first, and the
+// error names the failed step's object and says the rollback completed.
+func TestApplyRollsBackEveryPrefix(t *testing.T) {
+	files, _ := filepath.Glob(filepath.Join("testdata", "*.txt"))
+	for _, path := range files {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, sec := parseScript(t, string(data))
+		running, desired := configs(t, sec)
+		plan, err := MakePlan(running, desired, nil)
+		if err != nil {
+			continue
+		}
+		for k := 1; k <= len(plan.Steps); k++ {
+			switch plan.Steps[k-1].Do.Op {
+			case OpLogLevel, OpDiscoveryCHAP, OpSwapConfig:
+				continue // cannot fail
+			}
+			rec := &recorder{failAt: k}
+			err := Apply(context.Background(), plan.Steps, Effects{Engine: rec, Targets: rec, TCMU: rec, Daemon: rec},
+				slog.New(slog.NewTextHandler(io.Discard, nil)))
+			if !errors.Is(err, errInjected) || !strings.HasSuffix(err.Error(), "rolled back, the previous configuration is in effect") {
+				t.Fatalf("%s, fail at %d: %v", path, k, err)
+			}
+			// what the recorder saw undone, against the plan's undos
+			want := &recorder{}
+			for i := k - 2; i >= 0; i-- {
+				if u := plan.Steps[i].Undo; u != nil {
+					if err := (Effects{Engine: want, Targets: want, TCMU: want, Daemon: want}).run(context.Background(), *u); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			var got []string
+			for _, l := range rec.log[k:] {
+				got = append(got, strings.TrimPrefix(l, "undo  "))
+			}
+			var exp []string
+			for _, l := range want.log {
+				exp = append(exp, strings.TrimPrefix(l, "apply "))
+			}
+			if !slices.Equal(got, exp) {
+				t.Errorf("%s, fail at %d: undone\n%s\nwant\n%s", path, k, strings.Join(got, "\n"), strings.Join(exp, "\n"))
+			}
+		}
+	}
+}

@@ -160,7 +160,7 @@ func runInspect(ctx context.Context, args []string, stdout, stderr io.Writer) (c
 	// kind; say what a read-write open (the daemon) would choose. That
 	// open claims the file exclusively, so the shared claim ends first.
 	m.Close()
-	rep.MediaKind = runtimeKind(pos[0], rep.MediaKind)
+	rep.MediaKind = persist.WritableKind(pos[0], rep.MediaKind)
 	defer func() {
 		if len(problems) > 0 && code == 0 {
 			fmt.Fprintf(stderr, "cachelun inspect: %s: %s (cachelun check %s lists them)\n", pos[0], plural(len(problems), "problem"), pos[0])
@@ -202,16 +202,6 @@ func runInspect(ctx context.Context, args []string, stdout, stderr io.Writer) (c
 		fmt.Fprintf(w, "note:          %s\n", s)
 	}
 	return 0
-}
-
-// runtimeKind reports the media kind a read-write open would use.
-func runtimeKind(path string, roKind persist.MediaKind) persist.MediaKind {
-	m, err := persist.OpenFile(path, persist.FileOptions{})
-	if err != nil {
-		return roKind
-	}
-	defer m.Close()
-	return m.Kind()
 }
 
 func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int {
