@@ -173,7 +173,7 @@ func tcmuSessions(devs []tcmu.DeviceInfo) []admin.Session {
 }
 
 // Reload re-reads the configuration file and applies the difference as
-// one transaction (see daemon.reload); a dry run only describes it.
+// one transaction (see Daemon.Reload); a dry run only describes it.
 func (b *adminBackend) Reload(ctx context.Context, dryRun bool) (string, error) {
 	return b.d.reload(ctx, dryRun)
 }

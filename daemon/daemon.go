@@ -69,7 +69,7 @@ type Daemon struct {
 	latency  *admin.Latency
 
 	// dirLock claims the data dir for this daemon from the start of
-	// startDaemon to the end of shutdown.
+	// start to the end of shutdown.
 	dirLock *flock.LockFile
 	// socketLock claims an admin socket outside the data dir (nil when
 	// the socket is in it, which dirLock covers).

@@ -19,7 +19,7 @@ import (
 // A reload loads and validates the configuration file again; package
 // reconcile compares it with the running configuration and works out the
 // transaction (the steps, their order and their undos), and runs it over
-// the daemon's effects below. Reloads are serialized by daemon.reloadMu.
+// the daemon's effects below. Reloads are serialized by Daemon.reloadMu.
 
 // errReloadDefault refuses a reload of the embedded default configuration.
 var errReloadDefault = errors.New("the daemon runs the embedded default configuration: nothing to reload")
