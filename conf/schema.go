@@ -174,9 +174,12 @@ type ISCSI struct {
 }
 
 // Size is a byte count written as an integer or a string with a unit:
-// "4096", "4KiB", "16MiB", "1GiB", "2TiB" (also KB/MB/GB/TB = powers of
-// 1000, and K/M/G/T = powers of 1024). Set tells an explicit "0" apart from
-// an absent key.
+// "4096", "4KiB", "16MiB", "1.5GiB", "2TiB". Units: KiB MiB GiB TiB PiB
+// (powers of 1024), KB MB GB TB PB (powers of 1000), K M G T P (powers of
+// 1024), B (bytes); a fraction must come to a whole number of bytes.
+// ParseSize is the one parser of this grammar (the configuration and the
+// command line's --size flags); size_test.go ties this comment to it. Set
+// tells an explicit "0" apart from an absent key.
 type Size struct {
 	Bytes    int64
 	Set      bool

@@ -171,6 +171,17 @@ func (v *validator) tcmu(c *Config, volumes map[string]bool) {
 	}
 }
 
+// VolumeWriteCache is the configured write_cache of volume (on when unset
+// or when there is no such volume): the WCE its LUNs start with.
+func (c *Config) VolumeWriteCache(volume string) bool {
+	for _, v := range c.Volumes {
+		if v.Name == volume && v.WriteCache != nil {
+			return *v.WriteCache
+		}
+	}
+	return true
+}
+
 // TCMUVolumes returns the volumes the TCMU front end may export: the
 // configured list, or every volume no iSCSI target maps.
 func (c *Config) TCMUVolumes() []string {

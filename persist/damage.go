@@ -357,3 +357,40 @@ func (s *Store) replacementKeys(d *DamageError, n int) ([]Key, bool) {
 	}
 	return keys, true
 }
+
+// ErrRepairDeclined is RepairJournal stopping because its confirm said no;
+// the damage it was shown is left as it was.
+var ErrRepairDeclined = errors.New("persist: repair declined")
+
+// RepairJournal is `cachelun check --repair`: it replays the journal from
+// the key tail, verified, and for each damaged record it finds asks
+// confirm (which is shown the damage, see DamageReport) and replaces it
+// (Repair), then reports it to repaired, until the log replays to its end
+// or max repairs were made. It returns the number of repairs; a confirm
+// that says no ends it with ErrRepairDeclined, having changed nothing
+// since the last repair reported. A media fault during the replay is
+// returned as is.
+func (s *Store) RepairJournal(max int, confirm func(d *DamageError) bool, repaired func(d *DamageError, truncated bool)) (int, error) {
+	n := 0
+	for ; n < max; n++ {
+		r := s.ReplayVerified(s.KeyTail())
+		for _, ok := r.Next(); ok; _, ok = r.Next() {
+		}
+		var d *DamageError
+		if !errors.As(r.StopReason(), &d) {
+			if errors.Is(r.StopReason(), ErrMediaFault) {
+				return n, r.StopReason()
+			}
+			break
+		}
+		if !confirm(d) {
+			return n, ErrRepairDeclined
+		}
+		truncated, err := s.Repair(d)
+		if err != nil {
+			return n, err
+		}
+		repaired(d, truncated)
+	}
+	return n, nil
+}

@@ -279,7 +279,10 @@
 // file checks the free space first (ErrNoSpace), reserves it with
 // fallocate, zero-fills cancellably, and undoes itself on failure;
 // CreateFile builds a new file under a claimed temporary name and renames
-// it only once the caller has formatted it.
+// it only once the caller has formatted it. FormatFile is the whole of
+// `cachelun format` on top of these: the dirty-data refusal before any
+// resize, the minimum size, creation or claim, format, and the cut-back of
+// a file grown for a format that failed.
 //
 // # Choice of media
 //

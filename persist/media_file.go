@@ -50,6 +50,19 @@ type fileMedia struct {
 	fl flusher
 }
 
+// WritableKind is the media kind a read-write open of the file at path
+// picks (DAX where the file system offers MAP_SYNC): a read-only open
+// always reports a non-DAX kind, so inspect asks this. The file must not be
+// open (the read-write open claims it); on any error it returns fallback.
+func WritableKind(path string, fallback MediaKind) MediaKind {
+	m, err := OpenFile(path, FileOptions{})
+	if err != nil {
+		return fallback
+	}
+	defer m.Close()
+	return m.Kind()
+}
+
 // OpenFile is OpenFileContext without cancellation.
 func OpenFile(path string, opts FileOptions) (Media, error) {
 	return OpenFileContext(context.Background(), path, opts)

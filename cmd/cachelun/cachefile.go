@@ -8,11 +8,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"strconv"
 	"strings"
 
+	"github.com/cachelun/cachelun/conf"
 	"github.com/cachelun/cachelun/persist"
 )
 
@@ -32,32 +32,9 @@ func parseFlags(fs *flag.FlagSet, args []string) ([]string, error) {
 	}
 }
 
-// parseSize parses sizes like 256MiB, 16GiB, 4096, 1G (binary units; KB/MB/
-// GB/TB are decimal).
-func parseSize(s string) (int64, error) {
-	t := strings.TrimSpace(s)
-	units := []struct {
-		suffix string
-		mult   int64
-	}{
-		{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40},
-		{"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12},
-		{"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}, {"T", 1 << 40}, {"B", 1},
-	}
-	mult := int64(1)
-	for _, u := range units {
-		if strings.HasSuffix(t, u.suffix) {
-			t, mult = strings.TrimSuffix(t, u.suffix), u.mult
-			break
-		}
-	}
-	n, err := strconv.ParseInt(strings.TrimSpace(t), 10, 64)
-	if err != nil || n <= 0 || n > (1<<62)/mult {
-		return 0, fmt.Errorf("invalid size %q (want e.g. 256MiB, 16GiB)", s)
-	}
-	return n * mult, nil
-}
-
+// sizeFlag is a --size style flag: conf's size grammar (conf.ParseSize,
+// the same as in the configuration file), and positive, since 0 stands for
+// "not given" (the existing file's size, the default segment size).
 type sizeFlag struct{ v *int64 }
 
 func (f sizeFlag) String() string {
@@ -67,9 +44,12 @@ func (f sizeFlag) String() string {
 	return strconv.FormatInt(*f.v, 10)
 }
 func (f sizeFlag) Set(s string) error {
-	n, err := parseSize(s)
+	n, err := conf.ParseSize(s)
 	if err != nil {
 		return err
+	}
+	if n == 0 {
+		return fmt.Errorf("size %q must be positive", s)
 	}
 	*f.v = n
 	return nil
@@ -98,110 +78,29 @@ func runFormat(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		fmt.Fprintf(stderr, "cachelun format: segment size %d or block size %d too large\n", segSize, *blockSize)
 		return 2
 	}
-	st, statErr := os.Stat(path)
-	exists := statErr == nil
-	if !exists && size == 0 {
+	res, err := persist.FormatFile(ctx, path, persist.FileFormatOptions{
+		Size:     size,
+		Format:   persist.FormatOptions{SegmentSize: uint32(segSize), BlockSize: uint32(*blockSize), DataCRC: *dataCRC, Force: *force},
+		ZeroFill: *zeroFill,
+	})
+	var refusal *persist.DirtyRefusal
+	switch {
+	case errors.Is(err, persist.ErrNoSize):
 		fmt.Fprintf(stderr, "cachelun format: %s does not exist and --size is not given\n", path)
 		return 2
-	}
-	// Check an existing file before it is resized: shrinking it would
-	// destroy what the dirty-data check is there to protect.
-	if exists && !*force {
-		if code := refuseDirty(path, stderr); code != 0 {
-			return code
-		}
-	}
-	// Refused before anything is created or resized: a file too small for
-	// a journal would be left as a file that is not a cache file.
-	want := size
-	if want == 0 {
-		want = st.Size()
-	}
-	if minSize := persist.MinMediaSize(uint32(segSize)); want < minSize {
-		seg := segSize
-		if seg == 0 {
-			seg = persist.DefaultSegmentSize
-		}
-		fmt.Fprintf(stderr, "cachelun format: %s: %d bytes is too small for a cache: it needs at least 3 segments of %d bytes and the superblock area, %d bytes\n",
-			path, want, seg, minSize)
-		return 2
-	}
-	// A new file is built under a temporary name and renamed into place
-	// once formatted; a failure (no space, SIGTERM during the zero fill, a
-	// format error) leaves no file. An existing file is claimed first and a
-	// failed growth is cut back.
-	opts := persist.FileOptions{Create: true, Size: size, ZeroFill: *zeroFill, Logger: slog.New(slog.DiscardHandler)}
-	var (
-		m      persist.Media
-		commit func() error
-		err    error
-	)
-	if exists {
-		m, err = persist.OpenFileContext(ctx, path, opts)
-	} else {
-		m, commit, err = persist.CreateFile(ctx, path, opts)
-	}
-	if err != nil {
+	case errors.As(err, &refusal):
+		fmt.Fprintf(stderr, "cachelun format: %v; use --force\n", err)
+		return 1
+	case err != nil:
 		fmt.Fprintf(stderr, "cachelun format: %v\n", err)
-		return 2
-	}
-	defer m.Close()
-	s, err := persist.Format(m, persist.FormatOptions{SegmentSize: uint32(segSize), BlockSize: uint32(*blockSize), DataCRC: *dataCRC, Force: *force})
-	if err == nil && commit != nil {
-		err = commit()
-	}
-	if err != nil {
-		if exists && size > st.Size() {
-			// Grown for nothing: give the space back while the file is
-			// still claimed. (A new file is removed by m.Close.)
-			if terr := os.Truncate(path, st.Size()); terr != nil {
-				fmt.Fprintf(stderr, "cachelun format: %s: %v\n", path, terr)
-			}
-		}
-		fmt.Fprintf(stderr, "cachelun format: %s: %v\n", path, err)
 		if errors.Is(err, persist.ErrHoldsDirtyData) {
 			return 1
 		}
 		return 2
 	}
-	sb := s.Superblock()
+	sb := res.Superblock
 	fmt.Fprintf(stdout, "formatted %s: %d bytes, %d segments of %d bytes, block size %d, data crc %v, media %s, uuid %s\n",
-		path, m.Size(), sb.SegmentCount, sb.SegmentSize, sb.BlockSize, s.DataCRC(), m.Kind(), uuidString(sb.UUID))
-	return 0
-}
-
-// refuseDirty returns 0 if path is not a cachelun file or holds no dirty
-// data, 1 (with the reason printed) if it does or may, 2 on I/O errors.
-func refuseDirty(path string, stderr io.Writer) int {
-	m, err := persist.OpenFile(path, persist.FileOptions{ReadOnly: true})
-	if err != nil {
-		if errors.Is(err, persist.ErrInvalidArgument) { // empty file
-			return 0
-		}
-		fmt.Fprintf(stderr, "cachelun format: %v\n", err)
-		return 2
-	}
-	defer m.Close()
-	s, err := persist.Open(m)
-	switch {
-	case errors.Is(err, persist.ErrNotCachelun):
-		return 0
-	case errors.Is(err, persist.ErrMediaFault):
-		fmt.Fprintf(stderr, "cachelun format: %s: %v\n", path, err)
-		return 2
-	case err != nil:
-		fmt.Fprintf(stderr, "cachelun format: %s: refusing: existing cachelun file cannot be read (%v) and may hold dirty data; use --force\n", path, err)
-		return 1
-	}
-	n, err := s.HasDirtyData()
-	if err != nil {
-		fmt.Fprintf(stderr, "cachelun format: %s: %v\n", path, err)
-		return 2
-	}
-	if n > 0 {
-		fmt.Fprintf(stderr, "cachelun format: %s: refusing: %v: %d dirty keys not written back; use --force\n", path, persist.ErrHoldsDirtyData, n)
-		return 1
-	}
+		path, res.Size, sb.SegmentCount, sb.SegmentSize, sb.BlockSize, res.DataCRC, res.Kind, uuidString(sb.UUID))
 	return 0
 }
 
@@ -261,7 +160,7 @@ func runInspect(ctx context.Context, args []string, stdout, stderr io.Writer) (c
 	// kind; say what a read-write open (the daemon) would choose. That
 	// open claims the file exclusively, so the shared claim ends first.
 	m.Close()
-	rep.MediaKind = runtimeKind(pos[0], rep.MediaKind)
+	rep.MediaKind = persist.WritableKind(pos[0], rep.MediaKind)
 	defer func() {
 		if len(problems) > 0 && code == 0 {
 			fmt.Fprintf(stderr, "cachelun inspect: %s: %s (cachelun check %s lists them)\n", pos[0], plural(len(problems), "problem"), pos[0])
@@ -305,16 +204,6 @@ func runInspect(ctx context.Context, args []string, stdout, stderr io.Writer) (c
 	return 0
 }
 
-// runtimeKind reports the media kind a read-write open would use.
-func runtimeKind(path string, roKind persist.MediaKind) persist.MediaKind {
-	m, err := persist.OpenFile(path, persist.FileOptions{})
-	if err != nil {
-		return roKind
-	}
-	defer m.Close()
-	return m.Kind()
-}
-
 func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("check", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -352,10 +241,10 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	return 0
 }
 
-// runRepair is `cachelun check --repair`: it finds each damaged record of
-// the journal, prints what its loss means per volume, and with the
-// operator's consent (--yes, or "yes" typed at the prompt) replaces it
-// (persist.Store.Repair). Nothing is changed without consent.
+// runRepair is `cachelun check --repair` (persist.Store.RepairJournal):
+// for each damaged record of the journal it prints what its loss means per
+// volume and, with the operator's consent (--yes, or "yes" typed at the
+// prompt), replaces it. Nothing is changed without consent.
 func runRepair(path string, yes bool, stdin io.Reader, stdout, stderr io.Writer) int {
 	m, err := persist.OpenFile(path, persist.FileOptions{})
 	if err != nil {
@@ -370,41 +259,31 @@ func runRepair(path string, yes bool, stdin io.Reader, stdout, stderr io.Writer)
 	}
 	in := bufio.NewReader(stdin)
 	const maxRepairs = 64
-	repaired := 0
-	for ; repaired < maxRepairs; repaired++ {
-		r := s.ReplayVerified(s.KeyTail())
-		for _, ok := r.Next(); ok; _, ok = r.Next() {
-		}
-		var d *persist.DamageError
-		if !errors.As(r.StopReason(), &d) {
-			if errors.Is(r.StopReason(), persist.ErrMediaFault) {
-				fmt.Fprintf(stderr, "cachelun check --repair: %v\n", r.StopReason())
-				return 2
-			}
-			break
-		}
+	repaired, err := s.RepairJournal(maxRepairs, func(d *persist.DamageError) bool {
 		fmt.Fprintf(stdout, "%s: journal damaged\n", path)
 		for _, line := range s.DamageReport(d) {
 			fmt.Fprintf(stdout, "  %s\n", line)
 		}
-		if !yes {
-			fmt.Fprint(stdout, "repair it? the ranges listed above may then read older data (type yes): ")
-			answer, _ := in.ReadString('\n')
-			if strings.TrimSpace(answer) != "yes" {
-				fmt.Fprintln(stdout, "not repaired; nothing was changed")
-				return 1
-			}
+		if yes {
+			return true
 		}
-		truncated, err := s.Repair(d)
-		if err != nil {
-			fmt.Fprintf(stderr, "cachelun check --repair: %v\n", err)
-			return 2
-		}
+		fmt.Fprint(stdout, "repair it? the ranges listed above may then read older data (type yes): ")
+		answer, _ := in.ReadString('\n')
+		return strings.TrimSpace(answer) == "yes"
+	}, func(d *persist.DamageError, truncated bool) {
 		if truncated {
 			fmt.Fprintf(stdout, "repaired: the log now ends before LSN %d\n", d.Stop.LSN)
 		} else {
 			fmt.Fprintf(stdout, "repaired: the damaged record at segment %d offset %d was replaced; the log continues at LSN %d\n", d.Stop.Pos.Seg, d.Stop.Pos.Off, d.Resume.LSN)
 		}
+	})
+	switch {
+	case errors.Is(err, persist.ErrRepairDeclined):
+		fmt.Fprintln(stdout, "not repaired; nothing was changed")
+		return 1
+	case err != nil:
+		fmt.Fprintf(stderr, "cachelun check --repair: %v\n", err)
+		return 2
 	}
 	problems, err := persist.Check(s)
 	if err != nil {

@@ -11,7 +11,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cachelun/cachelun/conf"
 	"github.com/cachelun/cachelun/persist"
+	"github.com/cachelun/cachelun/persist/persisttest"
 )
 
 func run(t *testing.T, args ...string) (int, string, string) {
@@ -21,15 +23,24 @@ func run(t *testing.T, args ...string) (int, string, string) {
 	return code, out.String(), errb.String()
 }
 
-func TestParseSize(t *testing.T) {
-	for in, want := range map[string]int64{"256MiB": 256 << 20, "16GiB": 16 << 30, "4096": 4096, "1G": 1 << 30, "128KiB": 128 << 10, "2MB": 2e6, "1TiB": 1 << 40} {
-		if got, err := parseSize(in); err != nil || got != want {
-			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
+// TestSizeFlagIsConfGrammar: the --size flags read sizes as the
+// configuration file does (conf.ParseSize), fractions and PiB included,
+// and refuse 0, which stands for "not given".
+func TestSizeFlagIsConfGrammar(t *testing.T) {
+	for in, want := range map[string]int64{"256MiB": 256 << 20, "16GiB": 16 << 30, "4096": 4096, "1G": 1 << 30,
+		"128KiB": 128 << 10, "2MB": 2e6, "1TiB": 1 << 40, "1.5GiB": 3 << 29, "1PiB": 1 << 50, " 8 MiB ": 8 << 20} {
+		var got int64
+		if err := (sizeFlag{&got}).Set(in); err != nil || got != want {
+			t.Errorf("--size %q = %d, %v; want %d", in, got, err, want)
+		}
+		if c, err := conf.ParseSize(in); err != nil || c != got {
+			t.Errorf("--size %q = %d, conf.ParseSize = %d, %v", in, got, c, err)
 		}
 	}
-	for _, bad := range []string{"", "0", "-5MiB", "12XB", "MiB", "99999999999TiB"} {
-		if _, err := parseSize(bad); err == nil {
-			t.Errorf("parseSize(%q) accepted", bad)
+	for _, bad := range []string{"", "0", "0MiB", "-5MiB", "12XB", "MiB", "99999999999TiB", "0.3B"} {
+		var got int64
+		if err := (sizeFlag{&got}).Set(bad); err == nil {
+			t.Errorf("--size %q accepted as %d", bad, got)
 		}
 	}
 }
@@ -63,38 +74,17 @@ func TestFormatInspectCheck(t *testing.T) {
 	}
 }
 
-// writeDirty puts a few dirty keys into the cache file at path.
-func writeDirty(t *testing.T, path string, flags persist.KeyFlags) {
-	t.Helper()
-	m, err := persist.OpenFile(path, persist.FileOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	s, err := persist.Open(m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := s.Replay(s.KeyTail())
-	for _, ok := r.Next(); ok; _, ok = r.Next() {
-	}
-	j := s.OpenJournal(r.Head(), func() (uint32, error) { return 2, nil })
-	if _, err := j.Commit([]persist.Key{{Volume: 1, Offset: 0, Length: 4096, Pos: persist.Pos{Seg: 1}, Gen: 1, Flags: flags}}, 0); err != nil {
-		t.Fatal(err)
-	}
-}
-
 func TestFormatRefusesDirty(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "d.cache")
 	if code, _, errs := run(t, "format", "--size", "4MiB", "--segment-size", "128KiB", path); code != 0 {
 		t.Fatal(errs)
 	}
 	// Clean keys only: reformat allowed.
-	writeDirty(t, path, persist.KeyClean)
+	persisttest.AppendKey(t, path, persist.KeyClean)
 	if code, _, errs := run(t, "format", "--segment-size", "128KiB", path); code != 0 {
 		t.Fatalf("reformat of a clean cache: %d %s", code, errs)
 	}
-	writeDirty(t, path, persist.KeyDirty)
+	persisttest.AppendKey(t, path, persist.KeyDirty)
 	before, _ := os.ReadFile(path)
 	code, _, errs := run(t, "format", "--size", "2MiB", path)
 	if code != 1 || !strings.Contains(errs, "dirty") {

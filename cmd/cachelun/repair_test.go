@@ -3,74 +3,18 @@ package main
 import (
 	"bytes"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
-	"github.com/cachelun/cachelun/persist"
+	"github.com/cachelun/cachelun/persist/persisttest"
 )
-
-// damagedCacheFile formats a cache file, journals 24 durable ksets of one
-// key each, sets the durable mark, and flips four bytes in the flush epoch
-// of the 12th kset (its keys stay readable for the report).
-func damagedCacheFile(t *testing.T) string {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "c.cache")
-	if code, out, errs := run(t, "format", "--size", "8MiB", "--segment-size", "256KiB", path); code != 0 {
-		t.Fatalf("format: %d %s %s", code, out, errs)
-	}
-	m, err := persist.OpenFile(path, persist.FileOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := persist.Open(m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.SetVolumes([]persist.VolumeRecord{{ID: 0, Name: "db1", Size: 1 << 30}}); err != nil {
-		t.Fatal(err)
-	}
-	j := s.OpenJournal(s.KeyTail(), func() (uint32, error) { return 1, nil })
-	var victim persist.KSet
-	for i := range 24 {
-		k := persist.Key{Volume: 0, Offset: uint64(i) << 16, Length: 4096, Pos: persist.Pos{Seg: 5, Off: uint32(i) * 4096}, Gen: 1, Flags: persist.KeyDirty}
-		ks, err := j.Commit([]persist.Key{k}, uint64(i))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if i == 11 {
-			victim = ks
-		}
-	}
-	if err := s.SetDurableMark(j.Durable()); err != nil {
-		t.Fatal(err)
-	}
-	at := s.DataOffset(victim.Pos) + 40
-	m.Close()
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	b := make([]byte, 4)
-	if _, err := f.ReadAt(b, at); err != nil {
-		t.Fatal(err)
-	}
-	for i := range b {
-		b[i] ^= 0xff
-	}
-	if _, err := f.WriteAt(b, at); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
 
 // TestCheckReportsDamageAndRepairAsksFirst: check exits 1 naming the
 // damage and the lost range of the volume; --repair changes nothing
 // without consent; with it, the damaged kset is replaced and check is
 // clean again.
 func TestCheckReportsDamageAndRepairAsksFirst(t *testing.T) {
-	path := damagedCacheFile(t)
+	path := persisttest.DamagedFile(t, t.TempDir())
 	code, out, errs := run(t, "check", path)
 	if code != 1 || !strings.Contains(out, "journal damaged") || !strings.Contains(out, "LSN 12") ||
 		!strings.Contains(out, "volume db1: bytes [720896, 724992) may read older data") {

@@ -9,12 +9,12 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"strconv"
 	"syscall"
 	"time"
 
 	"github.com/cachelun/cachelun/conf"
+	"github.com/cachelun/cachelun/daemon"
 )
 
 const serveUsage = "serve [--config FILE] [--data-dir DIR] [--listen HOST:PORT] [--metrics HOST:PORT|off]"
@@ -26,7 +26,7 @@ const shutdownTimeout = 10 * time.Second
 
 // runServe runs the daemon until ctx ends (SIGTERM, SIGINT), then shuts
 // down gracefully and returns 0. SIGHUP reloads the configuration file
-// (see daemon.reload); it never kills the daemon.
+// (see daemon.Daemon.Reload); it never kills the daemon.
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	// catch SIGHUP first: its default action would end the process
 	hup := make(chan os.Signal, 1)
@@ -54,7 +54,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 			return 2
 		}
 	}
-	cfg, err := loadServeConfig(*configPath, *dataDir, *listen)
+	cfg, err := daemon.LoadConfig(*configPath, *dataDir, *listen)
 	if err != nil {
 		fmt.Fprintf(stderr, "cachelun serve: %v\n", err)
 		return 1
@@ -63,18 +63,16 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		cfg.Global.MetricsListen = *metrics
 	}
 	level := new(slog.LevelVar)
-	level.Set(parseLevel(cfg.Global.LogLevel))
+	level.Set(daemon.ParseLevel(cfg.Global.LogLevel))
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 
-	d, err := startDaemon(ctx, cfg, *listen, log)
+	d, err := daemon.Start(ctx, cfg, daemon.Options{Logger: log, Level: level, ListenOverride: *listen, MetricsOverride: *metrics})
 	if err != nil {
 		log.Error("start failed", "err", err)
 		return 1
 	}
-	d.level = level
-	d.metricsOverride = *metrics
-	for _, u := range d.lunURLs() {
-		log.Info("LUN ready", "url", u.url, "volume", u.volume, "mode", u.mode)
+	for _, u := range d.LUNs() {
+		log.Info("LUN ready", "url", u.URL, "volume", u.Volume, "mode", u.Mode)
 	}
 	log.Info("cachelun ready", "config", cfg.Source, "data_dir", cfg.Global.DataDir, "pid", os.Getpid())
 
@@ -83,17 +81,17 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		case <-hup:
 			// reloads are serialized by the daemon; running it here keeps
 			// SIGHUPs in order and a shutdown waits for the reload
-			plan, err := d.reload(ctx, false)
+			plan, err := d.Reload(ctx, false)
 			if err != nil {
 				log.Error("SIGHUP: configuration not reloaded", "err", err, "plan", plan)
 			} else {
 				log.Info("SIGHUP: configuration reloaded", "plan", plan)
 			}
 			continue
-		case err := <-d.failed():
+		case err := <-d.Failed():
 			log.Error("daemon failed", "err", err)
 			sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
-			d.shutdown(sctx)
+			d.Shutdown(sctx)
 			cancel()
 			return 1
 		case <-ctx.Done():
@@ -103,60 +101,12 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	log.Info("shutting down")
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 	defer cancel()
-	if err := d.shutdown(sctx); err != nil {
+	if err := d.Shutdown(sctx); err != nil {
 		log.Error("shutdown", "err", err)
 		return 1
 	}
 	log.Info("stopped")
 	return 0
-}
-
-// loadServeConfig loads the file (or the embedded default) and applies the
-// command-line overrides. The data directory becomes absolute.
-func loadServeConfig(path, dataDir, listen string) (*conf.Config, error) {
-	var cfg *conf.Config
-	if path == "" {
-		cfg = conf.Default()
-	} else {
-		c, err := conf.Load(path)
-		if err != nil {
-			return nil, err
-		}
-		cfg = c
-	}
-	if dataDir != "" {
-		cfg.Global.DataDir = dataDir
-	}
-	abs, err := filepath.Abs(cfg.Global.DataDir)
-	if err != nil {
-		return nil, fmt.Errorf("data dir: %w", err)
-	}
-	cfg.Global.DataDir = abs
-	if listen != "" {
-		if err := checkListen(listen); err != nil {
-			return nil, fmt.Errorf("--listen: %w", err)
-		}
-		for i := range cfg.Targets {
-			cfg.Targets[i].Portals = []string{listen}
-		}
-	}
-	return cfg, nil
-}
-
-// checkListen accepts HOST:PORT with an IP literal and a port 0..65535 (0
-// lets the kernel pick one; the ready lines show which).
-func checkListen(s string) error {
-	host, port, err := net.SplitHostPort(s)
-	if err != nil {
-		return err
-	}
-	if net.ParseIP(host) == nil {
-		return fmt.Errorf("%q: host must be an IP address", s)
-	}
-	if p, err := strconv.Atoi(port); err != nil || p < 0 || p > 65535 {
-		return fmt.Errorf("%q: bad port", s)
-	}
-	return nil
 }
 
 // checkMetricsListen accepts the --metrics value: "off", or HOST:PORT with
@@ -176,18 +126,4 @@ func checkMetricsListen(s string) error {
 		return fmt.Errorf("%q: bad port", s)
 	}
 	return nil
-}
-
-// parseLevel maps a validated log_level to its slog level.
-func parseLevel(level string) slog.Level {
-	switch level {
-	case "debug":
-		return slog.LevelDebug
-	case "warn":
-		return slog.LevelWarn
-	case "error":
-		return slog.LevelError
-	default:
-		return slog.LevelInfo
-	}
 }

@@ -28,7 +28,12 @@
 // descriptors SAM-5, iSCSI, SPC-4 and SBC-3. VPD 83h carries an NAA-6
 // designator and a T10 vendor ID designator derived from
 // LUConfig.DeviceID, the relative target port and target port group of the
-// nexus, and the SCSI names of the target port and target device.
+// nexus, and the SCSI names of the target port and target device. The
+// serial and device id of every LUN cachelun serves come from one place,
+// identity.go: LUNIdentity (iSCSI: target IQN and volume name),
+// TCMUIdentity (LIO's unit serial, else the cfgstring) and, for a logical
+// unit configured without one, the target name and LUN. Hosts name disks by
+// them, so testdata/identity.golden pins their values.
 //
 // # Guarantees
 //

@@ -2,7 +2,6 @@ package scsi
 
 import (
 	"context"
-	"crypto/sha256"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -193,11 +192,9 @@ func newLU(t *Target, lun uint64, cfg LUConfig) (*LU, error) {
 		lu.blockShift++
 	}
 	if lu.deviceID == ([16]byte{}) {
-		// Without a configured identifier, derive a stable one from the
-		// target name and LUN so that two logical units never share a
-		// VPD 83h identity (multipath would merge them).
-		sum := sha256.Sum256([]byte(t.name + "\x00" + strconv.FormatUint(lun, 10)))
-		copy(lu.deviceID[:], sum[:])
+		// derived from the target name and LUN: two logical units never
+		// share a VPD 83h identity (multipath would merge them)
+		lu.deviceID = defaultIdentity(t.name, lun).DeviceID
 	}
 	if lu.serial == "" {
 		lu.serial = fmt.Sprintf("%x", lu.deviceID[:8])

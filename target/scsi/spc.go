@@ -2,7 +2,6 @@ package scsi
 
 import (
 	"encoding/binary"
-	"fmt"
 )
 
 func be16(b []byte) uint16 { return binary.BigEndian.Uint16(b) }
@@ -165,15 +164,11 @@ func (lu *LU) deviceIdentification(tk *task) []byte {
 		out = append(out, id...)
 	}
 	// NAA IEEE Registered Extended (NAA 6): 124 bits taken from DeviceID.
-	naa := make([]byte, 16)
-	copy(naa, lu.deviceID[:])
-	naa[0] = 0x60 | naa[0]&0x0f
-	add(1, 0, 0, 3, naa)
+	id := Identity{Serial: lu.serial, DeviceID: lu.deviceID}
+	naa := id.NAA()
+	add(1, 0, 0, 3, naa[:])
 	// T10 vendor ID based.
-	t10 := make([]byte, 8, 8+32)
-	padCopy(t10, lu.vendor)
-	t10 = fmt.Appendf(t10, "%x", lu.deviceID)
-	add(2, 0, 0, 1, t10)
+	add(2, 0, 0, 1, id.T10VendorID(lu.vendor))
 	var n Nexus
 	if tk.nx != nil {
 		n = tk.nx.nexus

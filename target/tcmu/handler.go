@@ -3,7 +3,6 @@ package tcmu
 import (
 	"cmp"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -462,14 +461,11 @@ func (od *openDevice) executor() (executor, error) {
 }
 
 func (od *openDevice) addLU() (*scsi.LU, error) {
-	serial := readSerial(od.dir)
-	if serial == "" {
-		serial = defaultSerial(od.cfg)
-	}
+	id := scsi.TCMUIdentity(readSerial(od.dir), od.cfg)
 	lu, err := od.target.AddLU(0, scsi.LUConfig{
 		Volume:       od.vol,
-		SerialNumber: serial,
-		DeviceID:     deviceID(serial),
+		SerialNumber: id.Serial,
+		DeviceID:     id.DeviceID,
 		WriteCache:   od.wce,
 	})
 	if err != nil {
@@ -491,20 +487,6 @@ func readSerial(dir string) string {
 		s = strings.TrimSpace(s[i+1:])
 	}
 	return s
-}
-
-// defaultSerial derives a stable serial from the cfgstring when LIO has
-// none.
-func defaultSerial(cfg string) string {
-	sum := sha256.Sum256([]byte("cachelun-tcmu-serial\x00" + cfg))
-	return fmt.Sprintf("%x", sum[:8])
-}
-
-func deviceID(serial string) [16]byte {
-	sum := sha256.Sum256([]byte("cachelun-tcmu-id\x00" + serial))
-	var id [16]byte
-	copy(id[:], sum[:])
-	return id
 }
 
 // remove stops serving a device and waits until its mapping is gone.

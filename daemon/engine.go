@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -245,7 +245,7 @@ func (e *engine) removeVolume(ctx context.Context, cacheName, name string, progr
 // the next one out until it is done. The cache stays in the engine (Close
 // still runs at shutdown); the file is marked detached and is not opened
 // again until it is formatted.
-func (d *daemon) detachCache(ctx context.Context, name string, force bool, progress func(cachecore.Progress)) error {
+func (d *Daemon) detachCache(ctx context.Context, name string, force bool, progress func(cachecore.Progress)) error {
 	d.reloadMu.Lock()
 	defer d.reloadMu.Unlock()
 	oc, ok := d.eng.cache(name)

@@ -1,9 +1,7 @@
-package main
+package daemon
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -27,7 +25,7 @@ import (
 	"github.com/cachelun/cachelun/target/scsi"
 )
 
-// daemon is one running configuration: caches and volumes (through the
+// Daemon is one running configuration: caches and volumes (through the
 // engine), SCSI targets, the iSCSI server and its portal listeners.
 //
 // Start order: data dir (claimed through its lock file), backing devices,
@@ -37,7 +35,7 @@ import (
 // out and drained, the TCMU handler finishes its commands, so no command is
 // in flight when the engine closes (which persists open ksets and leaves
 // dirty data for the next start).
-type daemon struct {
+type Daemon struct {
 	log *slog.Logger
 	// level is the logger's level, changed by a reload (nil: fixed).
 	level *slog.LevelVar
@@ -71,7 +69,7 @@ type daemon struct {
 	latency  *admin.Latency
 
 	// dirLock claims the data dir for this daemon from the start of
-	// startDaemon to the end of shutdown.
+	// start to the end of shutdown.
 	dirLock *flock.LockFile
 	// socketLock claims an admin socket outside the data dir (nil when
 	// the socket is in it, which dirLock covers).
@@ -103,7 +101,7 @@ type daemon struct {
 }
 
 // noteAdminMode records a mode switch made through the admin API.
-func (d *daemon) noteAdminMode(volume string, m cachecore.Mode) {
+func (d *Daemon) noteAdminMode(volume string, m cachecore.Mode) {
 	d.adminModesMu.Lock()
 	defer d.adminModesMu.Unlock()
 	if d.adminModes == nil {
@@ -114,7 +112,7 @@ func (d *daemon) noteAdminMode(volume string, m cachecore.Mode) {
 
 // adminMode is the mode last set through the admin API ("" if none since
 // the last reload).
-func (d *daemon) adminMode(volume string) cachecore.Mode {
+func (d *Daemon) adminMode(volume string) cachecore.Mode {
 	d.adminModesMu.Lock()
 	defer d.adminModesMu.Unlock()
 	return d.adminModes[volume]
@@ -122,7 +120,7 @@ func (d *daemon) adminMode(volume string) cachecore.Mode {
 
 // forgetAdminModes clears the record after a reload made every volume's
 // mode the file's.
-func (d *daemon) forgetAdminModes() {
+func (d *Daemon) forgetAdminModes() {
 	d.adminModesMu.Lock()
 	defer d.adminModesMu.Unlock()
 	clear(d.adminModes)
@@ -132,15 +130,17 @@ type lunURL struct {
 	url, volume, mode string
 }
 
-func startDaemon(ctx context.Context, cfg *conf.Config, listenOverride string, log *slog.Logger) (d *daemon, err error) {
+// start is Start.
+func start(ctx context.Context, cfg *conf.Config, opts Options) (d *Daemon, err error) {
+	log := opts.Logger
 	reg := prometheus.NewRegistry()
 	latency, err := admin.NewLatency(reg)
 	if err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
-	d = &daemon{cfg: cfg, log: log, portalAddr: map[string]string{}, failCh: make(chan error, 1),
-		listenOverride: listenOverride, portals: map[string]*portalListener{}, targets: map[string]*scsi.Target{},
-		registry: reg, latency: latency}
+	d = &Daemon{cfg: cfg, log: log, portalAddr: map[string]string{}, failCh: make(chan error, 1),
+		listenOverride: opts.ListenOverride, portals: map[string]*portalListener{}, targets: map[string]*scsi.Target{},
+		registry: reg, latency: latency, level: opts.Level, metricsOverride: opts.MetricsOverride}
 	defer func() {
 		if err != nil {
 			d.shutdown(context.Background())
@@ -235,7 +235,7 @@ func startDaemon(ctx context.Context, cfg *conf.Config, listenOverride string, l
 	for _, t := range cfg.Targets {
 		st := scsi.NewTarget(scsi.TargetConfig{Name: t.IQN, Logger: log.With("component", "scsi", "target", t.IQN)})
 		for _, l := range t.LUNs {
-			if err := d.addLU(st, cfg, t.IQN, l); err != nil {
+			if err := d.addLU(st, t.IQN, l, cfg.VolumeWriteCache(l.Volume)); err != nil {
 				return d, err
 			}
 		}
@@ -271,7 +271,7 @@ type portalListener struct {
 // openPortal listens on a configured portal unless it already does. The
 // listener serves once the daemon is serving. Caller holds d.mu or runs
 // before the daemon is shared.
-func (d *daemon) openPortal(p string) error {
+func (d *Daemon) openPortal(p string) error {
 	if _, ok := d.portals[p]; ok {
 		return nil
 	}
@@ -288,7 +288,7 @@ func (d *daemon) openPortal(p string) error {
 	return nil
 }
 
-func (d *daemon) servePortal(pl *portalListener) {
+func (d *Daemon) servePortal(pl *portalListener) {
 	ctx, cancel := context.WithCancel(context.Background())
 	pl.cancel, pl.done = cancel, make(chan struct{})
 	d.serveWG.Add(1)
@@ -307,7 +307,7 @@ func (d *daemon) servePortal(pl *portalListener) {
 
 // closePortal stops a portal's listener and drops the connections it
 // accepted, waiting for its Serve loop. Caller holds d.mu.
-func (d *daemon) closePortal(p string) {
+func (d *Daemon) closePortal(p string) {
 	pl, ok := d.portals[p]
 	if !ok {
 		return
@@ -322,23 +322,18 @@ func (d *daemon) closePortal(p string) {
 	}
 }
 
-// addLU maps LUN l of target iqn to its volume.
-func (d *daemon) addLU(st *scsi.Target, cfg *conf.Config, iqn string, l conf.LUN) error {
+// addLU maps LUN l of target iqn to its volume, with wce its configured
+// write cache.
+func (d *Daemon) addLU(st *scsi.Target, iqn string, l conf.LUN, wce bool) error {
 	vol, ok := d.eng.volume(l.Volume)
 	if !ok {
 		return fmt.Errorf("target %s: LUN %d: volume %s not open", iqn, l.LUN, l.Volume)
 	}
-	wce := true
-	for _, v := range cfg.Volumes {
-		if v.Name == l.Volume && v.WriteCache != nil {
-			wce = *v.WriteCache
-		}
-	}
-	id := deviceID(iqn, l.Volume)
+	id := scsi.LUNIdentity(iqn, l.Volume)
 	if _, err := st.AddLU(l.LUN, scsi.LUConfig{
 		Volume:       d.latency.InstrumentVolume(l.Volume, vol),
-		SerialNumber: hex.EncodeToString(id[:8]),
-		DeviceID:     id,
+		SerialNumber: id.Serial,
+		DeviceID:     id.DeviceID,
 		Thin:         l.Thin,
 		StatePath:    d.lunStatePath(iqn, l.LUN),
 		WriteCache:   wce,
@@ -350,7 +345,7 @@ func (d *daemon) addLU(st *scsi.Target, cfg *conf.Config, iqn string, l conf.LUN
 
 // iscsiTarget is the iSCSI server's view of a configured target. Caller
 // holds d.mu (portalAddr) or runs before the daemon is shared.
-func (d *daemon) iscsiTarget(t conf.Target, st *scsi.Target) iscsi.TargetConfig {
+func (d *Daemon) iscsiTarget(t conf.Target, st *scsi.Target) iscsi.TargetConfig {
 	portals := make([]string, len(t.Portals))
 	for i, p := range t.Portals {
 		portals[i] = d.portalAddr[p]
@@ -365,18 +360,18 @@ func (d *daemon) iscsiTarget(t conf.Target, st *scsi.Target) iscsi.TargetConfig 
 
 // config returns the running configuration (replaced, never modified, by
 // a reload).
-func (d *daemon) config() *conf.Config {
+func (d *Daemon) config() *conf.Config {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
 	return d.cfg
 }
 
 // failed delivers an error when a portal listener dies.
-func (d *daemon) failed() <-chan error { return d.failCh }
+func (d *Daemon) failed() <-chan error { return d.failCh }
 
 // shutdown stops in reverse start order. It is safe on a partly started
 // daemon.
-func (d *daemon) shutdown(ctx context.Context) error {
+func (d *Daemon) shutdown(ctx context.Context) error {
 	var errs []error
 	d.stopAdmin()
 	// a reload still running (an admin job outlives its API) finishes or
@@ -414,7 +409,7 @@ func (d *daemon) shutdown(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-func (d *daemon) lunURLs() []lunURL {
+func (d *Daemon) lunURLs() []lunURL {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
 	var out []lunURL
@@ -433,7 +428,7 @@ func (d *daemon) lunURLs() []lunURL {
 	return out
 }
 
-func (d *daemon) volumeConf(name string) conf.Volume {
+func (d *Daemon) volumeConf(name string) conf.Volume {
 	for _, v := range d.cfg.Volumes {
 		if v.Name == name {
 			return v
@@ -443,7 +438,7 @@ func (d *daemon) volumeConf(name string) conf.Volume {
 }
 
 // path resolves a configured path against the data directory.
-func (d *daemon) path(p string) string {
+func (d *Daemon) path(p string) string {
 	if filepath.IsAbs(p) {
 		return p
 	}
@@ -452,19 +447,9 @@ func (d *daemon) path(p string) string {
 
 // lunStatePath is where the SCSI layer keeps a LUN's saved WCE and APTPL
 // reservations.
-func (d *daemon) lunStatePath(iqn string, lun uint64) string {
+func (d *Daemon) lunStatePath(iqn string, lun uint64) string {
 	safe := strings.NewReplacer(":", "_", "/", "_").Replace(iqn)
 	return filepath.Join(d.cfg.Global.DataDir, "lun-state", fmt.Sprintf("%s.lun%d.json", safe, lun))
-}
-
-// deviceID is a LUN's stable identity (VPD 80h/83h): the same target and
-// volume names give the same ID on every start, which multipath and
-// initiators' device naming rely on.
-func deviceID(iqn, volume string) [16]byte {
-	sum := sha256.Sum256([]byte("cachelun-lun\x00" + iqn + "\x00" + volume))
-	var id [16]byte
-	copy(id[:], sum[:])
-	return id
 }
 
 func iscsiCHAP(c *conf.CHAP) *iscsi.CHAP {

@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -22,7 +22,7 @@ const tcmuStartTimeout = 30 * time.Second
 // it serves now: one device per volume. A reload changes the exported set
 // and the volumes' write-cache settings live (update, setWriteCache).
 type tcmuExports struct {
-	d *daemon
+	d *Daemon
 
 	mu      sync.Mutex
 	allowed map[string]bool
@@ -30,7 +30,7 @@ type tcmuExports struct {
 	wce     map[string]bool // configured WCE by volume
 }
 
-func newTCMUExports(d *daemon, cfg *conf.Config) *tcmuExports {
+func newTCMUExports(d *Daemon, cfg *conf.Config) *tcmuExports {
 	x := &tcmuExports{d: d, allowed: map[string]bool{}, inUse: map[string]bool{}, wce: map[string]bool{}}
 	for _, name := range cfg.TCMUVolumes() {
 		x.allowed[name] = true
@@ -149,7 +149,7 @@ type tcmuFrontEnd interface {
 
 // startTCMU runs the TCMU handler when the configuration enables it and
 // waits until it answers the kernel (existing devices re-adopted).
-func (d *daemon) startTCMU() error {
+func (d *Daemon) startTCMU() error {
 	tc := d.cfg.TCMU
 	if !tc.Enabled {
 		return nil
@@ -199,7 +199,7 @@ func (d *daemon) startTCMU() error {
 // stopTCMU stops taking commands, lets those in flight finish (the
 // handler's grace period) and waits for the handler to exit. Devices stay
 // configured in LIO and are re-adopted at the next start.
-func (d *daemon) stopTCMU() {
+func (d *Daemon) stopTCMU() {
 	if d.tcmuCancel == nil {
 		return
 	}

@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"bytes"
@@ -13,7 +13,7 @@ import (
 
 // metricSum adds up every series of family name whose labels include all of
 // want (histograms count their observations).
-func metricSum(t *testing.T, d *daemon, name string, want map[string]string) float64 {
+func metricSum(t *testing.T, d *Daemon, name string, want map[string]string) float64 {
 	t.Helper()
 	mfs, err := d.registry.Gather()
 	if err != nil {

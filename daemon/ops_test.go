@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"bytes"
@@ -34,7 +34,7 @@ func TestConfigShow(t *testing.T) {
 	if err := os.WriteFile(cfg.Source, append(raw, chap...), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cfg, err = loadServeConfig(cfg.Source, "", "127.0.0.1:0")
+	cfg, err = LoadConfig(cfg.Source, "", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}

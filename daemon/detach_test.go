@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"bytes"
@@ -61,7 +61,7 @@ backing_size = "4MiB"
 
 // startFailingCache runs the reload test daemon with cache c1 on media
 // the test can break, and dirty data on its volume v9.
-func startFailingCache(t *testing.T) (*daemon, *faultyMedia, []byte) {
+func startFailingCache(t *testing.T) (*Daemon, *faultyMedia, []byte) {
 	t.Helper()
 	d, media, dirty := startDirtyCache(t)
 	v9, _ := d.eng.cacheVolume("v9")
@@ -75,7 +75,7 @@ func startFailingCache(t *testing.T) (*daemon, *faultyMedia, []byte) {
 }
 
 // startDirtyCache is startFailingCache with the media still working.
-func startDirtyCache(t *testing.T) (*daemon, *faultyMedia, []byte) {
+func startDirtyCache(t *testing.T) (*Daemon, *faultyMedia, []byte) {
 	t.Helper()
 	d, p := startReloadDaemon(t)
 	var media *faultyMedia
@@ -105,7 +105,7 @@ func startDirtyCache(t *testing.T) (*daemon, *faultyMedia, []byte) {
 	return d, media, dirty
 }
 
-func adminCache(t *testing.T, d *daemon, name string) admin.CacheAPI {
+func adminCache(t *testing.T, d *Daemon, name string) admin.CacheAPI {
 	t.Helper()
 	for _, c := range (&adminBackend{d: d}).Caches() {
 		if c.Name() == name {
@@ -131,7 +131,7 @@ func TestCacheFailureShown(t *testing.T) {
 
 // serveAdmin serves the daemon's admin API on a socket in the test's
 // directory.
-func serveAdmin(t *testing.T, d *daemon) string {
+func serveAdmin(t *testing.T, d *Daemon) string {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "admin.sock")
 	srv, err := admin.NewServer(admin.Config{Backend: &adminBackend{d: d}, SocketPath: sock, Logger: testLogger(t)})

@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -14,7 +14,7 @@ import (
 // not know the previous daemon died learns it here. It runs right after
 // the caches open, before any LUN serves, so the figures are the
 // recovery's (only GC, which drops clean keys, may have run).
-func (d *daemon) logRecovered(caches []conf.Cache) {
+func (d *Daemon) logRecovered(caches []conf.Cache) {
 	for _, c := range caches {
 		oc, ok := d.eng.cache(c.Name)
 		if !ok {
@@ -39,7 +39,7 @@ func (d *daemon) logRecovered(caches []conf.Cache) {
 // It runs once the caches are closed (a writeback pass running at the
 // shutdown may still have written some back), so the figures are what the
 // next start finds.
-func (d *daemon) logDirtyLeft() {
+func (d *Daemon) logDirtyLeft() {
 	if d.eng == nil {
 		return
 	}

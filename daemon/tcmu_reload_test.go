@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -62,7 +62,7 @@ backing_size = "4MiB"
 
 // startTCMUReloadDaemon starts the reload test daemon and makes it look as
 // if its TCMU front end ran (the handler itself needs the kernel).
-func startTCMUReloadDaemon(t *testing.T) (*daemon, string, *fakeTCMU) {
+func startTCMUReloadDaemon(t *testing.T) (*Daemon, string, *fakeTCMU) {
 	t.Helper()
 	d, p := startReloadDaemon(t)
 	writeFile(t, p, reloadConfig(filepath.Dir(p), "info", "writeback", false, tcmuOn))

@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -60,7 +60,7 @@ func parseMetricDocs(t *testing.T, path string) []documentedMetric {
 // Grafana dashboard queries is documented. The docs are the list; this
 // test ties the registry and the dashboard to it.
 func TestDocumentedMetricsExistAtStart(t *testing.T) {
-	docs := parseMetricDocs(t, "../../docs/metrics.md")
+	docs := parseMetricDocs(t, "../docs/metrics.md")
 	dir := t.TempDir()
 	d, err := startDaemon(context.Background(), testConfig(t, dir, "writeback"), "127.0.0.1:0", testLogger(t))
 	if err != nil {
@@ -120,7 +120,7 @@ func TestDocumentedMetricsExistAtStart(t *testing.T) {
 		}
 	}
 	// the dashboard queries only documented metrics
-	dash, err := os.ReadFile("../../contrib/grafana/cachelun.json")
+	dash, err := os.ReadFile("../contrib/grafana/cachelun.json")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"sort"
 	"strings"
@@ -20,7 +21,7 @@ import (
 // startAdmin starts the admin API (unix socket) and /metrics as
 // configured. It returns when they listen, or with the error that kept
 // them from it.
-func (d *daemon) startAdmin() error {
+func (d *Daemon) startAdmin() error {
 	g := d.cfg.Global
 	if g.AdminSocket == conf.Off && g.MetricsListen == conf.Off {
 		return nil
@@ -75,7 +76,7 @@ func (d *daemon) startAdmin() error {
 	}
 }
 
-func (d *daemon) stopAdmin() {
+func (d *Daemon) stopAdmin() {
 	if d.adminCancel == nil {
 		return
 	}
@@ -84,7 +85,7 @@ func (d *daemon) stopAdmin() {
 }
 
 // adminBackend shows the running daemon to the admin server.
-type adminBackend struct{ d *daemon }
+type adminBackend struct{ d *Daemon }
 
 func (b *adminBackend) Volumes() []admin.VolumeAPI {
 	var out []admin.VolumeAPI
@@ -172,7 +173,7 @@ func tcmuSessions(devs []tcmu.DeviceInfo) []admin.Session {
 }
 
 // Reload re-reads the configuration file and applies the difference as
-// one transaction (see daemon.reload); a dry run only describes it.
+// one transaction (see Daemon.Reload); a dry run only describes it.
 func (b *adminBackend) Reload(ctx context.Context, dryRun bool) (string, error) {
 	return b.d.reload(ctx, dryRun)
 }
@@ -181,7 +182,7 @@ func (b *adminBackend) Reload(ctx context.Context, dryRun bool) (string, error) 
 // a reload's plan can say that a live mode came from there.
 type adminVolume struct {
 	admin.VolumeAPI
-	d *daemon
+	d *Daemon
 }
 
 func (v adminVolume) SetMode(ctx context.Context, m admin.Mode, progress func(admin.Progress)) error {
@@ -192,4 +193,21 @@ func (v adminVolume) SetMode(ctx context.Context, m admin.Mode, progress func(ad
 		v.d.noteAdminMode(v.Name(), mode)
 	}
 	return err
+}
+
+// buildVersion names the running binary for status output: the module
+// version it was built as ("(devel)" for a build from a checkout) and, when
+// the build recorded it, the VCS revision.
+func buildVersion() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	v := bi.Main.Version
+	for _, s := range bi.Settings {
+		if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+			v += " " + s.Value[:12]
+		}
+	}
+	return v
 }

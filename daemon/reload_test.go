@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -16,6 +16,7 @@ import (
 	"github.com/cachelun/cachelun/admin"
 	"github.com/cachelun/cachelun/cachecore"
 	"github.com/cachelun/cachelun/internal/blk"
+	"github.com/cachelun/cachelun/reconcile"
 	"github.com/cachelun/cachelun/target/scsi"
 )
 
@@ -73,12 +74,12 @@ volume = "v1"
 	return s + tail
 }
 
-func startReloadDaemon(t *testing.T) (*daemon, string) {
+func startReloadDaemon(t *testing.T) (*Daemon, string) {
 	t.Helper()
 	dir := t.TempDir()
 	p := filepath.Join(dir, "c.toml")
 	writeFile(t, p, reloadConfig(dir, "info", "writeback", false, ""))
-	cfg, err := loadServeConfig(p, dir, "127.0.0.1:0")
+	cfg, err := LoadConfig(p, dir, "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,7 +99,7 @@ func writeFile(t *testing.T, p, s string) {
 	}
 }
 
-func (d *daemon) targetNames() []string {
+func (d *Daemon) targetNames() []string {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
 	var out []string
@@ -195,10 +196,10 @@ func TestReloadRefusesAndRollsBack(t *testing.T) {
 	notLive := strings.Replace(reloadConfig(dir, "debug", "writethrough", true, ""), `segment_size = "1MiB"`, `segment_size = "2MiB"`, 1)
 	writeFile(t, p, notLive)
 	_, err := d.reload(ctx, false)
-	if !errors.Is(err, errReloadNotLive) || !strings.Contains(err.Error(), "segment_size") {
+	if !errors.Is(err, reconcile.ErrNotLive) || !strings.Contains(err.Error(), "segment_size") {
 		t.Errorf("segment_size change: %v", err)
 	}
-	if _, dryErr := d.reload(ctx, true); !errors.Is(dryErr, errReloadNotLive) {
+	if _, dryErr := d.reload(ctx, true); !errors.Is(dryErr, reconcile.ErrNotLive) {
 		t.Errorf("dry run of a refused reload: %v", dryErr)
 	}
 
@@ -274,7 +275,7 @@ func TestReloadPortalsAndTargets(t *testing.T) {
 	}
 	p := filepath.Join(dir, "c.toml")
 	writeFile(t, p, render(fmt.Sprintf("%q", p1), true))
-	cfg, err := loadServeConfig(p, dir, "")
+	cfg, err := LoadConfig(p, dir, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -323,7 +324,7 @@ func unwrapVolume(v scsi.Volume) scsi.Volume {
 }
 
 // adminVolume finds a volume as the admin API sees it.
-func adminVolumeNamed(t *testing.T, d *daemon, name string) admin.VolumeAPI {
+func adminVolumeNamed(t *testing.T, d *Daemon, name string) admin.VolumeAPI {
 	t.Helper()
 	for _, v := range (&adminBackend{d: d}).Volumes() {
 		if v.Name() == name {
@@ -413,12 +414,12 @@ func TestReloadKeepsMetricsOverride(t *testing.T) {
 	dir := t.TempDir()
 	cfg := testConfig(t, dir, "writeback") // the file says metrics_listen = "off"
 	cfg.Global.MetricsListen = "127.0.0.1:0"
-	d := &daemon{cfg: cfg, listenOverride: "127.0.0.1:0", metricsOverride: "127.0.0.1:0"}
+	d := &Daemon{cfg: cfg, listenOverride: "127.0.0.1:0", metricsOverride: "127.0.0.1:0"}
 	next, err := d.loadForReload(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if plan := reloadPlan(cfg, next); !plan.Empty() {
+	if plan, err := reconcile.MakePlan(cfg, next, nil); err != nil || !plan.Changes.Empty() {
 		t.Errorf("reload plan with --metrics: %v", plan.Changes)
 	}
 }
