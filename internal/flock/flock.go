@@ -178,7 +178,8 @@ func CreateLockFile(path, what string) (*LockFile, error) {
 	}
 	// Only the holder writes the file, so a reader of a file it cannot
 	// claim sees the holder's pid.
-	if err := f.Truncate(0); err == nil {
+	err = f.Truncate(0)
+	if err == nil {
 		_, err = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
 	}
 	if err != nil {
