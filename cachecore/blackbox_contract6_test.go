@@ -11,6 +11,7 @@ import (
 
 	"github.com/cachelun/cachelun/backend"
 	"github.com/cachelun/cachelun/cachecore"
+	"github.com/cachelun/cachelun/internal/testkit"
 )
 
 // C6 with writes that reach the backing device directly (bypass,
@@ -371,7 +372,7 @@ func runFlushConsistency(t *testing.T, v c6Variant) {
 	t.Logf("seed %d (rerun with CACHELUN_SEED=%d)", seed, seed)
 	rng := rand.New(rand.NewPCG(seed, 0xC6))
 	ops := 160
-	if raceEnabled {
+	if testkit.RaceEnabled {
 		ops = 100
 	}
 	if longRun() {

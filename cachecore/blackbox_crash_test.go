@@ -12,6 +12,7 @@ import (
 
 	"github.com/cachelun/cachelun/backend"
 	"github.com/cachelun/cachelun/cachecore"
+	"github.com/cachelun/cachelun/internal/testkit"
 	"github.com/cachelun/cachelun/persist"
 )
 
@@ -148,7 +149,7 @@ func TestBlackboxCrashConsistency(t *testing.T) {
 // backing image holds write 119; the cache: {State:hit Dirty:false ...}".
 func TestBlackboxCrashGCEvictionBypass(t *testing.T) {
 	attempts := 5
-	if raceEnabled {
+	if testkit.RaceEnabled {
 		attempts = 3
 	}
 	if longRun() {
@@ -176,7 +177,7 @@ func runCrashWorkload(t *testing.T, name string, o rigOptions, writers int) {
 	seed := testSeed()
 	log := newOpLog(t, name, seed)
 	ops, maxImages := 160, 60
-	if raceEnabled {
+	if testkit.RaceEnabled {
 		maxImages = 10
 	}
 	if longRun() {

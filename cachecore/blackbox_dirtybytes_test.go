@@ -8,6 +8,7 @@ import (
 
 	"github.com/cachelun/cachelun/backend"
 	"github.com/cachelun/cachelun/cachecore"
+	"github.com/cachelun/cachelun/internal/testkit"
 )
 
 // indexDirtyBytes sums the dirty blocks the index reports (Explain) over
@@ -78,7 +79,7 @@ func TestBlackboxDirtyBytesMatchIndex(t *testing.T) {
 	hot := size / 4
 	nextID := uint64(1)
 	rounds := 6
-	if raceEnabled {
+	if testkit.RaceEnabled {
 		rounds = 4
 	}
 	for round := range rounds {

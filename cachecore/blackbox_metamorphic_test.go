@@ -16,6 +16,7 @@ import (
 	"github.com/cachelun/cachelun/backend"
 	"github.com/cachelun/cachelun/cachecore"
 	"github.com/cachelun/cachelun/internal/blk"
+	"github.com/cachelun/cachelun/internal/testkit"
 )
 
 var allModes = []cachecore.Mode{
@@ -102,7 +103,7 @@ func TestBlackboxMetamorphic(t *testing.T) {
 			VC: cachecore.VolumeConfig{Mode: cachecore.ModeWriteback, SequentialCutoff: 32 << 10}}},
 	}
 	ops := 300
-	if raceEnabled {
+	if testkit.RaceEnabled {
 		ops = 150
 	}
 	if longRun() {

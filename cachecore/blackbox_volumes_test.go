@@ -11,6 +11,7 @@ import (
 	"github.com/cachelun/cachelun/backend"
 	"github.com/cachelun/cachelun/cachecore"
 	"github.com/cachelun/cachelun/internal/blk"
+	"github.com/cachelun/cachelun/internal/testkit"
 )
 
 // TestBlackboxVolumesIsolatedAndRemovable runs two volumes on one small
@@ -26,7 +27,7 @@ func TestBlackboxVolumesIsolatedAndRemovable(t *testing.T) {
 	log := newOpLog(t, "two-volumes", seed)
 	rng := rand.New(rand.NewPCG(seed, 0x766f6c73))
 	ops := 400
-	if raceEnabled {
+	if testkit.RaceEnabled {
 		ops = 200
 	}
 	if longRun() {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/cachelun/cachelun/backend"
 	"github.com/cachelun/cachelun/cachecore"
+	"github.com/cachelun/cachelun/internal/testkit"
 )
 
 // epochModel records the host writes of a writeback workload with the flush
@@ -97,7 +98,7 @@ func writebackFlushConsistency(t *testing.T, passKsets int) {
 	t.Logf("seed %d", seed)
 	rng := rand.New(rand.NewPCG(seed, 0x7762))
 	ops := 150
-	if raceEnabled {
+	if testkit.RaceEnabled {
 		ops = 80
 	}
 	if longRun() {

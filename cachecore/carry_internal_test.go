@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/cachelun/cachelun/backend"
+	"github.com/cachelun/cachelun/internal/testkit"
 	"github.com/cachelun/cachelun/persist"
 )
 
@@ -269,7 +270,7 @@ func TestCarryForwardCrashPoints(t *testing.T) {
 	step := 1
 	switch {
 	case os.Getenv("CACHELUN_LONG") != "":
-	case testing.Short() || internalRace:
+	case testing.Short() || testkit.RaceEnabled:
 		step = max(1, (to-from)/40)
 	default:
 		step = max(1, (to-from)/200)

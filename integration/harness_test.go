@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cachelun/cachelun/internal/testkit"
 )
 
 // Paths set up by TestMain.
@@ -58,7 +60,7 @@ func runMain(m *testing.M) int {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	args := []string{"build", "-o", binaryPath}
-	if raceEnabled {
+	if testkit.RaceEnabled {
 		args = append(args, "-race")
 	}
 	build := exec.CommandContext(ctx, "go", append(args, "./cmd/cachelun")...)

@@ -8,6 +8,8 @@ import (
 	"slices"
 	"sync"
 	"testing"
+
+	"github.com/cachelun/cachelun/internal/testkit"
 )
 
 // crashWorkload drives a journal on a crash media through commits of varied
@@ -344,7 +346,7 @@ func (w *crashWorkload) verify() {
 
 func TestCrashEveryPersistPoint(t *testing.T) {
 	ops, variants := 500, 3
-	if testing.Short() || raceEnabled {
+	if testing.Short() || testkit.RaceEnabled {
 		ops, variants = 250, 1
 	}
 	total := 0
@@ -384,7 +386,7 @@ func TestCrashConcurrentCommits(t *testing.T) {
 		t.Run(fmt.Sprintf("unit%d", unit), func(t *testing.T) {
 			const segs, workers = 12, 6
 			each := 40
-			if raceEnabled {
+			if testkit.RaceEnabled {
 				each = 20
 			}
 			m := NewCrashMedia(SegmentsOffset+segs*testSeg, unit)

@@ -1,5 +1,0 @@
-//go:build !race
-
-package cachecore_test
-
-const raceEnabled = false

@@ -1,6 +1,0 @@
-//go:build race
-
-package cachecore
-
-// internalRace: the race detector is on (fewer crash images, slower code).
-const internalRace = true
