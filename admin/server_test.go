@@ -17,6 +17,7 @@ import (
 
 	"github.com/cachelun/cachelun/admin"
 	"github.com/cachelun/cachelun/admin/admintest"
+	"github.com/cachelun/cachelun/internal/testkit"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -379,23 +380,19 @@ func TestDrainJobReportsProgressAndConflicts(t *testing.T) {
 		t.Fatalf("started job %+v", j)
 	}
 	// The fake reports half the dirty data written back, then holds.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	testkit.WaitFor(t, 5*time.Second, "the drain job's half-way progress", func() bool {
 		cur, err := f.client.Job(ctx, j.ID)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if cur.Progress != nil && cur.Progress.DirtyBytes == 4<<20 {
-			if cur.Progress.StartDirtyBytes != 8<<20 || cur.Progress.Fraction() != 0.5 {
-				t.Errorf("progress %+v", *cur.Progress)
-			}
-			break
+		if cur.Progress == nil || cur.Progress.DirtyBytes != 4<<20 {
+			return false
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no half-way progress: %+v", cur)
+		if cur.Progress.StartDirtyBytes != 8<<20 || cur.Progress.Fraction() != 0.5 {
+			t.Errorf("progress %+v", *cur.Progress)
 		}
-		time.Sleep(time.Millisecond)
-	}
+		return true
+	})
 	// Another drain or a mode switch conflicts; a flush may run.
 	var apiErr *admin.APIError
 	if _, err := f.client.Drain(ctx, "db1"); !errors.As(err, &apiErr) || apiErr.Status != 409 || apiErr.Job == nil || apiErr.Job.ID != j.ID {
@@ -676,17 +673,10 @@ func TestFirstCallWithStuckBackend(t *testing.T) {
 		t.Fatalf("status with a stuck backend and no snapshot: %v, want 503 backend_busy", err)
 	}
 	gate.Open()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	testkit.WaitFor(t, 5*time.Second, "a fresh status after the engine recovered", func() bool {
 		st, err := f.client.Status(context.Background())
-		if err == nil && !st.Stale {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("status after the engine recovered: %v", err)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return err == nil && !st.Stale
+	})
 }
 
 func TestNoSocketServesMetricsOnly(t *testing.T) {

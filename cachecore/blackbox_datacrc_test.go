@@ -11,6 +11,7 @@ import (
 	"github.com/cachelun/cachelun/backend"
 	"github.com/cachelun/cachelun/cachecore"
 	"github.com/cachelun/cachelun/internal/blk"
+	"github.com/cachelun/cachelun/internal/testkit"
 )
 
 // rot flips four bytes of the cached data of the block at volume offset off.
@@ -126,10 +127,7 @@ func TestDataCRCInWriteback(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close(ctx)
-	deadline := time.Now().Add(20 * time.Second)
-	for c.Err() == nil && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
-	}
+	testkit.WaitFor(t, 20*time.Second, "the cache to fail on the rotten data", func() bool { return c.Err() != nil })
 	if err := c.Err(); err == nil || !strings.Contains(err.Error(), "checksum") {
 		t.Fatalf("cache error after writeback met rotten data: %v", err)
 	}

@@ -36,18 +36,14 @@ func checkDirtyBytes(t *testing.T, ctx context.Context, c *cachecore.Cache, v *c
 	// (a pass already past its backing writes may clean it first);
 	// without, it has nothing to do. Either way no markClean runs while
 	// the index is summed below.
-	deadline := time.Now().Add(10 * time.Second)
-	for indexDirtyBytes(v, sector) > 0 {
+	testkit.WaitFor(t, 10*time.Second, what+": writeback at the gate or no dirty bytes in the index", func() bool {
+		if indexDirtyBytes(v, sector) == 0 {
+			return true
+		}
 		wctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
-		err := gate.WaitArrived(wctx, arrived+1)
-		cancel()
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: writeback never came to the gate while the index holds %d dirty bytes", what, indexDirtyBytes(v, sector))
-		}
-	}
+		defer cancel()
+		return gate.WaitArrived(wctx, arrived+1) == nil
+	})
 	want := indexDirtyBytes(v, sector)
 	if got := v.Stats().DirtyBytes; got != want {
 		t.Fatalf("%s: volume DirtyBytes = %d, the index holds %d dirty bytes", what, got, want)

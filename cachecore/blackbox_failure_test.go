@@ -13,6 +13,7 @@ import (
 	"github.com/cachelun/cachelun/backend"
 	"github.com/cachelun/cachelun/cachecore"
 	"github.com/cachelun/cachelun/internal/blk"
+	"github.com/cachelun/cachelun/internal/testkit"
 	"github.com/cachelun/cachelun/persist"
 )
 
@@ -21,13 +22,7 @@ var errInjectedMedia = errors.New("injected cache media failure")
 // waitFailed waits until the cache reports its retirement.
 func waitFailed(t *testing.T, c *cachecore.Cache) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for c.Err() == nil {
-		if time.Now().After(deadline) {
-			t.Fatal("the cache never reported the media failure (Err() stays nil)")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	testkit.WaitFor(t, 10*time.Second, "the cache to report the media failure (Err() non-nil)", func() bool { return c.Err() != nil })
 	if !c.Stats().Failed {
 		t.Error("Err() is set but Stats().Failed is false")
 	}

@@ -85,13 +85,13 @@ func TestWritebackCarriesVolumeNotAttached(t *testing.T) {
 	}
 	// GC (gc_percent 1) passes the old keys of B: the carried ones keep
 	// its data.
-	for deadline := time.Now().Add(10 * time.Second); c.store.KeyTail().LSN < c.store.DirtyTail().LSN; {
-		if time.Now().After(deadline) {
-			t.Fatalf("GC did not reach dirty_tail: key tail %+v, dirty tail %+v", c.store.KeyTail(), c.store.DirtyTail())
+	testkit.WaitFor(t, 10*time.Second, "GC to bring the key tail to the dirty tail", func() bool {
+		if c.store.KeyTail().LSN >= c.store.DirtyTail().LSN {
+			return true
 		}
 		c.kickGC()
-		time.Sleep(5 * time.Millisecond)
-	}
+		return false
+	})
 	cs := c.Stats()
 	if cs.DirtyBytes == 0 {
 		t.Fatal("B's dirty data vanished from the accounting")

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cachelun/cachelun/internal/testkit"
 	"github.com/cachelun/cachelun/persist"
 )
 
@@ -45,18 +46,11 @@ func TestFUAGroupCommit(t *testing.T) {
 		}()
 	}
 	// Wait until every writer's key is in the open kset.
-	for deadline := time.Now().Add(10 * time.Second); ; {
+	testkit.WaitFor(t, 10*time.Second, "every writer's key appended", func() bool {
 		s.mu.Lock()
-		n := s.appended - base
-		s.mu.Unlock()
-		if n == writers {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d keys appended", n, writers)
-		}
-		time.Sleep(time.Millisecond)
-	}
+		defer s.mu.Unlock()
+		return s.appended-base == writers
+	})
 	s.mu.Lock()
 	open := len(s.open)
 	s.mu.Unlock()

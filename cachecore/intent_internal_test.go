@@ -14,6 +14,7 @@ import (
 	"unsafe"
 
 	"github.com/cachelun/cachelun/backend"
+	"github.com/cachelun/cachelun/internal/testkit"
 	"github.com/cachelun/cachelun/persist"
 )
 
@@ -175,18 +176,14 @@ type writeHistory struct {
 func (h *writeHistory) waitQuiet(t *testing.T, n int64) {
 	t.Helper()
 	h.quiet.Store(true)
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Microsecond) {
-		done := true
+	testkit.WaitFor(t, 10*time.Second, "the writers' progress after going quiet", func() bool {
 		for w := range h.quietWrites {
-			done = done && h.quietWrites[w].Load() >= n
+			if h.quietWrites[w].Load() < n {
+				return false
+			}
 		}
-		if done {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("writers made no progress after going quiet")
-		}
-	}
+		return true
+	})
 }
 
 type histOp struct {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/cachelun/cachelun/backend"
+	"github.com/cachelun/cachelun/internal/testkit"
 	"github.com/cachelun/cachelun/persist"
 )
 
@@ -99,13 +100,9 @@ func collapseScenario(t *testing.T, flushBetween bool) (int, []byte) {
 	if flushBetween {
 		ksets = 3
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for c.durableHead.Load() < c.store.KeyTail().LSN+ksets {
-		if time.Now().After(deadline) {
-			t.Fatal("the full ksets did not become durable")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	testkit.WaitFor(t, 10*time.Second, "the full ksets to become durable", func() bool {
+		return c.durableHead.Load() >= c.store.KeyTail().LSN+ksets
+	})
 	if err := c.Close(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/cachelun/cachelun/admin/admintest"
 	"github.com/cachelun/cachelun/admin/cli"
 	"github.com/cachelun/cachelun/conf"
+	"github.com/cachelun/cachelun/internal/testkit"
 )
 
 type fixture struct {
@@ -171,13 +172,9 @@ func TestDrainShowsProgressAndWaits(t *testing.T) {
 	go func() {
 		done <- cli.Volume(context.Background(), []string{"drain", "db1", "--socket", f.socket}, &stdout, &stderr)
 	}()
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(stderr.String(), "50% written back, 4.0 MiB written, 4.0 MiB left") {
-		if time.Now().After(deadline) {
-			t.Fatalf("no half-way progress line; stderr %q", stderr.String())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testkit.WaitFor(t, 10*time.Second, "the half-way progress line on stderr", func() bool {
+		return strings.Contains(stderr.String(), "50% written back, 4.0 MiB written, 4.0 MiB left")
+	})
 	select {
 	case code := <-done:
 		t.Fatalf("drain returned %d while the engine was still draining", code)
@@ -255,13 +252,7 @@ func TestInterruptedWaitLeavesJobRunning(t *testing.T) {
 	if code != cli.ExitOK || !strings.Contains(out, "drain") {
 		t.Errorf("job cancel: exit %d %q", code, out)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for f.db1.Running.Load() != 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("cancelled drain still running")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testkit.WaitFor(t, 5*time.Second, "the cancelled drain to stop", func() bool { return f.db1.Running.Load() == 0 })
 }
 
 func TestReloadPrintsPlan(t *testing.T) {

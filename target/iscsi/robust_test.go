@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/cachelun/cachelun/internal/testkit"
 )
 
 // drain reads PDUs until the target closes the connection and returns the
@@ -400,7 +402,7 @@ func TestThousandConnections(t *testing.T) {
 	if stop() == 0 {
 		t.Fatal("healthy session made no progress")
 	}
-	waitFor(t, func() bool { return len(env.srv.Sessions()) <= 1 })
+	testkit.WaitFor(t, 10*time.Second, "at most one session left", func() bool { return len(env.srv.Sessions()) <= 1 })
 }
 
 // TestTargetPingsIdleInitiators: an initiator that answers NOP-Ins stays;
@@ -609,7 +611,7 @@ func TestBufferBudget(t *testing.T) {
 		return nil
 	})
 	held := ti.scsiCmd(0, read10(0, 1024), true, 512<<10, nil, true) // 512 KiB reserved
-	waitFor(t, func() bool { return env.vol.Running.Load() == 1 })
+	testkit.WaitFor(t, 10*time.Second, "one command running in the volume", func() bool { return env.vol.Running.Load() == 1 })
 	full := ti.scsiCmd(0, read10(2048, 1536), true, 768<<10, nil, true)
 	res := map[uint32]*result{full: {}}
 	if err := ti.collect(res, nil); err != nil {
@@ -632,7 +634,7 @@ func TestBufferBudget(t *testing.T) {
 	if err := ti.collect(res, nil); err != nil || res[held].status != 0 {
 		t.Fatalf("held read: %v status %#x", err, res[held].status)
 	}
-	waitFor(t, func() bool { return env.srv.bufBytes.Load() == 0 })
+	testkit.WaitFor(t, 10*time.Second, "every command's data buffer released", func() bool { return env.srv.bufBytes.Load() == 0 })
 	// With the budget back, a 768 KiB command fits again.
 	r := ti.scsiCmd(0, read10(2048, 1536), true, 768<<10, nil, true)
 	res = map[uint32]*result{r: {}}

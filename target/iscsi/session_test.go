@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/cachelun/cachelun/internal/memvol"
+	"github.com/cachelun/cachelun/internal/testkit"
 	"github.com/cachelun/cachelun/target/scsi"
 )
 
@@ -464,18 +465,7 @@ func TestLogout(t *testing.T) {
 	if _, _, err := ti.readPDU(); !errors.Is(err, io.EOF) {
 		t.Fatalf("connection not closed after logout: %v", err)
 	}
-	waitFor(t, func() bool { return len(env.srv.Sessions()) == 0 })
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not reached")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testkit.WaitFor(t, 10*time.Second, "no session left", func() bool { return len(env.srv.Sessions()) == 0 })
 }
 
 func TestSendTargetsAndACL(t *testing.T) {
@@ -690,7 +680,7 @@ func TestClearTaskSetAndColdReset(t *testing.T) {
 	}
 	drain(t, a)
 	drain(t, b)
-	waitFor(t, func() bool { return len(env.srv.Sessions()) == 0 })
+	testkit.WaitFor(t, 10*time.Second, "no session left", func() bool { return len(env.srv.Sessions()) == 0 })
 }
 
 // TestWindowFilledToAdvertisedMax keeps the initiator's queue filled up to
@@ -794,14 +784,13 @@ func TestServeLeavesNoGoroutines(t *testing.T) {
 	half := dialInitiator(t, env.addr)
 	half.nc.Write(make([]byte, 20))
 	env.stop()
-	deadline := time.Now().Add(10 * time.Second)
-	for runtime.NumGoroutine() > before {
-		if time.Now().After(deadline) {
+	defer func() {
+		if t.Failed() { // WaitFor gave up: show who is left
 			buf := make([]byte, 1<<20)
-			t.Fatalf("%d goroutines before, %d after:\n%s", before, runtime.NumGoroutine(), buf[:runtime.Stack(buf, true)])
+			t.Logf("%d goroutines before, %d after:\n%s", before, runtime.NumGoroutine(), buf[:runtime.Stack(buf, true)])
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	}()
+	testkit.WaitFor(t, 10*time.Second, "the goroutine count back to its start", func() bool { return runtime.NumGoroutine() <= before })
 }
 
 // TestReloginWithTSIH: an initiator reconnecting with its session's TSIH
@@ -856,7 +845,7 @@ func TestOrderedTaskAttribute(t *testing.T) {
 	ti := dialInitiator(t, env.addr)
 	ti.login(env.iqn)
 	first := ti.scsiCmd(0, read10(0, 1), true, 512, nil, true) // held in the volume
-	waitFor(t, func() bool { return env.vol.Running.Load() == 1 })
+	testkit.WaitFor(t, 10*time.Second, "one command running in the volume", func() bool { return env.vol.Running.Load() == 1 })
 	ti.attr = byte(scsi.TaskOrdered)
 	ord := ti.scsiCmd(0, read10(1, 1), true, 512, nil, true)
 	ti.attr = byte(scsi.TaskSimple)
@@ -922,13 +911,7 @@ func TestIdleWorkersEnd(t *testing.T) {
 	if err := ti.collect(want, nil); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for c.workers.Load() > 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d workers still running after 5 s idle (idle period 50 ms)", c.workers.Load())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testkit.WaitFor(t, 5*time.Second, "every idle worker (idle period 50 ms) to exit", func() bool { return c.workers.Load() <= 0 })
 	again := map[uint32]*result{ti.scsiCmd(0, read10(1, 1), true, 512, nil, true): {}}
 	if err := ti.collect(again, nil); err != nil {
 		t.Fatal(err)

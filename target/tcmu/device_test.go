@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cachelun/cachelun/internal/memvol"
+	"github.com/cachelun/cachelun/internal/testkit"
 	"github.com/cachelun/cachelun/target/scsi"
 )
 
@@ -240,13 +241,7 @@ func TestDeviceManyInFlightOutOfOrder(t *testing.T) {
 	}
 	r.port.interrupt()
 	// Every command must be in flight at once before any finishes.
-	deadline := time.Now().Add(10 * time.Second)
-	for r.od.dev.ring.inFlight() != n {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d commands in flight", r.od.dev.ring.inFlight(), n)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	testkit.WaitFor(t, 10*time.Second, "every command in flight", func() bool { return r.od.dev.ring.inFlight() == n })
 	order := rand.New(rand.NewPCG(3, 4)).Perm(n)
 	go func() {
 		for _, i := range order {
@@ -427,11 +422,7 @@ func TestReleaseOnShutdownAfterDrain(t *testing.T) {
 	r.clearUA()
 	r.queue(cdb10(0x28, 0, 1), nil, 512) // blocks until cancelled
 	r.port.interrupt()
-	for deadline := time.Now().Add(10 * time.Second); r.od.dev.ring.inFlight() != 1; time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("command never went in flight")
-		}
-	}
+	testkit.WaitFor(t, 10*time.Second, "the command in flight", func() bool { return r.od.dev.ring.inFlight() == 1 })
 	start := time.Now()
 	r.h.closeAll()
 	if r.released.Load() != 1 {
