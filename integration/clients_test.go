@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cachelun/cachelun/internal/testkit"
 )
 
 const (
@@ -219,15 +221,16 @@ func TestCrashKeepsAcknowledgedWrites(t *testing.T) {
 	if err := client.Start(); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(toolTimeout)
-	for strings.Count(out.String(), "wrote ") < len(acked) {
-		if time.Now().After(deadline) || strings.Contains(out.String(), "failed") {
-			client.Process.Kill()
-			client.Wait()
+	defer func() { // on a failure below, do not leave the client behind
+		client.Process.Kill()
+		client.Wait()
+	}()
+	testkit.WaitFor(t, toolTimeout, "qemu-io to acknowledge every write", func() bool {
+		if strings.Contains(out.String(), "failed") {
 			t.Fatalf("writes not acknowledged:\n%s", out.String())
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return strings.Count(out.String(), "wrote ") >= len(acked)
+	})
 	d.kill()
 	client.Process.Kill()
 	client.Wait()
@@ -264,7 +267,8 @@ func TestSIGHUPDoesNotKill(t *testing.T) {
 	if err := d.cmd.Process.Signal(sighup); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(300 * time.Millisecond)
+	// handled once the daemon logs the outcome; it must still be up then
+	d.waitLog("SIGHUP: configuration", 1)
 	d.alive()
 	qemuIO(t, d.url(0), "write -P 0x33 0 64k", "read -P 0x33 0 64k")
 	d.stop()

@@ -332,6 +332,21 @@ func (d *daemon) alive() {
 	}
 }
 
+// waitLog waits until the daemon's log holds at least n lines with s: the
+// event itself, not a guess at how long it takes. It fails the test if
+// the daemon dies first or the lines do not come within toolTimeout (the
+// log is saved then, like on every failure).
+func (d *daemon) waitLog(s string, n int) {
+	d.t.Helper()
+	testkit.WaitFor(d.t, toolTimeout, fmt.Sprintf("%d daemon log lines with %q", n, s), func() bool {
+		if strings.Count(d.log.String(), s) >= n {
+			return true
+		}
+		d.alive()
+		return false
+	})
+}
+
 func (d *daemon) saveLog() {
 	if err := os.MkdirAll(outDir, 0o755); err != nil {
 		return

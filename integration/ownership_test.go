@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cachelun/cachelun/internal/testkit"
 )
 
 // refusedRun runs the cachelun binary with args and RUNTIME_DIRECTORY
@@ -140,15 +142,16 @@ func TestSecondDaemonRefused(t *testing.T) {
 	if err := client.Start(); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(toolTimeout)
-	for strings.Count(cout.String(), "wrote ") < len(acked) {
-		if time.Now().After(deadline) || strings.Contains(cout.String(), "failed") {
-			client.Process.Kill()
-			client.Wait()
+	defer func() { // on a failure below, do not leave the client behind
+		client.Process.Kill()
+		client.Wait()
+	}()
+	testkit.WaitFor(t, toolTimeout, "qemu-io to acknowledge every write", func() bool {
+		if strings.Contains(cout.String(), "failed") {
 			t.Fatalf("writes not acknowledged:\n%s", cout.String())
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return strings.Count(cout.String(), "wrote ") >= len(acked)
+	})
 	a.kill()
 	client.Process.Kill()
 	client.Wait()
@@ -202,17 +205,10 @@ func TestSIGTERMDuringZeroFill(t *testing.T) {
 	// The zero fill has begun once the file has its full size (reserved
 	// first) and some of it is written.
 	creating := filepath.Join(dir, "cache.img.creating")
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	testkit.WaitFor(t, 30*time.Second, "the cache file being created at its full size", func() bool {
 		var s syscall.Stat_t
-		if syscall.Stat(creating, &s) == nil && s.Size == 4*gib {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no cache file being created after 30 s:\n%s", out.String())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return syscall.Stat(creating, &s) == nil && s.Size == 4*gib
+	})
 	time.Sleep(100 * time.Millisecond)
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cachelun/cachelun/internal/testkit"
 )
 
 const (
@@ -315,13 +317,9 @@ func TestReloadUnderLoad(t *testing.T) {
 	}
 	waitSession := func(initiator string, want bool) {
 		t.Helper()
-		deadline := time.Now().Add(15 * time.Second)
-		for sessionOf(initiator) != want {
-			if time.Now().After(deadline) {
-				t.Fatalf("session of %s present=%v, want %v:\n%s", initiator, !want, want, cli("session", "list").out)
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
+		testkit.WaitFor(t, 15*time.Second, fmt.Sprintf("session of %s present=%v", initiator, want), func() bool {
+			return sessionOf(initiator) == want
+		})
 	}
 	canInquire := func(initiator string, secret, lun int) bool {
 		t.Helper()
@@ -390,13 +388,9 @@ func TestReloadUnderLoad(t *testing.T) {
 			if err := d.cmd.Process.Signal(sighup); err != nil {
 				t.Fatal(err)
 			}
-			deadline := time.Now().Add(30 * time.Second)
-			for !strings.Contains(d.log.String(), "SIGHUP: configuration not reloaded") {
-				if time.Now().After(deadline) {
-					t.Fatalf("bad SIGHUP not reported:\n%s", d.log)
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
+			testkit.WaitFor(t, 30*time.Second, "the bad SIGHUP reported in the log", func() bool {
+				return strings.Contains(d.log.String(), "SIGHUP: configuration not reloaded")
+			})
 			if !strings.Contains(d.log.String(), want) {
 				t.Errorf("SIGHUP with a bad file: the log does not name %s", want)
 			}
@@ -498,20 +492,13 @@ func reloadHUPChecked(t *testing.T, d *daemon, sighups *int, failedBefore int) {
 	if err := d.cmd.Process.Signal(sighup); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	testkit.WaitFor(t, 30*time.Second, "the SIGHUP handled", func() bool {
 		log := d.log.String()
 		if strings.Count(log, "SIGHUP: configuration not reloaded") > failedBefore {
 			t.Fatalf("SIGHUP reload failed:\n%s", log)
 		}
-		if strings.Count(log, "SIGHUP: configuration reloaded")+strings.Count(log, "SIGHUP: configuration not reloaded") >= *sighups {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("SIGHUP not handled within 30s:\n%s", log)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return strings.Count(log, "SIGHUP: configuration reloaded")+strings.Count(log, "SIGHUP: configuration not reloaded") >= *sighups
+	})
 }
 
 // qemuIOOpts runs qemu-io commands on --image-opts; all must succeed.

@@ -3,7 +3,6 @@ package integration
 import (
 	"context"
 	"os/exec"
-	"strings"
 	"testing"
 	"time"
 )
@@ -36,10 +35,8 @@ func TestSIGTERMWithBusySessions(t *testing.T) {
 			t.Fatalf("%s: %v", c.Path, err)
 		}
 	}
-	time.Sleep(1500 * time.Millisecond)
-	if !strings.Contains(d.log.String(), "session logged in") {
-		t.Fatalf("no session logged in:\n%s", d.log)
-	}
+	// both clients logged in: they issue their commands from then on
+	d.waitLog("session logged in", 2)
 
 	start := time.Now()
 	d.stop() // requires exit status 0 within 60s

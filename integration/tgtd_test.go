@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/cachelun/cachelun/internal/testkit"
 )
 
 // tgtd is a tgtd instance on 127.0.0.1 used as the reference target: one
@@ -51,17 +53,13 @@ func startTgtd(t *testing.T, dir string, size int64) *tgtd {
 	t.Cleanup(g.stop)
 
 	// tgtd needs a moment before its control socket answers
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	testkit.WaitFor(t, 20*time.Second, "tgtd's control socket to answer", func() bool {
 		r := runTool(t, 10*time.Second, "tgtadm", "-C", strconv.Itoa(g.control), "--lld", "iscsi", "--op", "show", "--mode", "target")
-		if r.exitCode == 0 {
-			break
-		}
-		if time.Now().After(deadline) || !g.running() {
+		if r.exitCode != 0 && !g.running() {
 			t.Fatalf("tgtd did not come up: %s\n%s", r.out, g.log.String())
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return r.exitCode == 0
+	})
 	g.adm("--op", "new", "--mode", "target", "--tid", "1", "-T", g.iqn)
 	g.adm("--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "1", "-b", filepath.Join(dir, "thick.img"))
 	g.adm("--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "2", "-b", filepath.Join(dir, "thin.img"))

@@ -25,6 +25,9 @@ var (
 // large), live reconfiguration, removal and a clean stop.
 func TestTier1TCMU(t *testing.T) {
 	t.Parallel()
+	if testing.Short() {
+		t.Skip("-short: the VM tiers boot a kernel under TCG for minutes; the full run keeps them")
+	}
 	cache := CacheDir()
 	start := time.Now()
 	a, err := Prepare(cache)

@@ -33,6 +33,9 @@ var (
 // log.
 func TestTier2TargetcliISCSI(t *testing.T) {
 	t.Parallel()
+	if testing.Short() {
+		t.Skip("-short: the VM tiers boot a kernel under TCG for minutes; the full run keeps them")
+	}
 	if os.Getenv("CACHELUN_VM_TIER2") == "0" {
 		t.Skip("CACHELUN_VM_TIER2=0: tier-2 (Debian rootfs, targetcli, iSCSI) switched off explicitly")
 	}
