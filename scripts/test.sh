@@ -1,13 +1,31 @@
 #!/usr/bin/env bash
-# Runs every check CI runs: gofmt, go vet, the whole test suite with the race
-# detector (integration tests included), the ceph-tagged RBD backing tests
-# when Ceph is installed, and every fuzz target for a few seconds. Usage: bash scripts/test.sh   (FUZZTIME=10s to fuzz longer)
+# Runs every check CI runs: the missing test packages installed
+# (scripts/deps.sh), gofmt, go vet, staticcheck, go mod tidy -diff, the whole
+# test suite with the race detector (integration tests included), the
+# engine's tests with live invariant checks, the ceph-tagged RBD backing
+# tests when Ceph is installed, and every fuzz target for a few seconds.
+#
+# Usage: bash scripts/test.sh           the full run (FUZZTIME=10s to fuzz longer)
+#        bash scripts/test.sh --short   the edit-test loop: set-up, gofmt,
+#                                       go vet and go test -short ./...
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+short=false
+case "${1:-}" in
+--short) short=true ;;
+"") ;;
+*) echo "usage: bash scripts/test.sh [--short]" >&2; exit 2 ;;
+esac
+
 FUZZTIME=${FUZZTIME:-5s}
+# staticcheck release, pinned so that a new check never fails an unchanged tree
+STATICCHECK_VERSION=2026.1
 start=$(date +%s)
 step() { printf '\n==> %s (%ss)\n' "$*" $(( $(date +%s) - start )); }
+
+step "test packages (scripts/deps.sh)"
+bash scripts/deps.sh
 
 step "gofmt"
 # tracked Go files that exist (a file deleted in the work tree is skipped)
@@ -20,6 +38,26 @@ fi
 step "go vet"
 go vet ./...
 
+if $short; then
+	step "go test -short"
+	go test -short -timeout 10m ./...
+	step "short checks passed"
+	exit 0
+fi
+
+step "staticcheck ${STATICCHECK_VERSION}"
+# installed once from the module proxy into GOBIN (GOPATH/bin), then reused
+gobin=$(go env GOBIN)
+staticcheck="${gobin:-$(go env GOPATH)/bin}/staticcheck"
+if ! "$staticcheck" -version 2>/dev/null | grep -q "^staticcheck ${STATICCHECK_VERSION} "; then
+	go install "honnef.co/go/tools/cmd/staticcheck@${STATICCHECK_VERSION}"
+fi
+"$staticcheck" ./...
+"$staticcheck" -tags invariants ./cachecore/ ./persist/
+
+step "go mod tidy -diff"
+go mod tidy -diff
+
 step "go test -race (integration included)"
 go test -race -timeout 45m ./...
 
@@ -29,13 +67,14 @@ step "engine tests with live invariant checks (-tags invariants)"
 go test -tags invariants -timeout 20m ./cachecore/ ./persist/
 
 step "ceph build tag: vet, and backend/rbd against a throwaway Ceph cluster"
-# needs cgo, librbd-dev/librados-dev and the ceph daemons (.ci/run installs
-# them); the tests start their own cluster with scripts/ceph-cluster.sh
+# needs cgo, librbd-dev/librados-dev and the ceph daemons (scripts/deps.sh
+# installs them); the tests start their own cluster with
+# scripts/ceph-cluster.sh
 if command -v ceph-mon >/dev/null 2>&1 && [ -e /usr/include/rbd/librbd.h ]; then
 	go vet -tags ceph ./backend/rbd/ ./internal/cephtest/
 	go test -race -tags ceph -timeout 15m ./backend/rbd/
 else
-	echo "skipped: Ceph packages not installed (.ci/run installs them)"
+	echo "skipped: Ceph packages not installed (scripts/deps.sh installs them as root)"
 fi
 
 step "fuzz targets, ${FUZZTIME} each"
