@@ -2,6 +2,8 @@ package iscsi
 
 import (
 	"testing"
+
+	"github.com/cachelun/cachelun/internal/testkit"
 )
 
 // benchReads keeps qd READ(10)s of blocks 512-byte blocks in flight over
@@ -31,9 +33,9 @@ func benchIO(b *testing.B, qd int, blocks uint16, write bool) {
 	for done := 0; done < b.N; {
 		for inflight < qd && issued < b.N {
 			if write {
-				ti.scsiCmd(0, write10(lba, blocks), false, edtl, data, true)
+				ti.scsiCmd(0, testkit.Write10(lba, blocks), false, edtl, data, true)
 			} else {
-				ti.scsiCmd(0, read10(lba, blocks), true, edtl, nil, true)
+				ti.scsiCmd(0, testkit.Read10(lba, blocks), true, edtl, nil, true)
 			}
 			lba = (lba + uint32(blocks)) % 16384
 			inflight++

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/cachelun/cachelun/internal/memvol"
+	"github.com/cachelun/cachelun/internal/testkit"
 	"github.com/cachelun/cachelun/target/scsi"
 )
 
@@ -313,20 +314,6 @@ func (ti *testInitiator) maxSeg() uint32 {
 	return 8192
 }
 
-func read10(lba uint32, blocks uint16) []byte {
-	c := make([]byte, 10)
-	c[0] = 0x28
-	binary.BigEndian.PutUint32(c[2:], lba)
-	binary.BigEndian.PutUint16(c[7:], blocks)
-	return c
-}
-
-func write10(lba uint32, blocks uint16) []byte {
-	c := read10(lba, blocks)
-	c[0] = 0x2a
-	return c
-}
-
 // testEnv is a server on 127.0.0.1:0 with one target over memvol.
 type testEnv struct {
 	srv  *Server
@@ -394,7 +381,7 @@ func TestLoginReadWrite(t *testing.T) {
 	for i := range payload {
 		payload[i] = byte(i * 7)
 	}
-	w := ti.scsiCmd(0, write10(8, 128), false, uint32(len(payload)), payload[:8192], false)
+	w := ti.scsiCmd(0, testkit.Write10(8, 128), false, uint32(len(payload)), payload[:8192], false)
 	// unsolicited data up to FirstBurstLength is not sent by this client; R2Ts answer the rest.
 	res := map[uint32]*result{w: {}}
 	// With F=0 the target expects unsolicited Data-Out for [8192, 65536).
@@ -411,7 +398,7 @@ func TestLoginReadWrite(t *testing.T) {
 	if res[w].status != 0 {
 		t.Fatalf("write status %#x sense %x", res[w].status, res[w].sense)
 	}
-	r := ti.scsiCmd(0, read10(8, 128), true, uint32(len(payload)), nil, true)
+	r := ti.scsiCmd(0, testkit.Read10(8, 128), true, uint32(len(payload)), nil, true)
 	res = map[uint32]*result{r: {}}
 	if err := ti.collect(res, nil); err != nil {
 		t.Fatal(err)

@@ -7,6 +7,8 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"github.com/cachelun/cachelun/internal/testkit"
 )
 
 // FuzzPDUReader feeds arbitrary bytes to the PDU reader with and without
@@ -154,7 +156,7 @@ func FuzzLoginStream(f *testing.F) {
 	c[0] = opSCSICmd
 	c[1] = 0xa1
 	c.putU32(offTTT, 512)
-	copy(c[32:], write10(0, 1))
+	copy(c[32:], testkit.Write10(0, 1))
 	c.setDataLen(512)
 	f.Add(append(c[:], make([]byte, 512)...), true)
 	f.Fuzz(func(t *testing.T, in []byte, afterLogin bool) {

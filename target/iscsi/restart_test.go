@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/cachelun/cachelun/internal/memvol"
+	"github.com/cachelun/cachelun/internal/testkit"
 	"github.com/cachelun/cachelun/target/scsi"
 )
 
@@ -155,12 +156,12 @@ func TestRestartAnswersEveryRequest(t *testing.T) {
 	var old []sent
 	for i := range 3 {
 		old = append(old, sent{cmdSN: ti.cmdSN})
-		old[i].itt = ti.scsiCmd(0, read10(uint32(10+i), 1), true, 512, nil, true)
+		old[i].itt = ti.scsiCmd(0, testkit.Read10(uint32(10+i), 1), true, 512, nil, true)
 	}
 	for range 3 {
 		<-entered
 	}
-	w := ti.scsiCmd(0, write10(40, 8), false, 4096, nil, true)
+	w := ti.scsiCmd(0, testkit.Write10(40, 8), false, 4096, nil, true)
 	r2t := expect(t, ti, opR2T, w)
 	// The old target's window, as the initiator last saw it.
 	oldMax := r2t.u32(offMaxCmdSN)
@@ -205,7 +206,7 @@ func TestRestartAnswersEveryRequest(t *testing.T) {
 	if h := expect(t, ti, opTaskMgmtRsp, tmf); h[2] != tmfRespComplete {
 		t.Fatalf("ABORT TASK of a command lost on the wire: response %d, want %d", h[2], tmfRespComplete)
 	}
-	after := ti.scsiCmd(0, read10(1, 1), true, 512, nil, true)
+	after := ti.scsiCmd(0, testkit.Read10(1, 1), true, 512, nil, true)
 	if h := expect(t, ti, opDataIn, after); h[1]&0x01 == 0 {
 		t.Fatal("read after the aborted gap: no status")
 	}
@@ -231,7 +232,7 @@ func TestRestartAnswersEveryRequest(t *testing.T) {
 		if err := ti.clearUA(); err != nil {
 			t.Fatal(err)
 		}
-		held := ti.scsiCmd(0, read10(20, 1), true, 512, nil, true)
+		held := ti.scsiCmd(0, testkit.Read10(20, 1), true, 512, nil, true)
 		<-entered
 		tmf := tmfRequest(ti, fn, 0, reservedTag, 0, true)
 		if h := expect(t, ti, opTaskMgmtRsp, tmf); h[2] != tmfRespComplete {
@@ -246,7 +247,7 @@ func TestRestartAnswersEveryRequest(t *testing.T) {
 		t.Fatal(err)
 	}
 	payload := fill(4096, 7)
-	w2 := ti.scsiCmd(0, write10(40, 8), false, 4096, nil, true)
+	w2 := ti.scsiCmd(0, testkit.Write10(40, 8), false, 4096, nil, true)
 	res := map[uint32]*result{w2: {}}
 	if err := ti.collect(res, map[uint32][]byte{w2: payload}); err != nil {
 		t.Fatal(err)
@@ -255,7 +256,7 @@ func TestRestartAnswersEveryRequest(t *testing.T) {
 		t.Fatalf("retried write: status %#x sense % x", res[w2].status, res[w2].sense)
 	}
 	for i := range old {
-		r := ti.scsiCmd(0, read10(uint32(10+i), 1), true, 512, nil, true)
+		r := ti.scsiCmd(0, testkit.Read10(uint32(10+i), 1), true, 512, nil, true)
 		res := map[uint32]*result{r: {}}
 		if err := ti.collect(res, nil); err != nil || res[r].status != 0 {
 			t.Fatalf("retried read %d: err %v status %#x", i, err, res[r].status)
@@ -318,7 +319,7 @@ func TestReinstatementAnswersLoginWhileOldCommandsRun(t *testing.T) {
 	env, logs, entered, release := stuckServer(t)
 	old := dialInitiator(t, env.addr)
 	old.login(env.iqn)
-	old.scsiCmd(0, read10(5, 1), true, 512, nil, true)
+	old.scsiCmd(0, testkit.Read10(5, 1), true, 512, nil, true)
 	<-entered
 	for try := range 2 {
 		nu := dialInitiator(t, env.addr)
@@ -364,7 +365,7 @@ func TestAbortWaitingForDeviceServerIsLogged(t *testing.T) {
 	ti := dialInitiator(t, env.addr)
 	ti.login(env.iqn)
 	sn := ti.cmdSN
-	victim := ti.scsiCmd(0, read10(5, 1), true, 512, nil, true)
+	victim := ti.scsiCmd(0, testkit.Read10(5, 1), true, 512, nil, true)
 	<-entered
 	tmf := tmfRequest(ti, tmfAbortTask, 0, victim, sn, true)
 	ti.nc.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
@@ -392,7 +393,7 @@ func TestRefusedLogoutLeavesCommandsAlone(t *testing.T) {
 	ti := dialInitiator(t, env.addr)
 	ti.login(env.iqn, "InitialR2T", "No", "ImmediateData", "Yes", "FirstBurstLength", "65536")
 	payload := fill(16384, 3)
-	w := ti.scsiCmd(0, write10(30, 32), false, uint32(len(payload)), payload[:4096], false)
+	w := ti.scsiCmd(0, testkit.Write10(30, 32), false, uint32(len(payload)), payload[:4096], false)
 	var h bhs
 	h[0] = 0x40 | opLogoutReq
 	h[1] = 0x80 | 2 // remove the connection for recovery
@@ -431,7 +432,7 @@ func TestOutOfWindowCommandLogged(t *testing.T) {
 	saved := ti.cmdSN
 	for _, sn := range []uint32{saved - 1, saved + 8, saved + 100} {
 		ti.cmdSN = sn
-		ti.scsiCmd(0, read10(0, 1), true, 512, nil, true)
+		ti.scsiCmd(0, testkit.Read10(0, 1), true, 512, nil, true)
 	}
 	ti.cmdSN = saved
 	writeRead(t, ti, 2, fill(512, 6), 512)
@@ -451,7 +452,7 @@ func TestLogoutWaitingForDeviceServerIsLogged(t *testing.T) {
 	env, logs, entered, release := stuckServer(t)
 	ti := dialInitiator(t, env.addr)
 	ti.login(env.iqn)
-	r := ti.scsiCmd(0, read10(5, 1), true, 512, nil, true)
+	r := ti.scsiCmd(0, testkit.Read10(5, 1), true, 512, nil, true)
 	<-entered
 	var h bhs
 	h[0] = 0x40 | opLogoutReq

@@ -62,13 +62,13 @@ func background(t *testing.T, env *testEnv) (stop func() int) {
 				return
 			default:
 			}
-			w := ti.scsiCmd(0, write10(4000, 8), false, 4096, payload, true)
+			w := ti.scsiCmd(0, testkit.Write10(4000, 8), false, 4096, payload, true)
 			res := map[uint32]*result{w: {}}
 			if err := ti.collect(res, nil); err != nil {
 				errc <- err
 				return
 			}
-			r := ti.scsiCmd(0, read10(4000, 8), true, 4096, nil, true)
+			r := ti.scsiCmd(0, testkit.Read10(4000, 8), true, 4096, nil, true)
 			res[r] = &result{}
 			if err := ti.collect(map[uint32]*result{r: res[r]}, nil); err != nil {
 				errc <- err
@@ -128,7 +128,7 @@ func TestRobustnessBeforeLogin(t *testing.T) {
 			var h bhs
 			h[0] = opSCSICmd
 			h[1] = 0x80
-			copy(h[32:], read10(0, 1))
+			copy(h[32:], testkit.Read10(0, 1))
 			ti.nc.Write(h[:])
 		},
 		"bad-text": func(ti *testInitiator) {
@@ -198,7 +198,7 @@ func TestRobustnessFullFeature(t *testing.T) {
 	})
 	t.Run("bad-data-digest-on-data-out", func(t *testing.T) {
 		ti := login(t, "DataDigest", "CRC32C", "InitialR2T", "No", "ImmediateData", "No")
-		itt := ti.scsiCmd(0, write10(300, 1), false, 512, nil, false)
+		itt := ti.scsiCmd(0, testkit.Write10(300, 1), false, 512, nil, false)
 		var h bhs
 		h[0] = opDataOut
 		h[1] = 0x80
@@ -215,7 +215,7 @@ func TestRobustnessFullFeature(t *testing.T) {
 	})
 	t.Run("data-out-past-edtl", func(t *testing.T) {
 		ti := login(t, "InitialR2T", "No", "ImmediateData", "No")
-		itt := ti.scsiCmd(0, write10(310, 1), false, 512, nil, false)
+		itt := ti.scsiCmd(0, testkit.Write10(310, 1), false, 512, nil, false)
 		ti.dataOut(itt, reservedTag, 0, 0, bytes.Repeat([]byte{0xee}, 1024), true)
 		expectDataOutFailure(t, env, ti, itt, 0, 0x0c, 0x0c)
 		checkZero(t, env, 310)
@@ -223,7 +223,7 @@ func TestRobustnessFullFeature(t *testing.T) {
 	})
 	t.Run("unsolicited-data-with-initial-r2t", func(t *testing.T) {
 		ti := login(t, "InitialR2T", "Yes", "ImmediateData", "No")
-		itt := ti.scsiCmd(0, write10(320, 1), false, 512, nil, true)
+		itt := ti.scsiCmd(0, testkit.Write10(320, 1), false, 512, nil, true)
 		// Skip the R2T and push unsolicited data.
 		h, _, err := ti.readPDU()
 		if err != nil || h.opcode() != opR2T {
@@ -235,7 +235,7 @@ func TestRobustnessFullFeature(t *testing.T) {
 	})
 	t.Run("data-out-with-unknown-ttt", func(t *testing.T) {
 		ti := login(t, "InitialR2T", "Yes", "ImmediateData", "No")
-		itt := ti.scsiCmd(0, write10(330, 1), false, 512, nil, true)
+		itt := ti.scsiCmd(0, testkit.Write10(330, 1), false, 512, nil, true)
 		h, _, err := ti.readPDU()
 		if err != nil || h.opcode() != opR2T {
 			t.Fatalf("want R2T, got %#x %v", h.opcode(), err)
@@ -250,7 +250,7 @@ func TestRobustnessFullFeature(t *testing.T) {
 		// dropped (it must not be queued a second time).
 		ti := login(t, "InitialR2T", "No", "ImmediateData", "Yes")
 		ti.cmdSN++ // leave a gap: the write waits for the missing CmdSN
-		itt := ti.scsiCmd(0, write10(340, 1), false, 512, bytes.Repeat([]byte{0xee}, 512), true)
+		itt := ti.scsiCmd(0, testkit.Write10(340, 1), false, 512, bytes.Repeat([]byte{0xee}, 512), true)
 		ti.dataOut(itt, reservedTag, 0, 512, bytes.Repeat([]byte{0xee}, 512), true)
 		if r := drain(t, ti); len(r) != 1 || r[0] != rejectProtocolError {
 			t.Fatalf("rejects %v", r)
@@ -268,7 +268,7 @@ func TestRobustnessFullFeature(t *testing.T) {
 	})
 	t.Run("immediate-data-beyond-edtl", func(t *testing.T) {
 		ti := login(t)
-		ti.scsiCmd(0, write10(340, 1), false, 512, make([]byte, 1024), true)
+		ti.scsiCmd(0, testkit.Write10(340, 1), false, 512, make([]byte, 1024), true)
 		h, _, err := ti.readPDU()
 		if err != nil || h.opcode() != opReject || h[2] != rejectInvalidField {
 			t.Fatalf("want Reject(invalid field), got %#x %v", h.opcode(), err)
@@ -278,7 +278,7 @@ func TestRobustnessFullFeature(t *testing.T) {
 	})
 	t.Run("huge-transfer-length", func(t *testing.T) {
 		ti := login(t)
-		r := ti.scsiCmd(0, read10(0, 1), true, 1<<30, nil, true)
+		r := ti.scsiCmd(0, testkit.Read10(0, 1), true, 1<<30, nil, true)
 		res := map[uint32]*result{r: {}}
 		if err := ti.collect(res, nil); err != nil {
 			t.Fatal(err)
@@ -296,9 +296,9 @@ func TestRobustnessFullFeature(t *testing.T) {
 		ti := login(t)
 		held := make(chan struct{})
 		_ = held
-		itt := ti.scsiCmd(0, read10(0, 1), true, 512, nil, true)
+		itt := ti.scsiCmd(0, testkit.Read10(0, 1), true, 512, nil, true)
 		ti.itt--
-		ti.scsiCmd(0, read10(0, 1), true, 512, nil, true)
+		ti.scsiCmd(0, testkit.Read10(0, 1), true, 512, nil, true)
 		// Either the first already finished (then the second is a new
 		// task) or the second is rejected; the session goes on.
 		seen := 0
@@ -353,7 +353,7 @@ func checkZero(t *testing.T, env *testEnv, lba uint32) {
 	ti.isid = 0x777
 	ti.name = "iqn.2026-11.test:checker"
 	ti.login(env.iqn)
-	r := ti.scsiCmd(0, read10(lba, 1), true, 512, nil, true)
+	r := ti.scsiCmd(0, testkit.Read10(lba, 1), true, 512, nil, true)
 	res := map[uint32]*result{r: {}}
 	if err := ti.collect(res, nil); err != nil {
 		t.Fatal(err)
@@ -578,7 +578,7 @@ func TestDataSNChecked(t *testing.T) {
 			ti := dialInitiator(t, env.addr)
 			ti.isid = uint64(rand.Uint32())
 			ti.login(env.iqn, "InitialR2T", "Yes", "ImmediateData", "No", "MaxRecvDataSegmentLength", "512")
-			itt := ti.scsiCmd(0, write10(500, 2), false, 1024, nil, true)
+			itt := ti.scsiCmd(0, testkit.Write10(500, 2), false, 1024, nil, true)
 			h, _, err := ti.readPDU()
 			if err != nil || h.opcode() != opR2T {
 				t.Fatalf("want R2T, got %#x %v", h.opcode(), err)
@@ -610,9 +610,9 @@ func TestBufferBudget(t *testing.T) {
 		}
 		return nil
 	})
-	held := ti.scsiCmd(0, read10(0, 1024), true, 512<<10, nil, true) // 512 KiB reserved
+	held := ti.scsiCmd(0, testkit.Read10(0, 1024), true, 512<<10, nil, true) // 512 KiB reserved
 	testkit.WaitFor(t, 10*time.Second, "one command running in the volume", func() bool { return env.vol.Running.Load() == 1 })
-	full := ti.scsiCmd(0, read10(2048, 1536), true, 768<<10, nil, true)
+	full := ti.scsiCmd(0, testkit.Read10(2048, 1536), true, 768<<10, nil, true)
 	res := map[uint32]*result{full: {}}
 	if err := ti.collect(res, nil); err != nil {
 		t.Fatal(err)
@@ -621,7 +621,7 @@ func TestBufferBudget(t *testing.T) {
 		t.Fatalf("status %#x, want TASK SET FULL", res[full].status)
 	}
 	// A write beyond the budget: its unsolicited data is dropped quietly.
-	w := ti.scsiCmd(0, write10(4096, 1536), false, 768<<10, make([]byte, 4096), true)
+	w := ti.scsiCmd(0, testkit.Write10(4096, 1536), false, 768<<10, make([]byte, 4096), true)
 	res = map[uint32]*result{w: {}}
 	if err := ti.collect(res, nil); err != nil {
 		t.Fatal(err)
@@ -636,7 +636,7 @@ func TestBufferBudget(t *testing.T) {
 	}
 	testkit.WaitFor(t, 10*time.Second, "every command's data buffer released", func() bool { return env.srv.bufBytes.Load() == 0 })
 	// With the budget back, a 768 KiB command fits again.
-	r := ti.scsiCmd(0, read10(2048, 1536), true, 768<<10, nil, true)
+	r := ti.scsiCmd(0, testkit.Read10(2048, 1536), true, 768<<10, nil, true)
 	res = map[uint32]*result{r: {}}
 	if err := ti.collect(res, nil); err != nil || res[r].status != 0 || len(res[r].data) != 768<<10 {
 		t.Fatalf("read after the budget came back: %v status %#x", err, res[r].status)

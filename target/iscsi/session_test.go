@@ -31,7 +31,7 @@ func fill(n int, seed byte) []byte {
 func writeRead(t *testing.T, ti *testInitiator, lba uint32, payload []byte, immediate int) {
 	t.Helper()
 	blocks := uint16(len(payload) / 512)
-	w := ti.scsiCmd(0, write10(lba, blocks), false, uint32(len(payload)), payload[:immediate], true)
+	w := ti.scsiCmd(0, testkit.Write10(lba, blocks), false, uint32(len(payload)), payload[:immediate], true)
 	res := map[uint32]*result{w: {}}
 	if err := ti.collect(res, map[uint32][]byte{w: payload}); err != nil {
 		t.Fatal(err)
@@ -39,7 +39,7 @@ func writeRead(t *testing.T, ti *testInitiator, lba uint32, payload []byte, imme
 	if res[w].status != 0 || res[w].flags&0x06 != 0 {
 		t.Fatalf("write: status %#x flags %#x sense %x", res[w].status, res[w].flags, res[w].sense)
 	}
-	r := ti.scsiCmd(0, read10(lba, blocks), true, uint32(len(payload)), nil, true)
+	r := ti.scsiCmd(0, testkit.Read10(lba, blocks), true, uint32(len(payload)), nil, true)
 	res = map[uint32]*result{r: {}}
 	if err := ti.collect(res, nil); err != nil {
 		t.Fatal(err)
@@ -77,7 +77,7 @@ func TestDataInHonoursMRDSL(t *testing.T) {
 	env := startServer(t, Config{}, nil)
 	ti := dialInitiator(t, env.addr)
 	ti.login(env.iqn, "MaxRecvDataSegmentLength", "4096")
-	itt := ti.scsiCmd(0, read10(0, 64), true, 32768, nil, true)
+	itt := ti.scsiCmd(0, testkit.Read10(0, 64), true, 32768, nil, true)
 	var pdus, statusPDUs int
 	for {
 		h, data, err := ti.readPDU()
@@ -112,7 +112,7 @@ func TestResiduals(t *testing.T) {
 	ti := dialInitiator(t, env.addr)
 	ti.login(env.iqn)
 	// READ of 2 blocks with EDTL of 1 block: overflow, 512 bytes residual.
-	r := ti.scsiCmd(0, read10(0, 2), true, 512, nil, true)
+	r := ti.scsiCmd(0, testkit.Read10(0, 2), true, 512, nil, true)
 	res := map[uint32]*result{r: {}}
 	if err := ti.collect(res, nil); err != nil {
 		t.Fatal(err)
@@ -121,7 +121,7 @@ func TestResiduals(t *testing.T) {
 		t.Fatalf("read overflow: flags %#x residual %d data %d", res[r].flags, res[r].residual, len(res[r].data))
 	}
 	// READ of 1 block with EDTL of 3 blocks: underflow, 1024 residual.
-	r = ti.scsiCmd(0, read10(0, 1), true, 1536, nil, true)
+	r = ti.scsiCmd(0, testkit.Read10(0, 1), true, 1536, nil, true)
 	res = map[uint32]*result{r: {}}
 	if err := ti.collect(res, nil); err != nil {
 		t.Fatal(err)
@@ -132,7 +132,7 @@ func TestResiduals(t *testing.T) {
 	// WRITE of 1 block with 2 blocks of data: underflow, and the second
 	// block must not be written.
 	data := fill(1024, 0x5a)
-	w := ti.scsiCmd(0, write10(200, 1), false, 1024, data, true)
+	w := ti.scsiCmd(0, testkit.Write10(200, 1), false, 1024, data, true)
 	res = map[uint32]*result{w: {}}
 	if err := ti.collect(res, nil); err != nil {
 		t.Fatal(err)
@@ -140,7 +140,7 @@ func TestResiduals(t *testing.T) {
 	if res[w].flags&0x02 == 0 || res[w].residual != 512 {
 		t.Fatalf("write underflow: flags %#x residual %d", res[w].flags, res[w].residual)
 	}
-	r = ti.scsiCmd(0, read10(201, 1), true, 512, nil, true)
+	r = ti.scsiCmd(0, testkit.Read10(201, 1), true, 512, nil, true)
 	res = map[uint32]*result{r: {}}
 	if err := ti.collect(res, nil); err != nil {
 		t.Fatal(err)
@@ -189,7 +189,7 @@ func TestStatSNPerConnection(t *testing.T) {
 	ti.login(env.iqn)
 	var last uint32
 	for i := range 5 {
-		r := ti.scsiCmd(0, read10(0, 1), true, 512, nil, true)
+		r := ti.scsiCmd(0, testkit.Read10(0, 1), true, 512, nil, true)
 		res := map[uint32]*result{r: {}}
 		if err := ti.collect(res, nil); err != nil {
 			t.Fatal(err)
@@ -219,10 +219,10 @@ func TestOutOfOrderCompletion(t *testing.T) {
 	})
 	ti := dialInitiator(t, env.addr)
 	ti.login(env.iqn)
-	slow := ti.scsiCmd(0, read10(1000, 1), true, 512, nil, true)
+	slow := ti.scsiCmd(0, testkit.Read10(1000, 1), true, 512, nil, true)
 	want := map[uint32]*result{}
 	for i := range 16 {
-		want[ti.scsiCmd(0, read10(uint32(i), 1), true, 512, nil, true)] = &result{}
+		want[ti.scsiCmd(0, testkit.Read10(uint32(i), 1), true, 512, nil, true)] = &result{}
 	}
 	if err := ti.collect(want, nil); err != nil {
 		t.Fatal(err)
@@ -282,7 +282,7 @@ func TestAbortTask(t *testing.T) {
 	ti := dialInitiator(t, env.addr)
 	ti.login(env.iqn)
 	sn := ti.cmdSN
-	victim := ti.scsiCmd(0, read10(77, 1), true, 512, nil, true)
+	victim := ti.scsiCmd(0, testkit.Read10(77, 1), true, 512, nil, true)
 	<-entered
 	tmf := tmfRequest(ti, tmfAbortTask, 0, victim, sn, true)
 	h, _, err := ti.readPDU()
@@ -303,7 +303,7 @@ func TestAbortTask(t *testing.T) {
 		t.Fatalf("second abort: err %v response %d", err, h[2])
 	}
 	// The session carries on, and the aborted command never answers.
-	r := ti.scsiCmd(0, read10(1, 1), true, 512, nil, true)
+	r := ti.scsiCmd(0, testkit.Read10(1, 1), true, 512, nil, true)
 	res := map[uint32]*result{r: {}}
 	if err := ti.collect(res, nil); err != nil {
 		t.Fatal(err)
@@ -322,7 +322,7 @@ func TestLUNResetAbortsAndResets(t *testing.T) {
 	ti := dialInitiator(t, env.addr)
 	ti.login(env.iqn)
 	for i := range 4 {
-		ti.scsiCmd(0, read10(uint32(i), 1), true, 512, nil, true)
+		ti.scsiCmd(0, testkit.Read10(uint32(i), 1), true, 512, nil, true)
 	}
 	entered.Wait()
 	for _, fn := range []byte{tmfAbortTaskSet, tmfLUNReset, tmfTargetWarm} {
@@ -367,7 +367,7 @@ func TestCmdSNWindow(t *testing.T) {
 	env := startServer(t, Config{QueueDepth: 8}, nil)
 	ti := dialInitiator(t, env.addr)
 	ti.login(env.iqn)
-	r := ti.scsiCmd(0, read10(0, 1), true, 512, nil, true)
+	r := ti.scsiCmd(0, testkit.Read10(0, 1), true, 512, nil, true)
 	res := map[uint32]*result{r: {}}
 	if err := ti.collect(res, nil); err != nil {
 		t.Fatal(err)
@@ -375,10 +375,10 @@ func TestCmdSNWindow(t *testing.T) {
 	saved := ti.cmdSN
 	for _, sn := range []uint32{saved + 8, saved - 1, saved + 1000} {
 		ti.cmdSN = sn
-		ti.scsiCmd(0, read10(0, 1), true, 512, nil, true)
+		ti.scsiCmd(0, testkit.Read10(0, 1), true, 512, nil, true)
 	}
 	ti.cmdSN = saved
-	r = ti.scsiCmd(0, read10(2, 1), true, 512, nil, true)
+	r = ti.scsiCmd(0, testkit.Read10(2, 1), true, 512, nil, true)
 	h, _, err := ti.readPDU()
 	if err != nil {
 		t.Fatal(err)
@@ -399,14 +399,14 @@ func TestCmdSNGapHoldsLaterCommands(t *testing.T) {
 	ti.login(env.iqn)
 	base := ti.cmdSN
 	ti.cmdSN = base + 1
-	later := ti.scsiCmd(0, read10(5, 1), true, 512, nil, true)
+	later := ti.scsiCmd(0, testkit.Read10(5, 1), true, 512, nil, true)
 	ti.nc.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
 	if _, _, err := ti.readPDU(); err == nil {
 		t.Fatal("command after a CmdSN gap ran before the gap was filled")
 	}
 	ti.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
 	ti.cmdSN = base
-	first := ti.scsiCmd(0, read10(6, 1), true, 512, nil, true)
+	first := ti.scsiCmd(0, testkit.Read10(6, 1), true, 512, nil, true)
 	ti.cmdSN = base + 2
 	res := map[uint32]*result{later: {}, first: {}}
 	if err := ti.collect(res, nil); err != nil {
@@ -424,7 +424,7 @@ func TestSessionReinstatement(t *testing.T) {
 		<-ctx.Done()
 		return ctx.Err()
 	})
-	old.scsiCmd(0, read10(0, 1), true, 512, nil, true)
+	old.scsiCmd(0, testkit.Read10(0, 1), true, 512, nil, true)
 	<-held
 	env.vol.SetGate(nil)
 	nu := dialInitiator(t, env.addr)
@@ -662,7 +662,7 @@ func TestClearTaskSetAndColdReset(t *testing.T) {
 		<-ctx.Done()
 		return ctx.Err()
 	})
-	b.scsiCmd(0, read10(0, 1), true, 512, nil, true)
+	b.scsiCmd(0, testkit.Read10(0, 1), true, 512, nil, true)
 	<-entered
 	itt := tmfRequest(a, tmfClearTaskSet, 0, reservedTag, 0, true)
 	h, _, err := a.readPDU()
@@ -696,7 +696,7 @@ func TestWindowFilledToAdvertisedMax(t *testing.T) {
 	ti.nc.SetReadDeadline(time.Now().Add(30 * time.Second))
 	for done < total {
 		for sent < total && !serialLess(maxSN, ti.cmdSN) {
-			ti.scsiCmd(0, read10(uint32(sent%64), 1), true, 512, nil, true)
+			ti.scsiCmd(0, testkit.Read10(uint32(sent%64), 1), true, 512, nil, true)
 			sent++
 		}
 		h, _, err := ti.readPDU()
@@ -753,7 +753,7 @@ func TestSessionsAndLiveLUNChange(t *testing.T) {
 	// The new LUN answers on the live session (after its REPORTED LUNS
 	// DATA HAS CHANGED unit attention, if any).
 	for range 2 {
-		r := ti.scsiCmd(5, read10(0, 1), true, 512, nil, true)
+		r := ti.scsiCmd(5, testkit.Read10(0, 1), true, 512, nil, true)
 		res := map[uint32]*result{r: {}}
 		if err := ti.collect(res, nil); err != nil {
 			t.Fatal(err)
@@ -844,14 +844,14 @@ func TestOrderedTaskAttribute(t *testing.T) {
 	})
 	ti := dialInitiator(t, env.addr)
 	ti.login(env.iqn)
-	first := ti.scsiCmd(0, read10(0, 1), true, 512, nil, true) // held in the volume
+	first := ti.scsiCmd(0, testkit.Read10(0, 1), true, 512, nil, true) // held in the volume
 	testkit.WaitFor(t, 10*time.Second, "one command running in the volume", func() bool { return env.vol.Running.Load() == 1 })
 	ti.attr = byte(scsi.TaskOrdered)
-	ord := ti.scsiCmd(0, read10(1, 1), true, 512, nil, true)
+	ord := ti.scsiCmd(0, testkit.Read10(1, 1), true, 512, nil, true)
 	ti.attr = byte(scsi.TaskSimple)
-	after := ti.scsiCmd(0, read10(2, 1), true, 512, nil, true)
+	after := ti.scsiCmd(0, testkit.Read10(2, 1), true, 512, nil, true)
 	ti.attr = byte(scsi.TaskHead)
-	head := ti.scsiCmd(0, read10(3, 1), true, 512, nil, true)
+	head := ti.scsiCmd(0, testkit.Read10(3, 1), true, 512, nil, true)
 	ti.attr = 0
 	res := map[uint32]*result{head: {}}
 	if err := ti.collect(res, nil); err != nil {
@@ -900,7 +900,7 @@ func TestIdleWorkersEnd(t *testing.T) {
 	ti.login(env.iqn)
 	want := map[uint32]*result{}
 	for i := range 4 {
-		want[ti.scsiCmd(0, read10(uint32(100+i), 1), true, 512, nil, true)] = &result{}
+		want[ti.scsiCmd(0, testkit.Read10(uint32(100+i), 1), true, 512, nil, true)] = &result{}
 	}
 	held.Wait()
 	c := onlyConn(t, env.srv)
@@ -912,7 +912,7 @@ func TestIdleWorkersEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	testkit.WaitFor(t, 5*time.Second, "every idle worker (idle period 50 ms) to exit", func() bool { return c.workers.Load() <= 0 })
-	again := map[uint32]*result{ti.scsiCmd(0, read10(1, 1), true, 512, nil, true): {}}
+	again := map[uint32]*result{ti.scsiCmd(0, testkit.Read10(1, 1), true, 512, nil, true): {}}
 	if err := ti.collect(again, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -957,7 +957,7 @@ func TestDroppedConnectionCancelsTasks(t *testing.T) {
 	})
 	ti := dialInitiator(t, env.addr)
 	ti.login(env.iqn)
-	ti.scsiCmd(0, read10(5, 1), true, 512, nil, true)
+	ti.scsiCmd(0, testkit.Read10(5, 1), true, 512, nil, true)
 	<-entered
 	ti.nc.Close()
 	select {

@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"sync"
 	"testing"
+
+	"github.com/cachelun/cachelun/internal/testkit"
 )
 
 func TestPowerOnUnitAttention(t *testing.T) {
@@ -24,9 +26,9 @@ func TestReadWriteRoundTrip(t *testing.T) {
 		read  []byte
 	}{
 		{"6", []byte{0x0a, 0, 0, 5, 2, 0}, []byte{0x08, 0, 0, 5, 2, 0}},
-		{"10", cdb10(0x2a, 0, 5, 2), cdb10(0x28, 0, 5, 2)},
-		{"12", cdb12(0xaa, 0, 5, 2), cdb12(0xa8, 0, 5, 2)},
-		{"16", cdb16(0x8a, 0, 5, 2), cdb16(0x88, 0, 5, 2)},
+		{"10", testkit.CDB10(0x2a, 0, 5, 2), testkit.CDB10(0x28, 0, 5, 2)},
+		{"12", testkit.CDB12(0xaa, 0, 5, 2), testkit.CDB12(0xa8, 0, 5, 2)},
+		{"16", testkit.CDB16(0x8a, 0, 5, 2), testkit.CDB16(0x88, 0, 5, 2)},
 	}
 	for i, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -47,9 +49,9 @@ func TestReadWriteRoundTrip(t *testing.T) {
 func TestReadIntoProvidedBuffer(t *testing.T) {
 	f := newFixture(t, nil)
 	data := pattern(4*testBS, 3)
-	f.good(f.exec(nexusA, cdb10(0x2a, 0, 0, 4), data, 0))
+	f.good(f.exec(nexusA, testkit.CDB10(0x2a, 0, 0, 4), data, 0))
 	buf := make([]byte, 4*testBS)
-	r := f.tgt.Execute(context.Background(), &Command{Nexus: nexusA, CDB: cdb10(0x28, 0, 0, 4), DataInLen: 4 * testBS, DataIn: buf})
+	r := f.tgt.Execute(context.Background(), &Command{Nexus: nexusA, CDB: testkit.CDB10(0x28, 0, 0, 4), DataInLen: 4 * testBS, DataIn: buf})
 	f.good(r)
 	if &r.Data[0] != &buf[0] {
 		t.Fatal("READ did not use Command.DataIn")
@@ -59,7 +61,7 @@ func TestReadIntoProvidedBuffer(t *testing.T) {
 
 func TestReadCapacity(t *testing.T) {
 	f := newFixture(t, nil)
-	r := f.exec(nexusA, cdb10(0x25, 0, 0, 0), nil, 8)
+	r := f.exec(nexusA, testkit.CDB10(0x25, 0, 0, 0), nil, 8)
 	f.good(r)
 	if got := binary.BigEndian.Uint32(r.Data[0:4]); got != testBlocks-1 {
 		t.Fatalf("last LBA %d", got)
@@ -95,11 +97,11 @@ func TestConcurrentExecute(t *testing.T) {
 			data := pattern(testBS, byte(g))
 			for i := range 200 {
 				lba := uint32(g*100 + i%100)
-				if r := f.exec(nexusA, cdb10(0x2a, 0, lba, 1), data, 0); r.Status != StatusGood {
+				if r := f.exec(nexusA, testkit.CDB10(0x2a, 0, lba, 1), data, 0); r.Status != StatusGood {
 					t.Errorf("write status %#x", r.Status)
 					return
 				}
-				r := f.exec(nexusA, cdb10(0x28, 0, lba, 1), nil, testBS)
+				r := f.exec(nexusA, testkit.CDB10(0x28, 0, lba, 1), nil, testBS)
 				if r.Status != StatusGood || string(r.Data) != string(data) {
 					t.Errorf("read back mismatch at %d", lba)
 					return

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/cachelun/cachelun/internal/memvol"
+	"github.com/cachelun/cachelun/internal/testkit"
 )
 
 func benchTarget(b *testing.B) *Target {
@@ -33,7 +34,7 @@ func BenchmarkRead(b *testing.B) {
 			b.ReportAllocs()
 			for i := 0; b.Loop(); i++ {
 				lba := uint64(i*int(blocks)) % (64<<20/512 - uint64(blocks))
-				r := tgt.Execute(context.Background(), &Command{Nexus: nexusA, CDB: cdb16(0x88, 0, lba, blocks), DataInLen: uint32(size), DataIn: buf})
+				r := tgt.Execute(context.Background(), &Command{Nexus: nexusA, CDB: testkit.CDB16(0x88, 0, lba, blocks), DataInLen: uint32(size), DataIn: buf})
 				if r.Status != StatusGood {
 					b.Fatalf("status %#x", r.Status)
 				}
@@ -45,7 +46,7 @@ func BenchmarkRead(b *testing.B) {
 			b.ReportAllocs()
 			b.RunParallel(func(pb *testing.PB) {
 				buf := make([]byte, size)
-				cmd := &Command{Nexus: nexusA, CDB: cdb16(0x88, 0, 0, blocks), DataInLen: uint32(size), DataIn: buf}
+				cmd := &Command{Nexus: nexusA, CDB: testkit.CDB16(0x88, 0, 0, blocks), DataInLen: uint32(size), DataIn: buf}
 				for pb.Next() {
 					if r := tgt.Execute(context.Background(), cmd); r.Status != StatusGood {
 						b.Errorf("status %#x", r.Status)
@@ -68,7 +69,7 @@ func BenchmarkWrite(b *testing.B) {
 			b.ReportAllocs()
 			for i := 0; b.Loop(); i++ {
 				lba := uint64(i*int(blocks)) % (64<<20/512 - uint64(blocks))
-				r := tgt.Execute(context.Background(), &Command{Nexus: nexusA, CDB: cdb16(0x8a, 0, lba, blocks), DataOut: data})
+				r := tgt.Execute(context.Background(), &Command{Nexus: nexusA, CDB: testkit.CDB16(0x8a, 0, lba, blocks), DataOut: data})
 				if r.Status != StatusGood {
 					b.Fatalf("status %#x", r.Status)
 				}

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/cachelun/cachelun/internal/blk"
+	"github.com/cachelun/cachelun/internal/testkit"
 )
 
 func TestIllegalRequests(t *testing.T) {
@@ -25,15 +26,15 @@ func TestIllegalRequests(t *testing.T) {
 	}{
 		{"unknown opcode", []byte{0xc0, 0, 0, 0, 0, 0}, nil, SenseIllegalRequest, ASCInvalidOpcode, 0},
 		{"format unit unsupported", []byte{0x04, 0, 0, 0, 0, 0}, nil, SenseIllegalRequest, ASCInvalidOpcode, 0},
-		{"read10 past end", cdb10(0x28, 0, oob, 1), nil, SenseIllegalRequest, ASCLBAOutOfRange, -1},
-		{"read10 straddles end", cdb10(0x28, 0, oob-1, 2), nil, SenseIllegalRequest, ASCLBAOutOfRange, -1},
-		{"read16 lba -1", cdb16(0x88, 0, ^uint64(0), 1), nil, SenseIllegalRequest, ASCLBAOutOfRange, -1},
-		{"read10 0 blocks past end", cdb10(0x28, 0, oob+1, 0), nil, SenseIllegalRequest, ASCLBAOutOfRange, -1},
-		{"write16 past end", cdb16(0x8a, 0, uint64(oob), 1), pattern(testBS, 1), SenseIllegalRequest, ASCLBAOutOfRange, -1},
-		{"read10 rdprotect", cdb10(0x28, 0x20, 0, 1), nil, SenseIllegalRequest, ASCInvalidFieldInCDB, 1},
-		{"write10 wrprotect", cdb10(0x2a, 0x40, 0, 1), pattern(testBS, 1), SenseIllegalRequest, ASCInvalidFieldInCDB, 1},
-		{"read10 too long", cdb10(0x28, 0, 0, 0xffff), nil, SenseIllegalRequest, ASCLBAOutOfRange, -1},
-		{"verify bytchk 10b", cdb10(0x2f, 0x04, 0, 1), nil, SenseIllegalRequest, ASCInvalidFieldInCDB, 1},
+		{"read10 past end", testkit.CDB10(0x28, 0, oob, 1), nil, SenseIllegalRequest, ASCLBAOutOfRange, -1},
+		{"read10 straddles end", testkit.CDB10(0x28, 0, oob-1, 2), nil, SenseIllegalRequest, ASCLBAOutOfRange, -1},
+		{"read16 lba -1", testkit.CDB16(0x88, 0, ^uint64(0), 1), nil, SenseIllegalRequest, ASCLBAOutOfRange, -1},
+		{"read10 0 blocks past end", testkit.CDB10(0x28, 0, oob+1, 0), nil, SenseIllegalRequest, ASCLBAOutOfRange, -1},
+		{"write16 past end", testkit.CDB16(0x8a, 0, uint64(oob), 1), pattern(testBS, 1), SenseIllegalRequest, ASCLBAOutOfRange, -1},
+		{"read10 rdprotect", testkit.CDB10(0x28, 0x20, 0, 1), nil, SenseIllegalRequest, ASCInvalidFieldInCDB, 1},
+		{"write10 wrprotect", testkit.CDB10(0x2a, 0x40, 0, 1), pattern(testBS, 1), SenseIllegalRequest, ASCInvalidFieldInCDB, 1},
+		{"read10 too long", testkit.CDB10(0x28, 0, 0, 0xffff), nil, SenseIllegalRequest, ASCLBAOutOfRange, -1},
+		{"verify bytchk 10b", testkit.CDB10(0x2f, 0x04, 0, 1), nil, SenseIllegalRequest, ASCInvalidFieldInCDB, 1},
 		{"inquiry page without evpd", []byte{0x12, 0, 0x80, 0, 255, 0}, nil, SenseIllegalRequest, ASCInvalidFieldInCDB, 2},
 		{"inquiry unknown vpd", []byte{0x12, 1, 0x99, 0, 255, 0}, nil, SenseIllegalRequest, ASCInvalidFieldInCDB, 2},
 		{"inquiry cmddt", []byte{0x12, 2, 0, 0, 255, 0}, nil, SenseIllegalRequest, ASCInvalidFieldInCDB, 1},
@@ -43,12 +44,12 @@ func TestIllegalRequests(t *testing.T) {
 		{"short cdb", []byte{0x28, 0, 0}, nil, SenseIllegalRequest, ASCInvalidFieldInCDB, 3},
 		{"mode sense unknown page", []byte{0x1a, 0, 0x05, 0, 255, 0}, nil, SenseIllegalRequest, ASCInvalidFieldInCDB, 2},
 		{"mode sense saved without state", []byte{0x1a, 0, 0xc8, 0, 255, 0}, nil, SenseIllegalRequest, ASCSavingParametersUnsupported, -1},
-		{"unmap on thick lu", cdb10(0x42, 0, 0, 24), make([]byte, 24), SenseIllegalRequest, ASCInvalidOpcode, 0},
-		{"write same 0 blocks", cdb10(0x41, 0, 0, 0), pattern(testBS, 1), SenseIllegalRequest, ASCInvalidFieldInCDB, 7},
-		{"write same anchor", cdb10(0x41, 0x10, 0, 1), pattern(testBS, 1), SenseIllegalRequest, ASCInvalidFieldInCDB, 1},
+		{"unmap on thick lu", testkit.CDB10(0x42, 0, 0, 24), make([]byte, 24), SenseIllegalRequest, ASCInvalidOpcode, 0},
+		{"write same 0 blocks", testkit.CDB10(0x41, 0, 0, 0), pattern(testBS, 1), SenseIllegalRequest, ASCInvalidFieldInCDB, 7},
+		{"write same anchor", testkit.CDB10(0x41, 0x10, 0, 1), pattern(testBS, 1), SenseIllegalRequest, ASCInvalidFieldInCDB, 1},
 		{"report luns short alloc", []byte{0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0}, nil, SenseIllegalRequest, ASCInvalidFieldInCDB, 6},
 		{"start stop power condition", []byte{0x1b, 0, 0, 0, 0x30, 0}, nil, SenseIllegalRequest, ASCInvalidFieldInCDB, 4},
-		{"caw too many blocks", cdb16(0x89, 0, 0, 0), nil, SenseIllegalRequest, ASCInvalidFieldInCDB, 13},
+		{"caw too many blocks", testkit.CDB16(0x89, 0, 0, 0), nil, SenseIllegalRequest, ASCInvalidFieldInCDB, 13},
 	}
 	// COMPARE AND WRITE: NUMBER OF LOGICAL BLOCKS is byte 13.
 	cases[len(cases)-1].cdb[13] = 200
@@ -81,9 +82,9 @@ func TestIllegalRequests(t *testing.T) {
 func TestResiduals(t *testing.T) {
 	f := newFixture(t, nil)
 	data := pattern(2*testBS, 9)
-	f.good(f.exec(nexusA, cdb10(0x2a, 0, 0, 2), data, 0))
+	f.good(f.exec(nexusA, testkit.CDB10(0x2a, 0, 0, 2), data, 0))
 	t.Run("read overflow", func(t *testing.T) {
-		r := f.exec(nexusA, cdb10(0x28, 0, 0, 2), nil, 200)
+		r := f.exec(nexusA, testkit.CDB10(0x28, 0, 0, 2), nil, 200)
 		f.good(r)
 		if r.TransferLen != 2*testBS || len(r.Data) != 200 {
 			t.Fatalf("TransferLen %d data %d", r.TransferLen, len(r.Data))
@@ -91,14 +92,14 @@ func TestResiduals(t *testing.T) {
 		f.mustEqual(r.Data, data[:200])
 	})
 	t.Run("read underflow", func(t *testing.T) {
-		r := f.exec(nexusA, cdb10(0x28, 0, 0, 1), nil, 10000)
+		r := f.exec(nexusA, testkit.CDB10(0x28, 0, 0, 1), nil, 10000)
 		f.good(r)
 		if r.TransferLen != testBS || len(r.Data) != testBS {
 			t.Fatalf("TransferLen %d data %d", r.TransferLen, len(r.Data))
 		}
 	})
 	t.Run("read zero expected", func(t *testing.T) {
-		r := f.exec(nexusA, cdb10(0x28, 0, 0, 1), nil, 0)
+		r := f.exec(nexusA, testkit.CDB10(0x28, 0, 0, 1), nil, 0)
 		f.good(r)
 		if r.TransferLen != testBS || len(r.Data) != 0 {
 			t.Fatalf("TransferLen %d data %d", r.TransferLen, len(r.Data))
@@ -107,7 +108,7 @@ func TestResiduals(t *testing.T) {
 	t.Run("write overflow inside a block changes only the bytes sent", func(t *testing.T) {
 		before := f.readBack(0, 2)
 		sent := pattern(testBS+200, 0x55)
-		r := f.exec(nexusA, cdb10(0x2a, 0, 0, 2), sent, 0)
+		r := f.exec(nexusA, testkit.CDB10(0x2a, 0, 0, 2), sent, 0)
 		f.good(r)
 		if r.TransferLen != 2*testBS {
 			t.Fatalf("TransferLen %d", r.TransferLen)
@@ -117,7 +118,7 @@ func TestResiduals(t *testing.T) {
 	})
 	t.Run("write overflow writes the whole blocks sent", func(t *testing.T) {
 		before := f.readBack(0, 2)
-		r := f.exec(nexusA, cdb10(0x2a, 0, 0, 2), pattern(testBS, 0x66), 0)
+		r := f.exec(nexusA, testkit.CDB10(0x2a, 0, 0, 2), pattern(testBS, 0x66), 0)
 		f.good(r)
 		if r.TransferLen != 2*testBS {
 			t.Fatalf("TransferLen %d", r.TransferLen)
@@ -127,7 +128,7 @@ func TestResiduals(t *testing.T) {
 	})
 	t.Run("write underflow writes only the CDB range", func(t *testing.T) {
 		second := f.readBack(1, 1)
-		r := f.exec(nexusA, cdb10(0x2a, 0, 0, 1), pattern(2*testBS, 0x77), 0)
+		r := f.exec(nexusA, testkit.CDB10(0x2a, 0, 0, 1), pattern(2*testBS, 0x77), 0)
 		f.good(r)
 		if r.TransferLen != testBS {
 			t.Fatalf("TransferLen %d", r.TransferLen)
@@ -264,7 +265,7 @@ func TestModeSelectWCE(t *testing.T) {
 	f.sense(f.exec(nexusB, []byte{0, 0, 0, 0, 0, 0}, nil, 0), SenseUnitAttention, ASCModeParametersChanged)
 	// With WCE=0 every write is FUA.
 	_, fua0, _, _ := f.vol.Counters()
-	f.good(f.exec(nexusA, cdb10(0x2a, 0, 0, 1), pattern(testBS, 1), 0))
+	f.good(f.exec(nexusA, testkit.CDB10(0x2a, 0, 0, 1), pattern(testBS, 1), 0))
 	f.good(f.exec(nexusA, []byte{0x0a, 0, 0, 1, 1, 0}, pattern(testBS, 1), 0))
 	if _, fua1, _, _ := f.vol.Counters(); fua1 != fua0+2 {
 		t.Fatalf("WCE=0 writes: %d FUA, want 2", fua1-fua0)
@@ -329,23 +330,23 @@ func TestModeSenseBlockDescriptor(t *testing.T) {
 func TestSyncCacheAndPrefetch(t *testing.T) {
 	f := newFixture(t, nil)
 	fl0, _, _, pf0 := f.vol.Counters()
-	f.good(f.exec(nexusA, cdb10(0x35, 0, 0, 0), nil, 0))
-	f.good(f.exec(nexusA, cdb16(0x91, 0, 10, 5), nil, 0))
-	f.sense(f.exec(nexusA, cdb16(0x91, 0, testBlocks, 1), nil, 0), SenseIllegalRequest, ASCLBAOutOfRange)
-	r := f.exec(nexusA, cdb10(0x34, 0, 0, 16), nil, 0)
+	f.good(f.exec(nexusA, testkit.CDB10(0x35, 0, 0, 0), nil, 0))
+	f.good(f.exec(nexusA, testkit.CDB16(0x91, 0, 10, 5), nil, 0))
+	f.sense(f.exec(nexusA, testkit.CDB16(0x91, 0, testBlocks, 1), nil, 0), SenseIllegalRequest, ASCLBAOutOfRange)
+	r := f.exec(nexusA, testkit.CDB10(0x34, 0, 0, 16), nil, 0)
 	if r.Status != StatusConditionMet {
 		t.Fatalf("PRE-FETCH status %#x", r.Status)
 	}
-	f.good(f.exec(nexusA, cdb16(0x90, 0x02, 0, 16), nil, 0)) // IMMED: GOOD
-	f.sense(f.exec(nexusA, cdb10(0x34, 0, testBlocks, 1), nil, 0), SenseIllegalRequest, ASCLBAOutOfRange)
+	f.good(f.exec(nexusA, testkit.CDB16(0x90, 0x02, 0, 16), nil, 0)) // IMMED: GOOD
+	f.sense(f.exec(nexusA, testkit.CDB10(0x34, 0, testBlocks, 1), nil, 0), SenseIllegalRequest, ASCLBAOutOfRange)
 	fl1, _, _, pf1 := f.vol.Counters()
 	if fl1-fl0 != 2 || pf1-pf0 != 2 {
 		t.Fatalf("flushes %d prefetches %d, want 2 and 2", fl1-fl0, pf1-pf0)
 	}
 	// FUA write reaches the volume as FUA even with WCE=1.
 	_, fu0, _, _ := f.vol.Counters()
-	f.good(f.exec(nexusA, cdb10(0x2a, flagFUA, 0, 1), pattern(testBS, 1), 0))
-	f.good(f.exec(nexusA, cdb10(0x2a, 0, 0, 1), pattern(testBS, 1), 0))
+	f.good(f.exec(nexusA, testkit.CDB10(0x2a, flagFUA, 0, 1), pattern(testBS, 1), 0))
+	f.good(f.exec(nexusA, testkit.CDB10(0x2a, 0, 0, 1), pattern(testBS, 1), 0))
 	if _, fu1, _, _ := f.vol.Counters(); fu1-fu0 != 1 {
 		t.Fatalf("FUA writes %d, want 1", fu1-fu0)
 	}
@@ -354,24 +355,24 @@ func TestSyncCacheAndPrefetch(t *testing.T) {
 func TestVerify(t *testing.T) {
 	f := newFixture(t, nil)
 	data := pattern(2*testBS, 4)
-	f.good(f.exec(nexusA, cdb10(0x2a, 0, 8, 2), data, 0))
-	f.good(f.exec(nexusA, cdb10(0x2f, 0x02, 8, 2), data, 0))
+	f.good(f.exec(nexusA, testkit.CDB10(0x2a, 0, 8, 2), data, 0))
+	f.good(f.exec(nexusA, testkit.CDB10(0x2f, 0x02, 8, 2), data, 0))
 	bad := bytes.Clone(data)
 	bad[700] ^= 1
-	r := f.exec(nexusA, cdb16(0x8f, 0x02, 8, 2), bad, 0)
+	r := f.exec(nexusA, testkit.CDB16(0x8f, 0x02, 8, 2), bad, 0)
 	f.sense(r, SenseMiscompare, ASCMiscompareDuringVerify)
 	if r.Sense[0]&0x80 == 0 || binary.BigEndian.Uint32(r.Sense[3:7]) != 700 {
 		t.Fatalf("INFORMATION % x, want 700", r.Sense[3:7])
 	}
 	// BYTCHK=0 does not compare.
-	f.good(f.exec(nexusA, cdb10(0x2f, 0, 8, 2), nil, 0))
+	f.good(f.exec(nexusA, testkit.CDB10(0x2f, 0, 8, 2), nil, 0))
 	// BYTCHK=11b: one block against every block.
-	f.good(f.exec(nexusA, cdb10(0x2a, 0, 20, 3), bytes.Repeat(data[:testBS], 3), 0))
-	f.good(f.exec(nexusA, cdb12(0xaf, 0x06, 20, 3), data[:testBS], 0))
-	f.sense(f.exec(nexusA, cdb12(0xaf, 0x06, 19, 3), data[:testBS], 0), SenseMiscompare, ASCMiscompareDuringVerify)
+	f.good(f.exec(nexusA, testkit.CDB10(0x2a, 0, 20, 3), bytes.Repeat(data[:testBS], 3), 0))
+	f.good(f.exec(nexusA, testkit.CDB12(0xaf, 0x06, 20, 3), data[:testBS], 0))
+	f.sense(f.exec(nexusA, testkit.CDB12(0xaf, 0x06, 19, 3), data[:testBS], 0), SenseMiscompare, ASCMiscompareDuringVerify)
 	// WRITE AND VERIFY writes durably.
 	_, fu0, _, _ := f.vol.Counters()
-	f.good(f.exec(nexusA, cdb10(0x2e, 0x02, 30, 1), data[:testBS], 0))
+	f.good(f.exec(nexusA, testkit.CDB10(0x2e, 0x02, 30, 1), data[:testBS], 0))
 	if _, fu1, _, _ := f.vol.Counters(); fu1 != fu0+1 {
 		t.Fatal("WRITE AND VERIFY not FUA")
 	}
@@ -379,7 +380,7 @@ func TestVerify(t *testing.T) {
 }
 
 func cawCDB(lba uint64, n byte) []byte {
-	c := cdb16(0x89, 0, lba, 0)
+	c := testkit.CDB16(0x89, 0, lba, 0)
 	c[10], c[11], c[12], c[13] = 0, 0, 0, n
 	return c
 }
@@ -387,7 +388,7 @@ func cawCDB(lba uint64, n byte) []byte {
 func TestCompareAndWrite(t *testing.T) {
 	f := newFixture(t, nil)
 	old := pattern(testBS, 1)
-	f.good(f.exec(nexusA, cdb10(0x2a, 0, 3, 1), old, 0))
+	f.good(f.exec(nexusA, testkit.CDB10(0x2a, 0, 3, 1), old, 0))
 	nw := pattern(testBS, 2)
 	f.good(f.exec(nexusA, cawCDB(3, 1), append(bytes.Clone(old), nw...), 0))
 	f.mustEqual(f.readBack(3, 1), nw)
@@ -408,17 +409,17 @@ func TestOrWrite(t *testing.T) {
 	f := newFixture(t, nil)
 	a := bytes.Repeat([]byte{0x0f}, testBS)
 	b := bytes.Repeat([]byte{0xf0}, testBS)
-	f.good(f.exec(nexusA, cdb10(0x2a, 0, 4, 1), a, 0))
-	f.good(f.exec(nexusA, cdb16(0x8b, 0, 4, 1), b, 0))
+	f.good(f.exec(nexusA, testkit.CDB10(0x2a, 0, 4, 1), a, 0))
+	f.good(f.exec(nexusA, testkit.CDB16(0x8b, 0, 4, 1), b, 0))
 	f.mustEqual(f.readBack(4, 1), bytes.Repeat([]byte{0xff}, testBS))
-	f.good(f.exec(nexusA, cdb16(0x8b, 0, 4, 0), nil, 0))
-	f.sense(f.exec(nexusA, cdb16(0x8b, 0, testBlocks, 1), b, 0), SenseIllegalRequest, ASCLBAOutOfRange)
+	f.good(f.exec(nexusA, testkit.CDB16(0x8b, 0, 4, 0), nil, 0))
+	f.sense(f.exec(nexusA, testkit.CDB16(0x8b, 0, testBlocks, 1), b, 0), SenseIllegalRequest, ASCLBAOutOfRange)
 }
 
 func TestWriteSame(t *testing.T) {
 	f := newFixture(t, func(c *LUConfig) { c.Thin = true })
 	blk0 := pattern(testBS, 0x21)
-	f.good(f.exec(nexusA, cdb10(0x41, 0, 100, 50), blk0, 0))
+	f.good(f.exec(nexusA, testkit.CDB10(0x41, 0, 100, 50), blk0, 0))
 	got := f.readBack(100, 50)
 	for i := 0; i < 50; i++ {
 		f.mustEqual(got[i*testBS:(i+1)*testBS], blk0)
@@ -426,20 +427,20 @@ func TestWriteSame(t *testing.T) {
 	f.mustEqual(f.readBack(150, 1), make([]byte, testBS))
 	// UNMAP with zero data discards.
 	_, _, d0, _ := f.vol.Counters()
-	f.good(f.exec(nexusA, cdb16(0x93, 0x08, 100, 10), make([]byte, testBS), 0))
+	f.good(f.exec(nexusA, testkit.CDB16(0x93, 0x08, 100, 10), make([]byte, testBS), 0))
 	f.mustEqual(f.readBack(100, 10), make([]byte, 10*testBS))
 	// NDOB without UNMAP writes zeroes, with UNMAP discards.
-	f.good(f.exec(nexusA, cdb16(0x93, 0x01, 110, 10), nil, 0))
+	f.good(f.exec(nexusA, testkit.CDB16(0x93, 0x01, 110, 10), nil, 0))
 	f.mustEqual(f.readBack(110, 10), make([]byte, 10*testBS))
-	f.good(f.exec(nexusA, cdb16(0x93, 0x09, 120, 10), nil, 0))
+	f.good(f.exec(nexusA, testkit.CDB16(0x93, 0x09, 120, 10), nil, 0))
 	if _, _, d1, _ := f.vol.Counters(); d1-d0 != 2 {
 		t.Fatalf("discards %d, want 2", d1-d0)
 	}
 	f.mustEqual(f.readBack(130, 1), blk0)
 	// Wrong Data-Out size.
-	f.sense(f.exec(nexusA, cdb10(0x41, 0, 0, 1), pattern(testBS-1, 1), 0), SenseIllegalRequest, ASCInvalidFieldInCmdIU)
-	f.sense(f.exec(nexusA, cdb10(0x41, 0, 0, 1), pattern(2*testBS, 1), 0), SenseIllegalRequest, ASCInvalidFieldInCmdIU)
-	f.sense(f.exec(nexusA, cdb10(0x41, 0, testBlocks-1, 2), blk0, 0), SenseIllegalRequest, ASCLBAOutOfRange)
+	f.sense(f.exec(nexusA, testkit.CDB10(0x41, 0, 0, 1), pattern(testBS-1, 1), 0), SenseIllegalRequest, ASCInvalidFieldInCmdIU)
+	f.sense(f.exec(nexusA, testkit.CDB10(0x41, 0, 0, 1), pattern(2*testBS, 1), 0), SenseIllegalRequest, ASCInvalidFieldInCmdIU)
+	f.sense(f.exec(nexusA, testkit.CDB10(0x41, 0, testBlocks-1, 2), blk0, 0), SenseIllegalRequest, ASCLBAOutOfRange)
 }
 
 func unmapList(descs ...[2]uint64) []byte {
@@ -455,9 +456,9 @@ func unmapList(descs ...[2]uint64) []byte {
 
 func TestUnmap(t *testing.T) {
 	f := newFixture(t, func(c *LUConfig) { c.Thin = true })
-	f.good(f.exec(nexusA, cdb10(0x2a, 0, 0, 8), pattern(8*testBS, 1), 0))
+	f.good(f.exec(nexusA, testkit.CDB10(0x2a, 0, 0, 8), pattern(8*testBS, 1), 0))
 	p := unmapList([2]uint64{1, 2}, [2]uint64{5, 1})
-	f.good(f.exec(nexusA, cdb10(0x42, 0, 0, uint16(len(p))), p, 0))
+	f.good(f.exec(nexusA, testkit.CDB10(0x42, 0, 0, uint16(len(p))), p, 0))
 	got := f.readBack(0, 8)
 	want := pattern(8*testBS, 1)
 	clear(want[1*testBS : 3*testBS])
@@ -466,23 +467,23 @@ func TestUnmap(t *testing.T) {
 	// A bad descriptor rejects the whole list before anything is discarded.
 	_, _, d0, _ := f.vol.Counters()
 	p = unmapList([2]uint64{6, 1}, [2]uint64{testBlocks, 1})
-	f.sense(f.exec(nexusA, cdb10(0x42, 0, 0, uint16(len(p))), p, 0), SenseIllegalRequest, ASCLBAOutOfRange)
+	f.sense(f.exec(nexusA, testkit.CDB10(0x42, 0, 0, uint16(len(p))), p, 0), SenseIllegalRequest, ASCLBAOutOfRange)
 	if _, _, d1, _ := f.vol.Counters(); d1 != d0 {
 		t.Fatal("discarded before validating every descriptor")
 	}
-	f.good(f.exec(nexusA, cdb10(0x42, 0, 0, 0), nil, 0))
-	f.sense(f.exec(nexusA, cdb10(0x42, 0, 0, 4), []byte{0, 2, 0, 0}, 0), SenseIllegalRequest, ASCParameterListLengthError)
+	f.good(f.exec(nexusA, testkit.CDB10(0x42, 0, 0, 0), nil, 0))
+	f.sense(f.exec(nexusA, testkit.CDB10(0x42, 0, 0, 4), []byte{0, 2, 0, 0}, 0), SenseIllegalRequest, ASCParameterListLengthError)
 }
 
 func TestGetLBAStatus(t *testing.T) {
 	f := newFixture(t, func(c *LUConfig) { c.Thin = true })
-	c := cdb16(0x9e, 0x12, 10, 24)
+	c := testkit.CDB16(0x9e, 0x12, 10, 24)
 	r := f.exec(nexusA, c, nil, 24)
 	f.good(r)
 	if binary.BigEndian.Uint64(r.Data[8:16]) != 10 || binary.BigEndian.Uint32(r.Data[16:20]) != testBlocks-10 {
 		t.Fatalf("descriptor % x", r.Data)
 	}
-	f.sense(f.exec(nexusA, cdb16(0x9e, 0x12, testBlocks, 24), nil, 24), SenseIllegalRequest, ASCLBAOutOfRange)
+	f.sense(f.exec(nexusA, testkit.CDB16(0x9e, 0x12, testBlocks, 24), nil, 24), SenseIllegalRequest, ASCLBAOutOfRange)
 }
 
 func TestReportLUNs(t *testing.T) {
@@ -605,8 +606,8 @@ func TestRequestSense(t *testing.T) {
 func TestCapacityChangedUA(t *testing.T) {
 	f := newFixture(t, nil)
 	f.lu.NotifyCapacityChanged()
-	f.sense(f.exec(nexusA, cdb10(0x28, 0, 0, 1), nil, testBS), SenseUnitAttention, ASCCapacityDataChanged)
-	f.good(f.exec(nexusA, cdb10(0x28, 0, 0, 1), nil, testBS))
+	f.sense(f.exec(nexusA, testkit.CDB10(0x28, 0, 0, 1), nil, testBS), SenseUnitAttention, ASCCapacityDataChanged)
+	f.good(f.exec(nexusA, testkit.CDB10(0x28, 0, 0, 1), nil, testBS))
 	f.sense(f.exec(nexusB, []byte{0, 0, 0, 0, 0, 0}, nil, 0), SenseUnitAttention, ASCCapacityDataChanged)
 }
 
@@ -654,22 +655,22 @@ func TestVolumeErrorsMapToSense(t *testing.T) {
 		fv.err = c.err
 		var r Response
 		if c.write {
-			r = f.exec(nexusA, cdb10(0x2a, 0, 0, 1), pattern(testBS, 1), 0)
+			r = f.exec(nexusA, testkit.CDB10(0x2a, 0, 0, 1), pattern(testBS, 1), 0)
 		} else {
-			r = f.exec(nexusA, cdb10(0x28, 0, 0, 1), nil, testBS)
+			r = f.exec(nexusA, testkit.CDB10(0x28, 0, 0, 1), nil, testBS)
 		}
 		checkSense(t, r, c.key, c.asc)
 	}
 	fv.err = context.Canceled
-	if r := f.exec(nexusA, cdb10(0x28, 0, 0, 1), nil, testBS); r.Status != StatusTaskAborted {
+	if r := f.exec(nexusA, testkit.CDB10(0x28, 0, 0, 1), nil, testBS); r.Status != StatusTaskAborted {
 		t.Fatalf("cancelled read status %#x", r.Status)
 	}
 	fv.err = nil
 	fv.panic = true
-	r := f.exec(nexusA, cdb10(0x28, 0, 0, 1), nil, testBS)
+	r := f.exec(nexusA, testkit.CDB10(0x28, 0, 0, 1), nil, testBS)
 	checkSense(t, r, SenseHardwareError, ASCInternalTargetFailure)
 	fv.panic = false
-	f.good(f.exec(nexusA, cdb10(0x28, 0, 0, 1), nil, testBS))
+	f.good(f.exec(nexusA, testkit.CDB10(0x28, 0, 0, 1), nil, testBS))
 }
 
 func TestStartStopAndPreventAllow(t *testing.T) {
@@ -724,8 +725,8 @@ func TestModeSelect10WithBlockDescriptor(t *testing.T) {
 
 func TestThickWriteSameUnmapRefused(t *testing.T) {
 	f := newFixture(t, nil)
-	f.good(f.exec(nexusA, cdb10(0x2a, 0, 0, 1), pattern(testBS, 5), 0))
-	r := f.exec(nexusA, cdb10(0x41, 0x08, 0, 1), make([]byte, testBS), 0)
+	f.good(f.exec(nexusA, testkit.CDB10(0x2a, 0, 0, 1), pattern(testBS, 5), 0))
+	r := f.exec(nexusA, testkit.CDB10(0x41, 0x08, 0, 1), make([]byte, testBS), 0)
 	f.sense(r, SenseIllegalRequest, ASCInvalidFieldInCDB)
 	f.mustEqual(f.readBack(0, 1), pattern(testBS, 5))
 	r = f.exec(nexusA, []byte{0x12, 1, 0xb2, 0, 255, 0}, nil, 255)
@@ -747,9 +748,9 @@ func TestMaxTransferLength(t *testing.T) {
 	}
 	tgt.Execute(context.Background(), &Command{CDB: []byte{0, 0, 0, 0, 0, 0}})
 	over := lu.maxXferBlocks + 1
-	r := tgt.Execute(context.Background(), &Command{CDB: cdb16(0x88, 0, 0, over), DataInLen: over * testBS})
+	r := tgt.Execute(context.Background(), &Command{CDB: testkit.CDB16(0x88, 0, 0, over), DataInLen: over * testBS})
 	checkSense(t, r, SenseIllegalRequest, ASCInvalidFieldInCDB)
-	r = tgt.Execute(context.Background(), &Command{CDB: cdb16(0x88, 0, 0, over-1), DataInLen: (over - 1) * testBS})
+	r = tgt.Execute(context.Background(), &Command{CDB: testkit.CDB16(0x88, 0, 0, over-1), DataInLen: (over - 1) * testBS})
 	if r.Status != StatusGood {
 		t.Fatalf("maximum transfer refused: %#x", r.Status)
 	}
@@ -781,14 +782,14 @@ func TestWriteThroughDiscardIsFlushed(t *testing.T) {
 	f := newFixture(t, func(c *LUConfig) { c.Thin = true; c.WriteCache = false })
 	fl0, _, _, _ := f.vol.Counters()
 	p := unmapList([2]uint64{1, 2})
-	f.good(f.exec(nexusA, cdb10(0x42, 0, 0, uint16(len(p))), p, 0))
-	f.good(f.exec(nexusA, cdb16(0x93, 0x09, 8, 4), nil, 0))
+	f.good(f.exec(nexusA, testkit.CDB10(0x42, 0, 0, uint16(len(p))), p, 0))
+	f.good(f.exec(nexusA, testkit.CDB16(0x93, 0x09, 8, 4), nil, 0))
 	if fl1, _, _, _ := f.vol.Counters(); fl1-fl0 != 2 {
 		t.Fatalf("WCE=0 discards flushed %d times, want 2", fl1-fl0)
 	}
 	// WRITE SAME writes FUA when WCE=0 and not otherwise.
 	_, fu0, _, _ := f.vol.Counters()
-	f.good(f.exec(nexusA, cdb10(0x41, 0, 0, 1), pattern(testBS, 1), 0))
+	f.good(f.exec(nexusA, testkit.CDB10(0x41, 0, 0, 1), pattern(testBS, 1), 0))
 	if _, fu1, _, _ := f.vol.Counters(); fu1 != fu0+1 {
 		t.Fatal("WRITE SAME with WCE=0 not FUA")
 	}
@@ -802,11 +803,11 @@ func TestNilCommandDoesNotCrash(t *testing.T) {
 
 func TestReadNeverWritesPastDataInLen(t *testing.T) {
 	f := newFixture(t, nil)
-	f.good(f.exec(nexusA, cdb10(0x2a, 0, 0, 1), pattern(testBS, 1), 0))
+	f.good(f.exec(nexusA, testkit.CDB10(0x2a, 0, 0, 1), pattern(testBS, 1), 0))
 	ring := bytes.Repeat([]byte{0xee}, 2*testBS)
 	// 200 bytes expected: the buffer's capacity reaches into bytes that
 	// are not this command's.
-	r := f.tgt.Execute(context.Background(), &Command{Nexus: nexusA, CDB: cdb10(0x28, 0, 0, 1), DataInLen: 200, DataIn: ring[:0]})
+	r := f.tgt.Execute(context.Background(), &Command{Nexus: nexusA, CDB: testkit.CDB10(0x28, 0, 0, 1), DataInLen: 200, DataIn: ring[:0]})
 	f.good(r)
 	f.mustEqual(r.Data, pattern(testBS, 1)[:200])
 	if !bytes.Equal(ring[200:], bytes.Repeat([]byte{0xee}, 2*testBS-200)) {
@@ -828,13 +829,13 @@ func (v *streamVol) ReadAt(ctx context.Context, p []byte, off int64) error {
 func TestVolumeSeesStreamAndCancellation(t *testing.T) {
 	var sv *streamVol
 	f := newFixture(t, func(c *LUConfig) { sv = &streamVol{Volume: c.Volume, streams: make(chan string, 4)}; c.Volume = sv })
-	f.good(f.exec(nexusA, cdb10(0x28, 0, 0, 1), nil, testBS))
+	f.good(f.exec(nexusA, testkit.CDB10(0x28, 0, 0, 1), nil, testBS))
 	if got, want := <-sv.streams, nexusA.InitiatorPort+"/lun0"; got != want {
 		t.Fatalf("stream %q, want %q", got, want)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	r := f.tgt.Execute(ctx, &Command{Nexus: nexusA, CDB: cdb10(0x28, 0, 0, 1), DataInLen: testBS})
+	r := f.tgt.Execute(ctx, &Command{Nexus: nexusA, CDB: testkit.CDB10(0x28, 0, 0, 1), DataInLen: testBS})
 	<-sv.streams
 	if r.Status != StatusTaskAborted {
 		t.Fatalf("cancelled task status %#x", r.Status)

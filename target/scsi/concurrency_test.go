@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/cachelun/cachelun/internal/memvol"
+	"github.com/cachelun/cachelun/internal/testkit"
 )
 
 // TestConcurrentStateChanges runs I/O on several nexuses while others
@@ -43,7 +44,7 @@ func TestConcurrentStateChanges(t *testing.T) {
 			data := pattern(testBS, byte(g+1))
 			lba := uint32(1000 + g)
 			for i := 0; i < 300; i++ {
-				r := f.exec(n, cdb10(0x2a, 0, lba, 1), data, 0)
+				r := f.exec(n, testkit.CDB10(0x2a, 0, lba, 1), data, 0)
 				if !legal(r) {
 					report(fmt.Errorf("write: status %#x sense % x", r.Status, r.Sense))
 					return
@@ -51,7 +52,7 @@ func TestConcurrentStateChanges(t *testing.T) {
 				if r.Status != StatusGood {
 					continue
 				}
-				r = f.exec(n, cdb10(0x28, 0, lba, 1), nil, testBS)
+				r = f.exec(n, testkit.CDB10(0x28, 0, lba, 1), nil, testBS)
 				if r.Status == StatusGood && string(r.Data) != string(data) {
 					report(fmt.Errorf("nexus %d read back other data", g))
 					return
@@ -129,7 +130,7 @@ func TestOrderedTaskWaitsForEarlierTasks(t *testing.T) {
 		}()
 		return ch
 	}
-	simple := exec(TaskSimple, cdb10(0x28, 0, 0, 1), testBS)
+	simple := exec(TaskSimple, testkit.CDB10(0x28, 0, 0, 1), testBS)
 	<-gv.started // the simple READ is inside the volume
 	ordered := exec(TaskOrdered, []byte{0, 0, 0, 0, 0, 0}, 0)
 	// HEAD OF QUEUE passes everything.

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/cachelun/cachelun/internal/memvol"
+	"github.com/cachelun/cachelun/internal/testkit"
 )
 
 // fuzzTarget builds a small thin logical unit for the fuzzers. A failed
@@ -37,10 +38,10 @@ func FuzzExecute(f *testing.F) {
 	seeds := [][]byte{
 		{0x00, 0, 0, 0, 0, 0},
 		{0x12, 1, 0x83, 0, 255, 0},
-		cdb10(0x28, 0, 1, 2),
-		cdb10(0x2a, 0x08, 1, 2),
-		cdb16(0x93, 0x09, 0, 8),
-		cdb16(0x89, 0, 0, 1),
+		testkit.CDB10(0x28, 0, 1, 2),
+		testkit.CDB10(0x2a, 0x08, 1, 2),
+		testkit.CDB16(0x93, 0x09, 0, 8),
+		testkit.CDB16(0x89, 0, 0, 1),
 		{0x9e, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0},
 		{0xa3, 0x0c, 0x82, 0x28, 0, 0, 0, 0, 1, 0, 0, 0},
 		{0x5f, 0x00, 0, 0, 0, 0, 0, 0, 24, 0},

@@ -3,7 +3,6 @@ package scsi
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"testing"
 
 	"github.com/cachelun/cachelun/internal/memvol"
@@ -89,30 +88,6 @@ func checkSense(t *testing.T, r Response, key SenseKey, asc ASC) {
 	if gotKey != key || gotASC != asc {
 		t.Fatalf("sense key %#x asc %04x, want %#x %04x (sense % x)", gotKey, gotASC, key, asc, r.Sense)
 	}
-}
-
-func cdb10(op byte, flags byte, lba uint32, n uint16) []byte {
-	c := make([]byte, 10)
-	c[0], c[1] = op, flags
-	binary.BigEndian.PutUint32(c[2:], lba)
-	binary.BigEndian.PutUint16(c[7:], n)
-	return c
-}
-
-func cdb16(op byte, flags byte, lba uint64, n uint32) []byte {
-	c := make([]byte, 16)
-	c[0], c[1] = op, flags
-	binary.BigEndian.PutUint64(c[2:], lba)
-	binary.BigEndian.PutUint32(c[10:], n)
-	return c
-}
-
-func cdb12(op byte, flags byte, lba uint32, n uint32) []byte {
-	c := make([]byte, 12)
-	c[0], c[1] = op, flags
-	binary.BigEndian.PutUint32(c[2:], lba)
-	binary.BigEndian.PutUint32(c[6:], n)
-	return c
 }
 
 func pattern(n int, seed byte) []byte {

@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"path/filepath"
 	"testing"
+
+	"github.com/cachelun/cachelun/internal/testkit"
 )
 
 func prout(sa, typ byte, key, saKey uint64, flags byte) ([]byte, []byte) {
@@ -75,8 +77,8 @@ func TestPRRegisterAndReadKeys(t *testing.T) {
 }
 
 func TestPRReservationAccess(t *testing.T) {
-	read := cdb10(0x28, 0, 0, 1)
-	write := cdb10(0x2a, 0, 0, 1)
+	read := testkit.CDB10(0x28, 0, 0, 1)
+	write := testkit.CDB10(0x2a, 0, 0, 1)
 	data := pattern(testBS, 1)
 	nexusC := &Nexus{InitiatorPort: "iqn.test:c,i,0x3", TargetPort: "iqn.test:tgt,t,0x0001"}
 	cases := []struct {
@@ -126,7 +128,7 @@ func TestPRReservationAccess(t *testing.T) {
 			// INQUIRY, TUR, READ CAPACITY and PR IN always work.
 			check(nexusC, []byte{0x12, 0, 0, 0, 36, 0}, nil, true)
 			check(nexusC, []byte{0, 0, 0, 0, 0, 0}, nil, true)
-			check(nexusC, cdb10(0x25, 0, 0, 0), nil, true)
+			check(nexusC, testkit.CDB10(0x25, 0, 0, 0), nil, true)
 			r := f.prin(nexusC, 1)
 			if binary.BigEndian.Uint32(r.Data[4:8]) != 16 || r.Data[21] != c.typ {
 				t.Fatalf("READ RESERVATION % x", r.Data)
@@ -215,8 +217,8 @@ func TestRegisterAndMove(t *testing.T) {
 	copy(p[24:], tid)
 	c := []byte{0x5f, 7, prExclusiveAccess, 0, 0, 0, 0, 0, byte(len(p)), 0}
 	f.good(f.exec(nexusA, c, p, 0))
-	f.good(f.exec(nexusB, cdb10(0x2a, 0, 0, 1), pattern(testBS, 1), 0))
-	f.conflict(f.exec(nexusA, cdb10(0x28, 0, 0, 1), nil, testBS))
+	f.good(f.exec(nexusB, testkit.CDB10(0x2a, 0, 0, 1), pattern(testBS, 1), 0))
+	f.conflict(f.exec(nexusA, testkit.CDB10(0x28, 0, 0, 1), nil, testBS))
 	_, keys := readKeys(f, nexusB)
 	if len(keys) != 1 || keys[0] != 0xb {
 		t.Fatalf("keys %x", keys)
@@ -233,8 +235,8 @@ func TestAPTPLPersisted(t *testing.T) {
 		t.Fatalf("PTPL_C/PTPL_A % x", r.Data)
 	}
 	f2 := newFixture(t, func(c *LUConfig) { c.StatePath = path })
-	f2.conflict(f2.exec(nexusB, cdb10(0x2a, 0, 0, 1), pattern(testBS, 1), 0))
-	f2.good(f2.exec(nexusA, cdb10(0x2a, 0, 0, 1), pattern(testBS, 1), 0))
+	f2.conflict(f2.exec(nexusB, testkit.CDB10(0x2a, 0, 0, 1), pattern(testBS, 1), 0))
+	f2.good(f2.exec(nexusA, testkit.CDB10(0x2a, 0, 0, 1), pattern(testBS, 1), 0))
 	// Registering without APTPL drops persistence.
 	f2.good(f2.prout(nexusA, 0, 0, 0xa, 0xa, 0))
 	f3 := newFixture(t, func(c *LUConfig) { c.StatePath = path })
@@ -255,23 +257,23 @@ func TestReserve6(t *testing.T) {
 	f.conflict(f.exec(nexusB, []byte{0x5e, 0, 0, 0, 0, 0, 0, 0, 255, 0}, nil, 255))
 	f.good(f.exec(nexusA, []byte{0x17, 0, 0, 0, 0, 0}, nil, 0))
 	f.good(f.exec(nexusB, []byte{0x56, 0, 0, 0, 0, 0, 0, 0, 0, 0}, nil, 0))
-	f.conflict(f.exec(nexusA, cdb10(0x28, 0, 0, 1), nil, testBS))
+	f.conflict(f.exec(nexusA, testkit.CDB10(0x28, 0, 0, 1), nil, testBS))
 	// Nexus loss releases it.
 	f.tgt.NexusLost(nexusB)
-	f.good(f.exec(nexusA, cdb10(0x28, 0, 0, 1), nil, testBS))
+	f.good(f.exec(nexusA, testkit.CDB10(0x28, 0, 0, 1), nil, testBS))
 	// LU reset releases it and raises a UA on the other nexus.
 	f.good(f.exec(nexusA, []byte{0x16, 0, 0, 0, 0, 0}, nil, 0))
 	f.clearUA(nexusB)
-	f.conflict(f.exec(nexusB, cdb10(0x28, 0, 0, 1), nil, testBS))
+	f.conflict(f.exec(nexusB, testkit.CDB10(0x28, 0, 0, 1), nil, testBS))
 	if err := f.tgt.ResetLU(nexusA, 0); err != nil {
 		t.Fatal(err)
 	}
-	f.sense(f.exec(nexusB, cdb10(0x28, 0, 0, 1), nil, testBS), SenseUnitAttention, ASCBusDeviceResetOccurred)
-	f.good(f.exec(nexusB, cdb10(0x28, 0, 0, 1), nil, testBS))
+	f.sense(f.exec(nexusB, testkit.CDB10(0x28, 0, 0, 1), nil, testBS), SenseUnitAttention, ASCBusDeviceResetOccurred)
+	f.good(f.exec(nexusB, testkit.CDB10(0x28, 0, 0, 1), nil, testBS))
 	// SAM-5: the nexus that asked for the reset gets the unit attention
 	// too (its other commands were aborted as well).
-	f.sense(f.exec(nexusA, cdb10(0x28, 0, 0, 1), nil, testBS), SenseUnitAttention, ASCBusDeviceResetOccurred)
-	f.good(f.exec(nexusA, cdb10(0x28, 0, 0, 1), nil, testBS))
+	f.sense(f.exec(nexusA, testkit.CDB10(0x28, 0, 0, 1), nil, testBS), SenseUnitAttention, ASCBusDeviceResetOccurred)
+	f.good(f.exec(nexusA, testkit.CDB10(0x28, 0, 0, 1), nil, testBS))
 	// A persistent reservation makes RESERVE(6) from others conflict.
 	f.good(f.prout(nexusA, 0, 0, 0, 0xa, 0))
 	f.good(f.prout(nexusA, 1, prWriteExclusive, 0xa, 0, 0))
@@ -281,7 +283,7 @@ func TestReserve6(t *testing.T) {
 	f.sense(f.exec(nexusA, []byte{0, 0, 0, 0, 0, 0}, nil, 0), SenseUnitAttention, ASCBusDeviceResetOccurred)
 	// The persistent reservation survives the reset.
 	f.sense(f.exec(nexusB, []byte{0, 0, 0, 0, 0, 0}, nil, 0), SenseUnitAttention, ASCBusDeviceResetOccurred)
-	f.conflict(f.exec(nexusB, cdb10(0x2a, 0, 0, 1), pattern(testBS, 1), 0))
+	f.conflict(f.exec(nexusB, testkit.CDB10(0x2a, 0, 0, 1), pattern(testBS, 1), 0))
 }
 
 func TestPRAllRegistrantsAndUnregister(t *testing.T) {
@@ -291,11 +293,11 @@ func TestPRAllRegistrantsAndUnregister(t *testing.T) {
 	f.good(f.prout(nexusA, 1, prExclusiveAccessAllReg, 0xa, 0, 0))
 	// A leaves; B still holds the all-registrants reservation.
 	f.good(f.prout(nexusA, 0, 0, 0xa, 0, 0))
-	f.conflict(f.exec(nexusA, cdb10(0x28, 0, 0, 1), nil, testBS))
-	f.good(f.exec(nexusB, cdb10(0x28, 0, 0, 1), nil, testBS))
+	f.conflict(f.exec(nexusA, testkit.CDB10(0x28, 0, 0, 1), nil, testBS))
+	f.good(f.exec(nexusB, testkit.CDB10(0x28, 0, 0, 1), nil, testBS))
 	// B leaves: the reservation goes with the last registrant.
 	f.good(f.prout(nexusB, 0, 0, 0xb, 0, 0))
-	f.good(f.exec(nexusA, cdb10(0x28, 0, 0, 1), nil, testBS))
+	f.good(f.exec(nexusA, testkit.CDB10(0x28, 0, 0, 1), nil, testBS))
 	if f.lu.reservationActive.Load() {
 		t.Fatal("reservation survived its last registrant")
 	}
@@ -305,7 +307,7 @@ func TestPRAllRegistrantsAndUnregister(t *testing.T) {
 	f.good(f.prout(nexusA, 1, prWriteExclusiveAllReg, 0xa, 0, 0))
 	f.good(f.prout(nexusA, 4, prExclusiveAccess, 0xa, 0, 0))
 	f.sense(f.exec(nexusB, []byte{0, 0, 0, 0, 0, 0}, nil, 0), SenseUnitAttention, ASCRegistrationsPreempted)
-	f.conflict(f.exec(nexusB, cdb10(0x28, 0, 0, 1), nil, testBS))
+	f.conflict(f.exec(nexusB, testkit.CDB10(0x28, 0, 0, 1), nil, testBS))
 	// Holder of a registrants-only reservation unregisters: released,
 	// and the other registrants are told.
 	f.good(f.prout(nexusA, 2, prExclusiveAccess, 0xa, 0, 0))

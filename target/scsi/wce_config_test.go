@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/cachelun/cachelun/internal/memvol"
+	"github.com/cachelun/cachelun/internal/testkit"
 )
 
 // durabilityVolume tracks which acknowledged writes are durable: a
@@ -103,7 +104,7 @@ func currentWCE(t *testing.T, f *fixture, n *Nexus, pc byte) bool {
 func TestSetConfiguredWriteCache(t *testing.T) {
 	f, dv := newDurabilityFixture(t, nil)
 	ctx := context.Background()
-	f.good(f.exec(nexusA, cdb10(0x2a, 0, 10, 1), pattern(testBS, 1), 0))
+	f.good(f.exec(nexusA, testkit.CDB10(0x2a, 0, 10, 1), pattern(testBS, 1), 0))
 	if v, _ := dv.state(); v != 1 {
 		t.Fatalf("WCE=1 write: %d volatile writes, want 1", v)
 	}
@@ -131,7 +132,7 @@ func TestSetConfiguredWriteCache(t *testing.T) {
 		t.Fatal("default page still shows WCE=1; it reports the configured write_cache")
 	}
 	_, fua0, _, _ := f.vol.Counters()
-	f.good(f.exec(nexusA, cdb10(0x2a, 0, 11, 1), pattern(testBS, 2), 0))
+	f.good(f.exec(nexusA, testkit.CDB10(0x2a, 0, 11, 1), pattern(testBS, 2), 0))
 	if _, fua1, _, _ := f.vol.Counters(); fua1 != fua0+1 {
 		t.Fatal("write after the switch to WCE=0 is not FUA")
 	}
@@ -154,7 +155,7 @@ func TestSetConfiguredWriteCache(t *testing.T) {
 	}
 	f.sense(f.exec(nexusB, []byte{0, 0, 0, 0, 0, 0}, nil, 0), SenseUnitAttention, ASCModeParametersChanged)
 	_, fua2, _, _ := f.vol.Counters()
-	f.good(f.exec(nexusB, cdb10(0x2a, 0, 12, 1), pattern(testBS, 3), 0))
+	f.good(f.exec(nexusB, testkit.CDB10(0x2a, 0, 12, 1), pattern(testBS, 3), 0))
 	if _, fua3, _, _ := f.vol.Counters(); fua3 != fua2 || !f.lu.WriteCacheEnabled() {
 		t.Fatal("WCE=1 write still FUA")
 	}
@@ -170,7 +171,7 @@ func TestSetConfiguredWriteCacheWaitsForWritesInFlight(t *testing.T) {
 	ctx := context.Background()
 
 	inFlight := make(chan Response, 1)
-	go func() { inFlight <- f.exec(nexusA, cdb10(0x2a, 0, 20, 1), pattern(testBS, 4), 0) }()
+	go func() { inFlight <- f.exec(nexusA, testkit.CDB10(0x2a, 0, 20, 1), pattern(testBS, 4), 0) }()
 	<-dv.entered // the write holds the task set and waits in the volume
 
 	switched := make(chan error, 1)
@@ -194,8 +195,8 @@ func TestSetConfiguredWriteCacheWaitsForWritesInFlight(t *testing.T) {
 	if v, _ := dv.state(); v != 0 {
 		t.Fatal("the in-flight write is volatile after the switch to WCE=0")
 	}
-	f.sense(f.exec(nexusB, cdb10(0x2a, 0, 21, 1), pattern(testBS, 5), 0), SenseUnitAttention, ASCModeParametersChanged)
-	f.good(f.exec(nexusB, cdb10(0x2a, 0, 21, 1), pattern(testBS, 5), 0))
+	f.sense(f.exec(nexusB, testkit.CDB10(0x2a, 0, 21, 1), pattern(testBS, 5), 0), SenseUnitAttention, ASCModeParametersChanged)
+	f.good(f.exec(nexusB, testkit.CDB10(0x2a, 0, 21, 1), pattern(testBS, 5), 0))
 	if v, bad := dv.state(); v != 0 || bad != 0 {
 		t.Fatalf("after the switch: %d volatile writes, %d FUA writes completed over volatile ones", v, bad)
 	}

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/cachelun/cachelun/internal/memvol"
+	"github.com/cachelun/cachelun/internal/testkit"
 )
 
 // benchmarkRing pushes commands through the simulated kernel ring, the
@@ -25,9 +26,9 @@ func benchmarkRing(b *testing.B, write bool, blocks uint16, depth int) {
 			lba := uint32(queued*int(blocks)) % (60 << 20 / 512)
 			var err error
 			if write {
-				_, err = r.k.queue(cdb10(0x2a, lba, blocks), payload, 0)
+				_, err = r.k.queue(testkit.Write10(lba, blocks), payload, 0)
 			} else {
-				_, err = r.k.queue(cdb10(0x28, lba, blocks), nil, size)
+				_, err = r.k.queue(testkit.Read10(lba, blocks), nil, size)
 			}
 			if err != nil {
 				break

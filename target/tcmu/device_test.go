@@ -114,14 +114,6 @@ func (r *rig) do(cdb []byte, out []byte, inLen int) *fakeCmd {
 	return r.run(r.queue(cdb, out, inLen))[0]
 }
 
-func cdb10(op byte, lba uint32, blocks uint16) []byte {
-	c := make([]byte, 10)
-	c[0] = op
-	binary.BigEndian.PutUint32(c[2:], lba)
-	binary.BigEndian.PutUint16(c[7:], blocks)
-	return c
-}
-
 func senseKey(c *fakeCmd) (key, asc, ascq byte) { return c.sense[2] & 0xf, c.sense[12], c.sense[13] }
 
 // clearUA consumes the power-on unit attention of a fresh logical unit.
@@ -146,7 +138,7 @@ func TestDeviceWriteReadBack(t *testing.T) {
 			pattern[i] = byte(i*7 + i>>9)
 		}
 		// 128 KiB over 32 data blocks handed out in reverse: many iovecs.
-		w := r.do(cdb10(0x2a, 100, 256), pattern, 0)
+		w := r.do(testkit.Write10(100, 256), pattern, 0)
 		if w.status != 0 || len(w.iovs) < 2 {
 			t.Fatalf("WRITE(10): status %#x sense % x iovecs %d", w.status, w.sense[:18], len(w.iovs))
 		}
@@ -154,7 +146,7 @@ func TestDeviceWriteReadBack(t *testing.T) {
 		if err := vol.ReadAt(context.Background(), back, 100*512); err != nil || !bytes.Equal(back, pattern) {
 			t.Fatalf("volume content differs after WRITE (err %v)", err)
 		}
-		rd := r.do(cdb10(0x28, 100, 256), nil, len(pattern))
+		rd := r.do(testkit.Read10(100, 256), nil, len(pattern))
 		if rd.status != 0 || !bytes.Equal(rd.data, pattern) {
 			t.Fatalf("READ(10): status %#x, data equal %v", rd.status, bytes.Equal(rd.data, pattern))
 		}
@@ -162,7 +154,7 @@ func TestDeviceWriteReadBack(t *testing.T) {
 		if d := r.h.Devices(); len(d) != 1 || d[0].ConfigDir != "user_0/vol" || d[0].Cfgstring != "db1" || d[0].SizeBytes != 16<<20 || d[0].Commands < 3 || d[0].InFlight != 0 {
 			t.Fatalf("Devices() = %+v", d)
 		}
-		one := r.do(cdb10(0x28, 101, 8), nil, 4096)
+		one := r.do(testkit.Read10(101, 8), nil, 4096)
 		if one.status != 0 || len(one.iovs) != 1 || !bytes.Equal(one.data, pattern[512:512+4096]) {
 			t.Fatalf("READ(10) of one data block: status %#x iovecs %d", one.status, len(one.iovs))
 		}
@@ -237,7 +229,7 @@ func TestDeviceManyInFlightOutOfOrder(t *testing.T) {
 	}
 	var cmds []*fakeCmd
 	for i := range n {
-		cmds = append(cmds, r.queue(cdb10(0x28, uint32(i*8), 8), nil, 4096))
+		cmds = append(cmds, r.queue(testkit.Read10(uint32(i*8), 8), nil, 4096))
 	}
 	r.port.interrupt()
 	// Every command must be in flight at once before any finishes.
@@ -296,7 +288,7 @@ func TestDeviceReconfigSize(t *testing.T) {
 		t.Fatalf("capacity: last LBA %d status %#x (device must show dev_size, not the volume size)", last, c.status)
 	}
 	// Beyond dev_size is out of range even though the volume is larger.
-	if c := r.do(cdb10(0x28, 4<<20/512, 1), nil, 512); c.status != byte(scsi.StatusCheckCondition) {
+	if c := r.do(testkit.Read10(4<<20/512, 1), nil, 512); c.status != byte(scsi.StatusCheckCondition) {
 		t.Fatalf("read past dev_size: status %#x", c.status)
 	}
 	ev := nlEvent{cmd: nlReconfigDevice, uioName: "tcm-user/0/vol/cachelun/db1", minor: 0, devSize: 6 << 20, hasDevSize: true, hasDeviceID: true}
@@ -350,7 +342,7 @@ func TestDeviceReconfigWriteCache(t *testing.T) {
 	}
 	// With WCE=0 every write reaches the volume as FUA.
 	_, before, _, _ := vol.Counters()
-	if c := r.do(cdb10(0x2a, 0, 1), make([]byte, 512), 0); c.status != 0 {
+	if c := r.do(testkit.Write10(0, 1), make([]byte, 512), 0); c.status != 0 {
 		t.Fatalf("WRITE: %#x", c.status)
 	}
 	if _, after, _, _ := vol.Counters(); after != before+1 {
@@ -420,7 +412,7 @@ func TestReleaseOnShutdownAfterDrain(t *testing.T) {
 	r := newRig(t, vol, 1<<20, mbFlagOOOC|mbFlagReadLen)
 	r.od.dev.grace = 100 * time.Millisecond
 	r.clearUA()
-	r.queue(cdb10(0x28, 0, 1), nil, 512) // blocks until cancelled
+	r.queue(testkit.Read10(0, 1), nil, 512) // blocks until cancelled
 	r.port.interrupt()
 	testkit.WaitFor(t, 10*time.Second, "the command in flight", func() bool { return r.od.dev.ring.inFlight() == 1 })
 	start := time.Now()

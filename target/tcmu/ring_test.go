@@ -6,6 +6,8 @@ import (
 	"errors"
 	"math/rand/v2"
 	"testing"
+
+	"github.com/cachelun/cachelun/internal/testkit"
 )
 
 func TestParseMailbox(t *testing.T) {
@@ -53,14 +55,6 @@ func TestCDBLength(t *testing.T) {
 	}
 }
 
-func readCDB(lba uint32, blocks uint16) []byte {
-	c := make([]byte, 10)
-	c[0] = 0x28
-	binary.BigEndian.PutUint32(c[2:], lba)
-	binary.BigEndian.PutUint16(c[7:], blocks)
-	return c
-}
-
 // TestRingOutOfOrder queues commands, completes them in a random order and
 // checks that the (simulated) kernel matches every completion to its
 // command, across many wraps of a small ring with PAD entries.
@@ -77,7 +71,7 @@ func TestRingOutOfOrder(t *testing.T) {
 		headBefore := k.head
 		for range 1 + rng.IntN(8) {
 			inLen := 512 * (1 + rng.IntN(6))
-			c, err := k.queue(readCDB(uint32(round), uint16(inLen/512)), nil, inLen)
+			c, err := k.queue(testkit.Read10(uint32(round), uint16(inLen/512)), nil, inLen)
 			if errors.Is(err, errRingFull) {
 				break
 			}
@@ -159,7 +153,7 @@ func TestRingCompletionNeedsConsumedEntry(t *testing.T) {
 	if err := r.complete(completion{id: 1}); !errors.Is(err, errRing) {
 		t.Fatalf("completion with nothing consumed: %v", err)
 	}
-	if _, err := k.queue(readCDB(0, 1), nil, 512); err != nil {
+	if _, err := k.queue(testkit.Read10(0, 1), nil, 512); err != nil {
 		t.Fatal(err)
 	}
 	// Queued but not consumed: the slot must not be reused.
@@ -174,8 +168,8 @@ func TestRingTMRAndPadOnly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, _ := k.queue(readCDB(1, 1), nil, 512)
-	b, _ := k.queue(readCDB(2, 1), nil, 512)
+	a, _ := k.queue(testkit.Read10(1, 1), nil, 512)
+	b, _ := k.queue(testkit.Read10(2, 1), nil, 512)
 	if err := k.queueTMR(tmrAbortTask, []uint16{a.id}); err != nil {
 		t.Fatal(err)
 	}
@@ -207,7 +201,7 @@ func TestRingTMRAndPadOnly(t *testing.T) {
 
 func TestDecodeCommandRejectsCorruptEntries(t *testing.T) {
 	k := newFakeKernel(2048, 8, 512, mbFlagOOOC)
-	c, err := k.queue(readCDB(0, 2), nil, 1024)
+	c, err := k.queue(testkit.Read10(0, 2), nil, 1024)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -243,7 +237,7 @@ func TestDecodeCommandRejectsCorruptEntries(t *testing.T) {
 // and never panic.
 func FuzzRingConsume(f *testing.F) {
 	k := newFakeKernel(1024, 4, 512, mbFlagOOOC)
-	k.queue(readCDB(7, 1), nil, 512)
+	k.queue(testkit.Read10(7, 1), nil, 512)
 	k.queue([]byte{0x2a, 0, 0, 0, 0, 1, 0, 0, 1, 0}, make([]byte, 512), 0)
 	k.queueTMR(tmrLUNReset, []uint16{1, 2})
 	f.Add(k.mm[k.cmdrOff:k.dataOff], k.head, uint32(0))

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/cachelun/cachelun/internal/memvol"
+	"github.com/cachelun/cachelun/internal/testkit"
 	"github.com/cachelun/cachelun/target/scsi"
 )
 
@@ -17,7 +18,7 @@ func TestHandlerSetConfiguredWriteCache(t *testing.T) {
 	vol, _ := memvol.New(1<<20, 512)
 	r := newRig(t, vol, 1<<20, mbFlagOOOC|mbFlagReadLen)
 	r.clearUA()
-	if c := r.do(cdb10(0x2a, 0, 1), make([]byte, 512), 0); c.status != 0 {
+	if c := r.do(testkit.Write10(0, 1), make([]byte, 512), 0); c.status != 0 {
 		t.Fatalf("WRITE: %#x", c.status)
 	}
 	if n, err := r.h.SetConfiguredWriteCache(context.Background(), "other", false); err != nil || n != 0 {
@@ -42,7 +43,7 @@ func TestHandlerSetConfiguredWriteCache(t *testing.T) {
 		t.Fatal("WCE still on")
 	}
 	_, fua, _, _ := vol.Counters()
-	if c := r.do(cdb10(0x2a, 0, 1), make([]byte, 512), 0); c.status != 0 {
+	if c := r.do(testkit.Write10(0, 1), make([]byte, 512), 0); c.status != 0 {
 		t.Fatalf("WRITE: %#x", c.status)
 	}
 	if _, after, _, _ := vol.Counters(); after != fua+1 {
