@@ -27,11 +27,9 @@ type fixture struct {
 	db1     *admintest.Volume
 	logs    *admintest.Volume
 	cache   *admintest.Cache
-	srv     *admin.Server
+	srv     *admintest.Server
 	client  *admin.Client
 	socket  string
-	cancel  context.CancelFunc
-	served  chan error
 }
 
 type fixtureOpt func(*admin.Config)
@@ -60,41 +58,9 @@ func newFixture(t *testing.T, opts ...fixtureOpt) *fixture {
 	for _, o := range opts {
 		o(&cfg)
 	}
-	srv, err := admin.NewServer(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.srv = srv
-	ctx, cancel := context.WithCancel(context.Background())
-	f.cancel = cancel
-	f.served = make(chan error, 1)
-	go func() { f.served <- srv.Serve(ctx) }()
-	select {
-	case <-srv.Ready():
-	case err := <-f.served:
-		t.Fatalf("Serve: %v", err)
-	}
+	f.srv = admintest.StartServer(t, cfg)
 	f.client = admin.NewClient(f.socket)
-	t.Cleanup(func() { f.stop(t) })
 	return f
-}
-
-// stop ends Serve and checks it returned cleanly; idempotent.
-func (f *fixture) stop(t *testing.T) {
-	t.Helper()
-	if f.cancel == nil {
-		return
-	}
-	f.cancel()
-	f.cancel = nil
-	select {
-	case err := <-f.served:
-		if err != nil {
-			t.Errorf("Serve returned %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Serve did not return after cancel")
-	}
 }
 
 // rawRequest sends a request over the socket and returns status and body.
@@ -639,7 +605,7 @@ func TestShutdownCancelsJobs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.stop(t)
+	f.srv.Stop()
 	if got, ok := jobStateAfterShutdown(f, j.ID); !ok || got != admin.JobCancelled {
 		t.Errorf("drain job ended %q (found %v), want cancelled", got, ok)
 	}
@@ -682,14 +648,7 @@ func TestFirstCallWithStuckBackend(t *testing.T) {
 func TestNoSocketServesMetricsOnly(t *testing.T) {
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "admin.sock")
-	srv, err := admin.NewServer(admin.Config{Backend: fakeEmptyBackend(), SocketPath: sock, NoSocket: true, MetricsListen: "127.0.0.1:0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx) }()
-	<-srv.Ready()
+	srv := admintest.StartServer(t, admin.Config{Backend: fakeEmptyBackend(), SocketPath: sock, NoSocket: true, MetricsListen: "127.0.0.1:0"})
 	if _, err := os.Stat(sock); !os.IsNotExist(err) {
 		t.Errorf("socket created although disabled: %v", err)
 	}
@@ -706,10 +665,7 @@ func TestNoSocketServesMetricsOnly(t *testing.T) {
 	if resp.StatusCode != http.StatusNotFound {
 		t.Errorf("/v1/status on the metrics listener: %d", resp.StatusCode)
 	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Error(err)
-	}
+	srv.Stop()
 }
 
 // BenchmarkStatusCall measures a status call over the unix socket, idle
@@ -724,14 +680,8 @@ func BenchmarkStatusCall(b *testing.B) {
 			v := admintest.NewVolume("db1", "nvme0", 1<<30, 512)
 			be := admintest.NewBackend([]*admintest.Volume{v}, []*admintest.Cache{admintest.NewCache("nvme0", "")})
 			sock := filepath.Join(b.TempDir(), "admin.sock")
-			srv, err := admin.NewServer(admin.Config{Backend: be, SocketPath: sock})
-			if err != nil {
-				b.Fatal(err)
-			}
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan error, 1)
-			go func() { done <- srv.Serve(ctx) }()
-			<-srv.Ready()
+			srv := admintest.StartServer(b, admin.Config{Backend: be, SocketPath: sock})
+			ctx := context.Background()
 			cl := admin.NewClient(sock)
 			if held {
 				gate := v.HoldWork()
@@ -746,8 +696,7 @@ func BenchmarkStatusCall(b *testing.B) {
 				}
 			}
 			b.StopTimer()
-			cancel()
-			<-done
+			srv.Stop()
 		})
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/cachelun/cachelun/admin"
+	"github.com/cachelun/cachelun/admin/admintest"
 	"github.com/cachelun/cachelun/admin/cli"
 	"github.com/cachelun/cachelun/cachecore"
 	"github.com/cachelun/cachelun/persist"
@@ -134,24 +135,7 @@ func TestCacheFailureShown(t *testing.T) {
 func serveAdmin(t *testing.T, d *Daemon) string {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "admin.sock")
-	srv, err := admin.NewServer(admin.Config{Backend: &adminBackend{d: d}, SocketPath: sock, Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx) }()
-	select {
-	case <-srv.Ready():
-	case err := <-done:
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("admin Serve: %v", err)
-		}
-	})
+	admintest.StartServer(t, admin.Config{Backend: &adminBackend{d: d}, SocketPath: sock, Logger: testLogger(t)})
 	return sock
 }
 

@@ -2,7 +2,8 @@
 // of the admin API, the CLI and the daemon's wiring: volumes, caches and
 // sessions whose state a test sets directly, and gates that hold flush,
 // drain and mode switches (or the read-only calls) until the test releases
-// them, to show that the API keeps answering while they are stuck.
+// them, to show that the API keeps answering while they are stuck; and
+// StartServer, the one way tests run an admin server in the background.
 package admintest
 
 import (

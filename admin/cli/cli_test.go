@@ -50,24 +50,7 @@ func newFixtureAt(t *testing.T, path string) *fixture {
 	f.backend.SetSessions([]admin.Session{{Transport: "iscsi", Initiator: "iqn.1993-08.org.debian:01:abc",
 		Target: "iqn.2026-11.io.cachelun:demo", Portal: "127.0.0.1:3260", Remote: "127.0.0.1:51000", LUNs: []uint64{0, 1}, InFlight: 2}})
 	f.socket = path
-	srv, err := admin.NewServer(admin.Config{Backend: f.backend, SocketPath: f.socket, Version: "0.1.0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx) }()
-	select {
-	case <-srv.Ready():
-	case err := <-done:
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
+	admintest.StartServer(t, admin.Config{Backend: f.backend, SocketPath: f.socket, Version: "0.1.0"})
 	return f
 }
 
@@ -312,16 +295,8 @@ func TestExplainAndSessions(t *testing.T) {
 
 func TestTCPWithTokenFromEnvironment(t *testing.T) {
 	b := admintest.NewBackend([]*admintest.Volume{admintest.NewVolume("db1", "c", 1<<20, 512)}, nil)
-	srv, err := admin.NewServer(admin.Config{Backend: b, SocketPath: filepath.Join(t.TempDir(), "s"),
+	srv := admintest.StartServer(t, admin.Config{Backend: b, SocketPath: filepath.Join(t.TempDir(), "s"),
 		TCPListen: "127.0.0.1:0", Token: "tok-123"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx) }()
-	defer func() { cancel(); <-done }()
-	<-srv.Ready()
 	addr := srv.Addr("tcp").String()
 
 	t.Setenv(cli.EnvToken, "tok-123")

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/cachelun/cachelun/admin"
+	"github.com/cachelun/cachelun/admin/admintest"
 	"github.com/cachelun/cachelun/admin/cli"
 	"github.com/cachelun/cachelun/admin/coreadapter"
 	"github.com/cachelun/cachelun/backend"
@@ -68,20 +69,7 @@ func TestAdminOverRealEngine(t *testing.T) {
 		},
 	}
 	sock := filepath.Join(t.TempDir(), "admin.sock")
-	srv, err := admin.NewServer(admin.Config{Backend: backendFuncs, SocketPath: sock})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sctx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(sctx) }()
-	defer func() {
-		stop()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	}()
-	<-srv.Ready()
+	admintest.StartServer(t, admin.Config{Backend: backendFuncs, SocketPath: sock})
 	cl := admin.NewClient(sock)
 
 	vr, err := cl.Volume(ctx, "db1")
