@@ -10,6 +10,8 @@ import (
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/cachelun/cachelun/internal/testkit"
 )
 
 // documentedMetric is one row of a metric table in docs/metrics.md.
@@ -71,7 +73,7 @@ func TestDocumentedMetricsExistAtStart(t *testing.T) {
 	// the first scrape may find no snapshot yet (the engine answers
 	// within the read budget or the scrape reports only staleness)
 	var families map[string]*dto.MetricFamily
-	for i := 0; i < 200; i++ {
+	testkit.WaitFor(t, 5*time.Second, "a scrape with the engine's snapshot (cachelun_volume_size_bytes)", func() bool {
 		mfs, err := d.registry.Gather()
 		if err != nil {
 			t.Fatal(err)
@@ -80,11 +82,8 @@ func TestDocumentedMetricsExistAtStart(t *testing.T) {
 		for _, mf := range mfs {
 			families[mf.GetName()] = mf
 		}
-		if families["cachelun_volume_size_bytes"] != nil {
-			break
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
+		return families["cachelun_volume_size_bytes"] != nil
+	})
 	documented := map[string]bool{}
 	for _, dm := range docs {
 		documented[dm.name] = true
