@@ -6,11 +6,13 @@ import (
 	"errors"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/cachelun/cachelun/backend"
 	"github.com/cachelun/cachelun/cachecore"
+	"github.com/cachelun/cachelun/internal/testkit"
 	"github.com/cachelun/cachelun/persist"
 )
 
@@ -32,9 +34,12 @@ func TestBlackboxDetachHealthy(t *testing.T) {
 	var wg sync.WaitGroup
 	var hostErr error
 	hostModel := map[int64]uint64{}
+	var hostWrites atomic.Int64 // host writes read back so far
+	hostDone := make(chan struct{})
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
+		defer close(hostDone)
 		next := uint64(1 << 20)
 		buf := make([]byte, 4096)
 		for i := 0; i < 5000; i++ {
@@ -60,6 +65,7 @@ func TestBlackboxDetachHealthy(t *testing.T) {
 				hostErr = errors.Join(errors.New("read after write returned other data"), err)
 				return
 			}
+			hostWrites.Add(1)
 			time.Sleep(10 * time.Millisecond) // well below the 2 MiB/s of the backing device
 		}
 	}()
@@ -68,7 +74,17 @@ func TestBlackboxDetachHealthy(t *testing.T) {
 	began := time.Now()
 	err := s.c.DetachWithProgress(ctx, false, func(p cachecore.Progress) { reports = append(reports, p) })
 	t.Logf("detach took %v", time.Since(began))
-	time.Sleep(50 * time.Millisecond) // the host keeps going after the detach
+	// The host keeps going after the detach: a few more writes read back
+	// (or the host stopped, with its error checked below).
+	after := hostWrites.Load()
+	testkit.WaitFor(t, 10*time.Second, "three more host writes after the detach", func() bool {
+		select {
+		case <-hostDone:
+			return true
+		default:
+			return hostWrites.Load() >= after+3
+		}
+	})
 	close(stop)
 	wg.Wait()
 	mustOK(t, "detach", err)
