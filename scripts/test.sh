@@ -72,6 +72,7 @@ step "ceph build tag: vet, and backend/rbd against a throwaway Ceph cluster"
 # scripts/ceph-cluster.sh
 if command -v ceph-mon >/dev/null 2>&1 && [ -e /usr/include/rbd/librbd.h ]; then
 	go vet -tags ceph ./backend/rbd/ ./internal/cephtest/
+	"$staticcheck" -tags ceph ./backend/rbd/ ./internal/cephtest/
 	go test -race -tags ceph -timeout 15m ./backend/rbd/
 else
 	echo "skipped: Ceph packages not installed (scripts/deps.sh installs them as root)"

@@ -49,6 +49,7 @@ type Options struct {
 	Logger *slog.Logger
 }
 
+//lint:ignore U1000 used by Open in device.go, which only the ceph build compiles
 func (o Options) withDefaults() Options {
 	if o.CephConf == "" {
 		o.CephConf = DefaultCephConf
