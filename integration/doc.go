@@ -6,7 +6,7 @@
 // on 127.0.0.1 as the reference and prints both tables.
 //
 // The clients are required, not optional: a missing binary fails the test
-// with the package that provides it (.ci/run installs them:
+// with the package that provides it (scripts/deps.sh installs them:
 // libiscsi-bin qemu-utils qemu-block-extra tgt). Every client call is bounded
 // by a timeout; all traffic stays on the loopback interface.
 //

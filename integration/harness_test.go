@@ -82,7 +82,7 @@ func needTools(t *testing.T, names ...string) {
 		}
 	}
 	if len(missing) > 0 {
-		t.Fatalf("required client programs are missing: %s; install them (as root: .ci/run does "+
+		t.Fatalf("required client programs are missing: %s; install them (as root, scripts/deps.sh does: "+
 			"apt-get install -y libiscsi-bin qemu-utils qemu-block-extra tgt)", strings.Join(missing, ", "))
 	}
 }
