@@ -61,6 +61,9 @@ sleep 100000
 // end in silence.
 func TestGuestDiagnostics(t *testing.T) {
 	t.Parallel()
+	if testing.Short() {
+		t.Skip("-short: boots a guest under TCG (over a minute); the full run keeps it")
+	}
 	a, err := Prepare(CacheDir())
 	if err != nil {
 		t.Fatalf("VM test cannot run on this machine: %v", err)
