@@ -149,11 +149,13 @@ func TestBlackboxCrashConsistency(t *testing.T) {
 // backing image holds write 119; the cache: {State:hit Dirty:false ...}".
 func TestBlackboxCrashGCEvictionBypass(t *testing.T) {
 	attempts := 5
-	if testkit.RaceEnabled {
-		attempts = 3
-	}
-	if longRun() {
+	switch {
+	case longRun():
 		attempts = 30
+	case testing.Short():
+		attempts = 2 // one on each kind of media (below)
+	case testkit.RaceEnabled:
+		attempts = 3
 	}
 	for i := range attempts {
 		ok := t.Run(fmt.Sprintf("attempt-%d", i), func(t *testing.T) {
@@ -177,7 +179,7 @@ func runCrashWorkload(t *testing.T, name string, o rigOptions, writers int) {
 	seed := testSeed()
 	log := newOpLog(t, name, seed)
 	ops, maxImages := 160, 60
-	if testkit.RaceEnabled {
+	if testkit.RaceEnabled || testing.Short() {
 		maxImages = 10
 	}
 	if longRun() {
