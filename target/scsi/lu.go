@@ -114,6 +114,9 @@ type nexusState struct {
 	pending atomic.Int32 // len(uas), readable without mu
 	mu      sync.Mutex
 	uas     []ASC
+
+	// xcopy holds the EXTENDED COPY results of this nexus (xcopy.go).
+	xcopy xcopyState
 }
 
 // maxQueuedUA bounds the unit attention queue per nexus; when full, the

@@ -92,7 +92,7 @@ func (tk *task) standardInquiry() []byte {
 	d[2] = 0x06 // SPC-4
 	d[3] = 0x10 | 0x02
 	d[4] = standardInquiryLen - 5
-	d[5] = 0x00 // SCCS=0, ACC=0, TPGS=0, 3PC=0, PROTECT=0
+	d[5] = 0x08 // SCCS=0, ACC=0, TPGS=0, 3PC=1 (EXTENDED COPY), PROTECT=0
 	d[6] = 0x00
 	d[7] = 0x02 // CMDQUE
 	padCopy(d[8:16], lu.vendor)
@@ -113,7 +113,7 @@ func padCopy(dst []byte, s string) {
 }
 
 // supportedVPD lists the VPD pages in ascending order.
-const supportedVPD = "\x00\x80\x83\x86\xb0\xb1\xb2"
+const supportedVPD = "\x00\x80\x83\x86\x8f\xb0\xb1\xb2"
 
 func (lu *LU) vpd(tk *task, page byte) ([]byte, error) {
 	hdr := func(body []byte) []byte {
@@ -135,6 +135,8 @@ func (lu *LU) vpd(tk *task, page byte) ([]byte, error) {
 		b[1] = 0x01 // SIMPSUP
 		b[2] = 0x01 // V_SUP: volatile cache present
 		return hdr(b), nil
+	case 0x8f:
+		return hdr(lu.thirdPartyCopyVPD()), nil
 	case 0xb0:
 		return hdr(lu.blockLimits()), nil
 	case 0xb1:
@@ -165,10 +167,8 @@ func (lu *LU) deviceIdentification(tk *task) []byte {
 		out = append(out, id...)
 	}
 	// NAA IEEE Registered Extended (NAA 6): 124 bits taken from DeviceID.
-	naa := make([]byte, 16)
-	copy(naa, lu.deviceID[:])
-	naa[0] = 0x60 | naa[0]&0x0f
-	add(1, 0, 0, 3, naa)
+	naa := lu.naa()
+	add(1, 0, 0, 3, naa[:])
 	// T10 vendor ID based.
 	t10 := make([]byte, 8, 8+32)
 	padCopy(t10, lu.vendor)

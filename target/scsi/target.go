@@ -32,15 +32,20 @@ type TargetConfig struct {
 	// Logger receives command failures caused by bugs and state-file
 	// errors; nil discards.
 	Logger *slog.Logger
+	// CopyManager lets EXTENDED COPY reach the logical units of every
+	// Target that shares it (one per daemon); nil gives the Target its
+	// own, so copies stay among its logical units.
+	CopyManager *CopyManager
 }
 
 // Target is a SCSI target device: a set of logical units and the device
 // server that executes commands for them. It is safe for concurrent use;
 // Execute takes no target-wide lock (the LUN map is copy-on-write).
 type Target struct {
-	name string
-	log  *slog.Logger
-	ops  *opTable
+	name    string
+	log     *slog.Logger
+	ops     *opTable
+	copyMgr *CopyManager
 
 	// unmappedErrors counts volume errors that map to no sense code.
 	unmappedErrors atomic.Uint64
@@ -56,7 +61,11 @@ func NewTarget(cfg TargetConfig) *Target {
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	t := &Target{name: cfg.Name, log: log, ops: newOpTable()}
+	cm := cfg.CopyManager
+	if cm == nil {
+		cm = NewCopyManager()
+	}
+	t := &Target{name: cfg.Name, log: log, ops: newOpTable(), copyMgr: cm}
 	empty := map[uint64]*LU{}
 	t.luns.Store(&empty)
 	return t
@@ -107,6 +116,7 @@ func (t *Target) AddLU(lun uint64, cfg LUConfig) (*LU, error) {
 	}
 	next[lun] = lu
 	t.luns.Store(&next)
+	t.copyMgr.register(lu)
 	return lu, nil
 }
 
@@ -127,6 +137,7 @@ func (t *Target) RemoveLU(lun uint64) error {
 		}
 	}
 	t.luns.Store(&next)
+	t.copyMgr.unregister(old[lun])
 	return nil
 }
 
