@@ -711,7 +711,7 @@ func (tx *reloadTxn) addTargets(_ context.Context, old, next *conf.Config, _ cha
 		if findTarget(old, key) != nil {
 			continue
 		}
-		st := scsi.NewTarget(scsi.TargetConfig{Name: t.IQN, Logger: d.log.With("component", "scsi", "target", t.IQN)})
+		st := scsi.NewTarget(scsi.TargetConfig{Name: t.IQN, Logger: d.log.With("component", "scsi", "target", t.IQN), CopyManager: d.copyManager()})
 		for _, l := range t.LUNs {
 			if err := d.addLU(st, next, t.IQN, l); err != nil {
 				return err
