@@ -67,6 +67,8 @@ type LU struct {
 	maxUnmapDescs     uint32
 	maxCAWBlocks      uint32
 	optimalXferBlocks uint32
+	// atomic is non-nil when the volume offers atomic writes (atomic.go).
+	atomic *atomicLimits
 
 	configuredWCE atomic.Bool // LUConfig.WriteCache or SetConfiguredWriteCache
 	wce           atomic.Bool // current WCE
@@ -211,6 +213,7 @@ func newLU(t *Target, lun uint64, cfg LUConfig) (*LU, error) {
 	lu.maxUnmapBlocks = uint32(min(maxUnmapBytes>>lu.blockShift, maxUnmapBlocks))
 	lu.maxUnmapDescs = maxUnmapDescriptors
 	lu.maxCAWBlocks = maxCompareAndWriteBlocks
+	lu.atomic = newAtomicLimits(cfg.Volume, uint64(bs), lu.maxXferBlocks)
 	empty := map[nexusKey]*nexusState{}
 	lu.nexuses.Store(&empty)
 

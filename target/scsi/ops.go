@@ -136,6 +136,7 @@ func newOpTable() *opTable {
 		{name: "PRE-FETCH(16)", opcode: 0x90, cdbLen: 16, usage: usage("90 02 ff ff ff ff ff ff ff ff ff ff ff ff 1f 07"), access: accessRead, timeout: 30, run: cmdPrefetch},
 		{name: "SYNCHRONIZE CACHE(16)", opcode: 0x91, cdbLen: 16, usage: usage("91 02 ff ff ff ff ff ff ff ff ff ff ff ff 1f 07"), access: accessWrite, timeout: 60, run: cmdSyncCache},
 		{name: "WRITE SAME(16)", opcode: 0x93, cdbLen: 16, usage: usage("93 f9 ff ff ff ff ff ff ff ff ff ff ff ff 1f 07"), access: accessWrite, timeout: 60, run: cmdWriteSame},
+		{name: "WRITE ATOMIC(16)", opcode: 0x9c, cdbLen: 16, usage: usage("9c f8 ff ff ff ff ff ff ff ff ff ff ff ff 1f 07"), access: accessWrite, timeout: 30, run: cmdWriteAtomic},
 		{name: "READ CAPACITY(16)", opcode: 0x9e, sa: 0x10, hasSA: true, cdbLen: 16, usage: usage("9e 1f 00 00 00 00 00 00 00 00 ff ff ff ff 00 07"), access: accessAlways, run: cmdReadCapacity16},
 		{name: "GET LBA STATUS", opcode: 0x9e, sa: 0x12, hasSA: true, cdbLen: 16, usage: usage("9e 1f ff ff ff ff ff ff ff ff ff ff ff ff 00 07"), access: accessRead, run: cmdGetLBAStatus},
 		{name: "EXTENDED COPY(LID1)", opcode: 0x83, sa: 0x00, hasSA: true, cdbLen: 16, usage: usage("83 1f 00 00 00 00 00 00 00 00 ff ff ff ff 00 07"), access: accessWrite, timeout: 120, run: cmdExtendedCopy},

@@ -223,6 +223,12 @@ func (lu *LU) blockLimits() []byte {
 		put32(b[28:32], 0x80000000)
 	}
 	put64(b[32:40], lu.maxWriteSameBlks)
+	if a := lu.atomic; a != nil {
+		put32(b[40:44], a.maxBlks) // MAXIMUM ATOMIC TRANSFER LENGTH
+		put32(b[44:48], a.align)
+		put32(b[48:52], a.gran)
+		// No atomic boundaries: the two boundary fields stay 0.
+	}
 	return b
 }
 
