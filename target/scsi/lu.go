@@ -69,6 +69,8 @@ type LU struct {
 	optimalXferBlocks uint32
 	// atomic is non-nil when the volume offers atomic writes (atomic.go).
 	atomic *atomicLimits
+	// sanitize is the SANITIZE job and failure mode (sanitize.go).
+	sanitize sanitizeState
 
 	configuredWCE atomic.Bool // LUConfig.WriteCache or SetConfiguredWriteCache
 	wce           atomic.Bool // current WCE

@@ -2,7 +2,7 @@ package scsi
 
 // supported reports whether the logical unit serves the command (UNMAP
 // only on thin logical units, WRITE ATOMIC only on volumes with atomic
-// writes).
+// writes, SANITIZE BLOCK ERASE only on thin logical units).
 func (lu *LU) supports(e *opEntry) bool {
 	switch {
 	case lu == nil:
@@ -11,6 +11,8 @@ func (lu *LU) supports(e *opEntry) bool {
 		return lu.thin
 	case e.opcode == 0x9c:
 		return lu.atomic != nil
+	case e.opcode == 0x48 && e.sa == sanitizeBlockErase:
+		return lu.thin
 	}
 	return true
 }

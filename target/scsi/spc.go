@@ -29,11 +29,18 @@ func cmdRequestSense(tk *task) error {
 		tk.nx = tk.lu.nexus(tk.cmd.Nexus)
 		if asc, ok := tk.nx.takeUA(); ok {
 			se = newSense(SenseUnitAttention, asc)
+		} else if s := tk.lu.sanitizeRefusal(); s != nil {
+			se = s // with the progress of a running SANITIZE
 		}
 	}
 	var data []byte
 	if desc {
 		data = []byte{0x72, byte(se.Key), byte(se.ASC >> 8), byte(se.ASC), 0, 0, 0, 0}
+		if se.ProgressValid {
+			// Sense key specific descriptor: progress indication.
+			data = append(data, 0x02, 0x06, 0, 0x80, byte(se.Progress>>8), byte(se.Progress), 0, 0)
+			data[7] = 8
+		}
 	} else {
 		data = se.Bytes()
 	}

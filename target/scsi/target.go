@@ -138,6 +138,7 @@ func (t *Target) RemoveLU(lun uint64) error {
 	}
 	t.luns.Store(&next)
 	t.copyMgr.unregister(old[lun])
+	old[lun].stopSanitize()
 	return nil
 }
 
@@ -234,6 +235,14 @@ func (t *Target) dispatch(tk *task) error {
 			bit = 2
 		}
 		return errCDBField(op.cdbLen-1, bit)
+	}
+	// While a SANITIZE runs (or after one failed) only the commands that
+	// also ignore unit attentions (INQUIRY, REPORT LUNS, REQUEST SENSE)
+	// are served; SANITIZE itself may retry a failed one.
+	if op.flags&opNoUA == 0 {
+		if se := lu.sanitizeRefusal(); se != nil && !(op.opcode == 0x48 && se.Key == SenseMediumError) {
+			return se
+		}
 	}
 	// Task attributes (SAM-5 8.6): an ORDERED task waits for the tasks
 	// that entered before it and holds back those that enter after it;
