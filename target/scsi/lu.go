@@ -119,8 +119,10 @@ type nexusState struct {
 	mu      sync.Mutex
 	uas     []ASC
 
-	// xcopy holds the EXTENDED COPY results of this nexus (xcopy.go).
+	// xcopy holds the EXTENDED COPY results of this nexus (xcopy.go),
+	// lid4 those of POPULATE TOKEN and WRITE USING TOKEN (odx.go).
 	xcopy xcopyState
+	lid4  lid4State
 }
 
 // maxQueuedUA bounds the unit attention queue per nexus; when full, the

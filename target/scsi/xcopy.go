@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/cachelun/cachelun/internal/blk"
 )
@@ -40,11 +42,19 @@ const (
 type CopyManager struct {
 	mu  sync.Mutex
 	lus map[[16]byte]*LU
+	odx odxState // ROD tokens (odx.go)
+	// liveHint mirrors odx.live for the lock-free check every write
+	// makes.
+	liveHint atomic.Int64
+	// now is the clock of token lifetimes (tests replace it).
+	now func() time.Time
 }
 
 // NewCopyManager returns a CopyManager with no logical units.
 func NewCopyManager() *CopyManager {
-	return &CopyManager{lus: map[[16]byte]*LU{}}
+	cm := &CopyManager{lus: map[[16]byte]*LU{}}
+	cm.initODX()
+	return cm
 }
 
 func (cm *CopyManager) register(lu *LU) {
@@ -58,6 +68,7 @@ func (cm *CopyManager) register(lu *LU) {
 }
 
 func (cm *CopyManager) unregister(lu *LU) {
+	cm.revokeLU(lu)
 	cm.mu.Lock()
 	defer cm.mu.Unlock()
 	if cm.lus[lu.naa()] == lu {
@@ -363,6 +374,8 @@ func (tk *task) runSegments(segs []xcopySegment, cs *copyStatus) error {
 // destination starts inside the source.
 func copyRange(ctx context.Context, src, dst *LU, srcOff, dstOff, n, chunk int64) error {
 	fua := !dst.wce.Load()
+	// Tokens of the destination range go stale before it changes.
+	dst.t.copyMgr.revoke(dst.vol, odxRange{off: dstOff, n: n}, "EXTENDED COPY")
 	if c, ok := dst.vol.(blk.Copier); ok {
 		err := c.CopyFrom(ctx, src.vol, srcOff, dstOff, n, fua)
 		if !errors.Is(err, blk.ErrUnsupported) {
@@ -466,7 +479,7 @@ func (lu *LU) xcopyMaxSegmentBytes() uint32 {
 }
 
 // thirdPartyCopyVPD builds VPD page 8Fh (SPC-4 7.8.17) for EXTENDED COPY
-// (LID1) and RECEIVE COPY RESULTS.
+// (LID1), RECEIVE COPY RESULTS and the token commands (ODX).
 func (lu *LU) thirdPartyCopyVPD() []byte {
 	var out []byte
 	desc := func(typ uint16, body []byte) {
@@ -478,8 +491,10 @@ func (lu *LU) thirdPartyCopyVPD() []byte {
 		put16(h[2:4], uint16(len(body)))
 		out = append(append(out, h...), body...)
 	}
+	// Block Device ROD Token Limits (0000h).
+	desc(0x0000, lu.rodLimitsDescriptor())
 	// Supported Commands (0001h): opcode, service action count, actions.
-	cmds := []byte{0x83, 1, 0x00, 0x84, 2, 0x00, 0x03}
+	cmds := []byte{0x83, 3, 0x00, 0x10, 0x11, 0x84, 3, 0x00, 0x03, 0x07}
 	desc(0x0001, append([]byte{byte(len(cmds))}, cmds...))
 	// Parameter Data (0004h).
 	pd := make([]byte, 0x1c)

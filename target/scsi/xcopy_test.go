@@ -382,8 +382,8 @@ func TestThirdPartyCopyVPD(t *testing.T) {
 	if d[1] != 0x8f || int(binary.BigEndian.Uint16(d[2:]))+4 != len(d) {
 		t.Fatalf("page header % x", d[:4])
 	}
-	// Walk the descriptors; the Supported Commands one lists 83h/00h
-	// and 84h/00h,03h.
+	// Walk the descriptors; the Supported Commands one lists 83h/00h,
+	// 10h, 11h and 84h/00h, 03h, 07h.
 	found := map[uint16]bool{}
 	for off := 4; off < len(d); {
 		typ, n := binary.BigEndian.Uint16(d[off:]), int(binary.BigEndian.Uint16(d[off+2:]))
@@ -392,14 +392,21 @@ func TestThirdPartyCopyVPD(t *testing.T) {
 		}
 		found[typ] = true
 		if typ == 0x0001 {
-			want := []byte{7, 0x83, 1, 0x00, 0x84, 2, 0x00, 0x03}
+			want := []byte{10, 0x83, 3, 0x00, 0x10, 0x11, 0x84, 3, 0x00, 0x03, 0x07}
 			if !bytes.Equal(d[off+4:off+4+len(want)], want) {
 				t.Fatalf("supported commands % x", d[off+4:off+4+n])
 			}
 		}
+		if typ == 0x0000 { // Block Device ROD Token Limits
+			b := d[off+4:]
+			if n != 0x24 || binary.BigEndian.Uint16(b[10:]) != odxMaxRanges || binary.BigEndian.Uint32(b[16:]) != odxDefaultInactivity ||
+				binary.BigEndian.Uint64(b[20:]) != odxMaxTransferBytes/testBS {
+				t.Fatalf("ROD limits % x", b[:n])
+			}
+		}
 		off += 4 + n
 	}
-	for _, typ := range []uint16{0x0001, 0x0004, 0x0008, 0x8001} {
+	for _, typ := range []uint16{0x0000, 0x0001, 0x0004, 0x0008, 0x8001} {
 		if !found[typ] {
 			t.Fatalf("descriptor %04x missing", typ)
 		}
