@@ -57,6 +57,16 @@ func TestSanitizeBlockErase(t *testing.T) {
 	g := newFixture(t, nil)
 	r := g.exec(nexusA, sanitizeCDB(sanitizeBlockErase, 0), nil, 0)
 	g.sense(r, SenseIllegalRequest, ASCInvalidFieldInCDB)
+	for _, c := range []struct {
+		f    *fixture
+		want byte
+	}{{f, 0x40}, {g, 0}} {
+		r := c.f.exec(nexusA, []byte{0x12, 1, 0xb1, 0, 64, 0}, nil, 64)
+		c.f.good(r)
+		if r.Data[7] != c.want {
+			t.Fatalf("thin=%v: VPD B1 byte 7 (WABEREQ, WACEREQ) %#x, want %#x", c.f.lu.thin, r.Data[7], c.want)
+		}
+	}
 	rsoc := func(f *fixture, sa byte) byte {
 		r := f.exec(nexusA, []byte{0xa3, 0x0c, 0x02, 0x48, 0, sa, 0, 0, 2, 0, 0, 0}, nil, 512)
 		f.good(r)

@@ -150,6 +150,12 @@ func (lu *LU) vpd(tk *task, page byte) ([]byte, error) {
 		b := make([]byte, 0x3c)
 		// Medium rotation rate 0: not reported (the cache fronts a
 		// device of unknown kind).
+		if lu.thin {
+			// WABEREQ 01b: after SANITIZE BLOCK ERASE reads complete
+			// with GOOD (they return zeroes). WACEREQ stays 00b: no
+			// CRYPTOGRAPHIC ERASE.
+			b[3] = 0x40
+		}
 		return hdr(b), nil
 	case 0xb2:
 		b := make([]byte, 4)
