@@ -223,7 +223,15 @@ func cmdExtendedCopy(tk *task) error {
 		return err
 	}
 	for _, lu := range lus {
-		if lu != tk.lu && lu.reservationActive.Load() && lu.conflictsFor(tk.nx.key, accessWrite) {
+		if lu == tk.lu {
+			continue // dispatch checked the copy manager's own unit
+		}
+		if lu.sanitizeRefusal() != nil {
+			// The copy target would answer NOT READY (sanitize in
+			// progress) or MEDIUM ERROR (sanitize failed).
+			return newSense(SenseCopyAborted, ASCCopyTargetDeviceNotReachable)
+		}
+		if lu.reservationActive.Load() && lu.conflictsFor(tk.nx.key, accessWrite) {
 			tk.status = StatusReservationConflict
 			return nil
 		}

@@ -437,3 +437,28 @@ func TestExtendedCopyReservationOnOtherLU(t *testing.T) {
 		t.Fatalf("copy into a LU reserved by another nexus: status %#x", r.Status)
 	}
 }
+
+func TestExtendedCopyTargetBeingSanitized(t *testing.T) {
+	tg := NewTarget(TargetConfig{Name: "iqn.test:tgt"})
+	v1, _ := memvol.New(testBlocks*testBS, testBS)
+	mv, _ := memvol.New(testBlocks*testBS, testBS)
+	gv := &gatedVol{Volume: mv, gate: make(chan struct{}), entered: make(chan struct{}, 1)}
+	lu1, err1 := tg.AddLU(0, LUConfig{Volume: v1, DeviceID: [16]byte{1}})
+	lu2, err2 := tg.AddLU(1, LUConfig{Volume: gv, DeviceID: [16]byte{2}})
+	if err := errors.Join(err1, err2); err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{t: t, tgt: tg, lu: lu1, vol: v1}
+	f.clearUA(nexusA)
+	p := overwriteParams(1, []byte{1})
+	for range 4 {
+		tg.Execute(context.Background(), &Command{Nexus: nexusA, LUN: 1, CDB: []byte{0x03, 0, 0, 0, 18, 0}, DataInLen: 18})
+	}
+	if r := tg.Execute(context.Background(), &Command{Nexus: nexusA, LUN: 1, CDB: sanitizeCDB(0x80|sanitizeOverwrite, uint16(len(p))), DataOut: p}); r.Status != StatusGood {
+		t.Fatalf("sanitize: %#x % x", r.Status, r.Sense)
+	}
+	<-gv.entered
+	x := xcopyList{usage: 3, cscds: [][]byte{cscdFor(lu1), cscdFor(lu2)}, segs: [][]byte{segB2B(0, 1, 4, 0, 0)}}
+	f.sense(f.xcopy(nexusA, x.bytes()), SenseCopyAborted, ASCCopyTargetDeviceNotReachable)
+	close(gv.gate)
+}
