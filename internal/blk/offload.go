@@ -26,7 +26,8 @@ type Copier interface {
 	// returns only when the copied data is durable (the FUA semantics of
 	// WriteAt). On an error the destination range may hold a mix of old
 	// and copied blocks, as after a failed WRITE; ErrUnsupported means
-	// nothing was written and the caller must copy by itself.
+	// nothing was written and the caller must copy by itself. src may be
+	// a wrapper (Unwrapper) of the volume the implementation knows.
 	CopyFrom(ctx context.Context, src Volume, srcOff, dstOff, n int64, fua bool) error
 }
 
@@ -55,4 +56,47 @@ type AtomicWriter interface {
 	// limits; fua=true returns only when the data is durable. A write
 	// that fails leaves the old data.
 	WriteAtomic(ctx context.Context, p []byte, off int64, fua bool) error
+}
+
+// Unwrapper is implemented by volumes that wrap another one and add
+// nothing to its data (admin's latency instrumentation). The optional
+// interfaces above are looked up through wrappers with CopierOf and
+// AtomicWriterOf, so a wrapper need not restate them.
+type Unwrapper interface {
+	Unwrap() Volume
+}
+
+// maxUnwrap bounds the wrapper chain followed (a cycle is a bug; it must
+// not hang the device server).
+const maxUnwrap = 8
+
+// CopierOf returns the Copier of v or of a volume v wraps.
+func CopierOf(v Volume) (Copier, bool) {
+	for range maxUnwrap {
+		if c, ok := v.(Copier); ok {
+			return c, true
+		}
+		u, ok := v.(Unwrapper)
+		if !ok {
+			return nil, false
+		}
+		v = u.Unwrap()
+	}
+	return nil, false
+}
+
+// AtomicWriterOf returns the AtomicWriter of v or of a volume v wraps.
+// Atomic writes then bypass the wrapper (they are not instrumented).
+func AtomicWriterOf(v Volume) (AtomicWriter, bool) {
+	for range maxUnwrap {
+		if w, ok := v.(AtomicWriter); ok {
+			return w, true
+		}
+		u, ok := v.(Unwrapper)
+		if !ok {
+			return nil, false
+		}
+		v = u.Unwrap()
+	}
+	return nil, false
 }

@@ -21,7 +21,7 @@ type atomicLimits struct {
 // whole blocks and never above the maximum transfer length; nil when the
 // volume offers no atomic write.
 func newAtomicLimits(v Volume, bs uint64, maxXfer uint32) *atomicLimits {
-	w, ok := v.(blk.AtomicWriter)
+	w, ok := blk.AtomicWriterOf(v)
 	if !ok {
 		return nil
 	}

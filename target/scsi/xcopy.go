@@ -384,7 +384,7 @@ func copyRange(ctx context.Context, src, dst *LU, srcOff, dstOff, n, chunk int64
 	fua := !dst.wce.Load()
 	// Tokens of the destination range go stale before it changes.
 	dst.t.copyMgr.revoke(dst.vol, odxRange{off: dstOff, n: n}, "EXTENDED COPY")
-	if c, ok := dst.vol.(blk.Copier); ok {
+	if c, ok := blk.CopierOf(dst.vol); ok {
 		err := c.CopyFrom(ctx, src.vol, srcOff, dstOff, n, fua)
 		if !errors.Is(err, blk.ErrUnsupported) {
 			return volumeError(err, ioWrite)
