@@ -73,8 +73,10 @@
 // Limits).
 //
 // WRITE ATOMIC(16) is offered, and the atomic fields of VPD B0h are
-// non-zero, only when the volume implements blk.AtomicWriter: the device
-// server cannot make a write all-or-nothing across a crash by itself.
+// non-zero, only when the volume implements blk.AtomicWriter (looked up
+// through wrappers with blk.AtomicWriterOf): the device server cannot make
+// a write all-or-nothing across a crash by itself. The cache engine's
+// volumes do (128 KiB, aligned to 128 KiB; cachecore's doc.go).
 // Larger, misaligned or ungranular atomic writes end in INVALID FIELD IN
 // CDB and write nothing; so does a short Data-Out.
 //
