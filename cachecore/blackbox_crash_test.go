@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -30,6 +31,7 @@ type crashEntry struct {
 	acked    bool
 	ackSeq   uint64 // order of acknowledgement among all requests and flush calls
 	describe string
+	atomic   bool // WriteAtomic: all or nothing of it may show
 }
 
 // crashModel is the history of one workload, shared with the persist hook.
@@ -125,6 +127,29 @@ func TestBlackboxCrashConsistency(t *testing.T) {
 			o := rigOptions{Segments: c.segments, BackingSize: 1 << 20, Unit: c.unit, DataCRC: true, WholeFlush: c.whole, VC: c.vc,
 				Cfg: cachecore.Config{GCPercent: c.gc}}
 			runCrashWorkload(t, c.name, o, c.writers)
+		})
+	}
+}
+
+// TestBlackboxCrashAtomicWrites runs the crash workload with atomic writes
+// among the plain ones (on DAX media, and on a whole-flush file with
+// unfenced commits, with GC running) and checks, besides everything the
+// other crash tests check, that no crash image shows an atomic write in
+// part of its range and the data before it in another.
+func TestBlackboxCrashAtomicWrites(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		unit  persist.TearUnit
+		whole bool
+		gc    int
+	}{
+		{"dax", persist.TearDAX, false, 0},
+		{"file-unfenced-gc", persist.TearPage, true, 30},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			o := rigOptions{Segments: 16, BackingSize: 1 << 20, Unit: c.unit, DataCRC: true, WholeFlush: c.whole,
+				VC: cachecore.VolumeConfig{Mode: cachecore.ModeWriteback}, Cfg: cachecore.Config{GCPercent: c.gc}, AtomicWrites: true}
+			runCrashWorkload(t, "atomic-"+c.name, o, 2)
 		})
 	}
 }
@@ -285,6 +310,23 @@ func runCrashWorkload(t *testing.T, name string, o rigOptions, writers int) {
 					n := min((1+rng.Int64N(8))*bs, hi-off)
 					fua := rng.IntN(5) == 0
 					id := nextID.Add(1) - 1
+					if o.AtomicWrites && k < 55 && rng.IntN(2) == 0 {
+						// An atomic write inside one aligned window of the
+						// volume's atomic limit, of up to the whole window.
+						win := r.vol.AtomicLimits().MaxBytes
+						start := max(off/win*win, lo)
+						end := min(start/win*win+win, hi)
+						if end-start < bs {
+							break
+						}
+						n = (1 + rng.Int64N((end-start)/bs)) * bs
+						off = start + rng.Int64N((end-start-n)/bs+1)*bs
+						e := &crashEntry{id: id, off: off, n: n, durable: math.MaxInt, atomic: true, describe: fmt.Sprintf("atomic write id=%d off=%d n=%d fua=%v", id, off, n, fua)}
+						if err := issue(e, fua, func() error { return r.vol.WriteAtomic(ctx, tagged(id, off, int(n)), off, fua) }); err != nil {
+							return err
+						}
+						break
+					}
 					e := &crashEntry{id: id, off: off, n: n, durable: math.MaxInt, describe: fmt.Sprintf("write id=%d off=%d n=%d fua=%v", id, off, n, fua)}
 					if err := issue(e, fua, func() error { return r.vol.WriteAt(ctx, tagged(id, off, int(n)), off, fua) }); err != nil {
 						return err
@@ -428,9 +470,11 @@ func runCrashWorkload(t *testing.T, name string, o rigOptions, writers int) {
 		if err := v.ReadAt(ctx, all, 0); err != nil {
 			t.Fatalf("crash image after persist point %d (%s): read: %v", p, label, err)
 		}
+		ids := make([]uint64, size/sector)
 		for j := int64(0); j < size; j += sector {
 			s := j / sector
 			id, derr := decodeSector(all[j:j+sector], s)
+			ids[s] = id
 			allowed := model.allowed(s, p)
 			if derr != nil || !allowed[id] {
 				bsec := make([]byte, sector)
@@ -440,6 +484,9 @@ func runCrashWorkload(t *testing.T, name string, o rigOptions, writers int) {
 					"the backing image holds write %d (%v); the cache: %+v; history of the sector: %s",
 					p, points, label, s, id, derr, keys(allowed), bid, berr, v.Explain(j/bs*bs), sectorHistory(model, s))
 			}
+		}
+		if err := atomicAllOrNothing(model, ids); err != nil {
+			t.Fatalf("crash image after persist point %d of %d (%s): %v", p, points, label, err)
 		}
 		checked++
 	}
@@ -462,6 +509,39 @@ func runCrashWorkload(t *testing.T, name string, o rigOptions, writers int) {
 	}
 	t.Logf("%d persist points (%d exact), %d crash images checked (%d with a torn backing image); GC runs %d, segments freed %d",
 		points, len(exact), checked, torn, cst.GCRuns, cst.GCSegmentsFreed)
+}
+
+// atomicAllOrNothing checks that no atomic write shows in some of its
+// sectors while others show what was there before it (ids holds the write
+// each sector shows; a sector may show a later write instead).
+func atomicAllOrNothing(m *crashModel, ids []uint64) error {
+	for idx, e := range m.entries {
+		if !e.atomic {
+			continue
+		}
+		var seen, older []int64
+		for s := e.off / sector; s < (e.off+e.n)/sector; s++ {
+			if ids[s] == e.id {
+				seen = append(seen, s)
+				continue
+			}
+			list := m.bySector[s]
+			pos := slices.Index(list, idx)
+			newer := false
+			for _, j := range list[pos+1:] {
+				if m.entries[j].id == ids[s] {
+					newer = true
+				}
+			}
+			if !newer {
+				older = append(older, s)
+			}
+		}
+		if len(seen) > 0 && len(older) > 0 {
+			return fmt.Errorf("%s is half visible: sectors %v hold it, sectors %v what was there before it", e.describe, seen, older)
+		}
+	}
+	return nil
 }
 
 func keys(m map[uint64]bool) []uint64 {

@@ -40,6 +40,10 @@ type rigOptions struct {
 	CacheBlock uint32 // persist block size (default 4096)
 	Cfg        cachecore.Config
 	VC         cachecore.VolumeConfig
+	// AtomicWrites makes half of the crash workload's plain writes
+	// atomic (WriteAtomic), up to the volume's limit, and the crash
+	// check verify that none is ever half visible.
+	AtomicWrites bool
 }
 
 func (o *rigOptions) fill() {

@@ -512,16 +512,30 @@ func (c *Cache) dataCRCOK(k *persist.Key) bool {
 // the index) to the ksets of the slots they were recorded in, in their
 // order, each in its own flush epoch. Nothing else runs yet, so no stripe
 // lock is needed.
+//
+// The keys of an atomic write (a group, recovered whole) are appended as a
+// group again, so they land in one kset as they would have.
 func (c *Cache) appendRecovered(keys []intentKey) {
-	for i := range keys {
+	for i := 0; i < len(keys); {
 		c.epoch.Store(keys[i].epoch)
-		sp := c.appendKeyLive(keys[i].slot, keys[i].key, false)
+		n := 1 + int(keys[i].left)
+		var sp spill
+		if n == 1 {
+			sp = c.appendKeyLive(keys[i].slot, keys[i].key, false)
+		} else {
+			group := make([]persist.Key, n)
+			for j := range group {
+				group[j] = keys[i+j].key
+			}
+			sp = c.appendGroup(keys[i].slot, group, false)
+		}
 		for _, pk := range sp {
 			if pk != nil {
 				c.recoveredKsets = append(c.recoveredKsets, pk)
 			}
 		}
-		c.stats.intentRecovered.Add(1)
+		c.stats.intentRecovered.Add(uint64(n))
+		i += n
 	}
 }
 

@@ -78,6 +78,21 @@
 //     TestDataCRCOnReadHit, TestDataCRCInWriteback, persist's
 //     TestCrashEveryPersistPoint (damage at every proven kset).
 //
+// Atomic writes (Volume.WriteAtomic, blk.AtomicWriter; SCSI WRITE
+// ATOMIC(16)): a write of up to 128 KiB inside one aligned 128 KiB window
+// is all-or-nothing after a crash at any instant and never interleaves
+// with another write to its range. Its keys are appended as one group
+// under the stripe lock, into one kset (the open kset is closed first if
+// they would not fit), which replay accepts whole or not at all; the
+// intent log marks the group's records, and recovery applies them whole
+// or not at all, and appends them as a group again. It is cached as dirty
+// data in every mode (the backing device alone never holds half of it
+// while its keys are in the log); a failed or detached cache refuses
+// atomic writes. Tests: TestBlackboxCrashAtomicWrites (crash images at
+// persist points, with a check that no atomic write is half visible),
+// TestIntentAtomicGroupWholeOrNothing, TestAppendGroupNeverStraddlesKsets,
+// TestWriteAtomicLimits.
+//
 // CheckInvariants verifies the structures these rest on; every black-box
 // test ends with it, and with -tags invariants writeback and GC check the
 // live ones after every pass.

@@ -64,7 +64,14 @@ import (
 //	8192   per slot, a ring of entries; entry seq s is at index s % entries:
 //	       0 u64 seq (1-based, per slot)   8 u64 session nonce
 //	       16 u64 flush epoch   24 [40] key (persist key image)
-//	       64 u32 CRC32C of bytes [0, 64)   68 [12] zero
+//	       64 u32 CRC32C of bytes [0, 64)
+//	       68 u32 group: keys of the same atomic write that follow (0: none)
+//	       72 u32 CRC32C of bytes [0, 72) when group is not 0, else 0
+//	       76 [4] zero
+//
+// The group field (in bytes that version 1 left zero, so a record without
+// a group reads the same) marks the keys of one atomic write: recovery
+// applies such a run of records whole or not at all.
 //
 // Concurrency: entries of a slot are written under that slot's mutex; the
 // journaled counter is an atomic maximum. Recovery runs in Open, alone.
@@ -228,8 +235,9 @@ func (l *IntentLog) setJournaled(slot int, seq uint64) {
 }
 
 // record writes key k (the seq-th key appended to slot, of flush epoch
-// epoch). The slot's mutex is held.
-func (l *IntentLog) record(slot int, seq, epoch uint64, k *persist.Key) {
+// epoch), followed by groupLeft more keys of its atomic write. The slot's
+// mutex is held.
+func (l *IntentLog) record(slot int, seq, epoch uint64, k *persist.Key, groupLeft uint32) {
 	if seq-l.journaled(slot) > intentSlotEntries {
 		// The ring wraps onto a key that is not journaled yet: recovery
 		// of this slot is incomplete from now on. The ring holds 8192
@@ -246,6 +254,14 @@ func (l *IntentLog) record(slot int, seq, epoch uint64, k *persist.Key) {
 	binary.LittleEndian.PutUint64(e[16:], epoch)
 	persist.EncodeKey(e[24:64], k)
 	binary.LittleEndian.PutUint32(e[64:], crc32.Checksum(e[:64], castagnoli))
+	// The ring slot may hold a group record of an earlier lap: always
+	// rewrite the group fields.
+	binary.LittleEndian.PutUint32(e[68:], groupLeft)
+	var gsum uint32
+	if groupLeft != 0 {
+		gsum = crc32.Checksum(e[:72], castagnoli)
+	}
+	binary.LittleEndian.PutUint32(e[72:], gsum)
 }
 
 // intentKey is a key recovered from the intent log.
@@ -254,6 +270,7 @@ type intentKey struct {
 	seq   uint64
 	epoch uint64
 	key   persist.Key
+	left  uint32 // keys of its atomic write that follow it
 }
 
 // recover returns the keys of the previous session that were appended but
@@ -300,11 +317,15 @@ func (l *IntentLog) recover(store *persist.Store, log *slog.Logger) ([]intentKey
 			if int(seq%intentSlotEntries) != i {
 				return nil, fmt.Errorf("slot %d entry %d holds sequence %d (corrupt)", slot, i, seq)
 			}
+			left := binary.LittleEndian.Uint32(e[68:])
+			if left != 0 && binary.LittleEndian.Uint32(e[72:]) != crc32.Checksum(e[:72], castagnoli) {
+				continue // torn while being written: a gap
+			}
 			k, err := store.DecodeKey(e[24:64])
 			if err != nil {
 				return nil, fmt.Errorf("slot %d sequence %d: %w", slot, seq, err)
 			}
-			found = append(found, intentKey{slot: slot, seq: seq, epoch: binary.LittleEndian.Uint64(e[16:]), key: k})
+			found = append(found, intentKey{slot: slot, seq: seq, epoch: binary.LittleEndian.Uint64(e[16:]), key: k, left: left})
 		}
 		slices.SortFunc(found, func(a, b intentKey) int { return cmpU64(a.seq, b.seq) })
 		// Keys are appended with consecutive sequence numbers; a gap is a
@@ -312,9 +333,16 @@ func (l *IntentLog) recover(store *persist.Store, log *slog.Logger) ([]intentKey
 		// nothing after it can be (its slot mutex was not released).
 		want := done + 1
 		var epoch uint64
-		for _, k := range found {
+		for i, k := range found {
 			if k.seq != want {
 				log.Warn("intent log: gap in a slot's sequence: later records ignored", "slot", slot, "expected", want, "found", k.seq)
+				break
+			}
+			if k.left != 0 && !wholeGroup(found[i:]) {
+				// The crash came while the keys of an atomic write were
+				// being recorded: it was not acknowledged, and none of
+				// it may appear.
+				log.Warn("intent log: an atomic write's records are incomplete: it and later records ignored", "slot", slot, "sequence", k.seq)
 				break
 			}
 			if k.epoch < epoch {
@@ -339,6 +367,23 @@ func (l *IntentLog) recover(store *persist.Store, log *slog.Logger) ([]intentKey
 		return cmpU64(a.seq, b.seq)
 	})
 	return out, nil
+}
+
+// wholeGroup reports whether found (sorted by sequence) starts with a
+// complete group: consecutive records counting down to a last one with
+// nothing left.
+func wholeGroup(found []intentKey) bool {
+	first := found[0]
+	if uint64(len(found)) <= uint64(first.left) {
+		return false
+	}
+	for j := uint32(1); j <= first.left; j++ {
+		k := found[j]
+		if k.seq != first.seq+uint64(j) || k.left != first.left-j || k.epoch != first.epoch {
+			return false
+		}
+	}
+	return true
 }
 
 func cmpU64(a, b uint64) int {

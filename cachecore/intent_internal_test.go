@@ -536,3 +536,55 @@ func TestIntentKeysAlreadyJournaledAreNotAppendedAgain(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestIntentAtomicGroupWholeOrNothing: the intent records of an atomic
+// write (a group) are recovered whole after a process kill, or, when the
+// kill tore them, not at all, where plain records would be recovered up to
+// the tear.
+func TestIntentAtomicGroupWholeOrNothing(t *testing.T) {
+	for _, torn := range []bool{false, true} {
+		t.Run(fmt.Sprintf("torn=%v", torn), func(t *testing.T) {
+			r := newKillRig(t)
+			ctx := context.Background()
+			for b := range 3 {
+				if err := r.vol.WriteAt(ctx, blockData(b, 1), int64(b)*killBlock, false); err != nil {
+					t.Fatal(err)
+				}
+			}
+			img := r.kill()
+			slot := slotFor(r.vol.st.id, 0)
+			done := binary.LittleEndian.Uint64(img.intent[slotHdrOff(slot):])
+			// Make the three records one group, as appendGroup writes it.
+			for j := range 3 {
+				e := img.intent[entryOff(slot, done+1+uint64(j)):][:intentEntrySize]
+				if binary.LittleEndian.Uint64(e) != done+1+uint64(j) {
+					t.Fatalf("record %d of slot %d not where expected", j, slot)
+				}
+				binary.LittleEndian.PutUint32(e[68:], uint32(2-j))
+				if j < 2 {
+					binary.LittleEndian.PutUint32(e[72:], crc32.Checksum(e[:72], castagnoli))
+				}
+				if torn && j == 2 {
+					e[64] ^= 0xff // the last record did not make it whole
+				}
+			}
+			r.restart(img, &r.boot)
+			buf := make([]byte, killBlock)
+			for b := range 3 {
+				if err := r.vol.ReadAt(ctx, buf, int64(b)*killBlock); err != nil {
+					t.Fatal(err)
+				}
+				want := 1
+				if torn {
+					want = 0
+				}
+				if v := versionOf(t, b, buf); v != want {
+					t.Fatalf("block %d reads version %d, want %d", b, v, want)
+				}
+			}
+			if err := r.cache.CheckInvariants(); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}

@@ -130,15 +130,55 @@ func (c *Cache) appendKeyLive(i int, k persist.Key, countLive bool) (sp spill) {
 func (c *Cache) appendKeyAt(i int, k persist.Key, countLive bool, dirtyAt int64) (sp spill) {
 	s := &c.slots[i]
 	s.mu.Lock()
+	sp[0] = c.openForLocked(s, 1)
+	c.appendLocked(s, i, k, countLive, dirtyAt, 0)
+	if len(s.open) >= persist.MaxKSetKeys {
+		sp[1] = s.closeLocked()
+	}
+	s.mu.Unlock()
+	return sp
+}
+
+// appendGroup appends keys to slot i so that they land in one kset: the
+// open kset is closed first when they would not all fit in it (or it is of
+// an older flush epoch), and the intent log records them as a group, which
+// recovery applies whole or not at all. The keys of an atomic write go
+// through it (WriteAtomic); the stripe lock of their range is held.
+func (c *Cache) appendGroup(i int, keys []persist.Key, countLive bool) (sp spill) {
+	s := &c.slots[i]
+	s.mu.Lock()
+	sp[0] = c.openForLocked(s, len(keys))
+	for j, k := range keys {
+		c.appendLocked(s, i, k, countLive, 0, uint32(len(keys)-1-j))
+	}
+	if len(s.open) >= persist.MaxKSetKeys {
+		sp[1] = s.closeLocked()
+	}
+	s.mu.Unlock()
+	return sp
+}
+
+// openForLocked makes the open kset of s one of the current flush epoch
+// with room for n more keys, closing the one open if it is not; the closed
+// kset is returned for committing. s.mu is held.
+func (c *Cache) openForLocked(s *ksetSlot, n int) *pendingKset {
+	var closed *pendingKset
 	ep := c.epoch.Load()
-	if len(s.open) > 0 && s.epoch != ep {
-		sp[0] = s.closeLocked()
+	if len(s.open) > 0 && (s.epoch != ep || len(s.open)+n > persist.MaxKSetKeys) {
+		closed = s.closeLocked()
 	}
 	if len(s.open) == 0 {
 		s.open = make([]persist.Key, 0, 16)
 		s.epoch = ep
 		s.opened = c.clock().Now()
 	}
+	return closed
+}
+
+// appendLocked adds k to the open kset of s (slot i), with its intent
+// record; groupLeft is the number of keys of its group that follow it.
+// s.mu is held.
+func (c *Cache) appendLocked(s *ksetSlot, i int, k persist.Key, countLive bool, dirtyAt int64, groupLeft uint32) {
 	s.open = append(s.open, k)
 	s.appended++
 	if k.Flags == persist.KeyDirty && (dirtyAt != 0 || !s.hasDirtyLocked(k.Volume)) {
@@ -150,16 +190,11 @@ func (c *Cache) appendKeyAt(i int, k persist.Key, countLive bool, dirtyAt int64)
 		s.noteDirtyLocked(k.Volume, dirtyAt)
 	}
 	if c.intent != nil {
-		c.intent.record(i, s.appended, s.epoch, &k)
+		c.intent.record(i, s.appended, s.epoch, &k, groupLeft)
 	}
 	if countLive && k.Volume < uint32(len(c.liveKeys)) {
 		c.liveKeys[k.Volume].Add(1)
 	}
-	if len(s.open) >= persist.MaxKSetKeys {
-		sp[1] = s.closeLocked()
-	}
-	s.mu.Unlock()
-	return sp
 }
 
 // commitSpill commits spilled ksets in the background.

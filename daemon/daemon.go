@@ -58,6 +58,8 @@ type Daemon struct {
 	// targets holds the SCSI device server of each iSCSI target, by
 	// lower-case IQN (the key conf.Diff uses).
 	targets map[string]*scsi.Target
+	// copyMgr lets EXTENDED COPY reach every LUN of every target.
+	copyMgr *scsi.CopyManager
 
 	serving bool // listeners serve as soon as they open (after start)
 	serveWG sync.WaitGroup
@@ -233,7 +235,7 @@ func start(ctx context.Context, cfg *conf.Config, opts Options) (d *Daemon, err 
 		}
 	}
 	for _, t := range cfg.Targets {
-		st := scsi.NewTarget(scsi.TargetConfig{Name: t.IQN, Logger: log.With("component", "scsi", "target", t.IQN)})
+		st := scsi.NewTarget(scsi.TargetConfig{Name: t.IQN, Logger: log.With("component", "scsi", "target", t.IQN), CopyManager: d.copyManager()})
 		for _, l := range t.LUNs {
 			if err := d.addLU(st, t.IQN, l, cfg.VolumeWriteCache(l.Volume)); err != nil {
 				return d, err
@@ -536,4 +538,13 @@ func checkBackingExists(v conf.Volume, path string) error {
 		return fmt.Errorf("backing %s does not exist and no backing_size is set to create it", path)
 	}
 	return nil
+}
+
+// copyManager returns the daemon's one EXTENDED COPY copy manager, shared
+// by all its targets so copies can go between LUNs of different targets.
+func (d *Daemon) copyManager() *scsi.CopyManager {
+	if d.copyMgr == nil {
+		d.copyMgr = scsi.NewCopyManager()
+	}
+	return d.copyMgr
 }

@@ -251,7 +251,7 @@ func (fx *reloadFx) ClosePortal(p string) error {
 
 func (fx *reloadFx) AddTarget(t conf.Target, writeCache []bool) error {
 	d := fx.d
-	st := scsi.NewTarget(scsi.TargetConfig{Name: t.IQN, Logger: d.log.With("component", "scsi", "target", t.IQN)})
+	st := scsi.NewTarget(scsi.TargetConfig{Name: t.IQN, Logger: d.log.With("component", "scsi", "target", t.IQN), CopyManager: d.copyManager()})
 	for i, l := range t.LUNs {
 		if err := d.addLU(st, t.IQN, l, writeCache[i]); err != nil {
 			return err

@@ -12,19 +12,25 @@
 // and ResetTarget.
 //
 // Implemented commands: TEST UNIT READY, REQUEST SENSE, INQUIRY (standard
-// and VPD 00h, 80h, 83h, 86h, B0h, B1h, B2h), READ CAPACITY(10/16), MODE
-// SENSE/SELECT(6/10) (pages 01h, 08h, 0Ah, 1Ch; only WCE is changeable),
-// READ/WRITE(6/10/12/16), WRITE AND VERIFY(10/12/16), VERIFY(10/12/16),
-// SYNCHRONIZE CACHE(10/16), PRE-FETCH(10/16), UNMAP, WRITE SAME(10/16),
-// COMPARE AND WRITE, ORWRITE(16), GET LBA STATUS, REPORT LUNS, REPORT
-// SUPPORTED OPERATION CODES, PERSISTENT RESERVE IN/OUT, RESERVE/RELEASE
-// (6/10), START STOP UNIT and PREVENT ALLOW MEDIUM REMOVAL. Anything else
-// ends in ILLEGAL REQUEST / INVALID COMMAND OPERATION CODE.
+// and VPD 00h, 80h, 83h, 86h, 8Fh, B0h, B1h, B2h), READ CAPACITY(10/16),
+// MODE SENSE/SELECT(6/10) (pages 01h, 08h, 0Ah, 1Ch; only WCE is
+// changeable), READ/WRITE(6/10/12/16), WRITE AND VERIFY(10/12/16),
+// VERIFY(10/12/16), SYNCHRONIZE CACHE(10/16), PRE-FETCH(10/16), UNMAP, WRITE
+// SAME(10/16), COMPARE AND WRITE, ORWRITE(16), WRITE ATOMIC(16) (only on
+// volumes that implement blk.AtomicWriter), GET LBA STATUS, REPORT LUNS,
+// REPORT SUPPORTED OPERATION CODES, PERSISTENT RESERVE IN/OUT,
+// RESERVE/RELEASE (6/10), START STOP UNIT, PREVENT ALLOW MEDIUM REMOVAL,
+// EXTENDED COPY (LID1), RECEIVE COPY RESULTS (COPY STATUS, OPERATING
+// PARAMETERS), POPULATE TOKEN, WRITE USING TOKEN, RECEIVE ROD TOKEN
+// INFORMATION and SANITIZE (OVERWRITE, BLOCK ERASE on thin logical units,
+// EXIT FAILURE MODE). Anything else ends in ILLEGAL REQUEST / INVALID
+// COMMAND OPERATION CODE (an unsupported service action, such as SANITIZE
+// CRYPTOGRAPHIC ERASE, in INVALID FIELD IN CDB).
 //
 // Identity: standard INQUIRY reports a connected direct-access device,
 // vendor "CACHELUN", product "cached-lun", revision "0001" (all
 // configurable), VERSION 06h (SPC-4), HiSup=1, response data format 2,
-// CmdQue=1, TPGS=0 (no ALUA), PROTECT=0, 3PC=0, and the version
+// CmdQue=1, TPGS=0 (no ALUA), PROTECT=0, 3PC=1, and the version
 // descriptors SAM-5, iSCSI, SPC-4 and SBC-3. VPD 83h carries an NAA-6
 // designator and a T10 vendor ID designator derived from
 // LUConfig.DeviceID, the relative target port and target port group of the
@@ -34,6 +40,59 @@
 // TCMUIdentity (LIO's unit serial, else the cfgstring) and, for a logical
 // unit configured without one, the target name and LUN. Hosts name disks by
 // them, so testdata/identity.golden pins their values.
+//
+// # Copy offload, atomic writes, sanitize
+//
+// The logical unit that receives EXTENDED COPY or WRITE USING TOKEN is the
+// copy manager. It reaches the logical units named by NAA designator (the
+// one VPD 83h reports) through the CopyManager its Target was made with
+// (TargetConfig.CopyManager; the daemon gives all its targets one, so
+// copies go between LUNs of different targets). Data moves through the
+// Volume interface: read the source, write the destination, with FUA when
+// the destination's write cache is off, as a host copy would; a
+// destination volume that implements blk.Copier does the copy itself (the
+// cache engine's metadata copy plugs in there). An EXTENDED COPY parameter
+// list is validated completely, every range against its copy target's
+// capacity, before any block moves; an I/O error later ends the command in
+// COPY ABORTED whose COMMAND-SPECIFIC INFORMATION is the failing segment,
+// and RECEIVE COPY RESULTS reports the segments and bytes done. Overlapping
+// source and destination ranges of one volume are copied as if the source
+// were read completely first. Limits (VPD 8Fh, OPERATING PARAMETERS): 8
+// CSCD descriptors, 32 block-to-block segment descriptors, 2048 bytes of
+// descriptors, 65535 blocks per segment. Reservations held by other I_T
+// nexuses on a copy target other than the copy manager end the copy in
+// RESERVATION CONFLICT; the copy does not enter those units' task sets.
+//
+// ROD tokens (POPULATE TOKEN) represent ranges at a point in time without
+// copying them: any write through a logical unit of the same CopyManager
+// to a range a token represents revokes the token first, a token unused for
+// its inactivity timeout (default 60 s, at most 3600 s) expires, and tokens
+// carry an HMAC under a per-CopyManager random key, so a forged, altered or
+// stale token is refused (ILLEGAL REQUEST / INVALID TOKEN OPERATION with
+// TOKEN CORRUPT, UNKNOWN, REVOKED, EXPIRED, UNSUPPORTED TOKEN TYPE or
+// INVALID TOKEN LENGTH). WRITE USING TOKEN rechecks its token after every
+// chunk it read, writes the destination ranges in order and, when the token
+// holds less, leaves the rest and reports the residual through RECEIVE ROD
+// TOKEN INFORMATION; the block device zero token writes zeroes. At most 64
+// ranges and 256 MiB per token or write (VPD 8Fh, Block Device ROD Token
+// Limits).
+//
+// WRITE ATOMIC(16) is offered, and the atomic fields of VPD B0h are
+// non-zero, only when the volume implements blk.AtomicWriter (looked up
+// through wrappers with blk.AtomicWriterOf): the device server cannot make
+// a write all-or-nothing across a crash by itself. The cache engine's
+// volumes do (128 KiB, aligned to 128 KiB; cachecore's doc.go).
+// Larger, misaligned or ungranular atomic writes end in INVALID FIELD IN
+// CDB and write nothing; so does a short Data-Out.
+//
+// SANITIZE runs as a job of the logical unit that outlives its task (abort,
+// reset and nexus loss leave it running); meanwhile every command but
+// INQUIRY, REPORT LUNS and REQUEST SENSE ends in NOT READY / SANITIZE IN
+// PROGRESS with the progress indication, which REQUEST SENSE also returns.
+// A failed job leaves the sanitize failure mode (MEDIUM ERROR / SANITIZE
+// COMMAND FAILED) until a SANITIZE completes or, after AUSE=1, EXIT FAILURE
+// MODE. OVERWRITE writes through the volume (so the cache's copy is
+// replaced); BLOCK ERASE discards the whole volume; both flush at the end.
 //
 // # Guarantees
 //

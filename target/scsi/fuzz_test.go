@@ -50,11 +50,27 @@ func FuzzExecute(f *testing.F) {
 		{0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0},
 		{0x1a, 0x08, 0x3f, 0xff, 255, 0},
 		{0x8b, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0},
+		xcopyCDB(16 + 32 + 28),
+		rcrCDB(0x03, 0, 1024),
+		tokenCDB(0x10, 1, 32),
+		tokenCDB(0x11, 1, 552),
+		{0x84, 0x07, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0},
+		sanitizeCDB(sanitizeOverwrite, 8),
+		writeAtomicCDB(0, 0, 1),
 	}
+	tgt := fuzzTarget(f)
 	for i, s := range seeds {
 		f.Add(s, make([]byte, 1024), uint16(4096), byte(i))
 	}
-	tgt := fuzzTarget(f)
+	// Well-formed parameter lists for the copy commands, so the fuzzer
+	// starts from lists that reach the data movers.
+	lu := tgt.LU(0)
+	x := xcopyList{listID: 1, cscds: [][]byte{cscdFor(lu)}, segs: [][]byte{segB2B(0, 0, 4, 0, 8)}}
+	f.Add(xcopyCDB(len(x.bytes())), x.bytes(), uint16(0), byte(0))
+	pp := populateParams(0, []blkRange{{0, 4}})
+	f.Add(tokenCDB(0x10, 1, len(pp)), pp, uint16(0), byte(0))
+	wp := wutParams(0, 0, make([]byte, 512), []blkRange{{8, 4}})
+	f.Add(tokenCDB(0x11, 1, len(wp)), wp, uint16(0), byte(0))
 	nexuses := []*Nexus{
 		{InitiatorPort: "iqn.fuzz:i,i,0x1", TargetPort: "iqn.fuzz:t,t,0x1", RelativePortID: 1},
 		{InitiatorPort: "iqn.fuzz:j,i,0x2", TargetPort: "iqn.fuzz:t,t,0x1", RelativePortID: 1},

@@ -66,6 +66,10 @@ type LU struct {
 	maxUnmapDescs     uint32
 	maxCAWBlocks      uint32
 	optimalXferBlocks uint32
+	// atomic is non-nil when the volume offers atomic writes (atomic.go).
+	atomic *atomicLimits
+	// sanitize is the SANITIZE job and failure mode (sanitize.go).
+	sanitize sanitizeState
 
 	configuredWCE atomic.Bool // LUConfig.WriteCache or SetConfiguredWriteCache
 	wce           atomic.Bool // current WCE
@@ -113,6 +117,11 @@ type nexusState struct {
 	pending atomic.Int32 // len(uas), readable without mu
 	mu      sync.Mutex
 	uas     []ASC
+
+	// xcopy holds the EXTENDED COPY results of this nexus (xcopy.go),
+	// lid4 those of POPULATE TOKEN and WRITE USING TOKEN (odx.go).
+	xcopy xcopyState
+	lid4  lid4State
 }
 
 // maxQueuedUA bounds the unit attention queue per nexus; when full, the
@@ -205,6 +214,7 @@ func newLU(t *Target, lun uint64, cfg LUConfig) (*LU, error) {
 	lu.maxUnmapBlocks = uint32(min(maxUnmapBytes>>lu.blockShift, maxUnmapBlocks))
 	lu.maxUnmapDescs = maxUnmapDescriptors
 	lu.maxCAWBlocks = maxCompareAndWriteBlocks
+	lu.atomic = newAtomicLimits(cfg.Volume, uint64(bs), lu.maxXferBlocks)
 	empty := map[nexusKey]*nexusState{}
 	lu.nexuses.Store(&empty)
 

@@ -1,9 +1,20 @@
 package scsi
 
 // supported reports whether the logical unit serves the command (UNMAP
-// only on thin logical units).
+// only on thin logical units, WRITE ATOMIC only on volumes with atomic
+// writes, SANITIZE BLOCK ERASE only on thin logical units).
 func (lu *LU) supports(e *opEntry) bool {
-	return lu == nil || e.opcode != 0x42 || lu.thin
+	switch {
+	case lu == nil:
+		return true
+	case e.opcode == 0x42:
+		return lu.thin
+	case e.opcode == 0x9c:
+		return lu.atomic != nil
+	case e.opcode == 0x48 && e.sa == sanitizeBlockErase:
+		return lu.thin
+	}
+	return true
 }
 
 // cmdReportSupportedOpcodes serves REPORT SUPPORTED OPERATION CODES

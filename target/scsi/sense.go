@@ -19,6 +19,7 @@ const (
 	SenseIllegalRequest SenseKey = 0x5
 	SenseUnitAttention  SenseKey = 0x6
 	SenseDataProtect    SenseKey = 0x7
+	SenseCopyAborted    SenseKey = 0xa
 	SenseAbortedCommand SenseKey = 0xb
 	SenseMiscompare     SenseKey = 0xe
 )
@@ -58,6 +59,17 @@ const (
 	ASCInsufficientRegistrationRes  ASC = 0x5504
 	ASCInvalidCommandOperationCode  ASC = ASCInvalidOpcode
 	ASCLogicalUnitCommunicationFail ASC = 0x0800
+
+	// Third-party copy (SPC-4 6.4) and SANITIZE (SBC-4 5.30).
+	ASCOperationInProgress          ASC = 0x0016
+	ASCSanitizeInProgress           ASC = 0x041b
+	ASCUnreachableCopyTarget        ASC = 0x0804
+	ASCCopyTargetDeviceNotReachable ASC = 0x0d02
+	ASCTooManyTargetDescriptors     ASC = 0x2606
+	ASCUnsupportedTargetDescType    ASC = 0x2607
+	ASCTooManySegmentDescriptors    ASC = 0x2608
+	ASCUnsupportedSegmentDescType   ASC = 0x2609
+	ASCSanitizeFailed               ASC = 0x3103
 )
 
 // FixedSenseLen is the length of the fixed-format sense data the device
@@ -83,6 +95,19 @@ type SenseError struct {
 	BitValid   bool
 	Bit        uint8
 	Field      uint16
+
+	// SegmentPointer makes the sense-key-specific field the segment
+	// pointer of a COPY ABORTED (SPC-4 4.5.2.4.5): SD=1, Field counts
+	// from the start of the segment descriptor in error.
+	SegmentPointer bool
+	// CmdSpecific is the COMMAND-SPECIFIC INFORMATION field (the
+	// number of the segment descriptor being processed when a copy
+	// failed).
+	CmdSpecific uint32
+	// Progress, when ProgressValid, is the sense-key-specific progress
+	// indication (NOT READY during SANITIZE): done/65536 of the work.
+	ProgressValid bool
+	Progress      uint16
 }
 
 func (e *SenseError) Error() string {
@@ -101,10 +126,18 @@ func (e *SenseError) Bytes() []byte {
 	b[7] = FixedSenseLen - 8
 	b[12] = byte(e.ASC >> 8)
 	b[13] = byte(e.ASC)
+	binary.BigEndian.PutUint32(b[8:12], e.CmdSpecific)
+	if e.ProgressValid {
+		b[15] = 0x80
+		binary.BigEndian.PutUint16(b[16:18], e.Progress)
+	}
 	if e.FieldValid {
 		b[15] = 0x80
 		if e.InCDB {
 			b[15] |= 0x40
+		}
+		if e.SegmentPointer {
+			b[15] |= 0x20
 		}
 		if e.BitValid {
 			b[15] |= 0x08 | (e.Bit & 0x07)

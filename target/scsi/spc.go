@@ -28,11 +28,18 @@ func cmdRequestSense(tk *task) error {
 		tk.nx = tk.lu.nexus(tk.cmd.Nexus)
 		if asc, ok := tk.nx.takeUA(); ok {
 			se = newSense(SenseUnitAttention, asc)
+		} else if s := tk.lu.sanitizeRefusal(); s != nil {
+			se = s // with the progress of a running SANITIZE
 		}
 	}
 	var data []byte
 	if desc {
 		data = []byte{0x72, byte(se.Key), byte(se.ASC >> 8), byte(se.ASC), 0, 0, 0, 0}
+		if se.ProgressValid {
+			// Sense key specific descriptor: progress indication.
+			data = append(data, 0x02, 0x06, 0, 0x80, byte(se.Progress>>8), byte(se.Progress), 0, 0)
+			data[7] = 8
+		}
 	} else {
 		data = se.Bytes()
 	}
@@ -91,7 +98,7 @@ func (tk *task) standardInquiry() []byte {
 	d[2] = 0x06 // SPC-4
 	d[3] = 0x10 | 0x02
 	d[4] = standardInquiryLen - 5
-	d[5] = 0x00 // SCCS=0, ACC=0, TPGS=0, 3PC=0, PROTECT=0
+	d[5] = 0x08 // SCCS=0, ACC=0, TPGS=0, 3PC=1 (EXTENDED COPY), PROTECT=0
 	d[6] = 0x00
 	d[7] = 0x02 // CMDQUE
 	padCopy(d[8:16], lu.vendor)
@@ -112,7 +119,7 @@ func padCopy(dst []byte, s string) {
 }
 
 // supportedVPD lists the VPD pages in ascending order.
-const supportedVPD = "\x00\x80\x83\x86\xb0\xb1\xb2"
+const supportedVPD = "\x00\x80\x83\x86\x8f\xb0\xb1\xb2"
 
 func (lu *LU) vpd(tk *task, page byte) ([]byte, error) {
 	hdr := func(body []byte) []byte {
@@ -134,12 +141,20 @@ func (lu *LU) vpd(tk *task, page byte) ([]byte, error) {
 		b[1] = 0x01 // SIMPSUP
 		b[2] = 0x01 // V_SUP: volatile cache present
 		return hdr(b), nil
+	case 0x8f:
+		return hdr(lu.thirdPartyCopyVPD()), nil
 	case 0xb0:
 		return hdr(lu.blockLimits()), nil
 	case 0xb1:
 		b := make([]byte, 0x3c)
 		// Medium rotation rate 0: not reported (the cache fronts a
 		// device of unknown kind).
+		if lu.thin {
+			// WABEREQ 01b: after SANITIZE BLOCK ERASE reads complete
+			// with GOOD (they return zeroes). WACEREQ stays 00b: no
+			// CRYPTOGRAPHIC ERASE.
+			b[3] = 0x40
+		}
 		return hdr(b), nil
 	case 0xb2:
 		b := make([]byte, 4)
@@ -165,7 +180,7 @@ func (lu *LU) deviceIdentification(tk *task) []byte {
 	}
 	// NAA IEEE Registered Extended (NAA 6): 124 bits taken from DeviceID.
 	id := Identity{Serial: lu.serial, DeviceID: lu.deviceID}
-	naa := id.NAA()
+	naa := lu.naa()
 	add(1, 0, 0, 3, naa[:])
 	// T10 vendor ID based.
 	add(2, 0, 0, 1, id.T10VendorID(lu.vendor))
@@ -218,6 +233,12 @@ func (lu *LU) blockLimits() []byte {
 		put32(b[28:32], 0x80000000)
 	}
 	put64(b[32:40], lu.maxWriteSameBlks)
+	if a := lu.atomic; a != nil {
+		put32(b[40:44], a.maxBlks) // MAXIMUM ATOMIC TRANSFER LENGTH
+		put32(b[44:48], a.align)
+		put32(b[48:52], a.gran)
+		// No atomic boundaries: the two boundary fields stay 0.
+	}
 	return b
 }
 

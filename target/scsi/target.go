@@ -32,15 +32,20 @@ type TargetConfig struct {
 	// Logger receives command failures caused by bugs and state-file
 	// errors; nil discards.
 	Logger *slog.Logger
+	// CopyManager lets EXTENDED COPY reach the logical units of every
+	// Target that shares it (one per daemon); nil gives the Target its
+	// own, so copies stay among its logical units.
+	CopyManager *CopyManager
 }
 
 // Target is a SCSI target device: a set of logical units and the device
 // server that executes commands for them. It is safe for concurrent use;
 // Execute takes no target-wide lock (the LUN map is copy-on-write).
 type Target struct {
-	name string
-	log  *slog.Logger
-	ops  *opTable
+	name    string
+	log     *slog.Logger
+	ops     *opTable
+	copyMgr *CopyManager
 
 	// unmappedErrors counts volume errors that map to no sense code.
 	unmappedErrors atomic.Uint64
@@ -56,7 +61,11 @@ func NewTarget(cfg TargetConfig) *Target {
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	t := &Target{name: cfg.Name, log: log, ops: newOpTable()}
+	cm := cfg.CopyManager
+	if cm == nil {
+		cm = NewCopyManager()
+	}
+	t := &Target{name: cfg.Name, log: log, ops: newOpTable(), copyMgr: cm}
 	empty := map[uint64]*LU{}
 	t.luns.Store(&empty)
 	return t
@@ -107,6 +116,7 @@ func (t *Target) AddLU(lun uint64, cfg LUConfig) (*LU, error) {
 	}
 	next[lun] = lu
 	t.luns.Store(&next)
+	t.copyMgr.register(lu)
 	return lu, nil
 }
 
@@ -127,6 +137,8 @@ func (t *Target) RemoveLU(lun uint64) error {
 		}
 	}
 	t.luns.Store(&next)
+	t.copyMgr.unregister(old[lun])
+	old[lun].stopSanitize()
 	return nil
 }
 
@@ -224,6 +236,14 @@ func (t *Target) dispatch(tk *task) error {
 		}
 		return errCDBField(op.cdbLen-1, bit)
 	}
+	// While a SANITIZE runs (or after one failed) only the commands that
+	// also ignore unit attentions (INQUIRY, REPORT LUNS, REQUEST SENSE)
+	// are served; SANITIZE itself may retry a failed one.
+	if op.flags&opNoUA == 0 {
+		if se := lu.sanitizeRefusal(); se != nil && !(op.opcode == 0x48 && se.Key == SenseMediumError) {
+			return se
+		}
+	}
 	// Task attributes (SAM-5 8.6): an ORDERED task waits for the tasks
 	// that entered before it and holds back those that enter after it;
 	// HEAD OF QUEUE tasks bypass the task set. The order is the order in
@@ -242,6 +262,9 @@ func (t *Target) dispatch(tk *task) error {
 			tk.status = StatusReservationConflict
 			return nil
 		}
+	}
+	if op.access == accessWrite {
+		tk.revokeForWrite() // ROD tokens of data about to change (odx.go)
 	}
 	return op.run(tk)
 }
