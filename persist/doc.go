@@ -274,7 +274,10 @@
 // target: a virtual machine's CPU model may lack CLWB (QEMU's qemu64 has
 // only CLFLUSH), and CLWB there raises SIGILL. A CPU with none of the three
 // gets no DAX. The "cache media: DAX mapping" log line and `cachelun
-// inspect` name the instruction. Otherwise OpenFile uses DefaultFileKind. Both non-DAX kinds read through a MADV_RANDOM shared
+// inspect` name the instruction. integration/vm's tier 3 runs this path on a
+// real fsdax ext4 (an emulated NVDIMM) with CLWB and, on a CPU model
+// without CLWB and CLFLUSHOPT, with CLFLUSH. Otherwise OpenFile uses
+// DefaultFileKind. Both non-DAX kinds read through a MADV_RANDOM shared
 // mapping; the choice between them is explained under "Choice of media".
 // Non-DAX persist requests are coalesced: while one flush runs, later
 // requests queue and the next flush covers all of them. DAX persists flush
