@@ -46,9 +46,10 @@ type Boot struct {
 // NVDIMM is an emulated NVDIMM backed by a host file (memory-backend-file,
 // share=on): what the guest stores in it is in the file, and a later boot
 // on the same file sees it, as after a power cycle. The guest's namespace
-// comes up in raw mode the first time (no label area); the fsdax switch it
-// then makes is stored in the file's first bytes (see
-// /work/shared/reference/dax-nvdimm.md).
+// comes up in raw mode the first time (qemu's NVDIMM has no label area);
+// the switch to fsdax the guest then makes through sysfs (see
+// testdata/tier3-init.sh) is stored in the file's first bytes, so later
+// boots come up in fsdax.
 type NVDIMM struct {
 	// Path is the backing file; created sparse if missing.
 	Path string
