@@ -74,8 +74,9 @@
 //     the same NVDIMM file with -cpu qemu64 (no CLWB, no CLFLUSHOPT;
 //     Boot.CPU), finds the namespace in fsdax, check clean, every flushed
 //     pattern back, the cache on DAX with the fallback instruction, and
-//     passes the data checks again. About 2 minutes for both boots on an
-//     idle 2-core machine, 4 under a load of 13.
+//     passes the data checks again. Measured only on a busy 2-core
+//     machine: about 4 minutes for both boots under a load of 10-20
+//     (guest uptime about 90 s per boot; qemu's wall time is larger).
 //
 // The tiers build the daemon from ./cmd/cachelun (static, CGO_ENABLED=0);
 // CACHELUN_VM_BINARY names a prebuilt static binary to use instead.

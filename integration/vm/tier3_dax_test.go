@@ -110,8 +110,8 @@ func TestTier3DAX(t *testing.T) {
 
 	nv := &NVDIMM{Path: filepath.Join(work, "PMEM.img"), SizeMB: 512}
 	boot := func(phase, cpu string, wantPass ...string) *Result {
-		// 5 minutes: each boot takes about 1 minute on an idle machine and 2
-		// under a load of 13 on 2 cores (guest uptime 90 s at its end).
+		// 5 minutes: each boot took about 2 minutes of qemu wall time
+		// under a load of 10-20 on 2 cores (guest uptime about 90 s).
 		b := Boot{Assets: a, Initrd: initrd, Timeout: 5 * time.Minute, CPU: cpu, NVDIMM: nv,
 			Append:    "cachelun.phase=" + phase,
 			ExtraArgs: []string{"-drive", "file=" + disk + ",format=raw,if=virtio"}}
