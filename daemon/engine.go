@@ -125,7 +125,11 @@ func (e *engine) openCache(ctx context.Context, c conf.Cache, path string) error
 	e.caches[c.Name] = &openCache{media: m, cache: cc}
 	e.order = append(e.order, c.Name)
 	e.mu.Unlock()
-	log.Info("cache open", "path", path, "media", m.Kind())
+	if m.Kind() == persist.KindDAX {
+		log.Info("cache open", "path", path, "media", m.Kind(), "flush", persist.FlushInstruction())
+	} else {
+		log.Info("cache open", "path", path, "media", m.Kind())
+	}
 	return nil
 }
 

@@ -8,8 +8,11 @@ import (
 
 // Report is what Inspect returns: a read-only summary of a cache.
 type Report struct {
-	MediaKind     MediaKind      `json:"media_kind"`
-	MediaSize     int64          `json:"media_size"`
+	MediaKind MediaKind `json:"media_kind"`
+	MediaSize int64     `json:"media_size"`
+	// MediaFlush is the DAX persist instruction (FlushInstruction) when
+	// MediaKind is KindDAX; the caller that knows the runtime kind sets it.
+	MediaFlush    string         `json:"media_flush,omitempty"`
 	Superblock    SuperblockJSON `json:"superblock"`
 	Info          CacheInfo      `json:"info"`
 	KeyTail       Tail           `json:"key_tail"`

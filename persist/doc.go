@@ -264,8 +264,19 @@
 //
 // See media.go for the interface. OpenFile tries
 // mmap(MAP_SHARED_VALIDATE|MAP_SYNC); if the file system is DAX, persist is
-// CLWB (else CLFLUSHOPT, else CLFLUSH) of each cache line + SFENCE, in Go
-// assembly (amd64; other architectures never select DAX). Otherwise it uses
+// a write-back of each cache line of the range followed by SFENCE, in Go
+// assembly (amd64; other architectures never select DAX). The instruction
+// comes from CPUID at open (FlushInstruction), in this order: CLWB
+// (CPUID.(EAX=7,ECX=0):EBX bit 24; writes the line back and may keep it
+// cached), else CLFLUSHOPT (same leaf, bit 23; writes back and evicts),
+// else CLFLUSH (CPUID.01H:EDX bit 19; writes back and evicts, serialised
+// with other CLFLUSHes, the slowest). It is never assumed from the build
+// target: a virtual machine's CPU model may lack CLWB (QEMU's qemu64 has
+// only CLFLUSH), and CLWB there raises SIGILL. A CPU with none of the three
+// gets no DAX. The "cache media: DAX mapping" log line and `cachelun
+// inspect` name the instruction. integration/vm's tier 3 runs this path on a
+// real fsdax ext4 (an emulated NVDIMM) with CLWB and, on a CPU model
+// without CLWB and CLFLUSHOPT, with CLFLUSH. Otherwise OpenFile uses
 // DefaultFileKind. Both non-DAX kinds read through a MADV_RANDOM shared
 // mapping; the choice between them is explained under "Choice of media".
 // Non-DAX persist requests are coalesced: while one flush runs, later
@@ -318,6 +329,8 @@
 // # API notes
 //
 // Additions to the agreed API: the MediaKind constants and DefaultFileKind;
+// FlushInstruction, the FlushCLWB/FlushCLFLUSHOPT/FlushCLFLUSH names and
+// Report.MediaFlush;
 // FileOptions.Kind (force a non-DAX mechanism) and FileOptions.ReadOnly;
 // TearDAX/TearPage; CrashMedia.Bytes and NewCrashMediaFrom (golden images);
 // Store.DataCRC and Store.HasDirtyData; Journal.Stats; Inspect, Check and

@@ -13,29 +13,32 @@ func clflushoptRange(addr, n uintptr)
 //go:noescape
 func clflushRange(addr, n uintptr)
 
-// cacheFlusher returns the best CPU cache write-back primitive of this CPU
-// (CLWB, else CLFLUSHOPT, else CLFLUSH), each followed by SFENCE, and its name.
+// FlushInstruction names the instruction a DAX persist on this CPU writes
+// cache lines back with (FlushCLWB, FlushCLFLUSHOPT or FlushCLFLUSH; each
+// followed by SFENCE), chosen from CPUID; "" when this CPU or architecture
+// has none, and then OpenFile never selects DAX.
+func FlushInstruction() string { return chooseFlushInstruction(readCPUFlushFeatures()) }
+
+// cacheFlusher returns the persist primitive of FlushInstruction and its
+// name; nil and "" when there is none.
 func cacheFlusher() (func(p []byte), string) {
-	maxLeaf, _, _, _ := cpuid(0, 0)
-	var ebx7 uint32
-	if maxLeaf >= 7 {
-		_, ebx7, _, _ = cpuid(7, 0)
-	}
-	run := func(f func(addr, n uintptr)) func(p []byte) {
-		return func(p []byte) {
-			if len(p) > 0 {
-				f(uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
-			}
-		}
-	}
-	switch {
-	case ebx7&(1<<24) != 0:
-		return run(clwbRange), "clwb+sfence"
-	case ebx7&(1<<23) != 0:
-		return run(clflushoptRange), "clflushopt+sfence"
+	name := FlushInstruction()
+	var f func(addr, n uintptr)
+	switch name {
+	case FlushCLWB:
+		f = clwbRange
+	case FlushCLFLUSHOPT:
+		f = clflushoptRange
+	case FlushCLFLUSH:
+		f = clflushRange
 	default:
-		return run(clflushRange), "clflush+sfence"
+		return nil, ""
 	}
+	return func(p []byte) {
+		if len(p) > 0 {
+			f(uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+		}
+	}, name
 }
 
 // daxSupported: this architecture has a user-space persist primitive.

@@ -9,12 +9,15 @@ import (
 // TestCacheFlushPrimitives runs the CPU cache write-back primitives on
 // ordinary (anonymous) memory: they must not fault and must keep the data.
 func TestCacheFlushPrimitives(t *testing.T) {
-	_, ebx7, _, _ := cpuid(7, 0)
-	prims := map[string]func(uintptr, uintptr){"clflush": clflushRange}
-	if ebx7&(1<<24) != 0 {
+	cpu := readCPUFlushFeatures()
+	prims := map[string]func(uintptr, uintptr){}
+	if cpu.clflush {
+		prims["clflush"] = clflushRange
+	}
+	if cpu.clwb {
 		prims["clwb"] = clwbRange
 	}
-	if ebx7&(1<<23) != 0 {
+	if cpu.clflushopt {
 		prims["clflushopt"] = clflushoptRange
 	}
 	t.Logf("cpu supports %d primitives; best: %s", len(prims), func() string { _, n := cacheFlusher(); return n }())

@@ -9,7 +9,8 @@ import (
 type MediaKind string
 
 const (
-	// KindDAX: a MAP_SYNC mapping of a DAX file; persist is CLWB + SFENCE.
+	// KindDAX: a MAP_SYNC mapping of a DAX file; persist is a cache-line
+	// write-back (FlushInstruction: CLWB, CLFLUSHOPT or CLFLUSH) + SFENCE.
 	KindDAX MediaKind = "dax"
 	// KindMmapMsync: a shared mapping; persist is msync(MS_SYNC) on the
 	// page-aligned range.
@@ -19,6 +20,14 @@ const (
 	KindPwriteFdatasync MediaKind = "pwrite-fdatasync"
 	// KindCrash: the crash-simulating in-memory media for tests.
 	KindCrash MediaKind = "crash"
+)
+
+// The instructions a DAX persist writes cache lines back with on amd64, as
+// FlushInstruction names them; each run is followed by SFENCE.
+const (
+	FlushCLWB       = "clwb"
+	FlushCLFLUSHOPT = "clflushopt"
+	FlushCLFLUSH    = "clflush"
 )
 
 // Media is the byte-addressed cache media. Implementations are safe for

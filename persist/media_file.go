@@ -306,13 +306,14 @@ func openClaimed(ctx context.Context, f *os.File, path string, opts FileOptions,
 
 	kind := opts.Kind
 	if kind == "" || kind == KindDAX {
-		if daxSupported && !opts.ReadOnly {
+		flushCPU, instr := cacheFlusher()
+		if daxSupported && flushCPU != nil && !opts.ReadOnly {
 			b, err := syscall.Mmap(m.fd, 0, int(size), syscall.PROT_READ|syscall.PROT_WRITE, mapSharedValidate|mapSync)
 			if err == nil {
-				m.mapping, m.kind = b, KindDAX
-				var how string
-				m.flushCPU, how = cacheFlusher()
-				log.Info("cache media: DAX mapping (MAP_SYNC)", "path", path, "size", size, "persist", how)
+				m.mapping, m.kind, m.flushCPU = b, KindDAX, flushCPU
+				// The instruction is in the line so that a run on a CPU
+				// model without CLWB shows the fallback it took.
+				log.Info("cache media: DAX mapping (MAP_SYNC)", "path", path, "size", size, "flush", instr, "persist", instr+"+sfence")
 				ok = true
 				return m, nil
 			}
@@ -321,7 +322,10 @@ func openClaimed(ctx context.Context, f *os.File, path string, opts FileOptions,
 			}
 			log.Info("cache media: MAP_SYNC unavailable, using the non-DAX path", "path", path, "err", err, "kind", DefaultFileKind)
 		} else if kind == KindDAX {
-			return nil, fmt.Errorf("%w: DAX needs a writable file on amd64", ErrInvalidArgument)
+			return nil, fmt.Errorf("%w: DAX needs a writable file on amd64 with CLWB, CLFLUSHOPT or CLFLUSH", ErrInvalidArgument)
+		}
+		if daxSupported && flushCPU == nil && !opts.ReadOnly {
+			log.Info("cache media: this CPU has no cache-line write-back instruction (CPUID: no CLWB, CLFLUSHOPT or CLFLUSH); DAX is not tried", "path", path, "kind", DefaultFileKind)
 		}
 		kind = DefaultFileKind
 	}

@@ -161,6 +161,9 @@ func runInspect(ctx context.Context, args []string, stdout, stderr io.Writer) (c
 	// open claims the file exclusively, so the shared claim ends first.
 	m.Close()
 	rep.MediaKind = persist.WritableKind(pos[0], rep.MediaKind)
+	if rep.MediaKind == persist.KindDAX {
+		rep.MediaFlush = persist.FlushInstruction()
+	}
 	defer func() {
 		if len(problems) > 0 && code == 0 {
 			fmt.Fprintf(stderr, "cachelun inspect: %s: %s (cachelun check %s lists them)\n", pos[0], plural(len(problems), "problem"), pos[0])
@@ -179,7 +182,13 @@ func runInspect(ctx context.Context, args []string, stdout, stderr io.Writer) (c
 	sb := rep.Superblock
 	w := stdout
 	fmt.Fprintf(w, "file:          %s\n", pos[0])
-	fmt.Fprintf(w, "media:         %s, %d bytes\n", rep.MediaKind, rep.MediaSize)
+	if rep.MediaKind == persist.KindDAX {
+		// Which instruction persists (CPUID: CLWB, else CLFLUSHOPT, else
+		// CLFLUSH), the one that differs between CPU models.
+		fmt.Fprintf(w, "media:         %s (MAP_SYNC, persist %s+sfence), %d bytes\n", rep.MediaKind, rep.MediaFlush, rep.MediaSize)
+	} else {
+		fmt.Fprintf(w, "media:         %s, %d bytes\n", rep.MediaKind, rep.MediaSize)
+	}
 	fmt.Fprintf(w, "format:        version %d, features 0x%x (data crc %v)\n", sb.Version, sb.Features, sb.DataCRC)
 	fmt.Fprintf(w, "uuid:          %s\n", sb.UUID)
 	fmt.Fprintf(w, "geometry:      %d segments of %d bytes (%d data bytes each), block size %d\n", sb.SegmentCount, sb.SegmentSize, rep.SegmentDataSz, sb.BlockSize)

@@ -31,6 +31,30 @@ type Boot struct {
 	ExtraArgs []string
 	// Console, if set, receives the serial console as it arrives.
 	Console io.Writer
+	// CPU is qemu's -cpu model; default "max" (every feature TCG
+	// emulates, CLWB and CLFLUSHOPT included). "qemu64" is a CPU without
+	// CLWB or CLFLUSHOPT.
+	CPU string
+	// NVDIMM, if set, gives the guest an emulated NVDIMM (a /dev/pmem0).
+	NVDIMM *NVDIMM
+	// PowerOffOn, if set, is a console marker: when the guest prints it,
+	// qemu is killed (SIGKILL) at once, a power cut with no guest sync
+	// (Result.PoweredOff).
+	PowerOffOn string
+}
+
+// NVDIMM is an emulated NVDIMM backed by a host file (memory-backend-file,
+// share=on): what the guest stores in it is in the file, and a later boot
+// on the same file sees it, as after a power cycle. The guest's namespace
+// comes up in raw mode the first time (qemu's NVDIMM has no label area);
+// the switch to fsdax the guest then makes through sysfs (see
+// testdata/tier3-init.sh) is stored in the file's first bytes, so later
+// boots come up in fsdax.
+type NVDIMM struct {
+	// Path is the backing file; created sparse if missing.
+	Path string
+	// SizeMB is its size, a multiple of 2; default 512.
+	SizeMB int
 }
 
 // Result is what a guest reported.
@@ -51,6 +75,9 @@ type Result struct {
 	// "@@DIAG end", or to the end of the log when qemu was killed while
 	// one was printed): daemon logs, blocked tasks and dmesg.
 	Diag string
+	// PoweredOff is true when qemu was killed because the guest printed
+	// Boot.PowerOffOn.
+	PoweredOff bool
 }
 
 // WatchdogMargin is how long before qemu's hard timeout the guest's
@@ -72,11 +99,34 @@ func (b Boot) Run(ctx context.Context) (*Result, error) {
 	if b.Timeout == 0 {
 		b.Timeout = 5 * time.Minute
 	}
+	if b.CPU == "" {
+		b.CPU = "max"
+	}
+	mem := fmt.Sprint(b.MemoryMB)
+	var nvdimmArgs []string
+	if b.NVDIMM != nil {
+		size := b.NVDIMM.SizeMB
+		if size == 0 {
+			size = 512
+		}
+		if size%2 != 0 {
+			return nil, fmt.Errorf("vm: NVDIMM size %d MiB is not a multiple of 2 MiB", size)
+		}
+		if err := sizeFile(b.NVDIMM.Path, int64(size)<<20); err != nil {
+			return nil, err
+		}
+		// The NVDIMM is hot-pluggable memory: qemu needs a slot for it
+		// and maxmem covering it, or it refuses to start.
+		mem = fmt.Sprintf("%d,slots=2,maxmem=%dM", b.MemoryMB, b.MemoryMB+size)
+		nvdimmArgs = []string{"-machine", "pc,nvdimm=on",
+			"-object", fmt.Sprintf("memory-backend-file,id=mem1,share=on,mem-path=%s,size=%dM", b.NVDIMM.Path, size),
+			"-device", "nvdimm,id=nv1,memdev=mem1"}
+	}
 	ctx, cancel := context.WithTimeout(ctx, b.Timeout)
 	defer cancel()
 	args := []string{
-		"-accel", "tcg", "-cpu", "max",
-		"-smp", fmt.Sprint(b.CPUs), "-m", fmt.Sprint(b.MemoryMB),
+		"-accel", "tcg", "-cpu", b.CPU,
+		"-smp", fmt.Sprint(b.CPUs), "-m", mem,
 		"-nographic", "-no-reboot", "-nodefaults",
 		"-nic", "none", // the guest gets no network device at all
 		"-serial", "stdio",
@@ -89,6 +139,7 @@ func (b Boot) Run(ctx context.Context) (*Result, error) {
 		"-append", strings.TrimSpace(fmt.Sprintf("console=ttyS0 panic=-1 loglevel=4 no_timer_check cachelun.watchdog=%d %s",
 			int((b.Timeout-WatchdogMargin(b.Timeout))/time.Second), b.Append)),
 	}
+	args = append(args, nvdimmArgs...)
 	args = append(args, b.ExtraArgs...)
 	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", args...)
 	cmd.Stdin = nil
@@ -97,13 +148,39 @@ func (b Boot) Run(ctx context.Context) (*Result, error) {
 	if b.Console != nil {
 		out = io.MultiWriter(&log, b.Console)
 	}
+	var marker *markerWriter
+	if b.PowerOffOn != "" {
+		marker = &markerWriter{w: out, marker: []byte(b.PowerOffOn), seen: make(chan struct{})}
+		out = marker
+	}
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.WaitDelay = 5 * time.Second
 	start := time.Now()
-	err := cmd.Run()
-	r := &Result{Wall: time.Since(start), Log: log.String(), TimedOut: errors.Is(ctx.Err(), context.DeadlineExceeded)}
+	err := cmd.Start()
+	if err != nil {
+		return nil, fmt.Errorf("vm: run qemu: %w", err)
+	}
+	poweredOff := make(chan bool, 1)
+	exited := make(chan struct{})
+	go func() {
+		if marker == nil {
+			poweredOff <- false
+			return
+		}
+		select {
+		case <-marker.seen:
+			// Only the qemu this Run started, by its pid.
+			cmd.Process.Kill()
+			poweredOff <- true
+		case <-exited:
+			poweredOff <- false
+		}
+	}()
+	err = cmd.Wait()
+	close(exited)
+	r := &Result{Wall: time.Since(start), Log: log.String(), TimedOut: errors.Is(ctx.Err(), context.DeadlineExceeded), PoweredOff: <-poweredOff}
 	r.parse()
-	if err != nil && !r.TimedOut && !r.Done {
+	if err != nil && !r.TimedOut && !r.Done && !r.PoweredOff {
 		var ee *exec.ExitError
 		if !errors.As(err, &ee) {
 			return r, fmt.Errorf("vm: run qemu: %w", err)
@@ -211,3 +288,40 @@ func (r *Result) Err(wantPass ...string) error {
 
 // SaveLog writes the console log next to the cache for post-mortems.
 func (r *Result) SaveLog(path string) error { return os.WriteFile(path, []byte(r.Log), 0o644) }
+
+// markerWriter passes console output through and closes seen the first
+// time marker appears in it (also when split across writes).
+type markerWriter struct {
+	w      io.Writer
+	marker []byte
+	seen   chan struct{}
+	tail   []byte
+	done   bool
+}
+
+func (m *markerWriter) Write(p []byte) (int, error) {
+	n, err := m.w.Write(p)
+	if !m.done {
+		buf := append(m.tail, p...)
+		if bytes.Contains(buf, m.marker) {
+			m.done = true
+			close(m.seen)
+		}
+		keep := min(len(buf), len(m.marker)-1)
+		m.tail = append(m.tail[:0], buf[len(buf)-keep:]...)
+	}
+	return n, err
+}
+
+// sizeFile creates path (sparse) or resizes it to size bytes.
+func sizeFile(path string, size int64) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return fmt.Errorf("vm: NVDIMM backing file: %w", err)
+	}
+	if err := f.Truncate(size); err != nil {
+		f.Close()
+		return fmt.Errorf("vm: NVDIMM backing file: %w", err)
+	}
+	return f.Close()
+}
