@@ -27,6 +27,12 @@ type Boot struct {
 	// guestdiag.sh) fires WatchdogMargin(Timeout) earlier, so a guest that
 	// hangs still prints its diagnostics.
 	Timeout time.Duration
+	// WatchdogAt, if set, is the guest uptime at which its watchdog fires
+	// instead of WatchdogMargin(Timeout) before the timeout. A test that
+	// waits for the watchdog sets it well below the timeout: under a
+	// loaded host the guest's clock lags the host's, and the watchdog
+	// must still fire before qemu is killed.
+	WatchdogAt time.Duration
 	// ExtraArgs are passed to qemu (e.g. -drive for a root disk).
 	ExtraArgs []string
 	// Console, if set, receives the serial console as it arrives.
@@ -86,6 +92,14 @@ func WatchdogMargin(timeout time.Duration) time.Duration {
 	return min(45*time.Second, timeout/4)
 }
 
+// watchdogAt is the guest uptime at which the guest's watchdog fires.
+func (b Boot) watchdogAt() time.Duration {
+	if b.WatchdogAt > 0 {
+		return b.WatchdogAt
+	}
+	return b.Timeout - WatchdogMargin(b.Timeout)
+}
+
 // Run boots the guest and waits until qemu exits or the timeout kills it.
 // The error reports only a failure to run qemu; what the guest did is in
 // the Result (see Result.Err).
@@ -137,7 +151,7 @@ func (b Boot) Run(ctx context.Context) (*Result, error) {
 		// guest's watchdog dumps its diagnostics and powers off; the
 		// dot keeps the kernel from handing it to init.
 		"-append", strings.TrimSpace(fmt.Sprintf("console=ttyS0 panic=-1 loglevel=4 no_timer_check cachelun.watchdog=%d %s",
-			int((b.Timeout-WatchdogMargin(b.Timeout))/time.Second), b.Append)),
+			int(b.watchdogAt()/time.Second), b.Append)),
 	}
 	args = append(args, nvdimmArgs...)
 	args = append(args, b.ExtraArgs...)
