@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -206,34 +207,9 @@ func TestCrashKeepsAcknowledgedWrites(t *testing.T) {
 	// A client writes (no flush, no FUA) and stays connected; the daemon
 	// is killed once the writes are acknowledged.
 	acked := []region{{1 * mib, 256 * 1024, 0xd2}, {8 * mib, 64 * 1024, 0xd3}, {64 * mib, 1 * mib, 0xd4}, {200 * mib, 4096, 0xd5}}
-	// stdbuf: qemu-io's "wrote" lines must arrive as they happen; -t
-	// writeback: no flush after each write (qemu-io's default is writethrough).
-	args := []string{"-oL", "qemu-io", "-t", "writeback", "-f", "raw"}
-	for _, r := range acked {
-		args = append(args, "-c", r.write(false))
-	}
-	args = append(args, "-c", "sleep 30000", d.url(0))
-	ctx, cancel := context.WithTimeout(context.Background(), toolTimeout)
-	defer cancel()
-	client := exec.CommandContext(ctx, "stdbuf", args...)
-	var out lockedBuffer
-	client.Stdout, client.Stderr = &out, &out
-	if err := client.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { // on a failure below, do not leave the client behind
-		client.Process.Kill()
-		client.Wait()
-	}()
-	testkit.WaitFor(t, toolTimeout, "qemu-io to acknowledge every write", func() bool {
-		if strings.Contains(out.String(), "failed") {
-			t.Fatalf("writes not acknowledged:\n%s", out.String())
-		}
-		return strings.Count(out.String(), "wrote ") >= len(acked)
-	})
+	stop := writeAckedAndStay(t, d.url(0), acked)
 	d.kill()
-	client.Process.Kill()
-	client.Wait()
+	stop()
 
 	d.restart()
 	if !strings.Contains(d.log.String(), "recovered acknowledged writes") {
@@ -289,4 +265,42 @@ func TestBadConfigRefused(t *testing.T) {
 	if entries, _ := readDirNames(dir + "/data"); len(entries) != 0 {
 		t.Errorf("data dir populated by a refused config: %v", entries)
 	}
+}
+
+// writeAckedAndStay starts a qemu-io client that writes the regions (no
+// flush, no FUA) and stays connected, and returns once every write is
+// acknowledged; stop ends the client (it is ended at cleanup anyway).
+func writeAckedAndStay(t *testing.T, url string, acked []region) (stop func()) {
+	t.Helper()
+	// stdbuf: qemu-io's "wrote" lines must arrive as they happen; -t
+	// writeback: no flush after each write (qemu-io's default is writethrough).
+	args := []string{"-oL", "qemu-io", "-t", "writeback", "-f", "raw"}
+	for _, r := range acked {
+		args = append(args, "-c", r.write(false))
+	}
+	args = append(args, "-c", "sleep 30000", url)
+	ctx, cancel := context.WithTimeout(context.Background(), toolTimeout)
+	client := exec.CommandContext(ctx, "stdbuf", args...)
+	var out lockedBuffer
+	client.Stdout, client.Stderr = &out, &out
+	if err := client.Start(); err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			client.Process.Kill()
+			client.Wait()
+			cancel()
+		})
+	}
+	t.Cleanup(stop) // on a failure, do not leave the client behind
+	testkit.WaitFor(t, toolTimeout, "qemu-io to acknowledge every write", func() bool {
+		if strings.Contains(out.String(), "failed") {
+			t.Fatalf("writes not acknowledged:\n%s", out.String())
+		}
+		return strings.Count(out.String(), "wrote ") >= len(acked)
+	})
+	return stop
 }

@@ -129,32 +129,9 @@ func TestSecondDaemonRefused(t *testing.T) {
 	// A serves on: writes acknowledged but not flushed (ksets stay open
 	// for a minute: only the intent log holds their keys), then SIGKILL.
 	acked := []region{{1 * mib, 256 * 1024, 0xe3}, {32 * mib, 64 * 1024, 0xe4}, {100 * mib, 4096, 0xe5}}
-	args := []string{"-oL", "qemu-io", "-t", "writeback", "-f", "raw"}
-	for _, r := range acked {
-		args = append(args, "-c", r.write(false))
-	}
-	args = append(args, "-c", "sleep 30000", a.url(0))
-	ctx, cancel := context.WithTimeout(context.Background(), toolTimeout)
-	defer cancel()
-	client := exec.CommandContext(ctx, "stdbuf", args...)
-	var cout lockedBuffer
-	client.Stdout, client.Stderr = &cout, &cout
-	if err := client.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { // on a failure below, do not leave the client behind
-		client.Process.Kill()
-		client.Wait()
-	}()
-	testkit.WaitFor(t, toolTimeout, "qemu-io to acknowledge every write", func() bool {
-		if strings.Contains(cout.String(), "failed") {
-			t.Fatalf("writes not acknowledged:\n%s", cout.String())
-		}
-		return strings.Count(cout.String(), "wrote ") >= len(acked)
-	})
+	stop := writeAckedAndStay(t, a.url(0), acked)
 	a.kill()
-	client.Process.Kill()
-	client.Wait()
+	stop()
 
 	a.restart()
 	cmds := []string{flushed.read()}
