@@ -45,6 +45,17 @@ func TestYardstick(t *testing.T) {
 	if capacity < int(cfg.CacheBytes/BlockSize/2) {
 		t.Fatalf("the engine holds only %d blocks of a %d-block file", capacity, cfg.CacheBytes/BlockSize)
 	}
+	// The advisor's idea of today's size (cachecore.Advice) is the
+	// formula; the capacity above is measured.
+	e, err := OpenEngine(cfg, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	formula := e.Cache().Advice().CapacityBlocks
+	e.Close()
+	if d := float64(formula)/float64(capacity) - 1; d < -0.05 || d > 0.05 {
+		t.Errorf("cachecore.Advice says the cache holds %d blocks, measured %d", formula, capacity)
+	}
 	var rows []row
 	for _, tr := range Standard(capacity, refsPerCache) {
 		r := row{name: tr.Name}
