@@ -18,7 +18,7 @@ import (
 
 const (
 	plotW, plotH           = 520, 250
-	plotLeft, plotRight    = 52, 16
+	plotLeft, plotRight    = 52, 36
 	plotTop, plotBottom    = 28, 44
 	plotMinLog, plotMaxLog = -3.0, 3.0 // log2 of the size factor
 )
