@@ -34,6 +34,11 @@ type Engine struct {
 	media *countingMedia
 	ctx   context.Context
 	buf   []byte
+	// usedSum and usedN: the segments in use, summed over the requests
+	// since GC first ran (settled), so that a result can say how full GC
+	// keeps the cache on average once it is warm.
+	usedSum, usedN uint64
+	settled        bool
 }
 
 // countingMedia counts the bytes written to the cache media: the engine's
@@ -92,6 +97,10 @@ func (e *Engine) Cache() *cachecore.Cache { return e.cache }
 // segments in use.
 func (e *Engine) overThreshold() bool {
 	s := e.cache.Stats()
+	if e.settled {
+		e.usedSum += uint64(s.SegmentsUsed)
+		e.usedN++
+	}
 	return int(s.SegmentsUsed)*100 > int(s.Segments)*e.cache.GCPercent()
 }
 
@@ -105,6 +114,7 @@ func (e *Engine) overThreshold() bool {
 // because GC had not run yet. So the figures are the engine's policy with
 // GC always on time, its best case.
 func (e *Engine) settle() error {
+	e.settled = true
 	if err := e.vol.Flush(e.ctx); err != nil {
 		return err
 	}
@@ -151,6 +161,11 @@ type EngineResult struct {
 	MediaBytes, InstalledBytes uint64
 	GCRuns, SegmentsFreed      uint64
 	Bypassed                   map[string]uint64 // requests that skipped the cache, by reason
+	// Occupancy is the mean number of segments in use (data and journal)
+	// from GC's first run on, as a share of the most GC lets be used:
+	// below 1 by what GC frees beyond its threshold each time it runs (0
+	// when GC never ran: the trace fit).
+	Occupancy float64
 }
 
 // WriteAmp is media bytes written per byte installed.
@@ -164,9 +179,24 @@ func Replay(cfg EngineConfig, t Trace) (EngineResult, error) {
 	}
 	defer e.Close()
 	w0 := e.media.written.Load()
+	// Bytes installed: misses of requests that bypassed the cache were not
+	// filled. Only multi-block requests can be sequential enough to bypass
+	// (single blocks in random order never are), so only those pay for
+	// the two Stats calls that tell.
+	var notFilled uint64
 	for _, q := range t.Reqs {
+		var before cachecore.VolumeStats
+		if q.N > 1 {
+			before = e.vol.Stats()
+		}
 		if err := e.Do(q); err != nil {
 			return EngineResult{}, err
+		}
+		if q.N > 1 {
+			after := e.vol.Stats()
+			if sumValues(after.BypassedRequests) > sumValues(before.BypassedRequests) {
+				notFilled += after.ReadMissBytes - before.ReadMissBytes + after.WriteBytes - before.WriteBytes
+			}
 		}
 	}
 	if err := e.vol.Flush(e.ctx); err != nil {
@@ -174,16 +204,23 @@ func Replay(cfg EngineConfig, t Trace) (EngineResult, error) {
 	}
 	vs, cs := e.vol.Stats(), e.cache.Stats()
 	r := EngineResult{MediaBytes: uint64(e.media.written.Load() - w0), GCRuns: cs.GCRuns, SegmentsFreed: cs.GCSegmentsFreed, Bypassed: vs.BypassedRequests}
+	if limit := float64(int(cs.Segments) * e.cache.GCPercent() / 100); e.usedN > 0 && limit > 0 {
+		r.Occupancy = float64(e.usedSum) / float64(e.usedN) / limit
+	}
 	r.ReadReqs = vs.ReadHits + vs.ReadPartialHits + vs.ReadMisses
 	r.ReadHits = vs.ReadHits
 	r.ReadBlocks = (vs.ReadHitBytes + vs.ReadMissBytes) / BlockSize
 	r.ReadHitBlock = vs.ReadHitBytes / BlockSize
-	var bypassed uint64
-	for _, b := range vs.BypassedBytes {
-		bypassed += b
-	}
-	r.InstalledBytes = vs.ReadMissBytes + vs.WriteBytes - min(bypassed, vs.ReadMissBytes+vs.WriteBytes)
+	r.InstalledBytes = vs.ReadMissBytes + vs.WriteBytes - notFilled
 	return r, nil
+}
+
+func sumValues(m map[string]uint64) uint64 {
+	var s uint64
+	for _, v := range m {
+		s += v
+	}
+	return s
 }
 
 // Capacity measures how many 4 KiB blocks the engine's cache holds at
