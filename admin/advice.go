@@ -30,12 +30,9 @@ type SizingCurve struct {
 	SizeFor func(target float64) (int64, bool)
 }
 
-// AdviceFactors are the sizes, relative to today's, that every answer
-// reports.
-var adviceFactors = [...]float64{0.25, 0.5, 1, 2, 4}
-
-// AdviceFactors returns the size factors of Advice.Points.
-func AdviceFactors() []float64 { return adviceFactors[:] }
+// AdviceFactors returns the sizes, relative to today's, that every answer
+// reports (Advice.Points).
+func AdviceFactors() []float64 { return []float64{0.25, 0.5, 1, 2, 4} }
 
 // DefaultAdviceTarget is the target hit ratio when none is asked for.
 const DefaultAdviceTarget = 0.9
@@ -93,7 +90,7 @@ func makeAdvice(sc SizingCurve, target float64) Advice {
 		}
 		return p
 	}
-	for _, f := range adviceFactors {
+	for _, f := range AdviceFactors() {
 		a.Points = append(a.Points, at(f))
 	}
 	for i := -12; i <= 12; i++ {

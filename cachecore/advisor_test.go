@@ -69,3 +69,48 @@ func TestAdviceCountsEveryRead(t *testing.T) {
 		t.Errorf("sampler got %d calls of %d bytes, advisor %d references", s.calls, s.bytes, a.Advice().Curve.References)
 	}
 }
+
+// Reads from several goroutines feed the advisor while Advice is read
+// (run with -race): every reference is counted once.
+func TestAdviceConcurrentReads(t *testing.T) {
+	ctx := context.Background()
+	store, err := persist.Format(persist.NewCrashMedia(8<<20, persist.TearPage), persist.FormatOptions{SegmentSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := cachecore.Open(ctx, store, cachecore.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(ctx)
+	v, err := c.AddVolume(ctx, "a", backend.NewMemory(4<<20), cachecore.VolumeConfig{BlockSize: 4096})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const readers, reads = 4, 300
+	done := make(chan error, readers)
+	for g := range readers {
+		go func() {
+			p := make([]byte, 4096)
+			for i := range reads {
+				if err := v.ReadAt(ctx, p, int64((g*reads+i)%1024)*4096); err != nil {
+					done <- err
+					return
+				}
+			}
+			done <- nil
+		}()
+	}
+	for range 20 {
+		_ = v.Advice().Curve.HitRatio(100)
+		_ = c.Advice().Curve.HitRatio(100)
+	}
+	for range readers {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := v.Advice().Curve.References; got != readers*reads {
+		t.Errorf("%d references, want %d", got, readers*reads)
+	}
+}
