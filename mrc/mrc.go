@@ -43,6 +43,10 @@ type Estimator struct {
 	max    int
 	thresh atomic.Uint64 // T: a block is sampled iff tag < T
 	refs   atomic.Uint64 // N: references seen
+	// distinct estimates the distinct blocks seen (all of them, sampled
+	// or not), so that Curve can correct for sampling more or fewer
+	// blocks than R of them.
+	distinct hll
 
 	mu sync.Mutex
 	// blocks maps a tracked block to its entry; byTag is a max-heap of
@@ -94,6 +98,7 @@ func (e *Estimator) Reset() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.refs.Store(0)
+	e.distinct.reset()
 	e.reset()
 }
 
@@ -108,14 +113,17 @@ func mix(x uint64) uint64 {
 	return x
 }
 
-func (e *Estimator) tag(block uint64) uint32 {
-	return uint32(mix(block+e.seed*0x9e3779b97f4a7c15) >> (64 - tagBits))
+// see counts block into the distinct-block sketch and returns its tag.
+func (e *Estimator) see(block uint64) uint32 {
+	h := mix(block + e.seed*0x9e3779b97f4a7c15)
+	e.distinct.add(mix(h ^ 0x6a09e667f3bcc909)) // independent of the tag's bits
+	return uint32(h >> (64 - tagBits))
 }
 
 // Access records one reference to block.
 func (e *Estimator) Access(block uint64) {
 	e.refs.Add(1)
-	if t := e.tag(block); uint64(t) < e.thresh.Load() {
+	if t := e.see(block); uint64(t) < e.thresh.Load() {
 		e.sampled(block, t)
 	}
 }
@@ -126,7 +134,7 @@ func (e *Estimator) AccessRange(first, n uint64) {
 	e.refs.Add(n)
 	th := e.thresh.Load()
 	for b := first; b < first+n; b++ {
-		if t := e.tag(b); uint64(t) < th {
+		if t := e.see(b); uint64(t) < th {
 			e.sampled(b, t)
 		}
 	}
@@ -252,11 +260,26 @@ func (e *Estimator) Curve() Curve {
 		s += h
 	}
 	c.Sampled = s
-	// SHARDS_adj: the expected sampled count is R·N (the references of
-	// an era sampled at an older rate R' were expected R'·N' times and
-	// are scaled by R/R'). The difference is mostly a hot block sampled
-	// (or missed) by chance; it is credited to the shortest distance,
-	// where hot blocks' references are.
+	// Two corrections of sampling noise. First, the blocks sampled: R·M
+	// were expected (M distinct blocks, from the sketch, ±1 %), e.cold
+	// were sampled (first references, scaled like every count); a share
+	// too many or too few sampled blocks scales every count alike, so
+	// every count is scaled by R·M/cold (a loop then comes out exact).
+	if m := e.distinct.estimate(); m > 0 && e.cold > 0 {
+		k := rate * m / e.cold
+		for i := range c.hist {
+			c.hist[i] *= k
+		}
+		c.cold *= k
+		s *= k
+		c.Sampled = s
+	}
+	// Second, SHARDS_adj: the expected sampled count is R·N (the
+	// references of an era sampled at an older rate R' were expected
+	// R'·N' times and are scaled by R/R'). What differs now is the mix
+	// of the sampled blocks, mostly a hot block sampled (or missed) by
+	// chance; it is credited to the shortest distance, where hot blocks'
+	// references are.
 	c.adj = rate*float64(n) - s
 	return c
 }
