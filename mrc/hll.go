@@ -7,7 +7,8 @@ import (
 )
 
 // hll is a HyperLogLog sketch of the distinct blocks seen (Flajolet et
-// al. 2007): 2^14 registers, a standard error of about 0.8 %, 64 KiB.
+// al. 2007): 2^14 registers, a standard error of about 0.8 %, 64 KiB. It
+// is fed the estimator's block hash, whose bits it shares with the tag.
 // Registers are updated with compare-and-swap, so add takes no lock.
 type hll struct {
 	reg [1 << hllBits]atomic.Uint32
@@ -17,9 +18,11 @@ const hllBits = 14
 
 func (h *hll) add(x uint64) {
 	r := &h.reg[x&(1<<hllBits-1)]
-	// the leading zeros of the other 50 bits (the index bits set to one
-	// so that they never count), plus one
-	rank := uint32(bits.LeadingZeros64(x|(1<<hllBits-1))) + 1
+	// The rank is the leading zeros, plus one, of bits 14..39: the top 24
+	// bits of x are the estimator's sampling tag (a sampled block has a
+	// small tag, which must not make its rank large), the low 14 the
+	// register. 26 bits count up to about 2^14 · 2^26 distinct blocks.
+	rank := uint32(bits.LeadingZeros64(x<<24|1<<(24+hllBits-1))) + 1
 	for {
 		cur := r.Load()
 		if rank <= cur || r.CompareAndSwap(cur, rank) {

@@ -116,7 +116,7 @@ func mix(x uint64) uint64 {
 // see counts block into the distinct-block sketch and returns its tag.
 func (e *Estimator) see(block uint64) uint32 {
 	h := mix(block + e.seed*0x9e3779b97f4a7c15)
-	e.distinct.add(mix(h ^ 0x6a09e667f3bcc909)) // independent of the tag's bits
+	e.distinct.add(h) // uses the low 40 bits, the tag the top 24
 	return uint32(h >> (64 - tagBits))
 }
 

@@ -149,3 +149,25 @@ func TestDistinctSketch(t *testing.T) {
 		t.Errorf("empty sketch: %v", h.estimate())
 	}
 }
+
+// BenchmarkAccess is the cost of one reference on the read path (the
+// engine makes two per request: the volume's and the cache's estimator),
+// from one goroutine and from all (the counters are shared).
+func BenchmarkAccess(b *testing.B) {
+	b.Run("serial", func(b *testing.B) {
+		e := New(Config{})
+		for i := 0; i < b.N; i++ {
+			e.AccessRange(uint64(i)*2654435761%1000000, 1)
+		}
+	})
+	b.Run("parallel", func(b *testing.B) {
+		e := New(Config{})
+		b.RunParallel(func(pb *testing.PB) {
+			i := uint64(0)
+			for pb.Next() {
+				i++
+				e.AccessRange(i*2654435761%1000000, 1)
+			}
+		})
+	})
+}
