@@ -28,9 +28,9 @@
 // Two corrections of sampling noise, applied by Curve. The sampled blocks
 // are R of all blocks only on average: a HyperLogLog sketch of every block
 // seen (2^14 registers, ±0.8 %, fed the same hash as the sampling test)
-// estimates the distinct blocks M, and every
-// count is scaled by R·M over the first references actually sampled (on a
-// loop, whose blocks are all alike, this alone makes the estimate exact).
+// estimates the distinct blocks M, and every count is scaled by R·M over
+// the first references actually sampled (on a loop, whose blocks are all
+// alike, this alone makes the estimate exact).
 // What remains is the mix of the sampled blocks: the number of sampled
 // references differs from its expectation R·N (N references in all)
 // mostly because a hot block happens to be sampled or not, and that
@@ -51,16 +51,16 @@
 // and a 45 000-block cache: mean error 0.005, at most 0.012 at 1× the
 // cache, 0.03 at 0.5×–4×, and 0.041 at 0.25× (a quarter of that cache is
 // 112 sampled blocks of distance); with a 100 000-block cache at most
-// 0.023 at every size (CACHELUN_LONG=1). Without the corrections the mean error
-// was 0.08 on these skewed traces; with SHARDS_adj alone 0.008, with a
-// loop off by 0.057. Sizes below about 100/R blocks (100 sampled blocks)
+// 0.019 at every size (CACHELUN_LONG=1). Without the corrections the mean
+// error was 0.08 on these skewed traces; with SHARDS_adj alone 0.008, and
+// a loop off by 0.057. Sizes below about 100/R blocks (100 sampled blocks)
 // are not resolved: ask for them at a higher rate. With MaxTracked reached
 // the rate is lower and the error larger in proportion to 1/sqrt(R).
 //
 // The curve is LRU's. cachelun's engine evicts in log order (FIFO) with
-// GC granularity; its hit ratio at the same size is at most LRU's on
-// workloads with reuse (the yardstick in internal/tracebench measures the
-// gap). The curve counts every reference since New or Reset: it describes
+// GC granularity; its hit ratio at the same size is below LRU's on the
+// yardstick's Zipf traces, above it where its sequential cutoff keeps a
+// scan out (internal/tracebench measures both). The curve counts every reference since New or Reset: it describes
 // the workload since then, not the last minutes.
 //
 // # Concurrency
@@ -68,7 +68,7 @@
 // An Estimator is safe for concurrent use. Access takes a lock only for
 // sampled references (R of them): the sampling test reads T atomically,
 // the reference count is an atomic counter and the sketch's registers are
-// updated with compare-and-swap. Curve copies the histogram
-// under the same lock. There is one lock per Estimator and no other; no
+// updated with compare-and-swap. Curve copies the histogram under the
+// same lock. There is one lock per Estimator and no other; no
 // callback runs under it. Exact is not safe for concurrent use.
 package mrc
