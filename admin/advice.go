@@ -52,6 +52,10 @@ type Advice struct {
 	BlockSize  int     `json:"block_size"`
 	References uint64  `json:"references"`  // read block references seen
 	SampleRate float64 `json:"sample_rate"` // share of blocks sampled
+	// ResolvedFromBytes: sizes below this rest on fewer than 100 sampled
+	// blocks of distance (100 / SampleRate blocks); their figures are
+	// rough.
+	ResolvedFromBytes int64 `json:"resolved_from_bytes"`
 	// Points are the hit ratios at 0.25×, 0.5×, 1×, 2× and 4× today's
 	// size.
 	Points []AdvicePoint `json:"points"`
@@ -98,6 +102,9 @@ func makeAdvice(sc SizingCurve, target float64) Advice {
 	}
 	if sc.SizeFor != nil {
 		a.TargetBytes, a.TargetReachable = sc.SizeFor(target)
+	}
+	if sc.SampleRate > 0 {
+		a.ResolvedFromBytes = int64(math.Ceil(100/sc.SampleRate)) * int64(sc.BlockSize)
 	}
 	return a
 }

@@ -38,6 +38,9 @@ func TestAdviceAPIMetricsAndPage(t *testing.T) {
 	if !a.TargetReachable || a.TargetBytes != 384<<20 || a.Target != 0.6 {
 		t.Errorf("target: %v %d %v, want 0.6 reachable at 384 MiB", a.Target, a.TargetBytes, a.TargetReachable)
 	}
+	if a.ResolvedFromBytes != 10000*4096 {
+		t.Errorf("resolved from %d bytes, want 100 sampled blocks at 1 %% of 4 KiB blocks", a.ResolvedFromBytes)
+	}
 	if len(a.Curve) != 25 || a.Curve[12].SizeFactor != 1 {
 		t.Errorf("curve of %d points, middle %+v", len(a.Curve), a.Curve[12])
 	}

@@ -73,6 +73,9 @@ func writeAdvice(w io.Writer, a admin.Advice) {
 		fmt.Fprintf(tw, "  %s\t(%s)\t%s\n", humanBytes(p.Bytes), note, percent(p.HitRatio))
 	}
 	tw.Flush()
+	if a.Points[0].Bytes < a.ResolvedFromBytes {
+		fmt.Fprintf(w, "  (below %s the estimate rests on fewer than 100 sampled blocks: rough)\n", humanBytes(a.ResolvedFromBytes))
+	}
 	if a.TargetReachable {
 		fmt.Fprintf(w, "  %s needs %s (%.2g× today)\n", percent(a.Target), humanBytes(a.TargetBytes), float64(a.TargetBytes)/float64(max(a.CacheBytes, 1)))
 	} else {

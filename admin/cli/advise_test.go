@@ -26,6 +26,15 @@ func TestAdvise(t *testing.T) {
 			t.Errorf("advise output lacks %q:\n%s", want, out)
 		}
 	}
+	// 1 % of 4 KiB blocks: below 100 sampled blocks' worth (39 MiB) the
+	// figures are rough; 0.25× of 256 MiB is above that
+	if strings.Contains(out, "rough") {
+		t.Errorf("advise calls 64 MiB rough at 1 %% sampling of 4 KiB blocks:\n%s", out)
+	}
+	f.db1.SetSizing(admintest.LinearSizing(64<<20, 1<<30, 0.95))
+	if code, out, _ = f.run(t, cli.Advise, "db1"); code != cli.ExitOK || !strings.Contains(out, "below 39.1 MiB the estimate rests on fewer than 100 sampled blocks") {
+		t.Errorf("small cache: exit %d, no note of rough figures:\n%s", code, out)
+	}
 	// without a volume: every volume and every cache (no curve: said so)
 	code, out, _ = f.run(t, cli.Advise)
 	if code != cli.ExitOK || !strings.Contains(out, "volume db1") || !strings.Contains(out, "cache nvme0 (all its volumes): no reads yet") {
