@@ -172,6 +172,8 @@ type VolumeAPI interface {
 	SetMode(ctx context.Context, m Mode, progress func(Progress)) error
 	Drain(ctx context.Context, progress func(Progress)) error
 	Flush(ctx context.Context) error
+	// Sizing is the sizing advisor's curve for the volume (advice.go).
+	Sizing() SizingCurve
 }
 
 // CacheAPI is what the admin server needs from one cache file.
@@ -185,6 +187,8 @@ type CacheAPI interface {
 	// refuses if it cannot; a failed one refuses while a volume still has
 	// dirty data in it. force detaches anyway, abandoning that data.
 	Detach(ctx context.Context, force bool, progress func(Progress)) error
+	// Sizing is the sizing advisor's curve for all the cache's volumes.
+	Sizing() SizingCurve
 }
 
 // Backend is the daemon as seen by the admin server.

@@ -177,6 +177,24 @@ func (c *Client) Explain(ctx context.Context, volume string, lba int64) (Explain
 	return r, err
 }
 
+// Advice returns the sizing advisor's answer for one volume, or (volume
+// "") for every volume and cache; target is the hit ratio to size for (0:
+// the default, 0.9).
+func (c *Client) Advice(ctx context.Context, volume string, target float64) (AdviceResponse, error) {
+	q := ""
+	if target != 0 {
+		q = "?target=" + strconv.FormatFloat(target, 'g', -1, 64)
+	}
+	if volume == "" {
+		var r AdviceResponse
+		err := c.do(ctx, http.MethodGet, "/v1/advice"+q, nil, &r)
+		return r, err
+	}
+	var r VolumeAdviceResponse
+	err := c.do(ctx, http.MethodGet, "/v1/volumes/"+url.PathEscape(volume)+"/advice"+q, nil, &r)
+	return AdviceResponse{SnapshotMeta: r.SnapshotMeta, Volumes: []Advice{r.Advice}, Caches: []Advice{}}, err
+}
+
 // Caches lists the caches.
 func (c *Client) Caches(ctx context.Context) (CachesResponse, error) {
 	var r CachesResponse

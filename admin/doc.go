@@ -28,6 +28,10 @@
 // status page subtracts them ("counters_since" in the answer says from
 // when). Gauges (dirty bytes, lag, segments) are never adjusted.
 //
+// The sizing advisor's curves (VolumeAPI.Sizing, CacheAPI.Sizing) are read
+// into the same snapshots; the API, the cachelun_advisor_* metrics and the
+// status page's plots evaluate the snapshot's copy (advice.go).
+//
 // The admin package never mutates engine state except through the
 // VolumeAPI, CacheAPI and Backend interfaces it defines; it does not import
 // the engine. The daemon adapts its objects to these interfaces.
@@ -42,6 +46,8 @@
 //	POST   /v1/volumes/{name}/mode          job: {"mode": "writethrough"}; leaving writeback drains first
 //	GET    /v1/volumes/{name}/explain?lba=N why block N hits or misses, dirty or clean, where it lives
 //	                                        (or ?offset=BYTES)
+//	GET    /v1/volumes/{name}/advice        sizing advisor: estimated hit ratio at 0.25x..4x the cache's size
+//	                                        and the size for ?target=0.9 (GET /v1/advice: every volume and cache)
 //	GET    /v1/caches, /v1/caches/{name}    cache files: segments, journal pointers, failure state
 //	POST   /v1/caches/{name}/detach         job: detach a cache (a healthy one writes back its dirty data first, with progress)
 //	GET    /v1/sessions                     initiator sessions: initiator, portal, LUNs, in-flight commands

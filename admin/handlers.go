@@ -142,6 +142,8 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("POST /v1/volumes/{name}/drain", s.handleDrain)
 	mux.HandleFunc("POST /v1/volumes/{name}/mode", s.handleMode)
 	mux.HandleFunc("GET /v1/volumes/{name}/explain", s.handleExplain)
+	mux.HandleFunc("GET /v1/volumes/{name}/advice", s.handleVolumeAdvice)
+	mux.HandleFunc("GET /v1/advice", s.handleAdvice)
 	mux.HandleFunc("GET /v1/caches", s.handleCaches)
 	mux.HandleFunc("GET /v1/caches/{name}", s.handleCache)
 	mux.HandleFunc("POST /v1/caches/{name}/detach", s.handleDetach)

@@ -3,6 +3,7 @@ package admin
 import (
 	"context"
 	"sort"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -23,6 +24,7 @@ type collector struct {
 	cacheSegments, cacheDirtyBytes, cacheGCRuns, cacheGCFreed    *prometheus.Desc
 	cacheDeferred, cacheFailed, cacheJournalLSN                  *prometheus.Desc
 	sessions, inflight, snapshotAge, snapshotStale               *prometheus.Desc
+	advisorHitRatio, advisorCacheHitRatio                        *prometheus.Desc
 }
 
 func newCollector(snaps *snapshotter) *collector {
@@ -61,6 +63,8 @@ func newCollector(snaps *snapshotter) *collector {
 		sessions:             desc("cachelun_iscsi_sessions", "Open sessions by transport and target.", "transport", "target"),
 		inflight:             desc("cachelun_inflight_commands", "Commands being executed, by transport and target.", "transport", "target"),
 		snapshotAge:          desc("cachelun_admin_snapshot_age_seconds", "Age of the state snapshot this scrape reports.", nil...),
+		advisorHitRatio:      desc("cachelun_advisor_hit_ratio", "Estimated read hit ratio of the volume with the cache at size_factor times its size today (LRU miss-ratio curve, SHARDS sampling).", "volume", "size_factor"),
+		advisorCacheHitRatio: desc("cachelun_advisor_cache_hit_ratio", "Estimated read hit ratio of all the cache's volumes with the cache at size_factor times its size today.", "cache", "size_factor"),
 		snapshotStale:        desc("cachelun_admin_snapshot_stale", "1 when the backend did not answer within the read budget and this scrape reports an older snapshot.", nil...),
 	}
 }
@@ -78,6 +82,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		c.cacheSegments, c.cacheDirtyBytes, c.cacheGCRuns, c.cacheGCFreed,
 		c.cacheDeferred, c.cacheFailed, c.cacheJournalLSN,
 		c.sessions, c.inflight, c.snapshotAge, c.snapshotStale,
+		c.advisorHitRatio, c.advisorCacheHitRatio,
 	} {
 		ch <- d
 	}
@@ -124,6 +129,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		gauge(c.volSize, float64(v.Size), n)
 		gauge(c.volMode, 1, n, string(v.Mode))
+		for _, p := range snap.volumeAdvice(v, DefaultAdviceTarget).Points {
+			gauge(c.advisorHitRatio, p.HitRatio, n, factorLabel(p.SizeFactor))
+		}
 	}
 	for _, ci := range snap.caches {
 		st, n := ci.Stats, ci.Name
@@ -140,6 +148,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(c.cacheJournalLSN, float64(st.KeyHead.LSN), n, "key_head")
 		gauge(c.cacheJournalLSN, float64(st.DirtyTail.LSN), n, "dirty_tail")
 		gauge(c.cacheJournalLSN, float64(st.KeyTail.LSN), n, "key_tail")
+		for _, p := range snap.cacheAdvice(ci, DefaultAdviceTarget).Points {
+			gauge(c.advisorCacheHitRatio, p.HitRatio, n, factorLabel(p.SizeFactor))
+		}
 	}
 	type tt struct{ transport, target string }
 	sessions, inflight := map[tt]int{}, map[tt]int{}
@@ -158,6 +169,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(c.inflight, float64(inflight[k]), k.transport, k.target)
 	}
 }
+
+// factorLabel is a size factor as a label value: "0.25", "1", "4".
+func factorLabel(f float64) string { return strconv.FormatFloat(f, 'g', -1, 64) }
 
 func boolFloat(b bool) float64 {
 	if b {

@@ -36,6 +36,7 @@ table{border-collapse:collapse;margin-bottom:1.5em}
 th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}
 th{background:#f0f0f0} td.l,th.l{text-align:left}
 .bad{color:#b00;font-weight:bold} .note{color:#a60}
+.plot{display:inline-block;margin:0 1.5em 1em 0;vertical-align:top} .summary{font-size:.85em;max-width:520px}
 </style></head><body>
 <h1>cachelun {{.Version}}</h1>
 <p>up {{.Uptime}}; snapshot taken {{.Taken.Format "15:04:05.000"}}{{if .Stale}} <span class="note">(stale: the engine did not answer in time)</span>{{end}}</p>
@@ -51,6 +52,10 @@ th{background:#f0f0f0} td.l,th.l{text-align:left}
 <table><tr><th class="l">transport</th><th class="l">initiator</th><th class="l">target</th><th class="l">portal</th><th class="l">remote</th><th class="l">LUNs</th><th>in flight</th></tr>
 {{range .Sessions}}<tr><td class="l">{{.Transport}}</td><td class="l">{{.Initiator}}</td><td class="l">{{.Target}}</td><td class="l">{{.Portal}}</td><td class="l">{{.Remote}}</td><td class="l">{{.LUNs}}</td><td>{{.InFlight}}</td></tr>
 {{end}}</table>
+{{if .Advice}}<h2>Cache size advisor</h2>
+<p>Estimated read hit ratio if the cache were smaller or larger (today's size marked; <a href="/metrics">cachelun_advisor_hit_ratio</a>, <code>cachelun advise</code>).</p>
+{{range .Advice}}<div class="plot">{{.Plot}}<p class="summary">{{.Summary}}</p></div>
+{{end}}{{end}}
 {{if .Jobs}}<h2>Running jobs</h2>
 <table><tr><th>job</th><th class="l">kind</th><th class="l">target</th><th>progress</th><th class="l">started</th></tr>
 {{range .Jobs}}<tr><td>{{.ID}}</td><td class="l">{{.Kind}} {{.Args}}</td><td class="l">{{.Target}}</td><td>{{fraction .Progress}}</td><td class="l">{{.Started.Format "15:04:05"}}</td></tr>
@@ -77,6 +82,7 @@ type pageData struct {
 	Jobs         []Job
 	Explain      *ExplainResponse
 	ExplainError string
+	Advice       []pageAdvice
 }
 
 func pageBytes(n any) string {
@@ -126,6 +132,7 @@ func (s *Server) handlePage(w http.ResponseWriter, r *http.Request) {
 		Volumes:  snap.volumes,
 		Caches:   snap.caches,
 		Sessions: snap.sessions,
+		Advice:   pageAdvices(snap),
 	}
 	for _, j := range s.jobs.list() {
 		if !j.Done() {

@@ -44,6 +44,10 @@ type snapshot struct {
 	caches   []CacheInfo
 	sessions []Session
 	targets  []Target // nil when the backend is no TargetLister
+	// sizing and cacheSizing are the advisor's curves by volume and by
+	// cache (advice.go).
+	sizing      map[string]SizingCurve
+	cacheSizing map[string]SizingCurve
 	// handles maps names to the live objects, for jobs and explain.
 	volumeHandles map[string]VolumeAPI
 	cacheHandles  map[string]CacheAPI
@@ -61,6 +65,8 @@ func readBackend(b Backend, now time.Time) *snapshot {
 		taken:         now,
 		volumeHandles: make(map[string]VolumeAPI),
 		cacheHandles:  make(map[string]CacheAPI),
+		sizing:        make(map[string]SizingCurve),
+		cacheSizing:   make(map[string]SizingCurve),
 	}
 	for _, v := range b.Volumes() {
 		st := v.Stats()
@@ -76,11 +82,13 @@ func readBackend(b Backend, now time.Time) *snapshot {
 		}
 		snap.volumes = append(snap.volumes, info)
 		snap.volumeHandles[info.Name] = v
+		snap.sizing[info.Name] = v.Sizing()
 	}
 	for _, c := range b.Caches() {
 		info := CacheInfo{Name: c.Name(), Path: c.Path(), Stats: c.Stats()}
 		snap.caches = append(snap.caches, info)
 		snap.cacheHandles[info.Name] = c
+		snap.cacheSizing[info.Name] = c.Sizing()
 	}
 	snap.sessions = b.Sessions()
 	if tl, ok := b.(TargetLister); ok {

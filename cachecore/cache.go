@@ -109,6 +109,7 @@ type Cache struct {
 	recoveredKsets []*pendingKset
 	closing        chan struct{} // closed when Close starts: waiting writers give up
 	closed         atomic.Bool
+	adv            atomic.Pointer[cacheAdvisor] // the sizing advisor (advisor.go)
 }
 
 type cacheCounters struct {

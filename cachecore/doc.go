@@ -143,7 +143,10 @@
 // generation bumps (persist I/O) run without any stripe lock. Background
 // goroutines (kset flusher, writeback, GC, kset commits) are owned by the
 // Cache; Close stops and waits for all of them. The writeback goroutine
-// exits promptly when the cache fails or closes.
+// exits promptly when the cache fails or closes. The sizing advisor's
+// estimators (advisor.go: every read request is reported once, before the
+// index is consulted) take only their own lock, never with an engine lock
+// held.
 //
 // # Failure policy
 //

@@ -65,6 +65,10 @@ type Volume struct {
 	directMu sync.Mutex
 
 	stats volCounters
+
+	// sampler and adv: the sizing advisor's hook (advisor.go).
+	sampler atomic.Pointer[ReadSampler]
+	adv     atomic.Pointer[volAdvisor]
 }
 
 func newVolume(c *Cache, vs *volState, dev backend.Device, vc VolumeConfig) *Volume {

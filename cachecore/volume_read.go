@@ -26,6 +26,7 @@ func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
 		return err
 	}
 	defer v.exit()
+	v.sampleRead(off, int64(len(p)))
 	if d, err := v.direct(); err != nil {
 		return err
 	} else if d {

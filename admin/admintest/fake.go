@@ -57,6 +57,7 @@ type Volume struct {
 	readGate  *Gate // nil: Stats/Explain answer at once
 	failWith  error
 	explained map[int64]admin.Explanation
+	sz        sizingHolder
 }
 
 // NewVolume returns a fake volume in writeback mode.
@@ -257,6 +258,7 @@ type Cache struct {
 
 	mu    sync.Mutex
 	stats admin.CacheStats
+	sz    sizingHolder
 }
 
 // NewCache returns a fake cache.

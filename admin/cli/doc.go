@@ -1,7 +1,7 @@
 // Package cli implements the cachelun CLI verbs that talk to a running
 // daemon through its admin API: status, volume list|show|mode|flush|drain,
 // cache list|detach, session list, job list|show|cancel, reload, explain,
-// config show and stats reset.
+// advise, config show and stats reset.
 //
 // Every verb has the signature
 //

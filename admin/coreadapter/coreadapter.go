@@ -54,6 +54,27 @@ func (a *volume) Drain(ctx context.Context, progress func(admin.Progress)) error
 
 func (a *volume) Flush(ctx context.Context) error { return a.v.Flush(ctx) }
 
+func (a *volume) Sizing() admin.SizingCurve { return Sizing(a.v.Advice()) }
+
+// Sizing converts the engine's advice (a miss-ratio curve in cache blocks)
+// to the admin server's curve in bytes. The curve is a copy: evaluating it
+// takes no engine lock.
+func Sizing(ad cachecore.Advice) admin.SizingCurve {
+	bs := int64(max(ad.BlockSize, 1))
+	c := ad.Curve
+	return admin.SizingCurve{
+		CapacityBytes: int64(ad.CapacityBlocks) * bs,
+		BlockSize:     ad.BlockSize,
+		References:    c.References,
+		SampleRate:    c.Rate,
+		HitRatio:      func(n int64) float64 { return c.HitRatio(uint64(max(n, 0) / bs)) },
+		SizeFor: func(target float64) (int64, bool) {
+			blocks, ok := c.SizeFor(target)
+			return int64(blocks) * bs, ok
+		},
+	}
+}
+
 func progressFunc(f func(admin.Progress)) func(cachecore.Progress) {
 	if f == nil {
 		return nil
@@ -123,6 +144,8 @@ func (a *cache) Name() string { return a.name }
 func (a *cache) Path() string { return a.path }
 
 func (a *cache) Stats() admin.CacheStats { return CacheStats(a.c.Stats()) }
+
+func (a *cache) Sizing() admin.SizingCurve { return Sizing(a.c.Advice()) }
 
 func (a *cache) Detach(ctx context.Context, force bool, progress func(admin.Progress)) error {
 	if a.detach == nil {

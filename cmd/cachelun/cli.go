@@ -58,3 +58,7 @@ func runReload(ctx context.Context, args []string, stdout, stderr io.Writer) int
 func runExplain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return cli.Explain(ctx, args, stdout, stderr)
 }
+
+func runAdvise(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	return cli.Advise(ctx, args, stdout, stderr)
+}

@@ -31,6 +31,7 @@ func commands() map[string]command {
 		"job":     {runJob, jobUsage},
 		"reload":  {runReload, reloadUsage},
 		"explain": {runExplain, explainUsage},
+		"advise":  {runAdvise, "advise [VOLUME] [--target RATIO] [--json]"},
 		"version": {runVersion, "version (also --version)"},
 		"config":  {runConfig, configUsage},
 		"stats":   {runStats, statsUsage},
