@@ -25,7 +25,13 @@ pkgs_ceph="ceph-mon ceph-osd ceph-mgr ceph-common librbd-dev librados-dev"
 apt_ceph="--no-install-recommends"
 optional_ceph=1
 
-FEATURES="clients ceph"
+# browser: Debian's chromium renders the status page (its advisor plot) in
+# TestStatusPageInBrowser (admin/coreadapter); without it that test skips,
+# saying why.
+pkgs_browser="chromium"
+optional_browser=1
+
+FEATURES="clients ceph browser"
 
 installed() {
 	[ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = installed ]
