@@ -57,26 +57,38 @@ func BenchmarkInternalWrite4K(b *testing.B) {
 }
 
 // BenchmarkInternalReadHit4K: 4 KiB read hits of 4 KiB keys, on a cache
-// without and with data CRCs (a hit then verifies its key's CRC32C).
+// without and with data CRCs (a hit then verifies its key's CRC32C), and
+// with the sizing advisor's sampler or a no-op one (what the advisor costs
+// a hit).
 func BenchmarkInternalReadHit4K(b *testing.B) {
 	for _, crc := range []bool{false, true} {
-		b.Run(fmt.Sprintf("datacrc=%v", crc), func(b *testing.B) {
-			_, v, _ := benchRigCRC(b, crc)
-			p := make([]byte, 4096)
-			ctx := context.Background()
-			for i := 0; i < 1024; i++ {
-				v.WriteAt(ctx, p, int64(i)*4096, false)
-			}
-			b.SetBytes(4096)
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				if err := v.ReadAt(ctx, p, int64(i%1024)*4096); err != nil {
-					b.Fatal(err)
+		for _, advisor := range []bool{true, false} {
+			b.Run(fmt.Sprintf("datacrc=%v/advisor=%v", crc, advisor), func(b *testing.B) {
+				_, v, _ := benchRigCRC(b, crc)
+				if !advisor {
+					v.SetReadSampler(noSampler{})
 				}
-			}
-		})
+				p := make([]byte, 4096)
+				ctx := context.Background()
+				for i := 0; i < 1024; i++ {
+					v.WriteAt(ctx, p, int64(i)*4096, false)
+				}
+				b.SetBytes(4096)
+				b.ResetTimer()
+				for i := 0; i < b.N; i++ {
+					if err := v.ReadAt(ctx, p, int64(i%1024)*4096); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
 	}
 }
+
+// noSampler is a ReadSampler that does nothing.
+type noSampler struct{}
+
+func (noSampler) SampleRead(off, n int64) {}
 
 func BenchmarkInternalMediaCopy4K(b *testing.B) {
 	_, _, m := benchRig(b)
