@@ -138,6 +138,9 @@ type Device struct {
 	lastErr                atomic.Pointer[failure]
 }
 
+// Built reports whether this binary has librbd (the ceph build tag).
+const Built = true
+
 type failure struct {
 	err error
 	at  time.Time

@@ -4,6 +4,11 @@ package rbd
 
 import "context"
 
+// Built reports whether this binary has librbd (the ceph build tag): a
+// configuration naming an RBD backing is refused up front, with
+// ErrNotBuilt's advice, when it has not.
+const Built = false
+
 // Device is an RBD image as a backing device. This binary was built without
 // the ceph build tag: Open always fails with ErrNotBuilt, and no Device
 // exists.
