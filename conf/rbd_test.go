@@ -36,6 +36,8 @@ func TestRBDVolumeRules(t *testing.T) {
 		{"op timeout", strings.Replace(rbdBase, `backing = "rbd:pool/img"`, "backing = \"rbd:pool/img\"\nceph_op_timeout = \"100ms\" #!", 1), "from 1s to 10m"},
 		{"connect timeout", strings.Replace(rbdBase, `backing = "rbd:pool/img"`, "backing = \"rbd:pool/img\"\nceph_connect_timeout = \"1h\" #!", 1), "from 1s to 10m"},
 		{"user", strings.Replace(rbdBase, `backing = "rbd:pool/img"`, "backing = \"rbd:pool/img\"\nceph_user = \"client.\" #!", 1), "not a Ceph client id"},
+		{"relative ceph_conf", strings.Replace(rbdBase, `backing = "rbd:pool/img"`, "backing = \"rbd:pool/img\"\nceph_conf = \"ceph.conf\" #!", 1), "must be an absolute path"},
+		{"slow", strings.Replace(rbdBase, `backing = "rbd:pool/img"`, "backing = \"rbd:pool/img\"\nslow = \"latency=1ms\" #!", 1), "throttle files"},
 		{"ceph key on a file", strings.Replace(base, `backing = "v0.img"`, "backing = \"v0.img\"\nceph_conf = \"/etc/ceph/ceph.conf\" #!", 1), "only for an RBD backing"},
 		{"same image twice", rbdBase + "\n[[volume]]\nname = \"v1\"\ncache = \"c0\"\nbacking = \"rbd:pool/img\" #!\n", "already used by volume v0"},
 	}

@@ -3,6 +3,7 @@ package conf
 import (
 	"fmt"
 	"net"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -343,8 +344,18 @@ func (v *validator) rbdVolume(k string, vo *Volume) {
 		v.bad(k+".direct", "not for an RBD image: O_DIRECT applies to files and block devices; "+
 			"an RBD image is reached through librbd, whose cache cachelun turns off")
 	}
+	if vo.Slow != "" {
+		v.bad(k+".slow", "not for an RBD image: throttle files and block devices only")
+	}
 	if vo.CephConf == "" {
 		vo.CephConf = rbd.DefaultCephConf
+	}
+	// the daemon's data directory is no place for a cluster's
+	// configuration; relative paths would depend on where it was started
+	for _, f := range []struct{ key, path string }{{"ceph_conf", vo.CephConf}, {"ceph_keyring", vo.CephKeyring}} {
+		if f.path != "" && !filepath.IsAbs(f.path) {
+			v.bad(k+"."+f.key, "%q must be an absolute path", f.path)
+		}
 	}
 	if vo.CephUser == "" {
 		vo.CephUser = rbd.DefaultUser
