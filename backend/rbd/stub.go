@@ -29,5 +29,6 @@ func (*Device) PollSize() (int64, bool, error)                  { return 0, fals
 func (*Device) HoldsLock() (bool, error)                        { return false, ErrNotBuilt }
 func (*Device) Stats() Stats                                    { return Stats{} }
 func (*Device) Size() int64                                     { return 0 }
+func (*Device) LockOwner() string                               { return "" }
 func (*Device) Spec() Spec                                      { return Spec{} }
 func (*Device) Close() error                                    { return nil }
