@@ -463,7 +463,7 @@ func iscsiCHAP(c *conf.CHAP) *iscsi.CHAP {
 // backing device and wraps it in the slow throttle when configured.
 func openBacking(v conf.Volume, path string) (backend.Device, error) {
 	if rbd.IsSpec(v.Backing) {
-		return openRBDBacking(v)
+		return openRBDBacking(v, path+rbdOwnerSuffix)
 	}
 	opts := backend.FileOptions{Direct: v.Direct, Size: v.BackingSize.Bytes}
 	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
