@@ -66,7 +66,11 @@ func (b *rbdBacking) monitor() {
 
 func (b *rbdBacking) poll() {
 	if b.locked && !b.fenced.Load() {
-		if held, err := b.HoldsLock(); err == nil && !held {
+		// librbd may not notice at once that its lock was broken; a
+		// request refused for it (EROFS, ESHUTDOWN: rbd.ErrFenced) says
+		// so for certain
+		held, err := b.HoldsLock()
+		if err == nil && !held || b.Stats().Fenced > 0 {
 			b.fenced.Store(true)
 			b.log.Error("rbd image lock lost to another client: the volume fails all I/O from now on; its dirty data stays in the cache",
 				"volume", b.volume, "backing", b.backing)

@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -512,4 +513,51 @@ func containsInt(s []int, x int) bool {
 		}
 	}
 	return false
+}
+
+// TestRBDFenced: another client breaks the daemon's image lock (rbd lock
+// rm, which blocklists the daemon's client). Within seconds the volume
+// shows FENCED and fails every command with NOT READY, read hits
+// included: another gateway may now write the image, so the cache's data
+// is no longer the image's.
+func TestRBDFenced(t *testing.T) {
+	needTools(t, "qemu-io")
+	c := needCeph(t)
+	image := rbdImage(t, c, 16)
+	dir := t.TempDir()
+	d := startDaemon(t, dir, rbdConfig(t, dir, c, image, "", ""))
+	url := d.url(0)
+	qemuIO(t, url, "write -P 0x71 0 1M", "flush", "read -P 0x71 0 64k")
+	drain(t, dir)
+	out, err := c.Run(context.Background(), "rbd", "lock", "ls", "--format", "json", image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var locks []struct{ ID, Locker string }
+	if err := json.Unmarshal([]byte(out), &locks); err != nil || len(locks) != 1 {
+		t.Fatalf("rbd lock ls: %v %q", err, out)
+	}
+	if _, err := c.Run(context.Background(), "rbd", "lock", "rm", image, locks[0].ID, locks[0].Locker); err != nil {
+		t.Fatal(err)
+	}
+	// a write the cache absorbs; its writeback is refused (ESHUTDOWN)
+	runTool(t, toolTimeout, "qemu-io", "-f", "raw", "-c", "write -P 0x72 4M 64k", url)
+	var show string
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(500 * time.Millisecond) {
+		show = adminRun(t, dir, "volume", "show", "vol").out
+		if strings.Contains(show, "FENCED") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("volume show does not say FENCED 30 s after the lock was broken:\n%s", show)
+		}
+	}
+	r := runTool(t, toolTimeout, "qemu-io", "-f", "raw", "-c", "read -P 0x71 0 64k", url)
+	if r.timedOut || !strings.Contains(r.out, "NOT READY") {
+		t.Fatalf("a read hit on a fenced volume: exit %d (timed out %v), want NOT READY:\n%s", r.exitCode, r.timedOut, r.out)
+	}
+	if !strings.Contains(d.log.String(), "rbd image lock lost to another client") {
+		t.Errorf("the daemon did not log the fencing:\n%s", d.log)
+	}
+	d.kill() // its client is blocklisted: nothing more reaches the image
 }
