@@ -68,7 +68,7 @@ R rbd pool init $POOL >/dev/null 2>&1 || true
 # three images of one size, written in full (reads then reach the OSDs'
 # data, not librbd's answer for objects that do not exist): one per target
 # and a cold one for cachelun's read misses
-for img in c t cold; do
+for img in c t cold cold2; do
 	R rbd rm --no-progress $POOL/$img >/dev/null 2>&1 || true
 	R rbd create --size ${IMG_MIB}M $POOL/$img
 	R rbd bench --io-type write --io-pattern seq --io-size 4M --io-threads 8 --io-total ${IMG_MIB}M $POOL/$img > "$OUT/fill-$img.log"
@@ -111,6 +111,14 @@ sequential_cutoff = 0
 congested_read_threshold = "0s"
 congested_write_threshold = "0s"
 
+# the same cold reads without a fill: what the RBD path itself costs
+[[volume]]
+name = "cold-pt"
+cache = "c0"
+backing = "rbd:$POOL/cold2"
+ceph_conf = "$CONF"
+mode = "passthrough"
+
 [[target]]
 iqn = "iqn.2026-11.io.cachelun:rbdbench"
 portals = ["127.0.0.1:3260"]
@@ -120,6 +128,9 @@ volume = "rbd"
 [[target.lun]]
 lun = 1
 volume = "cold"
+[[target.lun]]
+lun = 2
+volume = "cold-pt"
 EOF
 CPORT=$(free_port)
 mkdir -p "$WORK/data"
@@ -191,6 +202,8 @@ c=$(perf c-seq "$C_URL/0" -m 8 -b 512); t=$(perf t-seq "$T_URL" -m 8 -b 512); r=
 row "256KiB seq read QD8 (MiB/s)" "$((c / 4))" "$((t / 4))" "$((r / 4))"
 c=$(perf c-cold "$C_URL/1" -m 32 -b 8 -r); t=$(perf t-cold "$T_URL" -m 32 -b 8 -r)
 row "4KiB random read QD32, cold misses (IOPS)" "$c" "$t" "$r_rr32"
+c=$(perf c-cold-pt "$C_URL/2" -m 32 -b 8 -r)
+row "  same, passthrough: no fill (IOPS)" "$c" "$t" "$r_rr32"
 
 echo
 printf '%-40s %10s %10s %10s %7s\n' "measurement" "cachelun" "tgtd-rbd" "rbd bench" "ratio"
