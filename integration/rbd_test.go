@@ -435,7 +435,14 @@ func TestRBDOSDOutage(t *testing.T) {
 // must be a crash image that respects the flushes: for some epoch k,
 // everything of the epochs before k, nothing of the epochs after k, and of
 // epoch k any part.
-func TestRBDContract6(t *testing.T) {
+func TestRBDContract6(t *testing.T) { contract6(t, false) }
+
+// TestRBDContract6OSDRestart: the same with the OSD stopped and restarted
+// while writeback is part way (its requests time out and are retried),
+// then the daemon killed.
+func TestRBDContract6OSDRestart(t *testing.T) { contract6(t, true) }
+
+func contract6(t *testing.T, osdRestart bool) {
 	needTools(t, "qemu-io")
 	c := needCeph(t)
 	image := rbdImage(t, c, 16)
@@ -460,6 +467,18 @@ func TestRBDContract6(t *testing.T) {
 	}
 	qemuIO(t, d.url(0), cmds...)
 	time.Sleep(3 * time.Second) // writeback part way: about 3 of 12 MiB
+	if osdRestart {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		if err := c.StopOSD(ctx); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(6 * time.Second) // writeback requests time out (ceph_op_timeout 5s)
+		if err := c.StartOSD(ctx); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(2 * time.Second) // writeback resumes
+	}
 	d.kill()
 	if err := os.Remove(filepath.Join(dir, "cache.img")); err != nil {
 		t.Fatal(err)
