@@ -76,8 +76,8 @@ if command -v ceph-mon >/dev/null 2>&1 && [ -e /usr/include/rbd/librbd.h ]; then
 	go test -race -tags ceph -timeout 15m ./backend/rbd/
 	# the ceph-built binary's configuration rules and daemon wiring
 	go test -tags ceph -run 'RBD' ./conf/ ./cmd/cachelun/
-	# the daemon built with -tags ceph (and -race) on RBD volumes: about
-	# two minutes
+	# the daemon built with -tags ceph (and -race) on RBD volumes: about two
+	# and a half minutes
 	go test -race -tags ceph -timeout 15m -run '^TestRBD' ./integration/
 else
 	echo "skipped: Ceph packages not installed (scripts/deps.sh installs them as root)"
