@@ -10,6 +10,7 @@ import (
 
 	"github.com/cachelun/cachelun/admin"
 	"github.com/cachelun/cachelun/backend/rbd"
+	"github.com/cachelun/cachelun/internal/blk"
 	"github.com/cachelun/cachelun/target/scsi"
 )
 
@@ -159,6 +160,44 @@ func (g fenceGate) CompareAndWrite(ctx context.Context, off int64, compare, data
 
 func (g fenceGate) Prefetch(ctx context.Context, off, n int64) error {
 	return g.orRun(func() error { return g.Volume.Prefetch(ctx, off, n) })
+}
+
+// The gate restates the optional interfaces of internal/blk, gated: it is
+// not a blk.Unwrapper, since unwrapping it would bypass the fence.
+var (
+	_ blk.Copier       = fenceGate{}
+	_ blk.AtomicWriter = fenceGate{}
+)
+
+// CopyFrom copies through the volume's own Copier, or refuses with
+// blk.ErrUnsupported (the device server then copies by read and write,
+// through the gate).
+func (g fenceGate) CopyFrom(ctx context.Context, src blk.Volume, srcOff, dstOff, n int64, fua bool) error {
+	return g.orRun(func() error {
+		c, ok := blk.CopierOf(g.Volume)
+		if !ok {
+			return blk.ErrUnsupported
+		}
+		return c.CopyFrom(ctx, src, srcOff, dstOff, n, fua)
+	})
+}
+
+// AtomicLimits are the volume's (none if it has no atomic writes).
+func (g fenceGate) AtomicLimits() blk.AtomicLimits {
+	if w, ok := blk.AtomicWriterOf(g.Volume); ok {
+		return w.AtomicLimits()
+	}
+	return blk.AtomicLimits{}
+}
+
+func (g fenceGate) WriteAtomic(ctx context.Context, p []byte, off int64, fua bool) error {
+	return g.orRun(func() error {
+		w, ok := blk.AtomicWriterOf(g.Volume)
+		if !ok {
+			return blk.ErrUnsupported
+		}
+		return w.WriteAtomic(ctx, p, off, fua)
+	})
 }
 
 // orRun returns the fence error, or runs f.
