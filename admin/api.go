@@ -75,6 +75,42 @@ type VolumeStats struct {
 	Errors         map[string]uint64 `json:"errors,omitempty"` // by kind
 }
 
+// BackingState is the health of a volume's backing device, for backings
+// that report it (Ceph RBD images; files and block devices do not, their
+// failures show in VolumeStats.Errors).
+type BackingState struct {
+	Device string `json:"device"` // the configured backing, e.g. "rbd:pool/image"
+	// State is BackingOK, BackingDegraded (the last request to the
+	// backing failed: Reason says why; writeback retries, read misses
+	// fail) or BackingFenced (the image's exclusive lock was lost to
+	// another client: the volume fails all I/O).
+	State    string    `json:"state"`
+	Reason   string    `json:"reason,omitempty"`
+	Since    time.Time `json:"since,omitzero"`   // when the last failure happened (degraded, fenced)
+	LastOK   time.Time `json:"last_ok,omitzero"` // the last request that succeeded
+	InFlight int64     `json:"in_flight"`        // requests the backing has not answered yet
+	Timeouts uint64    `json:"timeouts"`         // requests that got no answer in time
+	Fenced   uint64    `json:"fenced"`           // requests refused because the lock was lost
+	Failures uint64    `json:"failures"`         // other failed requests
+	// Size is the backing's size as last seen; if it differs from the
+	// volume's, the image was resized and the volume serves its old size
+	// until the daemon restarts.
+	Size int64 `json:"size"`
+}
+
+// Backing states.
+const (
+	BackingOK       = "ok"
+	BackingDegraded = "degraded"
+	BackingFenced   = "fenced"
+)
+
+// BackingReporter is a VolumeAPI whose backing device reports its health.
+// Backing must not wait for the backing device.
+type BackingReporter interface {
+	Backing() *BackingState
+}
+
 // JournalPos is a position in a cache file's kset journal.
 type JournalPos struct {
 	Segment uint32 `json:"segment"`

@@ -20,7 +20,7 @@ type collector struct {
 	volBypassedRequests, volBypassedBytes, volBypassRaces        *prometheus.Desc
 	volHeldBack, cacheCarried, cacheIntentRecovered              *prometheus.Desc
 	volDirtyBytes, volWritebackBytes, volWritebackLag, volErrors *prometheus.Desc
-	volSize, volMode                                             *prometheus.Desc
+	volSize, volMode, volBackingDegraded                         *prometheus.Desc
 	cacheSegments, cacheDirtyBytes, cacheGCRuns, cacheGCFreed    *prometheus.Desc
 	cacheDeferred, cacheFailed, cacheJournalLSN                  *prometheus.Desc
 	sessions, inflight, snapshotAge, snapshotStale               *prometheus.Desc
@@ -53,6 +53,7 @@ func newCollector(snaps *snapshotter) *collector {
 		volErrors:            desc("cachelun_volume_errors_total", "Errors by kind.", "volume", "kind"),
 		volSize:              desc("cachelun_volume_size_bytes", "Volume size.", vol...),
 		volMode:              desc("cachelun_volume_mode", "Current cache mode (1 for the active mode).", "volume", "mode"),
+		volBackingDegraded:   desc("cachelun_volume_backing_degraded", "1 when the backing device reports itself degraded or fenced (RBD: its last request failed, or its lock was lost); 0 otherwise and for files.", vol...),
 		cacheSegments:        desc("cachelun_cache_segments", "Cache segments by state.", "cache", "state"),
 		cacheDirtyBytes:      desc("cachelun_cache_dirty_bytes", "Bytes in the cache file not yet written back.", "cache"),
 		cacheGCRuns:          desc("cachelun_cache_gc_runs_total", "Garbage collection passes.", "cache"),
@@ -78,7 +79,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		c.volBypassedRequests, c.volBypassedBytes, c.volBypassRaces,
 		c.volHeldBack, c.cacheCarried, c.cacheIntentRecovered,
 		c.volDirtyBytes, c.volWritebackBytes, c.volWritebackLag, c.volErrors,
-		c.volSize, c.volMode,
+		c.volSize, c.volMode, c.volBackingDegraded,
 		c.cacheSegments, c.cacheDirtyBytes, c.cacheGCRuns, c.cacheGCFreed,
 		c.cacheDeferred, c.cacheFailed, c.cacheJournalLSN,
 		c.sessions, c.inflight, c.snapshotAge, c.snapshotStale,
@@ -129,6 +130,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		gauge(c.volSize, float64(v.Size), n)
 		gauge(c.volMode, 1, n, string(v.Mode))
+		gauge(c.volBackingDegraded, boolFloat(v.Backing != nil && v.Backing.State != BackingOK), n)
 		for _, p := range snap.volumeAdvice(v, DefaultAdviceTarget).Points {
 			gauge(c.advisorHitRatio, p.HitRatio, n, factorLabel(p.SizeFactor))
 		}

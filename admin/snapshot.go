@@ -27,6 +27,8 @@ type VolumeInfo struct {
 	// bypass count is visible as such.
 	ReadHitRatio float64 `json:"read_hit_ratio"`
 	ByteHitRatio float64 `json:"byte_hit_ratio"`
+	// Backing is the backing device's health, when it reports one (RBD).
+	Backing *BackingState `json:"backing,omitempty"`
 }
 
 // CacheInfo is a cache file as the API reports it.
@@ -79,6 +81,9 @@ func readBackend(b Backend, now time.Time) *snapshot {
 			Stats:        st,
 			ReadHitRatio: ratio(st.ReadHits, st.ReadHits+st.ReadPartialHits+st.ReadMisses),
 			ByteHitRatio: ratio(st.ReadHitBytes, st.ReadHitBytes+st.ReadMissBytes),
+		}
+		if br, ok := v.(BackingReporter); ok {
+			info.Backing = br.Backing()
 		}
 		snap.volumes = append(snap.volumes, info)
 		snap.volumeHandles[info.Name] = v

@@ -210,6 +210,12 @@ func (d *differ) volume(name string, o, n Volume) {
 	d.field(s, name, "backing_size", o.BackingSize.String(), n.BackingSize.String(), false)
 	d.field(s, name, "direct", fmtBool(o.Direct), fmtBool(n.Direct), false)
 	d.field(s, name, "slow", o.Slow, n.Slow, false)
+	// an RBD image's connection is made once, when the device opens
+	d.field(s, name, "ceph_conf", o.CephConf, n.CephConf, false)
+	d.field(s, name, "ceph_user", o.CephUser, n.CephUser, false)
+	d.field(s, name, "ceph_keyring", o.CephKeyring, n.CephKeyring, false)
+	d.field(s, name, "ceph_connect_timeout", o.CephConnectTimeout.String(), n.CephConnectTimeout.String(), false)
+	d.field(s, name, "ceph_op_timeout", o.CephOpTimeout.String(), n.CephOpTimeout.String(), false)
 	d.field(s, name, "block_size", strconv.Itoa(o.BlockSize), strconv.Itoa(n.BlockSize), false)
 	// Volume.SetMode / Volume.SetConfig / MODE SELECT equivalent
 	d.field(s, name, "mode", o.Mode, n.Mode, true)

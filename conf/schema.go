@@ -85,12 +85,26 @@ type Volume struct {
 	Name  string `toml:"name"`
 	Cache string `toml:"cache"`
 	// Backing is the backing device or file, relative to DataDir unless
-	// absolute.
+	// absolute, or a Ceph RBD image: "rbd:POOL/IMAGE" or
+	// "rbd:POOL/NAMESPACE/IMAGE" (a binary built with -tags ceph).
 	Backing string `toml:"backing"`
 	// BackingSize creates a file of this size when Backing does not exist.
+	// Not for RBD: the volume's size is the image's.
 	BackingSize Size `toml:"backing_size"`
-	// Direct opens the backing device with O_DIRECT.
+	// Direct opens the backing device with O_DIRECT. Not for RBD.
 	Direct bool `toml:"direct"`
+	// CephConf is the ceph.conf of an RBD backing's cluster (default
+	// /etc/ceph/ceph.conf), CephUser the client id (default admin, for
+	// client.admin), CephKeyring a keyring that overrides the one
+	// ceph.conf names. RBD backings only.
+	CephConf    string `toml:"ceph_conf"`
+	CephUser    string `toml:"ceph_user"`
+	CephKeyring string `toml:"ceph_keyring"`
+	// CephConnectTimeout bounds connecting to the monitors (default 10s);
+	// CephOpTimeout bounds every request to the cluster (default 30s):
+	// a read miss during an outage fails after it. RBD backings only.
+	CephConnectTimeout Duration `toml:"ceph_connect_timeout"`
+	CephOpTimeout      Duration `toml:"ceph_op_timeout"`
 	// Slow wraps the backing device in a throttle, e.g.
 	// "latency=5ms,iops=200" (tests and benchmarks).
 	Slow string `toml:"slow"`

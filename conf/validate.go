@@ -3,12 +3,14 @@ package conf
 import (
 	"fmt"
 	"net"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/cachelun/cachelun/backend"
+	"github.com/cachelun/cachelun/backend/rbd"
 )
 
 // Defaults applied to keys that are absent.
@@ -120,10 +122,14 @@ func (v *validator) config(c *Config) {
 			}
 		}
 		if vo.Backing != "" {
-			if other, dup := paths[vo.Backing]; dup {
-				v.bad(k+".backing", "path %q already used by %s", vo.Backing, other)
+			key := vo.Backing
+			if sp, err := rbd.ParseSpec(vo.Backing); err == nil {
+				key = sp.String() // one image, however it is spelt
 			}
-			paths[vo.Backing] = "volume " + vo.Name
+			if other, dup := paths[key]; dup {
+				v.bad(k+".backing", "%q already used by %s", vo.Backing, other)
+			}
+			paths[key] = "volume " + vo.Name
 		}
 	}
 	iqns := map[string]bool{}
@@ -282,6 +288,13 @@ func (v *validator) volume(k string, vo *Volume) {
 		v.bad(k+".backing", "missing (the backing device or file)")
 	}
 	v.size(k+".backing_size", &vo.BackingSize, 0)
+	v.duration(k+".ceph_connect_timeout", &vo.CephConnectTimeout, 0)
+	v.duration(k+".ceph_op_timeout", &vo.CephOpTimeout, 0)
+	if rbd.IsSpec(vo.Backing) {
+		v.rbdVolume(k, vo)
+	} else {
+		v.notRBD(k, vo)
+	}
 	if vo.Slow != "" {
 		if err := CheckSlowSpec(vo.Slow); err != nil {
 			v.bad(k+".slow", "%v", err)
@@ -312,6 +325,88 @@ func (v *validator) volume(k string, vo *Volume) {
 	if vo.CongestedWriteThreshold.D < 0 {
 		v.bad(k+".congested_write_threshold", "must not be negative")
 	}
+}
+
+// rbdVolume checks a volume whose backing is an RBD image. What only the
+// cluster can tell (reachable, pool, image, permission, lock) is checked
+// when the daemon opens the image, before it creates anything.
+func (v *validator) rbdVolume(k string, vo *Volume) {
+	if _, err := rbd.ParseSpec(vo.Backing); err != nil {
+		v.bad(k+".backing", "%v", err)
+	} else if !rbd.Built {
+		v.bad(k+".backing", "%q is a Ceph RBD image: %v", vo.Backing, rbd.ErrNotBuilt)
+	}
+	if vo.BackingSize.Bytes != 0 {
+		v.bad(k+".backing_size", "not for an RBD image: the volume's size is the image's "+
+			"(create or grow it with `rbd create --size` / `rbd resize`)")
+	}
+	if vo.Direct {
+		v.bad(k+".direct", "not for an RBD image: O_DIRECT applies to files and block devices; "+
+			"an RBD image is reached through librbd, whose cache cachelun turns off")
+	}
+	if vo.Slow != "" {
+		v.bad(k+".slow", "not for an RBD image: throttle files and block devices only")
+	}
+	if vo.CephConf == "" {
+		vo.CephConf = rbd.DefaultCephConf
+	}
+	// the daemon's data directory is no place for a cluster's
+	// configuration; relative paths would depend on where it was started
+	for _, f := range []struct{ key, path string }{{"ceph_conf", vo.CephConf}, {"ceph_keyring", vo.CephKeyring}} {
+		if f.path != "" && !filepath.IsAbs(f.path) {
+			v.bad(k+"."+f.key, "%q must be an absolute path", f.path)
+		}
+	}
+	if vo.CephUser == "" {
+		vo.CephUser = rbd.DefaultUser
+	} else if err := checkCephUser(vo.CephUser); err != nil {
+		v.bad(k+".ceph_user", "%v", err)
+	}
+	if vo.CephConnectTimeout.D == 0 {
+		vo.CephConnectTimeout.D = rbd.DefaultConnectTimeout
+	}
+	if vo.CephOpTimeout.D == 0 {
+		vo.CephOpTimeout.D = rbd.DefaultOpTimeout
+	}
+	for _, d := range []struct {
+		key string
+		d   time.Duration
+	}{{"ceph_connect_timeout", vo.CephConnectTimeout.D}, {"ceph_op_timeout", vo.CephOpTimeout.D}} {
+		// below a second a busy cluster fails healthy requests; above
+		// ten minutes a host has long given up on the command
+		if d.d < time.Second || d.d > 10*time.Minute {
+			v.bad(k+"."+d.key, "must be from 1s to 10m, not %s", d.d)
+		}
+	}
+}
+
+// notRBD refuses the Ceph keys on a volume whose backing is a file or
+// block device: they would be ignored, and probably mean a mistyped
+// backing.
+func (v *validator) notRBD(k string, vo *Volume) {
+	for _, f := range []struct {
+		key string
+		set bool
+	}{
+		{"ceph_conf", vo.CephConf != ""},
+		{"ceph_user", vo.CephUser != ""},
+		{"ceph_keyring", vo.CephKeyring != ""},
+		{"ceph_connect_timeout", vo.CephConnectTimeout.D != 0},
+		{"ceph_op_timeout", vo.CephOpTimeout.D != 0},
+	} {
+		if f.set {
+			v.bad(k+"."+f.key, "only for an RBD backing (backing = \"rbd:POOL/IMAGE\"); backing %q is a file or device", vo.Backing)
+		}
+	}
+}
+
+// checkCephUser accepts a client id ("admin", "gw1", or "client.gw1").
+func checkCephUser(s string) error {
+	id := strings.TrimPrefix(s, "client.")
+	if id == "" || strings.ContainsFunc(id, func(r rune) bool { return r <= ' ' || r == 0x7f || r == '/' }) {
+		return fmt.Errorf("%q is not a Ceph client id (e.g. \"admin\" for client.admin)", s)
+	}
+	return nil
 }
 
 func (v *validator) target(k string, t *Target, volumes map[string]bool) {

@@ -17,6 +17,7 @@ import (
 
 	"github.com/cachelun/cachelun/admin"
 	"github.com/cachelun/cachelun/backend"
+	"github.com/cachelun/cachelun/backend/rbd"
 	"github.com/cachelun/cachelun/cachecore"
 	"github.com/cachelun/cachelun/conf"
 	"github.com/cachelun/cachelun/internal/flock"
@@ -461,6 +462,9 @@ func iscsiCHAP(c *conf.CHAP) *iscsi.CHAP {
 // openBacking opens (creating a file of backing_size if absent) the
 // backing device and wraps it in the slow throttle when configured.
 func openBacking(v conf.Volume, path string) (backend.Device, error) {
+	if rbd.IsSpec(v.Backing) {
+		return openRBDBacking(v, path+rbdOwnerSuffix)
+	}
 	opts := backend.FileOptions{Direct: v.Direct, Size: v.BackingSize.Bytes}
 	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
 		if err := checkBackingExists(v, path); err != nil {
@@ -534,6 +538,9 @@ func checkCacheSpace(caches []conf.Cache, resolve func(string) string) error {
 // checkBackingExists refuses a backing device that does not exist and that
 // no backing_size lets openBacking create.
 func checkBackingExists(v conf.Volume, path string) error {
+	if rbd.IsSpec(v.Backing) {
+		return nil // an image, not a path: checked when it is opened
+	}
 	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) && v.BackingSize.Bytes == 0 {
 		return fmt.Errorf("backing %s does not exist and no backing_size is set to create it", path)
 	}

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cachelun/cachelun/backend"
+	"github.com/cachelun/cachelun/backend/rbd"
 	"github.com/cachelun/cachelun/cachecore"
 	"github.com/cachelun/cachelun/conf"
 	"github.com/cachelun/cachelun/internal/flock"
@@ -210,8 +211,14 @@ func (e *engine) addVolume(ctx context.Context, v conf.Volume, dev backend.Devic
 	if err != nil {
 		return err
 	}
+	if d, ok := dev.(*rbd.Device); ok {
+		dev = newRBDBacking(d, v.Name, v.Backing, e.log) // watches its lock and size
+	}
 	vol, err := oc.cache.AddVolume(ctx, v.Name, dev, vc)
 	if err != nil {
+		if b, ok := dev.(*rbdBacking); ok {
+			b.stopMonitor() // the caller still owns, and closes, the image
+		}
 		return err
 	}
 	e.mu.Lock()
@@ -281,7 +288,10 @@ func (e *engine) closeCache(ctx context.Context, name string) error {
 
 func (e *engine) volume(name string) (scsi.Volume, bool) {
 	v, ok := e.cacheVolume(name)
-	return v, ok
+	if !ok {
+		return nil, false
+	}
+	return e.gateFenced(name, v), true
 }
 
 func (e *engine) cacheVolume(name string) (*cachecore.Volume, bool) {

@@ -63,13 +63,20 @@ func runMain(m *testing.M) int {
 	if testkit.RaceEnabled {
 		args = append(args, "-race")
 	}
+	if cephEnabled {
+		args = append(args, "-tags", "ceph")
+	}
 	build := exec.CommandContext(ctx, "go", append(args, "./cmd/cachelun")...)
 	build.Dir = repoRoot
 	if out, err := build.CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "integration: building cachelun failed: %v\n%s", err, out)
 		return 1
 	}
-	return m.Run()
+	code := m.Run()
+	if err := stopCeph(); err != nil {
+		fmt.Fprintln(os.Stderr, "integration:", err)
+	}
+	return code
 }
 
 // needTools fails the test (it does not skip) when a client is missing.

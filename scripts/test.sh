@@ -66,14 +66,19 @@ step "engine tests with live invariant checks (-tags invariants)"
 # panics on the first violation (cachecore/invariants.go)
 go test -tags invariants -timeout 20m ./cachecore/ ./persist/
 
-step "ceph build tag: vet, and backend/rbd against a throwaway Ceph cluster"
+step "ceph build tag: vet, staticcheck, backend/rbd and the RBD integration tests against throwaway Ceph clusters"
 # needs cgo, librbd-dev/librados-dev and the ceph daemons (scripts/deps.sh
-# installs them); the tests start their own cluster with
-# scripts/ceph-cluster.sh
+# installs them); each test process starts its own cluster with
+# scripts/ceph-cluster.sh (about 20 s), one after the other
 if command -v ceph-mon >/dev/null 2>&1 && [ -e /usr/include/rbd/librbd.h ]; then
-	go vet -tags ceph ./backend/rbd/ ./internal/cephtest/
-	"$staticcheck" -tags ceph ./backend/rbd/ ./internal/cephtest/
+	go vet -tags ceph ./...
+	"$staticcheck" -tags ceph ./backend/rbd/ ./internal/cephtest/ ./conf/ ./daemon/ ./integration/
 	go test -race -tags ceph -timeout 15m ./backend/rbd/
+	# the ceph-built binary's configuration rules and daemon wiring
+	go test -tags ceph -run 'RBD' ./conf/ ./cmd/cachelun/
+	# the daemon built with -tags ceph (and -race) on RBD volumes: about two
+	# and a half minutes
+	go test -race -tags ceph -timeout 15m -run '^TestRBD' ./integration/
 else
 	echo "skipped: Ceph packages not installed (scripts/deps.sh installs them as root)"
 fi

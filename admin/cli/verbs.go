@@ -203,12 +203,29 @@ func volumeShow(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	row("bypass races", "%d read misses not cached (bypass write in flight)", st.ReadBypassRaces)
 	row("dirty", "%s, writeback lag %s, %s written back", humanBytes(st.DirtyBytes), humanDuration(st.WritebackLag), humanBytes(st.WritebackBytes))
 	row("errors", "%s", countsByKind(st.Errors))
+	if b := v.Backing; b != nil {
+		row("backing", "%s", backingLine(b, v.Size))
+	}
 	tw.Flush()
 	if len(r.Jobs) > 0 {
 		fmt.Fprintln(stdout)
 		writeJobTable(stdout, r.Jobs)
 	}
 	return ExitOK
+}
+
+// backingLine renders a backing's health: its state first, so a degraded
+// or fenced backing is the first thing read.
+func backingLine(b *admin.BackingState, volSize int64) string {
+	s := fmt.Sprintf("%s %s", b.Device, strings.ToUpper(b.State))
+	if b.State != admin.BackingOK {
+		s += fmt.Sprintf(" since %s: %s", b.Since.Local().Format(time.DateTime), b.Reason)
+	}
+	s += fmt.Sprintf("; %d in flight, %d timeouts, %d fenced, %d failures", b.InFlight, b.Timeouts, b.Fenced, b.Failures)
+	if b.Size != volSize {
+		s += fmt.Sprintf("; resized to %s, the volume serves %s until a restart", humanBytes(b.Size), humanBytes(volSize))
+	}
+	return s
 }
 
 func reasons(reqs, bytes map[string]uint64) string {

@@ -16,6 +16,7 @@ var (
 		PollSize() (size int64, changed bool, err error)
 		HoldsLock() (bool, error)
 		Spec() Spec
+		LockOwner() string
 		Stats() Stats
 	} = (*Device)(nil)
 )

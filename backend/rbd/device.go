@@ -100,6 +100,7 @@ import (
 	"log/slog"
 	"os"
 	"runtime/cgo"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -124,7 +125,8 @@ type Device struct {
 	conn   *rados.Conn
 	ioctx  *rados.IOContext
 	image  C.rbd_image_t
-	locked bool // we took the exclusive lock explicitly
+	locked bool   // we took the exclusive lock explicitly
+	owner  string // our address as the lock's owner ("" without the lock)
 
 	size atomic.Int64
 
@@ -137,6 +139,9 @@ type Device struct {
 	lastOK                 atomic.Int64 // unix nanoseconds of the last request that succeeded
 	lastErr                atomic.Pointer[failure]
 }
+
+// Built reports whether this binary has librbd (the ceph build tag).
+const Built = true
 
 type failure struct {
 	err error
@@ -300,6 +305,18 @@ func open(spec Spec, opts Options) (_ *Device, err error) {
 			if alive < 0 {
 				return nil, fmt.Errorf("%s: watchers: %w", where, openErr(syscall.Errno(-alive), ErrNoImage, "image "+spec.Image))
 			}
+			ownerName := C.GoString(&owner[0])
+			if alive == 1 && slices.Contains(opts.DeadOwners, ownerName) {
+				// The caller knows this owner is dead though its
+				// watch lingers (its own previous incarnation):
+				// rbd_lock_acquire would wait on the live-looking
+				// owner, so the lock is broken here (blocklisting it).
+				d.log.Warn("rbd image locked by this gateway's dead predecessor; breaking its lock", "spec", spec.String(), "owner", ownerName)
+				if rc := C.rbd_lock_break(d.image, C.RBD_LOCK_MODE_EXCLUSIVE, &owner[0]); rc < 0 && syscall.Errno(-rc) != syscall.ENOENT {
+					return nil, fmt.Errorf("%s: breaking the lock of %s: %w", where, ownerName, openErr(syscall.Errno(-rc), ErrNoImage, "image "+spec.Image))
+				}
+				alive = 0
+			}
 			if alive == 1 {
 				return nil, fmt.Errorf("%s: %w: held by %s, which is alive (it watches the image; a client that died lets go within 30 s, osd_client_watch_timeout)",
 					where, ErrLocked, C.GoString(&owner[0]))
@@ -317,6 +334,9 @@ func open(spec Spec, opts Options) (_ *Device, err error) {
 			return nil, fmt.Errorf("%s: taking the exclusive lock: %w", where, openErr(e, ErrNoImage, "image "+spec.Image))
 		}
 		d.locked = true
+		if n := C.cl_lock_owners(d.image, &owner[0], C.size_t(len(owner))); n > 0 {
+			d.owner = C.GoString(&owner[0])
+		}
 	} else if !opts.NoLock {
 		d.log.Warn("rbd image has no exclusive-lock feature: another client can write it unnoticed", "spec", spec.String())
 	}
@@ -360,6 +380,11 @@ func openErr(err error, notFound error, what string) error {
 
 // Spec returns the image the device was opened on.
 func (d *Device) Spec() Spec { return d.spec }
+
+// LockOwner is this client's address as the owner of the image's exclusive
+// lock ("" if it took none): a caller that records it can pass it in
+// Options.DeadOwners when it restarts after a crash.
+func (d *Device) LockOwner() string { return d.owner }
 
 // Size returns the image size: at Open, or as last seen by PollSize.
 func (d *Device) Size() int64 { return d.size.Load() }

@@ -894,3 +894,42 @@ func TestNamespace(t *testing.T) {
 		t.Error("the image of the same name in the default namespace changed")
 	}
 }
+
+// TestDeadOwnersKnown: a gateway that restarts after a crash names its
+// predecessor (LockOwner, recorded) in DeadOwners and takes the image over
+// at once, though the predecessor's watch lingers for 30 s. The
+// predecessor here is alive, which shows what the break does: it is
+// blocklisted, and its writes fail fenced.
+func TestDeadOwnersKnown(t *testing.T) {
+	spec := newImage(t, 64<<20)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	opts := testOptions(t)
+	old, err := Open(ctx, spec, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	if old.LockOwner() == "" {
+		t.Fatal("LockOwner is empty after taking the lock")
+	}
+	if _, err := Open(ctx, spec, opts); !errors.Is(err, ErrLocked) {
+		t.Fatalf("Open without DeadOwners: %v, want ErrLocked", err)
+	}
+	opts.DeadOwners = []string{"127.0.0.1:0/1", old.LockOwner()}
+	start := time.Now()
+	d, err := Open(ctx, spec, opts)
+	if err != nil {
+		t.Fatalf("Open naming the owner dead: %v", err)
+	}
+	defer d.Close()
+	if took := time.Since(start); took > 15*time.Second {
+		t.Errorf("the takeover took %v; it must not wait for the watch to expire", took)
+	}
+	if err := d.WriteAt(ctx, make([]byte, 4096), 0); err != nil {
+		t.Errorf("write after the takeover: %v", err)
+	}
+	if err := old.WriteAt(ctx, make([]byte, 4096), 4096); !errors.Is(err, ErrFenced) {
+		t.Errorf("the broken owner's write: %v, want ErrFenced", err)
+	}
+}

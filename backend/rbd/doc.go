@@ -23,7 +23,10 @@
 // written. A lock owner without a watch on the image is dead (a gateway
 // killed with SIGKILL keeps its lock, and its watch for
 // osd_client_watch_timeout, 30 s): its lock is broken and the dead client
-// blocklisted, so a restart after a crash takes the image over. Then
+// blocklisted, so a restart after a crash takes the image over. A caller
+// that recorded its own LockOwner can name it in Options.DeadOwners after a
+// crash: that lock is broken at once, without waiting for the watch to
+// expire. Then
 // Open takes the exclusive lock explicitly (unless NoLock): unlike librbd's
 // implicit lock, which moves to whichever client writes, an explicit lock
 // makes another client's writes fail with EROFS, so two gateways never

@@ -45,6 +45,13 @@ type Options struct {
 	// holds the lock of, then takes the lock explicitly, so another
 	// client's writes fail instead of moving the lock away silently.
 	NoLock bool
+	// DeadOwners are lock owners (LockOwner of an earlier Device) the
+	// caller knows are dead: its own previous incarnation, killed, whose
+	// watch on the image lingers for osd_client_watch_timeout (30 s). Open
+	// breaks such an owner's lock (blocklisting it) at once instead of
+	// refusing the image as locked by a live client. Naming a live
+	// client here fences it.
+	DeadOwners []string
 	// Logger receives open, close and lock events; nil discards them.
 	Logger *slog.Logger
 }

@@ -4,6 +4,11 @@ package rbd
 
 import "context"
 
+// Built reports whether this binary has librbd (the ceph build tag): a
+// configuration naming an RBD backing is refused up front, with
+// ErrNotBuilt's advice, when it has not.
+const Built = false
+
 // Device is an RBD image as a backing device. This binary was built without
 // the ceph build tag: Open always fails with ErrNotBuilt, and no Device
 // exists.
@@ -24,5 +29,6 @@ func (*Device) PollSize() (int64, bool, error)                  { return 0, fals
 func (*Device) HoldsLock() (bool, error)                        { return false, ErrNotBuilt }
 func (*Device) Stats() Stats                                    { return Stats{} }
 func (*Device) Size() int64                                     { return 0 }
+func (*Device) LockOwner() string                               { return "" }
 func (*Device) Spec() Spec                                      { return Spec{} }
 func (*Device) Close() error                                    { return nil }
