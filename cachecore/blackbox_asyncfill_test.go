@@ -148,9 +148,7 @@ func TestBlackboxWriteBeatsLateFill(t *testing.T) {
 			if id := readID(t, v, blk, bs); id != 9 {
 				t.Fatalf("read after the flush: write %d, want 9", id)
 			}
-			if err := c.CheckInvariants(); err != nil {
-				t.Fatal(err)
-			}
+			closeAndCheck(t, c)
 		})
 	}
 }
@@ -185,6 +183,14 @@ func TestBlackboxFillQueueFullDropsFills(t *testing.T) {
 	if s := v.Stats(); s.FillBytes == 0 {
 		t.Fatalf("no fill installed: %+v", s)
 	}
+	closeAndCheck(t, c)
+}
+
+// closeAndCheck closes the cache and checks its structures (only a closed
+// cache: background commits would race with the check).
+func closeAndCheck(t *testing.T, c *cachecore.Cache) {
+	t.Helper()
+	mustOK(t, "close", c.Close(context.Background()))
 	if err := c.CheckInvariants(); err != nil {
 		t.Fatal(err)
 	}
