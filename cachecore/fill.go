@@ -2,6 +2,7 @@ package cachecore
 
 import (
 	"sync"
+	"sync/atomic"
 )
 
 // Asynchronous read-miss fills.
@@ -58,8 +59,8 @@ type fillQueue struct {
 	// room instead of dropping).
 	room sync.Cond
 	// pending counts fills queued or being installed; idle is signalled
-	// when it drops to zero (waitFills).
-	pending int
+	// (under mu) when it drops to zero (waitFills).
+	pending atomic.Int64
 	idle    sync.Cond
 	kick    chan struct{}
 	pool    sync.Pool // *[]byte of 4 KiB, the common fill size
@@ -112,7 +113,7 @@ func (v *Volume) queueFill(st *stripe, pc piece, s uint32, token uint64, data []
 	v.inflight.Add(1)
 	q.reqs = append(q.reqs, fillReq{v: v, st: st, pc: pc, s: s, token: token, data: b, done: done})
 	q.bytes += len(data)
-	q.pending++
+	q.pending.Add(1)
 	q.mu.Unlock()
 	select {
 	case q.kick <- struct{}{}:
@@ -127,6 +128,7 @@ func (c *Cache) fillWorker() {
 	defer c.workers.Done()
 	q := &c.fills
 	var staging []byte
+	var spare []fillReq // the slice the readers append to next
 	for {
 		select {
 		case <-c.workersCtx.Done():
@@ -143,24 +145,33 @@ func (c *Cache) fillWorker() {
 		case <-q.kick:
 		}
 		for {
+			// Take the whole queue (the readers append to a fresh slice
+			// meanwhile) and work through it in batches.
 			q.mu.Lock()
-			n, total := 0, 0
-			for n < len(q.reqs) && (n == 0 || total+len(q.reqs[n].data) <= fillBatchBytes) {
-				total += len(q.reqs[n].data)
-				n++
-			}
-			batch := append([]fillReq(nil), q.reqs[:n]...)
-			q.reqs = append(q.reqs[:0], q.reqs[n:]...)
-			q.bytes -= total
+			taken := q.reqs
+			q.reqs, spare = spare[:0], nil
+			q.bytes = 0
 			q.room.Broadcast()
 			q.mu.Unlock()
-			if n == 0 {
+			if len(taken) == 0 {
+				spare = taken
 				break
 			}
-			if cap(staging) < total {
-				staging = make([]byte, max(total, fillBatchBytes))
+			all := taken
+			for len(taken) > 0 {
+				n, total := 0, 0
+				for n < len(taken) && (n == 0 || total+len(taken[n].data) <= fillBatchBytes) {
+					total += len(taken[n].data)
+					n++
+				}
+				if cap(staging) < total {
+					staging = make([]byte, max(total, fillBatchBytes))
+				}
+				c.fillBatch(taken[:n], staging[:total])
+				clear(taken[:n])
+				taken = taken[n:]
 			}
-			c.fillBatch(batch, staging[:total])
+			spare = all[:0]
 		}
 	}
 }
@@ -245,12 +256,11 @@ func (c *Cache) finished(r *fillReq) {
 	if r.done != nil {
 		r.done()
 	}
-	q := &c.fills
-	q.mu.Lock()
-	if q.pending--; q.pending == 0 {
+	if q := &c.fills; q.pending.Add(-1) == 0 {
+		q.mu.Lock()
 		q.idle.Broadcast()
+		q.mu.Unlock()
 	}
-	q.mu.Unlock()
 }
 
 // waitFills waits until every fill queued so far was installed or dropped
@@ -258,7 +268,7 @@ func (c *Cache) finished(r *fillReq) {
 func (c *Cache) waitFills() {
 	q := &c.fills
 	q.mu.Lock()
-	for q.pending > 0 {
+	for q.pending.Load() > 0 {
 		q.idle.Wait()
 	}
 	q.mu.Unlock()

@@ -190,12 +190,17 @@ func (c *Cache) putRef(id uint32) {
 	if s.refs.Add(-1) != 0 {
 		return
 	}
-	s.mu.Lock()
+	// The persist runs without the segment's lock: readers holding its
+	// read lock copy data of the old generation, which stays in place
+	// until the segment is released below; only the in-memory generation
+	// switch excludes them. (Holding the lock across the persist made every
+	// read hit in the segment wait for a media flush.)
 	g, err := c.store.BumpGen(id)
 	if err == nil {
+		s.mu.Lock()
 		s.gen = g
+		s.mu.Unlock()
 	}
-	s.mu.Unlock()
 	if err != nil {
 		s.state.Store(uint32(segQuarantined))
 		c.fail("bump segment generation", err)
