@@ -6,7 +6,8 @@
 #
 #   bash bench/iscsi_vs_tgtd.sh            # 10 s per measurement
 #   DUR=20 bash bench/iscsi_vs_tgtd.sh     # longer runs (LUN_MIB, HOT_MIB change the sizes)
-#   ONLY=writes bash bench/iscsi_vs_tgtd.sh # one group: reads, writes, sessions or hot
+#   ONLY=writes bash bench/iscsi_vs_tgtd.sh # one group: reads, writes, sessions, hot or cold
+#   CRUNS=5 ONLY=cold bash bench/iscsi_vs_tgtd.sh # cold-read runs per target (median; default 3)
 #   WRUNS=5 bash bench/iscsi_vs_tgtd.sh    # qemu-img bench runs per target (median; default 3)
 #                                           # (the cache file, CACHE_MIB, grows to hold them)
 #
@@ -22,6 +23,7 @@ HOT_MIB=${HOT_MIB:-64}          # hot set on the slow backing device, MiB
 LUN_SIZE=${LUN_MIB}MiB; LUN_BYTES=$((LUN_MIB << 20))
 HOT_SIZE=${HOT_MIB}MiB; HOT_BYTES=$((HOT_MIB << 20))
 WRUNS=${WRUNS:-3}               # qemu-img bench runs per target and row (median)
+CRUNS=${CRUNS:-3}               # cold-read runs per target (median), each on a fresh LUN
 # The cache holds the warm-up, every write run (about 900 MB each) and the
 # hot set below the GC threshold (70 %).
 CACHE_MIB=${CACHE_MIB:-$(( (LUN_MIB + HOT_MIB * 2 + WRUNS * 900) * 10 / 7 + 256 ))}
@@ -256,6 +258,47 @@ tu=$(echo "scale=1; 1000000 * $tc / ($ti * $DUR)" | bc 2>/dev/null || echo 0)
 row "target CPU per I/O, 2 sessions (us)" "$cu" "$tu"
 fi
 
+# ---- cold reads: a fresh quick-start LUN (256 MiB cache, 1 GiB backing
+# file) whose backing file holds data in the page cache, against tgtd on a
+# copy of the same file: every read of cachelun's LUN misses at first and
+# its fills go on throughout (the cache holds a quarter of the file). Each
+# cachelun run starts a new daemon on a new data directory (a fresh cache);
+# the other daemons are stopped while one target is measured.
+if want cold; then
+COLD=$WORK/cold; mkdir -p "$COLD"
+dd if=/dev/urandom of="$COLD/backing.tpl" bs=1M count=1024 status=none
+cp "$COLD/backing.tpl" "$COLD/tgtd-cold.img"
+$A --op new --mode logicalunit --tid 1 --lun 2 -b "$COLD/tgtd-cold.img"
+T_COLD=iscsi://127.0.0.1:$TPORT/iqn.2024-01.test.tgtd:bench/2
+cold_cachelun() { # LABEL -> "iops cpu_seconds" of a fresh quick-start LUN
+	local d=$COLD/$1 port pid out
+	mkdir -p "$d"
+	cp "$COLD/backing.tpl" "$d/demo-backing.img"
+	port=$(free_port)
+	"$WORK/cachelun" serve --listen 127.0.0.1:$port --data-dir "$d" --metrics off > "$OUT/$1-serve.log" 2>&1 &
+	pid=$!; PIDS+=($pid)
+	for _ in $(seq 300); do grep -q "cachelun ready" "$OUT/$1-serve.log" 2>/dev/null && break; sleep 0.1; done
+	out=$(perf "$1" $pid "iscsi://127.0.0.1:$port/iqn.2026-11.io.cachelun:demo/0" -m 32 -b 8 -r)
+	kill -TERM $pid; wait $pid 2>/dev/null || true
+	rm -rf "$d"
+	echo "$out"
+}
+kill -STOP "$CPID"
+cs=(); ts=(); ccpu=(); tcpu=()
+for i in $(seq "$CRUNS"); do
+	read -r ci cc < <(cold_cachelun c-cold-$i)
+	read -r ti tc < <(perf t-cold-$i $TPID "$T_COLD" -m 32 -b 8 -r)
+	sync
+	cs+=("$ci"); ts+=("$ti")
+	ccpu+=("$(echo "scale=1; 1000000 * $cc / (($ci + 1) * $DUR)" | bc)")
+	tcpu+=("$(echo "scale=1; 1000000 * $tc / (($ti + 1) * $DUR)" | bc)")
+done
+kill -CONT "$CPID"
+echo "runs: cachelun ${cs[*]}; tgtd ${ts[*]}" > "$OUT/cold.runs"
+row "cold 4KiB random read QD32, fresh LUN (IOPS)" "$(median "${cs[@]}")" "$(median "${ts[@]}")"
+row "target CPU per cold 4KiB read at QD32 (us)" "$(median "${ccpu[@]}")" "$(median "${tcpu[@]}")"
+fi
+
 # ---- hot set on a slow backing device: cached vs passthrough (same daemon)
 HOTROWS=()
 if want hot; then
@@ -283,6 +326,10 @@ if [ ${#HOTROWS[@]} -gt 0 ]; then
 	echo "bound on the QD32 ratio: cached LUN <= the target's own QD32 read rate; passthrough <= 32 / 5 ms = 6400 IOPS"
 fi
 echo
+if want cold; then
+	echo "cold rows: median of $CRUNS alternating runs per target, each cachelun run on a fresh quick-start LUN:"
+	cat "$OUT/cold.runs"
+fi
 if want writes; then
 	echo "qemu-img bench rows: median of $WRUNS alternating runs per target:"
 	cat "$OUT/w4k-qd32.runs" "$OUT/w4k-fua.runs"

@@ -199,6 +199,36 @@ func TestBlackboxCrashGCEvictionBypass(t *testing.T) {
 }
 
 func runCrashWorkload(t *testing.T, name string, o rigOptions, writers int) {
+	runCrashWorkloadWith(t, name, o, writers, false)
+}
+
+// TestBlackboxCrashAsyncFills runs the crash workload over a backing device
+// that holds data everywhere (write 1) with half of the requests reads, so
+// that read misses keep queueing asynchronous fills while writes, flushes,
+// mode switches, writeback and GC run: at every checked persist point the
+// fills' clean keys are durable only with their data, never over newer
+// writes.
+func TestBlackboxCrashAsyncFills(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		unit  persist.TearUnit
+		whole bool
+	}{
+		{"dax", persist.TearDAX, false},
+		{"file-unfenced", persist.TearPage, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			o := rigOptions{Segments: 16, BackingSize: 1 << 20, Unit: c.unit, DataCRC: true, WholeFlush: c.whole,
+				VC: cachecore.VolumeConfig{Mode: cachecore.ModeWriteback}, Cfg: cachecore.Config{GCPercent: 30}}
+			runCrashWorkloadWith(t, "async-fills-"+c.name, o, 2, true)
+		})
+	}
+}
+
+// runCrashWorkloadWith is runCrashWorkload; with prefilled the backing
+// device starts with write 1 in every sector and half of the requests are
+// reads.
+func runCrashWorkloadWith(t *testing.T, name string, o rigOptions, writers int, prefilled bool) {
 	ctx := context.Background()
 	began := time.Now()
 	seed := testSeed()
@@ -211,7 +241,12 @@ func runCrashWorkload(t *testing.T, name string, o rigOptions, writers int) {
 		ops, maxImages = 1000, math.MaxInt
 	}
 	vc := o.VC
-	r := newRig(t, o, nil)
+	var initial *backend.Memory
+	if prefilled {
+		initial = backend.NewMemory(o.BackingSize)
+		mustOK(t, "prefill", initial.WriteAt(ctx, tagged(1, 0, int(o.BackingSize)), 0))
+	}
+	r := newRig(t, o, initial)
 	defer r.close()
 	if want := o.WholeFlush && o.DataCRC; r.store.UnfencedCommits() != want {
 		t.Fatalf("unfenced commits %v, want %v", r.store.UnfencedCommits(), want)
@@ -275,6 +310,11 @@ func runCrashWorkload(t *testing.T, name string, o rigOptions, writers int) {
 	size := r.vol.Size()
 	var nextID, ackSeq atomic.Uint64
 	nextID.Store(1)
+	if prefilled {
+		// Write 1 is on the backing device before the cache starts.
+		model.add(&crashEntry{id: 1, off: 0, n: size, start: 0, durable: 0, acked: true, describe: "prefill id=1"})
+		nextID.Store(2)
+	}
 	modes := []cachecore.Mode{cachecore.ModeWriteback, cachecore.ModeWritethrough, cachecore.ModeWritearound, cachecore.ModeWriteonly}
 	// Each worker owns the sectors of its region, so per sector the history
 	// stays sequential; flushes, FUA and background work interleave freely.
@@ -299,7 +339,11 @@ func runCrashWorkload(t *testing.T, name string, o rigOptions, writers int) {
 			return nil
 		}
 		for range ops / writers {
-			switch k := rng.IntN(100); {
+			k := rng.IntN(100)
+			if prefilled && rng.IntN(2) == 0 {
+				k = 99 // a read
+			}
+			switch {
 			case k < 62: // write (k in 55..61: a sequential run of 4 writes)
 				runs := 1
 				off := lo + rng.Int64N(region)*bs
@@ -422,6 +466,12 @@ func runCrashWorkload(t *testing.T, name string, o rigOptions, writers int) {
 	}
 	t.Logf("workload done after %v", time.Since(began))
 	cst := r.cache.Stats()
+	cachecore.WaitFills(r.cache)
+	if fills := r.vol.Stats().FillBytes; prefilled && fills == 0 {
+		t.Fatal("no read-miss fill was installed during the workload")
+	} else {
+		t.Logf("read-miss fills installed: %d bytes", fills)
+	}
 	r.close()
 	r.media.SetPersistHook(nil)
 	r.media.SetPrePersistHook(nil)

@@ -12,6 +12,7 @@ import (
 	"github.com/cachelun/cachelun/cachecore"
 	"github.com/cachelun/cachelun/internal/blk"
 	"github.com/cachelun/cachelun/internal/testkit"
+	"github.com/cachelun/cachelun/persist"
 )
 
 // rot flips four bytes of the cached data of the block at volume offset off.
@@ -138,5 +139,36 @@ func TestDataCRCInWriteback(t *testing.T) {
 	}
 	if bad := c.BadData(); len(bad) == 0 || bad[len(bad)-1].Op != "writeback" {
 		t.Fatalf("BadData = %+v", bad)
+	}
+}
+
+// TestDataCRCKeysBounded: with data CRCs no key is longer than 16 KiB, so
+// a 4 KiB read hit of data written in one large request verifies (reads)
+// at most 16 KiB, not the whole request.
+func TestDataCRCKeysBounded(t *testing.T) {
+	ctx := context.Background()
+	r := newRig(t, rigOptions{DataCRC: true}, nil)
+	defer r.close()
+	data := tagged(7, 0, 1<<20)
+	mustOK(t, "write", r.vol.WriteAt(ctx, data, 0, true))
+	buf := make([]byte, 4096)
+	mustOK(t, "read", r.vol.ReadAt(ctx, buf, 512<<10))
+	if !bytes.Equal(buf, data[512<<10:512<<10+4096]) {
+		t.Fatal("read back wrong data")
+	}
+	s, err := persist.Open(r.media)
+	mustOK(t, "open", err)
+	rp := s.Replay(s.KeyTail())
+	keys := 0
+	for ks, ok := rp.Next(); ok; ks, ok = rp.Next() {
+		for _, k := range ks.Keys {
+			keys++
+			if k.Length > 16<<10 {
+				t.Fatalf("key of %d bytes at %d: keys of a data-CRC cache are at most 16 KiB", k.Length, k.Offset)
+			}
+		}
+	}
+	if keys < 64 {
+		t.Fatalf("%d keys for a 1 MiB write", keys)
 	}
 }

@@ -93,6 +93,7 @@ type Cache struct {
 	resumed   atomic.Pointer[chan struct{}]
 
 	wbKick, gcKick chan struct{}
+	fills          fillQueue // read-miss fills waiting for the fill worker
 	workersCtx     context.Context
 	stopWorkers    context.CancelFunc
 	workers        sync.WaitGroup
@@ -241,6 +242,7 @@ func openWith(ctx context.Context, store *persist.Store, cfg Config, replayed fu
 		closing:  make(chan struct{}),
 	}
 	c.cfg.Store(&cfg)
+	c.fills.init()
 	for i := range c.slots {
 		c.slots[i].idx = i
 	}
@@ -384,10 +386,11 @@ func openWith(ctx context.Context, store *persist.Store, cfg Config, replayed fu
 		c.carryAfter = cfg.Clock.Now().Add(carryGrace)
 	}
 	c.workersCtx, c.stopWorkers = context.WithCancel(context.Background())
-	c.workers.Add(3)
+	c.workers.Add(4)
 	go c.flusher()
 	go c.writebackLoop()
 	go c.gcLoop()
+	go c.fillWorker()
 	if c.stats.intentRecovered.Load() > 0 {
 		for _, pk := range c.recoveredKsets {
 			c.commitAsync(pk)

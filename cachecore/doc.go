@@ -62,9 +62,12 @@
 //     bypass write is in flight on the 32 MiB chunk; bypass writes count
 //     themselves in flight before dropping cached data (and placeholders)
 //     and persist their tombstone before writing the backing device.
-//     Tests: TestBlackboxBypassMissRaceTracker,
+//     Fills are asynchronous: the check is made when the fill worker
+//     installs the fill, so a write that landed after the read returned
+//     wins over the late fill. Tests: TestBlackboxBypassMissRaceTracker,
 //     TestBlackboxBypassMissRacePlaceholder, TestBlackboxBypassMissRaceStress,
-//     TestReadMissBypassRace.
+//     TestReadMissBypassRace, TestBlackboxWriteBeatsLateFill,
+//     TestBlackboxCrashAsyncFills.
 //   - C8 (ownership). The cache file, its intent log and the backing
 //     devices are claimed (flock, O_EXCL) before anything is read or
 //     written (the daemon and persist claim them; the intent log here).
@@ -132,6 +135,19 @@
 // reused. Readers copy cache data holding the segment's read lock after
 // checking the generation.
 //
+// A read miss leaves an EMPTY placeholder over its range, reads the
+// backing device and returns the data to the host at once; the fill (cache
+// space, media write, clean key) is done by the cache's fill worker (see
+// fill.go), in batches: one allocation and one media write per batch, each
+// fill installed under its stripe lock only if its placeholder is still in
+// place and no bypass write is in flight on the chunk (C7). Its keys are
+// committed with the open ksets, never with a flush of their own. The
+// queue is bounded (8 MiB): a miss that finds it full is not cached
+// (VolumeStats.FillsDropped), so a fill never slows the read. A queued fill
+// counts as a request of its volume until it is installed or dropped, so
+// Close, RemoveVolume and Detach wait for it; PRE-FETCH waits for its own
+// fills.
+//
 // # Concurrency and lock order
 //
 // Cache.mu → Cache.carryMu (AddVolume; writeback while it carries keys of
@@ -141,12 +157,12 @@
 // writeback marks a pass clean holding its volumes' volCounters.progMu
 // (progMu → stripe.mu; progress readers take it alone);
 // generation bumps (persist I/O) run without any stripe lock. Background
-// goroutines (kset flusher, writeback, GC, kset commits) are owned by the
-// Cache; Close stops and waits for all of them. The writeback goroutine
-// exits promptly when the cache fails or closes. The sizing advisor's
-// estimators (advisor.go: every read request is reported once, before the
-// index is consulted) take only their own lock, never with an engine lock
-// held.
+// goroutines (kset flusher, writeback, GC, read-miss fills, kset commits)
+// are owned by the Cache; Close stops and waits for all of them. The
+// writeback goroutine exits promptly when the cache fails or closes. The
+// sizing advisor's estimators (advisor.go: every read request is reported
+// once, before the index is consulted) take only their own lock, never
+// with an engine lock held.
 //
 // # Failure policy
 //

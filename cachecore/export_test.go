@@ -7,3 +7,7 @@ func WithWritebackPassKsets(cfg Config, n int) Config {
 	cfg.wbPassKsets = n
 	return cfg
 }
+
+// WaitFills waits until every read-miss fill queued so far was installed
+// in the cache or dropped (fills are asynchronous).
+func WaitFills(c *Cache) { c.waitFills() }

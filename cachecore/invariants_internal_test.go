@@ -24,10 +24,8 @@ func TestCheckInvariantsCatchesCorruption(t *testing.T) {
 		if err := r.vol.Flush(ctx); err != nil {
 			t.Fatal(err)
 		}
-		if err := r.cache.CheckInvariants(); err != nil {
-			t.Fatalf("healthy running cache: %v", err)
-		}
-		// Corrupted once closed: nothing runs that could race with it.
+		// Checked and corrupted once closed: CheckInvariants wants a
+		// quiescent cache, and writeback could race with the corruption.
 		if err := r.cache.Close(ctx); err != nil {
 			t.Fatal(err)
 		}

@@ -347,6 +347,7 @@ func TestReplayDropsCorruptCleanData(t *testing.T) {
 	if err := v.ReadAt(ctx, got, 8192); err != nil { // miss: fills a clean key
 		t.Fatal(err)
 	}
+	c.waitFills()
 	e := v.Explain(8192)
 	if e.State != "hit" || e.Dirty {
 		t.Fatalf("fill did not cache: %+v", e)

@@ -146,6 +146,12 @@ type allocation struct {
 // a data head; the piece may be shorter when the head's segment ends. It
 // returns errNoSpace when no segment is free.
 func (c *Cache) allocData(n uint32) (allocation, error) {
+	if c.dataCRC {
+		// One allocation is one key, and a read hit verifies its key's
+		// CRC over the whole key: bounded keys keep a 4 KiB hit of data
+		// written (or filled) in large requests from reading megabytes.
+		n = min(n, maxChecksummedKey)
+	}
 	h := &c.heads[c.headRR.Add(1)%uint64(len(c.heads))]
 	var drop = noSeg
 	h.mu.Lock()
@@ -182,6 +188,12 @@ func (c *Cache) allocData(n uint32) (allocation, error) {
 
 const noSeg = ^uint32(0)
 
+// maxChecksummedKey is the largest key on a cache with data CRCs: a read
+// hit of any part of a key reads and checksums all of it, so a 4 KiB hit
+// costs at most a 16 KiB read and CRC; the metadata it adds is one 40-byte
+// key (and one index extent) per 16 KiB.
+const maxChecksummedKey = 16 << 10
+
 // putRef drops one reference; the last one bumps and persists the
 // segment's generation (making every key still pointing there stale) and
 // frees it. Never called with a stripe lock held.
@@ -190,12 +202,17 @@ func (c *Cache) putRef(id uint32) {
 	if s.refs.Add(-1) != 0 {
 		return
 	}
-	s.mu.Lock()
+	// The persist runs without the segment's lock: readers holding its
+	// read lock copy data of the old generation, which stays in place
+	// until the segment is released below; only the in-memory generation
+	// switch excludes them. (Holding the lock across the persist made every
+	// read hit in the segment wait for a media flush.)
 	g, err := c.store.BumpGen(id)
 	if err == nil {
+		s.mu.Lock()
 		s.gen = g
+		s.mu.Unlock()
 	}
-	s.mu.Unlock()
 	if err != nil {
 		s.state.Store(uint32(segQuarantined))
 		c.fail("bump segment generation", err)

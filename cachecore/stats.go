@@ -22,6 +22,11 @@ type VolumeStats struct {
 	// ReadBypassRaces counts read misses not cached because a bypass
 	// write was in flight on the same 32 MiB chunk.
 	ReadBypassRaces uint64
+	// FillBytes counts bytes of read misses installed in the cache (the
+	// fill worker writes them after the read returned); FillsDropped
+	// counts read-miss fills not cached because the fill queue was full
+	// (the worker was behind: admission gives way to the reads).
+	FillBytes, FillsDropped uint64
 	// HeldBack counts writes that would have gone to the backing device
 	// directly (bypass, writethrough) but took the cache path because
 	// dirty data of an older flush epoch was not yet written back
@@ -73,6 +78,7 @@ type volCounters struct {
 	readHitBytes, readMissBytes, writeBytes          atomic.Uint64
 	bypassReq, bypassBytes                           [numReasons]atomic.Uint64
 	readBypassRaces                                  atomic.Uint64
+	fillBytes, fillsDropped                          atomic.Uint64
 	writebackBytes                                   atomic.Uint64
 	heldBack                                         atomic.Uint64
 	// wbUnmarked: bytes the writeback pass in flight has written but not
@@ -117,6 +123,7 @@ func (v *Volume) Stats() VolumeStats {
 		ReadHits: s.readHits.Load(), ReadPartialHits: s.readPartialHits.Load(), ReadMisses: s.readMisses.Load(),
 		WriteHits: s.writeHits.Load(), ReadHitBytes: s.readHitBytes.Load(), ReadMissBytes: s.readMissBytes.Load(),
 		WriteBytes: s.writeBytes.Load(), ReadBypassRaces: s.readBypassRaces.Load(), HeldBack: s.heldBack.Load(),
+		FillBytes: s.fillBytes.Load(), FillsDropped: s.fillsDropped.Load(),
 		BypassedRequests: make(map[string]uint64), BypassedBytes: make(map[string]uint64),
 		DirtyBytes: max(v.st.dirtyBytes.Load(), 0), WritebackBytes: s.writebackBytes.Load(),
 		Errors: make(map[string]uint64),

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"sync"
 	"time"
 
 	"github.com/cachelun/cachelun/internal/blk"
@@ -34,7 +35,7 @@ func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
 	}
 	fill := v.readFillDecision(ctx, off, int64(len(p)))
 	var acct readAcct
-	err := v.read(ctx, p, off, fill, &acct)
+	err := v.read(ctx, p, off, fill, &acct, nil)
 	if v.retryDirect(err) {
 		return v.directRead(ctx, p, off)
 	}
@@ -95,10 +96,15 @@ type readItem struct {
 	sumOff, sumLen, sum uint32
 }
 
-func (v *Volume) read(ctx context.Context, p []byte, off int64, fill bool, acct *readAcct) error {
+// read reads p at off, filling misses into the cache when fill is set.
+// Fills are queued (queueFill) and the read returns without waiting for
+// them; with filled set (Prefetch) a full queue is waited for instead of
+// dropping the fill, and filled counts the fills until each was installed
+// or dropped.
+func (v *Volume) read(ctx context.Context, p []byte, off int64, fill bool, acct *readAcct, filled *sync.WaitGroup) error {
 	for done := int64(0); done < int64(len(p)); {
 		pc := firstPiece(off+done, int64(len(p))-done, done)
-		if err := v.readPiece(ctx, p[pc.bufOff:pc.bufOff+pc.len()], pc, fill, acct); err != nil {
+		if err := v.readPiece(ctx, p[pc.bufOff:pc.bufOff+pc.len()], pc, fill, acct, filled); err != nil {
 			return err
 		}
 		done += pc.len()
@@ -106,7 +112,7 @@ func (v *Volume) read(ctx context.Context, p []byte, off int64, fill bool, acct 
 	return nil
 }
 
-func (v *Volume) readPiece(ctx context.Context, dst []byte, pc piece, fill bool, acct *readAcct) error {
+func (v *Volume) readPiece(ctx context.Context, dst []byte, pc piece, fill bool, acct *readAcct, filled *sync.WaitGroup) error {
 	c := v.c
 	chunk := uint64(pc.abs(pc.s)) >> chunkShift
 	for attempt := 0; ; attempt++ {
@@ -221,7 +227,20 @@ func (v *Volume) readPiece(ctx context.Context, dst []byte, pc piece, fill bool,
 			}
 			acct.missBytes += uint64(len(buf))
 			if it.kind == itemFill {
-				v.fill(st, pc, it.s, it.gen, buf, 0)
+				// The host gets its data now; the fill is written and
+				// journaled by the fill worker, or dropped (C7 holds at
+				// install time: installFill).
+				var done func()
+				if filled != nil {
+					filled.Add(1)
+					done = filled.Done
+				}
+				if !v.queueFill(st, pc, it.s, it.gen, buf, filled != nil, done) {
+					v.cancelFills(st, items[k:k+1])
+					if done != nil {
+						done()
+					}
+				}
 			}
 		}
 		return nil
@@ -356,11 +375,12 @@ func (v *Volume) dropStale(st *stripe, pc piece) {
 	}
 }
 
-// fill installs data read from the backing device (or just written
-// through) for the placeholder token at stripe offset s, if the
+// fill installs data just written through to the backing device (a
+// writethrough write) for the placeholder token at stripe offset s, if the
 // placeholder is still there and no other bypass write is in flight on the
 // chunk (ownBypass is the caller's own count on the chunk). Cache space is
-// taken without waiting; a fill that finds no space is dropped.
+// taken without waiting; a fill that finds no space is dropped. Read misses
+// fill asynchronously instead (queueFill).
 func (v *Volume) fill(st *stripe, pc piece, s uint32, token uint64, data []byte, ownBypass uint32) {
 	c := v.c
 	var allocBuf [4]allocation
@@ -378,6 +398,16 @@ func (v *Volume) fill(st *stripe, pc piece, s uint32, token uint64, data []byte,
 		allocs = append(allocs, a)
 		done += int(a.n)
 	}
+	v.installFill(st, pc, s, token, data, allocs, ownBypass)
+}
+
+// installFill installs data already written to the cache at allocs (one
+// segment reference each, covering a prefix of data) for the placeholder
+// token at stripe offset s, if the placeholder is still there and no other
+// bypass write is in flight on the chunk (C7); otherwise, or for
+// allocations beyond the placeholder, it drops their references.
+func (v *Volume) installFill(st *stripe, pc piece, s uint32, token uint64, data []byte, allocs []allocation, ownBypass uint32) {
+	c := v.c
 	chunk := uint64(pc.abs(s)) >> chunkShift
 	var spills []spill
 	var unused []uint32
@@ -424,6 +454,9 @@ func (v *Volume) fill(st *stripe, pc piece, s uint32, token uint64, data []byte,
 		covered += n
 	}
 	st.mu.Unlock()
+	if ownBypass == 0 {
+		v.stats.fillBytes.Add(uint64(covered))
+	}
 	for _, sp := range spills {
 		c.commitSpill(sp)
 	}
@@ -452,10 +485,13 @@ func (v *Volume) Prefetch(ctx context.Context, off, n int64) error {
 	}
 	const step = 1 << 20
 	buf := make([]byte, min(n, step))
+	// PRE-FETCH returns once the data is in the cache: wait for the fills.
+	var filled sync.WaitGroup
+	defer filled.Wait()
 	for done := int64(0); done < n; {
 		l := min(n-done, step)
 		var acct readAcct
-		if err := v.read(ctx, buf[:l], off+done, v.c.segs.dataFree() > 0, &acct); err != nil {
+		if err := v.read(ctx, buf[:l], off+done, v.c.segs.dataFree() > 0, &acct, &filled); err != nil {
 			return err
 		}
 		done += l
