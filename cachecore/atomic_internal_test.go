@@ -75,6 +75,10 @@ func TestWriteAtomicLimits(t *testing.T) {
 	if err := r.vol.WriteAtomic(ctx, make([]byte, 1024), atomicWriteMax-512, false); err == nil {
 		t.Fatal("an atomic write across a window boundary was accepted")
 	}
+	// CheckInvariants wants a quiescent cache.
+	if err := r.cache.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
 	if err := r.cache.CheckInvariants(); err != nil {
 		t.Fatal(err)
 	}
