@@ -270,6 +270,10 @@ func TestReadMissBypassRace(t *testing.T) {
 		t.Fatal("stale data cached by a miss that raced a bypass write")
 	}
 
+	// Fills are installed by a worker: the first order's must be done
+	// before the count below is taken, or it may count itself late.
+	r.cache.waitFills()
+
 	// Second order: the bypass write is in flight (counted) when the miss
 	// starts: the miss must cache nothing.
 	gate2 := &gatedDevice{Device: r.dev, writeStarted: make(chan struct{}), release: make(chan struct{})}
@@ -282,6 +286,14 @@ func TestReadMissBypassRace(t *testing.T) {
 		}
 	}()
 	<-gate2.writeStarted
+	// On a failure below the gated write must still end, or the rig's
+	// Close waits for it forever.
+	released := false
+	defer func() {
+		if !released {
+			close(gate2.release)
+		}
+	}()
 	races := r.vol.Stats().ReadBypassRaces
 	r.vol.dev = r.dev
 	if err := r.vol.ReadAt(ctx, p, 16384); err != nil {
@@ -294,6 +306,7 @@ func TestReadMissBypassRace(t *testing.T) {
 		t.Fatalf("read miss during a bypass write cached data: %+v", e)
 	}
 	close(gate2.release)
+	released = true
 	<-wdone
 }
 
