@@ -232,7 +232,10 @@ func TestDetachHealthyCache(t *testing.T) {
 	if code != cli.ExitOK || !strings.Contains(out, "detach c1: done in") {
 		t.Fatalf("cachelun cache detach c1: exit %d, %q %q", code, out, errOut)
 	}
-	if !strings.Contains(errOut, "detach c1: 100% written back, ") || !strings.Contains(errOut, " KiB written, 0 B left") {
+	// How much is still dirty when the detach starts depends on the
+	// journal flush timer and the writeback trickle; the final progress
+	// line is there either way, and the backing file is checked below.
+	if !strings.Contains(errOut, "detach c1: 100% written back, ") || !strings.Contains(errOut, " written, 0 B left") {
 		t.Errorf("no progress line for the written-back data: %q", errOut)
 	}
 	if raw, err = os.ReadFile(backing); err != nil {
