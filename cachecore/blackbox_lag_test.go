@@ -2,31 +2,13 @@ package cachecore_test
 
 import (
 	"context"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/cachelun/cachelun/backend"
 	"github.com/cachelun/cachelun/cachecore"
+	"github.com/cachelun/cachelun/internal/testkit"
 )
-
-// manualClock is a cachecore.Clock the test moves forward.
-type manualClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *manualClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *manualClock) add(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
 
 // TestBlackboxWritebackLag: the writeback lag is the age of the oldest
 // acknowledged write not yet on the backing device: 0 when clean, the age
@@ -35,7 +17,7 @@ func (c *manualClock) add(d time.Duration) {
 // cache that has been clean since.
 func TestBlackboxWritebackLag(t *testing.T) {
 	ctx := context.Background()
-	clk := &manualClock{now: time.Unix(1_700_000_000, 0)}
+	clk := testkit.NewClock(time.Unix(1_700_000_000, 0))
 	o := rigOptions{}
 	o.Cfg.Clock = clk
 	o.Cfg.Writeback.IdleAfter = time.Hour
@@ -50,7 +32,7 @@ func TestBlackboxWritebackLag(t *testing.T) {
 	}
 	// The process has been up for an hour, clean, when a burst arrives;
 	// the backing device holds writeback back meanwhile.
-	clk.add(time.Hour)
+	clk.Add(time.Hour)
 	gate := r.backing.Gate(backend.OpWrite, backend.Range{})
 	for i := range 4 {
 		off := int64(i) * 8192
@@ -60,7 +42,7 @@ func TestBlackboxWritebackLag(t *testing.T) {
 	if got := lag(r.vol); got != 0 {
 		t.Fatalf("right after the burst: lag %v, want 0 (no time has passed)", got)
 	}
-	clk.add(2 * time.Second)
+	clk.Add(2 * time.Second)
 	if got := lag(r.vol); got != 2*time.Second {
 		t.Fatalf("2s after the burst: lag %v, want 2s", got)
 	}
@@ -77,14 +59,14 @@ func TestBlackboxWritebackLag(t *testing.T) {
 	r.close()
 	// The gate stays closed until the drain below: the reopened cache's
 	// writeback must not clean the data before the lag is read.
-	clk.add(time.Hour)
+	clk.Add(time.Hour)
 	c, v, err := openImage(ctx, r.media, r.backing, o)
 	mustOK(t, "reopen", err)
 	defer c.Close(ctx)
 	if v.Stats().DirtyBytes == 0 {
 		t.Fatal("the reopened cache has no dirty data: the test did not hold writeback back")
 	}
-	clk.add(3 * time.Second)
+	clk.Add(3 * time.Second)
 	if got := lag(v); got != 3*time.Second {
 		t.Fatalf("3s after reopening with dirty data: lag %v, want 3s (since Open)", got)
 	}
@@ -94,11 +76,11 @@ func TestBlackboxWritebackLag(t *testing.T) {
 		t.Fatalf("drained after reopening: lag %v, want 0", got)
 	}
 	// Up for an hour after the restart, then a burst: its age, not uptime.
-	clk.add(time.Hour)
+	clk.Add(time.Hour)
 	gate = r.backing.Gate(backend.OpWrite, backend.Range{})
 	defer gate.Release()
 	mustOK(t, "write after reopening", v.WriteAt(ctx, tagged(10, 8192, 4096), 8192, true))
-	clk.add(time.Second)
+	clk.Add(time.Second)
 	if got := lag(v); got != time.Second {
 		t.Fatalf("1s after a burst, an hour after reopening: lag %v, want 1s", got)
 	}

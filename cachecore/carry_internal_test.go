@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"sync"
 	"testing"
 	"time"
 
@@ -311,24 +310,6 @@ func TestCarryForwardCrashPoints(t *testing.T) {
 	t.Logf("%d crash images over persist points %d..%d", images, from, to)
 }
 
-// stepClock is a Clock the test moves forward.
-type stepClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (s *stepClock) Now() time.Time {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.now
-}
-
-func (s *stepClock) add(d time.Duration) {
-	s.mu.Lock()
-	s.now = s.now.Add(d)
-	s.mu.Unlock()
-}
-
 // TestCarryWaitsForAttachAfterOpen: for carryGrace after Open, writeback
 // waits for a volume with dirty data to be attached (a daemon attaches its
 // volumes right after Open) instead of carrying its keys forward; then it
@@ -341,7 +322,7 @@ func TestCarryWaitsForAttachAfterOpen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	clk := &stepClock{now: time.Unix(1_000_000, 0)}
+	clk := testkit.NewClock(time.Unix(1_000_000, 0))
 	cfg := Config{Clock: clk, JournalFlushInterval: 5 * time.Millisecond,
 		Writeback: WritebackConfig{TargetDirtyPercent: 90, HighWatermarkPercent: 95, IdleAfter: time.Hour, MaxBytesPerSec: 1}}
 	vc := VolumeConfig{Mode: ModeWriteback, BlockSize: 512}
@@ -397,7 +378,7 @@ func TestCarryWaitsForAttachAfterOpen(t *testing.T) {
 	if err == nil || c.stats.writebackCarried.Load() != 0 {
 		t.Fatalf("within the grace period: drain %v, %d keys carried; want a wait and none carried", err, c.stats.writebackCarried.Load())
 	}
-	clk.add(carryGrace + time.Second)
+	clk.Add(carryGrace + time.Second)
 	long, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	if err := a.Drain(long, nil); err != nil {

@@ -3,6 +3,8 @@ package cachecore
 import (
 	"testing"
 	"time"
+
+	"github.com/cachelun/cachelun/internal/testkit"
 )
 
 // TestProgressETAFollowsRecentRate: a drain that starts slowly (4.3 % in
@@ -11,7 +13,7 @@ import (
 // the average since the start (which said minutes for a drain that ended
 // in seconds).
 func TestProgressETAFollowsRecentRate(t *testing.T) {
-	clk := &stepClock{now: time.Unix(1_000_000, 0)}
+	clk := testkit.NewClock(time.Unix(1_000_000, 0))
 	c := &Cache{}
 	cfg := Config{Clock: clk}
 	c.cfg.Store(&cfg)
@@ -21,7 +23,7 @@ func TestProgressETAFollowsRecentRate(t *testing.T) {
 	m := newProgressMeter(c, v)
 	written := int64(0)
 	step := func(d time.Duration, n int64) Progress {
-		clk.add(d)
+		clk.Add(d)
 		written += n
 		v.stats.writebackBytes.Add(uint64(n))
 		v.st.dirtyBytes.Add(-n)
