@@ -173,7 +173,7 @@ func (v *Volume) readPiece(ctx context.Context, dst []byte, pc piece, fill bool,
 		if measure {
 			t0 = time.Now()
 		}
-		hits := 0
+		hits, hitBytes := 0, uint64(0)
 		for k := range items {
 			it := &items[k]
 			if it.kind != itemHit {
@@ -202,7 +202,7 @@ func (v *Volume) readPiece(ctx context.Context, dst []byte, pc piece, fill bool,
 				break
 			}
 			hits++
-			acct.hitBytes += uint64(it.e - it.s)
+			hitBytes += uint64(it.e - it.s)
 		}
 		if hits > 0 && measure {
 			v.readLat.add(time.Since(t0))
@@ -215,6 +215,9 @@ func (v *Volume) readPiece(ctx context.Context, dst []byte, pc piece, fill bool,
 			}
 			continue
 		}
+		// Counted only now: an attempt that found a stale hit is retried
+		// and counts its hits again.
+		acct.hitBytes += hitBytes
 		for k := range items {
 			it := &items[k]
 			if it.kind == itemHit {
