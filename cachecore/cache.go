@@ -44,6 +44,16 @@ type Cache struct {
 	// durableHead is the LSN after the last kset known durable: writeback
 	// never moves dirty_tail past a kset whose commit has not returned.
 	durableHead atomic.Uint64
+	// cleanLSN is GC's limit: every dirty key before it has been written
+	// back and marked clean in the index. It follows dirty_tail once
+	// writeback's markClean is done with a pass; between the two, GC
+	// passing the keys would free segments that index extents still
+	// marked dirty point at (invariant: dirty extents are current).
+	cleanLSN atomic.Uint64
+	// knobs are test-only interleavings (nil in the product).
+	knobs struct {
+		afterDirtyTail func() // writeback: dirty_tail persisted, keys not yet marked clean
+	}
 
 	// logSegs are the kset segments of the live log in log order; GC frees
 	// the front ones once key_tail has left them.
@@ -348,6 +358,7 @@ func openWith(ctx context.Context, store *persist.Store, cfg Config, replayed fu
 	}
 	c.journal = store.OpenJournal(head, c.allocJournalSegment)
 	c.durableHead.Store(head.LSN)
+	c.cleanLSN.Store(c.store.DirtyTail().LSN)
 	c.distrustUntil = head.LSN
 	if intent != nil {
 		intent.reset(store.Superblock().UUID)

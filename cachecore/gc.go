@@ -44,14 +44,16 @@ func (c *Cache) needGC() bool {
 }
 
 // gcStep advances key_tail over up to gcMaxKsetsPerTail clean ksets (never
-// past dirty_tail): it drops their segment references (a segment reaching
+// past dirty_tail, nor past keys writeback has not yet marked clean): it drops their segment references (a segment reaching
 // zero has its generation bumped and persisted, then is free), persists
 // key_tail, then drops their keys from the index and frees the kset
 // segments key_tail has left. It reports whether it made progress.
 func (c *Cache) gcStep() bool {
 	kt := c.store.KeyTail()
-	dt := c.store.DirtyTail()
-	if kt.LSN >= dt.LSN {
+	// Never past dirty_tail, nor past the keys whose written-back
+	// extents writeback has yet to mark clean (cleanLSN).
+	limit := min(c.store.DirtyTail().LSN, c.cleanLSN.Load())
+	if kt.LSN >= limit {
 		return false
 	}
 	c.stats.gcRuns.Add(1)
@@ -61,7 +63,7 @@ func (c *Cache) gcStep() bool {
 	var passed []persist.Key
 	for n < gcMaxKsetsPerTail {
 		ks, ok := r.Next()
-		if !ok || ks.LSN >= dt.LSN {
+		if !ok || ks.LSN >= limit {
 			break
 		}
 		for i := range ks.Keys {
@@ -151,12 +153,10 @@ func (c *Cache) evictKey(k *persist.Key) {
 		for n := j - 1; n >= i; n-- {
 			if x := &st.list.ext[n]; x.sameLineage(p.s, k.Pos.Seg, p.segOff, k.Gen) {
 				if x.kind == extDirty {
-					// Either written back with its clean marking still to
-					// run (markClean makes it clean; if its segment is
-					// reused meanwhile, readers drop it as stale), or
-					// carried forward by writeback for a volume that is not
-					// attached (a later key holds it). Dirty data is never
-					// evicted.
+					// Carried forward by writeback for a volume that is
+					// not attached: a later key holds it. (Written-back
+					// keys are marked clean before GC may pass them:
+					// cleanLSN.) Dirty data is never evicted.
 					continue
 				}
 				st.list.removeAt(n)

@@ -128,12 +128,17 @@ func (c *Cache) checkIndexLive(bad func(string, ...any), quiescent bool) {
 					bad("volume %s stripe %d: extent at %d+%d lies outside its key's checksummed data [%d, %d)", vs.name, sn, x.start, x.length, x.sumOff, x.sumOff+x.sumLen)
 				}
 				s := &c.segs.segs[x.seg]
+				// A segment is freed by bumping its generation, then
+				// setting its state (putRef), without the stripe locks:
+				// the state is only compared with a generation read on
+				// both sides of it.
 				gen := s.currentGen()
 				state := segState(s.state.Load())
+				stable := s.currentGen() == gen
 				switch {
 				case x.gen > gen:
 					bad("volume %s stripe %d: extent at %d has generation %d, segment %d is at %d", vs.name, sn, x.start, x.gen, x.seg, gen)
-				case x.gen == gen && state != segData:
+				case x.gen == gen && stable && state != segData:
 					bad("volume %s stripe %d: current extent at %d in segment %d, which is not a data segment (state %d)", vs.name, sn, x.start, x.seg, state)
 				case x.gen < gen && x.kind == extDirty:
 					bad("volume %s stripe %d: dirty extent at %d lost its data: generation %d, segment %d is at %d", vs.name, sn, x.start, x.gen, x.seg, gen)

@@ -509,6 +509,9 @@ func (c *Cache) writebackPass(ctx context.Context) (int64, error) {
 		}
 		return written, err
 	}
+	if c.knobs.afterDirtyTail != nil {
+		c.knobs.afterDirtyTail()
+	}
 	c.stats.writebackBytes.Add(uint64(written))
 	for _, t := range targets {
 		if t.v != nil && t.written != 0 {
@@ -537,10 +540,12 @@ func (c *Cache) writebackPass(ctx context.Context) (int64, error) {
 			t.v.stats.progMu.Unlock()
 		}
 	}
-	// After markClean: until a key is clean its kset's age still counts.
+	// After markClean: until a key is clean its kset's age still counts,
+	// and GC may not pass it.
 	for _, t := range targets {
 		t.vs.ages.passed(last.Next.LSN)
 	}
+	c.cleanLSN.Store(last.Next.LSN)
 	c.kickGC()
 	return max(written, 1), nil
 }
