@@ -119,7 +119,7 @@ func TestBlackboxCrashConsistency(t *testing.T) {
 	}{
 		{"dax-writeback", persist.TearDAX, 24, 0, 1, cachecore.VolumeConfig{Mode: cachecore.ModeWriteback}, false},
 		{"page-writeback-bypass", persist.TearUnit(4096), 24, 0, 1, cachecore.VolumeConfig{Mode: cachecore.ModeWriteback, SequentialCutoff: 32 << 10}, false},
-		{"dax-3-writers", persist.TearDAX, 16, 30, 3, cachecore.VolumeConfig{Mode: cachecore.ModeWriteback}, false},
+		{"dax-3-writers-2q", persist.TearDAX, 16, 30, 3, cachecore.VolumeConfig{Mode: cachecore.ModeWriteback, Policy: cachecore.Policy2Q}, false},
 		{"file-unfenced-bypass", persist.TearPage, 24, 0, 1, cachecore.VolumeConfig{Mode: cachecore.ModeWriteback, SequentialCutoff: 32 << 10}, true},
 		{"file-unfenced-3-writers", persist.TearPage, 16, 30, 3, cachecore.VolumeConfig{Mode: cachecore.ModeWriteback}, true},
 	} {

@@ -90,7 +90,7 @@ func TestBlackboxLinearizable(t *testing.T) {
 	const blocks = 8
 	const clients = 4
 	r := newRig(t, rigOptions{Segments: 16, BackingSize: 2 << 20, Cfg: cachecore.Config{GCPercent: 30},
-		VC: cachecore.VolumeConfig{Mode: cachecore.ModeWriteback}}, nil)
+		VC: cachecore.VolumeConfig{Mode: cachecore.ModeWriteback, Policy: cachecore.Policy2Q}}, nil)
 	defer r.close()
 	offs := make([]int64, blocks)
 	for b := range offs {

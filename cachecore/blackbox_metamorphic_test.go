@@ -82,8 +82,9 @@ func TestBlackboxMetamorphic(t *testing.T) {
 	}
 	cases := []tc{
 		{"writeback-4k", rigOptions{VC: cachecore.VolumeConfig{Mode: cachecore.ModeWriteback}}},
+		{"writeback-4k-2q", rigOptions{VC: cachecore.VolumeConfig{Mode: cachecore.ModeWriteback, Policy: cachecore.Policy2Q}}},
 		{"writeback-512-datacrc", rigOptions{DataCRC: true, VC: cachecore.VolumeConfig{Mode: cachecore.ModeWriteback, BlockSize: 512}}},
-		{"writethrough", rigOptions{VC: cachecore.VolumeConfig{Mode: cachecore.ModeWritethrough}}},
+		{"writethrough-2q", rigOptions{VC: cachecore.VolumeConfig{Mode: cachecore.ModeWritethrough, Policy: cachecore.Policy2Q}}},
 		{"writearound-512", rigOptions{VC: cachecore.VolumeConfig{Mode: cachecore.ModeWritearound, BlockSize: 512}}},
 		{"writeonly", rigOptions{VC: cachecore.VolumeConfig{Mode: cachecore.ModeWriteonly}}},
 		{"passthrough", rigOptions{VC: cachecore.VolumeConfig{Mode: cachecore.ModePassthrough}}},

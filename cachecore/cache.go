@@ -104,6 +104,7 @@ type Cache struct {
 
 	wbKick, gcKick chan struct{}
 	fills          fillQueue // read-miss fills waiting for the fill worker
+	policy         policyState
 	workersCtx     context.Context
 	stopWorkers    context.CancelFunc
 	workers        sync.WaitGroup
@@ -253,6 +254,9 @@ func openWith(ctx context.Context, store *persist.Store, cfg Config, replayed fu
 	}
 	c.cfg.Store(&cfg)
 	c.fills.init()
+	// The ghost set remembers about half as many blocks as the cache
+	// holds (between a half and all of it: ghostSet).
+	c.policy.ghost = newGhostSet(int64(nSeg) * int64(dataSize) >> ghostBlockShift / 2)
 	for i := range c.slots {
 		c.slots[i].idx = i
 	}
@@ -265,8 +269,14 @@ func openWith(ctx context.Context, store *persist.Store, cfg Config, replayed fu
 		// head. 4 KiB FUA writes at QD32: 8.4 device write requests per
 		// flush with 8 heads, 3.1 with one, and 7 % more writes per second.
 		nh = 1
-	case nSeg < 32:
-		nh = 2
+	default:
+		// Heads take turns (allocData), so the data of one stretch of
+		// the log is spread over every head's segment and GC frees them
+		// together: on average half the heads' segments stand empty, taken
+		// from what the cache holds. One head per 64 segments keeps that
+		// near 1 % of the cache while large caches keep 8 locks for
+		// concurrent writers.
+		nh = min(max(int(nSeg)/64, 1), 8)
 	}
 	c.heads = make([]dataHead, nh)
 

@@ -117,11 +117,13 @@ type VolumeConfig struct {
 	SequentialCutoff        int64         // bytes, 0 disables (DefaultVolumeConfig: 4 MiB)
 	CongestedReadThreshold  time.Duration // 0 disables latency-based congestion bypass (default 2ms)
 	CongestedWriteThreshold time.Duration // 0 disables (default 20ms)
+	Policy                  Policy        // admission and eviction (policy.go); "" is fifo, DefaultVolumeConfig 2q
 }
 
 // DefaultVolumeConfig returns the recommended settings: writeback, 512-byte
-// blocks, 4 MiB sequential cutoff, 2ms/20ms congestion thresholds. The zero
-// VolumeConfig differs: it disables sequential and congestion bypass.
+// blocks, 4 MiB sequential cutoff, 2ms/20ms congestion thresholds, the 2q
+// policy. The zero VolumeConfig differs: it disables sequential and
+// congestion bypass and admits every miss (fifo).
 func DefaultVolumeConfig() VolumeConfig {
 	return VolumeConfig{
 		Mode:                    ModeWriteback,
@@ -129,6 +131,7 @@ func DefaultVolumeConfig() VolumeConfig {
 		SequentialCutoff:        defaultSeqCutoff,
 		CongestedReadThreshold:  defaultCongestedRead,
 		CongestedWriteThreshold: defaultCongestedWrite,
+		Policy:                  Policy2Q,
 	}
 }
 
@@ -214,6 +217,11 @@ func (vc VolumeConfig) withDefaults() (VolumeConfig, error) {
 	if vc.BlockSize != 512 && vc.BlockSize != 4096 {
 		return vc, fmt.Errorf("cachecore: block size %d, want 512 or 4096", vc.BlockSize)
 	}
+	p, err := ParsePolicy(string(vc.Policy))
+	if err != nil {
+		return vc, err
+	}
+	vc.Policy = p
 	if vc.SequentialCutoff < 0 || vc.CongestedReadThreshold < 0 || vc.CongestedWriteThreshold < 0 {
 		return vc, fmt.Errorf("cachecore: negative sequential cutoff or congestion threshold")
 	}

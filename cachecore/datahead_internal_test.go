@@ -14,10 +14,11 @@ import (
 // whole file, data allocated together (by concurrent writers, as the writes
 // that share a flush are) lies side by side in one segment, so that the
 // flush writes it in one device request. With range flushes (DAX) the
-// allocator is sharded over several segments.
+// allocator is sharded over several segments (one head per 64 segments:
+// this cache has 192).
 func TestWholeFlushMediaAllocatesContiguously(t *testing.T) {
 	for _, whole := range []bool{true, false} {
-		m := persist.NewCrashMedia(persist.SegmentsOffset+64*itSegSize, persist.TearDAX)
+		m := persist.NewCrashMedia(persist.SegmentsOffset+192*itSegSize, persist.TearDAX)
 		m.SetWholeFlush(whole)
 		st, err := persist.Format(m, persist.FormatOptions{SegmentSize: itSegSize})
 		if err != nil {

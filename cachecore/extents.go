@@ -45,6 +45,8 @@ type extent struct {
 	seg    uint32
 	segOff uint32
 	kind   extKind
+	// hit: read since it was written (Policy2Q's second chance).
+	hit bool
 	// sumOff, sumLen and sum are, on a cache with data CRCs, the segment
 	// offset and length of the data of the whole key the extent comes
 	// from and its CRC32C (persist.Key.DataCRC): what a read hit and

@@ -47,6 +47,8 @@ type fillReq struct {
 	// done, if not nil, is called once the fill was installed or dropped
 	// (Prefetch waits for its fills).
 	done func()
+	// reappend: GC's second chance (policy.go), not a read miss.
+	reappend bool
 }
 
 // fillQueue is the bounded queue between read misses and the fill worker.
@@ -91,7 +93,7 @@ func (q *fillQueue) put(b []byte) {
 // queueFill hands a fill to the worker. It returns false when the fill was
 // not queued (the queue is full and wait is false, or the worker stopped):
 // the caller then removes the placeholder. data is copied.
-func (v *Volume) queueFill(st *stripe, pc piece, s uint32, token uint64, data []byte, wait bool, done func()) bool {
+func (v *Volume) queueFill(st *stripe, pc piece, s uint32, token uint64, data []byte, wait bool, done func(), reappend bool) bool {
 	q := &v.c.fills
 	q.mu.Lock()
 	for !q.stopped && q.bytes > 0 && q.bytes+len(data) > fillQueueBytes {
@@ -111,7 +113,7 @@ func (v *Volume) queueFill(st *stripe, pc piece, s uint32, token uint64, data []
 	// Counted as a request of the volume until installed or dropped, so
 	// that waiting for the volume to be idle waits for its fills.
 	v.inflight.Add(1)
-	q.reqs = append(q.reqs, fillReq{v: v, st: st, pc: pc, s: s, token: token, data: b, done: done})
+	q.reqs = append(q.reqs, fillReq{v: v, st: st, pc: pc, s: s, token: token, data: b, done: done, reappend: reappend})
 	q.bytes += len(data)
 	q.pending.Add(1)
 	q.mu.Unlock()
@@ -244,7 +246,11 @@ func (c *Cache) fillBatch(batch []fillReq, staging []byte) {
 		for _, p := range pieces[i] {
 			covered += p.n
 		}
-		r.v.installFill(r.st, r.pc, r.s, r.token, r.data[:covered], pieces[i], 0)
+		if n := r.v.installFill(r.st, r.pc, r.s, r.token, r.data[:covered], pieces[i], 0); r.reappend {
+			r.v.stats.reappendBytes.Add(uint64(n))
+		} else {
+			r.v.stats.fillBytes.Add(uint64(n))
+		}
 		c.finished(r)
 	}
 }
@@ -263,8 +269,14 @@ func (c *Cache) finished(r *fillReq) {
 	}
 }
 
-// waitFills waits until every fill queued so far was installed or dropped
-// (tests; Prefetch waits for its own fills only).
+// WaitFills waits until every read-miss fill queued so far was installed or
+// dropped. Reads never wait for fills; tools that replay traces to measure
+// the policy (internal/tracebench) and tests do, so that a block read again
+// right after its miss is judged by the policy, not by the fill worker's
+// speed.
+func (c *Cache) WaitFills() { c.waitFills() }
+
+// waitFills: WaitFills (Prefetch waits for its own fills only).
 func (c *Cache) waitFills() {
 	q := &c.fills
 	q.mu.Lock()

@@ -61,7 +61,13 @@ func (c *Cache) gcStep() bool {
 	var next persist.Tail
 	n := 0
 	var passed []persist.Key
-	for n < gcMaxKsetsPerTail {
+	// A step passes about one segment's worth of data: in log order that
+	// frees about one data segment, and gcLoop checks its threshold
+	// again. Passing more at a time evicts more than the threshold asks
+	// (a step of 64 large ksets freed ten segments of 32 at once), and
+	// what a cache holds on average is what the steps leave in it.
+	var passedBytes uint64
+	for n < gcMaxKsetsPerTail && passedBytes < uint64(c.segs.dataSize) {
 		ks, ok := r.Next()
 		if !ok || ks.LSN >= limit {
 			break
@@ -69,6 +75,7 @@ func (c *Cache) gcStep() bool {
 		for i := range ks.Keys {
 			if ks.Keys[i].Flags != persist.KeyTombstone {
 				passed = append(passed, ks.Keys[i])
+				passedBytes += uint64(ks.Keys[i].Length)
 			}
 		}
 		for i := range ks.Keys {
@@ -90,6 +97,7 @@ func (c *Cache) gcStep() bool {
 	// stay in the index and a bypass write over them still journals its
 	// tombstone. Extents whose segment was bumped and reused meanwhile fail
 	// the readers' generation check.
+	c.secondChance(passed)
 	freeBefore, _ := c.segs.counts()
 	for i := range passed {
 		if s := passed[i].Pos.Seg; int(s) < len(c.segs.segs) {

@@ -27,6 +27,11 @@ type VolumeStats struct {
 	// counts read-miss fills not cached because the fill queue was full
 	// (the worker was behind: admission gives way to the reads).
 	FillBytes, FillsDropped uint64
+	// Policy2Q (policy.go): AdmissionsRefused are read misses not filled
+	// because the ghost set did not know the block (the cache was full);
+	// GhostAdmits were filled because it did; ReappendBytes is clean
+	// data GC appended again (second chance) instead of evicting it.
+	AdmissionsRefused, GhostAdmits, ReappendBytes uint64
 	// HeldBack counts writes that would have gone to the backing device
 	// directly (bypass, writethrough) but took the cache path because
 	// dirty data of an older flush epoch was not yet written back
@@ -79,6 +84,7 @@ type volCounters struct {
 	bypassReq, bypassBytes                           [numReasons]atomic.Uint64
 	readBypassRaces                                  atomic.Uint64
 	fillBytes, fillsDropped                          atomic.Uint64
+	admissionsRefused, ghostAdmits, reappendBytes    atomic.Uint64
 	writebackBytes                                   atomic.Uint64
 	heldBack                                         atomic.Uint64
 	// wbUnmarked: bytes the writeback pass in flight has written but not
@@ -124,6 +130,7 @@ func (v *Volume) Stats() VolumeStats {
 		WriteHits: s.writeHits.Load(), ReadHitBytes: s.readHitBytes.Load(), ReadMissBytes: s.readMissBytes.Load(),
 		WriteBytes: s.writeBytes.Load(), ReadBypassRaces: s.readBypassRaces.Load(), HeldBack: s.heldBack.Load(),
 		FillBytes: s.fillBytes.Load(), FillsDropped: s.fillsDropped.Load(),
+		AdmissionsRefused: s.admissionsRefused.Load(), GhostAdmits: s.ghostAdmits.Load(), ReappendBytes: s.reappendBytes.Load(),
 		BypassedRequests: make(map[string]uint64), BypassedBytes: make(map[string]uint64),
 		DirtyBytes: max(v.st.dirtyBytes.Load(), 0), WritebackBytes: s.writebackBytes.Load(),
 		Errors: make(map[string]uint64),

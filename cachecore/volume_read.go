@@ -35,6 +35,7 @@ func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
 	}
 	fill := v.readFillDecision(ctx, off, int64(len(p)))
 	var acct readAcct
+	acct.gated = fill && v.vcfg.Load().Policy == Policy2Q && v.c.cacheFull()
 	err := v.read(ctx, p, off, fill, &acct, nil)
 	if v.retryDirect(err) {
 		return v.directRead(ctx, p, off)
@@ -77,7 +78,12 @@ func (v *Volume) readFillDecision(ctx context.Context, off, n int64) bool {
 	return true
 }
 
-type readAcct struct{ hitBytes, missBytes uint64 }
+type readAcct struct {
+	hitBytes, missBytes uint64
+	// gated: each miss is filled only if the ghost set admits it
+	// (Policy2Q on a full cache: admitGhost).
+	gated bool
+}
 
 const (
 	itemHit uint8 = iota
@@ -135,6 +141,7 @@ func (v *Volume) readPiece(ctx context.Context, dst []byte, pc piece, fill bool,
 				}
 				a, b := max(x.start, cur), min(x.end(), pc.e)
 				if x.hasData() {
+					markHit(x)
 					items = append(items, readItem{kind: itemHit, s: a, e: b, seg: x.seg, segOff: x.segOff + (a - x.start), gen: x.gen,
 						dirty: x.kind == extDirty, sumOff: x.sumOff, sumLen: x.sumLen, sum: x.sum})
 				} else {
@@ -151,7 +158,7 @@ func (v *Volume) readPiece(ctx context.Context, dst []byte, pc piece, fill bool,
 				if it.kind != itemFill {
 					continue
 				}
-				if !fill || raced {
+				if !fill || raced || acct.gated && !v.admitGhost(pc.abs(it.s)) {
 					it.kind = itemBacking
 					continue
 				}
@@ -238,7 +245,7 @@ func (v *Volume) readPiece(ctx context.Context, dst []byte, pc piece, fill bool,
 					filled.Add(1)
 					done = filled.Done
 				}
-				if !v.queueFill(st, pc, it.s, it.gen, buf, filled != nil, done) {
+				if !v.queueFill(st, pc, it.s, it.gen, buf, filled != nil, done, false) {
 					v.cancelFills(st, items[k:k+1])
 					if done != nil {
 						done()
@@ -401,7 +408,9 @@ func (v *Volume) fill(st *stripe, pc piece, s uint32, token uint64, data []byte,
 		allocs = append(allocs, a)
 		done += int(a.n)
 	}
-	v.installFill(st, pc, s, token, data, allocs, ownBypass)
+	if n := v.installFill(st, pc, s, token, data, allocs, ownBypass); ownBypass == 0 {
+		v.stats.fillBytes.Add(uint64(n))
+	}
 }
 
 // installFill installs data already written to the cache at allocs (one
@@ -409,7 +418,7 @@ func (v *Volume) fill(st *stripe, pc piece, s uint32, token uint64, data []byte,
 // token at stripe offset s, if the placeholder is still there and no other
 // bypass write is in flight on the chunk (C7); otherwise, or for
 // allocations beyond the placeholder, it drops their references.
-func (v *Volume) installFill(st *stripe, pc piece, s uint32, token uint64, data []byte, allocs []allocation, ownBypass uint32) {
+func (v *Volume) installFill(st *stripe, pc piece, s uint32, token uint64, data []byte, allocs []allocation, ownBypass uint32) (installed uint32) {
 	c := v.c
 	chunk := uint64(pc.abs(s)) >> chunkShift
 	var spills []spill
@@ -421,7 +430,7 @@ func (v *Volume) installFill(st *stripe, pc piece, s uint32, token uint64, data 
 		for _, a := range allocs {
 			c.putRef(a.pos.Seg)
 		}
-		return
+		return 0
 	}
 	phLen := st.list.ext[i].length
 	st.list.removeAt(i)
@@ -433,7 +442,7 @@ func (v *Volume) installFill(st *stripe, pc piece, s uint32, token uint64, data 
 		for _, a := range allocs {
 			c.putRef(a.pos.Seg)
 		}
-		return
+		return 0
 	}
 	slot := slotFor(v.st.id, pc.stripe)
 	covered := uint32(0)
@@ -457,15 +466,13 @@ func (v *Volume) installFill(st *stripe, pc piece, s uint32, token uint64, data 
 		covered += n
 	}
 	st.mu.Unlock()
-	if ownBypass == 0 {
-		v.stats.fillBytes.Add(uint64(covered))
-	}
 	for _, sp := range spills {
 		c.commitSpill(sp)
 	}
 	for _, seg := range unused {
 		c.putRef(seg)
 	}
+	return covered
 }
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)

@@ -223,6 +223,7 @@ func (d *differ) volume(name string, o, n Volume) {
 	d.field(s, name, "sequential_cutoff", o.SequentialCutoff.String(), n.SequentialCutoff.String(), true)
 	d.field(s, name, "congested_read_threshold", o.CongestedReadThreshold.String(), n.CongestedReadThreshold.String(), true)
 	d.field(s, name, "congested_write_threshold", o.CongestedWriteThreshold.String(), n.CongestedWriteThreshold.String(), true)
+	d.field(s, name, "cache_policy", o.CachePolicy, n.CachePolicy, true)
 }
 
 func (d *differ) target(name string, o, n Target) {

@@ -123,6 +123,11 @@ type Volume struct {
 	// Congestion bypass thresholds; "0s" disables. Defaults 2ms and 20ms.
 	CongestedReadThreshold  Duration `toml:"congested_read_threshold"`
 	CongestedWriteThreshold Duration `toml:"congested_write_threshold"`
+	// CachePolicy: which read misses are cached and which clean data GC
+	// keeps: "2q" (default: a ghost set admits what is read again, hit
+	// data gets a second chance) or "fifo" (every miss cached, evicted in
+	// log order). Changes live.
+	CachePolicy string `toml:"cache_policy"`
 }
 
 // Target describes one iSCSI target.

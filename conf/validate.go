@@ -28,6 +28,7 @@ const (
 	DefaultHighWatermarkPercent = 50
 	DefaultIdleAfter            = time.Second
 	DefaultMode                 = "writeback"
+	DefaultCachePolicy          = "2q"
 	DefaultVolumeBlockSize      = 512
 	DefaultSequentialCutoff     = 4 << 20
 	DefaultCongestedRead        = 2 * time.Millisecond
@@ -51,6 +52,8 @@ var (
 	// admin/coreadapter ties them.
 	Modes           = []string{"writeback", "writethrough", "writearound", "writeonly", "passthrough"}
 	FailurePolicies = []string{"auto", "fail", "passthrough"}
+	// CachePolicies restates cachecore.Policies() (tied by the same test).
+	CachePolicies = []string{"2q", "fifo"}
 )
 
 const (
@@ -304,6 +307,10 @@ func (v *validator) volume(k string, vo *Volume) {
 		vo.Mode = DefaultMode
 	}
 	v.oneOf(k+".mode", vo.Mode, Modes)
+	if vo.CachePolicy == "" {
+		vo.CachePolicy = DefaultCachePolicy
+	}
+	v.oneOf(k+".cache_policy", vo.CachePolicy, CachePolicies)
 	if vo.BlockSize == 0 {
 		vo.BlockSize = DefaultVolumeBlockSize
 	}

@@ -192,7 +192,12 @@ func volumeConfig(v conf.Volume) (cachecore.VolumeConfig, error) {
 	if err != nil {
 		return cachecore.VolumeConfig{}, err
 	}
+	policy, err := cachecore.ParsePolicy(v.CachePolicy)
+	if err != nil {
+		return cachecore.VolumeConfig{}, err
+	}
 	return cachecore.VolumeConfig{
+		Policy:                  policy,
 		Mode:                    mode,
 		BlockSize:               v.BlockSize,
 		SequentialCutoff:        v.SequentialCutoff.Bytes,

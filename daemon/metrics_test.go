@@ -85,6 +85,14 @@ func TestMetricsFollowWorkload(t *testing.T) {
 	if misses < 1 {
 		t.Fatalf("first read of a cold range: %v misses", misses)
 	}
+	// The fill is written after the read returned: reread once it is in.
+	d.mu.RLock()
+	oc, ok := d.eng.cache("c0")
+	d.mu.RUnlock()
+	if !ok {
+		t.Fatal("cache c0 not open")
+	}
+	oc.cache.WaitFills()
 	if err := vol.ReadAt(ctx, buf, 0); err != nil {
 		t.Fatal(err)
 	}

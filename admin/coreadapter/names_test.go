@@ -36,4 +36,11 @@ func TestEngineNamesRestatedExactly(t *testing.T) {
 	if !slices.Equal(policies, conf.FailurePolicies) {
 		t.Errorf("conf.FailurePolicies = %v, the engine's are %v", conf.FailurePolicies, policies)
 	}
+	var cachePolicies []string
+	for _, p := range cachecore.Policies() {
+		cachePolicies = append(cachePolicies, string(p))
+	}
+	if !slices.Equal(cachePolicies, conf.CachePolicies) {
+		t.Errorf("conf.CachePolicies = %v, the engine's are %v", conf.CachePolicies, cachePolicies)
+	}
 }

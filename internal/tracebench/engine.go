@@ -23,6 +23,8 @@ type EngineConfig struct {
 	// cachecore.DefaultVolumeConfig with 4 KiB blocks and the latency
 	// (congestion) bypass off: it depends on timing, the replay must not.
 	Volume *cachecore.VolumeConfig
+	// Policy, when set, replaces the volume configuration's policy.
+	Policy cachecore.Policy
 }
 
 // Engine is a cache opened for a replay: a fresh cache file on a crash
@@ -74,6 +76,9 @@ func OpenEngine(cfg EngineConfig, volumeBlocks uint64) (*Engine, error) {
 	vc.CongestedReadThreshold, vc.CongestedWriteThreshold = 0, 0
 	if cfg.Volume != nil {
 		vc = *cfg.Volume
+	}
+	if cfg.Policy != "" {
+		vc.Policy = cfg.Policy
 	}
 	dev := backend.NewMemory(int64(volumeBlocks) * BlockSize)
 	v, err := c.AddVolume(ctx, "trace", dev, vc)
@@ -147,7 +152,14 @@ func (e *Engine) Do(q Req) error {
 		p[0]++ // overwrites carry new data
 		return e.vol.WriteAt(e.ctx, p, off, false)
 	}
-	return e.vol.ReadAt(e.ctx, p, off)
+	if err := e.vol.ReadAt(e.ctx, p, off); err != nil {
+		return err
+	}
+	// As if the next request came after the fill worker's turn: the
+	// replay measures the policy, not the worker's speed (a block read
+	// again while its fill is queued is read from the backing device).
+	e.cache.WaitFills()
+	return nil
 }
 
 // EngineResult is the engine's outcome on a trace.
@@ -155,12 +167,12 @@ type EngineResult struct {
 	Result
 	// MediaBytes were written to the cache file (data, ksets, metadata);
 	// InstalledBytes of data were put in the cache (filled read misses
-	// and cached writes). Their ratio is the engine's write amplification;
-	// GC copies no data today (it only evicts), so all of it is the
-	// journal and metadata.
-	MediaBytes, InstalledBytes uint64
-	GCRuns, SegmentsFreed      uint64
-	Bypassed                   map[string]uint64 // requests that skipped the cache, by reason
+	// and cached writes). Their ratio is the engine's write amplification:
+	// the journal, metadata and ReappendBytes, the clean data GC appended
+	// again (Policy2Q's second chance).
+	MediaBytes, InstalledBytes, ReappendBytes uint64
+	GCRuns, SegmentsFreed                     uint64
+	Bypassed                                  map[string]uint64 // requests that skipped the cache, by reason
 	// Occupancy is the mean number of segments in use (data and journal)
 	// from GC's first run on, as a share of the most GC lets be used:
 	// below 1 by what GC frees beyond its threshold each time it runs (0
@@ -171,6 +183,12 @@ type EngineResult struct {
 // WriteAmp is media bytes written per byte installed.
 func (r EngineResult) WriteAmp() float64 { return ratio(r.MediaBytes, r.InstalledBytes) }
 
+// ReappendAmp is GC's write amplification from re-appends: data bytes
+// written per byte the host installed.
+func (r EngineResult) ReappendAmp() float64 {
+	return ratio(r.InstalledBytes+r.ReappendBytes, r.InstalledBytes)
+}
+
 // Replay runs the trace on a fresh engine and returns its figures.
 func Replay(cfg EngineConfig, t Trace) (EngineResult, error) {
 	e, err := OpenEngine(cfg, t.Blocks)
@@ -179,11 +197,12 @@ func Replay(cfg EngineConfig, t Trace) (EngineResult, error) {
 	}
 	defer e.Close()
 	w0 := e.media.written.Load()
-	// Bytes installed: misses of requests that bypassed the cache were not
-	// filled. Only multi-block requests can be sequential enough to bypass
-	// (single blocks in random order never are), so only those pay for
-	// the two Stats calls that tell.
-	var notFilled uint64
+	// Bytes installed: fills are counted by the engine (FillBytes); writes
+	// of requests that bypassed the cache were not cached. Only
+	// multi-block requests can be sequential enough to bypass (single
+	// blocks in random order never are), so only those pay for the two
+	// Stats calls that tell.
+	var notCached uint64
 	for _, q := range t.Reqs {
 		var before cachecore.VolumeStats
 		if q.N > 1 {
@@ -195,7 +214,7 @@ func Replay(cfg EngineConfig, t Trace) (EngineResult, error) {
 		if q.N > 1 {
 			after := e.vol.Stats()
 			if sumValues(after.BypassedRequests) > sumValues(before.BypassedRequests) {
-				notFilled += after.ReadMissBytes - before.ReadMissBytes + after.WriteBytes - before.WriteBytes
+				notCached += after.WriteBytes - before.WriteBytes
 			}
 		}
 	}
@@ -211,7 +230,8 @@ func Replay(cfg EngineConfig, t Trace) (EngineResult, error) {
 	r.ReadHits = vs.ReadHits
 	r.ReadBlocks = (vs.ReadHitBytes + vs.ReadMissBytes) / BlockSize
 	r.ReadHitBlock = vs.ReadHitBytes / BlockSize
-	r.InstalledBytes = vs.ReadMissBytes + vs.WriteBytes - notFilled
+	r.InstalledBytes = vs.FillBytes + vs.WriteBytes - notCached
+	r.ReappendBytes = vs.ReappendBytes
 	return r, nil
 }
 
@@ -230,6 +250,7 @@ func sumValues(m map[string]uint64) uint64 {
 // segments kept free for the journal and GC's headroom (100 - GCPercent)
 // are what the engine spends beyond its data.
 func Capacity(cfg EngineConfig) (int, error) {
+	cfg.Policy = cachecore.PolicyFIFO // every read admitted
 	blocks := uint64(cfg.CacheBytes / BlockSize * 2)
 	e, err := OpenEngine(cfg, blocks)
 	if err != nil {
@@ -238,8 +259,10 @@ func Capacity(cfg EngineConfig) (int, error) {
 	defer e.Close()
 	n := uint64(0)
 	for ; n < blocks && !e.overThreshold(); n++ {
-		// every other block: never sequential, so the sequential cutoff stays out of it
-		if err := e.vol.ReadAt(e.ctx, e.buf[:BlockSize], int64(2*n%blocks)*BlockSize); err != nil {
+		// every other block: never sequential, so the sequential cutoff
+		// stays out of it. Prefetch waits for its fill, so the threshold
+		// is checked with every block read so far installed.
+		if err := e.vol.Prefetch(e.ctx, int64(2*n%blocks)*BlockSize, BlockSize); err != nil {
 			return 0, err
 		}
 	}

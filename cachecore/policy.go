@@ -1,0 +1,309 @@
+package cachecore
+
+import (
+	"fmt"
+	"math/bits"
+	"sync"
+	"sync/atomic"
+
+	"github.com/cachelun/cachelun/persist"
+)
+
+// Cache policies: which read misses are admitted, and which clean data GC
+// keeps when key_tail passes it.
+//
+// The cache is a log, so eviction is first in, first out by nature: GC
+// passes the oldest ksets and their clean data goes. Policy2Q adds, in the
+// manner of 2Q (Johnson and Shasha, VLDB 1994) and of S3-FIFO (SOSP 2023),
+// what FIFO lacks:
+//
+//   - Admission by a ghost set. Once the cache is full (within two
+//     segments of GC's threshold), a read miss is filled only if the ghost
+//     set remembers the block: it was evicted recently, or missed once
+//     recently without being admitted. A block read once (a scan, a
+//     one-hit wonder) therefore never pushes out data that is read again.
+//     Until the cache is full every miss is admitted.
+//   - Second chance. A read hit marks its extent. When GC passes a clean
+//     key whose data is still indexed and was hit since it was written,
+//     the data is appended again at the head of the log (through the fill
+//     path: a placeholder, then an install that C7 checks like any fill)
+//     instead of being evicted, and its mark is cleared (CLOCK). What is
+//     evicted goes to the ghost set.
+//   - A write budget. Re-appends are bounded to a fifth of the bytes the
+//     host installed (fills and cached writes) since the cache opened,
+//     so GC's write amplification from them stays under 1.2 and GC never
+//     falls behind the writers: without credit, GC evicts as FIFO does.
+//
+// Dirty data is never re-appended nor evicted by this: GC still never
+// passes dirty_tail (C-rules in doc.go). A re-append is a clean fill: a
+// crash before its kset is durable loses only a copy of backing data.
+//
+// PolicyFIFO admits every miss and evicts in log order (for comparison).
+
+// Policy names a cache policy.
+type Policy string
+
+const (
+	PolicyFIFO Policy = "fifo" // every miss admitted, eviction in log order
+	Policy2Q   Policy = "2q"   // ghost-set admission and second chance (above)
+)
+
+// Policies lists every policy, in the order the documentation gives them.
+func Policies() []Policy { return []Policy{Policy2Q, PolicyFIFO} }
+
+// ParsePolicy parses a policy name; "" is PolicyFIFO (the zero
+// VolumeConfig), DefaultVolumeConfig sets Policy2Q.
+func ParsePolicy(s string) (Policy, error) {
+	switch Policy(s) {
+	case "", PolicyFIFO:
+		return PolicyFIFO, nil
+	case Policy2Q:
+		return Policy2Q, nil
+	}
+	return "", fmt.Errorf("cachecore: unknown cache policy %q (want 2q or fifo)", s)
+}
+
+const (
+	// reappendShare: re-appended bytes at most this share of the bytes
+	// installed by the host (1/5: write amplification <= 1.2).
+	reappendShareDiv = 5
+	// ghostBlock is the granularity of the ghost set: 4 KiB blocks of a
+	// volume's address space.
+	ghostBlockShift = 12
+	// ghostPerExtent bounds the blocks of one evicted extent remembered.
+	ghostPerExtent = 16
+	// ghostBitsPerEntry and ghostProbes size each Bloom filter: about 2 %
+	// false positives at its fill limit.
+	ghostBitsPerEntry = 10
+	ghostProbes       = 3
+	// fullMargin: the cache counts as full (admission by the ghost set)
+	// within this many segments of GC's threshold.
+	fullMargin = 2
+)
+
+// ghostSet remembers recently evicted or refused blocks: two Bloom filters
+// used in turn. Inserts go to the current one; a lookup checks both; when
+// the current one has taken its share the older one is cleared and becomes
+// current. So it remembers between limit and 2*limit of the latest inserts
+// in constant memory (ghostBitsPerEntry bits per entry, per filter).
+// Lookups and inserts are lock-free; mu serialises the swap.
+type ghostSet struct {
+	mu       sync.Mutex
+	filters  [2][]atomic.Uint64
+	cur      atomic.Uint32
+	inserted atomic.Int64 // into the current filter
+	limit    int64
+	mask     uint64 // bits per filter - 1 (a power of two)
+}
+
+func newGhostSet(entries int64) *ghostSet {
+	entries = max(entries, 1024)
+	nbits := uint64(1) << bits.Len64(uint64(entries*ghostBitsPerEntry)-1)
+	g := &ghostSet{limit: entries, mask: nbits - 1}
+	for i := range g.filters {
+		g.filters[i] = make([]atomic.Uint64, nbits/64)
+	}
+	return g
+}
+
+// ghostKey names block blk (in 4 KiB units) of volume vol.
+func ghostKey(vol uint32, off int64) uint64 {
+	x := uint64(vol)<<52 ^ uint64(off)>>ghostBlockShift
+	// splitmix64's finaliser
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	x ^= x >> 31
+	return x
+}
+
+func (g *ghostSet) probe(h uint64, i int) uint64 { return (h + uint64(i)*(h>>32|1)) & g.mask }
+
+func (g *ghostSet) has(h uint64) bool {
+	for f := range g.filters {
+		in := true
+		for i := range ghostProbes {
+			b := g.probe(h, i)
+			if g.filters[f][b/64].Load()&(1<<(b%64)) == 0 {
+				in = false
+				break
+			}
+		}
+		if in {
+			return true
+		}
+	}
+	return false
+}
+
+func (g *ghostSet) add(h uint64) {
+	cur := g.cur.Load()
+	for i := range ghostProbes {
+		b := g.probe(h, i)
+		g.filters[cur][b/64].Or(1 << (b % 64))
+	}
+	if g.inserted.Add(1) >= g.limit {
+		g.mu.Lock()
+		if g.cur.Load() == cur && g.inserted.Load() >= g.limit {
+			old := 1 - cur
+			for i := range g.filters[old] {
+				g.filters[old][i].Store(0)
+			}
+			g.cur.Store(old)
+			g.inserted.Store(0)
+		}
+		g.mu.Unlock()
+	}
+}
+
+// policyState is the cache-wide part of the policies: the ghost set and the
+// re-append budget.
+type policyState struct {
+	ghost *ghostSet
+	// credit: bytes GC may still re-append; installed: the host's
+	// installed bytes already credited (fills and cached writes).
+	credit    atomic.Int64
+	installed atomic.Uint64
+}
+
+// cacheFull reports whether the cache is within fullMargin segments of
+// GC's threshold: admitting data now evicts other data soon. (Waiting for
+// GC's first eviction instead lets the first scan after a warm-up push the
+// hot set out while the re-append budget is still small.)
+func (c *Cache) cacheFull() bool {
+	free, quar := c.segs.counts()
+	n := len(c.segs.segs)
+	used := n - int(free) - int(quar)
+	return (used+fullMargin)*100 > n*c.config().GCPercent
+}
+
+// admitGhost decides, for a volume with Policy2Q on a full cache, whether
+// a read miss at off is filled: only if the ghost set remembers the block.
+// A refused block is remembered, so its next miss is admitted.
+func (v *Volume) admitGhost(off int64) bool {
+	g := v.c.policy.ghost
+	h := ghostKey(v.st.id, off)
+	if g.has(h) {
+		v.stats.ghostAdmits.Add(1)
+		return true
+	}
+	g.add(h)
+	v.stats.admissionsRefused.Add(1)
+	return false
+}
+
+// markHit records a read hit on x (under its stripe lock) for GC's second
+// chance.
+func markHit(x *extent) { x.hit = true }
+
+// refillCredit adds to GC's re-append budget its share of what the host
+// installed since the last call.
+func (c *Cache) refillCredit() {
+	var total uint64
+	for id := range c.vols {
+		vs := c.vols[id].Load()
+		if vs == nil {
+			continue
+		}
+		if v := vs.vol.Load(); v != nil {
+			total += v.stats.fillBytes.Load() + v.stats.writeBytes.Load()
+		}
+	}
+	p := &c.policy
+	last := p.installed.Load()
+	if total <= last {
+		// A volume went away: restart the count from here.
+		p.installed.Store(total)
+		return
+	}
+	p.installed.Store(total)
+	// At most a tenth of the data area banked: credit earned long ago
+	// must not let one GC pass re-append a burst.
+	limit := int64(len(c.segs.segs)) * int64(c.store.SegmentDataSize()) / 10
+	p.credit.Store(min(p.credit.Load()+int64((total-last)/reappendShareDiv), limit))
+}
+
+// secondChance runs before GC drops the references of the keys it passes
+// (their data is still in place): clean data of Policy2Q volumes that was
+// hit since it was written is queued to be appended again, within the
+// budget; the rest of their clean data goes to the ghost set.
+func (c *Cache) secondChance(passed []persist.Key) {
+	c.refillCredit()
+	var buf []byte
+	for i := range passed {
+		k := &passed[i]
+		if k.Flags != persist.KeyClean || k.Volume >= uint32(len(c.vols)) {
+			continue
+		}
+		vs := c.vols[k.Volume].Load()
+		if vs == nil {
+			continue
+		}
+		v := vs.vol.Load()
+		if v == nil || v.vcfg.Load().Policy != Policy2Q || !v.Mode().fillsReads() {
+			continue
+		}
+		for st, p := range vs.indexedPieces(k) {
+			var keep [4]extent
+			cand := keep[:0]
+			st.mu.Lock()
+			i, j := st.list.span(p.s, p.e)
+			for n := i; n < j; n++ {
+				x := &st.list.ext[n]
+				if x.kind != extClean || !x.sameLineage(p.s, k.Pos.Seg, p.segOff, k.Gen) {
+					continue
+				}
+				if x.hit && int64(x.length) <= c.policy.credit.Load() && len(cand) < cap(keep) {
+					c.policy.credit.Add(-int64(x.length))
+					cand = append(cand, *x)
+					continue
+				}
+				for b := uint32(0); b < x.length && b < ghostPerExtent<<ghostBlockShift; b += 1 << ghostBlockShift {
+					c.policy.ghost.add(ghostKey(vs.id, p.abs(x.start+b)))
+				}
+			}
+			st.mu.Unlock()
+			for n := range cand {
+				if int(cand[n].length) > cap(buf) {
+					buf = make([]byte, max(cand[n].length, 64<<10))
+				}
+				v.reappend(st, p.piece, &cand[n], buf[:cand[n].length])
+			}
+		}
+	}
+}
+
+// reappend queues the clean extent x (a copy taken under its stripe lock)
+// to be written again at the head of the log: its data is read (and
+// verified) from the cache now, while GC still holds its segment, and the
+// extent gives way to a fill placeholder, if it is still the same and no
+// bypass write is in flight on its chunk (C7). Readers meanwhile read the
+// backing device, whose data a clean extent equals.
+func (v *Volume) reappend(st *stripe, pc piece, x *extent, data []byte) {
+	c := v.c
+	if err := v.enter(); err != nil {
+		return
+	}
+	defer v.exit()
+	if err := c.readVerified(data, x.seg, x.segOff, x.sumOff, x.sumLen, x.sum); err != nil {
+		return // rotten or unreadable: evicted, never copied
+	}
+	token := c.token.Add(1)
+	chunk := uint64(pc.abs(x.start)) >> chunkShift
+	st.mu.Lock()
+	k := st.list.find(x.start)
+	if k < 0 || st.list.ext[k] != *x || v.tracker.count(chunk) != 0 {
+		st.mu.Unlock()
+		return
+	}
+	ph := extent{gen: token, start: x.start, length: x.length, kind: extEmpty}
+	st.list.replace(x.start, x.end(), &ph)
+	st.mu.Unlock()
+	if !v.queueFill(st, pc, x.start, token, data, false, nil, true) {
+		st.mu.Lock()
+		removePlaceholder(st, x.start, token)
+		st.mu.Unlock()
+		return
+	}
+}
