@@ -68,11 +68,19 @@ type VolumeStats struct {
 	// HeldBackWrites would have gone to the backing device (bypass,
 	// writethrough) but took the cache path because older dirty data was
 	// not yet written back (ordered writeback).
-	HeldBackWrites uint64            `json:"held_back_writes"`
-	DirtyBytes     int64             `json:"dirty_bytes"`
-	WritebackBytes uint64            `json:"writeback_bytes"`
-	WritebackLag   time.Duration     `json:"writeback_lag_ns"`
-	Errors         map[string]uint64 `json:"errors,omitempty"` // by kind
+	HeldBackWrites uint64 `json:"held_back_writes"`
+	// FillBytes were installed by read-miss fills; the cache policy
+	// (2q) refused AdmissionsRefused misses (the ghost set did not know
+	// the block), admitted GhostAdmits because it did, and appended
+	// ReappendBytes of hit clean data again instead of evicting them.
+	FillBytes         uint64            `json:"fill_bytes"`
+	AdmissionsRefused uint64            `json:"admissions_refused"`
+	GhostAdmits       uint64            `json:"ghost_admits"`
+	ReappendBytes     uint64            `json:"reappend_bytes"`
+	DirtyBytes        int64             `json:"dirty_bytes"`
+	WritebackBytes    uint64            `json:"writeback_bytes"`
+	WritebackLag      time.Duration     `json:"writeback_lag_ns"`
+	Errors            map[string]uint64 `json:"errors,omitempty"` // by kind
 }
 
 // BackingState is the health of a volume's backing device, for backings

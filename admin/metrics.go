@@ -19,6 +19,8 @@ type collector struct {
 	volReadHitBytes, volReadMissBytes, volWriteBytes             *prometheus.Desc
 	volBypassedRequests, volBypassedBytes, volBypassRaces        *prometheus.Desc
 	volHeldBack, cacheCarried, cacheIntentRecovered              *prometheus.Desc
+	volFillBytes, volAdmissionsRefused, volGhostAdmits           *prometheus.Desc
+	volReappendBytes                                             *prometheus.Desc
 	volDirtyBytes, volWritebackBytes, volWritebackLag, volErrors *prometheus.Desc
 	volSize, volMode, volBackingDegraded                         *prometheus.Desc
 	cacheSegments, cacheDirtyBytes, cacheGCRuns, cacheGCFreed    *prometheus.Desc
@@ -44,6 +46,10 @@ func newCollector(snaps *snapshotter) *collector {
 		volBypassedRequests:  desc("cachelun_volume_bypassed_requests_total", "Requests that bypassed the cache, by reason.", "volume", "reason"),
 		volBypassedBytes:     desc("cachelun_volume_bypassed_bytes_total", "Bytes that bypassed the cache, by reason.", "volume", "reason"),
 		volHeldBack:          desc("cachelun_volume_held_back_writes_total", "Writes that would have gone to the backing device but took the cache path because older dirty data was not yet written back.", vol...),
+		volFillBytes:         desc("cachelun_volume_fill_bytes_total", "Bytes of read misses installed in the cache.", vol...),
+		volAdmissionsRefused: desc("cachelun_volume_admissions_refused_total", "Read misses the cache policy did not cache (2q: the ghost set did not know the block).", vol...),
+		volGhostAdmits:       desc("cachelun_volume_ghost_admits_total", "Read misses cached because the ghost set remembered the block (2q).", vol...),
+		volReappendBytes:     desc("cachelun_volume_reappend_bytes_total", "Clean data appended again by GC because it was read since written (2q's second chance); over fill and write bytes, GC's write amplification.", vol...),
 		cacheCarried:         desc("cachelun_cache_writeback_carried_keys_total", "Keys of volumes that are not attached journaled again by writeback to move past them.", "cache"),
 		cacheIntentRecovered: desc("cachelun_cache_intent_recovered_keys_total", "Keys of writes acknowledged by a crashed process, recovered from the intent log at start.", "cache"),
 		volBypassRaces:       desc("cachelun_volume_read_bypass_races_total", "Read misses not cached because a bypass write to the same chunk was in flight.", vol...),
@@ -78,6 +84,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		c.volReadHitBytes, c.volReadMissBytes, c.volWriteBytes,
 		c.volBypassedRequests, c.volBypassedBytes, c.volBypassRaces,
 		c.volHeldBack, c.cacheCarried, c.cacheIntentRecovered,
+		c.volFillBytes, c.volAdmissionsRefused, c.volGhostAdmits, c.volReappendBytes,
 		c.volDirtyBytes, c.volWritebackBytes, c.volWritebackLag, c.volErrors,
 		c.volSize, c.volMode, c.volBackingDegraded,
 		c.cacheSegments, c.cacheDirtyBytes, c.cacheGCRuns, c.cacheGCFreed,
@@ -122,6 +129,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		counter(c.volBypassRaces, float64(st.ReadBypassRaces), n)
 		counter(c.volHeldBack, float64(st.HeldBackWrites), n)
+		counter(c.volFillBytes, float64(st.FillBytes), n)
+		counter(c.volAdmissionsRefused, float64(st.AdmissionsRefused), n)
+		counter(c.volGhostAdmits, float64(st.GhostAdmits), n)
+		counter(c.volReappendBytes, float64(st.ReappendBytes), n)
 		gauge(c.volDirtyBytes, float64(st.DirtyBytes), n)
 		counter(c.volWritebackBytes, float64(st.WritebackBytes), n)
 		gauge(c.volWritebackLag, st.WritebackLag.Seconds(), n)

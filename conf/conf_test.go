@@ -141,6 +141,7 @@ func TestValidationRules(t *testing.T) {
 		{"volume slow spec", strings.Replace(base, `backing_size = "16MiB"`, "backing_size = \"16MiB\"\nslow = \"latency=fast\" #!", 1), "want a duration"},
 		{"volume slow key", strings.Replace(base, `backing_size = "16MiB"`, "backing_size = \"16MiB\"\nslow = \"jitter=1ms\" #!", 1), "unknown key"},
 		{"volume mode", strings.Replace(base, `backing_size = "16MiB"`, "backing_size = \"16MiB\"\nmode = \"wrback\" #!", 1), "not one of"},
+		{"volume cache policy", strings.Replace(base, `backing_size = "16MiB"`, "backing_size = \"16MiB\"\ncache_policy = \"lru\" #!", 1), "not one of"},
 		{"volume block size", strings.Replace(base, `backing_size = "16MiB"`, "backing_size = \"16MiB\"\nblock_size = 1024 #!", 1), "512 or 4096"},
 		{"volume cutoff", strings.Replace(base, `backing_size = "16MiB"`, "backing_size = \"16MiB\"\nsequential_cutoff = \"-1\" #!", 1), "negative"},
 		{"volume congestion", strings.Replace(base, `backing_size = "16MiB"`, "backing_size = \"16MiB\"\ncongested_read_threshold = \"-2ms\" #!", 1), "negative"},
