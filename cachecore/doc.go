@@ -129,11 +129,16 @@
 // file, so that the data of writes sharing a flush is contiguous; sharded
 // elsewhere, against lock contention); a segment's reference count
 // is one per live-log key pointing into it plus one while it is a head.
-// GC advances key_tail over clean log (never past dirty_tail), evicting
-// the keys it passes from the index and dropping their references; a
-// segment at zero gets its generation bumped and persisted before it is
-// reused. Readers copy cache data holding the segment's read lock after
-// checking the generation.
+// GC advances key_tail over clean log (never past dirty_tail, nor past
+// keys writeback has written back but not yet marked clean), about one
+// segment's worth of data per step, evicting the keys it passes from the
+// index and dropping their references; a segment at zero gets its
+// generation bumped and persisted before it is reused. Readers copy cache
+// data holding the segment's read lock after checking the generation.
+// Under a volume's 2q policy (policy.go) GC first re-appends the clean
+// data of those keys that was read since written (through the fill path,
+// so C7 holds), within a write budget, and remembers what it evicts in a
+// ghost set that decides which misses a full cache admits.
 //
 // A read miss leaves an EMPTY placeholder over its range, reads the
 // backing device and returns the data to the host at once; the fill (cache

@@ -1,6 +1,11 @@
 package cachecore
 
-import "testing"
+import (
+	"testing"
+	"unsafe"
+
+	"github.com/cachelun/cachelun/persist"
+)
 
 // TestGhostSet: what was added is found; after twice its limit of newer
 // inserts it is forgotten; blocks never added are rarely found (the Bloom
@@ -51,5 +56,27 @@ func TestParsePolicy(t *testing.T) {
 	}
 	if _, err := ParsePolicy("lru"); err == nil {
 		t.Error("ParsePolicy(lru) accepted")
+	}
+}
+
+// TestMetadataPerExtent: the index costs 40 bytes of memory per cached
+// extent (one per key, 4 KiB to 1 MiB of data) and the policy's hit mark
+// lives in its padding; the ghost set (sized for half the cached blocks
+// per filter, two filters, rounded up to a power of two) adds at most 20
+// bits per cached 4 KiB block. docs/yardstick.md reports these; a change
+// shows here.
+func TestMetadataPerExtent(t *testing.T) {
+	if s := unsafe.Sizeof(extent{}); s != 40 {
+		t.Errorf("an index extent takes %d bytes, docs/yardstick.md says 40", s)
+	}
+	if persist.KeySize != 40 {
+		t.Errorf("a key takes %d bytes of journal, docs/yardstick.md says 40", persist.KeySize)
+	}
+	for _, cached := range []int64{3 << 20, 4 << 20, 5 << 20} {
+		g := newGhostSet(cached / 2) // as Open sizes it
+		bits := len(g.filters) * len(g.filters[0]) * 64
+		if per := float64(bits) / float64(cached); per > 2*ghostBitsPerEntry {
+			t.Errorf("ghost set for %d cached blocks: %.1f bits per block", cached, per)
+		}
 	}
 }
