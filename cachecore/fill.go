@@ -57,6 +57,10 @@ type fillQueue struct {
 	reqs    []fillReq
 	bytes   int
 	stopped bool
+	// full: the queue holds about all it may (set and cleared under mu,
+	// read without it): a read miss that finds it set is not filled at
+	// all (no placeholder, no copy), as it would be dropped.
+	full atomic.Bool
 	// room is signalled when the worker took requests (Prefetch waits for
 	// room instead of dropping).
 	room sync.Cond
@@ -95,10 +99,15 @@ func (q *fillQueue) put(b []byte) {
 // the caller then removes the placeholder. data is copied.
 func (v *Volume) queueFill(st *stripe, pc piece, s uint32, token uint64, data []byte, wait bool, done func(), reappend bool) bool {
 	q := &v.c.fills
+	// The copy is made before taking the queue's lock: every reader of
+	// a cold volume comes here, and the worker takes the lock too.
+	b := q.buf(len(data))
+	copy(b, data)
 	q.mu.Lock()
 	for !q.stopped && q.bytes > 0 && q.bytes+len(data) > fillQueueBytes {
 		if !wait {
 			q.mu.Unlock()
+			q.put(b)
 			v.stats.fillsDropped.Add(1)
 			return false
 		}
@@ -106,15 +115,17 @@ func (v *Volume) queueFill(st *stripe, pc piece, s uint32, token uint64, data []
 	}
 	if q.stopped {
 		q.mu.Unlock()
+		q.put(b)
 		return false
 	}
-	b := q.buf(len(data))
-	copy(b, data)
 	// Counted as a request of the volume until installed or dropped, so
 	// that waiting for the volume to be idle waits for its fills.
 	v.inflight.Add(1)
 	q.reqs = append(q.reqs, fillReq{v: v, st: st, pc: pc, s: s, token: token, data: b, done: done, reappend: reappend})
 	q.bytes += len(data)
+	if q.bytes >= fillQueueBytes-fillBatchBytes/4 {
+		q.full.Store(true)
+	}
 	q.pending.Add(1)
 	q.mu.Unlock()
 	select {
@@ -138,6 +149,7 @@ func (c *Cache) fillWorker() {
 			q.stopped = true
 			reqs := q.reqs
 			q.reqs, q.bytes = nil, 0
+			q.full.Store(false)
 			q.room.Broadcast()
 			q.mu.Unlock()
 			for i := range reqs {
@@ -153,6 +165,7 @@ func (c *Cache) fillWorker() {
 			taken := q.reqs
 			q.reqs, spare = spare[:0], nil
 			q.bytes = 0
+			q.full.Store(false)
 			q.room.Broadcast()
 			q.mu.Unlock()
 			if len(taken) == 0 {

@@ -75,6 +75,11 @@ func (v *Volume) readFillDecision(ctx context.Context, off, n int64) bool {
 		v.stats.bypass(reasonFull, n)
 		return false
 	}
+	if v.c.fills.full.Load() {
+		// The fill worker is behind: this fill would be dropped.
+		v.stats.fillsDropped.Add(1)
+		return false
+	}
 	return true
 }
 
