@@ -103,28 +103,29 @@ type seqEntry struct {
 	stream string
 	end    int64
 	bytes  int64
-	last   time.Time
+	last   int64 // unix nanoseconds; 0: unused (the scan below compares integers, not time.Time)
 }
 
 // observe records [off, off+n) of stream and returns the stream's
 // sequential byte count including this request.
 func (d *seqDetector) observe(stream string, off, n int64, now time.Time) int64 {
+	t := now.UnixNano()
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	lru := 0
+	lru, lruLast := 0, d.entries[0].last
 	for i := range d.entries {
 		e := &d.entries[i]
-		if e.end == off && e.stream == stream && !e.last.IsZero() && now.Sub(e.last) < seqWindow {
+		if e.end == off && e.last != 0 && t-e.last < int64(seqWindow) && e.stream == stream {
 			e.end = off + n
 			e.bytes += n
-			e.last = now
+			e.last = t
 			return e.bytes
 		}
-		if e.last.Before(d.entries[lru].last) {
-			lru = i
+		if e.last < lruLast {
+			lru, lruLast = i, e.last
 		}
 	}
-	d.entries[lru] = seqEntry{stream: stream, end: off + n, bytes: n, last: now}
+	d.entries[lru] = seqEntry{stream: stream, end: off + n, bytes: n, last: t}
 	return n
 }
 
