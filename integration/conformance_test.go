@@ -105,7 +105,8 @@ func parseCU(family, out string) map[string]testStatus {
 func runSuite(t *testing.T, label, suite, url string) suiteResult {
 	t.Helper()
 	start := time.Now()
-	r := runTool(t, suiteTimeout, "iscsi-test-cu", "-d", "-V", "--test="+suite, url)
+	// --dataloss (-d) and --allow-sanitize: the LUNs are the test's own.
+	r := runTool(t, suiteTimeout, "iscsi-test-cu", "-d", "--allow-sanitize", "-V", "--test="+suite, url)
 	// keep the verbose log of every run for diagnosis
 	if dir := filepath.Join(outDir, "cu-"+label); os.MkdirAll(dir, 0o755) == nil {
 		os.WriteFile(filepath.Join(dir, suite+".log"), []byte(r.out), 0o644)

@@ -73,8 +73,12 @@ type LU struct {
 
 	configuredWCE atomic.Bool // LUConfig.WriteCache or SetConfiguredWriteCache
 	wce           atomic.Bool // current WCE
-	savedWCE      atomic.Bool // saved WCE (what the state file holds)
-	wceSaved      atomic.Bool // the state file holds a WCE (MODE SELECT SP=1)
+	// swp is the Control mode page's SWP bit (software write protect,
+	// set by MODE SELECT, not saved): while set, commands that change the
+	// medium fail with DATA PROTECT (opWritesMedium).
+	swp      atomic.Bool
+	savedWCE atomic.Bool // saved WCE (what the state file holds)
+	wceSaved atomic.Bool // the state file holds a WCE (MODE SELECT SP=1)
 
 	// taskSet orders tasks by attribute: SIMPLE (and ACA, untagged) hold
 	// it shared, ORDERED exclusively, HEAD OF QUEUE not at all.

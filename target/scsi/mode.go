@@ -60,10 +60,19 @@ func (lu *LU) modePage(code byte, pc byte) []byte {
 	case pageControl:
 		p = make([]byte, 12)
 		p[1] = 10
+		const swp = 0x08 // byte 4: software write protect
 		if pc != pcChangeable {
 			p[2] = 0x02 // GLTSD
 			p[3] = 0x10 // queue algorithm modifier 1: unrestricted reordering
 			p[8], p[9] = 0xff, 0xff
+		}
+		switch pc {
+		case pcChangeable:
+			p[4] = swp
+		case pcCurrent:
+			if lu.swp.Load() {
+				p[4] = swp
+			}
 		}
 	case pageInfoExceptions:
 		p = make([]byte, 12)
@@ -125,11 +134,16 @@ func cmdModeSense(tk *task) error {
 			put32(bd[4:8], lu.blockSize) // byte 4 (density) is 0
 		}
 	}
-	const dpofua = 0x10
+	// Device-specific parameter: DPOFUA, and WP while software write
+	// protect is on.
+	dsp := byte(0x10)
+	if lu.swp.Load() {
+		dsp |= 0x80
+	}
 	var d []byte
 	if ten {
 		d = make([]byte, 8, 8+len(bd)+len(pages))
-		d[3] = dpofua
+		d[3] = dsp
 		if llbaa {
 			d[4] = 0x01
 		}
@@ -138,7 +152,7 @@ func cmdModeSense(tk *task) error {
 		put16(d[0:2], uint16(len(d)-2))
 	} else {
 		d = make([]byte, 4, 4+len(bd)+len(pages))
-		d[2] = dpofua
+		d[2] = dsp
 		d[3] = byte(len(bd))
 		d = append(append(d, bd...), pages...)
 		if len(d) > 256 {
@@ -154,6 +168,8 @@ func cmdModeSense(tk *task) error {
 type modeChanges struct {
 	setWCE bool
 	wce    bool
+	setSWP bool
+	swp    bool
 }
 
 func cmdModeSelect(tk *task) error {
@@ -200,6 +216,15 @@ func cmdModeSelect(tk *task) error {
 				lu.log.Error("scsi: saving mode parameters", "lun", lu.lun, "err", err)
 				return newSense(SenseHardwareError, ASCInternalTargetFailure)
 			}
+		}
+	}
+	if ch.setSWP {
+		// Not saved: write protection set by a host lasts until a host
+		// clears it or the daemon restarts.
+		if was := lu.swp.Swap(ch.swp); was != ch.swp {
+			k := tk.nx.key
+			lu.raiseAll(ASCModeParametersChanged, &k)
+			lu.log.Info("scsi: software write protect changed by a host", "lun", lu.lun, "on", ch.swp)
 		}
 	}
 	return nil
@@ -272,9 +297,13 @@ func (lu *LU) parseModeSelect(p []byte, ten bool) (modeChanges, error) {
 				return ch, errParamField(off+i, -1)
 			}
 		}
-		if code == pageCaching {
+		switch code {
+		case pageCaching:
 			ch.setWCE = true
 			ch.wce = page[2]&0x04 != 0
+		case pageControl:
+			ch.setSWP = true
+			ch.swp = page[4]&0x08 != 0
 		}
 		off += 2 + plen
 	}

@@ -70,6 +70,7 @@ const (
 	ASCTooManySegmentDescriptors    ASC = 0x2608
 	ASCUnsupportedSegmentDescType   ASC = 0x2609
 	ASCSanitizeFailed               ASC = 0x3103
+	ASCSoftwareWriteProtected       ASC = 0x2702
 )
 
 // FixedSenseLen is the length of the fixed-format sense data the device

@@ -263,6 +263,9 @@ func (t *Target) dispatch(tk *task) error {
 			return nil
 		}
 	}
+	if op.flags&opWritesMedium != 0 && lu.swp.Load() {
+		return newSense(SenseDataProtect, ASCSoftwareWriteProtected)
+	}
 	if op.access == accessWrite {
 		tk.revokeForWrite() // ROD tokens of data about to change (odx.go)
 	}

@@ -219,6 +219,13 @@ func cmdExtendedCopy(tk *task) error {
 	if err != nil {
 		return err
 	}
+	for _, s := range segs {
+		if s.dst.swp.Load() {
+			// A destination under software write protect: nothing is
+			// copied (SPC-4 6.4.5: the copy target's own status).
+			return newSense(SenseDataProtect, ASCSoftwareWriteProtected)
+		}
+	}
 	for _, lu := range lus {
 		if lu == tk.lu {
 			continue // dispatch checked the copy manager's own unit
