@@ -61,14 +61,10 @@ go mod tidy -diff
 step "go test -race (integration included)"
 go test -race -timeout 45m ./...
 
-if [ "${CACHELUN_INVARIANTS:-0}" = 1 ]; then
-	step "engine tests with live invariant checks (-tags invariants)"
-	# every writeback pass and GC step checks the engine's structures and
-	# panics on the first violation (cachecore/invariants.go). Behind a
-	# switch until the violation it reported once after a GC step (a dirty
-	# extent whose segment's generation had moved on) is understood.
-	go test -tags invariants -timeout 20m ./cachecore/ ./persist/
-fi
+step "engine tests with live invariant checks (-tags invariants)"
+# every writeback pass and GC step checks the engine's structures and
+# panics on the first violation (cachecore/invariants.go)
+go test -tags invariants -timeout 20m ./cachecore/ ./persist/
 
 step "ceph build tag: vet, staticcheck, backend/rbd and the RBD integration tests against throwaway Ceph clusters"
 # needs cgo, librbd-dev/librados-dev and the ceph daemons (scripts/deps.sh
