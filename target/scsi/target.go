@@ -216,6 +216,9 @@ func (t *Target) dispatch(tk *task) error {
 		}
 		return newSense(SenseIllegalRequest, ASCLUNotSupported)
 	}
+	if op != nil && lu.hides(op) {
+		op, err = nil, errCDBField(1, 4) // as an unknown service action
+	}
 	tk.nx = lu.nexus(tk.cmd.Nexus)
 	if op == nil || op.flags&opNoUA == 0 {
 		if ua, ok := tk.nx.takeUA(); ok {
@@ -235,6 +238,11 @@ func (t *Target) dispatch(tk *task) error {
 			bit = 2
 		}
 		return errCDBField(op.cdbLen-1, bit)
+	}
+	// The asymmetric access state of the port the command came through
+	// (alua.go).
+	if se := tk.aluaRefusal(op); se != nil {
+		return se
 	}
 	// While a SANITIZE runs (or after one failed) only the commands that
 	// also ignore unit attentions (INQUIRY, REPORT LUNS, REQUEST SENSE)
