@@ -408,7 +408,9 @@ func (lu *LU) hides(e *opEntry) bool {
 //     time.
 //
 // The check comes after the unit attention (a host first learns that the
-// states changed) and the CDB checks, before reservations and the command.
+// states changed), the CDB checks and the wait in the task set (so a
+// command held back by an ORDERED task gets the state it starts under),
+// before reservations and the command.
 func (tk *task) aluaRefusal(op *opEntry) *SenseError {
 	s := tk.lu.alua.cur.Load()
 	if s == nil {

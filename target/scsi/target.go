@@ -239,11 +239,6 @@ func (t *Target) dispatch(tk *task) error {
 		}
 		return errCDBField(op.cdbLen-1, bit)
 	}
-	// The asymmetric access state of the port the command came through
-	// (alua.go).
-	if se := tk.aluaRefusal(op); se != nil {
-		return se
-	}
 	// While a SANITIZE runs (or after one failed) only the commands that
 	// also ignore unit attentions (INQUIRY, REPORT LUNS, REQUEST SENSE)
 	// are served; SANITIZE itself may retry a failed one.
@@ -264,6 +259,11 @@ func (t *Target) dispatch(tk *task) error {
 	default:
 		lu.taskSet.RLock()
 		defer lu.taskSet.RUnlock()
+	}
+	// The asymmetric access state of the port the command came through,
+	// as it is when the command starts (alua.go).
+	if se := tk.aluaRefusal(op); se != nil {
+		return se
 	}
 	if lu.reservationActive.Load() && op.flags&opNoConflictCheck == 0 {
 		if lu.conflicts(tk, op) {
