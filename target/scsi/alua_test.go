@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/cachelun/cachelun/internal/testkit"
 )
@@ -782,4 +783,39 @@ func FuzzExecuteALUA(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestALUACheckedWhenTheCommandStarts: a command held back in the task set
+// by an ORDERED task is served or refused by the state of its port when it
+// starts, not when it arrived.
+func TestALUACheckedWhenTheCommandStarts(t *testing.T) {
+	var gv *gateVol
+	f := newFixture(t, func(c *LUConfig) {
+		gv = &gateVol{Volume: c.Volume, started: make(chan struct{}, 4), release: make(chan struct{})}
+		c.Volume = gv
+		c.ALUA = testALUAConfig()
+		c.ALUA.Groups[0].State = ALUAActiveNonOptimized // group 20
+	})
+	f.clearUA(nexusC)
+	exec := func(n *Nexus, attr TaskAttr, cdb []byte, inLen uint32) <-chan Response {
+		ch := make(chan Response, 1)
+		go func() {
+			ch <- f.tgt.Execute(context.Background(), &Command{Nexus: n, CDB: cdb, Attr: attr, DataInLen: inLen})
+		}()
+		return ch
+	}
+	first := exec(nexusA, TaskSimple, testkit.Read10(0, 1), testBS)
+	<-gv.started // inside the volume
+	ordered := exec(nexusA, TaskOrdered, []byte{0, 0, 0, 0, 0, 0}, 0)
+	time.Sleep(20 * time.Millisecond) // the ORDERED task waits for the READ
+	queued := exec(nexusC, TaskSimple, testkit.Read10(0, 1), testBS)
+	time.Sleep(20 * time.Millisecond) // the READ on port 2 waits behind it
+	if _, err := f.lu.SetTargetPortGroupState(20, ALUAStandby); err != nil {
+		t.Fatal(err)
+	}
+	close(gv.release)
+	for _, ch := range []<-chan Response{first, ordered} {
+		f.good(<-ch)
+	}
+	f.sense(<-queued, SenseNotReady, ASCLUNotAccessibleStandby)
 }
