@@ -100,7 +100,8 @@ type ALUAConfig struct {
 	// TransitionTime is the IMPLICIT TRANSITION TIME of the extended
 	// REPORT TARGET PORT GROUPS header, in seconds: how long a host should
 	// wait for a transition (state transitioning) before it gives up on a
-	// path. 0 means unspecified (Linux then waits 60 s).
+	// path. 0 means unspecified (the host uses its own default; Linux
+	// 60 s).
 	TransitionTime uint8
 }
 
