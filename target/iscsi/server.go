@@ -72,7 +72,12 @@ type TargetConfig struct {
 	// listener. An unspecified IP ("0.0.0.0:3260", "[::]:3260") matches any
 	// local address on that port.
 	Portals []string
-	TPGT    uint16
+	// TPGT is the target portal group tag. It is also the relative target
+	// port identifier the device server sees (scsi.Nexus.RelativePortID,
+	// 1 for TPGT 0): VPD 83h reports it, and ALUA target port groups list
+	// ports by it, so each node of a cluster gives a target its own TPGT
+	// and keeps it across restarts.
+	TPGT uint16
 	// Initiators is the ACL of initiator names; empty allows all.
 	Initiators []string
 	CHAP       *CHAP // nil: no authentication

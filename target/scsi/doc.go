@@ -18,7 +18,8 @@
 // VERIFY(10/12/16), SYNCHRONIZE CACHE(10/16), PRE-FETCH(10/16), UNMAP, WRITE
 // SAME(10/16), COMPARE AND WRITE, ORWRITE(16), WRITE ATOMIC(16) (only on
 // volumes that implement blk.AtomicWriter), GET LBA STATUS, REPORT LUNS,
-// REPORT SUPPORTED OPERATION CODES, PERSISTENT RESERVE IN/OUT,
+// REPORT SUPPORTED OPERATION CODES, REPORT TARGET PORT GROUPS (with
+// ALUA), PERSISTENT RESERVE IN/OUT,
 // RESERVE/RELEASE (6/10), START STOP UNIT, PREVENT ALLOW MEDIUM REMOVAL,
 // EXTENDED COPY (LID1), RECEIVE COPY RESULTS (COPY STATUS, OPERATING
 // PARAMETERS), POPULATE TOKEN, WRITE USING TOKEN, RECEIVE ROD TOKEN
@@ -30,16 +31,34 @@
 // Identity: standard INQUIRY reports a connected direct-access device,
 // vendor "CACHELUN", product "cached-lun", revision "0001" (all
 // configurable), VERSION 06h (SPC-4), HiSup=1, response data format 2,
-// CmdQue=1, TPGS=0 (no ALUA), PROTECT=0, 3PC=1, and the version
+// CmdQue=1, TPGS=0 (01b with ALUA), PROTECT=0, 3PC=1, and the version
 // descriptors SAM-5, iSCSI, SPC-4 and SBC-3. VPD 83h carries an NAA-6
 // designator and a T10 vendor ID designator derived from
-// LUConfig.DeviceID, the relative target port and target port group of the
-// nexus, and the SCSI names of the target port and target device. The
+// LUConfig.DeviceID, the relative target port (Nexus.RelativePortID) and
+// target port group (1, or the port's group with ALUA) of the nexus, and
+// the SCSI names of the target port and target device. The
 // serial and device id of every LUN cachelun serves come from one place,
 // identity.go: LUNIdentity (iSCSI: target IQN and volume name),
 // TCMUIdentity (LIO's unit serial, else the cfgstring) and, for a logical
 // unit configured without one, the target name and LUN. Hosts name disks by
 // them, so testdata/identity.golden pins their values.
+//
+// # ALUA
+//
+// A logical unit given LUConfig.ALUA (or LU.SetALUA) reports implicit
+// asymmetric logical unit access (TPGS=01b): target port groups, each with
+// an ID, an asymmetric access state (active/optimized, active/non-optimized,
+// standby, unavailable, transitioning) and the relative target port
+// identifiers of its ports. A command's port is Nexus.RelativePortID (the
+// iSCSI target portal group tag). The daemon owns the states:
+// LU.SetTargetPortGroupStates changes any number of groups in one atomic
+// step and raises ASYMMETRIC ACCESS STATE CHANGED on every I_T nexus of the
+// logical unit; SET TARGET PORT GROUPS is not offered. Ports in standby
+// serve INQUIRY, REPORT LUNS, REPORT TARGET PORT GROUPS, REQUEST SENSE, MODE
+// SENSE/SELECT, PERSISTENT RESERVE IN/OUT and READ CAPACITY, and refuse the
+// rest with NOT READY / TARGET PORT IN STANDBY STATE; unavailable and
+// transitioning ports serve the first four only (alua.go has the SPC-4
+// references). Without ALUA every answer is as it was before ALUA existed.
 //
 // # Copy offload, atomic writes, sanitize
 //
@@ -129,7 +148,8 @@
 //
 // Lock order: LU.taskSet (held for the whole command) → LU.resMu →
 // LU.nexusMu → nexusState.mu, with LU.stateMu last; Target.mu (LUN map
-// changes) is never held while executing a command. No lock other than
+// changes) and the ALUA setters' lock (aluaState.mu → nexusState.mu) are
+// never held while executing a command. No lock other than
 // LU.taskSet is held across Volume I/O.
 //
 // # State file

@@ -44,6 +44,8 @@ func FuzzExecute(f *testing.F) {
 		testkit.CDB16(0x89, 0, 0, 1),
 		{0x9e, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0},
 		{0xa3, 0x0c, 0x82, 0x28, 0, 0, 0, 0, 1, 0, 0, 0},
+		{0xa3, 0x0a, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0}, // REPORT TARGET PORT GROUPS (no ALUA here; FuzzExecuteALUA has it)
+		{0xa3, 0x2a, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0},
 		{0x5f, 0x00, 0, 0, 0, 0, 0, 0, 24, 0},
 		{0x5e, 0x03, 0, 0, 0, 0, 0, 1, 0, 0},
 		{0x15, 0x11, 0, 0, 24, 0},

@@ -36,6 +36,10 @@ type LUConfig struct {
 	WriteCache bool
 	// Logger receives state-file errors; nil uses the target's logger.
 	Logger *slog.Logger
+	// ALUA, when set, makes the logical unit report implicit asymmetric
+	// logical unit access with these target port groups (alua.go); nil
+	// is no ALUA. LU.SetALUA and LU.SetTargetPortGroupStates change it.
+	ALUA *ALUAConfig
 }
 
 // LU is one logical unit: a Volume plus its SCSI state (mode pages, unit
@@ -70,6 +74,8 @@ type LU struct {
 	atomic *atomicLimits
 	// sanitize is the SANITIZE job and failure mode (sanitize.go).
 	sanitize sanitizeState
+	// alua is the ALUA configuration and states (alua.go).
+	alua aluaState
 
 	configuredWCE atomic.Bool // LUConfig.WriteCache or SetConfiguredWriteCache
 	wce           atomic.Bool // current WCE
@@ -219,6 +225,9 @@ func newLU(t *Target, lun uint64, cfg LUConfig) (*LU, error) {
 	lu.maxUnmapDescs = maxUnmapDescriptors
 	lu.maxCAWBlocks = maxCompareAndWriteBlocks
 	lu.atomic = newAtomicLimits(cfg.Volume, uint64(bs), lu.maxXferBlocks)
+	if err := lu.initALUA(cfg.ALUA); err != nil {
+		return nil, err
+	}
 	empty := map[nexusKey]*nexusState{}
 	lu.nexuses.Store(&empty)
 

@@ -153,6 +153,7 @@ func newOpTable() *opTable {
 		{name: "RECEIVE COPY RESULTS / COPY STATUS", opcode: 0x84, sa: 0x00, hasSA: true, cdbLen: 16, usage: usage("84 1f ff 00 00 00 00 00 00 00 ff ff ff ff 00 07"), access: accessRead, run: cmdReceiveCopyResults},
 		{name: "RECEIVE COPY RESULTS / OPERATING PARAMETERS", opcode: 0x84, sa: 0x03, hasSA: true, cdbLen: 16, usage: usage("84 1f 00 00 00 00 00 00 00 00 ff ff ff ff 00 07"), access: accessRead, run: cmdReceiveCopyResults},
 		{name: "REPORT LUNS", opcode: 0xa0, cdbLen: 12, usage: usage("a0 00 ff 00 00 00 ff ff ff ff 00 07"), flags: opNoLU | opNoUA | opNoConflictCheck, run: cmdReportLUNs},
+		{name: "REPORT TARGET PORT GROUPS", opcode: 0xa3, sa: saReportTargetPortGroups, hasSA: true, cdbLen: 12, usage: usage("a3 ff 00 00 00 00 ff ff ff ff 00 07"), access: accessAlways, run: cmdReportTargetPortGroups},
 		{name: "REPORT SUPPORTED OPERATION CODES", opcode: 0xa3, sa: 0x0c, hasSA: true, cdbLen: 12, usage: usage("a3 1f 87 ff ff ff ff ff ff ff 00 07"), access: accessAlways, run: cmdReportSupportedOpcodes},
 		{name: "READ(12)", opcode: 0xa8, cdbLen: 12, usage: usage("a8 fe ff ff ff ff ff ff ff ff 1f 07"), access: accessRead, timeout: 30, run: cmdRead},
 		{name: "WRITE(12)", opcode: 0xaa, cdbLen: 12, usage: usage("aa fa ff ff ff ff ff ff ff ff 1f 07"), flags: opWritesMedium, access: accessWrite, timeout: 30, run: cmdWrite},

@@ -2,7 +2,8 @@ package scsi
 
 // supported reports whether the logical unit serves the command (UNMAP
 // only on thin logical units, WRITE ATOMIC only on volumes with atomic
-// writes, SANITIZE BLOCK ERASE only on thin logical units).
+// writes, SANITIZE BLOCK ERASE only on thin logical units, REPORT TARGET
+// PORT GROUPS only with ALUA).
 func (lu *LU) supports(e *opEntry) bool {
 	switch {
 	case lu == nil:
@@ -13,6 +14,8 @@ func (lu *LU) supports(e *opEntry) bool {
 		return lu.atomic != nil
 	case e.opcode == 0x48 && e.sa == sanitizeBlockErase:
 		return lu.thin
+	case lu.hides(e):
+		return false
 	}
 	return true
 }

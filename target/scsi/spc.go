@@ -98,7 +98,7 @@ func (tk *task) standardInquiry() []byte {
 	d[2] = 0x06 // SPC-4
 	d[3] = 0x10 | 0x02
 	d[4] = standardInquiryLen - 5
-	d[5] = 0x08 // SCCS=0, ACC=0, TPGS=0, 3PC=1 (EXTENDED COPY), PROTECT=0
+	d[5] = 0x08 | lu.tpgs() // SCCS=0, ACC=0, TPGS (01b with ALUA), 3PC=1 (EXTENDED COPY), PROTECT=0
 	d[6] = 0x00
 	d[7] = 0x02 // CMDQUE
 	padCopy(d[8:16], lu.vendor)
@@ -194,9 +194,11 @@ func (lu *LU) deviceIdentification(tk *task) []byte {
 	rp := make([]byte, 4)
 	put16(rp[2:], n.RelativePortID)
 	add(1, 1, 1, 4, rp)
-	tpg := make([]byte, 4)
-	put16(tpg[2:], targetPortGroup)
-	add(1, 1, 1, 5, tpg)
+	if id, ok := lu.targetPortGroupOf(n.RelativePortID); ok {
+		tpg := make([]byte, 4)
+		put16(tpg[2:], id)
+		add(1, 1, 1, 5, tpg)
+	}
 	if n.TargetPort != "" {
 		add(3, 1, 1, 8, scsiName(n.TargetPort))
 	}
@@ -206,7 +208,8 @@ func (lu *LU) deviceIdentification(tk *task) []byte {
 	return out
 }
 
-// targetPortGroup is the one target port group every port belongs to.
+// targetPortGroup is the one target port group every port belongs to
+// without ALUA.
 const targetPortGroup = 1
 
 // scsiName pads a SCSI name string with NULs to a multiple of 4 (at least

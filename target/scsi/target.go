@@ -216,6 +216,9 @@ func (t *Target) dispatch(tk *task) error {
 		}
 		return newSense(SenseIllegalRequest, ASCLUNotSupported)
 	}
+	if op != nil && lu.hides(op) {
+		op, err = nil, errCDBField(1, 4) // as an unknown service action
+	}
 	tk.nx = lu.nexus(tk.cmd.Nexus)
 	if op == nil || op.flags&opNoUA == 0 {
 		if ua, ok := tk.nx.takeUA(); ok {
@@ -256,6 +259,11 @@ func (t *Target) dispatch(tk *task) error {
 	default:
 		lu.taskSet.RLock()
 		defer lu.taskSet.RUnlock()
+	}
+	// The asymmetric access state of the port the command came through,
+	// as it is when the command starts (alua.go).
+	if se := tk.aluaRefusal(op); se != nil {
+		return se
 	}
 	if lu.reservationActive.Load() && op.flags&opNoConflictCheck == 0 {
 		if lu.conflicts(tk, op) {
