@@ -425,3 +425,21 @@ func TestCloseFailsPending(t *testing.T) {
 		t.Errorf("send after close: %v", err)
 	}
 }
+
+// One shipment at a time (a FUA write's kset) is acknowledged at once:
+// the receiving side never waits for a next frame to fill a batch.
+func TestSequentialReplicateIsPrompt(t *testing.T) {
+	tc := startCluster(t, 2, func(i int, c *Config) { c.PeerTimeout = 2 * time.Second })
+	l := tc.nodes[0].Link("b")
+	waitState(t, l, StateInSync)
+	ctx := context.Background()
+	start := time.Now()
+	for i := uint64(1); i <= 50; i++ {
+		if err := l.Replicate(ctx, "v", i, []byte(payloadFor("v", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("50 sequential replications took %v", d)
+	}
+}

@@ -166,8 +166,11 @@ func (fr *frameReader) next() (MsgType, []byte, error) {
 // wholeFrameBuffered reports whether the next frame is entirely in the
 // read buffer (so reading it will not block).
 func (fr *frameReader) wholeFrameBuffered() bool {
+	if fr.r.Buffered() < HeaderSize {
+		return false // Peek would wait for the rest of the header
+	}
 	b, err := fr.r.Peek(HeaderSize)
-	if err != nil || fr.r.Buffered() < HeaderSize {
+	if err != nil {
 		return false
 	}
 	n := binary.BigEndian.Uint32(b[0:4])
