@@ -25,13 +25,19 @@
 //   - Delivery is at least once, deduplicated by LSN on the receiver: a
 //     link keeps every shipment until its ack and ships all unacknowledged
 //     ones again, in order, on each new connection. The accepting node
-//     remembers, per peer and volume, the highest LSN its Receiver
-//     persisted, and acknowledges at once, without calling the Receiver,
-//     any shipment at or below it. So, while a Node runs, its Receiver
-//     sees each LSN of a peer's volume once, in ascending order. After the
-//     receiving process restarts, the memory is gone: a Receiver that
-//     persists a mirror must ignore LSNs it already holds (it may see them
-//     again once).
+//     remembers, per peer incarnation (process) and volume, the highest
+//     LSN its Receiver persisted, and acknowledges at once, without
+//     calling the Receiver, any shipment at or below it. So, while both
+//     processes run, a Receiver sees each LSN of a peer's volume once, in
+//     ascending order. The exceptions, which a Receiver that persists a
+//     mirror must absorb by ignoring LSNs it holds already: after either
+//     process restarts the memory starts afresh, and the shipments of a
+//     batch whose Receive failed may be offered again after a Resync.
+//   - No hole: when Receive fails, the accepting node nacks every volume
+//     of the batch and closes the connection, so nothing shipped behind
+//     the failure is persisted or acknowledged; the sender is out of
+//     sync. An ack for an LSN the sender never shipped closes the
+//     connection as garbage.
 //   - Per volume, LSNs must be shipped in ascending order (Send refuses
 //     others with ErrLSNOrder); they need not be contiguous. Volumes are
 //     independent.

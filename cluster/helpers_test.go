@@ -25,8 +25,9 @@ type memReceiver struct {
 	got     map[string]map[string][]uint64
 	bytes   int64
 	calls   int
-	fail    error         // when set, Receive fails
-	delay   time.Duration // per batch
+	fail    error            // when set, Receive fails
+	failAt  map[uint64]error // Receive of a batch holding this LSN fails, once
+	delay   time.Duration    // per batch
 	maxSeen map[string]uint64
 	errs    []string
 }
@@ -48,6 +49,12 @@ func (r *memReceiver) Receive(ctx context.Context, from string, batch []Shipment
 	r.calls++
 	if r.fail != nil {
 		return r.fail
+	}
+	for _, s := range batch {
+		if err := r.failAt[s.LSN]; err != nil {
+			delete(r.failAt, s.LSN)
+			return err
+		}
 	}
 	m := r.got[from]
 	if m == nil {

@@ -72,6 +72,7 @@ type linkStats struct {
 
 type volState struct {
 	queued, acked uint64
+	top           uint64 // highest LSN ever queued (not lowered by out of sync)
 	pending       []*entry
 }
 
@@ -191,6 +192,7 @@ func (l *Link) Send(volume string, lsn uint64, payload []byte) (*Pending, error)
 	l.queue = append(l.queue, e)
 	vs.pending = append(vs.pending, e)
 	vs.queued = lsn
+	vs.top = max(vs.top, lsn)
 	l.unacked++
 	l.unackedBytes += int64(len(payload))
 	l.stats.shipments++
@@ -564,6 +566,11 @@ func (l *Link) reader(conn net.Conn, fr *frameReader) error {
 			}
 			l.mu.Lock()
 			l.lastHeard = now
+			if vs := l.vols[a.Volume]; vs == nil || a.LSN > vs.top {
+				l.mu.Unlock()
+				l.n.metrics.protocolError()
+				return fmt.Errorf("%w: %s of volume %s LSN %d, never shipped", ErrMalformed, t, a.Volume, a.LSN)
+			}
 			if t == MsgAck {
 				l.ackLocked(a.Volume, a.LSN)
 			} else {

@@ -443,3 +443,82 @@ func TestSequentialReplicateIsPrompt(t *testing.T) {
 		t.Errorf("50 sequential replications took %v", d)
 	}
 }
+
+// A Receiver that fails in the middle of a stream: the peer nacks, the
+// session ends so that nothing behind the failure is persisted, the
+// sender is out of sync; after Resync it ships again from the
+// acknowledged LSN and the receiver ends with every LSN, without a hole.
+func TestNackLeavesNoHole(t *testing.T) {
+	const n = 200
+	tc := startCluster(t, 2, nil)
+	tc.recv[1].mu.Lock()
+	tc.recv[1].failAt = map[uint64]error{120: errors.New("write error")}
+	tc.recv[1].mu.Unlock()
+	l := tc.nodes[0].Link("b")
+	waitState(t, l, StateInSync)
+	var ps []*Pending
+	for i := uint64(1); i <= n; i++ {
+		p, err := l.Send("v", i, []byte(payloadFor("v", i)))
+		if err != nil {
+			break // out of sync already
+		}
+		ps = append(ps, p)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for i, p := range ps {
+		err := p.Wait(ctx)
+		if i+1 >= 120 && !errors.Is(err, ErrOutOfSync) {
+			t.Fatalf("LSN %d: %v, want ErrOutOfSync", i+1, err)
+		}
+		if err == nil && tc.recv[1].persisted("a", "v") < uint64(i+1) {
+			t.Fatalf("LSN %d acknowledged, not persisted", i+1)
+		}
+	}
+	if got := tc.recv[1].persisted("a", "v"); got >= 120 {
+		t.Fatalf("persisted up to %d past the failed LSN 120", got)
+	}
+	acked := l.Resync()
+	from := acked["v"] + 1
+	for i := from; i <= n; i++ {
+		p, err := l.Send("v", i, []byte(payloadFor("v", i)))
+		if err != nil {
+			t.Fatalf("re-shipping %d: %v", i, err)
+		}
+		ps = append(ps, p)
+	}
+	if err := ps[len(ps)-1].Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wantLSNs(t, tc.recv[1].lsns("a", "v"), n)
+	tc.recv[1].check(t)
+	waitState(t, l, StateInSync)
+}
+
+// A sender that restarted (a new incarnation) is not deduplicated against
+// what its previous incarnation shipped: its LSNs reach the Receiver.
+func TestNewIncarnationNotDeduplicated(t *testing.T) {
+	tc := startCluster(t, 2, nil)
+	ctx := context.Background()
+	for i := uint64(1); i <= 5; i++ {
+		if err := tc.nodes[0].Link("b").Replicate(ctx, "v", i, []byte(payloadFor("v", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tc.nodes[0].Close()
+	cfg := testConfig(t, "a", listen(t, "127.0.0.2"), newMemReceiver())
+	cfg.Peers = []Peer{{Name: "b", Addr: tc.nodes[1].Addr().String()}}
+	a2, err := Start(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a2.Close()
+	for i := uint64(1); i <= 3; i++ {
+		if err := a2.Link("b").Replicate(ctx, "v", i, []byte(payloadFor("v", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := tc.recv[1].lsns("a", "v"); !slices.Equal(got, []uint64{1, 2, 3, 4, 5, 1, 2, 3}) {
+		t.Errorf("receiver got %v", got)
+	}
+}

@@ -32,12 +32,20 @@ type Node struct {
 	metrics     *metrics
 
 	mu      sync.Mutex
-	conns   map[net.Conn]struct{}        // accepted connections, closed at shutdown
-	inbound map[string]*session          // the live session of each peer's link to this node
-	hwm     map[string]map[string]uint64 // peer → volume → highest LSN persisted (dedup)
-	inStats map[string]*inboundStats     // peer → counters of its link to this node
-	refused map[Reason]uint64            // inbound refusals by reason
+	conns   map[net.Conn]struct{}    // accepted connections, closed at shutdown
+	inbound map[string]*session      // the live session of each peer's link to this node
+	hwm     map[string]*dedup        // peer → what its Receiver persisted of it
+	inStats map[string]*inboundStats // peer → counters of its link to this node
+	refused map[Reason]uint64        // inbound refusals by reason
 	_       struct{}
+}
+
+// dedup is the highest LSN persisted, per volume, of one incarnation of a
+// peer: a peer that restarted ships under a new incarnation, whose LSNs
+// are judged afresh (its Receiver sorts out what it holds already).
+type dedup struct {
+	inc uint64
+	top map[string]uint64
 }
 
 // inboundStats describes a peer's link to this node.
@@ -57,7 +65,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	n := &Node{cfg: cfg, log: cfg.Logger.With("cluster", cfg.Cluster, "node", cfg.Node),
 		byName: map[string]*Link{}, peers: map[string]Peer{}, conns: map[net.Conn]struct{}{},
-		inbound: map[string]*session{}, hwm: map[string]map[string]uint64{}, inStats: map[string]*inboundStats{},
+		inbound: map[string]*session{}, hwm: map[string]*dedup{}, inStats: map[string]*inboundStats{},
 		refused: map[Reason]uint64{}}
 	var b [8]byte
 	if _, err := rand.Read(b[:]); err != nil {
@@ -409,17 +417,22 @@ func (n *Node) sessionError(log *slog.Logger, err error) {
 	}
 }
 
+var errReceiveFailed = errors.New("the Receiver failed")
+
 // receive hands the new shipments of batch to the Receiver and
 // acknowledges, for each volume of the batch, the highest LSN persisted.
 // Shipments at or below that LSN were persisted before (a retransmission
-// after a reconnect) and are only acknowledged again.
+// after a reconnect) and are only acknowledged again. When the Receiver
+// fails, each volume of the batch is nacked and the session ends, so that
+// nothing shipped behind the failure is persisted.
 func (n *Node) receive(ctx context.Context, s *session, st *inboundStats, batch []Shipment) error {
 	n.mu.Lock()
-	hw := n.hwm[s.peer]
-	if hw == nil {
-		hw = map[string]uint64{}
-		n.hwm[s.peer] = hw
+	dd := n.hwm[s.peer]
+	if dd == nil || dd.inc != s.inc {
+		dd = &dedup{inc: s.inc, top: map[string]uint64{}}
+		n.hwm[s.peer] = dd
 	}
+	hw := dd.top
 	var fresh []Shipment
 	last := map[string]uint64{}
 	var order []string
@@ -455,7 +468,12 @@ func (n *Node) receive(ctx context.Context, s *session, st *inboundStats, batch 
 					frames = append(frames, outFrame{t: MsgNack, parts: [][]byte{ack{Volume: sh.Volume, LSN: sh.LSN, Reason: err.Error()}.encode(true)}})
 				}
 			}
-			return s.write(n.cfg.PeerTimeout, frames...)
+			// the session ends: shipments behind the failed ones must
+			// not be persisted past a hole
+			if werr := s.write(n.cfg.PeerTimeout, frames...); werr != nil {
+				return werr
+			}
+			return fmt.Errorf("%w: %v", errReceiveFailed, err)
 		}
 	}
 	n.mu.Lock()
