@@ -21,7 +21,8 @@ const (
 	// them waits longer than the sync timeout.
 	StateDown State = "down"
 	// StateConnected: connected, retransmitting what the peer had not
-	// acknowledged when the connection was made.
+	// acknowledged when the connection was made, or resyncing (between
+	// Resync and the acknowledgement of what was queued until ResyncDone).
 	StateConnected State = "connected"
 	// StateInSync: connected and caught up; every shipment is
 	// acknowledged or in flight for less than the sync timeout.
@@ -50,6 +51,7 @@ type Link struct {
 	stateSince   time.Time
 	outOfSync    bool
 	oosReason    string
+	resyncing    bool     // between Resync and ResyncDone
 	queue        []*entry // shipments not yet acknowledged (and acknowledged ones behind them), in Send order
 	sent         int      // queue[:sent] was written on the current connection
 	vols         map[string]*volState
@@ -214,16 +216,17 @@ func (l *Link) Replicate(ctx context.Context, volume string, lsn uint64, payload
 
 // Resync ends the out-of-sync state and returns, for each volume ever
 // shipped, the highest LSN the peer acknowledged durable. The caller (the
-// engine) must ship again everything of the volume above it, in order,
-// before it counts the peer in sync for that volume; the link accepts
-// LSNs from there on. It returns nil when the link was not out of sync.
+// engine) then ships again everything of each volume above it, in order
+// (Send accepts LSNs from there on), and calls ResyncDone once it has
+// queued it all. Until then the link is not in sync (connected, or down).
+// It returns nil when the link was not out of sync.
 func (l *Link) Resync() map[string]uint64 {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if !l.outOfSync {
 		return nil
 	}
-	l.outOfSync, l.oosReason = false, ""
+	l.outOfSync, l.oosReason, l.resyncing = false, "", true
 	out := make(map[string]uint64, len(l.vols))
 	for v, vs := range l.vols {
 		out[v] = vs.acked
@@ -231,6 +234,25 @@ func (l *Link) Resync() map[string]uint64 {
 	l.log.Info("cluster: peer resync begins", "volumes", len(out))
 	l.noteStateLocked()
 	return out
+}
+
+// ResyncDone says that everything the peer missed is queued again: the
+// link is in sync once the peer acknowledged it all.
+func (l *Link) ResyncDone() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.resyncing {
+		return
+	}
+	l.resyncing = false
+	l.catchUp = map[string]uint64{}
+	for v, vs := range l.vols {
+		if vs.queued > vs.acked {
+			l.catchUp[v] = vs.queued
+		}
+	}
+	l.log.Info("cluster: peer resync queued", "volumes", len(l.catchUp))
+	l.noteStateLocked()
 }
 
 // Call sends a control request to the peer's Handler and returns its
@@ -648,7 +670,7 @@ func (l *Link) markOutOfSyncLocked(reason string) {
 	if l.outOfSync || l.closed {
 		return
 	}
-	l.outOfSync, l.oosReason = true, reason
+	l.outOfSync, l.oosReason, l.resyncing = true, reason, false
 	l.stats.outOfSync++
 	err := fmt.Errorf("%w: %s: %s", ErrOutOfSync, l.peer.Name, reason)
 	for _, e := range l.queue {
@@ -702,7 +724,7 @@ func (l *Link) stateLocked() State {
 		return StateOutOfSync
 	case l.conn == nil:
 		return StateDown
-	case len(l.catchUp) > 0:
+	case l.resyncing, len(l.catchUp) > 0:
 		return StateConnected
 	}
 	return StateInSync

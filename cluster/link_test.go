@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"slices"
 	"strings"
@@ -273,6 +274,10 @@ func TestOutOfSyncOnTimeout(t *testing.T) {
 	if l.State() != StateDown {
 		t.Errorf("after resync: %s", l.State())
 	}
+	l.ResyncDone()
+	if s := nd.Snapshot(); s.Peers[0].State != StateDown || !s.RefuseSync {
+		t.Errorf("resync done, peer down: %+v", s)
+	}
 	if _, err := l.Send("v", 1, []byte("x")); err != nil {
 		t.Errorf("re-shipping after resync: %v", err)
 	}
@@ -487,6 +492,10 @@ func TestNackLeavesNoHole(t *testing.T) {
 		}
 		ps = append(ps, p)
 	}
+	if st := l.State(); st != StateConnected {
+		t.Errorf("resyncing: %s, want connected", st)
+	}
+	l.ResyncDone()
 	if err := ps[len(ps)-1].Wait(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -521,4 +530,52 @@ func TestNewIncarnationNotDeduplicated(t *testing.T) {
 	if got := tc.recv[1].lsns("a", "v"); !slices.Equal(got, []uint64{1, 2, 3, 4, 5, 1, 2, 3}) {
 		t.Errorf("receiver got %v", got)
 	}
+}
+
+// A peer that completes the handshake and then goes silent (no acks, no
+// heartbeat echoes) is dropped after the peer timeout and dialed again.
+func TestSilentPeerDropped(t *testing.T) {
+	fake := listen(t, "127.0.0.3")
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := fake.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			fr := newFrameReader(c, DefaultMaxFrame)
+			_, _, _ = fr.next()
+			_ = writeFrame(c, MsgWelcome, Welcome{Version: ProtocolVersion, Cluster: "test", Node: "b"}.encode())
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, _ = io.Copy(io.Discard, c) // read, never answer
+			}()
+		}
+	}()
+	cfg := testConfig(t, "a", listen(t, "127.0.0.2"), newMemReceiver())
+	cfg.Peers = []Peer{{Name: "b", Addr: fake.Addr().String()}}
+	cfg.PeerTimeout = 300 * time.Millisecond
+	nd, err := Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := nd.Link("b")
+	// the fake never closes a connection: only the link's peer timeout ends one
+	testkit.WaitFor(t, 10*time.Second, "a reconnect after silence", func() bool { return l.Snapshot().Reconnects >= 1 })
+	nd.Close()
+	fake.Close()
+	mu.Lock()
+	for _, c := range conns {
+		c.Close()
+	}
+	mu.Unlock()
+	wg.Wait()
 }
