@@ -107,7 +107,7 @@ func payloadFor(volume string, lsn uint64) string { return fmt.Sprintf("%s:%d", 
 
 // listen opens a listener on host (127.0.0.2, 127.0.0.3, ... are loopback
 // on Linux), or on 127.0.0.1 when that fails.
-func listen(t *testing.T, host string) net.Listener {
+func listen(t testing.TB, host string) net.Listener {
 	t.Helper()
 	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {

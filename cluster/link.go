@@ -655,7 +655,10 @@ func (l *Link) ackLocked(volume string, lsn uint64) {
 		drop++
 	}
 	if drop > 0 {
-		l.queue = append(l.queue[:0:0], l.queue[drop:]...)
+		// slide forward; append reallocates (dropping the front) when
+		// the array is full
+		clear(l.queue[:drop])
+		l.queue = l.queue[drop:]
 		l.sent = max(0, l.sent-drop)
 	}
 	if want, ok := l.catchUp[volume]; ok && lsn >= want {
