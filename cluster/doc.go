@@ -44,7 +44,10 @@
 //   - Out of sync is explicit and sticky. A peer is out of sync when a
 //     shipment waited longer than sync_timeout for its ack (the peer is
 //     down, or too slow), when the unacknowledged bytes would exceed
-//     max_lag, or when the peer failed to persist a shipment (a nack).
+//     max_lag, when the peer failed to persist a shipment (a nack), or
+//     when the peer restarted (its welcome carries a new incarnation:
+//     what its previous process acknowledged may be lost with its cache
+//     file, so the link forgets every ack and Resync reports 0).
 //     Then every unacknowledged shipment fails with ErrOutOfSync and is
 //     dropped, and Send fails at once until Resync: nothing the peer may
 //     have missed is ever reported as replicated. A peer that is down but

@@ -65,6 +65,7 @@ type Link struct {
 	lastErr      string
 	lastRefusal  string
 	everUp       bool
+	peerInc      uint64 // the peer's incarnation at the last handshake
 	stats        linkStats
 }
 
@@ -299,7 +300,7 @@ func (l *Link) run() {
 	ctx := l.n.ctx
 	backoff := l.n.cfg.ReconnectMin
 	for ctx.Err() == nil {
-		conn, fr, err := l.dial(ctx)
+		conn, fr, peerInc, err := l.dial(ctx)
 		if err != nil {
 			l.dialFailed(err)
 			t := time.NewTimer(backoff)
@@ -312,7 +313,7 @@ func (l *Link) run() {
 			continue
 		}
 		backoff = l.n.cfg.ReconnectMin
-		l.serve(ctx, conn, fr)
+		l.serve(ctx, conn, fr, peerInc)
 	}
 	l.mu.Lock()
 	l.closed = true
@@ -330,13 +331,13 @@ func (l *Link) run() {
 }
 
 // dial connects and runs the handshake.
-func (l *Link) dial(ctx context.Context) (net.Conn, *frameReader, error) {
+func (l *Link) dial(ctx context.Context) (net.Conn, *frameReader, uint64, error) {
 	cfg := &l.n.cfg
 	dctx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
 	defer cancel()
 	conn, err := cfg.Dial(dctx, l.peer.Addr)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, 0, err
 	}
 	stop := context.AfterFunc(dctx, func() { conn.Close() })
 	defer stop()
@@ -345,22 +346,22 @@ func (l *Link) dial(ctx context.Context) (net.Conn, *frameReader, error) {
 		Cluster: cfg.Cluster, From: cfg.Node, To: l.peer.Name}
 	if err := writeFrame(conn, MsgHello, hello.encode()); err != nil {
 		conn.Close()
-		return nil, nil, err
+		return nil, nil, 0, err
 	}
 	fr := newFrameReader(conn, cfg.MaxFrame)
 	t, p, err := fr.next()
 	if err != nil {
 		conn.Close()
 		if errors.Is(err, ErrMalformed) || errors.Is(err, ErrChecksum) || errors.Is(err, ErrFrameTooLarge) {
-			return nil, nil, &RefusedError{Refusal: Refusal{Reason: ReasonGarbage, Detail: err.Error()}}
+			return nil, nil, 0, &RefusedError{Refusal: Refusal{Reason: ReasonGarbage, Detail: err.Error()}}
 		}
-		return nil, nil, err
+		return nil, nil, 0, err
 	}
-	refuse := func(r Reason, format string, args ...any) (net.Conn, *frameReader, error) {
+	refuse := func(r Reason, format string, args ...any) (net.Conn, *frameReader, uint64, error) {
 		rf := Refusal{Reason: r, Detail: fmt.Sprintf(format, args...)}
 		_ = writeFrame(conn, MsgRefuse, rf.encode())
 		conn.Close()
-		return nil, nil, &RefusedError{Refusal: rf}
+		return nil, nil, 0, &RefusedError{Refusal: rf}
 	}
 	switch t {
 	case MsgRefuse:
@@ -369,7 +370,7 @@ func (l *Link) dial(ctx context.Context) (net.Conn, *frameReader, error) {
 		if err != nil {
 			rf = Refusal{Reason: ReasonGarbage, Detail: "undecodable refusal: " + err.Error()}
 		}
-		return nil, nil, &RefusedError{Refusal: rf, Remote: true}
+		return nil, nil, 0, &RefusedError{Refusal: rf, Remote: true}
 	case MsgWelcome:
 	default:
 		return refuse(ReasonGarbage, "answer to a hello is a %s", t)
@@ -390,9 +391,9 @@ func (l *Link) dial(ctx context.Context) (net.Conn, *frameReader, error) {
 	_ = conn.SetDeadline(time.Time{})
 	if !stop() {
 		conn.Close()
-		return nil, nil, ctx.Err()
+		return nil, nil, 0, ctx.Err()
 	}
-	return conn, fr, nil
+	return conn, fr, w.Incarnation, nil
 }
 
 // dialFailed records and logs (once per distinct error) a failed dial.
@@ -428,9 +429,18 @@ func (l *Link) dialFailed(err error) {
 // serve runs one connection: a writer that ships, sends requests and
 // heartbeats, and a reader of acks, responses and heartbeats. Everything
 // unacknowledged is shipped again on the connection.
-func (l *Link) serve(parent context.Context, conn net.Conn, fr *frameReader) {
+func (l *Link) serve(parent context.Context, conn net.Conn, fr *frameReader, peerInc uint64) {
 	now := l.n.cfg.Clock.Now()
 	l.mu.Lock()
+	if l.peerInc != 0 && peerInc != l.peerInc {
+		// what the peer's previous process acknowledged may be gone
+		// with it (a lost cache file): nothing it acknowledged counts
+		for _, vs := range l.vols {
+			vs.acked, vs.queued, vs.top = 0, 0, 0
+		}
+		l.markOutOfSyncLocked("the peer restarted (new incarnation): what it acknowledged before may be lost")
+	}
+	l.peerInc = peerInc
 	l.conn = conn
 	l.sent = 0
 	l.lastHeard = now

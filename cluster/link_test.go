@@ -580,3 +580,44 @@ func TestSilentPeerDropped(t *testing.T) {
 	mu.Unlock()
 	wg.Wait()
 }
+
+// A peer that restarted (a new incarnation) may have lost what it
+// acknowledged (its cache file deleted): the link puts it out of sync and
+// Resync reports that it holds nothing known.
+func TestPeerRestartPutsOutOfSync(t *testing.T) {
+	tc := startCluster(t, 2, nil)
+	ctx := context.Background()
+	l := tc.nodes[0].Link("b")
+	for i := uint64(1); i <= 5; i++ {
+		if err := l.Replicate(ctx, "v", i, []byte(payloadFor("v", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	addr := tc.nodes[1].Addr().String()
+	tc.nodes[1].Close()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Skipf("cannot listen again on %s: %v", addr, err)
+	}
+	cfg := testConfig(t, "b", ln, newMemReceiver())
+	cfg.Peers = []Peer{{Name: "a", Addr: tc.nodes[0].Addr().String()}}
+	b2, err := Start(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b2.Close()
+	waitState(t, l, StateOutOfSync)
+	if s := l.Snapshot(); !strings.Contains(s.OutOfSyncReason, "restarted") {
+		t.Errorf("reason: %q", s.OutOfSyncReason)
+	}
+	if acked := l.Resync(); acked["v"] != 0 {
+		t.Errorf("resync after the peer's restart: %v", acked)
+	}
+	for i := uint64(1); i <= 5; i++ {
+		if err := l.Replicate(ctx, "v", i, []byte(payloadFor("v", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l.ResyncDone()
+	waitState(t, l, StateInSync)
+}
