@@ -52,7 +52,8 @@
 //     dropped, and Send fails at once until Resync: nothing the peer may
 //     have missed is ever reported as replicated. A peer that is down but
 //     missed nothing is "down", not out of sync; a flush waits at most
-//     sync_timeout for a peer before it is declared out of sync.
+//     sync_timeout (checked every tenth of it) for a peer before it
+//     is declared out of sync.
 //   - Bad input changes nothing. A connection is refused, with the reason
 //     sent back when the other side can read it, logged and counted
 //     (cachelun_cluster_handshake_refusals_total{direction,reason}), and
@@ -139,14 +140,24 @@
 // _duplicate_shipments_total{peer}, _degraded,
 // _handshake_refusals_total{direction,reason} and _protocol_errors_total.
 //
-// Wiring it (daemon, later): when conf.Config.Cluster is set, build a
-// Config with ConfigFrom, add the engine's mirror as Receiver, the
-// daemon's logger, clock and metrics registry, Start it with the daemon's
-// context and Close it at shutdown after the engine stops shipping. The
-// admin API's `cachelun cluster status` serves Node.Snapshot (it has JSON
-// tags), and the docs/metrics.md rows for the collectors above are added
-// with that wiring (its test checks every documented metric exists on a
-// fresh daemon).
+// Wiring it (daemon, later). When conf.Config.Cluster is non-nil:
+//
+//	cfg := cluster.ConfigFrom(c.Cluster)
+//	cfg.Receiver = mirror       // the engine's; nil refuses to start
+//	cfg.Handler = ownership     // optional, for volume moves
+//	cfg.Logger, cfg.Clock, cfg.Registry = log, clock, reg
+//	node, err := cluster.Start(ctx, cfg) // after the engine opened, before portals listen
+//	...
+//	node.Close() // at shutdown, after the engine stopped shipping
+//
+// The admin API gets a read-only ClusterAPI whose Status returns
+// node.Snapshot() (it has JSON tags: nodes, link states, replication lag,
+// policy decision; owner per volume is to be added by the ownership
+// work), served at GET /v1/cluster for a `cachelun cluster status` verb in
+// admin/cli. The docs/metrics.md rows for the collectors above belong
+// with that wiring (daemon's TestDocumentedMetricsExistAtStart checks that
+// every documented metric exists on a fresh daemon). A change of any
+// [cluster] key needs a restart (conf.Diff marks it so).
 //
 // # Goroutines
 //
