@@ -80,8 +80,9 @@
 //
 // While a peer is not in sync the owner of a volume runs degraded. The
 // [cluster] degraded key chooses what it does with FUA writes and
-// SYNCHRONIZE CACHE, and Snapshot.RefuseSync carries the decision to the
-// engine: "serve" (default) completes them once they are durable locally
+// SYNCHRONIZE CACHE; Node.Replicate applies it to one kset (ship to every
+// peer, wait for those not out of sync, ErrDegraded under refuse-sync)
+// and Snapshot.RefuseSync carries the current decision to status: "serve" (default) completes them once they are durable locally
 // and on the peers in sync — the volume keeps working, and a loss of the
 // owner meanwhile loses what only it held; "refuse-sync" fails them while
 // any peer is not in sync — nothing is acknowledged durable that a single

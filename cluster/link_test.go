@@ -621,3 +621,42 @@ func TestPeerRestartPutsOutOfSync(t *testing.T) {
 	l.ResyncDone()
 	waitState(t, l, StateInSync)
 }
+
+// Node.Replicate applies the degraded policy: with one peer in sync and
+// one out of sync, serve returns nil once the peer in sync has the
+// shipment; refuse-sync returns ErrDegraded.
+func TestNodeReplicatePolicy(t *testing.T) {
+	for _, policy := range []Policy{Serve, RefuseSync} {
+		t.Run(string(policy), func(t *testing.T) {
+			tc := startCluster(t, 3, func(i int, c *Config) { c.Degraded = policy })
+			a := tc.nodes[0]
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if err := a.Replicate(ctx, "v", 1, []byte("v:1")); err != nil {
+				t.Fatal(err)
+			}
+			tc.recv[2].mu.Lock()
+			tc.recv[2].fail = errors.New("mirror broken")
+			tc.recv[2].mu.Unlock()
+			err := a.Replicate(ctx, "v", 2, []byte("v:2"))
+			if policy == Serve && err != nil {
+				t.Errorf("serve: %v", err)
+			}
+			if policy == RefuseSync && (!errors.Is(err, ErrDegraded) || !errors.Is(err, ErrOutOfSync) || !strings.Contains(err.Error(), "mirror broken")) {
+				t.Errorf("refuse-sync: %v", err)
+			}
+			// the peer in sync has it either way
+			if got := tc.recv[1].persisted("a", "v"); got != 2 {
+				t.Errorf("peer in sync persisted up to %d", got)
+			}
+			s := a.Snapshot()
+			if s.AllInSync || s.RefuseSync != (policy == RefuseSync) || s.Policy != policy {
+				t.Errorf("snapshot: %+v", s)
+			}
+			err = a.Replicate(ctx, "v", 3, []byte("v:3"))
+			if (policy == Serve) != (err == nil) {
+				t.Errorf("%s, next flush: %v", policy, err)
+			}
+		})
+	}
+}

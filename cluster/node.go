@@ -539,3 +539,43 @@ func (n *Node) Snapshot() Snapshot {
 	sort.Slice(s.Peers, func(i, j int) bool { return s.Peers[i].Name < s.Peers[j].Name })
 	return s
 }
+
+// ErrDegraded is returned by Node.Replicate under the refuse-sync policy
+// when a peer is not in sync.
+var ErrDegraded = errors.New("cluster: a peer is not in sync and the policy is refuse-sync")
+
+// Replicate ships volume's kset lsn to every peer and applies the degraded
+// policy: it returns nil once every peer that is not out of sync has
+// acknowledged it durable (waiting at most about sync_timeout for a peer
+// that is down or slow, which is then out of sync). A peer out of sync is
+// skipped under Serve; under RefuseSync it makes the result ErrDegraded
+// (the shipment still goes to the peers in sync). Other errors (ErrClosed,
+// ErrLSNOrder, ctx) are returned as they are.
+func (n *Node) Replicate(ctx context.Context, volume string, lsn uint64, payload []byte) error {
+	var degraded []error
+	pending := make([]*Pending, 0, len(n.links))
+	for _, l := range n.links {
+		p, err := l.Send(volume, lsn, payload)
+		switch {
+		case errors.Is(err, ErrOutOfSync):
+			degraded = append(degraded, err)
+		case err != nil:
+			return err
+		default:
+			pending = append(pending, p)
+		}
+	}
+	for _, p := range pending {
+		err := p.Wait(ctx)
+		switch {
+		case errors.Is(err, ErrOutOfSync):
+			degraded = append(degraded, err)
+		case err != nil:
+			return err
+		}
+	}
+	if len(degraded) > 0 && n.cfg.Degraded == RefuseSync {
+		return fmt.Errorf("%w: %w", ErrDegraded, errors.Join(degraded...))
+	}
+	return nil
+}
