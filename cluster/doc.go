@@ -80,16 +80,22 @@
 //
 // While a peer is not in sync the owner of a volume runs degraded. The
 // [cluster] degraded key chooses what it does with FUA writes and
-// SYNCHRONIZE CACHE; Node.Replicate applies it to one kset (ship to every
-// peer, wait for those not out of sync, ErrDegraded under refuse-sync)
-// and Snapshot.RefuseSync carries the current decision to status: "serve" (default) completes them once they are durable locally
-// and on the peers in sync — the volume keeps working, and a loss of the
-// owner meanwhile loses what only it held; "refuse-sync" fails them while
-// any peer is not in sync — nothing is acknowledged durable that a single
-// node holds, at the price of errors on the hosts. Either way the state is
-// in the Snapshot, the cachelun_cluster_degraded metric and the log. A
-// peer out of sync comes back through Resync: the engine re-ships its
-// ksets above the LSN the peer acknowledged, then counts it in sync.
+// SYNCHRONIZE CACHE:
+//
+//   - "serve" (default) completes them once they are durable locally and
+//     on the peers in sync: the volume keeps working, and a loss of the
+//     owner meanwhile loses what only it held;
+//   - "refuse-sync" fails them while any peer is not in sync: nothing is
+//     acknowledged durable that a single node holds, at the price of
+//     errors on the hosts.
+//
+// Node.Replicate applies the policy to one kset (it ships to every peer,
+// waits for those not out of sync, and returns ErrDegraded under
+// refuse-sync); Snapshot.RefuseSync is the current decision, for status.
+// Either way the state is in the Snapshot, the cachelun_cluster_degraded
+// metric and the log. A peer out of sync comes back through Resync: the
+// engine re-ships its ksets above the LSN the peer acknowledged, calls
+// ResyncDone, and the link is in sync once they are acknowledged.
 //
 // # Wire format
 //
