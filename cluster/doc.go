@@ -68,6 +68,10 @@
 //     closes the connection (cachelun_cluster_protocol_errors_total);
 //     shipments decoded before it stand, those after it are retransmitted
 //     on the next connection.
+//   - A connection must finish its handshake within connect_timeout; at
+//     most 64 handshakes run at once (more connections are closed at
+//     once), so a flood of silent connections delays a peer's dial by
+//     about one connect_timeout and holds no memory beyond that.
 //   - The decoder never panics and never allocates more than twice the
 //     bytes that arrived plus 64 KiB, and never more than the maximum
 //     frame (FuzzFrames).

@@ -347,3 +347,55 @@ func TestDialerChecksWelcome(t *testing.T) {
 	fake.Close()
 	<-done
 }
+
+// A client that connects and says nothing is closed after the connect
+// timeout; a flood of them does not keep a real peer out for longer.
+func TestSilentClientsClosed(t *testing.T) {
+	tc := startCluster(t, 2, func(i int, c *Config) { c.ConnectTimeout = 300 * time.Millisecond })
+	addr := tc.nodes[1].Addr().String()
+	var silent []net.Conn
+	defer func() {
+		for _, c := range silent {
+			c.Close()
+		}
+	}()
+	for range maxHandshakes + 10 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		silent = append(silent, c)
+	}
+	start := time.Now()
+	_ = silent[0].SetReadDeadline(time.Now().Add(5 * time.Second))
+	typ, p, err := newFrameReader(silent[0], DefaultMaxFrame).next()
+	if err == nil {
+		rf, _ := decodeRefusal(p)
+		if typ != MsgRefuse || rf.Reason != ReasonGarbage || !strings.Contains(rf.Detail, "timeout") {
+			t.Errorf("silent client got a %s %+v", typ, rf)
+		}
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("silent client closed after %v", d)
+	}
+	// the real peer, made to dial again during the flood, gets through
+	// once the silent ones are gone
+	l := tc.nodes[0].Link("b")
+	waitState(t, l, StateInSync)
+	for range maxHandshakes {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		silent = append(silent, c)
+	}
+	b := tc.nodes[1]
+	b.mu.Lock()
+	if s := b.inbound["a"]; s != nil {
+		s.conn.Close()
+	}
+	b.mu.Unlock()
+	if err := l.Replicate(context.Background(), "v", 1, []byte("v:1")); err != nil {
+		t.Fatal(err)
+	}
+}

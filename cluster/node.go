@@ -37,7 +37,8 @@ type Node struct {
 	hwm     map[string]*dedup        // peer → what its Receiver persisted of it
 	inStats map[string]*inboundStats // peer → counters of its link to this node
 	refused map[Reason]uint64        // inbound refusals by reason
-	_       struct{}
+	// handshaking counts accepted connections still in their handshake
+	handshaking int
 }
 
 // dedup is the highest LSN persisted, per volume, of one incarnation of a
@@ -164,12 +165,25 @@ func (n *Node) acceptLoop() {
 			c.Close()
 			return
 		}
+		if n.handshaking >= maxHandshakes {
+			// a flood of connections that do not finish their
+			// handshake: the newest wait for the next dial
+			n.mu.Unlock()
+			c.Close()
+			n.log.Debug("cluster: too many handshakes in progress; connection closed", "remote", c.RemoteAddr().String())
+			continue
+		}
+		n.handshaking++
 		n.conns[c] = struct{}{}
 		n.wg.Add(1)
 		n.mu.Unlock()
 		go n.serveConn(c)
 	}
 }
+
+// maxHandshakes bounds the accepted connections in their handshake at
+// once (each lasts at most connect_timeout).
+const maxHandshakes = 64
 
 // session is a peer's link to this node, after its handshake.
 type session struct {
@@ -192,6 +206,12 @@ func (n *Node) serveConn(c net.Conn) {
 		delete(n.conns, c)
 		n.mu.Unlock()
 	}()
+	handshakeOver := sync.OnceFunc(func() {
+		n.mu.Lock()
+		n.handshaking--
+		n.mu.Unlock()
+	})
+	defer handshakeOver()
 	remote := c.RemoteAddr().String()
 	_ = c.SetDeadline(time.Now().Add(n.cfg.ConnectTimeout))
 	fr := newFrameReader(c, n.cfg.MaxFrame)
@@ -266,6 +286,7 @@ func (n *Node) serveConn(c net.Conn) {
 		return
 	}
 	_ = c.SetDeadline(time.Time{})
+	handshakeOver()
 	n.log.Info("cluster: peer connected to this node", "peer", h.From, "remote", remote)
 	n.serveSession(s, fr)
 }
