@@ -418,6 +418,16 @@ func (n *Node) serveSession(s *session, fr *frameReader) {
 				defer s.reqWG.Done()
 				n.handle(ctx, s, r)
 			}()
+		case MsgRefuse:
+			// the dialer did not like the welcome
+			rf, err := decodeRefusal(p)
+			if err != nil {
+				n.sessionError(log, err)
+				return
+			}
+			n.metrics.refusal("outbound", rf.Reason)
+			log.Warn("cluster: the peer refused this node's welcome", "reason", rf.Reason.String(), "detail", rf.Detail)
+			return
 		default:
 			n.sessionError(log, fmt.Errorf("%w: a %s from the dialing side", ErrMalformed, t))
 			return
