@@ -29,6 +29,7 @@ const (
 	SectionDiscovery Section = "discovery"
 	SectionISCSI     Section = "iscsi"
 	SectionTCMU      Section = "tcmu"
+	SectionCluster   Section = "cluster"
 )
 
 // Change is one difference between two configurations.
@@ -71,7 +72,7 @@ func (c Change) String() string {
 }
 
 // Plan is the ordered list of changes from one configuration to another:
-// global first, then caches, volumes, targets, discovery, iscsi and tcmu, in the
+// global first, then caches, volumes, targets, discovery, iscsi, tcmu and cluster, in the
 // order of the new file (removals first within each section).
 type Plan struct {
 	Changes []Change
@@ -137,7 +138,36 @@ func Diff(old, new *Config) Plan {
 	d.field(SectionTCMU, "", "dbus", old.TCMU.DBus, new.TCMU.DBus, false)
 	// the handler's volume set is fixed when it starts
 	d.set(SectionTCMU, "", "volume", old.TCMUVolumes(), new.TCMUVolumes(), false)
+	d.cluster(old.Cluster, new.Cluster)
 	return Plan{Changes: d.changes}
+}
+
+// cluster compares the [cluster] tables. The peer link is set up when the
+// daemon starts: every change needs a restart.
+func (d *differ) cluster(o, n *Cluster) {
+	s := SectionCluster
+	switch {
+	case o == nil && n == nil:
+		return
+	case o == nil:
+		d.add(Change{Kind: Added, Section: s, Name: n.Node, Live: false})
+		return
+	case n == nil:
+		d.add(Change{Kind: Removed, Section: s, Name: o.Node, Live: false})
+		return
+	}
+	d.field(s, "", "name", o.Name, n.Name, false)
+	d.field(s, "", "node", o.Node, n.Node, false)
+	d.field(s, "", "listen", o.Listen, n.Listen, false)
+	d.set(s, "", "peer", o.Peers, n.Peers, false)
+	d.field(s, "", "degraded", o.Degraded, n.Degraded, false)
+	d.field(s, "", "heartbeat_interval", o.HeartbeatInterval.String(), n.HeartbeatInterval.String(), false)
+	d.field(s, "", "peer_timeout", o.PeerTimeout.String(), n.PeerTimeout.String(), false)
+	d.field(s, "", "connect_timeout", o.ConnectTimeout.String(), n.ConnectTimeout.String(), false)
+	d.field(s, "", "reconnect_min", o.ReconnectMin.String(), n.ReconnectMin.String(), false)
+	d.field(s, "", "reconnect_max", o.ReconnectMax.String(), n.ReconnectMax.String(), false)
+	d.field(s, "", "sync_timeout", o.SyncTimeout.String(), n.SyncTimeout.String(), false)
+	d.field(s, "", "max_lag", o.MaxLag.String(), n.MaxLag.String(), false)
 }
 
 type differ struct{ changes []Change }

@@ -1,6 +1,6 @@
 // Package conf loads, validates and compares cachelun's TOML configuration.
 //
-// A configuration file has seven parts:
+// A configuration file has eight parts:
 //
 //	[global]        data_dir, log_level, admin_socket, metrics_listen
 //	[[cache]]       one per cache file: path, size, segment and block size, GC and writeback tunables
@@ -9,6 +9,8 @@
 //	[discovery]     CHAP for SendTargets discovery sessions
 //	[iscsi]         iSCSI limits offered to initiators and NOP-In keepalive timing
 //	[tcmu]          the TCMU front end: enabled, which volumes, D-Bus address
+//	[cluster]       this node of a cluster of gateways: cluster name, node name, peer link listen
+//	                address, peers (NAME@HOST:PORT), degraded policy, link timeouts; absent = one node
 //
 // See Example (example.toml in this directory) for every key with its default.
 //

@@ -18,6 +18,9 @@ type Config struct {
 	Discovery Discovery `toml:"discovery"`
 	ISCSI     ISCSI     `toml:"iscsi"`
 	TCMU      TCMU      `toml:"tcmu"`
+	// Cluster makes this daemon one node of a cluster of gateways; nil
+	// (no [cluster] table) is a single node.
+	Cluster *Cluster `toml:"cluster"`
 
 	// Source is the file the configuration was loaded from ("" when parsed
 	// from memory under another name, see Parse).
@@ -177,6 +180,58 @@ type TCMU struct {
 	// targetcli queries): "" means the system bus, "none" disables it.
 	DBus string `toml:"dbus"`
 }
+
+// Cluster configures the peer link of a node of a cluster of gateways
+// (package cluster): who this node is, where it listens, who its peers
+// are, and how long it waits for them. Every key except Node, Listen and
+// Peers has a default; see example.toml.
+type Cluster struct {
+	// Name is the cluster's identity, carried in every handshake: nodes of
+	// two clusters never talk, whatever their addresses. Object-name
+	// syntax; default "cachelun" (set it when two clusters share a
+	// network).
+	Name string `toml:"name"`
+	// Node is this node's name, unique in the cluster (object-name
+	// syntax). Required.
+	Node string `toml:"node"`
+	// Listen is the HOST:PORT (an IP address) of this node's peer link.
+	// Required.
+	Listen string `toml:"listen"`
+	// Peers are the other nodes, NAME@HOST:PORT (ParsePeer); HOST may be a
+	// host name. Empty: a cluster of one node.
+	Peers []string `toml:"peers"`
+	// Degraded is what the owner of a volume does while a peer is not in
+	// sync: "serve" (default) acknowledges FUA writes and SYNCHRONIZE
+	// CACHE once they are durable locally and on the peers that are in
+	// sync; "refuse-sync" fails them until every peer is in sync again.
+	Degraded string `toml:"degraded"`
+	// HeartbeatInterval is how often an idle link says it is alive.
+	// Default 1s.
+	HeartbeatInterval Duration `toml:"heartbeat_interval"`
+	// PeerTimeout: a link that hears nothing from its peer for this long
+	// is closed and dialed again. Default 5s; longer than
+	// heartbeat_interval.
+	PeerTimeout Duration `toml:"peer_timeout"`
+	// ConnectTimeout bounds a dial and its handshake. Default 3s.
+	ConnectTimeout Duration `toml:"connect_timeout"`
+	// ReconnectMin and ReconnectMax bound the backoff between dials (it
+	// doubles from min to max). Defaults 100ms and 5s.
+	ReconnectMin Duration `toml:"reconnect_min"`
+	ReconnectMax Duration `toml:"reconnect_max"`
+	// SyncTimeout: a peer that has not acknowledged a shipment within this
+	// long (down, or too slow) is out of sync; it is the longest a flush
+	// waits for a peer. Default 5s.
+	SyncTimeout Duration `toml:"sync_timeout"`
+	// MaxLag: a peer whose unacknowledged shipments exceed this many
+	// bytes is out of sync. Default 64MiB.
+	MaxLag Size `toml:"max_lag"`
+}
+
+// Degraded policies ([cluster] degraded).
+const (
+	DegradedServe      = "serve"
+	DegradedRefuseSync = "refuse-sync"
+)
 
 // ISCSI holds the iSCSI limits offered to initiators.
 type ISCSI struct {

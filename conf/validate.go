@@ -42,6 +42,15 @@ const (
 	DefaultMaxTransferLength    = 16 << 20
 	DefaultMaxSessions          = 1024
 	DefaultQueueDepth           = 128
+	DefaultClusterName          = "cachelun"
+	DefaultDegraded             = DegradedServe
+	DefaultHeartbeatInterval    = time.Second
+	DefaultPeerTimeout          = 5 * time.Second
+	DefaultConnectTimeout       = 3 * time.Second
+	DefaultReconnectMin         = 100 * time.Millisecond
+	DefaultReconnectMax         = 5 * time.Second
+	DefaultSyncTimeout          = 5 * time.Second
+	DefaultMaxLag               = 64 << 20
 )
 
 // Accepted enumerations.
@@ -50,8 +59,9 @@ var (
 	// Modes and FailurePolicies restate cachecore.Modes() and
 	// cachecore.FailurePolicies() (conf may not import the engine); a test in
 	// admin/coreadapter ties them.
-	Modes           = []string{"writeback", "writethrough", "writearound", "writeonly", "passthrough"}
-	FailurePolicies = []string{"auto", "fail", "passthrough"}
+	Modes            = []string{"writeback", "writethrough", "writearound", "writeonly", "passthrough"}
+	FailurePolicies  = []string{"auto", "fail", "passthrough"}
+	DegradedPolicies = []string{DegradedServe, DegradedRefuseSync}
 	// CachePolicies restates cachecore.Policies() (tied by the same test).
 	CachePolicies = []string{"2q", "fifo"}
 )
@@ -152,6 +162,9 @@ func (v *validator) config(c *Config) {
 	}
 	v.iscsi("iscsi", &c.ISCSI)
 	v.tcmu(c, volumes)
+	if c.Cluster != nil {
+		v.cluster("cluster", c.Cluster)
+	}
 }
 
 // tcmu checks the TCMU volume list: known volumes, not also exported over
