@@ -100,3 +100,29 @@ func AtomicWriterOf(v Volume) (AtomicWriter, bool) {
 	}
 	return nil, false
 }
+
+// Provisioner is implemented by volumes that know which ranges are
+// allocated on their storage (thin provisioning): GET LBA STATUS reports
+// it to hosts on thin logical units.
+type Provisioner interface {
+	// Provisioning reports whether [off, off+run) is mapped (holds
+	// data) or deallocated (reads as zeroes without holding any), for
+	// the longest run <= n from off with one state. off and n are
+	// multiples of the block size; run is one, and at least one block.
+	Provisioning(ctx context.Context, off, n int64) (mapped bool, run int64, err error)
+}
+
+// ProvisionerOf returns the Provisioner of v or of a volume v wraps.
+func ProvisionerOf(v Volume) (Provisioner, bool) {
+	for range maxUnwrap {
+		if p, ok := v.(Provisioner); ok {
+			return p, true
+		}
+		u, ok := v.(Unwrapper)
+		if !ok {
+			return nil, false
+		}
+		v = u.Unwrap()
+	}
+	return nil, false
+}

@@ -562,12 +562,52 @@ func cmdGetLBAStatus(tk *task) error {
 	if lba >= nb {
 		return errLBAOutOfRange()
 	}
-	// Provisioning is not tracked per block: every LBA reports mapped.
-	d := make([]byte, 24)
-	put32(d[0:4], 20)
-	put64(d[8:16], lba)
-	put32(d[16:20], uint32(min(nb-lba, 0xffffffff)))
-	d[20] = 0 // mapped
-	tk.setDataIn(d, int(min(alloc, 24)))
+	// A thick unit, or a volume that does not track allocation, reports
+	// every LBA mapped. A thin one reports the volume's runs, as many
+	// descriptors as the allocation length holds (at most
+	// lbaStatusMaxDescriptors), from the starting LBA on.
+	prov, ok := blk.ProvisionerOf(lu.vol)
+	if !lu.thin || !ok {
+		d := make([]byte, 24)
+		put32(d[0:4], 20)
+		put64(d[8:16], lba)
+		put32(d[16:20], uint32(min(nb-lba, 0xffffffff)))
+		d[20] = 0 // mapped
+		tk.setDataIn(d, int(min(alloc, 24)))
+		return nil
+	}
+	bs := int64(lu.blockSize)
+	want := min(max((int(alloc)-8)/16, 1), lbaStatusMaxDescriptors)
+	d := make([]byte, 8, 8+16*want)
+	for cur := lba; cur < nb && (len(d)-8)/16 < want; {
+		// one descriptor: a run of one state, cut at 2^32-1 blocks
+		mapped, blocks := false, uint64(0)
+		for cur+blocks < nb && blocks < 0xffffffff {
+			at := int64(cur+blocks) * bs
+			m, run, err := prov.Provisioning(tk.volCtx(), at, int64(min(nb-cur-blocks, 0xffffffff-blocks))*bs)
+			if err != nil {
+				return volumeError(err, ioRead)
+			}
+			if blocks > 0 && m != mapped {
+				break
+			}
+			mapped = m
+			blocks += uint64(max(run/bs, 1))
+		}
+		desc := make([]byte, 16)
+		put64(desc[0:8], cur)
+		put32(desc[8:12], uint32(blocks))
+		if !mapped {
+			desc[12] = 1 // deallocated
+		}
+		d = append(d, desc...)
+		cur += blocks
+	}
+	put32(d[0:4], uint32(len(d)-4))
+	tk.setDataIn(d, int(alloc))
 	return nil
 }
+
+// lbaStatusMaxDescriptors bounds the descriptors one GET LBA STATUS
+// returns (each may cost a backing device query).
+const lbaStatusMaxDescriptors = 64
