@@ -129,6 +129,9 @@ func (e *Engine) settle() error {
 	cfg := cachecore.Config{} // keeps every tunable; SetConfig kicks GC and writeback
 	for i := 0; i < 100000; i++ {
 		if !e.overThreshold() {
+			// GC's re-appends (the 2q policy's second chance) go
+			// through the fill worker: on time too.
+			e.cache.WaitFills()
 			return nil
 		}
 		if err := e.cache.SetConfig(cfg); err != nil {
