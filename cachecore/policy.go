@@ -79,6 +79,11 @@ const (
 	// fullMargin: the cache counts as full (admission by the ghost set)
 	// within this many segments of GC's threshold.
 	fullMargin = 2
+	// fullShareDiv: and within a quarter of the threshold, so that on a
+	// large cache a scan arriving while it is still filling is refused
+	// before it reaches the threshold and GC would have to evict the data
+	// that was there first (the re-append budget is small then).
+	fullShareDiv = 4
 )
 
 // ghostSet remembers recently evicted or refused blocks: two Bloom filters
@@ -175,7 +180,8 @@ func (c *Cache) cacheFull() bool {
 	free, quar := c.segs.counts()
 	n := len(c.segs.segs)
 	used := n - int(free) - int(quar)
-	return (used+fullMargin)*100 > n*c.config().GCPercent
+	limit := n * c.config().GCPercent / 100
+	return used+max(fullMargin, limit/fullShareDiv) > limit
 }
 
 // admitGhost decides, for a volume with Policy2Q on a full cache, whether
