@@ -50,6 +50,11 @@ type Cache struct {
 	// passing the keys would free segments that index extents still
 	// marked dirty point at (invariant: dirty extents are current).
 	cleanLSN atomic.Uint64
+	// replMu orders the journal appends of ksets with keys of replicated
+	// volumes and the Replicators' Ship calls (replicate.go); replicated
+	// counts the volumes with a Replicator (0: appends skip replMu).
+	replMu     sync.Mutex
+	replicated atomic.Int32
 	// knobs are test-only interleavings (nil in the product).
 	knobs struct {
 		afterDirtyTail func() // writeback: dirty_tail persisted, keys not yet marked clean

@@ -167,7 +167,9 @@
 // writeback goroutine exits promptly when the cache fails or closes. The
 // sizing advisor's estimators (advisor.go: every read request is reported
 // once, before the index is consulted) take only their own lock, never
-// with an engine lock held.
+// with an engine lock held. Cache.replMu (replicate.go) is taken by
+// kset commits around the journal append and a Replicator's Ship, with no
+// other engine lock held; Ship must not block nor call the engine.
 //
 // # Failure policy
 //

@@ -1,6 +1,7 @@
 package cachecore
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"slices"
@@ -284,15 +285,14 @@ func (c *Cache) commit(pk *pendingKset) {
 	startJournaling()
 	backoff := time.Millisecond
 	var ks persist.KSet
+	var replicated []func(context.Context) error
 	for {
 		var err error
-		if c.unfenced {
-			// The data was written before the keys were appended; the
-			// persist that makes this kset durable makes it durable too.
-			ks, err = c.journal.AppendUnfenced(pk.keys, pk.epoch)
-		} else {
-			ks, err = c.journal.Append(pk.keys, pk.epoch)
-		}
+		// With unfenced commits the data was written before the keys were
+		// appended; the persist that makes this kset durable makes it
+		// durable too. Volumes with a Replicator ship the kset's records
+		// in log order (replicate.go).
+		ks, replicated, err = c.appendShipped(pk.keys, pk.epoch, c.unfenced)
 		if err == nil {
 			break
 		}
@@ -322,6 +322,13 @@ func (c *Cache) commit(pk *pendingKset) {
 		c.fail("commit kset", err)
 		pk.err = c.failedErr()
 		return
+	}
+	for _, wait := range replicated {
+		// Durable here; FUA writes and flushes also wait for the copies.
+		if err := wait(c.workersCtx); err != nil {
+			pk.err = fmt.Errorf("cachecore: kset %d durable here but not replicated: %w", ks.LSN, err)
+			return
+		}
 	}
 	if c.intent != nil {
 		c.intent.setJournaled(pk.slot, pk.upto)

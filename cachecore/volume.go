@@ -30,6 +30,9 @@ type Volume struct {
 	blockSize int
 	dev       backend.Device
 
+	// repl ships the volume's journal to other gateways (replicate.go).
+	repl atomic.Pointer[replicatorBox]
+
 	mode atomic.Pointer[Mode]
 	vcfg atomic.Pointer[VolumeConfig]
 

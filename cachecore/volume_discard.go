@@ -84,8 +84,14 @@ func (v *Volume) discard(ctx context.Context, off, n int64) error {
 		}
 		backing = append(backing, rng{a, b - a})
 	}
+	// A replicated volume journals every discard, cached data or not, so
+	// that its copies apply it in log order (replicate.go).
+	replicated := v.repl.Load() != nil
 	for _, pc := range splitPieces(off, n) {
 		st := v.st.idx.peek(pc.stripe)
+		if st == nil && replicated {
+			st = v.st.idx.get(pc.stripe)
+		}
 		if st == nil {
 			addBacking(pc.abs(pc.s), pc.abs(pc.e))
 			continue
@@ -103,7 +109,7 @@ func (v *Volume) discard(ctx context.Context, off, n int64) error {
 			if r[1] <= r[0] {
 				continue
 			}
-			if st.list.replace(r[0], r[1], nil) {
+			if st.list.replace(r[0], r[1], nil) || replicated {
 				sp = append(sp, c.appendKey(slot, persist.Key{Volume: v.st.id, Offset: uint64(pc.abs(r[0])), Length: r[1] - r[0], Flags: persist.KeyTombstone}))
 				tombSlots.add(slot)
 			}

@@ -19,6 +19,9 @@ func (v *Volume) SetMode(ctx context.Context, m Mode, progress func(Progress)) e
 	if err != nil {
 		return err
 	}
+	if err := v.replicatedMode(m); err != nil {
+		return err
+	}
 	old := v.mode.Swap(&m)
 	vc := *v.vcfg.Load()
 	vc.Mode = m
@@ -79,6 +82,9 @@ func (v *Volume) SetConfig(vc VolumeConfig) error {
 	}
 	if vc.BlockSize != v.blockSize {
 		return fmt.Errorf("cachecore: %s: block size cannot change live (%d → %d)", v.name, v.blockSize, vc.BlockSize)
+	}
+	if err := v.replicatedMode(vc.Mode); err != nil {
+		return err
 	}
 	m := vc.Mode
 	v.vcfg.Store(&vc)

@@ -54,7 +54,7 @@ func (v *Volume) Provisioning(ctx context.Context, off, n int64) (bool, int64, e
 	case errors.Is(err, backend.ErrNotTracked):
 		return true, want, nil
 	case err != nil:
-		return false, 0, v.backingErr("provisioning", off, err)
+		return false, 0, v.backingErr("read", off, err) // an allocation query is a read of the device
 	}
 	return mapped, run, nil
 }

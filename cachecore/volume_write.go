@@ -36,6 +36,13 @@ var reasonNames = [numReasons]string{"sequential", "congestion", "full", "mode"}
 // route chooses the path of a write and, for a bypass, its reason (the
 // bypass statistics are counted when pieces actually bypass).
 func (v *Volume) route(ctx context.Context, off, n int64) (writeRoute, int) {
+	if v.repl.Load() != nil {
+		// Every change of a replicated volume goes through the shipped
+		// log (replicate.go): a write that reached the shared backing
+		// device directly could be overwritten by an older shipped copy
+		// replayed at a takeover. A full cache makes it wait for space.
+		return routeCache, -1
+	}
 	m := v.Mode()
 	if m == ModePassthrough || m == ModeWritearound {
 		return routeBypass, reasonMode

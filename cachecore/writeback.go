@@ -546,6 +546,7 @@ func (c *Cache) writebackPass(ctx context.Context) (int64, error) {
 		t.vs.ages.passed(last.Next.LSN)
 	}
 	c.cleanLSN.Store(last.Next.LSN)
+	c.trimReplicas(last.Next.LSN)
 	c.kickGC()
 	return max(written, 1), nil
 }

@@ -1,0 +1,166 @@
+package cachecore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/cachelun/cachelun/persist"
+)
+
+// Journal replication (several gateways, one volume).
+//
+// A volume with a Replicator hands every kset's dirty data and discards to
+// it, in log order, as the kset is appended to the journal; the kset's
+// commit then waits for the Replicator's acknowledgement as well as for
+// its own persist. So a FUA write or a flush of the volume returns only
+// once its data is durable here and wherever the Replicator keeps copies
+// (contracts C2 and C3 across nodes), while writes without FUA are shipped
+// when their kset closes, as they are journaled. Clean keys (fills,
+// writethrough) are not shipped: the backing device holds their data.
+// After a writeback pass the Replicator learns the new dirty_tail (Trim):
+// copies of the data before it are on the backing device and no longer
+// needed.
+
+// MirrorRecord is one range of a shipped kset: data written to the volume
+// at Off, or, with Discard, Len bytes that now read as zeroes.
+type MirrorRecord struct {
+	Off     int64
+	Len     int64
+	Discard bool
+	Data    []byte // Len bytes unless Discard
+}
+
+// Replicator receives a volume's journal (see above). Ship is called in
+// LSN order for one volume, never concurrently for it, and must not block:
+// it queues the records (they are the Replicator's) and returns a wait
+// function that blocks until they are durable on the copies that must
+// have them, or returns why not (the commit then fails: a FUA write or a
+// flush returns the error). Trim is called after dirty_tail passed lsn:
+// records of ksets before it are on the backing device.
+type Replicator interface {
+	Ship(lsn uint64, recs []MirrorRecord) (wait func(context.Context) error)
+	Trim(lsn uint64)
+}
+
+// ErrReplicatedMode: a replicated volume runs in writeback mode, the only
+// one in which every change goes through the journal.
+var ErrReplicatedMode = errors.New("cachecore: a replicated volume runs in writeback mode")
+
+// SetReplicator starts (r not nil) or stops shipping the volume's journal.
+// Ksets appended from then on are shipped; the caller brings a new copy up
+// to date from dirty_tail itself. While it is set the volume stays in
+// writeback mode (ErrReplicatedMode), its writes never bypass the cache
+// and every discard is journaled.
+func (v *Volume) SetReplicator(r Replicator) error {
+	if r != nil && v.Mode() != ModeWriteback {
+		return fmt.Errorf("%w: %s is in %s mode", ErrReplicatedMode, v.name, v.Mode())
+	}
+	c := v.c
+	c.replMu.Lock()
+	defer c.replMu.Unlock()
+	old := v.repl.Load()
+	switch {
+	case r == nil && old != nil:
+		v.repl.Store(nil)
+		c.replicated.Add(-1)
+	case r != nil:
+		box := &replicatorBox{r: r}
+		v.repl.Store(box)
+		if old == nil {
+			c.replicated.Add(1)
+		}
+	}
+	return nil
+}
+
+// replicatedMode refuses a mode other than writeback while the volume has
+// a Replicator.
+func (v *Volume) replicatedMode(m Mode) error {
+	if v.repl.Load() != nil && m != ModeWriteback {
+		return fmt.Errorf("%w: %s cannot change to %s while it is replicated", ErrReplicatedMode, v.name, m)
+	}
+	return nil
+}
+
+// replicatorBox lets an interface value live in an atomic.Pointer.
+type replicatorBox struct{ r Replicator }
+
+// appendShipped appends pk's kset to the journal and, if a volume of its
+// keys has a Replicator, ships their records under replMu, so that the
+// order of Ship calls is the log order. It returns the waits.
+func (c *Cache) appendShipped(keys []persist.Key, epoch uint64, unfenced bool) (persist.KSet, []func(context.Context) error, error) {
+	appendKset := func() (persist.KSet, error) {
+		if unfenced {
+			return c.journal.AppendUnfenced(keys, epoch)
+		}
+		return c.journal.Append(keys, epoch)
+	}
+	if c.replicated.Load() == 0 {
+		ks, err := appendKset()
+		return ks, nil, err
+	}
+	c.replMu.Lock()
+	defer c.replMu.Unlock()
+	ks, err := appendKset()
+	if err != nil {
+		return ks, nil, err
+	}
+	var byVol map[uint32][]MirrorRecord
+	for i := range keys {
+		k := &keys[i]
+		if k.Flags != persist.KeyDirty && k.Flags != persist.KeyTombstone {
+			continue
+		}
+		v := c.volumeByID(k.Volume)
+		if v == nil || v.repl.Load() == nil {
+			continue
+		}
+		rec := MirrorRecord{Off: int64(k.Offset), Len: int64(k.Length), Discard: k.Flags == persist.KeyTombstone}
+		if !rec.Discard {
+			rec.Data = make([]byte, k.Length)
+			if err := c.media.ReadAt(rec.Data, c.store.DataOffset(k.Pos)); err != nil {
+				c.fail("read data to replicate", err)
+				return ks, nil, fmt.Errorf("cachecore: replicating kset %d: %w", ks.LSN, c.failedErr())
+			}
+		}
+		if byVol == nil {
+			byVol = make(map[uint32][]MirrorRecord)
+		}
+		byVol[k.Volume] = append(byVol[k.Volume], rec)
+	}
+	var waits []func(context.Context) error
+	for id, recs := range byVol {
+		if box := c.volumeByID(id).repl.Load(); box != nil {
+			waits = append(waits, box.r.Ship(ks.LSN, recs))
+		}
+	}
+	return ks, waits, nil
+}
+
+// volumeByID is the attached volume of id, or nil.
+func (c *Cache) volumeByID(id uint32) *Volume {
+	if id >= uint32(len(c.vols)) {
+		return nil
+	}
+	vs := c.vols[id].Load()
+	if vs == nil {
+		return nil
+	}
+	return vs.vol.Load()
+}
+
+// trimReplicas tells the Replicators of attached volumes that dirty_tail
+// passed lsn.
+func (c *Cache) trimReplicas(lsn uint64) {
+	if c.replicated.Load() == 0 {
+		return
+	}
+	for id := range c.vols {
+		if v := c.volumeByID(uint32(id)); v != nil {
+			if box := v.repl.Load(); box != nil {
+				box.r.Trim(lsn)
+			}
+		}
+	}
+}
