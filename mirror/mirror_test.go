@@ -1,0 +1,224 @@
+package mirror_test
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/cachelun/cachelun/backend"
+	"github.com/cachelun/cachelun/cachecore"
+	"github.com/cachelun/cachelun/cluster"
+	"github.com/cachelun/cachelun/internal/testkit"
+	"github.com/cachelun/cachelun/mirror"
+	"github.com/cachelun/cachelun/persist"
+)
+
+const volSize = 32 << 20
+
+func openCache(t *testing.T, dev *backend.Memory) (*cachecore.Cache, *cachecore.Volume) {
+	return openCacheOn(t, dev)
+}
+
+func openCacheOn(t *testing.T, dev backend.Device) (*cachecore.Cache, *cachecore.Volume) {
+	t.Helper()
+	ctx := context.Background()
+	m := persist.NewCrashMedia(persist.SegmentsOffset+48*(1<<20), persist.TearDAX)
+	st, err := persist.Format(m, persist.FormatOptions{SegmentSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Writeback only when asked (Drain), so the backing device holds a
+	// prefix of the journal when the owner dies.
+	c, err := cachecore.Open(ctx, st, cachecore.Config{JournalFlushInterval: 5 * time.Millisecond,
+		Writeback: cachecore.WritebackConfig{IdleAfter: 1 << 62, TargetDirtyPercent: 90, HighWatermarkPercent: 95}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(ctx) })
+	v, err := c.AddVolume(ctx, "vol", dev, cachecore.VolumeConfig{Mode: cachecore.ModeWriteback, BlockSize: 4096})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, v
+}
+
+// twoNodes starts nodes a (the owner) and b (the mirror) on loopback.
+func twoNodes(t *testing.T, recvB *mirror.Receiver) (*cluster.Node, *cluster.Node) {
+	t.Helper()
+	la, err := net.Listen("tcp", "127.0.0.2:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lb, err := net.Listen("tcp", "127.0.0.3:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.DiscardHandler)
+	start := func(name string, ln net.Listener, peer string, peerAddr string, r cluster.Receiver, h cluster.Handler) *cluster.Node {
+		n, err := cluster.Start(context.Background(), cluster.Config{Cluster: "test", Node: name, Listener: ln,
+			Peers: []cluster.Peer{{Name: peer, Addr: peerAddr}}, Degraded: cluster.RefuseSync,
+			Receiver: r, Handler: h, Logger: log})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { n.Close() })
+		return n
+	}
+	a := start("a", la, "b", lb.Addr().String(), mirror.NewReceiver(t.TempDir()), nil)
+	b := start("b", lb, "a", la.Addr().String(), recvB, recvB)
+	testkit.WaitFor(t, 10*time.Second, "a's link to b in sync", func() bool { return a.Link("b").State() == cluster.StateInSync })
+	return a, b
+}
+
+// TestTakeoverLosesNoDurableWrite: node a owns a volume on a shared
+// backing device and ships its journal to node b. A random workload of
+// writes (some FUA), discards, flushes and partial writebacks runs on a;
+// then a dies (its cache is never used again: what it did not write back
+// is lost with it) and b takes over: its own cache on the same backing
+// device, the mirror applied. Every write a acknowledged as durable (all
+// of them: the workload ends with a flush) reads back from b.
+func TestTakeoverLosesNoDurableWrite(t *testing.T) {
+	ctx := context.Background()
+	shared := backend.NewMemory(volSize)
+	recvB := mirror.NewReceiver(t.TempDir())
+	defer recvB.Close()
+	nodeA, _ := twoNodes(t, recvB)
+	// a reaches the shared device through a fault injector: before it
+	// dies its writeback stops getting through, so that it dies with dirty
+	// data the backing device does not have.
+	viewA := backend.NewFaulty(shared)
+	_, volA := openCacheOn(t, viewA)
+	shipper := mirror.NewShipper(nodeA, "vol", slog.New(slog.DiscardHandler))
+	defer shipper.Close()
+	if err := volA.SetReplicator(shipper); err != nil {
+		t.Fatal(err)
+	}
+	ref := make([]byte, volSize) // what a host that saw every acknowledgement expects
+	rng := rand.New(rand.NewPCG(5, 5))
+	buf := make([]byte, 64<<10)
+	for i := range 700 {
+		off := rng.Int64N(volSize/4096-16) * 4096
+		n := (1 + rng.Int64N(16)) * 4096
+		k := rng.IntN(20)
+		if i == 600 {
+			viewA.Inject(backend.Fault{Op: backend.OpWrite | backend.OpDiscard})
+		}
+		if i >= 600 && k >= 15 && k < 17 || i >= 600 && k == 19 {
+			k = 17 // only writes and flushes once writeback fails
+		}
+		switch {
+		case k < 15:
+			for j := range buf[:n] {
+				buf[j] = byte(i + j/4096)
+			}
+			if err := volA.WriteAt(ctx, buf[:n], off, k == 0); err != nil {
+				t.Fatal(err)
+			}
+			copy(ref[off:], buf[:n])
+		case k < 17:
+			if err := volA.Discard(ctx, off, n); err != nil {
+				t.Fatal(err)
+			}
+			clear(ref[off : off+n])
+		case k < 19:
+			if err := volA.Flush(ctx); err != nil {
+				t.Fatal(err)
+			}
+		default:
+			// Some of it reaches the shared backing device.
+			if err := volA.Drain(ctx, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := volA.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	dirty := volA.Stats().DirtyBytes
+	if dirty == 0 {
+		t.Fatal("a dies with no dirty data: the test would not need the mirror")
+	}
+	// a dies here. b takes the volume over on the same backing device.
+	_, volB := openCache(t, shared)
+	log, err := recvB.Log("vol")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ships, _ := log.Replay()
+	stale := volSize/4096 - sameBlocks(shared, ref)
+	if stale == 0 {
+		t.Fatal("the backing device already holds everything: the test would not need the mirror")
+	}
+	t.Logf("a dies with %d dirty bytes, %d blocks of the backing device stale; b's mirror holds %d shipments", dirty, stale, len(ships))
+	applied, err := mirror.Apply(ctx, log, volB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, volSize)
+	if err := volB.ReadAt(ctx, got, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, ref) {
+		for off := 0; off < volSize; off += 4096 {
+			if !bytes.Equal(got[off:off+4096], ref[off:off+4096]) {
+				t.Fatalf("after the takeover (%d records applied) block at %d differs from what a acknowledged", applied, off)
+			}
+		}
+	}
+	t.Logf("%d records applied at the takeover", applied)
+}
+
+// TestTrimmedMirrorStaysSmall: once the owner has written everything
+// back, the peers' logs are emptied.
+func TestTrimmedMirrorStaysSmall(t *testing.T) {
+	ctx := context.Background()
+	shared := backend.NewMemory(volSize)
+	recvB := mirror.NewReceiver(t.TempDir())
+	defer recvB.Close()
+	nodeA, _ := twoNodes(t, recvB)
+	_, volA := openCache(t, shared)
+	shipper := mirror.NewShipper(nodeA, "vol", slog.New(slog.DiscardHandler))
+	defer shipper.Close()
+	if err := volA.SetReplicator(shipper); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 64 {
+		if err := volA.WriteAt(ctx, bytes.Repeat([]byte{byte(i)}, 4096), int64(i)*8192, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	log, err := recvB.Log("vol")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s, _ := log.Replay(); len(s) == 0 {
+		t.Fatal("nothing mirrored after FUA writes")
+	}
+	if err := volA.Drain(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, 10*time.Second, "mirror trimmed", func() bool {
+		s, err := log.Replay()
+		return err == nil && len(s) == 0
+	})
+	if fi, err := filepath.Glob(filepath.Join(filepath.Dir(log.Path()), "*.mirror")); err != nil || len(fi) != 1 {
+		t.Fatalf("mirror files %v %v", fi, err)
+	}
+}
+
+// sameBlocks counts the blocks of dev equal to ref.
+func sameBlocks(dev *backend.Memory, ref []byte) int {
+	n := 0
+	b := make([]byte, 4096)
+	for off := 0; off < len(ref); off += 4096 {
+		if dev.ReadAt(context.Background(), b, int64(off)) == nil && bytes.Equal(b, ref[off:off+4096]) {
+			n++
+		}
+	}
+	return n
+}

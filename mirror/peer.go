@@ -1,0 +1,287 @@
+package mirror
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/cachelun/cachelun/cachecore"
+	"github.com/cachelun/cachelun/cluster"
+	"github.com/cachelun/cachelun/internal/blk"
+)
+
+// TrimKind is the peer-link call a Shipper makes to trim its peers' Logs.
+const TrimKind = "mirror-trim"
+
+// Receiver keeps the Logs of the volumes peers ship to this node (one
+// file per volume in a directory) and serves their trims. It implements
+// cluster.Receiver and cluster.Handler.
+type Receiver struct {
+	dir string
+
+	mu   sync.Mutex
+	logs map[string]*Log
+}
+
+// NewReceiver keeps its Logs in dir.
+func NewReceiver(dir string) *Receiver { return &Receiver{dir: dir, logs: map[string]*Log{}} }
+
+var (
+	_ cluster.Receiver = (*Receiver)(nil)
+	_ cluster.Handler  = (*Receiver)(nil)
+)
+
+// Log returns the Log of volume, opening it the first time.
+func (r *Receiver) Log(volume string) (*Log, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if l := r.logs[volume]; l != nil {
+		return l, nil
+	}
+	l, err := OpenLog(filepath.Join(r.dir, url.PathEscape(volume)+".mirror"))
+	if err != nil {
+		return nil, err
+	}
+	r.logs[volume] = l
+	return l, nil
+}
+
+// Receive appends a batch of shipments to their volumes' Logs; it returns
+// once they are durable. A payload that does not decode fails the batch
+// (nothing of it is acknowledged).
+func (r *Receiver) Receive(_ context.Context, from string, batch []cluster.Shipment) error {
+	type group struct {
+		lsns     []uint64
+		payloads [][]byte
+	}
+	byVol := map[string]*group{}
+	var order []string
+	for _, s := range batch {
+		if _, err := Decode(s.Payload); err != nil {
+			return fmt.Errorf("mirror: shipment %d of volume %s from %s: %w", s.LSN, s.Volume, from, err)
+		}
+		g := byVol[s.Volume]
+		if g == nil {
+			g = &group{}
+			byVol[s.Volume] = g
+			order = append(order, s.Volume)
+		}
+		g.lsns = append(g.lsns, s.LSN)
+		g.payloads = append(g.payloads, s.Payload)
+	}
+	for _, v := range order {
+		l, err := r.Log(v)
+		if err != nil {
+			return err
+		}
+		if err := l.Append(byVol[v].lsns, byVol[v].payloads); err != nil {
+			return fmt.Errorf("mirror: volume %s: %w", v, err)
+		}
+	}
+	return nil
+}
+
+// Handle serves TrimKind calls: a volume name and an LSN.
+func (r *Receiver) Handle(_ context.Context, from, kind string, body []byte) ([]byte, error) {
+	if kind != TrimKind {
+		return nil, fmt.Errorf("mirror: unknown request %q from %s", kind, from)
+	}
+	volume, lsn, err := decodeTrim(body)
+	if err != nil {
+		return nil, err
+	}
+	l, err := r.Log(volume)
+	if err != nil {
+		return nil, err
+	}
+	return nil, l.Trim(lsn)
+}
+
+// Close closes every Log.
+func (r *Receiver) Close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var errs []error
+	for _, l := range r.logs {
+		errs = append(errs, l.Close())
+	}
+	r.logs = map[string]*Log{}
+	return errors.Join(errs...)
+}
+
+func encodeTrim(volume string, lsn uint64) []byte {
+	b := binary.BigEndian.AppendUint16(nil, uint16(len(volume)))
+	b = append(b, volume...)
+	return binary.BigEndian.AppendUint64(b, lsn)
+}
+
+func decodeTrim(b []byte) (string, uint64, error) {
+	if len(b) < 2 {
+		return "", 0, fmt.Errorf("%w: trim of %d bytes", ErrCorrupt, len(b))
+	}
+	n := int(binary.BigEndian.Uint16(b))
+	if len(b) != 2+n+8 || n == 0 {
+		return "", 0, fmt.Errorf("%w: trim of %d bytes for a name of %d", ErrCorrupt, len(b), n)
+	}
+	return string(b[2 : 2+n]), binary.BigEndian.Uint64(b[2+n:]), nil
+}
+
+// Shipper ships one volume's journal to every peer of a cluster node (a
+// cachecore.Replicator). The link's LSN of a kset is its LSN + 1 (links
+// refuse 0). Trims go to the peers in the background, the latest only.
+type Shipper struct {
+	node   *cluster.Node
+	volume string
+	log    *slog.Logger
+
+	mu      sync.Mutex
+	trimLSN uint64
+	kick    chan struct{}
+	ctx     context.Context
+	cancel  context.CancelFunc
+	done    chan struct{}
+}
+
+var _ cachecore.Replicator = (*Shipper)(nil)
+
+// NewShipper starts a Shipper for volume; Close stops it.
+func NewShipper(node *cluster.Node, volume string, log *slog.Logger) *Shipper {
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Shipper{node: node, volume: volume, log: log, kick: make(chan struct{}, 1), ctx: ctx, cancel: cancel, done: make(chan struct{})}
+	go s.trimLoop()
+	return s
+}
+
+// Close stops the trim goroutine and waits for it.
+func (s *Shipper) Close() {
+	s.cancel()
+	<-s.done
+}
+
+// Ship queues the records on every link and returns the wait that applies
+// the node's degraded policy (cluster.Node.Replicate's rules): peers out of
+// sync are skipped, and fail the wait with cluster.ErrDegraded under
+// refuse-sync.
+func (s *Shipper) Ship(lsn uint64, recs []cachecore.MirrorRecord) func(context.Context) error {
+	rs := make([]Record, len(recs))
+	for i, r := range recs {
+		rs[i] = Record{Off: r.Off, Len: r.Len, Discard: r.Discard, Data: r.Data}
+	}
+	payload := Encode(nil, rs)
+	var pending []*cluster.Pending
+	var degraded []error
+	var failed error
+	for _, l := range s.node.Links() {
+		p, err := l.Send(s.volume, lsn+1, payload)
+		switch {
+		case errors.Is(err, cluster.ErrOutOfSync):
+			degraded = append(degraded, err)
+		case err != nil:
+			failed = errors.Join(failed, err)
+		default:
+			pending = append(pending, p)
+		}
+	}
+	refuse := s.node.Policy() == cluster.RefuseSync
+	return func(ctx context.Context) error {
+		if failed != nil {
+			return failed
+		}
+		deg := degraded
+		for _, p := range pending {
+			err := p.Wait(ctx)
+			switch {
+			case errors.Is(err, cluster.ErrOutOfSync):
+				deg = append(deg, err)
+			case err != nil:
+				return err
+			}
+		}
+		if len(deg) > 0 && refuse {
+			return fmt.Errorf("%w: %w", cluster.ErrDegraded, errors.Join(deg...))
+		}
+		return nil
+	}
+}
+
+// Trim records that dirty_tail passed lsn (kset LSNs below it are on the
+// backing device: link LSNs up to lsn) and wakes the trim goroutine.
+func (s *Shipper) Trim(lsn uint64) {
+	s.mu.Lock()
+	s.trimLSN = max(s.trimLSN, lsn)
+	s.mu.Unlock()
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (s *Shipper) trimLoop() {
+	defer close(s.done)
+	var sent uint64
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-s.kick:
+		}
+		s.mu.Lock()
+		lsn := s.trimLSN
+		s.mu.Unlock()
+		if lsn <= sent {
+			continue
+		}
+		ok := true
+		for _, l := range s.node.Links() {
+			ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
+			_, err := l.Call(ctx, TrimKind, encodeTrim(s.volume, lsn))
+			cancel()
+			if err != nil {
+				ok = false
+				s.log.Debug("mirror: trim not delivered", "volume", s.volume, "peer", l.Peer().Name, "lsn", lsn, "err", err)
+			}
+		}
+		if ok {
+			sent = lsn
+		}
+	}
+}
+
+// Apply puts the shipments of log into vol, in order, flushes it, and
+// empties the log: the takeover of a volume this node mirrored. vol must
+// be the volume on the backing device the old owner can no longer write
+// (fenced).
+func Apply(ctx context.Context, log *Log, vol blk.Volume) (int, error) {
+	ships, err := log.Replay()
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, s := range ships {
+		recs, err := Decode(s.Payload)
+		if err != nil {
+			return n, fmt.Errorf("mirror: %s: shipment %d: %w", log.Path(), s.LSN, err)
+		}
+		for _, r := range recs {
+			if r.Discard {
+				err = vol.Discard(ctx, r.Off, r.Len)
+			} else {
+				err = vol.WriteAt(ctx, r.Data, r.Off, false)
+			}
+			if err != nil {
+				return n, fmt.Errorf("mirror: applying shipment %d at %d: %w", s.LSN, r.Off, err)
+			}
+			n++
+		}
+	}
+	if err := vol.Flush(ctx); err != nil {
+		return n, err
+	}
+	return n, log.Reset()
+}
