@@ -164,3 +164,54 @@ func (c *Cache) trimReplicas(lsn uint64) {
 		}
 	}
 }
+
+// Reship ships again, through send, the volume's dirty data and discards
+// of every committed kset from dirty_tail on, in log order: what a copy
+// that missed shipments (out of sync, restarted) needs to be whole again.
+// It holds off the Ship calls of new commits meanwhile, so that send sees
+// every kset up to the journal head and the Replicator's next Ship comes
+// after them. Data before dirty_tail is on the backing device.
+func (v *Volume) Reship(ctx context.Context, send func(lsn uint64, recs []MirrorRecord) error) error {
+	c := v.c
+	c.replMu.Lock()
+	defer c.replMu.Unlock()
+	if err := c.failedErr(); err != nil {
+		return err
+	}
+	head := c.journal.Head()
+	r := c.store.Replay(c.store.DirtyTail())
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		ks, ok := r.Next()
+		if !ok || ks.LSN >= head.LSN {
+			break
+		}
+		var recs []MirrorRecord
+		for i := range ks.Keys {
+			k := &ks.Keys[i]
+			if k.Volume != v.st.id || (k.Flags != persist.KeyDirty && k.Flags != persist.KeyTombstone) {
+				continue
+			}
+			rec := MirrorRecord{Off: int64(k.Offset), Len: int64(k.Length), Discard: k.Flags == persist.KeyTombstone}
+			if !rec.Discard {
+				rec.Data = make([]byte, k.Length)
+				if err := c.media.ReadAt(rec.Data, c.store.DataOffset(k.Pos)); err != nil {
+					return v.mediaErr("read data to reship", err)
+				}
+			}
+			recs = append(recs, rec)
+		}
+		if len(recs) == 0 {
+			continue
+		}
+		if err := send(ks.LSN, recs); err != nil {
+			return err
+		}
+	}
+	if err := r.StopReason(); err != nil && isMediaFault(err) {
+		return v.mediaErr("read the log to reship", err)
+	}
+	return nil
+}

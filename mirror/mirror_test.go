@@ -3,10 +3,12 @@ package mirror_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"log/slog"
 	"math/rand/v2"
 	"net"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -93,7 +95,7 @@ func TestTakeoverLosesNoDurableWrite(t *testing.T) {
 	// data the backing device does not have.
 	viewA := backend.NewFaulty(shared)
 	_, volA := openCacheOn(t, viewA)
-	shipper := mirror.NewShipper(nodeA, "vol", slog.New(slog.DiscardHandler))
+	shipper := mirror.NewShipper(nodeA, "vol", volA.Reship, slog.New(slog.DiscardHandler))
 	defer shipper.Close()
 	if err := volA.SetReplicator(shipper); err != nil {
 		t.Fatal(err)
@@ -182,7 +184,7 @@ func TestTrimmedMirrorStaysSmall(t *testing.T) {
 	defer recvB.Close()
 	nodeA, _ := twoNodes(t, recvB)
 	_, volA := openCache(t, shared)
-	shipper := mirror.NewShipper(nodeA, "vol", slog.New(slog.DiscardHandler))
+	shipper := mirror.NewShipper(nodeA, "vol", volA.Reship, slog.New(slog.DiscardHandler))
 	defer shipper.Close()
 	if err := volA.SetReplicator(shipper); err != nil {
 		t.Fatal(err)
@@ -221,4 +223,124 @@ func sameBlocks(dev *backend.Memory, ref []byte) int {
 		}
 	}
 	return n
+}
+
+// partition controls the connections of a node's dialer: cut closes them
+// and makes dials fail until heal.
+type partition struct {
+	mu    sync.Mutex
+	cut   bool
+	conns []net.Conn
+}
+
+func (p *partition) dial(ctx context.Context, addr string) (net.Conn, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cut {
+		return nil, errors.New("partitioned")
+	}
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err == nil {
+		p.conns = append(p.conns, c)
+	}
+	return c, err
+}
+
+func (p *partition) set(cut bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cut = cut
+	if cut {
+		for _, c := range p.conns {
+			c.Close()
+		}
+		p.conns = nil
+	}
+}
+
+// TestResyncAfterPartition: with the serve policy, a goes on while b is
+// cut off (b falls out of sync); once the partition heals, b is brought
+// back in sync from a's dirty_tail, and a takeover by b then loses no
+// durable write, including those acknowledged while b was away.
+func TestResyncAfterPartition(t *testing.T) {
+	ctx := context.Background()
+	shared := backend.NewMemory(volSize)
+	recvB := mirror.NewReceiver(t.TempDir())
+	defer recvB.Close()
+	la, _ := net.Listen("tcp", "127.0.0.2:0")
+	lb, _ := net.Listen("tcp", "127.0.0.3:0")
+	var pa, pb partition
+	log := slog.New(slog.DiscardHandler)
+	start := func(name string, ln net.Listener, peer, addr string, p *partition, r cluster.Receiver, h cluster.Handler) *cluster.Node {
+		n, err := cluster.Start(ctx, cluster.Config{Cluster: "test", Node: name, Listener: ln,
+			Peers: []cluster.Peer{{Name: peer, Addr: addr}}, Degraded: cluster.Serve,
+			HeartbeatInterval: 50 * time.Millisecond, PeerTimeout: 400 * time.Millisecond, SyncTimeout: 300 * time.Millisecond,
+			ReconnectMin: 20 * time.Millisecond, ReconnectMax: 100 * time.Millisecond,
+			Receiver: r, Handler: h, Logger: log, Dial: p.dial})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { n.Close() })
+		return n
+	}
+	nodeA := start("a", la, "b", lb.Addr().String(), &pa, mirror.NewReceiver(t.TempDir()), nil)
+	start("b", lb, "a", la.Addr().String(), &pb, recvB, recvB)
+	testkit.WaitFor(t, 10*time.Second, "in sync", func() bool { return nodeA.Link("b").State() == cluster.StateInSync })
+	viewA := backend.NewFaulty(shared)
+	_, volA := openCacheOn(t, viewA)
+	shipper := mirror.NewShipper(nodeA, "vol", volA.Reship, log)
+	defer shipper.Close()
+	if err := volA.SetReplicator(shipper); err != nil {
+		t.Fatal(err)
+	}
+	// No writeback gets through: everything stays dirty on a.
+	viewA.Inject(backend.Fault{Op: backend.OpWrite | backend.OpDiscard})
+	ref := make([]byte, volSize)
+	write := func(i int) {
+		off := int64(i*7%4096) * 4096
+		b := bytes.Repeat([]byte{byte(i)}, 4096)
+		if err := volA.WriteAt(ctx, b, off, i%3 == 0); err != nil {
+			t.Fatal(err)
+		}
+		copy(ref[off:], b)
+	}
+	for i := range 50 {
+		write(i)
+	}
+	pa.set(true)
+	pb.set(true)
+	testkit.WaitFor(t, 10*time.Second, "b out of sync", func() bool {
+		write(1000) // shipments find the peer gone, after sync_timeout
+		return nodeA.Link("b").State() == cluster.StateOutOfSync
+	})
+	for i := 50; i < 120; i++ {
+		write(i) // acknowledged while b is away (serve)
+	}
+	if err := volA.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	pa.set(false)
+	pb.set(false)
+	testkit.WaitFor(t, 15*time.Second, "b back in sync", func() bool { return nodeA.Link("b").State() == cluster.StateInSync })
+	if err := volA.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	_, volB := openCache(t, shared)
+	lg, err := recvB.Log("vol")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mirror.Apply(ctx, lg, volB); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, volSize)
+	if err := volB.ReadAt(ctx, got, 0); err != nil {
+		t.Fatal(err)
+	}
+	for off := 0; off < volSize; off += 4096 {
+		if !bytes.Equal(got[off:off+4096], ref[off:off+4096]) {
+			t.Fatalf("after resync and takeover, block at %d differs", off)
+		}
+	}
 }

@@ -132,36 +132,112 @@ func decodeTrim(b []byte) (string, uint64, error) {
 	return string(b[2 : 2+n]), binary.BigEndian.Uint64(b[2+n:]), nil
 }
 
+// Reshipper ships a volume's journal from dirty_tail again, kset by kset
+// in log order (cachecore.Volume.Reship).
+type Reshipper func(ctx context.Context, send func(lsn uint64, recs []cachecore.MirrorRecord) error) error
+
 // Shipper ships one volume's journal to every peer of a cluster node (a
 // cachecore.Replicator). The link's LSN of a kset is its LSN + 1 (links
-// refuse 0). Trims go to the peers in the background, the latest only.
+// refuse 0). Trims go to the peers in the background, the latest only. A
+// peer that fell out of sync and is heard from again is brought up to date
+// (Link.Resync, then everything from dirty_tail it did not acknowledge,
+// then Link.ResyncDone) by the resync goroutine.
 type Shipper struct {
 	node   *cluster.Node
 	volume string
 	log    *slog.Logger
+	reship Reshipper
+	// resyncEvery is how often links are checked for a resync.
+	resyncEvery time.Duration
 
 	mu      sync.Mutex
 	trimLSN uint64
 	kick    chan struct{}
 	ctx     context.Context
 	cancel  context.CancelFunc
+	wg      sync.WaitGroup
 	done    chan struct{}
 }
 
 var _ cachecore.Replicator = (*Shipper)(nil)
 
-// NewShipper starts a Shipper for volume; Close stops it.
-func NewShipper(node *cluster.Node, volume string, log *slog.Logger) *Shipper {
+// NewShipper starts a Shipper for volume; reship (nil: no resync) brings
+// peers back in sync. Close stops it.
+func NewShipper(node *cluster.Node, volume string, reship Reshipper, log *slog.Logger) *Shipper {
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Shipper{node: node, volume: volume, log: log, kick: make(chan struct{}, 1), ctx: ctx, cancel: cancel, done: make(chan struct{})}
+	s := &Shipper{node: node, volume: volume, log: log, reship: reship, resyncEvery: 200 * time.Millisecond,
+		kick: make(chan struct{}, 1), ctx: ctx, cancel: cancel, done: make(chan struct{})}
+	s.wg.Add(1)
 	go s.trimLoop()
+	if reship != nil {
+		s.wg.Add(1)
+		go s.resyncLoop()
+	}
+	go func() {
+		s.wg.Wait()
+		close(s.done)
+	}()
 	return s
 }
 
-// Close stops the trim goroutine and waits for it.
+// Close stops the Shipper's goroutines and waits for them.
 func (s *Shipper) Close() {
 	s.cancel()
 	<-s.done
+}
+
+// resyncLoop brings back in sync the links that are out of sync while
+// their peer is heard from (its link to this node is up).
+func (s *Shipper) resyncLoop() {
+	defer s.wg.Done()
+	t := time.NewTicker(s.resyncEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-t.C:
+		}
+		for _, l := range s.node.Links() {
+			ps := l.Snapshot()
+			if ps.State != cluster.StateOutOfSync || !ps.Inbound {
+				continue
+			}
+			if err := s.resync(l); err != nil {
+				s.log.Warn("mirror: resync of a peer failed; retrying", "volume", s.volume, "peer", l.Peer().Name, "err", err)
+			}
+		}
+	}
+}
+
+// resync ships to l what its peer has not acknowledged of the volume's
+// journal from dirty_tail on.
+func (s *Shipper) resync(l *cluster.Link) error {
+	acked := l.Resync()
+	if acked == nil {
+		return nil
+	}
+	defer l.ResyncDone()
+	from := acked[s.volume]
+	n := 0
+	err := s.reship(s.ctx, func(lsn uint64, recs []cachecore.MirrorRecord) error {
+		if lsn+1 <= from {
+			return nil
+		}
+		_, err := l.Send(s.volume, lsn+1, Encode(nil, toRecords(recs)))
+		n++
+		return err
+	})
+	s.log.Info("mirror: peer resynchronised", "volume", s.volume, "peer", l.Peer().Name, "shipments", n, "err", err)
+	return err
+}
+
+func toRecords(recs []cachecore.MirrorRecord) []Record {
+	rs := make([]Record, len(recs))
+	for i, r := range recs {
+		rs[i] = Record{Off: r.Off, Len: r.Len, Discard: r.Discard, Data: r.Data}
+	}
+	return rs
 }
 
 // Ship queues the records on every link and returns the wait that applies
@@ -169,11 +245,7 @@ func (s *Shipper) Close() {
 // sync are skipped, and fail the wait with cluster.ErrDegraded under
 // refuse-sync.
 func (s *Shipper) Ship(lsn uint64, recs []cachecore.MirrorRecord) func(context.Context) error {
-	rs := make([]Record, len(recs))
-	for i, r := range recs {
-		rs[i] = Record{Off: r.Off, Len: r.Len, Discard: r.Discard, Data: r.Data}
-	}
-	payload := Encode(nil, rs)
+	payload := Encode(nil, toRecords(recs))
 	var pending []*cluster.Pending
 	var degraded []error
 	var failed error
@@ -223,7 +295,7 @@ func (s *Shipper) Trim(lsn uint64) {
 }
 
 func (s *Shipper) trimLoop() {
-	defer close(s.done)
+	defer s.wg.Done()
 	var sent uint64
 	for {
 		select {
