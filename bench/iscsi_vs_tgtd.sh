@@ -6,7 +6,7 @@
 #
 #   bash bench/iscsi_vs_tgtd.sh            # 10 s per measurement
 #   DUR=20 bash bench/iscsi_vs_tgtd.sh     # longer runs (LUN_MIB, HOT_MIB change the sizes)
-#   ONLY=writes bash bench/iscsi_vs_tgtd.sh # one group: reads, writes, sessions, hot or cold
+#   ONLY=writes bash bench/iscsi_vs_tgtd.sh # one group: reads, writes, sessions, hot, cold or full
 #   CRUNS=5 ONLY=cold bash bench/iscsi_vs_tgtd.sh # cold-read runs per target (median; default 3)
 #   WRUNS=5 bash bench/iscsi_vs_tgtd.sh    # qemu-img bench runs per target (median; default 3)
 #                                           # (the cache file, CACHE_MIB, grows to hold them)
@@ -299,6 +299,55 @@ row "cold 4KiB random read QD32, fresh LUN (IOPS)" "$(median "${cs[@]}")" "$(med
 row "target CPU per cold 4KiB read at QD32 (us)" "$(median "${ccpu[@]}")" "$(median "${tcpu[@]}")"
 fi
 
+# ---- writes into a full cache: a fresh quick-start LUN (256 MiB cache,
+# 1 GiB backing file) takes the quick start's write benchmark (234 MiB of
+# 4 KiB writes at QD32, qemu-img bench) against tgtd on a fresh file of the
+# same size, then 1.5 GiB of them (six times the cache: every write past
+# the first ~180 MiB waits for writeback and GC), against tgtd and against
+# the backing file itself taking the same writes (qemu-img bench on the
+# file, O_DIRECT), in one run. Each target runs alone.
+if want full; then
+FULL=$WORK/full; mkdir -p "$FULL"
+truncate -s 1G "$FULL/tgtd-full.img"
+$A --op new --mode logicalunit --tid 1 --lun 3 -b "$FULL/tgtd-full.img"
+T_FULL=iscsi://127.0.0.1:$TPORT/iqn.2024-01.test.tgtd:bench/3
+full_cachelun() { # LABEL COUNT -> "iops" of a fresh quick-start LUN
+	local d=$FULL/$1 port pid out
+	mkdir -p "$d"
+	port=$(free_port)
+	"$WORK/cachelun" serve --listen 127.0.0.1:$port --data-dir "$d" --metrics off > "$OUT/$1-serve.log" 2>&1 &
+	pid=$!; PIDS+=($pid)
+	for _ in $(seq 300); do grep -q "cachelun ready" "$OUT/$1-serve.log" 2>/dev/null && break; sleep 0.1; done
+	out=$(qbench "$1" "iscsi://127.0.0.1:$port/iqn.2026-11.io.cachelun:demo/0" -w -t none -c "$2" -d 32 -s 4k)
+	kill -TERM $pid; wait $pid 2>/dev/null || true
+	rm -rf "$d"
+	echo "$out"
+}
+kill -STOP "$CPID"
+for spec in "quick 60000" "sustained 400000"; do
+	set -- $spec
+	cs=(); ts=(); fs=()
+	for i in $(seq "$WRUNS"); do
+		cs+=("$(full_cachelun c-full-$1-$i "$2")")
+		ts+=("$(qbench t-full-$1-$i "$T_FULL" -w -t none -c "$2" -d 32 -s 4k)")
+		sync
+		if [ "$1" = sustained ]; then
+			truncate -s 1G "$FULL/direct.img"
+			fs+=("$(qbench f-full-$1-$i "$FULL/direct.img" -w -t none -c "$2" -d 32 -s 4k)")
+			rm -f "$FULL/direct.img"
+		fi
+	done
+	echo "runs ($1): cachelun ${cs[*]}; tgtd ${ts[*]}; backing file ${fs[*]}" >> "$OUT/full.runs"
+	if [ "$1" = quick ]; then
+		row "quick start: 60000 4KiB writes QD32 (IOPS)" "$(median "${cs[@]}")" "$(median "${ts[@]}")"
+	else
+		row "6x the cache in 4KiB writes QD32 (IOPS)" "$(median "${cs[@]}")" "$(median "${ts[@]}")"
+		row "  same, cachelun vs the backing file itself" "$(median "${cs[@]}")" "$(median "${fs[@]}")"
+	fi
+done
+kill -CONT "$CPID"
+fi
+
 # ---- hot set on a slow backing device: cached vs passthrough (same daemon)
 HOTROWS=()
 if want hot; then
@@ -329,6 +378,10 @@ echo
 if want cold; then
 	echo "cold rows: median of $CRUNS alternating runs per target, each cachelun run on a fresh quick-start LUN:"
 	cat "$OUT/cold.runs"
+fi
+if want full; then
+	echo "full-cache rows: median of $WRUNS alternating runs per target, each cachelun run on a fresh quick-start LUN:"
+	cat "$OUT/full.runs"
 fi
 if want writes; then
 	echo "qemu-img bench rows: median of $WRUNS alternating runs per target:"
