@@ -29,6 +29,10 @@ type rbdBacking struct {
 	backing string // as configured
 	log     *slog.Logger
 	locked  bool // the Device took the exclusive lock (the image has the feature)
+	// updated is called when librbd reports a change of the image's
+	// header (rbd.Device.Updated): the resize watcher checks its size
+	// at once rather than at its next poll.
+	updated func()
 
 	// fenced is set, never cleared, once the lock was lost: the volume
 	// fails all I/O (fenceGate) from then on; a restart takes the image
@@ -40,14 +44,15 @@ type rbdBacking struct {
 	closeOnce sync.Once
 }
 
-func newRBDBacking(dev *rbd.Device, volume, backing string, log *slog.Logger) *rbdBacking {
-	b := &rbdBacking{Device: dev, volume: volume, backing: backing, log: log,
+func newRBDBacking(dev *rbd.Device, volume, backing string, log *slog.Logger, updated func()) *rbdBacking {
+	b := &rbdBacking{Device: dev, volume: volume, backing: backing, log: log, updated: updated,
 		locked: dev.LockOwner() != "", stop: make(chan struct{}), done: make(chan struct{})}
 	go b.monitor()
 	return b
 }
 
-// monitor polls until Close. HoldsLock reads librbd's state of the image;
+// monitor polls until Close, and at once when librbd reports a change of
+// the image's header (its update watch). HoldsLock reads librbd's state of the image;
 // it does not wait for the OSDs, so an outage does not stall the loop (and
 // nothing waits for the loop).
 func (b *rbdBacking) monitor() {
@@ -59,6 +64,11 @@ func (b *rbdBacking) monitor() {
 		case <-b.stop:
 			return
 		case <-t.C:
+		case <-b.Updated():
+			// the header changed: a resize, or a lock that moved
+			if b.updated != nil {
+				b.updated()
+			}
 		}
 		b.poll()
 	}

@@ -12,11 +12,12 @@ import (
 	"github.com/cachelun/cachelun/cachecore"
 )
 
-// Live capacity growth. Every backingPollInterval (Options.BackingPollInterval)
-// the resize watcher asks each volume's backing device for its current size
-// (backend.SizePoller: fstat of a file, BLKGETSIZE64 of a block device,
-// the header of an RBD image, which librbd re-reads when another client
-// announced a resize) and compares it with the volume's size:
+// Live capacity growth. Every backingPollInterval (Options.BackingPollInterval),
+// and at once when librbd reports that an RBD image's header changed (its
+// update watch: `rbd resize` notifies it), the resize watcher asks each
+// volume's backing device for its current size (backend.SizePoller: fstat
+// of a file, BLKGETSIZE64 of a block device, the header of an RBD image)
+// and compares it with the volume's size:
 //
 //   - Larger: the volume grows (cachecore.Volume.Grow, which records the
 //     new size in the cache file first), then every iSCSI LUN of the volume
@@ -69,6 +70,7 @@ func (d *Daemon) startResizeWatch(interval time.Duration) {
 			case <-ctx.Done():
 				return
 			case <-t.C:
+			case <-d.eng.sizeKick: // an RBD image's header changed
 			}
 			d.checkBackingSizes(ctx)
 		}
