@@ -216,17 +216,25 @@ func TestGrowIsRecorded(t *testing.T) {
 
 // TestGrowUnderIO: writers and readers run over the whole current size
 // while the volume grows in steps (-race); every block reads what its
-// writer last wrote, in the old and the new ranges.
+// writer last wrote, in the old and the new ranges. In writearound every
+// write bypasses the cache, so the bypass tracker's new pages are used
+// while read misses fill around them.
 func TestGrowUnderIO(t *testing.T) {
+	for _, m := range []Mode{ModeWriteback, ModeWritearound} {
+		t.Run(string(m), func(t *testing.T) { growUnderIO(t, m) })
+	}
+}
+
+func growUnderIO(t *testing.T, mode Mode) {
 	ctx := context.Background()
 	const bs = 4096
-	r := newItRig(t, 96, 3<<20, Config{}, VolumeConfig{SequentialCutoff: 64 << 10})
+	r := newItRig(t, 96, 3<<20, Config{}, VolumeConfig{Mode: mode, SequentialCutoff: 64 << 10})
 	v := r.vol
 	const writers = 4
-	steps := []int64{5 << 20, 9<<20 + 4096, 17 << 20, 40 << 20, 70 << 20}
-	if testkit.RaceEnabled {
-		steps = steps[:4]
-	}
+	// Past 4 GiB the index needs a second page of stripes, past 32 GiB
+	// the bypass tracker a second page of chunk counters (the devices
+	// are sparse).
+	steps := []int64{5 << 20, 9<<20 + 4096, 40 << 20, 4<<30 + 8<<20, 33 << 30, 70 << 30}
 	var stop atomic.Bool
 	var ops atomic.Int64
 	var wg sync.WaitGroup
@@ -304,4 +312,33 @@ func TestGrowUnderIO(t *testing.T) {
 	if err := r.cache.CheckInvariants(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestGrowExtendsPageDirectories: past the pages a small volume has of the
+// index (4 GiB each) and of the bypass tracker (32 GiB each, one spare),
+// both cover the new end after Grow, so a bypass write there is counted
+// (C7) and a write there is indexed.
+func TestGrowExtendsPageDirectories(t *testing.T) {
+	ctx := context.Background()
+	r := newItRig(t, 16, growOld, Config{}, VolumeConfig{Mode: ModeWritearound})
+	const size = 100 << 30
+	last := int64(size - 4096)
+	if r.vol.tracker.counter(uint64(last)>>chunkShift, true) != nil || r.vol.st.idx.get(uint64(last)>>stripeShift) != nil {
+		t.Fatal("a 6 MiB volume's structures reach 100 GiB")
+	}
+	r.dev.Resize(size)
+	if err := r.vol.Grow(ctx, size); err != nil {
+		t.Fatal(err)
+	}
+	if r.vol.tracker.counter(uint64(last)>>chunkShift, true) == nil {
+		t.Fatal("the bypass tracker does not cover the new end")
+	}
+	if r.vol.st.idx.get(uint64(last)>>stripeShift) == nil {
+		t.Fatal("the index does not cover the new end")
+	}
+	p := pattern(4096, 9)
+	if err := r.vol.WriteAt(ctx, p, last, false); err != nil { // bypasses: counted in the tracker
+		t.Fatal(err)
+	}
+	readBack(t, r.vol, last, p)
 }
