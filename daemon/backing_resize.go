@@ -33,8 +33,9 @@ import (
 //     at least the volume's size. Requests past the device's new end fail
 //     there (read misses fail, writeback retries and keeps the dirty data).
 //
-// The watcher never holds a lock across a poll; it skips a round while a
-// reload runs (reloadMu) and stops before shutdown takes the daemon apart.
+// The watcher holds no lock across a poll; it follows a growth under
+// reloadMu (TryLock: while a reload runs it leaves the growth to its next
+// round) and stops before shutdown takes the daemon apart.
 
 // resizeWatch is the watcher goroutine and what it found.
 type resizeWatch struct {
@@ -86,14 +87,12 @@ func (d *Daemon) stopResizeWatch() {
 	<-d.resize.done
 }
 
-// checkBackingSizes polls every volume's backing device once. A round
-// that finds a reload running is skipped (the reload may be adding or
-// removing the very volumes).
+// checkBackingSizes polls every volume's backing device once. The polls
+// hold no lock (an RBD image's may wait for the cluster, up to its
+// ceph_op_timeout); a growth is followed under reloadMu, and a round that
+// finds a reload running leaves it to the next round (the reload may be
+// removing the very volume).
 func (d *Daemon) checkBackingSizes(ctx context.Context) {
-	if !d.reloadMu.TryLock() {
-		return
-	}
-	defer d.reloadMu.Unlock()
 	d.eng.mu.RLock()
 	devs := make(map[string]backend.Device, len(d.eng.devs))
 	for name, dev := range d.eng.devs {
@@ -133,6 +132,13 @@ func (d *Daemon) checkBackingSize(ctx context.Context, name string, dev backend.
 		d.noteShrunk(name, size, cur)
 	case size > cur:
 		d.clearShrunk(name, size)
+		if !d.reloadMu.TryLock() {
+			return
+		}
+		defer d.reloadMu.Unlock()
+		if v, ok := d.eng.cacheVolume(name); !ok || v != vol {
+			return // removed or replaced meanwhile
+		}
 		if err := d.growVolume(ctx, name, vol, size); err != nil {
 			d.log.Error("backing device grew but the volume could not follow; it keeps its size", "volume", name, "size", cur, "backing_size", size, "err", err)
 		}

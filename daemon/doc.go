@@ -58,8 +58,9 @@
 //  5. Daemon.adminModesMu guards the cache modes last set through the admin
 //     API; a leaf.
 //  6. resizeWatch.mu guards the backing devices found shrunk; a leaf. The
-//     resize watcher takes reloadMu only with TryLock (a round that finds a
-//     reload running is skipped), then Daemon.mu and engine.mu as above.
+//     resize watcher polls with no lock held and follows a growth under
+//     reloadMu taken with TryLock (while a reload runs it waits for its
+//     next round), then Daemon.mu and engine.mu as above.
 //
 // The engine's, the SCSI layer's and the iSCSI server's locks are their
 // packages' (see their doc.go) and always come after these.
