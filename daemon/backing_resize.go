@@ -55,13 +55,18 @@ type shrinkState struct {
 }
 
 // startResizeWatch starts the watcher. interval 0 takes backingPollInterval.
+// It runs before the admin API serves (which reads d.resize) and after the
+// TCMU front end is set (which the watcher reads).
 func (d *Daemon) startResizeWatch(interval time.Duration) {
 	if interval <= 0 {
 		interval = backingPollInterval
 	}
+	if d.resize == nil {
+		d.resize = &resizeWatch{shrunk: map[string]shrinkState{}}
+	}
+	w := d.resize
 	ctx, cancel := context.WithCancel(context.Background())
-	w := &resizeWatch{interval: interval, cancel: cancel, done: make(chan struct{}), shrunk: map[string]shrinkState{}}
-	d.resize = w
+	w.interval, w.cancel, w.done = interval, cancel, make(chan struct{})
 	go func() {
 		defer close(w.done)
 		t := time.NewTicker(interval)

@@ -255,10 +255,10 @@ func start(ctx context.Context, cfg *conf.Config, opts Options) (d *Daemon, err 
 	if err := d.startTCMU(); err != nil {
 		return d, err
 	}
+	d.startResizeWatch(opts.BackingPollInterval)
 	if err := d.startAdmin(); err != nil {
 		return d, err
 	}
-	d.startResizeWatch(opts.BackingPollInterval)
 
 	d.mu.Lock()
 	d.serving = true
