@@ -84,14 +84,14 @@ type VolumeStats struct {
 }
 
 // BackingState is the health of a volume's backing device, for backings
-// that report it (Ceph RBD images; files and block devices do not, their
-// failures show in VolumeStats.Errors).
+// that report it (Ceph RBD images; files and block devices only when they
+// shrank below the volume, their failures show in VolumeStats.Errors).
 type BackingState struct {
 	Device string `json:"device"` // the configured backing, e.g. "rbd:pool/image"
 	// State is BackingOK, BackingDegraded (the last request to the
 	// backing failed: Reason says why; writeback retries, read misses
-	// fail) or BackingFenced (the image's exclusive lock was lost to
-	// another client: the volume fails all I/O).
+	// fail), BackingFenced (the image's exclusive lock was lost to
+	// another client: the volume fails all I/O) or BackingShrunk.
 	State    string    `json:"state"`
 	Reason   string    `json:"reason,omitempty"`
 	Since    time.Time `json:"since,omitzero"`   // when the last failure happened (degraded, fenced)
@@ -100,9 +100,9 @@ type BackingState struct {
 	Timeouts uint64    `json:"timeouts"`         // requests that got no answer in time
 	Fenced   uint64    `json:"fenced"`           // requests refused because the lock was lost
 	Failures uint64    `json:"failures"`         // other failed requests
-	// Size is the backing's size as last seen; if it differs from the
-	// volume's, the image was resized and the volume serves its old size
-	// until the daemon restarts.
+	// Size is the backing's size as last seen. A device that grew is
+	// followed live (the volume grows, hosts get CAPACITY DATA HAS
+	// CHANGED); one smaller than the volume is BackingShrunk.
 	Size int64 `json:"size"`
 }
 
@@ -111,6 +111,10 @@ const (
 	BackingOK       = "ok"
 	BackingDegraded = "degraded"
 	BackingFenced   = "fenced"
+	// BackingShrunk: the backing device is smaller than the volume (it
+	// was shrunk under the daemon). The volume keeps its size and its
+	// cached data; requests past the device's end fail.
+	BackingShrunk = "shrunk"
 )
 
 // BackingReporter is a VolumeAPI whose backing device reports its health.

@@ -59,7 +59,7 @@ func newCollector(snaps *snapshotter) *collector {
 		volErrors:            desc("cachelun_volume_errors_total", "Errors by kind.", "volume", "kind"),
 		volSize:              desc("cachelun_volume_size_bytes", "Volume size.", vol...),
 		volMode:              desc("cachelun_volume_mode", "Current cache mode (1 for the active mode).", "volume", "mode"),
-		volBackingDegraded:   desc("cachelun_volume_backing_degraded", "1 when the backing device reports itself degraded or fenced (RBD: its last request failed, or its lock was lost); 0 otherwise and for files.", vol...),
+		volBackingDegraded:   desc("cachelun_volume_backing_degraded", "1 when the backing device reports itself degraded, fenced or shrunk (RBD: its last request failed, or its lock was lost; any backing: it is smaller than the volume); 0 otherwise.", vol...),
 		cacheSegments:        desc("cachelun_cache_segments", "Cache segments by state.", "cache", "state"),
 		cacheDirtyBytes:      desc("cachelun_cache_dirty_bytes", "Bytes in the cache file not yet written back.", "cache"),
 		cacheGCRuns:          desc("cachelun_cache_gc_runs_total", "Garbage collection passes.", "cache"),

@@ -558,8 +558,8 @@ func (f *Faulty) DurableImage(rng *rand.Rand) (*Memory, error) {
 	} else {
 		img = NewMemory(f.dev.Size())
 		buf := make([]byte, 1<<20)
-		for off := int64(0); off < img.size; off += int64(len(buf)) {
-			k := min(int64(len(buf)), img.size-off)
+		for off := int64(0); off < img.Size(); off += int64(len(buf)) {
+			k := min(int64(len(buf)), img.Size()-off)
 			if err := f.dev.ReadAt(context.Background(), buf[:k], off); err != nil {
 				return nil, fmt.Errorf("backend: faulty: reading image: %w", err)
 			}
@@ -577,7 +577,7 @@ func (f *Faulty) DurableImage(rng *rand.Rand) (*Memory, error) {
 
 func restoreSector(img *Memory, s int64, old []byte) {
 	start := s * faultySector
-	k := min(int64(faultySector), img.size-start)
+	k := min(int64(faultySector), img.Size()-start)
 	if old == nil {
 		img.discardLocked(start, k)
 	} else {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -38,8 +39,12 @@ type FileOptions struct {
 // fdatasync; Discard punches a hole (fallocate PUNCH_HOLE|KEEP_SIZE, which
 // block devices implement as zero-out) and falls back to writing zeroes.
 type File struct {
-	path     string
-	size     int64
+	path string
+	// size is what requests are checked against; PollSize moves it.
+	size atomic.Int64
+	// limit is FileOptions.Size when the device was larger at open (it
+	// exposes only its first limit bytes), else 0.
+	limit    int64
 	direct   bool
 	readOnly bool
 	align    int64 // offset/length alignment for O_DIRECT (1 without)
@@ -143,12 +148,15 @@ func (f *File) init(opts FileOptions) error {
 		if err := ioctlGetUint64(f.fd, unix.BLKGETSIZE64, &devSize); err != nil {
 			return &os.PathError{Op: "ioctl BLKGETSIZE64", Path: f.path, Err: err}
 		}
-		f.size = int64(devSize)
+		f.size.Store(int64(devSize))
 		if opts.Size > 0 {
-			if opts.Size > f.size {
-				return fmt.Errorf("backend: %s: block device has %d bytes, %d requested: %w", f.path, f.size, opts.Size, blk.ErrOutOfRange)
+			if opts.Size > int64(devSize) {
+				return fmt.Errorf("backend: %s: block device has %d bytes, %d requested: %w", f.path, devSize, opts.Size, blk.ErrOutOfRange)
 			}
-			f.size = opts.Size
+			if opts.Size < int64(devSize) {
+				f.limit = opts.Size
+			}
+			f.size.Store(opts.Size)
 		}
 		if f.direct {
 			lbs, err := unix.IoctlGetInt(f.fd, unix.BLKSSZGET)
@@ -158,8 +166,11 @@ func (f *File) init(opts FileOptions) error {
 			f.align, f.memAlign = int64(lbs), max(lbs, 4096)
 		}
 	case unix.S_IFREG:
-		f.size = st.Size
+		f.size.Store(st.Size)
 		if opts.Size > 0 {
+			if st.Size > opts.Size {
+				f.limit = opts.Size
+			}
 			if st.Size < opts.Size {
 				if f.readOnly {
 					return fmt.Errorf("backend: %s: read-only file has %d bytes, %d requested: %w", f.path, st.Size, opts.Size, blk.ErrOutOfRange)
@@ -168,7 +179,7 @@ func (f *File) init(opts FileOptions) error {
 					return &os.PathError{Op: "ftruncate", Path: f.path, Err: err}
 				}
 			}
-			f.size = opts.Size
+			f.size.Store(opts.Size)
 		}
 		if f.direct {
 			f.align, f.memAlign = 512, 4096
@@ -182,8 +193,8 @@ func (f *File) init(opts FileOptions) error {
 	default:
 		return fmt.Errorf("backend: %s: not a regular file or block device", f.path)
 	}
-	if f.direct && f.size%f.align != 0 {
-		return fmt.Errorf("backend: %s: size %d not a multiple of the direct-I/O alignment %d: %w", f.path, f.size, f.align, blk.ErrMisaligned)
+	if size := f.size.Load(); f.direct && size%f.align != 0 {
+		return fmt.Errorf("backend: %s: size %d not a multiple of the direct-I/O alignment %d: %w", f.path, size, f.align, blk.ErrMisaligned)
 	}
 	return nil
 }
@@ -217,14 +228,48 @@ func (f *File) isAligned(p []byte) bool {
 func (f *File) Path() string { return f.path }
 
 // Size returns the device size in bytes.
-func (f *File) Size() int64 { return f.size }
+func (f *File) Size() int64 { return f.size.Load() }
+
+// PollSize re-reads the size of the file (fstat) or block device
+// (BLKGETSIZE64) and makes it the device's Size: a file grown with truncate
+// or a resized block device (a grown logical volume, a rescanned LUN) is
+// served up to its new end, one that shrank fails requests past its new end.
+// A device opened with FileOptions.Size smaller than itself keeps that
+// limit; with Direct the size is rounded down to the alignment. changed
+// reports a difference from the previous Size.
+func (f *File) PollSize() (size int64, changed bool, err error) {
+	if err := f.acquire(context.Background()); err != nil {
+		return 0, false, err
+	}
+	defer f.mu.RUnlock()
+	var st unix.Stat_t
+	if err := unix.Fstat(f.fd, &st); err != nil {
+		return 0, false, &os.PathError{Op: "fstat", Path: f.path, Err: err}
+	}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFBLK:
+		var devSize uint64
+		if err := ioctlGetUint64(f.fd, unix.BLKGETSIZE64, &devSize); err != nil {
+			return 0, false, &os.PathError{Op: "ioctl BLKGETSIZE64", Path: f.path, Err: err}
+		}
+		size = int64(devSize)
+	default:
+		size = st.Size
+	}
+	if f.limit > 0 {
+		size = min(size, f.limit)
+	}
+	size -= size % f.align
+	old := f.size.Swap(size)
+	return size, old != size, nil
+}
 
 // Alignment returns the offset and length alignment requests must respect:
 // the direct-I/O alignment with Direct, 1 otherwise.
 func (f *File) Alignment() int64 { return f.align }
 
 func (f *File) check(what string, off, n int64) error {
-	if err := checkRange(what, off, n, f.size); err != nil {
+	if err := checkRange(what, off, n, f.size.Load()); err != nil {
 		return err
 	}
 	if off%f.align != 0 || n%f.align != 0 {

@@ -3,6 +3,7 @@ package backend
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 )
 
 // memChunkSize is the allocation unit of Memory. Chunks are allocated on the
@@ -14,7 +15,7 @@ const memChunkSize = 64 << 10
 // completed write is "durable". Use Faulty around it to model a volatile
 // write cache and power cuts.
 type Memory struct {
-	size int64
+	size atomic.Int64
 
 	mu     sync.RWMutex
 	chunks map[int64][]byte // chunk index → memChunkSize bytes
@@ -28,18 +29,40 @@ func NewMemory(size int64) *Memory {
 	if size < 0 {
 		size = 0
 	}
-	return &Memory{size: size, chunks: make(map[int64][]byte)}
+	m := &Memory{chunks: make(map[int64][]byte)}
+	m.size.Store(size)
+	return m
 }
 
 // Size returns the device size in bytes.
-func (m *Memory) Size() int64 { return m.size }
+func (m *Memory) Size() int64 { return m.size.Load() }
+
+// Resize changes the device size, as a resized LUN or image would: growing
+// adds zeroes; shrinking drops the contents past the new end.
+func (m *Memory) Resize(size int64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if size < 0 {
+		size = 0
+	}
+	if size < m.size.Load() {
+		for idx := range m.chunks {
+			if idx*memChunkSize >= size {
+				delete(m.chunks, idx)
+			} else if end := (idx + 1) * memChunkSize; end > size {
+				clear(m.chunks[idx][size-idx*memChunkSize:])
+			}
+		}
+	}
+	m.size.Store(size)
+}
 
 // ReadAt fills p from off.
 func (m *Memory) ReadAt(ctx context.Context, p []byte, off int64) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := checkRange("read", off, int64(len(p)), m.size); err != nil {
+	if err := checkRange("read", off, int64(len(p)), m.size.Load()); err != nil {
 		return err
 	}
 	m.mu.RLock()
@@ -69,7 +92,7 @@ func (m *Memory) WriteAt(ctx context.Context, p []byte, off int64) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := checkRange("write", off, int64(len(p)), m.size); err != nil {
+	if err := checkRange("write", off, int64(len(p)), m.size.Load()); err != nil {
 		return err
 	}
 	m.mu.Lock()
@@ -117,7 +140,7 @@ func (m *Memory) Discard(ctx context.Context, off, n int64) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := checkRange("discard", off, n, m.size); err != nil {
+	if err := checkRange("discard", off, n, m.size.Load()); err != nil {
 		return err
 	}
 	m.mu.Lock()
@@ -158,7 +181,8 @@ func (m *Memory) Close() error {
 func (m *Memory) Clone() *Memory {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
-	c := &Memory{size: m.size, chunks: make(map[int64][]byte, len(m.chunks))}
+	c := &Memory{chunks: make(map[int64][]byte, len(m.chunks))}
+	c.size.Store(m.size.Load())
 	for idx, b := range m.chunks {
 		c.chunks[idx] = append([]byte(nil), b...)
 	}

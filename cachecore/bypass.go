@@ -17,30 +17,32 @@ type chunkPage [chunkPageSize]atomic.Uint32
 // volume. Counters are 32-bit (never saturate) and live in pages allocated
 // on first use with a CAS, so an increment is never skipped and every
 // decrement matches an increment of the same chunk.
+// The page directory grows with the volume (Volume.Grow).
 type bypassTracker struct {
-	pages []atomic.Pointer[chunkPage]
+	pages pageDir[chunkPage]
 }
 
 func newBypassTracker(size int64) *bypassTracker {
-	chunks := (uint64(size) + 1<<chunkShift - 1) >> chunkShift
-	return &bypassTracker{pages: make([]atomic.Pointer[chunkPage], (chunks+chunkPageSize-1)/chunkPageSize+1)}
+	t := &bypassTracker{}
+	t.pages.init(trackerPages(size))
+	return t
 }
 
+// trackerPages is the number of counter pages a volume of size bytes needs
+// (one spare).
+func trackerPages(size int64) int {
+	chunks := (uint64(size) + 1<<chunkShift - 1) >> chunkShift
+	return int((chunks+chunkPageSize-1)/chunkPageSize + 1)
+}
+
+// grow makes the tracker cover size bytes. Safe while requests run;
+// callers serialize grows.
+func (t *bypassTracker) grow(size int64) { t.pages.grow(trackerPages(size)) }
+
 func (t *bypassTracker) counter(chunk uint64, alloc bool) *atomic.Uint32 {
-	pi := chunk / chunkPageSize
-	if pi >= uint64(len(t.pages)) {
-		return nil
-	}
-	p := t.pages[pi].Load()
+	p := t.pages.page(chunk/chunkPageSize, alloc)
 	if p == nil {
-		if !alloc {
-			return nil
-		}
-		np := new(chunkPage)
-		if !t.pages[pi].CompareAndSwap(nil, np) {
-			np = t.pages[pi].Load()
-		}
-		p = np
+		return nil
 	}
 	return &p[chunk%chunkPageSize]
 }

@@ -142,7 +142,9 @@ type cacheCounters struct {
 type volState struct {
 	id   uint32
 	name string
-	size int64
+	// size only grows (AddVolume of a grown device, Volume.Grow), and only
+	// after idx covers it.
+	size atomic.Int64
 	idx  *volIndex
 
 	// dirtyBytes counts the bytes dirty in the index (an overwrite of
@@ -153,9 +155,21 @@ type volState struct {
 	dirtyKeys  atomic.Int64
 	vol        atomic.Pointer[Volume]
 	// ages: when the volume's dirty ksets in the log were first written
-	// to (writeback lag); shared with the volState that replaces this one
-	// when the device grew.
+	// to (writeback lag).
 	ages *dirtyAges
+}
+
+func newVolState(id uint32, name string, size int64) *volState {
+	vs := &volState{id: id, name: name, idx: newVolIndex(size), ages: &dirtyAges{}}
+	vs.size.Store(size)
+	return vs
+}
+
+// grow extends the volume's index to size bytes, then its size: whoever
+// sees the new size finds the index covering it. Callers hold Cache.mu.
+func (vs *volState) grow(size int64) {
+	vs.idx.grow(size)
+	vs.size.Store(size)
 }
 
 // BadData is one checksum failure of cache data (caches with data CRCs).
@@ -302,7 +316,7 @@ func openWith(ctx context.Context, store *persist.Store, cfg Config, replayed fu
 		if r.ID >= persist.MaxVolumes {
 			continue
 		}
-		c.vols[r.ID].Store(&volState{id: r.ID, name: r.Name, size: int64(r.Size), idx: newVolIndex(int64(r.Size)), ages: &dirtyAges{}})
+		c.vols[r.ID].Store(newVolState(r.ID, r.Name, int64(r.Size)))
 	}
 
 	if info.Flags&InfoFlagDetached != 0 {
@@ -492,10 +506,10 @@ func (c *Cache) replayKey(k *persist.Key, afterDirtyTail bool) {
 		return
 	}
 	vs := c.vols[k.Volume].Load()
-	if vs == nil || int64(k.Offset) >= vs.size {
+	if vs == nil || int64(k.Offset) >= vs.size.Load() {
 		return
 	}
-	end := min(int64(k.Offset)+int64(k.Length), vs.size)
+	end := min(int64(k.Offset)+int64(k.Length), vs.size.Load())
 	dirty := k.Flags == persist.KeyDirty && afterDirtyTail
 	if !stale && k.Flags != persist.KeyTombstone && c.dataCRC && !c.dataCRCOK(k) {
 		// Generation first, then CRC: a mismatch on a current key is
@@ -772,11 +786,7 @@ func (c *Cache) AddVolume(ctx context.Context, name string, dev backend.Device, 
 			if err := c.store.SetVolumes(recs); err != nil {
 				return nil, c.metaErr("persist volume table", err)
 			}
-			nvs := &volState{id: vs.id, name: vs.name, size: size, idx: vs.idx.grown(size), ages: vs.ages}
-			nvs.dirtyBytes.Store(vs.dirtyBytes.Load())
-			nvs.dirtyKeys.Store(vs.dirtyKeys.Load())
-			c.vols[r.ID].Store(nvs)
-			vs = nvs
+			vs.grow(size)
 		}
 		break
 	}
@@ -804,7 +814,7 @@ func (c *Cache) AddVolume(ctx context.Context, name string, dev backend.Device, 
 		if err := c.store.SetVolumes(recs); err != nil {
 			return nil, c.metaErr("persist volume table", err)
 		}
-		vs = &volState{id: id, name: name, size: size, idx: newVolIndex(size), ages: &dirtyAges{}}
+		vs = newVolState(id, name, size)
 		c.vols[id].Store(vs)
 	}
 	v := newVolume(c, vs, dev, vc)

@@ -103,7 +103,10 @@
 // # Structure
 //
 // Each volume's backing space is cut into 4 MiB stripes, allocated lazily
-// (paged arrays of atomic pointers). A stripe holds a sorted slice of
+// (paged arrays of atomic pointers, whose page directory grows with the
+// volume: Volume.Grow extends the index, then records the new size in the
+// cache file, then admits requests past the old end; a volume never
+// shrinks, ErrShrink). A stripe holds a sorted slice of
 // non-overlapping 32-byte extents under its own mutex; insertion resolves
 // the overlap cases (head, tail, contain, contained with split;
 // placeholders are only deleted or cut at their end). Keys go to one of 16

@@ -195,8 +195,8 @@ func TestReplayRebuildsIndex(t *testing.T) {
 func TestBypassTracker(t *testing.T) {
 	const size = 10 << 40 // 10 TiB: pages only where used
 	tr := newBypassTracker(size)
-	if len(tr.pages) > 400 {
-		t.Fatalf("%d page pointers for 10 TiB", len(tr.pages))
+	if tr.pages.len() > 400 {
+		t.Fatalf("%d page pointers for 10 TiB", tr.pages.len())
 	}
 	first, last := chunkRange(3<<40, 96<<20) // 3 chunks
 	if last-first != 2 {
@@ -227,8 +227,8 @@ func TestBypassTracker(t *testing.T) {
 		}
 	}
 	allocated := 0
-	for i := range tr.pages {
-		if tr.pages[i].Load() != nil {
+	for i := range tr.pages.len() {
+		if tr.pages.page(uint64(i), false) != nil {
 			allocated++
 		}
 	}
@@ -344,8 +344,8 @@ func (g *gatedDevice) WriteAt(ctx context.Context, p []byte, off int64) error {
 // it is written.
 func TestLazyIndexLargeVolume(t *testing.T) {
 	x := newVolIndex(10 << 40)
-	if len(x.pages) != 2560 {
-		t.Fatalf("%d pages", len(x.pages))
+	if x.pages.len() != 2560 {
+		t.Fatalf("%d pages", x.pages.len())
 	}
 	x.get(2_600_000)
 	n := 0

@@ -26,42 +26,32 @@ type stripePage [stripePageN]atomic.Pointer[stripe]
 
 // volIndex is the index of one volume: a paged array of lazily allocated
 // stripes, so a 10 TiB volume costs 2560 page pointers until it is used.
+// The page directory grows with the volume (Volume.Grow) under running I/O.
 type volIndex struct {
-	pages []atomic.Pointer[stripePage]
+	pages pageDir[stripePage]
 }
 
 func newVolIndex(size int64) *volIndex {
-	n := (uint64(size) + stripeSize - 1) >> stripeShift
-	return &volIndex{pages: make([]atomic.Pointer[stripePage], (n+stripePageN-1)/stripePageN)}
+	x := &volIndex{}
+	x.pages.init(indexPages(size))
+	return x
 }
 
-// grown returns an index covering size bytes that shares the existing
-// stripes. Only used while no I/O runs on the volume.
-func (x *volIndex) grown(size int64) *volIndex {
-	g := newVolIndex(size)
-	if len(g.pages) <= len(x.pages) {
-		return x
-	}
-	for i := range x.pages {
-		g.pages[i].Store(x.pages[i].Load())
-	}
-	return g
+// indexPages is the number of stripe pages a volume of size bytes needs.
+func indexPages(size int64) int {
+	n := (uint64(size) + stripeSize - 1) >> stripeShift
+	return int((n + stripePageN - 1) / stripePageN)
 }
+
+// grow makes the index cover size bytes, keeping every stripe. Safe while
+// requests run; callers serialize grows (Cache.mu).
+func (x *volIndex) grow(size int64) { x.pages.grow(indexPages(size)) }
 
 // get returns stripe n, allocating it (and its page) on first use.
 func (x *volIndex) get(n uint64) *stripe {
-	pi := n / stripePageN
-	if pi >= uint64(len(x.pages)) {
-		return nil
-	}
-	p := x.pages[pi].Load()
+	p := x.pages.page(n/stripePageN, true)
 	if p == nil {
-		np := new(stripePage)
-		if x.pages[pi].CompareAndSwap(nil, np) {
-			p = np
-		} else {
-			p = x.pages[pi].Load()
-		}
+		return nil
 	}
 	s := p[n%stripePageN].Load()
 	if s == nil {
@@ -76,11 +66,7 @@ func (x *volIndex) get(n uint64) *stripe {
 
 // peek returns stripe n or nil when it was never allocated.
 func (x *volIndex) peek(n uint64) *stripe {
-	pi := n / stripePageN
-	if pi >= uint64(len(x.pages)) {
-		return nil
-	}
-	p := x.pages[pi].Load()
+	p := x.pages.page(n/stripePageN, false)
 	if p == nil {
 		return nil
 	}
@@ -89,8 +75,8 @@ func (x *volIndex) peek(n uint64) *stripe {
 
 // each calls fn for every allocated stripe in order.
 func (x *volIndex) each(fn func(n uint64, s *stripe)) {
-	for pi := range x.pages {
-		p := x.pages[pi].Load()
+	for pi := range x.pages.len() {
+		p := x.pages.page(uint64(pi), false)
 		if p == nil {
 			continue
 		}
@@ -137,7 +123,7 @@ type keyPiece struct {
 // (clean marking, GC eviction, carry-forward) find a key's extents.
 func (vs *volState) indexedPieces(k *persist.Key) iter.Seq2[*stripe, keyPiece] {
 	return func(yield func(*stripe, keyPiece) bool) {
-		end := min(int64(k.Offset)+int64(k.Length), vs.size)
+		end := min(int64(k.Offset)+int64(k.Length), vs.size.Load())
 		for _, p := range splitPieces(int64(k.Offset), end-int64(k.Offset)) {
 			st := vs.idx.peek(p.stripe)
 			if st == nil {

@@ -107,7 +107,7 @@ func (c *Cache) checkIndexLive(bad func(string, ...any), quiescent bool) {
 			st.mu.Lock()
 			defer st.mu.Unlock()
 			limit := uint32(stripeSize)
-			if rest := vs.size - int64(sn<<stripeShift); rest < stripeSize {
+			if rest := vs.size.Load() - int64(sn<<stripeShift); rest < stripeSize {
 				limit = uint32(max(rest, 0))
 			}
 			if msg := st.list.checkInvariants(limit); msg != "" {

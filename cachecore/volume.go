@@ -23,10 +23,12 @@ const (
 
 // Volume is a cached volume; it implements target/scsi.Volume.
 type Volume struct {
-	c         *Cache
-	st        *volState
-	name      string
-	size      int64
+	c    *Cache
+	st   *volState
+	name string
+	// size is what check admits; it only grows (Grow), after everything
+	// that serves the new range covers it.
+	size      atomic.Int64
 	blockSize int
 	dev       backend.Device
 
@@ -75,7 +77,8 @@ type Volume struct {
 }
 
 func newVolume(c *Cache, vs *volState, dev backend.Device, vc VolumeConfig) *Volume {
-	v := &Volume{c: c, st: vs, name: vs.name, size: vs.size, blockSize: vc.BlockSize, dev: dev, tracker: newBypassTracker(vs.size)}
+	v := &Volume{c: c, st: vs, name: vs.name, blockSize: vc.BlockSize, dev: dev, tracker: newBypassTracker(vs.size.Load())}
+	v.size.Store(vs.size.Load())
 	m := vc.Mode
 	v.mode.Store(&m)
 	v.vcfg.Store(&vc)
@@ -95,7 +98,7 @@ func newVolume(c *Cache, vs *volState, dev backend.Device, vc VolumeConfig) *Vol
 func (v *Volume) Name() string { return v.name }
 
 // Size returns the volume size in bytes.
-func (v *Volume) Size() int64 { return v.size }
+func (v *Volume) Size() int64 { return v.size.Load() }
 
 // BlockSize returns the logical block size reported to hosts.
 func (v *Volume) BlockSize() int { return v.blockSize }
@@ -111,8 +114,8 @@ func (v *Volume) check(off int64, n int64) error {
 	if off%bs != 0 || n%bs != 0 {
 		return fmt.Errorf("cachecore: %s: offset %d length %d not multiples of %d: %w", v.name, off, n, bs, blk.ErrMisaligned)
 	}
-	if off > v.size || n > v.size-off {
-		return fmt.Errorf("cachecore: %s: [%d,+%d) beyond size %d: %w", v.name, off, n, v.size, blk.ErrOutOfRange)
+	if size := v.size.Load(); off > size || n > size-off {
+		return fmt.Errorf("cachecore: %s: [%d,+%d) beyond size %d: %w", v.name, off, n, size, blk.ErrOutOfRange)
 	}
 	return nil
 }

@@ -108,7 +108,7 @@ type Explanation struct {
 // Explain reports what the index holds for the block at off.
 func (v *Volume) Explain(off int64) Explanation {
 	e := Explanation{Offset: off, State: "miss"}
-	if off < 0 || off >= v.size {
+	if off < 0 || off >= v.size.Load() {
 		e.State = "out of range"
 		return e
 	}

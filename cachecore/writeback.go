@@ -433,7 +433,7 @@ func (c *Cache) writebackPass(ctx context.Context) (int64, error) {
 			if k.Flags == persist.KeyDirty {
 				attachedDirty = true
 			}
-			end := min(int64(k.Offset)+int64(k.Length), vs.size)
+			end := min(int64(k.Offset)+int64(k.Length), vs.size.Load())
 			if int64(k.Offset) >= end {
 				continue
 			}
@@ -584,7 +584,7 @@ func collapseAhead(r *persist.Replayer, maxKsets int, epoch, durable uint64, tar
 			if t == nil || t.v == nil {
 				continue
 			}
-			end := min(int64(k.Offset)+int64(k.Length), t.vs.size)
+			end := min(int64(k.Offset)+int64(k.Length), t.vs.size.Load())
 			if int64(k.Offset) >= end {
 				continue
 			}

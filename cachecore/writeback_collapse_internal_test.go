@@ -197,7 +197,7 @@ func TestCollapseAheadStopsAtDurableAndEpoch(t *testing.T) {
 		}
 		l := &extentList{}
 		l.replace(0, 8192, &extent{gen: 1, start: 0, length: 8192, seg: 7, kind: extDirty}) // blocks 0 and 1
-		targets := map[uint32]*wbTarget{0: {vs: &volState{size: 1 << 20}, v: &Volume{}, list: map[uint64]*extentList{0: l}}}
+		targets := map[uint32]*wbTarget{0: {vs: newVolState(0, "v", 1<<20), v: &Volume{}, list: map[uint64]*extentList{0: l}}}
 		collapseAhead(r, 64, first.Epoch, durable, targets)
 		for _, x := range l.ext {
 			if x.start < 4096 {

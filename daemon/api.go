@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"log/slog"
+	"time"
 
 	"github.com/cachelun/cachelun/conf"
 )
@@ -19,6 +20,9 @@ type Options struct {
 	// MetricsOverride (serve --metrics) replaced global.metrics_listen; a
 	// reload keeps it.
 	MetricsOverride string
+	// BackingPollInterval is how often every backing device's size is
+	// checked, so that a grown device grows its volume live (0: 2 s).
+	BackingPollInterval time.Duration
 }
 
 // Start starts a daemon on cfg (LoadConfig): it claims the data dir, opens

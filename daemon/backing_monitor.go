@@ -14,13 +14,14 @@ import (
 	"github.com/cachelun/cachelun/target/scsi"
 )
 
-// backingPollInterval is how often an RBD backing's lock and size are
-// checked: a fenced gateway must stop serving within seconds (another one
-// now writes the image), and a resize is noticed about as fast.
+// backingPollInterval is how often an RBD backing's lock is checked (a
+// fenced gateway must stop serving within seconds: another one now writes
+// the image) and, by default, every backing device's size (a resize is
+// noticed about as fast; Options.BackingPollInterval).
 const backingPollInterval = 2 * time.Second
 
 // rbdBacking is an RBD image as a volume's backing device, with a monitor
-// goroutine that watches its exclusive lock and its size. Its methods are
+// goroutine that watches its exclusive lock. Its methods are
 // the Device's; Close also stops the monitor.
 type rbdBacking struct {
 	*rbd.Device
@@ -28,29 +29,32 @@ type rbdBacking struct {
 	backing string // as configured
 	log     *slog.Logger
 	locked  bool // the Device took the exclusive lock (the image has the feature)
+	// updated is called when librbd reports a change of the image's
+	// header (rbd.Device.Updated): the resize watcher checks its size
+	// at once rather than at its next poll.
+	updated func()
 
 	// fenced is set, never cleared, once the lock was lost: the volume
 	// fails all I/O (fenceGate) from then on; a restart takes the image
 	// over again if the other client let go.
 	fenced atomic.Bool
-	size   atomic.Int64 // the image's size as last polled
 
 	stop      chan struct{}
 	done      chan struct{}
 	closeOnce sync.Once
 }
 
-func newRBDBacking(dev *rbd.Device, volume, backing string, log *slog.Logger) *rbdBacking {
-	b := &rbdBacking{Device: dev, volume: volume, backing: backing, log: log,
+func newRBDBacking(dev *rbd.Device, volume, backing string, log *slog.Logger, updated func()) *rbdBacking {
+	b := &rbdBacking{Device: dev, volume: volume, backing: backing, log: log, updated: updated,
 		locked: dev.LockOwner() != "", stop: make(chan struct{}), done: make(chan struct{})}
-	b.size.Store(dev.Size())
 	go b.monitor()
 	return b
 }
 
-// monitor polls until Close. PollSize and HoldsLock read librbd's state of
-// the image; they do not wait for the OSDs, so an outage does not stall
-// the loop (and nothing waits for the loop).
+// monitor polls until Close, and at once when librbd reports a change of
+// the image's header (its update watch). HoldsLock reads librbd's state of the image;
+// it does not wait for the OSDs, so an outage does not stall the loop (and
+// nothing waits for the loop).
 func (b *rbdBacking) monitor() {
 	defer close(b.done)
 	t := time.NewTicker(backingPollInterval)
@@ -60,6 +64,11 @@ func (b *rbdBacking) monitor() {
 		case <-b.stop:
 			return
 		case <-t.C:
+		case <-b.Updated():
+			// the header changed: a resize, or a lock that moved
+			if b.updated != nil {
+				b.updated()
+			}
 		}
 		b.poll()
 	}
@@ -77,18 +86,8 @@ func (b *rbdBacking) poll() {
 				"volume", b.volume, "backing", b.backing)
 		}
 	}
-	size, changed, err := b.PollSize()
-	if err != nil || !changed {
-		return
-	}
-	old := b.size.Swap(size)
-	if size > old {
-		b.log.Warn("rbd image grew: the volume keeps serving its old size until the daemon restarts, which records the new one",
-			"volume", b.volume, "backing", b.backing, "old_size", old, "new_size", size)
-	} else {
-		b.log.Error("rbd image shrank: requests past its new end fail",
-			"volume", b.volume, "backing", b.backing, "old_size", old, "new_size", size)
-	}
+	// The image's size is the resize watcher's (backing_resize.go), as
+	// for every backing device.
 }
 
 // Close stops the monitor, then closes the image (releasing its lock).
@@ -111,7 +110,7 @@ func (b *rbdBacking) stopMonitor() {
 func (b *rbdBacking) state() *admin.BackingState {
 	st := b.Stats()
 	s := &admin.BackingState{Device: b.backing, State: admin.BackingOK, LastOK: st.LastOK,
-		InFlight: st.InFlight, Timeouts: st.Timeouts, Fenced: st.Fenced, Failures: st.Errors, Size: b.size.Load()}
+		InFlight: st.InFlight, Timeouts: st.Timeouts, Fenced: st.Fenced, Failures: st.Errors, Size: b.Size()}
 	switch {
 	case b.fenced.Load():
 		s.State, s.Reason, s.Since = admin.BackingFenced, "the image's exclusive lock was lost to another client; the volume fails all I/O until a restart", st.LastErrorAt
@@ -232,5 +231,9 @@ func (e *engine) backingState(name string) *admin.BackingState {
 	return b.state()
 }
 
-// Backing reports the volume's backing health (admin.BackingReporter).
-func (v adminVolume) Backing() *admin.BackingState { return v.d.eng.backingState(v.Name()) }
+// Backing reports the volume's backing health (admin.BackingReporter): an
+// RBD image's, and a backing device of any kind that shrank below the
+// volume.
+func (v adminVolume) Backing() *admin.BackingState {
+	return v.d.withShrink(v.Name(), v.d.eng.backingState(v.Name()))
+}

@@ -101,6 +101,10 @@ type Daemon struct {
 	// file again. It only labels the reload plan.
 	adminModesMu sync.Mutex
 	adminModes   map[string]cachecore.Mode
+
+	// resize follows the backing devices' sizes (backing_resize.go); set
+	// once at start.
+	resize *resizeWatch
 }
 
 // noteAdminMode records a mode switch made through the admin API.
@@ -251,6 +255,7 @@ func start(ctx context.Context, cfg *conf.Config, opts Options) (d *Daemon, err 
 	if err := d.startTCMU(); err != nil {
 		return d, err
 	}
+	d.startResizeWatch(opts.BackingPollInterval)
 	if err := d.startAdmin(); err != nil {
 		return d, err
 	}
@@ -376,6 +381,7 @@ func (d *Daemon) failed() <-chan error { return d.failCh }
 // daemon.
 func (d *Daemon) shutdown(ctx context.Context) error {
 	var errs []error
+	d.stopResizeWatch()
 	d.stopAdmin()
 	// a reload still running (an admin job outlives its API) finishes or
 	// rolls back before anything it touches goes away
@@ -466,7 +472,12 @@ func openBacking(v conf.Volume, path string) (backend.Device, error) {
 		return openRBDBacking(v, path+rbdOwnerSuffix)
 	}
 	opts := backend.FileOptions{Direct: v.Direct, Size: v.BackingSize.Bytes}
-	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+	if st, err := os.Stat(path); err == nil && st.Mode().IsRegular() && st.Size() >= opts.Size {
+		// backing_size sizes a new file (or extends a smaller one); an
+		// existing file is used whole: it may have grown since, and its
+		// volume with it (backing_resize.go)
+		opts.Size = 0
+	} else if errors.Is(err, os.ErrNotExist) {
 		if err := checkBackingExists(v, path); err != nil {
 			return nil, err
 		}

@@ -29,8 +29,11 @@
 // # Goroutines
 //
 // Each portal listener's Serve loop (joined by closePortal and, at
-// shutdown, serveWG), the admin server (adminDone) and the TCMU handler
-// (tcmuDone). All are started and joined by the Daemon.
+// shutdown, serveWG), the admin server (adminDone), the TCMU handler
+// (tcmuDone) and the resize watcher (backing_resize.go: a backing device
+// that grew grows its volume live, and its LUNs report the new capacity
+// with CAPACITY DATA HAS CHANGED; one that shrank is reported, never
+// followed). All are started and joined by the Daemon.
 //
 // # Lock order
 //
@@ -54,6 +57,10 @@
 //     close (the engine's own locks come after it there).
 //  5. Daemon.adminModesMu guards the cache modes last set through the admin
 //     API; a leaf.
+//  6. resizeWatch.mu guards the backing devices found shrunk; a leaf. The
+//     resize watcher polls with no lock held and follows a growth under
+//     reloadMu taken with TryLock (while a reload runs it waits for its
+//     next round), then Daemon.mu and engine.mu as above.
 //
 // The engine's, the SCSI layer's and the iSCSI server's locks are their
 // packages' (see their doc.go) and always come after these.

@@ -36,6 +36,9 @@ type engine struct {
 	// openMedia opens a cache file (openFileMedia); tests wrap the media
 	// to inject faults.
 	openMedia func(ctx context.Context, path string, opts persist.FileOptions) (persist.Media, func() error, error)
+	// sizeKick (one pending value) asks the resize watcher to check the
+	// backing devices' sizes now: an RBD image's header changed.
+	sizeKick chan struct{}
 }
 
 type openCache struct {
@@ -45,7 +48,7 @@ type openCache struct {
 
 func newEngine(log *slog.Logger) *engine {
 	return &engine{log: log, caches: map[string]*openCache{}, volumes: map[string]*cachecore.Volume{},
-		devs: map[string]backend.Device{}, openMedia: openFileMedia}
+		devs: map[string]backend.Device{}, openMedia: openFileMedia, sizeKick: make(chan struct{}, 1)}
 }
 
 // openCache opens the cache file, creating and formatting it when it does
@@ -217,7 +220,7 @@ func (e *engine) addVolume(ctx context.Context, v conf.Volume, dev backend.Devic
 		return err
 	}
 	if d, ok := dev.(*rbd.Device); ok {
-		dev = newRBDBacking(d, v.Name, v.Backing, e.log) // watches its lock and size
+		dev = newRBDBacking(d, v.Name, v.Backing, e.log, e.kickSizes) // watches its lock and header
 	}
 	vol, err := oc.cache.AddVolume(ctx, v.Name, dev, vc)
 	if err != nil {
@@ -231,6 +234,14 @@ func (e *engine) addVolume(ctx context.Context, v conf.Volume, dev backend.Devic
 	e.devs[v.Name] = dev
 	e.mu.Unlock()
 	return nil
+}
+
+// kickSizes asks the resize watcher for a size check now; it never blocks.
+func (e *engine) kickSizes() {
+	select {
+	case e.sizeKick <- struct{}{}:
+	default:
+	}
 }
 
 // removeVolume drains the volume's dirty data to its backing device

@@ -145,6 +145,7 @@ var errTCMUVolumeBound = errors.New("volume backs a live TCMU device (remove the
 type tcmuFrontEnd interface {
 	Devices() []tcmu.DeviceInfo
 	SetConfiguredWriteCache(ctx context.Context, cfgstring string, on bool) (int, error)
+	GrowDevices(ctx context.Context, cfgstring string, oldSize, newSize int64) (int, error)
 }
 
 // startTCMU runs the TCMU handler when the configuration enables it and

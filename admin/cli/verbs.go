@@ -222,8 +222,11 @@ func backingLine(b *admin.BackingState, volSize int64) string {
 		s += fmt.Sprintf(" since %s: %s", b.Since.Local().Format(time.DateTime), b.Reason)
 	}
 	s += fmt.Sprintf("; %d in flight, %d timeouts, %d fenced, %d failures", b.InFlight, b.Timeouts, b.Fenced, b.Failures)
-	if b.Size != volSize {
-		s += fmt.Sprintf("; resized to %s, the volume serves %s until a restart", humanBytes(b.Size), humanBytes(volSize))
+	switch {
+	case b.Size < volSize:
+		s += fmt.Sprintf("; the device has %s, less than the volume's %s", humanBytes(b.Size), humanBytes(volSize))
+	case b.Size > volSize:
+		s += fmt.Sprintf("; grown to %s, the volume (%s) follows at the next size check", humanBytes(b.Size), humanBytes(volSize))
 	}
 	return s
 }

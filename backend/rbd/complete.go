@@ -11,7 +11,10 @@ package rbd
 */
 import "C"
 
-import "runtime/cgo"
+import (
+	"runtime/cgo"
+	"sync"
+)
 
 // cachelunRBDComplete runs on a librbd thread when a request completes. It
 // must not block (it would stall the image's other completions): it only
@@ -23,4 +26,24 @@ func cachelunRBDComplete(tag C.uintptr_t, ret C.ssize_t) {
 	r := h.Value().(*request)
 	h.Delete()
 	r.complete(int64(ret))
+}
+
+// updateWatchers maps the tag of an image's update watch to its Device's
+// updated channel. A tag is an integer, never a Go pointer; one no longer
+// in the map (the watch is being removed) is ignored.
+var updateWatchers sync.Map // uint64 → chan struct{}
+
+// cachelunRBDUpdated runs on a librbd thread when an image's header
+// changed. It must not block: it leaves at most one pending value.
+//
+//export cachelunRBDUpdated
+func cachelunRBDUpdated(tag C.uintptr_t) {
+	v, ok := updateWatchers.Load(uint64(tag))
+	if !ok {
+		return
+	}
+	select {
+	case v.(chan struct{}) <- struct{}{}:
+	default:
+	}
 }

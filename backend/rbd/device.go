@@ -11,6 +11,17 @@ package rbd
 #include <rbd/librbd.h>
 
 extern void cachelunRBDComplete(uintptr_t tag, ssize_t ret);
+extern void cachelunRBDUpdated(uintptr_t tag);
+
+// cl_updated is librbd's image update callback (rbd_update_watch): the
+// image's header changed (a resize by another client, a lock change).
+static void cl_updated(void *arg) {
+	cachelunRBDUpdated((uintptr_t)arg);
+}
+
+int cl_update_watch(rbd_image_t img, uint64_t *handle, uintptr_t tag) {
+	return rbd_update_watch(img, handle, cl_updated, (void *)tag);
+}
 
 // cl_complete is librbd's completion callback. The tag is an integer (a
 // runtime/cgo.Handle), never a Go pointer: librbd keeps it past the call
@@ -129,6 +140,14 @@ type Device struct {
 	owner  string // our address as the lock's owner ("" without the lock)
 
 	size atomic.Int64
+
+	// updated receives (at most one pending) a value when librbd reports
+	// that the image's header changed; watchTag keys it in
+	// updateWatchers; watching says rbd_update_watch took watchHandle.
+	updated     chan struct{}
+	watchTag    uint64
+	watchHandle C.uint64_t
+	watching    bool
 
 	mu       sync.RWMutex // guards closed; RLock to start a request, Lock to close
 	closed   bool
@@ -340,6 +359,7 @@ func open(spec Spec, opts Options) (_ *Device, err error) {
 	} else if !opts.NoLock {
 		d.log.Warn("rbd image has no exclusive-lock feature: another client can write it unnoticed", "spec", spec.String())
 	}
+	d.watchUpdates()
 	d.log.Info("rbd image opened", "spec", spec.String(), "user", user, "size", int64(size),
 		"exclusive_lock", d.locked, "librbd_cache", opts.LibrbdCache, "op_timeout", opts.OpTimeout)
 	return d, nil
@@ -676,6 +696,7 @@ func (d *Device) Close() error {
 
 func (d *Device) teardown() error {
 	d.inflight.Wait()
+	d.unwatchUpdates()
 	var err error
 	if rc := C.rbd_close(d.image); rc < 0 {
 		err = d.ioErr("close", 0, 0, syscall.Errno(-rc))

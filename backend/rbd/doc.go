@@ -83,7 +83,12 @@
 // re-reads the header once another client announced a change, e.g. rbd
 // resize) and reports a change, growth to be announced to hosts as a
 // capacity change, or a shrink after which requests past the new end fail
-// with blk.ErrOutOfRange. HoldsLock says whether this client still owns
+// with blk.ErrOutOfRange. Updated fires (one pending value) when librbd's
+// update watch (rbd_update_watch) reports a change of the image's header,
+// which `rbd resize` announces: a caller waiting on it calls PollSize at
+// once instead of at its next poll. Its callback, like the completion
+// callback, runs on a librbd thread and never blocks; the watch is removed
+// before the image closes. HoldsLock says whether this client still owns
 // the exclusive lock. Stats counts timeouts, fenced and failed requests and
 // keeps the last failure and the time of the last success: a backing whose
 // last failure is newer than its last success is degraded, for that reason.

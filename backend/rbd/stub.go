@@ -26,6 +26,7 @@ func (*Device) Discard(context.Context, int64, int64) error     { return ErrNotB
 func (*Device) WriteZeroes(context.Context, int64, int64) error { return ErrNotBuilt }
 func (*Device) Deallocate(context.Context, int64, int64) error  { return ErrNotBuilt }
 func (*Device) PollSize() (int64, bool, error)                  { return 0, false, ErrNotBuilt }
+func (*Device) Updated() <-chan struct{}                        { return nil }
 func (*Device) HoldsLock() (bool, error)                        { return false, ErrNotBuilt }
 func (*Device) Stats() Stats                                    { return Stats{} }
 func (*Device) Size() int64                                     { return 0 }

@@ -22,7 +22,9 @@ var (
 // creation through configfs and netlink with cfgstring naming a volume,
 // data through a SCSI disk, re-adoption after the daemon is killed (idle and
 // under I/O), refusals (unknown volume, volume in use, foreign subtype, too
-// large), live reconfiguration, removal and a clean stop.
+// large), live reconfiguration, the volume growing under the device (the
+// daemon resizes it through dev_size; sd sees CAPACITY DATA HAS CHANGED),
+// removal and a clean stop.
 func TestTier1TCMU(t *testing.T) {
 	t.Parallel()
 	if testing.Short() {
@@ -79,7 +81,8 @@ func TestTier1TCMU(t *testing.T) {
 	if err := r.Err("daemon-tcmu", "enable", "disk", "capacity", "readback", "in-cache", "readopt", "restart-readback",
 		"restart-under-io-dd", "restart-under-io", "restart-under-io-old",
 		"unknown-refused", "unknown-reason", "in-use-refused", "foreign-refused", "too-large-refused",
-		"grow-refused", "resize", "write-cache", "reconfig-data", "remove", "clean-stop"); err != nil {
+		"grow-refused", "resize", "write-cache", "reconfig-data",
+		"volume-grow", "volume-grow-ua", "volume-grow-disk", "volume-grow-data", "remove", "clean-stop"); err != nil {
 		t.Fatal(r.Report(err, logPath))
 	}
 }

@@ -131,6 +131,10 @@
 //     and answers CHECK CONDITION / INTERNAL TARGET FAILURE.
 //   - READ reads straight into Command.DataIn when the transport provides a
 //     large enough buffer.
+//   - Capacity: a logical unit reports the capacity it last took from its
+//     volume (LU.RefreshCapacity, called by whoever grew the volume), so a
+//     host never sees a new capacity before the CAPACITY DATA HAS CHANGED
+//     unit attention that every I_T nexus gets with it (capacity.go).
 //
 // # Concurrency
 //
@@ -147,9 +151,10 @@
 // is SIMPLE.
 //
 // Lock order: LU.taskSet (held for the whole command) → LU.resMu →
-// LU.nexusMu → nexusState.mu, with LU.stateMu last; Target.mu (LUN map
-// changes) and the ALUA setters' lock (aluaState.mu → nexusState.mu) are
-// never held while executing a command. No lock other than
+// LU.nexusMu → nexusState.mu, with LU.stateMu last; LU.capacityMu (a
+// capacity refresh) → nexusState.mu; Target.mu (LUN map changes) and the
+// ALUA setters' lock (aluaState.mu → nexusState.mu) are never held while
+// executing a command. No lock other than
 // LU.taskSet is held across Volume I/O.
 //
 // # State file

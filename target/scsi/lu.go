@@ -48,8 +48,9 @@ type LUConfig struct {
 // Locking: nexusMu guards changes of the nexus map (readers load it
 // atomically); each nexusState has its own mutex for its UA queue; resMu
 // guards reservations and PREVENT state; stateMu serializes writes of the
-// state file. Order: resMu → nexusMu → nexusState.mu; stateMu is taken
-// last and never held during volume I/O.
+// state file; capacityMu serializes capacity refreshes (capacity.go).
+// Order: resMu → nexusMu → nexusState.mu, capacityMu → nexusState.mu;
+// stateMu is taken last and never held during volume I/O.
 type LU struct {
 	t   *Target
 	lun uint64
@@ -102,6 +103,11 @@ type LU struct {
 	prevent           map[nexusKey]bool
 
 	stateMu sync.Mutex
+
+	// capacity is the size in bytes the unit reports (capacity.go);
+	// capacityMu serializes its refreshes.
+	capacity   atomic.Int64
+	capacityMu sync.Mutex
 }
 
 // nexusKey identifies an I_T nexus.
@@ -228,6 +234,7 @@ func newLU(t *Target, lun uint64, cfg LUConfig) (*LU, error) {
 	if err := lu.initALUA(cfg.ALUA); err != nil {
 		return nil, err
 	}
+	lu.capacity.Store(cfg.Volume.Size())
 	empty := map[nexusKey]*nexusState{}
 	lu.nexuses.Store(&empty)
 
@@ -321,10 +328,6 @@ func (lu *LU) ConfiguredWriteCache() bool { return lu.configuredWCE.Load() }
 // (MODE SELECT with SP=1), which takes precedence over the configured WCE.
 func (lu *LU) WriteCacheSavedByHost() bool { return lu.wceSaved.Load() }
 
-// NotifyCapacityChanged raises CAPACITY DATA HAS CHANGED on every nexus;
-// call it after the volume's size changed.
-func (lu *LU) NotifyCapacityChanged() { lu.raiseAll(ASCCapacityDataChanged, nil) }
-
 // nexus returns the state for n, creating it (with a POWER ON, RESET OR
 // BUS DEVICE RESET OCCURRED unit attention) on first contact.
 func (lu *LU) nexus(n *Nexus) *nexusState {
@@ -414,9 +417,6 @@ func (lu *LU) nexusLost(n *Nexus) {
 func (lu *LU) updateReservationActiveLocked() {
 	lu.reservationActive.Store(lu.resv6 != nil || lu.pr.Reserved)
 }
-
-// blocks returns the capacity in logical blocks.
-func (lu *LU) blocks() uint64 { return uint64(lu.vol.Size()) >> lu.blockShift }
 
 // checkRange validates an LBA range against the capacity.
 func (lu *LU) checkRange(lba, n uint64) error {

@@ -12,6 +12,12 @@
 //     status (0 or -errno). Devices of another subtype are refused at once
 //     (ENOENT): the kernel blocks the configfs writer until someone
 //     answers, and this handler replaces tcmu-runner, so nobody else will.
+//   - A device is resized live by a write of its configfs attrib/dev_size,
+//     which the kernel turns into RECONFIG_DEVICE: the netlink family has
+//     no request by which a handler could announce a new size. When a
+//     volume grows, GrowDevices makes that write for the devices that
+//     showed the whole volume; the RECONFIG it causes is answered like any
+//     other (new capacity, CAPACITY DATA HAS CHANGED on every nexus).
 //   - D-Bus service org.kernel.TCMUService1 (system bus): an ObjectManager
 //     at /org/kernel/TCMUService1 listing /org/kernel/TCMUService1/<subtype>,
 //     which implements org.kernel.TCMUService1 (ConfigDesc property,

@@ -97,6 +97,9 @@ type Handler struct {
 	sysUIO   string // /sys/class/uio
 	devDir   string // /dev
 	procDir  string // /proc
+	// writeDevSize, when set, replaces the configfs write of
+	// attrib/dev_size (GrowDevices); tests play the kernel with it.
+	writeDevSize func(dir string, size int64) error
 
 	mu      sync.Mutex
 	devices map[uint32]*openDevice // by UIO minor

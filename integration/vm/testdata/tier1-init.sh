@@ -175,6 +175,26 @@ else fail write-cache "emulate_write_cache write refused"; fi
 [ "$(dd if=/dev/sda bs=256k count=32 iflag=direct 2>/dev/null | md5sum)" = "$a" ] && pass reconfig-data || fail reconfig-data "data differs after reconfiguration"
 t reconfig-done
 
+# --- the volume grows (its backing file grew): the daemon writes dev_size
+# itself; the kernel's RECONFIG_DEVICE gives the LUN the new capacity and
+# CAPACITY DATA HAS CHANGED, which sd reports at the next command
+echo 33554432 > $D/attrib/dev_size                 # the device shows the whole volume again
+echo 1 > /sys/block/sda/device/rescan; sleep 0.5
+s=$(now)
+truncate -s 48M /tmp/cl/vol1.img
+i=0; while [ "$(cat $D/attrib/dev_size)" != 50331648 ] && [ $i -lt 100 ]; do sleep 0.2; i=$((i+1)); done
+if [ "$(cat $D/attrib/dev_size)" = 50331648 ]; then
+  pass volume-grow "dev_size followed the volume in $(awk "BEGIN{print $(now)-$s}")s: $(grep 'backing device grew' /tmp/d3.log | head -n 1)"
+else fail volume-grow "dev_size $(cat $D/attrib/dev_size) after 20 s: $(grep -i 'grew\|tcmu' /tmp/d3.log | tail -n 3)"; fi
+dd if=/dev/sda of=/dev/null bs=4k count=1 iflag=direct 2>/dev/null
+dmesg | grep -q "Capacity data has changed" && pass volume-grow-ua "$(dmesg | grep 'Capacity data has changed' | tail -n 1)" || fail volume-grow-ua "sd reported no CAPACITY DATA HAS CHANGED"
+echo 1 > /sys/block/sda/device/rescan; sleep 0.5
+[ "$(cat /sys/block/sda/size)" = 98304 ] && pass volume-grow-disk "98304 sectors after rescan" || fail volume-grow-disk "size $(cat /sys/block/sda/size) sectors after rescan"
+dd if=/dev/urandom of=/tmp/grow.pat bs=64k count=16 2>/dev/null
+dd if=/tmp/grow.pat of=/dev/sda bs=64k seek=640 oflag=direct conv=fsync 2>/dev/null
+[ "$(dd if=/dev/sda bs=64k skip=640 count=16 iflag=direct 2>/dev/null | md5sum)" = "$(md5sum < /tmp/grow.pat)" ] && pass volume-grow-data "1 MiB past the old end written and read back" || fail volume-grow-data "data past the old end differs"
+t grow-done
+
 # --- teardown: REMOVED_DEVICE handshake, then a clean stop (SIGTERM)
 rm $L/lun/lun_0/vol1; rmdir $L/lun/lun_0
 echo NULL > $L/nexus 2>/dev/null; rmdir $L; rmdir $C/loopback/naa.5001405000000001
