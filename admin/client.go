@@ -72,21 +72,44 @@ func (c *Client) WithTimeout(d time.Duration) *Client {
 
 // do sends a request and decodes a 2xx answer into out.
 func (c *Client) do(parent context.Context, method, path string, body, out any) error {
+	var data []byte
+	if body != nil {
+		var err error
+		if data, err = json.Marshal(body); err != nil {
+			return err
+		}
+	}
+	// 503 backend_busy: the engine did not answer within the server's
+	// read budget and there was no earlier snapshot to answer from (the
+	// daemon's first seconds on a loaded machine). The server did nothing,
+	// so asking again a little later is safe; a stuck engine still gets
+	// its answer within about a third of a second.
+	for attempt := 0; ; attempt++ {
+		err := c.once(parent, method, path, data, body != nil, out)
+		var apiErr *APIError
+		if attempt < 2 && errors.As(err, &apiErr) && apiErr.Code == "backend_busy" && parent.Err() == nil {
+			select {
+			case <-time.After(100 * time.Millisecond << attempt):
+				continue
+			case <-parent.Done():
+			}
+		}
+		return err
+	}
+}
+
+func (c *Client) once(parent context.Context, method, path string, data []byte, hasBody bool, out any) error {
 	ctx, cancel := context.WithTimeout(parent, c.timeout)
 	defer cancel()
 	var rd io.Reader
-	if body != nil {
-		data, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
+	if hasBody {
 		rd = bytes.NewReader(data)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
 	if err != nil {
 		return err
 	}
-	if body != nil {
+	if hasBody {
 		req.Header.Set("Content-Type", "application/json")
 	}
 	if c.token != "" {
@@ -107,13 +130,13 @@ func (c *Client) do(parent context.Context, method, path string, body, out any) 
 		return fmt.Errorf("%w: %w", ErrUnreachable, err)
 	}
 	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	answer, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
 		return fmt.Errorf("%w: reading answer: %w", ErrUnreachable, err)
 	}
 	if resp.StatusCode/100 != 2 {
 		var eb ErrorBody
-		if json.Unmarshal(data, &eb) != nil || eb.Error.Code == "" {
+		if json.Unmarshal(answer, &eb) != nil || eb.Error.Code == "" {
 			return &APIError{Status: resp.StatusCode, Code: "http", Message: http.StatusText(resp.StatusCode)}
 		}
 		return &APIError{Status: resp.StatusCode, Code: eb.Error.Code, Message: eb.Error.Message, Job: eb.Error.Job}
@@ -121,7 +144,7 @@ func (c *Client) do(parent context.Context, method, path string, body, out any) 
 	if out == nil {
 		return nil
 	}
-	if err := json.Unmarshal(data, out); err != nil {
+	if err := json.Unmarshal(answer, out); err != nil {
 		return fmt.Errorf("admin: decoding answer to %s %s: %w", method, path, err)
 	}
 	return nil

@@ -645,6 +645,22 @@ func TestFirstCallWithStuckBackend(t *testing.T) {
 	})
 }
 
+// TestFirstCallWithSlowBackend: an engine that answers its first read
+// after the read budget but within a fraction of a second (a daemon just
+// started on a loaded machine) gets the client an answer: the client asks
+// again after 503 backend_busy.
+func TestFirstCallWithSlowBackend(t *testing.T) {
+	f := newFixture(t)
+	gate := f.db1.HoldReads()
+	go func() {
+		time.Sleep(150 * time.Millisecond) // the slow engine
+		gate.Open()
+	}()
+	if _, err := f.client.Status(context.Background()); err != nil {
+		t.Fatalf("status with an engine slow to answer its first read: %v", err)
+	}
+}
+
 func TestNoSocketServesMetricsOnly(t *testing.T) {
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "admin.sock")
