@@ -243,7 +243,8 @@ func (l *Log) compactLocked() error {
 	if err != nil {
 		return err
 	}
-	if _, err := f.Write(buf); err == nil {
+	_, err = f.Write(buf)
+	if err == nil {
 		err = f.Sync()
 	}
 	if err == nil {
