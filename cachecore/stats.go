@@ -38,6 +38,10 @@ type VolumeStats struct {
 	// tombstones subtract).
 	DirtyBytes     int64
 	WritebackBytes uint64
+	// CopySharedBytes counts bytes CopyFrom copied into the volume by
+	// sharing cached data (new keys, no data moved); CopyMovedBytes the
+	// bytes it read from the source and wrote as dirty data.
+	CopySharedBytes, CopyMovedBytes uint64
 	// WritebackLag is the age of the oldest acknowledged write of the
 	// volume whose data is not yet on the backing device, 0 when clean.
 	// Kept per kset: it may exceed the oldest write's age by the time
@@ -81,6 +85,7 @@ type volCounters struct {
 	fillBytes, fillsDropped                          atomic.Uint64
 	writebackBytes                                   atomic.Uint64
 	heldBack                                         atomic.Uint64
+	copySharedBytes, copyMovedBytes                  atomic.Uint64
 	// wbUnmarked: bytes the writeback pass in flight has written but not
 	// yet marked clean (they still count in dirtyBytes), for Progress.
 	wbUnmarked atomic.Int64
@@ -124,6 +129,7 @@ func (v *Volume) Stats() VolumeStats {
 		WriteHits: s.writeHits.Load(), ReadHitBytes: s.readHitBytes.Load(), ReadMissBytes: s.readMissBytes.Load(),
 		WriteBytes: s.writeBytes.Load(), ReadBypassRaces: s.readBypassRaces.Load(), HeldBack: s.heldBack.Load(),
 		FillBytes: s.fillBytes.Load(), FillsDropped: s.fillsDropped.Load(),
+		CopySharedBytes: s.copySharedBytes.Load(), CopyMovedBytes: s.copyMovedBytes.Load(),
 		BypassedRequests: make(map[string]uint64), BypassedBytes: make(map[string]uint64),
 		DirtyBytes: max(v.st.dirtyBytes.Load(), 0), WritebackBytes: s.writebackBytes.Load(),
 		Errors: make(map[string]uint64),
