@@ -229,16 +229,24 @@ func TestCopyTwiceSameLineage(t *testing.T) {
 	}
 	write(1, 0, 256<<10)
 	cp(0, 1<<20, 256<<10)
-	write(2, 1<<20, 64<<10)
 	if s := r.vol.Stats(); s.CopySharedBytes != 256<<10 {
 		t.Fatalf("first copy shared %d bytes, want all", s.CopySharedBytes)
 	}
-	cp(0, 1<<20, 256<<10) // the same lineage as the first copy: moved
+	// Back to where the data was written: the lineage of the writing
+	// key, which is still live.
+	cp(1<<20, 0, 256<<10)
 	if s := r.vol.Stats(); s.CopyMovedBytes != 256<<10 {
-		t.Fatalf("second copy to the same place moved %d bytes, want all", s.CopyMovedBytes)
+		t.Fatalf("copy back to the data's own place moved %d bytes, want all", s.CopyMovedBytes)
 	}
-	write(3, 0, 64<<10)
-	cp(1<<20+64<<10, 64<<10, 64<<10) // back to where it was written: moved
+	write(2, 1<<20, 64<<10)
+	cp(0, 1<<20, 256<<10) // from the moved data: a new lineage, shared
+	write(3, 1<<20+128<<10, 64<<10)
+	cp(0, 1<<20, 256<<10) // the same lineage as the copy before: moved
+	if s := r.vol.Stats(); s.CopySharedBytes != 512<<10 || s.CopyMovedBytes != 512<<10 {
+		t.Fatalf("after four copies: shared %d moved %d, want 512 KiB each", s.CopySharedBytes, s.CopyMovedBytes)
+	}
+	write(4, 0, 64<<10)
+	cp(1<<20+64<<10, 64<<10, 64<<10)
 	check := func(what string) {
 		t.Helper()
 		if got := readAll(t, r.vol); !bytes.Equal(got, ref) {
