@@ -374,3 +374,39 @@ func TestCopyNoOpAndFUA(t *testing.T) {
 		t.Fatalf("a copy onto itself copied %d bytes", s.CopySharedBytes+s.CopyMovedBytes)
 	}
 }
+
+// TestCopyRottenSource (C9): a shared key carries the CRC of the data it
+// points at, so rot stays visible: a copy of a whole rotten key shares it
+// with the key's own CRC (the destination's read fails as the source's
+// does); a copy of part of a rotten key verifies the whole key first and
+// goes through the source's read path instead: rotten dirty data fails the
+// copy, rotten clean data is read from the backing device.
+func TestCopyRottenSource(t *testing.T) {
+	ctx := context.Background()
+	r := copyRig(t, true, 32)
+	defer r.close()
+	dirty := tagged(1, 0, 64<<10)
+	mustOK(t, "write dirty", r.vol.WriteAt(ctx, dirty, 0, false))
+	clean := tagged(2, 64<<10, 64<<10)
+	mustOK(t, "write clean", r.vol.WriteAt(ctx, clean, 64<<10, false))
+	mustOK(t, "drain", r.vol.Drain(ctx, nil))
+	mustOK(t, "rewrite dirty", r.vol.WriteAt(ctx, dirty, 0, false))
+	r.rot(4096)
+	r.rot(64<<10 + 4096)
+
+	// The whole rotten dirty key [0, 16K): shared, and still rotten.
+	mustOK(t, "copy whole key", r.vol.CopyFrom(ctx, r.vol, 0, 1<<20, 16<<10, false))
+	if err := r.vol.ReadAt(ctx, make([]byte, 4096), 1<<20); !errors.Is(err, cachecore.ErrDataCRC) || !errors.Is(err, blk.ErrMedium) {
+		t.Fatalf("read of a copy of rotten dirty data: %v, want ErrDataCRC and ErrMedium", err)
+	}
+	// Part of it: the copy fails as a read would.
+	if err := r.vol.CopyFrom(ctx, r.vol, 4096, 2<<20, 4096, false); !errors.Is(err, blk.ErrMedium) {
+		t.Fatalf("copy of part of a rotten dirty key: %v, want ErrMedium", err)
+	}
+	// Part of a rotten clean key: the backing device's data.
+	mustOK(t, "copy part of rotten clean key", r.vol.CopyFrom(ctx, r.vol, 64<<10+4096, 3<<20, 8192, false))
+	wantRange(t, "copy of rotten clean data", r.vol, 3<<20, clean[4096:4096+8192])
+	// Discard what cannot be written back before the rig closes.
+	mustOK(t, "discard", r.vol.Discard(ctx, 0, 16<<10))
+	mustOK(t, "discard", r.vol.Discard(ctx, 1<<20, 16<<10))
+}
