@@ -142,9 +142,13 @@
 // read and write): another cache, a foreign volume, a destination that
 // does not cache writes, a failed or detached cache, a source being
 // removed or held by a detach. VolumeStats.CopySharedBytes and
-// CopyMovedBytes count the two kinds of bytes. Tests: TestCopySharesCachedData,
-// TestCopyPartlyCachedAndUncached, TestCopyOverlapping,
-// TestCopyTwiceSameLineage, TestCopyGCPassesSourceKeys, TestCopyRacesWrites,
+// CopyMovedBytes count the two kinds of bytes. Keys that share data are
+// told apart by their volume offset too where the engine names keys by
+// identity (the dirty-epoch count, intent recovery). Tests:
+// TestCopySharesCachedData, TestCopyPartlyCachedAndUncached,
+// TestCopyOverlapping, TestCopyTwiceSameLineage, TestShareRegistryLineages,
+// TestCopyGCPassesSourceKeys, TestCopyRottenSource, TestCopyRacesWrites,
+// TestCopyKeysRecoveredAfterKill, TestDirtyEpochsCopyKeys,
 // TestBlackboxCopyMetamorphic, TestBlackboxCrashCopies.
 //
 // CheckInvariants verifies the structures these rest on; every black-box
