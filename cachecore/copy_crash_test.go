@@ -119,7 +119,7 @@ func TestBlackboxCrashCopies(t *testing.T) {
 				ops, maxImages = 40, math.MaxInt
 			}
 			if longRun() {
-				ops, maxImages = 1500, math.MaxInt
+				ops, maxImages = 1000, math.MaxInt
 			}
 			runCopyCrash(t, "copies-"+c.name, o, ops, maxImages)
 		})
