@@ -4,6 +4,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/cachelun/cachelun/persist"
 )
 
 const (
@@ -173,11 +175,20 @@ type dirtyEpochs struct {
 	unsure   map[dirtyKeyID]struct{}
 }
 
-// dirtyKeyID identifies a dirty key: its cache position and generation are
-// unique while it is dirty (dirty data is never evicted).
+// dirtyKeyID identifies a dirty key of a volume: its cache position and
+// generation with its volume offset. A position alone is not unique: keys
+// made by CopyFrom share the cache data of other keys, also of the same
+// volume (at another offset: the share registry never lets two keys of one
+// volume map one offset to the same data while both may be live).
 type dirtyKeyID struct {
 	seg, off uint32
 	gen      uint64
+	voff     uint64
+}
+
+// dirtyKeyIDOf returns the identity of dirty key k.
+func dirtyKeyIDOf(k *persist.Key) dirtyKeyID {
+	return dirtyKeyID{seg: k.Pos.Seg, off: k.Pos.Off, gen: k.Gen, voff: k.Offset}
 }
 
 func packEpochCount(epoch uint64, n uint32) uint64 { return epoch<<32 | uint64(n) }

@@ -37,6 +37,9 @@ type Cache struct {
 	segs   *segTable
 	heads  []dataHead
 	headRR atomic.Uint64
+	// shares: the lineages of the keys that share cache data (CopyFrom,
+	// volume_copy.go).
+	shares shareRegistry
 
 	slots [ksetSlots]ksetSlot
 	epoch atomic.Uint64

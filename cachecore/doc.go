@@ -96,6 +96,61 @@
 // TestIntentAtomicGroupWholeOrNothing, TestAppendGroupNeverStraddlesKsets,
 // TestWriteAtomicLimits.
 //
+// Copies in the cache (Volume.CopyFrom, blk.Copier; EXTENDED COPY and
+// WRITE USING TOKEN in target/scsi): when the source is a volume of the
+// same cache (also through blk.Unwrapper wrappers) and the destination
+// caches writes (writeback, writeonly), a copy makes the destination hold
+// what the source held, as if all of it were read first and then written
+// (steps of at most 1 MiB inside one stripe of each side, backwards when
+// the destination starts inside the source). Cached source data is shared,
+// not moved: under the source stripe lock the copy takes one reference on
+// the extent's segment (only while it has references and its generation is
+// the extent's), and the destination gets a dirty key pointing at the same
+// segment, offset and generation, appended under its stripe lock like a
+// write (C1, C2 with fua, the C6 epoch count). The reference count keeps
+// counting keys, so GC passing the source's keys never frees data a
+// destination key still points at; writeback writes each destination key
+// to its own backing device; replay rebuilds the index and the references
+// from the keys as for any key (C5). Cache data is never written in place
+// (every write, fill, compare-and-write and atomic write gets new space),
+// so a later write to either side never changes the other. Source ranges
+// not cached (placeholders, holes, or data that may not be shared) are read
+// through the source's read path (C7, C9 as for a read; no fill) and
+// written to the destination as dirty data. A write racing the copy on
+// the source range gives each destination block the source's old or new
+// data, as a read racing it would (the shared parts of a step are taken at
+// one instant, its moved parts read just after).
+//
+// Two rules keep sharing correct. Data CRC: a shared key carries the CRC
+// of exactly the data it points at: its source key's when it covers all of
+// it, else one computed after the whole source key's data was verified (a
+// shared key never certifies rotten data; rotten source data is copied
+// through the read path, which fails dirty data and rereads clean data).
+// Lineage: writeback's clean marking and GC's eviction recognise a key's
+// extents by volume, segment, generation and the offset-to-data mapping
+// (extent.sameLineage), so two live keys of one volume must never map the
+// same offsets to the same data (an older one's clean marking would take
+// the newer one's dirty extent for its own, and GC would drop it before it
+// is written back). The share registry (Cache.shares) records, per
+// segment generation, the lineages of every key a copy shared from or
+// made, per range; a copy whose key would repeat a recorded lineage
+// (copying the same data to the same place twice, or back to where it was
+// written) moves its data instead. The registry is in memory, so only
+// segment generations taken by this process are shared (segment.takenGen):
+// after a restart, data cached before it is moved, not shared, until GC
+// recycles its segments. Refused (blk.ErrUnsupported; the caller copies by
+// read and write): another cache, a foreign volume, a destination that
+// does not cache writes, a failed or detached cache, a source being
+// removed or held by a detach. VolumeStats.CopySharedBytes and
+// CopyMovedBytes count the two kinds of bytes. Keys that share data are
+// told apart by their volume offset too where the engine names keys by
+// identity (the dirty-epoch count, intent recovery). Tests:
+// TestCopySharesCachedData, TestCopyPartlyCachedAndUncached,
+// TestCopyOverlapping, TestCopyTwiceSameLineage, TestShareRegistryLineages,
+// TestCopyGCPassesSourceKeys, TestCopyRottenSource, TestCopyRacesWrites,
+// TestCopyKeysRecoveredAfterKill, TestDirtyEpochsCopyKeys,
+// TestBlackboxCopyMetamorphic, TestBlackboxCrashCopies.
+//
 // CheckInvariants verifies the structures these rest on; every black-box
 // test ends with it, and with -tags invariants writeback and GC check the
 // live ones after every pass.
@@ -160,8 +215,8 @@
 //
 // Cache.mu → Cache.carryMu (AddVolume; writeback while it carries keys of
 // volumes that are not attached) → stripe.mu (several only in
-// CompareAndWrite, in ascending stripe order) → ksetSlot.mu; stripe.mu → segment.mu (read). dataHead.mu and
-// segTable.mu are leaves and are never taken with a stripe lock held;
+// CompareAndWrite, in ascending stripe order) → ksetSlot.mu; stripe.mu → segment.mu (read). dataHead.mu,
+// segTable.mu and shareRegistry.mu (copies) are leaves and are never taken with a stripe lock held;
 // writeback marks a pass clean holding its volumes' volCounters.progMu
 // (progMu → stripe.mu; progress readers take it alone);
 // generation bumps (persist I/O) run without any stripe lock. Background

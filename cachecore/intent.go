@@ -442,10 +442,18 @@ type journaledFinder struct {
 }
 
 // journaledID identifies a data key: a cache position and generation hold
-// the data of exactly one write.
+// the data of one write, which keys made by CopyFrom share with other
+// volumes and offsets; with the volume and its offset the identity is
+// unique among the keys that may be live (see dirtyKeyID).
 type journaledID struct {
 	seg, off uint32
 	gen      uint64
+	vol      uint32
+	voff     uint64
+}
+
+func journaledIDOf(k *persist.Key) journaledID {
+	return journaledID{k.Pos.Seg, k.Pos.Off, k.Gen, k.Volume, k.Offset}
 }
 
 func newJournaledFinder(recovered []intentKey) *journaledFinder {
@@ -453,7 +461,7 @@ func newJournaledFinder(recovered []intentKey) *journaledFinder {
 	for i := range recovered {
 		k := &recovered[i].key
 		if k.Flags != persist.KeyTombstone {
-			f.byData[journaledID{k.Pos.Seg, k.Pos.Off, k.Gen}] = i
+			f.byData[journaledIDOf(k)] = i
 		}
 	}
 	return f
@@ -464,7 +472,7 @@ func (f *journaledFinder) see(k *persist.Key) {
 	if len(f.byData) == 0 || k.Flags == persist.KeyTombstone {
 		return
 	}
-	if i, ok := f.byData[journaledID{k.Pos.Seg, k.Pos.Off, k.Gen}]; ok {
+	if i, ok := f.byData[journaledIDOf(k)]; ok {
 		f.seen = append(f.seen, i)
 	}
 }

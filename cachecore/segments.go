@@ -30,6 +30,11 @@ type segment struct {
 	gen   uint64 // guarded by mu
 	refs  atomic.Int64
 	state atomic.Uint32
+	// takenGen is 1 + the generation under which a data head of this
+	// session took the segment (0: none): every key pointing at that
+	// generation was appended by this process, so the in-memory share
+	// registry (volume_copy.go) knows all of its lineages.
+	takenGen atomic.Uint64
 }
 
 func (s *segment) currentGen() uint64 {
@@ -183,6 +188,7 @@ func (c *Cache) allocData(n uint32) (allocation, error) {
 		s := &c.segs.segs[id]
 		s.refs.Add(1) // the head's reference
 		h.valid, h.seg, h.off, h.gen = true, id, 0, s.currentGen()
+		s.takenGen.Store(h.gen + 1)
 	}
 }
 
@@ -218,5 +224,6 @@ func (c *Cache) putRef(id uint32) {
 		c.fail("bump segment generation", err)
 		return
 	}
+	c.shares.forget(id)
 	c.segs.release(id)
 }

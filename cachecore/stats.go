@@ -43,6 +43,10 @@ type VolumeStats struct {
 	// tombstones subtract).
 	DirtyBytes     int64
 	WritebackBytes uint64
+	// CopySharedBytes counts bytes CopyFrom copied into the volume by
+	// sharing cached data (new keys, no data moved); CopyMovedBytes the
+	// bytes it read from the source and wrote as dirty data.
+	CopySharedBytes, CopyMovedBytes uint64
 	// WritebackLag is the age of the oldest acknowledged write of the
 	// volume whose data is not yet on the backing device, 0 when clean.
 	// Kept per kset: it may exceed the oldest write's age by the time
@@ -87,6 +91,7 @@ type volCounters struct {
 	admissionsRefused, ghostAdmits, reappendBytes    atomic.Uint64
 	writebackBytes                                   atomic.Uint64
 	heldBack                                         atomic.Uint64
+	copySharedBytes, copyMovedBytes                  atomic.Uint64
 	// wbUnmarked: bytes the writeback pass in flight has written but not
 	// yet marked clean (they still count in dirtyBytes), for Progress.
 	wbUnmarked atomic.Int64
@@ -131,6 +136,7 @@ func (v *Volume) Stats() VolumeStats {
 		WriteBytes: s.writeBytes.Load(), ReadBypassRaces: s.readBypassRaces.Load(), HeldBack: s.heldBack.Load(),
 		FillBytes: s.fillBytes.Load(), FillsDropped: s.fillsDropped.Load(),
 		AdmissionsRefused: s.admissionsRefused.Load(), GhostAdmits: s.ghostAdmits.Load(), ReappendBytes: s.reappendBytes.Load(),
+		CopySharedBytes: s.copySharedBytes.Load(), CopyMovedBytes: s.copyMovedBytes.Load(),
 		BypassedRequests: make(map[string]uint64), BypassedBytes: make(map[string]uint64),
 		DirtyBytes: max(v.st.dirtyBytes.Load(), 0), WritebackBytes: s.writebackBytes.Load(),
 		Errors: make(map[string]uint64),

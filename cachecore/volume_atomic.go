@@ -149,7 +149,7 @@ func (v *Volume) appendDirtyGroup(slot int, keys []persist.Key) spill {
 	sp := c.appendGroup(slot, keys, true)
 	after := c.epoch.Load()
 	for _, k := range keys {
-		v.epochs.added(before, before == after, dirtyKeyID{seg: k.Pos.Seg, off: k.Pos.Off, gen: k.Gen})
+		v.epochs.added(before, before == after, dirtyKeyIDOf(&k))
 	}
 	return sp
 }

@@ -285,7 +285,7 @@ func (v *Volume) appendDirtyKey(slot int, k persist.Key) spill {
 	before := c.epoch.Load()
 	sp := c.appendKey(slot, k)
 	after := c.epoch.Load()
-	v.epochs.added(before, before == after, dirtyKeyID{seg: k.Pos.Seg, off: k.Pos.Off, gen: k.Gen})
+	v.epochs.added(before, before == after, dirtyKeyIDOf(&k))
 	return sp
 }
 

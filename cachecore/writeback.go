@@ -641,7 +641,7 @@ func (c *Cache) markClean(k *persist.Key, epoch uint64) {
 	}
 	vs.dirtyKeys.Add(-1)
 	if v := vs.vol.Load(); v != nil {
-		defer v.epochs.cleaned(epoch, dirtyKeyID{seg: k.Pos.Seg, off: k.Pos.Off, gen: k.Gen})
+		defer v.epochs.cleaned(epoch, dirtyKeyIDOf(k))
 	}
 	for st, p := range vs.indexedPieces(k) {
 		st.mu.Lock()

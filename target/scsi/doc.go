@@ -70,7 +70,11 @@
 // Volume interface: read the source, write the destination, with FUA when
 // the destination's write cache is off, as a host copy would; a
 // destination volume that implements blk.Copier does the copy itself (the
-// cache engine's metadata copy plugs in there). An EXTENDED COPY parameter
+// cache engine shares cached data: cachecore's "Copies in the cache"), for
+// EXTENDED COPY segment by segment and for WRITE USING TOKEN chunk by
+// chunk (the token must be valid before each chunk; a write to its source
+// during a chunk's copy fails the command after that chunk, not counted in
+// the transfer count). An EXTENDED COPY parameter
 // list is validated completely, every range against its copy target's
 // capacity, before any block moves; an I/O error later ends the command in
 // COPY ABORTED whose COMMAND-SPECIFIC INFORMATION is the failing segment,

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"sync"
 	"time"
+
+	"github.com/cachelun/cachelun/internal/blk"
 )
 
 // Token-based copy (ODX): POPULATE TOKEN, WRITE USING TOKEN and RECEIVE ROD
@@ -512,6 +514,10 @@ func (tk *task) writeFromToken(cm *CopyManager, t *rodToken, src *LU, srcRanges 
 		so -= srcRanges[si].n
 		si++
 	}
+	// A destination volume that copies by itself (blk.Copier: the cache
+	// engine shares cached data) gets the chunks that come from a
+	// source; one that declines (blk.ErrUnsupported) is written.
+	copier, offload := blk.CopierOf(lu.vol)
 	var written int64
 	var segs uint16
 	for _, d := range dst {
@@ -520,21 +526,34 @@ func (tk *task) writeFromToken(cm *CopyManager, t *rodToken, src *LU, srcRanges 
 				return written, segs, nil
 			}
 			c := min(int64(len(buf)), d.n-done, avail)
+			r := odxRange{off: d.off + done, n: c}
+			copied := false
 			if !zero {
 				c = min(c, srcRanges[si].n-so)
-				if err := src.vol.ReadAt(ctx, buf[:c], srcRanges[si].off+so); err != nil {
-					return written, segs, volumeError(err, ioRead)
+				r.n = c
+				if offload {
+					var err error
+					if copied, err = tk.copyFromToken(cm, t, copier, src, srcRanges[si].off+so, r, fua); err != nil {
+						return written, segs, err
+					}
+					offload = copied
 				}
-				// A write to the source since resolve revoked the
-				// token: what was read may be newer than the token.
-				if err := cm.stillValid(t); err != nil {
-					return written, segs, err
+				if !copied {
+					if err := src.vol.ReadAt(ctx, buf[:c], srcRanges[si].off+so); err != nil {
+						return written, segs, volumeError(err, ioRead)
+					}
+					// A write to the source since resolve revoked the
+					// token: what was read may be newer than the token.
+					if err := cm.stillValid(t); err != nil {
+						return written, segs, err
+					}
 				}
 			}
-			r := odxRange{off: d.off + done, n: c}
-			cm.revoke(lu.vol, r, "WRITE USING TOKEN")
-			if err := lu.vol.WriteAt(ctx, buf[:c], r.off, fua); err != nil {
-				return written, segs, volumeError(err, ioWrite)
+			if !copied {
+				cm.revoke(lu.vol, r, "WRITE USING TOKEN")
+				if err := lu.vol.WriteAt(ctx, buf[:c], r.off, fua); err != nil {
+					return written, segs, volumeError(err, ioWrite)
+				}
 			}
 			written += c
 			done += c
@@ -549,6 +568,41 @@ func (tk *task) writeFromToken(cm *CopyManager, t *rodToken, src *LU, srcRanges 
 		segs++
 	}
 	return written, segs, nil
+}
+
+// copyFromToken copies r.n bytes of token t's data, at srcOff of src,
+// into r of the task's logical unit through its Copier. copied=false with
+// no error: the copier declined (blk.ErrUnsupported) and nothing was
+// written. The token must be valid before the copy; a write to the source
+// during the copy revokes it and fails the command after the chunk was
+// written (the transfer count does not include it), unless the chunk
+// overlaps the token's own source ranges, whose revocation by this very
+// write cannot be told from another's (the next chunk then fails, as
+// with a read and a write).
+func (tk *task) copyFromToken(cm *CopyManager, t *rodToken, copier blk.Copier, src *LU, srcOff int64, r odxRange, fua bool) (bool, error) {
+	if err := cm.stillValid(t); err != nil {
+		return false, err
+	}
+	self := false
+	if src.vol == tk.lu.vol {
+		for _, tr := range t.ranges {
+			self = self || overlaps(tr, r)
+		}
+	}
+	cm.revoke(tk.lu.vol, r, "WRITE USING TOKEN")
+	err := copier.CopyFrom(tk.volCtx(), src.vol, srcOff, r.off, r.n, fua)
+	if errors.Is(err, blk.ErrUnsupported) {
+		return false, nil
+	}
+	if err != nil {
+		return false, volumeError(err, ioWrite)
+	}
+	if !self {
+		if err := cm.stillValid(t); err != nil {
+			return false, err
+		}
+	}
+	return true, nil
 }
 
 // cmdReceiveRODTokenInfo serves RECEIVE ROD TOKEN INFORMATION (SPC-4

@@ -341,3 +341,43 @@ func TestODXTransferLimit(t *testing.T) {
 	p = populateParams(0, []blkRange{{0, n}})
 	f.good(f.exec(nexusA, tokenCDB(0x10, 1, len(p)), p, 0))
 }
+
+// WRITE USING TOKEN lets a destination volume that implements blk.Copier
+// copy the token's data itself; one that declines is written as before.
+// A token revoked before the copy writes nothing.
+func TestODXWriteUsingTokenUsesCopier(t *testing.T) {
+	for _, decline := range []bool{false, true} {
+		var cv *copierVol
+		f := newFixture(t, func(c *LUConfig) {
+			cv = &copierVol{Volume: c.Volume.(*memvol.Volume), decline: decline}
+			c.Volume = cv
+		})
+		a, b := pattern(8*testBS, 4), pattern(8*testBS, 5)
+		f.write(10, a)
+		f.write(100, b)
+		tok := f.populate(1, blkRange{10, 8}, blkRange{100, 8})
+		f.good(f.wut(2, 0, 0, tok, blkRange{500, 4}, blkRange{600, 12}))
+		f.mustEqual(f.readBack(500, 4), a[:4*testBS])
+		f.mustEqual(f.readBack(600, 12), append(bytes.Clone(a[4*testBS:]), b...))
+		// One call per source range piece of each destination range; a
+		// declining copier is asked once.
+		if want := 3; !decline && cv.calls != want || decline && cv.calls != 1 {
+			t.Fatalf("decline=%v: CopyFrom called %d times", decline, cv.calls)
+		}
+		info := f.rrti(2)
+		if info[5] != 0x01 || binary.BigEndian.Uint64(info[16:]) != 16 {
+			t.Fatalf("decline=%v: RRTI after WRITE USING TOKEN: % x", decline, info[:32])
+		}
+		// Revoked by a write to its source: nothing is copied.
+		tok = f.populate(3, blkRange{10, 8})
+		f.good(f.exec(nexusA, testkit.CDB10(0x2a, 0, 12, 1), pattern(testBS, 9), 0))
+		calls := cv.calls
+		zero := make([]byte, 8*testBS)
+		f.write(800, zero)
+		f.sense(f.wut(4, 0, 0, tok, blkRange{800, 8}), SenseIllegalRequest, ASCTokenRevoked)
+		f.mustEqual(f.readBack(800, 8), zero)
+		if cv.calls != calls {
+			t.Fatalf("decline=%v: a revoked token was copied", decline)
+		}
+	}
+}
