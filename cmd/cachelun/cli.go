@@ -21,7 +21,12 @@ const (
 	explainUsage = "explain VOLUME LBA [--json]"
 	configUsage  = "config show [--secrets] [--json]"
 	statsUsage   = "stats reset [--json]"
+	clusterUsage = "cluster status [--json]"
 )
+
+func runCluster(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	return cli.Cluster(ctx, args, stdout, stderr)
+}
 
 func runConfig(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return cli.Config(ctx, args, stdout, stderr)
