@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"log/slog"
+	"time"
 
 	"github.com/cachelun/cachelun/conf"
 )
@@ -19,6 +20,9 @@ type Options struct {
 	// MetricsOverride (serve --metrics) replaced global.metrics_listen; a
 	// reload keeps it.
 	MetricsOverride string
+	// Clock is the time source of the cluster's peer link and ownership
+	// rules; nil is the wall clock.
+	Clock interface{ Now() time.Time }
 }
 
 // Start starts a daemon on cfg (LoadConfig): it claims the data dir, opens
