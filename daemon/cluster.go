@@ -217,6 +217,13 @@ func (c *clusterd) attach(ctx context.Context, volume string, h heldLock) error 
 		return fmt.Errorf("volume %s: not open after attach", volume)
 	}
 	cv.sw.set(vol)
+	// an owner needs no watch (it never goes back to standby), and a
+	// watch it left behind when killed would linger for 30 s, unfenced:
+	// every lock change and close of the next owner would wait for its
+	// acknowledgement. Its lock's client is the one blocklisted.
+	if err := cv.lock.closeWatch(); err != nil {
+		c.log.Debug("cluster: closing the image's watch", "volume", volume, "err", err)
+	}
 	return nil
 }
 
@@ -386,7 +393,9 @@ type rbdLock struct {
 	cluster   string
 	node      string
 	nodes     map[string]bool
-	watch     *rbd.Device
+
+	mu    sync.Mutex
+	watch *rbd.Device // nil once this node owns the volume
 }
 
 func openRBDLock(v conf.Volume, ownerFile, clusterName, node string, nodes map[string]bool) (*rbdLock, error) {
@@ -410,12 +419,18 @@ func openRBDLock(v conf.Volume, ownerFile, clusterName, node string, nodes map[s
 
 // Holder reads the lock's holder and the node it recorded.
 func (l *rbdLock) Holder(context.Context) (lockHolder, error) {
-	addr, alive, err := l.watch.LockHolder()
+	l.mu.Lock()
+	w := l.watch
+	l.mu.Unlock()
+	if w == nil {
+		return lockHolder{}, fmt.Errorf("backing %s: %w", l.v.Backing, errWatchClosed)
+	}
+	addr, alive, err := w.LockHolder()
 	if err != nil || addr == "" {
 		return lockHolder{}, err
 	}
 	h := lockHolder{Addr: addr, Alive: alive}
-	val, ok, err := l.watch.Metadata(ownerMetaKey)
+	val, ok, err := w.Metadata(ownerMetaKey)
 	if err != nil || !ok {
 		return h, nil // unknown: never broken while alive
 	}
@@ -451,7 +466,22 @@ func (l *rbdLock) Acquire(_ context.Context, breakOwner string) (heldLock, error
 	return &rbdHeld{dev: d}, nil
 }
 
-func (l *rbdLock) close() error { return l.watch.Close() }
+// errWatchClosed: an owner's lock has no watch any more.
+var errWatchClosed = errors.New("the image's watch is closed (this node owns it)")
+
+// closeWatch closes the watch (an owner's).
+func (l *rbdLock) closeWatch() error {
+	l.mu.Lock()
+	w := l.watch
+	l.watch = nil
+	l.mu.Unlock()
+	if w == nil {
+		return nil
+	}
+	return w.Close()
+}
+
+func (l *rbdLock) close() error { return l.closeWatch() }
 
 // rbdHeld is the lock of an image this node opened with it.
 type rbdHeld struct{ dev *rbd.Device }
