@@ -1,0 +1,189 @@
+//go:build ceph
+
+package integration
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cachelun/cachelun/internal/cephtest"
+)
+
+// The cluster tests run two daemons, nodes a on 127.0.0.2 and b on
+// 127.0.0.3, serving one RBD image of the test process's cluster.
+
+// clusterPort returns a free TCP port on host.
+func clusterPort(t *testing.T, host string) int {
+	t.Helper()
+	l, err := net.Listen("tcp", host+":0")
+	if err != nil {
+		t.Skipf("cannot listen on %s (a loopback alias is needed): %v", host, err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// clusterConfig writes node's configuration: volume "vol" on image (LUN
+// 0, mode writeback, which a cluster node runs writethrough), the
+// [cluster] table with its peer.
+func clusterConfig(t *testing.T, dir string, c *cephtest.Cluster, image, node, listen, peer string) string {
+	t.Helper()
+	cfg := fmt.Sprintf(`[global]
+admin_socket = "admin.sock"
+metrics_listen = "off"
+
+[[cache]]
+name = "c0"
+path = "cache.img"
+size = "128MiB"
+segment_size = "4MiB"
+journal_flush_interval = "200ms"
+
+[[volume]]
+name = "vol"
+cache = "c0"
+backing = "rbd:%s"
+mode = "writeback"
+ceph_conf = %q
+ceph_connect_timeout = "5s"
+ceph_op_timeout = "5s"
+
+[[target]]
+iqn = "iqn.2026-11.io.cachelun:cluster"
+portals = ["127.0.0.1:3260"]
+
+[[target.lun]]
+lun = 0
+volume = "vol"
+
+[cluster]
+node = %q
+listen = %q
+peers = [%q]
+heartbeat_interval = "250ms"
+peer_timeout = "2s"
+connect_timeout = "1s"
+reconnect_max = "500ms"
+`, image, c.Conf, node, listen, peer)
+	p := filepath.Join(dir, "cachelun.toml")
+	if err := os.WriteFile(p, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// clusterVolume is one volume of `cachelun cluster status --json`.
+type clusterVolume struct {
+	Name, Owner, State, ALUA, Mode string
+}
+
+func clusterStatus(t *testing.T, dir string) (clusterVolume, string) {
+	t.Helper()
+	r := adminRun(t, dir, "cluster", "status", "--json")
+	if r.exitCode != 0 {
+		t.Fatalf("cluster status: exit %d:\n%s", r.exitCode, r.out)
+	}
+	var st struct {
+		Node    string
+		Volumes []clusterVolume
+	}
+	if err := json.Unmarshal([]byte(r.out), &st); err != nil || len(st.Volumes) != 1 {
+		t.Fatalf("cluster status: %v\n%s", err, r.out)
+	}
+	return st.Volumes[0], r.out
+}
+
+func wantCluster(t *testing.T, dir, owner, state, alua string) {
+	t.Helper()
+	v, out := clusterStatus(t, dir)
+	if v.Owner != owner || v.State != state || v.ALUA != alua || v.Mode != "writethrough" {
+		t.Fatalf("cluster status: want owner %s, this node %s, ALUA %s, writethrough:\n%s", owner, state, alua, out)
+	}
+}
+
+// TestClusterFailover: two nodes share one image. a starts first and owns
+// it, b is standby (it refuses I/O with NOT READY, standby). Writes flushed through a; a is killed (SIGKILL); b takes
+// the volume over once a's link has been down for peer_timeout, breaking
+// (fencing) a's lock, and serves every flushed write. The failover time,
+// from the kill to the first successful read on b, is printed. a restarted
+// finds b the owner and stays standby.
+func TestClusterFailover(t *testing.T) {
+	needTools(t, "qemu-io")
+	c := needCeph(t)
+	image := rbdImage(t, c, 64)
+	addrA := fmt.Sprintf("127.0.0.2:%d", clusterPort(t, "127.0.0.2"))
+	addrB := fmt.Sprintf("127.0.0.3:%d", clusterPort(t, "127.0.0.3"))
+	dirA, dirB := t.TempDir(), t.TempDir()
+	a := startDaemonOn(t, "127.0.0.2:0", dirA, clusterConfig(t, dirA, c, image, "a", addrA, "b@"+addrB))
+	wantCluster(t, dirA, "a", "owner", "active/optimized")
+	b := startDaemonOn(t, "127.0.0.3:0", dirB, clusterConfig(t, dirB, c, image, "b", addrB, "a@"+addrA))
+	wantCluster(t, dirB, "a", "standby", "standby")
+	if !strings.Contains(b.log.String(), "LUN ready") {
+		t.Errorf("the standby node logged no LUN ready line:\n%s", b.log)
+	}
+	// the standby path refuses I/O: libiscsi's connect already stops at
+	// its TEST UNIT READY, which standby refuses (SPC-4 5.15.2.4.4) with
+	// NOT READY, TARGET PORT IN STANDBY STATE (READ CAPACITY on a standby
+	// logical unit is daemon's TestClusterALUAStates)
+	if out := qemuIOFails(t, b.url(0), "read 0 4k"); !strings.Contains(out, "0x040b") {
+		t.Errorf("I/O on the standby node: want NOT READY, standby (04h/0Bh):\n%s", out)
+	}
+
+	m := make(model, 64<<20)
+	var cmds, reads []string
+	for i := range 32 {
+		off := int64(i) * (2 << 20)
+		p := byte(0x30 + i)
+		cmds = append(cmds, fmt.Sprintf("write -P 0x%02x %d 64k", p, off))
+		reads = append(reads, fmt.Sprintf("read -P 0x%02x %d 64k", p, off))
+		m.write(off, 64<<10, p)
+	}
+	qemuIO(t, a.url(0), append(cmds, "flush")...)
+
+	a.kill()
+	killed := time.Now()
+	var took time.Duration
+	for {
+		r := runTool(t, toolTimeout, "qemu-io", "-f", "raw", "-c", reads[0], b.url(0))
+		if r.exitCode == 0 && !strings.Contains(r.out, "failed") && !strings.Contains(r.out, "Pattern verification") {
+			took = time.Since(killed)
+			break
+		}
+		if time.Since(killed) > 90*time.Second {
+			t.Fatalf("b does not serve 90 s after a was killed:\n%s\n%s", r.out, b.log)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	fmt.Printf("cluster failover: SIGKILL of the owner to the first successful I/O on the other node: %v (peer_timeout 2s)\n", took.Round(10*time.Millisecond))
+	t.Logf("failover time %v", took.Round(10*time.Millisecond))
+	if took > 15*time.Second {
+		t.Errorf("failover took %v", took)
+	}
+	qemuIO(t, b.url(0), reads...)
+	wantCluster(t, dirB, "b", "owner", "active/optimized")
+	if !strings.Contains(b.log.String(), "this node took the volume over") {
+		t.Errorf("b did not log the takeover:\n%s", b.log)
+	}
+
+	// a restarts: b owns the image and its link is up; a stays standby
+	a.restart()
+	wantCluster(t, dirA, "b", "standby", "standby")
+	time.Sleep(5 * time.Second) // more than peer_timeout
+	wantCluster(t, dirA, "b", "standby", "standby")
+	wantCluster(t, dirB, "b", "owner", "active/optimized")
+	if out := qemuIOFails(t, a.url(0), "read 0 4k"); !strings.Contains(out, "0x040b") {
+		t.Errorf("I/O on the restarted standby node: want NOT READY, standby (04h/0Bh):\n%s", out)
+	}
+	// writes through b reach the image (writethrough: no drain needed)
+	qemuIO(t, b.url(0), "write -P 0x7e 40M 64k", "flush")
+	m.write(40<<20, 64<<10, 0x7e)
+	b.stop()
+	a.stop()
+	m.equal(t, rbdExport(t, c, image), "the image after the failover")
+}
