@@ -3,12 +3,15 @@
 package integration
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -186,4 +189,108 @@ func TestClusterFailover(t *testing.T) {
 	b.stop()
 	a.stop()
 	m.equal(t, rbdExport(t, c, image), "the image after the failover")
+}
+
+// waitCluster polls `cluster status` of dir until the volume's owner and
+// this node's state are as wanted, or fails after limit.
+func waitCluster(t *testing.T, dir, owner, state string, limit time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for {
+		v, out := clusterStatus(t, dir)
+		if v.Owner == owner && v.State == state {
+			return time.Since(start)
+		}
+		if time.Since(start) > limit {
+			t.Fatalf("after %v: want owner %q, this node %s:\n%s", limit, owner, state, out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// TestClusterFenceFrozenOwner: the owner a is frozen (SIGSTOP): to its
+// peer it is gone, to Ceph it is a live client cut off (its watch stays
+// for 30 s). b takes over after peer_timeout, breaking a's lock, which
+// blocklists a at the OSDs. a resumed (SIGCONT), as after a partition that
+// healed, still believes it owns the volume: its late write is refused
+// (the OSDs refuse a blocklisted client; nothing is acknowledged), it
+// notices that its lock is gone and makes the volume unavailable, and the
+// image holds b's data only: no split brain.
+func TestClusterFenceFrozenOwner(t *testing.T) {
+	needTools(t, "qemu-io")
+	c := needCeph(t)
+	image := rbdImage(t, c, 16)
+	addrA := fmt.Sprintf("127.0.0.2:%d", clusterPort(t, "127.0.0.2"))
+	addrB := fmt.Sprintf("127.0.0.3:%d", clusterPort(t, "127.0.0.3"))
+	dirA, dirB := t.TempDir(), t.TempDir()
+	a := startDaemonOn(t, "127.0.0.2:0", dirA, clusterConfig(t, dirA, c, image, "a", addrA, "b@"+addrB))
+	wantCluster(t, dirA, "a", "owner", "active/optimized")
+	b := startDaemonOn(t, "127.0.0.3:0", dirB, clusterConfig(t, dirB, c, image, "b", addrB, "a@"+addrA))
+	wantCluster(t, dirB, "a", "standby", "standby")
+	// a host on a's path: a write, then (while a is frozen) a late
+	// write that waits in a's socket until a resumes
+	late := exec.Command("qemu-io", "-f", "raw", "-c", "write -P 0x11 0 64k", "-c", "flush", "-c", "sleep 2500",
+		"-c", "write -f -P 0x33 0 64k", a.url(0))
+	var lateOut bytes.Buffer
+	late.Stdout, late.Stderr = &lateOut, &lateOut
+	if err := late.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lateDone := make(chan error, 1)
+	go func() { lateDone <- late.Wait() }()
+	defer func() {
+		late.Process.Kill()
+		<-lateDone
+	}()
+	time.Sleep(1500 * time.Millisecond) // the first write and flush are done
+
+	if err := a.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	frozen := true
+	defer func() {
+		if frozen {
+			a.cmd.Process.Signal(syscall.SIGCONT)
+		}
+	}()
+	took := waitCluster(t, dirB, "b", "owner", 60*time.Second)
+	t.Logf("b took over %v after a was frozen", took.Round(10*time.Millisecond))
+	qemuIO(t, b.url(0), "read -P 0x11 0 64k", "write -P 0x22 0 64k", "flush")
+
+	if err := a.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	frozen = false
+	select {
+	case <-lateDone:
+	case <-time.After(toolTimeout):
+		t.Fatalf("the late write through the fenced node did not end:\n%s", lateOut.String())
+	}
+	lateDone <- nil // for the deferred wait
+	if !strings.Contains(lateOut.String(), "wrote 65536/65536 bytes at offset 0") {
+		t.Fatalf("the first write through a failed:\n%s", lateOut.String())
+	}
+	if strings.Count(lateOut.String(), "wrote 65536/65536") != 1 || !strings.Contains(lateOut.String(), "failed") {
+		t.Fatalf("the fenced node acknowledged its late write:\n%s", lateOut.String())
+	}
+	t.Logf("the fenced node's late write: %s", lastLine(lateOut.String()))
+	for _, l := range strings.Split(a.log.String(), "\n") {
+		if strings.Contains(l, "fenced") || strings.Contains(l, "lock lost") || strings.Contains(l, "lost the image's lock") {
+			t.Logf("a: %s", l)
+		}
+	}
+	waitCluster(t, dirA, "", "unavailable", 30*time.Second)
+	wantCluster(t, dirB, "b", "owner", "active/optimized")
+	if out := qemuIOFails(t, a.url(0), "read 0 4k"); !strings.Contains(out, "NOT READY") {
+		t.Errorf("I/O on the fenced node: want NOT READY:\n%s", out)
+	}
+	if !strings.Contains(a.log.String(), "this node lost the image's lock") {
+		t.Errorf("a did not log its fencing:\n%s", a.log)
+	}
+	qemuIO(t, b.url(0), "read -P 0x22 0 64k")
+	m := make(model, 16<<20)
+	m.write(0, 64<<10, 0x22)
+	b.stop()
+	a.kill() // blocklisted: its image cannot be closed cleanly
+	m.equal(t, rbdExport(t, c, image), "the image after the fencing")
 }
