@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"net/url"
 	"time"
 )
 
@@ -70,5 +71,50 @@ func (s *Server) handleCluster(w http.ResponseWriter, r *http.Request) {
 func (c *Client) Cluster(ctx context.Context) (ClusterResponse, error) {
 	var r ClusterResponse
 	err := c.do(ctx, http.MethodGet, "/v1/cluster", nil, &r)
+	return r, err
+}
+
+// VolumeMover is an optional method of a Backend: a planned move of a
+// clustered volume to another node (POST /v1/volumes/{name}/move,
+// `cachelun volume move NAME NODE`), run on the volume's owner.
+type VolumeMover interface {
+	MoveVolume(ctx context.Context, volume, node string) error
+}
+
+// MoveRequest is the body of POST /v1/volumes/{name}/move.
+type MoveRequest struct {
+	Node string `json:"node"`
+}
+
+// MoveResponse answers it: the volume was released to Node, which takes
+// it at once.
+type MoveResponse struct {
+	Volume string `json:"volume"`
+	Node   string `json:"node"`
+}
+
+func (s *Server) handleMove(w http.ResponseWriter, r *http.Request) {
+	var req MoveRequest
+	if err := decodeBody(r, &req, false); err != nil || req.Node == "" {
+		writeError(w, http.StatusBadRequest, "bad_request", "give the node to move the volume to: {\"node\": NAME}")
+		return
+	}
+	mv, ok := s.cfg.Backend.(VolumeMover)
+	if !ok {
+		writeError(w, http.StatusNotFound, "not_found", "this daemon is not a cluster node")
+		return
+	}
+	name := r.PathValue("name")
+	if err := mv.MoveVolume(r.Context(), name, req.Node); err != nil {
+		writeError(w, http.StatusConflict, "conflict", err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, MoveResponse{Volume: name, Node: req.Node})
+}
+
+// MoveVolume hands a clustered volume over to node (on its owner).
+func (c *Client) MoveVolume(ctx context.Context, volume, node string) (MoveResponse, error) {
+	var r MoveResponse
+	err := c.do(ctx, http.MethodPost, "/v1/volumes/"+url.PathEscape(volume)+"/move", MoveRequest{Node: node}, &r)
 	return r, err
 }

@@ -40,6 +40,9 @@ const (
 	// reqOwner: the calling node now owns the volume in the body
 	// (ownerNote); the receiver shows it and checks its own lock.
 	reqOwner = "owner"
+	// reqTake: the calling node released the volume in the body
+	// (ownerNote) for the receiver, which takes its free lock at once.
+	reqTake = "take"
 )
 
 // errRBDLocked is rbd.ErrLocked under the name the ownership code tests.
@@ -234,9 +237,10 @@ func (c *clusterd) changed(volume string, st ownState, owner string) {
 	if cv == nil {
 		return
 	}
-	if st != ownOwner {
+	if st == ownStandby || st == ownUnavailable {
 		// nothing of the volume is served here any more (ALUA refuses
-		// the I/O already; this is the backstop)
+		// the I/O already; this is the backstop). A moving volume keeps
+		// serving the commands past the ALUA check until release.
 		cv.sw.set(standbyVolume{name: volume, size: cv.sw.Size(), bs: cv.conf.BlockSize, unavailable: st == ownUnavailable})
 	}
 	cv.mu.Lock()
@@ -249,6 +253,50 @@ func (c *clusterd) changed(volume string, st ownState, owner string) {
 	}
 	c.log.Info("cluster: volume ownership", "volume", volume, "this_node", string(st), "owner", orUnknown(owner),
 		"alua", scsi.ALUAState(states[c.tpgt()]).String())
+}
+
+// release stops serving a volume this node moves away (ownerHooks): the
+// engine flushes and removes it (waiting for the commands in flight; the
+// image's close releases the lock), the logical units get the stub, and
+// the image is watched again.
+func (c *clusterd) release(ctx context.Context, volume string) error {
+	cv := c.vols[volume]
+	if vol, ok := c.d.eng.cacheVolume(volume); ok {
+		if err := vol.Flush(ctx); err != nil {
+			return err
+		}
+	}
+	if err := c.d.eng.removeVolume(ctx, cv.conf.Cache, volume, nil); err != nil {
+		return err
+	}
+	cv.sw.set(standbyVolume{name: volume, size: cv.sw.Size(), bs: cv.conf.BlockSize})
+	return cv.lock.reopenWatch()
+}
+
+// handOver asks node to take volume (ownerHooks).
+func (c *clusterd) handOver(ctx context.Context, volume, node string) error {
+	l := c.node.Link(node)
+	if l == nil {
+		return fmt.Errorf("no link to %s", node)
+	}
+	body, _ := json.Marshal(ownerNote{Volume: volume})
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.PeerTimeout.D)
+	defer cancel()
+	_, err := l.Call(ctx, reqTake, body)
+	return err
+}
+
+// moveVolume is `cachelun volume move NAME NODE` on this node.
+func (c *clusterd) moveVolume(ctx context.Context, volume, node string) error {
+	return c.own.move(ctx, volume, node)
+}
+
+// MoveVolume implements admin.VolumeMover.
+func (b *adminBackend) MoveVolume(ctx context.Context, volume, node string) error {
+	if b.d.clu == nil {
+		return errNotCluster
+	}
+	return b.d.clu.moveVolume(ctx, volume, node)
 }
 
 // ownerNote is the body of a reqOwner request.
@@ -286,6 +334,14 @@ func (c *clusterd) Handle(_ context.Context, from, kind string, body []byte) ([]
 		}
 		c.own.noteOwner(n.Volume, from)
 		return nil, nil
+	case reqTake:
+		var n ownerNote
+		if err := json.Unmarshal(body, &n); err != nil {
+			return nil, fmt.Errorf("cluster: %s request: %w", kind, err)
+		}
+		c.log.Info("cluster: a peer hands a volume over to this node", "volume", n.Volume, "from", from)
+		c.own.noteTake(n.Volume)
+		return nil, nil
 	}
 	return nil, fmt.Errorf("%w %q", errUnknownRequest, kind)
 }
@@ -314,6 +370,8 @@ func (c *clusterd) aluaStates(volume string) map[uint16]scsi.ALUAState {
 		states[c.tpgt()] = scsi.ALUAActiveOptimized
 	case ownStandby:
 		states[c.tpgt()] = scsi.ALUAStandby
+	case ownMoving:
+		states[c.tpgt()] = scsi.ALUATransitioning
 	default:
 		states[c.tpgt()] = scsi.ALUAUnavailable
 	}
@@ -399,6 +457,15 @@ type rbdLock struct {
 }
 
 func openRBDLock(v conf.Volume, ownerFile, clusterName, node string, nodes map[string]bool) (*rbdLock, error) {
+	w, err := openRBDWatch(v)
+	if err != nil {
+		return nil, err
+	}
+	return &rbdLock{v: v, ownerFile: ownerFile, cluster: clusterName, node: node, nodes: nodes, watch: w}, nil
+}
+
+// openRBDWatch opens a volume's image without its lock.
+func openRBDWatch(v conf.Volume) (*rbd.Device, error) {
 	spec, err := rbd.ParseSpec(v.Backing)
 	if err != nil {
 		return nil, err
@@ -414,7 +481,23 @@ func openRBDLock(v conf.Volume, ownerFile, clusterName, node string, nodes map[s
 		w.Close()
 		return nil, fmt.Errorf("backing %s: image size %d is not a positive multiple of block_size %d", v.Backing, w.Size(), v.BlockSize)
 	}
-	return &rbdLock{v: v, ownerFile: ownerFile, cluster: clusterName, node: node, nodes: nodes, watch: w}, nil
+	return w, nil
+}
+
+// reopenWatch watches the image again (after a move away).
+func (l *rbdLock) reopenWatch() error {
+	w, err := openRBDWatch(l.v)
+	if err != nil {
+		return err
+	}
+	l.mu.Lock()
+	old := l.watch
+	l.watch = w
+	l.mu.Unlock()
+	if old != nil {
+		old.Close()
+	}
+	return nil
 }
 
 // Holder reads the lock's holder and the node it recorded.

@@ -36,7 +36,8 @@
 // portals serve, decides each volume's ownership, and closes the link at
 // shutdown after the engine (whose close releases the images' locks).
 // The link's Receiver refuses every shipment (nothing is replicated yet);
-// its Handler answers "owner" (a peer took a volume over).
+// its Handler answers "owner" (a peer took a volume over) and "take" (a
+// peer released a volume for this node).
 //
 // Current behaviour, until the write-back journal is replicated (issue
 // 18, item 4): every clustered volume runs writethrough whatever its mode
@@ -95,6 +96,14 @@
 //     and the window is bounded by the poll.
 //  6. A node that restarts finds the lock held by the live owner and is
 //     standby (its links are up within peer_timeout of its start).
+//  7. A planned move (cachelun volume move NAME NODE, on the owner, with
+//     NODE's link up): the owner's group goes transitioning (hosts retry
+//     on 04h/0Ah), the volume is flushed and removed from the engine
+//     (waiting for the commands in flight; closing the image releases the
+//     lock), the owner becomes standby and asks NODE ("take" request) to
+//     take the free lock, which it does at once (rule 1's free lock, no
+//     fencing). For 10 s no other node takes that free lock, so NODE gets
+//     it even if it was not told.
 //
 // ALUA: node names sorted are target port groups 1..N, each with one
 // relative port, the node's iSCSI target portal group tag. Every logical

@@ -28,9 +28,23 @@ const (
 	// which blocklisted this one); it serves nothing of the volume until
 	// it restarts (its target port group is unavailable).
 	ownUnavailable ownState = "unavailable"
+	// ownMoving: this node is handing the volume over to another (a
+	// planned move): its target port group is transitioning, which hosts
+	// retry, while the volume is flushed and its lock released.
+	ownMoving ownState = "moving"
 )
 
-func ownStates() []ownState { return []ownState{ownOwner, ownStandby, ownUnavailable} }
+func ownStates() []ownState { return []ownState{ownOwner, ownStandby, ownUnavailable, ownMoving} }
+
+// Errors of a planned move.
+var (
+	errNotOwner   = errors.New("this node does not own the volume")
+	errMoveTarget = errors.New("cannot move the volume there")
+)
+
+// moveHoldOff is how long a node that handed a volume over leaves its
+// free lock to the target before any node may take it again.
+const moveHoldOff = 10 * time.Second
 
 // errImageLocked is what an imageLock's Acquire wraps when a live client
 // that is not to be broken holds the lock (the real one wraps
@@ -89,6 +103,12 @@ type ownerHooks interface {
 	// announce tells the peers that can be reached that this node now
 	// owns volume.
 	announce(volume string)
+	// release stops serving volume and gives its lock back (a planned
+	// move): its data is flushed, it is removed from the engine (which
+	// closes the image) and watched again as a standby's.
+	release(ctx context.Context, volume string) error
+	// handOver asks node to take volume (its lock is free).
+	handOver(ctx context.Context, volume, node string) error
 }
 
 // ownedVolume is the state machine of one clustered volume.
@@ -100,6 +120,10 @@ type ownedVolume struct {
 	owner  string // the node believed to own the volume ("" unknown or none)
 	since  time.Time
 	reason string // why the state was entered
+	// movedTo and holdOff: after a planned move, a free lock is left to
+	// movedTo until holdOff.
+	movedTo string
+	holdOff time.Time
 }
 
 // ownershipView is this node's view of one clustered volume, for status.
@@ -129,8 +153,10 @@ type ownership struct {
 	hooks    ownerHooks
 	metrics  *ownerMetrics // nil: none
 
-	lastUp map[string]time.Time // peer → last time its link was seen up; step's own
+	lastUp map[string]time.Time // peer → last time its link was seen up; step's and move's (under stepMu)
 	kick   chan struct{}
+	// stepMu serializes step and move (→ mu).
+	stepMu sync.Mutex
 
 	mu    sync.Mutex
 	vols  map[string]*ownedVolume
@@ -241,6 +267,8 @@ func (o *ownership) peerDown(peer string, now time.Time) bool {
 
 // step applies the rules once to every volume.
 func (o *ownership) step(ctx context.Context) {
+	o.stepMu.Lock()
+	defer o.stepMu.Unlock()
 	now := o.clock.Now()
 	for _, p := range o.peers {
 		heard, inbound := o.linkSeen(p)
@@ -289,6 +317,8 @@ func (o *ownership) stepVolume(ctx context.Context, v *ownedVolume, now time.Tim
 		}
 		breakOwner, why := "", ""
 		switch {
+		case h.Addr == "" && v.movedTo != "" && v.movedTo != o.self && now.Before(v.holdOff):
+			return // handed over: the target takes it
 		case h.Addr == "":
 			why = "the image's lock was free"
 		case h.Node == o.self:
@@ -324,7 +354,7 @@ func (o *ownership) stepVolume(ctx context.Context, v *ownedVolume, now time.Tim
 			return
 		}
 		o.mu.Lock()
-		v.held = lh
+		v.held, v.movedTo = lh, ""
 		o.mu.Unlock()
 		o.set(v, ownOwner, o.self, why)
 		if breakOwner != "" && o.metrics != nil {
@@ -366,6 +396,67 @@ func (o *ownership) setOwner(v *ownedVolume, owner string) {
 	v.owner = owner
 	o.mu.Unlock()
 	o.hooks.changed(v.name, ownStandby, owner)
+}
+
+// move hands volume over to node (a planned move): this node must own it
+// and node's link must be up. The volume goes transitioning here (hosts
+// retry), is flushed and released (its lock free), node is asked to take
+// it, and no node but node takes the free lock for moveHoldOff. It returns
+// once node was asked; node takes the lock at its next step.
+func (o *ownership) move(ctx context.Context, volume, node string) error {
+	o.stepMu.Lock()
+	defer o.stepMu.Unlock()
+	o.mu.Lock()
+	v, ok := o.vols[volume]
+	o.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("volume %s is not clustered: %w", volume, errMoveTarget)
+	}
+	if node == o.self {
+		return fmt.Errorf("volume %s: node %s is this node: %w", volume, node, errMoveTarget)
+	}
+	if !o.isPeer(node) {
+		return fmt.Errorf("volume %s: %s is not a node of this cluster: %w", volume, node, errMoveTarget)
+	}
+	heard, inbound := o.linkSeen(node)
+	now := o.clock.Now()
+	if !inbound && now.Sub(heard) >= o.timeout/2 {
+		return fmt.Errorf("volume %s: the peer link to %s is down: %w", volume, node, errMoveTarget)
+	}
+	o.mu.Lock()
+	st := v.state
+	o.mu.Unlock()
+	if st != ownOwner {
+		return fmt.Errorf("volume %s: %w (it is %s here)", volume, errNotOwner, st)
+	}
+	o.set(v, ownMoving, o.self, "moving to "+node)
+	o.log.Info("cluster: moving the volume", "volume", volume, "to", node)
+	if err := o.hooks.release(ctx, volume); err != nil {
+		o.set(v, ownOwner, o.self, "a move failed: "+err.Error())
+		return fmt.Errorf("volume %s: releasing it: %w", volume, err)
+	}
+	o.mu.Lock()
+	v.held, v.movedTo, v.holdOff = nil, node, o.clock.Now().Add(moveHoldOff)
+	o.mu.Unlock()
+	o.set(v, ownStandby, node, "moved to "+node)
+	if err := o.hooks.handOver(ctx, volume, node); err != nil {
+		// the lock is free: node takes it at its next step anyway, or
+		// any node after the hold-off
+		o.log.Warn("cluster: the move's target was not told; it takes the free lock at its next step", "volume", volume, "to", node, "err", err)
+	}
+	return nil
+}
+
+// noteTake is a peer's word that it released volume for this node: the
+// hold-off of an earlier move away from here ends, and the free lock is
+// taken at once.
+func (o *ownership) noteTake(volume string) {
+	o.mu.Lock()
+	if v, ok := o.vols[volume]; ok {
+		v.movedTo = ""
+	}
+	o.mu.Unlock()
+	o.wake()
 }
 
 // noteOwner is a peer's word that it now owns volume: a standby shows it

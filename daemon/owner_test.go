@@ -2,9 +2,11 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -105,18 +107,20 @@ func (h *fakeHeld) Release() error {
 
 // fakeNode is one node's ownership with its fake links, hooks and clock.
 type fakeNode struct {
-	t         *testing.T
-	name      string
-	o         *ownership
-	lock      *fakeLock
-	clock     *fakeClock
-	links     map[string]linkView
-	attached  []heldLock
-	announced int
-	alua      []string // "state owner" at each change
-	attachErr error
-	reg       *prometheus.Registry
-	metrics   *ownerMetrics
+	t          *testing.T
+	name       string
+	o          *ownership
+	lock       *fakeLock
+	clock      *fakeClock
+	links      map[string]linkView
+	attached   []heldLock
+	announced  int
+	alua       []string // "state owner" at each change
+	attachErr  error
+	releaseErr error
+	handedTo   []string
+	reg        *prometheus.Registry
+	metrics    *ownerMetrics
 }
 
 type linkView struct {
@@ -172,6 +176,19 @@ func (n *fakeNode) changed(_ string, st ownState, owner string) {
 }
 
 func (n *fakeNode) announce(string) { n.announced++ }
+
+// release closes the image: the lock is free.
+func (n *fakeNode) release(context.Context, string) error {
+	if n.releaseErr != nil {
+		return n.releaseErr
+	}
+	return n.attached[len(n.attached)-1].Release()
+}
+
+func (n *fakeNode) handOver(_ context.Context, _, node string) error {
+	n.handedTo = append(n.handedTo, node)
+	return nil
+}
 
 func (n *fakeNode) state() ownershipView {
 	v, _ := n.o.volumeView("v0")
@@ -464,4 +481,85 @@ func TestOwnershipNoteOwner(t *testing.T) {
 	b.o.noteOwner("v0", "c")
 	b.want(ownStandby, "c")
 	b.o.noteOwner("nope", "c") // an unknown volume changes nothing
+}
+
+// A planned move: the owner goes transitioning, releases the lock (no
+// fencing) and hands the volume over; the target takes the free lock at
+// its next step; the old owner leaves the free lock to the target for the
+// hold-off and is standby under the new owner.
+func TestOwnershipPlannedMove(t *testing.T) {
+	c, clock, a, b := twoNodes(t)
+	ctx := context.Background()
+	if err := a.o.move(ctx, "v0", "b"); err != nil {
+		t.Fatal(err)
+	}
+	a.want(ownStandby, "b")
+	if !slices.Contains(a.alua, "moving a") || len(a.handedTo) != 1 || a.handedTo[0] != "b" {
+		t.Fatalf("a's changes %v, handed to %v", a.alua, a.handedTo)
+	}
+	if c.holderAddr() != "" {
+		t.Fatalf("lock still held by %s", c.holderAddr())
+	}
+	// the target has not stepped yet: the old owner leaves the lock alone
+	clock.advance(time.Second)
+	a.linkUp("b")
+	a.o.step(ctx)
+	a.want(ownStandby, "b")
+	if c.holderAddr() != "" {
+		t.Fatal("the old owner took the handed-over lock back")
+	}
+	b.o.step(ctx)
+	b.want(ownOwner, "b")
+	if len(c.fenced) != 0 || testutil.ToFloat64(b.metrics.failovers) != 0 {
+		t.Errorf("a planned move fenced %v / counted %v failovers", c.fenced, testutil.ToFloat64(b.metrics.failovers))
+	}
+	a.o.step(ctx)
+	a.want(ownStandby, "b")
+	// and back
+	b.linkUp("a")
+	if err := b.o.move(ctx, "v0", "a"); err != nil {
+		t.Fatal(err)
+	}
+	a.o.noteTake("v0") // b's handOver, through the peer link
+	a.o.step(ctx)
+	a.want(ownOwner, "a")
+	b.want(ownStandby, "a")
+}
+
+// A move is refused, changing nothing, when this node does not own the
+// volume, when the target is this node or no peer, or when its link is
+// down; a release that fails leaves the owner serving.
+func TestOwnershipMoveRefused(t *testing.T) {
+	c, clock, a, b := twoNodes(t)
+	ctx := context.Background()
+	for _, tc := range []struct {
+		n          *fakeNode
+		vol, node  string
+		wantErr    error
+		wantDetail string
+	}{
+		{b, "v0", "a", errNotOwner, "standby"},
+		{a, "v0", "a", errMoveTarget, "this node"},
+		{a, "v0", "z", errMoveTarget, "not a node"},
+		{a, "nope", "b", errMoveTarget, "not clustered"},
+	} {
+		err := tc.n.o.move(ctx, tc.vol, tc.node)
+		if !errors.Is(err, tc.wantErr) || !strings.Contains(err.Error(), tc.wantDetail) {
+			t.Errorf("move %s to %s on %s: %v", tc.vol, tc.node, tc.n.name, err)
+		}
+	}
+	a.linkDown("b")
+	clock.advance(testPeerTimeout)
+	if err := a.o.move(ctx, "v0", "b"); !errors.Is(err, errMoveTarget) || !strings.Contains(err.Error(), "down") {
+		t.Errorf("move over a down link: %v", err)
+	}
+	a.linkUp("b")
+	a.releaseErr = errors.New("drain failed")
+	if err := a.o.move(ctx, "v0", "b"); err == nil {
+		t.Error("a failed release reported success")
+	}
+	a.want(ownOwner, "a")
+	if c.holderAddr() != "a#1" {
+		t.Errorf("holder %s", c.holderAddr())
+	}
 }

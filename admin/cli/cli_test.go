@@ -118,6 +118,8 @@ func TestExitCodes(t *testing.T) {
 		{"cache bad sub", cli.Cache, []string{"frob"}, cli.ExitUsage, "usage: cachelun cache"},
 		{"stats bad sub", cli.Stats, []string{"clear"}, cli.ExitUsage, "usage: cachelun stats reset"},
 		{"config bad sub", cli.Config, nil, cli.ExitUsage, "usage: cachelun config show"},
+		{"move without node", cli.Volume, []string{"move", "db1"}, cli.ExitUsage, "want the volume and the node"},
+		{"move on a single node", cli.Volume, []string{"move", "db1", "b", "--socket", f.socket}, cli.ExitFailed, "not a cluster node"},
 		{"cluster bad sub", cli.Cluster, []string{"move"}, cli.ExitUsage, "usage: cachelun cluster status"},
 		{"cluster not a cluster node", cli.Cluster, []string{"status", "--socket", f.socket}, cli.ExitFailed, "not a cluster node"},
 	} {

@@ -100,3 +100,29 @@ func Cluster(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	tw.Flush()
 	return ExitOK
 }
+
+// volumeMove runs `cachelun volume move NAME NODE` on the volume's owner:
+// it goes transitioning (hosts retry), is flushed and released, and NODE
+// takes it.
+func volumeMove(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	var c common
+	fs := newFlags("volume move", "volume move NAME NODE [--json]", stdout, stderr)
+	c.register(fs)
+	pos, code, ok := parseInterleaved(fs, args)
+	if !ok {
+		return code
+	}
+	if len(pos) != 2 {
+		return usageError(fs, stderr, "want the volume and the node to move it to")
+	}
+	r, err := c.client().MoveVolume(ctx, pos[0], pos[1])
+	if err != nil {
+		return failure(stderr, &c, "volume move", err)
+	}
+	if c.json {
+		printJSON(stdout, r)
+		return ExitOK
+	}
+	fmt.Fprintf(stdout, "volume %s released to node %s, which takes it over now\n", r.Volume, r.Node)
+	return ExitOK
+}

@@ -13,7 +13,7 @@ import (
 
 const (
 	statusUsage  = "status [--socket PATH] [--json]"
-	volumeUsage  = "volume list|show NAME|mode NAME MODE|flush NAME|drain NAME [--no-wait] [--json]"
+	volumeUsage  = "volume list|show NAME|mode NAME MODE|flush NAME|drain NAME|move NAME NODE [--no-wait] [--json]"
 	cacheUsage   = "cache list|detach NAME [--json]"
 	sessionUsage = "session list [--json]"
 	jobUsage     = "job list|show ID|cancel ID [--json]"
