@@ -165,8 +165,12 @@ func (v *validator) cluster(k string, c *Cluster) {
 // clusterVolumes refuses, on a cluster node, a volume whose backing is not
 // a Ceph RBD image: every node serves the same volumes, and another node
 // takes a volume over when its owner dies, so the backing must be shared
-// by the nodes (a local file or disk is not).
+// by the nodes (a local file or disk is not). The TCMU front end is
+// refused too: ownership and ALUA are served over iSCSI only.
 func (v *validator) clusterVolumes(c *Config) {
+	if c.TCMU.Enabled {
+		v.bad("tcmu.enabled", "not on a cluster node ([cluster]): a clustered volume's ownership and ALUA states are served over iSCSI only")
+	}
 	for i, vo := range c.Volumes {
 		if vo.Backing == "" || rbd.IsSpec(vo.Backing) {
 			continue

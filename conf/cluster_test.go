@@ -284,3 +284,13 @@ peers = ["b@127.0.0.3:3270"]
 		t.Fatal(err)
 	}
 }
+
+// A cluster node refuses the TCMU front end, at its line.
+func TestClusterRefusesTCMU(t *testing.T) {
+	src := clusterBase + "\n[tcmu]\nenabled = true #!\n"
+	_, err := Parse("a.toml", []byte(src))
+	if err == nil {
+		t.Fatal("a cluster node accepted tcmu.enabled")
+	}
+	problemAt(t, err, markedLine(t, src), "not on a cluster node")
+}
