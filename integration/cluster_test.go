@@ -294,3 +294,50 @@ func TestClusterFenceFrozenOwner(t *testing.T) {
 	a.kill() // blocklisted: its image cannot be closed cleanly
 	m.equal(t, rbdExport(t, c, image), "the image after the fencing")
 }
+
+// TestClusterPlannedMove: `cachelun volume move vol b` on the owner a
+// hands the volume over without breaking a lock: b owns it within a
+// second, serves what a wrote, and moves it back; a was never fenced (it
+// serves again after the move back).
+func TestClusterPlannedMove(t *testing.T) {
+	needTools(t, "qemu-io")
+	c := needCeph(t)
+	image := rbdImage(t, c, 16)
+	addrA := fmt.Sprintf("127.0.0.2:%d", clusterPort(t, "127.0.0.2"))
+	addrB := fmt.Sprintf("127.0.0.3:%d", clusterPort(t, "127.0.0.3"))
+	dirA, dirB := t.TempDir(), t.TempDir()
+	a := startDaemonOn(t, "127.0.0.2:0", dirA, clusterConfig(t, dirA, c, image, "a", addrA, "b@"+addrB))
+	wantCluster(t, dirA, "a", "owner", "active/optimized")
+	b := startDaemonOn(t, "127.0.0.3:0", dirB, clusterConfig(t, dirB, c, image, "b", addrB, "a@"+addrA))
+	wantCluster(t, dirB, "a", "standby", "standby")
+	qemuIO(t, a.url(0), "write -P 0x41 0 64k", "flush")
+
+	if r := adminRun(t, dirB, "volume", "move", "vol", "a"); r.exitCode == 0 || !strings.Contains(r.out, "does not own") {
+		t.Errorf("a move on the standby: exit %d, want a refusal:\n%s", r.exitCode, r.out)
+	}
+	start := time.Now()
+	if r := adminRun(t, dirA, "volume", "move", "vol", "b"); r.exitCode != 0 {
+		t.Fatalf("volume move: exit %d:\n%s", r.exitCode, r.out)
+	}
+	took := waitCluster(t, dirB, "b", "owner", 30*time.Second)
+	t.Logf("planned move a → b: %v", (time.Since(start)).Round(10*time.Millisecond))
+	_ = took
+	wantCluster(t, dirA, "b", "standby", "standby")
+	qemuIO(t, b.url(0), "read -P 0x41 0 64k", "write -P 0x42 64k 64k", "flush")
+	if strings.Contains(b.log.String(), "broke_lock=true") {
+		t.Errorf("the planned move broke a lock:\n%s", b.log)
+	}
+
+	if r := adminRun(t, dirB, "volume", "move", "vol", "a"); r.exitCode != 0 {
+		t.Fatalf("volume move back: exit %d:\n%s", r.exitCode, r.out)
+	}
+	waitCluster(t, dirA, "a", "owner", 30*time.Second)
+	qemuIO(t, a.url(0), "read -P 0x41 0 64k", "read -P 0x42 64k 64k", "write -P 0x43 128k 64k", "flush")
+	m := make(model, 16<<20)
+	m.write(0, 64<<10, 0x41)
+	m.write(64<<10, 64<<10, 0x42)
+	m.write(128<<10, 64<<10, 0x43)
+	b.stop()
+	a.stop()
+	m.equal(t, rbdExport(t, c, image), "the image after two moves")
+}
