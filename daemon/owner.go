@@ -295,7 +295,7 @@ func (o *ownership) step(ctx context.Context) {
 
 func (o *ownership) stepVolume(ctx context.Context, v *ownedVolume, now time.Time) {
 	o.mu.Lock()
-	state, held := v.state, v.held
+	state, held, movedTo, holdOff := v.state, v.held, v.movedTo, v.holdOff
 	o.mu.Unlock()
 	switch state {
 	case ownOwner:
@@ -317,7 +317,7 @@ func (o *ownership) stepVolume(ctx context.Context, v *ownedVolume, now time.Tim
 		}
 		breakOwner, why := "", ""
 		switch {
-		case h.Addr == "" && v.movedTo != "" && v.movedTo != o.self && now.Before(v.holdOff):
+		case h.Addr == "" && movedTo != "" && movedTo != o.self && now.Before(holdOff):
 			return // handed over: the target takes it
 		case h.Addr == "":
 			why = "the image's lock was free"
