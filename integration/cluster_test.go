@@ -115,7 +115,8 @@ func wantCluster(t *testing.T, dir, owner, state, alua string) {
 // the volume over once a's link has been down for peer_timeout, breaking
 // (fencing) a's lock, and serves every flushed write. The failover time,
 // from the kill to the first successful read on b, is printed. a restarted
-// finds b the owner and stays standby.
+// with its cache file finds b the owner and stays standby; when it takes
+// the volume back it serves what b wrote, never its stale cached copy.
 func TestClusterFailover(t *testing.T) {
 	needTools(t, "qemu-io")
 	c := needCeph(t)
@@ -183,9 +184,19 @@ func TestClusterFailover(t *testing.T) {
 	if out := qemuIOFails(t, a.url(0), "read 0 4k"); !strings.Contains(out, "0x040b") {
 		t.Errorf("I/O on the restarted standby node: want NOT READY, standby (04h/0Bh):\n%s", out)
 	}
-	// writes through b reach the image (writethrough: no drain needed)
-	qemuIO(t, b.url(0), "write -P 0x7e 40M 64k", "flush")
+	// writes through b reach the image (writethrough: no drain needed);
+	// b overwrites a block a's cache file still holds from before the
+	// kill
+	qemuIO(t, b.url(0), "write -P 0x7e 40M 64k", "write -P 0x7f 0 64k", "flush")
 	m.write(40<<20, 64<<10, 0x7e)
+	m.write(0, 64<<10, 0x7f)
+	// a takes the volume back (a planned move): it serves b's data, never
+	// the stale copy in its cache file
+	if r := adminRun(t, dirB, "volume", "move", "vol", "a"); r.exitCode != 0 {
+		t.Fatalf("volume move: exit %d:\n%s", r.exitCode, r.out)
+	}
+	waitCluster(t, dirA, "a", "owner", 30*time.Second)
+	qemuIO(t, a.url(0), "read -P 0x7f 0 64k", "read -P 0x7e 40M 64k", reads[1])
 	b.stop()
 	a.stop()
 	m.equal(t, rbdExport(t, c, image), "the image after the failover")
