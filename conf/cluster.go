@@ -6,6 +6,8 @@ import (
 	"regexp"
 	"strings"
 	"time"
+
+	"github.com/cachelun/cachelun/backend/rbd"
 )
 
 // Bounds of the [cluster] timing keys: below them a busy node is taken
@@ -157,5 +159,23 @@ func (v *validator) cluster(k string, c *Cluster) {
 	v.size(k+".max_lag", &c.MaxLag, DefaultMaxLag)
 	if len(v.problems) == before && c.MaxLag.Bytes < minMaxLag {
 		v.bad(k+".max_lag", "must be at least %s, not %s", FormatSize(minMaxLag), FormatSize(c.MaxLag.Bytes))
+	}
+}
+
+// clusterVolumes refuses, on a cluster node, a volume whose backing is not
+// a Ceph RBD image: every node serves the same volumes, and another node
+// takes a volume over when its owner dies, so the backing must be shared
+// by the nodes (a local file or disk is not). The TCMU front end is
+// refused too: ownership and ALUA are served over iSCSI only.
+func (v *validator) clusterVolumes(c *Config) {
+	if c.TCMU.Enabled {
+		v.bad("tcmu.enabled", "not on a cluster node ([cluster]): a clustered volume's ownership and ALUA states are served over iSCSI only")
+	}
+	for i, vo := range c.Volumes {
+		if vo.Backing == "" || rbd.IsSpec(vo.Backing) {
+			continue
+		}
+		v.bad(fmt.Sprintf("volume[%d].backing", i), "%q is a local file or device, but this is a cluster node ([cluster]): "+
+			"the backing must be shared by every node, which takes the volume over when its owner fails; use a Ceph RBD image (backing = \"rbd:POOL/IMAGE\")", vo.Backing)
 	}
 }

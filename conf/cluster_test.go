@@ -7,9 +7,23 @@ import (
 	"time"
 )
 
-// clusterBase is base as node "a" of the issue's two-node cluster, the
+// nodeBase is base without its volume and target: a cluster node's
+// volumes must be on RBD, which a binary without the ceph tag refuses.
+const nodeBase = `
+[global]
+data_dir = "/tmp/x"
+metrics_listen = "off"
+
+[[cache]]
+name = "c0"
+path = "c0.img"
+size = "64MiB"
+segment_size = "1MiB"
+`
+
+// clusterBase is nodeBase as node "a" of the issue's two-node cluster, the
 // [cluster] table exactly as the issue writes it.
-const clusterBase = base + `
+const clusterBase = nodeBase + `
 [cluster]
 node = "a"                          # this node, unique in the cluster
 listen = "127.0.0.2:3270"           # the peer link
@@ -44,7 +58,7 @@ func TestClusterParse(t *testing.T) {
 		t.Errorf("a file without [cluster] is a cluster node: %+v", s.Cluster)
 	}
 	// every key set
-	full := base + `
+	full := nodeBase + `
 [cluster]
 name = "prod-east"
 node = "gw1"
@@ -73,7 +87,7 @@ max_lag = "1GiB"
 		t.Errorf("ClusterPeers = %v", got)
 	}
 	// a cluster of one node
-	one, err := Parse("one.toml", []byte(base+"\n[cluster]\nnode = \"a\"\nlisten = \"127.0.0.2:3270\"\n"))
+	one, err := Parse("one.toml", []byte(nodeBase+"\n[cluster]\nnode = \"a\"\nlisten = \"127.0.0.2:3270\"\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +129,7 @@ func TestExampleClusterTable(t *testing.T) {
 		t.Fatal("example.toml has no [cluster] table")
 	}
 	var b strings.Builder
-	b.WriteString(ex[:i])
+	b.WriteString(nodeBase) // the example's volume is a local disk, refused on a cluster node
 	for _, l := range strings.Split(ex[i:], "\n") {
 		b.WriteString(strings.TrimPrefix(l, "# ") + "\n")
 	}
@@ -162,14 +176,14 @@ func TestClusterRules(t *testing.T) {
 	}
 	addKey := func(kv string) string { return repl(`node = "a" `, kv+" #!\nnode = \"a\" ") }
 	cases := []struct{ name, src, want string }{
-		{"node missing", base + "\n[cluster] #!\nlisten = \"127.0.0.2:3270\"\n", "missing (this node's name"},
+		{"node missing", nodeBase + "\n[cluster] #!\nlisten = \"127.0.0.2:3270\"\n", "missing (this node's name"},
 		{"node empty", repl(`node = "a" `, `node = "" #!`), "missing (this node's name"},
 		{"node syntax", repl(`node = "a" `, `node = "node a" #!`), `"node a": use letters`},
 		{"node leading dash", repl(`node = "a" `, `node = "-a" #!`), "use letters"},
 		{"node too long", repl(`node = "a" `, `node = "`+strings.Repeat("n", 64)+`" #!`), "longer than 63"},
 		{"node type", repl(`node = "a" `, `node = 1 #!`), "expected a string"},
 		{"name syntax", addKey(`name = "prod/east"`), "use letters"},
-		{"listen missing", base + "\n[cluster] #!\nnode = \"a\"\n", "missing (HOST:PORT of this node's peer link"},
+		{"listen missing", nodeBase + "\n[cluster] #!\nnode = \"a\"\n", "missing (HOST:PORT of this node's peer link"},
 		{"listen no port", repl(`listen = "127.0.0.2:3270"`, `listen = "127.0.0.2" #!`), "not HOST:PORT"},
 		{"listen bad port", repl(`listen = "127.0.0.2:3270"`, `listen = "127.0.0.2:0" #!`), "1 to 65535"},
 		{"listen host name", repl(`listen = "127.0.0.2:3270"`, `listen = "gw-a:3270" #!`), "must be an IP address"},
@@ -198,7 +212,7 @@ func TestClusterRules(t *testing.T) {
 		{"max lag small", addKey(`max_lag = "64KiB"`), "at least 1MiB"},
 		{"max lag garbage", addKey(`max_lag = "lots"`), "bad size"},
 		{"unknown key", addKey(`peer = ["b@127.0.0.3:3270"]`), `unknown key; did you mean "peers"?`},
-		{"cluster not a table", "cluster = \"a\" #!\n" + base, "expected a table"},
+		{"cluster not a table", "cluster = \"a\" #!\n" + nodeBase, "expected a table"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -249,4 +263,34 @@ func TestParsePeer(t *testing.T) {
 			t.Errorf("ParsePeer(%q) = %+v, want an error", s, p)
 		}
 	}
+}
+
+// A cluster node refuses a volume that is not on a shared (RBD) backing,
+// at the backing's line, with the reason.
+func TestClusterVolumesMustBeShared(t *testing.T) {
+	src := strings.Replace(base, `backing = "v0.img"`, `backing = "v0.img" #!`, 1) + `
+[cluster]
+node = "a"
+listen = "127.0.0.2:3270"
+peers = ["b@127.0.0.3:3270"]
+`
+	_, err := Parse("a.toml", []byte(src))
+	if err == nil {
+		t.Fatal("a cluster node accepted a file-backed volume")
+	}
+	problemAt(t, err, markedLine(t, src), `"v0.img" is a local file or device, but this is a cluster node ([cluster]): the backing must be shared by every node`)
+	// the same volume on a single node is fine
+	if _, err := Parse("s.toml", []byte(base)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A cluster node refuses the TCMU front end, at its line.
+func TestClusterRefusesTCMU(t *testing.T) {
+	src := clusterBase + "\n[tcmu]\nenabled = true #!\n"
+	_, err := Parse("a.toml", []byte(src))
+	if err == nil {
+		t.Fatal("a cluster node accepted tcmu.enabled")
+	}
+	problemAt(t, err, markedLine(t, src), "not on a cluster node")
 }

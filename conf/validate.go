@@ -164,6 +164,7 @@ func (v *validator) config(c *Config) {
 	v.tcmu(c, volumes)
 	if c.Cluster != nil {
 		v.cluster("cluster", c.Cluster)
+		v.clusterVolumes(c)
 	}
 }
 

@@ -185,7 +185,16 @@ type adminVolume struct {
 	d *Daemon
 }
 
+// errClusterMode refuses a mode that keeps dirty data on a cluster node.
+var errClusterMode = errors.New("a clustered volume keeps no dirty data until the write-back journal is replicated: " +
+	"writethrough, writearound and passthrough only")
+
 func (v adminVolume) SetMode(ctx context.Context, m admin.Mode, progress func(admin.Progress)) error {
+	if v.d.clu != nil {
+		if cm := cachecore.Mode(m); cm == cachecore.ModeWriteback || cm == cachecore.ModeWriteonly {
+			return fmt.Errorf("volume %s: mode %s: %w", v.Name(), cm, errClusterMode)
+		}
+	}
 	err := v.VolumeAPI.SetMode(ctx, m, progress)
 	// the engine switches before it drains: a cancelled drain still
 	// leaves the new mode running

@@ -23,6 +23,9 @@ type Options struct {
 	// BackingPollInterval is how often every backing device's size is
 	// checked, so that a grown device grows its volume live (0: 2 s).
 	BackingPollInterval time.Duration
+	// Clock is the time source of the cluster's peer link and ownership
+	// rules; nil is the wall clock.
+	Clock interface{ Now() time.Time }
 }
 
 // Start starts a daemon on cfg (LoadConfig): it claims the data dir, opens

@@ -29,13 +29,15 @@ import (
 // the recorded owner dead (it is: the data directory lock proves no
 // process of this data directory is running) and takes the image over at
 // once. An owner that is not the recorded one (another gateway) is never
-// broken.
-func openRBDBacking(v conf.Volume, ownerFile string) (backend.Device, error) {
+// broken, unless the caller names it in breaking: a cluster node taking a
+// volume over from a peer whose link is down (see doc.go, "Cluster
+// ownership"), which fences that peer.
+func openRBDBacking(v conf.Volume, ownerFile string, breaking ...string) (backend.Device, error) {
 	spec, err := rbd.ParseSpec(v.Backing)
 	if err != nil {
 		return nil, err
 	}
-	var dead []string
+	dead := append([]string(nil), breaking...)
 	if b, err := os.ReadFile(ownerFile); err == nil {
 		if s := strings.TrimSpace(string(b)); s != "" {
 			dead = append(dead, s)

@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
@@ -105,6 +106,9 @@ type Daemon struct {
 	// resize follows the backing devices' sizes (backing_resize.go); set
 	// once at start.
 	resize *resizeWatch
+	// clu is the cluster node's part (nil on a single node); set once at
+	// start.
+	clu *clusterd
 }
 
 // noteAdminMode records a mode switch made through the admin API.
@@ -177,6 +181,15 @@ func start(ctx context.Context, cfg *conf.Config, opts Options) (d *Daemon, err 
 		}
 	}
 	d.eng = newEngine(log)
+	clock := opts.Clock
+	if clock == nil {
+		clock = realClock{}
+	}
+	if cfg.Cluster != nil {
+		if d.clu, err = newClusterd(d, cfg, clock); err != nil {
+			return d, err
+		}
+	}
 	// Backing devices are opened (claimed, checked, created when
 	// backing_size says so) before any cache file: a missing or foreign
 	// backing must refuse the start before a large cache file is created
@@ -190,6 +203,14 @@ func start(ctx context.Context, cfg *conf.Config, opts Options) (d *Daemon, err 
 		}
 	}()
 	for i, v := range cfg.Volumes {
+		if d.clu != nil {
+			// a clustered volume's image is watched, not taken: the
+			// ownership rules take it once the caches are open
+			if err := d.clu.openVolume(v, d.path(v.Backing)+rbdOwnerSuffix); err != nil {
+				return d, fmt.Errorf("volume %s: %w", v.Name, err)
+			}
+			continue
+		}
 		dev, err := openBacking(v, d.path(v.Backing))
 		if err != nil {
 			return d, fmt.Errorf("volume %s: %w", v.Name, err)
@@ -205,7 +226,16 @@ func start(ctx context.Context, cfg *conf.Config, opts Options) (d *Daemon, err 
 		}
 	}
 	d.logRecovered(cfg.Caches)
+	if d.clu != nil {
+		// the peer link, then each volume taken or left to its owner
+		if err := d.clu.start(ctx, clock); err != nil {
+			return d, fmt.Errorf("cluster: %w", err)
+		}
+	}
 	for i, v := range cfg.Volumes {
+		if devs[i] == nil {
+			continue // clustered
+		}
 		if err := d.eng.addVolume(ctx, v, devs[i]); err != nil {
 			return d, fmt.Errorf("volume %s: %w", v.Name, err)
 		}
@@ -260,6 +290,9 @@ func start(ctx context.Context, cfg *conf.Config, opts Options) (d *Daemon, err 
 		return d, err
 	}
 
+	if d.clu != nil {
+		d.clu.run()
+	}
 	d.mu.Lock()
 	d.serving = true
 	for _, pl := range d.portals {
@@ -268,6 +301,11 @@ func start(ctx context.Context, cfg *conf.Config, opts Options) (d *Daemon, err 
 	d.mu.Unlock()
 	return d, nil
 }
+
+// realClock is the wall clock.
+type realClock struct{}
+
+func (realClock) Now() time.Time { return time.Now() }
 
 // portalListener is one portal's listener and the Serve loop running on it.
 type portalListener struct {
@@ -333,11 +371,30 @@ func (d *Daemon) closePortal(p string) {
 // addLU maps LUN l of target iqn to its volume, with wce its configured
 // write cache.
 func (d *Daemon) addLU(st *scsi.Target, iqn string, l conf.LUN, wce bool) error {
+	id := scsi.LUNIdentity(iqn, l.Volume)
+	if d.clu != nil {
+		// the same identity on every node (target IQN and volume name),
+		// the ALUA groups of every node, the volume switched at takeover
+		return d.clu.addLU(l.Volume, func(vol scsi.Volume, alua *scsi.ALUAConfig) (*scsi.LU, error) {
+			lu, err := st.AddLU(l.LUN, scsi.LUConfig{
+				Volume:       d.latency.InstrumentVolume(l.Volume, vol),
+				SerialNumber: id.Serial,
+				DeviceID:     id.DeviceID,
+				Thin:         l.Thin,
+				StatePath:    d.lunStatePath(iqn, l.LUN),
+				WriteCache:   wce,
+				ALUA:         alua,
+			})
+			if err != nil {
+				return nil, fmt.Errorf("target %s: LUN %d: %w", iqn, l.LUN, err)
+			}
+			return lu, nil
+		})
+	}
 	vol, ok := d.eng.volume(l.Volume)
 	if !ok {
 		return fmt.Errorf("target %s: LUN %d: volume %s not open", iqn, l.LUN, l.Volume)
 	}
-	id := scsi.LUNIdentity(iqn, l.Volume)
 	if _, err := st.AddLU(l.LUN, scsi.LUConfig{
 		Volume:       d.latency.InstrumentVolume(l.Volume, vol),
 		SerialNumber: id.Serial,
@@ -358,7 +415,12 @@ func (d *Daemon) iscsiTarget(t conf.Target, st *scsi.Target) iscsi.TargetConfig 
 	for i, p := range t.Portals {
 		portals[i] = d.portalAddr[p]
 	}
-	tc := iscsi.TargetConfig{Name: t.IQN, Alias: t.Alias, SCSI: st, Portals: portals, TPGT: 1,
+	tpgt := uint16(1)
+	if d.clu != nil {
+		// the node's target port group: relative port ids differ per node
+		tpgt = d.clu.tpgt()
+	}
+	tc := iscsi.TargetConfig{Name: t.IQN, Alias: t.Alias, SCSI: st, Portals: portals, TPGT: tpgt,
 		Initiators: t.Initiators}
 	if t.CHAP != nil {
 		tc.CHAP = iscsiCHAP(t.CHAP)
@@ -399,11 +461,19 @@ func (d *Daemon) shutdown(ctx context.Context) error {
 	d.mu.Unlock()
 	d.serveWG.Wait()
 	d.stopTCMU()
+	if d.clu != nil {
+		d.clu.stopOwnership() // nothing is taken over while the engine closes
+	}
 	if d.eng != nil {
 		// not bounded by ctx: closing persists the open ksets, which must
-		// finish for a clean restart
+		// finish for a clean restart; it releases the images' locks
 		if err := d.eng.close(context.Background()); err != nil {
 			errs = append(errs, err)
+		}
+	}
+	if d.clu != nil {
+		if err := d.clu.close(); err != nil {
+			errs = append(errs, fmt.Errorf("cluster: %w", err))
 		}
 	}
 	d.logDirtyLeft()
@@ -428,13 +498,22 @@ func (d *Daemon) lunURLs() []lunURL {
 				out = append(out, lunURL{
 					url:    fmt.Sprintf("iscsi://%s/%s/%d", d.portalAddr[p], t.IQN, l.LUN),
 					volume: l.Volume,
-					mode:   d.volumeConf(l.Volume).Mode,
+					mode:   d.volumeMode(l.Volume),
 				})
 			}
 		}
 	}
 	sort.SliceStable(out, func(i, j int) bool { return out[i].url < out[j].url })
 	return out
+}
+
+// volumeMode is the mode a volume runs in as configured: its file's, or
+// writethrough for a clustered volume. Caller holds d.mu.
+func (d *Daemon) volumeMode(name string) string {
+	if d.clu != nil {
+		return clusterMode
+	}
+	return d.volumeConf(name).Mode
 }
 
 func (d *Daemon) volumeConf(name string) conf.Volume {

@@ -26,6 +26,95 @@
 //   - LUN identities come from scsi.LUNIdentity (target IQN and volume
 //     name), so they survive restarts and reloads.
 //
+// # Cluster node
+//
+// With a [cluster] table (conf refuses a volume that is not an RBD image
+// there: the backing must be shared) the daemon is one node of a cluster
+// of gateways (issue 18). It opens a watch on every volume's image (a
+// NoLock librbd handle that never writes) before the caches, starts the
+// peer link (cluster.Node) once the caches are open and before the
+// portals serve, decides each volume's ownership, and closes the link at
+// shutdown after the engine (whose close releases the images' locks).
+// The link's Receiver refuses every shipment (nothing is replicated yet);
+// its Handler answers "owner" (a peer took a volume over) and "take" (a
+// peer released a volume for this node).
+//
+// Current behaviour, until the write-back journal is replicated (issue
+// 18, item 4): every clustered volume runs writethrough whatever its mode
+// says (logged at start, shown by volume show, status and the LUN ready
+// lines; the admin API refuses writeback and writeonly). A node never
+// holds dirty data of a clustered volume another node does not have, so
+// the death of a node loses nothing it acknowledged. Write-back across
+// nodes comes with replication. A reload that changes volumes, targets
+// or LUNs (or the TCMU exports) is refused on a cluster node.
+//
+// # Cluster ownership
+//
+// One node owns a volume at a time: it holds the image's exclusive lock,
+// is the only node that writes the image, and serves the volume. The
+// holder records itself ({cluster, node, lock owner address}) in the
+// image's metadata (cachelun.cluster.owner), so the others can tell
+// which node holds a lock; a record whose address is not the lock
+// holder's names nobody. The rules (owner.go; every 500 ms and at once
+// when a peer announces a takeover):
+//
+//  1. At start a node takes the lock of each volume whose lock is free,
+//     held by a client without a watch on the image (dead), or held by its
+//     own dead predecessor (the lock owner this data directory recorded);
+//     it owns those. It never breaks the live lock of another client:
+//     when one holds the lock the node is standby.
+//  2. A standby whose lock holder is a peer node takes the volume over
+//     only when that peer's link has been down — nothing heard on this
+//     node's link to it and no link of its own to this node — for
+//     peer_timeout (counted from this node's start at the latest) AND
+//     the lock's holder is still that peer: it breaks that holder's lock
+//     (rbd_lock_break, which blocklists the holder's client at the OSDs:
+//     the fence), takes the lock, attaches the volume to its cache with
+//     whatever it cached of it before dropped (another node wrote the
+//     image meanwhile; writethrough leaves no dirty data to keep), makes
+//     its group active/optimized and tells the reachable peers.
+//     cachelun_cluster_failovers_total counts it.
+//  3. A lock whose holder's link is up is never broken, even when the
+//     holder's watch expired (it is cut off from Ceph, not from its
+//     peer). A live holder that is no node of this cluster (another
+//     gateway, an rbd command) is never broken; a dead one is.
+//  4. A lock released by a clean shutdown (the engine closes the image)
+//     is free: a standby takes it at its next step, without breaking
+//     anything.
+//  5. An owner that finds its lock gone (librbd says it no longer holds
+//     it, or a request was refused as fenced) makes the volume
+//     unavailable at once: its group unavailable, the logical units'
+//     volume the refusing stub, the fence gate failing the engine's
+//     volume. It stays unavailable until a restart, never taking the
+//     lock back: in a partition between two nodes that both reach Ceph,
+//     the standby fences the owner after peer_timeout and only the new
+//     holder serves; the old owner's writes fail at the OSDs
+//     (blocklisted) and it goes unavailable when it notices (within 500
+//     ms, or at its first fenced request). Until it notices, a read hit
+//     of its cache may still answer from data the new owner has since
+//     overwritten: hosts following ALUA use the active/optimized path,
+//     and the window is bounded by the poll.
+//  6. A node that restarts finds the lock held by the live owner and is
+//     standby (its links are up within peer_timeout of its start).
+//  7. A planned move (cachelun volume move NAME NODE, on the owner, with
+//     NODE's link up): the owner's group goes transitioning (hosts retry
+//     on 04h/0Ah), the volume is flushed and removed from the engine
+//     (waiting for the commands in flight; closing the image releases the
+//     lock), the owner becomes standby and asks NODE ("take" request) to
+//     take the free lock, which it does at once (rule 1's free lock, no
+//     fencing). For 10 s no other node takes that free lock, so NODE gets
+//     it even if it was not told.
+//
+// ALUA: node names sorted are target port groups 1..N, each with one
+// relative port, the node's iSCSI target portal group tag. Every logical
+// unit of a clustered volume lists every group: the owner's
+// active/optimized, this node's as its state says (standby, unavailable),
+// the others standby. A standby logical unit serves a stub volume with
+// the image's size (READ CAPACITY answers) that refuses all I/O and never
+// touches the image; at takeover the logical unit switches to the
+// engine's volume. LUN identities come from scsi.LUNIdentity (target IQN
+// and volume name), the same on every node.
+//
 // # Goroutines
 //
 // Each portal listener's Serve loop (joined by closePortal and, at
@@ -33,7 +122,10 @@
 // (tcmuDone) and the resize watcher (backing_resize.go: a backing device
 // that grew grows its volume live, and its LUNs report the new capacity
 // with CAPACITY DATA HAS CHANGED; one that shrank is reported, never
-// followed). All are started and joined by the Daemon.
+// followed). On a cluster node: the cluster.Node's (joined by its
+// Close), the ownership loop and the peer announcements of a takeover
+// (joined by clusterd.stopOwnership, before the engine closes). All are
+// started and joined by the Daemon.
 //
 // # Lock order
 //
@@ -61,6 +153,12 @@
 //     resize watcher polls with no lock held and follows a growth under
 //     reloadMu taken with TryLock (while a reload runs it waits for its
 //     next round), then Daemon.mu and engine.mu as above.
+//  7. On a cluster node: clusterVolume.mu (a clustered volume's logical
+//     units; held while one is added and while their ALUA states change)
+//     → ownership.mu (the volumes' states; never held across a lock call,
+//     a hook or a peer call) → the logical units' ALUA lock. The ownership
+//     loop calls its hooks (attach: the engine; changed: clusterVolume.mu)
+//     without ownership.mu.
 //
 // The engine's, the SCSI layer's and the iSCSI server's locks are their
 // packages' (see their doc.go) and always come after these.

@@ -244,6 +244,36 @@ func (e *engine) kickSizes() {
 	}
 }
 
+// addVolumeFresh adds a clustered volume whose image this node just took
+// the lock of: whatever its cache holds of it from an earlier run is
+// dropped first (another node may have written the image meanwhile), so
+// the volume starts with nothing cached. Dirty data of it — only left by a
+// run before the volume was clustered, clustered volumes run writethrough
+// — is written back to the image first, as the cache's removal of a volume
+// always does. On success the engine owns dev.
+func (e *engine) addVolumeFresh(ctx context.Context, v conf.Volume, dev backend.Device) error {
+	oc, ok := e.cache(v.Cache)
+	if !ok {
+		return fmt.Errorf("cache %s is not open", v.Cache)
+	}
+	vc, err := volumeConfig(v)
+	if err != nil {
+		return err
+	}
+	vol, err := oc.cache.AddVolume(ctx, v.Name, dev, vc)
+	if err != nil {
+		return err
+	}
+	if n := vol.Stats().DirtyBytes; n > 0 {
+		e.log.Warn("cluster: the cache holds dirty data of the volume from before it was clustered; writing it back before serving",
+			"volume", v.Name, "dirty_bytes", n)
+	}
+	if err := oc.cache.RemoveVolume(ctx, v.Name, nil); err != nil {
+		return fmt.Errorf("dropping the cached data: %w", err)
+	}
+	return e.addVolume(ctx, v, dev)
+}
+
 // removeVolume drains the volume's dirty data to its backing device
 // (reporting progress), detaches it from its cache and closes the device.
 func (e *engine) removeVolume(ctx context.Context, cacheName, name string, progress func(cachecore.Progress)) error {

@@ -49,6 +49,9 @@ func (d *Daemon) reload(ctx context.Context, dryRun bool) (string, error) {
 	if err := d.tcmuBound(old, next); err != nil {
 		return plan.String(), err
 	}
+	if err := d.clusterReload(plan.Changes); err != nil {
+		return plan.String(), err
+	}
 	if dryRun {
 		return plan.String(), nil
 	}
@@ -76,6 +79,11 @@ func (d *Daemon) reload(ctx context.Context, dryRun bool) (string, error) {
 // today a volume's cache mode (the admin API's `volume mode`).
 func (d *Daemon) liveValues(old *conf.Config) []reconcile.LiveValue {
 	var out []reconcile.LiveValue
+	if d.clu != nil {
+		// a clustered volume's running writethrough is the cluster's,
+		// not a live change a reload would undo
+		return nil
+	}
 	for _, v := range old.Volumes {
 		vol, ok := d.eng.cacheVolume(v.Name)
 		if !ok {
@@ -93,6 +101,26 @@ func (d *Daemon) liveValues(old *conf.Config) []reconcile.LiveValue {
 			Value: string(running), Source: source})
 	}
 	return out
+}
+
+// errClusterReload refuses a live change of volumes or targets on a
+// cluster node.
+var errClusterReload = errors.New("a cluster node applies changes of volumes, targets and LUNs at a restart " +
+	"(ownership and ALUA states are set up when it starts); nothing applied")
+
+// clusterReload refuses, on a cluster node, a plan that changes volumes,
+// targets or the TCMU exports.
+func (d *Daemon) clusterReload(p conf.Plan) error {
+	if d.clu == nil {
+		return nil
+	}
+	for _, c := range p.Changes {
+		switch c.Section {
+		case conf.SectionVolume, conf.SectionTarget, conf.SectionTCMU:
+			return fmt.Errorf("%s: %w", c, errClusterReload)
+		}
+	}
+	return nil
 }
 
 // loadForReload loads the file the daemon was started with and carries the

@@ -149,6 +149,9 @@ type daemon struct {
 	log     *lockedBuffer
 	exited  chan struct{}
 	waitErr error
+	// listen is the --listen address ("" is 127.0.0.1:0): cluster tests
+	// put their nodes on 127.0.0.2, 127.0.0.3, ...
+	listen string
 	// quickStart runs `cachelun serve --listen 127.0.0.1:0` and nothing
 	// else, in the parent of dataDir (which is named cachelun-data), as
 	// the README's quick start does.
@@ -179,7 +182,13 @@ var urlPattern = regexp.MustCompile(`url=(iscsi://\S+)`)
 // its ready lines.
 func startDaemon(t *testing.T, dataDir, config string) *daemon {
 	t.Helper()
-	d := &daemon{t: t, dataDir: dataDir, config: config}
+	return startDaemonOn(t, "", dataDir, config)
+}
+
+// startDaemonOn is startDaemon with the portals on listen (HOST:PORT).
+func startDaemonOn(t *testing.T, listen, dataDir, config string) *daemon {
+	t.Helper()
+	d := &daemon{t: t, dataDir: dataDir, config: config, listen: listen}
 	d.start()
 	t.Cleanup(func() {
 		if d.running() {
@@ -198,7 +207,11 @@ func (d *daemon) start() {
 	t.Helper()
 	// tests run daemons side by side: none may take the default metrics
 	// port 9420 of the embedded default
-	args := []string{"serve", "--data-dir", d.dataDir, "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"}
+	listen := d.listen
+	if listen == "" {
+		listen = "127.0.0.1:0"
+	}
+	args := []string{"serve", "--data-dir", d.dataDir, "--listen", listen, "--metrics", "127.0.0.1:0"}
 	if d.config != "" {
 		args = append(args, "--config", d.config)
 	}

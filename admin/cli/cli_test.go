@@ -118,6 +118,10 @@ func TestExitCodes(t *testing.T) {
 		{"cache bad sub", cli.Cache, []string{"frob"}, cli.ExitUsage, "usage: cachelun cache"},
 		{"stats bad sub", cli.Stats, []string{"clear"}, cli.ExitUsage, "usage: cachelun stats reset"},
 		{"config bad sub", cli.Config, nil, cli.ExitUsage, "usage: cachelun config show"},
+		{"move without node", cli.Volume, []string{"move", "db1"}, cli.ExitUsage, "want the volume and the node"},
+		{"move on a single node", cli.Volume, []string{"move", "db1", "b", "--socket", f.socket}, cli.ExitFailed, "not a cluster node"},
+		{"cluster bad sub", cli.Cluster, []string{"move"}, cli.ExitUsage, "usage: cachelun cluster status"},
+		{"cluster not a cluster node", cli.Cluster, []string{"status", "--socket", f.socket}, cli.ExitFailed, "not a cluster node"},
 	} {
 		code, _, errOut := runCtx(context.Background(), tc.cmd, tc.args...)
 		if code != tc.want {
@@ -470,6 +474,7 @@ func TestHelpOnStdout(t *testing.T) {
 		{cli.Explain, []string{"-help"}, "usage: cachelun explain"},
 		{cli.Config, []string{"show", "--help"}, "usage: cachelun config show"},
 		{cli.Stats, []string{"help"}, "usage: cachelun stats reset"},
+		{cli.Cluster, []string{"status", "--help"}, "usage: cachelun cluster status"},
 	} {
 		code, out, errOut := runCtx(context.Background(), tc.cmd, tc.args...)
 		if code != cli.ExitOK || !strings.HasPrefix(out, tc.want) || errOut != "" {

@@ -128,7 +128,7 @@ func writeJobTable(w io.Writer, jobs []admin.Job) {
 	tw.Flush()
 }
 
-// Volume runs `cachelun volume list|show|mode|flush|drain`.
+// Volume runs `cachelun volume list|show|mode|flush|drain|move`.
 func Volume(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	sub, rest := subcommand(args)
 	switch sub {
@@ -140,8 +140,10 @@ func Volume(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return volumeMode(ctx, rest, stdout, stderr)
 	case "flush", "drain":
 		return volumeFlushDrain(ctx, sub, rest, stdout, stderr)
+	case "move":
+		return volumeMove(ctx, rest, stdout, stderr)
 	default:
-		return groupUsage(sub, rest, "volume list|show NAME|mode NAME MODE|flush NAME|drain NAME [flags]", stdout, stderr)
+		return groupUsage(sub, rest, "volume list|show NAME|mode NAME MODE|flush NAME|drain NAME|move NAME NODE [flags]", stdout, stderr)
 	}
 }
 

@@ -13,7 +13,7 @@ import (
 
 const (
 	statusUsage  = "status [--socket PATH] [--json]"
-	volumeUsage  = "volume list|show NAME|mode NAME MODE|flush NAME|drain NAME [--no-wait] [--json]"
+	volumeUsage  = "volume list|show NAME|mode NAME MODE|flush NAME|drain NAME|move NAME NODE [--no-wait] [--json]"
 	cacheUsage   = "cache list|detach NAME [--json]"
 	sessionUsage = "session list [--json]"
 	jobUsage     = "job list|show ID|cancel ID [--json]"
@@ -21,7 +21,12 @@ const (
 	explainUsage = "explain VOLUME LBA [--json]"
 	configUsage  = "config show [--secrets] [--json]"
 	statsUsage   = "stats reset [--json]"
+	clusterUsage = "cluster status [--json]"
 )
+
+func runCluster(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	return cli.Cluster(ctx, args, stdout, stderr)
+}
 
 func runConfig(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return cli.Config(ctx, args, stdout, stderr)

@@ -35,6 +35,7 @@ func commands() map[string]command {
 		"version": {runVersion, "version (also --version)"},
 		"config":  {runConfig, configUsage},
 		"stats":   {runStats, statsUsage},
+		"cluster": {runCluster, clusterUsage},
 	}
 }
 

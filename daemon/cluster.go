@@ -1,0 +1,651 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cachelun/cachelun/admin"
+	"github.com/cachelun/cachelun/backend"
+	"github.com/cachelun/cachelun/backend/rbd"
+	"github.com/cachelun/cachelun/cluster"
+	"github.com/cachelun/cachelun/conf"
+	"github.com/cachelun/cachelun/internal/blk"
+	"github.com/cachelun/cachelun/target/scsi"
+)
+
+// clusterMode is the cache mode of every clustered volume, whatever the
+// file's mode says: no other node holds a clustered volume's dirty data
+// until the write-back journal is replicated (issue 18, item 4), so the
+// owner keeps none and its death loses nothing acknowledged.
+const clusterMode = "writethrough"
+
+// ownershipInterval is how often the ownership rules run: a standby reads
+// the image's lock holder, an owner checks that it still holds the lock.
+const ownershipInterval = 500 * time.Millisecond
+
+// ownerMetaKey is the image metadata key in which the holder of a
+// clustered volume's lock records itself (ownerRecord as JSON).
+const ownerMetaKey = "cachelun.cluster.owner"
+
+// Request kinds of the peer link's Handler.
+const (
+	// reqOwner: the calling node now owns the volume in the body
+	// (ownerNote); the receiver shows it and checks its own lock.
+	reqOwner = "owner"
+	// reqTake: the calling node released the volume in the body
+	// (ownerNote) for the receiver, which takes its free lock at once.
+	reqTake = "take"
+)
+
+// errRBDLocked is rbd.ErrLocked under the name the ownership code tests.
+var errRBDLocked = rbd.ErrLocked
+
+// errNoReplication is every shipment's refusal: this node does not
+// mirror write-back journals yet.
+var errNoReplication = errors.New("cluster: this node does not mirror write-back journals yet " +
+	"(clustered volumes run writethrough; replication comes with issue 18, item 4)")
+
+// errNotCluster is returned by the cluster status of a single node.
+var errNotCluster = errors.New("this daemon is not a cluster node (no [cluster] table)")
+
+// errUnknownRequest answers a request kind this node does not know.
+var errUnknownRequest = errors.New("cluster: unknown request")
+
+// clusterd is a cluster node's part of the daemon: the peer link
+// (cluster.Node), the ownership of every clustered volume and the ALUA
+// states of their logical units.
+type clusterd struct {
+	d      *Daemon
+	cfg    conf.Cluster
+	log    *slog.Logger
+	node   *cluster.Node
+	own    *ownership
+	groups map[string]uint16 // node name → target port group id (names sorted → 1..N)
+	vols   map[string]*clusterVolume
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // the ownership loop and the announcements
+}
+
+// clusterVolume is one clustered volume: its configuration (mode forced
+// to writethrough), its image lock, the volume its logical units serve
+// (switched from the standby stub to the engine's at takeover) and those
+// logical units. mu → ownership.mu; mu is held while a logical unit is
+// added and while the ALUA states of its logical units change, so both
+// use the latest ownership view.
+type clusterVolume struct {
+	conf conf.Volume
+	lock *rbdLock
+	sw   *switchVolume
+
+	mu  sync.Mutex
+	lus []*scsi.LU
+}
+
+// newClusterd prepares the cluster part of a daemon on cfg (with
+// [cluster]); start runs it.
+func newClusterd(d *Daemon, cfg *conf.Config, clock interface{ Now() time.Time }) (*clusterd, error) {
+	c := &clusterd{d: d, cfg: *cfg.Cluster, log: d.log.With("component", "cluster"), groups: map[string]uint16{},
+		vols: map[string]*clusterVolume{}}
+	names := []string{c.cfg.Node}
+	var peers []string
+	for _, p := range cfg.ClusterPeers() {
+		names = append(names, p.Name)
+		peers = append(peers, p.Name)
+	}
+	sort.Strings(names)
+	for i, n := range names {
+		c.groups[n] = uint16(i + 1)
+	}
+	m, err := newOwnerMetrics(d.registry)
+	if err != nil {
+		return nil, err
+	}
+	c.own = newOwnership(c.cfg.Node, peers, c.cfg.PeerTimeout.D, clock, c.log, c.linkSeen, c, m)
+	return c, nil
+}
+
+// tpgt is this node's target portal group tag, its target port group id.
+func (c *clusterd) tpgt() uint16 { return c.groups[c.cfg.Node] }
+
+// openVolume opens the watch on a clustered volume's image (NoLock: it
+// takes nothing) and registers the volume; it is taken (or not) by start.
+func (c *clusterd) openVolume(v conf.Volume, ownerFile string) error {
+	v.Mode = clusterMode
+	nodes := map[string]bool{}
+	for n := range c.groups {
+		nodes[n] = true
+	}
+	l, err := openRBDLock(v, ownerFile, c.cfg.Name, c.cfg.Node, nodes)
+	if err != nil {
+		return err
+	}
+	size := l.watch.Size() &^ int64(v.BlockSize-1)
+	sw := &switchVolume{}
+	sw.set(standbyVolume{name: v.Name, size: size, bs: v.BlockSize})
+	c.vols[v.Name] = &clusterVolume{conf: v, lock: l, sw: sw}
+	c.own.add(v.Name, l)
+	return nil
+}
+
+// start starts the peer link and takes the volumes it can (ownership
+// start). The engine's caches are open.
+func (c *clusterd) start(ctx context.Context, clock cluster.Clock) error {
+	var modes []string
+	for _, v := range c.d.cfg.Volumes {
+		modes = append(modes, v.Name+"="+v.Mode)
+	}
+	c.log.Warn("cluster node: every clustered volume runs writethrough whatever its mode says, until the write-back journal is replicated",
+		"node", c.cfg.Node, "target_port_group", c.tpgt(), "configured_modes", modes)
+	ccfg := cluster.ConfigFrom(&c.cfg)
+	ccfg.Receiver = refuseReceiver{}
+	ccfg.Handler = c
+	ccfg.Logger = c.log
+	ccfg.Clock = clock
+	ccfg.Registry = c.d.registry
+	node, err := cluster.Start(context.Background(), ccfg)
+	if err != nil {
+		return err
+	}
+	c.node = node
+	return c.own.start(ctx)
+}
+
+// run starts the ownership loop (after the logical units exist).
+func (c *clusterd) run() {
+	ctx, cancel := context.WithCancel(context.Background())
+	c.cancel = cancel
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		c.own.run(ctx, ownershipInterval)
+	}()
+}
+
+// stopOwnership stops the ownership loop and waits for it and the
+// announcements in flight.
+func (c *clusterd) stopOwnership() {
+	if c.cancel != nil {
+		c.cancel()
+	}
+	c.wg.Wait()
+}
+
+// close closes the peer link and the images' watches (the engine closed
+// the images this node owned, releasing their locks).
+func (c *clusterd) close() error {
+	var errs []error
+	if c.node != nil {
+		errs = append(errs, c.node.Close())
+	}
+	for _, cv := range c.vols {
+		errs = append(errs, cv.lock.close())
+	}
+	return errors.Join(errs...)
+}
+
+// linkSeen is ownership's view of a peer's links.
+func (c *clusterd) linkSeen(peer string) (time.Time, bool) {
+	if c.node == nil {
+		return time.Time{}, false
+	}
+	l := c.node.Link(peer)
+	if l == nil {
+		return time.Time{}, false
+	}
+	ps := l.Snapshot()
+	return ps.LastHeard, ps.Inbound
+}
+
+// attach serves a volume on a lock just taken (ownerHooks).
+func (c *clusterd) attach(ctx context.Context, volume string, h heldLock) error {
+	cv := c.vols[volume]
+	rh, ok := h.(*rbdHeld)
+	if !ok {
+		return fmt.Errorf("volume %s: not an RBD lock", volume)
+	}
+	if err := c.d.eng.addVolumeFresh(ctx, cv.conf, rh.dev); err != nil {
+		return err
+	}
+	vol, ok := c.d.eng.volume(volume)
+	if !ok {
+		return fmt.Errorf("volume %s: not open after attach", volume)
+	}
+	cv.sw.set(vol)
+	// an owner needs no watch (it never goes back to standby), and a
+	// watch it left behind when killed would linger for 30 s, unfenced:
+	// every lock change and close of the next owner would wait for its
+	// acknowledgement. Its lock's client is the one blocklisted.
+	if err := cv.lock.closeWatch(); err != nil {
+		c.log.Debug("cluster: closing the image's watch", "volume", volume, "err", err)
+	}
+	return nil
+}
+
+// changed makes the ALUA states of the volume's logical units follow its
+// ownership (ownerHooks).
+func (c *clusterd) changed(volume string, st ownState, owner string) {
+	cv := c.vols[volume]
+	if cv == nil {
+		return
+	}
+	if st == ownStandby || st == ownUnavailable {
+		// nothing of the volume is served here any more (ALUA refuses
+		// the I/O already; this is the backstop). A moving volume keeps
+		// serving the commands past the ALUA check until release.
+		cv.sw.set(standbyVolume{name: volume, size: cv.sw.Size(), bs: cv.conf.BlockSize, unavailable: st == ownUnavailable})
+	}
+	cv.mu.Lock()
+	defer cv.mu.Unlock()
+	states := c.aluaStates(volume)
+	for _, lu := range cv.lus {
+		if _, err := lu.SetTargetPortGroupStates(states); err != nil {
+			c.log.Error("cluster: ALUA state change failed", "volume", volume, "err", err)
+		}
+	}
+	c.log.Info("cluster: volume ownership", "volume", volume, "this_node", string(st), "owner", orUnknown(owner),
+		"alua", scsi.ALUAState(states[c.tpgt()]).String())
+}
+
+// release stops serving a volume this node moves away (ownerHooks): the
+// engine flushes and removes it (waiting for the commands in flight; the
+// image's close releases the lock), the logical units get the stub, and
+// the image is watched again.
+func (c *clusterd) release(ctx context.Context, volume string) error {
+	cv := c.vols[volume]
+	if vol, ok := c.d.eng.cacheVolume(volume); ok {
+		if err := vol.Flush(ctx); err != nil {
+			return err
+		}
+	}
+	if err := c.d.eng.removeVolume(ctx, cv.conf.Cache, volume, nil); err != nil {
+		return err
+	}
+	cv.sw.set(standbyVolume{name: volume, size: cv.sw.Size(), bs: cv.conf.BlockSize})
+	return cv.lock.reopenWatch()
+}
+
+// handOver asks node to take volume (ownerHooks).
+func (c *clusterd) handOver(ctx context.Context, volume, node string) error {
+	l := c.node.Link(node)
+	if l == nil {
+		return fmt.Errorf("no link to %s", node)
+	}
+	body, _ := json.Marshal(ownerNote{Volume: volume})
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.PeerTimeout.D)
+	defer cancel()
+	_, err := l.Call(ctx, reqTake, body)
+	return err
+}
+
+// moveVolume is `cachelun volume move NAME NODE` on this node.
+func (c *clusterd) moveVolume(ctx context.Context, volume, node string) error {
+	return c.own.move(ctx, volume, node)
+}
+
+// MoveVolume implements admin.VolumeMover.
+func (b *adminBackend) MoveVolume(ctx context.Context, volume, node string) error {
+	if b.d.clu == nil {
+		return errNotCluster
+	}
+	return b.d.clu.moveVolume(ctx, volume, node)
+}
+
+// ownerNote is the body of a reqOwner request.
+type ownerNote struct {
+	Volume string `json:"volume"`
+}
+
+// announce tells every peer that can be reached that this node owns
+// volume now (ownerHooks). The calls run in the background, each bounded.
+func (c *clusterd) announce(volume string) {
+	if c.node == nil {
+		return
+	}
+	body, _ := json.Marshal(ownerNote{Volume: volume})
+	for _, l := range c.node.Links() {
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), c.cfg.PeerTimeout.D)
+			defer cancel()
+			if _, err := l.Call(ctx, reqOwner, body); err != nil {
+				c.log.Debug("cluster: peer not told of the new owner", "peer", l.Peer().Name, "volume", volume, "err", err)
+			}
+		}()
+	}
+}
+
+// Handle answers the peers' control requests (cluster.Handler).
+func (c *clusterd) Handle(_ context.Context, from, kind string, body []byte) ([]byte, error) {
+	switch kind {
+	case reqOwner:
+		var n ownerNote
+		if err := json.Unmarshal(body, &n); err != nil {
+			return nil, fmt.Errorf("cluster: %s request: %w", kind, err)
+		}
+		c.own.noteOwner(n.Volume, from)
+		return nil, nil
+	case reqTake:
+		var n ownerNote
+		if err := json.Unmarshal(body, &n); err != nil {
+			return nil, fmt.Errorf("cluster: %s request: %w", kind, err)
+		}
+		c.log.Info("cluster: a peer hands a volume over to this node", "volume", n.Volume, "from", from)
+		c.own.noteTake(n.Volume)
+		return nil, nil
+	}
+	return nil, fmt.Errorf("%w %q", errUnknownRequest, kind)
+}
+
+// refuseReceiver refuses every shipment: no replication yet.
+type refuseReceiver struct{}
+
+func (refuseReceiver) Receive(context.Context, string, []cluster.Shipment) error {
+	return errNoReplication
+}
+
+// aluaStates are the target port group states of a volume's logical units
+// on this node: the owner's group active/optimized, this node's group as
+// its state says, every other group standby. Caller holds cv.mu.
+func (c *clusterd) aluaStates(volume string) map[uint16]scsi.ALUAState {
+	view, _ := c.own.volumeView(volume)
+	states := map[uint16]scsi.ALUAState{}
+	for _, id := range c.groups {
+		states[id] = scsi.ALUAStandby
+	}
+	if id, ok := c.groups[view.Owner]; ok {
+		states[id] = scsi.ALUAActiveOptimized
+	}
+	switch view.State {
+	case ownOwner:
+		states[c.tpgt()] = scsi.ALUAActiveOptimized
+	case ownStandby:
+		states[c.tpgt()] = scsi.ALUAStandby
+	case ownMoving:
+		states[c.tpgt()] = scsi.ALUATransitioning
+	default:
+		states[c.tpgt()] = scsi.ALUAUnavailable
+	}
+	return states
+}
+
+// aluaConfig is the ALUA setup of a new logical unit of volume: one
+// target port group per node, whose one port is the node's TPGT. Caller
+// holds cv.mu.
+func (c *clusterd) aluaConfig(volume string) *scsi.ALUAConfig {
+	states := c.aluaStates(volume)
+	cfg := &scsi.ALUAConfig{}
+	for _, id := range c.groups {
+		cfg.Groups = append(cfg.Groups, scsi.TargetPortGroup{ID: id, State: states[id], RelativePorts: []uint16{id}})
+	}
+	slices.SortFunc(cfg.Groups, func(a, b scsi.TargetPortGroup) int { return int(a.ID) - int(b.ID) })
+	return cfg
+}
+
+// addLU adds a logical unit of a clustered volume with its ALUA setup.
+func (c *clusterd) addLU(volume string, add func(vol scsi.Volume, alua *scsi.ALUAConfig) (*scsi.LU, error)) error {
+	cv := c.vols[volume]
+	cv.mu.Lock()
+	defer cv.mu.Unlock()
+	lu, err := add(cv.sw, c.aluaConfig(volume))
+	if err != nil {
+		return err
+	}
+	cv.lus = append(cv.lus, lu)
+	return nil
+}
+
+// status is GET /v1/cluster.
+func (c *clusterd) status() (admin.ClusterResponse, error) {
+	snap, err := json.Marshal(c.node.Snapshot())
+	if err != nil {
+		return admin.ClusterResponse{}, err
+	}
+	r := admin.ClusterResponse{Node: c.cfg.Node, TargetPortGroup: c.tpgt(), Snapshot: snap}
+	for name, id := range c.groups {
+		r.Groups = append(r.Groups, admin.ClusterGroup{Node: name, ID: id})
+	}
+	sort.Slice(r.Groups, func(i, j int) bool { return r.Groups[i].ID < r.Groups[j].ID })
+	for _, v := range c.own.view() {
+		cv := c.vols[v.Volume]
+		cv.mu.Lock()
+		alua := scsi.ALUAState(c.aluaStates(v.Volume)[c.tpgt()]).String()
+		cv.mu.Unlock()
+		r.Volumes = append(r.Volumes, admin.ClusterVolume{Name: v.Volume, Owner: v.Owner, State: string(v.State),
+			ALUA: alua, Mode: cv.conf.Mode, Since: v.Since, Reason: v.Reason})
+	}
+	return r, nil
+}
+
+// ClusterStatus implements admin.ClusterSource.
+func (b *adminBackend) ClusterStatus() (admin.ClusterResponse, error) {
+	if b.d.clu == nil {
+		return admin.ClusterResponse{}, errNotCluster
+	}
+	return b.d.clu.status()
+}
+
+// ownerRecord is what the holder of a clustered volume's lock records in
+// the image's metadata: a standby maps the lock's holder to a node by it.
+type ownerRecord struct {
+	Cluster string `json:"cluster"`
+	Node    string `json:"node"`
+	Addr    string `json:"addr"` // the holder's lock owner address
+}
+
+// rbdLock is a clustered volume's image lock on RBD (imageLock): a watch
+// on the image (a NoLock Device, which never writes) tells the holder,
+// Acquire opens the image with the lock as openRBDBacking does.
+type rbdLock struct {
+	v         conf.Volume
+	ownerFile string
+	cluster   string
+	node      string
+	nodes     map[string]bool
+
+	mu    sync.Mutex
+	watch *rbd.Device // nil once this node owns the volume
+}
+
+func openRBDLock(v conf.Volume, ownerFile, clusterName, node string, nodes map[string]bool) (*rbdLock, error) {
+	w, err := openRBDWatch(v)
+	if err != nil {
+		return nil, err
+	}
+	return &rbdLock{v: v, ownerFile: ownerFile, cluster: clusterName, node: node, nodes: nodes, watch: w}, nil
+}
+
+// openRBDWatch opens a volume's image without its lock.
+func openRBDWatch(v conf.Volume) (*rbd.Device, error) {
+	spec, err := rbd.ParseSpec(v.Backing)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), v.CephConnectTimeout.D+4*v.CephOpTimeout.D)
+	defer cancel()
+	w, err := rbd.Open(ctx, spec, rbd.Options{CephConf: v.CephConf, User: v.CephUser, Keyring: v.CephKeyring,
+		ConnectTimeout: v.CephConnectTimeout.D, OpTimeout: v.CephOpTimeout.D, NoLock: true})
+	if err != nil {
+		return nil, fmt.Errorf("backing %s: %w", v.Backing, err)
+	}
+	if w.Size()%int64(v.BlockSize) != 0 || w.Size() < int64(v.BlockSize) {
+		w.Close()
+		return nil, fmt.Errorf("backing %s: image size %d is not a positive multiple of block_size %d", v.Backing, w.Size(), v.BlockSize)
+	}
+	return w, nil
+}
+
+// reopenWatch watches the image again (after a move away).
+func (l *rbdLock) reopenWatch() error {
+	w, err := openRBDWatch(l.v)
+	if err != nil {
+		return err
+	}
+	l.mu.Lock()
+	old := l.watch
+	l.watch = w
+	l.mu.Unlock()
+	if old != nil {
+		old.Close()
+	}
+	return nil
+}
+
+// Holder reads the lock's holder and the node it recorded.
+func (l *rbdLock) Holder(context.Context) (lockHolder, error) {
+	l.mu.Lock()
+	w := l.watch
+	l.mu.Unlock()
+	if w == nil {
+		return lockHolder{}, fmt.Errorf("backing %s: %w", l.v.Backing, errWatchClosed)
+	}
+	addr, alive, err := w.LockHolder()
+	if err != nil || addr == "" {
+		return lockHolder{}, err
+	}
+	h := lockHolder{Addr: addr, Alive: alive}
+	val, ok, err := w.Metadata(ownerMetaKey)
+	if err != nil || !ok {
+		return h, nil // unknown: never broken while alive
+	}
+	var rec ownerRecord
+	if json.Unmarshal([]byte(val), &rec) == nil && rec.Cluster == l.cluster && rec.Addr == addr && l.nodes[rec.Node] {
+		h.Node = rec.Node
+	}
+	return h, nil
+}
+
+// Acquire opens the image with its lock, breaking breakOwner's (and a
+// dead holder's, and this data directory's dead predecessor's), and
+// records this node as the holder.
+func (l *rbdLock) Acquire(_ context.Context, breakOwner string) (heldLock, error) {
+	var breaking []string
+	if breakOwner != "" {
+		breaking = append(breaking, breakOwner)
+	}
+	dev, err := openRBDBacking(l.v, l.ownerFile, breaking...)
+	if err != nil {
+		return nil, err
+	}
+	d, ok := dev.(*rbd.Device)
+	if !ok {
+		dev.Close()
+		return nil, fmt.Errorf("backing %s: not an RBD image", l.v.Backing)
+	}
+	rec, _ := json.Marshal(ownerRecord{Cluster: l.cluster, Node: l.node, Addr: d.LockOwner()})
+	if err := d.SetMetadata(ownerMetaKey, string(rec)); err != nil {
+		d.Close()
+		return nil, fmt.Errorf("backing %s: recording this node as the lock's holder: %w", l.v.Backing, err)
+	}
+	return &rbdHeld{dev: d}, nil
+}
+
+// errWatchClosed: an owner's lock has no watch any more.
+var errWatchClosed = errors.New("the image's watch is closed (this node owns it)")
+
+// closeWatch closes the watch (an owner's).
+func (l *rbdLock) closeWatch() error {
+	l.mu.Lock()
+	w := l.watch
+	l.watch = nil
+	l.mu.Unlock()
+	if w == nil {
+		return nil
+	}
+	return w.Close()
+}
+
+func (l *rbdLock) close() error { return l.closeWatch() }
+
+// rbdHeld is the lock of an image this node opened with it.
+type rbdHeld struct{ dev *rbd.Device }
+
+// Holds is false once the lock was broken: librbd says so, or a request
+// was refused as fenced.
+func (h *rbdHeld) Holds() (bool, error) {
+	ok, err := h.dev.HoldsLock()
+	if err != nil {
+		if errors.Is(err, backend.ErrClosed) {
+			return true, nil // the daemon is closing it
+		}
+		return false, err
+	}
+	return ok && h.dev.Stats().Fenced == 0, nil
+}
+
+func (h *rbdHeld) Release() error { return h.dev.Close() }
+
+// switchVolume is what a clustered volume's logical units serve: the
+// standby stub while this node does not own the volume, the engine's
+// (fence-gated) volume once it does. Its Unwrap returns the current one,
+// so the optional interfaces (copy offload, atomic writes, provisioning)
+// are those of the volume being served.
+type switchVolume struct {
+	cur atomic.Pointer[volBox]
+}
+
+type volBox struct{ v scsi.Volume }
+
+func (s *switchVolume) set(v scsi.Volume) { s.cur.Store(&volBox{v}) }
+func (s *switchVolume) get() scsi.Volume  { return s.cur.Load().v }
+
+func (s *switchVolume) Size() int64    { return s.get().Size() }
+func (s *switchVolume) BlockSize() int { return s.get().BlockSize() }
+func (s *switchVolume) ReadAt(ctx context.Context, p []byte, off int64) error {
+	return s.get().ReadAt(ctx, p, off)
+}
+func (s *switchVolume) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
+	return s.get().WriteAt(ctx, p, off, fua)
+}
+func (s *switchVolume) Flush(ctx context.Context) error { return s.get().Flush(ctx) }
+func (s *switchVolume) Discard(ctx context.Context, off, n int64) error {
+	return s.get().Discard(ctx, off, n)
+}
+func (s *switchVolume) CompareAndWrite(ctx context.Context, off int64, compare, data []byte, fua bool) error {
+	return s.get().CompareAndWrite(ctx, off, compare, data, fua)
+}
+func (s *switchVolume) Prefetch(ctx context.Context, off, n int64) error {
+	return s.get().Prefetch(ctx, off, n)
+}
+
+// Unwrap returns the volume served now.
+func (s *switchVolume) Unwrap() blk.Volume { return s.get() }
+
+// standbyVolume is a clustered volume on a node that does not own it: it
+// has the image's size (READ CAPACITY answers in standby) and refuses
+// every request with NOT READY; it never touches the image.
+type standbyVolume struct {
+	name        string
+	size        int64
+	bs          int
+	unavailable bool
+}
+
+func (v standbyVolume) err() error {
+	if v.unavailable {
+		return fmt.Errorf("volume %s: this node lost the image's lock (fenced): %w", v.name, blk.ErrNotReady)
+	}
+	return fmt.Errorf("volume %s: this node does not own it (standby): %w", v.name, blk.ErrNotReady)
+}
+
+func (v standbyVolume) Size() int64                                 { return v.size }
+func (v standbyVolume) BlockSize() int                              { return v.bs }
+func (v standbyVolume) ReadAt(context.Context, []byte, int64) error { return v.err() }
+func (v standbyVolume) WriteAt(context.Context, []byte, int64, bool) error {
+	return v.err()
+}
+func (v standbyVolume) Flush(context.Context) error                 { return v.err() }
+func (v standbyVolume) Discard(context.Context, int64, int64) error { return v.err() }
+func (v standbyVolume) CompareAndWrite(context.Context, int64, []byte, []byte, bool) error {
+	return v.err()
+}
+func (v standbyVolume) Prefetch(context.Context, int64, int64) error { return v.err() }
