@@ -110,7 +110,10 @@ func TestTier2TargetcliISCSI(t *testing.T) {
 		"own-discovery", "own-login", "own-disk", "own-mkfs", "own-mount", "own-umount", "own-remount-verify",
 		"own-daemon-stopped", "own-relogin", "own-io-across-restart", "own-reconnected", "own-verify-after-restart",
 		"own-umount2", "own-remount-verify2", "own-relogin-after-kill", "own-io-across-kill", "own-files-after-kill",
-		"own-fsck-after-kill", "own-no-io-errors", "own-logout", "own-clean-stop"); err != nil {
+		"own-fsck-after-kill", "own-no-io-errors",
+		"xcopy-login", "xcopy-disks", "xcopy-3pc", "xcopy-patterns", "xcopy-within", "xcopy-between", "xcopy-past-end",
+		"xcopy-written-back", "xcopy-no-io-errors", "xcopy-logout",
+		"own-logout", "own-clean-stop"); err != nil {
 		t.Fatal(r.Report(err, logPath))
 	}
 }
