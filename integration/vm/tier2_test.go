@@ -30,7 +30,10 @@ var (
 // same round trip, then the daemon is restarted (SIGTERM, start) while
 // open-iscsi is logged in, the file system mounted and a writer running;
 // the session reconnects, files verify, and no I/O error reaches the kernel
-// log.
+// log. Last, EXTENDED COPY from the guest: sg_xcopy copies within a LUN and
+// between two LUNs of the daemon (target iqn.2026-11.io.cachelun:xcopy), the
+// data is checked with dd and cmp in the guest, and a copy past the end of a
+// LUN fails without changing it.
 func TestTier2TargetcliISCSI(t *testing.T) {
 	t.Parallel()
 	if testing.Short() {
