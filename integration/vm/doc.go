@@ -49,8 +49,18 @@
 //     iSCSI target on 127.0.0.1:3261: targetcli over D-Bus, LIO iSCSI on
 //     127.0.0.1:3260, iscsiadm login, ext4 checksums across remount; then
 //     open-iscsi against cachelun's own target, the same round trip and a
-//     daemon restart while logged in with a writer running. About 1 minute
-//     with a warm cache; the first rootfs build adds 1-4 minutes (mirror
+//     daemon restart while logged in with a writer running; then, in the
+//     same boot, sg_xcopy (sg3-utils) against two LUNs of a second target
+//     (xc0, xc1 on a cache that writes back only when drained): INQUIRY
+//     3PC and VPD 8Fh, a copy within xc0 and one from xc0 to xc1 (unaligned)
+//     of a source half written back (cachelun volume drain over the admin
+//     socket) and half dirty in the cache only, read back with O_DIRECT dd
+//     and cmp, and in both backing files after a drain; a copy past the end
+//     of xc1 fails (COPY ABORTED, non-zero exit) and changes nothing; no
+//     I/O error in dmesg. The sg_xcopy steps add about 16 s of guest
+//     time (2.5 minutes of qemu wall time for the whole boot, measured
+//     under a load of 8-11 on 2 cores). About 1 minute with a warm cache
+//     on an idle machine; the first rootfs build adds 1-4 minutes (mirror
 //     speed). CACHELUN_VM_TIER2=0 switches it off explicitly (reported as a
 //     skip).
 //   - Tier 3 (TestTier3DAX): the DAX cache on a real fsdax file system. The

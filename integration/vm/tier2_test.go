@@ -30,7 +30,10 @@ var (
 // same round trip, then the daemon is restarted (SIGTERM, start) while
 // open-iscsi is logged in, the file system mounted and a writer running;
 // the session reconnects, files verify, and no I/O error reaches the kernel
-// log.
+// log. Last, EXTENDED COPY from the guest: sg_xcopy copies within a LUN and
+// between two LUNs of the daemon (target iqn.2026-11.io.cachelun:xcopy), the
+// data is checked with dd and cmp in the guest, and a copy past the end of a
+// LUN fails without changing it.
 func TestTier2TargetcliISCSI(t *testing.T) {
 	t.Parallel()
 	if testing.Short() {
@@ -110,7 +113,10 @@ func TestTier2TargetcliISCSI(t *testing.T) {
 		"own-discovery", "own-login", "own-disk", "own-mkfs", "own-mount", "own-umount", "own-remount-verify",
 		"own-daemon-stopped", "own-relogin", "own-io-across-restart", "own-reconnected", "own-verify-after-restart",
 		"own-umount2", "own-remount-verify2", "own-relogin-after-kill", "own-io-across-kill", "own-files-after-kill",
-		"own-fsck-after-kill", "own-no-io-errors", "own-logout", "own-clean-stop"); err != nil {
+		"own-fsck-after-kill", "own-no-io-errors",
+		"xcopy-login", "xcopy-disks", "xcopy-3pc", "xcopy-patterns", "xcopy-within", "xcopy-between", "xcopy-past-end",
+		"xcopy-written-back", "xcopy-no-io-errors", "xcopy-logout",
+		"own-logout", "own-clean-stop"); err != nil {
 		t.Fatal(r.Report(err, logPath))
 	}
 }

@@ -77,6 +77,18 @@ wait_disk() {
   done
   return 1
 }
+# wait_lun TARGET-IQN LUN: the sd device of LUN in the iSCSI session to IQN
+wait_lun() {
+  local iqn=$1 lun=$2 d s
+  for i in $(seq 1 100); do
+    for s in /sys/class/iscsi_session/session*; do
+      [ "$(cat $s/targetname 2>/dev/null)" = "$iqn" ] || continue
+      for d in $s/device/target*/*:$lun/block/*; do [ -e "$d" ] && echo /dev/${d##*/} && return 0; done
+    done
+    sleep 0.1
+  done
+  return 1
+}
 t rootfs-init
 for m in configfs target_core_mod target_core_user iscsi_target_mod iscsi_tcp sd_mod; do modprobe $m || fail "modprobe-$m"; done
 grep -q " /sys/kernel/config " /proc/mounts || mount -t configfs none /sys/kernel/config
@@ -199,6 +211,73 @@ bounded 90 own-fsck-after-kill sh -c "e2fsck -fn $ODEV > /tmp/fsck.txt 2>&1" && 
 errs=$(dmesg | grep -iE "I/O error|EXT4-fs error|Buffer I/O|blk_update_request|critical medium" | head -n 5)
 [ -z "$errs" ] && pass own-no-io-errors "$(dmesg | grep -iE 'connection|session' | tr '\n' '|' | tail -c 600)" || fail own-no-io-errors "$errs"
 t own-restart-done
+# ---- EXTENDED COPY from the guest: sg_xcopy (sg3-utils) within a LUN and
+# between two LUNs of the daemon (xc0, xc1 on cache c1, which writes back
+# only when drained). The source range holds pattern A, written back to
+# xc0's backing file, then pattern B, dirty in the cache only.
+XIQN=iqn.2026-11.io.cachelun:xcopy
+ADM="--socket /var/lib/cachelun/admin.sock"
+echo "cachelun-vm: xcopy begins" > /dev/kmsg
+t xcopy-begin
+bounded 60 xcopy-login sh -c "iscsiadm -m node -T $XIQN -p 127.0.0.1:3261 --login > /tmp/xlogin.txt 2>&1" && pass xcopy-login || { fail xcopy-login "$(cat /tmp/xlogin.txt)"; finish; }
+X0=$(wait_lun $XIQN 0); X1=$(wait_lun $XIQN 1)
+[ -b "$X0" ] && [ -b "$X1" ] && pass xcopy-disks "xc0 $X0, xc1 $X1, $(cat /sys/block/${X1#/dev/}/size) sectors each" || { fail xcopy-disks "LUN 0 '$X0', LUN 1 '$X1'"; finish; }
+# sg_xcopy reaches the disks' SCSI devices through /dev/block/MAJ:MIN, which
+# udev would make
+mkdir -p /dev/block; for d in $X0 $X1; do ln -sf $d /dev/block/$(cat /sys/block/${d#/dev/}/dev); done
+timeout 20 sg_inq $X0 > /tmp/xinq.txt 2>&1; timeout 20 sg_vpd -p tpc $X0 > /tmp/xvpd.txt 2>&1; rc=$?
+grep -q "3PC=1" /tmp/xinq.txt && [ $rc = 0 ] && grep -qi "Extended copy" /tmp/xvpd.txt && pass xcopy-3pc "$(grep -o '3PC=1' /tmp/xinq.txt), VPD 8Fh: $(grep -ci descriptor /tmp/xvpd.txt) descriptors" || fail xcopy-3pc "$(cat /tmp/xinq.txt /tmp/xvpd.txt | tail -n 20)"
+MB=1048576; XN=$(cat /sys/block/${X1#/dev/}/size)
+dd if=/dev/urandom of=/tmp/xa bs=1M count=1 status=none; dd if=/dev/urandom of=/tmp/xb bs=1M count=1 status=none
+cat /tmp/xa /tmp/xb > /tmp/xab
+dd if=/tmp/xa of=$X0 bs=1M oflag=direct status=none || fail xcopy-patterns "write A"
+bounded 60 xcopy-drain sh -c "cachelun volume drain xc0 $ADM > /tmp/xdrain.txt 2>&1" || fail xcopy-drain "$(cat /tmp/xdrain.txt)"
+dd if=/tmp/xb of=$X0 bs=1M seek=1 oflag=direct status=none || fail xcopy-patterns "write B"
+# A is in xc0's backing file, B is not (dirty in the cache only)
+cmp -s -n $MB /tmp/xa /var/lib/cachelun/xc0.img && ! cmp -s -n $MB -i 0:$MB /tmp/xb /var/lib/cachelun/xc0.img \
+  && pass xcopy-patterns "A (1 MiB at LBA 0) written back, B (1 MiB at LBA 2048) dirty in the cache only" \
+  || fail xcopy-patterns "backing file: A written back? B not? $(cat /tmp/xdrain.txt)"
+# xcopy NAME IF SKIP OF SEEK COUNT: sg_xcopy, 512-byte blocks, bounded;
+# its status in $xrc, its output in /tmp/NAME.txt
+xcopy() {
+  bounded 120 $1 sh -c "sg_xcopy if=$2 skip=$3 of=$4 seek=$5 bs=512 count=$6 > /tmp/$1.txt 2>&1"; xrc=$?
+}
+# within xc0: A and B (LBA 0..4095) to LBA 8192
+t xcopy-within
+xcopy xcopy-within $X0 0 $X0 8192 4096
+dd if=$X0 iflag=direct,skip_bytes,count_bytes bs=1M skip=$((8192*512)) count=$((4096*512)) status=none > /tmp/xgot1
+[ $xrc = 0 ] && grep -q "sg_xcopy: 4096 blocks" /tmp/xcopy-within.txt && cmp -s /tmp/xgot1 /tmp/xab \
+  && pass xcopy-within "$(tr '\n' ' ' < /tmp/xcopy-within.txt)" \
+  || fail xcopy-within "exit $xrc: $(cat /tmp/xcopy-within.txt); data $(cmp /tmp/xgot1 /tmp/xab 2>&1)"
+# xc0 to xc1, unaligned, across the A/B boundary: LBA 1000..3499 to LBA 3..2502;
+# the blocks around it stay zero
+t xcopy-between
+xcopy xcopy-between $X0 1000 $X1 3 2500
+{ head -c $((3*512)) /dev/zero; dd if=/tmp/xab bs=512 skip=1000 count=2500 status=none; head -c $((593*512)) /dev/zero; } > /tmp/xexp2
+dd if=$X1 iflag=direct,count_bytes bs=1M count=$((3096*512)) status=none > /tmp/xgot2
+[ $xrc = 0 ] && grep -q "sg_xcopy: 2500 blocks" /tmp/xcopy-between.txt && cmp -s /tmp/xgot2 /tmp/xexp2 \
+  && pass xcopy-between "$(tr '\n' ' ' < /tmp/xcopy-between.txt)" \
+  || fail xcopy-between "exit $xrc: $(cat /tmp/xcopy-between.txt); data $(cmp /tmp/xgot2 /tmp/xexp2 2>&1)"
+# past the end of xc1 (the last 8 blocks plus 8 more): refused by the
+# target (sg_xcopy's own checks let it through), nothing written (xc1's
+# last MiB and its copied range read back as before)
+t xcopy-past-end
+x1sum=$(dd if=$X1 iflag=direct bs=1M skip=$((XN/2048-1)) status=none | md5sum)
+xcopy xcopy-past-end $X0 0 $X1 $((XN-8)) 16
+x1after=$(dd if=$X1 iflag=direct bs=1M skip=$((XN/2048-1)) status=none | md5sum)
+dd if=$X1 iflag=direct,count_bytes bs=1M count=$((3096*512)) status=none > /tmp/xgot3
+[ $xrc != 0 ] && grep -q "failed with error" /tmp/xcopy-past-end.txt && [ "$x1sum" = "$x1after" ] && cmp -s /tmp/xgot3 /tmp/xexp2 \
+  && pass xcopy-past-end "exit $xrc, xc1 unchanged: $(tr '\n' ' ' < /tmp/xcopy-past-end.txt)" \
+  || fail xcopy-past-end "exit $xrc, xc1 ${x1sum%% *} -> ${x1after%% *}: $(cat /tmp/xcopy-past-end.txt)"
+# the copies reach each destination's own backing file when drained
+t xcopy-drain
+bounded 60 xcopy-drain2 sh -c "(cachelun volume drain xc0 $ADM && cachelun volume drain xc1 $ADM) > /tmp/xdrain2.txt 2>&1"
+cmp -s -i $((8192*512)):0 -n $((2*MB)) /var/lib/cachelun/xc0.img /tmp/xab && cmp -s -n $((3096*512)) /var/lib/cachelun/xc1.img /tmp/xexp2 \
+  && pass xcopy-written-back "xc0.img and xc1.img hold the copies" || fail xcopy-written-back "$(cat /tmp/xdrain2.txt)"
+errs=$(dmesg | sed -n '/cachelun-vm: xcopy begins/,$p' | grep -iE "I/O error|Buffer I/O|blk_update_request|critical medium|conn error|timing out|host reset|bus reset|Abort" | head -n 5)
+[ -z "$errs" ] && pass xcopy-no-io-errors || fail xcopy-no-io-errors "$errs"
+iscsiadm -m node -T $XIQN -p 127.0.0.1:3261 --logout > /dev/null 2>&1 && pass xcopy-logout || fail xcopy-logout
+t xcopy-done
 iscsiadm -m node -T $OWN -p 127.0.0.1:3261 --logout > /dev/null 2>&1 && pass own-logout || fail own-logout
 kill -TERM $DPID; wait $DPID && pass own-clean-stop || fail own-clean-stop
 t teardown-done
