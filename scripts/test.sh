@@ -76,9 +76,10 @@ if command -v ceph-mon >/dev/null 2>&1 && [ -e /usr/include/rbd/librbd.h ]; then
 	go test -race -tags ceph -timeout 15m ./backend/rbd/
 	# the ceph-built binary's configuration rules and daemon wiring
 	go test -tags ceph -run 'RBD' ./conf/ ./cmd/cachelun/
-	# the daemon built with -tags ceph (and -race) on RBD volumes: about two
-	# and a half minutes
-	go test -race -tags ceph -timeout 15m -run '^TestRBD' ./integration/
+	# the daemon built with -tags ceph (and -race) on RBD volumes, and two
+	# daemons as a cluster sharing an image (failover with fencing, a frozen
+	# owner fenced, a planned move): about four minutes
+	go test -race -tags ceph -timeout 20m -run '^(TestRBD|TestCluster)' ./integration/
 else
 	echo "skipped: Ceph packages not installed (scripts/deps.sh installs them as root)"
 fi
