@@ -388,6 +388,7 @@ func openWith(ctx context.Context, store *persist.Store, cfg Config, replayed fu
 			c.segs.free = append(c.segs.free, uint32(i))
 		}
 	}
+	c.segs.nFree.Store(int32(len(c.segs.free)))
 	c.journal = store.OpenJournal(head, c.allocJournalSegment)
 	c.durableHead.Store(head.LSN)
 	c.cleanLSN.Store(c.store.DirtyTail().LSN)

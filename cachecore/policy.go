@@ -176,10 +176,14 @@ type policyState struct {
 // GC's threshold: admitting data now evicts other data soon. (Waiting for
 // GC's first eviction instead lets the first scan after a warm-up push the
 // hot set out while the re-append budget is still small.)
+//
+// It runs on every read of a 2q volume, so it reads the free count without
+// a lock and counts quarantined segments (rare) as used, where GC's
+// threshold does not: a cache with quarantined segments starts admitting
+// by the ghost set that many segments earlier.
 func (c *Cache) cacheFull() bool {
-	free, quar := c.segs.counts()
 	n := len(c.segs.segs)
-	used := n - int(free) - int(quar)
+	used := n - int(c.segs.nFree.Load())
 	limit := n * c.config().GCPercent / 100
 	return used+max(fullMargin, limit/fullShareDiv) > limit
 }

@@ -55,6 +55,9 @@ type segTable struct {
 	mu      sync.Mutex
 	free    []uint32
 	freedCh chan struct{} // closed and replaced whenever a segment is freed
+	// nFree is len(free), stored under mu and read without it: the read
+	// path's admission check (cacheFull) must not take mu per request.
+	nFree atomic.Int32
 }
 
 var errNoSpace = errors.New("cachecore: no free cache segment")
@@ -82,6 +85,7 @@ func (t *segTable) take(forJournal bool) (uint32, bool) {
 	}
 	id := t.free[0]
 	t.free = t.free[1:]
+	t.nFree.Store(int32(len(t.free)))
 	if forJournal {
 		t.segs[id].state.Store(uint32(segKset))
 	} else {
@@ -95,6 +99,7 @@ func (t *segTable) release(id uint32) {
 	t.mu.Lock()
 	t.segs[id].state.Store(uint32(segFree))
 	t.free = append(t.free, id)
+	t.nFree.Store(int32(len(t.free)))
 	close(t.freedCh)
 	t.freedCh = make(chan struct{})
 	t.mu.Unlock()
