@@ -583,7 +583,16 @@ var ErrDegraded = errors.New("cluster: a peer is not in sync and the policy is r
 // (the shipment still goes to the peers in sync). Other errors (ErrClosed,
 // ErrLSNOrder, ctx) are returned as they are.
 func (n *Node) Replicate(ctx context.Context, volume string, lsn uint64, payload []byte) error {
+	return n.Ship(volume, lsn, payload)(ctx)
+}
+
+// Ship is Replicate in two halves: it queues the shipment on every link at
+// once (it never blocks) and returns the wait, which applies the degraded
+// policy as Replicate does. Callers that must queue in order under their
+// own lock and wait outside it (the engine's kset commits) use it.
+func (n *Node) Ship(volume string, lsn uint64, payload []byte) func(context.Context) error {
 	var degraded []error
+	var failed error
 	pending := make([]*Pending, 0, len(n.links))
 	for _, l := range n.links {
 		p, err := l.Send(volume, lsn, payload)
@@ -591,22 +600,28 @@ func (n *Node) Replicate(ctx context.Context, volume string, lsn uint64, payload
 		case errors.Is(err, ErrOutOfSync):
 			degraded = append(degraded, err)
 		case err != nil:
-			return err
+			failed = errors.Join(failed, err)
 		default:
 			pending = append(pending, p)
 		}
 	}
-	for _, p := range pending {
-		err := p.Wait(ctx)
-		switch {
-		case errors.Is(err, ErrOutOfSync):
-			degraded = append(degraded, err)
-		case err != nil:
-			return err
+	refuse := n.cfg.Degraded == RefuseSync
+	return func(ctx context.Context) error {
+		if failed != nil {
+			return failed
 		}
+		for _, p := range pending {
+			err := p.Wait(ctx)
+			switch {
+			case errors.Is(err, ErrOutOfSync):
+				degraded = append(degraded, err)
+			case err != nil:
+				return err
+			}
+		}
+		if len(degraded) > 0 && refuse {
+			return fmt.Errorf("%w: %w", ErrDegraded, errors.Join(degraded...))
+		}
+		return nil
 	}
-	if len(degraded) > 0 && n.cfg.Degraded == RefuseSync {
-		return fmt.Errorf("%w: %w", ErrDegraded, errors.Join(degraded...))
-	}
-	return nil
 }

@@ -240,46 +240,11 @@ func toRecords(recs []cachecore.MirrorRecord) []Record {
 	return rs
 }
 
-// Ship queues the records on every link and returns the wait that applies
-// the node's degraded policy (cluster.Node.Replicate's rules): peers out of
+// Ship queues the records on every link (cluster.Node.Ship: peers out of
 // sync are skipped, and fail the wait with cluster.ErrDegraded under
-// refuse-sync.
+// refuse-sync).
 func (s *Shipper) Ship(lsn uint64, recs []cachecore.MirrorRecord) func(context.Context) error {
-	payload := Encode(nil, toRecords(recs))
-	var pending []*cluster.Pending
-	var degraded []error
-	var failed error
-	for _, l := range s.node.Links() {
-		p, err := l.Send(s.volume, lsn+1, payload)
-		switch {
-		case errors.Is(err, cluster.ErrOutOfSync):
-			degraded = append(degraded, err)
-		case err != nil:
-			failed = errors.Join(failed, err)
-		default:
-			pending = append(pending, p)
-		}
-	}
-	refuse := s.node.Policy() == cluster.RefuseSync
-	return func(ctx context.Context) error {
-		if failed != nil {
-			return failed
-		}
-		deg := degraded
-		for _, p := range pending {
-			err := p.Wait(ctx)
-			switch {
-			case errors.Is(err, cluster.ErrOutOfSync):
-				deg = append(deg, err)
-			case err != nil:
-				return err
-			}
-		}
-		if len(deg) > 0 && refuse {
-			return fmt.Errorf("%w: %w", cluster.ErrDegraded, errors.Join(deg...))
-		}
-		return nil
-	}
+	return s.node.Ship(s.volume, lsn+1, Encode(nil, toRecords(recs)))
 }
 
 // Trim records that dirty_tail passed lsn (kset LSNs below it are on the
