@@ -780,17 +780,20 @@ func (c *Cache) AddVolume(ctx context.Context, name string, dev backend.Device, 
 		if int64(r.Size)%int64(vc.BlockSize) != 0 {
 			return nil, fmt.Errorf("cachecore: volume %q: recorded size %d is not a multiple of block size %d", name, r.Size, vc.BlockSize)
 		}
-		if size > int64(r.Size) {
-			// The device grew: record the new size.
+		flags := replicatedFlag(r.Flags, vc.Replicated)
+		if size > int64(r.Size) || flags != r.Flags {
+			// The device grew (record the new size), or the volume's
+			// replication changed.
 			for i := range recs {
 				if recs[i].ID == r.ID {
-					recs[i].Size = uint64(size)
+					recs[i].Size = max(recs[i].Size, uint64(size))
+					recs[i].Flags = flags
 				}
 			}
 			if err := c.store.SetVolumes(recs); err != nil {
 				return nil, c.metaErr("persist volume table", err)
 			}
-			vs.grow(size)
+			vs.grow(max(size, int64(r.Size)))
 		}
 		break
 	}
@@ -814,7 +817,7 @@ func (c *Cache) AddVolume(ctx context.Context, name string, dev backend.Device, 
 		if id == persist.MaxVolumes {
 			return nil, fmt.Errorf("cachecore: volume table full (%d volumes, or ids still referenced by the log)", persist.MaxVolumes)
 		}
-		recs = append(recs, persist.VolumeRecord{ID: id, Name: name, Size: uint64(size)})
+		recs = append(recs, persist.VolumeRecord{ID: id, Name: name, Size: uint64(size), Flags: replicatedFlag(0, vc.Replicated)})
 		if err := c.store.SetVolumes(recs); err != nil {
 			return nil, c.metaErr("persist volume table", err)
 		}
@@ -873,6 +876,73 @@ func (c *Cache) RemoveVolume(ctx context.Context, name string, progress func(Pro
 	delete(c.volumes, name)
 	v.state.Store(volClosed)
 	return nil
+}
+
+// replicatedFlag returns flags with persist.VolumeFlagReplicated set to on.
+func replicatedFlag(flags uint32, on bool) uint32 {
+	if on {
+		return flags | persist.VolumeFlagReplicated
+	}
+	return flags &^ persist.VolumeFlagReplicated
+}
+
+// ErrNotReplicated: PurgeReplica refuses a volume whose record does not say
+// its journal was replicated: its dirty data may have no other copy.
+var ErrNotReplicated = errors.New("cachecore: the volume's journal was not replicated when it was last attached")
+
+// PurgeReplica drops everything the cache holds of a volume that is not
+// attached and whose journal was replicated (VolumeConfig.Replicated when it
+// was last attached), dirty data included, without writing anything back:
+// the volume's record leaves the volume table, and with it every key of the
+// volume in the log (replay and writeback ignore keys of ids the table does
+// not name; the id is not reused while such keys are live). It is what a
+// node does when it takes over a volume another node owned since: that
+// node's journal, shipped here and applied on top of the backing device,
+// supersedes this cache's, whose dirty data the other node applied (or
+// wrote back) when it took the volume. It returns the dirty bytes dropped;
+// a volume the table does not name is no error (0). A volume whose record is
+// not marked replicated is refused with ErrNotReplicated.
+func (c *Cache) PurgeReplica(name string) (int64, error) {
+	if err := c.failedErr(); err != nil {
+		return 0, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	// carryMu: writeback is not carrying keys of the volume meanwhile
+	// (it reloads the volume's state after taking it).
+	c.carryMu.Lock()
+	defer c.carryMu.Unlock()
+	if _, ok := c.volumes[name]; ok {
+		return 0, fmt.Errorf("cachecore: volume %q is attached: %w", name, blk.ErrNotReady)
+	}
+	recs := c.store.Volumes()
+	out := make([]persist.VolumeRecord, 0, len(recs))
+	var gone *persist.VolumeRecord
+	for i, r := range recs {
+		if r.Name == name && r.ID < persist.MaxVolumes {
+			gone = &recs[i]
+			continue
+		}
+		out = append(out, r)
+	}
+	if gone == nil {
+		return 0, nil
+	}
+	if gone.Flags&persist.VolumeFlagReplicated == 0 {
+		return 0, fmt.Errorf("%w: %q", ErrNotReplicated, name)
+	}
+	if err := c.store.SetVolumes(out); err != nil {
+		return 0, c.metaErr("persist volume table", err)
+	}
+	var dirty int64
+	if vs := c.vols[gone.ID].Load(); vs != nil {
+		dirty = max(vs.dirtyBytes.Load(), 0)
+	}
+	c.vols[gone.ID].Store(nil)
+	c.log.Info("volume purged: its cached data and journal are dropped (a replica elsewhere supersedes them)",
+		"volume", name, "dirty_bytes_dropped", dirty)
+	c.kickWriteback()
+	return dirty, nil
 }
 
 // Volume returns the attached volume called name.

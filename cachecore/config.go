@@ -118,6 +118,11 @@ type VolumeConfig struct {
 	CongestedReadThreshold  time.Duration // 0 disables latency-based congestion bypass (default 2ms)
 	CongestedWriteThreshold time.Duration // 0 disables (default 20ms)
 	Policy                  Policy        // admission and eviction (policy.go); "" is fifo, DefaultVolumeConfig 2q
+	// Replicated records in the cache file that the volume's journal is
+	// shipped to other nodes (SetReplicator): its dirty data there has
+	// copies elsewhere, so a node that takes the volume over later may
+	// drop it (PurgeReplica) instead of writing it back.
+	Replicated bool
 }
 
 // DefaultVolumeConfig returns the recommended settings: writeback, 512-byte

@@ -253,6 +253,10 @@ func decodeTailPayload(p []byte) Tail {
 	return Tail{Pos: Pos{Seg: binary.LittleEndian.Uint32(p[0:]), Off: binary.LittleEndian.Uint32(p[4:])}, LSN: binary.LittleEndian.Uint64(p[8:])}
 }
 
+// VolumeFlagReplicated marks a volume whose journal was shipped to other
+// nodes when it was last attached (cachecore's replicated volumes).
+const VolumeFlagReplicated uint32 = 1
+
 // VolumeRecord is one entry of the volume table.
 type VolumeRecord struct {
 	ID    uint32 `json:"id"`

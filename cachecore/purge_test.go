@@ -1,0 +1,196 @@
+package cachecore_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/cachelun/cachelun/backend"
+	"github.com/cachelun/cachelun/cachecore"
+	"github.com/cachelun/cachelun/persist"
+)
+
+// TestPurgeReplicaDropsWithoutWriteback: a replicated volume's dirty data,
+// left in the cache by a run that ended with it unwritten, is dropped by
+// PurgeReplica: it never reaches the backing device (writeback passes its
+// keys: another volume's later dirty data drains past them), a restart does
+// not bring it back, and the volume added again reads its backing device.
+// A volume that was not replicated is refused, and nothing of it changes.
+func TestPurgeReplicaDropsWithoutWriteback(t *testing.T) {
+	ctx := context.Background()
+	media := persist.NewCrashMedia(persist.SegmentsOffset+32*(1<<20), persist.TearDAX)
+	store, err := persist.Format(media, persist.FormatOptions{SegmentSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := cachecore.Config{JournalFlushInterval: 5 * time.Millisecond}
+	// writeback only when asked (Drain): the dirty data must still be in
+	// the cache when it closes
+	cfg.Writeback.IdleAfter = time.Hour
+	cfg.Writeback.TargetDirtyPercent = 90
+	cfg.Writeback.HighWatermarkPercent = 95
+	c, err := cachecore.Open(ctx, store, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	replVC := cachecore.VolumeConfig{Mode: cachecore.ModeWriteback, BlockSize: 4096, Replicated: true}
+	plainVC := cachecore.VolumeConfig{Mode: cachecore.ModeWriteback, BlockSize: 4096}
+	backV, backW := backend.NewMemory(8<<20), backend.NewMemory(8<<20)
+	v, err := c.AddVolume(ctx, "v", backV, replVC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := c.AddVolume(ctx, "w", backW, plainVC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := bytes.Repeat([]byte{0xab}, 64<<10)
+	for off := int64(0); off < 1<<20; off += int64(len(old)) {
+		if err := v.WriteAt(ctx, old, off, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wdata := bytes.Repeat([]byte{0x5c}, 64<<10)
+	if err := w.WriteAt(ctx, wdata, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	reopen := func() *cachecore.Cache {
+		t.Helper()
+		st, err := persist.Open(media)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := cachecore.Open(ctx, st, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	c = reopen()
+	if _, err := c.PurgeReplica("w"); !errors.Is(err, cachecore.ErrNotReplicated) {
+		t.Fatalf("PurgeReplica of a volume never replicated: %v, want ErrNotReplicated", err)
+	}
+	dropped, err := c.PurgeReplica("v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dropped != 1<<20 {
+		t.Errorf("PurgeReplica dropped %d dirty bytes, want %d", dropped, 1<<20)
+	}
+	if n, err := c.PurgeReplica("v"); err != nil || n != 0 {
+		t.Errorf("second PurgeReplica: %d, %v; want 0, nil", n, err)
+	}
+	// w's dirty data comes after v's in the log: its drain passes v's keys
+	w, err = c.AddVolume(ctx, "w", backW, plainVC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	if err := w.Drain(dctx, nil); err != nil {
+		t.Fatalf("drain of the other volume past the purged keys: %v", err)
+	}
+	got := make([]byte, len(wdata))
+	if err := backW.ReadAt(ctx, got, 0); err != nil || !bytes.Equal(got, wdata) {
+		t.Fatalf("the other volume's data did not reach its backing device (%v)", err)
+	}
+	zero := make([]byte, 1<<20)
+	back := make([]byte, 1<<20)
+	if err := backV.ReadAt(ctx, back, 0); err != nil || !bytes.Equal(back, zero) {
+		t.Fatalf("purged dirty data reached the backing device (%v)", err)
+	}
+	if err := c.CheckInvariants(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.CheckInvariants(); err != nil {
+		t.Fatal(err)
+	}
+
+	// a restart: the purge is durable, the volume comes back empty
+	c = reopen()
+	defer c.Close(ctx)
+	v, err = c.AddVolume(ctx, "v", backV, replVC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := v.Stats(); st.DirtyBytes != 0 {
+		t.Errorf("purged volume added again has %d dirty bytes", st.DirtyBytes)
+	}
+	got = make([]byte, 1<<20)
+	if err := v.ReadAt(ctx, got, 0); err != nil || !bytes.Equal(got, zero) {
+		t.Fatalf("purged volume added again reads the dropped data (%v)", err)
+	}
+	if err := c.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.CheckInvariants(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestPurgeReplicaRefusesAttached: an attached volume is not purged.
+func TestPurgeReplicaRefusesAttached(t *testing.T) {
+	c, v, _ := openReplicated(t)
+	if _, err := c.PurgeReplica(v.Name()); err == nil {
+		t.Fatal("PurgeReplica of an attached volume succeeded")
+	}
+}
+
+// TestReplicatedFlagFollowsTheConfig: the volume record says whether the
+// volume was replicated when it was last attached, so a volume attached
+// again without replication is no longer purgeable.
+func TestReplicatedFlagFollowsTheConfig(t *testing.T) {
+	ctx := context.Background()
+	media := persist.NewCrashMedia(persist.SegmentsOffset+16*(1<<20), persist.TearDAX)
+	store, err := persist.Format(media, persist.FormatOptions{SegmentSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := cachecore.Open(ctx, store, cachecore.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(ctx)
+	back := backend.NewMemory(4 << 20)
+	vc := cachecore.VolumeConfig{Mode: cachecore.ModeWriteback, BlockSize: 4096, Replicated: true}
+	if _, err := c.AddVolume(ctx, "v", back, vc); err != nil {
+		t.Fatal(err)
+	}
+	flagOf := func() uint32 {
+		for _, r := range store.Volumes() {
+			if r.Name == "v" {
+				return r.Flags
+			}
+		}
+		t.Fatal("no record of v")
+		return 0
+	}
+	if flagOf()&persist.VolumeFlagReplicated == 0 {
+		t.Fatal("replicated volume's record is not marked replicated")
+	}
+	if err := c.RemoveVolume(ctx, "v", nil); err != nil {
+		t.Fatal(err)
+	}
+	vc.Replicated = false
+	if _, err := c.AddVolume(ctx, "v", back, vc); err != nil {
+		t.Fatal(err)
+	}
+	if flagOf()&persist.VolumeFlagReplicated != 0 {
+		t.Fatal("volume attached without replication still marked replicated")
+	}
+}
