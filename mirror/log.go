@@ -85,6 +85,10 @@ func (l *Log) Append(lsns []uint64, payloads [][]byte) error {
 	defer l.mu.Unlock()
 	var buf []byte
 	for i := range lsns {
+		if Epoch(lsns[i]) < Epoch(l.maxLSN) {
+			// a deposed owner's shipment after the new owner's
+			return fmt.Errorf("%w: LSN %d of owner epoch %d after epoch %d", ErrStaleEpoch, lsns[i], Epoch(lsns[i]), Epoch(l.maxLSN))
+		}
 		if len(payloads[i])+9 > maxBody {
 			return fmt.Errorf("mirror: a shipment of %d bytes is larger than a log record may be", len(payloads[i]))
 		}
@@ -127,6 +131,23 @@ func (l *Log) Trim(lsn uint64) error {
 	}
 	return nil
 }
+
+// EpochShift: a link LSN carries the owner epoch of the node that shipped
+// it in its bits from EpochShift up (LinkLSN), so that the shipments of a
+// later owner sort after those of every earlier one, and a trim of the
+// later owner drops the earlier owners' shipments too.
+const EpochShift = 40
+
+// LinkLSN is the link LSN of the kset lsn of an owner in epoch: the kset's
+// LSN + 1 (links refuse 0) in the low EpochShift bits, the epoch above.
+func LinkLSN(epoch, lsn uint64) uint64 { return epoch<<EpochShift | (lsn + 1) }
+
+// Epoch is the owner epoch a link LSN was shipped in.
+func Epoch(linkLSN uint64) uint64 { return linkLSN >> EpochShift }
+
+// ErrStaleEpoch refuses a shipment of an owner epoch older than one the
+// Log holds: the shipment comes from an owner another node has deposed.
+var ErrStaleEpoch = errors.New("mirror: shipment from a deposed owner")
 
 // Shipment is one record of the log as Replay returns it.
 type Shipment struct {

@@ -1,6 +1,7 @@
 package mirror
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -91,4 +92,47 @@ func TestLogAppendTrimReopen(t *testing.T) {
 		t.Fatalf("after a compacting trim: %v", got)
 	}
 	l.Close()
+}
+
+// TestLogOwnerEpochs: a later owner's shipments sort after an earlier
+// owner's, its trims drop the earlier owner's shipments, and a shipment of
+// a deposed owner (an older epoch) after the new owner's is refused, also
+// after a reopen.
+func TestLogOwnerEpochs(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "v.mirror")
+	l, err := OpenLog(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { l.Close() }()
+	p := [][]byte{{1}, {2}}
+	// owner of epoch 1 shipped ksets 900 and 901, the owner of epoch 2 its kset 5
+	if err := l.Append([]uint64{LinkLSN(1, 900), LinkLSN(1, 901)}, p); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Append([]uint64{LinkLSN(2, 5)}, p[:1]); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Append([]uint64{LinkLSN(1, 902)}, p[:1]); !errors.Is(err, ErrStaleEpoch) {
+		t.Fatalf("deposed owner's shipment: %v, want ErrStaleEpoch", err)
+	}
+	if got, want := lsnsOf(t, l), []uint64{LinkLSN(1, 900), LinkLSN(1, 901), LinkLSN(2, 5)}; !equal(got, want) {
+		t.Fatalf("replay %v, want %v", got, want)
+	}
+	// the new owner wrote back up to its kset 3: the old owner's go too
+	if err := l.Trim(LinkLSN(2, 2)); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := lsnsOf(t, l), []uint64{LinkLSN(2, 5)}; !equal(got, want) {
+		t.Fatalf("after the new owner's trim: %v, want %v", got, want)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if l, err = OpenLog(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Append([]uint64{LinkLSN(1, 903)}, p[:1]); !errors.Is(err, ErrStaleEpoch) {
+		t.Fatalf("deposed owner's shipment after a reopen: %v, want ErrStaleEpoch", err)
+	}
 }

@@ -95,7 +95,7 @@ func TestTakeoverLosesNoDurableWrite(t *testing.T) {
 	// data the backing device does not have.
 	viewA := backend.NewFaulty(shared)
 	_, volA := openCacheOn(t, viewA)
-	shipper := mirror.NewShipper(nodeA, "vol", volA.Reship, slog.New(slog.DiscardHandler))
+	shipper := mirror.NewShipper(nodeA, "vol", 0, volA.Reship, slog.New(slog.DiscardHandler))
 	defer shipper.Close()
 	if err := volA.SetReplicator(shipper); err != nil {
 		t.Fatal(err)
@@ -184,7 +184,7 @@ func TestTrimmedMirrorStaysSmall(t *testing.T) {
 	defer recvB.Close()
 	nodeA, _ := twoNodes(t, recvB)
 	_, volA := openCache(t, shared)
-	shipper := mirror.NewShipper(nodeA, "vol", volA.Reship, slog.New(slog.DiscardHandler))
+	shipper := mirror.NewShipper(nodeA, "vol", 0, volA.Reship, slog.New(slog.DiscardHandler))
 	defer shipper.Close()
 	if err := volA.SetReplicator(shipper); err != nil {
 		t.Fatal(err)
@@ -289,7 +289,7 @@ func TestResyncAfterPartition(t *testing.T) {
 	testkit.WaitFor(t, 10*time.Second, "in sync", func() bool { return nodeA.Link("b").State() == cluster.StateInSync })
 	viewA := backend.NewFaulty(shared)
 	_, volA := openCacheOn(t, viewA)
-	shipper := mirror.NewShipper(nodeA, "vol", volA.Reship, log)
+	shipper := mirror.NewShipper(nodeA, "vol", 0, volA.Reship, log)
 	defer shipper.Close()
 	if err := volA.SetReplicator(shipper); err != nil {
 		t.Fatal(err)

@@ -137,14 +137,15 @@ func decodeTrim(b []byte) (string, uint64, error) {
 type Reshipper func(ctx context.Context, send func(lsn uint64, recs []cachecore.MirrorRecord) error) error
 
 // Shipper ships one volume's journal to every peer of a cluster node (a
-// cachecore.Replicator). The link's LSN of a kset is its LSN + 1 (links
-// refuse 0). Trims go to the peers in the background, the latest only. A
+// cachecore.Replicator). The link's LSN of a kset is LinkLSN: its LSN + 1
+// (links refuse 0) with the owner epoch above. Trims go to the peers in the background, the latest only. A
 // peer that fell out of sync and is heard from again is brought up to date
 // (Link.Resync, then everything from dirty_tail it did not acknowledge,
 // then Link.ResyncDone) by the resync goroutine.
 type Shipper struct {
 	node   *cluster.Node
 	volume string
+	epoch  uint64 // this node's owner epoch of the volume (LinkLSN)
 	log    *slog.Logger
 	reship Reshipper
 	// resyncEvery is how often links are checked for a resync.
@@ -161,11 +162,12 @@ type Shipper struct {
 
 var _ cachecore.Replicator = (*Shipper)(nil)
 
-// NewShipper starts a Shipper for volume; reship (nil: no resync) brings
-// peers back in sync. Close stops it.
-func NewShipper(node *cluster.Node, volume string, reship Reshipper, log *slog.Logger) *Shipper {
+// NewShipper starts a Shipper for volume, owned by this node in owner
+// epoch (higher than every earlier owner's: LinkLSN); reship (nil: no
+// resync) brings peers back in sync. Close stops it.
+func NewShipper(node *cluster.Node, volume string, epoch uint64, reship Reshipper, log *slog.Logger) *Shipper {
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Shipper{node: node, volume: volume, log: log, reship: reship, resyncEvery: 200 * time.Millisecond,
+	s := &Shipper{node: node, volume: volume, epoch: epoch, log: log, reship: reship, resyncEvery: 200 * time.Millisecond,
 		kick: make(chan struct{}, 1), ctx: ctx, cancel: cancel, done: make(chan struct{})}
 	s.wg.Add(1)
 	go s.trimLoop()
@@ -221,10 +223,10 @@ func (s *Shipper) resync(l *cluster.Link) error {
 	from := acked[s.volume]
 	n := 0
 	err := s.reship(s.ctx, func(lsn uint64, recs []cachecore.MirrorRecord) error {
-		if lsn+1 <= from {
+		if LinkLSN(s.epoch, lsn) <= from {
 			return nil
 		}
-		_, err := l.Send(s.volume, lsn+1, Encode(nil, toRecords(recs)))
+		_, err := l.Send(s.volume, LinkLSN(s.epoch, lsn), Encode(nil, toRecords(recs)))
 		n++
 		return err
 	})
@@ -244,14 +246,18 @@ func toRecords(recs []cachecore.MirrorRecord) []Record {
 // sync are skipped, and fail the wait with cluster.ErrDegraded under
 // refuse-sync).
 func (s *Shipper) Ship(lsn uint64, recs []cachecore.MirrorRecord) func(context.Context) error {
-	return s.node.Ship(s.volume, lsn+1, Encode(nil, toRecords(recs)))
+	return s.node.Ship(s.volume, LinkLSN(s.epoch, lsn), Encode(nil, toRecords(recs)))
 }
 
 // Trim records that dirty_tail passed lsn (kset LSNs below it are on the
-// backing device: link LSNs up to lsn) and wakes the trim goroutine.
+// backing device: link LSNs up to LinkLSN(epoch, lsn-1)) and wakes the
+// trim goroutine.
 func (s *Shipper) Trim(lsn uint64) {
+	if lsn == 0 {
+		return
+	}
 	s.mu.Lock()
-	s.trimLSN = max(s.trimLSN, lsn)
+	s.trimLSN = max(s.trimLSN, LinkLSN(s.epoch, lsn-1))
 	s.mu.Unlock()
 	select {
 	case s.kick <- struct{}{}:
