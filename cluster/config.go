@@ -261,8 +261,13 @@ func (e *RefusedError) Unwrap() error { return ErrRefused }
 
 // Errors of the link.
 var (
-	ErrRefused    = errors.New("cluster: handshake refused")
-	ErrOutOfSync  = errors.New("cluster: peer out of sync")
+	ErrRefused   = errors.New("cluster: handshake refused")
+	ErrOutOfSync = errors.New("cluster: peer out of sync")
+	// ErrDeposed: a peer refused a shipment because another node owns
+	// the volume now (a Receiver's error wrapping ErrDeposed). Unlike a
+	// peer out of sync, no degraded policy lets a wait succeed past it:
+	// this node must not acknowledge the volume's writes any more.
+	ErrDeposed    = errors.New("cluster: another node owns the volume now; this node was deposed")
 	ErrClosed     = errors.New("cluster: node closed")
 	ErrLSNOrder   = errors.New("cluster: LSN not above the last one shipped for the volume")
 	ErrTooLarge   = errors.New("cluster: shipment larger than a frame")

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"time"
 )
@@ -77,7 +78,14 @@ type volState struct {
 	queued, acked uint64
 	top           uint64 // highest LSN ever queued (not lowered by out of sync)
 	pending       []*entry
+	// deposed: the peer refused a shipment of the volume with
+	// ErrDeposed; nothing of it is shipped on this link again.
+	deposed bool
 }
+
+// deposedMark starts the reason of a nack whose Receiver error wraps
+// ErrDeposed, so that the shipping side tells deposition from a failure.
+const deposedMark = "deposed: "
 
 type entry struct {
 	volume string
@@ -180,6 +188,9 @@ func (l *Link) Send(volume string, lsn uint64, payload []byte) (*Pending, error)
 	if vs == nil {
 		vs = &volState{}
 		l.vols[volume] = vs
+	}
+	if vs.deposed {
+		return nil, fmt.Errorf("%w: %s refused volume %s", ErrDeposed, l.peer.Name, volume)
 	}
 	if lsn <= vs.acked {
 		return &Pending{e: &entry{volume: volume, lsn: lsn, done: closedChan}}, nil
@@ -606,6 +617,9 @@ func (l *Link) reader(conn net.Conn, fr *frameReader) error {
 			if t == MsgAck {
 				l.ackLocked(a.Volume, a.LSN)
 			} else {
+				if strings.HasPrefix(a.Reason, deposedMark) {
+					l.vols[a.Volume].deposed = true
+				}
 				l.markOutOfSyncLocked(fmt.Sprintf("the peer failed to persist volume %s LSN %d: %s", a.Volume, a.LSN, a.Reason))
 			}
 			l.mu.Unlock()
@@ -689,6 +703,9 @@ func (l *Link) markOutOfSyncLocked(reason string) {
 	for _, e := range l.queue {
 		if !e.acked {
 			e.err = err
+			if vs := l.vols[e.volume]; vs != nil && vs.deposed {
+				e.err = fmt.Errorf("%w: %s: %s", ErrDeposed, l.peer.Name, reason)
+			}
 			close(e.done)
 		}
 	}

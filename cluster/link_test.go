@@ -660,3 +660,45 @@ func TestNodeReplicatePolicy(t *testing.T) {
 		})
 	}
 }
+
+// TestDeposedFailsWhateverThePolicy: a peer that refuses a volume's
+// shipment with ErrDeposed (it owns the volume now) fails the wait under
+// both policies — a deposed owner must not acknowledge a flush — and the
+// volume is never shipped on that link again; other volumes are not
+// affected once the link is back in sync.
+func TestDeposedFailsWhateverThePolicy(t *testing.T) {
+	for _, policy := range []Policy{Serve, RefuseSync} {
+		t.Run(string(policy), func(t *testing.T) {
+			tc := startCluster(t, 2, func(i int, c *Config) { c.Degraded = policy })
+			a := tc.nodes[0]
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if err := a.Replicate(ctx, "v", 1, []byte("v:1")); err != nil {
+				t.Fatal(err)
+			}
+			tc.recv[1].mu.Lock()
+			tc.recv[1].fail = fmt.Errorf("b owns v: %w", ErrDeposed)
+			tc.recv[1].mu.Unlock()
+			if err := a.Replicate(ctx, "v", 2, []byte("v:2")); !errors.Is(err, ErrDeposed) {
+				t.Fatalf("%s: flush after the peer refused as owner: %v, want ErrDeposed", policy, err)
+			}
+			tc.recv[1].mu.Lock()
+			tc.recv[1].fail = nil
+			tc.recv[1].mu.Unlock()
+			l := a.Link("b")
+			if acked := l.Resync(); acked == nil {
+				t.Fatal("link not out of sync after the refusal")
+			}
+			l.ResyncDone()
+			if err := a.Replicate(ctx, "v", 3, []byte("v:3")); !errors.Is(err, ErrDeposed) {
+				t.Fatalf("%s: the deposed volume shipped again: %v", policy, err)
+			}
+			if err := a.Replicate(ctx, "w", 1, []byte("w:1")); err != nil {
+				t.Fatalf("%s: another volume: %v", policy, err)
+			}
+			if got := tc.recv[1].persisted("a", "v"); got != 1 {
+				t.Errorf("peer persisted v up to %d, want 1", got)
+			}
+		})
+	}
+}

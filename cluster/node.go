@@ -496,7 +496,11 @@ func (n *Node) receive(ctx context.Context, s *session, st *inboundStats, batch 
 			for _, sh := range fresh {
 				if !done[sh.Volume] {
 					done[sh.Volume] = true
-					frames = append(frames, outFrame{t: MsgNack, parts: [][]byte{ack{Volume: sh.Volume, LSN: sh.LSN, Reason: err.Error()}.encode(true)}})
+					reason := err.Error()
+					if errors.Is(err, ErrDeposed) {
+						reason = deposedMark + reason
+					}
+					frames = append(frames, outFrame{t: MsgNack, parts: [][]byte{ack{Volume: sh.Volume, LSN: sh.LSN, Reason: reason}.encode(true)}})
 				}
 			}
 			// the session ends: shipments behind the failed ones must
@@ -597,6 +601,8 @@ func (n *Node) Ship(volume string, lsn uint64, payload []byte) func(context.Cont
 	for _, l := range n.links {
 		p, err := l.Send(volume, lsn, payload)
 		switch {
+		case errors.Is(err, ErrDeposed):
+			failed = errors.Join(failed, err)
 		case errors.Is(err, ErrOutOfSync):
 			degraded = append(degraded, err)
 		case err != nil:
@@ -613,6 +619,8 @@ func (n *Node) Ship(volume string, lsn uint64, payload []byte) func(context.Cont
 		for _, p := range pending {
 			err := p.Wait(ctx)
 			switch {
+			case errors.Is(err, ErrDeposed):
+				return err
 			case errors.Is(err, ErrOutOfSync):
 				degraded = append(degraded, err)
 			case err != nil:

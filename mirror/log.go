@@ -10,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+
+	"github.com/cachelun/cachelun/cluster"
 )
 
 // Log is the durable copy of one volume's shipped journal on a peer: a
@@ -146,8 +148,9 @@ func LinkLSN(epoch, lsn uint64) uint64 { return epoch<<EpochShift | (lsn + 1) }
 func Epoch(linkLSN uint64) uint64 { return linkLSN >> EpochShift }
 
 // ErrStaleEpoch refuses a shipment of an owner epoch older than one the
-// Log holds: the shipment comes from an owner another node has deposed.
-var ErrStaleEpoch = errors.New("mirror: shipment from a deposed owner")
+// Log holds: the shipment comes from an owner another node has deposed
+// (it wraps cluster.ErrDeposed, which tells the shipping node so).
+var ErrStaleEpoch = fmt.Errorf("mirror: shipment of an older owner epoch: %w", cluster.ErrDeposed)
 
 // Shipment is one record of the log as Replay returns it.
 type Shipment struct {
