@@ -693,6 +693,15 @@ func (l *Link) ackLocked(volume string, lsn uint64) {
 
 // markOutOfSyncLocked puts the peer out of sync: every shipment not yet
 // acknowledged fails with ErrOutOfSync and is dropped.
+// MarkOutOfSync puts the peer out of sync now (the caller knows it is
+// gone: it fenced it), rather than after the sync timeout; what waits on
+// it fails with ErrOutOfSync at once.
+func (l *Link) MarkOutOfSync(reason string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.markOutOfSyncLocked(reason)
+}
+
 func (l *Link) markOutOfSyncLocked(reason string) {
 	if l.outOfSync || l.closed {
 		return

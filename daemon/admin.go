@@ -185,12 +185,14 @@ type adminVolume struct {
 	d *Daemon
 }
 
-// errClusterMode refuses a mode that keeps dirty data on a cluster node.
-var errClusterMode = errors.New("a clustered volume keeps no dirty data until the write-back journal is replicated: " +
-	"writethrough, writearound and passthrough only")
+// errClusterMode refuses a mode that keeps dirty data to a clustered
+// volume whose journal is not replicated (its configuration's mode keeps
+// none); a replicated one stays in writeback (cachecore.ErrReplicatedMode).
+var errClusterMode = errors.New("a clustered volume keeps dirty data only when its journal is replicated " +
+	"(mode = \"writeback\" in its configuration): writethrough, writearound and passthrough only")
 
 func (v adminVolume) SetMode(ctx context.Context, m admin.Mode, progress func(admin.Progress)) error {
-	if v.d.clu != nil {
+	if v.d.clu != nil && !replicatedVolume(v.d.volumeConfLocked(v.Name())) {
 		if cm := cachecore.Mode(m); cm == cachecore.ModeWriteback || cm == cachecore.ModeWriteonly {
 			return fmt.Errorf("volume %s: mode %s: %w", v.Name(), cm, errClusterMode)
 		}

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"slices"
 	"sort"
 	"sync"
@@ -18,14 +20,24 @@ import (
 	"github.com/cachelun/cachelun/cluster"
 	"github.com/cachelun/cachelun/conf"
 	"github.com/cachelun/cachelun/internal/blk"
+	"github.com/cachelun/cachelun/mirror"
 	"github.com/cachelun/cachelun/target/scsi"
 )
 
-// clusterMode is the cache mode of every clustered volume, whatever the
-// file's mode says: no other node holds a clustered volume's dirty data
-// until the write-back journal is replicated (issue 18, item 4), so the
-// owner keeps none and its death loses nothing acknowledged.
-const clusterMode = "writethrough"
+// clusterVolumeMode is the cache mode a clustered volume runs in: writeback
+// with its journal replicated to the peers when its configuration keeps
+// dirty data (writeback, writeonly: a replicated volume runs writeback,
+// the one mode in which every change goes through the journal), else the
+// configured mode, which keeps no dirty data.
+func clusterVolumeMode(mode string) string {
+	if mode == "writeback" || mode == "writeonly" {
+		return "writeback"
+	}
+	return mode
+}
+
+// replicatedVolume: the clustered volume's journal is replicated.
+func replicatedVolume(v conf.Volume) bool { return clusterVolumeMode(v.Mode) == "writeback" }
 
 // ownershipInterval is how often the ownership rules run: a standby reads
 // the image's lock holder, an owner checks that it still holds the lock.
@@ -48,10 +60,12 @@ const (
 // errRBDLocked is rbd.ErrLocked under the name the ownership code tests.
 var errRBDLocked = rbd.ErrLocked
 
-// errNoReplication is every shipment's refusal: this node does not
-// mirror write-back journals yet.
-var errNoReplication = errors.New("cluster: this node does not mirror write-back journals yet " +
-	"(clustered volumes run writethrough; replication comes with issue 18, item 4)")
+// errOwnerShipment refuses a shipment for a volume this node owns: it
+// comes from a node that is not the owner (deposed or partitioned).
+var errOwnerShipment = fmt.Errorf("%w (the receiving node owns it)", cluster.ErrDeposed)
+
+// errUnknownVolume refuses a shipment for a volume that is not clustered here.
+var errUnknownVolume = errors.New("cluster: not a clustered volume of this node")
 
 // errNotCluster is returned by the cluster status of a single node.
 var errNotCluster = errors.New("this daemon is not a cluster node (no [cluster] table)")
@@ -67,6 +81,7 @@ type clusterd struct {
 	cfg    conf.Cluster
 	log    *slog.Logger
 	node   *cluster.Node
+	recv   *mirror.Receiver // the mirrors of the volumes peers own
 	own    *ownership
 	groups map[string]uint16 // node name → target port group id (names sorted → 1..N)
 	vols   map[string]*clusterVolume
@@ -75,19 +90,22 @@ type clusterd struct {
 	wg     sync.WaitGroup // the ownership loop and the announcements
 }
 
-// clusterVolume is one clustered volume: its configuration (mode forced
-// to writethrough), its image lock, the volume its logical units serve
-// (switched from the standby stub to the engine's at takeover) and those
-// logical units. mu → ownership.mu; mu is held while a logical unit is
-// added and while the ALUA states of its logical units change, so both
-// use the latest ownership view.
+// clusterVolume is one clustered volume: its configuration (mode as
+// clusterVolumeMode says), its image lock, the volume its logical units
+// serve (switched from the standby stub to the engine's at takeover),
+// those logical units and, while this node owns a replicated volume, the
+// Shipper of its journal. mu → ownership.mu; mu is held while a logical
+// unit is added and while the ALUA states of its logical units change, so
+// both use the latest ownership view.
 type clusterVolume struct {
 	conf conf.Volume
 	lock *rbdLock
 	sw   *switchVolume
 
-	mu  sync.Mutex
-	lus []*scsi.LU
+	mu      sync.Mutex
+	lus     []*scsi.LU
+	shipper *mirror.Shipper
+	held    *rbdHeld // while this node owns the volume
 }
 
 // newClusterd prepares the cluster part of a daemon on cfg (with
@@ -119,7 +137,7 @@ func (c *clusterd) tpgt() uint16 { return c.groups[c.cfg.Node] }
 // openVolume opens the watch on a clustered volume's image (NoLock: it
 // takes nothing) and registers the volume; it is taken (or not) by start.
 func (c *clusterd) openVolume(v conf.Volume, ownerFile string) error {
-	v.Mode = clusterMode
+	v.Mode = clusterVolumeMode(v.Mode)
 	nodes := map[string]bool{}
 	for n := range c.groups {
 		nodes[n] = true
@@ -141,12 +159,21 @@ func (c *clusterd) openVolume(v conf.Volume, ownerFile string) error {
 func (c *clusterd) start(ctx context.Context, clock cluster.Clock) error {
 	var modes []string
 	for _, v := range c.d.cfg.Volumes {
-		modes = append(modes, v.Name+"="+v.Mode)
+		m := v.Name + "=" + clusterVolumeMode(v.Mode)
+		if replicatedVolume(v) {
+			m += " (journal replicated)"
+		}
+		modes = append(modes, m)
 	}
-	c.log.Warn("cluster node: every clustered volume runs writethrough whatever its mode says, until the write-back journal is replicated",
-		"node", c.cfg.Node, "target_port_group", c.tpgt(), "configured_modes", modes)
+	c.log.Info("cluster node", "node", c.cfg.Node, "target_port_group", c.tpgt(), "modes", modes,
+		"degraded", c.cfg.Degraded)
+	dir := filepath.Join(c.d.cfg.Global.DataDir, "mirror")
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return fmt.Errorf("cluster: the mirrors' directory: %w", err)
+	}
+	c.recv = mirror.NewReceiver(dir)
 	ccfg := cluster.ConfigFrom(&c.cfg)
-	ccfg.Receiver = refuseReceiver{}
+	ccfg.Receiver = c
 	ccfg.Handler = c
 	ccfg.Logger = c.log
 	ccfg.Clock = clock
@@ -179,12 +206,25 @@ func (c *clusterd) stopOwnership() {
 	c.wg.Wait()
 }
 
-// close closes the peer link and the images' watches (the engine closed
-// the images this node owned, releasing their locks).
+// close stops the Shippers, closes the peer link, the mirrors and the
+// images' watches (the engine closed the images this node owned, releasing
+// their locks, after their last shipments).
 func (c *clusterd) close() error {
 	var errs []error
+	for _, cv := range c.vols {
+		cv.mu.Lock()
+		sh := cv.shipper
+		cv.shipper = nil
+		cv.mu.Unlock()
+		if sh != nil {
+			sh.Close()
+		}
+	}
 	if c.node != nil {
 		errs = append(errs, c.node.Close())
+	}
+	if c.recv != nil {
+		errs = append(errs, c.recv.Close())
 	}
 	for _, cv := range c.vols {
 		errs = append(errs, cv.lock.close())
@@ -212,7 +252,11 @@ func (c *clusterd) attach(ctx context.Context, volume string, h heldLock) error 
 	if !ok {
 		return fmt.Errorf("volume %s: not an RBD lock", volume)
 	}
-	if err := c.d.eng.addVolumeFresh(ctx, cv.conf, rh.dev); err != nil {
+	if replicatedVolume(cv.conf) {
+		if err := c.attachReplicated(ctx, cv, rh); err != nil {
+			return err
+		}
+	} else if err := c.d.eng.addVolumeFresh(ctx, cv.conf, rh.dev, false); err != nil {
 		return err
 	}
 	vol, ok := c.d.eng.volume(volume)
@@ -228,6 +272,147 @@ func (c *clusterd) attach(ctx context.Context, volume string, h heldLock) error 
 		c.log.Debug("cluster: closing the image's watch", "volume", volume, "err", err)
 	}
 	return nil
+}
+
+// attachReplicated opens a replicated volume on a lock just taken and
+// brings its cache up to the newest acknowledged write before it serves:
+//   - When this node was the image's last holder (no other node took the
+//     lock since), its cache is the newest state: the volume is added as
+//     it is (its dirty data, replayed, is the journal the peers mirror).
+//   - Otherwise another node owned the volume since: what this cache holds
+//     of it is dropped (PurgeReplica), and the mirror of the other node's
+//     journal that this node kept is applied on top of the image
+//     (mirror.Apply: in shipment order, then flushed). Every write the
+//     other node acknowledged as durable is then in this cache.
+//
+// The Shipper is set before the mirror is applied, so the applied data
+// reaches the peers in sync like any write.
+func (c *clusterd) attachReplicated(ctx context.Context, cv *clusterVolume, rh *rbdHeld) error {
+	name := cv.conf.Name
+	mlog, err := c.recv.Log(name)
+	if err != nil {
+		return fmt.Errorf("volume %s: its mirror: %w", name, err)
+	}
+	current := rh.prevNode == c.cfg.Node
+	cv.mu.Lock()
+	cv.held = rh
+	cv.mu.Unlock()
+	if current {
+		err = c.d.eng.addVolumeReplicated(ctx, cv.conf, rh.dev, true)
+	} else {
+		err = c.d.eng.addVolumeFresh(ctx, cv.conf, rh.dev, true)
+	}
+	if err != nil {
+		return err
+	}
+	vol, ok := c.d.eng.cacheVolume(name)
+	if !ok {
+		return fmt.Errorf("volume %s: not open after attach", name)
+	}
+	if !current && !rh.prevReleased && rh.prevNode != "" {
+		// the previous owner was fenced (its lock broken): nothing
+		// shipped to it will be acknowledged; flushes should not wait
+		// sync_timeout to find out
+		if l := c.node.Link(rh.prevNode); l != nil {
+			l.MarkOutOfSync("this node took the volume over from it")
+		}
+	}
+	sh := mirror.NewShipper(c.node, name, rh.epoch, vol.Reship, c.log.With("volume", name))
+	if err := vol.SetReplicator(sh); err != nil {
+		sh.Close()
+		return errors.Join(err, c.d.eng.removeVolume(ctx, cv.conf.Cache, name, nil))
+	}
+	cv.mu.Lock()
+	cv.shipper = sh
+	cv.mu.Unlock()
+	if current || rh.prevReleased {
+		// the mirror holds nothing newer than the image (the previous
+		// owner wrote everything back before it released the lock) or
+		// than this node's cache (it was the previous owner); applying
+		// it could bring back older data where this node's mirror fell
+		// behind
+		return mlog.Reset()
+	}
+	start := time.Now()
+	n, err := mirror.Apply(ctx, mlog, vol)
+	if errors.Is(err, cluster.ErrDegraded) {
+		// every record is durable in this cache; only its copies on the
+		// peers are missing (refuse-sync with a peer out of sync: the
+		// fenced owner, in a cluster of two). The volume serves, and
+		// refuses flushes until a peer is back in sync.
+		c.log.Warn("cluster: the previous owner's journal applied from this node's mirror, not yet replicated to a peer in sync",
+			"volume", name, "records", n, "err", err)
+		return mlog.Reset()
+	}
+	if err != nil {
+		c.log.Error("cluster: applying the mirror of the previous owner's journal failed; the volume is not served",
+			"volume", name, "records_applied", n, "err", err)
+		return errors.Join(err, c.detachReplicated(ctx, cv, false))
+	}
+	c.log.Info("cluster: the previous owner's journal applied from this node's mirror", "volume", name,
+		"previous_owner", orUnknown(rh.prevNode), "owner_epoch", rh.epoch, "records", n, "took", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// detachReplicated removes a replicated volume from the engine (writing
+// back what its cache holds: this node holds the image's lock) and stops
+// its Shipper. With released, the image is recorded as released once
+// everything is written back (ownerRecord.Released: the next owner need
+// not apply its mirror).
+func (c *clusterd) detachReplicated(ctx context.Context, cv *clusterVolume, released bool) error {
+	cv.mu.Lock()
+	held := cv.held
+	cv.mu.Unlock()
+	var err error
+	if released && held != nil {
+		if vol, ok := c.d.eng.cacheVolume(cv.conf.Name); ok {
+			if err = vol.Drain(ctx, nil); err == nil {
+				err = held.markReleased(c.cfg.Name, c.cfg.Node)
+			}
+		}
+	}
+	if err == nil {
+		err = c.d.eng.removeVolume(ctx, cv.conf.Cache, cv.conf.Name, nil)
+	}
+	cv.mu.Lock()
+	sh := cv.shipper
+	cv.shipper, cv.held = nil, nil
+	cv.mu.Unlock()
+	if sh != nil {
+		sh.Close()
+	}
+	return err
+}
+
+// releaseOwned writes back the volumes this node owns and replicates and
+// records each image as released (ownerRecord.Released), at a clean
+// shutdown: the next owner then finds every acknowledged write on the
+// image and applies no mirror, which may be behind when a peer was out of
+// sync. A volume that cannot be written back is left as it is (its dirty
+// data stays in this cache and in the mirrors of the peers in sync).
+func (c *clusterd) releaseOwned(ctx context.Context) {
+	for name, cv := range c.vols {
+		cv.mu.Lock()
+		held := cv.held
+		cv.mu.Unlock()
+		if held == nil || !replicatedVolume(cv.conf) {
+			continue
+		}
+		vol, ok := c.d.eng.cacheVolume(name)
+		if !ok {
+			continue
+		}
+		if err := vol.Drain(ctx, nil); err != nil {
+			c.log.Warn("cluster: shutdown: the volume's dirty data is not written back; the next owner applies its mirror",
+				"volume", name, "err", err)
+			continue
+		}
+		if err := held.markReleased(c.cfg.Name, c.cfg.Node); err != nil {
+			c.log.Warn("cluster: shutdown: recording the image as released", "volume", name, "err", err)
+			continue
+		}
+		c.log.Info("cluster: shutdown: volume written back and released", "volume", name)
+	}
 }
 
 // changed makes the ALUA states of the volume's logical units follow its
@@ -266,7 +451,7 @@ func (c *clusterd) release(ctx context.Context, volume string) error {
 			return err
 		}
 	}
-	if err := c.d.eng.removeVolume(ctx, cv.conf.Cache, volume, nil); err != nil {
+	if err := c.detachReplicated(ctx, cv, true); err != nil {
 		return err
 	}
 	cv.sw.set(standbyVolume{name: volume, size: cv.sw.Size(), bs: cv.conf.BlockSize})
@@ -324,9 +509,28 @@ func (c *clusterd) announce(volume string) {
 	}
 }
 
+// Receive keeps the shipments of the volumes peers own in their mirrors
+// (cluster.Receiver). A shipment for a volume this node owns comes from a
+// deposed owner and is refused, as is one of an older owner epoch than
+// the mirror holds (mirror.ErrStaleEpoch).
+func (c *clusterd) Receive(ctx context.Context, from string, batch []cluster.Shipment) error {
+	for _, s := range batch {
+		view, ok := c.own.volumeView(s.Volume)
+		if !ok {
+			return fmt.Errorf("%w: %s (from %s)", errUnknownVolume, s.Volume, from)
+		}
+		if view.State == ownOwner || view.State == ownMoving {
+			return fmt.Errorf("%w: %s (from %s)", errOwnerShipment, s.Volume, from)
+		}
+	}
+	return c.recv.Receive(ctx, from, batch)
+}
+
 // Handle answers the peers' control requests (cluster.Handler).
-func (c *clusterd) Handle(_ context.Context, from, kind string, body []byte) ([]byte, error) {
+func (c *clusterd) Handle(ctx context.Context, from, kind string, body []byte) ([]byte, error) {
 	switch kind {
+	case mirror.TrimKind:
+		return c.recv.Handle(ctx, from, kind, body)
 	case reqOwner:
 		var n ownerNote
 		if err := json.Unmarshal(body, &n); err != nil {
@@ -344,13 +548,6 @@ func (c *clusterd) Handle(_ context.Context, from, kind string, body []byte) ([]
 		return nil, nil
 	}
 	return nil, fmt.Errorf("%w %q", errUnknownRequest, kind)
-}
-
-// refuseReceiver refuses every shipment: no replication yet.
-type refuseReceiver struct{}
-
-func (refuseReceiver) Receive(context.Context, string, []cluster.Shipment) error {
-	return errNoReplication
 }
 
 // aluaStates are the target port group states of a volume's logical units
@@ -440,6 +637,13 @@ type ownerRecord struct {
 	Cluster string `json:"cluster"`
 	Node    string `json:"node"`
 	Addr    string `json:"addr"` // the holder's lock owner address
+	// Epoch counts the takings of the lock by the cluster's nodes: each
+	// holder records the previous holder's + 1. It orders the owners'
+	// shipped journals (mirror.LinkLSN).
+	Epoch uint64 `json:"epoch,omitempty"`
+	// Released: the holder wrote every acknowledged write back to the
+	// image and released the lock cleanly (a move, a shutdown).
+	Released bool `json:"released,omitempty"`
 }
 
 // rbdLock is a clustered volume's image lock on RBD (imageLock): a watch
@@ -541,12 +745,25 @@ func (l *rbdLock) Acquire(_ context.Context, breakOwner string) (heldLock, error
 		dev.Close()
 		return nil, fmt.Errorf("backing %s: not an RBD image", l.v.Backing)
 	}
-	rec, _ := json.Marshal(ownerRecord{Cluster: l.cluster, Node: l.node, Addr: d.LockOwner()})
+	// the previous holder's record: who wrote the image last, and the
+	// epoch this holder follows
+	var prev ownerRecord
+	val, ok, err := d.Metadata(ownerMetaKey)
+	if err != nil {
+		d.Close()
+		return nil, fmt.Errorf("backing %s: reading the previous holder's record: %w", l.v.Backing, err)
+	}
+	if ok {
+		if json.Unmarshal([]byte(val), &prev) != nil || prev.Cluster != l.cluster {
+			prev = ownerRecord{} // another cluster's or garbage: nobody known
+		}
+	}
+	rec, _ := json.Marshal(ownerRecord{Cluster: l.cluster, Node: l.node, Addr: d.LockOwner(), Epoch: prev.Epoch + 1})
 	if err := d.SetMetadata(ownerMetaKey, string(rec)); err != nil {
 		d.Close()
 		return nil, fmt.Errorf("backing %s: recording this node as the lock's holder: %w", l.v.Backing, err)
 	}
-	return &rbdHeld{dev: d}, nil
+	return &rbdHeld{dev: d, prevNode: prev.Node, prevReleased: prev.Released, epoch: prev.Epoch + 1}, nil
 }
 
 // errWatchClosed: an owner's lock has no watch any more.
@@ -566,8 +783,23 @@ func (l *rbdLock) closeWatch() error {
 
 func (l *rbdLock) close() error { return l.closeWatch() }
 
-// rbdHeld is the lock of an image this node opened with it.
-type rbdHeld struct{ dev *rbd.Device }
+// rbdHeld is the lock of an image this node opened with it: prevNode is
+// the node that held it before (this cluster's, "" unknown) and
+// prevReleased whether it released it cleanly, epoch this holder's owner
+// epoch.
+type rbdHeld struct {
+	dev          *rbd.Device
+	prevNode     string
+	prevReleased bool
+	epoch        uint64
+}
+
+// markReleased records in the image that this holder wrote everything
+// back and releases the lock (ownerRecord.Released).
+func (h *rbdHeld) markReleased(cluster, node string) error {
+	rec, _ := json.Marshal(ownerRecord{Cluster: cluster, Node: node, Addr: h.dev.LockOwner(), Epoch: h.epoch, Released: true})
+	return h.dev.SetMetadata(ownerMetaKey, string(rec))
+}
 
 // Holds is false once the lock was broken: librbd says so, or a request
 // was refused as fenced.

@@ -134,7 +134,7 @@ func clusterForTest(t *testing.T, c *fakeCeph, clock *fakeClock) (*clusterd, *fa
 	l := &fakeLock{c: c, node: "b"}
 	sw := &switchVolume{}
 	sw.set(standbyVolume{name: "v0", size: 1 << 20, bs: 512})
-	cl.vols["v0"] = &clusterVolume{conf: conf.Volume{Name: "v0", BlockSize: 512, Mode: clusterMode}, sw: sw}
+	cl.vols["v0"] = &clusterVolume{conf: conf.Volume{Name: "v0", BlockSize: 512, Mode: "writethrough"}, sw: sw}
 	cl.own.add("v0", l)
 	return cl, l
 }

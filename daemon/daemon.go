@@ -463,6 +463,7 @@ func (d *Daemon) shutdown(ctx context.Context) error {
 	d.stopTCMU()
 	if d.clu != nil {
 		d.clu.stopOwnership() // nothing is taken over while the engine closes
+		d.clu.releaseOwned(ctx)
 	}
 	if d.eng != nil {
 		// not bounded by ctx: closing persists the open ksets, which must
@@ -507,13 +508,20 @@ func (d *Daemon) lunURLs() []lunURL {
 	return out
 }
 
-// volumeMode is the mode a volume runs in as configured: its file's, or
-// writethrough for a clustered volume. Caller holds d.mu.
+// volumeMode is the mode a volume runs in as configured: its file's, as
+// clusterVolumeMode has it for a clustered volume. Caller holds d.mu.
 func (d *Daemon) volumeMode(name string) string {
 	if d.clu != nil {
-		return clusterMode
+		return clusterVolumeMode(d.volumeConf(name).Mode)
 	}
 	return d.volumeConf(name).Mode
+}
+
+// volumeConfLocked is volumeConf for a caller that does not hold d.mu.
+func (d *Daemon) volumeConfLocked(name string) conf.Volume {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	return d.volumeConf(name)
 }
 
 func (d *Daemon) volumeConf(name string) conf.Volume {

@@ -35,18 +35,27 @@
 // peer link (cluster.Node) once the caches are open and before the
 // portals serve, decides each volume's ownership, and closes the link at
 // shutdown after the engine (whose close releases the images' locks).
-// The link's Receiver refuses every shipment (nothing is replicated yet);
-// its Handler answers "owner" (a peer took a volume over) and "take" (a
-// peer released a volume for this node).
+// The link's Receiver keeps the mirrors of the journals of the volumes
+// peers own (mirror.Receiver, files under DATA_DIR/mirror) and refuses a
+// shipment for a volume this node owns (cluster.ErrDeposed); its Handler
+// answers "owner" (a peer took a volume over), "take" (a peer released a
+// volume for this node) and the mirrors' trims.
 //
-// Current behaviour, until the write-back journal is replicated (issue
-// 18, item 4): every clustered volume runs writethrough whatever its mode
-// says (logged at start, shown by volume show, status and the LUN ready
-// lines; the admin API refuses writeback and writeonly). A node never
-// holds dirty data of a clustered volume another node does not have, so
-// the death of a node loses nothing it acknowledged. Write-back across
-// nodes comes with replication. A reload that changes volumes, targets
-// or LUNs (or the TCMU exports) is refused on a cluster node.
+// A clustered volume whose mode keeps dirty data (writeback; writeonly
+// runs as writeback) is replicated: while this node owns it, its cache
+// volume has a mirror.Shipper as Replicator (a FUA write or a flush
+// returns once the peers in sync hold its data durable). Taking it
+// (attachReplicated): when the image's owner record names this node as
+// the previous holder, no other node wrote the image since and this
+// node's cache is the newest state; otherwise the cache's state of the
+// volume is dropped without writeback (cachecore.PurgeReplica; a volume
+// not replicated when the cache last held it is written back instead)
+// and the mirror of the previous owner's journal is applied on top of the
+// image before the volume serves. Each holder records an owner epoch (the
+// previous holder's + 1) that orders the owners' shipments
+// (mirror.LinkLSN). Other modes keep no dirty data and are not
+// replicated. A reload that changes volumes, targets or LUNs (or the
+// TCMU exports) is refused on a cluster node.
 //
 // # Cluster ownership
 //

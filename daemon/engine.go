@@ -211,6 +211,12 @@ func volumeConfig(v conf.Volume) (cachecore.VolumeConfig, error) {
 
 // addVolume adds a volume to its cache. On success the engine owns dev.
 func (e *engine) addVolume(ctx context.Context, v conf.Volume, dev backend.Device) error {
+	return e.addVolumeReplicated(ctx, v, dev, false)
+}
+
+// addVolumeReplicated adds a volume to its cache, marked replicated or not
+// (cachecore.VolumeConfig.Replicated). On success the engine owns dev.
+func (e *engine) addVolumeReplicated(ctx context.Context, v conf.Volume, dev backend.Device, replicated bool) error {
 	oc, ok := e.cache(v.Cache)
 	if !ok {
 		return fmt.Errorf("cache %s is not open", v.Cache)
@@ -219,6 +225,7 @@ func (e *engine) addVolume(ctx context.Context, v conf.Volume, dev backend.Devic
 	if err != nil {
 		return err
 	}
+	vc.Replicated = replicated
 	if d, ok := dev.(*rbd.Device); ok {
 		dev = newRBDBacking(d, v.Name, v.Backing, e.log, e.kickSizes) // watches its lock and header
 	}
@@ -245,13 +252,18 @@ func (e *engine) kickSizes() {
 }
 
 // addVolumeFresh adds a clustered volume whose image this node just took
-// the lock of: whatever its cache holds of it from an earlier run is
-// dropped first (another node may have written the image meanwhile), so
-// the volume starts with nothing cached. Dirty data of it — only left by a
-// run before the volume was clustered, clustered volumes run writethrough
-// — is written back to the image first, as the cache's removal of a volume
-// always does. On success the engine owns dev.
-func (e *engine) addVolumeFresh(ctx context.Context, v conf.Volume, dev backend.Device) error {
+// the lock of, after another node owned it: whatever its cache holds of it
+// from an earlier run is dropped first (the other node wrote the image
+// meanwhile), so the volume starts with nothing cached. Dirty data of a
+// volume whose journal was replicated is dropped without writeback
+// (cachecore.PurgeReplica): the node that owned the volume since applied
+// this node's journal from its mirror, and the mirror here holds that
+// node's. Dirty data of a volume that was not replicated when this cache
+// last held it (a run before it was clustered) has no other copy: it is
+// written back to the image first, as the cache's removal of a volume
+// always does. replicated marks the volume added (addVolumeReplicated).
+// On success the engine owns dev.
+func (e *engine) addVolumeFresh(ctx context.Context, v conf.Volume, dev backend.Device, replicated bool) error {
 	oc, ok := e.cache(v.Cache)
 	if !ok {
 		return fmt.Errorf("cache %s is not open", v.Cache)
@@ -259,6 +271,16 @@ func (e *engine) addVolumeFresh(ctx context.Context, v conf.Volume, dev backend.
 	vc, err := volumeConfig(v)
 	if err != nil {
 		return err
+	}
+	switch n, err := oc.cache.PurgeReplica(v.Name); {
+	case err == nil:
+		if n > 0 {
+			e.log.Warn("cluster: dropped the volume's dirty data from this node's earlier ownership; the newer owner's journal replaces it",
+				"volume", v.Name, "dirty_bytes", n)
+		}
+		return e.addVolumeReplicated(ctx, v, dev, replicated)
+	case !errors.Is(err, cachecore.ErrNotReplicated):
+		return fmt.Errorf("dropping the cached data: %w", err)
 	}
 	vol, err := oc.cache.AddVolume(ctx, v.Name, dev, vc)
 	if err != nil {
@@ -271,7 +293,7 @@ func (e *engine) addVolumeFresh(ctx context.Context, v conf.Volume, dev backend.
 	if err := oc.cache.RemoveVolume(ctx, v.Name, nil); err != nil {
 		return fmt.Errorf("dropping the cached data: %w", err)
 	}
-	return e.addVolume(ctx, v, dev)
+	return e.addVolumeReplicated(ctx, v, dev, replicated)
 }
 
 // removeVolume drains the volume's dirty data to its backing device

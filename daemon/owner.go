@@ -93,9 +93,10 @@ type heldLock interface {
 // ownerHooks are what the state machine asks of the daemon.
 type ownerHooks interface {
 	// attach starts serving volume on a lock just taken: the volume is
-	// opened in the engine (writethrough, its cached data dropped: the
-	// image may have been written by another node) and its logical
-	// units serve it. On an error the lock is released.
+	// opened in the engine (with the newest state: its mirror of another
+	// owner's journal applied, or its cached data dropped when the image
+	// may have been written by another node) and its logical units serve
+	// it. On an error the lock is released.
 	attach(ctx context.Context, volume string, h heldLock) error
 	// changed reports a new state of this node or a new owner of volume
 	// (the ALUA states of its logical units follow).

@@ -33,7 +33,7 @@ func clusterPort(t *testing.T, host string) int {
 }
 
 // clusterConfig writes node's configuration: volume "vol" on image (LUN
-// 0, mode writeback, which a cluster node runs writethrough), the
+// 0, mode writeback: its journal is replicated to the peer), the
 // [cluster] table with its peer.
 func clusterConfig(t *testing.T, dir string, c *cephtest.Cluster, image, node, listen, peer string) string {
 	t.Helper()
@@ -47,6 +47,13 @@ path = "cache.img"
 size = "128MiB"
 segment_size = "4MiB"
 journal_flush_interval = "200ms"
+
+[cache.writeback]
+# the owner writes nothing back on its own: its flushed writes live in
+# its cache and in the peer's mirror only
+target_dirty_percent = 90
+high_watermark_percent = 95
+idle_after = "1h"
 
 [[volume]]
 name = "vol"
@@ -105,18 +112,22 @@ func clusterStatus(t *testing.T, dir string) (clusterVolume, string) {
 func wantCluster(t *testing.T, dir, owner, state, alua string) {
 	t.Helper()
 	v, out := clusterStatus(t, dir)
-	if v.Owner != owner || v.State != state || v.ALUA != alua || v.Mode != "writethrough" {
-		t.Fatalf("cluster status: want owner %s, this node %s, ALUA %s, writethrough:\n%s", owner, state, alua, out)
+	if v.Owner != owner || v.State != state || v.ALUA != alua || v.Mode != "writeback" {
+		t.Fatalf("cluster status: want owner %s, this node %s, ALUA %s, writeback:\n%s", owner, state, alua, out)
 	}
 }
 
 // TestClusterFailover: two nodes share one image. a starts first and owns
-// it, b is standby (it refuses I/O with NOT READY, standby). Writes flushed through a; a is killed (SIGKILL); b takes
+// it, b is standby (it refuses I/O with NOT READY, standby). Writes flushed
+// through a stay in a's write-back cache (nothing is written back: its
+// writeback waits for the volume to be idle) and in b's mirror of a's
+// journal; a is killed (SIGKILL) and its cache file taken away; b takes
 // the volume over once a's link has been down for peer_timeout, breaking
-// (fencing) a's lock, and serves every flushed write. The failover time,
-// from the kill to the first successful read on b, is printed. a restarted
-// with its cache file finds b the owner and stays standby; when it takes
-// the volume back it serves what b wrote, never its stale cached copy.
+// (fencing) a's lock, applies its mirror and serves every flushed write.
+// The failover time, from the kill to the first successful read on b, is
+// printed. a restarted with its (stale) cache file finds b the owner and
+// stays standby, and b brings its mirror up to date; when a takes the
+// volume back it serves what b wrote, never its stale cached copy.
 func TestClusterFailover(t *testing.T) {
 	needTools(t, "qemu-io")
 	c := needCeph(t)
@@ -152,6 +163,11 @@ func TestClusterFailover(t *testing.T) {
 
 	a.kill()
 	killed := time.Now()
+	// the dead node's cache file is gone (a lost disk): b has only its mirror
+	cacheA := filepath.Join(dirA, "cache.img")
+	if err := os.Rename(cacheA, cacheA+".away"); err != nil {
+		t.Fatal(err)
+	}
 	var took time.Duration
 	for {
 		r := runTool(t, toolTimeout, "qemu-io", "-f", "raw", "-c", reads[0], b.url(0))
@@ -174,8 +190,18 @@ func TestClusterFailover(t *testing.T) {
 	if !strings.Contains(b.log.String(), "this node took the volume over") {
 		t.Errorf("b did not log the takeover:\n%s", b.log)
 	}
+	// b's mirror held a's flushed writes (the reads above checked them)
+	if n := appliedRecords(b.log.String()); n < 1 {
+		t.Errorf("b applied %d records of its mirror of a's journal:\n%s", n, b.log)
+	} else {
+		t.Logf("b applied %d records of a's journal from its mirror", n)
+	}
 
-	// a restarts: b owns the image and its link is up; a stays standby
+	// a restarts with its stale cache file: b owns the image and its link
+	// is up; a stays standby
+	if err := os.Rename(cacheA+".away", cacheA); err != nil {
+		t.Fatal(err)
+	}
 	a.restart()
 	wantCluster(t, dirA, "b", "standby", "standby")
 	time.Sleep(5 * time.Second) // more than peer_timeout
@@ -184,9 +210,8 @@ func TestClusterFailover(t *testing.T) {
 	if out := qemuIOFails(t, a.url(0), "read 0 4k"); !strings.Contains(out, "0x040b") {
 		t.Errorf("I/O on the restarted standby node: want NOT READY, standby (04h/0Bh):\n%s", out)
 	}
-	// writes through b reach the image (writethrough: no drain needed);
 	// b overwrites a block a's cache file still holds from before the
-	// kill
+	// kill (dirty there)
 	qemuIO(t, b.url(0), "write -P 0x7e 40M 64k", "write -P 0x7f 0 64k", "flush")
 	m.write(40<<20, 64<<10, 0x7e)
 	m.write(0, 64<<10, 0x7f)
@@ -197,9 +222,35 @@ func TestClusterFailover(t *testing.T) {
 	}
 	waitCluster(t, dirA, "a", "owner", 30*time.Second)
 	qemuIO(t, a.url(0), "read -P 0x7f 0 64k", "read -P 0x7e 40M 64k", reads[1])
+	drainVolume(t, dirA)
 	b.stop()
 	a.stop()
 	m.equal(t, rbdExport(t, c, image), "the image after the failover")
+}
+
+// appliedRecords is the records count of the daemon's "journal applied
+// from this node's mirror" log line (0 if none).
+func appliedRecords(log string) int {
+	for _, l := range strings.Split(log, "\n") {
+		if !strings.Contains(l, "journal applied from this node's mirror") {
+			continue
+		}
+		if i := strings.Index(l, " records="); i >= 0 {
+			var n int
+			fmt.Sscanf(l[i+len(" records="):], "%d", &n)
+			return n
+		}
+	}
+	return 0
+}
+
+// drainVolume writes the owner's dirty data of "vol" back to the image
+// (a clean shutdown leaves it in the cache, for the next owner).
+func drainVolume(t *testing.T, dir string) {
+	t.Helper()
+	if r := adminRun(t, dir, "volume", "drain", "vol"); r.exitCode != 0 {
+		t.Fatalf("volume drain: exit %d:\n%s", r.exitCode, r.out)
+	}
 }
 
 // waitCluster polls `cluster status` of dir until the volume's owner and
@@ -301,6 +352,7 @@ func TestClusterFenceFrozenOwner(t *testing.T) {
 	qemuIO(t, b.url(0), "read -P 0x22 0 64k")
 	m := make(model, 16<<20)
 	m.write(0, 64<<10, 0x22)
+	drainVolume(t, dirB)
 	b.stop()
 	a.kill() // blocklisted: its image cannot be closed cleanly
 	m.equal(t, rbdExport(t, c, image), "the image after the fencing")
@@ -348,6 +400,7 @@ func TestClusterPlannedMove(t *testing.T) {
 	m.write(0, 64<<10, 0x41)
 	m.write(64<<10, 64<<10, 0x42)
 	m.write(128<<10, 64<<10, 0x43)
+	drainVolume(t, dirA)
 	b.stop()
 	a.stop()
 	m.equal(t, rbdExport(t, c, image), "the image after two moves")
