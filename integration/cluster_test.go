@@ -405,3 +405,97 @@ func TestClusterPlannedMove(t *testing.T) {
 	a.stop()
 	m.equal(t, rbdExport(t, c, image), "the image after two moves")
 }
+
+// clusterShipped is what node (its admin socket in dir) shipped to its one
+// peer: shipments and payload bytes.
+func clusterShipped(t *testing.T, dir string) (shipments, bytes uint64, state string) {
+	t.Helper()
+	r := adminRun(t, dir, "cluster", "status", "--json")
+	if r.exitCode != 0 {
+		t.Fatalf("cluster status: exit %d:\n%s", r.exitCode, r.out)
+	}
+	var st struct {
+		Snapshot struct {
+			Peers []struct {
+				State        string `json:"state"`
+				Shipments    uint64 `json:"shipments"`
+				ShippedBytes uint64 `json:"shipped_bytes"`
+			} `json:"peers"`
+		} `json:"snapshot"`
+	}
+	if err := json.Unmarshal([]byte(r.out), &st); err != nil || len(st.Snapshot.Peers) != 1 {
+		t.Fatalf("cluster status: %v\n%s", err, r.out)
+	}
+	p := st.Snapshot.Peers[0]
+	return p.Shipments, p.ShippedBytes, p.State
+}
+
+// fuaBench runs `qemu-img bench` of n 4 KiB writes at QD32 with
+// -t writethrough (each write is FUA) and returns the writes per second.
+func fuaBench(t *testing.T, url string, n int) float64 {
+	t.Helper()
+	r := runTool(t, 5*time.Minute, "qemu-img", "bench", "-f", "raw", "-w", "-t", "writethrough", "-d", "32",
+		"-s", "4k", "-c", fmt.Sprint(n), url)
+	if r.exitCode != 0 {
+		t.Fatalf("qemu-img bench: exit %d:\n%s", r.exitCode, r.out)
+	}
+	var secs float64
+	for _, l := range strings.Split(r.out, "\n") {
+		if i := strings.Index(l, "Run completed in "); i >= 0 {
+			fmt.Sscanf(l[i+len("Run completed in "):], "%f", &secs)
+		}
+	}
+	if secs <= 0 {
+		t.Fatalf("qemu-img bench printed no time:\n%s", r.out)
+	}
+	return float64(n) / secs
+}
+
+// TestClusterReplicationCost: FUA writes (QD32, 4 KiB) through the owner
+// with its peer in sync, then with the peer gone (the owner serves
+// degraded, shipping nothing: the single-node rate). Every FUA write is
+// shipped once, its 4 KiB with a small header: the replication traffic
+// per written byte stays between 1 and 1.1. The rates and their ratio are
+// printed (figures, not assertions).
+func TestClusterReplicationCost(t *testing.T) {
+	needTools(t, "qemu-io", "qemu-img")
+	c := needCeph(t)
+	image := rbdImage(t, c, 64)
+	addrA := fmt.Sprintf("127.0.0.2:%d", clusterPort(t, "127.0.0.2"))
+	addrB := fmt.Sprintf("127.0.0.3:%d", clusterPort(t, "127.0.0.3"))
+	dirA, dirB := t.TempDir(), t.TempDir()
+	a := startDaemonOn(t, "127.0.0.2:0", dirA, clusterConfig(t, dirA, c, image, "a", addrA, "b@"+addrB))
+	wantCluster(t, dirA, "a", "owner", "active/optimized")
+	b := startDaemonOn(t, "127.0.0.3:0", dirB, clusterConfig(t, dirB, c, image, "b", addrB, "a@"+addrA))
+	wantCluster(t, dirB, "a", "standby", "standby")
+
+	const n = 6000
+	ships0, bytes0, state := clusterShipped(t, dirA)
+	if state != "in_sync" {
+		t.Fatalf("a's link to b: %s, want in_sync", state)
+	}
+	withPeer := fuaBench(t, a.url(0), n)
+	ships1, bytes1, state := clusterShipped(t, dirA)
+	if state != "in_sync" {
+		t.Fatalf("a's link to b after the FUA writes: %s, want in_sync", state)
+	}
+	perByte := float64(bytes1-bytes0) / float64(n*4096)
+	t.Logf("shipped %d shipments, %d bytes for %d FUA writes of 4 KiB: %.3f bytes per written byte",
+		ships1-ships0, bytes1-bytes0, n, perByte)
+	if perByte < 1 || perByte > 1.1 {
+		t.Errorf("replication traffic per written byte %.3f, want 1..1.1", perByte)
+	}
+
+	b.stop()
+	// the first flush waits sync_timeout for the gone peer, then a
+	// serves degraded
+	qemuIO(t, a.url(0), "write -f 0 4k")
+	if _, _, state := clusterShipped(t, dirA); state != "out_of_sync" {
+		t.Fatalf("a's link to the stopped b: %s, want out_of_sync", state)
+	}
+	alone := fuaBench(t, a.url(0), n)
+	fmt.Printf("cluster FUA writes 4 KiB QD32: %.0f/s with the peer in sync, %.0f/s without (single node): %.2fx; %.3f bytes shipped per byte written\n",
+		withPeer, alone, withPeer/alone, perByte)
+	t.Logf("FUA QD32: %.0f/s with the peer in sync, %.0f/s alone: %.2fx", withPeer, alone, withPeer/alone)
+	a.stop()
+}
