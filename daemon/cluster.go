@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -88,6 +89,11 @@ type clusterd struct {
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // the ownership loop and the announcements
+
+	// test seams: a peer call without a link, a target lookup without
+	// a daemon (nil in the product)
+	callPeer func(ctx context.Context, node, kind string, body []byte) ([]byte, error)
+	targetOf func(iqn string) *scsi.Target
 }
 
 // clusterVolume is one clustered volume: its configuration (mode as
@@ -103,9 +109,19 @@ type clusterVolume struct {
 	sw   *switchVolume
 
 	mu      sync.Mutex
-	lus     []*scsi.LU
+	lus     []clusterLU
 	shipper *mirror.Shipper
-	held    *rbdHeld // while this node owns the volume
+
+	// held is this node's lock of the image while it owns the volume
+	// (read by the logical units' PR saves, under their own lock).
+	held atomic.Pointer[rbdHeld]
+}
+
+// clusterLU is a logical unit of a clustered volume: LUN lun of target iqn.
+type clusterLU struct {
+	lu  *scsi.LU
+	iqn string
+	lun uint64
 }
 
 // newClusterd prepares the cluster part of a daemon on cfg (with
@@ -252,6 +268,7 @@ func (c *clusterd) attach(ctx context.Context, volume string, h heldLock) error 
 	if !ok {
 		return fmt.Errorf("volume %s: not an RBD lock", volume)
 	}
+	cv.held.Store(rh)
 	if replicatedVolume(cv.conf) {
 		if err := c.attachReplicated(ctx, cv, rh); err != nil {
 			return err
@@ -262,6 +279,10 @@ func (c *clusterd) attach(ctx context.Context, volume string, h heldLock) error 
 	vol, ok := c.d.eng.volume(volume)
 	if !ok {
 		return fmt.Errorf("volume %s: not open after attach", volume)
+	}
+	// the reservations saved by the previous owner, before any I/O
+	if err := c.loadPR(cv, rh); err != nil {
+		return errors.Join(err, c.detachReplicated(ctx, cv, false))
 	}
 	cv.sw.set(vol)
 	// an owner needs no watch (it never goes back to standby), and a
@@ -294,9 +315,6 @@ func (c *clusterd) attachReplicated(ctx context.Context, cv *clusterVolume, rh *
 		return fmt.Errorf("volume %s: its mirror: %w", name, err)
 	}
 	current := rh.prevNode == c.cfg.Node
-	cv.mu.Lock()
-	cv.held = rh
-	cv.mu.Unlock()
 	if current {
 		err = c.d.eng.addVolumeReplicated(ctx, cv.conf, rh.dev, true)
 	} else {
@@ -360,9 +378,7 @@ func (c *clusterd) attachReplicated(ctx context.Context, cv *clusterVolume, rh *
 // everything is written back (ownerRecord.Released: the next owner need
 // not apply its mirror).
 func (c *clusterd) detachReplicated(ctx context.Context, cv *clusterVolume, released bool) error {
-	cv.mu.Lock()
-	held := cv.held
-	cv.mu.Unlock()
+	held := cv.held.Load()
 	var err error
 	if released && held != nil {
 		if vol, ok := c.d.eng.cacheVolume(cv.conf.Name); ok {
@@ -376,8 +392,9 @@ func (c *clusterd) detachReplicated(ctx context.Context, cv *clusterVolume, rele
 	}
 	cv.mu.Lock()
 	sh := cv.shipper
-	cv.shipper, cv.held = nil, nil
+	cv.shipper = nil
 	cv.mu.Unlock()
+	cv.held.Store(nil)
 	if sh != nil {
 		sh.Close()
 	}
@@ -392,9 +409,7 @@ func (c *clusterd) detachReplicated(ctx context.Context, cv *clusterVolume, rele
 // data stays in this cache and in the mirrors of the peers in sync).
 func (c *clusterd) releaseOwned(ctx context.Context) {
 	for name, cv := range c.vols {
-		cv.mu.Lock()
-		held := cv.held
-		cv.mu.Unlock()
+		held := cv.held.Load()
 		if held == nil || !replicatedVolume(cv.conf) {
 			continue
 		}
@@ -431,8 +446,8 @@ func (c *clusterd) changed(volume string, st ownState, owner string) {
 	cv.mu.Lock()
 	defer cv.mu.Unlock()
 	states := c.aluaStates(volume)
-	for _, lu := range cv.lus {
-		if _, err := lu.SetTargetPortGroupStates(states); err != nil {
+	for _, l := range cv.lus {
+		if _, err := l.lu.SetTargetPortGroupStates(states); err != nil {
 			c.log.Error("cluster: ALUA state change failed", "volume", volume, "err", err)
 		}
 	}
@@ -531,6 +546,8 @@ func (c *clusterd) Handle(ctx context.Context, from, kind string, body []byte) (
 	switch kind {
 	case mirror.TrimKind:
 		return c.recv.Handle(ctx, from, kind, body)
+	case reqPR:
+		return c.handlePR(ctx, from, body)
 	case reqOwner:
 		var n ownerNote
 		if err := json.Unmarshal(body, &n); err != nil {
@@ -588,17 +605,49 @@ func (c *clusterd) aluaConfig(volume string) *scsi.ALUAConfig {
 	return cfg
 }
 
-// addLU adds a logical unit of a clustered volume with its ALUA setup.
-func (c *clusterd) addLU(volume string, add func(vol scsi.Volume, alua *scsi.ALUAConfig) (*scsi.LU, error)) error {
+// addLU adds LUN lun of target iqn, a logical unit of a clustered volume,
+// with its ALUA setup and its shared persistent reservations (loaded from
+// the image when this node owns the volume).
+func (c *clusterd) addLU(volume, iqn string, lun uint64, add func(vol scsi.Volume, alua *scsi.ALUAConfig, pr scsi.PRShare) (*scsi.LU, error)) error {
 	cv := c.vols[volume]
 	cv.mu.Lock()
-	defer cv.mu.Unlock()
-	lu, err := add(cv.sw, c.aluaConfig(volume))
+	lu, err := add(cv.sw, c.aluaConfig(volume), &clusterPR{c: c, cv: cv, iqn: iqn, lun: lun})
 	if err != nil {
+		cv.mu.Unlock()
 		return err
 	}
-	cv.lus = append(cv.lus, lu)
+	l := clusterLU{lu: lu, iqn: iqn, lun: lun}
+	cv.lus = append(cv.lus, l)
+	cv.mu.Unlock()
+	if held := cv.held.Load(); held != nil {
+		return loadLUPR(held, l)
+	}
 	return nil
+}
+
+// call makes a request of a peer over the peer link (callPeer in tests).
+func (c *clusterd) call(ctx context.Context, node, kind string, body []byte) ([]byte, error) {
+	if c.callPeer != nil {
+		return c.callPeer(ctx, node, kind, body)
+	}
+	if c.node == nil {
+		return nil, fmt.Errorf("no link to %s", node)
+	}
+	l := c.node.Link(node)
+	if l == nil {
+		return nil, fmt.Errorf("no link to %s", node)
+	}
+	return l.Call(ctx, kind, body)
+}
+
+// target is this daemon's target called iqn, or nil.
+func (c *clusterd) target(iqn string) *scsi.Target {
+	if c.targetOf != nil {
+		return c.targetOf(iqn)
+	}
+	c.d.mu.RLock()
+	defer c.d.mu.RUnlock()
+	return c.d.targets[strings.ToLower(iqn)]
 }
 
 // status is GET /v1/cluster.
@@ -763,7 +812,7 @@ func (l *rbdLock) Acquire(_ context.Context, breakOwner string) (heldLock, error
 		d.Close()
 		return nil, fmt.Errorf("backing %s: recording this node as the lock's holder: %w", l.v.Backing, err)
 	}
-	return &rbdHeld{dev: d, prevNode: prev.Node, prevReleased: prev.Released, epoch: prev.Epoch + 1}, nil
+	return &rbdHeld{dev: d, meta: d, prevNode: prev.Node, prevReleased: prev.Released, epoch: prev.Epoch + 1}, nil
 }
 
 // errWatchClosed: an owner's lock has no watch any more.
@@ -789,16 +838,23 @@ func (l *rbdLock) close() error { return l.closeWatch() }
 // epoch.
 type rbdHeld struct {
 	dev          *rbd.Device
+	meta         imageMetadata // dev's metadata (a fake in tests)
 	prevNode     string
 	prevReleased bool
 	epoch        uint64
+}
+
+// imageMetadata is an image's metadata (rbd.Device's).
+type imageMetadata interface {
+	Metadata(key string) (string, bool, error)
+	SetMetadata(key, value string) error
 }
 
 // markReleased records in the image that this holder wrote everything
 // back and releases the lock (ownerRecord.Released).
 func (h *rbdHeld) markReleased(cluster, node string) error {
 	rec, _ := json.Marshal(ownerRecord{Cluster: cluster, Node: node, Addr: h.dev.LockOwner(), Epoch: h.epoch, Released: true})
-	return h.dev.SetMetadata(ownerMetaKey, string(rec))
+	return h.meta.SetMetadata(ownerMetaKey, string(rec))
 }
 
 // Holds is false once the lock was broken: librbd says so, or a request

@@ -159,12 +159,12 @@ func TestClusterALUAStates(t *testing.T) {
 	}
 	st := scsi.NewTarget(scsi.TargetConfig{Name: "iqn.2026-11.io.cachelun:t"})
 	id := scsi.LUNIdentity("iqn.2026-11.io.cachelun:t", "v0")
-	if err := cl.addLU("v0", func(vol scsi.Volume, alua *scsi.ALUAConfig) (*scsi.LU, error) {
+	if err := cl.addLU("v0", "iqn.2026-11.io.cachelun:t", 0, func(vol scsi.Volume, alua *scsi.ALUAConfig, _ scsi.PRShare) (*scsi.LU, error) {
 		return st.AddLU(0, scsi.LUConfig{Volume: vol, SerialNumber: id.Serial, DeviceID: id.DeviceID, ALUA: alua})
 	}); err != nil {
 		t.Fatal(err)
 	}
-	lu := cl.vols["v0"].lus[0]
+	lu := cl.vols["v0"].lus[0].lu
 	want := func(states ...scsi.ALUAState) {
 		t.Helper()
 		cfg := lu.ALUA()

@@ -375,7 +375,7 @@ func (d *Daemon) addLU(st *scsi.Target, iqn string, l conf.LUN, wce bool) error 
 	if d.clu != nil {
 		// the same identity on every node (target IQN and volume name),
 		// the ALUA groups of every node, the volume switched at takeover
-		return d.clu.addLU(l.Volume, func(vol scsi.Volume, alua *scsi.ALUAConfig) (*scsi.LU, error) {
+		return d.clu.addLU(l.Volume, iqn, l.LUN, func(vol scsi.Volume, alua *scsi.ALUAConfig, pr scsi.PRShare) (*scsi.LU, error) {
 			lu, err := st.AddLU(l.LUN, scsi.LUConfig{
 				Volume:       d.latency.InstrumentVolume(l.Volume, vol),
 				SerialNumber: id.Serial,
@@ -384,6 +384,7 @@ func (d *Daemon) addLU(st *scsi.Target, iqn string, l conf.LUN, wce bool) error 
 				StatePath:    d.lunStatePath(iqn, l.LUN),
 				WriteCache:   wce,
 				ALUA:         alua,
+				PR:           pr,
 			})
 			if err != nil {
 				return nil, fmt.Errorf("target %s: LUN %d: %w", iqn, l.LUN, err)

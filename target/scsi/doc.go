@@ -60,6 +60,13 @@
 // transitioning ports serve the first four only (alua.go has the SPC-4
 // references). Without ALUA every answer is as it was before ALUA existed.
 //
+// With LUConfig.PR (pr_share.go) a logical unit's persistent reservations
+// are shared with the other gateways exporting the volume: while the unit
+// is not authoritative it forwards PERSISTENT RESERVE IN/OUT to the one
+// that is (Target.ExecuteForwarded runs them there for the forwarding
+// nexus), and the authoritative unit saves each change before the command
+// completes.
+//
 // # Copy offload, atomic writes, sanitize
 //
 // The logical unit that receives EXTENDED COPY or WRITE USING TOKEN is the

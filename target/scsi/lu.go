@@ -40,6 +40,9 @@ type LUConfig struct {
 	// logical unit access with these target port groups (alua.go); nil
 	// is no ALUA. LU.SetALUA and LU.SetTargetPortGroupStates change it.
 	ALUA *ALUAConfig
+	// PR, when set, shares the persistent reservations with the other
+	// gateways that export the volume (pr_share.go); nil keeps them here.
+	PR PRShare
 }
 
 // LU is one logical unit: a Volume plus its SCSI state (mode pages, unit
@@ -100,6 +103,7 @@ type LU struct {
 	resMu             sync.Mutex
 	resv6             *nexusKey // RESERVE(6)/(10) holder
 	pr                prState
+	prShare           PRShare // nil: the reservations are this unit's alone
 	prevent           map[nexusKey]bool
 
 	stateMu sync.Mutex
@@ -234,6 +238,7 @@ func newLU(t *Target, lun uint64, cfg LUConfig) (*LU, error) {
 	if err := lu.initALUA(cfg.ALUA); err != nil {
 		return nil, err
 	}
+	lu.prShare = cfg.PR
 	lu.capacity.Store(cfg.Volume.Size())
 	empty := map[nexusKey]*nexusState{}
 	lu.nexuses.Store(&empty)

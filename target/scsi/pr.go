@@ -2,6 +2,7 @@ package scsi
 
 import (
 	"bytes"
+	"encoding/json"
 	"slices"
 )
 
@@ -385,6 +386,16 @@ func cmdPROut(tk *task) error {
 	if conflict {
 		tk.status = StatusReservationConflict
 		return nil
+	}
+	if share := lu.prShare; share != nil {
+		// the change is shared: saved before it completes, undone when
+		// it cannot be (pr_share.go)
+		state, _ := json.Marshal(lu.prSnapshotLocked())
+		if err := share.Save(tk.ctx, state); err != nil {
+			lu.pr = before
+			lu.log.Error("scsi: saving shared persistent reservations; the change is undone", "lun", lu.lun, "err", err)
+			return newSense(SenseHardwareError, ASCInternalTargetFailure)
+		}
 	}
 	lu.updateReservationActiveLocked()
 	if s.APTPL || before.APTPL {

@@ -192,6 +192,9 @@ func (t *Target) Execute(ctx context.Context, cmd *Command) (resp Response) {
 	}()
 	tk := task{ctx: ctx, cmd: cmd, t: t, cdb: cmd.CDB}
 	err := t.dispatch(&tk)
+	if err == nil && tk.forwarded != nil {
+		return *tk.forwarded
+	}
 	return tk.response(err)
 }
 
@@ -220,6 +223,12 @@ func (t *Target) dispatch(tk *task) error {
 		op, err = nil, errCDBField(1, 4) // as an unknown service action
 	}
 	tk.nx = lu.nexus(tk.cmd.Nexus)
+	if tk.fromPeer {
+		if op == nil || !isPR(op) || len(cdb) < op.cdbLen {
+			return errInvalidOpcode()
+		}
+		return op.run(tk)
+	}
 	if op == nil || op.flags&opNoUA == 0 {
 		if ua, ok := tk.nx.takeUA(); ok {
 			return newSense(SenseUnitAttention, ua)
@@ -265,6 +274,11 @@ func (t *Target) dispatch(tk *task) error {
 	if se := tk.aluaRefusal(op); se != nil {
 		return se
 	}
+	if isPR(op) {
+		if share := lu.prShare; share != nil && !share.Authoritative() {
+			return tk.forwardPR(share)
+		}
+	}
 	if lu.reservationActive.Load() && op.flags&opNoConflictCheck == 0 {
 		if lu.conflicts(tk, op) {
 			tk.status = StatusReservationConflict
@@ -294,6 +308,11 @@ type task struct {
 	status Status
 	data   []byte
 	xfer   uint32
+
+	// fromPeer: a command another gateway forwarded (ExecuteForwarded);
+	// forwarded: the response of one this gateway forwarded (pr_share.go).
+	fromPeer  bool
+	forwarded *Response
 }
 
 // volCtx is the context for volume calls: the task's context tagged with
