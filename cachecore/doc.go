@@ -211,6 +211,15 @@
 // Close, RemoveVolume and Detach wait for it; PRE-FETCH waits for its own
 // fills.
 //
+// A volume's journal can be replicated (replicate.go): a Replicator gets
+// every kset's dirty data and discards in log order, and a FUA write or a
+// flush waits for it too. The volume record of a volume attached with
+// VolumeConfig.Replicated says so (persist.VolumeFlagReplicated); only
+// such a volume can be dropped without writeback (PurgeReplica: its record
+// leaves the volume table, so replay and writeback ignore its keys, and its
+// id is not reused while they are live), because other nodes hold copies
+// of its dirty data.
+//
 // # Concurrency and lock order
 //
 // Cache.mu → Cache.carryMu (AddVolume; writeback while it carries keys of
