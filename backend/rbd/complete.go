@@ -2,7 +2,7 @@
 
 package rbd
 
-// This file holds only the Go function librbd's completion callback calls
+// This file holds only the Go function librbd's update callback calls
 // (cgo forbids C definitions next to an //export).
 
 /*
@@ -12,21 +12,8 @@ package rbd
 import "C"
 
 import (
-	"runtime/cgo"
 	"sync"
 )
-
-// cachelunRBDComplete runs on a librbd thread when a request completes. It
-// must not block (it would stall the image's other completions): it only
-// hands the result to the request, over a channel with room for it.
-//
-//export cachelunRBDComplete
-func cachelunRBDComplete(tag C.uintptr_t, ret C.ssize_t) {
-	h := cgo.Handle(tag)
-	r := h.Value().(*request)
-	h.Delete()
-	r.complete(int64(ret))
-}
 
 // updateWatchers maps the tag of an image's update watch to its Device's
 // updated channel. A tag is an integer, never a Go pointer; one no longer

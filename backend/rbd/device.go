@@ -10,7 +10,6 @@ package rbd
 #include <string.h>
 #include <rbd/librbd.h>
 
-extern void cachelunRBDComplete(uintptr_t tag, ssize_t ret);
 extern void cachelunRBDUpdated(uintptr_t tag);
 
 // cl_updated is librbd's image update callback (rbd_update_watch): the
@@ -23,22 +22,41 @@ int cl_update_watch(rbd_image_t img, uint64_t *handle, uintptr_t tag) {
 	return rbd_update_watch(img, handle, cl_updated, (void *)tag);
 }
 
-// cl_complete is librbd's completion callback. The tag is an integer (a
-// runtime/cgo.Handle), never a Go pointer: librbd keeps it past the call
-// that submitted the request.
-static void cl_complete(rbd_completion_t c, void *arg) {
-	ssize_t r = rbd_aio_get_return_value(c);
-	rbd_aio_release(c);
-	cachelunRBDComplete((uintptr_t)arg, r);
+// Completions are polled, not called back: the image notifies an eventfd
+// (rbd_set_image_notification) and the Device's poller takes every
+// completed request in batches (cl_poll). A completion callback would be
+// a call from C into Go for each request, made one at a time from
+// librbd's single callback thread, which then waits for a Go P: on a
+// loaded machine that serialized the completions of an image.
+int cl_set_notification(rbd_image_t img, int fd) {
+	return rbd_set_image_notification(img, fd, EVENT_TYPE_EVENTFD);
+}
+
+// cl_poll takes up to max (at most 64) completed requests: their tags (a
+// runtime/cgo.Handle, an integer, never a Go pointer: librbd keeps it past
+// the call that submitted the request) and return values. It returns how
+// many, or -errno.
+int cl_poll(rbd_image_t img, uintptr_t *tags, ssize_t *rets, int max) {
+	rbd_completion_t comps[64];
+	int i, n;
+	if (max > 64)
+		max = 64;
+	n = rbd_poll_io_events(img, comps, max);
+	for (i = 0; i < n; i++) {
+		tags[i] = (uintptr_t)rbd_aio_get_arg(comps[i]);
+		rets[i] = rbd_aio_get_return_value(comps[i]);
+		rbd_aio_release(comps[i]);
+	}
+	return n;
 }
 
 enum { CL_READ, CL_WRITE, CL_FLUSH, CL_ZEROES, CL_DISCARD };
 
 // cl_submit starts one asynchronous request. On a negative return nothing
-// was submitted and the callback will not run.
+// was submitted and nothing will complete.
 static int cl_submit(rbd_image_t img, int op, uint64_t off, size_t len, char *buf, uintptr_t tag) {
 	rbd_completion_t c;
-	int r = rbd_aio_create_completion((void *)tag, cl_complete, &c);
+	int r = rbd_aio_create_completion((void *)tag, NULL, &c);
 	if (r < 0)
 		return r;
 	switch (op) {
@@ -153,6 +171,12 @@ type Device struct {
 	closed   bool
 	inflight sync.WaitGroup // requests submitted and not yet completed, abandoned ones included
 
+	// events is the eventfd librbd notifies when requests complete; the
+	// poller goroutine (pollCompletions) ends, closing pollDone, when it
+	// is closed (teardown, after the last request completed).
+	events   *os.File
+	pollDone chan struct{}
+
 	nInflight              atomic.Int64
 	timeouts, fenced, errs atomic.Uint64
 	lastOK                 atomic.Int64 // unix nanoseconds of the last request that succeeded
@@ -229,6 +253,7 @@ func open(spec Spec, opts Options) (_ *Device, err error) {
 		if err == nil {
 			return
 		}
+		d.stopPoller() // before the image it polls is closed
 		if d.image != nil {
 			C.rbd_close(d.image)
 		}
@@ -293,6 +318,9 @@ func open(spec Spec, opts Options) (_ *Device, err error) {
 	if rc := C.rbd_open(C.rados_ioctx_t(ioctx.Pointer()), cname, &d.image, nil); rc < 0 {
 		d.image = nil
 		return nil, fmt.Errorf("%s: %w", where, openErr(syscall.Errno(-rc), ErrNoImage, "image "+spec.Image))
+	}
+	if err := d.startPoller(); err != nil {
+		return nil, fmt.Errorf("%s: %w", where, err)
 	}
 	var size C.uint64_t
 	if rc := C.rbd_get_size(d.image, &size); rc < 0 {
@@ -696,6 +724,7 @@ func (d *Device) Close() error {
 
 func (d *Device) teardown() error {
 	d.inflight.Wait()
+	d.stopPoller()
 	d.unwatchUpdates()
 	var err error
 	if rc := C.rbd_close(d.image); rc < 0 {
