@@ -47,11 +47,17 @@
 // OpTimeout, returns to its caller at once (ctx.Err(), or ErrTimeout) while
 // librbd may still hold the request's buffer; librbd's late completion then
 // frees the C buffer and touches nothing of the caller's. This costs one
-// copy per request and spares pinning Go memory for an unbounded time. The
-// completion callback runs on a librbd thread and never blocks: it hands
-// the result over a channel with room for it (or frees the buffer of an
-// abandoned request); its argument is a runtime/cgo.Handle, never a Go
-// pointer.
+// copy per request and spares pinning Go memory for an unbounded time.
+// Completions are polled, not called back: librbd notifies an eventfd
+// (rbd_set_image_notification) and one goroutine per image takes the
+// completed requests in batches of up to 64 per C call
+// (rbd_poll_io_events). librbd makes C-API callbacks one at a time from a
+// single thread, and each would be a call into Go that must wait for a P:
+// on a busy machine that serialized an image's completions. The poller
+// never blocks on a request: it hands the result over a channel with room
+// for it (or frees the buffer of an abandoned request); a request's tag
+// is a runtime/cgo.Handle, never a Go pointer. Close waits for every
+// request to complete, then stops the poller, then closes the image.
 //
 // # Timeouts and outages
 //
