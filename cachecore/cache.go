@@ -482,6 +482,9 @@ func (c *Cache) replay(ctx context.Context, seen func(*persist.Key)) (head persi
 		}
 		if errors.Is(err, persist.ErrTornData) {
 			c.log.Warn("replay: the log ends at a kset whose data did not reach the media before the crash; it and the ksets after it were never acknowledged and are dropped", "reason", err)
+			if eerr := c.store.EndLogAt(r.Head().Pos); eerr != nil {
+				return persist.Tail{}, nil, 0, fmt.Errorf("cachecore: replay: ending the log before a torn kset: %w", eerr)
+			}
 		} else {
 			c.log.Info("replay stopped", "reason", err)
 		}

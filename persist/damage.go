@@ -279,6 +279,22 @@ func (s *Store) DamageReport(d *DamageError) []string {
 // damage: the record's header is zeroed and the durable mark lowered so
 // that the new end is not taken for damage again. Either way the change is
 // persisted before Repair returns; truncated reports the second case.
+// EndLogAt makes the log end at pos, durably: the kset header there is
+// zeroed. Open calls it for a torn tail (ErrTornData) it drops: the walk
+// that found the kset torn skips keys whose segment changed generation
+// since, so once GC has moved on the segments a torn kset's keys point
+// into, a later walk would take it for a valid kset, and replaying its
+// keys (stale by generation, which still override what the log held
+// before them) would hide older data of their ranges.
+func (s *Store) EndLogAt(pos Pos) error {
+	off := s.DataOffset(pos)
+	img := make([]byte, ksetHeaderSize)
+	if err := s.m.WriteAt(img, off); err != nil {
+		return err
+	}
+	return s.m.Persist(off, int64(len(img)))
+}
+
 func (s *Store) Repair(d *DamageError) (truncated bool, err error) {
 	at := d.Stop.Pos
 	off := s.DataOffset(at)
