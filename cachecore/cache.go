@@ -276,9 +276,9 @@ func openWith(ctx context.Context, store *persist.Store, cfg Config, replayed fu
 	}
 	c.cfg.Store(&cfg)
 	c.fills.init()
-	// The ghost set remembers about half as many blocks as the cache
-	// holds (between a half and all of it: ghostSet).
-	c.policy.ghost = newGhostSet(int64(nSeg) * int64(dataSize) >> ghostBlockShift / 2)
+	// The ghost set remembers a sixteenth to an eighth of as many blocks
+	// as the data area holds (ghostDiv, ghostSet).
+	c.policy.ghost = newGhostSet(int64(nSeg) * int64(dataSize) >> ghostBlockShift / ghostDiv)
 	for i := range c.slots {
 		c.slots[i].idx = i
 	}

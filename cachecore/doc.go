@@ -193,10 +193,13 @@
 // index and dropping their references; a segment at zero gets its
 // generation bumped and persisted before it is reused. Readers copy cache
 // data holding the segment's read lock after checking the generation.
-// Under a volume's 2q policy (policy.go) GC first re-appends the clean
-// data of those keys that was read since written (through the fill path,
-// so C7 holds), within a write budget, and remembers what it evicts in a
-// ghost set that decides which misses a full cache admits.
+// Under a volume's 2q policy (policy.go) GC first re-appends the data of
+// those keys that is clean in the index (fills, and writes once written
+// back) and was read since written, the most read first (through the fill
+// path, so C7 holds), within a write budget of a fifth of the bytes the
+// host installed, and remembers what it evicts in a ghost set that
+// decides which misses a full cache admits (only blocks missed or evicted
+// shortly before).
 //
 // A read miss leaves an EMPTY placeholder over its range, reads the
 // backing device and returns the data to the host at once; the fill (cache

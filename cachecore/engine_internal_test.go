@@ -87,7 +87,7 @@ func snapshotIndex(vs *volState) map[uint64][]extent {
 		if len(s.list.ext) > 0 {
 			out[n] = append([]extent(nil), s.list.ext...)
 			for i := range out[n] {
-				out[n][i].hit = false
+				out[n][i].hits = 0
 			}
 		}
 		s.mu.Unlock()

@@ -45,8 +45,9 @@ type extent struct {
 	seg    uint32
 	segOff uint32
 	kind   extKind
-	// hit: read since it was written (Policy2Q's second chance).
-	hit bool
+	// hits counts the reads since the data was written, saturating
+	// (Policy2Q's second chance ranks by it).
+	hits uint8
 	// sumOff, sumLen and sum are, on a cache with data CRCs, the segment
 	// offset and length of the data of the whole key the extent comes
 	// from and its CRC32C (persist.Key.DataCRC): what a read hit and

@@ -3,6 +3,7 @@ package cachecore
 import (
 	"fmt"
 	"math/bits"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -22,21 +23,33 @@ import (
 //     set remembers the block: it was evicted recently, or missed once
 //     recently without being admitted. A block read once (a scan, a
 //     one-hit wonder) therefore never pushes out data that is read again.
-//     Until the cache is full every miss is admitted.
-//   - Second chance. A read hit marks its extent. When GC passes a clean
-//     key whose data is still indexed and was hit since it was written,
-//     the data is appended again at the head of the log (through the fill
-//     path: a placeholder, then an install that C7 checks like any fill)
-//     instead of being evicted, and its mark is cleared (CLOCK). What is
+//     Until the cache is full every miss is admitted. The ghost set is
+//     short (a sixteenth of the cache's blocks, see ghostDiv): a block is
+//     admitted only if it is missed again soon, which keeps the blocks
+//     read a few times per pass of the log out of it, so the log turns
+//     more slowly and the budget below protects more of what is read
+//     often. Its false positives are about one in ten million, so a scan
+//     of any length admits practically nothing.
+//   - Second chance. A read hit counts on its extent. When GC passes a
+//     key whose data is still indexed, clean (a fill, or a write that was
+//     written back) and was hit since it was written, the data is appended
+//     again at the head of the log (through the fill path: a placeholder,
+//     then an install that C7 checks like any fill) instead of being
+//     evicted, and its count starts again (CLOCK). The budget goes to the
+//     most hit data of a GC step first: its keys were written at about the
+//     same time, so their counts compare reads over the same stay. What is
 //     evicted goes to the ghost set.
 //   - A write budget. Re-appends are bounded to a fifth of the bytes the
-//     host installed (fills and cached writes) since the cache opened,
-//     so GC's write amplification from them stays under 1.2 and GC never
-//     falls behind the writers: without credit, GC evicts as FIFO does.
+//     host installed in the cache (fills and cached writes) since the
+//     cache opened, so GC's write amplification from them stays under 1.2
+//     and GC never falls behind the writers: without credit, GC evicts as
+//     FIFO does.
 //
 // Dirty data is never re-appended nor evicted by this: GC still never
-// passes dirty_tail (C-rules in doc.go). A re-append is a clean fill: a
-// crash before its kset is durable loses only a copy of backing data.
+// passes dirty_tail nor the keys writeback has yet to mark clean (C-rules
+// in doc.go), and only extents the index holds as clean are re-appended.
+// A re-append is a clean fill: a crash before its kset is durable loses
+// only a copy of backing data.
 //
 // PolicyFIFO admits every miss and evicts in log order (for comparison).
 
@@ -72,18 +85,25 @@ const (
 	ghostBlockShift = 12
 	// ghostPerExtent bounds the blocks of one evicted extent remembered.
 	ghostPerExtent = 16
-	// ghostBitsPerEntry and ghostProbes size each Bloom filter: about 2 %
-	// false positives at its fill limit.
-	ghostBitsPerEntry = 10
-	ghostProbes       = 3
+	// ghostDiv: each Bloom filter of the ghost set takes a sixteenth of
+	// the blocks of the cache's data area. Measured on the yardstick
+	// (docs/yardstick.md, 256 MiB): a half (as before) and a quarter
+	// admit too much of a Zipf tail, a thirty-second too little.
+	ghostDiv = 16
+	// ghostBitsPerEntry and ghostProbes size each Bloom filter: about
+	// 1e-7 false positives at its fill limit. (The bits a filter of twice
+	// the entries at 2 % took: a scan's blocks are all new, and 2 % of a
+	// long scan admitted, near the threshold, pushed part of the hot set
+	// out.)
+	ghostBitsPerEntry = 5 * ghostDiv
+	ghostProbes       = 6
 	// fullMargin: the cache counts as full (admission by the ghost set)
 	// within this many segments of GC's threshold.
 	fullMargin = 2
-	// fullShareDiv: and within a quarter of the threshold, so that on a
-	// large cache a scan arriving while it is still filling is refused
-	// before it reaches the threshold and GC would have to evict the data
-	// that was there first (the re-append budget is small then).
-	fullShareDiv = 4
+	// bankDiv: GC banks at most this share of the data area as credit.
+	// A fresh cache earns a fifth of what it installs until GC first runs
+	// (about gc_percent of it): a fifth of the data area keeps that.
+	bankDiv = 5
 )
 
 // ghostSet remembers recently evicted or refused blocks: two Bloom filters
@@ -177,6 +197,13 @@ type policyState struct {
 // GC's first eviction instead lets the first scan after a warm-up push the
 // hot set out while the re-append budget is still small.)
 //
+// A scan that arrives while a large cache is still filling fills it up to
+// this point and is refused from there; what it filled is evicted first,
+// as it was not hit. (Refusing earlier, from three quarters of the
+// threshold on, cost every workload whose data almost fits the misses it
+// refused, and only protected the hot set from the ghost set's false
+// positives, which are now too rare to matter.)
+//
 // It runs on every read of a 2q volume, so it reads the free count without
 // a lock and counts quarantined segments (rare) as used, where GC's
 // threshold does not: a cache with quarantined segments starts admitting
@@ -185,7 +212,7 @@ func (c *Cache) cacheFull() bool {
 	n := len(c.segs.segs)
 	used := n - int(c.segs.nFree.Load())
 	limit := n * c.config().GCPercent / 100
-	return used+max(fullMargin, limit/fullShareDiv) > limit
+	return used+fullMargin > limit
 }
 
 // admitGhost decides, for a volume with Policy2Q on a full cache, whether
@@ -205,7 +232,14 @@ func (v *Volume) admitGhost(off int64) bool {
 
 // markHit records a read hit on x (under its stripe lock) for GC's second
 // chance.
-func markHit(x *extent) { x.hit = true }
+func markHit(x *extent) {
+	if x.hits < maxHits {
+		x.hits++
+	}
+}
+
+// maxHits: the hit count saturates here; ranking beyond it buys nothing.
+const maxHits = 255
 
 // refillCredit adds to GC's re-append budget its share of what the host
 // installed since the last call.
@@ -217,7 +251,9 @@ func (c *Cache) refillCredit() {
 			continue
 		}
 		if v := vs.vol.Load(); v != nil {
-			total += v.stats.fillBytes.Load() + v.stats.writeBytes.Load()
+			// Not writeBytes: writes that bypassed the cache installed
+			// nothing.
+			total += v.stats.fillBytes.Load() + v.stats.cachedWriteBytes.Load()
 		}
 	}
 	p := &c.policy
@@ -228,22 +264,37 @@ func (c *Cache) refillCredit() {
 		return
 	}
 	p.installed.Store(total)
-	// At most a tenth of the data area banked: credit earned long ago
-	// must not let one GC pass re-append a burst.
-	limit := int64(len(c.segs.segs)) * int64(c.store.SegmentDataSize()) / 10
+	// At most a fifth of the data area banked (bankDiv): credit earned
+	// long ago must not let GC re-append a long burst.
+	limit := int64(len(c.segs.segs)) * int64(c.store.SegmentDataSize()) / bankDiv
 	p.credit.Store(min(p.credit.Load()+int64((total-last)/reappendShareDiv), limit))
+}
+
+// chanceCand is clean data GC is passing that was hit since written: its
+// volume, stripe and piece, and a copy of its extent taken under the
+// stripe lock.
+type chanceCand struct {
+	v  *Volume
+	vs *volState
+	st *stripe
+	pc piece
+	x  extent
 }
 
 // secondChance runs before GC drops the references of the keys it passes
 // (their data is still in place): clean data of Policy2Q volumes that was
 // hit since it was written is queued to be appended again, within the
-// budget; the rest of their clean data goes to the ghost set.
+// budget, the most hit first; the rest of their clean data goes to the
+// ghost set. Dirty keys count too: GC passes one only once writeback
+// marked its extents clean (cleanLSN), and then their data is the
+// backing device's, as a fill's is; an extent still dirty (carried
+// forward for a volume that is not attached) is left alone.
 func (c *Cache) secondChance(passed []persist.Key) {
 	c.refillCredit()
-	var buf []byte
+	var cands []chanceCand
 	for i := range passed {
 		k := &passed[i]
-		if k.Flags != persist.KeyClean || k.Volume >= uint32(len(c.vols)) {
+		if k.Flags == persist.KeyTombstone || k.Volume >= uint32(len(c.vols)) {
 			continue
 		}
 		vs := c.vols[k.Volume].Load()
@@ -255,8 +306,6 @@ func (c *Cache) secondChance(passed []persist.Key) {
 			continue
 		}
 		for st, p := range vs.indexedPieces(k) {
-			var keep [4]extent
-			cand := keep[:0]
 			st.mu.Lock()
 			i, j := st.list.span(p.s, p.e)
 			for n := i; n < j; n++ {
@@ -264,23 +313,39 @@ func (c *Cache) secondChance(passed []persist.Key) {
 				if x.kind != extClean || !x.sameLineage(p.s, k.Pos.Seg, p.segOff, k.Gen) {
 					continue
 				}
-				if x.hit && int64(x.length) <= c.policy.credit.Load() && len(cand) < cap(keep) {
-					c.policy.credit.Add(-int64(x.length))
-					cand = append(cand, *x)
+				if x.hits > 0 {
+					cands = append(cands, chanceCand{v: v, vs: vs, st: st, pc: p.piece, x: *x})
 					continue
 				}
-				for b := uint32(0); b < x.length && b < ghostPerExtent<<ghostBlockShift; b += 1 << ghostBlockShift {
-					c.policy.ghost.add(ghostKey(vs.id, p.abs(x.start+b)))
-				}
+				c.ghostExtent(vs.id, p.piece, x)
 			}
 			st.mu.Unlock()
-			for n := range cand {
-				if int(cand[n].length) > cap(buf) {
-					buf = make([]byte, max(cand[n].length, 64<<10))
-				}
-				v.reappend(st, p.piece, &cand[n], buf[:cand[n].length])
-			}
 		}
+	}
+	// The keys a step passes were written at about the same time, so
+	// their hit counts compare reads over the same stay: the budget goes
+	// to the data read most often, which is what a miss would cost most.
+	slices.SortStableFunc(cands, func(a, b chanceCand) int { return int(b.x.hits) - int(a.x.hits) })
+	var buf []byte
+	for n := range cands {
+		cd := &cands[n]
+		if int64(cd.x.length) > c.policy.credit.Load() {
+			c.ghostExtent(cd.vs.id, cd.pc, &cd.x)
+			continue
+		}
+		c.policy.credit.Add(-int64(cd.x.length))
+		if int(cd.x.length) > cap(buf) {
+			buf = make([]byte, max(cd.x.length, 64<<10))
+		}
+		cd.v.reappend(cd.st, cd.pc, &cd.x, buf[:cd.x.length])
+	}
+}
+
+// ghostExtent remembers (the first blocks of) an evicted extent in the
+// ghost set.
+func (c *Cache) ghostExtent(vol uint32, pc piece, x *extent) {
+	for b := uint32(0); b < x.length && b < ghostPerExtent<<ghostBlockShift; b += 1 << ghostBlockShift {
+		c.policy.ghost.add(ghostKey(vol, pc.abs(x.start+b)))
 	}
 }
 
@@ -303,7 +368,7 @@ func (v *Volume) reappend(st *stripe, pc piece, x *extent, data []byte) {
 	chunk := uint64(pc.abs(x.start)) >> chunkShift
 	st.mu.Lock()
 	k := st.list.find(x.start)
-	if k < 0 || st.list.ext[k] != *x || v.tracker.count(chunk) != 0 {
+	if k < 0 || !sameButHits(st.list.ext[k], *x) || v.tracker.count(chunk) != 0 {
 		st.mu.Unlock()
 		return
 	}
@@ -316,4 +381,11 @@ func (v *Volume) reappend(st *stripe, pc piece, x *extent, data []byte) {
 		st.mu.Unlock()
 		return
 	}
+}
+
+// sameButHits reports whether a and b are the same extent, read or not
+// since (a read may have counted a hit after GC copied the extent).
+func sameButHits(a, b extent) bool {
+	a.hits, b.hits = 0, 0
+	return a == b
 }

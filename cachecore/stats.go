@@ -89,9 +89,12 @@ type volCounters struct {
 	readBypassRaces                                  atomic.Uint64
 	fillBytes, fillsDropped                          atomic.Uint64
 	admissionsRefused, ghostAdmits, reappendBytes    atomic.Uint64
-	writebackBytes                                   atomic.Uint64
-	heldBack                                         atomic.Uint64
-	copySharedBytes, copyMovedBytes                  atomic.Uint64
+	// cachedWriteBytes: the part of writeBytes written into the cache
+	// (not bypassed): with fillBytes, what earns 2q's re-append credit.
+	cachedWriteBytes                atomic.Uint64
+	writebackBytes                  atomic.Uint64
+	heldBack                        atomic.Uint64
+	copySharedBytes, copyMovedBytes atomic.Uint64
 	// wbUnmarked: bytes the writeback pass in flight has written but not
 	// yet marked clean (they still count in dirtyBytes), for Progress.
 	wbUnmarked atomic.Int64

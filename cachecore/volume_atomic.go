@@ -76,6 +76,7 @@ func (v *Volume) WriteAtomic(ctx context.Context, p []byte, off int64, fua bool)
 	v.writeLat.add(time.Since(t0))
 	v.stats.writeHits.Add(1)
 	v.stats.writeBytes.Add(uint64(len(p)))
+	v.stats.cachedWriteBytes.Add(uint64(len(p)))
 	if fua {
 		return v.syncDurable([]int{slotFor(v.st.id, firstPiece(off, int64(len(p)), 0).stripe)})
 	}

@@ -42,6 +42,7 @@ func (v *Volume) CompareAndWrite(ctx context.Context, off int64, compare, data [
 	}
 	if err == nil {
 		v.stats.writeBytes.Add(uint64(len(data)))
+		v.stats.cachedWriteBytes.Add(uint64(len(data)))
 		v.stats.writeHits.Add(1)
 	}
 	return err

@@ -148,7 +148,9 @@ func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64, fua bool) err
 	}
 	switch r {
 	case routeCache:
-		err = v.cacheWrite(ctx, p, off, fua)
+		if err = v.cacheWrite(ctx, p, off, fua); err == nil {
+			v.stats.cachedWriteBytes.Add(uint64(len(p)))
+		}
 	default:
 		err = v.bypassWrite(ctx, p, off, fua, r, reason)
 	}
