@@ -63,7 +63,7 @@ func TestBaseIsValid(t *testing.T) {
 	v := c.Volumes[0]
 	if v.Mode != "writeback" || v.BlockSize != 512 || !*v.WriteCache || v.SequentialCutoff.Bytes != 4<<20 ||
 		v.CongestedReadThreshold.D != 2*time.Millisecond || v.CongestedWriteThreshold.D != 20*time.Millisecond ||
-		v.BackingSize.Bytes != 16<<20 || v.SanitizeMaxBytesPerSec.Bytes != 32<<20 {
+		v.BackingSize.Bytes != 16<<20 || v.SanitizeMaxBytesPerSec.Bytes != 16<<20 {
 		t.Errorf("volume defaults not applied: %+v", v)
 	}
 	if c.ISCSI.QueueDepth != 128 || c.ISCSI.NOPInterval.D != 5*time.Second || c.ISCSI.MaxRecvDataSegmentLength != 262144 {

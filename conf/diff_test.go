@@ -104,7 +104,7 @@ queue_depth = 64
 		{SectionCache, "c1", "", Added, true, "", ""},
 		{SectionVolume, "v0", "mode", Modified, true, "writeback", "writethrough"},
 		{SectionVolume, "v0", "sequential_cutoff", Modified, true, "4MiB", "8MiB"},
-		{SectionVolume, "v0", "sanitize_max_bytes_per_sec", Modified, false, "32MiB", "64MiB"},
+		{SectionVolume, "v0", "sanitize_max_bytes_per_sec", Modified, false, "16MiB", "64MiB"},
 		{SectionVolume, "gone", "", Removed, true, "", ""},
 		{SectionVolume, "fresh", "", Added, true, "", ""},
 		{SectionTarget, "iqn.2026-11.io.cachelun:t1", "portal", Added, true, "", "[::1]:3261"},

@@ -135,7 +135,7 @@ type Volume struct {
 	// OVERWRITE of a LUN (iSCSI or TCMU) on the volume writes it, so that
 	// a background sanitize leaves the backing device to the other
 	// volumes on it (like md's speed_limit_max for a resync). "0" is no
-	// limit; otherwise at least 1 MiB. Default 32 MiB. Taken when a LUN
+	// limit; otherwise at least 1 MiB. Default 16 MiB. Taken when a LUN
 	// or device starts.
 	SanitizeMaxBytesPerSec Size `toml:"sanitize_max_bytes_per_sec"`
 }

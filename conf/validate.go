@@ -36,7 +36,7 @@ const (
 	// DefaultSanitizeMaxBytesPerSec restates
 	// scsi.DefaultSanitizeMaxBytesPerSec (conf imports no target
 	// package; a daemon test holds them equal).
-	DefaultSanitizeMaxBytesPerSec = 32 << 20
+	DefaultSanitizeMaxBytesPerSec = 16 << 20
 	// MinSanitizeMaxBytesPerSec: a slower sanitize would take days on a
 	// large volume.
 	MinSanitizeMaxBytesPerSec = 1 << 20

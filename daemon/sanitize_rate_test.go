@@ -20,7 +20,7 @@ func TestSanitizeRateReachesLUN(t *testing.T) {
 	for _, c := range []struct {
 		line string
 		want int64
-	}{{"", 32 << 20}, {`sanitize_max_bytes_per_sec = "8MiB"`, 8 << 20}, {"sanitize_max_bytes_per_sec = 0", -1}} {
+	}{{"", 16 << 20}, {`sanitize_max_bytes_per_sec = "8MiB"`, 8 << 20}, {"sanitize_max_bytes_per_sec = 0", -1}} {
 		dir := t.TempDir()
 		cfg := testConfig(t, dir, "writeback")
 		if c.line != "" {

@@ -11,8 +11,9 @@ import (
 // SANITIZE, SBC-4 5.30 and 4.11. OVERWRITE writes the initialization
 // pattern over every block (through the volume, so the cache's copy of the
 // data is replaced too), at no more than the logical unit's rate limit
-// (LUConfig.SanitizeMaxBytesPerSec, 32 MiB/s by default); BLOCK ERASE, offered on thin logical units only
-// (it needs logical block provisioning), discards every block, which then
+// (LUConfig.SanitizeMaxBytesPerSec, 16 MiB/s by default); BLOCK ERASE,
+// offered on thin logical units only (it needs logical block
+// provisioning), discards every block, which then
 // reads as zeroes and is unmapped; CRYPTOGRAPHIC ERASE is not offered (the
 // volumes are not encrypted) and ends, like any unsupported service
 // action, in ILLEGAL REQUEST / INVALID FIELD IN CDB. The operation runs as
@@ -40,11 +41,13 @@ const (
 )
 
 // DefaultSanitizeMaxBytesPerSec is the rate SANITIZE OVERWRITE writes a
-// volume at unless configured otherwise: a fraction of what one disk
-// sustains, so that the hosts of other logical units on the same backing
-// device keep most of it (md's dev.raid.speed_limit_max plays this part
-// for a resync). A 1 TiB volume takes about 9 hours per pass.
-const DefaultSanitizeMaxBytesPerSec = 32 << 20
+// volume at unless configured otherwise: about a tenth of what one disk
+// streams, so that the hosts of other logical units on the same backing
+// device keep the rest (md's dev.raid.speed_limit_max plays this part for
+// a resync). A 1 TiB volume takes about 18 hours per pass; a 128 MiB one
+// 8 s (libiscsi's SCSI.Sanitize.Reset expects one still running after
+// about 4 s and a reconnect).
+const DefaultSanitizeMaxBytesPerSec = 16 << 20
 
 // sanitizeState is a logical unit's SANITIZE job and failure mode.
 type sanitizeState struct {
