@@ -61,7 +61,11 @@ const discardZeroLimit = 1 << 20
 
 func (v *Volume) discard(ctx context.Context, off, n int64) error {
 	c := v.c
-	if n <= discardZeroLimit && v.mustHoldBack() {
+	limit := int64(discardZeroLimit)
+	if l := c.config().discardZeroLimit; l > 0 {
+		limit = l
+	}
+	if n <= limit && v.mustHoldBack() {
 		// C6: the zeroes join the older dirty data in the cache
 		// and reach the backing device in log order.
 		v.stats.heldBack.Add(1)
@@ -73,7 +77,7 @@ func (v *Volume) discard(ctx context.Context, off, n int64) error {
 		}
 		return nil
 	}
-	if n > discardZeroLimit && v.holdsDirty(off, n) {
+	if n > limit && v.holdsDirty(off, n) {
 		// Make the dirty data older than the discard (a new flush epoch)
 		// and wait for writeback to write it back and flush the backing
 		// device: the backing device then receives the discard after it,
