@@ -1,6 +1,7 @@
 package cachecore_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -273,6 +274,81 @@ func TestBlackboxDiscardWaitsForOlderEpoch(t *testing.T) {
 	for s := int64(sOff / sector); s < (sOff+sLen)/sector; s++ {
 		if id := r.durableSector(t, s); id != 0 {
 			t.Fatalf("after the drain backing sector %d holds write %d, want zeroes", s, id)
+		}
+	}
+}
+
+// TestBlackboxDiscardOfDirtyDataAfterItsWriteback: a large discard over
+// dirty data not yet written back reaches the backing device as a discard,
+// after that data and the older dirty data of other blocks (log order, C6),
+// and leaves no dirty zeroes in the cache.
+func TestBlackboxDiscardOfDirtyDataAfterItsWriteback(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	r := newC6Rig(t, rigOptions{BackingSize: 4 << 20, VC: cachecore.VolumeConfig{Mode: cachecore.ModeWriteback}}, backend.SlowOptions{})
+	const aOff, xOff, xLen, dOff, dLen = 0, 1 << 20, 64 << 10, 1 << 20, 2 << 20
+	gate := r.backing.Gate(backend.OpWrite, backend.Range{Off: aOff, Len: 4096})
+	defer gate.Release()
+	mustOK(t, "write A", r.vol.WriteAt(ctx, tagged(1, aOff, 4096), aOff, false))
+	mustOK(t, "flush", r.vol.Flush(ctx))
+	mustOK(t, "writeback of A reaches the gate", gate.WaitArrived(ctx, 1))
+	// X, in the discarded range, is dirty data of the discard's own epoch.
+	mustOK(t, "write X", r.vol.WriteAt(ctx, tagged(2, xOff, xLen), xOff, false))
+
+	var discards atomic.Int64
+	var bad atomic.Value
+	// X lies in the discarded range, so once the discard is done (and a
+	// concurrent writeback pass may flush it) the backing device no longer
+	// shows X: the hook sees the order of completed operations instead.
+	var xWritten, xFlushed atomic.Bool
+	r.backing.SetHook(func(op backend.Op, off, n int64) {
+		switch op {
+		case backend.OpWrite:
+			if off <= xOff && xOff+xLen <= off+n {
+				xWritten.Store(true)
+			}
+		case backend.OpFlush:
+			if xWritten.Load() {
+				xFlushed.Store(true)
+			}
+		case backend.OpDiscard:
+			discards.Add(1)
+			if id := r.durableSector(t, aOff/sector); id != 1 {
+				bad.Store(fmt.Sprintf("backing discard at %d while A was not on the backing device (holds %d)", off, id))
+			}
+			if !xFlushed.Load() {
+				bad.Store(fmt.Sprintf("backing discard at %d before X was written back and flushed", off))
+			}
+		}
+	})
+	defer r.backing.SetHook(nil)
+	done := make(chan error, 1)
+	go func() { done <- r.vol.Discard(ctx, dOff, dLen) }()
+	select {
+	case err := <-done:
+		t.Fatalf("discard returned (%v) while older dirty data was held from the backing device", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	gate.Release()
+	mustOK(t, "discard", <-done)
+	if s, ok := bad.Load().(string); ok {
+		t.Fatal(s)
+	}
+	if discards.Load() == 0 {
+		t.Fatal("the discard never reached the backing device")
+	}
+	if e := r.vol.Explain(xOff); e.Dirty || e.State != "miss" {
+		t.Fatalf("the discarded dirty range is still cached: %+v", e)
+	}
+	buf := make([]byte, dLen)
+	mustOK(t, "read", r.vol.ReadAt(ctx, buf, dOff))
+	if !bytes.Equal(buf, make([]byte, dLen)) {
+		t.Fatal("the discarded range does not read as zeroes")
+	}
+	mustOK(t, "flush", r.vol.Flush(ctx))
+	for s := int64(dOff / sector); s < (dOff+dLen)/sector; s++ {
+		if id := r.durableSector(t, s); id != 0 {
+			t.Fatalf("backing sector %d holds write %d after the discard, want zeroes", s, id)
 		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -118,6 +119,9 @@ func TestBlackboxCrashConsistency(t *testing.T) {
 		whole    bool // whole-media flushes: unfenced commits
 	}{
 		{"dax-writeback", persist.TearDAX, 24, 0, 1, cachecore.VolumeConfig{Mode: cachecore.ModeWriteback}, false},
+		// discards of more than 8 KiB take the large path: over dirty
+		// data, writeback first, then tombstones and a backing discard
+		{"dax-writeback-large-discards", persist.TearDAX, 24, 0, 1, cachecore.VolumeConfig{Mode: cachecore.ModeWriteback}, false},
 		{"page-writeback-bypass", persist.TearUnit(4096), 24, 0, 1, cachecore.VolumeConfig{Mode: cachecore.ModeWriteback, SequentialCutoff: 32 << 10}, false},
 		{"dax-3-writers-2q", persist.TearDAX, 16, 30, 3, cachecore.VolumeConfig{Mode: cachecore.ModeWriteback, Policy: cachecore.Policy2Q}, false},
 		{"file-unfenced-bypass", persist.TearPage, 24, 0, 1, cachecore.VolumeConfig{Mode: cachecore.ModeWriteback, SequentialCutoff: 32 << 10}, true},
@@ -126,6 +130,9 @@ func TestBlackboxCrashConsistency(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			o := rigOptions{Segments: c.segments, BackingSize: 1 << 20, Unit: c.unit, DataCRC: true, WholeFlush: c.whole, VC: c.vc,
 				Cfg: cachecore.Config{GCPercent: c.gc}}
+			if strings.HasSuffix(c.name, "-large-discards") {
+				o.Cfg = cachecore.WithDiscardZeroLimit(o.Cfg, 8<<10)
+			}
 			runCrashWorkload(t, c.name, o, c.writers)
 		})
 	}

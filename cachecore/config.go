@@ -108,6 +108,9 @@ type Config struct {
 	// wbPassKsets, when set, replaces wbMaxKsets (tests: small writeback
 	// passes).
 	wbPassKsets int
+	// discardZeroLimit, when set, replaces discardZeroLimit (tests: the
+	// small discards of a crash workload take the paths of large ones).
+	discardZeroLimit int64
 }
 
 // VolumeConfig configures one volume.

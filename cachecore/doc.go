@@ -52,11 +52,16 @@
 //     (collapseAhead): the newer keys are durable, and written back before
 //     anything of a later epoch. In every mode a write overlapping dirty
 //     data not yet written back takes the cache path, so writeback never
-//     overwrites newer backing data with older cache data; a discard of
-//     dirty data writes zeroes through the cache for the same reason.
+//     overwrites newer backing data with older cache data. For the same
+//     reason a discard of dirty data never drops it behind writeback's
+//     back: one larger than 1 MiB closes the flush epoch and waits until
+//     writeback has written the volume's dirty data back, then discards
+//     the range on the backing device (which a thin LUN then reports
+//     deallocated); a smaller one writes zeroes through the cache.
 //     Tests: TestBlackboxWritebackFlushConsistency,
 //     TestBlackboxFlushConsistencyWithBypass, TestCollapseAheadStopsAtDurableAndEpoch,
-//     TestBlackboxBypassWaitsForOlderEpoch, TestBlackboxDiscardWaitsForOlderEpoch.
+//     TestBlackboxBypassWaitsForOlderEpoch, TestBlackboxDiscardWaitsForOlderEpoch,
+//     TestBlackboxDiscardOfDirtyDataAfterItsWriteback, TestDiscardOfDirtyDataIsDeallocated.
 //   - C7 (fills). A read miss fills the cache only through an EMPTY
 //     placeholder that is still in place at fill time and only when no
 //     bypass write is in flight on the 32 MiB chunk; bypass writes count
@@ -317,7 +322,9 @@
 // drain); in a full cache it waits for space like any cached write
 // (back-pressure, never a bypass or an error). A discard of up to 1 MiB
 // writes zeroes through the cache the same way; a larger one waits for
-// that writeback (at full speed) rather than fill the cache with zeroes. Such writes count as
+// that writeback (at full speed) rather than fill the cache with zeroes,
+// and so does one larger than 1 MiB over dirty data of its own epoch
+// (after closing the epoch), so that it ends as a backing discard. Such writes count as
 // VolumeStats.HeldBack and make writeback run at full speed for a while,
 // so that bypass resumes once the volume caught up. A clean volume, or one
 // whose dirty data all belongs to the current epoch, bypasses as before.

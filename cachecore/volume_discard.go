@@ -11,9 +11,15 @@ import (
 // zeroes through the cache over dirty data (C6).
 
 // Discard invalidates [off, off+n); the range then reads as zeroes. Parts
-// without dirty data get a tombstone and a backing discard; parts with
-// dirty data not yet written back are overwritten with zeroes through the
-// cache (a backing discard there would be undone by writeback).
+// without dirty data get a tombstone and a backing discard. Dirty data not
+// yet written back cannot simply be dropped (a crash after its tombstone
+// and before the backing discard would expose data older than it, C5),
+// nor discarded on the backing device under it (writeback would undo the
+// discard): a discard larger than discardZeroLimit has the volume's dirty
+// data written back first, so that the range then becomes one backing
+// discard and a thin LUN reports it deallocated; a smaller one, or dirty
+// data a write put there meanwhile, is overwritten with zeroes through the
+// cache.
 func (v *Volume) Discard(ctx context.Context, off, n int64) error {
 	if err := v.check(off, n); err != nil {
 		return err
@@ -55,7 +61,11 @@ const discardZeroLimit = 1 << 20
 
 func (v *Volume) discard(ctx context.Context, off, n int64) error {
 	c := v.c
-	if n <= discardZeroLimit && v.mustHoldBack() {
+	limit := int64(discardZeroLimit)
+	if l := c.config().discardZeroLimit; l > 0 {
+		limit = l
+	}
+	if n <= limit && v.mustHoldBack() {
 		// C6: the zeroes join the older dirty data in the cache
 		// and reach the backing device in log order.
 		v.stats.heldBack.Add(1)
@@ -66,6 +76,19 @@ func (v *Volume) discard(ctx context.Context, off, n int64) error {
 			}
 		}
 		return nil
+	}
+	if n > limit && v.holdsDirty(off, n) {
+		// Make the dirty data older than the discard (a new flush epoch)
+		// and wait for writeback to write it back and flush the backing
+		// device: the backing device then receives the discard after it,
+		// in log order (C6), and the range holds no dirty data left to
+		// zero. Writeback runs at full speed meanwhile (drainers).
+		if err := c.flushAll(); err != nil {
+			return fmt.Errorf("cachecore: %s: %w", v.name, err)
+		}
+		if err := v.waitOrdered(ctx); err != nil {
+			return err
+		}
 	}
 	first, last := chunkRange(off, n)
 	v.tracker.inc(first, last)
@@ -146,4 +169,21 @@ func (v *Volume) discard(ctx context.Context, off, n int64) error {
 		}
 	}
 	return nil
+}
+
+// holdsDirty reports whether the index holds dirty data in [off, off+n).
+func (v *Volume) holdsDirty(off, n int64) bool {
+	for _, pc := range splitPieces(off, n) {
+		st := v.st.idx.peek(pc.stripe)
+		if st == nil {
+			continue
+		}
+		st.mu.Lock()
+		_, _, dirty := st.list.dirtySpan(pc.s, pc.e)
+		st.mu.Unlock()
+		if dirty {
+			return true
+		}
+	}
+	return false
 }

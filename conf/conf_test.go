@@ -63,7 +63,7 @@ func TestBaseIsValid(t *testing.T) {
 	v := c.Volumes[0]
 	if v.Mode != "writeback" || v.BlockSize != 512 || !*v.WriteCache || v.SequentialCutoff.Bytes != 4<<20 ||
 		v.CongestedReadThreshold.D != 2*time.Millisecond || v.CongestedWriteThreshold.D != 20*time.Millisecond ||
-		v.BackingSize.Bytes != 16<<20 {
+		v.BackingSize.Bytes != 16<<20 || v.SanitizeMaxBytesPerSec.Bytes != 16<<20 {
 		t.Errorf("volume defaults not applied: %+v", v)
 	}
 	if c.ISCSI.QueueDepth != 128 || c.ISCSI.NOPInterval.D != 5*time.Second || c.ISCSI.MaxRecvDataSegmentLength != 262144 {
@@ -143,6 +143,8 @@ func TestValidationRules(t *testing.T) {
 		{"volume mode", strings.Replace(base, `backing_size = "16MiB"`, "backing_size = \"16MiB\"\nmode = \"wrback\" #!", 1), "not one of"},
 		{"volume cache policy", strings.Replace(base, `backing_size = "16MiB"`, "backing_size = \"16MiB\"\ncache_policy = \"lru\" #!", 1), "not one of"},
 		{"volume block size", strings.Replace(base, `backing_size = "16MiB"`, "backing_size = \"16MiB\"\nblock_size = 1024 #!", 1), "512 or 4096"},
+		{"sanitize rate", strings.Replace(base, `backing_size = "16MiB"`, "backing_size = \"16MiB\"\nsanitize_max_bytes_per_sec = \"512KiB\" #!", 1), "below 1MiB"},
+		{"sanitize rate garbage", strings.Replace(base, `backing_size = "16MiB"`, "backing_size = \"16MiB\"\nsanitize_max_bytes_per_sec = \"fast\" #!", 1), "bad size"},
 		{"volume cutoff", strings.Replace(base, `backing_size = "16MiB"`, "backing_size = \"16MiB\"\nsequential_cutoff = \"-1\" #!", 1), "negative"},
 		{"volume congestion", strings.Replace(base, `backing_size = "16MiB"`, "backing_size = \"16MiB\"\ncongested_read_threshold = \"-2ms\" #!", 1), "negative"},
 		{"volume congestion w", strings.Replace(base, `backing_size = "16MiB"`, "backing_size = \"16MiB\"\ncongested_write_threshold = \"-2ms\" #!", 1), "negative"},
@@ -252,13 +254,13 @@ mode = "bogus"
 }
 
 func TestExplicitZeroIsNotDefault(t *testing.T) {
-	src := strings.Replace(base, `backing_size = "16MiB"`, "backing_size = \"16MiB\"\nsequential_cutoff = 0\ncongested_read_threshold = \"0s\"\nwrite_cache = false", 1)
+	src := strings.Replace(base, `backing_size = "16MiB"`, "backing_size = \"16MiB\"\nsequential_cutoff = 0\ncongested_read_threshold = \"0s\"\nwrite_cache = false\nsanitize_max_bytes_per_sec = 0", 1)
 	c, err := Parse("z.toml", []byte(src))
 	if err != nil {
 		t.Fatal(err)
 	}
 	v := c.Volumes[0]
-	if v.SequentialCutoff.Bytes != 0 || v.CongestedReadThreshold.D != 0 || *v.WriteCache {
+	if v.SequentialCutoff.Bytes != 0 || v.CongestedReadThreshold.D != 0 || *v.WriteCache || v.SanitizeMaxBytesPerSec.Bytes != 0 {
 		t.Errorf("explicit zero replaced by default: %+v", v)
 	}
 }

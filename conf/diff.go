@@ -254,6 +254,8 @@ func (d *differ) volume(name string, o, n Volume) {
 	d.field(s, name, "congested_read_threshold", o.CongestedReadThreshold.String(), n.CongestedReadThreshold.String(), true)
 	d.field(s, name, "congested_write_threshold", o.CongestedWriteThreshold.String(), n.CongestedWriteThreshold.String(), true)
 	d.field(s, name, "cache_policy", o.CachePolicy, n.CachePolicy, true)
+	// taken by a LUN when it starts
+	d.field(s, name, "sanitize_max_bytes_per_sec", o.SanitizeMaxBytesPerSec.String(), n.SanitizeMaxBytesPerSec.String(), false)
 }
 
 func (d *differ) target(name string, o, n Target) {

@@ -53,7 +53,7 @@ volume = "v0"
 `)
 	newSrc := strings.NewReplacer(
 		`segment_size = "1MiB"`, "segment_size = \"2MiB\"\ngc_percent = 50\n[cache.writeback]\nidle_after = \"3s\"",
-		`backing_size = "16MiB"`, "backing_size = \"16MiB\"\nmode = \"writethrough\"\nsequential_cutoff = \"8MiB\"",
+		`backing_size = "16MiB"`, "backing_size = \"16MiB\"\nmode = \"writethrough\"\nsequential_cutoff = \"8MiB\"\nsanitize_max_bytes_per_sec = \"64MiB\"",
 		`metrics_listen = "off"`, "metrics_listen = \"off\"\nlog_level = \"debug\"",
 	).Replace(base) + `
 [[cache]]
@@ -104,6 +104,7 @@ queue_depth = 64
 		{SectionCache, "c1", "", Added, true, "", ""},
 		{SectionVolume, "v0", "mode", Modified, true, "writeback", "writethrough"},
 		{SectionVolume, "v0", "sequential_cutoff", Modified, true, "4MiB", "8MiB"},
+		{SectionVolume, "v0", "sanitize_max_bytes_per_sec", Modified, false, "16MiB", "64MiB"},
 		{SectionVolume, "gone", "", Removed, true, "", ""},
 		{SectionVolume, "fresh", "", Added, true, "", ""},
 		{SectionTarget, "iqn.2026-11.io.cachelun:t1", "portal", Added, true, "", "[::1]:3261"},
@@ -129,7 +130,7 @@ queue_depth = 64
 	if len(p.Changes) != len(checks) {
 		t.Errorf("got %d changes, want %d:\n%v", len(p.Changes), len(checks), p)
 	}
-	if p.Live() || len(p.NeedsRestart()) != 2 {
+	if p.Live() || len(p.NeedsRestart()) != 3 {
 		t.Errorf("NeedsRestart = %v", p.NeedsRestart())
 	}
 	if strings.Contains(p.String(), "0123456789") {

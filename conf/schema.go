@@ -131,6 +131,13 @@ type Volume struct {
 	// data gets a second chance) or "fifo" (every miss cached, evicted in
 	// log order). Changes live.
 	CachePolicy string `toml:"cache_policy"`
+	// SanitizeMaxBytesPerSec bounds the rate at which a SANITIZE
+	// OVERWRITE of a LUN (iSCSI or TCMU) on the volume writes it, so that
+	// a background sanitize leaves the backing device to the other
+	// volumes on it (like md's speed_limit_max for a resync). "0" is no
+	// limit; otherwise at least 1 MiB. Default 16 MiB. Taken when a LUN
+	// or device starts.
+	SanitizeMaxBytesPerSec Size `toml:"sanitize_max_bytes_per_sec"`
 }
 
 // Target describes one iSCSI target.

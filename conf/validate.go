@@ -33,24 +33,31 @@ const (
 	DefaultSequentialCutoff     = 4 << 20
 	DefaultCongestedRead        = 2 * time.Millisecond
 	DefaultCongestedWrite       = 20 * time.Millisecond
-	DefaultNOPInterval          = 5 * time.Second
-	DefaultNOPTimeout           = 15 * time.Second
-	DefaultMaxRecvDataSegLen    = 262144
-	DefaultMaxBurstLength       = 1 << 20
-	DefaultFirstBurstLength     = 262144
-	DefaultMaxOutstandingR2T    = 8
-	DefaultMaxTransferLength    = 16 << 20
-	DefaultMaxSessions          = 1024
-	DefaultQueueDepth           = 128
-	DefaultClusterName          = "cachelun"
-	DefaultDegraded             = DegradedServe
-	DefaultHeartbeatInterval    = time.Second
-	DefaultPeerTimeout          = 5 * time.Second
-	DefaultConnectTimeout       = 3 * time.Second
-	DefaultReconnectMin         = 100 * time.Millisecond
-	DefaultReconnectMax         = 5 * time.Second
-	DefaultSyncTimeout          = 5 * time.Second
-	DefaultMaxLag               = 64 << 20
+	// DefaultSanitizeMaxBytesPerSec restates
+	// scsi.DefaultSanitizeMaxBytesPerSec (conf imports no target
+	// package; a daemon test holds them equal).
+	DefaultSanitizeMaxBytesPerSec = 16 << 20
+	// MinSanitizeMaxBytesPerSec: a slower sanitize would take days on a
+	// large volume.
+	MinSanitizeMaxBytesPerSec = 1 << 20
+	DefaultNOPInterval        = 5 * time.Second
+	DefaultNOPTimeout         = 15 * time.Second
+	DefaultMaxRecvDataSegLen  = 262144
+	DefaultMaxBurstLength     = 1 << 20
+	DefaultFirstBurstLength   = 262144
+	DefaultMaxOutstandingR2T  = 8
+	DefaultMaxTransferLength  = 16 << 20
+	DefaultMaxSessions        = 1024
+	DefaultQueueDepth         = 128
+	DefaultClusterName        = "cachelun"
+	DefaultDegraded           = DegradedServe
+	DefaultHeartbeatInterval  = time.Second
+	DefaultPeerTimeout        = 5 * time.Second
+	DefaultConnectTimeout     = 3 * time.Second
+	DefaultReconnectMin       = 100 * time.Millisecond
+	DefaultReconnectMax       = 5 * time.Second
+	DefaultSyncTimeout        = 5 * time.Second
+	DefaultMaxLag             = 64 << 20
 )
 
 // Accepted enumerations.
@@ -346,6 +353,21 @@ func (v *validator) volume(k string, vo *Volume) {
 	if vo.CongestedWriteThreshold.D < 0 {
 		v.bad(k+".congested_write_threshold", "must not be negative")
 	}
+	v.size(k+".sanitize_max_bytes_per_sec", &vo.SanitizeMaxBytesPerSec, DefaultSanitizeMaxBytesPerSec)
+	if r := vo.SanitizeMaxBytesPerSec.Bytes; r != 0 && r < MinSanitizeMaxBytesPerSec {
+		v.bad(k+".sanitize_max_bytes_per_sec", "%d bytes/s is below 1MiB (\"0\" is no limit)", r)
+	}
+}
+
+// VolumeSanitizeRate is the SANITIZE OVERWRITE rate limit of volume's LUNs
+// in bytes/s, 0 for none (the default when the volume is unknown).
+func (c *Config) VolumeSanitizeRate(volume string) int64 {
+	for _, v := range c.Volumes {
+		if v.Name == volume {
+			return v.SanitizeMaxBytesPerSec.Bytes
+		}
+	}
+	return DefaultSanitizeMaxBytesPerSec
 }
 
 // rbdVolume checks a volume whose backing is an RBD image. What only the

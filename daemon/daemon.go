@@ -272,7 +272,7 @@ func start(ctx context.Context, cfg *conf.Config, opts Options) (d *Daemon, err 
 	for _, t := range cfg.Targets {
 		st := scsi.NewTarget(scsi.TargetConfig{Name: t.IQN, Logger: log.With("component", "scsi", "target", t.IQN), CopyManager: d.copyManager()})
 		for _, l := range t.LUNs {
-			if err := d.addLU(st, t.IQN, l, cfg.VolumeWriteCache(l.Volume)); err != nil {
+			if err := d.addLU(st, t.IQN, l, cfg.VolumeWriteCache(l.Volume), cfg.VolumeSanitizeRate(l.Volume)); err != nil {
 				return d, err
 			}
 		}
@@ -369,8 +369,9 @@ func (d *Daemon) closePortal(p string) {
 }
 
 // addLU maps LUN l of target iqn to its volume, with wce its configured
-// write cache.
-func (d *Daemon) addLU(st *scsi.Target, iqn string, l conf.LUN, wce bool) error {
+// write cache and sanitizeRate its SANITIZE OVERWRITE rate limit (bytes/s,
+// 0 for none).
+func (d *Daemon) addLU(st *scsi.Target, iqn string, l conf.LUN, wce bool, sanitizeRate int64) error {
 	id := scsi.LUNIdentity(iqn, l.Volume)
 	if d.clu != nil {
 		// the same identity on every node (target IQN and volume name),
@@ -385,6 +386,8 @@ func (d *Daemon) addLU(st *scsi.Target, iqn string, l conf.LUN, wce bool) error 
 				WriteCache:   wce,
 				ALUA:         alua,
 				PR:           pr,
+
+				SanitizeMaxBytesPerSec: scsiSanitizeRate(sanitizeRate),
 			})
 			if err != nil {
 				return nil, fmt.Errorf("target %s: LUN %d: %w", iqn, l.LUN, err)
@@ -403,6 +406,8 @@ func (d *Daemon) addLU(st *scsi.Target, iqn string, l conf.LUN, wce bool) error 
 		Thin:         l.Thin,
 		StatePath:    d.lunStatePath(iqn, l.LUN),
 		WriteCache:   wce,
+
+		SanitizeMaxBytesPerSec: scsiSanitizeRate(sanitizeRate),
 	}); err != nil {
 		return fmt.Errorf("target %s: LUN %d: %w", iqn, l.LUN, err)
 	}
@@ -653,4 +658,14 @@ func (d *Daemon) copyManager() *scsi.CopyManager {
 		d.copyMgr = scsi.NewCopyManager()
 	}
 	return d.copyMgr
+}
+
+// scsiSanitizeRate turns a configured sanitize_max_bytes_per_sec (0: no
+// limit) into scsi.LUConfig.SanitizeMaxBytesPerSec (0: the default,
+// negative: no limit).
+func scsiSanitizeRate(conf int64) int64 {
+	if conf == 0 {
+		return -1
+	}
+	return conf
 }

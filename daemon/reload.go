@@ -66,7 +66,7 @@ func (d *Daemon) reload(ctx context.Context, dryRun bool) (string, error) {
 	}
 	d.log.Info("reload: applying", "source", next.Source, "changes", len(plan.Changes.Changes))
 	log := d.log.With("component", "reload")
-	if err := reconcile.Apply(ctx, plan.Steps, d.reloadEffects(log), log); err != nil {
+	if err := reconcile.Apply(ctx, plan.Steps, d.reloadEffects(log, next), log); err != nil {
 		d.log.Error("reload failed", "err", err)
 		return plan.String(), err
 	}
@@ -170,8 +170,8 @@ func (d *Daemon) tcmuBound(old, next *conf.Config) error {
 }
 
 // reloadEffects is the daemon as one reload transaction changes it.
-func (d *Daemon) reloadEffects(log *slog.Logger) reconcile.Effects {
-	fx := &reloadFx{d: d, log: log, removed: map[string]*scsi.Target{}}
+func (d *Daemon) reloadEffects(log *slog.Logger, next *conf.Config) reconcile.Effects {
+	fx := &reloadFx{d: d, log: log, next: next, removed: map[string]*scsi.Target{}}
 	e := reconcile.Effects{Engine: fx, Targets: fx, Daemon: fx}
 	if d.tcmuX != nil {
 		e.TCMU = fx
@@ -185,7 +185,22 @@ func (d *Daemon) reloadEffects(log *slog.Logger) reconcile.Effects {
 type reloadFx struct {
 	d       *Daemon
 	log     *slog.Logger
+	next    *conf.Config // the configuration being applied
 	removed map[string]*scsi.Target
+}
+
+// sanitizeRate is the SANITIZE OVERWRITE rate limit a LUN of volume starts
+// with: the new configuration's, or, for a volume only the running one
+// has (an undo mapping it again), the running one's.
+func (fx *reloadFx) sanitizeRate(volume string) int64 {
+	for _, c := range []*conf.Config{fx.next, fx.d.config()} {
+		for _, v := range c.Volumes {
+			if v.Name == volume {
+				return v.SanitizeMaxBytesPerSec.Bytes
+			}
+		}
+	}
+	return conf.DefaultSanitizeMaxBytesPerSec
 }
 
 func (fx *reloadFx) CheckNewFiles(caches []conf.Cache, volumes []conf.Volume) error {
@@ -281,7 +296,7 @@ func (fx *reloadFx) AddTarget(t conf.Target, writeCache []bool) error {
 	d := fx.d
 	st := scsi.NewTarget(scsi.TargetConfig{Name: t.IQN, Logger: d.log.With("component", "scsi", "target", t.IQN), CopyManager: d.copyManager()})
 	for i, l := range t.LUNs {
-		if err := d.addLU(st, t.IQN, l, writeCache[i]); err != nil {
+		if err := d.addLU(st, t.IQN, l, writeCache[i], fx.sanitizeRate(l.Volume)); err != nil {
 			return err
 		}
 	}
@@ -346,7 +361,7 @@ func (fx *reloadFx) MapLUN(iqn string, l conf.LUN, writeCache bool) error {
 	if err != nil {
 		return err
 	}
-	return fx.d.addLU(st, iqn, l, writeCache)
+	return fx.d.addLU(st, iqn, l, writeCache, fx.sanitizeRate(l.Volume))
 }
 
 func (fx *reloadFx) UnmapLUN(iqn string, lun uint64) error {

@@ -168,8 +168,13 @@ func (d *Daemon) startTCMU() error {
 		// the fallback, the safe one
 		WriteCache:       false,
 		DeviceWriteCache: x.writeCache,
-		DBusAddress:      tc.DBus,
-		Ready:            func() { once.Do(func() { close(ready) }) },
+		// the running configuration's value when the device starts (a
+		// change of sanitize_max_bytes_per_sec needs a restart)
+		DeviceSanitizeRate: func(cfgstring string) int64 {
+			return scsiSanitizeRate(d.config().VolumeSanitizeRate(strings.TrimSpace(cfgstring)))
+		},
+		DBusAddress: tc.DBus,
+		Ready:       func() { once.Do(func() { close(ready) }) },
 	})
 	if err != nil {
 		return fmt.Errorf("TCMU front end: %w", err)

@@ -400,6 +400,10 @@ type configOptions struct {
 	slow string
 	// journalFlushInterval overrides the cache's 200ms.
 	journalFlushInterval string
+	// nopInterval, when set, is the target's nop_interval and nop_timeout
+	// (an idle connection is pinged after it and dropped when the ping
+	// stays unanswered as long again).
+	nopInterval string
 }
 
 // writeConfig writes a configuration under dir and returns its path. The
@@ -465,6 +469,9 @@ lun = 1
 volume = "thin"
 thin = true
 `)
+	}
+	if o.nopInterval != "" {
+		fmt.Fprintf(&b, "\n[iscsi]\nnop_interval = %q\nnop_timeout = %q\n", o.nopInterval, o.nopInterval)
 	}
 	p := filepath.Join(dir, "cachelun.toml")
 	if err := os.WriteFile(p, []byte(b.String()), 0o644); err != nil {

@@ -122,7 +122,11 @@
 // A failed job leaves the sanitize failure mode (MEDIUM ERROR / SANITIZE
 // COMMAND FAILED) until a SANITIZE completes or, after AUSE=1, EXIT FAILURE
 // MODE. OVERWRITE writes through the volume (so the cache's copy is
-// replaced); BLOCK ERASE discards the whole volume; both flush at the end.
+// replaced) at no more than LUConfig.SanitizeMaxBytesPerSec (default 16
+// MiB/s, as md bounds a resync: the backing device serves other logical
+// units meanwhile), in chunks small enough for the progress indication to
+// move about 32 times a second; BLOCK ERASE discards the whole volume;
+// both flush at the end.
 //
 // # Guarantees
 //

@@ -43,6 +43,13 @@ type LUConfig struct {
 	// PR, when set, shares the persistent reservations with the other
 	// gateways that export the volume (pr_share.go); nil keeps them here.
 	PR PRShare
+	// SanitizeMaxBytesPerSec bounds the rate at which SANITIZE OVERWRITE
+	// writes the volume, as md bounds a resync (dev.raid.speed_limit_max):
+	// the job runs in the background on a backing device other logical
+	// units share, and must not starve them. 0 is
+	// DefaultSanitizeMaxBytesPerSec; negative is no limit.
+	// LU.SetSanitizeMaxBytesPerSec changes it, for a running job too.
+	SanitizeMaxBytesPerSec int64
 }
 
 // LU is one logical unit: a Volume plus its SCSI state (mode pages, unit
@@ -243,6 +250,8 @@ func newLU(t *Target, lun uint64, cfg LUConfig) (*LU, error) {
 	empty := map[nexusKey]*nexusState{}
 	lu.nexuses.Store(&empty)
 
+	lu.SetSanitizeMaxBytesPerSec(cfg.SanitizeMaxBytesPerSec)
+	lu.sanitize.clock = realSanitizeClock{}
 	lu.configuredWCE.Store(cfg.WriteCache)
 	lu.wce.Store(cfg.WriteCache)
 	lu.savedWCE.Store(cfg.WriteCache)

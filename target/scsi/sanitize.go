@@ -5,12 +5,15 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // SANITIZE, SBC-4 5.30 and 4.11. OVERWRITE writes the initialization
 // pattern over every block (through the volume, so the cache's copy of the
-// data is replaced too); BLOCK ERASE, offered on thin logical units only
-// (it needs logical block provisioning), discards every block, which then
+// data is replaced too), at no more than the logical unit's rate limit
+// (LUConfig.SanitizeMaxBytesPerSec, 16 MiB/s by default); BLOCK ERASE,
+// offered on thin logical units only (it needs logical block
+// provisioning), discards every block, which then
 // reads as zeroes and is unmapped; CRYPTOGRAPHIC ERASE is not offered (the
 // volumes are not encrypted) and ends, like any unsupported service
 // action, in ILLEGAL REQUEST / INVALID FIELD IN CDB. The operation runs as
@@ -31,7 +34,20 @@ const (
 	sanitizeChunk = 1 << 20
 	// sanitizeEraseChunk is the same for BLOCK ERASE (discards are cheap).
 	sanitizeEraseChunk = 64 << 20
+	// sanitizeSteps is about how many progress steps a second a
+	// rate-limited OVERWRITE makes (its chunks shrink below sanitizeChunk
+	// under slow rates), so that the progress indication moves smoothly.
+	sanitizeSteps = 32
 )
+
+// DefaultSanitizeMaxBytesPerSec is the rate SANITIZE OVERWRITE writes a
+// volume at unless configured otherwise: about a tenth of what one disk
+// streams, so that the hosts of other logical units on the same backing
+// device keep the rest (md's dev.raid.speed_limit_max plays this part for
+// a resync). A 1 TiB volume takes about 18 hours per pass; a 128 MiB one
+// 8 s (libiscsi's SCSI.Sanitize.Reset expects one still running after
+// about 4 s and a reconnect).
+const DefaultSanitizeMaxBytesPerSec = 16 << 20
 
 // sanitizeState is a logical unit's SANITIZE job and failure mode.
 type sanitizeState struct {
@@ -44,6 +60,75 @@ type sanitizeState struct {
 	ause   atomic.Bool
 	mu     sync.Mutex         // guards cancel
 	cancel context.CancelFunc // of the running job, for RemoveLU
+	// rate is OVERWRITE's limit in bytes/s, <= 0 for none; read before
+	// every chunk, so a change applies to a running job.
+	rate atomic.Int64
+	// clock paces OVERWRITE (tests replace it before starting a job).
+	clock sanitizeClock
+}
+
+// sanitizeClock is the time source of the OVERWRITE rate limit.
+type sanitizeClock interface {
+	Now() time.Time
+	// Sleep waits d, or until ctx ends (then it returns ctx's error).
+	Sleep(ctx context.Context, d time.Duration) error
+}
+
+type realSanitizeClock struct{}
+
+func (realSanitizeClock) Now() time.Time { return time.Now() }
+
+func (realSanitizeClock) Sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// SetSanitizeMaxBytesPerSec sets the rate limit of SANITIZE OVERWRITE
+// (LUConfig.SanitizeMaxBytesPerSec: 0 is the default, negative is no
+// limit); a running job takes it from its next chunk on.
+func (lu *LU) SetSanitizeMaxBytesPerSec(n int64) {
+	if n == 0 {
+		n = DefaultSanitizeMaxBytesPerSec
+	}
+	lu.sanitize.rate.Store(n)
+}
+
+// SanitizeMaxBytesPerSec returns the rate limit of SANITIZE OVERWRITE in
+// bytes/s, or a negative number for none.
+func (lu *LU) SanitizeMaxBytesPerSec() int64 { return lu.sanitize.rate.Load() }
+
+// sanitizePacer holds a job's writes to the rate limit: a chunk may start
+// only once the bytes before it, at the limit, would have taken until
+// then. A job that fell behind (a slow device) does not catch up in a
+// burst later.
+type sanitizePacer struct {
+	clock sanitizeClock
+	rate  *atomic.Int64
+	next  time.Time // when the next chunk may start
+}
+
+// wait returns when a chunk of n bytes may be written.
+func (p *sanitizePacer) wait(ctx context.Context, n int64) error {
+	r := p.rate.Load()
+	if r <= 0 {
+		return nil
+	}
+	now := p.clock.Now()
+	if p.next.Before(now) {
+		p.next = now
+	}
+	start := p.next
+	p.next = p.next.Add(time.Duration(float64(n) / float64(r) * float64(time.Second)))
+	if d := start.Sub(now); d > 0 {
+		return p.clock.Sleep(ctx, d)
+	}
+	return nil
 }
 
 type sanitizeJob struct {
@@ -198,10 +283,16 @@ func (lu *LU) startSanitize(tk *task, sa byte, pattern []byte, passes int, inver
 
 // sanitizeOverwrite writes the pattern, repeated to fill each block, over
 // the whole volume, passes times, inverting it between passes if asked.
+// It writes at most lu.sanitize.rate bytes a second: every chunk waits its
+// turn first.
 func (lu *LU) sanitizeOverwrite(ctx context.Context, job *sanitizeJob, pattern []byte, passes int, invert bool) error {
 	size := lu.vol.Size()
+	pacer := &sanitizePacer{clock: lu.sanitize.clock, rate: &lu.sanitize.rate}
 	chunk := int64(min(sanitizeChunk, size))
-	chunk -= chunk % int64(lu.blockSize)
+	if r := lu.sanitize.rate.Load(); r > 0 {
+		chunk = min(chunk, r/sanitizeSteps)
+	}
+	chunk = max(chunk-chunk%int64(lu.blockSize), int64(lu.blockSize))
 	buf := make([]byte, chunk)
 	total := size * int64(passes)
 	for pass := range passes {
@@ -214,6 +305,9 @@ func (lu *LU) sanitizeOverwrite(ctx context.Context, job *sanitizeJob, pattern [
 		}
 		for off := int64(0); off < size; off += chunk {
 			n := min(chunk, size-off)
+			if err := pacer.wait(ctx, n); err != nil {
+				return fmt.Errorf("sanitize overwrite pass %d at %d: %w", pass+1, off, err)
+			}
 			if err := lu.vol.WriteAt(ctx, buf[:n], off, false); err != nil {
 				return fmt.Errorf("sanitize overwrite pass %d at %d: %w", pass+1, off, err)
 			}

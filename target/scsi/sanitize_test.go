@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"github.com/cachelun/cachelun/internal/testkit"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -260,5 +261,141 @@ func TestSanitizeReservationConflict(t *testing.T) {
 	}
 	if f.lu.sanitize.job.Load() != nil {
 		t.Fatal("a conflicting SANITIZE started")
+	}
+}
+
+// fakeSanitizeClock is a virtual clock: Sleep moves it on at once.
+type fakeSanitizeClock struct {
+	mu      sync.Mutex
+	now     time.Time
+	slept   time.Duration
+	onSleep func(elapsed time.Duration) // called after each Sleep
+}
+
+func (c *fakeSanitizeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeSanitizeClock) Sleep(ctx context.Context, d time.Duration) error {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.slept += d
+	e := c.slept
+	c.mu.Unlock()
+	if c.onSleep != nil {
+		c.onSleep(e)
+	}
+	return ctx.Err()
+}
+
+// countingVol counts the bytes written and calls onWrite after each write.
+type countingVol struct {
+	*memvol.Volume
+	written atomic.Int64
+	onWrite func(written int64)
+}
+
+func (v *countingVol) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
+	err := v.Volume.WriteAt(ctx, p, off, fua)
+	n := v.written.Add(int64(len(p)))
+	if v.onWrite != nil {
+		v.onWrite(n)
+	}
+	return err
+}
+
+// TestSanitizeOverwriteRateLimit: OVERWRITE never writes ahead of its rate
+// limit (so it runs for size/rate seconds), its progress indication moves
+// in small steps, a changed limit applies to the running job, and the
+// default limit applies when none is configured.
+func TestSanitizeOverwriteRateLimit(t *testing.T) {
+	const rate = 64 << 10 // bytes/s: the 1 MiB fixture volume takes 16 s
+	const size = testBlocks * testBS
+	var cv *countingVol
+	f := newFixture(t, func(c *LUConfig) {
+		cv = &countingVol{Volume: c.Volume.(*memvol.Volume)}
+		c.Volume = cv
+		c.SanitizeMaxBytesPerSec = rate
+	})
+	clock := &fakeSanitizeClock{now: time.Unix(1e9, 0)}
+	f.lu.sanitize.clock = clock
+	var (
+		mu        sync.Mutex
+		bad       string
+		progress  []uint32
+		running3s bool
+	)
+	cv.onWrite = func(written int64) {
+		mu.Lock()
+		defer mu.Unlock()
+		elapsed := clock.Now().Sub(time.Unix(1e9, 0))
+		// A chunk is rate/sanitizeSteps bytes; one may start at once.
+		if limit := int64(elapsed.Seconds()*rate) + rate/sanitizeSteps; written > limit && bad == "" {
+			bad = fmt.Sprintf("%d bytes written after %v, more than the limit allows (%d)", written, elapsed, limit)
+		}
+	}
+	clock.onSleep = func(elapsed time.Duration) {
+		mu.Lock()
+		defer mu.Unlock()
+		if j := f.lu.sanitize.job.Load(); j != nil {
+			progress = append(progress, j.progress.Load())
+			if elapsed >= 3*time.Second && elapsed < 4*time.Second {
+				running3s = true
+			}
+		}
+	}
+	start := time.Now()
+	p := overwriteParams(1, []byte{0x3c})
+	f.good(f.exec(nexusA, sanitizeCDB(sanitizeOverwrite, uint16(len(p))), p, 0))
+	if wall := time.Since(start); wall > 5*time.Second {
+		t.Fatalf("the virtual clock was not used: %v", wall)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if bad != "" {
+		t.Fatal(bad)
+	}
+	if want := time.Duration(float64(size-rate/sanitizeSteps) / rate * float64(time.Second)); clock.slept < want {
+		t.Fatalf("overwrite of %d bytes at %d bytes/s took %v, want at least %v", size, rate, clock.slept, want)
+	}
+	if !running3s {
+		t.Fatal("the job was not running 3 s after it started")
+	}
+	// Smooth: many steps, never backwards, none larger than a chunk.
+	maxStep := uint32(65536*(rate/sanitizeSteps)/size) + 1
+	for i := 1; i < len(progress); i++ {
+		if progress[i] < progress[i-1] || progress[i]-progress[i-1] > maxStep {
+			t.Fatalf("progress step %d: %d → %d (at most %d)", i, progress[i-1], progress[i], maxStep)
+		}
+	}
+	if len(progress) < 256 {
+		t.Fatalf("only %d progress samples", len(progress))
+	}
+	f.mustEqual(f.readBack(0, testBlocks), bytes.Repeat([]byte{0x3c}, size))
+
+	// No limit from the middle of the job on: the second half sleeps
+	// no more.
+	clock.slept = 0
+	clock.onSleep = func(elapsed time.Duration) {
+		if elapsed >= 8*time.Second {
+			f.lu.SetSanitizeMaxBytesPerSec(-1)
+		}
+	}
+	cv.onWrite = nil
+	mu.Unlock()
+	f.good(f.exec(nexusA, sanitizeCDB(sanitizeOverwrite, uint16(len(p))), p, 0))
+	mu.Lock()
+	if clock.slept < 8*time.Second || clock.slept > 9*time.Second {
+		t.Fatalf("the job slept %v in all, want 8 s until the limit was lifted", clock.slept)
+	}
+	if got := f.lu.SanitizeMaxBytesPerSec(); got >= 0 {
+		t.Fatalf("limit %d after lifting it", got)
+	}
+
+	g := newFixture(t, nil)
+	if got := g.lu.SanitizeMaxBytesPerSec(); got != DefaultSanitizeMaxBytesPerSec {
+		t.Fatalf("default limit %d, want %d", got, DefaultSanitizeMaxBytesPerSec)
 	}
 }

@@ -73,6 +73,10 @@ type Config struct {
 	// cfgstring instead of WriteCache (per-volume settings). It is called
 	// when a device starts and must be quick.
 	DeviceWriteCache func(cfgstring string) bool
+	// DeviceSanitizeRate, if set, gives the SANITIZE OVERWRITE rate limit
+	// of the device serving cfgstring (scsi.LUConfig.SanitizeMaxBytesPerSec:
+	// 0 the default, negative none). Called when a device starts; quick.
+	DeviceSanitizeRate func(cfgstring string) int64
 	// DBusAddress is the bus to publish org.kernel.TCMUService1 on: ""
 	// means the system bus (skipped with a warning when there is none),
 	// DisableDBus turns the service off.
@@ -153,6 +157,9 @@ type openDevice struct {
 	lu   *scsi.LU
 	wce  bool
 	dir  string // configfs directory
+	// sanitizeRate is the LU's SANITIZE OVERWRITE rate limit
+	// (Config.DeviceSanitizeRate).
+	sanitizeRate int64
 }
 
 // Run serves until ctx ends: it refuses to start next to tcmu-runner,
@@ -409,6 +416,9 @@ func (h *Handler) open(name uioName, minor uint32, reopen bool) (err error) {
 func (h *Handler) startDevice(name uioName, minor uint32, dir string, sv *sizedVolume, port uioPort, mm []byte, release func()) error {
 	od := &openDevice{vol: sv, cfg: name.cfg, port: port, done: make(chan struct{}), dir: dir}
 	od.wce = h.cfg.WriteCache
+	if h.cfg.DeviceSanitizeRate != nil {
+		od.sanitizeRate = h.cfg.DeviceSanitizeRate(name.cfg)
+	}
 	if h.cfg.DeviceWriteCache != nil {
 		od.wce = h.cfg.DeviceWriteCache(name.cfg)
 	}
@@ -470,6 +480,8 @@ func (od *openDevice) addLU() (*scsi.LU, error) {
 		SerialNumber: id.Serial,
 		DeviceID:     id.DeviceID,
 		WriteCache:   od.wce,
+
+		SanitizeMaxBytesPerSec: od.sanitizeRate,
 	})
 	if err != nil {
 		return nil, err
