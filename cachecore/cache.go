@@ -948,6 +948,16 @@ func (c *Cache) PurgeReplica(name string) (int64, error) {
 	return dirty, nil
 }
 
+// VolumeRecord returns the volume table's record of name, attached or not.
+func (c *Cache) VolumeRecord(name string) (persist.VolumeRecord, bool) {
+	for _, r := range c.store.Volumes() {
+		if r.Name == name {
+			return r, true
+		}
+	}
+	return persist.VolumeRecord{}, false
+}
+
 // Volume returns the attached volume called name.
 func (c *Cache) Volume(name string) (*Volume, bool) {
 	c.mu.Lock()

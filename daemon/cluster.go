@@ -262,13 +262,18 @@ func (c *clusterd) linkSeen(peer string) (time.Time, bool) {
 }
 
 // attach serves a volume on a lock just taken (ownerHooks).
-func (c *clusterd) attach(ctx context.Context, volume string, h heldLock) error {
+func (c *clusterd) attach(ctx context.Context, volume string, h heldLock) (err error) {
 	cv := c.vols[volume]
 	rh, ok := h.(*rbdHeld)
 	if !ok {
 		return fmt.Errorf("volume %s: not an RBD lock", volume)
 	}
 	cv.held.Store(rh)
+	defer func() {
+		if err != nil {
+			cv.held.Store(nil) // the lock is released: not this node's any more
+		}
+	}()
 	if replicatedVolume(cv.conf) {
 		if err := c.attachReplicated(ctx, cv, rh); err != nil {
 			return err
@@ -315,6 +320,12 @@ func (c *clusterd) attachReplicated(ctx context.Context, cv *clusterVolume, rh *
 		return fmt.Errorf("volume %s: its mirror: %w", name, err)
 	}
 	current := rh.prevNode == c.cfg.Node
+	if current && !rh.prevReleased && !c.d.eng.holdsReplica(cv.conf.Cache, name) {
+		// this node held the volume last, did not release it, and its
+		// cache has no replicated state of it (a new or another cache
+		// file): its acknowledged writes are in a peer's mirror only
+		return fmt.Errorf("volume %s: %w", name, errYield)
+	}
 	if current {
 		err = c.d.eng.addVolumeReplicated(ctx, cv.conf, rh.dev, true)
 	} else {

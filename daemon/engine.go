@@ -296,6 +296,17 @@ func (e *engine) addVolumeFresh(ctx context.Context, v conf.Volume, dev backend.
 	return e.addVolumeReplicated(ctx, v, dev, replicated)
 }
 
+// holdsReplica reports whether cache holds a volume record of name marked
+// replicated (cachecore.VolumeConfig.Replicated).
+func (e *engine) holdsReplica(cacheName, name string) bool {
+	oc, ok := e.cache(cacheName)
+	if !ok {
+		return false
+	}
+	rec, ok := oc.cache.VolumeRecord(name)
+	return ok && rec.Flags&persist.VolumeFlagReplicated != 0
+}
+
 // removeVolume drains the volume's dirty data to its backing device
 // (reporting progress), detaches it from its cache and closes the device.
 func (e *engine) removeVolume(ctx context.Context, cacheName, name string, progress func(cachecore.Progress)) error {

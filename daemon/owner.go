@@ -36,6 +36,11 @@ const (
 
 func ownStates() []ownState { return []ownState{ownOwner, ownStandby, ownUnavailable, ownMoving} }
 
+// errYield: attach refuses a volume this node must leave to a peer (its
+// newest state is in a peer's mirror, not here); the node stays standby
+// and takes no free lock of the volume until another node has held it.
+var errYield = errors.New("the volume's newest state is in a peer's mirror, not in this node's cache: left to a peer")
+
 // Errors of a planned move.
 var (
 	errNotOwner   = errors.New("this node does not own the volume")
@@ -125,6 +130,9 @@ type ownedVolume struct {
 	// movedTo until holdOff.
 	movedTo string
 	holdOff time.Time
+	// yielded: attach refused the volume with errYield; this node takes
+	// no free lock of it until another node has held it.
+	yielded bool
 }
 
 // ownershipView is this node's view of one clustered volume, for status.
@@ -210,6 +218,14 @@ func (o *ownership) start(ctx context.Context) error {
 		}
 		if err := o.hooks.attach(ctx, name, h); err != nil {
 			_ = h.Release()
+			if errors.Is(err, errYield) {
+				o.mu.Lock()
+				v.yielded = true
+				o.mu.Unlock()
+				o.set(v, ownStandby, "", err.Error())
+				o.log.Warn("cluster: volume left to a peer", "volume", name, "reason", err)
+				continue
+			}
 			return fmt.Errorf("volume %s: %w", name, err)
 		}
 		o.mu.Lock()
@@ -316,8 +332,16 @@ func (o *ownership) stepVolume(ctx context.Context, v *ownedVolume, now time.Tim
 			o.log.Debug("cluster: lock holder unknown", "volume", v.name, "err", err)
 			return
 		}
+		o.mu.Lock()
+		if h.Node != "" && h.Node != o.self {
+			v.yielded = false // another node holds it: it has the newest state now
+		}
+		yielded := v.yielded
+		o.mu.Unlock()
 		breakOwner, why := "", ""
 		switch {
+		case yielded && (h.Addr == "" || h.Node == o.self):
+			return // left to a peer (errYield)
 		case h.Addr == "" && movedTo != "" && movedTo != o.self && now.Before(holdOff):
 			return // handed over: the target takes it
 		case h.Addr == "":
@@ -350,7 +374,14 @@ func (o *ownership) stepVolume(ctx context.Context, v *ownedVolume, now time.Tim
 		}
 		if err := o.hooks.attach(ctx, v.name, lh); err != nil {
 			_ = lh.Release()
-			o.log.Error("cluster: took the image's lock but could not serve the volume; lock released", "volume", v.name, "err", err)
+			if errors.Is(err, errYield) {
+				o.mu.Lock()
+				v.yielded = true
+				o.mu.Unlock()
+				o.log.Warn("cluster: volume left to a peer", "volume", v.name, "reason", err)
+			} else {
+				o.log.Error("cluster: took the image's lock but could not serve the volume; lock released", "volume", v.name, "err", err)
+			}
 			o.setOwner(v, "")
 			return
 		}

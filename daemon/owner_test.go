@@ -563,3 +563,46 @@ func TestOwnershipMoveRefused(t *testing.T) {
 		t.Errorf("holder %s", c.holderAddr())
 	}
 }
+
+// A node whose attach yields the volume (its newest state is in a peer's
+// mirror: errYield) stays standby, releases the lock and takes no free
+// lock of the volume until another node has held it; the peer then takes
+// the free lock.
+func TestOwnershipYieldToPeer(t *testing.T) {
+	c := newFakeCeph()
+	clock := &fakeClock{now: time.Unix(1_800_000_000, 0)}
+	a := newFakeNode(t, "a", []string{"b"}, c, clock)
+	b := newFakeNode(t, "b", []string{"a"}, c, clock)
+	ctx := context.Background()
+	a.attachErr = fmt.Errorf("volume v0: %w", errYield)
+	if err := a.o.start(ctx); err != nil {
+		t.Fatalf("a yielding at start failed the start: %v", err)
+	}
+	a.want(ownStandby, "")
+	if c.holderAddr() != "" {
+		t.Fatalf("the yielded lock is held by %s", c.holderAddr())
+	}
+	a.linkUp("b")
+	for range 5 {
+		clock.advance(time.Second)
+		a.o.step(ctx)
+	}
+	if c.holderAddr() != "" || len(a.attached) != 0 {
+		t.Fatalf("a took the volume it yielded (holder %q)", c.holderAddr())
+	}
+	// b starts and takes the free lock
+	if err := b.o.start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b.want(ownOwner, "b")
+	b.linkUp("a")
+	a.o.step(ctx)
+	a.want(ownStandby, "b")
+	// b releases it (a clean shutdown): a, no longer yielding, takes it
+	a.attachErr = nil
+	if err := b.attached[0].Release(); err != nil {
+		t.Fatal(err)
+	}
+	a.o.step(ctx)
+	a.want(ownOwner, "a")
+}

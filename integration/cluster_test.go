@@ -499,3 +499,41 @@ func TestClusterReplicationCost(t *testing.T) {
 	t.Logf("FUA QD32: %.0f/s with the peer in sync, %.0f/s alone: %.2fx", withPeer, alone, withPeer/alone)
 	a.stop()
 }
+
+// TestClusterLostCacheYields: the owner a dies with flushed writes in its
+// cache and in b's mirror only, loses its cache file, and restarts before
+// b's peer_timeout: a must not serve the volume from its new, empty cache
+// (its writes are in b's mirror); it leaves the volume to b, which applies
+// its mirror and serves every flushed write.
+func TestClusterLostCacheYields(t *testing.T) {
+	needTools(t, "qemu-io")
+	c := needCeph(t)
+	image := rbdImage(t, c, 16)
+	addrA := fmt.Sprintf("127.0.0.2:%d", clusterPort(t, "127.0.0.2"))
+	addrB := fmt.Sprintf("127.0.0.3:%d", clusterPort(t, "127.0.0.3"))
+	dirA, dirB := t.TempDir(), t.TempDir()
+	a := startDaemonOn(t, "127.0.0.2:0", dirA, clusterConfig(t, dirA, c, image, "a", addrA, "b@"+addrB))
+	wantCluster(t, dirA, "a", "owner", "active/optimized")
+	b := startDaemonOn(t, "127.0.0.3:0", dirB, clusterConfig(t, dirB, c, image, "b", addrB, "a@"+addrA))
+	wantCluster(t, dirB, "a", "standby", "standby")
+	qemuIO(t, a.url(0), "write -P 0x5a 0 64k", "write -P 0x5b 1M 64k", "flush")
+
+	a.kill()
+	if err := os.Remove(filepath.Join(dirA, "cache.img")); err != nil {
+		t.Fatal(err)
+	}
+	a.restart()
+	waitCluster(t, dirB, "b", "owner", 60*time.Second)
+	qemuIO(t, b.url(0), "read -P 0x5a 0 64k", "read -P 0x5b 1M 64k")
+	if !strings.Contains(a.log.String(), "volume left to a peer") {
+		t.Errorf("a did not leave the volume to b:\n%s", a.log)
+	}
+	wantCluster(t, dirA, "b", "standby", "standby")
+	m := make(model, 16<<20)
+	m.write(0, 64<<10, 0x5a)
+	m.write(1<<20, 64<<10, 0x5b)
+	drainVolume(t, dirB)
+	a.stop()
+	b.stop()
+	m.equal(t, rbdExport(t, c, image), "the image after a's lost cache")
+}
