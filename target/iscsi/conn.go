@@ -71,11 +71,14 @@ type conn struct {
 	recentN  int
 	loggedIn atomic.Bool // full-feature phase reached
 	closing  atomic.Bool // logout in progress or connection dropped
-	taskWG   sync.WaitGroup
-	workerWG sync.WaitGroup // task worker goroutines
-	workers  atomic.Int32   // task worker goroutines running
-	work     chan *task     // hands a task to an idle worker
-	auxWG    sync.WaitGroup // TMF and logout goroutines
+	// nexusGone: the logout already told the device server that the
+	// I_T nexus ended (NexusLost), before its response
+	nexusGone atomic.Bool
+	taskWG    sync.WaitGroup
+	workerWG  sync.WaitGroup // task worker goroutines
+	workers   atomic.Int32   // task worker goroutines running
+	work      chan *task     // hands a task to an idle worker
+	auxWG     sync.WaitGroup // TMF and logout goroutines
 
 	// Writer state: wmu guards queue and wclosed.
 	wmu        sync.Mutex
@@ -228,7 +231,7 @@ func (c *conn) teardown() {
 	c.abort()
 	if c.sess != nil {
 		c.srv.unregisterSession(c.sess)
-		if e := c.target.Load(); e != nil {
+		if e := c.target.Load(); e != nil && !c.nexusGone.Load() {
 			e.cfg.SCSI.NexusLost(&c.nexus)
 		}
 		c.log.Info("iscsi: session ended", "initiator", c.initiator, "tsih", c.sess.tsih)
@@ -701,6 +704,13 @@ func (c *conn) handleLogout(h *pduHeader) error {
 			})
 		c.taskWG.Wait()
 		stop()
+		// The nexus ends with the logout, before its response: an
+		// initiator that logs in again (or another one) right after must
+		// not find this nexus' RESERVE(6) still held.
+		if e := c.target.Load(); e != nil && c.sess != nil {
+			e.cfg.SCSI.NexusLost(&c.nexus)
+			c.nexusGone.Store(true)
+		}
 		c.send(outItem{kind: outStatus, h: r})
 		c.send(outItem{kind: outClose})
 	}()

@@ -462,10 +462,18 @@ func TestLogout(t *testing.T) {
 	if err != nil || r.opcode() != opLogoutResp || r.itt() != itt || r[2] != 0 {
 		t.Fatalf("logout response: err %v opcode %#x response %d", err, r.opcode(), r[2])
 	}
+	// the nexus ended before the response (its RESERVE(6) is released
+	// for whoever comes next), and only once
+	if n := env.dev.Lost.Load(); n != 1 {
+		t.Fatalf("NexusLost called %d times when the logout response arrived, want 1", n)
+	}
 	if _, _, err := ti.readPDU(); !errors.Is(err, io.EOF) {
 		t.Fatalf("connection not closed after logout: %v", err)
 	}
 	testkit.WaitFor(t, 10*time.Second, "no session left", func() bool { return len(env.srv.Sessions()) == 0 })
+	if n := env.dev.Lost.Load(); n != 1 {
+		t.Fatalf("NexusLost called %d times after the session ended, want 1", n)
+	}
 }
 
 func TestSendTargetsAndACL(t *testing.T) {
