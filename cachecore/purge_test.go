@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -26,18 +27,19 @@ func TestPurgeReplicaDropsWithoutWriteback(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := cachecore.Config{JournalFlushInterval: 5 * time.Millisecond}
-	// writeback only when asked (Drain): the dirty data must still be in
-	// the cache when it closes
-	cfg.Writeback.IdleAfter = time.Hour
-	cfg.Writeback.TargetDirtyPercent = 90
-	cfg.Writeback.HighWatermarkPercent = 95
 	c, err := cachecore.Open(ctx, store, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	replVC := cachecore.VolumeConfig{Mode: cachecore.ModeWriteback, BlockSize: 4096, Replicated: true}
 	plainVC := cachecore.VolumeConfig{Mode: cachecore.ModeWriteback, BlockSize: 4096}
-	backV, backW := backend.NewMemory(8<<20), backend.NewMemory(8<<20)
+	backW := backend.NewMemory(8 << 20)
+	// v's backing device refuses every write until the purge (writeback
+	// keeps the data dirty and retries): all of it is still dirty when
+	// the cache closes; after the purge any write to it is a failure
+	backV := backend.NewFaulty(backend.NewMemory(8 << 20))
+	backV.Inject(backend.Fault{Op: backend.OpWrite})
+	var writesAfterPurge atomic.Int64
 	v, err := c.AddVolume(ctx, "v", backV, replVC)
 	if err != nil {
 		t.Fatal(err)
@@ -82,6 +84,12 @@ func TestPurgeReplicaDropsWithoutWriteback(t *testing.T) {
 	if _, err := c.PurgeReplica("w"); !errors.Is(err, cachecore.ErrNotReplicated) {
 		t.Fatalf("PurgeReplica of a volume never replicated: %v, want ErrNotReplicated", err)
 	}
+	backV.ClearFaults()
+	backV.SetHook(func(op backend.Op, off, n int64) {
+		if op == backend.OpWrite {
+			writesAfterPurge.Add(1)
+		}
+	})
 	dropped, err := c.PurgeReplica("v")
 	if err != nil {
 		t.Fatal(err)
@@ -108,8 +116,8 @@ func TestPurgeReplicaDropsWithoutWriteback(t *testing.T) {
 	}
 	zero := make([]byte, 1<<20)
 	back := make([]byte, 1<<20)
-	if err := backV.ReadAt(ctx, back, 0); err != nil || !bytes.Equal(back, zero) {
-		t.Fatalf("purged dirty data reached the backing device (%v)", err)
+	if err := backV.ReadAt(ctx, back, 0); err != nil || !bytes.Equal(back, zero) || writesAfterPurge.Load() != 0 {
+		t.Fatalf("purged dirty data reached the backing device (%v, %d writes)", err, writesAfterPurge.Load())
 	}
 	if err := c.Close(ctx); err != nil {
 		t.Fatal(err)
