@@ -88,6 +88,24 @@ reconnect_max = "500ms"
 	return p
 }
 
+// startPair starts nodes a (127.0.0.2) and b (127.0.0.3) sharing a new
+// image of sizeMiB of the test process's cluster: a, started first, owns
+// the volume and b is standby. It returns the cluster, the image, both
+// daemons and their data directories.
+func startPair(t *testing.T, sizeMiB int) (c *cephtest.Cluster, image string, a, b *daemon, dirA, dirB string) {
+	t.Helper()
+	c = needCeph(t)
+	image = rbdImage(t, c, sizeMiB)
+	addrA := fmt.Sprintf("127.0.0.2:%d", clusterPort(t, "127.0.0.2"))
+	addrB := fmt.Sprintf("127.0.0.3:%d", clusterPort(t, "127.0.0.3"))
+	dirA, dirB = t.TempDir(), t.TempDir()
+	a = startDaemonOn(t, "127.0.0.2:0", dirA, clusterConfig(t, dirA, c, image, "a", addrA, "b@"+addrB))
+	wantCluster(t, dirA, "a", "owner", "active/optimized")
+	b = startDaemonOn(t, "127.0.0.3:0", dirB, clusterConfig(t, dirB, c, image, "b", addrB, "a@"+addrA))
+	wantCluster(t, dirB, "a", "standby", "standby")
+	return c, image, a, b, dirA, dirB
+}
+
 // clusterVolume is one volume of `cachelun cluster status --json`.
 type clusterVolume struct {
 	Name, Owner, State, ALUA, Mode string
@@ -130,15 +148,7 @@ func wantCluster(t *testing.T, dir, owner, state, alua string) {
 // volume back it serves what b wrote, never its stale cached copy.
 func TestClusterFailover(t *testing.T) {
 	needTools(t, "qemu-io")
-	c := needCeph(t)
-	image := rbdImage(t, c, 64)
-	addrA := fmt.Sprintf("127.0.0.2:%d", clusterPort(t, "127.0.0.2"))
-	addrB := fmt.Sprintf("127.0.0.3:%d", clusterPort(t, "127.0.0.3"))
-	dirA, dirB := t.TempDir(), t.TempDir()
-	a := startDaemonOn(t, "127.0.0.2:0", dirA, clusterConfig(t, dirA, c, image, "a", addrA, "b@"+addrB))
-	wantCluster(t, dirA, "a", "owner", "active/optimized")
-	b := startDaemonOn(t, "127.0.0.3:0", dirB, clusterConfig(t, dirB, c, image, "b", addrB, "a@"+addrA))
-	wantCluster(t, dirB, "a", "standby", "standby")
+	c, image, a, b, dirA, dirB := startPair(t, 64)
 	if !strings.Contains(b.log.String(), "LUN ready") {
 		t.Errorf("the standby node logged no LUN ready line:\n%s", b.log)
 	}
@@ -280,15 +290,7 @@ func waitCluster(t *testing.T, dir, owner, state string, limit time.Duration) ti
 // image holds b's data only: no split brain.
 func TestClusterFenceFrozenOwner(t *testing.T) {
 	needTools(t, "qemu-io")
-	c := needCeph(t)
-	image := rbdImage(t, c, 16)
-	addrA := fmt.Sprintf("127.0.0.2:%d", clusterPort(t, "127.0.0.2"))
-	addrB := fmt.Sprintf("127.0.0.3:%d", clusterPort(t, "127.0.0.3"))
-	dirA, dirB := t.TempDir(), t.TempDir()
-	a := startDaemonOn(t, "127.0.0.2:0", dirA, clusterConfig(t, dirA, c, image, "a", addrA, "b@"+addrB))
-	wantCluster(t, dirA, "a", "owner", "active/optimized")
-	b := startDaemonOn(t, "127.0.0.3:0", dirB, clusterConfig(t, dirB, c, image, "b", addrB, "a@"+addrA))
-	wantCluster(t, dirB, "a", "standby", "standby")
+	c, image, a, b, dirA, dirB := startPair(t, 16)
 	// a host on a's path: a write, then (while a is frozen) a late
 	// write that waits in a's socket until a resumes
 	late := exec.Command("qemu-io", "-f", "raw", "-c", "write -P 0x11 0 64k", "-c", "flush", "-c", "sleep 2500",
@@ -364,15 +366,7 @@ func TestClusterFenceFrozenOwner(t *testing.T) {
 // serves again after the move back).
 func TestClusterPlannedMove(t *testing.T) {
 	needTools(t, "qemu-io")
-	c := needCeph(t)
-	image := rbdImage(t, c, 16)
-	addrA := fmt.Sprintf("127.0.0.2:%d", clusterPort(t, "127.0.0.2"))
-	addrB := fmt.Sprintf("127.0.0.3:%d", clusterPort(t, "127.0.0.3"))
-	dirA, dirB := t.TempDir(), t.TempDir()
-	a := startDaemonOn(t, "127.0.0.2:0", dirA, clusterConfig(t, dirA, c, image, "a", addrA, "b@"+addrB))
-	wantCluster(t, dirA, "a", "owner", "active/optimized")
-	b := startDaemonOn(t, "127.0.0.3:0", dirB, clusterConfig(t, dirB, c, image, "b", addrB, "a@"+addrA))
-	wantCluster(t, dirB, "a", "standby", "standby")
+	c, image, a, b, dirA, dirB := startPair(t, 16)
 	qemuIO(t, a.url(0), "write -P 0x41 0 64k", "flush")
 
 	if r := adminRun(t, dirB, "volume", "move", "vol", "a"); r.exitCode == 0 || !strings.Contains(r.out, "does not own") {
@@ -459,20 +453,19 @@ func fuaBench(t *testing.T, url string, n int) float64 {
 // printed (figures, not assertions).
 func TestClusterReplicationCost(t *testing.T) {
 	needTools(t, "qemu-io", "qemu-img")
-	c := needCeph(t)
-	image := rbdImage(t, c, 64)
-	addrA := fmt.Sprintf("127.0.0.2:%d", clusterPort(t, "127.0.0.2"))
-	addrB := fmt.Sprintf("127.0.0.3:%d", clusterPort(t, "127.0.0.3"))
-	dirA, dirB := t.TempDir(), t.TempDir()
-	a := startDaemonOn(t, "127.0.0.2:0", dirA, clusterConfig(t, dirA, c, image, "a", addrA, "b@"+addrB))
-	wantCluster(t, dirA, "a", "owner", "active/optimized")
-	b := startDaemonOn(t, "127.0.0.3:0", dirB, clusterConfig(t, dirB, c, image, "b", addrB, "a@"+addrA))
-	wantCluster(t, dirB, "a", "standby", "standby")
+	_, _, a, b, dirA, _ := startPair(t, 64)
 
 	const n = 6000
-	ships0, bytes0, state := clusterShipped(t, dirA)
-	if state != "in_sync" {
-		t.Fatalf("a's link to b: %s, want in_sync", state)
+	// a's link to b connects in the background after b started
+	var ships0, bytes0 uint64
+	var state string
+	for start := time.Now(); ; time.Sleep(100 * time.Millisecond) {
+		if ships0, bytes0, state = clusterShipped(t, dirA); state == "in_sync" {
+			break
+		}
+		if time.Since(start) > 30*time.Second {
+			t.Fatalf("a's link to b: %s 30 s after b started, want in_sync", state)
+		}
 	}
 	withPeer := fuaBench(t, a.url(0), n)
 	ships1, bytes1, state := clusterShipped(t, dirA)
@@ -507,15 +500,7 @@ func TestClusterReplicationCost(t *testing.T) {
 // its mirror and serves every flushed write.
 func TestClusterLostCacheYields(t *testing.T) {
 	needTools(t, "qemu-io")
-	c := needCeph(t)
-	image := rbdImage(t, c, 16)
-	addrA := fmt.Sprintf("127.0.0.2:%d", clusterPort(t, "127.0.0.2"))
-	addrB := fmt.Sprintf("127.0.0.3:%d", clusterPort(t, "127.0.0.3"))
-	dirA, dirB := t.TempDir(), t.TempDir()
-	a := startDaemonOn(t, "127.0.0.2:0", dirA, clusterConfig(t, dirA, c, image, "a", addrA, "b@"+addrB))
-	wantCluster(t, dirA, "a", "owner", "active/optimized")
-	b := startDaemonOn(t, "127.0.0.3:0", dirB, clusterConfig(t, dirB, c, image, "b", addrB, "a@"+addrA))
-	wantCluster(t, dirB, "a", "standby", "standby")
+	c, image, a, b, dirA, dirB := startPair(t, 16)
 	qemuIO(t, a.url(0), "write -P 0x5a 0 64k", "write -P 0x5b 1M 64k", "flush")
 
 	a.kill()
