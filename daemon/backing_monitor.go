@@ -36,8 +36,10 @@ type rbdBacking struct {
 
 	// fenced is set, never cleared, once the lock was lost: the volume
 	// fails all I/O (fenceGate) from then on; a restart takes the image
-	// over again if the other client let go.
-	fenced atomic.Bool
+	// over again if the other client let go. fencedCh is closed then.
+	fenced    atomic.Bool
+	fencedCh  chan struct{}
+	fenceOnce sync.Once
 
 	stop      chan struct{}
 	done      chan struct{}
@@ -46,7 +48,7 @@ type rbdBacking struct {
 
 func newRBDBacking(dev *rbd.Device, volume, backing string, log *slog.Logger, updated func()) *rbdBacking {
 	b := &rbdBacking{Device: dev, volume: volume, backing: backing, log: log, updated: updated,
-		locked: dev.LockOwner() != "", stop: make(chan struct{}), done: make(chan struct{})}
+		locked: dev.LockOwner() != "", stop: make(chan struct{}), done: make(chan struct{}), fencedCh: make(chan struct{})}
 	go b.monitor()
 	return b
 }
@@ -82,6 +84,7 @@ func (b *rbdBacking) poll() {
 		held, err := b.HoldsLock()
 		if err == nil && !held || b.Stats().Fenced > 0 {
 			b.fenced.Store(true)
+			b.fenceOnce.Do(func() { close(b.fencedCh) })
 			b.log.Error("rbd image lock lost to another client: the volume fails all I/O from now on; its dirty data stays in the cache",
 				"volume", b.volume, "backing", b.backing)
 		}
@@ -217,6 +220,41 @@ func (e *engine) gateFenced(name string, v scsi.Volume) scsi.Volume {
 		return v
 	}
 	return fenceGate{Volume: v, b: b}
+}
+
+// whileNotFenced returns ctx, cancelled with a fencing error (wrapping
+// rbd.ErrFenced) as soon as the volume's RBD image is fenced, and the
+// function that releases it; an image fenced already is that error. A
+// drain on a fenced volume must end: its dirty data can never reach the
+// image (another client owns it now), and writeback would retry forever.
+func (e *engine) whileNotFenced(ctx context.Context, name string) (context.Context, func(), error) {
+	e.mu.RLock()
+	b, ok := e.devs[name].(*rbdBacking)
+	e.mu.RUnlock()
+	if !ok {
+		return ctx, func() {}, nil
+	}
+	fencedErr := fmt.Errorf("volume %s: its dirty data cannot be written back here: %w", name, rbd.ErrFenced)
+	if b.fenced.Load() {
+		return nil, nil, fencedErr
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		select {
+		case <-b.fencedCh:
+			cancel(fencedErr)
+		case <-ctx.Done():
+		case <-stop:
+		}
+	}()
+	return ctx, func() {
+		close(stop)
+		<-done
+		cancel(nil)
+	}, nil
 }
 
 // backingState is the health of a volume's backing device, nil for

@@ -94,16 +94,24 @@ reconnect_max = "500ms"
 // daemons and their data directories.
 func startPair(t *testing.T, sizeMiB int) (c *cephtest.Cluster, image string, a, b *daemon, dirA, dirB string) {
 	t.Helper()
+	c, image, a, b, dirA, dirB, _ = startPairAs(t, sizeMiB, 0)
+	return c, image, a, b, dirA, dirB
+}
+
+// startPairAs is startPair with node a in group gidA (0: the test's);
+// it also returns a's peer link address.
+func startPairAs(t *testing.T, sizeMiB int, gidA uint32) (c *cephtest.Cluster, image string, a, b *daemon, dirA, dirB, addrA string) {
+	t.Helper()
 	c = needCeph(t)
 	image = rbdImage(t, c, sizeMiB)
-	addrA := fmt.Sprintf("127.0.0.2:%d", clusterPort(t, "127.0.0.2"))
+	addrA = fmt.Sprintf("127.0.0.2:%d", clusterPort(t, "127.0.0.2"))
 	addrB := fmt.Sprintf("127.0.0.3:%d", clusterPort(t, "127.0.0.3"))
 	dirA, dirB = t.TempDir(), t.TempDir()
-	a = startDaemonOn(t, "127.0.0.2:0", dirA, clusterConfig(t, dirA, c, image, "a", addrA, "b@"+addrB))
+	a = startDaemonAs(t, gidA, "127.0.0.2:0", dirA, clusterConfig(t, dirA, c, image, "a", addrA, "b@"+addrB))
 	wantCluster(t, dirA, "a", "owner", "active/optimized")
 	b = startDaemonOn(t, "127.0.0.3:0", dirB, clusterConfig(t, dirB, c, image, "b", addrB, "a@"+addrA))
 	wantCluster(t, dirB, "a", "standby", "standby")
-	return c, image, a, b, dirA, dirB
+	return c, image, a, b, dirA, dirB, addrA
 }
 
 // clusterVolume is one volume of `cachelun cluster status --json`.

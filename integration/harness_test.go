@@ -156,6 +156,10 @@ type daemon struct {
 	// else, in the parent of dataDir (which is named cachelun-data), as
 	// the README's quick start does.
 	quickStart bool
+	// gid, when not 0, is the group the daemon runs as (its user stays
+	// the test's): a test tells the node's sockets apart by it
+	// (iptables' owner match) to cut it off the network.
+	gid uint32
 }
 
 type lockedBuffer struct {
@@ -188,7 +192,14 @@ func startDaemon(t *testing.T, dataDir, config string) *daemon {
 // startDaemonOn is startDaemon with the portals on listen (HOST:PORT).
 func startDaemonOn(t *testing.T, listen, dataDir, config string) *daemon {
 	t.Helper()
-	d := &daemon{t: t, dataDir: dataDir, config: config, listen: listen}
+	return startDaemonAs(t, 0, listen, dataDir, config)
+}
+
+// startDaemonAs is startDaemonOn with the daemon in group gid (0: the
+// test's).
+func startDaemonAs(t *testing.T, gid uint32, listen, dataDir, config string) *daemon {
+	t.Helper()
+	d := &daemon{t: t, dataDir: dataDir, config: config, listen: listen, gid: gid}
 	d.start()
 	t.Cleanup(func() {
 		if d.running() {
@@ -221,6 +232,10 @@ func (d *daemon) start() {
 	cmd := exec.Command(binaryPath, args...)
 	if d.quickStart {
 		cmd.Dir = filepath.Dir(d.dataDir)
+	}
+	if d.gid != 0 {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{
+			Uid: uint32(os.Getuid()), Gid: d.gid, NoSetGroups: true}}
 	}
 	// The daemon's runtime directory (its intent logs) belongs to the
 	// test, as systemd's RuntimeDirectory= belongs to the service.

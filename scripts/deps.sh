@@ -20,8 +20,9 @@ pkgs_clients="libiscsi-bin qemu-utils qemu-block-extra tgt bc"
 
 # ceph (Debian 12: Pacific): a throwaway single-node cluster for the tests
 # (scripts/ceph-cluster.sh) and the librbd/librados headers of
-# `go build -tags ceph`. Without it scripts/test.sh skips the ceph step.
-pkgs_ceph="ceph-mon ceph-osd ceph-mgr ceph-common librbd-dev librados-dev"
+# `go build -tags ceph`; iptables cuts a cluster node off the network in the
+# partition tests. Without it scripts/test.sh skips the ceph step.
+pkgs_ceph="ceph-mon ceph-osd ceph-mgr ceph-common librbd-dev librados-dev iptables"
 apt_ceph="--no-install-recommends"
 optional_ceph=1
 

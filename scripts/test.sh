@@ -78,7 +78,8 @@ if command -v ceph-mon >/dev/null 2>&1 && [ -e /usr/include/rbd/librbd.h ]; then
 	go test -tags ceph -run 'RBD' ./conf/ ./cmd/cachelun/
 	# the daemon built with -tags ceph (and -race) on RBD volumes, and two
 	# daemons as a cluster sharing an image (failover with fencing, a frozen
-	# owner fenced, a planned move): about four minutes
+	# owner fenced, a running owner cut off with iptables, a planned move):
+	# about four minutes
 	go test -race -tags ceph -timeout 20m -run '^(TestRBD|TestCluster)' ./integration/
 else
 	echo "skipped: Ceph packages not installed (scripts/deps.sh installs them as root)"
