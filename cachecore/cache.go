@@ -423,6 +423,7 @@ func openWith(ctx context.Context, store *persist.Store, cfg Config, replayed fu
 			}
 		}
 	}
+	c.adoptReplayed()
 	if replayed != nil {
 		replayed(c)
 	}

@@ -419,3 +419,93 @@ func TestCopyRottenSource(t *testing.T) {
 	r.cache = nil
 	c.Close(ctx)
 }
+
+// TestCopySharesAfterRestart: data cached before a restart is shared by
+// copies made after it, as in the session that wrote it (Open rebuilds
+// the share registry from the index), and the lineage rule still holds
+// for it: copying a pre-restart copy back to where its data was written
+// moves the data. A segment of scattered small writes stays move-only.
+// Every range reads what it should, before and after its writeback and
+// another restart.
+func TestCopySharesAfterRestart(t *testing.T) {
+	for _, crc := range []bool{false, true} {
+		t.Run(fmt.Sprintf("datacrc=%v", crc), func(t *testing.T) {
+			ctx := context.Background()
+			r := newRig(t, rigOptions{Segments: 64, BackingSize: 8 << 20, DataCRC: crc, CacheBlock: sector,
+				VC: cachecore.VolumeConfig{Mode: cachecore.ModeWriteback, BlockSize: sector}}, nil)
+			defer r.close()
+			const n = 512 << 10
+			src := tagged(1, 0, n)
+			mustOK(t, "write", r.vol.WriteAt(ctx, src, 0, false))
+			mustOK(t, "copy before the restart", r.vol.CopyFrom(ctx, r.vol, 0, 1<<20, n, false))
+			mustOK(t, "flush", r.vol.Flush(ctx))
+			reopen := func() {
+				t.Helper()
+				r.close()
+				c, v, err := openImage(ctx, r.media, r.backing, r.opts)
+				mustOK(t, "reopen", err)
+				r.cache, r.vol = c, v
+			}
+			reopen()
+
+			before := r.vol.Stats()
+			mustOK(t, "copy of pre-restart data", r.vol.CopyFrom(ctx, r.vol, 0, 2<<20, n, false))
+			s := r.vol.Stats()
+			if shared := s.CopySharedBytes - before.CopySharedBytes; shared != n {
+				t.Fatalf("a copy of data cached before the restart shared %d bytes, want %d (moved %d)",
+					shared, n, s.CopyMovedBytes-before.CopyMovedBytes)
+			}
+			// the pre-restart copy at 1 MiB back to 0, where its data was
+			// written: the key would repeat the lineage of the key at 0
+			before = s
+			mustOK(t, "copy back to where the data was written", r.vol.CopyFrom(ctx, r.vol, 1<<20, 0, n, false))
+			s = r.vol.Stats()
+			if moved := s.CopyMovedBytes - before.CopyMovedBytes; moved != n {
+				t.Fatalf("a copy back onto the data's own lineage moved %d bytes, want %d (shared %d)",
+					moved, n, s.CopySharedBytes-before.CopySharedBytes)
+			}
+
+			// 512-byte writes one sector apart: hundreds of ranges per
+			// segment, in segments of their own (a new session's data
+			// heads take free segments)
+			scattered := make(map[int64][]byte)
+			for i := range 600 {
+				off := 4<<20 + int64(i)*2*sector
+				p := tagged(uint64(100+i), off, sector)
+				scattered[off] = p
+				mustOK(t, "scattered write", r.vol.WriteAt(ctx, p, off, false))
+			}
+			mustOK(t, "flush", r.vol.Flush(ctx))
+			reopen()
+			before = r.vol.Stats()
+			mustOK(t, "copy of scattered data", r.vol.CopyFrom(ctx, r.vol, 4<<20, 6<<20, 1200*sector, false))
+			s = r.vol.Stats()
+			if moved := s.CopyMovedBytes - before.CopyMovedBytes; moved == 0 {
+				t.Fatalf("a copy of scattered pre-restart data moved nothing: its segments were adopted whole (shared %d)",
+					s.CopySharedBytes-before.CopySharedBytes)
+			}
+			// overwrites of either side leave the other alone
+			over := tagged(7, 0, 64<<10)
+			mustOK(t, "overwrite the source", r.vol.WriteAt(ctx, over, 0, false))
+			check := func(what string) {
+				t.Helper()
+				want := append(append([]byte(nil), over...), src[64<<10:]...)
+				wantRange(t, what+": source", r.vol, 0, want)
+				wantRange(t, what+": pre-restart copy", r.vol, 1<<20, src)
+				wantRange(t, what+": post-restart copy", r.vol, 2<<20, src)
+				for off, p := range scattered {
+					wantRange(t, what+": scattered copy", r.vol, off+2<<20, p)
+				}
+			}
+			check("in the cache")
+			mustOK(t, "drain", r.vol.Drain(ctx, nil))
+			check("written back")
+			mustOK(t, "flush", r.vol.Flush(ctx))
+			reopen()
+			check("after another restart")
+			if err := r.cache.CheckInvariants(); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}

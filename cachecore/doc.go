@@ -140,11 +140,16 @@
 // segment generation, the lineages of every key a copy shared from or
 // made, per range; a copy whose key would repeat a recorded lineage
 // (copying the same data to the same place twice, or back to where it was
-// written) moves its data instead. The registry is in memory, so only
-// segment generations taken by this process are shared (segment.takenGen):
-// after a restart, data cached before it is moved, not shared, until GC
-// recycles its segments. Refused (blk.ErrUnsupported; the caller copies by
-// read and write): another cache, a foreign volume, a destination that
+// written) moves its data instead. The registry is in memory; Open
+// rebuilds it from the replayed index (Cache.adoptReplayed: every
+// extent's lineage, per segment generation), so data cached before a
+// restart is shared too: keys of the log the index no longer holds need
+// no entry then, since nothing writes them back after a restart. A
+// segment of scattered small writes, whose extents would need more than
+// 64 entries, stays move-only until GC recycles it (segment.takenGen
+// marks the generations that may be shared; TestCopySharesAfterRestart).
+// Refused (blk.ErrUnsupported; the caller copies by read and write):
+// another cache, a foreign volume, a destination that
 // does not cache writes, a failed or detached cache, a source being
 // removed or held by a detach. VolumeStats.CopySharedBytes and
 // CopyMovedBytes count the two kinds of bytes. Keys that share data are

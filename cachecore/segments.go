@@ -31,9 +31,9 @@ type segment struct {
 	refs  atomic.Int64
 	state atomic.Uint32
 	// takenGen is 1 + the generation under which a data head of this
-	// session took the segment (0: none): every key pointing at that
-	// generation was appended by this process, so the in-memory share
-	// registry (volume_copy.go) knows all of its lineages.
+	// session took the segment, or whose lineages Open adopted (0: none):
+	// the in-memory share registry (volume_copy.go) knows every lineage
+	// that may point at that generation, so copies may share its data.
 	takenGen atomic.Uint64
 }
 

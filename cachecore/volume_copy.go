@@ -461,6 +461,78 @@ func (e *segShares) add(n shareRange) {
 	e.ranges = append(e.ranges, n)
 }
 
+// maxAdoptedRanges bounds the registry entries of a segment generation
+// adopted at Open (adoptReplayed): data written in runs (a VM image, a
+// database file) has a few ranges per segment; a segment of scattered
+// small writes, which would need an entry per extent, stays move-only,
+// so the registry's memory stays a small fraction of the index's.
+const maxAdoptedRanges = 64
+
+// adoptReplayed lets copies share the data cached before this process
+// started. For each segment generation the replayed index points into, it
+// records every extent's lineage in the registry and marks the generation
+// shareable (segment.takenGen). Every lineage a new shared key could
+// collide with is then known: the index's, recorded here, and those a copy
+// makes later, recorded by reserve. A key of the log that the index no
+// longer holds needs no entry, unlike in the session that wrote it: the
+// collision to prevent is writeback's clean marking of an older key taking
+// a newer dirty extent of its lineage for its own, and after a restart
+// writeback only starts on extents of the index (GC evicts by lineage
+// only clean extents). A segment whose extents make more than
+// maxAdoptedRanges ranges stays move-only. Open calls it once, after the
+// index is complete and before any request, worker or copy runs.
+func (c *Cache) adoptReplayed() {
+	adopted := make(map[uint32]*segShares)
+	refused := make(map[uint32]bool)
+	for i := range c.vols {
+		vs := c.vols[i].Load()
+		if vs == nil {
+			continue
+		}
+		vs.idx.each(func(n uint64, st *stripe) {
+			for k := range st.list.ext {
+				x := &st.list.ext[k]
+				if !x.hasData() || refused[x.seg] {
+					continue
+				}
+				e := adopted[x.seg]
+				if e == nil {
+					e = &segShares{gen: x.gen}
+					adopted[x.seg] = e
+				}
+				if e.gen != x.gen || c.segs.segs[x.seg].currentGen() != x.gen {
+					refused[x.seg] = true // replay keeps no stale extent; never share one
+					delete(adopted, x.seg)
+					continue
+				}
+				r := shareRange{shareLineage{vol: vs.id, diag: int64(n<<stripeShift) + int64(x.start) - int64(x.segOff)},
+					x.segOff, x.segOff + x.length}
+				// extents of a run come in volume order: most merge
+				// with the range added last
+				if last := len(e.ranges) - 1; last >= 0 && e.ranges[last].shareLineage == r.shareLineage &&
+					e.ranges[last].p0 <= r.p1 && r.p0 <= e.ranges[last].p1 {
+					e.ranges[last].p0, e.ranges[last].p1 = min(e.ranges[last].p0, r.p0), max(e.ranges[last].p1, r.p1)
+					continue
+				}
+				e.add(r)
+				if len(e.ranges) > maxAdoptedRanges {
+					refused[x.seg] = true
+					delete(adopted, x.seg)
+				}
+			}
+		})
+	}
+	c.shares.mu.Lock()
+	defer c.shares.mu.Unlock()
+	if c.shares.m == nil {
+		c.shares.m = make(map[uint32]*segShares, len(adopted))
+	}
+	for seg, e := range adopted {
+		c.shares.m[seg] = e
+		c.segs.segs[seg].takenGen.Store(e.gen + 1)
+	}
+}
+
 // forget drops the entries of a segment whose generation was bumped.
 func (r *shareRegistry) forget(seg uint32) {
 	r.mu.Lock()
