@@ -559,6 +559,8 @@ func (c *clusterd) Handle(ctx context.Context, from, kind string, body []byte) (
 		return c.recv.Handle(ctx, from, kind, body)
 	case reqPR:
 		return c.handlePR(ctx, from, body)
+	case reqPRNotice:
+		return nil, c.handlePRNotice(from, body)
 	case reqOwner:
 		var n ownerNote
 		if err := json.Unmarshal(body, &n); err != nil {

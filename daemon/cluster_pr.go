@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -20,6 +21,14 @@ import (
 // reqPR: a PERSISTENT RESERVE command a peer forwards to the owner
 // (prRequest → prResponse).
 const reqPR = "pr"
+
+// errNoticeToOwner refuses a reqPRNotice on the volume's owner, whose
+// units raised their own attentions (the sender no longer owns it).
+var errNoticeToOwner = errors.New("this node owns the volume")
+
+// reqPRNotice: the unit attentions a change of the owner's persistent
+// reservations raised, for the nexuses of the other nodes (prNotices).
+const reqPRNotice = "pr-notice"
 
 // prMetaPrefix + lower-case target IQN + "/" + LUN is the image metadata
 // key of a logical unit's persistent reservation state.
@@ -96,6 +105,57 @@ func (p *clusterPR) Save(_ context.Context, state []byte) error {
 		return fmt.Errorf("volume %s: %w", p.cv.conf.Name, errNotOwner)
 	}
 	return held.meta.SetMetadata(prMetaKey(p.iqn, p.lun), string(state))
+}
+
+type prNotices struct {
+	Volume  string          `json:"volume"`
+	IQN     string          `json:"iqn"`
+	LUN     uint64          `json:"lun"`
+	Notices []scsi.PRNotice `json:"notices"`
+}
+
+// Notify sends the unit attentions of a saved change to every peer in the
+// background, each call bounded by peer_timeout; a peer not reached misses
+// them (its hosts see the change at their next PERSISTENT RESERVE IN).
+func (p *clusterPR) Notify(notices []scsi.PRNotice) {
+	body, err := json.Marshal(prNotices{Volume: p.cv.conf.Name, IQN: p.iqn, LUN: p.lun, Notices: notices})
+	if err != nil {
+		return
+	}
+	for peer := range p.c.groups {
+		if peer == p.c.cfg.Node {
+			continue
+		}
+		p.c.wg.Add(1)
+		go func() {
+			defer p.c.wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), p.c.cfg.PeerTimeout.D)
+			defer cancel()
+			if _, err := p.c.call(ctx, peer, reqPRNotice, body); err != nil {
+				p.c.log.Warn("cluster: a peer missed the unit attentions of a persistent reservation change",
+					"peer", peer, "volume", p.cv.conf.Name, "lun", p.lun, "err", err)
+			}
+		}()
+	}
+}
+
+// handlePRNotice raises the unit attentions the owner's change of
+// persistent reservations established for this node's nexuses
+// (reqPRNotice). The owner itself refuses them: its units raised their
+// own.
+func (c *clusterd) handlePRNotice(from string, body []byte) error {
+	var n prNotices
+	if err := json.Unmarshal(body, &n); err != nil {
+		return fmt.Errorf("cluster: %s request from %s: %w", reqPRNotice, from, err)
+	}
+	if view, ok := c.own.volumeView(n.Volume); !ok || view.State == ownOwner || view.State == ownMoving {
+		return fmt.Errorf("volume %s: %s from %s: %w", n.Volume, reqPRNotice, from, errNoticeToOwner)
+	}
+	st := c.target(n.IQN)
+	if st == nil || !st.RaisePRNotices(n.LUN, n.Notices) {
+		return fmt.Errorf("cluster: %s request from %s: no target %s LUN %d", reqPRNotice, from, n.IQN, n.LUN)
+	}
+	return nil
 }
 
 // loadPR loads the saved persistent reservations of the volume's logical

@@ -168,3 +168,55 @@ func TestClusterPRThroughEitherNode(t *testing.T) {
 		t.Error("a node that does not own the volume served a forwarded command")
 	}
 }
+
+// TestClusterPRNoticesThroughPeerLink: a host preempted through the owner
+// gets REGISTRATIONS PREEMPTED on its nexus through the standby node: the
+// owner sends the unit attention over the peer link (reqPRNotice) once the
+// change is saved. The owner refuses such a notice.
+func TestClusterPRNoticesThroughPeerLink(t *testing.T) {
+	meta := &memMetadata{kv: map[string]string{}}
+	a, b := newPRNode(t, "a"), newPRNode(t, "b")
+	a.own(t, meta)
+	b.cl.own.noteOwner("v0", "a")
+	b.cl.callPeer = func(ctx context.Context, node, kind string, body []byte) ([]byte, error) {
+		return a.cl.Handle(ctx, "b", kind, body)
+	}
+	a.cl.callPeer = func(ctx context.Context, node, kind string, body []byte) ([]byte, error) {
+		return b.cl.Handle(ctx, "a", kind, body)
+	}
+	h1 := &scsi.Nexus{InitiatorName: "iqn.h1", InitiatorPort: "iqn.h1,i,0x1", TargetPort: prTestIQN + ",t,0x0001", RelativePortID: 1}
+	h2 := &scsi.Nexus{InitiatorName: "iqn.h2", InitiatorPort: "iqn.h2,i,0x1", TargetPort: prTestIQN + ",t,0x0002", RelativePortID: 2}
+	cdb, p := register(0x111)
+	if r := a.exec(t, h1, cdb, p, 0); r.Status != scsi.StatusGood {
+		t.Fatalf("REGISTER through the owner: status %#x sense % x", r.Status, r.Sense)
+	}
+	cdb, p = register(0x222)
+	if r := b.exec(t, h2, cdb, p, 0); r.Status != scsi.StatusGood {
+		t.Fatalf("REGISTER through the standby: status %#x sense % x", r.Status, r.Sense)
+	}
+	// PERSISTENT RESERVE IN, which a standby serves (forwarded), reports
+	// the unit attentions of its nexus first
+	readKeys := []byte{0x5e, 0, 0, 0, 0, 0, 0, 0x10, 0, 0}
+	if keys := b.readKeys(t, h2); len(keys) != 2 {
+		t.Fatalf("keys before the preemption: %x", keys)
+	}
+
+	// PREEMPT (write exclusive) of h2's key by h1, through the owner
+	p = make([]byte, 24)
+	binary.BigEndian.PutUint64(p[0:8], 0x111)
+	binary.BigEndian.PutUint64(p[8:16], 0x222)
+	if r := a.exec(t, h1, []byte{0x5f, 0x04, 0x01, 0, 0, 0, 0, 0, 24, 0}, p, 0); r.Status != scsi.StatusGood {
+		t.Fatalf("PREEMPT: status %#x sense % x", r.Status, r.Sense)
+	}
+	a.cl.wg.Wait() // the notices in flight
+	r := b.tgt.Execute(context.Background(), &scsi.Command{Nexus: h2, CDB: readKeys, DataInLen: 4096})
+	if r.Status != scsi.StatusCheckCondition || len(r.Sense) < 14 || r.Sense[2]&0x0f != 0x06 || r.Sense[12] != 0x2a || r.Sense[13] != 0x05 {
+		t.Fatalf("h2 through the standby after the preemption: status %#x sense % x, want UNIT ATTENTION 2a/05", r.Status, r.Sense)
+	}
+	if keys := b.readKeys(t, h2); len(keys) != 1 || keys[0] != 0x111 {
+		t.Fatalf("keys after the preemption: %x", keys)
+	}
+	if _, err := a.cl.Handle(context.Background(), "b", reqPRNotice, []byte(`{"volume":"v0","iqn":"`+prTestIQN+`","lun":0,"notices":[]}`)); err == nil {
+		t.Error("the owner took the unit attentions of a notice")
+	}
+}

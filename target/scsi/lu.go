@@ -111,6 +111,10 @@ type LU struct {
 	resv6             *nexusKey // RESERVE(6)/(10) holder
 	pr                prState
 	prShare           PRShare // nil: the reservations are this unit's alone
+	// prNotices collects, during a PERSISTENT RESERVE OUT on a unit
+	// whose reservations are shared, the unit attentions it raises, for
+	// the other gateways (PRShare.Notify). Guarded by resMu.
+	prNotices []PRNotice
 	prevent           map[nexusKey]bool
 
 	stateMu sync.Mutex

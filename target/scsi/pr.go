@@ -379,7 +379,10 @@ func cmdPROut(tk *task) error {
 	}
 	s := &lu.pr
 	before := lu.prSnapshotLocked()
+	lu.prNotices = nil
 	conflict, err := lu.proutLocked(tk, sa, typ, pp)
+	notices := lu.prNotices
+	lu.prNotices = nil
 	if err != nil {
 		return err
 	}
@@ -389,12 +392,16 @@ func cmdPROut(tk *task) error {
 	}
 	if share := lu.prShare; share != nil {
 		// the change is shared: saved before it completes, undone when
-		// it cannot be (pr_share.go)
+		// it cannot be (pr_share.go); the other gateways' nexuses get
+		// their unit attentions once it is saved
 		state, _ := json.Marshal(lu.prSnapshotLocked())
 		if err := share.Save(tk.ctx, state); err != nil {
 			lu.pr = before
 			lu.log.Error("scsi: saving shared persistent reservations; the change is undone", "lun", lu.lun, "err", err)
 			return newSense(SenseHardwareError, ASCInternalTargetFailure)
+		}
+		if len(notices) > 0 {
+			share.Notify(notices)
 		}
 	}
 	lu.updateReservationActiveLocked()
@@ -568,6 +575,7 @@ func (lu *LU) preemptLocked(k nexusKey, me int, typ byte, saKey uint64) (bool, e
 			if drop {
 				removed++
 				lu.raiseForInitiator(ASCRegistrationsPreempted, r.InitiatorPort)
+				lu.noteInitiatorLocked(ASCRegistrationsPreempted, r.InitiatorPort)
 				continue
 			}
 			kept = append(kept, r)
@@ -624,6 +632,7 @@ func (lu *LU) preemptLocked(k nexusKey, me int, typ byte, saKey uint64) (bool, e
 // raiseRegistrantsLocked raises asc on the nexuses of every registrant
 // except the nexus skip.
 func (lu *LU) raiseRegistrantsLocked(asc ASC, skip nexusKey) {
+	lu.noteRegistrantsLocked(asc, skip)
 	for kk, ns := range *lu.nexuses.Load() {
 		if kk == skip {
 			continue

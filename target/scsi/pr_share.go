@@ -20,10 +20,15 @@ import (
 // authoritative unit. A gateway that becomes authoritative loads the last
 // saved state first (LoadPRState).
 //
-// Unit attentions that a change raises for nexuses of other gateways
-// (registrations preempted or released) are not delivered: the hosts
-// learn of the change from their next PERSISTENT RESERVE IN or
-// RESERVATION CONFLICT. RESERVE(6)/(10) stays local to each gateway.
+// Unit attentions that a change raises for registrants (registrations
+// preempted, reservations preempted or released) reach the nexuses of
+// every gateway: the authoritative one raises them for its own nexuses and,
+// once the change is saved, hands the others to Notify as PRNotices; a
+// gateway that receives them raises them for its nexuses that match
+// (Target.RaisePRNotices). Delivery is best effort, as the gateways'
+// link: a host whose gateway did not get the notice learns of the change
+// from its next PERSISTENT RESERVE IN or RESERVATION CONFLICT.
+// RESERVE(6)/(10) stays local to each gateway.
 type PRShare interface {
 	// Authoritative reports whether this gateway applies the commands.
 	Authoritative() bool
@@ -33,6 +38,86 @@ type PRShare interface {
 	Forward(ctx context.Context, cmd *Command) (Response, error)
 	// Save durably records the state (PRState's bytes).
 	Save(ctx context.Context, state []byte) error
+	// Notify hands the other gateways the unit attentions a saved
+	// change raised (Target.RaisePRNotices on each). It is called with
+	// the unit's reservation lock held and must not block.
+	Notify(notices []PRNotice)
+}
+
+// PRNotice is a unit attention a change of the persistent reservations
+// raised for the I_T nexuses it names, on whichever gateway they are.
+type PRNotice struct {
+	ASC ASC `json:"asc"`
+	// Nexuses names the nexuses by initiator and target port; an empty
+	// target port stands for every target port (a registration made
+	// with ALL_TG_PT, or every nexus of a preempted initiator port).
+	Nexuses []NexusID `json:"nexuses"`
+	// Skip is the nexus whose command made the change: it gets none.
+	Skip NexusID `json:"skip"`
+}
+
+// NexusID names an I_T nexus by its ports.
+type NexusID struct {
+	InitiatorPort string `json:"initiator_port"`
+	TargetPort    string `json:"target_port,omitempty"`
+}
+
+func (id NexusID) matches(k nexusKey) bool {
+	return id.InitiatorPort == k.initiatorPort && (id.TargetPort == "" || id.TargetPort == k.targetPort)
+}
+
+// RaisePRNotices raises the unit attentions another gateway's change of
+// the persistent reservations of LUN lun established (PRShare.Notify) for
+// the nexuses of this target that they name. It reports whether the LUN
+// exists.
+func (t *Target) RaisePRNotices(lun uint64, notices []PRNotice) bool {
+	lu := t.lu(lun)
+	if lu == nil {
+		return false
+	}
+	for k, ns := range *lu.nexuses.Load() {
+		for _, n := range notices {
+			if k == (nexusKey{initiatorPort: n.Skip.InitiatorPort, targetPort: n.Skip.TargetPort}) {
+				continue
+			}
+			for _, id := range n.Nexuses {
+				if id.matches(k) {
+					ns.raise(n.ASC)
+					break
+				}
+			}
+		}
+	}
+	return true
+}
+
+// noteRegistrantsLocked records, on a unit whose reservations are shared,
+// the notice of an attention raised for every registrant but skip, for
+// the other gateways. Caller holds resMu.
+func (lu *LU) noteRegistrantsLocked(asc ASC, skip nexusKey) {
+	if lu.prShare == nil {
+		return
+	}
+	n := PRNotice{ASC: asc, Skip: NexusID{InitiatorPort: skip.initiatorPort, TargetPort: skip.targetPort}}
+	for _, r := range lu.pr.Regs {
+		id := NexusID{InitiatorPort: r.InitiatorPort, TargetPort: r.TargetPort}
+		if r.AllTgPt {
+			id.TargetPort = ""
+		}
+		n.Nexuses = append(n.Nexuses, id)
+	}
+	if len(n.Nexuses) > 0 {
+		lu.prNotices = append(lu.prNotices, n)
+	}
+}
+
+// noteInitiatorLocked is noteRegistrantsLocked for every nexus of one
+// initiator port.
+func (lu *LU) noteInitiatorLocked(asc ASC, ip string) {
+	if lu.prShare == nil {
+		return
+	}
+	lu.prNotices = append(lu.prNotices, PRNotice{ASC: asc, Nexuses: []NexusID{{InitiatorPort: ip}}})
 }
 
 // PRState returns the logical unit's persistent reservation state, as

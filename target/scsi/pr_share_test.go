@@ -17,8 +17,9 @@ type gatewayShare struct {
 
 	mu      sync.Mutex
 	saved   []byte
-	saves   int
-	failErr error // Save fails with it when set
+	saves    int
+	notified int
+	failErr  error // Save fails with it when set
 }
 
 type shareView struct {
@@ -45,6 +46,19 @@ func (s shareView) Save(_ context.Context, state []byte) error {
 	s.saved = bytes.Clone(state)
 	s.saves++
 	return nil
+}
+
+// Notify delivers the notices to the other gateways at once, and counts
+// them.
+func (s shareView) Notify(notices []PRNotice) {
+	s.mu.Lock()
+	s.notified += len(notices)
+	s.mu.Unlock()
+	for name, f := range s.peers {
+		if name != s.self {
+			f.tgt.RaisePRNotices(f.lu.lun, notices)
+		}
+	}
 }
 
 // nexus of host h through gateway g's port (relative port = group).
@@ -155,4 +169,63 @@ func TestLoadPRStateRefusesGarbage(t *testing.T) {
 	if _, keys := readKeys(f, nexusA); len(keys) != 1 || keys[0] != 0xaa {
 		t.Fatalf("keys after refused loads: %x", keys)
 	}
+}
+
+// TestPRNoticesReachOtherGateways: the unit attentions a change of the
+// shared reservations raises reach the registrants' nexuses on the other
+// gateway (PRShare.Notify, Target.RaisePRNotices): REGISTRATIONS PREEMPTED
+// for a host preempted through the authoritative gateway, RESERVATIONS
+// RELEASED for the registrants when a registrants-only reservation is
+// released; never for the nexus that made the change nor for a nexus that
+// is not a registrant; none when the change could not be saved.
+func TestPRNoticesReachOtherGateways(t *testing.T) {
+	owner := "a"
+	sh := &gatewayShare{owner: &owner, peers: map[string]*fixture{}}
+	a := newFixture(t, func(c *LUConfig) { c.PR = shareView{sh, "a"} })
+	b := newFixture(t, func(c *LUConfig) { c.PR = shareView{sh, "b"} })
+	sh.peers["a"], sh.peers["b"] = a, b
+	host1a, host1b, host2b := gwNexus("h1", 1), gwNexus("h1", 2), gwNexus("h2", 2)
+	clearAll := func() {
+		a.clearUA(host1a)
+		b.clearUA(host1b)
+		b.clearUA(host2b)
+	}
+	clearAll()
+	tur := []byte{0, 0, 0, 0, 0, 0}
+
+	// h1 registers through a (its port only), h2 through b (b's port)
+	a.good(a.prout(host1a, 0, 0, 0, 0x11, 0))
+	b.good(b.prout(host2b, 0, 0, 0, 0x22, 0))
+	// h1 preempts h2's registration through a: h2's nexus on b hears of it
+	a.good(a.prout(host1a, 4, prWriteExclusive, 0x11, 0x22, 0))
+	b.sense(b.exec(host2b, tur, nil, 0), SenseUnitAttention, ASCRegistrationsPreempted)
+	b.good(b.exec(host2b, tur, nil, 0))
+	b.good(b.exec(host1b, tur, nil, 0)) // h1 through b: not preempted
+	a.good(a.exec(host1a, tur, nil, 0)) // the preempting nexus
+
+	// a registrants-only reservation released: the other registrants
+	// (h2, registered again through b for every port) hear of it; h1's
+	// nexus through b is no registrant (h1 registered a's port only)
+	a.good(a.prout(host1a, 2, prWriteExclusive, 0x11, 0, 0)) // RELEASE the preempting reservation
+	b.good(b.prout(host2b, 0, 0, 0, 0x22, 0x04))
+	a.good(a.prout(host1a, 1, prWriteExclusiveRegOnly, 0x11, 0, 0))
+	clearAll()
+	a.good(a.prout(host1a, 2, prWriteExclusiveRegOnly, 0x11, 0, 0))
+	b.sense(b.exec(host2b, tur, nil, 0), SenseUnitAttention, ASCReservationsReleased)
+	b.good(b.exec(host1b, tur, nil, 0))
+	a.good(a.exec(host1a, tur, nil, 0))
+
+	// a change that could not be saved raises nothing anywhere
+	sh.mu.Lock()
+	sh.failErr = errors.New("cluster unreachable")
+	notified := sh.notified
+	sh.mu.Unlock()
+	a.sense(a.prout(host1a, 4, prWriteExclusive, 0x11, 0x22, 0), SenseHardwareError, ASCInternalTargetFailure)
+	b.good(b.exec(host2b, tur, nil, 0))
+	sh.mu.Lock()
+	sh.failErr = nil
+	if sh.notified != notified {
+		t.Errorf("%d notices sent for a change that was undone", sh.notified-notified)
+	}
+	sh.mu.Unlock()
 }
