@@ -115,7 +115,7 @@ type LU struct {
 	// whose reservations are shared, the unit attentions it raises, for
 	// the other gateways (PRShare.Notify). Guarded by resMu.
 	prNotices []PRNotice
-	prevent           map[nexusKey]bool
+	prevent   map[nexusKey]bool
 
 	stateMu sync.Mutex
 

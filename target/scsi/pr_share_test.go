@@ -15,8 +15,8 @@ type gatewayShare struct {
 	owner *string
 	peers map[string]*fixture
 
-	mu      sync.Mutex
-	saved   []byte
+	mu       sync.Mutex
+	saved    []byte
 	saves    int
 	notified int
 	failErr  error // Save fails with it when set
