@@ -338,7 +338,11 @@ func openWith(ctx context.Context, store *persist.Store, cfg Config, replayed fu
 		}
 	}
 	journaled := newJournaledFinder(recovered)
-	head, logSegs, lastEpoch, err := c.replay(ctx, journaled.see)
+	lineages := newReplayedLineages(c)
+	head, logSegs, lastEpoch, err := c.replay(ctx, func(k *persist.Key) {
+		journaled.see(k)
+		lineages.see(k)
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -346,6 +350,7 @@ func openWith(ctx context.Context, store *persist.Store, cfg Config, replayed fu
 		recovered = journaled.drop(recovered)
 		for i := range recovered {
 			c.replayKey(&recovered[i].key, true)
+			lineages.see(&recovered[i].key)
 			lastEpoch = max(lastEpoch, recovered[i].epoch)
 		}
 	}
@@ -423,7 +428,7 @@ func openWith(ctx context.Context, store *persist.Store, cfg Config, replayed fu
 			}
 		}
 	}
-	c.adoptReplayed()
+	c.adoptReplayed(lineages)
 	if replayed != nil {
 		replayed(c)
 	}

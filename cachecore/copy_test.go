@@ -422,11 +422,13 @@ func TestCopyRottenSource(t *testing.T) {
 
 // TestCopySharesAfterRestart: data cached before a restart is shared by
 // copies made after it, as in the session that wrote it (Open rebuilds
-// the share registry from the index), and the lineage rule still holds
-// for it: copying a pre-restart copy back to where its data was written
-// moves the data. A segment of scattered small writes stays move-only.
-// Every range reads what it should, before and after its writeback and
-// another restart.
+// the share registry from the log), and the lineage rule still holds for
+// it: copying a pre-restart copy back to where its data was written moves
+// the data, also where that data was overwritten before the restart (the
+// index no longer holds the key that wrote it, but the log does, and
+// writeback's clean marking of that key scans its whole range). A segment
+// of scattered small writes stays move-only. Every range reads what it
+// should, before and after its writeback and another restart.
 func TestCopySharesAfterRestart(t *testing.T) {
 	for _, crc := range []bool{false, true} {
 		t.Run(fmt.Sprintf("datacrc=%v", crc), func(t *testing.T) {
@@ -438,6 +440,12 @@ func TestCopySharesAfterRestart(t *testing.T) {
 			src := tagged(1, 0, n)
 			mustOK(t, "write", r.vol.WriteAt(ctx, src, 0, false))
 			mustOK(t, "copy before the restart", r.vol.CopyFrom(ctx, r.vol, 0, 1<<20, n, false))
+			// a key whose first 64 KiB is overwritten before the restart,
+			// after a copy shared it
+			src2 := tagged(2, 3<<20, 128<<10)
+			mustOK(t, "write", r.vol.WriteAt(ctx, src2, 3<<20, false))
+			mustOK(t, "copy before the restart", r.vol.CopyFrom(ctx, r.vol, 3<<20, 3<<20+512<<10, 128<<10, false))
+			mustOK(t, "overwrite", r.vol.WriteAt(ctx, tagged(3, 3<<20, 64<<10), 3<<20, false))
 			mustOK(t, "flush", r.vol.Flush(ctx))
 			reopen := func() {
 				t.Helper()
@@ -463,6 +471,17 @@ func TestCopySharesAfterRestart(t *testing.T) {
 			if moved := s.CopyMovedBytes - before.CopyMovedBytes; moved != n {
 				t.Fatalf("a copy back onto the data's own lineage moved %d bytes, want %d (shared %d)",
 					moved, n, s.CopySharedBytes-before.CopySharedBytes)
+			}
+
+			// the copy of the overwritten part back to where it was
+			// written: its key would repeat the lineage of the key that
+			// wrote it, which only the log holds now
+			before = s
+			mustOK(t, "copy back over the overwrite", r.vol.CopyFrom(ctx, r.vol, 3<<20+512<<10, 3<<20, 64<<10, false))
+			s = r.vol.Stats()
+			if moved := s.CopyMovedBytes - before.CopyMovedBytes; moved != 64<<10 {
+				t.Fatalf("a copy back onto the lineage of an overwritten key moved %d bytes, want %d (shared %d)",
+					moved, 64<<10, s.CopySharedBytes-before.CopySharedBytes)
 			}
 
 			// 512-byte writes one sector apart: hundreds of ranges per
@@ -493,6 +512,7 @@ func TestCopySharesAfterRestart(t *testing.T) {
 				wantRange(t, what+": source", r.vol, 0, want)
 				wantRange(t, what+": pre-restart copy", r.vol, 1<<20, src)
 				wantRange(t, what+": post-restart copy", r.vol, 2<<20, src)
+				wantRange(t, what+": copied back over the overwrite", r.vol, 3<<20, src2)
 				for off, p := range scattered {
 					wantRange(t, what+": scattered copy", r.vol, off+2<<20, p)
 				}

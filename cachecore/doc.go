@@ -141,13 +141,13 @@
 // made, per range; a copy whose key would repeat a recorded lineage
 // (copying the same data to the same place twice, or back to where it was
 // written) moves its data instead. The registry is in memory; Open
-// rebuilds it from the replayed index (Cache.adoptReplayed: every
-// extent's lineage, per segment generation), so data cached before a
-// restart is shared too: keys of the log the index no longer holds need
-// no entry then, since nothing writes them back after a restart. A
-// segment of scattered small writes, whose extents would need more than
-// 64 entries, stays move-only until GC recycles it (segment.takenGen
-// marks the generations that may be shared; TestCopySharesAfterRestart).
+// rebuilds it from the replayed log (Cache.adoptReplayed: every key's
+// lineage, per segment generation, those the index no longer holds too,
+// as writeback's clean marking of a key scans its whole range), so data
+// cached before a restart is shared too. A segment of scattered small
+// writes, whose keys would need more than 64 entries, stays move-only
+// until GC recycles it (segment.takenGen marks the generations that may
+// be shared; TestCopySharesAfterRestart).
 // Refused (blk.ErrUnsupported; the caller copies by read and write):
 // another cache, a foreign volume, a destination that
 // does not cache writes, a failed or detached cache, a source being

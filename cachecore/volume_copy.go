@@ -464,72 +464,75 @@ func (e *segShares) add(n shareRange) {
 // maxAdoptedRanges bounds the registry entries of a segment generation
 // adopted at Open (adoptReplayed): data written in runs (a VM image, a
 // database file) has a few ranges per segment; a segment of scattered
-// small writes, which would need an entry per extent, stays move-only,
-// so the registry's memory stays a small fraction of the index's.
+// small writes, which would need an entry per key, stays move-only, so
+// the registry's memory stays a small fraction of the index's.
 const maxAdoptedRanges = 64
 
-// adoptReplayed lets copies share the data cached before this process
-// started. For each segment generation the replayed index points into, it
-// records every extent's lineage in the registry and marks the generation
-// shareable (segment.takenGen). Every lineage a new shared key could
-// collide with is then known: the index's, recorded here, and those a copy
-// makes later, recorded by reserve. A key of the log that the index no
-// longer holds needs no entry, unlike in the session that wrote it: the
-// collision to prevent is writeback's clean marking of an older key taking
-// a newer dirty extent of its lineage for its own, and after a restart
-// writeback only starts on extents of the index (GC evicts by lineage
-// only clean extents). A segment whose extents make more than
-// maxAdoptedRanges ranges stays move-only. Open calls it once, after the
-// index is complete and before any request, worker or copy runs.
-func (c *Cache) adoptReplayed() {
-	adopted := make(map[uint32]*segShares)
-	refused := make(map[uint32]bool)
-	for i := range c.vols {
-		vs := c.vols[i].Load()
-		if vs == nil {
-			continue
-		}
-		vs.idx.each(func(n uint64, st *stripe) {
-			for k := range st.list.ext {
-				x := &st.list.ext[k]
-				if !x.hasData() || refused[x.seg] {
-					continue
-				}
-				e := adopted[x.seg]
-				if e == nil {
-					e = &segShares{gen: x.gen}
-					adopted[x.seg] = e
-				}
-				if e.gen != x.gen || c.segs.segs[x.seg].currentGen() != x.gen {
-					refused[x.seg] = true // replay keeps no stale extent; never share one
-					delete(adopted, x.seg)
-					continue
-				}
-				r := shareRange{shareLineage{vol: vs.id, diag: int64(n<<stripeShift) + int64(x.start) - int64(x.segOff)},
-					x.segOff, x.segOff + x.length}
-				// extents of a run come in volume order: most merge
-				// with the range added last
-				if last := len(e.ranges) - 1; last >= 0 && e.ranges[last].shareLineage == r.shareLineage &&
-					e.ranges[last].p0 <= r.p1 && r.p0 <= e.ranges[last].p1 {
-					e.ranges[last].p0, e.ranges[last].p1 = min(e.ranges[last].p0, r.p0), max(e.ranges[last].p1, r.p1)
-					continue
-				}
-				e.add(r)
-				if len(e.ranges) > maxAdoptedRanges {
-					refused[x.seg] = true
-					delete(adopted, x.seg)
-				}
-			}
-		})
+// replayedLineages gathers, while Open replays the log, the lineages of
+// the keys that point at each segment generation, for adoptReplayed.
+type replayedLineages struct {
+	segs    []segment
+	adopted map[uint32]*segShares
+	refused map[uint32]bool
+}
+
+func newReplayedLineages(c *Cache) *replayedLineages {
+	return &replayedLineages{segs: c.segs.segs, adopted: make(map[uint32]*segShares), refused: make(map[uint32]bool)}
+}
+
+// see records the lineage of a replayed key (one recovered from the
+// intent log too). Called before any goroutine runs.
+func (r *replayedLineages) see(k *persist.Key) {
+	if k.Flags != persist.KeyDirty && k.Flags != persist.KeyClean || k.Length == 0 {
+		return
 	}
+	seg := k.Pos.Seg
+	if seg >= uint32(len(r.segs)) || r.refused[seg] || k.Gen != r.segs[seg].gen {
+		return // a stale key: its data is gone, nothing can share it
+	}
+	e := r.adopted[seg]
+	if e == nil {
+		e = &segShares{gen: k.Gen}
+		r.adopted[seg] = e
+	}
+	n := shareRange{shareLineage{vol: k.Volume, diag: int64(k.Offset) - int64(k.Pos.Off)}, k.Pos.Off, k.Pos.Off + k.Length}
+	// the keys of a run come one after the other: most merge with the
+	// range added last
+	if last := len(e.ranges) - 1; last >= 0 && e.ranges[last].shareLineage == n.shareLineage &&
+		e.ranges[last].p0 <= n.p1 && n.p0 <= e.ranges[last].p1 {
+		e.ranges[last].p0, e.ranges[last].p1 = min(e.ranges[last].p0, n.p0), max(e.ranges[last].p1, n.p1)
+		return
+	}
+	e.add(n)
+	if len(e.ranges) > maxAdoptedRanges {
+		r.refused[seg] = true
+		delete(r.adopted, seg)
+	}
+}
+
+// adoptReplayed lets copies share the data cached before this process
+// started: it puts in the share registry the lineage of every key of the
+// log, per segment generation (replayedLineages), and marks those
+// generations shareable (segment.takenGen). Every lineage a new shared key
+// could collide with is then known, as in the session that wrote them:
+// those of the keys the log holds (also the ones the index no longer
+// holds: writeback's clean marking of a key scans its whole range) and
+// those a copy makes later (reserve). A segment whose keys make more than
+// maxAdoptedRanges ranges, or that is quarantined, stays move-only. Open
+// calls it once, after replay and before any request, worker or copy runs.
+func (c *Cache) adoptReplayed(r *replayedLineages) {
 	c.shares.mu.Lock()
 	defer c.shares.mu.Unlock()
 	if c.shares.m == nil {
-		c.shares.m = make(map[uint32]*segShares, len(adopted))
+		c.shares.m = make(map[uint32]*segShares, len(r.adopted))
 	}
-	for seg, e := range adopted {
+	for seg, e := range r.adopted {
+		s := &c.segs.segs[seg]
+		if segState(s.state.Load()) == segQuarantined || s.gen != e.gen {
+			continue
+		}
 		c.shares.m[seg] = e
-		c.segs.segs[seg].takenGen.Store(e.gen + 1)
+		s.takenGen.Store(e.gen + 1)
 	}
 }
 
