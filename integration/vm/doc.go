@@ -11,8 +11,10 @@
 //
 // A test builds an initramfs (BuildInitramfs: busybox, the module closure
 // of the modules it names, its own static binaries and a /init script) and
-// boots it (Boot). The guest has no network device; qemu runs with a hard
-// timeout. The init script reports through the serial console: lines
+// boots it (Boot). The guest has no network device unless the test asks
+// for one (Boot.UserNet: qemu's user network, on which the guest reaches
+// the host's loopback as 10.0.2.2 and nothing beyond); qemu runs with a
+// hard timeout. The init script reports through the serial console: lines
 // "@@PASS <name>", "@@FAIL <name> <why>" and finally "@@DONE"; Result
 // collects them.
 //
