@@ -46,7 +46,9 @@
 //     re-adopted, refusals with their reasons, live reconfiguration,
 //     removal, clean stop. About 20 s with a warm cache.
 //   - Tier 2 (TestTier2TargetcliISCSI): a Debian bookworm rootfs built once
-//     with mmdebstrap (targetcli-fb, open-iscsi, dbus), booted from a virtio
+//     with mmdebstrap (targetcli-fb, open-iscsi, dbus; the cached tarball's
+//     name carries a digest of RootfsPackages, so a changed package list
+//     builds a new one), booted from a virtio
 //     ext4 disk, running the real daemon on the system bus with its own
 //     iSCSI target on 127.0.0.1:3261: targetcli over D-Bus, LIO iSCSI on
 //     127.0.0.1:3260, iscsiadm login, ext4 checksums across remount; then
