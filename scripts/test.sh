@@ -72,7 +72,7 @@ step "ceph build tag: vet, staticcheck, backend/rbd and the RBD integration test
 # scripts/ceph-cluster.sh (about 20 s), one after the other
 if command -v ceph-mon >/dev/null 2>&1 && [ -e /usr/include/rbd/librbd.h ]; then
 	go vet -tags ceph ./...
-	"$staticcheck" -tags ceph ./backend/rbd/ ./internal/cephtest/ ./conf/ ./daemon/ ./integration/
+	"$staticcheck" -tags ceph ./backend/rbd/ ./internal/cephtest/ ./conf/ ./daemon/ ./integration/ ./integration/vm/
 	go test -race -tags ceph -timeout 15m ./backend/rbd/
 	# the ceph-built binary's configuration rules and daemon wiring
 	go test -tags ceph -run 'RBD' ./conf/ ./cmd/cachelun/
@@ -81,6 +81,13 @@ if command -v ceph-mon >/dev/null 2>&1 && [ -e /usr/include/rbd/librbd.h ]; then
 	# owner fenced, a running owner cut off with iptables, a planned move):
 	# about four minutes
 	go test -race -tags ceph -timeout 20m -run '^(TestRBD|TestCluster)' ./integration/
+	# a real dm-multipath client of such a pair: a Debian guest under qemu
+	# (open-iscsi, multipathd with ALUA, ext4) rides out the owner's
+	# SIGKILL with every fsync'd file intact (integration/vm/doc.go, tier
+	# 4): about two minutes with warm caches, plus the rootfs build once.
+	# Alone, as the only qemu, and without -race (the daemons run on the
+	# host unchanged; the guest is what takes the time).
+	go test -tags ceph -timeout 20m -run '^TestTier4Multipath$' ./integration/vm/
 else
 	echo "skipped: Ceph packages not installed (scripts/deps.sh installs them as root)"
 fi

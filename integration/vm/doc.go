@@ -11,8 +11,10 @@
 //
 // A test builds an initramfs (BuildInitramfs: busybox, the module closure
 // of the modules it names, its own static binaries and a /init script) and
-// boots it (Boot). The guest has no network device; qemu runs with a hard
-// timeout. The init script reports through the serial console: lines
+// boots it (Boot). The guest has no network device unless the test asks
+// for one (Boot.UserNet: qemu's user network, on which the guest reaches
+// the host's loopback as 10.0.2.2 and nothing beyond); qemu runs with a
+// hard timeout. The init script reports through the serial console: lines
 // "@@PASS <name>", "@@FAIL <name> <why>" and finally "@@DONE"; Result
 // collects them.
 //
@@ -44,7 +46,9 @@
 //     re-adopted, refusals with their reasons, live reconfiguration,
 //     removal, clean stop. About 20 s with a warm cache.
 //   - Tier 2 (TestTier2TargetcliISCSI): a Debian bookworm rootfs built once
-//     with mmdebstrap (targetcli-fb, open-iscsi, dbus), booted from a virtio
+//     with mmdebstrap (targetcli-fb, open-iscsi, dbus; the cached tarball's
+//     name carries a digest of RootfsPackages, so a changed package list
+//     builds a new one), booted from a virtio
 //     ext4 disk, running the real daemon on the system bus with its own
 //     iSCSI target on 127.0.0.1:3261: targetcli over D-Bus, LIO iSCSI on
 //     127.0.0.1:3260, iscsiadm login, ext4 checksums across remount; then
@@ -88,14 +92,48 @@
 //     machine: about 4 minutes for both boots under a load of 10-20
 //     (guest uptime about 90 s per boot; qemu's wall time is larger).
 //
-// The tiers build the daemon from ./cmd/cachelun (static, CGO_ENABLED=0);
-// CACHELUN_VM_BINARY names a prebuilt static binary to use instead.
+// Tier 4 (TestTier4Multipath) carries the ceph build tag, so it runs only
+// with -tags ceph (scripts/test.sh runs it alone in its Ceph step): a real
+// dm-multipath client of two cluster nodes. The nodes run on the host (the
+// daemon built with -tags ceph) over one RBD image of a throwaway Ceph
+// cluster (internal/cephtest), their portals on 127.0.0.1 and their peer
+// links on 127.0.0.2 and 127.0.0.3; node a owns the volume (ALUA
+// active/optimized), node b is standby. The tier-2 rootfs (with
+// multipath-tools) boots with Boot.UserNet; the guest starts udevd, iscsid
+// and multipathd, logs in to both portals (node records made by hand:
+// SendTargets would name 127.0.0.1), and multipath must show one map with
+// two path groups, a's path prio 50 and b's a ghost of prio 1
+// (group_by_prio, prio alua, hardware_handler "1 alua", path_checker tur;
+// testdata/multipath-guest.sh explains its no_path_retry and
+// replacement_timeout). ext4 on the map gets 20 fsync'd files; with a
+// writer fsyncing one new file after the other, the guest prints
+// @@KILL-OWNER and the test (Boot.OnMarker) SIGKILLs node a and deletes its
+// cache file; b fences a and takes over after peer_timeout (2 s), the
+// guest sees a's session fail and multipath serve through b's path. Every
+// file whose fsync returned reads back intact after the page cache is
+// dropped and after a remount, e2fsck finds the file system clean, and
+// the kernel log has no I/O error on the multipath map, no Buffer I/O
+// error and no ext4 error or warning (the killed path's own errors are
+// expected). It prints the longest wait between two fsync'd files across
+// the kill (about 6 s: the 5 s replacement_timeout of the dead path's
+// session, then the retry through b) and how long b took to own the volume
+// (about 3 s). About 100 s on an idle 2-core machine with warm caches
+// (the daemon's build with the root disk, and the Ceph cluster's start,
+// about 15 s each; 60 to 75 s of qemu); a cold cache adds the rootfs build
+// as for tier 2.
+//
+// Tiers 1 to 3 build the daemon from ./cmd/cachelun (static,
+// CGO_ENABLED=0); CACHELUN_VM_BINARY names a prebuilt static binary to use
+// instead.
 //
 // The last console logs are kept in the cache as tier1-last.log,
-// tier2-last.log, tier3-first-last.log and tier3-second-last.log.
+// tier2-last.log, tier3-first-last.log, tier3-second-last.log and
+// tier4-last.log (and, when tier 4 fails, its nodes' logs as
+// tier4-node-a.log and tier4-node-b.log).
 //
 // Host requirements: Linux amd64, root (to install missing packages with
 // apt-get: qemu-system-x86, kmod, e2fsprogs for tiers 2 and 3), about 500
-// MB of cache. EnsureHost installs what is missing and
+// MB of cache; for tier 4 the Ceph daemons and librbd-dev (scripts/deps.sh
+// installs them). EnsureHost installs what is missing and
 // fails with a clear message when it cannot; tests never skip silently.
 package vm

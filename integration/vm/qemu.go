@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -47,6 +48,18 @@ type Boot struct {
 	// qemu is killed (SIGKILL) at once, a power cut with no guest sync
 	// (Result.PoweredOff).
 	PowerOffOn string
+	// UserNet gives the guest a virtio network card (virtio_net) on qemu's
+	// user-mode network: the guest is 10.0.2.15/24 and reaches the host's
+	// 127.0.0.1 as 10.0.2.2, so an initiator in the guest logs in to
+	// portals the test runs on the host's loopback. Without it the guest
+	// has no network device at all.
+	UserNet bool
+	// OnMarker maps console markers to host actions: the first time the
+	// guest prints a marker, its function runs, in a goroutine of its own
+	// so that the console keeps flowing while it works (the guest goes on
+	// as a real client would while a server dies). Run returns only after
+	// every action it started has returned.
+	OnMarker map[string]func()
 }
 
 // NVDIMM is an emulated NVDIMM backed by a host file (memory-backend-file,
@@ -142,7 +155,6 @@ func (b Boot) Run(ctx context.Context) (*Result, error) {
 		"-accel", "tcg", "-cpu", b.CPU,
 		"-smp", fmt.Sprint(b.CPUs), "-m", mem,
 		"-nographic", "-no-reboot", "-nodefaults",
-		"-nic", "none", // the guest gets no network device at all
 		"-serial", "stdio",
 		"-kernel", b.Assets.VMLinuz, "-initrd", b.Initrd,
 		// no_timer_check: under emulation on a busy host the kernel's
@@ -152,6 +164,14 @@ func (b Boot) Run(ctx context.Context) (*Result, error) {
 		// dot keeps the kernel from handing it to init.
 		"-append", strings.TrimSpace(fmt.Sprintf("console=ttyS0 panic=-1 loglevel=4 no_timer_check cachelun.watchdog=%d %s",
 			int(b.watchdogAt()/time.Second), b.Append)),
+	}
+	if b.UserNet {
+		// restrict=off: the guest must reach the host (10.0.2.2 is the
+		// host's loopback); the guest scripts give it no route beyond
+		// 10.0.2.0/24, so nothing else leaves qemu.
+		args = append(args, "-netdev", "user,id=n0,restrict=off", "-device", "virtio-net-pci,netdev=n0")
+	} else {
+		args = append(args, "-nic", "none") // the guest gets no network device at all
 	}
 	args = append(args, nvdimmArgs...)
 	args = append(args, b.ExtraArgs...)
@@ -166,6 +186,20 @@ func (b Boot) Run(ctx context.Context) (*Result, error) {
 	if b.PowerOffOn != "" {
 		marker = &markerWriter{w: out, marker: []byte(b.PowerOffOn), seen: make(chan struct{})}
 		out = marker
+	}
+	var actions sync.WaitGroup
+	for m, action := range b.OnMarker {
+		mw := &markerWriter{w: out, marker: []byte(m), seen: make(chan struct{})}
+		out = mw
+		actions.Add(1)
+		go func() {
+			defer actions.Done()
+			select {
+			case <-mw.seen:
+				action()
+			case <-ctx.Done():
+			}
+		}()
 	}
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.WaitDelay = 5 * time.Second
@@ -192,6 +226,9 @@ func (b Boot) Run(ctx context.Context) (*Result, error) {
 	}()
 	err = cmd.Wait()
 	close(exited)
+	// cancel ends the wait of actions whose marker never came.
+	cancel()
+	actions.Wait()
 	r := &Result{Wall: time.Since(start), Log: log.String(), TimedOut: errors.Is(ctx.Err(), context.DeadlineExceeded), PoweredOff: <-poweredOff}
 	r.parse()
 	if err != nil && !r.TimedOut && !r.Done && !r.PoweredOff {

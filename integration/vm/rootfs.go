@@ -1,6 +1,7 @@
 package vm
 
 import (
+	"crypto/sha256"
 	"fmt"
 	"os"
 	"os/exec"
@@ -9,12 +10,22 @@ import (
 	"time"
 )
 
-// RootfsPackages are installed into the tier-2 Debian guest: LIO userland
-// (targetcli), the iSCSI initiator, the system bus targetcli needs to find
-// user: handlers, and the tools the guest script uses.
+// RootfsPackages are installed into the Debian guest of tiers 2 and 4: LIO
+// userland (targetcli), the iSCSI initiator, the system bus targetcli needs
+// to find user: handlers, dm-multipath (multipathd and its udev) for tier
+// 4, and the tools the guest scripts use.
 func RootfsPackages() []string {
 	return []string{"targetcli-fb", "python3-rtslib-fb", "open-iscsi", "dbus", "kmod", "e2fsprogs",
-		"util-linux", "procps", "iproute2", "sg3-utils"}
+		"util-linux", "procps", "iproute2", "sg3-utils", "multipath-tools"}
+}
+
+// rootfsTarball is the cached tarball's name. It carries a digest of the
+// package list: a cache built before a package was added is not reused (its
+// guests would lack the package), and an older tree's cache stays valid for
+// that tree.
+func rootfsTarball(cacheDir string) string {
+	sum := sha256.Sum256([]byte(strings.Join(RootfsPackages(), "\n")))
+	return filepath.Join(cacheDir, fmt.Sprintf("rootfs-bookworm-%x.tar", sum[:6]))
 }
 
 // Rootfs is a cached Debian bookworm tree (as a tarball) for tier-2 guests.
@@ -50,7 +61,7 @@ func PrepareRootfs(cacheDir string) (*Rootfs, error) {
 		return nil, err
 	}
 	defer unlock()
-	tarball := filepath.Join(cacheDir, "rootfs-bookworm.tar")
+	tarball := rootfsTarball(cacheDir)
 	r := &Rootfs{Tarball: tarball}
 	if _, err := os.Stat(tarball); err == nil {
 		return r, nil
