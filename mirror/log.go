@@ -31,8 +31,19 @@ type Log struct {
 	live   int
 	maxLSN uint64
 	// compactAt: a trim that leaves live shipments rewrites the file when
-	// it is larger than this.
+	// it is larger than this and more than half of it is trimmed.
 	compactAt int64
+	// frames are the live shipments' LSNs and frame sizes, in file
+	// order; liveBytes their sum: what a compaction would keep.
+	frames    []liveFrame
+	liveBytes int64
+	// compactions counts the rewrites (tests).
+	compactions int
+}
+
+type liveFrame struct {
+	lsn  uint64
+	size int64
 }
 
 const (
@@ -99,6 +110,11 @@ func (l *Log) Append(lsns []uint64, payloads [][]byte) error {
 	if err := l.write(buf); err != nil {
 		return err
 	}
+	for i := range lsns {
+		f := liveFrame{lsn: lsns[i], size: frameHeader + 9 + int64(len(payloads[i]))}
+		l.frames = append(l.frames, f)
+		l.liveBytes += f.size
+	}
 	l.live += len(lsns)
 	for _, n := range lsns {
 		l.maxLSN = max(l.maxLSN, n)
@@ -108,7 +124,11 @@ func (l *Log) Append(lsns []uint64, payloads [][]byte) error {
 
 // Trim records that the backing device holds everything up to lsn. A
 // trim past every shipment empties the file; otherwise a trim mark is
-// appended (and a large file rewritten without what it trims).
+// appended, and a large file of which more than half is trimmed is
+// rewritten with its live shipments only. (Rewriting at every trim a file
+// whose live part alone is large would copy that part again for every
+// trim: a peer that mirrors a cache full of dirty data would spend its
+// time there.)
 func (l *Log) Trim(lsn uint64) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -123,15 +143,31 @@ func (l *Log) Trim(lsn uint64) error {
 			return err
 		}
 		l.size, l.live = 0, 0
+		l.frames, l.liveBytes = nil, 0
 		return nil
 	}
 	if err := l.write(appendFrame(nil, kindTrim, lsn, nil)); err != nil {
 		return err
 	}
-	if l.size > l.compactAt {
+	l.dropFrames(lsn)
+	if l.size > l.compactAt && l.size > 2*l.liveBytes {
 		return l.compactLocked()
 	}
 	return nil
+}
+
+// dropFrames forgets the live frames a trim at lsn drops.
+func (l *Log) dropFrames(lsn uint64) {
+	kept := l.frames[:0]
+	l.liveBytes = 0
+	for _, f := range l.frames {
+		if f.lsn > lsn {
+			kept = append(kept, f)
+			l.liveBytes += f.size
+		}
+	}
+	clear(l.frames[len(kept):])
+	l.frames = kept
 }
 
 // EpochShift: a link LSN carries the owner epoch of the node that shipped
@@ -178,6 +214,7 @@ func (l *Log) Reset() error {
 		return err
 	}
 	l.size, l.live, l.maxLSN = 0, 0, 0
+	l.frames, l.liveBytes = nil, 0
 	return l.f.Sync()
 }
 
@@ -245,6 +282,12 @@ func (l *Log) scan(out *[]Shipment) (int64, error) {
 		off += frameHeader + int64(n)
 	}
 	l.live = len(live)
+	l.frames, l.liveBytes = l.frames[:0], 0
+	for _, s := range live {
+		f := liveFrame{lsn: s.LSN, size: frameHeader + 9 + int64(len(s.Payload))}
+		l.frames = append(l.frames, f)
+		l.liveBytes += f.size
+	}
 	if out != nil {
 		*out = live
 	}
@@ -281,6 +324,7 @@ func (l *Log) compactLocked() error {
 	}
 	l.f.Close()
 	l.f, l.size = f, int64(len(buf))
+	l.compactions++
 	return syncDir(l.path)
 }
 

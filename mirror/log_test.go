@@ -136,3 +136,62 @@ func TestLogOwnerEpochs(t *testing.T) {
 		t.Fatalf("deposed owner's shipment after a reopen: %v, want ErrStaleEpoch", err)
 	}
 }
+
+// TestLogCompactsWhenMostlyTrimmed: a trim rewrites a large file only
+// when more than half of it is trimmed, not at every trim of a file whose
+// live part alone is large (the peer of an owner with a cache full of
+// dirty data trims often and little); what stays live and the file's size
+// after the rewrite are right, also after a reopen.
+func TestLogCompactsWhenMostlyTrimmed(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "v.mirror")
+	l, err := OpenLog(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { l.Close() }()
+	l.compactAt = 1 << 10
+	payload := make([]byte, 100)
+	for lsn := uint64(1); lsn <= 100; lsn++ {
+		if err := l.Append([]uint64{lsn}, [][]byte{payload}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for lsn := uint64(1); lsn <= 40; lsn++ {
+		if err := l.Trim(lsn); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if l.compactions != 0 {
+		t.Fatalf("%d rewrites for trims that left most of the file live", l.compactions)
+	}
+	for lsn := uint64(41); lsn <= 60; lsn++ {
+		if err := l.Trim(lsn); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if l.compactions != 1 {
+		t.Fatalf("%d rewrites once more than half of the file was trimmed, want 1", l.compactions)
+	}
+	want := make([]uint64, 0, 40)
+	for lsn := uint64(61); lsn <= 100; lsn++ {
+		want = append(want, lsn)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// never more than twice what is live (plus the last trim mark)
+	if live := int64(40 * (frameHeader + 9 + len(payload))); fi.Size() > 2*live+frameHeader+9 {
+		t.Fatalf("file of %d bytes after the rewrite, %d of them live", fi.Size(), live)
+	}
+	if got := lsnsOf(t, l); !equal(got, want) {
+		t.Fatalf("live after the rewrite: %v", got)
+	}
+	l.Close()
+	if l, err = OpenLog(path); err != nil {
+		t.Fatal(err)
+	}
+	if got := lsnsOf(t, l); !equal(got, want) {
+		t.Fatalf("live after a reopen: %v", got)
+	}
+}
