@@ -20,7 +20,10 @@
 // holds writes the same data again; a record is never older than what the
 // backing device holds for its range, because the backing device only
 // receives data through the journal (a replicated volume never bypasses
-// its cache and journals every discard).
+// its cache and journals every discard), and a peer that was out of sync,
+// which also missed the trims, gets the owner's latest trim before it
+// counts as in sync again (Shipper's resync): its log then holds no kset
+// whose blocks the owner overwrote and wrote back meanwhile.
 //
 // # Guarantees
 //

@@ -344,3 +344,76 @@ func TestResyncAfterPartition(t *testing.T) {
 		}
 	}
 }
+
+// TestResyncTrimsStaleMirror: while b is cut off, a overwrites a block b's
+// mirror holds, writes it back to the backing device and trims (b misses
+// the trim). When b is back in sync, a flush on a succeeds: the overwrite
+// is durable. b's mirror must not bring the block's older data back at a
+// takeover: the resync delivers the trim before b counts as in sync.
+func TestResyncTrimsStaleMirror(t *testing.T) {
+	ctx := context.Background()
+	shared := backend.NewMemory(volSize)
+	recvB := mirror.NewReceiver(t.TempDir())
+	defer recvB.Close()
+	la, _ := net.Listen("tcp", "127.0.0.2:0")
+	lb, _ := net.Listen("tcp", "127.0.0.3:0")
+	var pa, pb partition
+	log := slog.New(slog.DiscardHandler)
+	start := func(name string, ln net.Listener, peer, addr string, p *partition, r cluster.Receiver, h cluster.Handler) *cluster.Node {
+		n, err := cluster.Start(ctx, cluster.Config{Cluster: "test", Node: name, Listener: ln,
+			Peers: []cluster.Peer{{Name: peer, Addr: addr}}, Degraded: cluster.Serve,
+			HeartbeatInterval: 50 * time.Millisecond, PeerTimeout: 400 * time.Millisecond, SyncTimeout: 300 * time.Millisecond,
+			ReconnectMin: 20 * time.Millisecond, ReconnectMax: 100 * time.Millisecond,
+			Receiver: r, Handler: h, Logger: log, Dial: p.dial})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { n.Close() })
+		return n
+	}
+	nodeA := start("a", la, "b", lb.Addr().String(), &pa, mirror.NewReceiver(t.TempDir()), nil)
+	start("b", lb, "a", la.Addr().String(), &pb, recvB, recvB)
+	testkit.WaitFor(t, 10*time.Second, "in sync", func() bool { return nodeA.Link("b").State() == cluster.StateInSync })
+	_, volA := openCacheOn(t, shared)
+	shipper := mirror.NewShipper(nodeA, "vol", 0, volA.Reship, log)
+	defer shipper.Close()
+	if err := volA.SetReplicator(shipper); err != nil {
+		t.Fatal(err)
+	}
+	old, cur := bytes.Repeat([]byte{1}, 4096), bytes.Repeat([]byte{2}, 4096)
+	if err := volA.WriteAt(ctx, old, 0, true); err != nil { // in b's mirror
+		t.Fatal(err)
+	}
+	pa.set(true)
+	pb.set(true)
+	testkit.WaitFor(t, 10*time.Second, "b out of sync", func() bool {
+		if err := volA.WriteAt(ctx, cur, 0, true); err != nil { // acknowledged while b is away (serve)
+			t.Fatal(err)
+		}
+		return nodeA.Link("b").State() == cluster.StateOutOfSync
+	})
+	if err := volA.Drain(ctx, nil); err != nil { // the backing device holds cur; the trim does not reach b
+		t.Fatal(err)
+	}
+	pa.set(false)
+	pb.set(false)
+	testkit.WaitFor(t, 15*time.Second, "b back in sync", func() bool { return nodeA.Link("b").State() == cluster.StateInSync })
+	if err := volA.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	_, volB := openCache(t, shared)
+	lg, err := recvB.Log("vol")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mirror.Apply(ctx, lg, volB); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 4096)
+	if err := volB.ReadAt(ctx, got, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, cur) {
+		t.Fatalf("after the resync and a takeover the block holds %d, the data b's mirror had before a overwrote and wrote it back; want %d", got[0], cur[0])
+	}
+}

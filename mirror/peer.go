@@ -212,17 +212,41 @@ func (s *Shipper) resyncLoop() {
 	}
 }
 
-// resync ships to l what its peer has not acknowledged of the volume's
-// journal from dirty_tail on.
-func (s *Shipper) resync(l *cluster.Link) error {
+// resync brings l's peer back in sync: first the latest trim, then what
+// it has not acknowledged of the volume's journal from dirty_tail on.
+//
+// The trim comes first because a peer out of sync also missed the trims:
+// its log may still hold a kset whose blocks this node has since
+// overwritten and written back, the newer data never shipped to it. Once in
+// sync, flushes count on the peer; a takeover would then apply that kset
+// over the newer data the backing device holds, and lose acknowledged
+// writes. A resync that fails leaves the link out of sync (MarkOutOfSync),
+// never in sync with a peer that lacks shipments or holds such ksets.
+func (s *Shipper) resync(l *cluster.Link) (err error) {
 	acked := l.Resync()
 	if acked == nil {
 		return nil
 	}
-	defer l.ResyncDone()
+	defer l.ResyncDone() // after MarkOutOfSync on failure: then a no-op
+	defer func() {
+		if err != nil {
+			l.MarkOutOfSync("resync failed: " + err.Error())
+		}
+	}()
+	s.mu.Lock()
+	trim := s.trimLSN
+	s.mu.Unlock()
+	if trim > 0 {
+		ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
+		_, err := l.Call(ctx, TrimKind, encodeTrim(s.volume, trim))
+		cancel()
+		if err != nil {
+			return fmt.Errorf("mirror: trim of volume %s to %d before its resync: %w", s.volume, trim, err)
+		}
+	}
 	from := acked[s.volume]
 	n := 0
-	err := s.reship(s.ctx, func(lsn uint64, recs []cachecore.MirrorRecord) error {
+	err = s.reship(s.ctx, func(lsn uint64, recs []cachecore.MirrorRecord) error {
 		if LinkLSN(s.epoch, lsn) <= from {
 			return nil
 		}
