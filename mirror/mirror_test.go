@@ -259,6 +259,82 @@ func (p *partition) set(cut bool) {
 	}
 }
 
+// cuttablePair is nodes a (the owner) and b (the mirror) under the serve
+// policy with short timeouts, whose dialers the test cuts and heals.
+type cuttablePair struct {
+	t      *testing.T
+	a      *cluster.Node
+	recvB  *mirror.Receiver
+	pa, pb partition
+	log    *slog.Logger
+}
+
+func startCuttablePair(t *testing.T) *cuttablePair {
+	t.Helper()
+	p := &cuttablePair{t: t, recvB: mirror.NewReceiver(t.TempDir()), log: slog.New(slog.DiscardHandler)}
+	t.Cleanup(func() { p.recvB.Close() })
+	la, err := net.Listen("tcp", "127.0.0.2:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lb, err := net.Listen("tcp", "127.0.0.3:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := func(name string, ln net.Listener, peer, addr string, pt *partition, r cluster.Receiver, h cluster.Handler) *cluster.Node {
+		n, err := cluster.Start(context.Background(), cluster.Config{Cluster: "test", Node: name, Listener: ln,
+			Peers: []cluster.Peer{{Name: peer, Addr: addr}}, Degraded: cluster.Serve,
+			HeartbeatInterval: 50 * time.Millisecond, PeerTimeout: 400 * time.Millisecond, SyncTimeout: 300 * time.Millisecond,
+			ReconnectMin: 20 * time.Millisecond, ReconnectMax: 100 * time.Millisecond,
+			Receiver: r, Handler: h, Logger: p.log, Dial: pt.dial})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { n.Close() })
+		return n
+	}
+	p.a = start("a", la, "b", lb.Addr().String(), &p.pa, mirror.NewReceiver(t.TempDir()), nil)
+	start("b", lb, "a", la.Addr().String(), &p.pb, p.recvB, p.recvB)
+	p.waitState(cluster.StateInSync, "in sync")
+	return p
+}
+
+// replicate ships vol's journal (a's) to b.
+func (p *cuttablePair) replicate(vol *cachecore.Volume) {
+	p.t.Helper()
+	shipper := mirror.NewShipper(p.a, "vol", 0, vol.Reship, p.log)
+	p.t.Cleanup(shipper.Close)
+	if err := vol.SetReplicator(shipper); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+// cut partitions (true) or heals (false) the two nodes.
+func (p *cuttablePair) cut(on bool) {
+	p.pa.set(on)
+	p.pb.set(on)
+}
+
+func (p *cuttablePair) waitState(st cluster.State, what string) {
+	p.t.Helper()
+	testkit.WaitFor(p.t, 15*time.Second, what, func() bool { return p.a.Link("b").State() == st })
+}
+
+// takeover is b taking the volume over: its own cache on the shared
+// backing device, its mirror of a's journal applied.
+func (p *cuttablePair) takeover(shared *backend.Memory) *cachecore.Volume {
+	p.t.Helper()
+	_, volB := openCache(p.t, shared)
+	lg, err := p.recvB.Log("vol")
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	if _, err := mirror.Apply(context.Background(), lg, volB); err != nil {
+		p.t.Fatal(err)
+	}
+	return volB
+}
+
 // TestResyncAfterPartition: with the serve policy, a goes on while b is
 // cut off (b falls out of sync); once the partition heals, b is brought
 // back in sync from a's dirty_tail, and a takeover by b then loses no
@@ -266,34 +342,10 @@ func (p *partition) set(cut bool) {
 func TestResyncAfterPartition(t *testing.T) {
 	ctx := context.Background()
 	shared := backend.NewMemory(volSize)
-	recvB := mirror.NewReceiver(t.TempDir())
-	defer recvB.Close()
-	la, _ := net.Listen("tcp", "127.0.0.2:0")
-	lb, _ := net.Listen("tcp", "127.0.0.3:0")
-	var pa, pb partition
-	log := slog.New(slog.DiscardHandler)
-	start := func(name string, ln net.Listener, peer, addr string, p *partition, r cluster.Receiver, h cluster.Handler) *cluster.Node {
-		n, err := cluster.Start(ctx, cluster.Config{Cluster: "test", Node: name, Listener: ln,
-			Peers: []cluster.Peer{{Name: peer, Addr: addr}}, Degraded: cluster.Serve,
-			HeartbeatInterval: 50 * time.Millisecond, PeerTimeout: 400 * time.Millisecond, SyncTimeout: 300 * time.Millisecond,
-			ReconnectMin: 20 * time.Millisecond, ReconnectMax: 100 * time.Millisecond,
-			Receiver: r, Handler: h, Logger: log, Dial: p.dial})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { n.Close() })
-		return n
-	}
-	nodeA := start("a", la, "b", lb.Addr().String(), &pa, mirror.NewReceiver(t.TempDir()), nil)
-	start("b", lb, "a", la.Addr().String(), &pb, recvB, recvB)
-	testkit.WaitFor(t, 10*time.Second, "in sync", func() bool { return nodeA.Link("b").State() == cluster.StateInSync })
+	pair := startCuttablePair(t)
 	viewA := backend.NewFaulty(shared)
 	_, volA := openCacheOn(t, viewA)
-	shipper := mirror.NewShipper(nodeA, "vol", 0, volA.Reship, log)
-	defer shipper.Close()
-	if err := volA.SetReplicator(shipper); err != nil {
-		t.Fatal(err)
-	}
+	pair.replicate(volA)
 	// No writeback gets through: everything stays dirty on a.
 	viewA.Inject(backend.Fault{Op: backend.OpWrite | backend.OpDiscard})
 	ref := make([]byte, volSize)
@@ -308,11 +360,10 @@ func TestResyncAfterPartition(t *testing.T) {
 	for i := range 50 {
 		write(i)
 	}
-	pa.set(true)
-	pb.set(true)
+	pair.cut(true)
 	testkit.WaitFor(t, 10*time.Second, "b out of sync", func() bool {
 		write(1000) // shipments find the peer gone, after sync_timeout
-		return nodeA.Link("b").State() == cluster.StateOutOfSync
+		return pair.a.Link("b").State() == cluster.StateOutOfSync
 	})
 	for i := 50; i < 120; i++ {
 		write(i) // acknowledged while b is away (serve)
@@ -320,20 +371,12 @@ func TestResyncAfterPartition(t *testing.T) {
 	if err := volA.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
-	pa.set(false)
-	pb.set(false)
-	testkit.WaitFor(t, 15*time.Second, "b back in sync", func() bool { return nodeA.Link("b").State() == cluster.StateInSync })
+	pair.cut(false)
+	pair.waitState(cluster.StateInSync, "b back in sync")
 	if err := volA.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
-	_, volB := openCache(t, shared)
-	lg, err := recvB.Log("vol")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := mirror.Apply(ctx, lg, volB); err != nil {
-		t.Fatal(err)
-	}
+	volB := pair.takeover(shared)
 	got := make([]byte, volSize)
 	if err := volB.ReadAt(ctx, got, 0); err != nil {
 		t.Fatal(err)
@@ -353,62 +396,29 @@ func TestResyncAfterPartition(t *testing.T) {
 func TestResyncTrimsStaleMirror(t *testing.T) {
 	ctx := context.Background()
 	shared := backend.NewMemory(volSize)
-	recvB := mirror.NewReceiver(t.TempDir())
-	defer recvB.Close()
-	la, _ := net.Listen("tcp", "127.0.0.2:0")
-	lb, _ := net.Listen("tcp", "127.0.0.3:0")
-	var pa, pb partition
-	log := slog.New(slog.DiscardHandler)
-	start := func(name string, ln net.Listener, peer, addr string, p *partition, r cluster.Receiver, h cluster.Handler) *cluster.Node {
-		n, err := cluster.Start(ctx, cluster.Config{Cluster: "test", Node: name, Listener: ln,
-			Peers: []cluster.Peer{{Name: peer, Addr: addr}}, Degraded: cluster.Serve,
-			HeartbeatInterval: 50 * time.Millisecond, PeerTimeout: 400 * time.Millisecond, SyncTimeout: 300 * time.Millisecond,
-			ReconnectMin: 20 * time.Millisecond, ReconnectMax: 100 * time.Millisecond,
-			Receiver: r, Handler: h, Logger: log, Dial: p.dial})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { n.Close() })
-		return n
-	}
-	nodeA := start("a", la, "b", lb.Addr().String(), &pa, mirror.NewReceiver(t.TempDir()), nil)
-	start("b", lb, "a", la.Addr().String(), &pb, recvB, recvB)
-	testkit.WaitFor(t, 10*time.Second, "in sync", func() bool { return nodeA.Link("b").State() == cluster.StateInSync })
+	pair := startCuttablePair(t)
 	_, volA := openCacheOn(t, shared)
-	shipper := mirror.NewShipper(nodeA, "vol", 0, volA.Reship, log)
-	defer shipper.Close()
-	if err := volA.SetReplicator(shipper); err != nil {
-		t.Fatal(err)
-	}
+	pair.replicate(volA)
 	old, cur := bytes.Repeat([]byte{1}, 4096), bytes.Repeat([]byte{2}, 4096)
 	if err := volA.WriteAt(ctx, old, 0, true); err != nil { // in b's mirror
 		t.Fatal(err)
 	}
-	pa.set(true)
-	pb.set(true)
+	pair.cut(true)
 	testkit.WaitFor(t, 10*time.Second, "b out of sync", func() bool {
 		if err := volA.WriteAt(ctx, cur, 0, true); err != nil { // acknowledged while b is away (serve)
 			t.Fatal(err)
 		}
-		return nodeA.Link("b").State() == cluster.StateOutOfSync
+		return pair.a.Link("b").State() == cluster.StateOutOfSync
 	})
 	if err := volA.Drain(ctx, nil); err != nil { // the backing device holds cur; the trim does not reach b
 		t.Fatal(err)
 	}
-	pa.set(false)
-	pb.set(false)
-	testkit.WaitFor(t, 15*time.Second, "b back in sync", func() bool { return nodeA.Link("b").State() == cluster.StateInSync })
+	pair.cut(false)
+	pair.waitState(cluster.StateInSync, "b back in sync")
 	if err := volA.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
-	_, volB := openCache(t, shared)
-	lg, err := recvB.Log("vol")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := mirror.Apply(ctx, lg, volB); err != nil {
-		t.Fatal(err)
-	}
+	volB := pair.takeover(shared)
 	got := make([]byte, 4096)
 	if err := volB.ReadAt(ctx, got, 0); err != nil {
 		t.Fatal(err)
