@@ -22,66 +22,21 @@ import (
 // A volume that was not replicated is refused, and nothing of it changes.
 func TestPurgeReplicaDropsWithoutWriteback(t *testing.T) {
 	ctx := context.Background()
-	media := persist.NewCrashMedia(persist.SegmentsOffset+32*(1<<20), persist.TearDAX)
-	store, err := persist.Format(media, persist.FormatOptions{SegmentSize: 1 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := cachecore.Config{JournalFlushInterval: 5 * time.Millisecond}
-	c, err := cachecore.Open(ctx, store, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	replVC := cachecore.VolumeConfig{Mode: cachecore.ModeWriteback, BlockSize: 4096, Replicated: true}
-	plainVC := cachecore.VolumeConfig{Mode: cachecore.ModeWriteback, BlockSize: 4096}
-	backW := backend.NewMemory(8 << 20)
-	// v's backing device refuses every write until the purge (writeback
-	// keeps the data dirty and retries): all of it is still dirty when
-	// the cache closes; after the purge any write to it is a failure
-	backV := backend.NewFaulty(backend.NewMemory(8 << 20))
-	backV.Inject(backend.Fault{Op: backend.OpWrite})
-	var writesAfterPurge atomic.Int64
-	v, err := c.AddVolume(ctx, "v", backV, replVC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := c.AddVolume(ctx, "w", backW, plainVC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	old := bytes.Repeat([]byte{0xab}, 64<<10)
-	for off := int64(0); off < 1<<20; off += int64(len(old)) {
-		if err := v.WriteAt(ctx, old, off, false); err != nil {
-			t.Fatal(err)
-		}
-	}
+	old := bytes.Repeat([]byte{0xab}, 1<<20)
 	wdata := bytes.Repeat([]byte{0x5c}, 64<<10)
-	if err := w.WriteAt(ctx, wdata, 0, false); err != nil {
-		t.Fatal(err)
-	}
-	if err := v.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Close(ctx); err != nil {
-		t.Fatal(err)
-	}
+	sc := newPurgeScene(t, old, wdata)
+	media, replVC, plainVC, backV, backW := sc.media, sc.replVC, sc.plainVC, sc.backV, sc.backW
+	var writesAfterPurge atomic.Int64
 
 	reopen := func() *cachecore.Cache {
 		t.Helper()
-		st, err := persist.Open(media)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c, err := cachecore.Open(ctx, st, cfg)
+		c, err := sc.open(media)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return c
 	}
-	c = reopen()
+	c := reopen()
 	if _, err := c.PurgeReplica("w"); !errors.Is(err, cachecore.ErrNotReplicated) {
 		t.Fatalf("PurgeReplica of a volume never replicated: %v, want ErrNotReplicated", err)
 	}
@@ -102,7 +57,7 @@ func TestPurgeReplicaDropsWithoutWriteback(t *testing.T) {
 		t.Errorf("second PurgeReplica: %d, %v; want 0, nil", n, err)
 	}
 	// w's dirty data comes after v's in the log: its drain passes v's keys
-	w, err = c.AddVolume(ctx, "w", backW, plainVC)
+	w, err := c.AddVolume(ctx, "w", backW, plainVC)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,7 +85,7 @@ func TestPurgeReplicaDropsWithoutWriteback(t *testing.T) {
 	// a restart: the purge is durable, the volume comes back empty
 	c = reopen()
 	defer c.Close(ctx)
-	v, err = c.AddVolume(ctx, "v", backV, replVC)
+	v, err := c.AddVolume(ctx, "v", backV, replVC)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -211,55 +166,12 @@ func TestReplicatedFlagFollowsTheConfig(t *testing.T) {
 // or torn.
 func TestPurgeReplicaCrashAtEveryPersistPoint(t *testing.T) {
 	ctx := context.Background()
-	media := persist.NewCrashMedia(persist.SegmentsOffset+32*(1<<20), persist.TearDAX)
-	store, err := persist.Format(media, persist.FormatOptions{SegmentSize: 1 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := cachecore.Config{JournalFlushInterval: 5 * time.Millisecond}
-	replVC := cachecore.VolumeConfig{Mode: cachecore.ModeWriteback, BlockSize: 4096, Replicated: true}
-	plainVC := cachecore.VolumeConfig{Mode: cachecore.ModeWriteback, BlockSize: 4096}
-	c, err := cachecore.Open(ctx, store, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	backV := backend.NewFaulty(backend.NewMemory(8 << 20))
-	backV.Inject(backend.Fault{Op: backend.OpWrite}) // v's data stays dirty
-	backW := backend.NewMemory(8 << 20)
-	v, err := c.AddVolume(ctx, "v", backV, replVC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := c.AddVolume(ctx, "w", backW, plainVC)
-	if err != nil {
-		t.Fatal(err)
-	}
 	vdata := bytes.Repeat([]byte{0xab}, 256<<10)
 	wdata := bytes.Repeat([]byte{0x5c}, 64<<10)
-	if err := v.WriteAt(ctx, vdata, 0, false); err != nil {
-		t.Fatal(err)
-	}
-	if err := w.WriteAt(ctx, wdata, 0, false); err != nil {
-		t.Fatal(err)
-	}
-	if err := v.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Close(ctx); err != nil {
-		t.Fatal(err)
-	}
-
-	open := func(m persist.Media) (*cachecore.Cache, error) {
-		st, err := persist.Open(m)
-		if err != nil {
-			return nil, err
-		}
-		return cachecore.Open(ctx, st, cfg)
-	}
-	c, err = open(media)
+	sc := newPurgeScene(t, vdata, wdata)
+	media, replVC, plainVC, backW := sc.media, sc.replVC, sc.plainVC, sc.backW
+	open := sc.open
+	c, err := open(media)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -267,7 +179,7 @@ func TestPurgeReplicaCrashAtEveryPersistPoint(t *testing.T) {
 	if _, err := c.PurgeReplica("v"); err != nil {
 		t.Fatal(err)
 	}
-	w, err = c.AddVolume(ctx, "w", backW, plainVC)
+	w, err := c.AddVolume(ctx, "w", backW, plainVC)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -358,4 +270,68 @@ func TestPurgeReplicaCrashAtEveryPersistPoint(t *testing.T) {
 		t.Fatalf("no crash image between persist points %d and %d has the purge", first, last)
 	}
 	t.Logf("persist points %d..%d, the purge durable from point %d", first, last, purgedAt)
+}
+
+// purgeScene is a closed cache file on crash media whose replicated
+// volume v holds vdata dirty at offset 0 (its backing device refuses
+// writes, so none of it was written back) and whose plain volume w holds
+// wdata dirty at 0: a run that ended with v's data unwritten.
+type purgeScene struct {
+	media           *persist.CrashMedia
+	cfg             cachecore.Config
+	replVC, plainVC cachecore.VolumeConfig
+	backV           *backend.Faulty // refuses writes until ClearFaults
+	backW           *backend.Memory
+}
+
+func newPurgeScene(t *testing.T, vdata, wdata []byte) *purgeScene {
+	t.Helper()
+	ctx := context.Background()
+	sc := &purgeScene{
+		media:   persist.NewCrashMedia(persist.SegmentsOffset+32*(1<<20), persist.TearDAX),
+		cfg:     cachecore.Config{JournalFlushInterval: 5 * time.Millisecond},
+		replVC:  cachecore.VolumeConfig{Mode: cachecore.ModeWriteback, BlockSize: 4096, Replicated: true},
+		plainVC: cachecore.VolumeConfig{Mode: cachecore.ModeWriteback, BlockSize: 4096},
+		backV:   backend.NewFaulty(backend.NewMemory(8 << 20)),
+		backW:   backend.NewMemory(8 << 20),
+	}
+	sc.backV.Inject(backend.Fault{Op: backend.OpWrite})
+	store, err := persist.Format(sc.media, persist.FormatOptions{SegmentSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := cachecore.Open(ctx, store, sc.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, vol := range []struct {
+		name string
+		back backend.Device
+		vc   cachecore.VolumeConfig
+		data []byte
+	}{{"v", sc.backV, sc.replVC, vdata}, {"w", sc.backW, sc.plainVC, wdata}} {
+		v, err := c.AddVolume(ctx, vol.name, vol.back, vol.vc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := v.WriteAt(ctx, vol.data, 0, false); err != nil {
+			t.Fatal(err)
+		}
+		if err := v.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return sc
+}
+
+// open opens the cache on m (the scene's media or a crash image of it).
+func (sc *purgeScene) open(m persist.Media) (*cachecore.Cache, error) {
+	st, err := persist.Open(m)
+	if err != nil {
+		return nil, err
+	}
+	return cachecore.Open(context.Background(), st, sc.cfg)
 }
