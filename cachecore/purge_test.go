@@ -237,7 +237,9 @@ func TestPurgeReplicaCrashAtEveryPersistPoint(t *testing.T) {
 					t.Fatalf("point %d (torn %v): v reads as purged but has %d dirty bytes", p, torn, dirty)
 				}
 				purged = true
-				if purgedAt < 0 {
+				// a torn image may hold the purge's write before its
+				// persist point: only clean images say when it is durable
+				if purgedAt < 0 && !torn {
 					purgedAt = p
 				}
 			default:
@@ -268,6 +270,9 @@ func TestPurgeReplicaCrashAtEveryPersistPoint(t *testing.T) {
 	}
 	if purgedAt < 0 {
 		t.Fatalf("no crash image between persist points %d and %d has the purge", first, last)
+	}
+	if purgedAt == first {
+		t.Fatalf("the clean image of persist point %d, before the purge, already has it", first)
 	}
 	t.Logf("persist points %d..%d, the purge durable from point %d", first, last, purgedAt)
 }
