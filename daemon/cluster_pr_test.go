@@ -71,6 +71,26 @@ func newPRNode(t *testing.T, node string) *prNode {
 	return n
 }
 
+// newPRPair is nodes a, the owner of v0 holding the image (meta), and b,
+// standby, whose peer calls reach each other's Handle.
+func newPRPair(t *testing.T) (a, b *prNode, meta *memMetadata) {
+	t.Helper()
+	meta = &memMetadata{kv: map[string]string{}}
+	a, b = newPRNode(t, "a"), newPRNode(t, "b")
+	a.own(t, meta)
+	b.cl.own.noteOwner("v0", "a")
+	b.cl.callPeer = func(ctx context.Context, node, kind string, body []byte) ([]byte, error) {
+		if node != "a" {
+			t.Errorf("the standby called %s, want the owner a", node)
+		}
+		return a.cl.Handle(ctx, "b", kind, body)
+	}
+	a.cl.callPeer = func(ctx context.Context, node, kind string, body []byte) ([]byte, error) {
+		return b.cl.Handle(ctx, "a", kind, body)
+	}
+	return a, b, meta
+}
+
 // own makes the node the volume's owner, holding the image (meta).
 func (n *prNode) own(t *testing.T, meta *memMetadata) {
 	t.Helper()
@@ -122,19 +142,7 @@ func register(key uint64) ([]byte, []byte) {
 // metadata and read back through both nodes; the node that takes the
 // volume over loads it and answers from it alone.
 func TestClusterPRThroughEitherNode(t *testing.T) {
-	meta := &memMetadata{kv: map[string]string{}}
-	a, b := newPRNode(t, "a"), newPRNode(t, "b")
-	a.own(t, meta)
-	b.cl.own.noteOwner("v0", "a")
-	b.cl.callPeer = func(ctx context.Context, node, kind string, body []byte) ([]byte, error) {
-		if node != "a" {
-			t.Errorf("forwarded to %s, want the owner a", node)
-		}
-		return a.cl.Handle(ctx, "b", kind, body)
-	}
-	a.cl.callPeer = func(ctx context.Context, node, kind string, body []byte) ([]byte, error) {
-		return b.cl.Handle(ctx, "a", kind, body)
-	}
+	a, b, meta := newPRPair(t)
 	// a host's ports: through a's target port group (1) and b's (2)
 	viaA := &scsi.Nexus{InitiatorName: "iqn.h", InitiatorPort: "iqn.h,i,0x1", TargetPort: prTestIQN + ",t,0x0001", RelativePortID: 1}
 	viaB := &scsi.Nexus{InitiatorName: "iqn.h", InitiatorPort: "iqn.h,i,0x1", TargetPort: prTestIQN + ",t,0x0002", RelativePortID: 2}
@@ -174,16 +182,7 @@ func TestClusterPRThroughEitherNode(t *testing.T) {
 // owner sends the unit attention over the peer link (reqPRNotice) once the
 // change is saved. The owner refuses such a notice.
 func TestClusterPRNoticesThroughPeerLink(t *testing.T) {
-	meta := &memMetadata{kv: map[string]string{}}
-	a, b := newPRNode(t, "a"), newPRNode(t, "b")
-	a.own(t, meta)
-	b.cl.own.noteOwner("v0", "a")
-	b.cl.callPeer = func(ctx context.Context, node, kind string, body []byte) ([]byte, error) {
-		return a.cl.Handle(ctx, "b", kind, body)
-	}
-	a.cl.callPeer = func(ctx context.Context, node, kind string, body []byte) ([]byte, error) {
-		return b.cl.Handle(ctx, "a", kind, body)
-	}
+	a, b, _ := newPRPair(t)
 	h1 := &scsi.Nexus{InitiatorName: "iqn.h1", InitiatorPort: "iqn.h1,i,0x1", TargetPort: prTestIQN + ",t,0x0001", RelativePortID: 1}
 	h2 := &scsi.Nexus{InitiatorName: "iqn.h2", InitiatorPort: "iqn.h2,i,0x1", TargetPort: prTestIQN + ",t,0x0002", RelativePortID: 2}
 	cdb, p := register(0x111)
