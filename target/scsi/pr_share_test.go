@@ -61,6 +61,17 @@ func (s shareView) Notify(notices []PRNotice) {
 	}
 }
 
+// twoGateways is gateways a (authoritative) and b sharing one unit's
+// reservations through sh.
+func twoGateways(t *testing.T) (sh *gatewayShare, a, b *fixture) {
+	owner := "a"
+	sh = &gatewayShare{owner: &owner, peers: map[string]*fixture{}}
+	a = newFixture(t, func(c *LUConfig) { c.PR = shareView{sh, "a"} })
+	b = newFixture(t, func(c *LUConfig) { c.PR = shareView{sh, "b"} })
+	sh.peers["a"], sh.peers["b"] = a, b
+	return sh, a, b
+}
+
 // nexus of host h through gateway g's port (relative port = group).
 func gwNexus(h string, g uint16) *Nexus {
 	return &Nexus{InitiatorName: "iqn.test:" + h, InitiatorPort: "iqn.test:" + h + ",i,0x000000000001",
@@ -74,11 +85,7 @@ func gwNexus(h string, g uint16) *Nexus {
 // undoes the change. The other gateway, made authoritative (a takeover),
 // serves the saved state.
 func TestPRSharedAcrossGateways(t *testing.T) {
-	owner := "a"
-	sh := &gatewayShare{owner: &owner, peers: map[string]*fixture{}}
-	a := newFixture(t, func(c *LUConfig) { c.PR = shareView{sh, "a"} })
-	b := newFixture(t, func(c *LUConfig) { c.PR = shareView{sh, "b"} })
-	sh.peers["a"], sh.peers["b"] = a, b
+	sh, a, b := twoGateways(t)
 	host1a, host1b, host2b := gwNexus("h1", 1), gwNexus("h1", 2), gwNexus("h2", 2)
 	for _, n := range []*Nexus{host1a, host1b, host2b} {
 		a.clearUA(n)
@@ -129,7 +136,7 @@ func TestPRSharedAcrossGateways(t *testing.T) {
 	}
 
 	// takeover: b loads the saved state and is authoritative
-	owner = "b"
+	*sh.owner = "b"
 	if err := b.lu.LoadPRState(sh.saved); err != nil {
 		t.Fatal(err)
 	}
@@ -144,7 +151,7 @@ func TestPRSharedAcrossGateways(t *testing.T) {
 	}
 
 	// the authoritative gateway unreachable: NOT READY, transition
-	owner = "nobody"
+	*sh.owner = "nobody"
 	a.sense(a.exec(host1a, []byte{0x5e, 0, 0, 0, 0, 0, 0, 0x10, 0, 0}, nil, 4096), SenseNotReady, ASCLUNotAccessibleTransition)
 }
 
@@ -179,11 +186,7 @@ func TestLoadPRStateRefusesGarbage(t *testing.T) {
 // released; never for the nexus that made the change nor for a nexus that
 // is not a registrant; none when the change could not be saved.
 func TestPRNoticesReachOtherGateways(t *testing.T) {
-	owner := "a"
-	sh := &gatewayShare{owner: &owner, peers: map[string]*fixture{}}
-	a := newFixture(t, func(c *LUConfig) { c.PR = shareView{sh, "a"} })
-	b := newFixture(t, func(c *LUConfig) { c.PR = shareView{sh, "b"} })
-	sh.peers["a"], sh.peers["b"] = a, b
+	sh, a, b := twoGateways(t)
 	host1a, host1b, host2b := gwNexus("h1", 1), gwNexus("h1", 2), gwNexus("h2", 2)
 	clearAll := func() {
 		a.clearUA(host1a)
