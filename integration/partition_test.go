@@ -32,6 +32,7 @@ const partitionGID = 4242
 // meanwhile are not affected. Cleanup removes the chain.
 type partition struct {
 	t     *testing.T
+	gid   string // the node's group
 	chain string
 	rules [][]string
 }
@@ -50,9 +51,9 @@ func iptables(t *testing.T, args ...string) {
 func newPartition(t *testing.T, gid uint32, portal string, cutIn ...string) *partition {
 	t.Helper()
 	needTools(t, "iptables")
-	p := &partition{t: t, chain: fmt.Sprintf("CLUN-PART-%d", os.Getpid())}
+	p := &partition{t: t, gid: strconv.Itoa(int(gid)), chain: fmt.Sprintf("CLUN-PART-%d", os.Getpid())}
 	_, portalPort := splitHostPort(t, portal)
-	p.rules = append(p.rules, []string{"-o", "lo", "-p", "tcp", "-m", "owner", "--gid-owner", strconv.Itoa(int(gid)),
+	p.rules = append(p.rules, []string{"-o", "lo", "-p", "tcp", "-m", "owner", "--gid-owner", p.gid,
 		"!", "--sport", portalPort, "-j", "DROP"})
 	for _, addr := range cutIn {
 		host, port := splitHostPort(t, addr)
@@ -91,13 +92,13 @@ func (p *partition) heal() {
 	iptables(p.t, "-F", p.chain)
 }
 
-// cutTo installs, instead of cut's rules, one that drops the segments of
-// the node of group gid to dests (HOST:PORT) only.
-func (p *partition) cutTo(gid uint32, dests ...string) {
+// cutTo installs, instead of cut's rules, one that drops the node's
+// segments to dests (HOST:PORT) only.
+func (p *partition) cutTo(dests ...string) {
 	p.t.Helper()
 	for _, d := range dests {
 		host, port := splitHostPort(p.t, d)
-		iptables(p.t, "-A", p.chain, "-o", "lo", "-p", "tcp", "-m", "owner", "--gid-owner", strconv.Itoa(int(gid)),
+		iptables(p.t, "-A", p.chain, "-o", "lo", "-p", "tcp", "-m", "owner", "--gid-owner", p.gid,
 			"-d", host, "--dport", port, "-j", "DROP")
 	}
 }
@@ -106,49 +107,33 @@ func (p *partition) cutTo(gid uint32, dests ...string) {
 // cutting a node's segments to them cuts it off Ceph alone.
 func cephAddrs(t *testing.T, c *cephtest.Cluster) []string {
 	t.Helper()
+	// `ceph mon dump` lists "mons", `ceph osd dump` "osds", each entry
+	// with its public address vector
+	type daemons struct {
+		Mons, OSDs []struct {
+			PublicAddrs struct{ Addrvec []struct{ Addr string } } `json:"public_addrs"`
+		}
+	}
 	seen := map[string]bool{}
 	var addrs []string
-	add := func(vec []struct{ Addr string }) {
-		for _, a := range vec {
-			addr := a.Addr
-			if i := strings.IndexByte(addr, '/'); i >= 0 {
-				addr = addr[:i] // HOST:PORT/NONCE
+	for _, kind := range []string{"mon", "osd"} {
+		out, err := c.Run(context.Background(), "ceph", kind, "dump", "--format", "json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var d daemons
+		if err := json.Unmarshal([]byte(out), &d); err != nil {
+			t.Fatalf("ceph %s dump: %v\n%s", kind, err, out)
+		}
+		for _, e := range append(d.Mons, d.OSDs...) {
+			for _, a := range e.PublicAddrs.Addrvec {
+				addr, _, _ := strings.Cut(a.Addr, "/") // HOST:PORT/NONCE
+				if addr != "" && !seen[addr] {
+					seen[addr] = true
+					addrs = append(addrs, addr)
+				}
 			}
-			if addr != "" && !seen[addr] {
-				seen[addr] = true
-				addrs = append(addrs, addr)
-			}
 		}
-	}
-	out, err := c.Run(context.Background(), "ceph", "mon", "dump", "--format", "json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mons struct {
-		Mons []struct {
-			PublicAddrs struct{ Addrvec []struct{ Addr string } } `json:"public_addrs"`
-		}
-	}
-	if err := json.Unmarshal([]byte(out), &mons); err != nil {
-		t.Fatalf("ceph mon dump: %v\n%s", err, out)
-	}
-	for _, m := range mons.Mons {
-		add(m.PublicAddrs.Addrvec)
-	}
-	out, err = c.Run(context.Background(), "ceph", "osd", "dump", "--format", "json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var osds struct {
-		OSDs []struct {
-			PublicAddrs struct{ Addrvec []struct{ Addr string } } `json:"public_addrs"`
-		}
-	}
-	if err := json.Unmarshal([]byte(out), &osds); err != nil {
-		t.Fatalf("ceph osd dump: %v\n%s", err, out)
-	}
-	for _, o := range osds.OSDs {
-		add(o.PublicAddrs.Addrvec)
 	}
 	if len(addrs) < 2 {
 		t.Fatalf("ceph mon/osd dump: want a monitor and an OSD address, got %v", addrs)
@@ -259,7 +244,7 @@ func TestClusterPartitionOwnerFromCeph(t *testing.T) {
 	qemuIO(t, a.url(0), "write -P 0x61 0 64k", "flush")
 	p := newPartition(t, partitionGID, a.portal)
 
-	p.cutTo(partitionGID, cephAddrs(t, c)...)
+	p.cutTo(cephAddrs(t, c)...)
 	qemuIO(t, a.url(0), "write -P 0x62 1M 64k", "flush") // durable in a's cache and b's mirror
 	// three times peer_timeout: b must not take over from a live peer
 	deadline := time.Now().Add(6 * time.Second)
