@@ -13,7 +13,6 @@ import (
 
 	"github.com/cachelun/cachelun/admin"
 	"github.com/cachelun/cachelun/admin/coreadapter"
-	"github.com/cachelun/cachelun/backend/rbd"
 	"github.com/cachelun/cachelun/cachecore"
 	"github.com/cachelun/cachelun/conf"
 	"github.com/cachelun/cachelun/target/tcmu"
@@ -198,39 +197,20 @@ func (v adminVolume) SetMode(ctx context.Context, m admin.Mode, progress func(ad
 			return fmt.Errorf("volume %s: mode %s: %w", v.Name(), cm, errClusterMode)
 		}
 	}
-	ctx, release, err := v.d.eng.whileNotFenced(ctx, v.Name())
-	if err != nil {
-		return err
-	}
-	defer release()
-	err = v.VolumeAPI.SetMode(ctx, m, progress)
+	err := v.d.eng.drain(ctx, v.Name(), func(ctx context.Context) error { return v.VolumeAPI.SetMode(ctx, m, progress) })
 	// the engine switches before it drains: a cancelled drain still
 	// leaves the new mode running
 	if mode := cachecore.Mode(v.VolumeAPI.Mode()); mode == cachecore.Mode(m) {
 		v.d.noteAdminMode(v.Name(), mode)
 	}
-	return fencedCause(ctx, err)
+	return err
 }
 
 // Drain writes the volume's dirty data back. On an RBD image whose lock
 // was lost it fails, at once or when the loss is seen: the image is
 // another client's now.
 func (v adminVolume) Drain(ctx context.Context, progress func(admin.Progress)) error {
-	ctx, release, err := v.d.eng.whileNotFenced(ctx, v.Name())
-	if err != nil {
-		return err
-	}
-	defer release()
-	return fencedCause(ctx, v.VolumeAPI.Drain(ctx, progress))
-}
-
-// fencedCause returns the fencing error that cancelled ctx
-// (engine.whileNotFenced) in place of err, err otherwise.
-func fencedCause(ctx context.Context, err error) error {
-	if cause := context.Cause(ctx); err != nil && errors.Is(cause, rbd.ErrFenced) {
-		return cause
-	}
-	return err
+	return v.d.eng.drain(ctx, v.Name(), func(ctx context.Context) error { return v.VolumeAPI.Drain(ctx, progress) })
 }
 
 // buildVersion names the running binary for status output: the module

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -255,6 +256,23 @@ func (e *engine) whileNotFenced(ctx context.Context, name string) (context.Conte
 		<-done
 		cancel(nil)
 	}, nil
+}
+
+// drain runs drain (a writeback of the volume's dirty data) under
+// whileNotFenced: it fails, at once or as soon as the volume's RBD image
+// is fenced, with the fencing error. Every drain of the daemon (the admin
+// API's, a mode switch's, a clustered volume's release) goes through it.
+func (e *engine) drain(ctx context.Context, name string, drain func(context.Context) error) error {
+	ctx, release, err := e.whileNotFenced(ctx, name)
+	if err != nil {
+		return err
+	}
+	defer release()
+	err = drain(ctx)
+	if cause := context.Cause(ctx); err != nil && errors.Is(cause, rbd.ErrFenced) {
+		return cause
+	}
+	return err
 }
 
 // backingState is the health of a volume's backing device, nil for

@@ -393,7 +393,7 @@ func (c *clusterd) detachReplicated(ctx context.Context, cv *clusterVolume, rele
 	var err error
 	if released && held != nil {
 		if vol, ok := c.d.eng.cacheVolume(cv.conf.Name); ok {
-			if err = vol.Drain(ctx, nil); err == nil {
+			if err = c.d.eng.drain(ctx, cv.conf.Name, func(ctx context.Context) error { return vol.Drain(ctx, nil) }); err == nil {
 				err = held.markReleased(c.cfg.Name, c.cfg.Node)
 			}
 		}
@@ -428,7 +428,7 @@ func (c *clusterd) releaseOwned(ctx context.Context) {
 		if !ok {
 			continue
 		}
-		if err := vol.Drain(ctx, nil); err != nil {
+		if err := c.d.eng.drain(ctx, name, func(ctx context.Context) error { return vol.Drain(ctx, nil) }); err != nil {
 			c.log.Warn("cluster: shutdown: the volume's dirty data is not written back; the next owner applies its mirror",
 				"volume", name, "err", err)
 			continue

@@ -99,9 +99,9 @@
 //     the standby fences the owner after peer_timeout and only the new
 //     holder serves; the old owner's writes fail at the OSDs
 //     (blocklisted) and it goes unavailable when it notices (within 500
-//     ms, or at its first fenced request); a drain or a mode switch
-//     that writes back fails then (engine.whileNotFenced), instead of
-//     retrying forever against the image. Until it notices, a read hit
+//     ms, or at its first fenced request); a drain fails then (the
+//     admin API's, a mode switch's, the release at shutdown:
+//     engine.drain), instead of retrying forever against the image. Until it notices, a read hit
 //     of its cache may still answer from data the new owner has since
 //     overwritten: hosts following ALUA use the active/optimized path,
 //     and the window is bounded by the poll.
