@@ -42,21 +42,10 @@ func TestTier2TargetcliISCSI(t *testing.T) {
 	if os.Getenv("CACHELUN_VM_TIER2") == "0" {
 		t.Skip("CACHELUN_VM_TIER2=0: tier-2 (Debian rootfs, targetcli, iSCSI) switched off explicitly")
 	}
-	cache := CacheDir()
-	start := time.Now()
-	a, err := Prepare(cache)
-	if err != nil {
-		t.Fatalf("VM test cannot run on this machine: %v", err)
-	}
-	rfs, err := PrepareRootfs(cache)
-	if err != nil {
-		t.Fatalf("VM test cannot run on this machine: %v", err)
-	}
-	t.Logf("assets ready in %v (kernel %v, rootfs build %v)", time.Since(start).Round(time.Millisecond),
-		a.PrepareTime.Round(time.Millisecond), rfs.BuildTime.Round(time.Millisecond))
+	a, rfs := prepareDebian(t)
 
 	work := t.TempDir()
-	start = time.Now()
+	start := time.Now()
 	bin := filepath.Join(work, "cachelun")
 	if err := BuildDaemon(bin); err != nil {
 		t.Fatal(err)
@@ -99,7 +88,7 @@ func TestTier2TargetcliISCSI(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logPath := filepath.Join(cache, "tier2-last.log")
+	logPath := filepath.Join(CacheDir(), "tier2-last.log")
 	if err := r.SaveLog(logPath); err != nil {
 		t.Log(err)
 	}
@@ -119,4 +108,23 @@ func TestTier2TargetcliISCSI(t *testing.T) {
 		"own-logout", "own-clean-stop"); err != nil {
 		t.Fatal(r.Report(err, logPath))
 	}
+}
+
+// prepareDebian gets the kernel assets and the Debian rootfs the tiers
+// that boot a full Debian guest (2 and 4) share, from the cache.
+func prepareDebian(t *testing.T) (*Assets, *Rootfs) {
+	t.Helper()
+	cache := CacheDir()
+	start := time.Now()
+	a, err := Prepare(cache)
+	if err != nil {
+		t.Fatalf("VM test cannot run on this machine: %v", err)
+	}
+	rfs, err := PrepareRootfs(cache)
+	if err != nil {
+		t.Fatalf("VM test cannot run on this machine: %v", err)
+	}
+	t.Logf("assets ready in %v (kernel %v, rootfs build %v)", time.Since(start).Round(time.Millisecond),
+		a.PrepareTime.Round(time.Millisecond), rfs.BuildTime.Round(time.Millisecond))
+	return a, rfs
 }

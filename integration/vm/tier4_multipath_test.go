@@ -48,21 +48,10 @@ func TestTier4Multipath(t *testing.T) {
 	if err := cephtest.Available(); err != nil {
 		t.Fatalf("tier 4 needs Ceph on this machine: %v", err)
 	}
-	cache := CacheDir()
-	start := time.Now()
-	a, err := Prepare(cache)
-	if err != nil {
-		t.Fatalf("VM test cannot run on this machine: %v", err)
-	}
-	rfs, err := PrepareRootfs(cache)
-	if err != nil {
-		t.Fatalf("VM test cannot run on this machine: %v", err)
-	}
-	t.Logf("assets ready in %v (kernel %v, rootfs build %v)", time.Since(start).Round(time.Millisecond),
-		a.PrepareTime.Round(time.Millisecond), rfs.BuildTime.Round(time.Millisecond))
+	a, rfs := prepareDebian(t)
 
 	work := t.TempDir()
-	start = time.Now()
+	start := time.Now()
 	bin := filepath.Join(work, "cachelun")
 	if err := buildCephDaemon(bin); err != nil {
 		t.Fatal(err)
@@ -145,7 +134,7 @@ func TestTier4Multipath(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logPath := filepath.Join(cache, "tier4-last.log")
+	logPath := filepath.Join(CacheDir(), "tier4-last.log")
 	if err := r.SaveLog(logPath); err != nil {
 		t.Log(err)
 	}
