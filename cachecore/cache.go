@@ -37,6 +37,12 @@ type Cache struct {
 	segs   *segTable
 	heads  []dataHead
 	headRR atomic.Uint64
+	// dataSegs counts the segments the data heads have taken: a kset
+	// slot closes its open kset when a head has moved to a new segment
+	// since it opened (openForLocked), so that the log passes the data
+	// area in about the order it was written and GC frees a segment for
+	// every segment's worth of keys it passes.
+	dataSegs atomic.Uint64
 	// shares: the lineages of the keys that share cache data (CopyFrom,
 	// volume_copy.go).
 	shares shareRegistry

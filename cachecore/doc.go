@@ -191,7 +191,12 @@
 // there is no data persist: the kset's persist, an fdatasync, covers the
 // data written before it, and replay drops a tail kset whose data did not
 // make it (persist.Store.ReplayVerified), so a FUA write waits for one
-// flush instead of two.
+// flush instead of two. A kset also closes once a data head has taken a new
+// segment since it opened (compared with the segment count when the
+// appending request began, so one write's keys are not split by it): the
+// log then passes the data area in about the order it was written, and GC
+// frees about a segment for every segment's worth of keys it passes
+// instead of several at once.
 //
 // Cache space comes from data heads (one where a flush covers the whole
 // file, so that the data of writes sharing a flush is contiguous; sharded

@@ -23,6 +23,14 @@ func TestFUAGroupCommit(t *testing.T) {
 	slot := slotFor(r.vol.st.id, 0)
 	s := &c.slots[slot]
 
+	// One write first, so that the writers below find a data head with
+	// room: a head taking a segment closes the ksets opened before
+	// (openForLocked), which would commit the writers' keys behind the
+	// stand-in.
+	warm := make([]byte, 4096)
+	if err := r.vol.WriteAt(context.Background(), warm, 1<<20, true); err != nil {
+		t.Fatal(err)
+	}
 	// Stand-in for a commit in flight on the slot, not yet writing its
 	// kset.
 	inflight := &pendingKset{journaling: make(chan struct{}), appended: make(chan struct{}), inLog: true, done: make(chan struct{})}

@@ -551,6 +551,12 @@ func TestIntentAtomicGroupWholeOrNothing(t *testing.T) {
 		t.Run(fmt.Sprintf("torn=%v", torn), func(t *testing.T) {
 			r := newKillRig(t)
 			ctx := context.Background()
+			// A durable write first, so that the three below find a data
+			// head with room and stay in one open kset (a head taking a
+			// segment closes the ksets opened before it).
+			if err := r.vol.WriteAt(ctx, blockData(3, 1), 3*killBlock, true); err != nil {
+				t.Fatal(err)
+			}
 			for b := range 3 {
 				if err := r.vol.WriteAt(ctx, blockData(b, 1), int64(b)*killBlock, false); err != nil {
 					t.Fatal(err)

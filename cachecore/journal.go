@@ -37,6 +37,7 @@ type ksetSlot struct {
 	mu       sync.Mutex
 	open     []persist.Key
 	epoch    uint64
+	dataSeg  uint64 // Cache.dataSegs when the open kset opened
 	opened   time.Time
 	appended uint64       // keys appended to this slot so far
 	last     *pendingKset // most recently closed kset of this slot
@@ -129,9 +130,16 @@ func (c *Cache) appendKeyLive(i int, k persist.Key, countLive bool) (sp spill) {
 // appendKeyAt is appendKeyLive for a dirty key acknowledged at dirtyAt
 // (unix nanoseconds; 0: now), for the writeback lag.
 func (c *Cache) appendKeyAt(i int, k persist.Key, countLive bool, dirtyAt int64) (sp spill) {
+	return c.appendKeyIn(i, k, countLive, dirtyAt, c.dataSegs.Load())
+}
+
+// appendKeyIn is appendKeyAt for a key of a request that began when
+// Cache.dataSegs was dataSeg (see openForLocked): the keys of one request
+// are never split over two ksets by a segment switch during the request.
+func (c *Cache) appendKeyIn(i int, k persist.Key, countLive bool, dirtyAt int64, dataSeg uint64) (sp spill) {
 	s := &c.slots[i]
 	s.mu.Lock()
-	sp[0] = c.openForLocked(s, 1)
+	sp[0] = c.openForLocked(s, 1, dataSeg)
 	c.appendLocked(s, i, k, countLive, dirtyAt, 0)
 	if len(s.open) >= persist.MaxKSetKeys {
 		sp[1] = s.closeLocked()
@@ -148,7 +156,7 @@ func (c *Cache) appendKeyAt(i int, k persist.Key, countLive bool, dirtyAt int64)
 func (c *Cache) appendGroup(i int, keys []persist.Key, countLive bool) (sp spill) {
 	s := &c.slots[i]
 	s.mu.Lock()
-	sp[0] = c.openForLocked(s, len(keys))
+	sp[0] = c.openForLocked(s, len(keys), c.dataSegs.Load())
 	for j, k := range keys {
 		c.appendLocked(s, i, k, countLive, 0, uint32(len(keys)-1-j))
 	}
@@ -160,17 +168,32 @@ func (c *Cache) appendGroup(i int, keys []persist.Key, countLive bool) (sp spill
 }
 
 // openForLocked makes the open kset of s one of the current flush epoch
-// with room for n more keys, closing the one open if it is not; the closed
-// kset is returned for committing. s.mu is held.
-func (c *Cache) openForLocked(s *ksetSlot, n int) *pendingKset {
+// with room for n more keys, closing the one open if it is not, or if it
+// opened before a data head took a new segment (dataSeg, the
+// Cache.dataSegs of the request whose keys are appended, is newer than the
+// kset's); the closed kset is returned for committing. s.mu is held.
+//
+// The data-segment rule keeps the log in about the data area's order. A
+// slot's kset gathers the keys of its stripes for as long as it is open;
+// were it open until full (MaxKSetKeys in each of the ksetSlots slots,
+// several MiB of 4 KiB writes or fills), the keys of one kset would point
+// into several segments, each of them shared with the ksets of the other
+// slots, and GC would have to pass all those ksets, evicting several
+// segments' worth of data at once, before any segment came free: a cache
+// of 32 segments then held on average a tenth less than it can. Closed at
+// the segment switch, the ksets of each segment precede (give or take the
+// keys appended while a head switched) those of the next. The request's
+// own epoch, not the current one, is compared so that a write whose data
+// straddles a segment end keeps its keys in one kset.
+func (c *Cache) openForLocked(s *ksetSlot, n int, dataSeg uint64) *pendingKset {
 	var closed *pendingKset
 	ep := c.epoch.Load()
-	if len(s.open) > 0 && (s.epoch != ep || len(s.open)+n > persist.MaxKSetKeys) {
+	if len(s.open) > 0 && (s.epoch != ep || s.dataSeg < dataSeg || len(s.open)+n > persist.MaxKSetKeys) {
 		closed = s.closeLocked()
 	}
 	if len(s.open) == 0 {
 		s.open = make([]persist.Key, 0, 16)
-		s.epoch = ep
+		s.epoch, s.dataSeg = ep, dataSeg
 		s.opened = c.clock().Now()
 	}
 	return closed

@@ -194,6 +194,7 @@ func (c *Cache) allocData(n uint32) (allocation, error) {
 		s.refs.Add(1) // the head's reference
 		h.valid, h.seg, h.off, h.gen = true, id, 0, s.currentGen()
 		s.takenGen.Store(h.gen + 1)
+		c.dataSegs.Add(1)
 	}
 }
 

@@ -79,6 +79,7 @@ func (v *Volume) caw(ctx context.Context, off int64, compare, data []byte, fua b
 		allocs []allocation
 	}
 	prep := make([]prepared, len(pieces))
+	dataSeg := c.dataSegs.Load()
 	putAll := func() {
 		for _, pp := range prep {
 			for _, a := range pp.allocs {
@@ -160,7 +161,7 @@ func (v *Volume) caw(ctx context.Context, off int64, compare, data []byte, fua b
 			_, dropped := pp.st.list.replaceDirty(x.start, x.end(), &x)
 			v.st.dirtyBytes.Add(-dropped)
 			v.st.dirtyBytes.Add(int64(a.n))
-			spills = append(spills, v.appendDirtyKey(slot, k))
+			spills = append(spills, v.appendDirtyKey(slot, k, dataSeg))
 			s += a.n
 		}
 	}

@@ -202,6 +202,7 @@ func (cp *copier) step(ctx context.Context, so, do, l int64) error {
 	dpc := firstPiece(do, l, 0)
 	slot := slotFor(v.st.id, dpc.stripe)
 	cp.slots.add(slot)
+	dataSeg := v.c.dataSegs.Load()
 	for i := range parts {
 		p := &parts[i]
 		if p.share {
@@ -236,7 +237,7 @@ func (cp *copier) step(ctx context.Context, so, do, l int64) error {
 		x := withSum(extent{gen: p.gen, start: s, length: p.n, seg: p.seg, segOff: p.pos, kind: extDirty}, &k, c.dataCRC)
 		_, dropped := st.list.replaceDirty(x.start, x.end(), &x)
 		v.st.dirtyBytes.Add(int64(p.n) - dropped)
-		spills = append(spills, v.appendDirtyKey(slot, k))
+		spills = append(spills, v.appendDirtyKey(slot, k, dataSeg))
 		cp.shared += int64(p.n)
 	}
 	st.mu.Unlock()

@@ -244,6 +244,7 @@ func (v *Volume) cacheWritePiece(ctx context.Context, data []byte, pc piece) err
 	c := v.c
 	st := v.st.idx.get(pc.stripe)
 	slot := slotFor(v.st.id, pc.stripe)
+	dataSeg := c.dataSegs.Load()
 	for done := uint32(0); done < uint32(len(data)); {
 		a, err := c.allocDataWait(ctx, uint32(len(data))-done)
 		if err != nil {
@@ -268,7 +269,7 @@ func (v *Volume) cacheWritePiece(ctx context.Context, data []byte, pc piece) err
 		}
 		_, dropped := st.list.replaceDirty(x.start, x.end(), &x)
 		v.st.dirtyBytes.Add(int64(a.n) - dropped)
-		sp := v.appendDirtyKey(slot, k)
+		sp := v.appendDirtyKey(slot, k, dataSeg)
 		st.mu.Unlock()
 		c.commitSpill(sp)
 		done += a.n
@@ -280,12 +281,14 @@ func (v *Volume) cacheWritePiece(ctx context.Context, data []byte, pc piece) err
 // of its range held, and counts it dirty for the volume, with its flush
 // epoch, before the write can be acknowledged. The epoch is read before and
 // after the append: if a flush moved it in between, the key's exact epoch
-// is unknown and it counts as older until written back.
-func (v *Volume) appendDirtyKey(slot int, k persist.Key) spill {
+// is unknown and it counts as older until written back. dataSeg is the
+// Cache.dataSegs read before the write allocated its space
+// (openForLocked).
+func (v *Volume) appendDirtyKey(slot int, k persist.Key, dataSeg uint64) spill {
 	c := v.c
 	v.st.dirtyKeys.Add(1)
 	before := c.epoch.Load()
-	sp := c.appendKey(slot, k)
+	sp := c.appendKeyIn(slot, k, true, 0, dataSeg)
 	after := c.epoch.Load()
 	v.epochs.added(before, before == after, dirtyKeyIDOf(&k))
 	return sp
