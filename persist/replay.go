@@ -70,18 +70,25 @@ func (r *Replayer) Next() (KSet, bool) {
 		if r.pos.Off > dataSize-ksetHeaderSize {
 			return r.fail(ErrBounds, "position beyond the last kset slot of the segment (%d)", dataSize-ksetHeaderSize)
 		}
+		// The header first, then only the keys it counts: GC walks the
+		// log a kset at a time, and most ksets are far smaller than the
+		// largest one.
 		n := min(uint32(MaxKSetSize), dataSize-r.pos.Off)
-		b := r.buf[:n]
-		if err := s.m.ReadAt(b, s.DataOffset(r.pos)); err != nil {
+		off := s.DataOffset(r.pos)
+		if err := s.m.ReadAt(r.buf[:ksetHeaderSize], off); err != nil {
 			return r.fail(ErrMediaFault, "read: %v", err)
 		}
-		h, err := decodeKSetHeader(b)
+		h, err := decodeKSetHeader(r.buf[:ksetHeaderSize])
 		if err != nil {
 			return r.fail(unwrapSentinel(err), "%v", err)
 		}
 		size := ksetSize(int(h.keyCount))
 		if size > n {
 			return r.fail(ErrBounds, "kset of %d bytes exceeds the %d bytes left in the segment", size, n)
+		}
+		b := r.buf[:size]
+		if err := s.m.ReadAt(b[ksetHeaderSize:], off+ksetHeaderSize); err != nil {
+			return r.fail(ErrMediaFault, "read: %v", err)
 		}
 		if err := verifyKSetCRC(b[:size]); err != nil {
 			return r.fail(ErrBadChecksum, "%v", err)
