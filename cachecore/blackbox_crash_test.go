@@ -168,7 +168,7 @@ func TestBlackboxCrashAtomicWrites(t *testing.T) {
 //
 // It fails (in about 40 % of the workloads, so nearly always over the
 // attempts) on an engine bug: gcStep evicts the keys it passes from the
-// in-memory index (evictKey) before it persists the segment generation bumps
+// in-memory index (evictKeys) before it persists the segment generation bumps
 // (putRef) and the new key_tail (SetKeyTail). A bypass write (writearound,
 // sequential or congestion bypass) to an evicted range in that window finds
 // no extent (bypassWrite: st.list.replace returns false), so it journals no

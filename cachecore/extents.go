@@ -195,6 +195,32 @@ func (l *extentList) find(s uint32) int {
 // removeAt deletes the extent at index i.
 func (l *extentList) removeAt(i int) { l.ext = slices.Delete(l.ext, i, i+1) }
 
+// removeIndexes removes the extents at the given indexes (in any order,
+// repeats allowed) in one pass over the list.
+func (l *extentList) removeIndexes(idx []int) {
+	switch len(idx) {
+	case 0:
+		return
+	case 1:
+		l.removeAt(idx[0])
+		return
+	}
+	slices.Sort(idx)
+	w, next := idx[0], 0
+	for r := idx[0]; r < len(l.ext); r++ {
+		if next < len(idx) && idx[next] == r {
+			for next < len(idx) && idx[next] == r {
+				next++
+			}
+			continue
+		}
+		l.ext[w] = l.ext[r]
+		w++
+	}
+	clear(l.ext[w:])
+	l.ext = l.ext[:w]
+}
+
 // anyDirty reports whether a dirty extent overlaps [s, e).
 func (l *extentList) anyDirty(s, e uint32) bool {
 	i, j := l.span(s, e)

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"testing"
 )
 
@@ -204,5 +205,37 @@ func TestExtentDirtySpan(t *testing.T) {
 	}
 	if !l.anyDirty(29, 41) || l.anyDirty(30, 40) {
 		t.Fatal("anyDirty wrong at the edges")
+	}
+}
+
+// TestRemoveIndexes: removing a set of indexes in one pass leaves what
+// removing them one at a time (highest first) leaves, repeats and order
+// of the set notwithstanding.
+func TestRemoveIndexes(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	for range 500 {
+		n := rng.IntN(40)
+		var l extentList
+		for i := range n {
+			l.ext = append(l.ext, extent{start: uint32(i) * 8, length: 8, kind: extClean})
+		}
+		var idx []int
+		for range rng.IntN(n + 1) {
+			idx = append(idx, rng.IntN(max(n, 1)))
+		}
+		if n == 0 {
+			idx = nil
+		}
+		want := extentList{ext: slices.Clone(l.ext)}
+		uniq := slices.Clone(idx)
+		slices.Sort(uniq)
+		uniq = slices.Compact(uniq)
+		for k := len(uniq) - 1; k >= 0; k-- {
+			want.removeAt(uniq[k])
+		}
+		l.removeIndexes(slices.Clone(idx))
+		if !slices.Equal(l.ext, want.ext) {
+			t.Fatalf("n %d, removing %v: got %v, want %v", n, idx, l.ext, want.ext)
+		}
 	}
 }

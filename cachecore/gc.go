@@ -113,9 +113,7 @@ func (c *Cache) gcStep() bool {
 		}
 		return false
 	}
-	for i := range passed {
-		c.evictKey(&passed[i])
-	}
+	c.evictKeys(passed)
 	if c.distrustClean && next.LSN >= c.distrustUntil {
 		info := c.store.Info()
 		info.Flags &^= InfoFlagRetired
@@ -144,32 +142,55 @@ func (c *Cache) gcStep() bool {
 	return true
 }
 
-// evictKey removes from the index the extents that still hold the data of
-// a key key_tail is passing (FIFO eviction): after a restart the key would
-// not be replayed either.
-func (c *Cache) evictKey(k *persist.Key) {
-	if k.Volume >= uint32(len(c.vols)) {
-		return
+// evictKeys removes from the index the extents that still hold the data
+// of the keys key_tail is passing (FIFO eviction): after a restart the
+// keys would not be replayed either. The keys of a step are grouped by
+// stripe and each stripe's list is compacted once, not once per key: a
+// step passes a segment's worth of keys, and removing them one by one
+// moved the rest of a stripe's list (up to a thousand extents) for each.
+func (c *Cache) evictKeys(passed []persist.Key) {
+	type lineage struct {
+		p   keyPiece
+		seg uint32
+		gen uint64
 	}
-	vs := c.vols[k.Volume].Load()
-	if vs == nil {
-		return
+	byStripe := map[*stripe][]lineage{}
+	var order []*stripe
+	for i := range passed {
+		k := &passed[i]
+		if k.Flags == persist.KeyTombstone || k.Volume >= uint32(len(c.vols)) {
+			continue
+		}
+		vs := c.vols[k.Volume].Load()
+		if vs == nil {
+			continue
+		}
+		for st, p := range vs.indexedPieces(k) {
+			if _, ok := byStripe[st]; !ok {
+				order = append(order, st)
+			}
+			byStripe[st] = append(byStripe[st], lineage{p: p, seg: k.Pos.Seg, gen: k.Gen})
+		}
 	}
-	for st, p := range vs.indexedPieces(k) {
+	var drop []int
+	for _, st := range order {
+		drop = drop[:0]
 		st.mu.Lock()
-		i, j := st.list.span(p.s, p.e)
-		for n := j - 1; n >= i; n-- {
-			if x := &st.list.ext[n]; x.sameLineage(p.s, k.Pos.Seg, p.segOff, k.Gen) {
-				if x.kind == extDirty {
-					// Carried forward by writeback for a volume that is
-					// not attached: a later key holds it. (Written-back
-					// keys are marked clean before GC may pass them:
-					// cleanLSN.) Dirty data is never evicted.
-					continue
+		for _, l := range byStripe[st] {
+			i, j := st.list.span(l.p.s, l.p.e)
+			for n := i; n < j; n++ {
+				x := &st.list.ext[n]
+				// A dirty extent of the lineage was carried forward by
+				// writeback for a volume that is not attached: a later
+				// key holds it. (Written-back keys are marked clean
+				// before GC may pass them: cleanLSN.) Dirty data is never
+				// evicted.
+				if x.kind != extDirty && x.sameLineage(l.p.s, l.seg, l.p.segOff, l.gen) {
+					drop = append(drop, n)
 				}
-				st.list.removeAt(n)
 			}
 		}
+		st.list.removeIndexes(drop)
 		st.mu.Unlock()
 	}
 }

@@ -389,7 +389,7 @@ func (s *segment) tryRef() bool {
 
 // shareLineage is the lineage of keys in a segment generation: volume vol
 // maps its offset o to segment offset o - diag. Writeback's markClean and
-// GC's evictKey recognise a key's index extents by it (extent.sameLineage),
+// GC's evictKeys recognise a key's index extents by it (extent.sameLineage),
 // so two keys of one lineage overlapping in the segment must never both be
 // live: the older one's clean marking would take the newer one's dirty
 // extent for its own.
