@@ -135,13 +135,14 @@ func advisorOn(tr Trace, rate float64) (mrc.Curve, *mrc.Exact) {
 
 func table(rows []row) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%-30s | %-27s | %-13s | %-13s | %-13s | %-13s | %-13s | %-14s | %-13s | %s\n", "trace", "engine 2q req/byte (÷MIN)", "eng fifo", "LRU req/byte", "FIFO req/byte", "MIN req/byte", "LRU/FIFO ÷MIN", "eng WA (GC WA)", "advisor/exact", "eng occupancy")
+	fmt.Fprintf(&b, "%-30s | %-27s | %-13s | %-13s | %-13s | %-13s | %-13s | %-14s | %-13s | %-13s | %s\n", "trace", "engine 2q req/byte (÷MIN)", "eng fifo", "LRU req/byte", "FIFO req/byte", "MIN req/byte", "LRU/FIFO ÷MIN", "eng WA (GC WA)", "advisor/exact", "eng occupancy", "2q-LRU bytes")
 	for _, r := range rows {
-		fmt.Fprintf(&b, "%-30s | %.3f/%.3f (%.2f/%.2f) | %.3f/%.3f   | %.3f/%.3f   | %.3f/%.3f   | %.3f/%.3f   | %.2f/%.2f     | %5.2fx (%.2fx) | %.3f/%.3f   | %.2f\n", r.name,
+		fmt.Fprintf(&b, "%-30s | %.3f/%.3f (%.2f/%.2f) | %.3f/%.3f   | %.3f/%.3f   | %.3f/%.3f   | %.3f/%.3f   | %.2f/%.2f     | %5.2fx (%.2fx) | %.3f/%.3f   | %.2f          | %+.4f\n", r.name,
 			r.engine.HitRatio(), r.engine.ByteHitRatio(), div(r.engine.HitRatio(), r.min.HitRatio()), div(r.engine.ByteHitRatio(), r.min.ByteHitRatio()),
 			r.engineFIFO.HitRatio(), r.engineFIFO.ByteHitRatio(),
 			r.lru.HitRatio(), r.lru.ByteHitRatio(), r.fifo.HitRatio(), r.fifo.ByteHitRatio(), r.min.HitRatio(), r.min.ByteHitRatio(),
-			div(r.lru.HitRatio(), r.min.HitRatio()), div(r.fifo.HitRatio(), r.min.HitRatio()), r.engine.WriteAmp(), r.engine.ReappendAmp(), r.advisor, r.exactReads, r.engine.Occupancy)
+			div(r.lru.HitRatio(), r.min.HitRatio()), div(r.fifo.HitRatio(), r.min.HitRatio()), r.engine.WriteAmp(), r.engine.ReappendAmp(), r.advisor, r.exactReads, r.engine.Occupancy,
+			r.engine.ByteHitRatio()-r.lru.ByteHitRatio())
 	}
 	return b.String()
 }
