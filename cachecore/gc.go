@@ -158,10 +158,7 @@ func (c *Cache) evictKeys(passed []persist.Key) {
 	var order []*stripe
 	for i := range passed {
 		k := &passed[i]
-		if k.Flags == persist.KeyTombstone || k.Volume >= uint32(len(c.vols)) {
-			continue
-		}
-		vs := c.vols[k.Volume].Load()
+		vs := c.dataKeyVolume(k)
 		if vs == nil {
 			continue
 		}
@@ -193,4 +190,13 @@ func (c *Cache) evictKeys(passed []persist.Key) {
 		st.list.removeIndexes(drop)
 		st.mu.Unlock()
 	}
+}
+
+// dataKeyVolume returns the volume state of a data key GC passes (nil for a
+// tombstone or a volume no longer in the cache).
+func (c *Cache) dataKeyVolume(k *persist.Key) *volState {
+	if k.Flags == persist.KeyTombstone || k.Volume >= uint32(len(c.vols)) {
+		return nil
+	}
+	return c.vols[k.Volume].Load()
 }

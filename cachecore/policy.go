@@ -294,10 +294,7 @@ func (c *Cache) secondChance(passed []persist.Key) {
 	var cands []chanceCand
 	for i := range passed {
 		k := &passed[i]
-		if k.Flags == persist.KeyTombstone || k.Volume >= uint32(len(c.vols)) {
-			continue
-		}
-		vs := c.vols[k.Volume].Load()
+		vs := c.dataKeyVolume(k)
 		if vs == nil {
 			continue
 		}
