@@ -100,6 +100,15 @@ func (c *Cache) appendShipped(keys []persist.Key, epoch uint64, unfenced bool) (
 		ks, err := appendKset()
 		return ks, nil, err
 	}
+	// The dirty keys' data is read before replMu is taken, into one
+	// buffer: their cache space stays theirs until GC passes them, which
+	// it cannot before this kset is in the log, and replMu serialises
+	// every commit of a replicated cache, so copies made under it would
+	// make the commits wait for each other's.
+	data, err := c.readDirtyData(keys)
+	if err != nil {
+		return persist.KSet{}, nil, err
+	}
 	c.replMu.Lock()
 	defer c.replMu.Unlock()
 	ks, err := appendKset()
@@ -116,8 +125,9 @@ func (c *Cache) appendShipped(keys []persist.Key, epoch uint64, unfenced bool) (
 		if v == nil || v.repl.Load() == nil {
 			continue
 		}
-		rec := MirrorRecord{Off: int64(k.Offset), Len: int64(k.Length), Discard: k.Flags == persist.KeyTombstone}
-		if !rec.Discard {
+		rec := MirrorRecord{Off: int64(k.Offset), Len: int64(k.Length), Discard: k.Flags == persist.KeyTombstone, Data: data[i]}
+		if !rec.Discard && rec.Data == nil {
+			// Its volume got its replicator since the data was read.
 			rec.Data = make([]byte, k.Length)
 			if err := c.media.ReadAt(rec.Data, c.store.DataOffset(k.Pos)); err != nil {
 				c.fail("read data to replicate", err)
@@ -136,6 +146,41 @@ func (c *Cache) appendShipped(keys []persist.Key, epoch uint64, unfenced bool) (
 		}
 	}
 	return ks, waits, nil
+}
+
+// readDirtyData copies into one buffer the cache data of the dirty keys
+// of a kset whose volumes are replicated (nil for the others).
+func (c *Cache) readDirtyData(keys []persist.Key) ([][]byte, error) {
+	shipped := func(k *persist.Key) bool {
+		if k.Flags != persist.KeyDirty {
+			return false
+		}
+		v := c.volumeByID(k.Volume)
+		return v != nil && v.repl.Load() != nil
+	}
+	var total int
+	for i := range keys {
+		if shipped(&keys[i]) {
+			total += int(keys[i].Length)
+		}
+	}
+	out := make([][]byte, len(keys))
+	if total == 0 {
+		return out, nil
+	}
+	buf := make([]byte, total)
+	for i := range keys {
+		k := &keys[i]
+		if !shipped(k) {
+			continue
+		}
+		out[i], buf = buf[:k.Length:k.Length], buf[k.Length:]
+		if err := c.media.ReadAt(out[i], c.store.DataOffset(k.Pos)); err != nil {
+			c.fail("read data to replicate", err)
+			return nil, fmt.Errorf("cachecore: reading data to replicate: %w", c.failedErr())
+		}
+	}
+	return out, nil
 }
 
 // volumeByID is the attached volume of id, or nil.
