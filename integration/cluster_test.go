@@ -521,6 +521,10 @@ func TestClusterLostCacheYields(t *testing.T) {
 	if !strings.Contains(a.log.String(), "volume left to a peer") {
 		t.Errorf("a did not leave the volume to b:\n%s", a.log)
 	}
+	// b tells a of its takeover in the background (announce), and a,
+	// just restarted, may not have its link to b yet: a's next ownership
+	// step reads the lock's holder.
+	waitCluster(t, dirA, "b", "standby", 10*time.Second)
 	wantCluster(t, dirA, "b", "standby", "standby")
 	m := make(model, 16<<20)
 	m.write(0, 64<<10, 0x5a)
