@@ -193,7 +193,10 @@ func (c *Cache) openForLocked(s *ksetSlot, n int, dataSeg uint64) *pendingKset {
 	}
 	if len(s.open) == 0 {
 		s.open = make([]persist.Key, 0, 16)
-		s.epoch, s.dataSeg = ep, dataSeg
+		// A request that began before the latest segment switch opens
+		// a kset of the latest: the keys of the requests after it need
+		// not close it again.
+		s.epoch, s.dataSeg = ep, max(dataSeg, c.dataSegs.Load())
 		s.opened = c.clock().Now()
 	}
 	return closed
