@@ -129,9 +129,8 @@ func (c *Cache) appendShipped(keys []persist.Key, epoch uint64, unfenced bool) (
 		if !rec.Discard && rec.Data == nil {
 			// Its volume got its replicator since the data was read.
 			rec.Data = make([]byte, k.Length)
-			if err := c.media.ReadAt(rec.Data, c.store.DataOffset(k.Pos)); err != nil {
-				c.fail("read data to replicate", err)
-				return ks, nil, fmt.Errorf("cachecore: replicating kset %d: %w", ks.LSN, c.failedErr())
+			if err := c.readShipped(rec.Data, k); err != nil {
+				return ks, nil, fmt.Errorf("cachecore: replicating kset %d: %w", ks.LSN, err)
 			}
 		}
 		if byVol == nil {
@@ -175,12 +174,21 @@ func (c *Cache) readDirtyData(keys []persist.Key) ([][]byte, error) {
 			continue
 		}
 		out[i], buf = buf[:k.Length:k.Length], buf[k.Length:]
-		if err := c.media.ReadAt(out[i], c.store.DataOffset(k.Pos)); err != nil {
-			c.fail("read data to replicate", err)
-			return nil, fmt.Errorf("cachecore: reading data to replicate: %w", c.failedErr())
+		if err := c.readShipped(out[i], k); err != nil {
+			return nil, fmt.Errorf("cachecore: reading data to replicate: %w", err)
 		}
 	}
 	return out, nil
+}
+
+// readShipped reads the cache data of key k into dst; a media fault fails
+// the cache (a shipment must never carry data other than the key's).
+func (c *Cache) readShipped(dst []byte, k *persist.Key) error {
+	if err := c.media.ReadAt(dst, c.store.DataOffset(k.Pos)); err != nil {
+		c.fail("read data to replicate", err)
+		return c.failedErr()
+	}
+	return nil
 }
 
 // volumeByID is the attached volume of id, or nil.
