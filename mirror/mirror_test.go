@@ -49,8 +49,8 @@ func openCacheOn(t *testing.T, dev backend.Device) (*cachecore.Cache, *cachecore
 	return c, v
 }
 
-// twoNodes starts nodes a (the owner) and b (the mirror) on loopback.
-func twoNodes(t *testing.T, recvB *mirror.Receiver) (*cluster.Node, *cluster.Node) {
+// nodeListeners listens for nodes a (127.0.0.2) and b (127.0.0.3).
+func nodeListeners(t *testing.T) (net.Listener, net.Listener) {
 	t.Helper()
 	la, err := net.Listen("tcp", "127.0.0.2:0")
 	if err != nil {
@@ -60,6 +60,13 @@ func twoNodes(t *testing.T, recvB *mirror.Receiver) (*cluster.Node, *cluster.Nod
 	if err != nil {
 		t.Fatal(err)
 	}
+	return la, lb
+}
+
+// twoNodes starts nodes a (the owner) and b (the mirror) on loopback.
+func twoNodes(t *testing.T, recvB *mirror.Receiver) (*cluster.Node, *cluster.Node) {
+	t.Helper()
+	la, lb := nodeListeners(t)
 	log := slog.New(slog.DiscardHandler)
 	start := func(name string, ln net.Listener, peer string, peerAddr string, r cluster.Receiver, h cluster.Handler) *cluster.Node {
 		n, err := cluster.Start(context.Background(), cluster.Config{Cluster: "test", Node: name, Listener: ln,
@@ -273,14 +280,7 @@ func startCuttablePair(t *testing.T) *cuttablePair {
 	t.Helper()
 	p := &cuttablePair{t: t, recvB: mirror.NewReceiver(t.TempDir()), log: slog.New(slog.DiscardHandler)}
 	t.Cleanup(func() { p.recvB.Close() })
-	la, err := net.Listen("tcp", "127.0.0.2:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	lb, err := net.Listen("tcp", "127.0.0.3:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	la, lb := nodeListeners(t)
 	start := func(name string, ln net.Listener, peer, addr string, pt *partition, r cluster.Receiver, h cluster.Handler) *cluster.Node {
 		n, err := cluster.Start(context.Background(), cluster.Config{Cluster: "test", Node: name, Listener: ln,
 			Peers: []cluster.Peer{{Name: peer, Addr: addr}}, Degraded: cluster.Serve,
@@ -318,6 +318,19 @@ func (p *cuttablePair) cut(on bool) {
 func (p *cuttablePair) waitState(st cluster.State, what string) {
 	p.t.Helper()
 	testkit.WaitFor(p.t, 15*time.Second, what, func() bool { return p.a.Link("b").State() == st })
+}
+
+// healAndTakeOver ends the partition, waits for b to be back in sync,
+// flushes volA (the flush counts on b again) and has b take the volume
+// over.
+func (p *cuttablePair) healAndTakeOver(volA *cachecore.Volume, shared *backend.Memory) *cachecore.Volume {
+	p.t.Helper()
+	p.cut(false)
+	p.waitState(cluster.StateInSync, "b back in sync")
+	if err := volA.Flush(context.Background()); err != nil {
+		p.t.Fatal(err)
+	}
+	return p.takeover(shared)
 }
 
 // takeover is b taking the volume over: its own cache on the shared
@@ -371,12 +384,7 @@ func TestResyncAfterPartition(t *testing.T) {
 	if err := volA.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
-	pair.cut(false)
-	pair.waitState(cluster.StateInSync, "b back in sync")
-	if err := volA.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
-	volB := pair.takeover(shared)
+	volB := pair.healAndTakeOver(volA, shared)
 	got := make([]byte, volSize)
 	if err := volB.ReadAt(ctx, got, 0); err != nil {
 		t.Fatal(err)
@@ -413,12 +421,7 @@ func TestResyncTrimsStaleMirror(t *testing.T) {
 	if err := volA.Drain(ctx, nil); err != nil { // the backing device holds cur; the trim does not reach b
 		t.Fatal(err)
 	}
-	pair.cut(false)
-	pair.waitState(cluster.StateInSync, "b back in sync")
-	if err := volA.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
-	volB := pair.takeover(shared)
+	volB := pair.healAndTakeOver(volA, shared)
 	got := make([]byte, 4096)
 	if err := volB.ReadAt(ctx, got, 0); err != nil {
 		t.Fatal(err)
