@@ -95,7 +95,10 @@
 //
 // Node.Replicate applies the policy to one kset (it ships to every peer,
 // waits for those not out of sync, and returns ErrDegraded under
-// refuse-sync); Snapshot.RefuseSync is the current decision, for status.
+// refuse-sync); Node.ShipAcks waits the same way and returns the peers
+// that missed the kset instead, for a caller that records them first
+// (mirror.Shipper) and then applies DegradedErr; Snapshot.RefuseSync is
+// the current decision, for status.
 // Either way the state is in the Snapshot, the cachelun_cluster_degraded
 // metric and the log. A peer out of sync comes back through Resync: the
 // engine re-ships its ksets above the LSN the peer acknowledged, calls

@@ -595,41 +595,76 @@ func (n *Node) Replicate(ctx context.Context, volume string, lsn uint64, payload
 // policy as Replicate does. Callers that must queue in order under their
 // own lock and wait outside it (the engine's kset commits) use it.
 func (n *Node) Ship(volume string, lsn uint64, payload []byte) func(context.Context) error {
-	var degraded []error
+	wait := n.ShipAcks(volume, lsn, payload)
+	return func(ctx context.Context) error {
+		missed, err := wait(ctx)
+		if err != nil {
+			return err
+		}
+		return n.DegradedErr(missed)
+	}
+}
+
+// Missed is a peer that did not acknowledge a shipment: it is out of sync.
+type Missed struct {
+	Peer string
+	Err  error // wraps ErrOutOfSync
+}
+
+// DegradedErr applies the degraded policy to the peers that missed a
+// shipment: ErrDegraded under RefuseSync when there are any, else nil.
+func (n *Node) DegradedErr(missed []Missed) error {
+	if len(missed) == 0 || n.cfg.Degraded != RefuseSync {
+		return nil
+	}
+	errs := make([]error, len(missed))
+	for i, m := range missed {
+		errs[i] = m.Err
+	}
+	return fmt.Errorf("%w: %w", ErrDegraded, errors.Join(errs...))
+}
+
+// ShipAcks is Ship without the degraded policy: the wait returns the peers
+// out of sync, which did not acknowledge the shipment (the caller applies
+// DegradedErr), or an error other than ErrOutOfSync (ErrDeposed, ErrClosed,
+// ctx, ...).
+func (n *Node) ShipAcks(volume string, lsn uint64, payload []byte) func(context.Context) ([]Missed, error) {
+	var missed []Missed
 	var failed error
-	pending := make([]*Pending, 0, len(n.links))
+	type sent struct {
+		peer string
+		p    *Pending
+	}
+	pending := make([]sent, 0, len(n.links))
 	for _, l := range n.links {
 		p, err := l.Send(volume, lsn, payload)
 		switch {
 		case errors.Is(err, ErrDeposed):
 			failed = errors.Join(failed, err)
 		case errors.Is(err, ErrOutOfSync):
-			degraded = append(degraded, err)
+			missed = append(missed, Missed{Peer: l.peer.Name, Err: err})
 		case err != nil:
 			failed = errors.Join(failed, err)
 		default:
-			pending = append(pending, p)
+			pending = append(pending, sent{peer: l.peer.Name, p: p})
 		}
 	}
-	refuse := n.cfg.Degraded == RefuseSync
-	return func(ctx context.Context) error {
+	return func(ctx context.Context) ([]Missed, error) {
 		if failed != nil {
-			return failed
+			return nil, failed
 		}
-		for _, p := range pending {
-			err := p.Wait(ctx)
+		out := append([]Missed(nil), missed...)
+		for _, s := range pending {
+			err := s.p.Wait(ctx)
 			switch {
 			case errors.Is(err, ErrDeposed):
-				return err
+				return nil, err
 			case errors.Is(err, ErrOutOfSync):
-				degraded = append(degraded, err)
+				out = append(out, Missed{Peer: s.peer, Err: err})
 			case err != nil:
-				return err
+				return nil, err
 			}
 		}
-		if len(degraded) > 0 && refuse {
-			return fmt.Errorf("%w: %w", ErrDegraded, errors.Join(degraded...))
-		}
-		return nil
+		return out, nil
 	}
 }
