@@ -346,7 +346,7 @@ func (c *clusterd) attachReplicated(ctx context.Context, cv *clusterVolume, rh *
 			l.MarkOutOfSync("this node took the volume over from it")
 		}
 	}
-	sh := mirror.NewShipper(c.node, name, rh.epoch, vol.Reship, c.log.With("volume", name))
+	sh := mirror.NewShipper(c.node, name, rh.epoch, vol.Reship, rh.recordBehind, c.log.With("volume", name))
 	if err := vol.SetReplicator(sh); err != nil {
 		sh.Close()
 		return errors.Join(err, c.d.eng.removeVolume(ctx, cv.conf.Cache, name, nil))
@@ -360,6 +360,15 @@ func (c *clusterd) attachReplicated(ctx context.Context, cv *clusterVolume, rh *
 		// than this node's cache (it was the previous owner); applying
 		// it could bring back older data where this node's mirror fell
 		// behind
+		return mlog.Reset()
+	}
+	if slices.Contains(rh.prevBehind, c.cfg.Node) {
+		// this node was out of sync and the previous owner may have
+		// written back ksets it missed: its mirror would put older data
+		// back over them. The image serves as it is; what only the
+		// previous owner held is lost (the degraded policy's cost).
+		c.log.Error("cluster: the previous owner recorded this node's mirror as behind (this node was out of sync): the mirror is not applied, the volume serves the image as the previous owner wrote it back, and writes it acknowledged while this node was out of sync are lost",
+			"volume", name, "previous_owner", orUnknown(rh.prevNode), "owner_epoch", rh.epoch)
 		return mlog.Reset()
 	}
 	start := time.Now()
@@ -394,7 +403,7 @@ func (c *clusterd) detachReplicated(ctx context.Context, cv *clusterVolume, rele
 	if released && held != nil {
 		if vol, ok := c.d.eng.cacheVolume(cv.conf.Name); ok {
 			if err = c.d.eng.drain(ctx, cv.conf.Name, func(ctx context.Context) error { return vol.Drain(ctx, nil) }); err == nil {
-				err = held.markReleased(c.cfg.Name, c.cfg.Node)
+				err = held.markReleased()
 			}
 		}
 	}
@@ -433,7 +442,7 @@ func (c *clusterd) releaseOwned(ctx context.Context) {
 				"volume", name, "err", err)
 			continue
 		}
-		if err := held.markReleased(c.cfg.Name, c.cfg.Node); err != nil {
+		if err := held.markReleased(); err != nil {
 			c.log.Warn("cluster: shutdown: recording the image as released", "volume", name, "err", err)
 			continue
 		}
@@ -706,6 +715,12 @@ type ownerRecord struct {
 	// Released: the holder wrote every acknowledged write back to the
 	// image and released the lock cleanly (a move, a shutdown).
 	Released bool `json:"released,omitempty"`
+	// Behind: the nodes whose mirrors of the holder's journal may lack
+	// ksets the holder wrote back (they were out of sync; recorded before
+	// such a kset commits, mirror.BehindRecorder). The next owner, if
+	// listed, does not apply its mirror: it would bring older data back
+	// over newer data the image holds.
+	Behind []string `json:"behind,omitempty"`
 }
 
 // rbdLock is a clustered volume's image lock on RBD (imageLock): a watch
@@ -825,7 +840,8 @@ func (l *rbdLock) Acquire(_ context.Context, breakOwner string) (heldLock, error
 		d.Close()
 		return nil, fmt.Errorf("backing %s: recording this node as the lock's holder: %w", l.v.Backing, err)
 	}
-	return &rbdHeld{dev: d, meta: d, prevNode: prev.Node, prevReleased: prev.Released, epoch: prev.Epoch + 1}, nil
+	return &rbdHeld{dev: d, meta: d, cluster: l.cluster, node: l.node, prevNode: prev.Node, prevReleased: prev.Released,
+		prevBehind: prev.Behind, epoch: prev.Epoch + 1}, nil
 }
 
 // errWatchClosed: an owner's lock has no watch any more.
@@ -846,15 +862,22 @@ func (l *rbdLock) closeWatch() error {
 func (l *rbdLock) close() error { return l.closeWatch() }
 
 // rbdHeld is the lock of an image this node opened with it: prevNode is
-// the node that held it before (this cluster's, "" unknown) and
-// prevReleased whether it released it cleanly, epoch this holder's owner
-// epoch.
+// the node that held it before (this cluster's, "" unknown), prevReleased
+// whether it released it cleanly and prevBehind the nodes whose mirrors
+// it recorded as behind, epoch this holder's owner epoch.
 type rbdHeld struct {
-	dev          *rbd.Device
-	meta         imageMetadata // dev's metadata (a fake in tests)
-	prevNode     string
-	prevReleased bool
-	epoch        uint64
+	dev           *rbd.Device
+	meta          imageMetadata // dev's metadata (a fake in tests)
+	cluster, node string        // this holder's, for its record
+	prevNode      string
+	prevReleased  bool
+	prevBehind    []string
+	epoch         uint64
+
+	// mu orders the record's updates; once released is set the record
+	// says so and is not written again.
+	mu       sync.Mutex
+	released bool
 }
 
 // imageMetadata is an image's metadata (rbd.Device's).
@@ -865,9 +888,36 @@ type imageMetadata interface {
 
 // markReleased records in the image that this holder wrote everything
 // back and releases the lock (ownerRecord.Released).
-func (h *rbdHeld) markReleased(cluster, node string) error {
-	rec, _ := json.Marshal(ownerRecord{Cluster: cluster, Node: node, Addr: h.dev.LockOwner(), Epoch: h.epoch, Released: true})
-	return h.meta.SetMetadata(ownerMetaKey, string(rec))
+func (h *rbdHeld) markReleased() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if err := h.setRecord(ownerRecord{Released: true}); err != nil {
+		return err
+	}
+	h.released = true
+	return nil
+}
+
+// errReleasedRecord: the holder's record says it released the image.
+var errReleasedRecord = errors.New("the image is recorded as released")
+
+// recordBehind records the nodes whose mirrors are behind
+// (ownerRecord.Behind, a mirror.BehindRecorder).
+func (h *rbdHeld) recordBehind(_ context.Context, nodes []string) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.released {
+		return errReleasedRecord
+	}
+	return h.setRecord(ownerRecord{Behind: nodes})
+}
+
+// setRecord writes rec, completed with this holder's identity, as the
+// image's owner record.
+func (h *rbdHeld) setRecord(rec ownerRecord) error {
+	rec.Cluster, rec.Node, rec.Addr, rec.Epoch = h.cluster, h.node, h.dev.LockOwner(), h.epoch
+	b, _ := json.Marshal(rec)
+	return h.meta.SetMetadata(ownerMetaKey, string(b))
 }
 
 // Holds is false once the lock was broken: librbd says so, or a request

@@ -51,7 +51,11 @@
 // volume is dropped without writeback (cachecore.PurgeReplica; a volume
 // not replicated when the cache last held it is written back instead)
 // and the mirror of the previous owner's journal is applied on top of the
-// image before the volume serves. Each holder records an owner epoch (the
+// image before the volume serves, unless the previous owner recorded this
+// node as behind (ownerRecord.Behind, written by the Shipper's
+// BehindRecorder before a kset this node missed commits): that mirror
+// lacks ksets the image may hold and would put older data back over them,
+// so the image serves as it is. Each holder records an owner epoch (the
 // previous holder's + 1) that orders the owners' shipments
 // (mirror.LinkLSN). Other modes keep no dirty data and are not
 // replicated. A reload that changes volumes, targets or LUNs (or the

@@ -293,3 +293,35 @@ func backingLine(show string) string {
 	}
 	return "(no backing line)"
 }
+
+// TestClusterTakeoverFromMirrorBehind: the owner a loses its peer b but not
+// Ceph, so b stays standby and falls out of sync; a overwrites a block b's
+// mirror holds, the flush is acknowledged (serve) and a writes it back. a
+// then dies. b's mirror would put the older data back over the image's,
+// so a recorded b as behind in the image before that write committed, and
+// b takes over without applying its mirror: the block reads as a wrote it
+// back.
+func TestClusterTakeoverFromMirrorBehind(t *testing.T) {
+	needTools(t, "qemu-io", "iptables")
+	c, _, a, b, dirA, dirB, _ := startPairAs(t, 16, partitionGID)
+	for _, addr := range cephAddrs(t, c) {
+		if host, _ := splitHostPort(t, addr); host == "127.0.0.3" {
+			t.Fatalf("Ceph listens on %s, b's address: cutting a from b would cut it from Ceph", addr)
+		}
+	}
+	qemuIO(t, a.url(0), "write -P 0x71 0 64k", "flush") // in a's cache and b's mirror
+	p := newPartition(t, partitionGID, a.portal)
+	// a's segments to b (both peer links) are dropped; Ceph is reached
+	iptables(t, "-A", p.chain, "-o", "lo", "-p", "tcp", "-m", "owner", "--gid-owner", p.gid, "-d", "127.0.0.3", "-j", "DROP")
+	qemuIO(t, a.url(0), "write -P 0x72 0 64k", "flush") // acknowledged once b is out of sync (serve)
+	drainVolume(t, dirA)                                // the image holds 0x72; b's mirror still 0x71
+	wantCluster(t, dirB, "a", "standby", "standby")
+	a.kill()
+	killed := time.Now()
+	waitCluster(t, dirB, "b", "owner", 90*time.Second)
+	t.Logf("b took over %v after a was killed", time.Since(killed).Round(10*time.Millisecond))
+	qemuIO(t, b.url(0), "read -P 0x72 0 64k")
+	if !strings.Contains(b.log.String(), "recorded this node's mirror as behind") {
+		t.Errorf("b did not log why it left its mirror out:\n%s", b.log)
+	}
+}

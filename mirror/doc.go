@@ -27,6 +27,12 @@
 //
 // # Guarantees
 //
+//   - With a BehindRecorder, no kset that a peer out of sync missed
+//     commits (its wait returns, so writeback may pass it) before that
+//     peer is recorded as behind; the record is cleared only once the
+//     peer is in sync again, and until then the peer counts as out of
+//     sync for the degraded policy. A takeover by a peer recorded behind
+//     must not Apply its Log.
 //   - Log.Append returns after the records are durable (fdatasync); a torn
 //     tail (a crash during an append) is dropped at open: it was never
 //     acknowledged.
@@ -35,5 +41,7 @@
 //
 // # Lock order
 //
-// Receiver.mu (the Logs by volume) → Log.mu. Shipper.mu is a leaf.
+// Receiver.mu (the Logs by volume) → Log.mu. Shipper.behindMu is held
+// across the BehindRecorder's call (and a Link's state read); Shipper.mu
+// is a leaf.
 package mirror

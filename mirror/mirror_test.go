@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -102,7 +103,7 @@ func TestTakeoverLosesNoDurableWrite(t *testing.T) {
 	// data the backing device does not have.
 	viewA := backend.NewFaulty(shared)
 	_, volA := openCacheOn(t, viewA)
-	shipper := mirror.NewShipper(nodeA, "vol", 0, volA.Reship, slog.New(slog.DiscardHandler))
+	shipper := mirror.NewShipper(nodeA, "vol", 0, volA.Reship, nil, slog.New(slog.DiscardHandler))
 	defer shipper.Close()
 	if err := volA.SetReplicator(shipper); err != nil {
 		t.Fatal(err)
@@ -191,7 +192,7 @@ func TestTrimmedMirrorStaysSmall(t *testing.T) {
 	defer recvB.Close()
 	nodeA, _ := twoNodes(t, recvB)
 	_, volA := openCache(t, shared)
-	shipper := mirror.NewShipper(nodeA, "vol", 0, volA.Reship, slog.New(slog.DiscardHandler))
+	shipper := mirror.NewShipper(nodeA, "vol", 0, volA.Reship, nil, slog.New(slog.DiscardHandler))
 	defer shipper.Close()
 	if err := volA.SetReplicator(shipper); err != nil {
 		t.Fatal(err)
@@ -300,9 +301,13 @@ func startCuttablePair(t *testing.T) *cuttablePair {
 }
 
 // replicate ships vol's journal (a's) to b.
-func (p *cuttablePair) replicate(vol *cachecore.Volume) {
+func (p *cuttablePair) replicate(vol *cachecore.Volume) { p.replicateRecording(vol, nil) }
+
+// replicateRecording ships vol's journal to b, recording the peers behind
+// with behind.
+func (p *cuttablePair) replicateRecording(vol *cachecore.Volume, behind mirror.BehindRecorder) {
 	p.t.Helper()
-	shipper := mirror.NewShipper(p.a, "vol", 0, vol.Reship, p.log)
+	shipper := mirror.NewShipper(p.a, "vol", 0, vol.Reship, behind, p.log)
 	p.t.Cleanup(shipper.Close)
 	if err := vol.SetReplicator(shipper); err != nil {
 		p.t.Fatal(err)
@@ -428,5 +433,117 @@ func TestResyncTrimsStaleMirror(t *testing.T) {
 	}
 	if !bytes.Equal(got, cur) {
 		t.Fatalf("after the resync and a takeover the block holds %d, the data b's mirror had before a overwrote and wrote it back; want %d", got[0], cur[0])
+	}
+}
+
+// behindRecord is a BehindRecorder's record (the image's metadata in the
+// daemon); fail makes the recording fail.
+type behindRecord struct {
+	mu    sync.Mutex
+	peers []string
+	calls int
+	fail  error
+}
+
+func (r *behindRecord) record(_ context.Context, peers []string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.calls++
+	if r.fail != nil {
+		return r.fail
+	}
+	r.peers = slices.Clone(peers)
+	return nil
+}
+
+func (r *behindRecord) get() ([]string, int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.peers), r.calls
+}
+
+func (r *behindRecord) setFail(err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.fail = err
+}
+
+// TestBehindRecordedBeforeCommit: while b is cut off, a overwrites a block
+// b's mirror holds and writes it back. No kset b missed commits before b
+// is recorded as behind (a FUA write fails while the record cannot be
+// written), so a takeover by b can tell that its mirror would put the
+// older data back over the backing device's (it does, applied), and serve
+// the backing device instead; once b is back in sync the record is
+// cleared and b's mirror is whole again.
+func TestBehindRecordedBeforeCommit(t *testing.T) {
+	ctx := context.Background()
+	shared := backend.NewMemory(volSize)
+	pair := startCuttablePair(t)
+	_, volA := openCacheOn(t, shared)
+	rec := &behindRecord{}
+	pair.replicateRecording(volA, rec.record)
+	old, cur := bytes.Repeat([]byte{1}, 4096), bytes.Repeat([]byte{2}, 4096)
+	if err := volA.WriteAt(ctx, old, 0, true); err != nil { // in b's mirror
+		t.Fatal(err)
+	}
+	if peers, calls := rec.get(); calls != 0 {
+		t.Fatalf("recorded %v behind while b is in sync", peers)
+	}
+	rec.setFail(errors.New("the image's metadata cannot be written"))
+	pair.cut(true)
+	testkit.WaitFor(t, 10*time.Second, "b out of sync", func() bool {
+		if err := volA.WriteAt(ctx, old, 4096, false); err != nil { // shipments find the peer gone
+			t.Fatal(err)
+		}
+		time.Sleep(50 * time.Millisecond)
+		return pair.a.Link("b").State() == cluster.StateOutOfSync
+	})
+	if err := volA.WriteAt(ctx, cur, 0, true); err == nil {
+		t.Fatal("a FUA write b missed was acknowledged while b could not be recorded as behind")
+	}
+	rec.setFail(nil)
+	if err := volA.WriteAt(ctx, cur, 0, true); err != nil { // acknowledged while b is away (serve)
+		t.Fatal(err)
+	}
+	if peers, _ := rec.get(); !slices.Equal(peers, []string{"b"}) {
+		t.Fatalf("a FUA write b missed was acknowledged with %v recorded behind; want [b]", peers)
+	}
+	if err := volA.Drain(ctx, nil); err != nil { // the backing device holds cur; the trim does not reach b
+		t.Fatal(err)
+	}
+	// What a takeover by b would do with its mirror: bring the older data back.
+	_, volB := openCache(t, backend.NewMemory(volSize))
+	if err := volB.WriteAt(ctx, cur, 0, true); err != nil {
+		t.Fatal(err)
+	}
+	lg, err := pair.recvB.Log("vol")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mirror.Apply(ctx, lg, volB); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 4096)
+	if err := volB.ReadAt(ctx, got, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, old) {
+		t.Fatalf("b's mirror applied over the backing device's data left %d; want the older %d (the hazard the record guards)", got[0], old[0])
+	}
+	pair.cut(false)
+	pair.waitState(cluster.StateInSync, "b back in sync")
+	testkit.WaitFor(t, 10*time.Second, "the record cleared", func() bool {
+		peers, _ := rec.get()
+		return len(peers) == 0
+	})
+	if err := volA.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	volB2 := pair.takeover(shared)
+	if err := volB2.ReadAt(ctx, got, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, cur) {
+		t.Fatalf("after the resync and a takeover the block holds %d; want %d", got[0], cur[0])
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net/url"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -151,6 +153,13 @@ type Shipper struct {
 	// resyncEvery is how often links are checked for a resync.
 	resyncEvery time.Duration
 
+	// behind records the peers whose mirrors may lack ksets this node
+	// writes back (nil: not recorded); behindMu serialises its calls and
+	// guards marked, the peers it last recorded.
+	behind   BehindRecorder
+	behindMu sync.Mutex
+	marked   []string
+
 	mu      sync.Mutex
 	trimLSN uint64
 	kick    chan struct{}
@@ -162,16 +171,33 @@ type Shipper struct {
 
 var _ cachecore.Replicator = (*Shipper)(nil)
 
+// BehindRecorder records, durably and where the next owner of the volume
+// reads it before it applies its mirror (the backing image's metadata),
+// the peers whose mirrors may lack ksets that this node writes back: the
+// peers out of sync. An empty list clears the record.
+//
+// Why: a peer out of sync keeps the ksets it received before it fell
+// behind, and misses the later ones and the trims. Once this node has
+// written back a later kset that overwrote some of their blocks, applying
+// that mirror at a takeover would put the older data back over the newer
+// data the backing device holds: stale blocks, in a mix no crash produces.
+// The next owner does not apply a mirror recorded as behind; it serves the
+// backing device as it is (the writes only this node held are lost, as
+// the degraded policy says).
+type BehindRecorder func(ctx context.Context, peers []string) error
+
 // NewShipper starts a Shipper for volume, owned by this node in owner
 // epoch (higher than every earlier owner's: LinkLSN); reship (nil: no
-// resync) brings peers back in sync. Close stops it.
-func NewShipper(node *cluster.Node, volume string, epoch uint64, reship Reshipper, log *slog.Logger) *Shipper {
+// resync) brings peers back in sync; behind (nil: none) records the peers
+// out of sync before a kset they missed commits (BehindRecorder). Close
+// stops it.
+func NewShipper(node *cluster.Node, volume string, epoch uint64, reship Reshipper, behind BehindRecorder, log *slog.Logger) *Shipper {
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Shipper{node: node, volume: volume, epoch: epoch, log: log, reship: reship, resyncEvery: 200 * time.Millisecond,
+	s := &Shipper{node: node, volume: volume, epoch: epoch, log: log, reship: reship, behind: behind, resyncEvery: 200 * time.Millisecond,
 		kick: make(chan struct{}, 1), ctx: ctx, cancel: cancel, done: make(chan struct{})}
 	s.wg.Add(1)
 	go s.trimLoop()
-	if reship != nil {
+	if reship != nil || behind != nil {
 		s.wg.Add(1)
 		go s.resyncLoop()
 	}
@@ -202,13 +228,14 @@ func (s *Shipper) resyncLoop() {
 		}
 		for _, l := range s.node.Links() {
 			ps := l.Snapshot()
-			if ps.State != cluster.StateOutOfSync || !ps.Inbound {
+			if s.reship == nil || ps.State != cluster.StateOutOfSync || !ps.Inbound {
 				continue
 			}
 			if err := s.resync(l); err != nil {
 				s.log.Warn("mirror: resync of a peer failed; retrying", "volume", s.volume, "peer", l.Peer().Name, "err", err)
 			}
 		}
+		s.clearBehind()
 	}
 }
 
@@ -268,9 +295,86 @@ func toRecords(recs []cachecore.MirrorRecord) []Record {
 
 // Ship queues the records on every link (cluster.Node.Ship: peers out of
 // sync are skipped, and fail the wait with cluster.ErrDegraded under
-// refuse-sync).
+// refuse-sync). With a BehindRecorder, the wait returns only once the
+// peers that missed the kset are recorded as behind (the kset's commit,
+// and so its writeback, waits for the record), and a peer stays recorded,
+// and counts as out of sync for the degraded policy, until it is in sync
+// again and the record is cleared (clearBehind).
 func (s *Shipper) Ship(lsn uint64, recs []cachecore.MirrorRecord) func(context.Context) error {
-	return s.node.Ship(s.volume, LinkLSN(s.epoch, lsn), Encode(nil, toRecords(recs)))
+	wait := s.node.ShipAcks(s.volume, LinkLSN(s.epoch, lsn), Encode(nil, toRecords(recs)))
+	return func(ctx context.Context) error {
+		missed, err := wait(ctx)
+		if err != nil {
+			return err
+		}
+		if s.behind != nil {
+			marked, err := s.markBehind(ctx, missed)
+			if err != nil {
+				return err
+			}
+			missed = marked
+		}
+		return s.node.DegradedErr(missed)
+	}
+}
+
+// markBehind records the peers of missed as behind, if they are not yet,
+// and returns every peer recorded: those that acknowledged the kset
+// count as missing it until their record is cleared, since a takeover
+// would not apply their mirrors meanwhile.
+func (s *Shipper) markBehind(ctx context.Context, missed []cluster.Missed) ([]cluster.Missed, error) {
+	s.behindMu.Lock()
+	defer s.behindMu.Unlock()
+	want := slices.Clone(s.marked)
+	for _, m := range missed {
+		if !slices.Contains(want, m.Peer) {
+			want = append(want, m.Peer)
+		}
+	}
+	if len(want) > len(s.marked) {
+		slices.Sort(want)
+		if err := s.behind(ctx, want); err != nil {
+			return nil, fmt.Errorf("mirror: volume %s: recording that the mirrors of %s are behind: %w", s.volume, strings.Join(want, ", "), err)
+		}
+		s.log.Warn("mirror: peers out of sync recorded as behind: a takeover by them serves the backing device without their mirrors until they are back in sync",
+			"volume", s.volume, "peers", want)
+		s.marked = want
+	}
+	for _, p := range s.marked {
+		if !slices.ContainsFunc(missed, func(m cluster.Missed) bool { return m.Peer == p }) {
+			missed = append(missed, cluster.Missed{Peer: p, Err: fmt.Errorf("%w: %s: its mirror is recorded as behind until it is back in sync", cluster.ErrOutOfSync, p)})
+		}
+	}
+	return missed, nil
+}
+
+// clearBehind clears the record of the peers recorded as behind that are
+// in sync again: they acknowledged everything this node shipped since
+// their resync, which delivered the latest trim first, so their mirrors
+// hold every kset not yet written back.
+func (s *Shipper) clearBehind() {
+	s.behindMu.Lock()
+	defer s.behindMu.Unlock()
+	if len(s.marked) == 0 {
+		return
+	}
+	var keep []string
+	for _, p := range s.marked {
+		if l := s.node.Link(p); l == nil || l.State() != cluster.StateInSync {
+			keep = append(keep, p)
+		}
+	}
+	if len(keep) == len(s.marked) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, 30*time.Second)
+	defer cancel()
+	if err := s.behind(ctx, keep); err != nil {
+		s.log.Warn("mirror: clearing the record of peers back in sync failed; retrying", "volume", s.volume, "err", err)
+		return
+	}
+	s.log.Info("mirror: peers back in sync no longer recorded as behind", "volume", s.volume, "behind", keep)
+	s.marked = keep
 }
 
 // Trim records that dirty_tail passed lsn (kset LSNs below it are on the
