@@ -170,15 +170,16 @@ func blocklisted(t *testing.T, c *cephtest.Cluster, addr string) bool {
 // TestClusterPartitionIsolatesOwner: the owner a is cut off the network
 // (iptables: it reaches neither Ceph nor b, b cannot reach it) while it
 // runs; hosts still reach its portal. Before the cut a host wrote and
-// flushed through a. During the cut a host's write through a is
-// acknowledged by a's cache (it is not flushed), and a drain on a tries
-// to write the image and cannot. b takes the volume over after
-// peer_timeout, breaking a's lock (a's client is on the OSD blocklist),
-// serves the flushed write from its mirror and writes its own. When the
-// partition heals, a's writeback reaches the OSDs, which refuse it; a
-// notices that it lost the lock and serves nothing more. The image holds
-// what was flushed through a before the cut and b's write, never a's late
-// write: no split brain.
+// flushed through a; then a lost Ceph first, and a host's flushed write
+// through a is in a's cache and b's mirror only. During the full cut a
+// host's write through a is not acknowledged (b falls out of sync, and a
+// cannot record it as behind in the image), and a drain on a tries to
+// write the image and cannot. b takes the volume over after peer_timeout,
+// breaking a's lock (a's client is on the OSD blocklist), serves both
+// flushed writes from its mirror and writes its own. When the partition
+// heals, a's writeback reaches the OSDs, which refuse it; a notices that
+// it lost the lock and serves nothing more. The image holds what was
+// flushed through a and b's write, never a's late write: no split brain.
 func TestClusterPartitionIsolatesOwner(t *testing.T) {
 	needTools(t, "qemu-io", "iptables")
 	c, image, a, b, dirA, dirB, peerA := startPairAs(t, 16, partitionGID)
@@ -186,9 +187,14 @@ func TestClusterPartitionIsolatesOwner(t *testing.T) {
 	holderA := lockAddr(t, c, image)
 	p := newPartition(t, partitionGID, a.portal, peerA)
 
+	p.cutTo(cephAddrs(t, c)...)
+	qemuIO(t, a.url(0), "write -P 0x52 1M 64k", "flush") // in a's cache and b's mirror: a's writeback will try it
 	p.cut()
 	cutAt := time.Now()
-	qemuIO(t, a.url(0), "write -P 0x52 1M 64k") // into a's cache only
+	// not acknowledged: qemu-io writes through (FUA), b falls out of
+	// sync, and a cannot record it as behind in the image (the write
+	// would be lost at b's takeover)
+	qemuIOFails(t, a.url(0), "write -P 0x54 3M 64k")
 	drainA := make(chan result, 1)
 	go func() {
 		drainA <- runTool(t, 90*time.Second, binaryPath, "volume", "drain", "vol", "--socket", filepath.Join(dirA, "admin.sock"))
@@ -198,7 +204,7 @@ func TestClusterPartitionIsolatesOwner(t *testing.T) {
 	if !blocklisted(t, c, holderA) {
 		t.Fatalf("b owns the volume but a's client %s is not on the OSD blocklist", holderA)
 	}
-	qemuIO(t, b.url(0), "read -P 0x51 0 64k", "read -P 0 1M 64k", "write -P 0x53 2M 64k", "flush")
+	qemuIO(t, b.url(0), "read -P 0x51 0 64k", "read -P 0x52 1M 64k", "read -P 0 3M 64k", "write -P 0x53 2M 64k", "flush")
 	t.Logf("partition held for %v", time.Since(cutAt).Round(100*time.Millisecond))
 
 	p.heal()
@@ -226,6 +232,7 @@ func TestClusterPartitionIsolatesOwner(t *testing.T) {
 
 	m := make(model, 16<<20)
 	m.write(0, 64<<10, 0x51)
+	m.write(1<<20, 64<<10, 0x52)
 	m.write(2<<20, 64<<10, 0x53)
 	drainVolume(t, dirB)
 	b.stop()
