@@ -223,8 +223,11 @@ func (c *Cache) trimReplicas(lsn uint64) {
 // that missed shipments (out of sync, restarted) needs to be whole again.
 // It holds off the Ship calls of new commits meanwhile, so that send sees
 // every kset up to the journal head and the Replicator's next Ship comes
-// after them. Data before dirty_tail is on the backing device.
-func (v *Volume) Reship(ctx context.Context, send func(lsn uint64, recs []MirrorRecord) error) error {
+// after them. Data before dirty_tail is on the backing device: from (if
+// not nil) is told first the LSN of dirty_tail it starts from, so that
+// the copy can drop what it holds of the ksets before it (a trim), which
+// it may have missed overwritten.
+func (v *Volume) Reship(ctx context.Context, from func(dirtyTail uint64) error, send func(lsn uint64, recs []MirrorRecord) error) error {
 	c := v.c
 	c.replMu.Lock()
 	defer c.replMu.Unlock()
@@ -232,7 +235,13 @@ func (v *Volume) Reship(ctx context.Context, send func(lsn uint64, recs []Mirror
 		return err
 	}
 	head := c.journal.Head()
-	r := c.store.Replay(c.store.DirtyTail())
+	tail := c.store.DirtyTail()
+	if from != nil {
+		if err := from(tail.LSN); err != nil {
+			return err
+		}
+	}
+	r := c.store.Replay(tail)
 	for {
 		if err := ctx.Err(); err != nil {
 			return err

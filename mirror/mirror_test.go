@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -545,5 +546,49 @@ func TestBehindRecordedBeforeCommit(t *testing.T) {
 	}
 	if !bytes.Equal(got, cur) {
 		t.Fatalf("after the resync and a takeover the block holds %d; want %d", got[0], cur[0])
+	}
+}
+
+// TestResyncTrimsToReshipStart: writeback moved dirty_tail past ksets b
+// holds and past one it missed, but the Shipper was not yet told (Trim
+// comes after dirty_tail moves). The resync trims b to the dirty_tail the
+// reship starts from, so b keeps none of the ksets before it: neither
+// trimmed nor shipped again, they could hold blocks the missed kset
+// overwrote.
+func TestResyncTrimsToReshipStart(t *testing.T) {
+	pair := startCuttablePair(t)
+	var dirtyTail atomic.Uint64
+	reship := func(_ context.Context, from func(uint64) error, _ func(uint64, []cachecore.MirrorRecord) error) error {
+		return from(dirtyTail.Load()) // nothing left to ship again
+	}
+	shipper := mirror.NewShipper(pair.a, "vol", 0, reship, nil, pair.log)
+	t.Cleanup(shipper.Close)
+	ship := func(lsn uint64, b byte) error {
+		recs := []cachecore.MirrorRecord{{Off: 0, Len: 4096, Data: bytes.Repeat([]byte{b}, 4096)}}
+		return shipper.Ship(lsn, recs)(context.Background())
+	}
+	for lsn := uint64(1); lsn <= 5; lsn++ {
+		if err := ship(lsn, 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pair.cut(true)
+	if err := ship(6, 2); err != nil { // b misses it (serve: acknowledged without b)
+		t.Fatal(err)
+	}
+	pair.waitState(cluster.StateOutOfSync, "b out of sync")
+	dirtyTail.Store(7) // ksets 1..6 written back; Trim not called yet
+	pair.cut(false)
+	pair.waitState(cluster.StateInSync, "b back in sync")
+	lg, err := pair.recvB.Log("vol")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ships, err := lg.Replay()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ships) != 0 {
+		t.Fatalf("b back in sync holds %d shipments from before the dirty_tail the resync started from (first link LSN %d); want none", len(ships), ships[0].LSN)
 	}
 }

@@ -135,8 +135,9 @@ func decodeTrim(b []byte) (string, uint64, error) {
 }
 
 // Reshipper ships a volume's journal from dirty_tail again, kset by kset
-// in log order (cachecore.Volume.Reship).
-type Reshipper func(ctx context.Context, send func(lsn uint64, recs []cachecore.MirrorRecord) error) error
+// in log order, after telling from the LSN of dirty_tail
+// (cachecore.Volume.Reship).
+type Reshipper func(ctx context.Context, from func(dirtyTail uint64) error, send func(lsn uint64, recs []cachecore.MirrorRecord) error) error
 
 // Shipper ships one volume's journal to every peer of a cluster node (a
 // cachecore.Replicator). The link's LSN of a kset is LinkLSN: its LSN + 1
@@ -239,16 +240,21 @@ func (s *Shipper) resyncLoop() {
 	}
 }
 
-// resync brings l's peer back in sync: first the latest trim, then what
-// it has not acknowledged of the volume's journal from dirty_tail on.
+// resync brings l's peer back in sync: first a trim up to the dirty_tail
+// the reship starts from, then what it has not acknowledged of the
+// volume's journal from there on.
 //
 // The trim comes first because a peer out of sync also missed the trims:
 // its log may still hold a kset whose blocks this node has since
 // overwritten and written back, the newer data never shipped to it. Once in
 // sync, flushes count on the peer; a takeover would then apply that kset
 // over the newer data the backing device holds, and lose acknowledged
-// writes. A resync that fails leaves the link out of sync (MarkOutOfSync),
-// never in sync with a peer that lacks shipments or holds such ksets.
+// writes. It reaches the dirty_tail the reship starts from (read with the
+// commits held off), not only the latest trim this Shipper was told of:
+// writeback may have moved dirty_tail since, and the ksets in between are
+// neither trimmed nor shipped again. A resync that fails leaves the link
+// out of sync (MarkOutOfSync), never in sync with a peer that lacks
+// shipments or holds such ksets.
 func (s *Shipper) resync(l *cluster.Link) (err error) {
 	acked := l.Resync()
 	if acked == nil {
@@ -260,20 +266,26 @@ func (s *Shipper) resync(l *cluster.Link) (err error) {
 			l.MarkOutOfSync("resync failed: " + err.Error())
 		}
 	}()
-	s.mu.Lock()
-	trim := s.trimLSN
-	s.mu.Unlock()
-	if trim > 0 {
+	trimTo := func(dirtyTail uint64) error {
+		s.mu.Lock()
+		trim := s.trimLSN
+		s.mu.Unlock()
+		if dirtyTail > 0 {
+			trim = max(trim, LinkLSN(s.epoch, dirtyTail-1))
+		}
+		if trim == 0 {
+			return nil
+		}
 		ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
-		_, err := l.Call(ctx, TrimKind, encodeTrim(s.volume, trim))
-		cancel()
-		if err != nil {
+		defer cancel()
+		if _, err := l.Call(ctx, TrimKind, encodeTrim(s.volume, trim)); err != nil {
 			return fmt.Errorf("mirror: trim of volume %s to %d before its resync: %w", s.volume, trim, err)
 		}
+		return nil
 	}
 	from := acked[s.volume]
 	n := 0
-	err = s.reship(s.ctx, func(lsn uint64, recs []cachecore.MirrorRecord) error {
+	err = s.reship(s.ctx, trimTo, func(lsn uint64, recs []cachecore.MirrorRecord) error {
 		if LinkLSN(s.epoch, lsn) <= from {
 			return nil
 		}
