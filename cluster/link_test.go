@@ -330,7 +330,13 @@ func TestOutOfSyncOnNack(t *testing.T) {
 
 // Send's own refusals.
 func TestSendRefusals(t *testing.T) {
-	tc := startCluster(t, 2, func(i int, c *Config) { c.MaxFrame = 8 << 10 })
+	tc := startCluster(t, 2, func(i int, c *Config) {
+		c.MaxFrame = 8 << 10
+		// b acknowledges a batch 400 ms after it arrives, so LSN 7 is
+		// still unacknowledged when LSN 6 follows it (an LSN already
+		// acknowledged is done at once, not refused)
+		c.Receiver.(*memReceiver).delay = 400 * time.Millisecond
+	})
 	l := tc.nodes[0].Link("b")
 	ctx := context.Background()
 	if err := l.Replicate(ctx, "v", 5, []byte("v:5")); err != nil {
