@@ -51,6 +51,11 @@ type ClusterVolume struct {
 	Mode   string    `json:"mode"`
 	Since  time.Time `json:"since"`
 	Reason string    `json:"reason,omitempty"`
+	// Behind, on the owner of a replicated volume: the peers recorded in
+	// the image as behind (they missed ksets it may write back); a
+	// takeover by one of them serves the image without its mirror. They
+	// leave the record once back in sync.
+	Behind []string `json:"behind,omitempty"`
 }
 
 func (s *Server) handleCluster(w http.ResponseWriter, r *http.Request) {

@@ -687,9 +687,14 @@ func (c *clusterd) status() (admin.ClusterResponse, error) {
 		cv := c.vols[v.Volume]
 		cv.mu.Lock()
 		alua := scsi.ALUAState(c.aluaStates(v.Volume)[c.tpgt()]).String()
+		sh := cv.shipper
 		cv.mu.Unlock()
+		var behind []string
+		if sh != nil {
+			behind = sh.Behind()
+		}
 		r.Volumes = append(r.Volumes, admin.ClusterVolume{Name: v.Volume, Owner: v.Owner, State: string(v.State),
-			ALUA: alua, Mode: cv.conf.Mode, Since: v.Since, Reason: v.Reason})
+			ALUA: alua, Mode: cv.conf.Mode, Since: v.Since, Reason: v.Reason, Behind: behind})
 	}
 	return r, nil
 }

@@ -117,6 +117,7 @@ func startPairAs(t *testing.T, sizeMiB int, gidA uint32) (c *cephtest.Cluster, i
 // clusterVolume is one volume of `cachelun cluster status --json`.
 type clusterVolume struct {
 	Name, Owner, State, ALUA, Mode string
+	Behind                         []string
 }
 
 func clusterStatus(t *testing.T, dir string) (clusterVolume, string) {

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -323,12 +324,19 @@ func TestClusterTakeoverFromMirrorBehind(t *testing.T) {
 	qemuIO(t, a.url(0), "write -P 0x72 0 64k", "flush") // acknowledged once b is out of sync (serve)
 	drainVolume(t, dirA)                                // the image holds 0x72; b's mirror still 0x71
 	wantCluster(t, dirB, "a", "standby", "standby")
+	if v, out := clusterStatus(t, dirA); !slices.Equal(v.Behind, []string{"b"}) {
+		t.Errorf("a's status: want b's mirror recorded behind:\n%s", out)
+	}
 	a.kill()
 	killed := time.Now()
 	waitCluster(t, dirB, "b", "owner", 90*time.Second)
 	t.Logf("b took over %v after a was killed", time.Since(killed).Round(10*time.Millisecond))
-	qemuIO(t, b.url(0), "read -P 0x72 0 64k")
+	qemuIO(t, b.url(0), "read -P 0x72 0 64k", "write -P 0x73 64k 64k", "flush")
 	if !strings.Contains(b.log.String(), "recorded this node's mirror as behind") {
 		t.Errorf("b did not log why it left its mirror out:\n%s", b.log)
+	}
+	// a, dead, missed b's flushed write: b records it behind in turn
+	if v, out := clusterStatus(t, dirB); !slices.Equal(v.Behind, []string{"a"}) {
+		t.Errorf("b's status: want a's mirror recorded behind:\n%s", out)
 	}
 }

@@ -360,6 +360,13 @@ func (s *Shipper) markBehind(ctx context.Context, missed []cluster.Missed) ([]cl
 	return missed, nil
 }
 
+// Behind returns the peers recorded as behind (BehindRecorder).
+func (s *Shipper) Behind() []string {
+	s.behindMu.Lock()
+	defer s.behindMu.Unlock()
+	return slices.Clone(s.marked)
+}
+
 // clearBehind clears the record of the peers recorded as behind that are
 // in sync again: they acknowledged everything this node shipped since
 // their resync, which delivered the latest trim first, so their mirrors

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 )
 
@@ -89,13 +90,14 @@ func Cluster(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	tw.Flush()
 	fmt.Fprintln(stdout)
 	tw = table(stdout)
-	fmt.Fprintln(tw, "VOLUME\tOWNER\tTHIS NODE\tALUA\tMODE\tSINCE")
+	fmt.Fprintln(tw, "VOLUME\tOWNER\tTHIS NODE\tALUA\tMODE\tSINCE\tMIRRORS BEHIND")
 	for _, v := range r.Volumes {
 		owner := v.Owner
 		if owner == "" {
 			owner = "(unknown)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", v.Name, owner, v.State, v.ALUA, v.Mode, humanDuration(time.Since(v.Since)))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.Name, owner, v.State, v.ALUA, v.Mode, humanDuration(time.Since(v.Since)),
+			orDash(strings.Join(v.Behind, ",")))
 	}
 	tw.Flush()
 	return ExitOK
