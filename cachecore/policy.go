@@ -19,7 +19,8 @@ import (
 // what FIFO lacks:
 //
 //   - Admission by a ghost set. Once the cache is full (within two
-//     segments of GC's threshold), a read miss is filled only if the ghost
+//     segments of GC's threshold, one on a cache whose threshold is under
+//     a hundred segments), a read miss is filled only if the ghost
 //     set remembers the block: it was evicted recently, or missed once
 //     recently without being admitted. A block read once (a scan, a
 //     one-hit wonder) therefore never pushes out data that is read again.
@@ -98,8 +99,12 @@ const (
 	ghostBitsPerEntry = 5 * ghostDiv
 	ghostProbes       = 6
 	// fullMargin: the cache counts as full (admission by the ghost set)
-	// within this many segments of GC's threshold.
-	fullMargin = 2
+	// within this many segments of GC's threshold, once the threshold is
+	// at least fullMarginFrom segments; below, within one. (Two segments
+	// of a 21-segment threshold are a tenth of the data: misses refused
+	// while the cache still had room for them.)
+	fullMargin     = 2
+	fullMarginFrom = 100
 	// bankDiv: GC banks at most this share of the data area as credit.
 	// A fresh cache earns a fifth of what it installs until GC first runs
 	// (about gc_percent of it): a fifth of the data area keeps that.
@@ -192,8 +197,8 @@ type policyState struct {
 	installed atomic.Uint64
 }
 
-// cacheFull reports whether the cache is within fullMargin segments of
-// GC's threshold: admitting data now evicts other data soon. (Waiting for
+// cacheFull reports whether the cache is within fullMargin segments (one
+// on a small cache) of GC's threshold: admitting data now evicts other data soon. (Waiting for
 // GC's first eviction instead lets the first scan after a warm-up push the
 // hot set out while the re-append budget is still small.)
 //
@@ -212,7 +217,11 @@ func (c *Cache) cacheFull() bool {
 	n := len(c.segs.segs)
 	used := n - int(c.segs.nFree.Load())
 	limit := n * c.config().GCPercent / 100
-	return used+fullMargin > limit
+	margin := fullMargin
+	if limit < fullMarginFrom {
+		margin = 1
+	}
+	return used+margin > limit
 }
 
 // admitGhost decides, for a volume with Policy2Q on a full cache, whether
