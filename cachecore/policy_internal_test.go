@@ -162,3 +162,26 @@ func TestSecondChanceSpendsOnMostHit(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestCacheFullMargin: a cache counts as full (2q admits by the ghost set)
+// one segment below GC's threshold when the threshold is under
+// fullMarginFrom segments, two below it from there on: two segments of a
+// small cache's threshold are a large share of its data.
+func TestCacheFullMargin(t *testing.T) {
+	for _, tc := range []struct {
+		segments, margin int
+	}{{31, 1}, {200, 2}} {
+		r := newItRig(t, tc.segments, 8<<20, Config{}, DefaultVolumeConfig())
+		c := r.cache
+		n := len(c.segs.segs)
+		limit := n * c.config().GCPercent / 100
+		saved := c.segs.nFree.Load()
+		for used := limit - 3; used <= limit+1; used++ {
+			c.segs.nFree.Store(int32(n - used))
+			if got, want := c.cacheFull(), used > limit-tc.margin; got != want {
+				t.Errorf("%d segments (threshold %d): with %d in use, full = %v, want %v", n, limit, used, got, want)
+			}
+		}
+		c.segs.nFree.Store(saved)
+	}
+}
