@@ -347,6 +347,16 @@ func (c *clusterd) attachReplicated(ctx context.Context, cv *clusterVolume, rh *
 		}
 	}
 	sh := mirror.NewShipper(c.node, name, rh.epoch, vol.Reship, rh.recordBehind, c.log.With("volume", name))
+	if len(rh.behind) > 0 {
+		// recorded at Acquire: they stay behind until a resync with this
+		// node has trimmed what they hold of the earlier owners' journals
+		sh.AssumeBehind(rh.behind)
+		for _, n := range rh.behind {
+			if l := c.node.Link(n); l != nil {
+				l.MarkOutOfSync("the previous owner recorded its mirror as behind")
+			}
+		}
+	}
 	if err := vol.SetReplicator(sh); err != nil {
 		sh.Close()
 		return errors.Join(err, c.d.eng.removeVolume(ctx, cv.conf.Cache, name, nil))
@@ -805,7 +815,7 @@ func (l *rbdLock) Holder(context.Context) (lockHolder, error) {
 	}
 	var rec ownerRecord
 	if json.Unmarshal([]byte(val), &rec) == nil && rec.Cluster == l.cluster && rec.Addr == addr && l.nodes[rec.Node] {
-		h.Node = rec.Node
+		h.Node, h.Behind = rec.Node, rec.Behind
 	}
 	return h, nil
 }
@@ -840,13 +850,25 @@ func (l *rbdLock) Acquire(_ context.Context, breakOwner string) (heldLock, error
 			prev = ownerRecord{} // another cluster's or garbage: nobody known
 		}
 	}
-	rec, _ := json.Marshal(ownerRecord{Cluster: l.cluster, Node: l.node, Addr: d.LockOwner(), Epoch: prev.Epoch + 1})
+	// the nodes the previous holder recorded behind stay so (their
+	// mirrors may still hold its ksets they missed the overwrites of)
+	// until they are back in sync with this holder: a released image
+	// needs no mirror
+	var behind []string
+	if !prev.Released {
+		for _, n := range prev.Behind {
+			if n != l.node && l.nodes[n] {
+				behind = append(behind, n)
+			}
+		}
+	}
+	rec, _ := json.Marshal(ownerRecord{Cluster: l.cluster, Node: l.node, Addr: d.LockOwner(), Epoch: prev.Epoch + 1, Behind: behind})
 	if err := d.SetMetadata(ownerMetaKey, string(rec)); err != nil {
 		d.Close()
 		return nil, fmt.Errorf("backing %s: recording this node as the lock's holder: %w", l.v.Backing, err)
 	}
 	return &rbdHeld{dev: d, meta: d, cluster: l.cluster, node: l.node, prevNode: prev.Node, prevReleased: prev.Released,
-		prevBehind: prev.Behind, epoch: prev.Epoch + 1}, nil
+		prevBehind: prev.Behind, behind: behind, epoch: prev.Epoch + 1}, nil
 }
 
 // errWatchClosed: an owner's lock has no watch any more.
@@ -869,7 +891,8 @@ func (l *rbdLock) close() error { return l.closeWatch() }
 // rbdHeld is the lock of an image this node opened with it: prevNode is
 // the node that held it before (this cluster's, "" unknown), prevReleased
 // whether it released it cleanly and prevBehind the nodes whose mirrors
-// it recorded as behind, epoch this holder's owner epoch.
+// it recorded as behind, behind those of them this holder recorded behind
+// when it took the lock, epoch this holder's owner epoch.
 type rbdHeld struct {
 	dev           *rbd.Device
 	meta          imageMetadata // dev's metadata (a fake in tests)
@@ -877,6 +900,7 @@ type rbdHeld struct {
 	prevNode      string
 	prevReleased  bool
 	prevBehind    []string
+	behind        []string
 	epoch         uint64
 
 	// mu orders the record's updates; once released is set the record

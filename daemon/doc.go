@@ -86,7 +86,14 @@
 //     whatever it cached of it before dropped (another node wrote the
 //     image meanwhile; writethrough leaves no dirty data to keep), makes
 //     its group active/optimized and tells the reachable peers.
-//     cachelun_cluster_failovers_total counts it.
+//     cachelun_cluster_failovers_total counts it. A standby that the
+//     holder recorded as behind (ownerRecord.Behind: its mirror would not
+//     be applied) waits one more peer_timeout while another peer that is
+//     not recorded behind is up, so that a peer whose mirror is whole
+//     takes the volume over first. A new holder keeps the previous
+//     holder's record of the nodes behind (they stay behind, and their
+//     links are resynchronised, until a resync with it has trimmed what
+//     their mirrors hold of the earlier owners' journals).
 //  3. A lock whose holder's link is up is never broken, even when the
 //     holder's watch expired (it is cut off from Ceph, not from its
 //     peer). A live holder that is no node of this cluster (another

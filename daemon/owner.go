@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -64,6 +65,9 @@ type lockHolder struct {
 	// when it is not one (another client, or a node that died between
 	// taking the lock and recording it).
 	Node string
+	// Behind: the nodes the holder recorded as behind (ownerRecord.Behind):
+	// a takeover by one of them serves the image without its mirror.
+	Behind []string
 	// Alive: the holder still watches the image (a killed client's watch
 	// lingers for 30 s).
 	Alive bool
@@ -355,6 +359,13 @@ func (o *ownership) stepVolume(ctx context.Context, v *ownedVolume, now time.Tim
 				o.setOwner(v, h.Node)
 				return // never break a lock whose holder's link is up
 			}
+			if slices.Contains(h.Behind, o.self) && o.wholePeerUp(h, now) && !o.peerDown(h.Node, now.Add(-o.timeout)) {
+				// this node's mirror is recorded behind and would not be
+				// applied: a peer whose mirror is whole gets another
+				// peer_timeout to take the volume over first
+				o.setOwner(v, h.Node)
+				return
+			}
 			breakOwner = h.Addr
 			why = fmt.Sprintf("the owner %s's peer link was down for %s and it still held the lock", h.Node, o.timeout)
 		default:
@@ -396,6 +407,17 @@ func (o *ownership) stepVolume(ctx context.Context, v *ownedVolume, now time.Tim
 			"broke_lock", breakOwner != "", "reason", why)
 		o.hooks.announce(v.name)
 	}
+}
+
+// wholePeerUp reports whether a peer other than the holder of h, and not
+// recorded behind by it, is up.
+func (o *ownership) wholePeerUp(h lockHolder, now time.Time) bool {
+	for _, p := range o.peers {
+		if p != h.Node && !slices.Contains(h.Behind, p) && !o.peerDown(p, now) {
+			return true
+		}
+	}
+	return false
 }
 
 func (o *ownership) isPeer(node string) bool {

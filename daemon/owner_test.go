@@ -25,6 +25,7 @@ type fakeCeph struct {
 	alive   map[string]bool
 	fenced  map[string]bool
 	clients int
+	behind  []string // the holder's record of the nodes behind
 }
 
 func newFakeCeph() *fakeCeph { return &fakeCeph{alive: map[string]bool{}, fenced: map[string]bool{}} }
@@ -62,7 +63,7 @@ func (l *fakeLock) Holder(context.Context) (lockHolder, error) {
 	if l.c.holder == "" {
 		return lockHolder{}, nil
 	}
-	return lockHolder{Addr: l.c.holder, Node: l.c.node, Alive: l.c.alive[l.c.holder]}, nil
+	return lockHolder{Addr: l.c.holder, Node: l.c.node, Behind: l.c.behind, Alive: l.c.alive[l.c.holder]}, nil
 }
 
 func (l *fakeLock) Acquire(_ context.Context, breakOwner string) (heldLock, error) {
@@ -605,4 +606,81 @@ func TestOwnershipYieldToPeer(t *testing.T) {
 	}
 	a.o.step(ctx)
 	a.want(ownOwner, "a")
+}
+
+// threeNodes starts a (the owner), b and c, every link up.
+func threeNodes(t *testing.T) (*fakeCeph, *fakeClock, *fakeNode, *fakeNode, *fakeNode) {
+	c := newFakeCeph()
+	clock := &fakeClock{now: time.Unix(1_800_000_000, 0)}
+	a := newFakeNode(t, "a", []string{"b", "c"}, c, clock)
+	b := newFakeNode(t, "b", []string{"a", "c"}, c, clock)
+	cn := newFakeNode(t, "c", []string{"a", "b"}, c, clock)
+	ctx := context.Background()
+	for _, n := range []*fakeNode{a, b, cn} {
+		if err := n.o.start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range []string{"a", "b", "c"} {
+			if p != n.name {
+				n.linkUp(p)
+			}
+		}
+	}
+	a.want(ownOwner, "a")
+	return c, clock, a, b, cn
+}
+
+// The owner a recorded b's mirror as behind and dies. b would serve the
+// image without its mirror, c's is whole: while c is up, b leaves the
+// takeover to c for another peer_timeout; c takes it at peer_timeout.
+// Without a whole peer up, or once c had its extra peer_timeout, b takes
+// it.
+func TestOwnershipBehindNodeLeavesTakeoverToWholePeer(t *testing.T) {
+	ctx := context.Background()
+	t.Run("c takes it", func(t *testing.T) {
+		ceph, clock, _, b, cn := threeNodes(t)
+		ceph.behind = []string{"b"}
+		b.linkDown("a")
+		cn.linkDown("a")
+		clock.advance(testPeerTimeout)
+		b.linkUp("c")
+		b.o.step(ctx)
+		b.want(ownStandby, "a")
+		cn.o.step(ctx)
+		cn.want(ownOwner, "c")
+		if b.lock.acquires != 1 {
+			t.Fatalf("b tried the lock %d times; want only at its start", b.lock.acquires)
+		}
+	})
+	t.Run("c down too", func(t *testing.T) {
+		ceph, clock, _, b, _ := threeNodes(t)
+		ceph.behind = []string{"b"}
+		b.linkDown("a")
+		b.linkDown("c")
+		clock.advance(testPeerTimeout)
+		b.o.step(ctx)
+		b.want(ownOwner, "b")
+	})
+	t.Run("c up but silent on it", func(t *testing.T) {
+		ceph, clock, _, b, _ := threeNodes(t)
+		ceph.behind = []string{"b"}
+		b.linkDown("a")
+		clock.advance(testPeerTimeout)
+		b.linkUp("c")
+		b.o.step(ctx)
+		b.want(ownStandby, "a")
+		clock.advance(testPeerTimeout)
+		b.linkUp("c")
+		b.o.step(ctx)
+		b.want(ownOwner, "b")
+	})
+	t.Run("not behind", func(t *testing.T) {
+		ceph, clock, _, b, _ := threeNodes(t)
+		ceph.behind = []string{"c"}
+		b.linkDown("a")
+		clock.advance(testPeerTimeout)
+		b.linkUp("c")
+		b.o.step(ctx)
+		b.want(ownOwner, "b")
+	})
 }

@@ -35,7 +35,9 @@
 //     peer is recorded as behind; the record is cleared only once the
 //     peer is in sync again, and until then the peer counts as out of
 //     sync for the degraded policy. A takeover by a peer recorded behind
-//     must not Apply its Log.
+//     must not Apply its Log. Peers recorded behind by an earlier owner
+//     (AssumeBehind) are cleared the same way: once in sync after a
+//     resync, whose trim drops the earlier owners' shipments.
 //   - Log.Append returns after the records are durable (fdatasync); a torn
 //     tail (a crash during an append) is dropped at open: it was never
 //     acknowledged.

@@ -592,3 +592,47 @@ func TestResyncTrimsToReshipStart(t *testing.T) {
 		t.Fatalf("b back in sync holds %d shipments from before the dirty_tail the resync started from (first link LSN %d); want none", len(ships), ships[0].LSN)
 	}
 }
+
+// TestAssumedBehindClearedAfterResync: a new owner (epoch 1) takes over a
+// record that names b behind; b's log holds the previous owner's (epoch 0)
+// ksets. b stays recorded behind until a resync with the new owner has
+// trimmed them, then the record is cleared.
+func TestAssumedBehindClearedAfterResync(t *testing.T) {
+	pair := startCuttablePair(t)
+	old := mirror.NewShipper(pair.a, "vol", 0, nil, nil, pair.log)
+	for lsn := uint64(1); lsn <= 3; lsn++ {
+		recs := []cachecore.MirrorRecord{{Off: 0, Len: 4096, Data: bytes.Repeat([]byte{1}, 4096)}}
+		if err := old.Ship(lsn, recs)(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old.Close()
+	rec := &behindRecord{}
+	reship := func(_ context.Context, from func(uint64) error, _ func(uint64, []cachecore.MirrorRecord) error) error {
+		return from(1) // the new owner's journal: nothing written back yet
+	}
+	sh := mirror.NewShipper(pair.a, "vol", 1, reship, rec.record, pair.log)
+	t.Cleanup(sh.Close)
+	sh.AssumeBehind([]string{"b"})
+	if got := sh.Behind(); !slices.Equal(got, []string{"b"}) {
+		t.Fatalf("behind %v, want [b]", got)
+	}
+	pair.a.Link("b").MarkOutOfSync("the previous owner recorded its mirror as behind")
+	testkit.WaitFor(t, 10*time.Second, "b's record cleared", func() bool {
+		peers, calls := rec.get()
+		return calls > 0 && len(peers) == 0
+	})
+	lg, err := pair.recvB.Log("vol")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ships, err := lg.Replay()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range ships {
+		if mirror.Epoch(s.LSN) < 1 {
+			t.Fatalf("b's record was cleared while its log still holds epoch %d's shipment %d", mirror.Epoch(s.LSN), s.LSN)
+		}
+	}
+}

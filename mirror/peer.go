@@ -360,6 +360,20 @@ func (s *Shipper) markBehind(ctx context.Context, missed []cluster.Missed) ([]cl
 	return missed, nil
 }
 
+// AssumeBehind sets the peers already recorded as behind (by the
+// BehindRecorder's owner, before this Shipper): they are cleared like the
+// peers it records itself. Call it before the Shipper is a Replicator.
+func (s *Shipper) AssumeBehind(peers []string) {
+	s.behindMu.Lock()
+	defer s.behindMu.Unlock()
+	for _, p := range peers {
+		if !slices.Contains(s.marked, p) {
+			s.marked = append(s.marked, p)
+		}
+	}
+	slices.Sort(s.marked)
+}
+
 // Behind returns the peers recorded as behind (BehindRecorder).
 func (s *Shipper) Behind() []string {
 	s.behindMu.Lock()
