@@ -609,7 +609,7 @@ func TestAssumedBehindClearedAfterResync(t *testing.T) {
 	old.Close()
 	rec := &behindRecord{}
 	reship := func(_ context.Context, from func(uint64) error, _ func(uint64, []cachecore.MirrorRecord) error) error {
-		return from(1) // the new owner's journal: nothing written back yet
+		return from(0) // the new owner's journal: nothing written back yet
 	}
 	sh := mirror.NewShipper(pair.a, "vol", 1, reship, rec.record, pair.log)
 	t.Cleanup(sh.Close)

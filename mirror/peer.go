@@ -270,9 +270,9 @@ func (s *Shipper) resync(l *cluster.Link) (err error) {
 		s.mu.Lock()
 		trim := s.trimLSN
 		s.mu.Unlock()
-		if dirtyTail > 0 {
-			trim = max(trim, LinkLSN(s.epoch, dirtyTail-1))
-		}
+		// everything of earlier owner epochs and of this one before
+		// dirtyTail: LinkLSN(epoch, dirtyTail-1), also for a dirtyTail of 0
+		trim = max(trim, s.epoch<<EpochShift|dirtyTail)
 		if trim == 0 {
 			return nil
 		}
