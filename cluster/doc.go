@@ -103,6 +103,9 @@
 // metric and the log. A peer out of sync comes back through Resync: the
 // engine re-ships its ksets above the LSN the peer acknowledged, calls
 // ResyncDone, and the link is in sync once they are acknowledged.
+// Node.ResyncLink does it for every volume at once (a link is out of sync
+// for all the volumes it ships): it runs each volume's Resyncer
+// (AddResyncer) between Resync and ResyncDone.
 //
 // # Wire format
 //

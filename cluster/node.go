@@ -9,7 +9,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -39,6 +41,69 @@ type Node struct {
 	refused map[Reason]uint64        // inbound refusals by reason
 	// handshaking counts accepted connections still in their handshake
 	handshaking int
+
+	// resyncers ship each volume's journal again to a link being
+	// resynchronised (AddResyncer); resyncMu serialises ResyncLink.
+	resyncMu  sync.Mutex
+	resyncers map[string]*Resyncer
+}
+
+// A Resyncer ships one volume's journal again on l, above acked (the
+// highest LSN of the volume the peer acknowledged), during a resync
+// (ResyncLink).
+type Resyncer func(l *Link, acked uint64) error
+
+// AddResyncer makes fn the Resyncer of volume (replacing another) until
+// remove is called.
+func (n *Node) AddResyncer(volume string, fn Resyncer) (remove func()) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.resyncers == nil {
+		n.resyncers = map[string]*Resyncer{}
+	}
+	r := &fn
+	n.resyncers[volume] = r
+	return func() {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		if n.resyncers[volume] == r {
+			delete(n.resyncers, volume)
+		}
+	}
+}
+
+// ResyncLink brings l back in sync if it is out of sync: Link.Resync,
+// every volume's Resyncer in turn (a link is out of sync for all the
+// volumes it ships at once, so each needs its journal again), then
+// Link.ResyncDone. A Resyncer that fails leaves the link out of sync
+// (MarkOutOfSync), to be tried again. One resync runs at a time.
+func (n *Node) ResyncLink(l *Link) (err error) {
+	n.resyncMu.Lock()
+	defer n.resyncMu.Unlock()
+	acked := l.Resync()
+	if acked == nil {
+		return nil
+	}
+	defer l.ResyncDone() // after MarkOutOfSync on failure: then a no-op
+	defer func() {
+		if err != nil {
+			l.MarkOutOfSync("resync failed: " + err.Error())
+		}
+	}()
+	n.mu.Lock()
+	volumes := make([]string, 0, len(n.resyncers))
+	for v := range n.resyncers {
+		volumes = append(volumes, v)
+	}
+	fns := maps.Clone(n.resyncers)
+	n.mu.Unlock()
+	slices.Sort(volumes)
+	for _, v := range volumes {
+		if err := (*fns[v])(l, acked[v]); err != nil {
+			return fmt.Errorf("volume %s: %w", v, err)
+		}
+	}
+	return nil
 }
 
 // dedup is the highest LSN persisted, per volume, of one incarnation of a

@@ -636,3 +636,71 @@ func TestAssumedBehindClearedAfterResync(t *testing.T) {
 		}
 	}
 }
+
+// TestResyncEveryVolumeOfALink: a owns two replicated volumes; b falls out
+// of sync (one link, both volumes) and comes back. Both volumes' journals
+// must be whole in b's mirrors: a takeover of each by b loses no write.
+func TestResyncEveryVolumeOfALink(t *testing.T) {
+	ctx := context.Background()
+	pair := startCuttablePair(t)
+	names := []string{"v1", "v2"}
+	shared := make([]*backend.Memory, 2)
+	vols := make([]*cachecore.Volume, 2)
+	refs := make([][]byte, 2)
+	for i, name := range names {
+		shared[i] = backend.NewMemory(volSize)
+		_, vols[i] = openCacheOn(t, shared[i])
+		sh := mirror.NewShipper(pair.a, name, 0, vols[i].Reship, nil, pair.log)
+		t.Cleanup(sh.Close)
+		if err := vols[i].SetReplicator(sh); err != nil {
+			t.Fatal(err)
+		}
+		refs[i] = make([]byte, volSize)
+	}
+	write := func(i, n int) {
+		off := int64(n%512) * 4096
+		b := bytes.Repeat([]byte{byte(n)}, 4096)
+		if err := vols[i].WriteAt(ctx, b, off, n%3 == 0); err != nil {
+			t.Fatal(err)
+		}
+		copy(refs[i][off:], b)
+	}
+	for n := range 20 {
+		write(0, n)
+		write(1, n)
+	}
+	pair.cut(true)
+	testkit.WaitFor(t, 10*time.Second, "b out of sync", func() bool {
+		write(0, 1000)
+		write(1, 1000)
+		return pair.a.Link("b").State() == cluster.StateOutOfSync
+	})
+	for n := 20; n < 60; n++ { // acknowledged while b is away (serve)
+		write(0, n)
+		write(1, n)
+	}
+	pair.cut(false)
+	pair.waitState(cluster.StateInSync, "b back in sync")
+	for i, name := range names {
+		if err := vols[i].Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		_, volB := openCache(t, shared[i])
+		lg, err := pair.recvB.Log(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := mirror.Apply(ctx, lg, volB); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, volSize)
+		if err := volB.ReadAt(ctx, got, 0); err != nil {
+			t.Fatal(err)
+		}
+		for off := 0; off < volSize; off += 4096 {
+			if !bytes.Equal(got[off:off+4096], refs[i][off:off+4096]) {
+				t.Fatalf("volume %s after b's resync and a takeover: block at %d holds %d, want %d", name, off, got[off], refs[i][off])
+			}
+		}
+	}
+}

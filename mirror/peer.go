@@ -153,6 +153,8 @@ type Shipper struct {
 	reship Reshipper
 	// resyncEvery is how often links are checked for a resync.
 	resyncEvery time.Duration
+	// removeResyncer takes resyncVolume out of the node's resyncs.
+	removeResyncer func()
 
 	// behind records the peers whose mirrors may lack ksets this node
 	// writes back (nil: not recorded); behindMu serialises its calls and
@@ -198,6 +200,9 @@ func NewShipper(node *cluster.Node, volume string, epoch uint64, reship Reshippe
 		kick: make(chan struct{}, 1), ctx: ctx, cancel: cancel, done: make(chan struct{})}
 	s.wg.Add(1)
 	go s.trimLoop()
+	if reship != nil {
+		s.removeResyncer = node.AddResyncer(volume, s.resyncVolume)
+	}
 	if reship != nil || behind != nil {
 		s.wg.Add(1)
 		go s.resyncLoop()
@@ -211,6 +216,9 @@ func NewShipper(node *cluster.Node, volume string, epoch uint64, reship Reshippe
 
 // Close stops the Shipper's goroutines and waits for them.
 func (s *Shipper) Close() {
+	if s.removeResyncer != nil {
+		s.removeResyncer()
+	}
 	s.cancel()
 	<-s.done
 }
@@ -232,17 +240,19 @@ func (s *Shipper) resyncLoop() {
 			if s.reship == nil || ps.State != cluster.StateOutOfSync || !ps.Inbound {
 				continue
 			}
-			if err := s.resync(l); err != nil {
-				s.log.Warn("mirror: resync of a peer failed; retrying", "volume", s.volume, "peer", l.Peer().Name, "err", err)
+			if err := s.node.ResyncLink(l); err != nil {
+				s.log.Warn("mirror: resync of a peer failed; retrying", "peer", l.Peer().Name, "err", err)
 			}
 		}
 		s.clearBehind()
 	}
 }
 
-// resync brings l's peer back in sync: first a trim up to the dirty_tail
-// the reship starts from, then what it has not acknowledged of the
-// volume's journal from there on.
+// resyncVolume is the volume's part of a resync of l's peer
+// (cluster.Node.ResyncLink, which every Shipper of the node takes part
+// in: the link is out of sync for all its volumes): first a trim up to
+// the dirty_tail the reship starts from, then what the peer has not
+// acknowledged of the volume's journal (above acked) from there on.
 //
 // The trim comes first because a peer out of sync also missed the trims:
 // its log may still hold a kset whose blocks this node has since
@@ -253,19 +263,9 @@ func (s *Shipper) resyncLoop() {
 // commits held off), not only the latest trim this Shipper was told of:
 // writeback may have moved dirty_tail since, and the ksets in between are
 // neither trimmed nor shipped again. A resync that fails leaves the link
-// out of sync (MarkOutOfSync), never in sync with a peer that lacks
-// shipments or holds such ksets.
-func (s *Shipper) resync(l *cluster.Link) (err error) {
-	acked := l.Resync()
-	if acked == nil {
-		return nil
-	}
-	defer l.ResyncDone() // after MarkOutOfSync on failure: then a no-op
-	defer func() {
-		if err != nil {
-			l.MarkOutOfSync("resync failed: " + err.Error())
-		}
-	}()
+// out of sync, never in sync with a peer that lacks shipments or holds
+// such ksets.
+func (s *Shipper) resyncVolume(l *cluster.Link, from uint64) error {
 	trimTo := func(dirtyTail uint64) error {
 		s.mu.Lock()
 		trim := s.trimLSN
@@ -283,9 +283,8 @@ func (s *Shipper) resync(l *cluster.Link) (err error) {
 		}
 		return nil
 	}
-	from := acked[s.volume]
 	n := 0
-	err = s.reship(s.ctx, trimTo, func(lsn uint64, recs []cachecore.MirrorRecord) error {
+	err := s.reship(s.ctx, trimTo, func(lsn uint64, recs []cachecore.MirrorRecord) error {
 		if LinkLSN(s.epoch, lsn) <= from {
 			return nil
 		}
