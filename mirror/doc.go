@@ -22,9 +22,10 @@
 // receives data through the journal (a replicated volume never bypasses
 // its cache and journals every discard), and a peer that was out of sync,
 // which also missed the trims, is trimmed up to the dirty_tail the resync
-// ships again from before it counts as in sync again (Shipper's resync):
-// its log then holds no kset whose blocks the owner overwrote and wrote
-// back meanwhile. A peer that is still out of sync when the owner dies
+// ships again from before it counts as in sync again (the Shipper's part
+// of cluster.Node.ResyncLink, which resynchronises every volume of the
+// link): its log then holds no kset whose blocks the owner overwrote and
+// wrote back meanwhile. A peer that is still out of sync when the owner dies
 // has such ksets; the owner recorded it as behind (BehindRecorder) before
 // any kset it missed committed, and its takeover does not Apply its Log.
 //
