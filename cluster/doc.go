@@ -191,5 +191,7 @@
 // volumes, state, calls) are leaves: neither is held while the other is
 // taken, nor across network I/O, the Receiver or the Handler. session.wmu
 // serializes a session's writes and is held across them (with a write
-// deadline), and nothing is taken under it.
+// deadline), and nothing is taken under it. Node.resyncMu serialises
+// ResyncLink and is held across the Resyncers (which take Link.mu, and
+// their engines' locks); nothing takes it under another lock.
 package cluster

@@ -91,14 +91,9 @@ func (n *Node) ResyncLink(l *Link) (err error) {
 		}
 	}()
 	n.mu.Lock()
-	volumes := make([]string, 0, len(n.resyncers))
-	for v := range n.resyncers {
-		volumes = append(volumes, v)
-	}
 	fns := maps.Clone(n.resyncers)
 	n.mu.Unlock()
-	slices.Sort(volumes)
-	for _, v := range volumes {
+	for _, v := range slices.Sorted(maps.Keys(fns)) {
 		if err := (*fns[v])(l, acked[v]); err != nil {
 			return fmt.Errorf("volume %s: %w", v, err)
 		}
