@@ -637,13 +637,25 @@ func threeNodes(t *testing.T) (*fakeCeph, *fakeClock, *fakeNode, *fakeNode, *fak
 // it.
 func TestOwnershipBehindNodeLeavesTakeoverToWholePeer(t *testing.T) {
 	ctx := context.Background()
-	t.Run("c takes it", func(t *testing.T) {
+	// aDied: a recorded behind as behind and died peer_timeout ago; c
+	// went down with it, or b and c hear each other (cUp).
+	aDied := func(t *testing.T, cUp bool, behind ...string) (*fakeClock, *fakeNode, *fakeNode) {
 		ceph, clock, _, b, cn := threeNodes(t)
-		ceph.behind = []string{"b"}
+		ceph.behind = behind
 		b.linkDown("a")
 		cn.linkDown("a")
+		if !cUp {
+			b.linkDown("c")
+		}
 		clock.advance(testPeerTimeout)
-		b.linkUp("c")
+		if cUp {
+			b.linkUp("c")
+			cn.linkUp("b")
+		}
+		return clock, b, cn
+	}
+	t.Run("c takes it", func(t *testing.T) {
+		_, b, cn := aDied(t, true, "b")
 		b.o.step(ctx)
 		b.want(ownStandby, "a")
 		cn.o.step(ctx)
@@ -652,32 +664,22 @@ func TestOwnershipBehindNodeLeavesTakeoverToWholePeer(t *testing.T) {
 			t.Fatalf("b tried the lock %d times; want only at its start", b.lock.acquires)
 		}
 	})
-	t.Run("c down too", func(t *testing.T) {
-		ceph, clock, _, b, _ := threeNodes(t)
-		ceph.behind = []string{"b"}
-		b.linkDown("a")
-		b.linkDown("c")
-		clock.advance(testPeerTimeout)
-		b.o.step(ctx)
-		b.want(ownOwner, "b")
-	})
+	// b takes it at once: no whole peer is up, or b is not behind
+	for _, tc := range []struct {
+		name   string
+		cUp    bool
+		behind string
+	}{{"c down too", false, "b"}, {"not behind", true, "c"}} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, b, _ := aDied(t, tc.cUp, tc.behind)
+			b.o.step(ctx)
+			b.want(ownOwner, "b")
+		})
+	}
 	t.Run("c up but silent on it", func(t *testing.T) {
-		ceph, clock, _, b, _ := threeNodes(t)
-		ceph.behind = []string{"b"}
-		b.linkDown("a")
-		clock.advance(testPeerTimeout)
-		b.linkUp("c")
+		clock, b, _ := aDied(t, true, "b")
 		b.o.step(ctx)
 		b.want(ownStandby, "a")
-		clock.advance(testPeerTimeout)
-		b.linkUp("c")
-		b.o.step(ctx)
-		b.want(ownOwner, "b")
-	})
-	t.Run("not behind", func(t *testing.T) {
-		ceph, clock, _, b, _ := threeNodes(t)
-		ceph.behind = []string{"c"}
-		b.linkDown("a")
 		clock.advance(testPeerTimeout)
 		b.linkUp("c")
 		b.o.step(ctx)

@@ -315,6 +315,20 @@ func (p *cuttablePair) replicateRecording(vol *cachecore.Volume, behind mirror.B
 	}
 }
 
+// shipmentsOnB returns what b's mirror of volume holds.
+func (p *cuttablePair) shipmentsOnB(volume string) []mirror.Shipment {
+	p.t.Helper()
+	lg, err := p.recvB.Log(volume)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	ships, err := lg.Replay()
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	return ships
+}
+
 // cut partitions (true) or heals (false) the two nodes.
 func (p *cuttablePair) cut(on bool) {
 	p.pa.set(on)
@@ -580,15 +594,7 @@ func TestResyncTrimsToReshipStart(t *testing.T) {
 	dirtyTail.Store(7) // ksets 1..6 written back; Trim not called yet
 	pair.cut(false)
 	pair.waitState(cluster.StateInSync, "b back in sync")
-	lg, err := pair.recvB.Log("vol")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ships, err := lg.Replay()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(ships) != 0 {
+	if ships := pair.shipmentsOnB("vol"); len(ships) != 0 {
 		t.Fatalf("b back in sync holds %d shipments from before the dirty_tail the resync started from (first link LSN %d); want none", len(ships), ships[0].LSN)
 	}
 }
@@ -622,15 +628,7 @@ func TestAssumedBehindClearedAfterResync(t *testing.T) {
 		peers, calls := rec.get()
 		return calls > 0 && len(peers) == 0
 	})
-	lg, err := pair.recvB.Log("vol")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ships, err := lg.Replay()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, s := range ships {
+	for _, s := range pair.shipmentsOnB("vol") {
 		if mirror.Epoch(s.LSN) < 1 {
 			t.Fatalf("b's record was cleared while its log still holds epoch %d's shipment %d", mirror.Epoch(s.LSN), s.LSN)
 		}
