@@ -52,7 +52,14 @@ type Cache struct {
 	token atomic.Uint64 // placeholder tokens
 	// durableHead is the LSN after the last kset known durable: writeback
 	// never moves dirty_tail past a kset whose commit has not returned.
-	durableHead atomic.Uint64
+	// Commits return out of LSN order (16 slots; a replicated kset waits
+	// for its copies), so it is the lower of committedTop, the LSN after
+	// the last kset whose commit returned, and the first of replWaiting,
+	// the ksets whose replication waits have not (durMu guards both).
+	durableHead  atomic.Uint64
+	durMu        sync.Mutex
+	committedTop uint64
+	replWaiting  []uint64
 	// cleanLSN is GC's limit: every dirty key before it has been written
 	// back and marked clean in the index. It follows dirty_tail once
 	// writeback's markClean is done with a pass; between the two, GC
@@ -402,6 +409,7 @@ func openWith(ctx context.Context, store *persist.Store, cfg Config, replayed fu
 	c.segs.nFree.Store(int32(len(c.segs.free)))
 	c.journal = store.OpenJournal(head, c.allocJournalSegment)
 	c.durableHead.Store(head.LSN)
+	c.committedTop = head.LSN
 	c.cleanLSN.Store(c.store.DirtyTail().LSN)
 	c.distrustUntil = head.LSN
 	if intent != nil {

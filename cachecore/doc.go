@@ -231,7 +231,11 @@
 //
 // A volume's journal can be replicated (replicate.go): a Replicator gets
 // every kset's dirty data and discards in log order, and a FUA write or a
-// flush waits for it too. The volume record of a volume attached with
+// flush waits for it too. Writeback never passes a kset whose
+// replication wait has not returned, even when later ksets have committed
+// (durableHead stops at the first replicated kset still waiting), and
+// before each pass it asks the Replicators that are WritebackGates. The
+// volume record of a volume attached with
 // VolumeConfig.Replicated says so (persist.VolumeFlagReplicated); only
 // such a volume can be dropped without writeback (PurgeReplica: its record
 // leaves the volume table, so replay and writeback ignore its keys, and its
@@ -255,6 +259,9 @@
 // with an engine lock held. Cache.replMu (replicate.go) is taken by
 // kset commits around the journal append and a Replicator's Ship, with no
 // other engine lock held; Ship must not block nor call the engine.
+// Cache.durMu (durableHead's bookkeeping) is a leaf, taken under replMu
+// or alone. A WritebackGate is called by writeback with no engine lock
+// held.
 //
 // # Failure policy
 //

@@ -353,19 +353,45 @@ func (c *Cache) commit(pk *pendingKset) {
 		// Durable here; FUA writes and flushes also wait for the copies.
 		if err := wait(c.workersCtx); err != nil {
 			pk.err = fmt.Errorf("cachecore: kset %d durable here but not replicated: %w", ks.LSN, err)
+			c.committed(ks.LSN, len(replicated) > 0, false)
 			return
 		}
 	}
 	if c.intent != nil {
 		c.intent.setJournaled(pk.slot, pk.upto)
 	}
+	c.committed(ks.LSN, len(replicated) > 0, true)
+	c.kickWriteback()
+}
+
+// committed records that the commit of kset lsn returned (ok: it
+// succeeded; replicated: it waited for its copies) and moves durableHead
+// up to the first kset whose commit has not: a replicated kset that still
+// waits for its copies holds writeback back even when later ksets (of
+// other slots, or with nothing to ship) are done, so that no kset reaches
+// the backing device before the copies that must hold it do, or before the
+// Replicator has learned which copies missed it (WritebackGate).
+func (c *Cache) committed(lsn uint64, replicated, ok bool) {
+	c.durMu.Lock()
+	if replicated {
+		if i := slices.Index(c.replWaiting, lsn); i >= 0 {
+			c.replWaiting = slices.Delete(c.replWaiting, i, i+1)
+		}
+	}
+	if ok {
+		c.committedTop = max(c.committedTop, lsn+1)
+	}
+	target := c.committedTop
+	if len(c.replWaiting) > 0 {
+		target = min(target, c.replWaiting[0])
+	}
+	c.durMu.Unlock()
 	for {
 		cur := c.durableHead.Load()
-		if ks.LSN+1 <= cur || c.durableHead.CompareAndSwap(cur, ks.LSN+1) {
+		if target <= cur || c.durableHead.CompareAndSwap(cur, target) {
 			break
 		}
 	}
-	c.kickWriteback()
 }
 
 // flushBackingForClean flushes the backing device of every volume with

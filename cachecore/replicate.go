@@ -43,6 +43,37 @@ type Replicator interface {
 	Trim(lsn uint64)
 }
 
+// A WritebackGate is a Replicator that writeback asks before each pass:
+// BeforeWriteback returns once the ksets whose commits have returned may
+// reach the backing device (for example once the copies that missed some
+// of them are recorded as such), or why not: the pass then fails and
+// writeback tries again later. The ksets of a pass have all had their
+// waits return before it is called.
+type WritebackGate interface {
+	BeforeWriteback(ctx context.Context) error
+}
+
+// gateReplicas asks the WritebackGates of the replicated volumes.
+func (c *Cache) gateReplicas(ctx context.Context) error {
+	if c.replicated.Load() == 0 {
+		return nil
+	}
+	for id := range c.vols {
+		v := c.volumeByID(uint32(id))
+		if v == nil {
+			continue
+		}
+		if box := v.repl.Load(); box != nil {
+			if g, ok := box.r.(WritebackGate); ok {
+				if err := g.BeforeWriteback(ctx); err != nil {
+					return fmt.Errorf("cachecore: writeback of %s held by its replicator: %w", v.name, err)
+				}
+			}
+		}
+	}
+	return nil
+}
+
 // ErrReplicatedMode: a replicated volume runs in writeback mode, the only
 // one in which every change goes through the journal.
 var ErrReplicatedMode = errors.New("cachecore: a replicated volume runs in writeback mode")
@@ -143,6 +174,12 @@ func (c *Cache) appendShipped(keys []persist.Key, epoch uint64, unfenced bool) (
 		if box := c.volumeByID(id).repl.Load(); box != nil {
 			waits = append(waits, box.r.Ship(ks.LSN, recs))
 		}
+	}
+	if len(waits) > 0 {
+		// in LSN order: appended under replMu
+		c.durMu.Lock()
+		c.replWaiting = append(c.replWaiting, ks.LSN)
+		c.durMu.Unlock()
 	}
 	return ks, waits, nil
 }

@@ -365,6 +365,11 @@ func (c *Cache) writebackPass(ctx context.Context) (int64, error) {
 	if dt.LSN >= durable {
 		return 0, nil
 	}
+	// After durable is read: the waits of the ksets before it returned,
+	// and the gates know what they saw.
+	if err := c.gateReplicas(ctx); err != nil {
+		return 0, err
+	}
 	r := c.store.Replay(dt)
 	// A rate-limited pass takes about a tenth of a second's worth of data,
 	// so that writeback is spread out rather than written in bursts that
