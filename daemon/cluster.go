@@ -732,7 +732,7 @@ type ownerRecord struct {
 	Released bool `json:"released,omitempty"`
 	// Behind: the nodes whose mirrors of the holder's journal may lack
 	// ksets the holder wrote back (they were out of sync; recorded before
-	// such a kset commits, mirror.BehindRecorder). The next owner, if
+	// such a kset is written back, mirror.BehindRecorder). The next owner, if
 	// listed, does not apply its mirror: it would bring older data back
 	// over newer data the image holds.
 	Behind []string `json:"behind,omitempty"`

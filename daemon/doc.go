@@ -53,9 +53,9 @@
 // and the mirror of the previous owner's journal is applied on top of the
 // image before the volume serves, unless the previous owner recorded this
 // node as behind (ownerRecord.Behind, written by the Shipper's
-// BehindRecorder before a kset this node missed commits): that mirror
-// lacks ksets the image may hold and would put older data back over them,
-// so the image serves as it is. Each holder records an owner epoch (the
+// BehindRecorder before a kset this node missed is written back): that
+// mirror lacks ksets the image may hold and would put older data back
+// over them, so the image serves as it is. Each holder records an owner epoch (the
 // previous holder's + 1) that orders the owners' shipments
 // (mirror.LinkLSN). Other modes keep no dirty data and are not
 // replicated. A reload that changes volumes, targets or LUNs (or the

@@ -173,9 +173,8 @@ func blocklisted(t *testing.T, c *cephtest.Cluster, addr string) bool {
 // runs; hosts still reach its portal. Before the cut a host wrote and
 // flushed through a; then a lost Ceph first, and a host's flushed write
 // through a is in a's cache and b's mirror only. During the full cut a
-// host's write through a is not acknowledged (b falls out of sync, and a
-// cannot record it as behind in the image), and a drain on a tries to
-// write the image and cannot. b takes the volume over after peer_timeout,
+// host's write through a is acknowledged by a's cache (serve: b falls out
+// of sync), and a drain on a tries to write the image and cannot. b takes the volume over after peer_timeout,
 // breaking a's lock (a's client is on the OSD blocklist), serves both
 // flushed writes from its mirror and writes its own. When the partition
 // heals, a's writeback reaches the OSDs, which refuse it; a notices that
@@ -192,10 +191,9 @@ func TestClusterPartitionIsolatesOwner(t *testing.T) {
 	qemuIO(t, a.url(0), "write -P 0x52 1M 64k", "flush") // in a's cache and b's mirror: a's writeback will try it
 	p.cut()
 	cutAt := time.Now()
-	// not acknowledged: qemu-io writes through (FUA), b falls out of
-	// sync, and a cannot record it as behind in the image (the write
-	// would be lost at b's takeover)
-	qemuIOFails(t, a.url(0), "write -P 0x54 3M 64k")
+	// acknowledged by a's cache alone (serve: b falls out of sync); it
+	// never reaches the image
+	qemuIO(t, a.url(0), "write -P 0x54 3M 64k")
 	drainA := make(chan result, 1)
 	go func() {
 		drainA <- runTool(t, 90*time.Second, binaryPath, "volume", "drain", "vol", "--socket", filepath.Join(dirA, "admin.sock"))

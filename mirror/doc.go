@@ -27,14 +27,16 @@
 // link): its log then holds no kset whose blocks the owner overwrote and
 // wrote back meanwhile. A peer that is still out of sync when the owner dies
 // has such ksets; the owner recorded it as behind (BehindRecorder) before
-// any kset it missed committed, and its takeover does not Apply its Log.
+// it wrote back any kset the peer missed, and its takeover does not Apply
+// its Log.
 //
 // # Guarantees
 //
-//   - With a BehindRecorder, no kset that a peer out of sync missed
-//     commits (its wait returns, so writeback may pass it) before that
-//     peer is recorded as behind; the record is cleared only once the
-//     peer is in sync again, and until then the peer counts as out of
+//   - With a BehindRecorder, writeback passes no kset that a peer out of
+//     sync missed before that peer is recorded as behind (the Shipper is
+//     a cachecore.WritebackGate; the engine's writeback never passes a
+//     kset whose wait has not returned); the record is cleared only once
+//     the peer is in sync again, and until then the peer counts as out of
 //     sync for the degraded policy. A takeover by a peer recorded behind
 //     must not Apply its Log. Peers recorded behind by an earlier owner
 //     (AssumeBehind) are cleared the same way: once in sync after a

@@ -483,14 +483,15 @@ func (r *behindRecord) setFail(err error) {
 	r.fail = err
 }
 
-// TestBehindRecordedBeforeCommit: while b is cut off, a overwrites a block
-// b's mirror holds and writes it back. No kset b missed commits before b
-// is recorded as behind (a FUA write fails while the record cannot be
-// written), so a takeover by b can tell that its mirror would put the
-// older data back over the backing device's (it does, applied), and serve
-// the backing device instead; once b is back in sync the record is
-// cleared and b's mirror is whole again.
-func TestBehindRecordedBeforeCommit(t *testing.T) {
+// TestBehindRecordedBeforeWriteback: while b is cut off, a overwrites a
+// block b's mirror holds (acknowledged: serve) and writes it back. No kset
+// b missed reaches the backing device before b is recorded as behind
+// (writeback fails while the record cannot be written), so a takeover by
+// b can tell that its mirror would put the older data back over the
+// backing device's (it does, applied), and serve the backing device
+// instead; once b is back in sync the record is cleared and b's mirror is
+// whole again.
+func TestBehindRecordedBeforeWriteback(t *testing.T) {
 	ctx := context.Background()
 	shared := backend.NewMemory(volSize)
 	pair := startCuttablePair(t)
@@ -513,18 +514,28 @@ func TestBehindRecordedBeforeCommit(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 		return pair.a.Link("b").State() == cluster.StateOutOfSync
 	})
-	if err := volA.WriteAt(ctx, cur, 0, true); err == nil {
-		t.Fatal("a FUA write b missed was acknowledged while b could not be recorded as behind")
-	}
-	rec.setFail(nil)
 	if err := volA.WriteAt(ctx, cur, 0, true); err != nil { // acknowledged while b is away (serve)
 		t.Fatal(err)
 	}
-	if peers, _ := rec.get(); !slices.Equal(peers, []string{"b"}) {
-		t.Fatalf("a FUA write b missed was acknowledged with %v recorded behind; want [b]", peers)
+	dctx, cancel := context.WithTimeout(ctx, time.Second)
+	err := volA.Drain(dctx, nil)
+	cancel()
+	if err == nil {
+		t.Fatal("a drained a kset b missed while b could not be recorded as behind")
 	}
+	got := make([]byte, 4096)
+	if err := shared.ReadAt(ctx, got, 0); err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Equal(got, cur) {
+		t.Fatal("a kset b missed reached the backing device while b could not be recorded as behind")
+	}
+	rec.setFail(nil)
 	if err := volA.Drain(ctx, nil); err != nil { // the backing device holds cur; the trim does not reach b
 		t.Fatal(err)
+	}
+	if peers, _ := rec.get(); !slices.Equal(peers, []string{"b"}) {
+		t.Fatalf("a wrote back a kset b missed with %v recorded behind; want [b]", peers)
 	}
 	// What a takeover by b would do with its mirror: bring the older data back.
 	_, volB := openCache(t, backend.NewMemory(volSize))
@@ -538,7 +549,7 @@ func TestBehindRecordedBeforeCommit(t *testing.T) {
 	if _, err := mirror.Apply(ctx, lg, volB); err != nil {
 		t.Fatal(err)
 	}
-	got := make([]byte, 4096)
+	clear(got)
 	if err := volB.ReadAt(ctx, got, 0); err != nil {
 		t.Fatal(err)
 	}

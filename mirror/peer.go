@@ -158,10 +158,12 @@ type Shipper struct {
 
 	// behind records the peers whose mirrors may lack ksets this node
 	// writes back (nil: not recorded); behindMu serialises its calls and
-	// guards marked, the peers it last recorded.
+	// guards marked, the peers it last recorded, and missedBy, the peers
+	// that missed a kset and are not recorded yet.
 	behind   BehindRecorder
 	behindMu sync.Mutex
 	marked   []string
+	missedBy []string
 
 	mu      sync.Mutex
 	trimLSN uint64
@@ -172,12 +174,17 @@ type Shipper struct {
 	done    chan struct{}
 }
 
-var _ cachecore.Replicator = (*Shipper)(nil)
+var (
+	_ cachecore.Replicator    = (*Shipper)(nil)
+	_ cachecore.WritebackGate = (*Shipper)(nil)
+)
 
 // BehindRecorder records, durably and where the next owner of the volume
 // reads it before it applies its mirror (the backing image's metadata),
 // the peers whose mirrors may lack ksets that this node writes back: the
-// peers out of sync. An empty list clears the record.
+// peers that missed a kset (out of sync). The Shipper records them before
+// writeback passes such a kset (BeforeWriteback). An empty list clears
+// the record.
 //
 // Why: a peer out of sync keeps the ksets it received before it fell
 // behind, and misses the later ones and the trims. Once this node has
@@ -192,8 +199,8 @@ type BehindRecorder func(ctx context.Context, peers []string) error
 // NewShipper starts a Shipper for volume, owned by this node in owner
 // epoch (higher than every earlier owner's: LinkLSN); reship (nil: no
 // resync) brings peers back in sync; behind (nil: none) records the peers
-// out of sync before a kset they missed commits (BehindRecorder). Close
-// stops it.
+// out of sync before a kset they missed is written back (BehindRecorder).
+// Close stops it.
 func NewShipper(node *cluster.Node, volume string, epoch uint64, reship Reshipper, behind BehindRecorder, log *slog.Logger) *Shipper {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Shipper{node: node, volume: volume, epoch: epoch, log: log, reship: reship, behind: behind, resyncEvery: 200 * time.Millisecond,
@@ -306,11 +313,11 @@ func toRecords(recs []cachecore.MirrorRecord) []Record {
 
 // Ship queues the records on every link (cluster.Node.Ship: peers out of
 // sync are skipped, and fail the wait with cluster.ErrDegraded under
-// refuse-sync). With a BehindRecorder, the wait returns only once the
-// peers that missed the kset are recorded as behind (the kset's commit,
-// and so its writeback, waits for the record), and a peer stays recorded,
-// and counts as out of sync for the degraded policy, until it is in sync
-// again and the record is cleared (clearBehind).
+// refuse-sync). With a BehindRecorder, the wait notes the peers that
+// missed the kset, to be recorded as behind before writeback passes it
+// (BeforeWriteback), and a peer noted or recorded counts as out of sync
+// for the degraded policy until it is in sync again and its record is
+// cleared (clearBehind): a takeover would not apply its mirror meanwhile.
 func (s *Shipper) Ship(lsn uint64, recs []cachecore.MirrorRecord) func(context.Context) error {
 	wait := s.node.ShipAcks(s.volume, LinkLSN(s.epoch, lsn), Encode(nil, toRecords(recs)))
 	return func(ctx context.Context) error {
@@ -319,44 +326,50 @@ func (s *Shipper) Ship(lsn uint64, recs []cachecore.MirrorRecord) func(context.C
 			return err
 		}
 		if s.behind != nil {
-			marked, err := s.markBehind(ctx, missed)
-			if err != nil {
-				return err
-			}
-			missed = marked
+			missed = s.noteMissed(missed)
 		}
 		return s.node.DegradedErr(missed)
 	}
 }
 
-// markBehind records the peers of missed as behind, if they are not yet,
-// and returns every peer recorded: those that acknowledged the kset
-// count as missing it until their record is cleared, since a takeover
-// would not apply their mirrors meanwhile.
-func (s *Shipper) markBehind(ctx context.Context, missed []cluster.Missed) ([]cluster.Missed, error) {
+// noteMissed notes the peers of missed, to be recorded as behind, and
+// returns them with every other peer noted or recorded.
+func (s *Shipper) noteMissed(missed []cluster.Missed) []cluster.Missed {
 	s.behindMu.Lock()
 	defer s.behindMu.Unlock()
-	want := slices.Clone(s.marked)
 	for _, m := range missed {
-		if !slices.Contains(want, m.Peer) {
-			want = append(want, m.Peer)
+		if !slices.Contains(s.marked, m.Peer) && !slices.Contains(s.missedBy, m.Peer) {
+			s.missedBy = append(s.missedBy, m.Peer)
 		}
 	}
-	if len(want) > len(s.marked) {
-		slices.Sort(want)
-		if err := s.behind(ctx, want); err != nil {
-			return nil, fmt.Errorf("mirror: volume %s: recording that the mirrors of %s are behind: %w", s.volume, strings.Join(want, ", "), err)
-		}
-		s.log.Warn("mirror: peers out of sync recorded as behind: a takeover by them serves the backing device without their mirrors until they are back in sync",
-			"volume", s.volume, "peers", want)
-		s.marked = want
-	}
-	for _, p := range s.marked {
+	for _, p := range slices.Concat(s.marked, s.missedBy) {
 		if !slices.ContainsFunc(missed, func(m cluster.Missed) bool { return m.Peer == p }) {
-			missed = append(missed, cluster.Missed{Peer: p, Err: fmt.Errorf("%w: %s: its mirror is recorded as behind until it is back in sync", cluster.ErrOutOfSync, p)})
+			missed = append(missed, cluster.Missed{Peer: p, Err: fmt.Errorf("%w: %s: its mirror is behind until it is back in sync", cluster.ErrOutOfSync, p)})
 		}
 	}
-	return missed, nil
+	return missed
+}
+
+// BeforeWriteback records as behind the peers that missed a kset and are
+// not recorded yet (a cachecore.WritebackGate): writeback passes no kset
+// a peer missed before that peer is recorded.
+func (s *Shipper) BeforeWriteback(ctx context.Context) error {
+	if s.behind == nil {
+		return nil
+	}
+	s.behindMu.Lock()
+	defer s.behindMu.Unlock()
+	if len(s.missedBy) == 0 {
+		return nil
+	}
+	want := slices.Sorted(slices.Values(slices.Concat(s.marked, s.missedBy)))
+	if err := s.behind(ctx, want); err != nil {
+		return fmt.Errorf("mirror: volume %s: recording that the mirrors of %s are behind: %w", s.volume, strings.Join(want, ", "), err)
+	}
+	s.log.Warn("mirror: peers out of sync recorded as behind: a takeover by them serves the backing device without their mirrors until they are back in sync",
+		"volume", s.volume, "peers", want)
+	s.marked, s.missedBy = want, nil
+	return nil
 }
 
 // AssumeBehind sets the peers already recorded as behind (by the
@@ -387,12 +400,16 @@ func (s *Shipper) Behind() []string {
 func (s *Shipper) clearBehind() {
 	s.behindMu.Lock()
 	defer s.behindMu.Unlock()
+	inSync := func(p string) bool { l := s.node.Link(p); return l != nil && l.State() == cluster.StateInSync }
+	// noted, not recorded: nothing they missed was written back, and a
+	// peer in sync again holds it all
+	s.missedBy = slices.DeleteFunc(s.missedBy, inSync)
 	if len(s.marked) == 0 {
 		return
 	}
 	var keep []string
 	for _, p := range s.marked {
-		if l := s.node.Link(p); l == nil || l.State() != cluster.StateInSync {
+		if !inSync(p) {
 			keep = append(keep, p)
 		}
 	}
