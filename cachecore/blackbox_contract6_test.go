@@ -375,7 +375,10 @@ type c6Variant struct {
 	// seqBurst drains the volume halfway through the workload and then
 	// writes a sequential run of twice the cutoff: with no older dirty
 	// data left, its tail must bypass the cache, whatever the random
-	// workload did before (which may have held back every earlier run).
+	// workload did before (which may have held back every earlier run);
+	// then another behind dirty data of a closed flush epoch that cannot
+	// be written back yet, whose tail must be held back, whatever
+	// writeback's pace.
 	seqBurst bool
 	// congestionBurst drains the volume halfway through the workload and
 	// then writes a few blocks with the congestion threshold at 1ns, so
@@ -573,6 +576,26 @@ func runFlushConsistency(t *testing.T, v c6Variant) {
 				record(id, off, 8192)
 				mustOK(t, "sequential burst write", r.vol.WriteAt(ctx, tagged(id, off, 8192), off, false))
 			}
+			// And a run held back: dirty data of a closed flush epoch
+			// whose writeback cannot finish (a gate on the backing
+			// device), then a run past the cutoff elsewhere.
+			gate := r.backing.Gate(backend.OpWrite, backend.Range{Off: 0, Len: 4096})
+			id := nextID
+			nextID++
+			record(id, 0, 4096)
+			mustOK(t, "write", r.vol.WriteAt(ctx, tagged(id, 0, 4096), 0, false))
+			mustOK(t, "flush", r.vol.Flush(ctx))
+			m.mu.Lock()
+			m.epoch++
+			m.mu.Unlock()
+			held := (size / 2) &^ 4095
+			for end := held + run; held < end; held += 8192 {
+				id := nextID
+				nextID++
+				record(id, held, 8192)
+				mustOK(t, "held-back run write", r.vol.WriteAt(ctx, tagged(id, held, 8192), held, false))
+			}
+			gate.Release()
 			next = off
 		}
 		if v.congestionBurst && i == ops/2 {
