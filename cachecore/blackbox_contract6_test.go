@@ -538,21 +538,38 @@ func runFlushConsistency(t *testing.T, v c6Variant) {
 		}
 		m.mu.Unlock()
 	}
+	// gatedEpoch leaves dirty data of a closed flush epoch whose
+	// writeback cannot finish until the gate it returns is released.
+	gatedEpoch := func() *backend.Gate {
+		gate := r.backing.Gate(backend.OpWrite, backend.Range{Off: 0, Len: 4096})
+		id := nextID
+		nextID++
+		record(id, 0, 4096)
+		mustOK(t, "write", r.vol.WriteAt(ctx, tagged(id, 0, 4096), 0, false))
+		mustOK(t, "flush", r.vol.Flush(ctx))
+		m.mu.Lock()
+		m.epoch++
+		m.mu.Unlock()
+		return gate
+	}
+	// seqRun writes n bytes from off in 8 KiB writes and returns where it
+	// ended.
+	seqRun := func(off, n int64) int64 {
+		for end := off + n; off < end; off += 8192 {
+			id := nextID
+			nextID++
+			record(id, off, 8192)
+			mustOK(t, "sequential run write", r.vol.WriteAt(ctx, tagged(id, off, 8192), off, false))
+		}
+		return off
+	}
 	vc := v.o.VC
 	for i := range ops {
 		if v.switchTo != "" && i == ops/3 {
 			// Older dirty data whose writeback is held at a gate meets
 			// the new mode: the next writes must not reach the backing
 			// device before it.
-			gate := r.backing.Gate(backend.OpWrite, backend.Range{Off: 0, Len: 4096})
-			id := nextID
-			nextID++
-			record(id, 0, 4096)
-			mustOK(t, "write", r.vol.WriteAt(ctx, tagged(id, 0, 4096), 0, false))
-			mustOK(t, "flush", r.vol.Flush(ctx))
-			m.mu.Lock()
-			m.epoch++
-			m.mu.Unlock()
+			gate := gatedEpoch()
 			mustOK(t, "writeback reaches the gate", gate.WaitArrived(ctx, 1))
 			vc.Mode = v.switchTo
 			mustOK(t, "switch mode", r.vol.SetConfig(vc))
@@ -569,34 +586,13 @@ func runFlushConsistency(t *testing.T, v c6Variant) {
 		if v.seqBurst && i == ops/2 {
 			mustOK(t, "drain before the sequential burst", r.vol.Drain(ctx, nil))
 			run := 2 * v.o.VC.SequentialCutoff
-			off := rng.Int64N((size-run)/4096+1) * 4096
-			for end := off + run; off < end; off += 8192 {
-				id := nextID
-				nextID++
-				record(id, off, 8192)
-				mustOK(t, "sequential burst write", r.vol.WriteAt(ctx, tagged(id, off, 8192), off, false))
-			}
+			next = seqRun(rng.Int64N((size-run)/4096+1)*4096, run)
 			// And a run held back: dirty data of a closed flush epoch
-			// whose writeback cannot finish (a gate on the backing
-			// device), then a run past the cutoff elsewhere.
-			gate := r.backing.Gate(backend.OpWrite, backend.Range{Off: 0, Len: 4096})
-			id := nextID
-			nextID++
-			record(id, 0, 4096)
-			mustOK(t, "write", r.vol.WriteAt(ctx, tagged(id, 0, 4096), 0, false))
-			mustOK(t, "flush", r.vol.Flush(ctx))
-			m.mu.Lock()
-			m.epoch++
-			m.mu.Unlock()
-			held := (size / 2) &^ 4095
-			for end := held + run; held < end; held += 8192 {
-				id := nextID
-				nextID++
-				record(id, held, 8192)
-				mustOK(t, "held-back run write", r.vol.WriteAt(ctx, tagged(id, held, 8192), held, false))
-			}
+			// whose writeback cannot finish, then a run past the cutoff
+			// elsewhere.
+			gate := gatedEpoch()
+			seqRun((size/2)&^4095, run)
 			gate.Release()
-			next = off
 		}
 		if v.congestionBurst && i == ops/2 {
 			mustOK(t, "drain before the congestion burst", r.vol.Drain(ctx, nil))
