@@ -250,10 +250,13 @@ func sumValues(m map[string]uint64) uint64 {
 
 // Capacity measures how many 4 KiB blocks the engine's cache holds at
 // most: distinct blocks are read into a fresh cache until GC would start
-// (more than GCPercent of the segments in use); every one read so far is
-// still cached then (checked with Explain). The kset segments, the
-// segments kept free for the journal and GC's headroom (100 - GCPercent)
-// are what the engine spends beyond its data.
+// (more than GCPercent of the segments in use), each checked with Explain
+// as soon as it is read (counted once it is cached). The count is taken
+// block by block because GC starts as the last read crosses the
+// threshold, and evicts the oldest blocks while a count afterwards would
+// still be going. The kset segments, the segments kept free for the
+// journal and GC's headroom (100 - GCPercent) are what the engine spends
+// beyond its data.
 func Capacity(cfg EngineConfig) (int, error) {
 	cfg.Policy = cachecore.PolicyFIFO // every read admitted
 	blocks := uint64(cfg.CacheBytes / BlockSize * 2)
@@ -262,18 +265,16 @@ func Capacity(cfg EngineConfig) (int, error) {
 		return 0, err
 	}
 	defer e.Close()
-	n := uint64(0)
-	for ; n < blocks && !e.overThreshold(); n++ {
+	held := 0
+	for n := uint64(0); n < blocks && !e.overThreshold(); n++ {
 		// every other block: never sequential, so the sequential cutoff
-		// stays out of it. Prefetch waits for its fill, so the threshold
-		// is checked with every block read so far installed.
-		if err := e.vol.Prefetch(e.ctx, int64(2*n%blocks)*BlockSize, BlockSize); err != nil {
+		// stays out of it. Prefetch waits for its fill; no block is
+		// evicted before the threshold.
+		off := int64(2*n%blocks) * BlockSize
+		if err := e.vol.Prefetch(e.ctx, off, BlockSize); err != nil {
 			return 0, err
 		}
-	}
-	held := 0
-	for i := range n {
-		if e.vol.Explain(int64(2*i%blocks)*BlockSize).State == "hit" {
+		if e.vol.Explain(off).State == "hit" {
 			held++
 		}
 	}
