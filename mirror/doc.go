@@ -49,7 +49,8 @@
 //
 // # Lock order
 //
-// Receiver.mu (the Logs by volume) → Log.mu. Shipper.behindMu is held
-// across the BehindRecorder's call (and a Link's state read); Shipper.mu
-// is a leaf.
+// Receiver.mu (the Logs by volume) → Log.mu. Shipper.recordMu is held
+// across the BehindRecorder's call (a write to Ceph) and is never taken
+// by a kset's wait; Shipper.behindMu (taken under recordMu, or alone by
+// the waits) and Shipper.mu are leaves.
 package mirror

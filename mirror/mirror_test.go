@@ -713,3 +713,60 @@ func TestResyncEveryVolumeOfALink(t *testing.T) {
 		}
 	}
 }
+
+// TestBehindRecordDoesNotHoldWrites: while the record of a peer behind is
+// being written (a slow or unreachable Ceph), the owner's FUA writes are
+// acknowledged as the serve policy says: a kset's wait never waits for
+// the record, only writeback does.
+func TestBehindRecordDoesNotHoldWrites(t *testing.T) {
+	ctx := context.Background()
+	pair := startCuttablePair(t)
+	_, volA := openCacheOn(t, backend.NewMemory(volSize))
+	release := make(chan struct{})
+	var releaseOnce sync.Once
+	unblock := func() { releaseOnce.Do(func() { close(release) }) }
+	entered := make(chan struct{}, 1)
+	defer unblock() // before the cleanups that wait for writeback
+	pair.replicateRecording(volA, func(ctx context.Context, _ []string) error {
+		select {
+		case entered <- struct{}{}:
+		default:
+		}
+		select {
+		case <-release:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	})
+	block := bytes.Repeat([]byte{3}, 4096)
+	pair.cut(true)
+	testkit.WaitFor(t, 10*time.Second, "b out of sync", func() bool {
+		if err := volA.WriteAt(ctx, block, 0, false); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(50 * time.Millisecond)
+		return pair.a.Link("b").State() == cluster.StateOutOfSync
+	})
+	drained := make(chan error, 1)
+	go func() { drained <- volA.Drain(ctx, nil) }()
+	select {
+	case <-entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("writeback did not start recording b as behind")
+	}
+	wrote := make(chan error, 1)
+	go func() { wrote <- volA.WriteAt(ctx, block, 8192, true) }()
+	select {
+	case err := <-wrote:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a FUA write waited for the record of b behind")
+	}
+	unblock()
+	if err := <-drained; err != nil {
+		t.Fatal(err)
+	}
+}

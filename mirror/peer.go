@@ -157,10 +157,12 @@ type Shipper struct {
 	removeResyncer func()
 
 	// behind records the peers whose mirrors may lack ksets this node
-	// writes back (nil: not recorded); behindMu serialises its calls and
-	// guards marked, the peers it last recorded, and missedBy, the peers
-	// that missed a kset and are not recorded yet.
+	// writes back (nil: not recorded); recordMu serialises its calls (a
+	// write to Ceph: never held by a kset's wait). behindMu, held briefly,
+	// guards marked, the peers last recorded, and missedBy, the peers that
+	// missed a kset and are not recorded yet.
 	behind   BehindRecorder
+	recordMu sync.Mutex
 	behindMu sync.Mutex
 	marked   []string
 	missedBy []string
@@ -357,18 +359,25 @@ func (s *Shipper) BeforeWriteback(ctx context.Context) error {
 	if s.behind == nil {
 		return nil
 	}
+	s.recordMu.Lock()
+	defer s.recordMu.Unlock()
 	s.behindMu.Lock()
-	defer s.behindMu.Unlock()
 	if len(s.missedBy) == 0 {
+		s.behindMu.Unlock()
 		return nil
 	}
 	want := slices.Sorted(slices.Values(slices.Concat(s.marked, s.missedBy)))
+	s.behindMu.Unlock()
 	if err := s.behind(ctx, want); err != nil {
 		return fmt.Errorf("mirror: volume %s: recording that the mirrors of %s are behind: %w", s.volume, strings.Join(want, ", "), err)
 	}
 	s.log.Warn("mirror: peers out of sync recorded as behind: a takeover by them serves the backing device without their mirrors until they are back in sync",
 		"volume", s.volume, "peers", want)
-	s.marked, s.missedBy = want, nil
+	s.behindMu.Lock()
+	// peers noted while the record was written stay noted
+	s.marked = want
+	s.missedBy = slices.DeleteFunc(s.missedBy, func(p string) bool { return slices.Contains(want, p) })
+	s.behindMu.Unlock()
 	return nil
 }
 
@@ -398,22 +407,17 @@ func (s *Shipper) Behind() []string {
 // their resync, which delivered the latest trim first, so their mirrors
 // hold every kset not yet written back.
 func (s *Shipper) clearBehind() {
-	s.behindMu.Lock()
-	defer s.behindMu.Unlock()
+	s.recordMu.Lock()
+	defer s.recordMu.Unlock()
 	inSync := func(p string) bool { l := s.node.Link(p); return l != nil && l.State() == cluster.StateInSync }
+	s.behindMu.Lock()
 	// noted, not recorded: nothing they missed was written back, and a
 	// peer in sync again holds it all
 	s.missedBy = slices.DeleteFunc(s.missedBy, inSync)
-	if len(s.marked) == 0 {
-		return
-	}
-	var keep []string
-	for _, p := range s.marked {
-		if !inSync(p) {
-			keep = append(keep, p)
-		}
-	}
-	if len(keep) == len(s.marked) {
+	keep := slices.DeleteFunc(slices.Clone(s.marked), inSync)
+	cleared := len(keep) < len(s.marked)
+	s.behindMu.Unlock()
+	if !cleared {
 		return
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, 30*time.Second)
@@ -423,7 +427,9 @@ func (s *Shipper) clearBehind() {
 		return
 	}
 	s.log.Info("mirror: peers back in sync no longer recorded as behind", "volume", s.volume, "behind", keep)
+	s.behindMu.Lock()
 	s.marked = keep
+	s.behindMu.Unlock()
 }
 
 // Trim records that dirty_tail passed lsn (kset LSNs below it are on the
