@@ -502,6 +502,11 @@ func TestBehindRecordedBeforeWriteback(t *testing.T) {
 	if err := volA.WriteAt(ctx, old, 0, true); err != nil { // in b's mirror
 		t.Fatal(err)
 	}
+	// a loaded machine can put b out of sync for a moment (sync_timeout is
+	// short here) and the write is then b's once the resync is done
+	testkit.WaitFor(t, 10*time.Second, "b's mirror holding the write", func() bool {
+		return pair.a.Link("b").State() == cluster.StateInSync && len(pair.shipmentsOnB("vol")) > 0
+	})
 	if peers, calls := rec.get(); calls != 0 {
 		t.Fatalf("recorded %v behind while b is in sync", peers)
 	}
