@@ -142,7 +142,16 @@ type dataHead struct {
 	_     [24]byte // keep heads on separate cache lines
 }
 
-const allocAlign = 512
+// allocAlign is the granularity of cache space: a sector. A piece of a
+// page or more starts on a page (pageAlign) of the cache file, so that its
+// pages are whole: a buffered write of a page that the page cache does not
+// hold, at an offset that splits it, reads the page from the cache device
+// first (a read for every write once the file's pages are evicted, or on a
+// cache file whose blocks are allocated but not cached).
+const (
+	allocAlign = 512
+	pageAlign  = 4096
+)
 
 // allocation is one piece of cache space holding a reference on its
 // segment (for the key that will point at it).
@@ -167,12 +176,16 @@ func (c *Cache) allocData(n uint32) (allocation, error) {
 	h.mu.Lock()
 	for {
 		if h.valid {
-			room := (c.segs.dataSize - h.off) &^ (allocAlign - 1)
+			off := h.off
+			if n >= pageAlign {
+				off = min((off+pageAlign-1)&^(pageAlign-1), c.segs.dataSize)
+			}
+			room := (c.segs.dataSize - off) &^ (allocAlign - 1)
 			if room >= allocAlign {
 				got := min(n, room)
-				a := allocation{pos: persist.Pos{Seg: h.seg, Off: h.off}, gen: h.gen, n: got}
+				a := allocation{pos: persist.Pos{Seg: h.seg, Off: off}, gen: h.gen, n: got}
 				c.segs.segs[h.seg].refs.Add(1)
-				h.off += (got + allocAlign - 1) &^ (allocAlign - 1)
+				h.off = off + (got+allocAlign-1)&^(allocAlign-1)
 				h.mu.Unlock()
 				if drop != noSeg {
 					c.putRef(drop)
