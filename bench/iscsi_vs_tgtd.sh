@@ -9,6 +9,7 @@
 #   ONLY=writes bash bench/iscsi_vs_tgtd.sh # one group: reads, writes, sessions, hot, cold or full
 #   CRUNS=5 ONLY=cold bash bench/iscsi_vs_tgtd.sh # cold-read runs per target (median; default 3)
 #   WRUNS=5 bash bench/iscsi_vs_tgtd.sh    # qemu-img bench runs per target (median; default 3)
+#   FULL_ROWS=quick ONLY=full bash bench/iscsi_vs_tgtd.sh # only the quick-start row of the full group
 #                                           # (the cache file, CACHE_MIB, grows to hold them)
 #
 # Needs (as root for tgtd): libiscsi-bin (iscsi-perf), qemu-utils +
@@ -324,8 +325,8 @@ full_cachelun() { # LABEL COUNT -> "iops" of a fresh quick-start LUN
 	echo "$out"
 }
 kill -STOP "$CPID"
-for spec in "quick 60000" "sustained 400000"; do
-	set -- $spec
+for spec in ${FULL_ROWS:-quick sustained}; do
+	case $spec in quick) set -- quick 60000 ;; sustained) set -- sustained 400000 ;; *) echo "FULL_ROWS: quick or sustained, not $spec" >&2; exit 2 ;; esac
 	cs=(); ts=(); fs=()
 	for i in $(seq "$WRUNS"); do
 		cs+=("$(full_cachelun c-full-$1-$i "$2")")
