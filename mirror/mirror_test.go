@@ -36,8 +36,9 @@ func openCacheOn(t *testing.T, dev backend.Device) (*cachecore.Cache, *cachecore
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Writeback only when asked (Drain), so the backing device holds a
-	// prefix of the journal when the owner dies.
+	// Writeback only trickles (the dirty target is never reached) and
+	// runs flat out when asked (Drain): the backing device holds a prefix
+	// of the journal when the owner dies.
 	c, err := cachecore.Open(ctx, st, cachecore.Config{JournalFlushInterval: 5 * time.Millisecond,
 		Writeback: cachecore.WritebackConfig{IdleAfter: 1 << 62, TargetDirtyPercent: 90, HighWatermarkPercent: 95}})
 	if err != nil {
@@ -483,6 +484,22 @@ func (r *behindRecord) setFail(err error) {
 	r.fail = err
 }
 
+// heldWrites is a backing device whose writes wait until open is closed
+// (or their context ends).
+type heldWrites struct {
+	backend.Device
+	open chan struct{}
+}
+
+func (h *heldWrites) WriteAt(ctx context.Context, p []byte, off int64) error {
+	select {
+	case <-h.open:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return h.Device.WriteAt(ctx, p, off)
+}
+
 // TestBehindRecordedBeforeWriteback: while b is cut off, a overwrites a
 // block b's mirror holds (acknowledged: serve) and writes it back. No kset
 // b missed reaches the backing device before b is recorded as behind
@@ -495,7 +512,11 @@ func TestBehindRecordedBeforeWriteback(t *testing.T) {
 	ctx := context.Background()
 	shared := backend.NewMemory(volSize)
 	pair := startCuttablePair(t)
-	_, volA := openCacheOn(t, shared)
+	// Writeback trickles on its own: held until b is cut off, it cannot
+	// write old back and trim b's mirror of it first, which would leave
+	// nothing for the test to show.
+	held := &heldWrites{Device: shared, open: make(chan struct{})}
+	_, volA := openCacheOn(t, held)
 	rec := &behindRecord{}
 	pair.replicateRecording(volA, rec.record)
 	old, cur := bytes.Repeat([]byte{1}, 4096), bytes.Repeat([]byte{2}, 4096)
@@ -519,6 +540,10 @@ func TestBehindRecordedBeforeWriteback(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 		return pair.a.Link("b").State() == cluster.StateOutOfSync
 	})
+	if n := len(pair.shipmentsOnB("vol")); n == 0 {
+		t.Fatal("b's mirror lost the write before the cut")
+	}
+	close(held.open)
 	if err := volA.WriteAt(ctx, cur, 0, true); err != nil { // acknowledged while b is away (serve)
 		t.Fatal(err)
 	}
