@@ -89,10 +89,14 @@ func (t *bypassTracker) active(first, last uint64) bool {
 	return false
 }
 
-// seqDetector is a bcache-style table of recent I/O streams. A request that
-// starts where a tracked stream of the same initiator ended (within
-// seqWindow) continues it; otherwise the least recently used entry is
-// recycled. The sequential byte count of the stream decides the cutoff.
+// seqDetector is a bcache-style table of recent I/O streams. A request of
+// a tracked stream's initiator that starts where the stream ended (reads:
+// near it, see readReorder) continues it; otherwise the least recently used
+// entry is recycled. The stream's sequential byte count decides the
+// cutoff: the bytes of its requests, but no more than its end moved (a
+// block read again and again is not a stream), and none while they cover
+// less than half of the range the end moved over (random reads that
+// happened to land near an end are not one either).
 type seqDetector struct {
 	mu      sync.Mutex
 	entries [seqEntries]seqEntry
@@ -101,35 +105,71 @@ type seqDetector struct {
 const (
 	seqEntries = 64
 	seqWindow  = 5 * time.Second
+	// A target serves a queue's commands in parallel, so a sequential
+	// read stream at queue depth 32 reaches the detector in an order
+	// shuffled within its in-flight requests: required to start exactly
+	// at the end, no read stream at queue depth 32 was ever sequential
+	// over iSCSI (and its fills went on until the cache was full). A
+	// read that starts up to seqReorderDepth requests of its size (at
+	// most seqReorderMax) past the end continues the stream, and so does
+	// one up to seqLateFactor times that before it: a request can wait in
+	// the queue while many after it are served. Writes keep the exact
+	// rule: a sequential write that bypasses goes to the slow device, and
+	// a rewrite pattern near the end (a log's tail) must not become one.
+	seqReorderDepth = 32
+	seqReorderMax   = 512 << 10
+	seqLateFactor   = 8
 )
+
+// readReorder is how far from a stream's end a read of n bytes may start
+// and continue it.
+func readReorder(n int64) int64 { return min(seqReorderDepth*n, seqReorderMax) }
 
 type seqEntry struct {
 	stream string
-	end    int64
-	bytes  int64
+	end    int64 // the end of the furthest request of the stream
+	bytes  int64 // how far end moved (from the first request's start)
+	seen   int64 // the bytes of the stream's requests
 	last   int64 // unix nanoseconds; 0: unused (the scan below compares integers, not time.Time)
 }
 
 // observe records [off, off+n) of stream and returns the stream's
-// sequential byte count including this request.
-func (d *seqDetector) observe(stream string, off, n int64, now time.Time) int64 {
+// sequential byte count including this request. A request that starts up
+// to reorder bytes past a stream's end, or up to seqLateFactor*reorder
+// before it, continues it (0: only one that starts at the end).
+func (d *seqDetector) observe(stream string, off, n, reorder int64, now time.Time) int64 {
 	t := now.UnixNano()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	lru, lruLast := 0, d.entries[0].last
+	var cont *seqEntry // the longest stream this request may continue
 	for i := range d.entries {
 		e := &d.entries[i]
-		if e.end == off && e.last != 0 && t-e.last < int64(seqWindow) && e.stream == stream {
-			e.end = off + n
-			e.bytes += n
-			e.last = t
-			return e.bytes
+		if e.last != 0 && t-e.last < int64(seqWindow) && off >= e.end-seqLateFactor*reorder && off <= e.end+reorder && e.stream == stream {
+			// A read delayed past the reorder window starts a stream of
+			// its own near the long one: the long one goes on.
+			if cont == nil || e.bytes > cont.bytes {
+				cont = e
+			}
+			continue
 		}
 		if e.last < lruLast {
 			lru, lruLast = i, e.last
 		}
 	}
-	d.entries[lru] = seqEntry{stream: stream, end: off + n, bytes: n, last: t}
+	if e := cont; e != nil {
+		if end := off + n; end > e.end {
+			e.bytes += end - e.end
+			e.end = end
+		}
+		e.seen += n
+		e.last = t
+		if e.seen*2 < e.bytes {
+			return 0
+		}
+		return min(e.bytes, e.seen)
+	}
+	d.entries[lru] = seqEntry{stream: stream, end: off + n, bytes: n, seen: n, last: t}
 	return n
 }
 

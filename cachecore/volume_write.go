@@ -48,7 +48,7 @@ func (v *Volume) route(ctx context.Context, off, n int64) (writeRoute, int) {
 		return routeBypass, reasonMode
 	}
 	vc := v.vcfg.Load()
-	if vc.SequentialCutoff > 0 && v.seq.observe(blk.Stream(ctx), off, n, v.c.clock().Now()) >= vc.SequentialCutoff {
+	if vc.SequentialCutoff > 0 && v.seq.observe(blk.Stream(ctx), off, n, 0, v.c.clock().Now()) >= vc.SequentialCutoff {
 		return routeBypass, reasonSequential
 	}
 	if v.writeLat.congested(vc.CongestedWriteThreshold) {
