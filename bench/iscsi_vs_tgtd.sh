@@ -9,7 +9,7 @@
 #   ONLY=writes bash bench/iscsi_vs_tgtd.sh # one group: reads, writes, sessions, hot, cold or full
 #   CRUNS=5 ONLY=cold bash bench/iscsi_vs_tgtd.sh # cold-read runs per target (median; default 3)
 #   WRUNS=5 bash bench/iscsi_vs_tgtd.sh    # qemu-img bench runs per target (median; default 3)
-#   FULL_ROWS=quick ONLY=full bash bench/iscsi_vs_tgtd.sh # only the quick-start row of the full group
+#   FULL_ROWS=quick ONLY=full bash bench/iscsi_vs_tgtd.sh # some rows of the full group (quick cached sustained)
 #                                           # (the cache file, CACHE_MIB, grows to hold them)
 #
 # Needs (as root for tgtd): libiscsi-bin (iscsi-perf), qemu-utils +
@@ -303,20 +303,28 @@ fi
 # ---- writes into a full cache: a fresh quick-start LUN (256 MiB cache,
 # 1 GiB backing file) takes the quick start's write benchmark (234 MiB of
 # 4 KiB writes at QD32, qemu-img bench) against tgtd on a fresh file of the
-# same size, then 1.5 GiB of them (six times the cache: every write past
-# the first ~180 MiB waits for writeback and GC), against tgtd and against
-# the backing file itself taking the same writes (qemu-img bench on the
-# file, O_DIRECT), in one run. Each target runs alone.
+# same size: as the quick start has it (qemu-img bench writes in order, so
+# past the 4 MiB sequential cutoff the stream bypasses the cache, as in
+# bcache), and with sequential_cutoff = "0", every write through the cache.
+# Then 1.5 GiB of them with every write through the cache (six times the
+# cache: every write past the first ~180 MiB waits for writeback and GC),
+# against tgtd and against the backing file itself taking the same writes
+# (qemu-img bench on the file, O_DIRECT), in one run. Each target runs
+# alone.
 if want full; then
 FULL=$WORK/full; mkdir -p "$FULL"
 truncate -s 1G "$FULL/tgtd-full.img"
 $A --op new --mode logicalunit --tid 1 --lun 3 -b "$FULL/tgtd-full.img"
 T_FULL=iscsi://127.0.0.1:$TPORT/iqn.2024-01.test.tgtd:bench/3
-full_cachelun() { # LABEL COUNT -> "iops" of a fresh quick-start LUN
-	local d=$FULL/$1 port pid out
+# the quick start's configuration with every write through the cache
+sed 's/^mode = "writeback"$/mode = "writeback"\nsequential_cutoff = "0"/' conf/default.toml > "$FULL/cached.toml"
+grep -q '^sequential_cutoff = "0"' "$FULL/cached.toml" || { echo "conf/default.toml: no writeback volume to set sequential_cutoff on" >&2; exit 1; }
+full_cachelun() { # LABEL COUNT [CONFIG] -> "iops" of a fresh quick-start LUN
+	local d=$FULL/$1 port pid out cfg=()
+	[ -n "${3:-}" ] && cfg=(--config "$3")
 	mkdir -p "$d"
 	port=$(free_port)
-	"$WORK/cachelun" serve --listen 127.0.0.1:$port --data-dir "$d" --metrics off > "$OUT/$1-serve.log" 2>&1 &
+	"$WORK/cachelun" serve "${cfg[@]}" --listen 127.0.0.1:$port --data-dir "$d" --metrics off > "$OUT/$1-serve.log" 2>&1 &
 	pid=$!; PIDS+=($pid)
 	for _ in $(seq 300); do grep -q "cachelun ready" "$OUT/$1-serve.log" 2>/dev/null && break; sleep 0.1; done
 	out=$(qbench "$1" "iscsi://127.0.0.1:$port/iqn.2026-11.io.cachelun:demo/0" -w -t none -c "$2" -d 32 -s 4k)
@@ -325,11 +333,16 @@ full_cachelun() { # LABEL COUNT -> "iops" of a fresh quick-start LUN
 	echo "$out"
 }
 kill -STOP "$CPID"
-for spec in ${FULL_ROWS:-quick sustained}; do
-	case $spec in quick) set -- quick 60000 ;; sustained) set -- sustained 400000 ;; *) echo "FULL_ROWS: quick or sustained, not $spec" >&2; exit 2 ;; esac
+for spec in ${FULL_ROWS:-quick cached sustained}; do
+	case $spec in
+	quick) set -- quick 60000 "" ;;
+	cached) set -- cached 60000 "$FULL/cached.toml" ;;
+	sustained) set -- sustained 400000 "$FULL/cached.toml" ;;
+	*) echo "FULL_ROWS: quick, cached or sustained, not $spec" >&2; exit 2 ;;
+	esac
 	cs=(); ts=(); fs=()
 	for i in $(seq "$WRUNS"); do
-		cs+=("$(full_cachelun c-full-$1-$i "$2")")
+		cs+=("$(full_cachelun c-full-$1-$i "$2" "$3")")
 		ts+=("$(qbench t-full-$1-$i "$T_FULL" -w -t none -c "$2" -d 32 -s 4k)")
 		sync
 		if [ "$1" = sustained ]; then
@@ -341,8 +354,10 @@ for spec in ${FULL_ROWS:-quick sustained}; do
 	echo "runs ($1): cachelun ${cs[*]}; tgtd ${ts[*]}; backing file ${fs[*]}" >> "$OUT/full.runs"
 	if [ "$1" = quick ]; then
 		row "quick start: 60000 4KiB writes QD32 (IOPS)" "$(median "${cs[@]}")" "$(median "${ts[@]}")"
+	elif [ "$1" = cached ]; then
+		row "  same, sequential_cutoff 0 (all cached)" "$(median "${cs[@]}")" "$(median "${ts[@]}")"
 	else
-		row "6x the cache in 4KiB writes QD32 (IOPS)" "$(median "${cs[@]}")" "$(median "${ts[@]}")"
+		row "6x the cache in 4KiB writes QD32, all cached" "$(median "${cs[@]}")" "$(median "${ts[@]}")"
 		row "  same, cachelun vs the backing file itself" "$(median "${cs[@]}")" "$(median "${fs[@]}")"
 	fi
 done

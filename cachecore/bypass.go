@@ -89,88 +89,121 @@ func (t *bypassTracker) active(first, last uint64) bool {
 	return false
 }
 
-// seqDetector is a bcache-style table of recent I/O streams. A request of
-// a tracked stream's initiator that starts where the stream ended (reads:
-// near it, see readReorder) continues it; otherwise the least recently used
-// entry is recycled. The stream's sequential byte count decides the
-// cutoff: the bytes of its requests, but no more than its end moved (a
-// block read again and again is not a stream), and none while they cover
-// less than half of the range the end moved over (random reads that
-// happened to land near an end are not one either).
+// seqDetector is a bcache-style table of recent I/O streams: a request of a
+// tracked stream's initiator continues the stream if it starts where the
+// stream ended, or it is one of the stream's pieces delivered out of order
+// (below); otherwise it starts a stream in the least recently used entry.
+// The stream's sequential byte count decides the cutoff.
+//
+// A target serves a queue's commands in parallel, so a sequential stream at
+// queue depth 32 reaches the detector shuffled within its in-flight
+// requests. Required to start exactly at the end, no read stream at depth
+// 32 was ever sequential over iSCSI (its fills went on until the cache was
+// full), and a write stream was now and then (it took the cache and the
+// bypass paths by turns, slower than either). So each entry also knows its
+// stream's last seqPieces pieces (requests of the size that started it,
+// aligned to its end): a request up to seqReorderDepth pieces past the end
+// continues the stream and leaves the pieces it skipped missing, and a
+// missing piece that arrives late fills its place. A piece seen before (a
+// rewrite, a re-read) or anything before the stream began is not the
+// stream's: it starts one of its own, as under the exact rule. The count is
+// the bytes of the stream's requests, and none while they cover less than
+// half of the range the stream's end moved over.
 type seqDetector struct {
 	mu      sync.Mutex
 	entries [seqEntries]seqEntry
 }
 
 const (
-	seqEntries = 64
-	seqWindow  = 5 * time.Second
-	// A target serves a queue's commands in parallel, so a sequential
-	// read stream at queue depth 32 reaches the detector in an order
-	// shuffled within its in-flight requests: required to start exactly
-	// at the end, no read stream at queue depth 32 was ever sequential
-	// over iSCSI (and its fills went on until the cache was full). A
-	// read that starts up to seqReorderDepth requests of its size (at
-	// most seqReorderMax) past the end continues the stream, and so does
-	// one up to seqLateFactor times that before it: a request can wait in
-	// the queue while many after it are served. Writes keep the exact
-	// rule: a sequential write that bypasses goes to the slow device, and
-	// a rewrite pattern near the end (a log's tail) must not become one.
+	seqEntries      = 64
+	seqWindow       = 5 * time.Second
+	seqPieces       = 64 // the bits of seqEntry.seen
 	seqReorderDepth = 32
-	seqReorderMax   = 512 << 10
-	seqLateFactor   = 8
 )
-
-// readReorder is how far from a stream's end a read of n bytes may start
-// and continue it.
-func readReorder(n int64) int64 { return min(seqReorderDepth*n, seqReorderMax) }
 
 type seqEntry struct {
 	stream string
-	end    int64 // the end of the furthest request of the stream
-	bytes  int64 // how far end moved (from the first request's start)
-	seen   int64 // the bytes of the stream's requests
-	last   int64 // unix nanoseconds; 0: unused (the scan below compares integers, not time.Time)
+	end    int64  // the end of the furthest request of the stream
+	piece  int64  // the size of the request that started the stream
+	seen   uint64 // bit i: the piece ending i pieces before end arrived (or is before the stream)
+	moved  int64  // how far end moved, from the start of the first request
+	bytes  int64  // the bytes of the stream's requests
+	last   int64  // unix nanoseconds; 0: unused (the scan below compares integers, not time.Time)
+}
+
+// place reports whether [off, off+n) belongs to e's stream: at its end, a
+// piece up to seqReorderDepth pieces past it, or a missing piece behind it.
+// late is true for the latter; behind is then the piece's bit.
+func (e *seqEntry) place(off, n int64) (ok, late bool, behind uint) {
+	if off == e.end {
+		return true, false, 0
+	}
+	if n != e.piece {
+		return false, false, 0
+	}
+	if off > e.end {
+		return off-e.end <= seqReorderDepth*n && (off-e.end)%n == 0, false, 0
+	}
+	if (e.end-off)%n != 0 {
+		return false, false, 0
+	}
+	i := (e.end-off)/n - 1
+	if i >= seqPieces || e.seen&(1<<uint(i)) != 0 {
+		return false, false, 0
+	}
+	return true, true, uint(i)
 }
 
 // observe records [off, off+n) of stream and returns the stream's
-// sequential byte count including this request. A request that starts up
-// to reorder bytes past a stream's end, or up to seqLateFactor*reorder
-// before it, continues it (0: only one that starts at the end).
-func (d *seqDetector) observe(stream string, off, n, reorder int64, now time.Time) int64 {
+// sequential byte count including this request.
+func (d *seqDetector) observe(stream string, off, n int64, now time.Time) int64 {
 	t := now.UnixNano()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	lru, lruLast := 0, d.entries[0].last
-	var cont *seqEntry // the longest stream this request may continue
+	var cont *seqEntry // the longest stream the request belongs to
+	var late bool
+	var behind uint
 	for i := range d.entries {
 		e := &d.entries[i]
-		if e.last != 0 && t-e.last < int64(seqWindow) && off >= e.end-seqLateFactor*reorder && off <= e.end+reorder && e.stream == stream {
-			// A read delayed past the reorder window starts a stream of
-			// its own near the long one: the long one goes on.
-			if cont == nil || e.bytes > cont.bytes {
-				cont = e
+		if e.last != 0 && t-e.last < int64(seqWindow) && e.stream == stream {
+			if ok, l, b := e.place(off, n); ok {
+				if cont == nil || e.bytes > cont.bytes {
+					cont, late, behind = e, l, b
+				}
+				continue
 			}
-			continue
 		}
 		if e.last < lruLast {
 			lru, lruLast = i, e.last
 		}
 	}
-	if e := cont; e != nil {
-		if end := off + n; end > e.end {
-			e.bytes += end - e.end
-			e.end = end
-		}
-		e.seen += n
-		e.last = t
-		if e.seen*2 < e.bytes {
-			return 0
-		}
-		return min(e.bytes, e.seen)
+	e := cont
+	if e == nil {
+		d.entries[lru] = seqEntry{stream: stream, end: off + n, piece: n, seen: ^uint64(0), moved: n, bytes: n, last: t}
+		return n
 	}
-	d.entries[lru] = seqEntry{stream: stream, end: off + n, bytes: n, seen: n, last: t}
-	return n
+	switch {
+	case late:
+		e.seen |= 1 << behind
+	case n == e.piece:
+		// at or past the end: the skipped pieces are missing
+		skip := uint((off - e.end) / n)
+		e.seen = e.seen<<(skip+1) | 1
+		e.moved += off + n - e.end
+		e.end = off + n
+	default:
+		// another size at the end: the pieces behind no longer line up
+		e.seen = ^uint64(0)
+		e.moved += n
+		e.end += n
+	}
+	e.bytes += n
+	e.last = t
+	if e.bytes*2 < e.moved {
+		return 0
+	}
+	return min(e.bytes, e.moved)
 }
 
 // latencyEWMA tracks a moving average of cache I/O latency (nanoseconds,

@@ -291,9 +291,10 @@
 // congestion threshold, and, when no segment is free, where nothing is
 // cached (cached ranges then wait for space: back-pressure). Reads skip the
 // fill for the same reasons. A write overlapping dirty data never bypasses.
-// A write continues a stream only where the stream ended; a read also a
-// little past or before it, since a queue's requests are served in parallel
-// and reach the engine shuffled (seqDetector).
+// A request continues a stream a little past or before where it ended,
+// since a queue's requests are served in parallel and reach the engine
+// shuffled (seqDetector). A FUA write in writeback mode never bypasses as
+// sequential (bcache's rule for synchronous writes).
 //
 // # Direct writes and C6
 //

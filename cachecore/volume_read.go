@@ -62,7 +62,7 @@ func (v *Volume) readFillDecision(ctx context.Context, off, n int64) bool {
 	}
 	vc := v.vcfg.Load()
 	if vc.SequentialCutoff > 0 {
-		if v.seq.observe(blk.Stream(ctx), off, n, readReorder(n), v.c.clock().Now()) >= vc.SequentialCutoff {
+		if v.seq.observe(blk.Stream(ctx), off, n, v.c.clock().Now()) >= vc.SequentialCutoff {
 			v.stats.bypass(reasonSequential, n)
 			return false
 		}

@@ -34,8 +34,11 @@ const (
 var reasonNames = [numReasons]string{"sequential", "congestion", "full", "mode"}
 
 // route chooses the path of a write and, for a bypass, its reason (the
-// bypass statistics are counted when pieces actually bypass).
-func (v *Volume) route(ctx context.Context, off, n int64) (writeRoute, int) {
+// bypass statistics are counted when pieces actually bypass). A FUA write
+// in writeback mode is not a sequential stream's, as bcache does with
+// synchronous writes: a database's log written with FUA would otherwise
+// wait for the slow device once it had grown past the cutoff.
+func (v *Volume) route(ctx context.Context, off, n int64, fua bool) (writeRoute, int) {
 	if v.repl.Load() != nil {
 		// Every change of a replicated volume goes through the shipped
 		// log (replicate.go): a write that reached the shared backing
@@ -48,7 +51,7 @@ func (v *Volume) route(ctx context.Context, off, n int64) (writeRoute, int) {
 		return routeBypass, reasonMode
 	}
 	vc := v.vcfg.Load()
-	if vc.SequentialCutoff > 0 && v.seq.observe(blk.Stream(ctx), off, n, 0, v.c.clock().Now()) >= vc.SequentialCutoff {
+	if vc.SequentialCutoff > 0 && !(fua && m == ModeWriteback) && v.seq.observe(blk.Stream(ctx), off, n, v.c.clock().Now()) >= vc.SequentialCutoff {
 		return routeBypass, reasonSequential
 	}
 	if v.writeLat.congested(vc.CongestedWriteThreshold) {
@@ -139,7 +142,7 @@ func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64, fua bool) err
 		return v.directWrite(ctx, p, off, fua)
 	}
 	var err error
-	r, reason := v.route(ctx, off, int64(len(p)))
+	r, reason := v.route(ctx, off, int64(len(p)), fua)
 	if r != routeCache && v.mustHoldBack() {
 		// Older dirty data first: this write joins it in the cache (a
 		// full cache makes it wait for space: back-pressure).
