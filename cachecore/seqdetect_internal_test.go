@@ -34,8 +34,9 @@ func shuffledStream(rng *rand.Rand, base, n int64, count, depth int) []int64 {
 // TestSeqDetectorShuffledStream: a sequential stream that reaches the
 // detector shuffled within its queue depth counts as sequential; a piece
 // of it written again, a request just before it began and a block read
-// again and again are not the stream's; neither reads of every 32nd block
-// nor random reads add up.
+// again and again are not the stream's, and a short read ending where it
+// goes on does not take it over; neither reads of every 32nd block nor
+// random reads add up.
 func TestSeqDetectorShuffledStream(t *testing.T) {
 	clock := time.Unix(1000, 0)
 	now := func() time.Time { clock = clock.Add(time.Microsecond); return clock }
@@ -79,6 +80,19 @@ func TestSeqDetectorShuffledStream(t *testing.T) {
 	}
 	if got := stream.observe("host", 128<<10+64*n, n, now()); got != 65*n {
 		t.Errorf("the stream's next piece counts %d, want %d", got, 65*n)
+	}
+
+	// A scan in 64 KiB requests, and a single-block read of its last
+	// block, whose stream ends where the scan's next request begins: the
+	// scan goes on in its own stream.
+	var scan seqDetector
+	const piece = 64 << 10
+	for i := range int64(64) {
+		scan.observe("host", i*piece, piece, now())
+	}
+	scan.observe("host", 64*piece-n, n, now())
+	if got := scan.observe("host", 64*piece, piece, now()); got != 65*piece {
+		t.Errorf("the scan's next request counts %d, want %d: a single-block read took the scan over", got, 65*piece)
 	}
 
 	var strided seqDetector
