@@ -87,9 +87,16 @@ func TestSeqDetectorShuffledStream(t *testing.T) {
 	// scan goes on in its own stream.
 	var scan seqDetector
 	const piece = 64 << 10
+	other := func(k int64) { // reads elsewhere: the scan's entry is not the first one
+		for i := range k {
+			scan.observe("host", (1000+i*17)*piece, n, now())
+		}
+	}
+	other(seqEntries + 10)
 	for i := range int64(64) {
 		scan.observe("host", i*piece, piece, now())
 	}
+	other(seqEntries - 10)
 	scan.observe("host", 64*piece-n, n, now())
 	if got := scan.observe("host", 64*piece, piece, now()); got != 65*piece {
 		t.Errorf("the scan's next request counts %d, want %d: a single-block read took the scan over", got, 65*piece)
