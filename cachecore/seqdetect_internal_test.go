@@ -125,27 +125,28 @@ func TestSeqDetectorShuffledStream(t *testing.T) {
 	}
 }
 
-// TestSequentialReadsAtDepthBypass: a sequential read stream from 32
-// readers at once (a queue of 32) is cut off like one from a single
-// reader: its fills stop after the cutoff.
-func TestSequentialReadsAtDepthBypass(t *testing.T) {
+// atDepth runs a 16 MiB sequential stream of 4 KiB requests through do
+// from 32 goroutines at once (a queue of 32), on a fresh volume with the
+// default sequential cutoff and no congestion bypass, and returns the bytes
+// it bypassed as sequential and the cutoff.
+func atDepth(t *testing.T, do func(v *Volume, ctx context.Context, buf []byte, off int64) error) (bypassed, cutoff uint64) {
+	t.Helper()
 	vc := DefaultVolumeConfig()
 	vc.BlockSize = 4096
-	vc.CongestedReadThreshold = 0
+	vc.CongestedReadThreshold, vc.CongestedWriteThreshold = 0, 0
 	r := newItRig(t, 64, 64<<20, Config{}, vc)
 	ctx := blk.WithStream(context.Background(), "host")
-	const n, total = 4096, 16 << 20
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	for range 32 {
 		wg.Go(func() {
-			buf := make([]byte, n)
+			buf := make([]byte, 4096)
 			for {
-				off := next.Add(n) - n
-				if off >= total {
+				off := next.Add(4096) - 4096
+				if off >= depthStream {
 					return
 				}
-				if err := r.vol.ReadAt(ctx, buf, off); err != nil {
+				if err := do(r.vol, ctx, buf, off); err != nil {
 					t.Error(err)
 					return
 				}
@@ -153,9 +154,20 @@ func TestSequentialReadsAtDepthBypass(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	bypassed := r.vol.Stats().BypassedBytes["sequential"]
-	if want := uint64(total - vc.SequentialCutoff - 2<<20); bypassed < want {
-		t.Errorf("a 16 MiB sequential read at depth 32 bypassed %d bytes, want at least %d (cutoff %d)", bypassed, want, vc.SequentialCutoff)
+	return r.vol.Stats().BypassedBytes["sequential"], uint64(vc.SequentialCutoff)
+}
+
+const depthStream = 16 << 20
+
+// TestSequentialReadsAtDepthBypass: a sequential read stream from 32
+// readers at once (a queue of 32) is cut off like one from a single
+// reader: its fills stop after the cutoff.
+func TestSequentialReadsAtDepthBypass(t *testing.T) {
+	bypassed, cutoff := atDepth(t, func(v *Volume, ctx context.Context, buf []byte, off int64) error {
+		return v.ReadAt(ctx, buf, off)
+	})
+	if want := depthStream - cutoff - 2<<20; bypassed < want {
+		t.Errorf("a 16 MiB sequential read at depth 32 bypassed %d bytes, want at least %d (cutoff %d)", bypassed, want, cutoff)
 	}
 }
 
@@ -165,39 +177,17 @@ func TestSequentialReadsAtDepthBypass(t *testing.T) {
 // same stream written with FUA stays in the cache.
 func TestSequentialWritesAtDepthBypass(t *testing.T) {
 	for _, fua := range []bool{false, true} {
-		vc := DefaultVolumeConfig()
-		vc.BlockSize = 4096
-		vc.CongestedWriteThreshold = 0
-		r := newItRig(t, 64, 64<<20, Config{}, vc)
-		ctx := blk.WithStream(context.Background(), "host")
-		const n, total = 4096, 16 << 20
-		var next atomic.Int64
-		var wg sync.WaitGroup
-		for range 32 {
-			wg.Go(func() {
-				buf := make([]byte, n)
-				for {
-					off := next.Add(n) - n
-					if off >= total {
-						return
-					}
-					if err := r.vol.WriteAt(ctx, buf, off, fua); err != nil {
-						t.Error(err)
-						return
-					}
-				}
-			})
-		}
-		wg.Wait()
-		bypassed := r.vol.Stats().BypassedBytes["sequential"]
+		bypassed, cutoff := atDepth(t, func(v *Volume, ctx context.Context, buf []byte, off int64) error {
+			return v.WriteAt(ctx, buf, off, fua)
+		})
 		if fua {
 			if bypassed != 0 {
 				t.Errorf("FUA writes of a sequential stream bypassed %d bytes, want none", bypassed)
 			}
 			continue
 		}
-		if want := uint64(total - vc.SequentialCutoff - 2<<20); bypassed < want {
-			t.Errorf("a 16 MiB sequential write at depth 32 bypassed %d bytes, want at least %d (cutoff %d)", bypassed, want, vc.SequentialCutoff)
+		if want := depthStream - cutoff - 2<<20; bypassed < want {
+			t.Errorf("a 16 MiB sequential write at depth 32 bypassed %d bytes, want at least %d (cutoff %d)", bypassed, want, cutoff)
 		}
 	}
 }
