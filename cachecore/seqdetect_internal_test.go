@@ -129,9 +129,10 @@ func TestSeqDetectorShuffledStream(t *testing.T) {
 // from 32 goroutines at once (a queue of 32), on a fresh volume with the
 // default sequential cutoff and no congestion bypass, and returns the bytes
 // it bypassed as sequential and the cutoff.
-func atDepth(t *testing.T, do func(v *Volume, ctx context.Context, buf []byte, off int64) error) (bypassed, cutoff uint64) {
+func atDepth(t *testing.T, mode Mode, do func(v *Volume, ctx context.Context, buf []byte, off int64) error) (bypassed, cutoff uint64) {
 	t.Helper()
 	vc := DefaultVolumeConfig()
+	vc.Mode = mode
 	vc.BlockSize = 4096
 	vc.CongestedReadThreshold, vc.CongestedWriteThreshold = 0, 0
 	r := newItRig(t, 64, 64<<20, Config{}, vc)
@@ -163,7 +164,7 @@ const depthStream = 16 << 20
 // readers at once (a queue of 32) is cut off like one from a single
 // reader: its fills stop after the cutoff.
 func TestSequentialReadsAtDepthBypass(t *testing.T) {
-	bypassed, cutoff := atDepth(t, func(v *Volume, ctx context.Context, buf []byte, off int64) error {
+	bypassed, cutoff := atDepth(t, ModeWriteback, func(v *Volume, ctx context.Context, buf []byte, off int64) error {
 		return v.ReadAt(ctx, buf, off)
 	})
 	if want := depthStream - cutoff - 2<<20; bypassed < want {
@@ -174,15 +175,19 @@ func TestSequentialReadsAtDepthBypass(t *testing.T) {
 // TestSequentialWritesAtDepthBypass: a sequential write stream from 32
 // writers at once bypasses past the cutoff like one from a single writer
 // (at depth 32 it took the cache and the bypass paths by turns), and the
-// same stream written with FUA stays in the cache.
+// same stream written with FUA stays in the cache in the modes that cache
+// writes.
 func TestSequentialWritesAtDepthBypass(t *testing.T) {
-	for _, fua := range []bool{false, true} {
-		bypassed, cutoff := atDepth(t, func(v *Volume, ctx context.Context, buf []byte, off int64) error {
-			return v.WriteAt(ctx, buf, off, fua)
+	for _, tc := range []struct {
+		mode Mode
+		fua  bool
+	}{{ModeWriteback, false}, {ModeWriteback, true}, {ModeWriteonly, true}} {
+		bypassed, cutoff := atDepth(t, tc.mode, func(v *Volume, ctx context.Context, buf []byte, off int64) error {
+			return v.WriteAt(ctx, buf, off, tc.fua)
 		})
-		if fua {
+		if tc.fua {
 			if bypassed != 0 {
-				t.Errorf("FUA writes of a sequential stream bypassed %d bytes, want none", bypassed)
+				t.Errorf("%s: FUA writes of a sequential stream bypassed %d bytes, want none", tc.mode, bypassed)
 			}
 			continue
 		}

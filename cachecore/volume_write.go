@@ -35,7 +35,8 @@ var reasonNames = [numReasons]string{"sequential", "congestion", "full", "mode"}
 
 // route chooses the path of a write and, for a bypass, its reason (the
 // bypass statistics are counted when pieces actually bypass). A FUA write
-// in writeback mode is not a sequential stream's, as bcache does with
+// in a mode that caches writes (writeback, writeonly) is not a sequential
+// stream's, as bcache does in writeback mode with
 // synchronous writes: a database's log written with FUA would otherwise
 // wait for the slow device once it had grown past the cutoff.
 func (v *Volume) route(ctx context.Context, off, n int64, fua bool) (writeRoute, int) {
@@ -51,7 +52,7 @@ func (v *Volume) route(ctx context.Context, off, n int64, fua bool) (writeRoute,
 		return routeBypass, reasonMode
 	}
 	vc := v.vcfg.Load()
-	if vc.SequentialCutoff > 0 && !(fua && m == ModeWriteback) && v.seq.observe(blk.Stream(ctx), off, n, v.c.clock().Now()) >= vc.SequentialCutoff {
+	if vc.SequentialCutoff > 0 && !(fua && m.cachesWrites()) && v.seq.observe(blk.Stream(ctx), off, n, v.c.clock().Now()) >= vc.SequentialCutoff {
 		return routeBypass, reasonSequential
 	}
 	if v.writeLat.congested(vc.CongestedWriteThreshold) {
