@@ -314,6 +314,9 @@ func openWith(ctx context.Context, store *persist.Store, cfg Config, replayed fu
 		nh = min(max(int(nSeg)/64, 1), 8)
 	}
 	c.heads = make([]dataHead, nh)
+	for i := range c.heads {
+		c.heads[i].used.Store(c.segs.dataSize) // no segment yet: no room
+	}
 
 	for i := range c.segs.segs {
 		g, err := store.Gen(uint32(i))

@@ -67,9 +67,12 @@ type fillQueue struct {
 	// pending counts fills queued or being installed; idle is signalled
 	// (under mu) when it drops to zero (waitFills).
 	pending atomic.Int64
-	idle    sync.Cond
-	kick    chan struct{}
-	pool    sync.Pool // *[]byte of 4 KiB, the common fill size
+	// pendingBytes: the data of those fills (cacheFull counts it as
+	// taken).
+	pendingBytes atomic.Int64
+	idle         sync.Cond
+	kick         chan struct{}
+	pool         sync.Pool // *[]byte of 4 KiB, the common fill size
 }
 
 func (q *fillQueue) init() {
@@ -127,6 +130,7 @@ func (v *Volume) queueFill(st *stripe, pc piece, s uint32, token uint64, data []
 		q.full.Store(true)
 	}
 	q.pending.Add(1)
+	q.pendingBytes.Add(int64(len(b)))
 	q.mu.Unlock()
 	select {
 	case q.kick <- struct{}{}:
@@ -270,6 +274,7 @@ func (c *Cache) fillBatch(batch []fillReq, staging []byte) {
 
 // finished ends a fill taken from the queue (installed or dropped).
 func (c *Cache) finished(r *fillReq) {
+	c.fills.pendingBytes.Add(-int64(len(r.data)))
 	c.fills.put(r.data)
 	r.v.exit()
 	if r.done != nil {

@@ -18,11 +18,11 @@ import (
 // manner of 2Q (Johnson and Shasha, VLDB 1994) and of S3-FIFO (SOSP 2023),
 // what FIFO lacks:
 //
-//   - Admission by a ghost set. Once the cache is full (within two
-//     segments of GC's threshold, one on a cache whose threshold is under
-//     a hundred segments), a read miss is filled only if the ghost
-//     set remembers the block: it was evicted recently, or missed once
-//     recently without being admitted. A block read once (a scan, a
+//   - Admission by a ghost set. Once the cache is full (cacheFull: at
+//     GC's threshold; once GC has run, within two segments of it, one on
+//     a cache whose threshold is under a hundred segments), a read miss
+//     is filled only if the ghost set remembers the block: it was evicted
+//     recently, or missed once recently without being admitted. A block read once (a scan, a
 //     one-hit wonder) therefore never pushes out data that is read again.
 //     Until the cache is full every miss is admitted. The ghost set is
 //     short (a sixteenth of the cache's blocks, see ghostDiv): a block is
@@ -195,33 +195,53 @@ type policyState struct {
 	// installed bytes already credited (fills and cached writes).
 	credit    atomic.Int64
 	installed atomic.Uint64
+	// full: GC has had work since the cache opened (needGC), so
+	// cacheFull keeps its margin.
+	full atomic.Bool
 }
 
-// cacheFull reports whether the cache is within fullMargin segments (one
-// on a small cache) of GC's threshold: admitting data now evicts other data soon. (Waiting for
-// GC's first eviction instead lets the first scan after a warm-up push the
-// hot set out while the re-append budget is still small.)
+// cacheFull reports whether the cache counts as full: admitting data now
+// evicts other data soon, so a 2q volume's read misses are admitted by the
+// ghost set.
 //
-// A scan that arrives while a large cache is still filling fills it up to
-// this point and is refused from there; what it filled is evicted first,
-// as it was not hit. (Refusing earlier, from three quarters of the
-// threshold on, cost every workload whose data almost fits the misses it
-// refused, and only protected the hot set from the ghost set's false
-// positives, which are now too rare to matter.)
+// Until GC first has work, the cache is full once the next fill would
+// take a segment past GC's threshold: the segments under it are in use
+// and the data heads have less room left than a sixteenth of a segment
+// beyond the fills already queued. So the whole cache fills before any
+// miss is refused (stopping a segment short of the threshold left a
+// twentieth of a small cache empty until GC first ran), and a scan after
+// a warm-up still never makes GC run: it fills the cache to the threshold
+// and is refused from there, and the hot set, the oldest data, stays.
 //
-// It runs on every read of a 2q volume, so it reads the free count without
-// a lock and counts quarantined segments (rare) as used, where GC's
-// threshold does not: a cache with quarantined segments starts admitting
-// by the ghost set that many segments earlier.
+// From GC's first turn on (policyState.full) it is full within fullMargin
+// segments (one on a cache whose threshold is under fullMarginFrom
+// segments) of the threshold. A GC step frees a segment and leaves the
+// heads as they were; the exact rule would then admit every miss until
+// the heads had filled again, and the cache would admit as fifo does.
+//
+// It runs on every read of a 2q volume, so it reads the free count and the
+// heads' offsets without a lock and counts quarantined segments (rare) as
+// used, where GC's threshold does not: a cache with quarantined segments
+// starts admitting by the ghost set that many segments earlier.
 func (c *Cache) cacheFull() bool {
 	n := len(c.segs.segs)
 	used := n - int(c.segs.nFree.Load())
 	limit := n * c.config().GCPercent / 100
-	margin := fullMargin
-	if limit < fullMarginFrom {
-		margin = 1
+	if c.policy.full.Load() {
+		margin := fullMargin
+		if limit < fullMarginFrom {
+			margin = 1
+		}
+		return used+margin > limit
 	}
-	return used+margin > limit
+	if used != limit {
+		return used > limit
+	}
+	var room int64
+	for i := range c.heads {
+		room += int64(c.segs.dataSize) - int64(c.heads[i].used.Load())
+	}
+	return room < int64(c.segs.dataSize)/16+c.fills.pendingBytes.Load()
 }
 
 // admitGhost decides, for a volume with Policy2Q on a full cache, whether

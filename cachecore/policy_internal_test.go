@@ -163,10 +163,12 @@ func TestSecondChanceSpendsOnMostHit(t *testing.T) {
 	}
 }
 
-// TestCacheFullMargin: a cache counts as full (2q admits by the ghost set)
-// one segment below GC's threshold when the threshold is under
-// fullMarginFrom segments, two below it from there on: two segments of a
-// small cache's threshold are a large share of its data.
+// TestCacheFullMargin: once GC has run, a cache counts as full (2q admits
+// by the ghost set) one segment below GC's threshold when the threshold is
+// under fullMarginFrom segments, two below it from there on: two segments
+// of a small cache's threshold are a large share of its data. Before, it
+// is full only once the next fill would take a segment past the
+// threshold.
 func TestCacheFullMargin(t *testing.T) {
 	for _, tc := range []struct {
 		segments, margin int
@@ -176,10 +178,29 @@ func TestCacheFullMargin(t *testing.T) {
 		n := len(c.segs.segs)
 		limit := n * c.config().GCPercent / 100
 		saved := c.segs.nFree.Load()
-		for used := limit - 3; used <= limit+1; used++ {
-			c.segs.nFree.Store(int32(n - used))
-			if got, want := c.cacheFull(), used > limit-tc.margin; got != want {
-				t.Errorf("%d segments (threshold %d): with %d in use, full = %v, want %v", n, limit, used, got, want)
+		setRoom := func(room uint32) {
+			for i := range c.heads {
+				c.heads[i].used.Store(c.segs.dataSize - room/uint32(len(c.heads)))
+			}
+		}
+		for _, room := range []uint32{0, c.segs.dataSize / 32, c.segs.dataSize / 8, c.segs.dataSize} {
+			setRoom(room)
+			for used := limit - 3; used <= limit+1; used++ {
+				c.segs.nFree.Store(int32(n - used))
+				want := used > limit || used == limit && room < c.segs.dataSize/16
+				if got := c.cacheFull(); got != want {
+					t.Errorf("%d segments (threshold %d), before GC ran: with %d in use and %d bytes of room in the heads, full = %v, want %v", n, limit, used, room, got, want)
+				}
+			}
+		}
+		c.policy.full.Store(true)
+		for _, room := range []uint32{0, c.segs.dataSize} {
+			setRoom(room)
+			for used := limit - 3; used <= limit+1; used++ {
+				c.segs.nFree.Store(int32(n - used))
+				if got, want := c.cacheFull(), used > limit-tc.margin; got != want {
+					t.Errorf("%d segments (threshold %d), after GC ran: with %d in use, full = %v, want %v", n, limit, used, got, want)
+				}
 			}
 		}
 		c.segs.nFree.Store(saved)

@@ -139,7 +139,10 @@ type dataHead struct {
 	seg   uint32
 	off   uint32
 	gen   uint64
-	_     [24]byte // keep heads on separate cache lines
+	// used mirrors off for lock-free readers (cacheFull); a head
+	// without a segment has no room: used is the segment's data size.
+	used atomic.Uint32
+	_    [20]byte // keep heads on separate cache lines
 }
 
 // allocAlign is the granularity of cache space: a sector. A piece of a
@@ -186,6 +189,7 @@ func (c *Cache) allocData(n uint32) (allocation, error) {
 				a := allocation{pos: persist.Pos{Seg: h.seg, Off: off}, gen: h.gen, n: got}
 				c.segs.segs[h.seg].refs.Add(1)
 				h.off = off + (got+allocAlign-1)&^(allocAlign-1)
+				h.used.Store(h.off)
 				h.mu.Unlock()
 				if drop != noSeg {
 					c.putRef(drop)
@@ -194,6 +198,7 @@ func (c *Cache) allocData(n uint32) (allocation, error) {
 			}
 			drop = h.seg
 			h.valid = false
+			h.used.Store(c.segs.dataSize)
 		}
 		id, ok := c.segs.take(false)
 		if !ok {
@@ -206,6 +211,7 @@ func (c *Cache) allocData(n uint32) (allocation, error) {
 		s := &c.segs.segs[id]
 		s.refs.Add(1) // the head's reference
 		h.valid, h.seg, h.off, h.gen = true, id, 0, s.currentGen()
+		h.used.Store(0)
 		s.takenGen.Store(h.gen + 1)
 		c.dataSegs.Add(1)
 	}
