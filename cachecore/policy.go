@@ -204,10 +204,10 @@ type policyState struct {
 // evicts other data soon, so a 2q volume's read misses are admitted by the
 // ghost set.
 //
-// Until GC first has work, the cache is full once the next fill would
-// take a segment past GC's threshold: the segments under it are in use
-// and the data heads have less room left than a sixteenth of a segment
-// beyond the fills already queued. So the whole cache fills before any
+// Until GC first has work, the cache is full once a fill of n more bytes
+// would take a segment past GC's threshold: the segments under it are in
+// use and the data heads have less room left than the fills already
+// queued and n. So the whole cache fills before any
 // miss is refused (stopping a segment short of the threshold left a
 // twentieth of a small cache empty until GC first ran), and a scan after
 // a warm-up still never makes GC run: it fills the cache to the threshold
@@ -223,10 +223,10 @@ type policyState struct {
 // heads' offsets without a lock and counts quarantined segments (rare) as
 // used, where GC's threshold does not: a cache with quarantined segments
 // starts admitting by the ghost set that many segments earlier.
-func (c *Cache) cacheFull() bool {
-	n := len(c.segs.segs)
-	used := n - int(c.segs.nFree.Load())
-	limit := n * c.config().GCPercent / 100
+func (c *Cache) cacheFull(n int64) bool {
+	segs := len(c.segs.segs)
+	used := segs - int(c.segs.nFree.Load())
+	limit := segs * c.config().GCPercent / 100
 	if c.policy.full.Load() {
 		margin := fullMargin
 		if limit < fullMarginFrom {
@@ -241,7 +241,7 @@ func (c *Cache) cacheFull() bool {
 	for i := range c.heads {
 		room += int64(c.segs.dataSize) - int64(c.heads[i].used.Load())
 	}
-	return room < int64(c.segs.dataSize)/16+c.fills.pendingBytes.Load()
+	return room < c.fills.pendingBytes.Load()+n
 }
 
 // admitGhost decides, for a volume with Policy2Q on a full cache, whether

@@ -180,15 +180,16 @@ func TestCacheFullMargin(t *testing.T) {
 		saved := c.segs.nFree.Load()
 		setRoom := func(room uint32) {
 			for i := range c.heads {
-				c.heads[i].used.Store(c.segs.dataSize - room/uint32(len(c.heads)))
+				c.heads[i].used.Store(c.segs.dataSize)
 			}
+			c.heads[0].used.Store(c.segs.dataSize - room)
 		}
-		for _, room := range []uint32{0, c.segs.dataSize / 32, c.segs.dataSize / 8, c.segs.dataSize} {
+		for _, room := range []uint32{0, 2048, 4096, c.segs.dataSize / 8, c.segs.dataSize} {
 			setRoom(room)
 			for used := limit - 3; used <= limit+1; used++ {
 				c.segs.nFree.Store(int32(n - used))
-				want := used > limit || used == limit && room < c.segs.dataSize/16
-				if got := c.cacheFull(); got != want {
+				want := used > limit || used == limit && room < 4096
+				if got := c.cacheFull(4096); got != want {
 					t.Errorf("%d segments (threshold %d), before GC ran: with %d in use and %d bytes of room in the heads, full = %v, want %v", n, limit, used, room, got, want)
 				}
 			}
@@ -198,7 +199,7 @@ func TestCacheFullMargin(t *testing.T) {
 			setRoom(room)
 			for used := limit - 3; used <= limit+1; used++ {
 				c.segs.nFree.Store(int32(n - used))
-				if got, want := c.cacheFull(), used > limit-tc.margin; got != want {
+				if got, want := c.cacheFull(4096), used > limit-tc.margin; got != want {
 					t.Errorf("%d segments (threshold %d), after GC ran: with %d in use, full = %v, want %v", n, limit, used, got, want)
 				}
 			}

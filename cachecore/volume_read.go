@@ -35,7 +35,7 @@ func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
 	}
 	fill := v.readFillDecision(ctx, off, int64(len(p)))
 	var acct readAcct
-	acct.gated = fill && v.vcfg.Load().Policy == Policy2Q && v.c.cacheFull()
+	acct.gated = fill && v.vcfg.Load().Policy == Policy2Q && v.c.cacheFull(int64(len(p)))
 	err := v.read(ctx, p, off, fill, &acct, nil)
 	if v.retryDirect(err) {
 		return v.directRead(ctx, p, off)
