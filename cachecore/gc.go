@@ -65,21 +65,44 @@ func (c *Cache) gcStep() bool {
 	var next persist.Tail
 	n := 0
 	var passed []persist.Key
-	// A step passes about one segment's worth of data: in log order that
-	// frees about one data segment, and gcLoop checks its threshold
-	// again. Passing more at a time evicts more than the threshold asks
-	// (a step of 64 large ksets freed ten segments of 32 at once), and
-	// what a cache holds on average is what the steps leave in it.
+	// A step passes ksets until it has passed the last key into some
+	// segment, so that the step frees it (in log order, the oldest data
+	// segment), and gcLoop checks its threshold again. Passing more at a
+	// time evicts more than the threshold asks (a step of 64 large ksets
+	// freed ten segments of 32 at once); passing a fixed amount of data
+	// ended most steps partway into the next segment, whose passed data
+	// was evicted (or re-appended) while its space stayed taken until the
+	// next step: about half a segment of every cache held nothing. Two
+	// segments' worth bounds a step whose keys point into segments that
+	// later keys point into too (several data heads).
 	var passedBytes uint64
-	for n < gcMaxKsetsPerTail && passedBytes < uint64(c.segs.dataSize) {
+	// dropping: the references the step drops, by segment (putRef below).
+	dropping := map[uint32]int64{}
+	frees := false
+	for n < gcMaxKsetsPerTail && !frees && passedBytes < 2*uint64(c.segs.dataSize) {
 		ks, ok := r.Next()
 		if !ok || ks.LSN >= limit {
 			break
 		}
 		for i := range ks.Keys {
-			if ks.Keys[i].Flags != persist.KeyTombstone {
-				passed = append(passed, ks.Keys[i])
-				passedBytes += uint64(ks.Keys[i].Length)
+			k := &ks.Keys[i]
+			if k.Flags == persist.KeyTombstone {
+				continue
+			}
+			passed = append(passed, *k)
+			passedBytes += uint64(k.Length)
+			if int(k.Pos.Seg) < len(c.segs.segs) {
+				dropping[k.Pos.Seg]++
+			}
+		}
+		for i := range ks.Keys {
+			k := &ks.Keys[i]
+			// A segment whose references are all keys this step passes
+			// is freed by it. (Only when to stop depends on this: a
+			// reference taken or dropped meanwhile moves the stop.)
+			if k.Flags != persist.KeyTombstone && int(k.Pos.Seg) < len(c.segs.segs) && c.segs.segs[k.Pos.Seg].refs.Load() <= dropping[k.Pos.Seg] {
+				frees = true
+				break
 			}
 		}
 		for i := range ks.Keys {
