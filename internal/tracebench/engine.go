@@ -266,7 +266,11 @@ func Capacity(cfg EngineConfig) (int, error) {
 	}
 	defer e.Close()
 	held := 0
-	for n := uint64(0); n < blocks && !e.overThreshold(); n++ {
+	// GC's first step may free a journal segment without evicting any
+	// data, and then the count would go on: when the machine is slow it
+	// can run before overThreshold sees the threshold crossed, so a run
+	// of GC ends the count too.
+	for n := uint64(0); n < blocks && !e.overThreshold() && e.cache.Stats().GCRuns == 0; n++ {
 		// every other block: never sequential, so the sequential cutoff
 		// stays out of it. Prefetch waits for its fill; no block is
 		// evicted before the threshold.
