@@ -203,8 +203,9 @@
 // elsewhere, against lock contention); a segment's reference count
 // is one per live-log key pointing into it plus one while it is a head.
 // GC advances key_tail over clean log (never past dirty_tail, nor past
-// keys writeback has written back but not yet marked clean), about one
-// segment's worth of data per step, evicting the keys it passes from the
+// keys writeback has written back but not yet marked clean), a step at a
+// time, each until it has passed the last key into a segment (at most two
+// segments' worth of data), evicting the keys it passes from the
 // index and dropping their references; a segment at zero gets its
 // generation bumped and persisted before it is reused. Readers copy cache
 // data holding the segment's read lock after checking the generation.

@@ -22,8 +22,9 @@ import (
 //     GC's threshold; once GC has run, within two segments of it, one on
 //     a cache whose threshold is under a hundred segments), a read miss
 //     is filled only if the ghost set remembers the block: it was evicted
-//     recently, or missed once recently without being admitted. A block read once (a scan, a
-//     one-hit wonder) therefore never pushes out data that is read again.
+//     recently, or missed once recently without being admitted. A block
+//     read once (a scan, a one-hit wonder) therefore never pushes out
+//     data that is read again.
 //     Until the cache is full every miss is admitted. The ghost set is
 //     short (a sixteenth of the cache's blocks, see ghostDiv): a block is
 //     admitted only if it is missed again soon, which keeps the blocks
@@ -98,11 +99,12 @@ const (
 	// out.)
 	ghostBitsPerEntry = 5 * ghostDiv
 	ghostProbes       = 6
-	// fullMargin: the cache counts as full (admission by the ghost set)
-	// within this many segments of GC's threshold, once the threshold is
-	// at least fullMarginFrom segments; below, within one. (Two segments
-	// of a 21-segment threshold are a tenth of the data: misses refused
-	// while the cache still had room for them.)
+	// fullMargin: once GC has run, the cache counts as full (admission
+	// by the ghost set) within this many segments of GC's threshold, once
+	// the threshold is at least fullMarginFrom segments; below, within
+	// one (cacheFull). (Two segments of a 21-segment threshold are a
+	// tenth of the data: misses refused while the cache still had room
+	// for them.)
 	fullMargin     = 2
 	fullMarginFrom = 100
 	// bankDiv: GC banks at most this share of the data area as credit.
@@ -205,13 +207,14 @@ type policyState struct {
 // ghost set.
 //
 // Until GC first has work, the cache is full once a fill of n more bytes
-// would take a segment past GC's threshold: the segments under it are in
-// use and the data heads have less room left than the fills already
-// queued and n. So the whole cache fills before any
-// miss is refused (stopping a segment short of the threshold left a
-// twentieth of a small cache empty until GC first ran), and a scan after
-// a warm-up still never makes GC run: it fills the cache to the threshold
-// and is refused from there, and the hot set, the oldest data, stays.
+// could take a segment past GC's threshold: the segments under it are in
+// use and a data head has less room left than the fills already queued
+// and n (fills take the heads in turn, so any of them may get the next
+// one). So the whole cache fills before any miss is refused (stopping a
+// segment short of the threshold left a twentieth of a small cache empty
+// until GC first ran), and a scan after a warm-up still never makes GC
+// run: it fills the cache to the threshold and is refused from there, and
+// the hot set, the oldest data, stays.
 //
 // From GC's first turn on (policyState.full) it is full within fullMargin
 // segments (one on a cache whose threshold is under fullMarginFrom
@@ -237,9 +240,9 @@ func (c *Cache) cacheFull(n int64) bool {
 	if used != limit {
 		return used > limit
 	}
-	var room int64
+	room := int64(c.segs.dataSize)
 	for i := range c.heads {
-		room += int64(c.segs.dataSize) - int64(c.heads[i].used.Load())
+		room = min(room, int64(c.segs.dataSize)-int64(c.heads[i].used.Load()))
 	}
 	return room < c.fills.pendingBytes.Load()+n
 }

@@ -167,22 +167,28 @@ func TestSecondChanceSpendsOnMostHit(t *testing.T) {
 // by the ghost set) one segment below GC's threshold when the threshold is
 // under fullMarginFrom segments, two below it from there on: two segments
 // of a small cache's threshold are a large share of its data. Before, it
-// is full only once the next fill would take a segment past the
-// threshold.
+// is full only once the next fill could take a segment past the
+// threshold: once the segments under it are in use and one of the data
+// heads has no room for it.
 func TestCacheFullMargin(t *testing.T) {
 	for _, tc := range []struct {
 		segments, margin int
 	}{{31, 1}, {200, 2}} {
 		r := newItRig(t, tc.segments, 8<<20, Config{}, DefaultVolumeConfig())
 		c := r.cache
+		if tc.segments >= 128 && len(c.heads) < 2 {
+			t.Fatalf("%d segments: %d data heads, want several", tc.segments, len(c.heads))
+		}
 		n := len(c.segs.segs)
 		limit := n * c.config().GCPercent / 100
 		saved := c.segs.nFree.Load()
+		// setRoom leaves room bytes in the last head, and every other
+		// head empty: any head may take the next fill.
 		setRoom := func(room uint32) {
 			for i := range c.heads {
-				c.heads[i].used.Store(c.segs.dataSize)
+				c.heads[i].used.Store(0)
 			}
-			c.heads[0].used.Store(c.segs.dataSize - room)
+			c.heads[len(c.heads)-1].used.Store(c.segs.dataSize - room)
 		}
 		for _, room := range []uint32{0, 2048, 4096, c.segs.dataSize / 8, c.segs.dataSize} {
 			setRoom(room)

@@ -1,6 +1,7 @@
 package tracebench
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"testing"
 
@@ -15,6 +16,22 @@ import (
 // hot set out, which shows the measure tells the two apart.
 func TestHotSetSurvivesScan(t *testing.T) {
 	cfg, _ := yardstickSize()
+	// 1 MiB segments, and on the short run also 128 KiB ones: a cache of
+	// several data heads.
+	segs := []uint32{1 << 20}
+	if !long() {
+		segs = append(segs, 128<<10)
+	}
+	for _, seg := range segs {
+		t.Run(fmt.Sprintf("segment=%dKiB", seg>>10), func(t *testing.T) {
+			cfg := cfg
+			cfg.SegmentSize = seg
+			hotSetSurvivesScan(t, cfg)
+		})
+	}
+}
+
+func hotSetSurvivesScan(t *testing.T, cfg EngineConfig) {
 	capacity, err := Capacity(cfg)
 	if err != nil {
 		t.Fatal(err)
