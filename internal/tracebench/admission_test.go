@@ -1,7 +1,6 @@
 package tracebench
 
 import (
-	"fmt"
 	"math/rand/v2"
 	"testing"
 
@@ -17,26 +16,12 @@ import (
 // with room.
 func TestAdmissionFillsTheCache(t *testing.T) {
 	cfg, _ := yardstickSize()
-	for _, seg := range []uint32{1 << 20, 128 << 10} {
-		t.Run(fmt.Sprintf("segment=%dKiB", seg>>10), func(t *testing.T) {
-			cfg := cfg
-			cfg.SegmentSize = seg
-			admissionFillsTheCache(t, cfg)
-		})
-	}
+	eachSegmentSize(t, cfg, []uint32{1 << 20, 128 << 10}, admissionFillsTheCache)
 }
 
 func admissionFillsTheCache(t *testing.T, cfg EngineConfig) {
-	capacity, err := Capacity(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	e, capacity := openMeasured(t, cfg, 4)
 	space := 4 * capacity
-	e, err := OpenEngine(cfg, uint64(space))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
 	heads := e.Cache().DataHeads()
 	blocks := rand.New(rand.NewPCG(3, 3)).Perm(space)
 	segBlocks := int(cfg.SegmentSize / BlockSize)

@@ -16,16 +16,8 @@ import (
 func TestGCFreesWholeSegments(t *testing.T) {
 	cfg, _ := yardstickSize()
 	cfg.Policy = cachecore.PolicyFIFO
-	capacity, err := Capacity(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	e, capacity := openMeasured(t, cfg, 3)
 	space := 3 * capacity
-	e, err := OpenEngine(cfg, uint64(space))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
 	blocks := rand.New(rand.NewPCG(5, 5)).Perm(space)
 	const checkpoints = 12
 	var dead, partial int

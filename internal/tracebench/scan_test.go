@@ -1,7 +1,6 @@
 package tracebench
 
 import (
-	"fmt"
 	"math/rand/v2"
 	"testing"
 
@@ -22,13 +21,7 @@ func TestHotSetSurvivesScan(t *testing.T) {
 	if !long() {
 		segs = append(segs, 128<<10)
 	}
-	for _, seg := range segs {
-		t.Run(fmt.Sprintf("segment=%dKiB", seg>>10), func(t *testing.T) {
-			cfg := cfg
-			cfg.SegmentSize = seg
-			hotSetSurvivesScan(t, cfg)
-		})
-	}
+	eachSegmentSize(t, cfg, segs, hotSetSurvivesScan)
 }
 
 func hotSetSurvivesScan(t *testing.T, cfg EngineConfig) {
