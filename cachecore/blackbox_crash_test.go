@@ -291,13 +291,13 @@ func runCrashWorkloadWith(t *testing.T, name string, o rigOptions, writers int, 
 		// held.
 		exact := r.media.PersistPoints() == point
 		snapMu.Lock()
-		defer snapMu.Unlock()
 		flushes := r.backing.Counts().Flushes
 		img := lastImg
 		if flushes != lastFlushes || img == nil {
 			var err error
 			img, err = r.backing.DurableImage(nil)
 			if err != nil {
+				snapMu.Unlock()
 				t.Errorf("backing DurableImage: %v", err)
 				return
 			}
@@ -307,7 +307,15 @@ func runCrashWorkloadWith(t *testing.T, name string, o rigOptions, writers int, 
 		if point%4 == 0 && r.backing.UnflushedSectors() > 0 {
 			torn, _ = r.backing.DurableImage(rand.New(rand.NewPCG(tornRng.Uint64(), 1)))
 		}
+		snapMu.Unlock()
+		// The hook runs after the persist without the media's lock: if
+		// another persist point came before the backing's image was
+		// taken, the image may hold writes issued after this point, and
+		// is no crash at it.
+		exact = exact && r.media.PersistPoints() == point
+		snapMu.Lock()
 		snaps[point] = backingSnap{exact: exact, img: img, torn: torn}
+		snapMu.Unlock()
 	})
 
 	bs := int64(vc.BlockSize)

@@ -175,12 +175,12 @@ func runCopyCrash(t *testing.T, name string, o rigOptions, ops, maxImages int, s
 	r.media.SetPersistHook(func(point int) {
 		exact := r.media.PersistPoints() == point
 		snapMu.Lock()
-		defer snapMu.Unlock()
 		flushes := r.backing.Counts().Flushes
 		img := lastImg
 		if flushes != lastFlushes || img == nil {
 			var err error
 			if img, err = r.backing.DurableImage(nil); err != nil {
+				snapMu.Unlock()
 				t.Errorf("backing DurableImage: %v", err)
 				return
 			}
@@ -190,7 +190,15 @@ func runCopyCrash(t *testing.T, name string, o rigOptions, ops, maxImages int, s
 		if point%4 == 0 && r.backing.UnflushedSectors() > 0 {
 			torn, _ = r.backing.DurableImage(rand.New(rand.NewPCG(tornRng.Uint64(), 1)))
 		}
+		snapMu.Unlock()
+		// The hook runs after the persist without the media's lock: if
+		// another persist point came before the backing's image was
+		// taken, the image may hold writes issued after this point, and
+		// is no crash at it.
+		exact = exact && r.media.PersistPoints() == point
+		snapMu.Lock()
 		snaps[point] = backingSnap{exact: exact, img: img, torn: torn}
+		snapMu.Unlock()
 	})
 
 	const bs = 4096
