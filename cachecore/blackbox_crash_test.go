@@ -126,12 +126,18 @@ func TestBlackboxCrashConsistency(t *testing.T) {
 		{"dax-3-writers-2q", persist.TearDAX, 16, 30, 3, cachecore.VolumeConfig{Mode: cachecore.ModeWriteback, Policy: cachecore.Policy2Q}, false},
 		{"file-unfenced-bypass", persist.TearPage, 24, 0, 1, cachecore.VolumeConfig{Mode: cachecore.ModeWriteback, SequentialCutoff: 32 << 10}, true},
 		{"file-unfenced-3-writers", persist.TearPage, 16, 30, 3, cachecore.VolumeConfig{Mode: cachecore.ModeWriteback}, true},
+		// persists that overtake the hook of an earlier one: its point
+		// is then no exact crash point
+		{"file-unfenced-3-writers-overtaken-hook", persist.TearPage, 16, 30, 3, cachecore.VolumeConfig{Mode: cachecore.ModeWriteback}, true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			o := rigOptions{Segments: c.segments, BackingSize: 1 << 20, Unit: c.unit, DataCRC: true, WholeFlush: c.whole, VC: c.vc,
 				Cfg: cachecore.Config{GCPercent: c.gc}}
 			if strings.HasSuffix(c.name, "-large-discards") {
 				o.Cfg = cachecore.WithDiscardZeroLimit(o.Cfg, 8<<10)
+			}
+			if strings.HasSuffix(c.name, "-overtaken-hook") {
+				o.OvertakenPersistHook = true
 			}
 			runCrashWorkload(t, c.name, o, c.writers)
 		})
@@ -290,6 +296,11 @@ func runCrashWorkloadWith(t *testing.T, name string, o rigOptions, writers int, 
 		// Before snapMu: the pre-hook takes snapMu with the media's lock
 		// held.
 		exact := r.media.PersistPoints() == point
+		if o.OvertakenPersistHook && point%2 == 1 {
+			for waited := time.Duration(0); r.media.PersistPoints() < point+2 && waited < 20*time.Millisecond; waited += 100 * time.Microsecond {
+				time.Sleep(100 * time.Microsecond)
+			}
+		}
 		snapMu.Lock()
 		flushes := r.backing.Counts().Flushes
 		img := lastImg

@@ -44,6 +44,11 @@ type rigOptions struct {
 	// atomic (WriteAtomic), up to the volume's limit, and the crash
 	// check verify that none is ever half visible.
 	AtomicWrites bool
+	// OvertakenPersistHook makes the crash workload's persist hook, at
+	// every other persist point, wait (up to 20 ms) for two more persist
+	// points before it takes the backing device's image: the hook runs
+	// after the persist, unlocked, and later persists may come first.
+	OvertakenPersistHook bool
 }
 
 func (o *rigOptions) fill() {
