@@ -239,7 +239,3 @@ func (vc VolumeConfig) withDefaults() (VolumeConfig, error) {
 // GCPercent returns the gc percent in force (Config.GCPercent resolved
 // against the value stored in the cache file).
 func (c *Cache) GCPercent() int { return c.config().GCPercent }
-
-// DataHeads is the number of data heads the cache allocates from in turn
-// (one, or one per 64 segments up to 8: see Open).
-func (c *Cache) DataHeads() int { return len(c.heads) }

@@ -31,7 +31,7 @@ func TestLogFollowsDataOrder(t *testing.T) {
 	}
 	// A 12 KiB write that straddles the end of the head's segment (its
 	// blocks lie in one stripe, so one slot gets its keys).
-	for r.cache.heads[0].off+12<<10 <= itSegSize-4096 {
+	for r.cache.heads[0].off.Load()+12<<10 <= itSegSize-4096 {
 		if err := r.vol.Prefetch(ctx, int64(rng.IntN(blocks/1024))*4096, 4096); err != nil {
 			t.Fatal(err)
 		}

@@ -197,7 +197,7 @@ type policyState struct {
 	// installed bytes already credited (fills and cached writes).
 	credit    atomic.Int64
 	installed atomic.Uint64
-	// full: GC has had work since the cache opened (needGC), so
+	// full: GC has had work since the cache opened (gcLoop), so
 	// cacheFull keeps its margin.
 	full atomic.Bool
 }
@@ -242,7 +242,7 @@ func (c *Cache) cacheFull(n int64) bool {
 	}
 	room := int64(c.segs.dataSize)
 	for i := range c.heads {
-		room = min(room, int64(c.segs.dataSize)-int64(c.heads[i].used.Load()))
+		room = min(room, int64(c.segs.dataSize)-int64(c.heads[i].off.Load()))
 	}
 	return room < c.fills.pendingBytes.Load()+n
 }

@@ -186,9 +186,9 @@ func TestCacheFullMargin(t *testing.T) {
 		// head empty: any head may take the next fill.
 		setRoom := func(room uint32) {
 			for i := range c.heads {
-				c.heads[i].used.Store(0)
+				c.heads[i].off.Store(0)
 			}
-			c.heads[len(c.heads)-1].used.Store(c.segs.dataSize - room)
+			c.heads[len(c.heads)-1].off.Store(c.segs.dataSize - room)
 		}
 		for _, room := range []uint32{0, 2048, 4096, c.segs.dataSize / 8, c.segs.dataSize} {
 			setRoom(room)

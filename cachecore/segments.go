@@ -137,12 +137,12 @@ type dataHead struct {
 	mu    sync.Mutex
 	valid bool
 	seg   uint32
-	off   uint32
 	gen   uint64
-	// used mirrors off for lock-free readers (cacheFull); a head
-	// without a segment has no room: used is the segment's data size.
-	used atomic.Uint32
-	_    [20]byte // keep heads on separate cache lines
+	// off: the bytes of the segment handed out; written under mu, read
+	// without it by cacheFull. A head without a segment has no room:
+	// off is the segment's data size.
+	off atomic.Uint32
+	_   [20]byte // keep heads on separate cache lines
 }
 
 // allocAlign is the granularity of cache space: a sector. A piece of a
@@ -179,7 +179,7 @@ func (c *Cache) allocData(n uint32) (allocation, error) {
 	h.mu.Lock()
 	for {
 		if h.valid {
-			off := h.off
+			off := h.off.Load()
 			if n >= pageAlign {
 				off = min((off+pageAlign-1)&^(pageAlign-1), c.segs.dataSize)
 			}
@@ -188,8 +188,7 @@ func (c *Cache) allocData(n uint32) (allocation, error) {
 				got := min(n, room)
 				a := allocation{pos: persist.Pos{Seg: h.seg, Off: off}, gen: h.gen, n: got}
 				c.segs.segs[h.seg].refs.Add(1)
-				h.off = off + (got+allocAlign-1)&^(allocAlign-1)
-				h.used.Store(h.off)
+				h.off.Store(off + (got+allocAlign-1)&^(allocAlign-1))
 				h.mu.Unlock()
 				if drop != noSeg {
 					c.putRef(drop)
@@ -198,7 +197,7 @@ func (c *Cache) allocData(n uint32) (allocation, error) {
 			}
 			drop = h.seg
 			h.valid = false
-			h.used.Store(c.segs.dataSize)
+			h.off.Store(c.segs.dataSize)
 		}
 		id, ok := c.segs.take(false)
 		if !ok {
@@ -210,14 +209,18 @@ func (c *Cache) allocData(n uint32) (allocation, error) {
 		}
 		s := &c.segs.segs[id]
 		s.refs.Add(1) // the head's reference
-		h.valid, h.seg, h.off, h.gen = true, id, 0, s.currentGen()
-		h.used.Store(0)
+		h.valid, h.seg, h.gen = true, id, s.currentGen()
+		h.off.Store(0)
 		s.takenGen.Store(h.gen + 1)
 		c.dataSegs.Add(1)
 	}
 }
 
 const noSeg = ^uint32(0)
+
+// DataHeads is the number of data heads the cache allocates from in turn
+// (one, or one per 64 segments up to 8: see Open).
+func (c *Cache) DataHeads() int { return len(c.heads) }
 
 // maxChecksummedKey is the largest key on a cache with data CRCs: a read
 // hit of any part of a key reads and checksums all of it, so a 4 KiB hit
