@@ -27,6 +27,7 @@ func (c *Cache) gcLoop() {
 		}
 		t.Stop()
 		for c.needGC() && ctx.Err() == nil && !c.failed.Load() {
+			c.policy.full.Store(true) // cacheFull keeps its margin from now on
 			ok := c.gcStep()
 			c.checkLiveInvariants("GC step")
 			if !ok {
@@ -40,11 +41,7 @@ func (c *Cache) needGC() bool {
 	free, quar := c.segs.counts()
 	n := uint32(len(c.segs.segs))
 	used := n - free - quar
-	need := c.spaceWait.Load() > 0 || int(used)*100 > int(n)*c.config().GCPercent
-	if need && !c.policy.full.Load() {
-		c.policy.full.Store(true) // cacheFull keeps its margin from now on
-	}
-	return need
+	return c.spaceWait.Load() > 0 || int(used)*100 > int(n)*c.config().GCPercent
 }
 
 // gcStep advances key_tail over up to gcMaxKsetsPerTail clean ksets (never
