@@ -97,18 +97,18 @@ func (t *bypassTracker) active(first, last uint64) bool {
 //
 // A target serves a queue's commands in parallel, so a sequential stream at
 // queue depth 32 reaches the detector shuffled within its in-flight
-// requests. Required to start exactly at the end, no read stream at depth
-// 32 was ever sequential over iSCSI (its fills went on until the cache was
-// full), and a write stream was now and then (it took the cache and the
-// bypass paths by turns, slower than either). So each entry also knows its
-// stream's last seqPieces pieces (requests of the size that started it,
-// aligned to its end): a request up to seqReorderDepth pieces past the end
-// continues the stream and leaves the pieces it skipped missing, and a
-// missing piece that arrives late fills its place. A piece seen before (a
-// rewrite, a re-read) or anything before the stream began is not the
-// stream's: it starts one of its own, as under the exact rule. The count is
-// the bytes of the stream's requests, and none while they cover less than
-// half of the range the stream's end moved over.
+// requests. A rule that wants each request to start exactly at the end finds
+// no read stream at that depth over iSCSI (its fills go on until the cache
+// is full), and finds a write stream only now and then (it takes the cache
+// and the bypass paths by turns, slower than either). So each entry also
+// knows its stream's last seqPieces pieces (requests of the size that
+// started it, aligned to its end): a request up to seqReorderDepth pieces
+// past the end continues the stream and leaves the pieces it skipped
+// missing, and a missing piece that arrives late fills its place. A piece
+// seen before (a rewrite, a re-read) or anything before the stream began is
+// not the stream's: it starts one of its own, as under the exact rule. The
+// count is the bytes of the stream's requests, and none while they cover
+// less than half of the range the stream's end moved over.
 type seqDetector struct {
 	mu      sync.Mutex
 	entries [seqEntries]seqEntry

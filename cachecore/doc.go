@@ -294,8 +294,8 @@
 // fill for the same reasons. A write overlapping dirty data never bypasses.
 // A request continues a stream a little past or before where it ended,
 // since a queue's requests are served in parallel and reach the engine
-// shuffled (seqDetector). A FUA write in a mode that caches writes never bypasses as
-// sequential (bcache's rule for synchronous writes).
+// shuffled (seqDetector). A FUA write in a mode that caches writes never
+// bypasses as sequential (bcache's rule for synchronous writes).
 //
 // # Direct writes and C6
 //

@@ -36,9 +36,9 @@ var reasonNames = [numReasons]string{"sequential", "congestion", "full", "mode"}
 // route chooses the path of a write and, for a bypass, its reason (the
 // bypass statistics are counted when pieces actually bypass). A FUA write
 // in a mode that caches writes (writeback, writeonly) is not a sequential
-// stream's, as bcache does in writeback mode with
-// synchronous writes: a database's log written with FUA would otherwise
-// wait for the slow device once it had grown past the cutoff.
+// stream's, as bcache does in writeback mode with synchronous writes: a
+// database's log written with FUA would otherwise wait for the slow device
+// once it had grown past the cutoff.
 func (v *Volume) route(ctx context.Context, off, n int64, fua bool) (writeRoute, int) {
 	if v.repl.Load() != nil {
 		// Every change of a replicated volume goes through the shipped
