@@ -27,7 +27,6 @@ func (c *Cache) gcLoop() {
 		}
 		t.Stop()
 		for c.needGC() && ctx.Err() == nil && !c.failed.Load() {
-			c.policy.full.Store(true) // cacheFull keeps its margin from now on
 			ok := c.gcStep()
 			c.checkLiveInvariants("GC step")
 			if !ok {
@@ -41,7 +40,11 @@ func (c *Cache) needGC() bool {
 	free, quar := c.segs.counts()
 	n := uint32(len(c.segs.segs))
 	used := n - free - quar
-	return c.spaceWait.Load() > 0 || int(used)*100 > int(n)*c.config().GCPercent
+	need := c.spaceWait.Load() > 0 || int(used)*100 > int(n)*c.config().GCPercent
+	if need && !c.policy.full.Load() {
+		c.policy.full.Store(true) // cacheFull keeps its margin from now on
+	}
+	return need
 }
 
 // gcStep advances key_tail over up to gcMaxKsetsPerTail clean ksets (never
