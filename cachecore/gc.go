@@ -42,7 +42,10 @@ func (c *Cache) needGC() bool {
 	used := n - free - quar
 	need := c.spaceWait.Load() > 0 || int(used)*100 > int(n)*c.config().GCPercent
 	if need && !c.policy.full.Load() {
-		c.policy.full.Store(true) // cacheFull keeps its margin from now on
+		// Whoever sees it first (GC, or writeback asking for space)
+		// records that GC has work: cacheFull keeps its margin from now
+		// on.
+		c.policy.full.Store(true)
 	}
 	return need
 }
