@@ -289,9 +289,13 @@ func openWith(ctx context.Context, store *persist.Store, cfg Config, replayed fu
 	}
 	c.cfg.Store(&cfg)
 	c.fills.init()
-	// The ghost set remembers a sixteenth to an eighth of as many blocks
-	// as the data area holds (ghostDiv, ghostSet).
-	c.policy.ghost = newGhostSet(int64(nSeg) * int64(dataSize) >> ghostBlockShift / ghostDiv)
+	// Each filter of the ghost set and of evictedHot takes a sixteenth of
+	// as many inserts as the data area holds blocks (ghostDiv): each set
+	// remembers one to two filters' worth; the ghost set's window then
+	// moves (ghostSet.widen, narrow).
+	dataBlocks := int64(nSeg) * int64(dataSize) >> ghostBlockShift
+	c.policy.ghost = newGhostSet(dataBlocks/ghostDiv, true)
+	c.policy.evictedHot = newGhostSet(dataBlocks/ghostDiv, false)
 	for i := range c.slots {
 		c.slots[i].idx = i
 	}

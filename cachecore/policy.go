@@ -26,12 +26,28 @@ import (
 //     read once (a scan, a one-hit wonder) therefore never pushes out
 //     data that is read again.
 //     Until the cache is full every miss is admitted. The ghost set is
-//     short (a sixteenth of the cache's blocks, see ghostDiv): a block is
-//     admitted only if it is missed again soon, which keeps the blocks
-//     read a few times per pass of the log out of it, so the log turns
-//     more slowly and the budget below protects more of what is read
-//     often. Its false positives are about one in ten million, so a scan
+//     short: a block is admitted only if it is missed again soon, which
+//     keeps the blocks read a few times per pass of the log out of it, so
+//     the log turns more slowly and the budget below protects more of
+//     what is read often. Its false positives are at most a few in ten
+//     thousand, about one in ten million at its usual window, so a scan
 //     of any length admits practically nothing.
+//     Data GC evicted although it was read, for want of credit (below),
+//     is remembered apart (policyState.evictedHot), which refusals do not
+//     flush: data known to be read again then costs one miss to come
+//     back, not two.
+//   - An adaptive window, in the manner of ARC (Megiddo and Modha, FAST
+//     2003). How short the ghost set should be depends on the workload:
+//     over a working set many times the cache a longer memory admits the
+//     warm blocks that beat the cold ones GC evicts; over one about twice
+//     the cache every admission costs a block that is read often, since
+//     most of what GC passes was read and the budget covers little of it.
+//     The window (the inserts each of its two filters takes, see
+//     ghostSet) starts at a sixteenth of the data area's blocks and moves
+//     between a quarter and four times that: an admission by the ghost set
+//     widens it by one, an admission by evictedHot (GC evicted data that
+//     was read again: admitting cost too much) narrows it by
+//     ghostNarrowStep.
 //   - Second chance. A read hit counts on its extent. When GC passes a
 //     key whose data is still indexed, clean (a fill, or a write that was
 //     written back) and was hit since it was written, the data is appended
@@ -39,8 +55,12 @@ import (
 //     then an install that C7 checks like any fill) instead of being
 //     evicted, and its count starts again (CLOCK). The budget goes to the
 //     most hit data of a GC step first: its keys were written at about the
-//     same time, so their counts compare reads over the same stay. What is
-//     evicted goes to the ghost set.
+//     same time, so their counts compare reads over the same stay. Data
+//     hit only once is re-appended only from credit beyond half of what
+//     may be banked (reappendMinHits), which is kept for data read more
+//     often: spent on data read once early on, it would be missing when
+//     GC next passes data read many times. What is evicted goes to the
+//     ghost set.
 //   - A write budget. Re-appends are bounded to a fifth of the bytes the
 //     host installed in the cache (fills and cached writes) since the
 //     cache opened, so GC's write amplification from them stays under 1.2
@@ -87,16 +107,26 @@ const (
 	ghostBlockShift = 12
 	// ghostPerExtent bounds the blocks of one evicted extent remembered.
 	ghostPerExtent = 16
-	// ghostDiv: each Bloom filter of the ghost set takes a sixteenth of
-	// the blocks of the cache's data area. Measured on the yardstick
-	// (docs/yardstick.md, 256 MiB): a half (as before) and a quarter
-	// admit too much of a Zipf tail, a thirty-second too little.
+	// ghostDiv: each Bloom filter of the ghost set is sized for a
+	// sixteenth of the blocks of the cache's data area (at least 1024),
+	// its window's starting point; a fixed window of a half or a quarter
+	// admitted too much of a Zipf tail over twice the cache, one of a
+	// thirty-second too little over ten times it (docs/yardstick.md).
+	// evictedHot's filters are as large: on Zipf traces over twice to ten
+	// times the cache, sizes from a sixteenth to a half do as well, the
+	// whole data area admits blocks read long ago.
 	ghostDiv = 16
+	// ghostNarrowStep: a miss evictedHot admits narrows the ghost set's
+	// window by this many inserts, one the ghost set admits widens it by
+	// one (admitGhost). Narrowing by one as well let the window grow on
+	// traces whose working set is about twice the cache, where every
+	// admission costs data that is read again.
+	ghostNarrowStep = 4
 	// ghostBitsPerEntry and ghostProbes size each Bloom filter: about
-	// 1e-7 false positives at its fill limit. (The bits a filter of twice
-	// the entries at 2 % took: a scan's blocks are all new, and 2 % of a
-	// long scan admitted, near the threshold, pushed part of the hot set
-	// out.)
+	// 1e-7 false positives at its starting window, 6e-4 at four times
+	// that. (The bits a filter of twice the entries at 2 % took: a scan's
+	// blocks are all new, and 2 % of a long scan admitted, near the
+	// threshold, pushed part of the hot set out.)
 	ghostBitsPerEntry = 5 * ghostDiv
 	ghostProbes       = 6
 	// fullMargin: once GC has run, the cache counts as full (admission
@@ -115,27 +145,56 @@ const (
 
 // ghostSet remembers recently evicted or refused blocks: two Bloom filters
 // used in turn. Inserts go to the current one; a lookup checks both; when
-// the current one has taken its share the older one is cleared and becomes
-// current. So it remembers between limit and 2*limit of the latest inserts
-// in constant memory (ghostBitsPerEntry bits per entry, per filter).
+// the current one has taken limit inserts the older one is cleared and
+// becomes current. So it remembers between limit and 2*limit of the latest
+// inserts in constant memory. The filters are sized for the initial limit
+// (ghostBitsPerEntry bits per entry); an adaptive set's limit (its window)
+// moves between a quarter and four times that (widen, narrow), where its
+// false positives go from about one in ten million to a few in ten
+// thousand per lookup.
 // Lookups and inserts are lock-free; mu serialises the swap.
 type ghostSet struct {
-	mu       sync.Mutex
-	filters  [2][]atomic.Uint64
-	cur      atomic.Uint32
-	inserted atomic.Int64 // into the current filter
-	limit    int64
-	mask     uint64 // bits per filter - 1 (a power of two)
+	mu                 sync.Mutex
+	filters            [2][]atomic.Uint64
+	cur                atomic.Uint32
+	inserted           atomic.Int64 // into the current filter
+	limit              atomic.Int64
+	minLimit, maxLimit int64
+	mask               uint64 // bits per filter - 1 (a power of two)
 }
 
-func newGhostSet(entries int64) *ghostSet {
+// ghostWindowRange: an adaptive ghost set's window moves within this
+// factor of its initial limit either way.
+const ghostWindowRange = 4
+
+func newGhostSet(entries int64, adaptive bool) *ghostSet {
 	entries = max(entries, 1024)
 	nbits := uint64(1) << bits.Len64(uint64(entries*ghostBitsPerEntry)-1)
-	g := &ghostSet{limit: entries, mask: nbits - 1}
+	g := &ghostSet{mask: nbits - 1, minLimit: entries, maxLimit: entries}
+	if adaptive {
+		g.minLimit, g.maxLimit = entries/ghostWindowRange, entries*ghostWindowRange
+	}
+	g.limit.Store(entries)
 	for i := range g.filters {
 		g.filters[i] = make([]atomic.Uint64, nbits/64)
 	}
 	return g
+}
+
+// widen lets each filter take d more inserts, up to maxLimit.
+func (g *ghostSet) widen(d int64) { g.moveLimit(d) }
+
+// narrow lets each filter take d fewer inserts, down to minLimit.
+func (g *ghostSet) narrow(d int64) { g.moveLimit(-d) }
+
+func (g *ghostSet) moveLimit(d int64) {
+	for {
+		l := g.limit.Load()
+		n := min(max(l+d, g.minLimit), g.maxLimit)
+		if n == l || g.limit.CompareAndSwap(l, n) {
+			return
+		}
+	}
 }
 
 // ghostKey names block blk (in 4 KiB units) of volume vol.
@@ -175,9 +234,9 @@ func (g *ghostSet) add(h uint64) {
 		b := g.probe(h, i)
 		g.filters[cur][b/64].Or(1 << (b % 64))
 	}
-	if g.inserted.Add(1) >= g.limit {
+	if g.inserted.Add(1) >= g.limit.Load() {
 		g.mu.Lock()
-		if g.cur.Load() == cur && g.inserted.Load() >= g.limit {
+		if g.cur.Load() == cur && g.inserted.Load() >= g.limit.Load() {
 			old := 1 - cur
 			for i := range g.filters[old] {
 				g.filters[old][i].Store(0)
@@ -193,6 +252,10 @@ func (g *ghostSet) add(h uint64) {
 // re-append budget.
 type policyState struct {
 	ghost *ghostSet
+	// evictedHot remembers the blocks GC evicted although they were hit
+	// since written (no re-append credit left); it takes no refusals, so
+	// it remembers them longer than ghost does.
+	evictedHot *ghostSet
 	// credit: bytes GC may still re-append; installed: the host's
 	// installed bytes already credited (fills and cached writes).
 	credit    atomic.Int64
@@ -248,12 +311,20 @@ func (c *Cache) cacheFull(n int64) bool {
 }
 
 // admitGhost decides, for a volume with Policy2Q on a full cache, whether
-// a read miss at off is filled: only if the ghost set remembers the block.
-// A refused block is remembered, so its next miss is admitted.
+// a read miss at off is filled: only if the ghost set remembers the block
+// (refused or evicted recently, or evicted for lack of credit although it
+// was read). A refused block is remembered, so its next miss is admitted.
 func (v *Volume) admitGhost(off int64) bool {
-	g := v.c.policy.ghost
+	p := &v.c.policy
+	g := p.ghost
 	h := ghostKey(v.st.id, off)
-	if g.has(h) {
+	switch {
+	case p.evictedHot.has(h):
+		g.narrow(ghostNarrowStep)
+		v.stats.ghostAdmits.Add(1)
+		return true
+	case g.has(h):
+		g.widen(1)
 		v.stats.ghostAdmits.Add(1)
 		return true
 	}
@@ -272,6 +343,11 @@ func markHit(x *extent) {
 
 // maxHits: the hit count saturates here; ranking beyond it buys nothing.
 const maxHits = 255
+
+// reappendMinHits: data hit less often than this since it was written is
+// re-appended only from credit beyond half of creditLimit, which is kept
+// for data read more often (secondChance).
+const reappendMinHits = 2
 
 // refillCredit adds to GC's re-append budget its share of what the host
 // installed since the last call.
@@ -296,10 +372,14 @@ func (c *Cache) refillCredit() {
 		return
 	}
 	p.installed.Store(total)
-	// At most a fifth of the data area banked (bankDiv): credit earned
-	// long ago must not let GC re-append a long burst.
-	limit := int64(len(c.segs.segs)) * int64(c.store.SegmentDataSize()) / bankDiv
-	p.credit.Store(min(p.credit.Load()+int64((total-last)/reappendShareDiv), limit))
+	p.credit.Store(min(p.credit.Load()+int64((total-last)/reappendShareDiv), c.creditLimit()))
+}
+
+// creditLimit is the most credit GC banks: a fifth of the data area
+// (bankDiv), so that credit earned long ago does not let GC re-append a
+// long burst.
+func (c *Cache) creditLimit() int64 {
+	return int64(len(c.segs.segs)) * int64(c.store.SegmentDataSize()) / bankDiv
 }
 
 // chanceCand is clean data GC is passing that was hit since written: its
@@ -356,10 +436,16 @@ func (c *Cache) secondChance(passed []persist.Key) {
 	// to the data read most often, which is what a miss would cost most.
 	slices.SortStableFunc(cands, func(a, b chanceCand) int { return int(b.x.hits) - int(a.x.hits) })
 	var buf []byte
+	reserve := c.creditLimit() / 2
 	for n := range cands {
 		cd := &cands[n]
-		if int64(cd.x.length) > c.policy.credit.Load() {
+		need := int64(cd.x.length)
+		if cd.x.hits < reappendMinHits {
+			need += reserve
+		}
+		if need > c.policy.credit.Load() {
 			c.ghostExtent(cd.vs.id, cd.pc, &cd.x)
+			c.policy.evictedHot.addExtent(cd.vs.id, cd.pc, &cd.x)
 			continue
 		}
 		c.policy.credit.Add(-int64(cd.x.length))
@@ -373,8 +459,14 @@ func (c *Cache) secondChance(passed []persist.Key) {
 // ghostExtent remembers (the first blocks of) an evicted extent in the
 // ghost set.
 func (c *Cache) ghostExtent(vol uint32, pc piece, x *extent) {
+	c.policy.ghost.addExtent(vol, pc, x)
+}
+
+// addExtent remembers the first blocks (ghostPerExtent) of extent x of
+// volume vol.
+func (g *ghostSet) addExtent(vol uint32, pc piece, x *extent) {
 	for b := uint32(0); b < x.length && b < ghostPerExtent<<ghostBlockShift; b += 1 << ghostBlockShift {
-		c.policy.ghost.add(ghostKey(vol, pc.abs(x.start+b)))
+		g.add(ghostKey(vol, pc.abs(x.start+b)))
 	}
 }
 
