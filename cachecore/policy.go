@@ -55,12 +55,12 @@ import (
 //     then an install that C7 checks like any fill) instead of being
 //     evicted, and its count starts again (CLOCK). The budget goes to the
 //     most hit data of a GC step first: its keys were written at about the
-//     same time, so their counts compare reads over the same stay. Data
-//     hit only once is re-appended only from credit beyond half of what
-//     may be banked (reappendMinHits), which is kept for data read more
-//     often: spent on data read once early on, it would be missing when
-//     GC next passes data read many times. What is evicted goes to the
-//     ghost set.
+//     same time, so their counts compare reads over the same stay. Until
+//     GC has passed the whole log once, data hit only once is re-appended
+//     only from credit beyond half of what may be banked
+//     (reappendMinHits): the credit banked while the cache filled, spent
+//     on what GC passes first, would be missing when it next passes data
+//     read many times. What is evicted goes to the ghost set.
 //   - A write budget. Re-appends are bounded to a fifth of the bytes the
 //     host installed in the cache (fills and cached writes) since the
 //     cache opened, so GC's write amplification from them stays under 1.2
@@ -344,9 +344,10 @@ func markHit(x *extent) {
 // maxHits: the hit count saturates here; ranking beyond it buys nothing.
 const maxHits = 255
 
-// reappendMinHits: data hit less often than this since it was written is
-// re-appended only from credit beyond half of creditLimit, which is kept
-// for data read more often (secondChance).
+// reappendMinHits: until GC has passed the whole log once, data hit less
+// often than this since it was written is re-appended only from credit
+// beyond half of creditLimit, which is kept for data read more often
+// (secondChance).
 const reappendMinHits = 2
 
 // refillCredit adds to GC's re-append budget its share of what the host
@@ -436,7 +437,16 @@ func (c *Cache) secondChance(passed []persist.Key) {
 	// to the data read most often, which is what a miss would cost most.
 	slices.SortStableFunc(cands, func(a, b chanceCand) int { return int(b.x.hits) - int(a.x.hits) })
 	var buf []byte
-	reserve := c.creditLimit() / 2
+	// Until GC has passed the whole log once, data hit once is
+	// re-appended only from credit beyond half of creditLimit: the
+	// credit banked while the cache filled is spent on what GC passes
+	// first, data filled first, and much of what follows was read more.
+	// From then on credit comes as the host installs data, and data read
+	// once per pass (a loop) is worth what the budget allows.
+	var reserve int64
+	if c.stats.gcSegmentsFreed.Load() < uint64(len(c.segs.segs)) {
+		reserve = c.creditLimit() / 2
+	}
 	for n := range cands {
 		cd := &cands[n]
 		need := int64(cd.x.length)
