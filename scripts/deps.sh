@@ -32,7 +32,17 @@ optional_ceph=1
 pkgs_browser="chromium"
 optional_browser=1
 
-FEATURES="clients ceph browser"
+# vm: what integration/vm needs on the host to boot Debian guests under
+# qemu (qemu-system-x86, depmod from kmod) and to build their root file
+# systems (mmdebstrap, mke2fs from e2fsprogs). Installed here, before the
+# tests run: the VM tests run in parallel and would otherwise each start
+# apt-get at once. Without it (not root) the VM tests fail saying what to
+# install.
+pkgs_vm="qemu-system-x86 kmod mmdebstrap e2fsprogs"
+apt_vm="--no-install-recommends"
+optional_vm=1
+
+FEATURES="clients ceph browser vm"
 
 installed() {
 	[ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = installed ]

@@ -77,11 +77,16 @@ func EnsureHost() error {
 	return nil
 }
 
+// aptLockWait makes apt-get wait this long for the dpkg lock another
+// apt-get holds (the VM tests run in parallel and may install at once)
+// instead of failing at once.
+const aptLockWait = "DPkg::Lock::Timeout=600"
+
 func aptInstall(pkgs ...string) error {
-	args := append([]string{"install", "-y", "--no-install-recommends"}, pkgs...)
+	args := append([]string{"-o", aptLockWait, "install", "-y", "--no-install-recommends"}, pkgs...)
 	if _, err := run("", aptEnv(), "apt-get", args...); err != nil {
 		// Stale or missing package lists are the usual cause.
-		if _, uerr := run("", aptEnv(), "apt-get", "update"); uerr != nil {
+		if _, uerr := run("", aptEnv(), "apt-get", "-o", aptLockWait, "update"); uerr != nil {
 			return fmt.Errorf("vm: apt-get update: %w", uerr)
 		}
 		if _, err := run("", aptEnv(), "apt-get", args...); err != nil {
