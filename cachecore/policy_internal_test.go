@@ -259,6 +259,10 @@ func TestSecondChanceKeepsReserve(t *testing.T) {
 				}
 			}
 		}
+		// Closed first: the journal's background commits would race the walk.
+		if err := c.Close(context.Background()); err != nil {
+			t.Fatal(err)
+		}
 		if err := c.CheckInvariants(); err != nil {
 			t.Fatal(err)
 		}
