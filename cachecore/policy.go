@@ -321,16 +321,15 @@ func (v *Volume) admitGhost(off int64) bool {
 	switch {
 	case p.evictedHot.has(h):
 		g.narrow(ghostNarrowStep)
-		v.stats.ghostAdmits.Add(1)
-		return true
 	case g.has(h):
 		g.widen(1)
-		v.stats.ghostAdmits.Add(1)
-		return true
+	default:
+		g.add(h)
+		v.stats.admissionsRefused.Add(1)
+		return false
 	}
-	g.add(h)
-	v.stats.admissionsRefused.Add(1)
-	return false
+	v.stats.ghostAdmits.Add(1)
+	return true
 }
 
 // markHit records a read hit on x (under its stripe lock) for GC's second
@@ -427,7 +426,7 @@ func (c *Cache) secondChance(passed []persist.Key) {
 					cands = append(cands, chanceCand{v: v, vs: vs, st: st, pc: p.piece, x: *x})
 					continue
 				}
-				c.ghostExtent(vs.id, p.piece, x)
+				c.policy.ghost.addExtent(vs.id, p.piece, x)
 			}
 			st.mu.Unlock()
 		}
@@ -454,7 +453,7 @@ func (c *Cache) secondChance(passed []persist.Key) {
 			need += reserve
 		}
 		if need > c.policy.credit.Load() {
-			c.ghostExtent(cd.vs.id, cd.pc, &cd.x)
+			c.policy.ghost.addExtent(cd.vs.id, cd.pc, &cd.x)
 			c.policy.evictedHot.addExtent(cd.vs.id, cd.pc, &cd.x)
 			continue
 		}
@@ -464,12 +463,6 @@ func (c *Cache) secondChance(passed []persist.Key) {
 		}
 		cd.v.reappend(cd.st, cd.pc, &cd.x, buf[:cd.x.length])
 	}
-}
-
-// ghostExtent remembers (the first blocks of) an evicted extent in the
-// ghost set.
-func (c *Cache) ghostExtent(vol uint32, pc piece, x *extent) {
-	c.policy.ghost.addExtent(vol, pc, x)
 }
 
 // addExtent remembers the first blocks (ghostPerExtent) of extent x of
