@@ -153,6 +153,11 @@ type CacheStats struct {
 	// Detached: taken out of service (cache detach); its volumes run on
 	// their backing devices.
 	Detached bool `json:"detached,omitempty"`
+	// GhostWindowBlocks: how many of the latest refused or evicted blocks
+	// the 2q ghost set remembers at least; ReappendCreditBytes: data GC
+	// may still append again rather than evict (2q's second chance).
+	GhostWindowBlocks   int64 `json:"ghost_window_blocks"`
+	ReappendCreditBytes int64 `json:"reappend_credit_bytes"`
 }
 
 // Explanation says why a read of one block would hit or miss and where the

@@ -25,6 +25,7 @@ type collector struct {
 	volSize, volMode, volBackingDegraded                         *prometheus.Desc
 	cacheSegments, cacheDirtyBytes, cacheGCRuns, cacheGCFreed    *prometheus.Desc
 	cacheDeferred, cacheFailed, cacheJournalLSN                  *prometheus.Desc
+	cacheGhostWindow, cacheReappendCredit                        *prometheus.Desc
 	sessions, inflight, snapshotAge, snapshotStale               *prometheus.Desc
 	advisorHitRatio, advisorCacheHitRatio                        *prometheus.Desc
 }
@@ -62,6 +63,8 @@ func newCollector(snaps *snapshotter) *collector {
 		volBackingDegraded:   desc("cachelun_volume_backing_degraded", "1 when the backing device reports itself degraded, fenced or shrunk (RBD: its last request failed, or its lock was lost; any backing: it is smaller than the volume); 0 otherwise.", vol...),
 		cacheSegments:        desc("cachelun_cache_segments", "Cache segments by state.", "cache", "state"),
 		cacheDirtyBytes:      desc("cachelun_cache_dirty_bytes", "Bytes in the cache file not yet written back.", "cache"),
+		cacheGhostWindow:     desc("cachelun_cache_ghost_window_blocks", "Latest refused or evicted blocks the 2q ghost set remembers at least.", "cache"),
+		cacheReappendCredit:  desc("cachelun_cache_reappend_credit_bytes", "Data garbage collection may still append again instead of evicting it (2q second chance).", "cache"),
 		cacheGCRuns:          desc("cachelun_cache_gc_runs_total", "Garbage collection passes.", "cache"),
 		cacheGCFreed:         desc("cachelun_cache_gc_segments_freed_total", "Segments freed by garbage collection.", "cache"),
 		cacheDeferred:        desc("cachelun_cache_deferred_writes_total", "Writes that waited for free space.", "cache"),
@@ -89,6 +92,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		c.volSize, c.volMode, c.volBackingDegraded,
 		c.cacheSegments, c.cacheDirtyBytes, c.cacheGCRuns, c.cacheGCFreed,
 		c.cacheDeferred, c.cacheFailed, c.cacheJournalLSN,
+		c.cacheGhostWindow, c.cacheReappendCredit,
 		c.sessions, c.inflight, c.snapshotAge, c.snapshotStale,
 		c.advisorHitRatio, c.advisorCacheHitRatio,
 	} {
@@ -158,6 +162,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.cacheCarried, float64(st.WritebackCarriedKeys), n)
 		counter(c.cacheIntentRecovered, float64(st.IntentRecoveredKeys), n)
 		gauge(c.cacheFailed, boolFloat(st.Failed), n)
+		gauge(c.cacheGhostWindow, float64(st.GhostWindowBlocks), n)
+		gauge(c.cacheReappendCredit, float64(st.ReappendCreditBytes), n)
 		gauge(c.cacheJournalLSN, float64(st.KeyHead.LSN), n, "key_head")
 		gauge(c.cacheJournalLSN, float64(st.DirtyTail.LSN), n, "dirty_tail")
 		gauge(c.cacheJournalLSN, float64(st.KeyTail.LSN), n, "key_tail")

@@ -235,10 +235,15 @@ func TestSecondChanceKeepsReserve(t *testing.T) {
 			credit += reserve
 		}
 		c.policy.credit.Store(credit)
+		reappended := r.vol.Stats().ReappendBytes
 		if !c.gcStep() {
 			t.Fatal("GC made no progress over written-back data")
 		}
 		c.waitFills()
+		reappended = r.vol.Stats().ReappendBytes - reappended
+		if got := c.Stats().ReappendCreditBytes; got != credit-int64(reappended) {
+			t.Fatalf("Stats reports %d bytes of credit after re-appending %d of %d, want the rest", got, reappended, credit)
+		}
 		kept := [2]int{}
 		for i := range n {
 			if r.vol.Explain(off(i)).State == "hit" {
@@ -303,6 +308,9 @@ func TestAdmitGhostWindow(t *testing.T) {
 	}
 	if got := g.limit.Load(); got != w0-ghostNarrowStep+1 {
 		t.Fatalf("window %d after an admission by the ghost set, want %d", got, w0-ghostNarrowStep+1)
+	}
+	if got := r.cache.Stats().GhostWindowBlocks; got != w0-ghostNarrowStep+1 {
+		t.Fatalf("Stats reports a window of %d blocks, want %d", got, w0-ghostNarrowStep+1)
 	}
 	if s := v.Stats(); s.GhostAdmits != 2 || s.AdmissionsRefused != 2 {
 		t.Fatalf("%d ghost admits and %d refusals, want 2 and 2", s.GhostAdmits, s.AdmissionsRefused)

@@ -80,6 +80,15 @@ type CacheStats struct {
 	// Detached: Detach took the cache out of service; its volumes use
 	// their backing devices alone.
 	Detached bool
+	// GhostWindowBlocks is the ghost set's window (2q): it remembers at
+	// least this many of the latest blocks refused or evicted. It widens
+	// as the ghost set admits blocks and narrows as blocks GC evicted
+	// although they were read come back.
+	GhostWindowBlocks int64
+	// ReappendCreditBytes is the data GC may still append again instead
+	// of evicting it (2q's second chance; credit earned as the host
+	// installs data, up to a fifth of the data area).
+	ReappendCreditBytes int64
 }
 
 type volCounters struct {
@@ -168,6 +177,7 @@ func (c *Cache) Stats() CacheStats {
 		DeferredWrites:       c.stats.deferredWrites.Load(),
 		WritebackCarriedKeys: c.stats.writebackCarried.Load(), IntentRecoveredKeys: c.stats.intentRecovered.Load(), DirtyBytes: c.dirtyBytes(),
 		Failed: c.failed.Load(), DataCRCErrors: c.stats.dataCRCErrors.Load(), Detached: c.detached.Load(),
+		GhostWindowBlocks: c.policy.ghost.limit.Load(), ReappendCreditBytes: max(c.policy.credit.Load(), 0),
 	}
 	if s.Failed {
 		c.failMu.Lock()

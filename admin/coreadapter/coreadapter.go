@@ -177,6 +177,8 @@ func CacheStats(st cachecore.CacheStats) admin.CacheStats {
 		Failed:               st.Failed,
 		Detached:             st.Detached,
 		FailureReason:        st.FailureReason,
+		GhostWindowBlocks:    st.GhostWindowBlocks,
+		ReappendCreditBytes:  st.ReappendCreditBytes,
 	}
 }
 
