@@ -7,8 +7,9 @@
 #
 # Each feature has its own block: pkgs_<feature> (the packages),
 # optionally apt_<feature> (extra apt-get install options) and
-# optional_<feature>=1 (a user who is not root may go on without it: its
-# tests are skipped), and its name in FEATURES. A new feature (the VM
+# optional_<feature>=1 (a user who is not root may go on without it; the
+# block says what its tests do then: skip saying why, or, for the VM tests,
+# fail saying what to install), and its name in FEATURES. A new feature (the VM
 # assets, ...) adds one block and one name; no other line changes.
 set -euo pipefail
 
