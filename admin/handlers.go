@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path"
+	"slices"
 	"strconv"
 	"time"
 )
@@ -58,12 +59,19 @@ type StatusResponse struct {
 	Sessions      int            `json:"sessions"`
 	SessionsBy    map[string]int `json:"sessions_by_transport"`
 	Jobs          []Job          `json:"running_jobs"`
+	// Clustered: on a cluster node, the clustered volumes it does not
+	// serve (it is standby for them, or lost their lock).
+	Clustered []ClusterVolume `json:"clustered,omitempty"`
 }
 
 // VolumesResponse is GET /v1/volumes.
 type VolumesResponse struct {
 	SnapshotMeta
 	Volumes []VolumeInfo `json:"volumes"`
+	// Clustered: on a cluster node, the clustered volumes it does not
+	// serve (it is standby for them, or lost their lock); GET /v1/cluster
+	// has the cluster's view of them.
+	Clustered []ClusterVolume `json:"clustered,omitempty"`
 }
 
 // VolumeResponse is GET /v1/volumes/{name}.
@@ -272,6 +280,7 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 		Sessions:      len(snap.sessions),
 		SessionsBy:    make(map[string]int),
 		Jobs:          []Job{},
+		Clustered:     s.servedElsewhere(snap.volumes),
 	}
 	for _, sess := range snap.sessions {
 		resp.SessionsBy[sess.Transport]++
@@ -296,7 +305,29 @@ func (s *Server) handleVolumes(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	writeJSON(w, http.StatusOK, VolumesResponse{SnapshotMeta: meta, Volumes: nonNil(snap.volumes)})
+	writeJSON(w, http.StatusOK, VolumesResponse{SnapshotMeta: meta, Volumes: nonNil(snap.volumes), Clustered: s.servedElsewhere(snap.volumes)})
+}
+
+// servedElsewhere is, on a cluster node, the clustered volumes not among
+// served: a standby has no engine volume for them (its peer serves them),
+// so without this an operator asking a standby for its volumes would see
+// nothing of the volumes it is ready to take over.
+func (s *Server) servedElsewhere(served []VolumeInfo) []ClusterVolume {
+	src, ok := s.cfg.Backend.(ClusterSource)
+	if !ok {
+		return nil
+	}
+	st, err := src.ClusterStatus()
+	if err != nil {
+		return nil
+	}
+	var out []ClusterVolume
+	for _, cv := range st.Volumes {
+		if !slices.ContainsFunc(served, func(v VolumeInfo) bool { return v.Name == cv.Name }) {
+			out = append(out, cv)
+		}
+	}
+	return out
 }
 
 // findVolume resolves {name}, writing the error answer when it fails.
@@ -309,6 +340,16 @@ func (s *Server) findVolume(w http.ResponseWriter, r *http.Request) (*snapshot, 
 	for _, v := range snap.volumes {
 		if v.Name == name {
 			return snap, meta, snap.volumeHandles[name], v, true
+		}
+	}
+	for _, cv := range s.servedElsewhere(nil) {
+		if cv.Name == name {
+			owner := cv.Owner
+			if owner == "" {
+				owner = "unknown"
+			}
+			writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("volume %q is not served by this node (%s; owner %s): see cluster status", name, cv.State, owner))
+			return nil, meta, nil, VolumeInfo{}, false
 		}
 	}
 	writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("no volume %q", name))

@@ -112,7 +112,29 @@ func startPairAs(t *testing.T, sizeMiB int, gidA uint32) (c *cephtest.Cluster, i
 	wantCluster(t, dirA, "a", "owner", "active/optimized")
 	b = startDaemonOn(t, "127.0.0.3:0", dirB, clusterConfig(t, dirB, c, image, "b", addrB, "a@"+addrA))
 	wantCluster(t, dirB, "a", "standby", "standby")
+	wantServedBy(t, dirA, "")
+	wantServedBy(t, dirB, "a")
 	return c, image, a, b, dirA, dirB, addrA
+}
+
+// wantServedBy checks `cachelun volume list --json` on the node in dir:
+// owner "" wants the volume served by this node, else listed among the
+// clustered volumes served elsewhere, by owner.
+func wantServedBy(t *testing.T, dir, owner string) {
+	t.Helper()
+	r := adminRun(t, dir, "volume", "list", "--json")
+	var l struct {
+		Volumes   []struct{ Name string }
+		Clustered []clusterVolume
+	}
+	if err := json.Unmarshal([]byte(r.out), &l); r.exitCode != 0 || err != nil {
+		t.Fatalf("volume list: exit %d %v:\n%s", r.exitCode, err, r.out)
+	}
+	served := len(l.Volumes) == 1 && l.Volumes[0].Name == "vol" && len(l.Clustered) == 0
+	elsewhere := len(l.Volumes) == 0 && len(l.Clustered) == 1 && l.Clustered[0].Name == "vol" && l.Clustered[0].Owner == owner
+	if owner == "" && !served || owner != "" && !elsewhere {
+		t.Fatalf("volume list: want vol served by %q (\"\": this node):\n%s", owner, r.out)
+	}
 }
 
 // clusterVolume is one volume of `cachelun cluster status --json`.

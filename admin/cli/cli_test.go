@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -480,5 +481,59 @@ func TestHelpOnStdout(t *testing.T) {
 		if code != cli.ExitOK || !strings.HasPrefix(out, tc.want) || errOut != "" {
 			t.Errorf("%q: exit %d\nstdout %q\nstderr %q", tc.args, code, out, errOut)
 		}
+	}
+}
+
+// clusterBackend is the fixture's backend on a cluster node: db1 is
+// served here, web1 by node a (this node is standby for it).
+type clusterBackend struct{ *admintest.Backend }
+
+func (clusterBackend) ClusterStatus() (admin.ClusterResponse, error) {
+	return admin.ClusterResponse{Node: "b", Volumes: []admin.ClusterVolume{
+		{Name: "db1", Owner: "b", State: "owner", ALUA: "active/optimized", Mode: "writeback"},
+		{Name: "web1", Owner: "a", State: "standby", ALUA: "standby", Mode: "writeback"},
+	}}, nil
+}
+
+// A standby lists the clustered volumes another node serves beside the
+// ones it serves (volume list, status, their JSON), and `volume show` of
+// one says where it is served instead of "no volume".
+func TestStandbyListsVolumesServedElsewhere(t *testing.T) {
+	f := newFixture(t)
+	sock := filepath.Join(t.TempDir(), "cluster.sock")
+	admintest.StartServer(t, admin.Config{Backend: clusterBackend{f.backend}, SocketPath: sock, Version: "0.1.0"})
+	for _, verb := range []struct {
+		cmd  cli.Command
+		args []string
+	}{{cli.Volume, []string{"list"}}, {cli.Status, nil}} {
+		code, out, errOut := runCtx(context.Background(), verb.cmd, append(verb.args, "--socket", sock)...)
+		if code != cli.ExitOK {
+			t.Fatalf("%v: exit %d: %s", verb.args, code, errOut)
+		}
+		i := strings.Index(out, "CLUSTERED, NOT SERVED HERE")
+		if i < 0 {
+			t.Fatalf("%v on a standby lists no volume served elsewhere:\n%s", verb.args, out)
+		}
+		t.Logf("%v on a standby:\n%s", verb.args, out)
+		elsewhere := out[i:]
+		if !strings.Contains(out, "db1") || !regexp.MustCompile(`(?m)^web1 +standby +a +standby$`).MatchString(elsewhere) || strings.Contains(elsewhere, "db1") {
+			t.Errorf("%v on a standby:\n%s", verb.args, out)
+		}
+		// a daemon that is not a cluster node prints no such table
+		if code, out, _ := f.run(t, verb.cmd, verb.args...); code != cli.ExitOK || strings.Contains(out, "CLUSTERED") {
+			t.Errorf("%v on a single node: exit %d\n%s", verb.args, code, out)
+		}
+	}
+	code, out, _ := runCtx(context.Background(), cli.Volume, "list", "--json", "--socket", sock)
+	var r admin.VolumesResponse
+	if err := json.Unmarshal([]byte(out), &r); code != cli.ExitOK || err != nil {
+		t.Fatalf("volume list --json: exit %d %v\n%s", code, err, out)
+	}
+	if len(r.Volumes) != 1 || r.Volumes[0].Name != "db1" || len(r.Clustered) != 1 || r.Clustered[0].Name != "web1" || r.Clustered[0].Owner != "a" {
+		t.Errorf("volume list --json: %s", out)
+	}
+	code, _, errOut := runCtx(context.Background(), cli.Volume, "show", "web1", "--socket", sock)
+	if code == cli.ExitOK || !strings.Contains(errOut, `volume "web1" is not served by this node (standby; owner a)`) {
+		t.Errorf("volume show web1 on its standby: exit %d %q", code, errOut)
 	}
 }

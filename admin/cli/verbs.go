@@ -59,6 +59,7 @@ func Status(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	countersNote(stdout, st.SnapshotMeta)
 	fmt.Fprintln(stdout)
 	writeVolumeTable(stdout, st.Volumes)
+	writeServedElsewhere(stdout, st.Clustered)
 	fmt.Fprintln(stdout)
 	writeCacheTable(stdout, st.Caches)
 	fmt.Fprintln(stdout)
@@ -88,6 +89,26 @@ func writeVolumeTable(w io.Writer, vols []admin.VolumeInfo) {
 			humanBytes(v.Stats.DirtyBytes), humanDuration(v.Stats.WritebackLag))
 	}
 	tw.Flush()
+}
+
+// writeServedElsewhere lists, under the volume table of a cluster node,
+// the clustered volumes another node serves.
+func writeServedElsewhere(w io.Writer, vols []admin.ClusterVolume) {
+	if len(vols) == 0 {
+		return
+	}
+	fmt.Fprintln(w)
+	tw := table(w)
+	fmt.Fprintln(tw, "CLUSTERED, NOT SERVED HERE\tTHIS NODE\tOWNER\tALUA")
+	for _, v := range vols {
+		owner := v.Owner
+		if owner == "" {
+			owner = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", v.Name, v.State, owner, v.ALUA)
+	}
+	tw.Flush()
+	fmt.Fprintln(w, "details: cachelun cluster status")
 }
 
 func cacheState(st admin.CacheStats) string {
@@ -168,6 +189,7 @@ func volumeList(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	}
 	countersNote(stdout, r.SnapshotMeta)
 	writeVolumeTable(stdout, r.Volumes)
+	writeServedElsewhere(stdout, r.Clustered)
 	return ExitOK
 }
 
