@@ -71,9 +71,11 @@ type Cache struct {
 	// counts the volumes with a Replicator (0: appends skip replMu).
 	replMu     sync.Mutex
 	replicated atomic.Int32
-	// knobs are test-only interleavings (nil in the product).
+	// knobs are test-only interleavings (nil in the product). Atomic:
+	// a test sets them on an open cache, whose writeback loop may be in
+	// a pass already.
 	knobs struct {
-		afterDirtyTail func() // writeback: dirty_tail persisted, keys not yet marked clean
+		afterDirtyTail atomic.Pointer[func()] // writeback: dirty_tail persisted, keys not yet marked clean
 	}
 
 	// logSegs are the kset segments of the live log in log order; GC frees

@@ -437,9 +437,13 @@ func TestGCWaitsForCleanMarking(t *testing.T) {
 	}
 	var once sync.Once
 	var violations []string
-	passed := false
-	r.cache.knobs.afterDirtyTail = func() {
+	passed, ran := false, false
+	// A background writeback pass may run the hook rather than Drain's:
+	// it runs between dirty_tail and the clean marking all the same, and
+	// Drain waits for that pass.
+	hook := func() {
 		once.Do(func() {
+			ran = true
 			for r.cache.gcStep() {
 			}
 			// cleanLSN is still the previous pass's end (or where the
@@ -448,8 +452,12 @@ func TestGCWaitsForCleanMarking(t *testing.T) {
 			r.cache.checkIndexLive(func(f string, a ...any) { violations = append(violations, fmt.Sprintf(f, a...)) }, false)
 		})
 	}
+	r.cache.knobs.afterDirtyTail.Store(&hook)
 	if err := r.vol.Drain(ctx, nil); err != nil {
 		t.Fatal(err)
+	}
+	if !ran {
+		t.Fatal("no writeback pass ran the hook: the dirty data was written back before it was set")
 	}
 	if len(violations) > 0 {
 		t.Fatalf("GC ran between dirty_tail and the clean marking (key_tail moved: %v):\n%s", passed, strings.Join(violations, "\n"))

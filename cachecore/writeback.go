@@ -514,8 +514,8 @@ func (c *Cache) writebackPass(ctx context.Context) (int64, error) {
 		}
 		return written, err
 	}
-	if c.knobs.afterDirtyTail != nil {
-		c.knobs.afterDirtyTail()
+	if hook := c.knobs.afterDirtyTail.Load(); hook != nil {
+		(*hook)()
 	}
 	c.stats.writebackBytes.Add(uint64(written))
 	for _, t := range targets {
