@@ -25,6 +25,7 @@ import (
 func TestBlackboxDetachHealthy(t *testing.T) {
 	ctx := context.Background()
 	s := newSlowDirty(t)
+	s.release()
 	model := map[int64]uint64{} // offset of a 4 KiB block → write id
 	for off := int64(0); off < 6<<20; off += 8192 {
 		model[off] = uint64(off/8192 + 1)
@@ -145,6 +146,7 @@ func TestBlackboxDetachHealthy(t *testing.T) {
 func TestBlackboxDetachHealthyRefusedOnBackingError(t *testing.T) {
 	ctx := context.Background()
 	s := newSlowDirty(t)
+	s.release()
 	rule := s.faulty.Inject(backend.Fault{Op: backend.OpWrite, Range: backend.Range{Off: 0, Len: 64 << 10}})
 	dctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()

@@ -13,10 +13,12 @@ import (
 // slowDirtyVolume opens a cache whose volume's backing device writes 2 MiB/s
 // and gives it dirty 4 KiB blocks, every other one of the first 6 MiB
 // (so writeback writes them one by one), held back from writeback until
-// the test drains them.
-func slowDirtyVolume(t *testing.T) (*cachecore.Cache, *cachecore.Volume, *backend.Memory) {
+// the test calls release: from its first progress report, so that the
+// drain's starting figure is all of them (released before the drain, the
+// controller's trickle may write one back first).
+func slowDirtyVolume(t *testing.T) (c *cachecore.Cache, v *cachecore.Volume, mem *backend.Memory, release func()) {
 	s := newSlowDirty(t)
-	return s.c, s.v, s.mem
+	return s.c, s.v, s.mem, s.release
 }
 
 // slowDirty is the cache of slowDirtyVolume with its parts.
@@ -27,6 +29,8 @@ type slowDirty struct {
 	faulty *backend.Faulty
 	media  *persist.CrashMedia
 	opts   rigOptions
+	// release opens the backing device to writeback (idempotent).
+	release func()
 }
 
 func newSlowDirty(t *testing.T) *slowDirty {
@@ -43,9 +47,10 @@ func newSlowDirty(t *testing.T) *slowDirty {
 	t.Cleanup(func() { c.Close(context.Background()) })
 	mem := backend.NewMemory(o.BackingSize)
 	faulty := backend.NewFaulty(mem)
-	// Held until the drain starts: the controller trickles below its
-	// target, and this test measures a drain of all of it.
+	// Held until the test releases it: the controller trickles below its
+	// target, and the tests measure a drain of all of it.
 	gate := faulty.Gate(backend.OpWrite, backend.Range{})
+	t.Cleanup(gate.Release)
 	dev := backend.NewSlow(faulty, backend.SlowOptions{BytesPerSec: 2 << 20, Latency: time.Millisecond})
 	v, err := c.AddVolume(ctx, testVolName, dev, o.VC)
 	mustOK(t, "add volume", err)
@@ -53,8 +58,7 @@ func newSlowDirty(t *testing.T) *slowDirty {
 		mustOK(t, "write", v.WriteAt(ctx, tagged(uint64(off/8192+1), off, 4096), off, false))
 	}
 	mustOK(t, "flush", v.Flush(ctx))
-	gate.Release()
-	return &slowDirty{c: c, v: v, mem: mem, faulty: faulty, media: media, opts: o}
+	return &slowDirty{c: c, v: v, mem: mem, faulty: faulty, media: media, opts: o, release: gate.Release}
 }
 
 // TestBlackboxDrainProgress: a drain reports the bytes written back as
@@ -63,10 +67,13 @@ func newSlowDirty(t *testing.T) *slowDirty {
 // estimate of the time left mid-drain.
 func TestBlackboxDrainProgress(t *testing.T) {
 	ctx := context.Background()
-	_, v, mem := slowDirtyVolume(t)
+	_, v, mem, release := slowDirtyVolume(t)
 	type obs struct{ p cachecore.Progress }
 	var seen []obs
-	err := v.Drain(ctx, func(p cachecore.Progress) { seen = append(seen, obs{p}) })
+	err := v.Drain(ctx, func(p cachecore.Progress) {
+		release()
+		seen = append(seen, obs{p})
+	})
 	mustOK(t, "drain", err)
 	if len(seen) < 2 {
 		t.Fatalf("%d progress reports", len(seen))
@@ -122,9 +129,12 @@ func TestBlackboxDrainProgress(t *testing.T) {
 // progress: bytes written back grow step by step, 100 % only at the end.
 func TestBlackboxModeSwitchProgress(t *testing.T) {
 	ctx := context.Background()
-	_, v, _ := slowDirtyVolume(t)
+	_, v, _, release := slowDirtyVolume(t)
 	var seen []cachecore.Progress
-	mustOK(t, "switch to writethrough", v.SetMode(ctx, cachecore.ModeWritethrough, func(p cachecore.Progress) { seen = append(seen, p) }))
+	mustOK(t, "switch to writethrough", v.SetMode(ctx, cachecore.ModeWritethrough, func(p cachecore.Progress) {
+		release()
+		seen = append(seen, p)
+	}))
 	if len(seen) < 2 || !seen[len(seen)-1].Done || seen[len(seen)-1].Fraction() != 1 {
 		t.Fatalf("reports %d, last %+v: want done at 100 %%", len(seen), seen[len(seen)-1])
 	}
