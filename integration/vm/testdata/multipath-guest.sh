@@ -223,14 +223,21 @@ t failover-done
 stall=$(awk -v k=$KILL_AT 'BEGIN { prev = k } $2 >= k { g = $2 - prev; if (g > max) { max = g; at = $2 } prev = $2 } END { printf "%.2f s (fsync returned at +%.2f s after the marker)", max, at - k }' /tmp/done)
 pass stall "$stall"
 echo "@@STALL $(awk -v k=$KILL_AT 'BEGIN { prev = k } $2 >= k { g = $2 - prev; if (g > max) max = g; prev = $2 } END { printf "%.2f", max }' /tmp/done)"
-mpA=$(path $DA) mpB=$(path $DB)
-multipath -ll > /tmp/ll2.txt 2>&1
 # b's path is in the active path group (the failed path of a may share it:
 # multipathd keeps a faulty path's last priority, so group_by_prio can put
-# both in one group), and a's path is failed
-groupB=$(awk -v d=" $DB " '/policy=/ { st = $NF } index($0, d) { print st }' /tmp/ll2.txt)
-[ "$mpB" = "active ready 50" ] && [ "$groupB" = status=active ] && [ "${mpA%% *}" = failed ] \
-  && pass multipath-other-node "$DB [$mpB] serves, $DA [$mpA]" || fail multipath-other-node "$DA [$mpA] $DB [$mpB] in $groupB: $(tr '\n' '|' < /tmp/ll2.txt)"
+# both in one group), and a's path is failed. multipathd's own view of a
+# path's device-mapper state follows the kernel's a moment later (its
+# checker can report a's path faulty while it still shows it active), so
+# this waits up to 10 s for the three to agree.
+other_node() {
+  mpA=$(path $DA) mpB=$(path $DB)
+  multipath -ll > /tmp/ll2.txt 2>&1
+  groupB=$(awk -v d=" $DB " '/policy=/ { st = $NF } index($0, d) { print st }' /tmp/ll2.txt)
+  [ "$mpB" = "active ready 50" ] && [ "$groupB" = status=active ] && [ "${mpA%% *}" = failed ]
+}
+ok=
+for i in $(seq 1 100); do other_node && { ok=1; break; }; sleep 0.1; done
+[ -n "$ok" ] && pass multipath-other-node "$DB [$mpB] serves, $DA [$mpA]" || fail multipath-other-node "$DA [$mpA] $DB [$mpB] in $groupB: $(tr '\n' '|' < /tmp/ll2.txt)"
 
 # every fsync'd file, read from the other node (page cache dropped), after
 # a remount, and the file system clean
