@@ -177,7 +177,7 @@ func (c *Cache) Stats() CacheStats {
 		DeferredWrites:       c.stats.deferredWrites.Load(),
 		WritebackCarriedKeys: c.stats.writebackCarried.Load(), IntentRecoveredKeys: c.stats.intentRecovered.Load(), DirtyBytes: c.dirtyBytes(),
 		Failed: c.failed.Load(), DataCRCErrors: c.stats.dataCRCErrors.Load(), Detached: c.detached.Load(),
-		GhostWindowBlocks: c.policy.ghost.limit.Load(), ReappendCreditBytes: max(c.policy.credit.Load(), 0),
+		GhostWindowBlocks: c.policy.ghost.limit.Load(), ReappendCreditBytes: c.policy.credit.Load(),
 	}
 	if s.Failed {
 		c.failMu.Lock()

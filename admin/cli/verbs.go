@@ -103,7 +103,7 @@ func writeServedElsewhere(w io.Writer, vols []admin.ClusterVolume) {
 	for _, v := range vols {
 		owner := v.Owner
 		if owner == "" {
-			owner = "-"
+			owner = "(unknown)" // as cluster status prints it
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", v.Name, v.State, owner, v.ALUA)
 	}
