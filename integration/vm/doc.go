@@ -85,8 +85,8 @@
 //     nothing is asserted on them); then a last pattern is
 //     flushed while an unflushed writer runs and qemu is killed when the
 //     guest says so (Boot.PowerOffOn): a power cut. The second boot, on
-//     the same NVDIMM file with -cpu qemu64 (no CLWB, no CLFLUSHOPT;
-//     Boot.CPU), finds the namespace in fsdax, check clean, every flushed
+//     the same NVDIMM file with -cpu max without CLWB and CLFLUSHOPT
+//     (Boot.CPU), finds the namespace in fsdax, check clean, every flushed
 //     pattern back, the cache on DAX with the fallback instruction, and
 //     passes the data checks again. Measured only on a busy 2-core
 //     machine: about 4 minutes for both boots under a load of 10-20

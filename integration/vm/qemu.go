@@ -39,8 +39,9 @@ type Boot struct {
 	// Console, if set, receives the serial console as it arrives.
 	Console io.Writer
 	// CPU is qemu's -cpu model; default "max" (every feature TCG
-	// emulates, CLWB and CLFLUSHOPT included). "qemu64" is a CPU without
-	// CLWB or CLFLUSHOPT.
+	// emulates, CLWB and CLFLUSHOPT included); features go after it as
+	// qemu takes them ("max,clwb=off,clflushopt=off": a CPU whose only
+	// cache-line flush is CLFLUSH).
 	CPU string
 	// NVDIMM, if set, gives the guest an emulated NVDIMM (a /dev/pmem0).
 	NVDIMM *NVDIMM

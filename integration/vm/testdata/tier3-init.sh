@@ -8,9 +8,10 @@
 # a SIGKILL under write load, measures FUA writes and commits on both disks,
 # inspects and checks the cache after a clean stop, then writes and flushes
 # a last pattern while an unflushed writer runs and prints the power-off
-# marker: the host kills qemu there. Boot "second" (-cpu qemu64, same
-# NVDIMM file) checks the cache and every flushed pattern after that power
-# cut and runs the data checks again with the fallback flush instruction.
+# marker: the host kills qemu there. Boot "second" (-cpu max without CLWB
+# and CLFLUSHOPT, same NVDIMM file) checks the cache and every flushed
+# pattern after that power cut and runs the data checks again with the
+# fallback flush instruction.
 export PATH=/bin:/sbin:/usr/sbin
 mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev; mount -t tmpfs tmpfs /tmp
 . /etc/vm-diag.sh
@@ -229,7 +230,7 @@ if [ "$PHASE" = first ]; then
   finish
 fi
 
-# --- second boot, after the power cut, on a CPU model without CLWB
+# --- second boot, after the power cut, on a CPU without CLWB or CLFLUSHOPT
 offline_checks "-after-poweroff"
 start_daemon /tmp/d1.log
 media_checks /tmp/d1.log "-fallback"
