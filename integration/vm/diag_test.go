@@ -121,3 +121,60 @@ func TestGuestDiagnostics(t *testing.T) {
 		t.Logf("report:\n%s", rep)
 	}
 }
+
+// hangInit boots into a hang whose userspace never reports: no watchdog of
+// its own, as when the guest kernel is stuck and no script runs. A
+// background loop keeps one CPU busy, so that one CPU has a backtrace to
+// show.
+const hangInit = `#!/bin/sh
+export PATH=/bin:/sbin
+mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev
+echo "@@T hang"
+while :; do :; done &
+sleep 100000
+`
+
+// TestGuestKernelStacks boots a guest that hangs without a word and checks
+// that the report carries what its kernel printed for the magic SysRq keys
+// the host sends through qemu's monitor before the timeout: the backtraces
+// of the CPUs and the blocked tasks, at a console level that prints them.
+func TestGuestKernelStacks(t *testing.T) {
+	t.Parallel()
+	if testing.Short() {
+		t.Skip("-short: boots a guest under TCG for two minutes; the full run keeps it")
+	}
+	a, err := Prepare(CacheDir())
+	if err != nil {
+		t.Fatalf("VM test cannot run on this machine: %v", err)
+	}
+	initrd := filepath.Join(t.TempDir(), "initrd.gz")
+	if err := a.Build(Initramfs{Init: hangInit}, initrd); err != nil {
+		t.Fatal(err)
+	}
+	b := Boot{Assets: a, Initrd: initrd, MemoryMB: 256, CPUs: 2, Timeout: 2 * time.Minute}
+	if testing.Verbose() {
+		b.Console = os.Stdout
+	}
+	r, err := b.Run(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r.TimedOut || !r.KernelStacksAsked {
+		t.Fatalf("a guest that hangs: timed out %v, kernel stacks asked %v (wall %v)", r.TimedOut, r.KernelStacksAsked, r.Wall)
+	}
+	rep := r.Report(r.Err(), "console.log")
+	for _, s := range []string{
+		"---- guest kernel stacks (magic SysRq 9, l, w", // the section
+		sysrqBanner, // the level raised first
+		"sysrq: Show backtrace of all active CPUs", // l
+		"NMI backtrace for cpu",                    // a CPU's stack
+		"sysrq: Show Blocked State",                // w
+	} {
+		if !strings.Contains(rep, s) {
+			t.Errorf("failure report lacks %q", s)
+		}
+	}
+	if t.Failed() {
+		t.Logf("report:\n%s", rep)
+	}
+}

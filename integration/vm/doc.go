@@ -35,7 +35,12 @@
 // the session (VM_DIAG_CMD). Result.Diag holds these sections;
 // Result.Report, which the tiers print on failure, puts them after the
 // problems, the guest timeline and the console before them. The daemons
-// run inside the guests, so their logs reach the test only this way.
+// run inside the guests, so their logs reach the test only this way. A
+// guest whose kernel hangs runs no script and no watchdog: one still
+// running KernelDumpLead before the timeout gets magic SysRq keys from the
+// host through qemu's monitor (console level 9, every CPU's backtrace, the
+// blocked tasks), and the report carries what its kernel printed for them
+// (TestGuestKernelStacks).
 //
 // Three tiers run by default in `go test ./integration/vm/` (in parallel):
 //

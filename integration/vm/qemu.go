@@ -7,10 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -26,7 +29,9 @@ type Boot struct {
 	// Timeout is the hard limit for the whole boot; qemu is killed after
 	// it. Default 5 minutes. The guest's watchdog (vm_watchdog_start in
 	// guestdiag.sh) fires WatchdogMargin(Timeout) earlier, so a guest that
-	// hangs still prints its diagnostics.
+	// hangs still prints its diagnostics; a guest still running
+	// KernelDumpLead(Timeout) before it (its userspace did not run: its
+	// kernel hung) is asked for its kernel's stacks.
 	Timeout time.Duration
 	// WatchdogAt, if set, is the guest uptime at which its watchdog fires
 	// instead of WatchdogMargin(Timeout) before the timeout. A test that
@@ -98,7 +103,33 @@ type Result struct {
 	// PoweredOff is true when qemu was killed because the guest printed
 	// Boot.PowerOffOn.
 	PoweredOff bool
+	// KernelStacksAsked is true when the guest was still running
+	// KernelDumpLead before the timeout and the host asked its kernel for
+	// every CPU's and every blocked task's stack (magic SysRq keys through
+	// qemu's monitor): what a guest whose own watchdog never ran (its
+	// kernel hung) leaves for the report.
+	KernelStacksAsked bool
 }
+
+// KernelDumpLead is how long before qemu's hard timeout the host asks a
+// guest that is still running for its kernel's stacks: after the guest's
+// own watchdog (WatchdogMargin), which would have powered it off had its
+// userspace run, and early enough for the kernel to print them.
+func KernelDumpLead(timeout time.Duration) time.Duration {
+	return min(20*time.Second, timeout/8)
+}
+
+// sysrqKeys are the magic SysRq keys the host sends a guest that outlived
+// its watchdog, in order: console log level 9 (so that what follows is
+// printed whatever level it is logged at: the backtraces are logged as
+// information, and the NMI backtraces of the other CPUs are printed after
+// the key's own raised level has ended), the backtrace of every active
+// CPU, and the tasks in uninterruptible sleep.
+var sysrqKeys = []string{"9", "l", "w"}
+
+// sysrqBanner is what the guest kernel prints for the first of sysrqKeys;
+// Report shows the console from there.
+const sysrqBanner = "sysrq: Changing Loglevel"
 
 // WatchdogMargin is how long before qemu's hard timeout the guest's
 // watchdog fires: time enough to print its diagnostics.
@@ -150,6 +181,14 @@ func (b Boot) Run(ctx context.Context) (*Result, error) {
 			"-object", fmt.Sprintf("memory-backend-file,id=mem1,share=on,mem-path=%s,size=%dM", b.NVDIMM.Path, size),
 			"-device", "nvdimm,id=nv1,memdev=mem1"}
 	}
+	// qemu's monitor, for the keys askKernelStacks sends: a socket in a
+	// directory of its own (a unix socket's path is at most 107 bytes).
+	monDir, err := os.MkdirTemp("", "vmmon")
+	if err != nil {
+		return nil, fmt.Errorf("vm: monitor socket: %w", err)
+	}
+	defer os.RemoveAll(monDir)
+	monitor := filepath.Join(monDir, "m")
 	ctx, cancel := context.WithTimeout(ctx, b.Timeout)
 	defer cancel()
 	args := []string{
@@ -163,8 +202,12 @@ func (b Boot) Run(ctx context.Context) (*Result, error) {
 		// cachelun.watchdog is the guest uptime (seconds) at which the
 		// guest's watchdog dumps its diagnostics and powers off; the
 		// dot keeps the kernel from handing it to init.
-		"-append", strings.TrimSpace(fmt.Sprintf("console=ttyS0 panic=-1 loglevel=4 no_timer_check cachelun.watchdog=%d %s",
+		// sysrq_always_enabled: Debian's kernel takes only some magic
+		// SysRq keys from the keyboard, not the stack dumps the host
+		// asks for (askKernelStacks).
+		"-append", strings.TrimSpace(fmt.Sprintf("console=ttyS0 panic=-1 loglevel=4 no_timer_check sysrq_always_enabled cachelun.watchdog=%d %s",
 			int(b.watchdogAt()/time.Second), b.Append)),
+		"-monitor", "unix:" + monitor + ",server=on,wait=off",
 	}
 	if b.UserNet {
 		// restrict=off: the guest must reach the host (10.0.2.2 is the
@@ -205,12 +248,25 @@ func (b Boot) Run(ctx context.Context) (*Result, error) {
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.WaitDelay = 5 * time.Second
 	start := time.Now()
-	err := cmd.Start()
-	if err != nil {
+	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("vm: run qemu: %w", err)
 	}
 	poweredOff := make(chan bool, 1)
 	exited := make(chan struct{})
+	var stacksAsked atomic.Bool
+	var asking sync.WaitGroup
+	asking.Add(1)
+	go func() {
+		defer asking.Done()
+		t := time.NewTimer(b.Timeout - KernelDumpLead(b.Timeout))
+		defer t.Stop()
+		select {
+		case <-exited:
+			return
+		case <-t.C:
+		}
+		stacksAsked.Store(askKernelStacks(monitor, exited))
+	}()
 	go func() {
 		if marker == nil {
 			poweredOff <- false
@@ -230,7 +286,9 @@ func (b Boot) Run(ctx context.Context) (*Result, error) {
 	// cancel ends the wait of actions whose marker never came.
 	cancel()
 	actions.Wait()
-	r := &Result{Wall: time.Since(start), Log: log.String(), TimedOut: errors.Is(ctx.Err(), context.DeadlineExceeded), PoweredOff: <-poweredOff}
+	asking.Wait()
+	r := &Result{Wall: time.Since(start), Log: log.String(), TimedOut: errors.Is(ctx.Err(), context.DeadlineExceeded), PoweredOff: <-poweredOff,
+		KernelStacksAsked: stacksAsked.Load()}
 	r.parse()
 	if err != nil && !r.TimedOut && !r.Done && !r.PoweredOff {
 		var ee *exec.ExitError
@@ -239,6 +297,32 @@ func (b Boot) Run(ctx context.Context) (*Result, error) {
 		}
 	}
 	return r, nil
+}
+
+// askKernelStacks sends sysrqKeys to the guest through qemu's monitor at
+// path, a couple of seconds apart so that the kernel prints each answer
+// before the next, and reports whether it sent them all. It stops when
+// qemu exits.
+func askKernelStacks(path string, exited <-chan struct{}) bool {
+	conn, err := net.DialTimeout("unix", path, 2*time.Second)
+	if err != nil {
+		return false
+	}
+	defer conn.Close()
+	// The monitor's banner and prompts are not read: they are short and
+	// the socket buffers them.
+	for _, k := range sysrqKeys {
+		conn.SetWriteDeadline(time.Now().Add(2 * time.Second))
+		if _, err := fmt.Fprintf(conn, "sendkey alt-sysrq-%s\n", k); err != nil {
+			return false
+		}
+		select {
+		case <-exited:
+			return false
+		case <-time.After(2 * time.Second):
+		}
+	}
+	return true
 }
 
 func (r *Result) parse() {
@@ -275,9 +359,13 @@ func (r *Result) parse() {
 	r.Diag = diag.String()
 }
 
-// maxReportDiag bounds the diagnostics a failure report carries; the whole
-// console log is saved to a file anyway.
-const maxReportDiag = 64 << 10
+// maxReportDiag and maxReportKernel bound the diagnostics and the kernel
+// stacks a failure report carries; the whole console log is saved to a
+// file anyway.
+const (
+	maxReportDiag   = 64 << 10
+	maxReportKernel = 32 << 10
+)
 
 // Report is what a failed tier prints: the problems, the guest timeline,
 // the guest's diagnostics (daemon logs, blocked tasks, dmesg) and the end of
@@ -291,6 +379,17 @@ func (r *Result) Report(err error, logPath string) string {
 		steps = steps[:i]
 	}
 	fmt.Fprintf(&b, "---- console before the diagnostics (tail):\n%s\n", tail(steps, 6000))
+	if r.KernelStacksAsked {
+		if i := strings.LastIndex(r.Log, sysrqBanner); i >= 0 {
+			k := r.Log[i:]
+			if len(k) > maxReportKernel {
+				k = k[:maxReportKernel] + "\n... (cut; the whole log is in the file above) ...\n"
+			}
+			fmt.Fprintf(&b, "---- guest kernel stacks (magic SysRq %s, sent by the host before qemu's timeout):\n%s\n", strings.Join(sysrqKeys, ", "), k)
+		} else {
+			fmt.Fprintf(&b, "---- guest kernel stacks: the host sent magic SysRq %s before qemu's timeout and the guest printed nothing for them (its kernel took no keyboard interrupt)\n", strings.Join(sysrqKeys, ", "))
+		}
+	}
 	if r.Diag == "" {
 		b.WriteString("---- no guest diagnostics: the guest printed no @@DIAG section (it died before its watchdog fired, or its script does not source " + GuestDiagPath + ")\n")
 	} else {
