@@ -64,17 +64,8 @@ func TestGuestDiagnostics(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: boots a guest under TCG (over a minute); the full run keeps it")
 	}
-	a, err := Prepare(CacheDir())
-	if err != nil {
-		t.Fatalf("VM test cannot run on this machine: %v", err)
-	}
-	work := t.TempDir()
-	daemon := filepath.Join(work, "fakedaemon")
+	daemon := filepath.Join(t.TempDir(), "fakedaemon")
 	if err := BuildGo("./testdata/fakedaemon", daemon); err != nil {
-		t.Fatal(err)
-	}
-	initrd := filepath.Join(work, "initrd.gz")
-	if err := a.Build(Initramfs{Init: diagInit, Files: map[string]string{"/bin/fakedaemon": daemon}}, initrd); err != nil {
 		t.Fatal(err)
 	}
 	// The watchdog fires at 25 s of guest uptime and qemu is killed after
@@ -82,11 +73,8 @@ func TestGuestDiagnostics(t *testing.T) {
 	// loaded machine and the watchdog still comes first (with 60 s of 80
 	// it came after qemu's kill under a load of 18 on 2 cores). The test
 	// itself takes the watchdog's time, not the timeout's.
-	b := Boot{Assets: a, Initrd: initrd, MemoryMB: 256, CPUs: 1, Timeout: 5 * time.Minute, WatchdogAt: 25 * time.Second}
-	if testing.Verbose() {
-		b.Console = os.Stdout
-	}
-	r, err := b.Run(context.Background())
+	r, err := bootDiagGuest(t, Initramfs{Init: diagInit, Files: map[string]string{"/bin/fakedaemon": daemon}},
+		Boot{CPUs: 1, Timeout: 5 * time.Minute, WatchdogAt: 25 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,19 +130,7 @@ func TestGuestKernelStacks(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: boots a guest under TCG for two minutes; the full run keeps it")
 	}
-	a, err := Prepare(CacheDir())
-	if err != nil {
-		t.Fatalf("VM test cannot run on this machine: %v", err)
-	}
-	initrd := filepath.Join(t.TempDir(), "initrd.gz")
-	if err := a.Build(Initramfs{Init: hangInit}, initrd); err != nil {
-		t.Fatal(err)
-	}
-	b := Boot{Assets: a, Initrd: initrd, MemoryMB: 256, CPUs: 1, Timeout: 2 * time.Minute}
-	if testing.Verbose() {
-		b.Console = os.Stdout
-	}
-	r, err := b.Run(context.Background())
+	r, err := bootDiagGuest(t, Initramfs{Init: hangInit}, Boot{CPUs: 1, Timeout: 2 * time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -176,4 +152,23 @@ func TestGuestKernelStacks(t *testing.T) {
 	if t.Failed() {
 		t.Logf("report:\n%s", rep)
 	}
+}
+
+// bootDiagGuest boots b (256 MiB) on the kernel assets with an initramfs
+// of fs, the console on stdout under -v: the diagnostics tests' guests.
+func bootDiagGuest(t *testing.T, fs Initramfs, b Boot) (*Result, error) {
+	t.Helper()
+	a, err := Prepare(CacheDir())
+	if err != nil {
+		t.Fatalf("VM test cannot run on this machine: %v", err)
+	}
+	initrd := filepath.Join(t.TempDir(), "initrd.gz")
+	if err := a.Build(fs, initrd); err != nil {
+		t.Fatal(err)
+	}
+	b.Assets, b.Initrd, b.MemoryMB = a, initrd, 256
+	if testing.Verbose() {
+		b.Console = os.Stdout
+	}
+	return b.Run(context.Background())
 }
