@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -253,19 +252,16 @@ func (b Boot) Run(ctx context.Context) (*Result, error) {
 	}
 	poweredOff := make(chan bool, 1)
 	exited := make(chan struct{})
-	var stacksAsked atomic.Bool
-	var asking sync.WaitGroup
-	asking.Add(1)
+	stacksAsked := make(chan bool, 1)
 	go func() {
-		defer asking.Done()
 		t := time.NewTimer(b.Timeout - KernelDumpLead(b.Timeout))
 		defer t.Stop()
 		select {
 		case <-exited:
-			return
+			stacksAsked <- false
 		case <-t.C:
+			stacksAsked <- askKernelStacks(monitor, exited)
 		}
-		stacksAsked.Store(askKernelStacks(monitor, exited))
 	}()
 	go func() {
 		if marker == nil {
@@ -286,9 +282,8 @@ func (b Boot) Run(ctx context.Context) (*Result, error) {
 	// cancel ends the wait of actions whose marker never came.
 	cancel()
 	actions.Wait()
-	asking.Wait()
 	r := &Result{Wall: time.Since(start), Log: log.String(), TimedOut: errors.Is(ctx.Err(), context.DeadlineExceeded), PoweredOff: <-poweredOff,
-		KernelStacksAsked: stacksAsked.Load()}
+		KernelStacksAsked: <-stacksAsked}
 	r.parse()
 	if err != nil && !r.TimedOut && !r.Done && !r.PoweredOff {
 		var ee *exec.ExitError
