@@ -123,6 +123,11 @@ type Server struct {
 	// retries); stuckWarn is how often a wait for aborted commands is
 	// logged with the commands still running.
 	reinstateWait, stuckWarn time.Duration
+	// beforeTMFResponse, when set (tests), runs on a task management
+	// function's goroutine after the function was performed and before
+	// its response is queued: a scheduling delay there must not change
+	// what the initiator sees.
+	beforeTMFResponse atomic.Pointer[func()]
 
 	mu            sync.Mutex
 	targets       map[string]*targetEntry

@@ -691,6 +691,28 @@ func TestClearTaskSetAndColdReset(t *testing.T) {
 	testkit.WaitFor(t, 10*time.Second, "no session left", func() bool { return len(env.srv.Sessions()) == 0 })
 }
 
+// TestColdResetAnswersBeforeClosing: the cold reset's answer reaches the
+// initiator before its connection is closed, however late the goroutine
+// that performed the reset gets to queue it (a loaded machine).
+func TestColdResetAnswersBeforeClosing(t *testing.T) {
+	env := startServer(t, Config{}, nil)
+	a := dialInitiator(t, env.addr)
+	a.login(env.iqn)
+	late := func() { time.Sleep(200 * time.Millisecond) }
+	env.srv.beforeTMFResponse.Store(&late)
+	itt := tmfRequest(a, tmfTargetCold, 0, reservedTag, 0, true)
+	a.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	h, _, err := a.readPDU()
+	if err != nil {
+		t.Fatalf("TARGET COLD RESET: no answer before the connection ended: %v", err)
+	}
+	if h.opcode() != opTaskMgmtRsp || h.itt() != itt || h[2] != tmfRespComplete {
+		t.Fatalf("TARGET COLD RESET: got opcode %#x itt %#x response %d", h.opcode(), h.itt(), h[2])
+	}
+	drain(t, a)
+	testkit.WaitFor(t, 10*time.Second, "no session left", func() bool { return len(env.srv.Sessions()) == 0 })
+}
+
 // TestWindowFilledToAdvertisedMax keeps the initiator's queue filled up to
 // every MaxCmdSN the target advertises: a MaxCmdSN stamped ahead of what
 // the target accepts would drop a command and stall the session.

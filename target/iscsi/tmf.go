@@ -2,7 +2,6 @@ package iscsi
 
 import (
 	"slices"
-	"time"
 )
 
 // Task management functions (RFC 7143 §11.5.1).
@@ -55,11 +54,21 @@ func (c *conn) handleTaskMgmt(h *pduHeader) error {
 		c.send(outItem{kind: outStatus, h: r})
 	}
 	lunExists := func() bool { return slices.Contains(e.cfg.SCSI.LUNs(), lun) }
-	async := func(f func() byte) {
+	// async performs f on a goroutine of its own and answers with its
+	// code; then, if f returned one, runs after (which may end the
+	// connection: the response is queued before it).
+	async := func(f func() (code byte, after func())) {
 		c.auxWG.Add(1)
 		go func() {
 			defer c.auxWG.Done()
-			respond(f())
+			code, after := f()
+			if h := c.srv.beforeTMFResponse.Load(); h != nil {
+				(*h)()
+			}
+			respond(code)
+			if after != nil {
+				after()
+			}
 		}()
 	}
 	switch fn {
@@ -86,57 +95,59 @@ func (c *conn) handleTaskMgmt(h *pduHeader) error {
 			}
 			return nil
 		}
-		async(func() byte {
+		async(func() (byte, func()) {
 			if c.abortTasks(func(x *task) bool { return x == t }) == 0 {
 				// It completed in the meantime; its response went out.
-				return tmfRespNoTask
+				return tmfRespNoTask, nil
 			}
-			return tmfRespComplete
+			return tmfRespComplete, nil
 		})
 	case tmfAbortTaskSet:
 		if !lunExists() {
 			respond(tmfRespNoLUN)
 			return nil
 		}
-		async(func() byte {
+		async(func() (byte, func()) {
 			c.abortTasks(func(x *task) bool { return x.cmd.LUN == lun })
-			return tmfRespComplete
+			return tmfRespComplete, nil
 		})
 	case tmfClearTaskSet, tmfLUNReset:
 		if !lunExists() {
 			respond(tmfRespNoLUN)
 			return nil
 		}
-		async(func() byte {
+		async(func() (byte, func()) {
 			for _, x := range c.srv.connsOfTarget(e.cfg.Name) {
 				x.abortTasks(func(t *task) bool { return t.cmd.LUN == lun })
 			}
 			if fn == tmfLUNReset {
 				if err := e.cfg.SCSI.ResetLU(&c.nexus, lun); err != nil {
 					c.log.Warn("iscsi: LUN reset failed", "lun", lun, "err", err)
-					return tmfRespRejected
+					return tmfRespRejected, nil
 				}
 			}
-			return tmfRespComplete
+			return tmfRespComplete, nil
 		})
 	case tmfTargetWarm, tmfTargetCold:
-		async(func() byte {
+		async(func() (byte, func()) {
 			conns := c.srv.connsOfTarget(e.cfg.Name)
 			for _, x := range conns {
 				x.abortTasks(func(*task) bool { return true })
 			}
 			e.cfg.SCSI.ResetTarget(&c.nexus)
-			if fn == tmfTargetCold {
-				// Answer this initiator, then drop every connection
-				// of the target (RFC 7143 §11.5.1: cold reset).
-				for _, x := range conns {
-					if x != c {
-						x.abort()
-					}
-				}
-				time.AfterFunc(10*time.Millisecond, c.closeAfterFlush)
+			if fn != tmfTargetCold {
+				return tmfRespComplete, nil
 			}
-			return tmfRespComplete
+			// Drop every connection of the target (RFC 7143 §11.5.1:
+			// cold reset), this initiator's once its answer is queued,
+			// so that the answer is written before the close however
+			// late this goroutine runs.
+			for _, x := range conns {
+				if x != c {
+					x.abort()
+				}
+			}
+			return tmfRespComplete, c.closeAfterFlush
 		})
 	case tmfTaskReassign:
 		respond(tmfRespNoReassign)
