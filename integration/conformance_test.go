@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -41,6 +42,52 @@ type suiteResult struct {
 	timedOut bool
 	exitCode int
 	secs     float64
+	log      string // the client's output, each line after the seconds since the suite started
+}
+
+// stampedLines keeps what is written to it with every line prefixed by
+// the seconds since start, so that a suite's log shows where its time
+// went (a suite that hits its timeout says no more than that).
+type stampedLines struct {
+	start  time.Time
+	buf    bytes.Buffer
+	inLine bool
+}
+
+func (w *stampedLines) Write(p []byte) (int, error) {
+	n := len(p)
+	for len(p) > 0 {
+		if !w.inLine {
+			fmt.Fprintf(&w.buf, "%7.1f  ", time.Since(w.start).Seconds())
+			w.inLine = true
+		}
+		i := bytes.IndexByte(p, '\n')
+		if i < 0 {
+			w.buf.Write(p)
+			break
+		}
+		w.buf.Write(p[:i+1])
+		w.inLine = false
+		p = p[i+1:]
+	}
+	return n, nil
+}
+
+// warningLines returns the lines of a daemon log at level WARN or ERROR.
+func warningLines(log string) string {
+	var b strings.Builder
+	for _, l := range strings.Split(log, "\n") {
+		if strings.Contains(l, "level=WARN") || strings.Contains(l, "level=ERROR") {
+			b.WriteString(l + "\n")
+		}
+	}
+	return b.String()
+}
+
+// lastLines returns at most n lines from the end of s.
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
 func (r suiteResult) count(s testStatus) int {
@@ -116,14 +163,17 @@ func runSuite(t *testing.T, label, suite, url string) suiteResult {
 	if suite == "SCSI.Sanitize" {
 		timeout = sanitizeSuiteTimeout
 	}
-	r := runTool(t, timeout, "iscsi-test-cu", "-d", "--allow-sanitize", "-V", "--test="+suite, url)
+	stamped := &stampedLines{start: start}
+	// stdbuf: the client's stdout is a pipe, which libc would buffer in
+	// blocks, and the stamps would say when a block came
+	r := runToolCopy(t, timeout, stamped, "stdbuf", "-oL", "iscsi-test-cu", "-d", "--allow-sanitize", "-V", "--test="+suite, url)
 	// keep the verbose log of every run for diagnosis
 	if dir := filepath.Join(outDir, "cu-"+label); os.MkdirAll(dir, 0o755) == nil {
-		os.WriteFile(filepath.Join(dir, suite+".log"), []byte(r.out), 0o644)
+		os.WriteFile(filepath.Join(dir, suite+".log"), stamped.buf.Bytes(), 0o644)
 	}
 	family := strings.SplitN(suite, ".", 2)[0]
 	res := suiteResult{tests: parseCU(family, r.out), timedOut: r.timedOut, exitCode: r.exitCode,
-		secs: time.Since(start).Seconds()}
+		secs: time.Since(start).Seconds(), log: stamped.buf.String()}
 	for k := range res.tests {
 		res.order = append(res.order, k)
 	}
@@ -222,7 +272,7 @@ func TestConformance(t *testing.T) {
 		// TestLibiscsiConformanceISCSI keeps a quick libiscsi check in -short
 		t.Skip("-short: the full iscsi-test-cu run against cachelun and tgtd takes minutes; the default run keeps it")
 	}
-	needTools(t, "iscsi-test-cu", "tgtd", "tgtadm")
+	needTools(t, "iscsi-test-cu", "tgtd", "tgtadm", "stdbuf")
 	suites := listSuites(t)
 	ex := knownExceptions(t)
 
@@ -274,16 +324,28 @@ func TestConformance(t *testing.T) {
 		}
 	}
 
+	failed := false
 	for i, tgt := range targets[:2] {
 		for _, s := range suites {
 			r := results[i][s]
+			shown := false
 			for _, name := range r.order {
 				st := r.tests[name]
 				if (st == statusFail || st == statusNoResult) && !excepted(ex, name) {
 					t.Errorf("%s: %s %s (not a known exception in README.md)", tgt.label, name, st)
+					failed = true
+					if !shown {
+						// CI keeps the test's output, not the files
+						t.Logf("%s: the end of %s's log (seconds since the suite started; %.0f s in all, timed out %v):\n%s",
+							tgt.label, s, r.secs, r.timedOut, lastLines(r.log, 60))
+						shown = true
+					}
 				}
 			}
 		}
+	}
+	if failed {
+		t.Logf("the daemon's warnings and errors:\n%s", lastLines(warningLines(d.log.String()), 60))
 	}
 	d.stop()
 }

@@ -38,6 +38,7 @@ var clientTools = map[string]string{
 	"qemu-io":              "qemu-utils (and qemu-block-extra for the iscsi driver)",
 	"tgtd":                 "tgt",
 	"tgtadm":               "tgt",
+	"stdbuf":               "coreutils",
 }
 
 func TestMain(m *testing.M) {
@@ -105,12 +106,24 @@ type result struct {
 // A start failure (binary missing) fails the test.
 func runTool(t *testing.T, timeout time.Duration, name string, args ...string) result {
 	t.Helper()
+	return runToolCopy(t, timeout, nil, name, args...)
+}
+
+// runToolCopy is runTool that also writes the client's output to also
+// as it comes (nil: nowhere).
+func runToolCopy(t *testing.T, timeout time.Duration, also io.Writer, name string, args ...string) result {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.WaitDelay = 5 * time.Second
 	var buf bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &buf, &buf
+	var out io.Writer = &buf
+	if also != nil {
+		// os/exec copies the pipe from one goroutine: no lock needed
+		out = io.MultiWriter(&buf, also)
+	}
+	cmd.Stdout, cmd.Stderr = out, out
 	err := cmd.Run()
 	r := result{out: buf.String()}
 	var ee *exec.ExitError
