@@ -53,7 +53,9 @@
 //   - Task management: ABORT TASK, ABORT TASK SET, CLEAR TASK SET, LOGICAL
 //     UNIT RESET, TARGET WARM RESET and TARGET COLD RESET cancel the affected
 //     commands' contexts, wait for them to return, suppress their responses
-//     and only then answer. While an aborted command has not returned, a
+//     and only then answer; TARGET COLD RESET then drops every connection
+//     of the target, the requester's once its answer is written. While an
+//     aborted command has not returned, a
 //     warning every 10 seconds names it (ITT, LUN, CDB): whatever waits for
 //     it (the TMF response, a logout, a reinstating login) would otherwise
 //     hang without a trace. ABORT TASK for a task the target does not know
