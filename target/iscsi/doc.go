@@ -55,10 +55,10 @@
 //     commands' contexts, wait for them to return, suppress their responses
 //     and only then answer; TARGET COLD RESET then drops every connection
 //     of the target, the requester's once its answer is written. While an
-//     aborted command has not returned, a
-//     warning every 10 seconds names it (ITT, LUN, CDB): whatever waits for
-//     it (the TMF response, a logout, a reinstating login) would otherwise
-//     hang without a trace. ABORT TASK for a task the target does not know
+//     aborted command has not returned, a warning every 10 seconds names
+//     it (ITT, LUN, CDB): whatever waits for it (the TMF response, a
+//     logout, a reinstating login) would otherwise hang without a trace.
+//     ABORT TASK for a task the target does not know
 //     answers "function complete" when its RefCmdSN is in the window before
 //     the request's CmdSN (the CmdSN then counts as received, so later
 //     commands are not held behind it) and "task does not exist" otherwise,
