@@ -17,8 +17,10 @@
 // read hits. FIFO is classic: a hit does not move a block.
 //
 // The tests (yardstick_test.go) print the table of issue 16 and check the
-// advisor (package mrc) against the exact LRU curve. The short versions run
-// by default; CACHELUN_LONG=1 runs the full-size ones.
+// advisor (package mrc) against the exact LRU curve; where_test.go
+// (CACHELUN_WHERE=1) sorts the blocks LRU hits and the engine misses by
+// what the engine had done with them. The short versions run by default;
+// CACHELUN_LONG=1 runs the full-size ones.
 //
 // Nothing here is safe for concurrent use; each replay owns its cache.
 package tracebench
