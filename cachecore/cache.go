@@ -322,6 +322,7 @@ func openWith(ctx context.Context, store *persist.Store, cfg Config, replayed fu
 	c.heads = make([]dataHead, nh)
 	for i := range c.heads {
 		c.heads[i].off.Store(c.segs.dataSize) // no segment yet: no room
+		c.heads[i].back.Store(c.segs.dataSize)
 	}
 
 	for i := range c.segs.segs {

@@ -200,7 +200,12 @@
 //
 // Cache space comes from data heads (one where a flush covers the whole
 // file, so that the data of writes sharing a flush is contiguous; sharded
-// elsewhere, against lock contention); a segment's reference count
+// elsewhere, against lock contention). A head hands out its segment from
+// both ends: pieces of a page or more from the start, each on a page of
+// the cache file (whole pages: the page cache never reads a page from the
+// device to complete a write), pieces under a page from the end, packed by
+// sectors, so that sector writes between page writes cost a sector each,
+// not the rest of a page. A segment's reference count
 // is one per live-log key pointing into it plus one while it is a head.
 // GC advances key_tail over clean log (never past dirty_tail, nor past
 // keys writeback has written back but not yet marked clean), a step at a

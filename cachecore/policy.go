@@ -305,7 +305,7 @@ func (c *Cache) cacheFull(n int64) bool {
 	}
 	room := int64(c.segs.dataSize)
 	for i := range c.heads {
-		room = min(room, int64(c.segs.dataSize)-int64(c.heads[i].off.Load()))
+		room = min(room, int64(c.heads[i].room()))
 	}
 	return room < c.fills.pendingBytes.Load()+n
 }

@@ -138,11 +138,25 @@ type dataHead struct {
 	valid bool
 	seg   uint32
 	gen   uint64
-	// off: the bytes of the segment handed out; written under mu, read
-	// without it by cacheFull. A head without a segment has no room:
-	// off is the segment's data size.
-	off atomic.Uint32
-	_   [20]byte // keep heads on separate cache lines
+	// The segment is handed out from both ends: pieces of a page or more
+	// from the start up to off, pieces under a page from the end down to
+	// back, so that a sector-sized piece between two page-sized ones
+	// does not cost the rest of its page (page pieces start on a page).
+	// [off, back) is free. Both are written under mu and read without it
+	// by cacheFull. A head without a segment has no room: both are the
+	// segment's data size.
+	off, back atomic.Uint32
+	_         [16]byte // keep heads on separate cache lines
+}
+
+// room is the space between the head's two ends (read without mu: a
+// hint).
+func (h *dataHead) room() uint32 {
+	off, back := h.off.Load(), h.back.Load()
+	if back < off {
+		return 0
+	}
+	return back - off
 }
 
 // allocAlign is the granularity of cache space: a sector. A piece of a
@@ -165,8 +179,10 @@ type allocation struct {
 }
 
 // allocData returns space for up to n bytes (n is a multiple of 512) from
-// a data head; the piece may be shorter when the head's segment ends. It
-// returns errNoSpace when no segment is free.
+// a data head: a piece of a page or more from the start of its room, on a
+// page, a smaller one from the end. The piece may be shorter when the room
+// ends (a piece of a page or more then ends on a page). It returns
+// errNoSpace when no segment is free.
 func (c *Cache) allocData(n uint32) (allocation, error) {
 	if c.dataCRC {
 		// One allocation is one key, and a read hit verifies its key's
@@ -179,16 +195,32 @@ func (c *Cache) allocData(n uint32) (allocation, error) {
 	h.mu.Lock()
 	for {
 		if h.valid {
-			off := h.off.Load()
+			off, back := h.off.Load(), h.back.Load()
+			var a allocation
 			if n >= pageAlign {
-				off = min((off+pageAlign-1)&^(pageAlign-1), c.segs.dataSize)
+				// From the start, on a page; a piece cut short by the
+				// end of the room is cut at a page, so that its pages
+				// stay whole too.
+				off = min((off+pageAlign-1)&^(pageAlign-1), back)
+				switch room := back - off; {
+				case room >= n:
+					a.n = n
+				case room >= pageAlign:
+					a.n = room &^ (pageAlign - 1)
+				}
+				if a.n > 0 {
+					a.pos, a.gen = persist.Pos{Seg: h.seg, Off: off}, h.gen
+					h.off.Store(off + (a.n+allocAlign-1)&^(allocAlign-1))
+				}
+			} else if room := back - off; room >= allocAlign {
+				// From the end, packed by sectors (n < pageAlign).
+				a.n = min(n, room&^(allocAlign-1))
+				back -= (a.n + allocAlign - 1) &^ (allocAlign - 1)
+				a.pos, a.gen = persist.Pos{Seg: h.seg, Off: back}, h.gen
+				h.back.Store(back)
 			}
-			room := (c.segs.dataSize - off) &^ (allocAlign - 1)
-			if room >= allocAlign {
-				got := min(n, room)
-				a := allocation{pos: persist.Pos{Seg: h.seg, Off: off}, gen: h.gen, n: got}
+			if a.n > 0 {
 				c.segs.segs[h.seg].refs.Add(1)
-				h.off.Store(off + (got+allocAlign-1)&^(allocAlign-1))
 				h.mu.Unlock()
 				if drop != noSeg {
 					c.putRef(drop)
@@ -198,6 +230,7 @@ func (c *Cache) allocData(n uint32) (allocation, error) {
 			drop = h.seg
 			h.valid = false
 			h.off.Store(c.segs.dataSize)
+			h.back.Store(c.segs.dataSize)
 		}
 		id, ok := c.segs.take(false)
 		if !ok {
@@ -211,6 +244,7 @@ func (c *Cache) allocData(n uint32) (allocation, error) {
 		s.refs.Add(1) // the head's reference
 		h.valid, h.seg, h.gen = true, id, s.currentGen()
 		h.off.Store(0)
+		h.back.Store(c.segs.dataSize)
 		s.takenGen.Store(h.gen + 1)
 		c.dataSegs.Add(1)
 	}
