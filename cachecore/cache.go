@@ -306,8 +306,9 @@ func openWith(ctx context.Context, store *persist.Store, cfg Config, replayed fu
 	case persist.FlushCoversMedia(c.media):
 		// One data head where a flush writes back the whole file
 		// (fdatasync): the data of the writes that share a flush then lies
-		// side by side and goes to the device in one request, not one per
-		// head. 4 KiB FUA writes at QD32: 8.4 device write requests per
+		// side by side (at the two ends of the head's segment when sector
+		// and page writes mix: allocData) and goes to the device in one
+		// request, or two, not one per head. 4 KiB FUA writes at QD32: 8.4 device write requests per
 		// flush with 8 heads, 3.1 with one, and 7 % more writes per second.
 		nh = 1
 	default:

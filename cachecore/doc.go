@@ -199,13 +199,16 @@
 // instead of several at once.
 //
 // Cache space comes from data heads (one where a flush covers the whole
-// file, so that the data of writes sharing a flush is contiguous; sharded
-// elsewhere, against lock contention). A head hands out its segment from
-// both ends: pieces of a page or more from the start, each on a page of
-// the cache file (whole pages: the page cache never reads a page from the
-// device to complete a write), pieces under a page from the end, packed by
-// sectors, so that sector writes between page writes cost a sector each,
-// not the rest of a page. A segment's reference count
+// file, so that the data of writes sharing a flush lies in one segment,
+// at its two ends; sharded elsewhere, against lock contention). A head
+// hands out its segment from both ends: pieces of a page or more from the
+// start, each on a page of the cache file (whole pages: the page cache
+// never reads a page from the device to complete a write), pieces under a
+// page from the end, packed by sectors, so that sector writes between page
+// writes cost a sector each, not the rest of a page. A flush of both kinds
+// of writes thus reaches the device as two runs instead of one; measured
+// with 512-byte and 4 KiB FUA writes alternating from 8 writers, it is
+// not slower for it (it writes less). A segment's reference count
 // is one per live-log key pointing into it plus one while it is a head.
 // GC advances key_tail over clean log (never past dirty_tail, nor past
 // keys writeback has written back but not yet marked clean), a step at a
