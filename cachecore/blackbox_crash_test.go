@@ -126,6 +126,11 @@ func TestBlackboxCrashConsistency(t *testing.T) {
 		{"dax-3-writers-2q", persist.TearDAX, 16, 30, 3, cachecore.VolumeConfig{Mode: cachecore.ModeWriteback, Policy: cachecore.Policy2Q}, false},
 		{"file-unfenced-bypass", persist.TearPage, 24, 0, 1, cachecore.VolumeConfig{Mode: cachecore.ModeWriteback, SequentialCutoff: 32 << 10}, true},
 		{"file-unfenced-3-writers", persist.TearPage, 16, 30, 3, cachecore.VolumeConfig{Mode: cachecore.ModeWriteback}, true},
+		// 512-byte blocks: writes of 1 to 8 sectors, so the data heads
+		// hand out pieces under a page from the end of their segments
+		// and pieces of a page or more from the start (GC runs too)
+		{"dax-3-writers-512-sectors", persist.TearDAX, 16, 30, 3, cachecore.VolumeConfig{Mode: cachecore.ModeWriteback, BlockSize: 512}, false},
+		{"file-unfenced-3-writers-512-sectors", persist.TearPage, 16, 30, 3, cachecore.VolumeConfig{Mode: cachecore.ModeWriteback, BlockSize: 512}, true},
 		// persists that overtake the hook of an earlier one: its point
 		// is then no exact crash point
 		{"file-unfenced-3-writers-overtaken-hook", persist.TearPage, 16, 30, 3, cachecore.VolumeConfig{Mode: cachecore.ModeWriteback}, true},
