@@ -17,6 +17,11 @@ func benchRig(b *testing.B) (*Cache, *Volume, persist.Media) { return benchRigCR
 
 // benchRigCRC is benchRig on a cache formatted with data CRCs or not.
 func benchRigCRC(b *testing.B, dataCRC bool) (*Cache, *Volume, persist.Media) {
+	return benchRigBlocks(b, dataCRC, 4096)
+}
+
+// benchRigBlocks is benchRigCRC with a volume of blockSize-byte blocks.
+func benchRigBlocks(b *testing.B, dataCRC bool, blockSize int) (*Cache, *Volume, persist.Media) {
 	path := b.TempDir() + "/cache"
 	if dir := os.Getenv("CACHELUN_BENCH_DIR"); dir != "" {
 		path = dir + "/cachecore-bench-cache"
@@ -35,7 +40,7 @@ func benchRigCRC(b *testing.B, dataCRC bool) (*Cache, *Volume, persist.Media) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	v, err := c.AddVolume(context.Background(), "v", backend.NewMemory(64<<20), VolumeConfig{BlockSize: 4096})
+	v, err := c.AddVolume(context.Background(), "v", backend.NewMemory(64<<20), VolumeConfig{BlockSize: blockSize})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -151,6 +156,61 @@ func benchFUA(b *testing.B, writers int, spread bool) {
 					blk = (i * 7919) % blocks
 				}
 				if err := v.WriteAt(ctx, p, blk*4096, true); err != nil {
+					failed.CompareAndSwap(nil, &err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	b.StopTimer()
+	if e := failed.Load(); e != nil {
+		b.Fatal(*e)
+	}
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "IOPS")
+	if flushes != nil {
+		b.ReportMetric(float64(flushes.Flushes()-before)/float64(b.N), "persists/write")
+	}
+}
+
+// BenchmarkFUAWritesMixedSizes: 8 writers alternate 512-byte FUA writes
+// (a log: consecutive sectors in the volume's upper half) and 4 KiB FUA
+// writes (pages spread over its lower half) on a file media with 512-byte
+// blocks, as a database's redo records and page writes land on a LUN. The
+// data head puts the sectors at the end of its segment and the pages at
+// its start, so a flush of both reaches the device as two runs.
+func BenchmarkFUAWritesMixedSizes(b *testing.B) {
+	_, v, m := benchRigBlocks(b, false, 512)
+	flushes, _ := m.(interface{ Flushes() uint64 })
+	ctx := context.Background()
+	half := v.Size() / 2
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	var failed atomic.Pointer[error]
+	var before uint64
+	if flushes != nil {
+		before = flushes.Flushes()
+	}
+	b.ResetTimer()
+	start := time.Now()
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p := make([]byte, 4096)
+			for {
+				i := next.Add(1) - 1
+				if i >= int64(b.N) {
+					return
+				}
+				var err error
+				if i%2 == 0 {
+					err = v.WriteAt(ctx, p[:512], half+(i/2*512)%half, true)
+				} else {
+					err = v.WriteAt(ctx, p, (i*7919*4096)%half, true)
+				}
+				if err != nil {
 					failed.CompareAndSwap(nil, &err)
 					return
 				}
