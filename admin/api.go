@@ -141,6 +141,7 @@ type CacheStats struct {
 	KeyTail             JournalPos `json:"key_tail"`
 	GCRuns              uint64     `json:"gc_runs"`
 	GCSegmentsFreed     uint64     `json:"gc_segments_freed"`
+	GCSegmentsKept      uint64     `json:"gc_segments_kept"` // passed by GC and kept in place (2q)
 	DeferredWrites      uint64     `json:"deferred_writes"`
 	// WritebackCarriedKeys: keys of volumes not attached that writeback
 	// journaled again to move on; IntentRecoveredKeys: keys of writes a

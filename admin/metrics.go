@@ -24,6 +24,7 @@ type collector struct {
 	volDirtyBytes, volWritebackBytes, volWritebackLag, volErrors *prometheus.Desc
 	volSize, volMode, volBackingDegraded                         *prometheus.Desc
 	cacheSegments, cacheDirtyBytes, cacheGCRuns, cacheGCFreed    *prometheus.Desc
+	cacheGCKept                                                  *prometheus.Desc
 	cacheDeferred, cacheFailed, cacheJournalLSN                  *prometheus.Desc
 	cacheGhostWindow, cacheReappendCredit                        *prometheus.Desc
 	sessions, inflight, snapshotAge, snapshotStale               *prometheus.Desc
@@ -67,6 +68,7 @@ func newCollector(snaps *snapshotter) *collector {
 		cacheReappendCredit:  desc("cachelun_cache_reappend_credit_bytes", "Data garbage collection may still append again instead of evicting it (2q second chance).", "cache"),
 		cacheGCRuns:          desc("cachelun_cache_gc_runs_total", "Garbage collection passes.", "cache"),
 		cacheGCFreed:         desc("cachelun_cache_gc_segments_freed_total", "Segments freed by garbage collection.", "cache"),
+		cacheGCKept:          desc("cachelun_cache_gc_segments_kept_total", "Segments garbage collection passed and kept in place, their data mostly read (2q).", "cache"),
 		cacheDeferred:        desc("cachelun_cache_deferred_writes_total", "Writes that waited for free space.", "cache"),
 		cacheFailed:          desc("cachelun_cache_failed", "1 when the cache has been retired after a media failure.", "cache"),
 		cacheJournalLSN:      desc("cachelun_cache_journal_lsn", "Journal log sequence number of the key head and the tails.", "cache", "pointer"),
@@ -90,7 +92,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		c.volFillBytes, c.volAdmissionsRefused, c.volGhostAdmits, c.volReappendBytes,
 		c.volDirtyBytes, c.volWritebackBytes, c.volWritebackLag, c.volErrors,
 		c.volSize, c.volMode, c.volBackingDegraded,
-		c.cacheSegments, c.cacheDirtyBytes, c.cacheGCRuns, c.cacheGCFreed,
+		c.cacheSegments, c.cacheDirtyBytes, c.cacheGCRuns, c.cacheGCFreed, c.cacheGCKept,
 		c.cacheDeferred, c.cacheFailed, c.cacheJournalLSN,
 		c.cacheGhostWindow, c.cacheReappendCredit,
 		c.sessions, c.inflight, c.snapshotAge, c.snapshotStale,
@@ -158,6 +160,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(c.cacheDirtyBytes, float64(st.DirtyBytes), n)
 		counter(c.cacheGCRuns, float64(st.GCRuns), n)
 		counter(c.cacheGCFreed, float64(st.GCSegmentsFreed), n)
+		counter(c.cacheGCKept, float64(st.GCSegmentsKept), n)
 		counter(c.cacheDeferred, float64(st.DeferredWrites), n)
 		counter(c.cacheCarried, float64(st.WritebackCarriedKeys), n)
 		counter(c.cacheIntentRecovered, float64(st.IntentRecoveredKeys), n)

@@ -145,6 +145,7 @@ func (b *baseline) apply(snap *snapshot) (*snapshot, time.Time) {
 			st := &c.Stats
 			st.GCRuns = sub(st.GCRuns, base.GCRuns)
 			st.GCSegmentsFreed = sub(st.GCSegmentsFreed, base.GCSegmentsFreed)
+			st.GCSegmentsKept = sub(st.GCSegmentsKept, base.GCSegmentsKept)
 			st.DeferredWrites = sub(st.DeferredWrites, base.DeferredWrites)
 			st.WritebackCarriedKeys = sub(st.WritebackCarriedKeys, base.WritebackCarriedKeys)
 			st.IntentRecoveredKeys = sub(st.IntentRecoveredKeys, base.IntentRecoveredKeys)

@@ -228,16 +228,20 @@ func runCrashWorkload(t *testing.T, name string, o rigOptions, writers int) {
 // writes.
 func TestBlackboxCrashAsyncFills(t *testing.T) {
 	for _, c := range []struct {
-		name  string
-		unit  persist.TearUnit
-		whole bool
+		name   string
+		unit   persist.TearUnit
+		whole  bool
+		policy cachecore.Policy
 	}{
-		{"dax", persist.TearDAX, false},
-		{"file-unfenced", persist.TearPage, true},
+		{"dax", persist.TearDAX, false, cachecore.PolicyFIFO},
+		{"file-unfenced", persist.TearPage, true, cachecore.PolicyFIFO},
+		// 2q: GC re-appends data read since written and keeps
+		// segments read all over in place, journaling their keys again
+		{"dax-2q", persist.TearDAX, false, cachecore.Policy2Q},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			o := rigOptions{Segments: 16, BackingSize: 1 << 20, Unit: c.unit, DataCRC: true, WholeFlush: c.whole,
-				VC: cachecore.VolumeConfig{Mode: cachecore.ModeWriteback}, Cfg: cachecore.Config{GCPercent: 30}}
+				VC: cachecore.VolumeConfig{Mode: cachecore.ModeWriteback, Policy: c.policy}, Cfg: cachecore.Config{GCPercent: 30}}
 			runCrashWorkloadWith(t, "async-fills-"+c.name, o, 2, true)
 		})
 	}
@@ -588,8 +592,8 @@ func runCrashWorkloadWith(t *testing.T, name string, o rigOptions, writers int, 
 			torn++
 		}
 	}
-	t.Logf("%d persist points (%d exact), %d crash images checked (%d with a torn backing image); GC runs %d, segments freed %d",
-		points, len(exact), checked, torn, cst.GCRuns, cst.GCSegmentsFreed)
+	t.Logf("%d persist points (%d exact), %d crash images checked (%d with a torn backing image); GC runs %d, segments freed %d, kept %d",
+		points, len(exact), checked, torn, cst.GCRuns, cst.GCSegmentsFreed, cst.GCSegmentsKept)
 }
 
 // atomicAllOrNothing checks that no atomic write shows in some of its

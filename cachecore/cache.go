@@ -153,6 +153,7 @@ type cacheCounters struct {
 	dataCRCErrors                                             atomic.Uint64
 	intentRecovered                                           atomic.Uint64
 	writebackCarried                                          atomic.Uint64
+	gcSegmentsKept                                            atomic.Uint64
 }
 
 // volState is what the cache knows about a volume id, attached or not: its

@@ -105,6 +105,9 @@ type Config struct {
 	// noCarryGrace lets writeback carry keys of volumes that are not
 	// attached right after Open (tests); see carryGrace.
 	noCarryGrace bool
+	// noKeepInPlace: GC never keeps a segment in place (tests of the
+	// second chance's re-appends).
+	noKeepInPlace bool
 	// wbPassKsets, when set, replaces wbMaxKsets (tests: small writeback
 	// passes).
 	wbPassKsets int

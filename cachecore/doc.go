@@ -217,7 +217,11 @@
 // index and dropping their references; a segment at zero gets its
 // generation bumped and persisted before it is reused. Readers copy cache
 // data holding the segment's read lock after checking the generation.
-// Under a volume's 2q policy (policy.go) GC first re-appends the data of
+// Under a volume's 2q policy (policy.go) GC keeps a segment whose clean
+// data was mostly read since written in place: it journals the keys of
+// that data again (under the stripe lock, while the extents are in the
+// index; the new keys hold the segment's references) and does not free
+// it. Elsewhere it first re-appends the data of
 // those keys that is clean in the index (fills, and writes once written
 // back) and was read since written, the most read first (through the fill
 // path, so C7 holds), within a write budget of a fifth of the bytes the

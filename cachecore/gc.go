@@ -127,7 +127,19 @@ func (c *Cache) gcStep() bool {
 	// stay in the index and a bypass write over them still journals its
 	// tombstone. Extents whose segment was bumped and reused meanwhile fail
 	// the readers' generation check.
-	c.secondChance(passed)
+	// The segments the step frees; of them, those 2q keeps in place hold
+	// one reference of the step's until evictKeys has appended their keys
+	// again, so dropping the passed keys' references never frees them.
+	freeing := map[uint32]bool{}
+	for s, d := range dropping {
+		if c.segs.segs[s].refs.Load() <= d {
+			freeing[s] = true
+		}
+	}
+	keep := c.secondChance(kt.LSN, passed, freeing)
+	for s := range keep {
+		c.segs.segs[s].refs.Add(1)
+	}
 	freeBefore, _ := c.segs.counts()
 	for i := range passed {
 		if s := passed[i].Pos.Seg; int(s) < len(c.segs.segs) {
@@ -143,7 +155,10 @@ func (c *Cache) gcStep() bool {
 		}
 		return false
 	}
-	c.evictKeys(passed)
+	c.evictKeys(passed, keep)
+	for s := range keep {
+		c.putRef(s)
+	}
 	if c.distrustClean && next.LSN >= c.distrustUntil {
 		info := c.store.Info()
 		info.Flags &^= InfoFlagRetired
@@ -174,17 +189,24 @@ func (c *Cache) gcStep() bool {
 
 // evictKeys removes from the index the extents that still hold the data
 // of the keys key_tail is passing (FIFO eviction): after a restart the
-// keys would not be replayed either. The keys of a step are grouped by
-// stripe and each stripe's list is compacted once, not once per key: a
-// step passes a segment's worth of keys, and removing them one by one
-// moved the rest of a stripe's list (up to a thousand extents) for each.
-func (c *Cache) evictKeys(passed []persist.Key) {
+// keys would not be replayed either. Clean extents in the segments 2q
+// keeps in place (keep) stay, their keys journaled again (keepInPlace)
+// under the same stripe lock, so that the index never holds less than a
+// replay would bring back. The keys of a step are grouped by stripe and
+// each stripe's list is compacted once, not once per key: a step passes a
+// segment's worth of keys, and removing them one by one moved the rest of
+// a stripe's list (up to a thousand extents) for each.
+func (c *Cache) evictKeys(passed []persist.Key, keep map[uint32]bool) {
 	type lineage struct {
 		p   keyPiece
 		seg uint32
 		gen uint64
 	}
-	byStripe := map[*stripe][]lineage{}
+	type stripeKeys struct {
+		vs       *volState
+		lineages []lineage
+	}
+	byStripe := map[*stripe]*stripeKeys{}
 	var order []*stripe
 	for i := range passed {
 		k := &passed[i]
@@ -193,17 +215,35 @@ func (c *Cache) evictKeys(passed []persist.Key) {
 			continue
 		}
 		for st, p := range vs.indexedPieces(k) {
-			if _, ok := byStripe[st]; !ok {
+			sk := byStripe[st]
+			if sk == nil {
+				sk = &stripeKeys{vs: vs}
+				byStripe[st] = sk
 				order = append(order, st)
 			}
-			byStripe[st] = append(byStripe[st], lineage{p: p, seg: k.Pos.Seg, gen: k.Gen})
+			sk.lineages = append(sk.lineages, lineage{p: p, seg: k.Pos.Seg, gen: k.Gen})
 		}
 	}
 	var drop []int
+	var spills []spill
+	kept := map[int]bool{}
+	if len(keep) > 0 {
+		// The kept keys get ksets of their own: GC's next pass over
+		// them then passes a kept segment's keys together, not spread
+		// among the keys the heads take meanwhile.
+		c.closeAged(c.clock().Now(), 0)
+		defer c.closeAged(c.clock().Now(), 0)
+	}
 	for _, st := range order {
-		drop = drop[:0]
+		sk := byStripe[st]
+		var kv *Volume
+		if len(keep) > 0 {
+			kv = keepingVolume(sk.vs)
+		}
+		drop, spills = drop[:0], spills[:0]
+		clear(kept)
 		st.mu.Lock()
-		for _, l := range byStripe[st] {
+		for _, l := range sk.lineages {
 			i, j := st.list.span(l.p.s, l.p.e)
 			for n := i; n < j; n++ {
 				x := &st.list.ext[n]
@@ -212,13 +252,27 @@ func (c *Cache) evictKeys(passed []persist.Key) {
 				// key holds it. (Written-back keys are marked clean
 				// before GC may pass them: cleanLSN.) Dirty data is never
 				// evicted.
-				if x.kind != extDirty && x.sameLineage(l.p.s, l.seg, l.p.segOff, l.gen) {
-					drop = append(drop, n)
+				if x.kind == extDirty || !x.sameLineage(l.p.s, l.seg, l.p.segOff, l.gen) || kept[n] {
+					continue
 				}
+				if kv != nil && keep[l.seg] {
+					if sp, ok := kv.keepInPlace(st, l.p.piece, x); ok {
+						kept[n] = true
+						spills = append(spills, sp)
+						continue
+					}
+				}
+				drop = append(drop, n)
 			}
 		}
 		st.list.removeIndexes(drop)
 		st.mu.Unlock()
+		for _, sp := range spills {
+			c.commitSpill(sp)
+		}
+		if kv != nil {
+			kv.exit()
+		}
 	}
 }
 

@@ -120,7 +120,8 @@ func TestMetadataPerExtent(t *testing.T) {
 // data is re-appended once writeback made it clean, like a fill.
 // readMostlyBlocks blocks of 4 KiB, within one GC step (a segment of
 // data), written, written back, then the even ones read once and the odd
-// ones three times (newReadMostlyRig).
+// ones three times (newReadMostlyRig). GC does not keep segments in
+// place on it: what these tests look at is what it re-appends.
 const readMostlyBlocks = 24
 
 // newReadMostlyRig sets up readMostlyBlocks on a 2q volume; off(i) is
@@ -132,7 +133,7 @@ func newReadMostlyRig(t *testing.T) (*itRig, func(int) int64) {
 	if vc.Policy != Policy2Q {
 		t.Fatalf("default policy %q", vc.Policy)
 	}
-	r := newItRig(t, 32, 8<<20, Config{}, vc)
+	r := newItRig(t, 32, 8<<20, Config{noKeepInPlace: true}, vc)
 	ctx := context.Background()
 	const n, bs = readMostlyBlocks, 4096
 	off := func(i int) int64 { return int64(i) * 3 * bs }
@@ -373,5 +374,226 @@ func TestCacheFullMargin(t *testing.T) {
 			}
 		}
 		c.segs.nFree.Store(saved)
+	}
+}
+
+// TestGCKeepsMostlyReadSegments: GC keeps a segment whose clean data was
+// mostly read in place (its keys journaled again, no data moved, nothing
+// freed) and frees one read little; the kept data survives a replay, still
+// where it was, and the next pass over it, unread since, evicts it and
+// frees the segment. Every block reads back right throughout.
+func TestGCKeepsMostlyReadSegments(t *testing.T) {
+	vc := DefaultVolumeConfig()
+	vc.SequentialCutoff = 0
+	r := newItRig(t, 16, 8<<20, Config{}, vc)
+	ctx := context.Background()
+	c := r.cache
+	const bs = 4096
+	buf := make([]byte, bs)
+	// Blocks written until the data head has filled three segments: the
+	// first two are what GC passes.
+	var blocks []int64
+	segOf := map[int64]uint32{}
+	for off := int64(0); ; off += bs {
+		fillPattern(buf, uint64(off/bs))
+		if err := r.vol.WriteAt(ctx, buf, off, false); err != nil {
+			t.Fatal(err)
+		}
+		blocks = append(blocks, off)
+		segOf[off] = r.vol.Explain(off).Pos.Seg
+		if len(collectSegs(segOf)) == 3 {
+			break
+		}
+	}
+	if err := r.vol.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.vol.Drain(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	first, second := segOf[blocks[0]], uint32(0)
+	for _, off := range blocks {
+		if segOf[off] != first {
+			second = segOf[off]
+			break
+		}
+	}
+	// Every block of the first segment read, a quarter of the second's.
+	n := 0
+	for _, off := range blocks {
+		read := segOf[off] == first
+		if segOf[off] == second {
+			read = n%4 == 0
+			n++
+		}
+		if read {
+			if err := r.vol.ReadAt(ctx, buf, off); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	c.policy.credit.Store(0) // nothing re-appended: kept or evicted
+	// check looks at every block of the two segments; with read, it then
+	// reads every block (hits count, misses fill the cache again).
+	check := func(when string, wantHit func(off int64) bool, read bool) {
+		t.Helper()
+		for _, off := range blocks {
+			if segOf[off] != first && segOf[off] != second {
+				continue
+			}
+			e := r.vol.Explain(off)
+			if hit := e.State == "hit"; hit != wantHit(off) {
+				t.Fatalf("%s: block %d in segment %d: %s, want hit %v", when, off/bs, segOf[off], e.State, wantHit(off))
+			}
+			if e.State == "hit" && e.Pos.Seg != segOf[off] {
+				t.Fatalf("%s: block %d moved from segment %d to %d", when, off/bs, segOf[off], e.Pos.Seg)
+			}
+		}
+		got := make([]byte, bs)
+		for _, off := range blocks {
+			if !read {
+				break
+			}
+			fillPattern(buf, uint64(off/bs))
+			if err := r.vol.ReadAt(ctx, got, off); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, buf) {
+				t.Fatalf("%s: block %d reads back wrong", when, off/bs)
+			}
+		}
+	}
+	p0 := r.media.PersistPoints()
+	kept0, freed0 := c.Stats().GCSegmentsKept, c.Stats().GCSegmentsFreed
+	for c.Stats().GCSegmentsKept == kept0 || c.Stats().GCSegmentsFreed == freed0 {
+		if !c.gcStep() {
+			t.Fatalf("GC stopped before passing both segments (kept %d, freed %d)", c.Stats().GCSegmentsKept-kept0, c.Stats().GCSegmentsFreed-freed0)
+		}
+	}
+	if k, f := c.Stats().GCSegmentsKept-kept0, c.Stats().GCSegmentsFreed-freed0; k != 1 || f != 1 {
+		t.Fatalf("GC kept %d segments and freed %d, want 1 and 1", k, f)
+	}
+	if c.segs.segs[first].refs.Load() == 0 {
+		t.Fatalf("kept segment %d has no references", first)
+	}
+	kept := func(off int64) bool { return segOf[off] == first }
+	check("after GC", kept, false)
+	// A power cut anywhere in the steps, or before the kept keys are
+	// durable, loses no block (the backing device holds the data too).
+	if err := c.flushAll(); err != nil {
+		t.Fatal(err)
+	}
+	for p := p0; p <= r.media.PersistPoints(); p++ {
+		st, err := persist.Open(r.media.CrashImage(p, nil))
+		if err != nil {
+			t.Fatalf("crash at persist point %d: %v", p, err)
+		}
+		ci, err := Open(ctx, st, r.cfg)
+		if err != nil {
+			t.Fatalf("crash at persist point %d: %v", p, err)
+		}
+		v, err := ci.AddVolume(ctx, "v", r.dev.Clone(), r.vc)
+		if err != nil {
+			t.Fatalf("crash at persist point %d: %v", p, err)
+		}
+		got := make([]byte, bs)
+		for _, off := range blocks {
+			fillPattern(buf, uint64(off/bs))
+			if err := v.ReadAt(ctx, got, off); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, buf) {
+				t.Fatalf("crash at persist point %d: block %d reads back wrong (%s)", p, off/bs, v.Explain(off).State)
+			}
+		}
+		if err := ci.Close(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("crash images of persist points %d to %d read back right", p0, r.media.PersistPoints())
+	r.reopen(nil)
+	c = r.cache
+	c.policy.credit.Store(0)
+	check("after replay", kept, false)
+	// Unread since, the kept data goes at GC's next pass over its keys,
+	// and its segment with it. (Writeback moves dirty_tail over the clean
+	// ksets that hold them first.)
+	for i := 0; c.store.DirtyTail().LSN < c.durableHead.Load(); i++ {
+		if i == 100 {
+			t.Fatalf("writeback leaves dirty_tail at %v, the durable head is LSN %d", c.store.DirtyTail(), c.durableHead.Load())
+		}
+		if _, err := c.writebackPass(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	gen := c.segs.segs[first].currentGen()
+	for c.segs.segs[first].currentGen() == gen {
+		if !c.gcStep() {
+			t.Fatalf("GC stopped before passing the kept keys (segment %d, %d references; key_tail %v)", first, c.segs.segs[first].refs.Load(), c.store.KeyTail())
+		}
+	}
+	check("after the second pass", func(off int64) bool { return false }, true)
+}
+
+// collectSegs returns the set of segments m's blocks lie in.
+func collectSegs(m map[int64]uint32) map[uint32]bool {
+	out := map[uint32]bool{}
+	for _, s := range m {
+		out[s] = true
+	}
+	return out
+}
+
+// TestGCKeepsAFewInARow: with every segment read all over, GC keeps
+// maxKeptInARow of them in place and then frees the next (the log still
+// turns); while a writer waits for space it keeps none.
+func TestGCKeepsAFewInARow(t *testing.T) {
+	for _, waiting := range []bool{false, true} {
+		vc := DefaultVolumeConfig()
+		vc.SequentialCutoff = 0
+		r := newItRig(t, 16, 8<<20, Config{}, vc)
+		ctx := context.Background()
+		c := r.cache
+		const bs = 4096
+		buf := make([]byte, bs)
+		segs := map[uint32]bool{}
+		var blocks []int64
+		for off := int64(0); len(segs) < maxKeptInARow+3; off += bs {
+			fillPattern(buf, uint64(off/bs))
+			if err := r.vol.WriteAt(ctx, buf, off, false); err != nil {
+				t.Fatal(err)
+			}
+			blocks = append(blocks, off)
+			segs[r.vol.Explain(off).Pos.Seg] = true
+		}
+		if err := r.vol.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.vol.Drain(ctx, nil); err != nil {
+			t.Fatal(err)
+		}
+		for _, off := range blocks {
+			if err := r.vol.ReadAt(ctx, buf, off); err != nil {
+				t.Fatal(err)
+			}
+		}
+		c.policy.credit.Store(0)
+		if waiting {
+			c.spaceWait.Add(1)
+		}
+		freed0 := c.Stats().GCSegmentsFreed
+		for c.Stats().GCSegmentsFreed == freed0 {
+			if !c.gcStep() {
+				t.Fatalf("waiting %v: GC stopped before freeing a segment (kept %d)", waiting, c.Stats().GCSegmentsKept)
+			}
+		}
+		want := uint64(maxKeptInARow)
+		if waiting {
+			want = 0
+			c.spaceWait.Add(-1)
+		}
+		if got := c.Stats().GCSegmentsKept; got != want {
+			t.Fatalf("a writer waiting %v: GC kept %d segments before freeing one, want %d", waiting, got, want)
+		}
 	}
 }

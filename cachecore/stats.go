@@ -62,7 +62,11 @@ type CacheStats struct {
 	Segments, SegmentsUsed, SegmentsFree, SegmentsQuarantined uint32
 	KeyHead, DirtyTail, KeyTail                               persist.Tail
 	GCRuns, GCSegmentsFreed                                   uint64
-	DeferredWrites                                            uint64 // writes that waited for free space
+	// GCSegmentsKept counts the segments GC passed and kept in place
+	// (2q: their data was mostly read; policy.go), their keys journaled
+	// again.
+	GCSegmentsKept uint64
+	DeferredWrites uint64 // writes that waited for free space
 	// WritebackCarriedKeys counts keys of volumes that are not attached
 	// that writeback journaled again to move past them.
 	WritebackCarriedKeys uint64
@@ -173,7 +177,7 @@ func (c *Cache) Stats() CacheStats {
 	s := CacheStats{
 		Segments: n, SegmentsFree: free, SegmentsQuarantined: quar, SegmentsUsed: n - free - quar,
 		KeyHead: c.journal.Head(), DirtyTail: c.store.DirtyTail(), KeyTail: c.store.KeyTail(),
-		GCRuns: c.stats.gcRuns.Load(), GCSegmentsFreed: c.stats.gcSegmentsFreed.Load(),
+		GCRuns: c.stats.gcRuns.Load(), GCSegmentsFreed: c.stats.gcSegmentsFreed.Load(), GCSegmentsKept: c.stats.gcSegmentsKept.Load(),
 		DeferredWrites:       c.stats.deferredWrites.Load(),
 		WritebackCarriedKeys: c.stats.writebackCarried.Load(), IntentRecoveredKeys: c.stats.intentRecovered.Load(), DirtyBytes: c.dirtyBytes(),
 		Failed: c.failed.Load(), DataCRCErrors: c.stats.dataCRCErrors.Load(), Detached: c.detached.Load(),

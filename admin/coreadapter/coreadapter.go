@@ -172,6 +172,7 @@ func CacheStats(st cachecore.CacheStats) admin.CacheStats {
 		WritebackCarriedKeys: st.WritebackCarriedKeys,
 		IntentRecoveredKeys:  st.IntentRecoveredKeys,
 		GCSegmentsFreed:      st.GCSegmentsFreed,
+		GCSegmentsKept:       st.GCSegmentsKept,
 		DeferredWrites:       st.DeferredWrites,
 		DirtyBytes:           st.DirtyBytes,
 		Failed:               st.Failed,
