@@ -383,34 +383,13 @@ func TestCacheFullMargin(t *testing.T) {
 // where it was, and the next pass over it, unread since, evicts it and
 // frees the segment. Every block reads back right throughout.
 func TestGCKeepsMostlyReadSegments(t *testing.T) {
-	vc := DefaultVolumeConfig()
-	vc.SequentialCutoff = 0
-	r := newItRig(t, 16, 8<<20, Config{}, vc)
+	r := newKeepRig(t)
 	ctx := context.Background()
 	c := r.cache
 	const bs = 4096
 	buf := make([]byte, bs)
-	// Blocks written until the data head has filled three segments: the
-	// first two are what GC passes.
-	var blocks []int64
-	segOf := map[int64]uint32{}
-	for off := int64(0); ; off += bs {
-		fillPattern(buf, uint64(off/bs))
-		if err := r.vol.WriteAt(ctx, buf, off, false); err != nil {
-			t.Fatal(err)
-		}
-		blocks = append(blocks, off)
-		segOf[off] = r.vol.Explain(off).Pos.Seg
-		if len(collectSegs(segOf)) == 3 {
-			break
-		}
-	}
-	if err := r.vol.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := r.vol.Drain(ctx, nil); err != nil {
-		t.Fatal(err)
-	}
+	// The first two segments are what GC passes.
+	blocks, segOf := writeCleanSegments(t, r, 3)
 	first, second := segOf[blocks[0]], uint32(0)
 	for _, off := range blocks {
 		if segOf[off] != first {
@@ -535,13 +514,40 @@ func TestGCKeepsMostlyReadSegments(t *testing.T) {
 	check("after the second pass", func(off int64) bool { return false }, true)
 }
 
-// collectSegs returns the set of segments m's blocks lie in.
-func collectSegs(m map[int64]uint32) map[uint32]bool {
-	out := map[uint32]bool{}
-	for _, s := range m {
-		out[s] = true
+// newKeepRig is a 2q volume on a cache of 16 segments.
+func newKeepRig(t *testing.T) *itRig {
+	vc := DefaultVolumeConfig()
+	vc.SequentialCutoff = 0
+	return newItRig(t, 16, 8<<20, Config{}, vc)
+}
+
+// writeCleanSegments writes 4 KiB blocks from offset 0 until they lie in
+// n segments (the last one the data head's), then writes them back; it
+// returns their offsets and the segment of each.
+func writeCleanSegments(t *testing.T, r *itRig, n int) ([]int64, map[int64]uint32) {
+	t.Helper()
+	ctx := context.Background()
+	const bs = 4096
+	buf := make([]byte, bs)
+	var blocks []int64
+	segOf := map[int64]uint32{}
+	segs := map[uint32]bool{}
+	for off := int64(0); len(segs) < n; off += bs {
+		fillPattern(buf, uint64(off/bs))
+		if err := r.vol.WriteAt(ctx, buf, off, false); err != nil {
+			t.Fatal(err)
+		}
+		blocks = append(blocks, off)
+		segOf[off] = r.vol.Explain(off).Pos.Seg
+		segs[segOf[off]] = true
 	}
-	return out
+	if err := r.vol.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.vol.Drain(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	return blocks, segOf
 }
 
 // TestGCKeepsAFewInARow: with every segment read all over, GC keeps
@@ -549,29 +555,11 @@ func collectSegs(m map[int64]uint32) map[uint32]bool {
 // turns); while a writer waits for space it keeps none.
 func TestGCKeepsAFewInARow(t *testing.T) {
 	for _, waiting := range []bool{false, true} {
-		vc := DefaultVolumeConfig()
-		vc.SequentialCutoff = 0
-		r := newItRig(t, 16, 8<<20, Config{}, vc)
+		r := newKeepRig(t)
 		ctx := context.Background()
 		c := r.cache
-		const bs = 4096
-		buf := make([]byte, bs)
-		segs := map[uint32]bool{}
-		var blocks []int64
-		for off := int64(0); len(segs) < maxKeptInARow+3; off += bs {
-			fillPattern(buf, uint64(off/bs))
-			if err := r.vol.WriteAt(ctx, buf, off, false); err != nil {
-				t.Fatal(err)
-			}
-			blocks = append(blocks, off)
-			segs[r.vol.Explain(off).Pos.Seg] = true
-		}
-		if err := r.vol.Flush(ctx); err != nil {
-			t.Fatal(err)
-		}
-		if err := r.vol.Drain(ctx, nil); err != nil {
-			t.Fatal(err)
-		}
+		buf := make([]byte, 4096)
+		blocks, _ := writeCleanSegments(t, r, maxKeptInARow+3)
 		for _, off := range blocks {
 			if err := r.vol.ReadAt(ctx, buf, off); err != nil {
 				t.Fatal(err)
