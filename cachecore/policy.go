@@ -555,14 +555,15 @@ type keepDecision struct {
 // passes in it (reads): kept when it was mostly read (keepHitPercent of its
 // bytes) and read at least as often per byte as the segments GC judged
 // lately (readsAvg), at most maxKeptInARow since a step last freed one,
-// none while a writer waits for space. The second test is what tells, when most data is read
-// at least once per pass of the log (a long-lived working set about twice
-// the cache), the segments worth a pass more from those that are not:
-// without it, at 256 MiB and 40 references per block, GC kept most of the
-// segments it judged and Zipf α=0.8 over 2× was 0.008 below LRU (0.008
-// above with it; 0.013 above when GC keeps nothing in place). A segment the step does not free and passes less than a
-// sixteenth of is not judged by that part (its data there goes as it would
-// without a choice). stepLSN is the LSN of the step's first kset;
+// none while a writer waits for space. The second test is what tells,
+// when most data is read at least once per pass of the log (a long-lived
+// working set about twice the cache), the segments worth a pass more from
+// those that are not: without it, at 256 MiB and 40 references per block,
+// GC kept most of the segments it judged and Zipf α=0.8 over 2× was 0.008
+// below LRU (0.008 above with it; 0.013 above when GC keeps nothing in
+// place). A segment the step does not free and passes less than a
+// sixteenth of is not judged by that part (its data there goes as it
+// would without a choice). stepLSN is the LSN of the step's first kset;
 // freeing, the segments the step frees unless kept.
 func (c *Cache) chooseKept(stepLSN uint64, freeing map[uint32]bool, reads map[uint32]*segReads) map[uint32]bool {
 	p := &c.policy
