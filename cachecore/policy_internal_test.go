@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"testing"
+	"time"
 	"unsafe"
 
 	"github.com/cachelun/cachelun/persist"
@@ -495,15 +496,13 @@ func TestGCKeepsMostlyReadSegments(t *testing.T) {
 	c.policy.credit.Store(0)
 	check("after replay", kept, false)
 	// Unread since, the kept data goes at GC's next pass over its keys,
-	// and its segment with it. (Writeback moves dirty_tail over the clean
-	// ksets that hold them first.)
-	for i := 0; c.store.DirtyTail().LSN < c.durableHead.Load(); i++ {
-		if i == 100 {
+	// and its segment with it. (The writeback worker moves dirty_tail
+	// over the clean ksets that hold them first.)
+	for deadline := time.Now().Add(10 * time.Second); c.store.DirtyTail().LSN < c.durableHead.Load(); {
+		if time.Now().After(deadline) {
 			t.Fatalf("writeback leaves dirty_tail at %v, the durable head is LSN %d", c.store.DirtyTail(), c.durableHead.Load())
 		}
-		if _, err := c.writebackPass(ctx); err != nil {
-			t.Fatal(err)
-		}
+		time.Sleep(5 * time.Millisecond)
 	}
 	gen := c.segs.segs[first].currentGen()
 	for c.segs.segs[first].currentGen() == gen {
