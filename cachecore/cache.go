@@ -309,8 +309,9 @@ func openWith(ctx context.Context, store *persist.Store, cfg Config, replayed fu
 		// (fdatasync): the data of the writes that share a flush then lies
 		// side by side (at the two ends of the head's segment when sector
 		// and page writes mix: allocData) and goes to the device in one
-		// request, or two, not one per head. 4 KiB FUA writes at QD32: 8.4 device write requests per
-		// flush with 8 heads, 3.1 with one, and 7 % more writes per second.
+		// request, or two, not one per head. 4 KiB FUA writes at QD32: 8.4
+		// device write requests per flush with 8 heads, 3.1 with one, and
+		// 7 % more writes per second.
 		nh = 1
 	default:
 		// Heads take turns (allocData), so the data of one stretch of
@@ -323,8 +324,7 @@ func openWith(ctx context.Context, store *persist.Store, cfg Config, replayed fu
 	}
 	c.heads = make([]dataHead, nh)
 	for i := range c.heads {
-		c.heads[i].off.Store(c.segs.dataSize) // no segment yet: no room
-		c.heads[i].back.Store(c.segs.dataSize)
+		c.heads[i].noSegment(c.segs.dataSize)
 	}
 
 	for i := range c.segs.segs {

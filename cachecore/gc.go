@@ -226,8 +226,9 @@ func (c *Cache) evictKeys(passed []persist.Key, keep map[uint32]bool) {
 	}
 	var drop []int
 	var spills []spill
-	kept := map[int]bool{}
+	var kept map[int]bool // extents of the stripe kept in place (keep only)
 	if len(keep) > 0 {
+		kept = map[int]bool{}
 		// The kept keys get ksets of their own: GC's next pass over
 		// them then passes a kept segment's keys together, not spread
 		// among the keys the heads take meanwhile.

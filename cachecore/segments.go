@@ -149,6 +149,13 @@ type dataHead struct {
 	_         [16]byte // keep heads on separate cache lines
 }
 
+// noSegment marks the head as holding no segment: no room (size is the
+// segments' data size). h.mu is held, or the head is not in use yet.
+func (h *dataHead) noSegment(size uint32) {
+	h.off.Store(size)
+	h.back.Store(size)
+}
+
 // room is the space between the head's two ends (read without mu: a
 // hint).
 func (h *dataHead) room() uint32 {
@@ -229,8 +236,7 @@ func (c *Cache) allocData(n uint32) (allocation, error) {
 			}
 			drop = h.seg
 			h.valid = false
-			h.off.Store(c.segs.dataSize)
-			h.back.Store(c.segs.dataSize)
+			h.noSegment(c.segs.dataSize)
 		}
 		id, ok := c.segs.take(false)
 		if !ok {
