@@ -1,7 +1,9 @@
 // Package tracebench is cachelun's trace-driven yardstick for hit ratios
 // (issue 16): synthetic block traces with fixed seeds, the reference
 // policies computed on them (Belady's MIN, the offline optimum with
-// optional admission; LRU; FIFO), and a replay of a trace through the real
+// optional admission; LRU; FIFO; Log, an ideal log-structured cache laid
+// out as the engine's, in log order or cleaned out of it), and a replay of
+// a trace through the real
 // engine in process (cachecore on an in-memory or temporary-file cache,
 // backend.Memory as the backing device), so that a change of the engine's
 // admission or eviction is measured against the same figures.
@@ -16,8 +18,10 @@
 // than every cached one's: no policy of the same capacity does better on
 // read hits. FIFO is classic: a hit does not move a block.
 //
-// The tests (yardstick_test.go) print the table of issue 16 and check the
-// advisor (package mrc) against the exact LRU curve; where_test.go
+// The tests (yardstick_test.go) print the table of issue 16, check the
+// engine's fifo policy against the ideal log of its capacity (it must hold
+// what the log holds) and the advisor (package mrc) against the exact LRU
+// curve; where_test.go
 // (CACHELUN_WHERE=1) sorts the blocks LRU hits and the engine misses by
 // what the engine had done with them. The short versions run by default;
 // CACHELUN_LONG=1 runs the full-size ones.

@@ -41,6 +41,7 @@ type Engine struct {
 	// keeps the cache on average once it is warm.
 	usedSum, usedN uint64
 	settled        bool
+	segBlocks      int
 }
 
 // countingMedia counts the bytes written to the cache media: the engine's
@@ -88,11 +89,15 @@ func OpenEngine(cfg EngineConfig, volumeBlocks uint64) (*Engine, error) {
 		c.Close(ctx)
 		return nil, err
 	}
-	return &Engine{cache: c, vol: v, media: m, ctx: ctx, buf: make([]byte, 16*BlockSize)}, nil
+	return &Engine{cache: c, vol: v, media: m, ctx: ctx, buf: make([]byte, 16*BlockSize), segBlocks: int(store.SegmentDataSize() / BlockSize)}, nil
 }
 
 // Close closes the cache.
 func (e *Engine) Close() error { return e.cache.Close(e.ctx) }
+
+// SegmentBlocks is the blocks of data a segment of the cache holds (the
+// layout Log simulates).
+func (e *Engine) SegmentBlocks() int { return e.segBlocks }
 
 // Volume is the engine volume (tests use its advisor).
 func (e *Engine) Volume() *cachecore.Volume { return e.vol }
