@@ -61,6 +61,7 @@ func TestYardstick(t *testing.T) {
 		t.Errorf("cachecore.Advice says the cache holds %d blocks, measured %d", formula, capacity)
 	}
 	var rows []row
+	var logDiffs []float64 // engine fifo − ideal log, traces of single blocks
 	for _, tr := range Standard(capacity, refsPerCache) {
 		r := row{name: tr.Name}
 		r.lru, r.fifo, r.min = LRU(tr, capacity), FIFO(tr, capacity), MIN(tr, capacity)
@@ -82,8 +83,10 @@ func TestYardstick(t *testing.T) {
 		// cache), it must hold what the ideal log holds, or the engine
 		// wastes room (partly filled heads, segments held by nothing).
 		if singleBlocks(tr) {
-			if d := r.engineFIFO.ByteHitRatio() - r.log.ByteHitRatio(); d < -logTolerance || d > logTolerance {
-				t.Errorf("%s: the engine's fifo byte hit ratio %.4f, an ideal log of its capacity %.4f (more than %.3f apart)", tr.Name, r.engineFIFO.ByteHitRatio(), r.log.ByteHitRatio(), logTolerance)
+			d := r.engineFIFO.ByteHitRatio() - r.log.ByteHitRatio()
+			logDiffs = append(logDiffs, d)
+			if d < -logTraceTolerance || d > logTraceTolerance {
+				t.Errorf("%s: the engine's fifo byte hit ratio %.4f, an ideal log of its capacity %.4f (more than %.3f apart)", tr.Name, r.engineFIFO.ByteHitRatio(), r.log.ByteHitRatio(), logTraceTolerance)
 			}
 		}
 		if hasWrites(tr) {
@@ -129,14 +132,34 @@ func TestYardstick(t *testing.T) {
 			}
 		}
 	}
+	if m := mean(logDiffs); m < -logMeanTolerance || m > logMeanTolerance {
+		t.Errorf("the engine's fifo byte hit ratio is %+.4f from the ideal log's on average over %d traces (%.4f), more than %.3f", m, len(logDiffs), logDiffs, logMeanTolerance)
+	}
 	t.Log("\n" + table(rows))
 }
 
-// logTolerance: the engine's fifo byte hit ratio and the ideal log's
-// differ by up to 0.002 at 32 MiB and 256 MiB (the engine's data heads and
-// its kset commit order); a segment less costs the ideal log 0.005 to
-// 0.014 at 32 MiB on the traces with α <= 1.0.
-const logTolerance = 0.005
+// The engine's fifo byte hit ratio is 0.000 to 0.003 below the ideal log's
+// on each trace of single blocks at 32 MiB and 256 MiB, 0.0005 to 0.0009
+// on average over them, from its data heads and the order in which
+// concurrent kset commits reach the log (the most on a loaded machine). A
+// segment less costs the ideal log 0.005 to 0.014 on the Zipf traces with
+// α <= 1.0 at 32 MiB, 0.005 on average over the traces: logMeanTolerance
+// tells that apart, logTraceTolerance a gross loss on one trace.
+const (
+	logMeanTolerance  = 0.003
+	logTraceTolerance = 0.01
+)
+
+func mean(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	var s float64
+	for _, x := range v {
+		s += x
+	}
+	return s / float64(len(v))
+}
 
 func singleBlocks(tr Trace) bool {
 	for _, q := range tr.Reqs {
