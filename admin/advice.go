@@ -22,6 +22,7 @@ type SizingCurve struct {
 	BlockSize     int     // the curve's block (the cache block size)
 	References    uint64  // block references the curve was built from
 	SampleRate    float64 // the share of blocks sampled
+	SampledBlocks int     // the distinct blocks sampled (mrc.Curve.Tracked)
 	// HitRatio is the estimated read hit ratio of an LRU cache of that
 	// many bytes; nil when there is no advisor.
 	HitRatio func(bytes int64) float64
@@ -29,6 +30,15 @@ type SizingCurve struct {
 	// target; false when no size does.
 	SizeFor func(target float64) (int64, bool)
 }
+
+// minSampledBlocks: an estimate from fewer distinct sampled blocks is
+// rough at every size (Advice.SampledBlocks), as sizes below 100 sampled
+// blocks' worth are (Advice.ResolvedFromBytes).
+const minSampledBlocks = 100
+
+// Rough reports whether the estimate rests on too few sampled blocks to
+// be more than rough at any size.
+func (a Advice) Rough() bool { return a.References > 0 && a.SampledBlocks < minSampledBlocks }
 
 // AdviceFactors returns the sizes, relative to today's, that every answer
 // reports (Advice.Points).
@@ -52,6 +62,10 @@ type Advice struct {
 	BlockSize  int     `json:"block_size"`
 	References uint64  `json:"references"`  // read block references seen
 	SampleRate float64 `json:"sample_rate"` // share of blocks sampled
+	// SampledBlocks is the distinct blocks the estimate rests on; under
+	// minSampledBlocks every figure is rough (the standard error of a hit
+	// ratio h from S blocks is about sqrt(h(1-h)/S): 0.05 at S = 100).
+	SampledBlocks int `json:"sampled_blocks"`
 	// ResolvedFromBytes: sizes below this rest on fewer than 100 sampled
 	// blocks of distance (100 / SampleRate blocks); their figures are
 	// rough.
@@ -86,7 +100,7 @@ type VolumeAdviceResponse struct {
 // makeAdvice evaluates a curve at the standard sizes and for target.
 func makeAdvice(sc SizingCurve, target float64) Advice {
 	a := Advice{CacheBytes: sc.CapacityBytes, BlockSize: sc.BlockSize, References: sc.References, SampleRate: sc.SampleRate,
-		Target: target, Points: []AdvicePoint{}, Curve: []AdvicePoint{}}
+		SampledBlocks: sc.SampledBlocks, Target: target, Points: []AdvicePoint{}, Curve: []AdvicePoint{}}
 	at := func(f float64) AdvicePoint {
 		p := AdvicePoint{SizeFactor: f, Bytes: int64(math.Round(f * float64(sc.CapacityBytes)))}
 		if sc.HitRatio != nil {

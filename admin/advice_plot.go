@@ -94,7 +94,10 @@ func adviceSummary(a Advice) string {
 		}
 		s += fmt.Sprintf("%g× %s: %.1f%%", p.SizeFactor, pageBytes(p.Bytes), p.HitRatio*100)
 	}
-	if len(a.Points) > 0 && a.Points[0].Bytes < a.ResolvedFromBytes {
+	switch {
+	case a.Rough():
+		s += fmt.Sprintf(" (rough: %d blocks sampled so far)", a.SampledBlocks)
+	case len(a.Points) > 0 && a.Points[0].Bytes < a.ResolvedFromBytes:
 		s += fmt.Sprintf(" (below %s: rough, fewer than 100 sampled blocks)", pageBytes(a.ResolvedFromBytes))
 	}
 	if a.TargetReachable {

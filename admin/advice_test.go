@@ -2,6 +2,7 @@ package admin_test
 
 import (
 	"context"
+	"io"
 	"math"
 	"net/http"
 	"strings"
@@ -37,6 +38,9 @@ func TestAdviceAPIMetricsAndPage(t *testing.T) {
 	}
 	if !a.TargetReachable || a.TargetBytes != 384<<20 || a.Target != 0.6 {
 		t.Errorf("target: %v %d %v, want 0.6 reachable at 384 MiB", a.Target, a.TargetBytes, a.TargetReachable)
+	}
+	if a.SampledBlocks != 10000 {
+		t.Errorf("sampled blocks %d, want the curve's 10000", a.SampledBlocks)
 	}
 	if a.ResolvedFromBytes != 10000*4096 {
 		t.Errorf("resolved from %d bytes, want 100 sampled blocks at 1 %% of 4 KiB blocks", a.ResolvedFromBytes)
@@ -83,24 +87,39 @@ func TestAdviceAPIMetricsAndPage(t *testing.T) {
 		}
 	}
 
-	resp, err := http.Get("http://" + f.srv.Addr("metrics").String() + "/")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var sb strings.Builder
-	buf := make([]byte, 1<<16)
-	for {
-		n, err := resp.Body.Read(buf)
-		sb.Write(buf[:n])
-		if err != nil {
-			break
-		}
-	}
-	page := sb.String()
+	page := statusPage(t, f)
 	for _, want := range []string{`<svg class="advice"`, `data-size-factor="2" data-bytes="536870912" data-hit-ratio="0.8"`, "today 256.0 MiB", "no size reaches 90%", "volume db1 (cache nvme0)"} {
 		if !strings.Contains(page, want) {
 			t.Errorf("status page lacks %q", want)
 		}
 	}
+	if strings.Contains(page, "sampled so far") {
+		t.Errorf("status page calls a curve from 10000 sampled blocks rough")
+	}
+	// A curve from a few sampled blocks is rough at every size, and the
+	// page says so under its plot.
+	few := admintest.LinearSizing(256<<20, 512<<20, 0.8)
+	few.References, few.SampledBlocks = 300, 3
+	f.db1.SetSizing(few)
+	r, err = f.client.Advice(ctx, "db1", 0)
+	if err != nil || r.Volumes[0].SampledBlocks != 3 || !r.Volumes[0].Rough() {
+		t.Fatalf("advice from 3 sampled blocks: %v %+v", err, r)
+	}
+	if page := statusPage(t, f); !strings.Contains(page, "(rough: 3 blocks sampled so far)") {
+		t.Errorf("status page does not call a curve from 3 sampled blocks rough")
+	}
+}
+
+func statusPage(t *testing.T, f *fixture) string {
+	t.Helper()
+	resp, err := http.Get("http://" + f.srv.Addr("metrics").String() + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }

@@ -52,7 +52,7 @@ func LinearSizing(capacity, workingSet int64, max float64) admin.SizingCurve {
 		return max * float64(n) / float64(workingSet)
 	}
 	return admin.SizingCurve{
-		CapacityBytes: capacity, BlockSize: 4096, References: 1000000, SampleRate: 0.01,
+		CapacityBytes: capacity, BlockSize: 4096, References: 1000000, SampleRate: 0.01, SampledBlocks: 10000,
 		HitRatio: hr,
 		SizeFor: func(target float64) (int64, bool) {
 			if target > max {

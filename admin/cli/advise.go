@@ -63,6 +63,9 @@ func writeAdvice(w io.Writer, a admin.Advice) {
 		return
 	}
 	fmt.Fprintf(w, ": %d block reads, %.2g%% of blocks sampled\n", a.References, a.SampleRate*100)
+	if a.Rough() {
+		fmt.Fprintf(w, "  (%d blocks sampled so far: every figure below is rough until about 100 are)\n", a.SampledBlocks)
+	}
 	tw := table(w)
 	fmt.Fprintln(tw, "  CACHE SIZE\t\tREAD HIT RATIO (estimated)")
 	for _, p := range a.Points {

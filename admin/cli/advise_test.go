@@ -28,7 +28,7 @@ func TestAdvise(t *testing.T) {
 	}
 	// 1 % of 4 KiB blocks: below 100 sampled blocks' worth (39 MiB) the
 	// figures are rough; 0.25× of 256 MiB is above that
-	if strings.Contains(out, "rough") {
+	if strings.Contains(out, "rough") || strings.Contains(out, "sampled so far") {
 		t.Errorf("advise calls 64 MiB rough at 1 %% sampling of 4 KiB blocks:\n%s", out)
 	}
 	f.db1.SetSizing(admintest.LinearSizing(64<<20, 1<<30, 0.95))
@@ -56,5 +56,13 @@ func TestAdvise(t *testing.T) {
 	}
 	if code, _, errOut := f.run(t, cli.Advise, "nope"); code != cli.ExitFailed || !strings.Contains(errOut, "nope") {
 		t.Errorf("unknown volume: exit %d, %s", code, errOut)
+	}
+	// A fresh volume: a few hundred reads sample a few blocks, and every
+	// figure is rough, whatever the size.
+	few := admintest.LinearSizing(256<<20, 1<<30, 0.95)
+	few.References, few.SampledBlocks = 256, 3
+	f.db1.SetSizing(few)
+	if code, out, _ = f.run(t, cli.Advise, "db1"); code != cli.ExitOK || !strings.Contains(out, "(3 blocks sampled so far: every figure below is rough until about 100 are)") {
+		t.Errorf("few sampled blocks: exit %d, no note of rough figures:\n%s", code, out)
 	}
 }

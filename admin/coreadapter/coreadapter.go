@@ -67,6 +67,7 @@ func Sizing(ad cachecore.Advice) admin.SizingCurve {
 		BlockSize:     ad.BlockSize,
 		References:    c.References,
 		SampleRate:    c.Rate,
+		SampledBlocks: c.Tracked,
 		HitRatio:      func(n int64) float64 { return c.HitRatio(uint64(max(n, 0) / bs)) },
 		SizeFor: func(target float64) (int64, bool) {
 			blocks, ok := c.SizeFor(target)

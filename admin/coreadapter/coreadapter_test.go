@@ -14,6 +14,7 @@ import (
 	"github.com/cachelun/cachelun/admin/coreadapter"
 	"github.com/cachelun/cachelun/backend"
 	"github.com/cachelun/cachelun/cachecore"
+	"github.com/cachelun/cachelun/mrc"
 	"github.com/cachelun/cachelun/persist"
 	"github.com/cachelun/cachelun/target/iscsi"
 )
@@ -151,5 +152,20 @@ func TestAdminOverRealEngine(t *testing.T) {
 	}
 	if j, _ = cl.WaitJob(wctx, j.ID, 10*time.Millisecond, nil); j.State != admin.JobFailed || !strings.Contains(j.Error, "not supported") {
 		t.Errorf("reload without support: %+v", j)
+	}
+}
+
+// The engine's curve reaches the admin server with the number of distinct
+// blocks it was sampled from (what tells a rough estimate).
+func TestSizingCarriesSampledBlocks(t *testing.T) {
+	est := mrc.New(mrc.Config{Rate: 1, Seed: 1})
+	for b := range uint64(50) {
+		est.Access(b)
+		est.Access(b)
+	}
+	c := est.Curve()
+	sc := coreadapter.Sizing(cachecore.Advice{Curve: c, CapacityBlocks: 100, BlockSize: 4096})
+	if c.Tracked != 50 || sc.SampledBlocks != c.Tracked || sc.References != 100 || sc.SampleRate != 1 {
+		t.Fatalf("curve of %d tracked blocks: sizing %+v", c.Tracked, sc)
 	}
 }
