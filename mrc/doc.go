@@ -57,11 +57,13 @@
 // are not resolved: ask for them at a higher rate. With MaxTracked reached
 // the rate is lower and the error larger in proportion to 1/sqrt(R).
 //
-// The curve is LRU's. cachelun's engine evicts in log order (FIFO) with
-// GC granularity; its hit ratio at the same size is below LRU's on the
-// yardstick's Zipf traces, above it where its sequential cutoff keeps a
-// scan out (internal/tracebench measures both). The curve counts every reference since New or Reset: it describes
-// the workload since then, not the last minutes.
+// The curve is LRU's. cachelun's engine is a log: with its 2q policy its
+// hit ratio at the same size is about LRU's or above on the yardstick's
+// Zipf traces and far above on scans and loops, and below where writes
+// overwrite cached blocks; with fifo it is below LRU's on the Zipf traces
+// (internal/tracebench measures each). The curve counts every reference
+// since New or Reset: it describes the workload since then, not the last
+// minutes.
 //
 // # Concurrency
 //
