@@ -40,6 +40,14 @@ const minSampledBlocks = 100
 // be more than rough at any size.
 func (a Advice) Rough() bool { return a.References > 0 && a.SampledBlocks < minSampledBlocks }
 
+// SampledBlocksText is "1 block" or "N blocks".
+func (a Advice) SampledBlocksText() string {
+	if a.SampledBlocks == 1 {
+		return "1 block"
+	}
+	return fmt.Sprintf("%d blocks", a.SampledBlocks)
+}
+
 // AdviceFactors returns the sizes, relative to today's, that every answer
 // reports (Advice.Points).
 func AdviceFactors() []float64 { return []float64{0.25, 0.5, 1, 2, 4} }

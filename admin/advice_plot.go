@@ -96,7 +96,7 @@ func adviceSummary(a Advice) string {
 	}
 	switch {
 	case a.Rough():
-		s += fmt.Sprintf(" (rough: %d blocks sampled so far)", a.SampledBlocks)
+		s += fmt.Sprintf(" (rough: %s sampled so far)", a.SampledBlocksText())
 	case len(a.Points) > 0 && a.Points[0].Bytes < a.ResolvedFromBytes:
 		s += fmt.Sprintf(" (below %s: rough, fewer than 100 sampled blocks)", pageBytes(a.ResolvedFromBytes))
 	}

@@ -64,7 +64,7 @@ func writeAdvice(w io.Writer, a admin.Advice) {
 	}
 	fmt.Fprintf(w, ": %d block reads, %.2g%% of blocks sampled\n", a.References, a.SampleRate*100)
 	if a.Rough() {
-		fmt.Fprintf(w, "  (%d blocks sampled so far: every figure below is rough until about 100 are)\n", a.SampledBlocks)
+		fmt.Fprintf(w, "  (%s sampled so far: every figure below is rough until about 100 are)\n", a.SampledBlocksText())
 	}
 	tw := table(w)
 	fmt.Fprintln(tw, "  CACHE SIZE\t\tREAD HIT RATIO (estimated)")

@@ -65,4 +65,9 @@ func TestAdvise(t *testing.T) {
 	if code, out, _ = f.run(t, cli.Advise, "db1"); code != cli.ExitOK || !strings.Contains(out, "(3 blocks sampled so far: every figure below is rough until about 100 are)") {
 		t.Errorf("few sampled blocks: exit %d, no note of rough figures:\n%s", code, out)
 	}
+	few.SampledBlocks = 1
+	f.db1.SetSizing(few)
+	if code, out, _ = f.run(t, cli.Advise, "db1"); code != cli.ExitOK || !strings.Contains(out, "(1 block sampled so far:") {
+		t.Errorf("one sampled block: exit %d:\n%s", code, out)
+	}
 }
