@@ -81,6 +81,9 @@ func TestAdviceAPIMetricsAndPage(t *testing.T) {
 		`cachelun_advisor_hit_ratio{size_factor="1",volume="logs"}`:          "0",
 		`cachelun_advisor_cache_hit_ratio{cache="nvme0",size_factor="4"}`:    "0.6",
 		`cachelun_advisor_cache_hit_ratio{cache="nvme0",size_factor="0.25"}`: "0.0375",
+		`cachelun_advisor_sampled_blocks{volume="db1"}`:                      "10000",
+		`cachelun_advisor_sampled_blocks{volume="logs"}`:                     "0",
+		`cachelun_advisor_cache_sampled_blocks{cache="nvme0"}`:               "10000",
 	} {
 		if got := sample(t, body, series); got != v {
 			t.Errorf("%s = %s, want %s", series, got, v)

@@ -29,6 +29,7 @@ type collector struct {
 	cacheGhostWindow, cacheReappendCredit                        *prometheus.Desc
 	sessions, inflight, snapshotAge, snapshotStale               *prometheus.Desc
 	advisorHitRatio, advisorCacheHitRatio                        *prometheus.Desc
+	advisorSampled, advisorCacheSampled                          *prometheus.Desc
 }
 
 func newCollector(snaps *snapshotter) *collector {
@@ -77,6 +78,8 @@ func newCollector(snaps *snapshotter) *collector {
 		snapshotAge:          desc("cachelun_admin_snapshot_age_seconds", "Age of the state snapshot this scrape reports.", nil...),
 		advisorHitRatio:      desc("cachelun_advisor_hit_ratio", "Estimated read hit ratio of the volume with the cache at size_factor times its size today (LRU miss-ratio curve, SHARDS sampling).", "volume", "size_factor"),
 		advisorCacheHitRatio: desc("cachelun_advisor_cache_hit_ratio", "Estimated read hit ratio of all the cache's volumes with the cache at size_factor times its size today.", "cache", "size_factor"),
+		advisorSampled:       desc("cachelun_advisor_sampled_blocks", "Distinct blocks the volume's hit ratio estimate was sampled from; under 100 every figure is rough.", "volume"),
+		advisorCacheSampled:  desc("cachelun_advisor_cache_sampled_blocks", "Distinct blocks the cache's hit ratio estimate was sampled from; under 100 every figure is rough.", "cache"),
 		snapshotStale:        desc("cachelun_admin_snapshot_stale", "1 when the backend did not answer within the read budget and this scrape reports an older snapshot.", nil...),
 	}
 }
@@ -96,7 +99,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		c.cacheDeferred, c.cacheFailed, c.cacheJournalLSN,
 		c.cacheGhostWindow, c.cacheReappendCredit,
 		c.sessions, c.inflight, c.snapshotAge, c.snapshotStale,
-		c.advisorHitRatio, c.advisorCacheHitRatio,
+		c.advisorHitRatio, c.advisorCacheHitRatio, c.advisorSampled, c.advisorCacheSampled,
 	} {
 		ch <- d
 	}
@@ -148,9 +151,11 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(c.volSize, float64(v.Size), n)
 		gauge(c.volMode, 1, n, string(v.Mode))
 		gauge(c.volBackingDegraded, boolFloat(v.Backing != nil && v.Backing.State != BackingOK), n)
-		for _, p := range snap.volumeAdvice(v, DefaultAdviceTarget).Points {
+		adv := snap.volumeAdvice(v, DefaultAdviceTarget)
+		for _, p := range adv.Points {
 			gauge(c.advisorHitRatio, p.HitRatio, n, factorLabel(p.SizeFactor))
 		}
+		gauge(c.advisorSampled, float64(adv.SampledBlocks), n)
 	}
 	for _, ci := range snap.caches {
 		st, n := ci.Stats, ci.Name
@@ -170,9 +175,11 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(c.cacheJournalLSN, float64(st.KeyHead.LSN), n, "key_head")
 		gauge(c.cacheJournalLSN, float64(st.DirtyTail.LSN), n, "dirty_tail")
 		gauge(c.cacheJournalLSN, float64(st.KeyTail.LSN), n, "key_tail")
-		for _, p := range snap.cacheAdvice(ci, DefaultAdviceTarget).Points {
+		adv := snap.cacheAdvice(ci, DefaultAdviceTarget)
+		for _, p := range adv.Points {
 			gauge(c.advisorCacheHitRatio, p.HitRatio, n, factorLabel(p.SizeFactor))
 		}
+		gauge(c.advisorCacheSampled, float64(adv.SampledBlocks), n)
 	}
 	type tt struct{ transport, target string }
 	sessions, inflight := map[tt]int{}, map[tt]int{}
