@@ -119,13 +119,17 @@ func (c *logCache) free() {
 	c.segs = append(c.segs[:victim], c.segs[victim+1:]...)
 	move := c.cfg.Clean && s.live*8 <= c.cfg.SegBlocks*moveMaxLiveEighths &&
 		float64(c.moved+s.live) <= c.cfg.MoveShare*float64(c.appended)
+	if move {
+		// Counted before the moves: putting them may free (and move)
+		// again, within what is left of the budget.
+		c.moved += s.live
+	}
 	for _, b := range s.blocks {
 		if b == deadSlot {
 			continue
 		}
 		delete(c.where, b)
 		if move {
-			c.moved++
 			c.put(b)
 		}
 	}
