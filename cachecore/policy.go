@@ -466,7 +466,7 @@ func (c *Cache) secondChance(stepLSN uint64, passed []persist.Key, freeing map[u
 			continue
 		}
 		v := vs.vol.Load()
-		if v == nil || v.vcfg.Load().Policy != Policy2Q || !v.Mode().fillsReads() {
+		if !gcPolicyApplies(v) {
 			continue
 		}
 		for st, p := range vs.indexedPieces(k) {
@@ -606,17 +606,19 @@ func (c *Cache) chooseKept(stepLSN uint64, freeing map[uint32]bool, reads map[ui
 	return keep
 }
 
+// gcPolicyApplies reports whether GC's 2q rules (second chance, keeping
+// in place) apply to the clean data of v: attached (non-nil), a 2q volume,
+// and in a mode that caches reads.
+func gcPolicyApplies(v *Volume) bool {
+	return v != nil && v.vcfg.Load().Policy == Policy2Q && v.Mode().fillsReads()
+}
+
 // keepingVolume returns the volume of vs, entered (Volume.exit after),
-// when GC may keep its data in place: attached, online (never waiting for
-// a paused one), and a 2q volume that caches reads. Otherwise nil.
+// when GC may keep its data in place: gcPolicyApplies, and online (never
+// waiting for a paused one). Otherwise nil.
 func keepingVolume(vs *volState) *Volume {
 	v := vs.vol.Load()
-	if v == nil || v.vcfg.Load().Policy != Policy2Q || !v.Mode().fillsReads() {
-		return nil
-	}
-	v.inflight.Add(1)
-	if v.state.Load() != volOnline {
-		v.inflight.Add(-1)
+	if !gcPolicyApplies(v) || !v.tryEnter() {
 		return nil
 	}
 	return v

@@ -140,6 +140,19 @@ func (v *Volume) enter() error {
 
 func (v *Volume) exit() { v.inflight.Add(-1) }
 
+// tryEnter is enter without waiting: false when the volume is not online
+// (paused by a detach, being removed, closed). It counts no host request:
+// its callers are GC's own work, or a copy whose destination's enter
+// counted it.
+func (v *Volume) tryEnter() bool {
+	v.inflight.Add(1)
+	if v.state.Load() == volOnline {
+		return true
+	}
+	v.inflight.Add(-1)
+	return false
+}
+
 // waitIdle waits until no request of the volume is running.
 func (v *Volume) waitIdle(ctx context.Context) error {
 	for v.inflight.Load() != 0 {

@@ -138,18 +138,6 @@ func toStripe(off int64) int64 { return stripeSize - off&(stripeSize-1) }
 // the byte before end, up to end.
 func sinceStripe(end int64) int64 { return (end-1)&(stripeSize-1) + 1 }
 
-// tryEnter is enter without waiting: false when the volume is not online
-// (paused by a detach, being removed, closed).
-func (v *Volume) tryEnter() bool {
-	v.inflight.Add(1)
-	if v.state.Load() == volOnline {
-		v.c.ioCount.Add(1)
-		return true
-	}
-	v.inflight.Add(-1)
-	return false
-}
-
 // copier is one CopyFrom call.
 type copier struct {
 	v, sv         *Volume
