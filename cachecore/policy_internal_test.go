@@ -7,6 +7,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/cachelun/cachelun/backend"
 	"github.com/cachelun/cachelun/persist"
 )
 
@@ -622,5 +623,101 @@ func TestGCKeepsNothingUnderABypassWrite(t *testing.T) {
 		if segOf[off] == first && r.vol.Explain(off).State == "hit" {
 			t.Fatalf("block %d of segment %d kept in place with a bypass write in flight on its chunk", off/4096, first)
 		}
+	}
+}
+
+// TestGCKeepsNoKeyWithAWiderCRC: on a cache with data CRCs, an extent
+// whose CRC covers more than the extent (the rest of its write was
+// overwritten since) is evicted, not kept in place: a kept key carries
+// the extent's CRC, which would not match its data (persist.Check would
+// call the cache corrupt, a replay would drop the key). Every other block
+// of the segment is kept, and the journal checks clean.
+func TestGCKeepsNoKeyWithAWiderCRC(t *testing.T) {
+	ctx := context.Background()
+	m := persist.NewCrashMedia(persist.SegmentsOffset+16*itSegSize, persist.TearDAX)
+	st, err := persist.Format(m, persist.FormatOptions{SegmentSize: itSegSize, DataCRC: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Open(ctx, st, Config{JournalFlushInterval: 5 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(ctx)
+	vc := DefaultVolumeConfig()
+	vc.SequentialCutoff = 0
+	v, err := c.AddVolume(ctx, "v", backend.NewMemory(8<<20), vc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const bs = 4096
+	// An 8 KiB write at 0, its second block overwritten: the extent left
+	// of the first block has a CRC of 8 KiB.
+	two := make([]byte, 2*bs)
+	fillPattern(two[:bs], 0)
+	fillPattern(two[bs:], 1)
+	if err := v.WriteAt(ctx, two, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	first := v.Explain(0).Pos.Seg
+	buf := make([]byte, bs)
+	fillPattern(buf, 1)
+	if err := v.WriteAt(ctx, buf, bs, false); err != nil {
+		t.Fatal(err)
+	}
+	// Then single blocks until two more segments are taken.
+	blocks := []int64{0}
+	segs := map[uint32]bool{first: true}
+	for off := int64(2 * bs); len(segs) < 3; off += bs {
+		fillPattern(buf, uint64(off/bs))
+		if err := v.WriteAt(ctx, buf, off, false); err != nil {
+			t.Fatal(err)
+		}
+		blocks = append(blocks, off)
+		segs[v.Explain(off).Pos.Seg] = true
+	}
+	if err := v.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Drain(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	var inFirst []int64
+	for _, off := range blocks {
+		if e := v.Explain(off); e.Pos.Seg == first {
+			inFirst = append(inFirst, off)
+		}
+		if err := v.ReadAt(ctx, buf, off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.policy.credit.Store(0)
+	gen := c.segs.segs[first].currentGen()
+	for c.Stats().GCSegmentsKept == 0 && c.segs.segs[first].currentGen() == gen {
+		if !c.gcStep() {
+			t.Fatal("GC stopped before passing the first segment")
+		}
+	}
+	if c.Stats().GCSegmentsKept == 0 {
+		t.Fatal("GC did not keep the first segment: the test shows nothing")
+	}
+	for _, off := range inFirst {
+		hit := v.Explain(off).State == "hit"
+		if off == 0 && hit {
+			t.Fatal("block 0, whose extent's CRC covers 8 KiB, kept in place")
+		}
+		if off != 0 && !hit {
+			t.Fatalf("block %d of the kept segment evicted", off/bs)
+		}
+	}
+	if err := c.flushAll(); err != nil {
+		t.Fatal(err)
+	}
+	st2, err := persist.Open(m.CrashImage(m.PersistPoints(), nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if problems, err := persist.Check(st2); err != nil || len(problems) > 0 {
+		t.Fatalf("journal check after keeping: %v %q", err, problems)
 	}
 }
