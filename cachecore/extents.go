@@ -45,8 +45,10 @@ type extent struct {
 	seg    uint32
 	segOff uint32
 	kind   extKind
-	// hits counts the reads since the data was written, saturating
-	// (Policy2Q's second chance ranks by it).
+	// hits counts the references since the data was written, saturating
+	// (Policy2Q's second chance ranks by it): reads, and a host write
+	// over cached data starts its copy one above that data's count
+	// (installWrite).
 	hits uint8
 	// sumOff, sumLen and sum are, on a cache with data CRCs, the segment
 	// offset and length of the data of the whole key the extent comes
@@ -169,6 +171,34 @@ func (l *extentList) replaceDirty(s, e uint32, n *extent) (touchedData bool, dro
 	}
 	l.ext = slices.Replace(l.ext, i, j, repl...)
 	return touchedData, droppedDirty
+}
+
+// installWrite puts x, the dirty extent of a host write, over [x.start,
+// x.end()) and returns the dirty bytes it dropped. A write over cached data
+// is a reference to the block, as LRU and S3-FIFO count one: x's hit count
+// starts one above the most any data it replaces was read, so that GC's
+// second chance (policy.go) keeps a block written again as it keeps one
+// read again. Without it, data overwritten in the cache came back with no
+// count, and a block written and read in turn was evicted whenever GC
+// found its newest copy unread (Zipf 1.0 over 4x the cache with 30 %
+// writes: 0.004 of the byte hit ratio, 0.01 with half the requests
+// writes). Data written once (a block never cached, a log written and not
+// read) starts at 0 and goes when GC passes it unread.
+func (l *extentList) installWrite(x extent) (droppedDirty int64) {
+	i, j := l.span(x.start, x.end())
+	replaced := false
+	var most uint8
+	for n := i; n < j; n++ {
+		if o := &l.ext[n]; o.hasData() {
+			replaced, most = true, max(most, o.hits)
+		}
+	}
+	x.hits = 0
+	if replaced {
+		x.hits = min(most, maxHits-1) + 1
+	}
+	_, droppedDirty = l.replaceDirty(x.start, x.end(), &x)
+	return droppedDirty
 }
 
 // dirtyBytes returns the bytes covered by dirty extents.

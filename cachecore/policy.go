@@ -49,9 +49,11 @@ import (
 //     widens it by one, an admission by evictedHot (GC evicted data that
 //     was read again: admitting cost too much) narrows it by
 //     ghostNarrowStep.
-//   - Second chance. A read hit counts on its extent. When GC passes a
-//     key whose data is still indexed, clean (a fill, or a write that was
-//     written back) and was hit since it was written, the data is appended
+//   - Second chance. A read hit counts on its extent, and a host write
+//     over cached data starts its copy one above that data's count (a
+//     write is a reference too, as LRU counts one: installWrite). When GC
+//     passes a key whose data is still indexed, clean (a fill, or a write
+//     that was written back) and was hit since it was written, the data is appended
 //     again at the head of the log (through the fill path: a placeholder,
 //     then an install that C7 checks like any fill) instead of being
 //     evicted, and its count starts again (CLOCK). The budget goes to the

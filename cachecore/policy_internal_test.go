@@ -212,6 +212,88 @@ func TestSecondChanceSpendsOnMostHit(t *testing.T) {
 	}
 }
 
+// TestSecondChanceCountsOverwrites: a host write over cached data is a
+// reference (installWrite). Of 12 blocks written (in one segment, so that
+// one GC step passes them all), the first third is written once and never
+// read, the second written twice, the last written, read three times and
+// written again; all written back. With credit for every block GC
+// re-appends the blocks written again and evicts those written once; with
+// credit for a third it re-appends the blocks read before their
+// overwrite, whose copy starts above the others' count.
+func TestSecondChanceCountsOverwrites(t *testing.T) {
+	for _, share := range []int{1, 3} {
+		vc := DefaultVolumeConfig()
+		vc.SequentialCutoff = 0
+		r := newItRig(t, 32, 8<<20, Config{noKeepInPlace: true}, vc)
+		ctx := context.Background()
+		const n, bs = 12, 4096
+		off := func(i int) int64 { return int64(i) * 3 * bs }
+		buf := make([]byte, bs)
+		write := func(i int, version uint64) {
+			fillPattern(buf, uint64(i)<<8|version)
+			if err := r.vol.WriteAt(ctx, buf, off(i), false); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for i := range n {
+			write(i, 0)
+		}
+		for i := n / 3; i < n; i++ {
+			if i >= 2*n/3 {
+				for range 3 {
+					if err := r.vol.ReadAt(ctx, buf, off(i)); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			write(i, 1)
+		}
+		if err := r.vol.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.vol.Drain(ctx, nil); err != nil {
+			t.Fatal(err)
+		}
+		c := r.cache
+		c.refillCredit()
+		c.stats.gcSegmentsFreed.Store(uint64(len(c.segs.segs))) // past the first pass: no reserve
+		c.policy.credit.Store(int64(n / share * bs))
+		if !c.gcStep() {
+			t.Fatal("GC made no progress over written-back data")
+		}
+		c.waitFills()
+		kept := [3]int{}
+		for i := range n {
+			if r.vol.Explain(off(i)).State == "hit" {
+				kept[i/(n/3)]++
+			}
+		}
+		want := [3]int{0, n / 3, n / 3}
+		if share == 3 {
+			want[1] = 0
+		}
+		if kept != want {
+			t.Fatalf("credit for 1/%d of the blocks: kept %v (written once, written twice, read and written again), want %v", share, kept, want)
+		}
+		for i := range n {
+			fillPattern(buf, uint64(i)<<8|min(uint64(i/(n/3)), 1))
+			got := make([]byte, bs)
+			if err := r.vol.ReadAt(ctx, got, off(i)); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, buf) {
+				t.Fatalf("block %d reads back wrong", i)
+			}
+		}
+		if err := c.Close(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.CheckInvariants(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // TestSecondChanceKeepsReserve: until GC has passed the whole log once,
 // data read once since it was written is re-appended only from credit
 // beyond half of creditLimit. With credit for every block of the step but

@@ -132,7 +132,7 @@ func (v *Volume) atomicCacheWrite(ctx context.Context, p []byte, off int64) erro
 	}
 	for i := range exts {
 		x := exts[i]
-		_, dropped := st.list.replaceDirty(x.start, x.end(), &x)
+		dropped := st.list.installWrite(x)
 		v.st.dirtyBytes.Add(int64(x.length) - dropped)
 	}
 	sp := v.appendDirtyGroup(slot, keys)

@@ -158,7 +158,7 @@ func (v *Volume) caw(ctx context.Context, off int64, compare, data []byte, fua b
 				k.DataCRC = crc32.Checksum(data[b:b+int64(a.n)], castagnoli)
 			}
 			x := withSum(extent{gen: a.gen, start: s, length: a.n, seg: a.pos.Seg, segOff: a.pos.Off, kind: extDirty}, &k, c.dataCRC)
-			_, dropped := pp.st.list.replaceDirty(x.start, x.end(), &x)
+			dropped := pp.st.list.installWrite(x)
 			v.st.dirtyBytes.Add(-dropped)
 			v.st.dirtyBytes.Add(int64(a.n))
 			spills = append(spills, v.appendDirtyKey(slot, k, dataSeg))

@@ -223,7 +223,7 @@ func (cp *copier) step(ctx context.Context, so, do, l int64) error {
 		k := persist.Key{Volume: v.st.id, Offset: uint64(dpc.abs(s)), Length: p.n, Pos: persist.Pos{Seg: p.seg, Off: p.pos},
 			Gen: p.gen, Flags: persist.KeyDirty, DataCRC: p.crc}
 		x := withSum(extent{gen: p.gen, start: s, length: p.n, seg: p.seg, segOff: p.pos, kind: extDirty}, &k, c.dataCRC)
-		_, dropped := st.list.replaceDirty(x.start, x.end(), &x)
+		dropped := st.list.installWrite(x)
 		v.st.dirtyBytes.Add(int64(p.n) - dropped)
 		spills = append(spills, v.appendDirtyKey(slot, k, dataSeg))
 		cp.shared += int64(p.n)

@@ -271,7 +271,7 @@ func (v *Volume) cacheWritePiece(ctx context.Context, data []byte, pc piece) err
 			c.putRef(a.pos.Seg)
 			return c.failedErr()
 		}
-		_, dropped := st.list.replaceDirty(x.start, x.end(), &x)
+		dropped := st.list.installWrite(x)
 		v.st.dirtyBytes.Add(int64(a.n) - dropped)
 		sp := v.appendDirtyKey(slot, k, dataSeg)
 		st.mu.Unlock()
