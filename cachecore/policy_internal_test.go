@@ -171,9 +171,7 @@ func newReadMostlyRig(t *testing.T) (*itRig, func(int) int64) {
 
 func TestSecondChanceSpendsOnMostHit(t *testing.T) {
 	r, off := newReadMostlyRig(t)
-	ctx := context.Background()
 	const n, bs = readMostlyBlocks, 4096
-	buf := make([]byte, bs)
 	// Credit for a quarter of the blocks, none to earn.
 	c := r.cache
 	c.refillCredit()
@@ -194,9 +192,17 @@ func TestSecondChanceSpendsOnMostHit(t *testing.T) {
 	if kept[0] != 0 || kept[1] != n/4 {
 		t.Fatalf("kept %d blocks read once and %d read three times, want 0 and %d", kept[0], kept[1], n/4)
 	}
+	readBackAndClose(t, r, n, off, func(i int) uint64 { return uint64(i) })
+}
+
+// readBackAndClose checks that block i of n, at off(i), reads back
+// fillPattern(want(i)), then closes the cache and checks its invariants.
+func readBackAndClose(t *testing.T, r *itRig, n int, off func(int) int64, want func(int) uint64) {
+	t.Helper()
+	ctx := context.Background()
+	buf, got := make([]byte, 4096), make([]byte, 4096)
 	for i := range n {
-		fillPattern(buf, uint64(i))
-		got := make([]byte, bs)
+		fillPattern(buf, want(i))
 		if err := r.vol.ReadAt(ctx, got, off(i)); err != nil {
 			t.Fatal(err)
 		}
@@ -204,10 +210,10 @@ func TestSecondChanceSpendsOnMostHit(t *testing.T) {
 			t.Fatalf("block %d reads back wrong", i)
 		}
 	}
-	if err := c.Close(ctx); err != nil {
+	if err := r.cache.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.CheckInvariants(); err != nil {
+	if err := r.cache.CheckInvariants(); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -275,22 +281,7 @@ func TestSecondChanceCountsOverwrites(t *testing.T) {
 		if kept != want {
 			t.Fatalf("credit for 1/%d of the blocks: kept %v (written once, written twice, read and written again), want %v", share, kept, want)
 		}
-		for i := range n {
-			fillPattern(buf, uint64(i)<<8|min(uint64(i/(n/3)), 1))
-			got := make([]byte, bs)
-			if err := r.vol.ReadAt(ctx, got, off(i)); err != nil {
-				t.Fatal(err)
-			}
-			if !bytes.Equal(got, buf) {
-				t.Fatalf("block %d reads back wrong", i)
-			}
-		}
-		if err := c.Close(ctx); err != nil {
-			t.Fatal(err)
-		}
-		if err := c.CheckInvariants(); err != nil {
-			t.Fatal(err)
-		}
+		readBackAndClose(t, r, n, off, func(i int) uint64 { return uint64(i)<<8 | min(uint64(i/(n/3)), 1) })
 	}
 }
 
