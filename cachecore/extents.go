@@ -176,14 +176,14 @@ func (l *extentList) replaceDirty(s, e uint32, n *extent) (touchedData bool, dro
 // installWrite puts x, the dirty extent of a host write, over [x.start,
 // x.end()) and returns the dirty bytes it dropped. A write over cached data
 // is a reference to the block, as LRU and S3-FIFO count one: x's hit count
-// starts one above the most any data it replaces was read, so that GC's
-// second chance (policy.go) keeps a block written again as it keeps one
-// read again. Without it, data overwritten in the cache came back with no
-// count, and a block written and read in turn was evicted whenever GC
-// found its newest copy unread (Zipf 1.0 over 4x the cache with 30 %
-// writes: 0.004 of the byte hit ratio, 0.01 with half the requests
-// writes). Data written once (a block never cached, a log written and not
-// read) starts at 0 and goes when GC passes it unread.
+// starts one above the most any data it replaces was referenced, so that
+// GC's second chance (policy.go) keeps a block written again as it keeps
+// one read again. Counting reads only, GC would evict a block written and
+// read in turn whenever it found the newest copy unread (Zipf 1.0 over 4x
+// the cache with 30 % writes: 0.004 of the byte hit ratio, 0.01 with half
+// the requests writes; docs/yardstick.md). Data written once (a block not
+// cached, a log written and never read) starts at 0 and goes when GC
+// passes it unread.
 func (l *extentList) installWrite(x extent) (droppedDirty int64) {
 	i, j := l.span(x.start, x.end())
 	replaced := false

@@ -49,21 +49,20 @@ import (
 //     widens it by one, an admission by evictedHot (GC evicted data that
 //     was read again: admitting cost too much) narrows it by
 //     ghostNarrowStep.
-//   - Second chance. A read hit counts on its extent, and a host write
-//     over cached data starts its copy one above that data's count (a
-//     write is a reference too, as LRU counts one: installWrite). When GC
-//     passes a key whose data is still indexed, clean (a fill, or a write
-//     that was written back) and was hit since it was written, the data is appended
-//     again at the head of the log (through the fill path: a placeholder,
-//     then an install that C7 checks like any fill) instead of being
-//     evicted, and its count starts again (CLOCK). The budget goes to the
-//     most hit data of a GC step first: its keys were written at about the
-//     same time, so their counts compare reads over the same stay. Until
-//     GC has passed the whole log once, data hit only once is re-appended
-//     only from credit beyond half of what may be banked
-//     (reappendMinHits): the credit banked while the cache filled, spent
-//     on what GC passes first, would be missing when it next passes data
-//     read many times. What is evicted goes to the ghost set.
+//   - Second chance. A read hit counts on its extent, and a host write over
+//     cached data starts its copy one above that data's count (a write is a
+//     reference too, as LRU counts one: installWrite). When GC passes a key
+//     whose data is still indexed, clean (a fill, or a write that was written
+//     back) and was hit since it was written, the data is appended again at the
+//     head of the log (through the fill path: a placeholder, then an install
+//     that C7 checks like any fill) instead of being evicted, and its count
+//     starts again (CLOCK). The budget goes to the most hit data of a GC step
+//     first: its keys were written at about the same time, so their counts
+//     compare references over the same stay. Until GC has passed the whole log
+//     once, data hit only once is re-appended only from credit beyond half of
+//     what may be banked (reappendMinHits): the credit banked while the cache
+//     filled, spent on what GC passes first, would be missing when it next
+//     passes data read many times. What is evicted goes to the ghost set.
 //   - Kept in place. When GC passes the keys of a segment whose clean
 //     data of 2q volumes was mostly read since it was written
 //     (keepHitPercent of its bytes), moving that data costs more than it
