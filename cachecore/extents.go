@@ -128,6 +128,12 @@ func (l *extentList) replace(s, e uint32, n *extent) (touchedData bool) {
 // count twice).
 func (l *extentList) replaceDirty(s, e uint32, n *extent) (touchedData bool, droppedDirty int64) {
 	i, j := l.span(s, e)
+	return l.replaceSpan(i, j, s, e, n)
+}
+
+// replaceSpan is replaceDirty for the extents [i, j) that l.span(s, e)
+// returned.
+func (l *extentList) replaceSpan(i, j int, s, e uint32, n *extent) (touchedData bool, droppedDirty int64) {
 	var buf [3]extent
 	repl := buf[:0]
 	var right *extent
@@ -197,7 +203,7 @@ func (l *extentList) installWrite(x extent) (droppedDirty int64) {
 	if replaced {
 		x.hits = min(most, maxHits-1) + 1
 	}
-	_, droppedDirty = l.replaceDirty(x.start, x.end(), &x)
+	_, droppedDirty = l.replaceSpan(i, j, x.start, x.end(), &x)
 	return droppedDirty
 }
 
