@@ -28,8 +28,19 @@ type itRig struct {
 
 func newItRig(t *testing.T, segments int, devSize int64, cfg Config, vc VolumeConfig) *itRig {
 	t.Helper()
+	return newItRigFormat(t, segments, devSize, cfg, vc, false)
+}
+
+// newItRigCRC is newItRig on a cache formatted with data CRCs.
+func newItRigCRC(t *testing.T, segments int, devSize int64, cfg Config, vc VolumeConfig) *itRig {
+	t.Helper()
+	return newItRigFormat(t, segments, devSize, cfg, vc, true)
+}
+
+func newItRigFormat(t *testing.T, segments int, devSize int64, cfg Config, vc VolumeConfig, dataCRC bool) *itRig {
+	t.Helper()
 	m := persist.NewCrashMedia(persist.SegmentsOffset+int64(segments)*itSegSize, persist.TearDAX)
-	st, err := persist.Format(m, persist.FormatOptions{SegmentSize: itSegSize})
+	st, err := persist.Format(m, persist.FormatOptions{SegmentSize: itSegSize, DataCRC: dataCRC})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,7 +7,6 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/cachelun/cachelun/backend"
 	"github.com/cachelun/cachelun/persist"
 )
 
@@ -707,22 +706,10 @@ func TestGCKeepsNothingUnderABypassWrite(t *testing.T) {
 // of the segment is kept, and the journal checks clean.
 func TestGCKeepsNoKeyWithAWiderCRC(t *testing.T) {
 	ctx := context.Background()
-	m := persist.NewCrashMedia(persist.SegmentsOffset+16*itSegSize, persist.TearDAX)
-	st, err := persist.Format(m, persist.FormatOptions{SegmentSize: itSegSize, DataCRC: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := Open(ctx, st, Config{JournalFlushInterval: 5 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close(ctx)
 	vc := DefaultVolumeConfig()
 	vc.SequentialCutoff = 0
-	v, err := c.AddVolume(ctx, "v", backend.NewMemory(8<<20), vc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := newItRigCRC(t, 16, 8<<20, Config{}, vc)
+	m, c, v := r.media, r.cache, r.vol
 	const bs = 4096
 	// An 8 KiB write at 0, its second block overwritten: the extent left
 	// of the first block has a CRC of 8 KiB.
