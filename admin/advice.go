@@ -31,9 +31,10 @@ type SizingCurve struct {
 	SizeFor func(target float64) (int64, bool)
 }
 
-// minSampledBlocks: an estimate from fewer distinct sampled blocks is
-// rough at every size (Advice.SampledBlocks), as sizes below 100 sampled
-// blocks' worth are (Advice.ResolvedFromBytes).
+// minSampledBlocks: a figure resting on fewer sampled blocks is rough: an
+// estimate from fewer distinct sampled blocks at every size
+// (Advice.SampledBlocks), and sizes below this many sampled blocks of
+// stack distance (Advice.ResolvedFromBytes).
 const minSampledBlocks = 100
 
 // Rough reports whether the estimate rests on too few sampled blocks to
@@ -126,7 +127,7 @@ func makeAdvice(sc SizingCurve, target float64) Advice {
 		a.TargetBytes, a.TargetReachable = sc.SizeFor(target)
 	}
 	if sc.SampleRate > 0 {
-		a.ResolvedFromBytes = int64(math.Ceil(100/sc.SampleRate)) * int64(sc.BlockSize)
+		a.ResolvedFromBytes = int64(math.Ceil(minSampledBlocks/sc.SampleRate)) * int64(sc.BlockSize)
 	}
 	return a
 }
