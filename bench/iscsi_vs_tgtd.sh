@@ -6,7 +6,7 @@
 #
 #   bash bench/iscsi_vs_tgtd.sh            # 10 s per measurement
 #   DUR=20 bash bench/iscsi_vs_tgtd.sh     # longer runs (LUN_MIB, HOT_MIB change the sizes)
-#   ONLY=writes bash bench/iscsi_vs_tgtd.sh # one group: reads, writes, sessions, hot, cold or full
+#   ONLY=writes bash bench/iscsi_vs_tgtd.sh # one group: reads, writes, sessions, hot, cold, load or full
 #   CRUNS=5 ONLY=cold bash bench/iscsi_vs_tgtd.sh # cold-read runs per target (median; default 3)
 #   WRUNS=5 bash bench/iscsi_vs_tgtd.sh    # qemu-img bench runs per target (median; default 3)
 #   FULL_ROWS=quick ONLY=full bash bench/iscsi_vs_tgtd.sh # some rows of the full group (quick cached sustained)
@@ -25,6 +25,7 @@ LUN_SIZE=${LUN_MIB}MiB; LUN_BYTES=$((LUN_MIB << 20))
 HOT_SIZE=${HOT_MIB}MiB; HOT_BYTES=$((HOT_MIB << 20))
 WRUNS=${WRUNS:-3}               # qemu-img bench runs per target and row (median)
 CRUNS=${CRUNS:-3}               # cold-read runs per target (median), each on a fresh LUN
+LOAD_DUR=${LOAD_DUR:-20}        # seconds of the load group's readers
 # The cache holds the warm-up, every write run (about 900 MB each) and the
 # hot set below the GC threshold (70 %).
 CACHE_MIB=${CACHE_MIB:-$(( (LUN_MIB + HOT_MIB * 2 + WRUNS * 900) * 10 / 7 + 256 ))}
@@ -300,6 +301,83 @@ row "cold 4KiB random read QD32, fresh LUN (IOPS)" "$(median "${cs[@]}")" "$(med
 row "target CPU per cold 4KiB read at QD32 (us)" "$(median "${ccpu[@]}")" "$(median "${tcpu[@]}")"
 fi
 
+# ---- cold reads under load: a fresh LUN of 2 GiB with a 512 MiB cache (the
+# quick start's configuration, both sizes doubled) whose backing file holds
+# data in the page cache, read by six sessions of 4 KiB random reads at QD32
+# while two sessions write 4 KiB at QD32 (qemu-img bench, a stride of 7919
+# blocks: not a sequential stream, so the writes go through the cache);
+# tgtd on a copy of the same file takes the same load. Reported: the six
+# readers' IOPS and the two writers' in total over LOAD_DUR seconds from
+# the LUN's first command, while the cache fills. Each target runs alone.
+if want load; then
+LOAD=$WORK/load; mkdir -p "$LOAD"
+dd if=/dev/urandom of="$LOAD/backing.tpl" bs=1M count=2048 status=none
+cp "$LOAD/backing.tpl" "$LOAD/tgtd-load.img"
+$A --op new --mode logicalunit --tid 1 --lun 4 -b "$LOAD/tgtd-load.img"
+T_LOAD=iscsi://127.0.0.1:$TPORT/iqn.2024-01.test.tgtd:bench/4
+sed -e 's/^size = "256MiB"$/size = "512MiB"/' -e 's/^backing_size = "1GiB"$/backing_size = "2GiB"/' conf/default.toml > "$LOAD/load.toml"
+grep -q '^size = "512MiB"$' "$LOAD/load.toml" && grep -q '^backing_size = "2GiB"$' "$LOAD/load.toml" ||
+	{ echo "conf/default.toml: no 256MiB cache and 1GiB backing file to resize" >&2; exit 1; }
+# under_load LABEL URL -> "read_iops write_iops": six readers and two
+# writers on URL for LOAD_DUR seconds. A writer runs qemu-img bench rounds
+# of 5000 writes back to back (one from the LUN's start, one from its
+# middle); the writes of the rounds that completed in time count.
+load_writer() { # LABEL URL OFFSET -> writes done
+	local label=$1 url=$2 off=$3 end=$((SECONDS + LOAD_DUR)) done=0 r=0
+	while [ $SECONDS -lt $end ]; do
+		timeout -k 5 -s INT $((end - SECONDS + 1)) qemu-img bench -f raw -w -t none -c 5000 -d 32 -s 4k \
+			-S $((4096 * 7919)) -o $((off + r * 4096)) "$url" > "$OUT/$label.log" 2>&1 || break
+		grep -q "Run completed" "$OUT/$label.log" || break
+		done=$((done + 5000)); r=$((r + 1))
+	done
+	echo "$done"
+}
+under_load() {
+	local label=$1 url=$2 i total=0 iops writes=0 w
+	for i in 0 1; do
+		load_writer "$label-w$i" "$url" $((i << 30)) > "$OUT/$label-w$i.count" &
+	done
+	for i in 1 2 3 4 5 6; do
+		timeout -k 5 -s INT "$LOAD_DUR" iscsi-perf -m 32 -b 8 -r -i iqn.2010-11.libiscsi:load$i "$url" > "$OUT/$label-r$i.log" 2>&1 &
+	done
+	wait $(jobs -p) 2>/dev/null || true
+	for i in 1 2 3 4 5 6; do
+		iops=$(tr '\r' '\n' < "$OUT/$label-r$i.log" | grep -o "iops average [0-9]*" | tail -1 | awk '{print $3}')
+		total=$((total + ${iops:-0}))
+	done
+	for i in 0 1; do
+		w=$(cat "$OUT/$label-w$i.count"); writes=$((writes + ${w:-0}))
+	done
+	echo "$total $((writes / LOAD_DUR))"
+}
+load_cachelun() { # LABEL -> "read_iops write_iops" of a fresh LUN under load
+	local d=$LOAD/$1 port pid out
+	mkdir -p "$d"
+	cp "$LOAD/backing.tpl" "$d/demo-backing.img"
+	port=$(free_port)
+	"$WORK/cachelun" serve --config "$LOAD/load.toml" --listen 127.0.0.1:$port --data-dir "$d" --metrics off > "$OUT/$1-serve.log" 2>&1 &
+	pid=$!; PIDS+=($pid)
+	for _ in $(seq 300); do grep -q "cachelun ready" "$OUT/$1-serve.log" 2>/dev/null && break; sleep 0.1; done
+	out=$(under_load "$1" "iscsi://127.0.0.1:$port/iqn.2026-11.io.cachelun:demo/0")
+	kill -TERM $pid; wait $pid 2>/dev/null || true
+	rm -rf "$d"
+	echo "$out"
+}
+kill -STOP "$CPID"
+cs=(); ts=(); cw=(); tw=()
+for i in $(seq "$CRUNS"); do
+	read -r ci cwi < <(load_cachelun c-load-$i)
+	cp "$LOAD/backing.tpl" "$LOAD/tgtd-load.img"
+	read -r ti twi < <(under_load t-load-$i "$T_LOAD")
+	sync
+	cs+=("$ci"); ts+=("$ti"); cw+=("$cwi"); tw+=("$twi")
+done
+kill -CONT "$CPID"
+echo "runs: reads cachelun ${cs[*]}; tgtd ${ts[*]}; writes cachelun ${cw[*]}; tgtd ${tw[*]}" > "$OUT/load.runs"
+row "fresh 2GiB LUN: 6 QD32 readers (IOPS)" "$(median "${cs[@]}")" "$(median "${ts[@]}")"
+row "  beside them, 2 QD32 writers (IOPS)" "$(median "${cw[@]}")" "$(median "${tw[@]}")"
+fi
+
 # ---- writes into a full cache: a fresh quick-start LUN (256 MiB cache,
 # 1 GiB backing file) takes the quick start's write benchmark (234 MiB of
 # 4 KiB writes at QD32, qemu-img bench) against tgtd on a fresh file of the
@@ -394,6 +472,10 @@ echo
 if want cold; then
 	echo "cold rows: median of $CRUNS alternating runs per target, each cachelun run on a fresh quick-start LUN:"
 	cat "$OUT/cold.runs"
+fi
+if want load; then
+	echo "load rows: IOPS of six readers and of two writers in total over ${LOAD_DUR}s, median of $CRUNS alternating runs per target, each cachelun run on a fresh LUN:"
+	cat "$OUT/load.runs"
 fi
 if want full; then
 	echo "full-cache rows: median of $WRUNS alternating runs per target, each cachelun run on a fresh quick-start LUN:"
