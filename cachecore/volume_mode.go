@@ -67,8 +67,10 @@ func (v *Volume) drain(ctx context.Context, progress func(Progress)) error {
 }
 
 // SetConfig changes the live tunables (mode, sequential cutoff,
-// congestion thresholds); BlockSize cannot change. A mode change here does
-// not wait for dirty data to be written back (SetMode does).
+// congestion thresholds, cache policy); BlockSize cannot change. A mode
+// change here does not wait for dirty data to be written back (SetMode
+// does). A policy change applies from the next read miss and GC step: data
+// cached under the old policy stays, with its hit counts.
 func (v *Volume) SetConfig(vc VolumeConfig) error {
 	if vc.BlockSize == 0 {
 		vc.BlockSize = v.blockSize
