@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"log/slog"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -25,19 +24,8 @@ func policyConfig(dir, policy string) string {
 // default 2q refuses read misses it has never seen, fifo admits every one,
 // and 2q refuses again once reloaded back.
 func TestReloadSwitchesCachePolicy(t *testing.T) {
-	dir := t.TempDir()
-	p := filepath.Join(dir, "c.toml")
-	writeFile(t, p, policyConfig(dir, ""))
-	cfg, err := LoadConfig(p, dir, "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := startDaemon(context.Background(), cfg, "127.0.0.1:0", testLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	d.level = new(slog.LevelVar)
-	t.Cleanup(func() { d.shutdown(context.Background()) })
+	d, p := startReloadDaemonWith(t, func(dir string) string { return policyConfig(dir, "") })
+	dir := filepath.Dir(p)
 	ctx := context.Background()
 	v0, ok := d.eng.cacheVolume("v0")
 	if !ok {

@@ -76,9 +76,17 @@ volume = "v1"
 
 func startReloadDaemon(t *testing.T) (*Daemon, string) {
 	t.Helper()
+	return startReloadDaemonWith(t, func(dir string) string { return reloadConfig(dir, "info", "writeback", false, "") })
+}
+
+// startReloadDaemonWith starts a daemon on the configuration config
+// renders for its directory, written to c.toml there, and returns it and
+// the file's path.
+func startReloadDaemonWith(t *testing.T, config func(dir string) string) (*Daemon, string) {
+	t.Helper()
 	dir := t.TempDir()
 	p := filepath.Join(dir, "c.toml")
-	writeFile(t, p, reloadConfig(dir, "info", "writeback", false, ""))
+	writeFile(t, p, config(dir))
 	cfg, err := LoadConfig(p, dir, "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
