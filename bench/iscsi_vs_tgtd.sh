@@ -260,6 +260,28 @@ tu=$(echo "scale=1; 1000000 * $tc / ($ti * $DUR)" | bc 2>/dev/null || echo 0)
 row "target CPU per I/O, 2 sessions (us)" "$cu" "$tu"
 fi
 
+# on_fresh_lun LABEL TEMPLATE CONFIG CMD ARGS... starts a cachelun daemon on
+# a new data directory (its backing file a copy of TEMPLATE, unless empty;
+# the configuration CONFIG, the quick start's if empty), runs CMD ARGS...
+# with FRESH_PID and FRESH_URL set to the daemon and its LUN, stops the
+# daemon, removes the directory and prints what CMD printed.
+on_fresh_lun() {
+	local label=$1 tpl=$2 cfg=$3; shift 3
+	local d=$WORK/fresh/$label port out args=()
+	mkdir -p "$d"
+	[ -n "$tpl" ] && cp "$tpl" "$d/demo-backing.img"
+	[ -n "$cfg" ] && args=(--config "$cfg")
+	port=$(free_port)
+	"$WORK/cachelun" serve "${args[@]}" --listen 127.0.0.1:$port --data-dir "$d" --metrics off > "$OUT/$label-serve.log" 2>&1 &
+	FRESH_PID=$!; PIDS+=($FRESH_PID)
+	FRESH_URL=iscsi://127.0.0.1:$port/iqn.2026-11.io.cachelun:demo/0
+	for _ in $(seq 300); do grep -q "cachelun ready" "$OUT/$label-serve.log" 2>/dev/null && break; sleep 0.1; done
+	out=$("$@")
+	kill -TERM $FRESH_PID; wait $FRESH_PID 2>/dev/null || true
+	rm -rf "$d"
+	echo "$out"
+}
+
 # ---- cold reads: a fresh quick-start LUN (256 MiB cache, 1 GiB backing
 # file) whose backing file holds data in the page cache, against tgtd on a
 # copy of the same file: every read of cachelun's LUN misses at first and
@@ -272,23 +294,11 @@ dd if=/dev/urandom of="$COLD/backing.tpl" bs=1M count=1024 status=none
 cp "$COLD/backing.tpl" "$COLD/tgtd-cold.img"
 $A --op new --mode logicalunit --tid 1 --lun 2 -b "$COLD/tgtd-cold.img"
 T_COLD=iscsi://127.0.0.1:$TPORT/iqn.2024-01.test.tgtd:bench/2
-cold_cachelun() { # LABEL -> "iops cpu_seconds" of a fresh quick-start LUN
-	local d=$COLD/$1 port pid out
-	mkdir -p "$d"
-	cp "$COLD/backing.tpl" "$d/demo-backing.img"
-	port=$(free_port)
-	"$WORK/cachelun" serve --listen 127.0.0.1:$port --data-dir "$d" --metrics off > "$OUT/$1-serve.log" 2>&1 &
-	pid=$!; PIDS+=($pid)
-	for _ in $(seq 300); do grep -q "cachelun ready" "$OUT/$1-serve.log" 2>/dev/null && break; sleep 0.1; done
-	out=$(perf "$1" $pid "iscsi://127.0.0.1:$port/iqn.2026-11.io.cachelun:demo/0" -m 32 -b 8 -r)
-	kill -TERM $pid; wait $pid 2>/dev/null || true
-	rm -rf "$d"
-	echo "$out"
-}
+cold_perf() { perf "$1" "$FRESH_PID" "$FRESH_URL" -m 32 -b 8 -r; } # LABEL -> "iops cpu_seconds"
 kill -STOP "$CPID"
 cs=(); ts=(); ccpu=(); tcpu=()
 for i in $(seq "$CRUNS"); do
-	read -r ci cc < <(cold_cachelun c-cold-$i)
+	read -r ci cc < <(on_fresh_lun c-cold-$i "$COLD/backing.tpl" "" cold_perf c-cold-$i)
 	read -r ti tc < <(perf t-cold-$i $TPID "$T_COLD" -m 32 -b 8 -r)
 	sync
 	cs+=("$ci"); ts+=("$ti")
@@ -350,23 +360,11 @@ under_load() {
 	done
 	echo "$total $((writes / LOAD_DUR))"
 }
-load_cachelun() { # LABEL -> "read_iops write_iops" of a fresh LUN under load
-	local d=$LOAD/$1 port pid out
-	mkdir -p "$d"
-	cp "$LOAD/backing.tpl" "$d/demo-backing.img"
-	port=$(free_port)
-	"$WORK/cachelun" serve --config "$LOAD/load.toml" --listen 127.0.0.1:$port --data-dir "$d" --metrics off > "$OUT/$1-serve.log" 2>&1 &
-	pid=$!; PIDS+=($pid)
-	for _ in $(seq 300); do grep -q "cachelun ready" "$OUT/$1-serve.log" 2>/dev/null && break; sleep 0.1; done
-	out=$(under_load "$1" "iscsi://127.0.0.1:$port/iqn.2026-11.io.cachelun:demo/0")
-	kill -TERM $pid; wait $pid 2>/dev/null || true
-	rm -rf "$d"
-	echo "$out"
-}
+under_load_fresh() { under_load "$1" "$FRESH_URL"; }
 kill -STOP "$CPID"
 cs=(); ts=(); cw=(); tw=()
 for i in $(seq "$CRUNS"); do
-	read -r ci cwi < <(load_cachelun c-load-$i)
+	read -r ci cwi < <(on_fresh_lun c-load-$i "$LOAD/backing.tpl" "$LOAD/load.toml" under_load_fresh c-load-$i)
 	cp "$LOAD/backing.tpl" "$LOAD/tgtd-load.img"
 	read -r ti twi < <(under_load t-load-$i "$T_LOAD")
 	sync
@@ -397,19 +395,7 @@ T_FULL=iscsi://127.0.0.1:$TPORT/iqn.2024-01.test.tgtd:bench/3
 # the quick start's configuration with every write through the cache
 sed 's/^mode = "writeback"$/mode = "writeback"\nsequential_cutoff = "0"/' conf/default.toml > "$FULL/cached.toml"
 grep -q '^sequential_cutoff = "0"' "$FULL/cached.toml" || { echo "conf/default.toml: no writeback volume to set sequential_cutoff on" >&2; exit 1; }
-full_cachelun() { # LABEL COUNT [CONFIG] -> "iops" of a fresh quick-start LUN
-	local d=$FULL/$1 port pid out cfg=()
-	[ -n "${3:-}" ] && cfg=(--config "$3")
-	mkdir -p "$d"
-	port=$(free_port)
-	"$WORK/cachelun" serve "${cfg[@]}" --listen 127.0.0.1:$port --data-dir "$d" --metrics off > "$OUT/$1-serve.log" 2>&1 &
-	pid=$!; PIDS+=($pid)
-	for _ in $(seq 300); do grep -q "cachelun ready" "$OUT/$1-serve.log" 2>/dev/null && break; sleep 0.1; done
-	out=$(qbench "$1" "iscsi://127.0.0.1:$port/iqn.2026-11.io.cachelun:demo/0" -w -t none -c "$2" -d 32 -s 4k)
-	kill -TERM $pid; wait $pid 2>/dev/null || true
-	rm -rf "$d"
-	echo "$out"
-}
+full_qbench() { qbench "$1" "$FRESH_URL" -w -t none -c "$2" -d 32 -s 4k; } # LABEL COUNT -> "iops"
 kill -STOP "$CPID"
 for spec in ${FULL_ROWS:-quick cached sustained}; do
 	case $spec in
@@ -420,7 +406,7 @@ for spec in ${FULL_ROWS:-quick cached sustained}; do
 	esac
 	cs=(); ts=(); fs=()
 	for i in $(seq "$WRUNS"); do
-		cs+=("$(full_cachelun c-full-$1-$i "$2" "$3")")
+		cs+=("$(on_fresh_lun c-full-$1-$i "" "$3" full_qbench c-full-$1-$i "$2")")
 		ts+=("$(qbench t-full-$1-$i "$T_FULL" -w -t none -c "$2" -d 32 -s 4k)")
 		sync
 		if [ "$1" = sustained ]; then
