@@ -282,6 +282,17 @@ on_fresh_lun() {
 	echo "$out"
 }
 
+# data_template DIR MIB LUN writes DIR/backing.tpl, MIB MiB of random data
+# (in the page cache from then on), and puts a copy of it, DIR/tgtd.img,
+# behind tgtd's LUN LUN; prints that LUN's URL.
+data_template() {
+	mkdir -p "$1"
+	dd if=/dev/urandom of="$1/backing.tpl" bs=1M count="$2" status=none
+	cp "$1/backing.tpl" "$1/tgtd.img"
+	$A --op new --mode logicalunit --tid 1 --lun "$3" -b "$1/tgtd.img"
+	echo "iscsi://127.0.0.1:$TPORT/iqn.2024-01.test.tgtd:bench/$3"
+}
+
 # ---- cold reads: a fresh quick-start LUN (256 MiB cache, 1 GiB backing
 # file) whose backing file holds data in the page cache, against tgtd on a
 # copy of the same file: every read of cachelun's LUN misses at first and
@@ -289,11 +300,8 @@ on_fresh_lun() {
 # cachelun run starts a new daemon on a new data directory (a fresh cache);
 # the other daemons are stopped while one target is measured.
 if want cold; then
-COLD=$WORK/cold; mkdir -p "$COLD"
-dd if=/dev/urandom of="$COLD/backing.tpl" bs=1M count=1024 status=none
-cp "$COLD/backing.tpl" "$COLD/tgtd-cold.img"
-$A --op new --mode logicalunit --tid 1 --lun 2 -b "$COLD/tgtd-cold.img"
-T_COLD=iscsi://127.0.0.1:$TPORT/iqn.2024-01.test.tgtd:bench/2
+COLD=$WORK/cold
+T_COLD=$(data_template "$COLD" 1024 2)
 cold_perf() { perf "$1" "$FRESH_PID" "$FRESH_URL" -m 32 -b 8 -r; } # LABEL -> "iops cpu_seconds"
 kill -STOP "$CPID"
 cs=(); ts=(); ccpu=(); tcpu=()
@@ -320,11 +328,8 @@ fi
 # readers' IOPS and the two writers' in total over LOAD_DUR seconds from
 # the LUN's first command, while the cache fills. Each target runs alone.
 if want load; then
-LOAD=$WORK/load; mkdir -p "$LOAD"
-dd if=/dev/urandom of="$LOAD/backing.tpl" bs=1M count=2048 status=none
-cp "$LOAD/backing.tpl" "$LOAD/tgtd-load.img"
-$A --op new --mode logicalunit --tid 1 --lun 4 -b "$LOAD/tgtd-load.img"
-T_LOAD=iscsi://127.0.0.1:$TPORT/iqn.2024-01.test.tgtd:bench/4
+LOAD=$WORK/load
+T_LOAD=$(data_template "$LOAD" 2048 4)
 sed -e 's/^size = "256MiB"$/size = "512MiB"/' -e 's/^backing_size = "1GiB"$/backing_size = "2GiB"/' conf/default.toml > "$LOAD/load.toml"
 grep -q '^size = "512MiB"$' "$LOAD/load.toml" && grep -q '^backing_size = "2GiB"$' "$LOAD/load.toml" ||
 	{ echo "conf/default.toml: no 256MiB cache and 1GiB backing file to resize" >&2; exit 1; }
@@ -365,7 +370,7 @@ kill -STOP "$CPID"
 cs=(); ts=(); cw=(); tw=()
 for i in $(seq "$CRUNS"); do
 	read -r ci cwi < <(on_fresh_lun c-load-$i "$LOAD/backing.tpl" "$LOAD/load.toml" under_load_fresh c-load-$i)
-	cp "$LOAD/backing.tpl" "$LOAD/tgtd-load.img"
+	cp "$LOAD/backing.tpl" "$LOAD/tgtd.img"
 	read -r ti twi < <(under_load t-load-$i "$T_LOAD")
 	sync
 	cs+=("$ci"); ts+=("$ti"); cw+=("$cwi"); tw+=("$twi")
