@@ -292,6 +292,12 @@ data_template() {
 	$A --op new --mode logicalunit --tid 1 --lun "$3" -b "$1/tgtd.img"
 	echo "iscsi://127.0.0.1:$TPORT/iqn.2024-01.test.tgtd:bench/$3"
 }
+# drop_template DIR LUN undoes data_template, so that the groups after it
+# do not run beside its files in the page cache.
+drop_template() {
+	$A --op delete --mode logicalunit --tid 1 --lun "$2" || echo "tgtadm: LUN $2 left in place" >&2
+	rm -rf "$1"
+}
 
 # ---- cold reads: a fresh quick-start LUN (256 MiB cache, 1 GiB backing
 # file) whose backing file holds data in the page cache, against tgtd on a
@@ -315,6 +321,7 @@ for i in $(seq "$CRUNS"); do
 done
 kill -CONT "$CPID"
 echo "runs: cachelun ${cs[*]}; tgtd ${ts[*]}" > "$OUT/cold.runs"
+drop_template "$COLD" 2
 row "cold 4KiB random read QD32, fresh LUN (IOPS)" "$(median "${cs[@]}")" "$(median "${ts[@]}")"
 row "target CPU per cold 4KiB read at QD32 (us)" "$(median "${ccpu[@]}")" "$(median "${tcpu[@]}")"
 fi
@@ -377,6 +384,7 @@ for i in $(seq "$CRUNS"); do
 done
 kill -CONT "$CPID"
 echo "runs: reads cachelun ${cs[*]}; tgtd ${ts[*]}; writes cachelun ${cw[*]}; tgtd ${tw[*]}" > "$OUT/load.runs"
+drop_template "$LOAD" 4
 row "fresh 2GiB LUN: 6 QD32 readers (IOPS)" "$(median "${cs[@]}")" "$(median "${ts[@]}")"
 row "  beside them, 2 QD32 writers (IOPS)" "$(median "${cw[@]}")" "$(median "${tw[@]}")"
 fi
