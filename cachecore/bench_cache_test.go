@@ -125,10 +125,6 @@ func runParallelOps(b *testing.B, g, n int, op func(rng *rand.Rand, p []byte) er
 	return lat, time.Since(start)
 }
 
-// Benchmark4KRandom: cached 4 KiB random writes (writeback, no FUA) and
-// random read hits, with 1 and 2 goroutines, next to the physical baseline:
-// the same number of 4 KiB copies into / out of the same cache media at
-// random offsets.
 // TestBenchCacheClosesItsFile: the benchmarks' cache file is closed when
 // its round ends. A benchmark runs its function once per round, each with
 // a new file; left open after its directory was removed, each file kept
@@ -165,6 +161,10 @@ func TestBenchCacheClosesItsFile(t *testing.T) {
 	}
 }
 
+// Benchmark4KRandom: cached 4 KiB random writes (writeback, no FUA) and
+// random read hits, with 1 and 2 goroutines, next to the physical baseline:
+// the same number of 4 KiB copies into / out of the same cache media at
+// random offsets.
 func Benchmark4KRandom(b *testing.B) {
 	const volSize = 256 << 20
 	for _, g := range []int{1, 2} {
