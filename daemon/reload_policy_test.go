@@ -5,9 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/cachelun/cachelun/cachecore"
+	"github.com/cachelun/cachelun/internal/tracebench"
 )
 
 // policyConfig is reloadConfig's volume v0 on a backing file three times
@@ -40,31 +39,19 @@ func TestReloadSwitchesCachePolicy(t *testing.T) {
 
 	// onTime does what the daemon's timers would between a host's
 	// commands, which here come faster than any of them: once the cache
-	// is past GC's threshold, the open ksets are committed and the journal
-	// flushed (journal_flush_interval), writeback moves dirty_tail past
-	// them, and GC, kicked, reclaims until the cache is under it again.
+	// is past GC's threshold, it runs the background work (tracebench's
+	// CatchUp: ksets committed, writeback, GC) until it is under it again.
 	// Without it a full cache bypasses the reads, neither filled nor
 	// refused.
 	onTime := func() {
 		t.Helper()
 		c := oc.cache
-		over := func() bool { s := c.Stats(); return int(s.SegmentsUsed)*100 > int(s.Segments)*c.GCPercent() }
+		over := func() bool { return tracebench.GCThresholdPassed(c) }
 		if !over() {
 			return
 		}
-		if err := v0.Flush(ctx); err != nil {
+		if err := tracebench.CatchUp(ctx, c, v0, over); err != nil {
 			t.Fatal(err)
-		}
-		if err := v0.Drain(ctx, nil); err != nil {
-			t.Fatal(err)
-		}
-		for deadline := time.Now().Add(10 * time.Second); over(); time.Sleep(time.Millisecond) {
-			if time.Now().After(deadline) {
-				t.Fatalf("GC did not get the cache under its threshold: %+v", c.Stats())
-			}
-			if err := c.SetConfig(cachecore.Config{}); err != nil { // kicks GC
-				t.Fatal(err)
-			}
 		}
 	}
 	// readEvery reads the 4 KiB block at sub into every 64 KiB of

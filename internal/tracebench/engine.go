@@ -105,48 +105,62 @@ func (e *Engine) Volume() *cachecore.Volume { return e.vol }
 // Cache is the engine cache.
 func (e *Engine) Cache() *cachecore.Cache { return e.cache }
 
-// overThreshold reports whether GC has work: more than GCPercent of the
-// segments in use.
+// overThreshold reports whether GC has work (GCThresholdPassed), counting
+// the segments in use towards the occupancy once GC has run.
 func (e *Engine) overThreshold() bool {
 	s := e.cache.Stats()
 	if e.settled {
 		e.usedSum += uint64(s.SegmentsUsed)
 		e.usedN++
 	}
-	return int(s.SegmentsUsed)*100 > int(s.Segments)*e.cache.GCPercent()
+	return pastGCThreshold(s, e.cache.GCPercent())
 }
 
-// settle runs the engine's background work to completion, as it would run
-// on a real daemon between requests given time: the open ksets are
-// committed (the journal flush interval would do it), dirty data is
-// written back (the writeback controller would), and GC reclaims until it
-// is back under its threshold. Without this the replay would measure the
-// speed of the replay against the engine's timers (GC polls every 100 ms)
-// rather than its policy: fills would bypass a cache that is full only
-// because GC had not run yet. So the figures are the engine's policy with
-// GC always on time, its best case.
+// GCThresholdPassed reports whether GC has work on c: more than its
+// GCPercent of the segments in use.
+func GCThresholdPassed(c *cachecore.Cache) bool { return pastGCThreshold(c.Stats(), c.GCPercent()) }
+
+func pastGCThreshold(s cachecore.CacheStats, gcPercent int) bool {
+	return int(s.SegmentsUsed)*100 > int(s.Segments)*gcPercent
+}
+
+// settle is CatchUp; from the first one on, overThreshold counts the
+// occupancy.
 func (e *Engine) settle() error {
 	e.settled = true
-	if err := e.vol.Flush(e.ctx); err != nil {
+	return CatchUp(e.ctx, e.cache, e.vol, e.overThreshold)
+}
+
+// CatchUp runs the background work of cache c, with its volume v, to
+// completion, as it would run on a real daemon between requests given
+// time: the open ksets are committed (the journal flush interval would do
+// it), dirty data is written back (the writeback controller would), and GC
+// reclaims until over (GCThresholdPassed, or a caller's own count of it)
+// is false; then GC's re-appends, which go through the fill worker, are
+// installed. Without this a replay, or a test issuing requests back to
+// back, would measure its own speed against the engine's timers (GC polls
+// every 100 ms) rather than the policy: fills would bypass a cache that is
+// full only because GC had not run yet. So the figures are the engine's
+// policy with GC always on time, its best case.
+func CatchUp(ctx context.Context, c *cachecore.Cache, v *cachecore.Volume, over func() bool) error {
+	if err := v.Flush(ctx); err != nil {
 		return err
 	}
-	if err := e.vol.Drain(e.ctx, nil); err != nil {
+	if err := v.Drain(ctx, nil); err != nil {
 		return err
 	}
 	cfg := cachecore.Config{} // keeps every tunable; SetConfig kicks GC and writeback
 	for i := 0; i < 100000; i++ {
-		if !e.overThreshold() {
-			// GC's re-appends (the 2q policy's second chance) go
-			// through the fill worker: on time too.
-			e.cache.WaitFills()
+		if !over() {
+			c.WaitFills()
 			return nil
 		}
-		if err := e.cache.SetConfig(cfg); err != nil {
+		if err := c.SetConfig(cfg); err != nil {
 			return err
 		}
 		time.Sleep(50 * time.Microsecond)
 	}
-	return fmt.Errorf("tracebench: GC did not get the cache under its threshold (%+v)", e.cache.Stats())
+	return fmt.Errorf("tracebench: GC did not get the cache under its threshold (%+v)", c.Stats())
 }
 
 // Do runs one request.
